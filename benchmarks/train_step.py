@@ -1,0 +1,244 @@
+"""Training-step benchmark: CFT step (ours) vs SFT step (ours) vs the naive reference step.
+
+    python -m benchmarks.train_step                      # tiny model, ML-100K- and Amazon-shaped batches
+    python -m benchmarks.train_step --model smollm2      # the packaged SmolLM2-135M
+    python -m benchmarks.train_step --device cuda --dtype bf16 --model smollm2   # on a GPU
+
+One step = zero_grad + loss + backward + AdamW step, on the same batch for every variant:
+- cft:   `compute_cft_loss` (label-row logits only, counterfactual half at its own length);
+- sft:   the same code with alpha = 0, beta = 1 (no counterfactual pass);
+- naive: the reference's way: counterfactual half padded to the factual length, two full
+         forward passes with [B, T, V] logits (`cft_core.reference.naive_cft_loss`).
+Each variant runs in its own process so that peak memory is its own (CPU: peak RSS growth over
+the set-up; GPU: torch.cuda.max_memory_allocated). `logits_MB` is measured with a hook on the
+LM head's outputs: the size of all logits one step builds. Ratios come from the same run.
+Results: benchmarks/results/train_step-<model>-<device>-<dtype>.json and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import resource
+import statistics
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def ml100k_titles() -> list[str]:
+    """MovieLens-100K titles from the recbole wheel (installed by infra/setup.sh)."""
+    import importlib.resources
+
+    item = importlib.resources.files("recbole") / "dataset_example" / "ml-100k" / "ml-100k.item"
+    rows = item.read_text(encoding="utf-8", errors="replace").splitlines()[1:]
+    return [r.split("\t")[1] for r in rows if r.split("\t")[1].strip()]
+
+
+def amazon_titles() -> list[str] | None:
+    info = SHARED_DATA / "amazon18_minionerec" / "info" / "Industrial_and_Scientific_5_2016-10-2018-11.txt"
+    if not info.is_file():
+        return None
+    return [line.split("\t")[1] for line in info.read_text(encoding="utf-8").splitlines()]
+
+
+def make_batch(tokenizer, titles: list[str], domain: str, batch_size: int, seed: int):
+    """A paired batch with histories of 10 titles, as in the real data."""
+    from cft_core.collate import PairedCollator
+    from cft_core.prompts import PromptBuilder
+
+    rng = random.Random(seed)
+    records = [
+        {"history_titles": rng.sample(titles, 10), "target_title": rng.choice(titles)}
+        for _ in range(batch_size)
+    ]
+    return PairedCollator(tokenizer, PromptBuilder.for_domain(domain))(records)
+
+
+def build_model(name: str, vocab: int):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from cft_core.model_sources import load_causal_lm
+    from cft_core.tiny import build_tiny_model
+
+    if name == "tiny":  # a tiny body with the real 49k vocabulary: logits dominate, as in real models
+        return build_tiny_model(vocab, hidden_size=64, num_layers=2, num_heads=4)
+    if name == "smollm2":
+        return load_causal_lm("smollm2")
+    if name == "qwen2-0.5b-shape":  # random weights: speed does not depend on them
+        torch.manual_seed(0)
+        cfg = Qwen2Config(
+            vocab_size=vocab, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+            num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
+        )
+        return Qwen2ForCausalLM(cfg)
+    raise ValueError(f"unknown model {name!r}")
+
+
+def run_variant(variant: str, args: dict, queue) -> None:
+    """Child process: time `iters` steps of one variant and report to `queue`."""
+    import torch
+
+    from cft_core.loss import compute_cft_loss
+    from cft_core.model_sources import load_tokenizer
+    from cft_core.reference import naive_cft_loss, pad_counterfactual_to_factual
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args["threads"])
+    dev = torch.device(args["device"])
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args["dtype"]]
+    tok = load_tokenizer("smollm2")
+    titles = ml100k_titles() if args["data"] == "ml100k" else amazon_titles()
+    batch = make_batch(tok, titles, "movies" if args["data"] == "ml100k" else "products", args["batch_size"], 0)
+    if variant == "naive":
+        batch = pad_counterfactual_to_factual(batch, tok.pad_token_id)
+    batch = {k: v.to(dev) for k, v in batch.items()}
+    model = build_model(args["model"], len(tok)).to(dev, dtype)
+    model.config.use_cache = False
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    logits_bytes = []
+    model.get_output_embeddings().register_forward_hook(
+        lambda m, i, o: logits_bytes.append(o.numel() * o.element_size())
+    )
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        if variant == "cft":
+            out = compute_cft_loss(model, batch, alpha=0.1, beta=0.25)
+        elif variant == "sft":
+            out = compute_cft_loss(model, batch, alpha=0.0, beta=1.0)
+        else:
+            out = naive_cft_loss(model, batch, alpha=0.1, beta=0.25)
+        out.loss.backward()
+        opt.step()
+        return out.loss.item()
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args["warmup"]):
+        step()
+    sync()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, after warm-up allocations
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() if dev.type == "cuda" else 0
+    times = []
+    for _ in range(args["iters"]):
+        logits_bytes.clear()
+        t = time.perf_counter()
+        loss = step()
+        sync()
+        times.append(time.perf_counter() - t)
+    if dev.type == "cuda":
+        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:  # the process's peak RSS (same model and batch set-up in every variant)
+        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
+    n_tokens = int(batch["attention_mask"].sum()) + (
+        int(batch["cf_attention_mask"].sum()) if variant != "sft" else 0
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    med = statistics.median(times)
+    queue.put(
+        {
+            "variant": variant,
+            "median_step_s": med,
+            "min_step_s": min(times),
+            "tokens_per_s": n_tokens / med,
+            "tokens_per_step": n_tokens,
+            "peak_mem_MB": peak_mb,
+            "peak_rss_before_timing_MB": rss0 / 1024,
+            "logits_MB": sum(logits_bytes) / 2**20,
+            "final_loss": loss,
+            "shape_factual": list(batch["input_ids"].shape),
+            "shape_counterfactual": list(batch["cf_input_ids"].shape),
+            "params": n_params,
+            # model FLOPs utilisation: 6 * params * tokens per step (forward + backward)
+            "model_tflops_per_s": 6 * n_params * n_tokens / med / 1e12,
+        }
+    )
+
+
+def measure(args: dict) -> dict:
+    ctx = mp.get_context("spawn")
+    rows = {}
+    for variant in ("sft", "cft", "naive"):
+        q = ctx.Queue()
+        p = ctx.Process(target=run_variant, args=(variant, args, q))
+        p.start()
+        rows[variant] = q.get()
+        p.join()
+    cft, sft, naive = rows["cft"], rows["sft"], rows["naive"]
+    ratios = {
+        "cft_over_sft_time": cft["median_step_s"] / sft["median_step_s"],
+        "naive_over_cft_time": naive["median_step_s"] / cft["median_step_s"],
+        "naive_over_cft_logits_memory": naive["logits_MB"] / cft["logits_MB"],
+        "naive_over_cft_peak_memory": naive["peak_mem_MB"] / cft["peak_mem_MB"],
+    }
+    return {"config": args, "variants": rows, "ratios": ratios}
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [
+        "| model | data | device/dtype | batch (f / cf shape) | variant | median step s | tokens/s | peak mem MB | logits MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        c = r["config"]
+        for v, row in r["variants"].items():
+            shape = f"{row['shape_factual']} / {row['shape_counterfactual']}"
+            lines.append(
+                f"| {c['model']} | {c['data']} | {c['device']}/{c['dtype']} | {shape} | {v} | "
+                f"{row['median_step_s']:.4f} | {row['tokens_per_s']:.0f} | {row['peak_mem_MB']:.0f} | "
+                f"{row['logits_MB']:.1f} |"
+            )
+    lines += ["", "| model | data | CFT/SFT time | naive/CFT time | naive/CFT logits memory | naive/CFT peak memory |", "|---|---|---|---|---|---|"]
+    for r in results:
+        q, c = r["ratios"], r["config"]
+        lines.append(
+            f"| {c['model']} | {c['data']} | {q['cft_over_sft_time']:.2f}x | {q['naive_over_cft_time']:.2f}x | "
+            f"{q['naive_over_cft_logits_memory']:.1f}x | {q['naive_over_cft_peak_memory']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny", choices=["tiny", "smollm2", "qwen2-0.5b-shape"])
+    ap.add_argument("--data", nargs="+", default=["ml100k", "amazon"], choices=["ml100k", "amazon"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ns = ap.parse_args()
+    results = []
+    for data in ns.data:
+        if data == "amazon" and amazon_titles() is None:
+            print(f"skipping amazon: {SHARED_DATA} not found")
+            continue
+        args = {k: getattr(ns, k) for k in ("model", "device", "dtype", "batch_size", "iters", "warmup", "threads")}
+        args["data"] = data
+        results.append(measure(args))
+        print(json.dumps(results[-1]["ratios"], indent=1))
+    RESULTS.mkdir(exist_ok=True)
+    stem = f"train_step-{ns.model}-{ns.device}-{ns.dtype}"
+    meta = {"machine": platform.platform(), "cpu_count": os.cpu_count(), "time": time.strftime("%Y-%m-%d %H:%M")}
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    table = markdown(results)
+    (RESULTS / f"{stem}.md").write_text(f"# {stem}\n\n{meta}\n\n{table}")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Instruction records -> paired (factual, counterfactual) token batches for CFT.
+
+Each half is `prompt tokens + response tokens`, where the response tokens (title, closing quote,
+EOS) are tokenised once and shared, so both halves predict exactly the same labels. Prompt and
+response are tokenised separately and concatenated: the label boundary is exact and identical
+to what inference sees (the prompt alone, then generated title tokens).
+
+Each half is padded to its own longest row: the counterfactual half has no history and is
+several times shorter, and padding it to the factual length (as the reference does) would
+spend most of its forward pass on padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cft_core.loss import IGNORE_INDEX
+from cft_core.prompts import PromptBuilder
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """Token ids of one example (lists of ints, no padding)."""
+
+    factual_prompt: list[int]
+    counterfactual_prompt: list[int]
+    response: list[int]  # title + closing quote + EOS: the label tokens
+    history_used: int  # history titles kept after fitting into the cutoff
+
+
+def _pad(rows: Sequence[list[int]], value: int, side: str, multiple: int | None) -> torch.Tensor:
+    """[B] lists -> LongTensor[B, T] padded on `side` to the longest row (rounded up)."""
+    t = max(len(r) for r in rows)
+    if multiple:
+        t = -(-t // multiple) * multiple
+    out = torch.full((len(rows), t), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if side == "right":
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        else:
+            out[i, t - len(r) :] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+@dataclass
+class PairedCollator:
+    """Callable collator: list of instruction records -> dict of paired tensors.
+
+    A record is a mapping with `history_titles` (oldest first) and `target_title`.
+
+    Output keys (all LongTensor):
+        input_ids, attention_mask, labels          [B, Tf]  factual half
+        cf_input_ids, cf_attention_mask, cf_labels [B, Tc]  counterfactual half (if enabled)
+    labels are IGNORE_INDEX except at the response tokens.
+    """
+
+    tokenizer: Any
+    prompts: PromptBuilder
+    cutoff_len: int = 1024
+    padding_side: str = "right"
+    pad_to_multiple_of: int | None = None
+    with_counterfactual: bool = True
+    _cf_prompt_ids: list[int] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token; the response must end with one")
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
+
+    def _prompt_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def encode(self, record: Mapping[str, Any]) -> EncodedExample:
+        """Tokenise one record; drops the oldest history titles until it fits `cutoff_len`."""
+        history = list(record["history_titles"])
+        response = self.tokenizer(
+            self.prompts.response(record["target_title"]), add_special_tokens=False
+        )["input_ids"] + [self.tokenizer.eos_token_id]
+        if self._cf_prompt_ids is None:  # the same for every record of the domain
+            self._cf_prompt_ids = self._prompt_ids(self.prompts.counterfactual())
+        while True:
+            factual = self._prompt_ids(self.prompts.factual(history))
+            if len(factual) + len(response) <= self.cutoff_len:
+                break
+            if len(history) == 1:
+                raise ValueError(
+                    f"record for target {record['target_title']!r} does not fit cutoff_len="
+                    f"{self.cutoff_len} even with one history title "
+                    f"({len(factual) + len(response)} tokens)"
+                )
+            history = history[1:]
+        return EncodedExample(factual, list(self._cf_prompt_ids), response, len(history))
+
+    def collate_encoded(self, examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
+        """Pad already encoded examples into a paired batch."""
+        halves = {"": [e.factual_prompt for e in examples]}
+        if self.with_counterfactual:
+            halves["cf_"] = [e.counterfactual_prompt for e in examples]
+        batch: dict[str, torch.Tensor] = {}
+        for prefix, prompts in halves.items():
+            ids = [p + e.response for p, e in zip(prompts, examples, strict=True)]
+            labels = [[IGNORE_INDEX] * len(p) + e.response for p, e in zip(prompts, examples, strict=True)]
+            side, mult = self.padding_side, self.pad_to_multiple_of
+            batch[prefix + "input_ids"] = _pad(ids, self.pad_id, side, mult)
+            batch[prefix + "attention_mask"] = _pad([[1] * len(r) for r in ids], 0, side, mult)
+            batch[prefix + "labels"] = _pad(labels, IGNORE_INDEX, side, mult)
+        return batch
+
+    def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        return self.collate_encoded([self.encode(r) for r in records])

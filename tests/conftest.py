@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny tokenizer trained on the prompt templates and real-looking titles."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Offline, quiet, deterministic: the same settings as CI, also when pytest runs outside make.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# A few MovieLens-100K titles (as RecBole writes them) with a spread of lengths.
+TITLES = [
+    "Toy Story", "GoldenEye", "Four Rooms", "Get Shorty", "Copycat", "Twelve Monkeys", "Babe",
+    "Dead Man Walking", "Richard III", "Seven", "Usual Suspects, The", "Mighty Aphrodite",
+    "Postino, Il", "Mr. Holland's Opus", "French Twist (Gazon maudit)", "From Dusk Till Dawn",
+    "White Balloon, The", "Antonia's Line", "Angels and Insects", "Muppet Treasure Island", "Heat",
+]
+
+
+def make_records(n: int, seed: int = 0) -> list[dict]:
+    """n instruction records with uneven history lengths (1..10)."""
+    import random
+
+    rng = random.Random(seed)
+    records = []
+    for i in range(n):
+        k = 1 + (i * 3) % 10
+        hist = rng.sample(TITLES, k)
+        target = rng.choice([t for t in TITLES if t not in hist])
+        records.append({"history_titles": hist, "target_title": target})
+    return records
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from cft_core.prompts import DOMAINS, PromptBuilder
+    from cft_core.tiny import build_tiny_tokenizer
+
+    texts = list(TITLES)
+    for name in DOMAINS:
+        pb = PromptBuilder.for_domain(name)
+        texts += [pb.factual(TITLES[:3]), pb.counterfactual(), pb.response(TITLES[0])]
+    return build_tiny_tokenizer(texts * 4, vocab_size=400)

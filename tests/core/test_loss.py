@@ -1,0 +1,207 @@
+"""CFT loss: the kernel against hand computation, and the model-level step against the
+straightforward reference (full logits, two forward passes, token loops), values and gradients."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cft_core.collate import PairedCollator
+from cft_core.loss import IGNORE_INDEX, cft_loss, compute_cft_loss, window_normalizers
+from cft_core.prompts import PromptBuilder
+from cft_core.reference import reference_cft_loss
+from cft_core.tiny import build_tiny_model
+from tests.conftest import make_records
+
+# ---------------------------------------------------------------- kernel: cft_loss
+
+
+def test_hand_computed_two_token_vocab():
+    # V = 2. Token 1: z_f = [0, ln 3] -> p(y=1) = 3/4, CE = ln(4/3); z_c = [0, ln 3] -> effect 0,
+    # CE(effect) = ln 2. Token 2 (y = 0): z_f = [0, 0] -> ln 2; z_c = [ln 3, 0] -> effect
+    # [-ln 3, 0] -> p(y=0) = 1/4, CE = ln 4. Weights 1 and 0.5.
+    ln3 = math.log(3.0)
+    z_f = torch.tensor([[0.0, ln3], [0.0, 0.0]])
+    z_c = torch.tensor([[0.0, ln3], [ln3, 0.0]])
+    y = torch.tensor([1, 0])
+    w = torch.tensor([1.0, 0.5])
+    out = cft_loss(z_f, z_c, y, w, alpha=0.1)
+    normal = (math.log(4 / 3) + 0.5 * math.log(2)) / 1.5
+    causal = (math.log(2) + 0.5 * math.log(4)) / 1.5
+    assert out.normal.item() == pytest.approx(normal, abs=1e-6)
+    assert out.causal.item() == pytest.approx(causal, abs=1e-6)
+    assert out.loss.item() == pytest.approx(normal + 0.1 * causal, abs=1e-6)
+    assert out.num_tokens == 2 and out.weight_sum.item() == pytest.approx(1.5)
+
+
+def test_kernel_matches_formula_values_and_gradients():
+    g = torch.Generator().manual_seed(0)
+    n, v = 7, 11
+    z_f = torch.randn(n, v, generator=g, requires_grad=True)
+    z_c = torch.randn(n, v, generator=g, requires_grad=True)
+    y = torch.randint(0, v, (n,), generator=g)
+    w = torch.rand(n, generator=g)
+    out = cft_loss(z_f, z_c, y, w, alpha=0.3, normalizer=5.0)
+    grads = torch.autograd.grad(out.loss, (z_f, z_c))
+
+    zf2, zc2 = z_f.detach().clone().requires_grad_(), z_c.detach().clone().requires_grad_()
+    total = 0.0
+    for i in range(n):
+        ce_n = -torch.log_softmax(zf2[i], -1)[y[i]]
+        ce_c = -torch.log_softmax(zf2[i] - zc2[i], -1)[y[i]]
+        total = total + w[i] * (ce_n + 0.3 * ce_c) / 5.0
+    ref_grads = torch.autograd.grad(total, (zf2, zc2))
+    assert out.loss.item() == pytest.approx(total.item(), abs=1e-6)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_alpha_zero_and_no_counterfactual_is_weighted_ce():
+    g = torch.Generator().manual_seed(1)
+    z_f, z_c = torch.randn(5, 9, generator=g), torch.randn(5, 9, generator=g)
+    y = torch.randint(0, 9, (5,), generator=g)
+    ones = torch.ones(5)
+    sft = cft_loss(z_f, None, y, ones, alpha=0.0)
+    assert sft.loss.item() == pytest.approx(F.cross_entropy(z_f, y).item(), abs=1e-6)
+    assert sft.causal.item() == 0.0
+    # alpha = 0 with counterfactual logits: same loss, causal reported but without gradient.
+    z = z_f.clone().requires_grad_()
+    out = cft_loss(z, z_c, y, ones, alpha=0.0)
+    assert out.loss.item() == pytest.approx(sft.loss.item(), abs=1e-6)
+    assert out.causal.item() > 0 and not out.causal.requires_grad
+
+
+def test_weight_causal_only_leaves_normal_term_unweighted():
+    g = torch.Generator().manual_seed(2)
+    z_f, z_c = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    y = torch.randint(0, 5, (6,), generator=g)
+    w = torch.linspace(1.0, 0.25, 6)
+    out = cft_loss(z_f, z_c, y, w, alpha=0.1, weight_causal_only=True)
+    assert out.normal.item() == pytest.approx(F.cross_entropy(z_f, y).item(), abs=1e-6)
+    ce_e = F.cross_entropy(z_f - z_c, y, reduction="none")
+    assert out.causal.item() == pytest.approx(((w * ce_e).sum() / w.sum()).item(), abs=1e-6)
+
+
+def test_empty_batch_is_zero_not_nan():
+    z = torch.zeros(0, 4, requires_grad=True)
+    out = cft_loss(z, z, torch.zeros(0, dtype=torch.long), torch.zeros(0), alpha=0.1)
+    assert out.loss.item() == 0.0
+    out.loss.backward()
+
+
+# ------------------------------------------------------ model-level step vs reference
+
+
+def _batch(tokenizer, records, padding_side):
+    collate = PairedCollator(tokenizer, PromptBuilder.for_domain("movies"), padding_side=padding_side)
+    return collate(records)
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("weight_causal_only", [False, True])
+def test_step_matches_reference(tiny_tokenizer, arch, padding_side, weight_causal_only):
+    records = make_records(5, seed=3)  # histories of 1, 4, 7, 10 and 3 titles
+    # A row whose title is a single token: its label tokens are title, quote, EOS.
+    # ("M", Fritz Lang 1931, is in MovieLens; one byte is one token under byte-level BPE.)
+    assert len(tiny_tokenizer("M", add_special_tokens=False)["input_ids"]) == 1
+    records.append({"history_titles": ["Toy Story"], "target_title": "M"})
+    batch = _batch(tiny_tokenizer, records, padding_side)
+    model = build_tiny_model(len(tiny_tokenizer), arch=arch, seed=7)
+
+    ours = compute_cft_loss(model, batch, alpha=0.3, beta=0.25, weight_causal_only=weight_causal_only)
+    ours.loss.backward()
+    g_ours = _grads(model)
+    model.zero_grad()
+    ref = reference_cft_loss(model, batch, alpha=0.3, beta=0.25, weight_causal_only=weight_causal_only)
+    ref.loss.backward()
+    g_ref = _grads(model)
+
+    for name in ("loss", "normal", "causal"):
+        assert getattr(ours, name).item() == pytest.approx(getattr(ref, name).item(), abs=1e-5), name
+    assert ours.num_tokens == ref.num_tokens
+    assert g_ours.keys() == g_ref.keys() and len(g_ours) == len(list(model.parameters()))
+    for name in g_ref:
+        torch.testing.assert_close(g_ours[name], g_ref[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_row_with_a_single_label_token(tiny_tokenizer):
+    # Hand-made: row 1 has exactly one label (EOS), so its weight is 1 (n = 1 case).
+    batch = _batch(tiny_tokenizer, make_records(2, seed=4), "right")
+    for key in ("labels", "cf_labels"):
+        lab = batch[key][1]
+        idx = (lab != IGNORE_INDEX).nonzero().flatten()
+        lab[idx[:-1]] = IGNORE_INDEX
+    model = build_tiny_model(len(tiny_tokenizer), seed=1)
+    ours = compute_cft_loss(model, batch, alpha=0.1, beta=0.25)
+    ref = reference_cft_loss(model, batch, alpha=0.1, beta=0.25)
+    assert ours.loss.item() == pytest.approx(ref.loss.item(), abs=1e-5)
+
+
+def test_padding_side_does_not_change_the_loss(tiny_tokenizer):
+    records = make_records(4, seed=5)
+    model = build_tiny_model(len(tiny_tokenizer), seed=2)
+    right = compute_cft_loss(model, _batch(tiny_tokenizer, records, "right"), 0.1, 0.25)
+    left = compute_cft_loss(model, _batch(tiny_tokenizer, records, "left"), 0.1, 0.25)
+    assert right.loss.item() == pytest.approx(left.loss.item(), abs=1e-5)
+
+
+def test_sft_special_case_equals_transformers_loss(tiny_tokenizer):
+    """alpha = 0, beta = 1 is plain SFT: the mean CE over label tokens that HF computes."""
+    batch = _batch(tiny_tokenizer, make_records(4, seed=6), "right")
+    model = build_tiny_model(len(tiny_tokenizer), seed=3)
+    ours = compute_cft_loss(model, batch, alpha=0.0, beta=1.0)
+    hf = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert ours.loss.item() == pytest.approx(hf.item(), abs=1e-5)
+
+
+def test_step_applies_the_head_to_label_rows_only(tiny_tokenizer):
+    batch = _batch(tiny_tokenizer, make_records(4, seed=7), "right")
+    model = build_tiny_model(len(tiny_tokenizer), seed=4)
+    head_rows = []
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda m, inp, out: head_rows.append(inp[0].reshape(-1, inp[0].shape[-1]).shape[0])
+    )
+    out = compute_cft_loss(model, batch, alpha=0.1, beta=0.25)
+    hook.remove()
+    b = batch["input_ids"].shape[0]
+    # Two backbone calls keep one position each (B rows), and one head call on 2N label rows;
+    # never B x T rows.
+    assert sorted(head_rows) == sorted([b, b, 2 * out.num_tokens])
+    assert 2 * out.num_tokens < batch["input_ids"].numel()
+
+
+def test_accumulation_window_gradient_invariance(tiny_tokenizer):
+    """4 examples as one micro-batch == 4 micro-batches of 1, normalised by the window weight."""
+    records = make_records(4, seed=8)
+    collate = PairedCollator(tiny_tokenizer, PromptBuilder.for_domain("movies"))
+
+    def accumulated_grads(micro_batches):
+        model = build_tiny_model(len(tiny_tokenizer), seed=5)
+        z, z_tok = window_normalizers(micro_batches, beta=0.25)
+        for mb in micro_batches:
+            compute_cft_loss(model, mb, 0.1, 0.25, normalizer=z, token_normalizer=z_tok).loss.backward()
+        return _grads(model)
+
+    g_one = accumulated_grads([collate(records)])
+    g_four = accumulated_grads([collate([r]) for r in records])
+    for name in g_one:
+        torch.testing.assert_close(g_one[name], g_four[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_naive_benchmark_baseline_computes_the_same_loss(tiny_tokenizer):
+    """The benchmarks' naive step (the reference's layout) is a correct CFT loss."""
+    from cft_core.reference import naive_cft_loss, pad_counterfactual_to_factual
+
+    batch = _batch(tiny_tokenizer, make_records(4, seed=9), "right")
+    model = build_tiny_model(len(tiny_tokenizer), seed=6)
+    padded = pad_counterfactual_to_factual(batch, tiny_tokenizer.pad_token_id)
+    assert padded["cf_input_ids"].shape == batch["input_ids"].shape
+    naive = naive_cft_loss(model, padded, 0.1, 0.25)
+    ref = reference_cft_loss(model, batch, 0.1, 0.25)
+    assert naive.loss.item() == pytest.approx(ref.loss.item(), abs=1e-5)
