@@ -1,2 +1,59 @@
+"""The `cft` command line. Heavy imports happen inside commands, so `cft --help` is instant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
 import typer
-app = typer.Typer()
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="CFT recommender pipeline.", no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Data stage: ingest, validate, build sequences.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML profile, e.g. configs/demo.yaml.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.field=value (repeatable).")]
+
+
+def _summary(manifest: dict, seq_path: Path, reused: bool) -> Table:
+    s = manifest["stats"]
+    t = Table(title=f"sequences: {seq_path}" + (" (reused)" if reused else ""))
+    for col in ("users", "items", "interactions", "train", "valid", "test", "mean history (train)"):
+        t.add_column(col, justify="right")
+    t.add_row(*(f"{v:,}" for v in (s["users"], s["items"], s["interactions"], s["samples_train"],
+                                   s["samples_valid"], s["samples_test"])), f"{s['mean_history_train']:.2f}")
+    return t
+
+
+@data_app.command("prepare")
+def data_prepare(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) -> None:
+    """Ingest the configured source, validate it, and build train/valid/test records."""
+    from schemas.config import load_config
+    from schemas.errors import DataError
+    from tasks.data import prepare
+
+    cfg = load_config(config, set_).data
+    try:
+        ingested, sequences, manifest = prepare(cfg)
+    except DataError as e:
+        console.print(f"[red]data error:[/red] {e}")
+        raise typer.Exit(2) from None
+    console.print(f"ingested: {ingested.path}" + (" (reused)" if ingested.reused else ""))
+    console.print(_summary(manifest, sequences.path, sequences.reused))
+
+
+@app.command("run")
+def run(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) -> None:
+    """Run the pipeline. Today: the data stage (training, evaluation and registration follow)."""
+    data_prepare(config, set_)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

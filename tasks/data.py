@@ -1,0 +1,209 @@
+"""Data stage: ingest -> validate -> build sequences (architecture.md, "Stage contracts").
+
+Plain functions, usable without Prefect (`cft data prepare`); the flow wraps them as tasks.
+Outputs live under `<data_root>/` in folders named by a fingerprint of inputs and settings:
+
+    ingested/<name>-<fp>/   interactions.parquet, items.parquet, manifest.json, validation.json
+    sequences/<name>-<fp>/  train/valid/test.parquet, catalogue.parquet, manifest.json,
+                            validation.json
+    reports/                validation reports of record building (also kept on failure)
+A failed validation writes its report and raises; nothing downstream is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cft_core.sequences import SPLITS, SequenceSettings, build_records
+from schemas import tables
+from schemas.config import DataConfig
+from schemas.errors import DataError
+from tasks import readers
+from tasks.storage import atomic_dir, file_digest, fingerprint, write_json_atomic
+from tasks.validation import validate_tables
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    path: Path
+    fingerprint: str
+    reused: bool
+
+
+# ------------------------------------------------------------------------------ sources
+
+
+def _confined(path_str: str, cfg: DataConfig) -> Path:
+    """Resolve a source path and refuse it unless it lies under data_root or an input root."""
+    path = Path(path_str).expanduser().resolve()
+    roots = [cfg.data_root.resolve(), *(r.expanduser().resolve() for r in cfg.input_roots)]
+    if not any(path == r or path.is_relative_to(r) for r in roots):
+        raise DataError(
+            f"source path {path} is outside the data root and the allowed input roots "
+            f"{[str(r) for r in roots]}; place the files under {roots[0]} or add their folder "
+            "to data.input_roots"
+        )
+    if not path.exists():
+        raise DataError(f"source path {path} does not exist")
+    return path
+
+
+def source_files(cfg: DataConfig) -> list[Path]:
+    """Every file the source reads (for the fingerprint)."""
+    src = cfg.source
+    if src.format == "recbole_package":
+        folder = readers.recbole_package_folder()
+        return sorted(folder.glob("*.inter")) + sorted(folder.glob("*.item"))
+    paths = [_confined(p, cfg) for p in (src.path, src.meta_path, src.items_path) if p]
+    files = []
+    for p in paths:
+        files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return files
+
+
+def read_source(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    src = cfg.source
+    if src.format == "recbole_package":
+        return readers.read_recbole(readers.recbole_package_folder())
+    path = _confined(src.path, cfg)
+    if src.format == "recbole":
+        return readers.read_recbole(path)
+    if src.format == "grouplens":
+        return readers.read_grouplens(path)
+    if src.format == "d3_csv":
+        return readers.read_d3_csv(path)
+    if src.format == "amazon_raw":
+        if not src.meta_path:
+            raise DataError("source.meta_path (meta_<Category>.json) is required for amazon_raw")
+        return readers.read_amazon_raw(path, _confined(src.meta_path, cfg))
+    items = _confined(src.items_path, cfg) if src.items_path else None
+    return readers.read_generic(cfg, path, items)
+
+
+def _to_arrow(df: pd.DataFrame, schema: pa.Schema, what: str) -> pa.Table:
+    try:
+        return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as e:
+        # Nulls in required columns are reported by validation; cast them through as nullable.
+        nullable = pa.schema([f.with_nullable(True) for f in schema])
+        try:
+            return pa.Table.from_pandas(df[schema.names], schema=nullable, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e2:
+            raise DataError(f"{what}: does not match the schema {schema}: {e2}") from e
+
+
+# ------------------------------------------------------------------------------ stages
+
+
+def ingest(cfg: DataConfig) -> StageOutput:
+    """Read the source into interactions.parquet and items.parquet (reused when unchanged)."""
+    files = source_files(cfg)
+    fp = fingerprint({"source": cfg.source.model_dump(), "files": [(f.name, file_digest(f)) for f in files]})
+    out = cfg.data_root / "ingested" / f"{cfg.name}-{fp}"
+    if (out / "manifest.json").is_file():
+        return StageOutput(out, fp, reused=True)
+    interactions, items = read_source(cfg)
+    inter_t = _to_arrow(interactions, tables.INTERACTIONS, "interactions")
+    items_t = _to_arrow(items, tables.ITEMS, "items")
+    with atomic_dir(out) as tmp:
+        pq.write_table(inter_t, tmp / "interactions.parquet")
+        pq.write_table(items_t, tmp / "items.parquet")
+        manifest = {"fingerprint": fp, "source": cfg.source.model_dump(), "files": [str(f) for f in files],
+                    "interactions": inter_t.num_rows, "items": items_t.num_rows}
+        write_json_atomic(tmp / "manifest.json", manifest)
+    return StageOutput(out, fp, reused=False)
+
+
+def validate_ingested(ingested: Path, cfg: DataConfig) -> dict:
+    """Run the interactions and items suites; report in <ingested>/validation.json."""
+    inter = pq.read_table(ingested / "interactions.parquet").to_pandas()
+    items = pq.read_table(ingested / "items.parquet").to_pandas()
+    lo, hi = cfg.timestamp_bounds()
+    params = {
+        "min_timestamp": lo, "max_timestamp": hi,
+        "min_rating": cfg.rating_range[0], "max_rating": cfg.rating_range[1],
+        "catalogue_item_ids": sorted(items["item_id"].dropna().unique().tolist()),
+        "max_title_chars": cfg.max_title_chars,
+    }
+    return validate_tables(
+        {"interactions": ("interactions", inter), "items": ("items", items)},
+        params, ingested / "validation.json", what=f"{cfg.name} ingested tables",
+    )
+
+
+def sequence_settings(cfg: DataConfig) -> SequenceSettings:
+    return SequenceSettings(
+        k_core=cfg.k_core, max_history=cfg.max_history, split=cfg.split, split_ratios=cfg.split_ratios,
+        seed=cfg.seed, sample_fraction=cfg.sample_fraction, max_samples=tuple(sorted(cfg.max_samples.items())),
+        window_start=int(cfg.window_start.timestamp()) if cfg.window_start else None,
+        window_end=int(cfg.window_end.timestamp()) if cfg.window_end else None,
+    )
+
+
+def build_sequences(ingested: StageOutput, cfg: DataConfig) -> StageOutput:
+    """Validated tables -> train/valid/test records + catalogue (reused when unchanged)."""
+    settings = sequence_settings(cfg)
+    fp = fingerprint({"ingested": ingested.fingerprint, "settings": settings.__dict__})
+    out = cfg.data_root / "sequences" / f"{cfg.name}-{fp}"
+    if (out / "manifest.json").is_file():
+        return StageOutput(out, fp, reused=True)
+    inter = pq.read_table(ingested.path / "interactions.parquet").to_pandas()
+    items = pq.read_table(ingested.path / "items.parquet").to_pandas()
+    try:
+        splits, catalogue, stats = build_records(inter, items, settings)
+    except ValueError as e:
+        raise DataError(f"{cfg.name}: cannot build sequences: {e}") from None
+    # Reports go outside the output folder, so that a failure leaves them (and nothing else).
+    report = validate_records(splits, catalogue, cfg, cfg.data_root / "reports" / f"sequences-{cfg.name}-{fp}.json")
+    with atomic_dir(out) as tmp:
+        write_json_atomic(tmp / "validation.json", report)
+        for name, table in splits.items():
+            pq.write_table(table.cast(tables.RECORDS), tmp / f"{name}.parquet")
+        pq.write_table(pa.Table.from_pandas(catalogue, schema=tables.CATALOGUE, preserve_index=False),
+                       tmp / "catalogue.parquet")
+        write_json_atomic(tmp / "manifest.json", {"fingerprint": fp, "ingested": str(ingested.path),
+                                                  "domain": cfg.domain, "stats": stats,
+                                                  "settings": settings.__dict__})
+    return StageOutput(out, fp, reused=False)
+
+
+def validate_records(splits: dict[str, pa.Table], catalogue: pd.DataFrame, cfg: DataConfig, report_path: Path) -> dict:
+    """Records suite per split, plus the split order (train targets before valid before test)."""
+    ids = set(catalogue["item_id"].tolist())
+    frames, bounds = {}, {}
+    for name in SPLITS:
+        df = splits[name].to_pandas()
+        frames[name] = df.assign(
+            history_len=df["history_item_ids"].map(len),
+            history_in_catalogue=df["history_item_ids"].map(lambda h: all(int(i) in ids for i in h)),
+        )
+        bounds[name] = (int(df["timestamp"].min()), int(df["timestamp"].max())) if len(df) else None
+    base = {"max_history": cfg.max_history, "catalogue_ids": sorted(ids)}
+    # Chronological split: valid/test targets are not earlier than any train target.
+    reports = []
+    for name in SPLITS:
+        params = dict(base, min_split_timestamp=-(2**62), max_split_timestamp=2**62)
+        if cfg.split == "chronological":
+            prev = [bounds[p][1] for p in SPLITS[: SPLITS.index(name)] if bounds[p]]
+            if prev:
+                params["min_split_timestamp"] = max(prev)
+        path = report_path.with_name(f"{report_path.stem}-{name}.json")
+        reports.append(validate_tables({name: ("records", frames[name])}, params, path, what=f"{cfg.name} {name} records"))
+    report = {"success": all(r["success"] for r in reports), "splits": dict(zip(SPLITS, reports, strict=True))}
+    write_json_atomic(report_path, report)
+    return report
+
+
+def prepare(cfg: DataConfig) -> tuple[StageOutput, StageOutput, dict]:
+    """ingest -> validate -> build; returns (ingested, sequences, manifest of sequences)."""
+    ingested = ingest(cfg)
+    validate_ingested(ingested.path, cfg)
+    sequences = build_sequences(ingested, cfg)
+    manifest = json.loads((sequences.path / "manifest.json").read_text())
+    return ingested, sequences, manifest

