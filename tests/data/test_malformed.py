@@ -1,0 +1,139 @@
+"""Malformed inputs: each fails with a message naming the problem and leaves no partial output.
+
+Read errors leave nothing at all under the data root's stage folders; validation failures leave
+the ingested tables and their validation.json report, and no sequences.
+"""
+
+import gzip
+import json
+import pickle
+
+import pytest
+
+from schemas.config import DataConfig, SourceConfig
+from schemas.errors import DataError, DataValidationError
+from tasks.data import prepare
+from tasks.readers import clean_amazon_title
+
+GOOD_INTER = "user,item,ts,rating\n" + "".join(
+    f"u{u},i{(u + k) % 6},{1_000_000_000 + 1000 * k + u},{1 + (u + k) % 5}\n" for u in range(4) for k in range(5)
+)
+GOOD_ITEMS = "item,title\n" + "".join(f"i{i},Title {i}\n" for i in range(6))
+
+
+def _write(root, inter: str | bytes = GOOD_INTER, items: str | bytes = GOOD_ITEMS, inter_name="inter.csv"):
+    src = root / "raw"
+    src.mkdir(parents=True, exist_ok=True)
+    for name, content in ((inter_name, inter), ("items.csv", items)):
+        (src / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return DataConfig(
+        name="bad", data_root=root, k_core=0,
+        source=SourceConfig(format="generic", path=str(src / inter_name), items_path=str(src / "items.csv"),
+                            columns={"user_id": "user", "item_id": "item", "timestamp": "ts"}),
+    )
+
+
+def _stage_dirs(root):
+    return sorted(p.relative_to(root).as_posix() for d in ("ingested", "sequences") for p in (root / d).glob("*"))
+
+
+def test_the_base_dataset_is_good(tmp_path):
+    _, seq, manifest = prepare(_write(tmp_path))
+    assert manifest["stats"]["interactions"] == 20 and (seq.path / "train.parquet").is_file()
+
+
+READ_ERRORS = {
+    "missing column": (dict(inter=GOOD_INTER.replace(",ts,", ",when,")), r"missing column\(s\) \['ts'\]"),
+    "timestamp not a number": (dict(inter=GOOD_INTER.replace("1000000000,", "yesterday,", 1)), r"column 'ts' has 1 value\(s\) that are not timestamps"),
+    "rating not a number": (dict(inter=GOOD_INTER.replace(",1\n", ",five\n", 1)), r"column 'rating' has 1 non-numeric"),
+    "non-UTF-8 bytes": (dict(inter=GOOD_INTER.encode().replace(b"u1,", b"u\xff\xfe,", 1)), r"not valid utf-8 text at byte \d+ \(line \d+\)"),
+    "empty file": (dict(inter=""), r"inter.csv: file is empty"),
+    "header-only file": (dict(inter="user,item,ts,rating\n"), r"has a header but no rows"),
+    "items file missing its title column": (dict(items="item,name\ni0,x\n"), r"items.csv: missing column\(s\) \['title'\]"),
+    "truncated gzip": (dict(inter=gzip.compress(GOOD_INTER.encode())[:40], inter_name="inter.csv.gz"), r"corrupt or truncated gzip"),
+    "pickle file": (dict(inter=pickle.dumps({"a": 1}), inter_name="inter.csv"), r"looks like a pickle"),
+    "corrupt parquet": (dict(inter=b"PAR1 not really", inter_name="inter.parquet"), r"not a readable Parquet file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(READ_ERRORS))
+def test_read_errors(tmp_path, case):
+    kwargs, pattern = READ_ERRORS[case]
+    cfg = _write(tmp_path, **kwargs)
+    with pytest.raises(DataError, match=pattern):
+        prepare(cfg)
+    assert _stage_dirs(tmp_path) == [], "no output folder after a read error"
+    assert not list(tmp_path.rglob(".tmp-*")), "no temporary leftovers"
+
+
+def _rows(*extra: str, drop_first: bool = False) -> str:
+    lines = GOOD_INTER.splitlines()
+    return "\n".join(lines[:1] + lines[2 if drop_first else 1 :] + list(extra)) + "\n"
+
+
+VALIDATION_ERRORS = {
+    "null title": (dict(items=GOOD_ITEMS.replace("Title 3", "")), "items.title: expect_column_values_to_not_be_null"),
+    "blank title": (dict(items=GOOD_ITEMS.replace("Title 3", "   ")), "items.title: expect_column_value_lengths_to_be_between"),
+    "absurdly long title": (dict(items=GOOD_ITEMS.replace("Title 3", "x" * 600)), "items.title: expect_column_value_lengths_to_be_between"),
+    "duplicate item ids": (dict(items=GOOD_ITEMS + "i2,Other\n"), "items.item_id: expect_column_values_to_be_unique"),
+    "unknown item id": (dict(inter=_rows("u0,i99,1000000500,3")), "interactions.item_id: expect_column_values_to_be_in_set"),
+    "negative timestamp": (dict(inter=_rows("u0,i1,-5,3")), "interactions.timestamp: expect_column_values_to_be_between"),
+    "future timestamp": (dict(inter=_rows("u0,i1,4102444800,3")), "interactions.timestamp: expect_column_values_to_be_between"),
+    "rating out of range": (dict(inter=_rows("u0,i1,1000000700,7")), "interactions.rating: expect_column_values_to_be_between"),
+    "duplicate rows": (dict(inter=_rows(GOOD_INTER.splitlines()[1])), "interactions.['user_id', 'item_id', 'timestamp']: expect_compound_columns_to_be_unique"),
+    "null user id": (dict(inter=_rows(",i1,1000000800,3")), "interactions.user_id: expect_column_values_to_not_be_null"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VALIDATION_ERRORS))
+def test_validation_errors(tmp_path, case):
+    kwargs, expected = VALIDATION_ERRORS[case]
+    cfg = _write(tmp_path, **kwargs)
+    with pytest.raises(DataValidationError) as err:
+        prepare(cfg)
+    msg = str(err.value)
+    assert expected in msg and "failed" in msg
+    # counts and the report location are in the message; the report is on disk, nothing downstream
+    assert "rows" in msg or "observed" in msg
+    report = json.loads(err.value.report_path.read_text())
+    assert not report["success"] and report["failures"]
+    assert all(d.startswith("ingested/") for d in _stage_dirs(tmp_path)), "no sequences after a failed validation"
+
+
+def test_path_outside_the_data_root(tmp_path):
+    outside = tmp_path / "elsewhere"
+    cfg = _write(outside)
+    cfg = cfg.model_copy(update={"data_root": tmp_path / "root"})
+    with pytest.raises(DataError, match="outside the data root"):
+        prepare(cfg)
+    assert not (tmp_path / "root" / "ingested").exists()
+
+
+def test_d3_list_column_is_parsed_safely(tmp_path):
+    d3 = tmp_path / "d3"
+    (d3 / "test").mkdir(parents=True)
+    (d3 / "info").mkdir()
+    (d3 / "info" / "x.txt").write_text("Title A\t0\nTitle B\t1\n")
+    (d3 / "test" / "x.csv").write_text('user_id,history_item_id,item_id\nu1,"[0, __import__(\'os\')]",1\n')
+    cfg = DataConfig(name="d3", data_root=tmp_path, source=SourceConfig(format="d3_csv", path=str(d3)), k_core=0)
+    with pytest.raises(DataError, match=r"row 2, column 'history_item_id' is not a Python list literal"):
+        prepare(cfg)
+
+
+def test_amazon_bad_json_line(tmp_path):
+    raw = tmp_path / "amazon"
+    raw.mkdir()
+    (raw / "reviews.json").write_text('{"reviewerID": "a", "asin": "x", "unixReviewTime": 1500000000}\n{oops\n')
+    (raw / "meta.json").write_text('{"asin": "x", "title": "Thing"}\n')
+    cfg = DataConfig(name="amz", data_root=tmp_path, source=SourceConfig(format="amazon_raw", path=str(raw / "reviews.json"), meta_path=str(raw / "meta.json")))
+    with pytest.raises(DataError, match=r"reviews.json: line 2 is not valid JSON"):
+        prepare(cfg)
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [("  &quot;Widget Pro&quot; ", "Widget Pro"), ('&quot;Big&quot; Box', 'Big" Box'), ("Tom &amp; Jerry", "Tom & Jerry"), ("x", None), ("", None),
+     (" ".join(["w"] * 21), None), ('<span class="a">Nice</span>', None), (None, None)],
+)
+def test_amazon_title_cleaning(raw, clean):
+    assert clean_amazon_title(raw) == clean
