@@ -45,6 +45,41 @@ def data_prepare(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = N
     console.print(_summary(manifest, sequences.path, sequences.reused))
 
 
+def _prepare_data(cfg):
+    from schemas.errors import DataError
+    from tasks.data import prepare
+
+    try:
+        return prepare(cfg.data)
+    except DataError as e:
+        console.print(f"[red]data error:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+@app.command("train")
+def train(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) -> None:
+    """Prepare the data (reused when unchanged) and fine-tune the model with the configured objective.
+
+    Multi-process: `torchrun --nproc_per_node N --master_addr 127.0.0.1 -m cft_cli train -c ...`.
+    """
+    from schemas.config import load_config
+    from tasks.training import is_rank_zero
+    from tasks.training import train as train_stage
+
+    cfg = load_config(config, set_)
+    _, sequences, _ = _prepare_data(cfg)
+    out = train_stage(cfg, sequences.path, sequences.fingerprint)
+    if is_rank_zero():
+        s = out.summary
+        t = Table(title="training" + (" (reused)" if out.reused else ""))
+        for col in ("objective", "steps", "best valid loss", "MLflow run", "model"):
+            t.add_column(col)
+        best = s["best_eval_loss"]
+        t.add_row(cfg.train.objective, str(s["global_step"]), "-" if best is None else f"{best:.4f}",
+                  str(s["mlflow_run_id"]), str(out.model_dir))
+        console.print(t)
+
+
 @app.command("run")
 def run(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) -> None:
     """Run the pipeline. Today: the data stage (training, evaluation and registration follow)."""

