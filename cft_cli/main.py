@@ -80,6 +80,39 @@ def train(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) ->
         console.print(t)
 
 
+@app.command("evaluate")
+def evaluate(
+    config: ConfigOpt = Path("configs/demo.yaml"),
+    set_: SetOpt = None,
+    model_dir: Annotated[Path | None, typer.Option(help="Model folder; default: the one `cft train` makes for this config.")] = None,
+) -> None:
+    """Evaluate a model folder on the configured split: HR/NDCG@K over the full catalogue."""
+    from schemas.config import load_config
+    from tasks.evaluation import evaluate as evaluate_stage
+    from tasks.evaluation import log_to_mlflow
+    from tasks.tracking import tracking_uri
+    from tasks.training import train as train_stage
+
+    cfg = load_config(config, set_)
+    _, sequences, _ = _prepare_data(cfg)
+    run_id = None
+    if model_dir is None:  # train (or reuse the finished training of) this config
+        trained = train_stage(cfg, sequences.path, sequences.fingerprint)
+        model_dir, run_id = trained.model_dir, trained.summary.get("mlflow_run_id")
+    result = evaluate_stage(cfg, model_dir, sequences.path)
+    if run_id and cfg.tracking.enabled and not result.reused:
+        log_to_mlflow(result, run_id, tracking_uri(cfg))
+    ks = [k for k in (5, 10, 20) if k in cfg.eval.ks]
+    t = Table(title=f"{cfg.eval.split} metrics: {result.path}" + (" (reused)" if result.reused else ""))
+    t.add_column("method")
+    for k in ks:
+        t.add_column(f"HR@{k}", justify="right")
+        t.add_column(f"NDCG@{k}", justify="right")
+    for method in sorted({m.split("/")[0] for m in result.metrics}):
+        t.add_row(method, *(f"{result.metrics[f'{method}/{n}@{k}']:.4f}" for k in ks for n in ("HR", "NDCG")))
+    console.print(t)
+
+
 @app.command("run")
 def run(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) -> None:
     """Run the pipeline. Today: the data stage (training, evaluation and registration follow)."""

@@ -186,6 +186,31 @@ class TrainConfig(_Strict):
         return self.alpha, self.beta
 
 
+class EvalConfig(_Strict):
+    """Evaluation (cft-method.md, section 3): generation, grounding, metrics over the catalogue."""
+
+    split: Literal["valid", "test"] = Field("test", description="Which split to evaluate.")
+    max_samples: int | None = Field(None, ge=1, description="Seeded subsample of the split; None: all of it.")
+    seed: int = Field(0, description="Seeds the subsample.")
+    methods: list[Literal["grounding", "constrained"]] = Field(
+        default_factory=lambda: ["grounding"],
+        description="grounding: free beam search + BIGRec L2 grounding (original and adjusted; "
+        "the CFT paper's protocol); constrained: trie-constrained beam search, exact match (D3).",
+    )
+    num_beams: int = Field(5, ge=1, description="Beams (reference 5; D3 uses 10 when constrained).")
+    num_return_sequences: int = Field(5, ge=1, description="Beams returned per prompt (reference 5).")
+    min_new_tokens: int = Field(4, ge=0, description="Free generation only (reference 4).")
+    max_new_tokens: int = Field(64, ge=1, description="Longest generated title in tokens (reference 128).")
+    length_penalty: float = Field(1.0, description="Beam score length normalisation (reference 1.0; D3 0).")
+    batch_size: int = Field(8, ge=1, description="Prompts per generate call.")
+    ks: list[int] = Field(default_factory=lambda: [1, 3, 5, 10, 20, 50], description="Cut-offs K of HR@K / NDCG@K.")
+    history_reliance: bool = Field(
+        True, description="Also evaluate with the history removed from the prompt: the gap is "
+        "what CFT is meant to widen.",
+    )
+    popularity_groups: int = Field(5, ge=2, description="Item popularity groups (by train frequency).")
+
+
 class TrackingConfig(_Strict):
     """MLflow tracking and registry."""
 
@@ -204,6 +229,7 @@ class PipelineConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 

@@ -1,0 +1,55 @@
+"""Ranking metrics against hand computation (RecBole style): hits, misses, ties, duplicate titles."""
+
+import math
+
+import numpy as np
+import pytest
+
+from cft_core.metrics import first_hit_ranks, ranking_metrics, title_ids
+
+
+def test_hand_computed_ranks():
+    # Four examples: hits at ranks 0, 2, 9 and a miss.
+    m = ranking_metrics([0, 2, 9, -1], ks=(1, 3, 10, 20))
+    assert m["HR@1"] == pytest.approx(1 / 4)
+    assert m["HR@3"] == pytest.approx(2 / 4)
+    assert m["HR@10"] == m["HR@20"] == pytest.approx(3 / 4)
+    assert m["NDCG@1"] == pytest.approx(1 / 4)
+    assert m["NDCG@3"] == pytest.approx((1 + 1 / math.log2(4)) / 4)  # 1/log2(2) + 1/log2(4)
+    assert m["NDCG@10"] == pytest.approx((1 + 0.5 + 1 / math.log2(11)) / 4)
+    assert m["NDCG@20"] == m["NDCG@10"]
+
+
+def test_boundary_rank_equal_to_k_is_a_miss():
+    m = ranking_metrics([5], ks=(5, 6))
+    assert m["HR@5"] == 0.0 and m["NDCG@5"] == 0.0
+    assert m["HR@6"] == 1.0 and m["NDCG@6"] == pytest.approx(1 / math.log2(7))
+
+
+def test_all_misses_and_default_ks():
+    m = ranking_metrics(np.full(7, -1))
+    assert set(m) == {f"{n}@{k}" for n in ("HR", "NDCG") for k in (1, 3, 5, 10, 20, 50)}
+    assert all(v == 0.0 for v in m.values())
+
+
+@pytest.mark.parametrize("bad", [[[0, 1]], [], [-2]])
+def test_bad_input_is_refused(bad):
+    with pytest.raises(ValueError):
+        ranking_metrics(bad)
+
+
+def test_duplicate_titles_count_as_hits():
+    # Items 3 and 7 share the target's title "Heat": the first of them ranked is the hit.
+    titles = np.array(["A", "B", "Heat", "C", "Heat"])
+    ranked_items = np.array([[1, 4, 2, 0], [0, 1, 3, 4]])  # item indices into `titles`
+    ranks = first_hit_ranks(titles[ranked_items], np.array(["Heat", "Heat"]))
+    assert ranks.tolist() == [1, 3]
+    # A tie between two equal-titled items cannot change the rank of the first hit.
+    ranks2 = first_hit_ranks(titles[np.array([[4, 2, 0]])], np.array(["Heat"]))
+    assert ranks2.tolist() == [0]
+    assert first_hit_ranks(titles[np.array([[0, 1]])], np.array(["Heat"])).tolist() == [-1]
+
+
+def test_title_ids_share_ids_between_duplicates():
+    ids, table = title_ids(["x", "y", "x", "z"])
+    assert ids.tolist() == [0, 1, 0, 2] and table == {"x": 0, "y": 1, "z": 2}

@@ -1,0 +1,81 @@
+"""Evaluation stage end to end on a briefly trained tiny model and real (capped) ML-100K."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.evaluation import evaluate, log_to_mlflow, popularity_groups
+from tasks.training import train
+from tests.train.conftest import make_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
+KS = (1, 3, 5, 10, 20, 50)
+
+
+def test_evaluate_metrics_predictions_baseline_and_mlflow(tmp_path, small_sequences):
+    from mlflow import MlflowClient
+
+    seq, fp = small_sequences
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = make_config(tmp_path, max_steps=2, eval_steps=2, tracking={"enabled": True, "tracking_uri": uri,
+                                                                    "log_model_folder": False})
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={
+        "methods": ["grounding", "constrained"], "max_samples": 16, "num_beams": 3,
+        "num_return_sequences": 3, "max_new_tokens": 40, "batch_size": 8})})
+    trained = train(cfg, seq, fp)
+    result = evaluate(cfg, trained.model_dir, seq, progress=False)
+
+    methods = ["grounding_original", "grounding_adjusted", "constrained", "most_popular"]
+    methods += [f"nohist_{m}" for m in methods[:3]]
+    assert set(result.metrics) == {f"{m}/{n}@{k}" for m in methods for n in ("HR", "NDCG") for k in KS}
+    for m in methods:
+        hr = [result.metrics[f"{m}/HR@{k}"] for k in KS]
+        assert hr == sorted(hr) and all(0 <= v <= 1 for v in hr)
+        assert all(result.metrics[f"{m}/NDCG@{k}"] <= result.metrics[f"{m}/HR@{k}"] + 1e-12 for k in KS)
+
+    # The most-popular baseline, recomputed independently with pandas.
+    train_df = pd.read_parquet(seq / "train.parquet")
+    catalogue = pd.read_parquet(seq / "catalogue.parquet").set_index("item_id")["title"]
+    counts = train_df["target_item_id"].value_counts().reindex(catalogue.index, fill_value=0)
+    top = counts.sort_values(ascending=False, kind="stable").index[:50].tolist()
+    preds = pd.read_parquet(result.path / "predictions.parquet")
+    assert len(preds) == 16
+    ranks = []
+    for title in preds["target_title"]:
+        hits = [i for i, item in enumerate(top) if catalogue[item] == title]
+        ranks.append(hits[0] if hits else None)
+    for k in (10, 50):
+        expected_hr = np.mean([r is not None and r < k for r in ranks])
+        expected_ndcg = np.mean([1 / math.log2(r + 2) if r is not None and r < k else 0.0 for r in ranks])
+        assert result.metrics[f"most_popular/HR@{k}"] == pytest.approx(expected_hr)
+        assert result.metrics[f"most_popular/NDCG@{k}"] == pytest.approx(expected_ndcg)
+
+    # Constrained beams are catalogue titles; ranks agree with the stored top lists.
+    titles = set(catalogue.str.strip())
+    assert all(t in titles for row in preds["constrained_generated"] for t in row)
+    popularity = json.loads((result.path / "popularity.json").read_text())
+    assert sum(popularity["history"]) == pytest.approx(1.0)
+    assert {p.name for p in (result.path / "plots").iterdir()} == {"metrics_at_k.png", "popularity.png"}
+
+    again = evaluate(cfg, trained.model_dir, seq, progress=False)
+    assert again.reused and again.metrics == result.metrics
+
+    run_id = trained.summary["mlflow_run_id"]
+    log_to_mlflow(result, run_id, uri)
+    client = MlflowClient(tracking_uri=uri)
+    logged = client.get_run(run_id).data.metrics
+    assert logged["test/grounding_adjusted/NDCG_at_10"] == pytest.approx(result.metrics["grounding_adjusted/NDCG@10"])
+    paths = {a.path for a in client.list_artifacts(run_id, "evaluation/test")}
+    assert "evaluation/test/predictions.parquet" in paths and "evaluation/test/metrics.json" in paths
+
+
+def test_popularity_groups_are_equal_sized_by_frequency():
+    targets = np.array([0, 0, 0, 1, 1, 2, 5, 5, 5, 5])  # counts: 3 2 1 0 0 4 (items 0..5)
+    group = popularity_groups(targets, 6, 3)
+    # ascending popularity: item 3 (0), 4 (0), 2 (1), 1 (2), 0 (3), 5 (4) -> groups 0 0 1 1 2 2
+    assert group.tolist() == [2, 1, 1, 0, 0, 2]
