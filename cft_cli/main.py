@@ -115,8 +115,19 @@ def evaluate(
 
 @app.command("run")
 def run(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) -> None:
-    """Run the pipeline. Today: the data stage (training, evaluation and registration follow)."""
+    """The whole job in-process: prepare data -> train -> evaluate (each stage reused when done).
+
+    Prints where the results are. (The Prefect flow and the registry gate wrap these same stages.)
+    """
+    from schemas.config import load_config
+    from tasks.tracking import tracking_uri
+
     data_prepare(config, set_)
+    evaluate(config, set_, None)
+    cfg = load_config(config, set_)
+    if cfg.tracking.enabled:
+        console.print(f"MLflow store: {tracking_uri(cfg)}\n"
+                      f"UI: mlflow ui --backend-store-uri {tracking_uri(cfg)} --host 127.0.0.1")
 
 
 def main() -> None:
