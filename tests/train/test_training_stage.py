@@ -46,7 +46,7 @@ def _losses(summary, key="loss"):
     return {h["step"]: h[key] for h in summary["log_history"] if key in h and "step" in h}
 
 
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+@pytest.mark.parametrize("stage", ["zero2", "zero3", "zero2-offload"])
 def test_zero_trains_saves_and_reloads(tmp_path, small_sequences, stage):
     seq, fp = small_sequences
     cfg = make_config(tmp_path, deepspeed=f"infra/deepspeed/{stage}.json", max_steps=12, eval_steps=6)
