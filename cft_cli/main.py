@@ -114,20 +114,163 @@ def evaluate(
 
 
 @app.command("run")
-def run(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) -> None:
-    """The whole job in-process: prepare data -> train -> evaluate (each stage reused when done).
+def run(
+    config: ConfigOpt = Path("configs/demo.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """The whole pipeline in-process as the Prefect flow `cft`: ingest -> validate -> build ->
+    train -> evaluate -> register -> gate. Finished stages are reused (Prefect cache + content-
+    addressed outputs). Without PREFECT_API_URL, Prefect starts a temporary local server."""
+    from flows.cft import cft_pipeline
+    from schemas.config import load_config
+    from schemas.errors import DataError
+    from tasks.tracking import tracking_uri
 
-    Prints where the results are. (The Prefect flow and the registry gate wrap these same stages.)
-    """
+    cfg = load_config(config, set_)  # validate the config before starting Prefect
+    try:
+        out = cft_pipeline(profile=str(config), overrides=_overrides_dict(set_))
+    except DataError as e:
+        console.print(f"[red]data error:[/red] {e}")
+        raise typer.Exit(2) from None
+    console.print(out["summary"])
+    uri = tracking_uri(cfg)
+    if not uri.startswith("http"):
+        console.print(f"\nMLflow UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (then http://127.0.0.1:5000)")
+    if out["registered"]:
+        name = out["registered"]["name"]
+        console.print(f"Recommend:  cft recommend -c {config} --model models:/{name}@champion --history \"Toy Story\" \"Heat\"")
+
+
+def _overrides_dict(set_: list[str] | None) -> dict:
+    import yaml
+
+    out = {}
+    for item in set_ or []:
+        key, _, value = item.partition("=")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+# ------------------------------------------------------------------------------ registry
+
+
+def _registry_context(config: Path, set_: list[str] | None):
     from schemas.config import load_config
     from tasks.tracking import tracking_uri
 
-    data_prepare(config, set_)
-    evaluate(config, set_, None)
     cfg = load_config(config, set_)
-    if cfg.tracking.enabled:
-        console.print(f"MLflow store: {tracking_uri(cfg)}\n"
-                      f"UI: mlflow ui --backend-store-uri {tracking_uri(cfg)} --host 127.0.0.1")
+    return cfg, tracking_uri(cfg)
+
+
+@app.command("recommend")
+def recommend(
+    history: Annotated[list[str], typer.Argument(help="The user's history: titles or item ids, oldest first.")],
+    _marker: Annotated[bool, typer.Option("--history", help="Optional marker before the history items.")] = False,
+    model: Annotated[str, typer.Option(help="Model URI, e.g. models:/cft-ml-100k@champion.")] = "",
+    k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+    include_history: Annotated[bool, typer.Option(help="Allow items already in the history.")] = False,
+    config: ConfigOpt = Path("configs/demo.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Top-K catalogue items for a history, from a registered model (the champion by default)."""
+    import mlflow
+    import pandas as pd
+
+    cfg, uri = _registry_context(config, set_)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model_uri = model or f"models:/{cfg.registered_model_name()}@champion"
+    recommender = mlflow.pyfunc.load_model(model_uri)
+    out = recommender.predict(pd.DataFrame({"history": [history]}),
+                              params={"k": k, "exclude_history": not include_history})
+    row = out.iloc[0]
+    t = Table(title=f"{model_uri}: top {k}")
+    for col in ("rank", "item id", "title", "score"):
+        t.add_column(col)
+    for rank, (item, title, score) in enumerate(zip(row["item_ids"], row["titles"], row["scores"], strict=True), 1):
+        t.add_row(str(rank), str(item), title, f"{score:.3f}")
+    console.print(t)
+
+
+@app.command("promote")
+def promote(
+    version: Annotated[str, typer.Option(help="Registered model version to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the registry).")],
+    model_name: Annotated[str | None, typer.Option(help="Registered model; default cft-<data.name>.")] = None,
+    config: ConfigOpt = Path("configs/demo.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Override the gate: make VERSION the champion, recording the reason."""
+    from tasks.registry import promote as promote_version
+
+    cfg, uri = _registry_context(config, set_)
+    name = model_name or cfg.registered_model_name()
+    promote_version(cfg, name, version, reason, uri)
+    console.print(f"{name}: champion -> version {version} ({reason})")
+
+
+@app.command("rollback")
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why (recorded in the registry).")],
+    model_name: Annotated[str | None, typer.Option(help="Registered model; default cft-<data.name>.")] = None,
+    config: ConfigOpt = Path("configs/demo.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Make the previous champion champion again, recording the reason."""
+    from tasks.registry import rollback as rollback_champion
+
+    cfg, uri = _registry_context(config, set_)
+    name = model_name or cfg.registered_model_name()
+    version = rollback_champion(cfg, name, reason, uri)
+    console.print(f"{name}: champion -> version {version} (rollback: {reason})")
+
+
+# ------------------------------------------------------------------------------ local stack
+
+stack_app = typer.Typer(help="Local Prefect server + worker + MLflow server on 127.0.0.1.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+DataRootOpt = Annotated[Path, typer.Option(help="Data root; the stack keeps its state in <data-root>/stack.")]
+
+
+@stack_app.command("up")
+def stack_up(
+    data_root: DataRootOpt = Path("data"),
+    prefect_port: int = 4200,
+    mlflow_port: int = 5000,
+    worker: Annotated[bool, typer.Option(help="Start a process worker.")] = True,
+) -> None:
+    """Start the servers, create the work pool, deploy prefect.yaml, start a worker; print URLs."""
+    from cft_cli.stack import Stack, deploy, start_servers, start_worker
+
+    stack = Stack(data_root, prefect_port=prefect_port, mlflow_port=mlflow_port)
+    start_servers(stack, say=console.print)
+    deploy(stack)
+    console.print("deployed: cft/full-pipeline, cft/scheduled-retrain (paused), cft-promote/promote")
+    if worker:
+        start_worker(stack)
+        console.print(f"worker on pool cft-local (log: {stack.state / 'logs' / 'worker.log'})")
+    console.print(
+        f"\nPrefect UI: {stack.prefect_api.removesuffix('/api')}    MLflow UI: {stack.mlflow_uri}\n"
+        f"In your shell:\n  export PREFECT_API_URL={stack.prefect_api} MLFLOW_TRACKING_URI={stack.mlflow_uri}\n"
+        "  prefect deployment run cft/full-pipeline --param profile=configs/smoke.yaml --watch\n"
+        f"Stop: cft stack down --data-root {data_root}")
+
+
+@stack_app.command("down")
+def stack_down(data_root: DataRootOpt = Path("data")) -> None:
+    """Stop what `cft stack up` started (and only that)."""
+    from cft_cli.stack import Stack, down
+
+    if not down(Stack(data_root), say=console.print):
+        console.print("nothing to stop")
+
+
+@stack_app.command("status")
+def stack_status(data_root: DataRootOpt = Path("data")) -> None:
+    from cft_cli.stack import Stack, status
+
+    for name, alive in status(Stack(data_root)).items():
+        console.print(f"{name}: {'running' if alive else 'stopped'}")
 
 
 def main() -> None:

@@ -223,6 +223,30 @@ class TrackingConfig(_Strict):
     log_model_folder: bool = Field(True, description="Copy the final model folder into the run's artifacts.")
 
 
+class RegistryConfig(_Strict):
+    """Registration of an evaluated run and the champion/challenger gate (README, "Registry")."""
+
+    enabled: bool = Field(True, description="Register the evaluated model and run the gate.")
+    model_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+        description="Registered model name; default `cft-<data.name>` (one per dataset).",
+    )
+    gate_split: Literal["valid", "test"] = Field(
+        "valid", description="Split the gate compares on. Validation, so the test split stays an "
+        "unbiased report of the chosen model.",
+    )
+    gate_metric: str = Field("grounding_adjusted/NDCG@10",
+                             description="Metric (as in metrics.json) that must improve for promotion.")
+    gate_margin: float = Field(
+        0.0, ge=0.0, description="A challenger becomes champion only if its metric exceeds the "
+        "champion's by more than this (absolute). 0: any strict improvement.",
+    )
+    gate_max_samples: int | None = Field(
+        None, ge=1, description="Seeded subsample of the gate split; None: eval.max_samples.",
+    )
+    top_k: int = Field(10, ge=1, le=50, description="Default number of items the served model returns.")
+
+
 class PipelineConfig(_Strict):
     """A whole run: data -> model -> train -> (evaluate -> register)."""
 
@@ -231,22 +255,42 @@ class PipelineConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    def registered_model_name(self) -> str:
+        return self.registry.model_name or f"cft-{self.data.name}"
+
+    def gate_eval(self) -> EvalConfig:
+        """The evaluation the gate runs: `eval` on the gate split, grounding only, no diagnostics."""
+        samples = self.registry.gate_max_samples or self.eval.max_samples
+        return self.eval.model_copy(update={"split": self.registry.gate_split, "max_samples": samples,
+                                            "methods": [self.gate_method()], "history_reliance": False})
+
+    def gate_method(self) -> Literal["grounding", "constrained"]:
+        return "constrained" if self.registry.gate_metric.startswith("constrained/") else "grounding"
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read a YAML profile; `overrides` are `section.field=value` strings (value parsed as YAML)."""
+def load_config(path: str | Path, overrides: list[str] | dict[str, object] | None = None) -> PipelineConfig:
+    """Read a YAML profile and apply overrides: `section.field=value` strings (value parsed as
+    YAML, as `--set` gives them) or a {"section.field": value} mapping (as Prefect parameters)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} not found") from None
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} is not of the form section.field=value")
+    if isinstance(overrides, dict):
+        pairs = list(overrides.items())
+    else:
+        pairs = []
+        for item in overrides or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item!r} is not of the form section.field=value")
+            pairs.append((key, yaml.safe_load(value)))
+    for key, value in pairs:
         node = raw
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = value
     return PipelineConfig.model_validate(raw)

@@ -101,11 +101,17 @@ def _to_arrow(df: pd.DataFrame, schema: pa.Schema, what: str) -> pa.Table:
 # ------------------------------------------------------------------------------ stages
 
 
-def ingest(cfg: DataConfig) -> StageOutput:
-    """Read the source into interactions.parquet and items.parquet (reused when unchanged)."""
+def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
+    """(output folder, fingerprint, source files) of `ingest`: named by the source settings and
+    the bytes of every source file."""
     files = source_files(cfg)
     fp = fingerprint({"source": cfg.source.model_dump(), "files": [(f.name, file_digest(f)) for f in files]})
-    out = cfg.data_root / "ingested" / f"{cfg.name}-{fp}"
+    return cfg.data_root / "ingested" / f"{cfg.name}-{fp}", fp, files
+
+
+def ingest(cfg: DataConfig) -> StageOutput:
+    """Read the source into interactions.parquet and items.parquet (reused when unchanged)."""
+    out, fp, files = ingest_target(cfg)
     if (out / "manifest.json").is_file():
         return StageOutput(out, fp, reused=True)
     interactions, items = read_source(cfg)
@@ -146,11 +152,16 @@ def sequence_settings(cfg: DataConfig) -> SequenceSettings:
     )
 
 
+def sequences_target(ingested_fingerprint: str, cfg: DataConfig) -> tuple[Path, str]:
+    """(output folder, fingerprint) of `build_sequences`."""
+    fp = fingerprint({"ingested": ingested_fingerprint, "settings": sequence_settings(cfg).__dict__})
+    return cfg.data_root / "sequences" / f"{cfg.name}-{fp}", fp
+
+
 def build_sequences(ingested: StageOutput, cfg: DataConfig) -> StageOutput:
     """Validated tables -> train/valid/test records + catalogue (reused when unchanged)."""
+    out, fp = sequences_target(ingested.fingerprint, cfg)
     settings = sequence_settings(cfg)
-    fp = fingerprint({"ingested": ingested.fingerprint, "settings": settings.__dict__})
-    out = cfg.data_root / "sequences" / f"{cfg.name}-{fp}"
     if (out / "manifest.json").is_file():
         return StageOutput(out, fp, reused=True)
     inter = pq.read_table(ingested.path / "interactions.parquet").to_pandas()

@@ -51,12 +51,52 @@ def _model_fingerprint(model_dir: Path) -> str:
     return fingerprint({"model": str(model_dir.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns})
 
 
+def evaluation_dir(cfg: PipelineConfig, model_dir: Path, sequences: Path) -> Path:
+    """Output folder of `evaluate`: named by the eval settings, the records and the model."""
+    fp = fingerprint({"eval": cfg.eval.model_dump(), "data": sequences.name, "model": _model_fingerprint(model_dir),
+                      "domain": cfg.data.domain})
+    return model_dir.parent / "evaluation" / f"{cfg.eval.split}-{fp}"
+
+
+def embeddings_cache(cfg: PipelineConfig, model_dir: Path, sequences: Path) -> Path:
+    """Where the catalogue's title embeddings of this model are kept (.npy, no pickle)."""
+    return cfg.data.data_root / "embeddings" / f"{_model_fingerprint(model_dir)}-{sequences.name}.npy"
+
+
+def catalogue_embeddings(model, tokenizer, titles: list[str], cache: Path, progress: bool = False):
+    """FloatTensor[I, D] of the catalogue titles (BIGRec grounding), computed once per model and
+    catalogue and cached at `cache`."""
+    import torch
+
+    from cft_core.grounding import embed_texts
+
+    if cache.is_file():
+        return torch.from_numpy(np.load(cache, allow_pickle=False))
+    emb = embed_texts(model, tokenizer, titles, batch_size=64, progress=progress)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, emb.numpy(), allow_pickle=False)
+    tmp.replace(cache)
+    return emb
+
+
+def ensure_catalogue_embeddings(cfg: PipelineConfig, model_dir: Path, sequences: Path) -> Path:
+    """The cache file of `catalogue_embeddings`, computing it if the evaluation did not."""
+    cache = embeddings_cache(cfg, model_dir, sequences)
+    if not cache.is_file():
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        catalogue = pq.read_table(sequences / "catalogue.parquet").to_pandas().sort_values("item_id")
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
+        catalogue_embeddings(model, AutoTokenizer.from_pretrained(model_dir), catalogue["title"].tolist(), cache)
+    return cache
+
+
 def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress: bool = True) -> EvalOutput:
     """Evaluate `model_dir` on `cfg.eval.split` of `sequences`."""
     e = cfg.eval
-    fp = fingerprint({"eval": e.model_dump(), "data": sequences.name, "model": _model_fingerprint(model_dir),
-                      "domain": cfg.data.domain})
-    out_dir = model_dir.parent / "evaluation" / f"{e.split}-{fp}"
+    out_dir = evaluation_dir(cfg, model_dir, sequences)
     if (out_dir / "metrics.json").is_file():
         return EvalOutput(out_dir, json.loads((out_dir / "metrics.json").read_text()), True)
 
@@ -112,15 +152,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         variants.append(("nohist_", [prompts.counterfactual()] * len(rows)))
 
     if "grounding" in e.methods:
-        cache = cfg.data.data_root / "embeddings" / f"{_model_fingerprint(model_dir)}-{sequences.name}.npy"
-        if cache.is_file():
-            item_emb = torch.from_numpy(np.load(cache, allow_pickle=False))
-        else:
-            item_emb = embed_texts(model, tokenizer, titles, batch_size=64, progress=progress)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npy")
-            np.save(tmp, item_emb.numpy(), allow_pickle=False)
-            tmp.replace(cache)
+        item_emb = catalogue_embeddings(model, tokenizer, titles, embeddings_cache(cfg, model_dir, sequences), progress)
         for prefix, texts in variants:
             beams = generate_titles(model, tokenizer, texts, settings, progress=progress)
             if not prefix:

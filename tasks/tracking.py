@@ -114,3 +114,16 @@ def loss_curve_figure(log_history: list[dict[str, Any]]):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def run_link(cfg: PipelineConfig, run_id: str | None) -> str:
+    """Where to see a run: its UI address on a tracking server, else how to open the local store."""
+    uri = tracking_uri(cfg)
+    if not run_id:
+        return "(tracking disabled)"
+    if uri.startswith(("http://", "https://")):
+        from mlflow import MlflowClient
+
+        exp = MlflowClient(uri).get_run(run_id).info.experiment_id
+        return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
+    return f"run {run_id} in {uri} (UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1)"

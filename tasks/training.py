@@ -110,6 +110,11 @@ def run_fingerprint(cfg: PipelineConfig, data_fingerprint: str) -> str:
                         "train": cfg.train.model_dump(), "world_size": world_size()})
 
 
+def training_run_dir(cfg: PipelineConfig, data_fingerprint: str) -> Path:
+    """Folder of one training run: checkpoints/, model/ (final), mlflow_run_id."""
+    return cfg.data.data_root / "training" / f"{cfg.data.name}-{run_fingerprint(cfg, data_fingerprint)}"
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -121,7 +126,7 @@ def is_rank_zero() -> bool:
 def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_callbacks=()) -> TrainOutput:
     """Fine-tune `cfg.model` on `sequences` (a build_sequences folder) with `cfg.train`."""
     t = cfg.train
-    run_dir = cfg.data.data_root / "training" / f"{cfg.data.name}-{run_fingerprint(cfg, data_fingerprint)}"
+    run_dir = training_run_dir(cfg, data_fingerprint)
     final = run_dir / "model"
     if (final / "training.json").is_file():
         return TrainOutput(run_dir, final, True, json.loads((final / "training.json").read_text()))

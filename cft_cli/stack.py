@@ -1,0 +1,201 @@
+"""`cft stack up|down|status`: a local Prefect server, process worker and MLflow server.
+
+Everything binds to 127.0.0.1 and keeps its state under `<data_root>/stack/`:
+
+    stack/prefect/      PREFECT_HOME (the server's SQLite database, results of flow runs)
+    stack/logs/         one log file per process
+    stack/pids.json     the processes `up` started: `down` stops those and nothing else
+
+MLflow serves the same SQLite store that in-process runs (`cft run`) write
+(`<data_root>/mlflow/mlflow.db`), so every run shows up in one UI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+POOL = "cft-local"
+PROMOTION_TAG = "cft-promotion"  # tasks that move the champion alias run one at a time
+
+
+@dataclass(frozen=True)
+class Stack:
+    data_root: Path
+    host: str = "127.0.0.1"
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+
+    @property
+    def state(self) -> Path:
+        return self.data_root.resolve() / "stack"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state / "pids.json"
+
+    @property
+    def prefect_api(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}/api"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    def env(self) -> dict[str, str]:
+        """Environment of every stack process and of the commands run against the stack."""
+        env = dict(os.environ)
+        env.update({
+            "PREFECT_HOME": str(self.state / "prefect"), "PREFECT_API_URL": self.prefect_api,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+            "MLFLOW_TRACKING_URI": self.mlflow_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+            "HF_HUB_OFFLINE": "1", "GX_ANALYTICS_ENABLED": "false",
+        })
+        return env
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (the venv's prefect / mlflow)."""
+    path = Path(sys.executable).with_name(name)
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {proc.returncode}; see {log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 (loopback URL we built)
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s; see {log}")
+
+
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) != 0
+
+
+def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    logs = stack.state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as out:
+        # Its own process group, so `down` can stop the process and its children together.
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT,
+                                start_new_session=True)
+
+
+def _record(stack: Stack, name: str, proc: subprocess.Popen) -> None:
+    pids = _read_pids(stack)
+    pids[name] = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "cmd": proc.args}
+    stack.pid_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stack.pid_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(pids, indent=1))
+    tmp.replace(stack.pid_file)
+
+
+def _read_pids(stack: Stack) -> dict:
+    return json.loads(stack.pid_file.read_text()) if stack.pid_file.is_file() else {}
+
+
+def _alive(entry: dict) -> psutil.Process | None:
+    """The recorded process if it still runs and is the same one (not a reused pid)."""
+    try:
+        proc = psutil.Process(entry["pid"])
+        return proc if abs(proc.create_time() - entry["create_time"]) < 1e-3 and proc.is_running() else None
+    except psutil.Error:
+        return None
+
+
+def _cli(stack: Stack, *args: str) -> None:
+    """Run a prefect CLI command against the stack's server; raise with its output on failure."""
+    res = subprocess.run([_bin("prefect"), *args], env=stack.env(), cwd=PROJECT_ROOT, capture_output=True, text=True)
+    if res.returncode:
+        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+
+
+def start_servers(stack: Stack, say=print) -> None:
+    """Prefect server and MLflow server (each skipped when this stack's one already runs)."""
+    pids = _read_pids(stack)
+    env = stack.env()
+    if not (pids.get("prefect-server") and _alive(pids["prefect-server"])):
+        if not _port_free(stack.host, stack.prefect_port):
+            raise RuntimeError(f"port {stack.prefect_port} is taken by another program: choose --prefect-port")
+        proc = _spawn(stack, "prefect-server", [_bin("prefect"), "server", "start", "--host", stack.host,
+                                                "--port", str(stack.prefect_port), "--analytics-off"], env)
+        _record(stack, "prefect-server", proc)
+        _wait_http(f"{stack.prefect_api}/health", 120, proc, stack.state / "logs" / "prefect-server.log")
+        say(f"Prefect server  {stack.prefect_api.removesuffix('/api')}")
+    if not (pids.get("mlflow-server") and _alive(pids["mlflow-server"])):
+        if not _port_free(stack.host, stack.mlflow_port):
+            raise RuntimeError(f"port {stack.mlflow_port} is taken by another program: choose --mlflow-port")
+        store = stack.data_root.resolve() / "mlflow"
+        store.mkdir(parents=True, exist_ok=True)
+        proc = _spawn(stack, "mlflow-server", [
+            _bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+            "--artifacts-destination", str(store / "artifacts"), "--host", stack.host,
+            "--port", str(stack.mlflow_port), "--workers", "1"], env)
+        _record(stack, "mlflow-server", proc)
+        _wait_http(f"{stack.mlflow_uri}/health", 120, proc, stack.state / "logs" / "mlflow-server.log")
+        say(f"MLflow server   {stack.mlflow_uri}")
+
+
+def deploy(stack: Stack) -> None:
+    """Work pool, the promotion concurrency limit, and every deployment in prefect.yaml."""
+    _cli(stack, "work-pool", "create", POOL, "--type", "process", "--overwrite")
+    _cli(stack, "concurrency-limit", "create", PROMOTION_TAG, "1")
+    _cli(stack, "--no-prompt", "deploy", "--all")
+
+
+def start_worker(stack: Stack) -> None:
+    pids = _read_pids(stack)
+    if pids.get("worker") and _alive(pids["worker"]):
+        return
+    proc = _spawn(stack, "worker", [_bin("prefect"), "worker", "start", "--pool", POOL], stack.env())
+    _record(stack, "worker", proc)
+
+
+def down(stack: Stack, timeout: float = 30.0, say=print) -> list[str]:
+    """Stop the processes `up` recorded (worker first); returns their names."""
+    pids = _read_pids(stack)
+    stopped = []
+    for name in sorted(pids, key=lambda n: n != "worker"):
+        proc = _alive(pids[name])
+        if proc is None:
+            continue
+        # A worker ignores the first SIGTERM (it forwards SIGINT to its runs): send two.
+        for _ in range(2 if name == "worker" else 1):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        try:
+            proc.wait(timeout)
+        except psutil.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        stopped.append(name)
+        say(f"stopped {name} (pid {proc.pid})")
+    stack.pid_file.unlink(missing_ok=True)
+    return stopped
+
+
+def status(stack: Stack) -> dict[str, bool]:
+    return {name: _alive(entry) is not None for name, entry in _read_pids(stack).items()}

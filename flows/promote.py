@@ -1,0 +1,40 @@
+"""The `cft-promote` flow: a person's override of the registry gate, recorded with a reason.
+
+`prefect deployment run cft-promote/promote --param model_name=cft-ml-100k --param version=3
+--param reason="..."`; `action=rollback` makes the previous champion champion again.
+The same functions back `cft promote` and `cft rollback`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+
+from schemas.config import load_config
+from tasks.pipeline import transient_only
+
+
+@task(name="set-champion", tags=["cft-promotion"], retries=3, retry_delay_seconds=[2, 10, 30],
+      retry_condition_fn=transient_only)
+def set_champion_task(profile: str, model_name: str, version: str | None, reason: str, action: str) -> str:
+    from tasks.registry import promote, rollback
+    from tasks.tracking import tracking_uri
+
+    cfg = load_config(profile)
+    uri = tracking_uri(cfg)
+    if action == "rollback":
+        return rollback(cfg, model_name, reason, uri)
+    if not version:
+        raise ValueError("promote needs a version")
+    promote(cfg, model_name, version, reason, uri)
+    return version
+
+
+@flow(name="cft-promote", description="Move the champion alias by hand (promote or roll back), with a reason.")
+def promote_flow(model_name: str, reason: str, version: str | None = None,
+                 action: Literal["promote", "rollback"] = "promote", profile: str = "configs/demo.yaml") -> str:
+    """profile: only its data root (registry lock) and tracking settings are used."""
+    champion = set_champion_task(profile, model_name, version, reason, action)
+    get_run_logger().info("%s: champion is now version %s (%s: %s)", model_name, champion, action, reason)
+    return champion

@@ -1,0 +1,58 @@
+"""The registered model: an MLflow pyfunc that recommends catalogue items for a history.
+
+Logged by `tasks.registry.log_recommender` in MLflow's models-from-code form: MLflow stores this
+file itself (not a pickled object) and runs it on load, so loading executes only reviewed code.
+The artifacts beside it are the model folder (safetensors + tokenizer), the catalogue (Parquet)
+and the catalogue's title embeddings (.npy, read with allow_pickle=False).
+
+Input: a DataFrame with a `history` column, one list of strings per user (titles or item ids,
+oldest first). Params: `k` (items returned) and `exclude_history`.
+Output: one row per user with `item_ids`, `titles` and `scores` lists (best first).
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class CFTRecommenderModel(PythonModel):
+    def load_context(self, context) -> None:
+        import json
+
+        import numpy as np
+        import pyarrow.parquet as pq
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from cft_core.generation import GenerationSettings
+        from cft_core.prompts import PromptBuilder
+        from cft_core.recommend import Recommender
+
+        config = dict(context.model_config or {})
+        model_dir = context.artifacts["model"]
+        catalogue = pq.read_table(context.artifacts["catalogue"]).to_pandas().sort_values("item_id")
+        embeddings = torch.from_numpy(np.load(context.artifacts["item_embeddings"], allow_pickle=False))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).to(device)
+        settings = GenerationSettings(**json.loads(config.get("generation", "{}")))
+        self.default_k = int(config.get("top_k", 10))
+        self.recommender = Recommender(
+            model, AutoTokenizer.from_pretrained(model_dir), catalogue["item_id"].tolist(),
+            catalogue["title"].tolist(), embeddings.to(device), PromptBuilder.for_domain(config["domain"]),
+            settings,
+        )
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        params = params or {}
+        if "history" not in model_input.columns:
+            raise ValueError(f"input needs a `history` column (list of titles or item ids); got {list(model_input.columns)}")
+        histories = [list(h) for h in model_input["history"]]
+        recs = self.recommender.recommend(histories, k=int(params.get("k") or self.default_k),
+                                          exclude_history=bool(params.get("exclude_history", True)))
+        return pd.DataFrame({"item_ids": [r.item_ids for r in recs], "titles": [r.titles for r in recs],
+                             "scores": [r.scores for r in recs]})
+
+
+mlflow.models.set_model(CFTRecommenderModel())
