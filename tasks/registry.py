@@ -134,7 +134,9 @@ def register(cfg: PipelineConfig, run_id: str, model_uri: str, tags: dict[str, s
             client.get_registered_model(name)
         except mlflow.exceptions.MlflowException:
             client.create_registered_model(name, description=f"CFT recommender for dataset {cfg.data.name}")
-        mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags)
+        # A server needs the logged model's id beside its models:/<id> source.
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
         return _wait_ready(client, name, str(mv.version))
 
 

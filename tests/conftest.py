@@ -49,3 +49,12 @@ def tiny_tokenizer():
         pb = PromptBuilder.for_domain(name)
         texts += [pb.factual(TITLES[:3]), pb.counterfactual(), pb.response(TITLES[0])]
     return build_tiny_tokenizer(texts * 4, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for the session (starting one costs 10-15 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
