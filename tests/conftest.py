@@ -58,3 +58,15 @@ def prefect_harness():
 
     with prefect_test_harness():
         yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_uris():
+    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; keep one test's store out of the next."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

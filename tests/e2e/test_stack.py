@@ -64,7 +64,7 @@ def test_deployment_runs_registers_and_gates(tmp_path):
     try:
         start_servers(stack, say=lambda *_: None)
         deploy(stack)
-        client = MlflowClient(stack.mlflow_uri)
+        client = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)
         name = "cft-ml-100k-smoke"
 
         first = run_pipeline(stack, {"data.data_root": str(data_root)})

@@ -27,7 +27,7 @@ def test_validation_failure_stops_the_flow_and_registers_nothing(tmp_path, prefe
         state.result()
     assert "expect_column_values_to_not_be_null" in state.message
     assert not (tmp_path / "sequences").exists() and not (tmp_path / "training").exists()
-    assert MlflowClient(tracking_uri(cfg)).search_registered_models() == []
+    assert MlflowClient(tracking_uri(cfg), registry_uri=tracking_uri(cfg)).search_registered_models() == []
 
 
 def test_registry_call_is_retried_after_a_transient_error(tmp_path, prefect_harness, monkeypatch, small_sequences):

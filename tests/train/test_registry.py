@@ -65,7 +65,7 @@ def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
     run_id = new_run(uri)
     v1 = registered(cfg, uri, model_dir, seq, emb, run_id)
     again = registered(cfg, uri, model_dir, seq, emb, run_id)
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     name = cfg.registered_model_name()
     assert str(again.version) == str(v1.version) == "1"
     assert len(client.search_model_versions(f"name='{name}'")) == 1
@@ -91,7 +91,7 @@ def test_gate_promotes_only_improvements_and_overrides_are_recorded(setup):
     from mlflow import MlflowClient
 
     cfg, uri, model_dir, seq, emb = setup
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     name = cfg.registered_model_name()
     versions = [str(registered(cfg, uri, model_dir, seq, emb, new_run(uri)).version) for _ in range(4)]
     alias = lambda a: str(client.get_model_version_by_alias(name, a).version)  # noqa: E731
