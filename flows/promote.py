@@ -17,7 +17,7 @@ from tasks.pipeline import transient_only
 
 @task(name="set-champion", tags=["cft-promotion"], retries=3, retry_delay_seconds=[2, 10, 30],
       retry_condition_fn=transient_only)
-def set_champion_task(profile: str, model_name: str, version: str | None, reason: str, action: str) -> str:
+def set_champion_task(profile: str, model_name: str, version: int | None, reason: str, action: str) -> str:
     from tasks.registry import promote, rollback
     from tasks.tracking import tracking_uri
 
@@ -27,12 +27,12 @@ def set_champion_task(profile: str, model_name: str, version: str | None, reason
         return rollback(cfg, model_name, reason, uri)
     if not version:
         raise ValueError("promote needs a version")
-    promote(cfg, model_name, version, reason, uri)
-    return version
+    promote(cfg, model_name, str(version), reason, uri)
+    return str(version)
 
 
 @flow(name="cft-promote", description="Move the champion alias by hand (promote or roll back), with a reason.")
-def promote_flow(model_name: str, reason: str, version: str | None = None,
+def promote_flow(model_name: str, reason: str, version: int | None = None,
                  action: Literal["promote", "rollback"] = "promote", profile: str = "configs/demo.yaml") -> str:
     """profile: only its data root (registry lock) and tracking settings are used."""
     champion = set_champion_task(profile, model_name, version, reason, action)
