@@ -154,12 +154,17 @@ def _overrides_dict(set_: list[str] | None) -> dict:
 # ------------------------------------------------------------------------------ registry
 
 
-def _registry_context(config: Path, set_: list[str] | None):
+def _registry_context(config: Path, set_: list[str] | None, model_name: str | None = None):
+    """(config, tracking URI, registered model name) for the registry commands."""
     from schemas.config import load_config
     from tasks.tracking import tracking_uri
 
     cfg = load_config(config, set_)
-    return cfg, tracking_uri(cfg)
+    return cfg, tracking_uri(cfg), model_name or cfg.registered_model_name()
+
+
+ReasonOpt = Annotated[str, typer.Option(help="Why (recorded in the registry's champion history).")]
+ModelNameOpt = Annotated[str | None, typer.Option(help="Registered model; default cft-<data.name>.")]
 
 
 @app.command("recommend")
@@ -176,7 +181,7 @@ def recommend(
     import mlflow
     import pandas as pd
 
-    cfg, uri = _registry_context(config, set_)
+    cfg, uri, _ = _registry_context(config, set_)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     model_uri = model or f"models:/{cfg.registered_model_name()}@champion"
@@ -195,34 +200,27 @@ def recommend(
 @app.command("promote")
 def promote(
     version: Annotated[str, typer.Option(help="Registered model version to make champion.")],
-    reason: Annotated[str, typer.Option(help="Why (recorded in the registry).")],
-    model_name: Annotated[str | None, typer.Option(help="Registered model; default cft-<data.name>.")] = None,
+    reason: ReasonOpt,
+    model_name: ModelNameOpt = None,
     config: ConfigOpt = Path("configs/demo.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Override the gate: make VERSION the champion, recording the reason."""
     from tasks.registry import promote as promote_version
 
-    cfg, uri = _registry_context(config, set_)
-    name = model_name or cfg.registered_model_name()
+    cfg, uri, name = _registry_context(config, set_, model_name)
     promote_version(cfg, name, version, reason, uri)
     console.print(f"{name}: champion -> version {version} ({reason})")
 
 
 @app.command("rollback")
-def rollback(
-    reason: Annotated[str, typer.Option(help="Why (recorded in the registry).")],
-    model_name: Annotated[str | None, typer.Option(help="Registered model; default cft-<data.name>.")] = None,
-    config: ConfigOpt = Path("configs/demo.yaml"),
-    set_: SetOpt = None,
-) -> None:
+def rollback(reason: ReasonOpt, model_name: ModelNameOpt = None,
+             config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) -> None:
     """Make the previous champion champion again, recording the reason."""
     from tasks.registry import rollback as rollback_champion
 
-    cfg, uri = _registry_context(config, set_)
-    name = model_name or cfg.registered_model_name()
-    version = rollback_champion(cfg, name, reason, uri)
-    console.print(f"{name}: champion -> version {version} (rollback: {reason})")
+    cfg, uri, name = _registry_context(config, set_, model_name)
+    console.print(f"{name}: champion -> version {rollback_champion(cfg, name, reason, uri)} (rollback: {reason})")
 
 
 # ------------------------------------------------------------------------------ local stack
