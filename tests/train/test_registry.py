@@ -32,11 +32,15 @@ def setup(tmp_path, small_sequences):
 
 
 def new_run(uri: str) -> str:
-    import mlflow
+    """A finished run in the store at `uri` (through a client: no global MLflow state)."""
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(uri)
-    with mlflow.start_run() as run:
-        mlflow.log_param("p", 1)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("registry-test")
+    exp_id = exp.experiment_id if exp else client.create_experiment("registry-test")
+    run = client.create_run(exp_id)
+    client.log_param(run.info.run_id, "p", 1)
+    client.set_terminated(run.info.run_id)
     return run.info.run_id
 
 
