@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -126,6 +127,9 @@ def run(
     from schemas.errors import DataError
     from tasks.tracking import tracking_uri
 
+    # Prefect's temporary server would otherwise send a telemetry heartbeat while its fresh
+    # SQLite database is still being migrated ("database is locked" tracebacks on first runs).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     cfg = load_config(config, set_)  # validate the config before starting Prefect
     try:
         out = cft_pipeline(profile=str(config), overrides=_overrides_dict(set_))

@@ -27,10 +27,14 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 64, pr
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    encoded = [r if r else [pad_id] for r in encoded]  # an empty generation still gets a vector
+    # Batch texts of similar length together (longest first), so batches carry little padding;
+    # the result is put back in the input order.
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     chunks = []
     for start in tqdm(range(0, len(texts), batch_size), desc="embedding", disable=not progress, unit="batch"):
-        rows = tokenizer(list(texts[start : start + batch_size]), add_special_tokens=False)["input_ids"]
-        rows = [r if r else [pad_id] for r in rows]  # an empty generation still gets a vector
+        rows = [encoded[i] for i in order[start : start + batch_size]]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -42,7 +46,12 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 64, pr
                     output_hidden_states=True, logits_to_keep=1)
         last = mask.sum(dim=1) - 1
         chunks.append(out.hidden_states[-1][torch.arange(len(rows), device=device), last].float().cpu())
-    return torch.cat(chunks)
+    if not chunks:
+        return torch.empty(0, 0)
+    sorted_emb = torch.cat(chunks)
+    emb = torch.empty_like(sorted_emb)
+    emb[torch.tensor(order)] = sorted_emb
+    return emb
 
 
 def l2_topk(queries: torch.Tensor, items: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:

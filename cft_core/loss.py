@@ -13,10 +13,12 @@ Gradients flow through both halves. alpha = 0 and beta = 1 is plain SFT (BIGRec)
 beta < 1 is token weighting alone ("+Pos").
 
 `compute_cft_loss` is what a trainer calls. Unlike the reference implementation it never builds
-[B, T, V] logits: it runs the backbone on each half (each padded to its own length), gathers the
-final hidden states at the label positions only, and applies the LM head once to those N rows of
-both halves. With a vocabulary of 49k and N ~ 10 labels per example that is the difference
-between ~10^8 and ~10^6 logits per batch.
+[B, T, V] logits: it runs the backbone on each half, gathers the final hidden states at the
+label positions only, and applies the LM head once to those N rows of both halves. With a
+vocabulary of 49k and N ~ 10 labels per example that is the difference between ~10^8 and ~10^6
+logits per batch. The counterfactual prompt is the same for every row, so it runs once per pack
+of rows, each response attending to it (`cft_core.packing`): the counterfactual pass costs about
+P + B x L tokens instead of B x (P + L) (P ~ 50 prompt, L ~ 15 response tokens).
 """
 
 from __future__ import annotations
@@ -26,9 +28,14 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from cft_core.packing import (  # IGNORE_INDEX: label of tokens with no loss (prompt, padding)
+    IGNORE_INDEX,
+    PackedHalf,
+    model_attention_mask,
+    pack_shared_prefix,
+    supports_packing,
+)
 from cft_core.weighting import token_weights
-
-IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt, padding): HF convention
 
 
 class CFTLossOutput(NamedTuple):
@@ -152,6 +159,21 @@ def label_hidden_states(
     return hidden[:, :-1][predicts_label], labels[:, 1:][predicts_label], predicts_label
 
 
+def packed_label_hidden_states(model: torch.nn.Module, packed: PackedHalf) -> torch.Tensor:
+    """Final hidden states [N, D] at the label-predicting positions of a packed half
+    (`cft_core.packing`): the same states as `label_hidden_states` on the padded half."""
+    out = model(
+        input_ids=packed.input_ids,
+        attention_mask=model_attention_mask(model, packed.attention_mask),
+        position_ids=packed.position_ids,
+        output_hidden_states=True,
+        use_cache=False,
+        logits_to_keep=1,
+    )
+    hidden = out.hidden_states[-1]  # [G, T, D]
+    return hidden[packed.predictors[:, 0], packed.predictors[:, 1]]
+
+
 def output_head(model: torch.nn.Module) -> torch.nn.Module:
     """The LM head module of a (possibly peft- or DeepSpeed-wrapped) causal LM."""
     inner = getattr(model, "module", model)  # DeepSpeed engine / DDP
@@ -169,6 +191,7 @@ def compute_cft_loss(
     token_normalizer: float | torch.Tensor | None = None,
     run_counterfactual: bool | None = None,
     lm_head: torch.nn.Module | None = None,
+    pack_counterfactual: bool = True,
 ) -> CFTLossOutput:
     """One CFT step on a paired batch from `cft_core.collate.PairedCollator`.
 
@@ -184,6 +207,9 @@ def compute_cft_loss(
             (SFT, +Pos) skipping it halves the cost and reports causal = 0.
         lm_head: head module to apply; default `model.get_output_embeddings()`. It is called
             as a module, never read as a weight, so ZeRO-3 can gather its partitions.
+        pack_counterfactual: run the counterfactual prompt, which every row shares, once per
+            pack instead of once per row (`cft_core.packing`; same values and gradients). Falls
+            back to the padded half when the model's attention kernel takes no custom mask.
     """
     if run_counterfactual is None:
         run_counterfactual = alpha > 0
@@ -199,9 +225,12 @@ def compute_cft_loss(
             weight_causal_only=weight_causal_only, token_normalizer=token_normalizer,
         )
 
-    h_c, y_c, _ = label_hidden_states(
-        model, batch["cf_input_ids"], batch["cf_attention_mask"], batch["cf_labels"]
-    )
+    cf = (batch["cf_input_ids"], batch["cf_attention_mask"], batch["cf_labels"])
+    packed = pack_shared_prefix(*cf) if pack_counterfactual and supports_packing(model) else None
+    if packed is None:
+        h_c, y_c, _ = label_hidden_states(model, *cf)
+    else:
+        h_c, y_c = packed_label_hidden_states(model, packed), packed.targets
     if not torch.equal(y, y_c):
         raise ValueError("factual and counterfactual halves carry different response tokens")
     # One head call on both halves' rows: [2N, D] -> [2N, V] (one gather under ZeRO-3).

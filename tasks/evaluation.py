@@ -151,10 +151,18 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
     if e.history_reliance:
         variants.append(("nohist_", [prompts.counterfactual()] * len(rows)))
 
+    def generate_unique(model, texts: list[str], trie=None) -> list[list[str]]:
+        """Beam search is deterministic: generate each distinct prompt once (the no-history
+        prompt is the same for every row, so that variant costs one generation)."""
+        unique = list(dict.fromkeys(texts))
+        beams = dict(zip(unique, generate_titles(model, tokenizer, unique, settings, trie=trie, progress=progress),
+                         strict=True))
+        return [beams[t] for t in texts]
+
     if "grounding" in e.methods:
         item_emb = catalogue_embeddings(model, tokenizer, titles, embeddings_cache(cfg, model_dir, sequences), progress)
         for prefix, texts in variants:
-            beams = generate_titles(model, tokenizer, texts, settings, progress=progress)
+            beams = generate_unique(model, texts)
             if not prefix:
                 preds["generated"] = beams
             width = settings.num_return_sequences
@@ -169,7 +177,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         by_title = {t.strip(): table[t] for t in titles}
         first_item = {tid: i for i, tid in reversed(list(enumerate(title_of_item)))}
         for prefix, texts in variants:
-            beams = generate_titles(model, tokenizer, texts, settings, trie=trie, progress=progress)
+            beams = generate_unique(model, texts, trie)
             if not prefix:
                 preds["constrained_generated"] = beams
             ranked = np.array([[first_item[by_title[t]] if t in by_title else -1 for t in b] for b in beams])

@@ -19,7 +19,6 @@ Tasks pass small JSON-able dicts (paths as strings, fingerprints, metrics) betwe
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -257,10 +256,3 @@ def metrics_artifact(cfg: PipelineConfig, evaluation: dict, trained: dict, decis
     text = "\n".join(lines)
     create_markdown_artifact(text, key=f"metrics-{_slug(cfg.data.name)}", description="CFT evaluation metrics")
     return text
-
-
-def worker_env() -> dict[str, str]:
-    """Environment a flow run needs on any worker (offline hub, no telemetry, DeepSpeed on CPU)."""
-    env = {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1"}
-    return {k: os.environ.get(k, v) for k, v in env.items()}

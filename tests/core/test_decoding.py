@@ -110,3 +110,21 @@ def test_constrained_beams_are_catalogue_titles(name):
         assert len(set(row)) == 4  # distinct beams
         for title in row:
             assert title in catalogue, title
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_shared_prefill_generates_what_plain_beam_search_does(tiny_tokenizer, constrained):
+    """Prompts run once and their cache repeated per beam == generate's own per-beam prompt pass."""
+    from tests.conftest import make_records
+
+    model = build_tiny_model(len(tiny_tokenizer), seed=5)
+    prompts = PromptBuilder.for_domain("movies")
+    texts = [prompts.factual(r["history_titles"]) for r in make_records(5, seed=2)]  # uneven lengths
+    settings = GenerationSettings(num_beams=4, num_return_sequences=4, max_new_tokens=12, batch_size=3)
+    trie = TitleTrie(response_token_ids(tiny_tokenizer, prompts, TITLES), len(tiny_tokenizer)) if constrained else None
+    shared = generate_titles(model, tiny_tokenizer, texts, settings, trie=trie, progress=False)
+    plain = generate_titles(model, tiny_tokenizer, texts, settings, trie=trie, progress=False, share_prefill=False)
+    assert shared == plain
+    assert len(shared) == 5 and all(len(b) == 4 for b in shared)
+    if constrained:
+        assert {t for b in shared for t in b} <= set(TITLES)

@@ -170,9 +170,9 @@ def test_step_applies_the_head_to_label_rows_only(tiny_tokenizer):
     out = compute_cft_loss(model, batch, alpha=0.1, beta=0.25)
     hook.remove()
     b = batch["input_ids"].shape[0]
-    # Two backbone calls keep one position each (B rows), and one head call on 2N label rows;
-    # never B x T rows.
-    assert sorted(head_rows) == sorted([b, b, 2 * out.num_tokens])
+    # The factual call keeps one position per row (B rows), the packed counterfactual call one
+    # per pack (1 pack), and one head call covers the 2N label rows; never B x T rows.
+    assert sorted(head_rows) == sorted([b, 1, 2 * out.num_tokens])
     assert 2 * out.num_tokens < batch["input_ids"].numel()
 
 
