@@ -267,4 +267,10 @@ def log_to_mlflow(result: EvalOutput, run_id: str, tracking_uri: str) -> None:
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(mlflow_metric_name(split, k), v, now, 0) for k, v in result.metrics.items()])
     client.log_artifacts(run_id, str(result.path), artifact_path=f"evaluation/{split}")
+    # The per-example predictions also as an MLflow table (shown in the run's Evaluation view).
+    preds = pd.read_parquet(result.path / "predictions.parquet")
+    for col in preds.columns:  # list columns -> JSON text, which the table format stores as is
+        if preds[col].map(lambda v: isinstance(v, (list, np.ndarray))).any():
+            preds[col] = preds[col].map(lambda v: json.dumps([x.item() if hasattr(x, "item") else x for x in v]))
+    client.log_table(run_id, data=preds, artifact_file=f"evaluation/{split}/predictions_table.json")
 

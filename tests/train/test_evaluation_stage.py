@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -72,6 +73,12 @@ def test_evaluate_metrics_predictions_baseline_and_mlflow(tmp_path, small_sequen
     assert logged["test/grounding_adjusted/NDCG_at_10"] == pytest.approx(result.metrics["grounding_adjusted/NDCG@10"])
     paths = {a.path for a in client.list_artifacts(run_id, "evaluation/test")}
     assert "evaluation/test/predictions.parquet" in paths and "evaluation/test/metrics.json" in paths
+    # The predictions table: one row per evaluated example, list columns kept as JSON text.
+    local = client.download_artifacts(run_id, "evaluation/test/predictions_table.json", str(tmp_path))
+    stored = json.loads(Path(local).read_text())  # MLflow's table format: {"columns": [...], "data": [...]}
+    table = pd.DataFrame(stored["data"], columns=stored["columns"])
+    assert len(table) == len(preds)
+    assert [json.loads(h) for h in table["history_titles"]] == [list(h) for h in preds["history_titles"]]
 
 
 def test_popularity_groups_are_equal_sized_by_frequency():
