@@ -33,13 +33,13 @@ def _summary(manifest: dict, seq_path: Path, reused: bool) -> Table:
 def data_prepare(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) -> None:
     """Ingest the configured source, validate it, and build train/valid/test records."""
     from schemas.config import load_config
-    from schemas.errors import DataError
+    from schemas.errors import DataError, SourceUnavailable
     from tasks.data import prepare
 
     cfg = load_config(config, set_).data
     try:
         ingested, sequences, manifest = prepare(cfg)
-    except DataError as e:
+    except (DataError, SourceUnavailable) as e:
         console.print(f"[red]data error:[/red] {e}")
         raise typer.Exit(2) from None
     console.print(f"ingested: {ingested.path}" + (" (reused)" if ingested.reused else ""))
@@ -47,12 +47,12 @@ def data_prepare(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = N
 
 
 def _prepare_data(cfg):
-    from schemas.errors import DataError
+    from schemas.errors import DataError, SourceUnavailable
     from tasks.data import prepare
 
     try:
         return prepare(cfg.data)
-    except DataError as e:
+    except (DataError, SourceUnavailable) as e:
         console.print(f"[red]data error:[/red] {e}")
         raise typer.Exit(2) from None
 
@@ -124,7 +124,7 @@ def run(
     addressed outputs). Without PREFECT_API_URL, Prefect starts a temporary local server."""
     from flows.cft import cft_pipeline
     from schemas.config import load_config
-    from schemas.errors import DataError
+    from schemas.errors import DataError, SourceUnavailable
     from tasks.tracking import tracking_uri
 
     # Prefect's temporary server would otherwise send a telemetry heartbeat while its fresh
@@ -133,7 +133,7 @@ def run(
     cfg = load_config(config, set_)  # validate the config before starting Prefect
     try:
         out = cft_pipeline(profile=str(config), overrides=_overrides_dict(set_))
-    except DataError as e:
+    except (DataError, SourceUnavailable) as e:
         console.print(f"[red]data error:[/red] {e}")
         raise typer.Exit(2) from None
     console.print(out["summary"])

@@ -29,13 +29,22 @@ class SourceConfig(_Strict):
         "folder of D3/BIGRec CSV splits (train/valid/test) and its info file; generic: CSV or "
         "Parquet interactions (+ items_path) with a column mapping.",
     )
-    path: str | None = Field(None, description="File or folder of the source (not for recbole_package).")
+    path: str | None = Field(
+        None, description="File or folder of the source (not for recbole_package). path, "
+        "meta_path and items_path may also be http(s) URLs: downloaded once under "
+        "<data_root>/downloads (a .zip is unpacked), e.g. "
+        "https://files.grouplens.org/datasets/movielens/ml-100k.zip with format grouplens.",
+    )
     meta_path: str | None = Field(None, description="amazon_raw: the meta_<Category>.json(.gz) file.")
     items_path: str | None = Field(None, description="generic: the items file (item id -> title).")
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="generic: our column -> the file's column, for user_id, item_id, timestamp, "
         "rating (optional) and title (items file). Unmapped columns keep our names.",
+    )
+    sha256: dict[str, str] = Field(
+        default_factory=dict, description="Expected SHA-256 of downloaded files, by URL; a "
+        "mismatch stops ingestion.",
     )
     timestamp_unit: Literal["s", "ms", "iso"] = Field(
         "s", description="generic: unit of the timestamp column (unix s, unix ms or ISO-8601 text)."

@@ -12,3 +12,8 @@ class DataValidationError(DataError):
         super().__init__(message)
         self.report = report
         self.report_path = report_path
+
+
+class SourceUnavailable(ConnectionError):
+    """A source URL could not be fetched (network). Transient, so the flow retries it; the
+    message says where to place the file by hand when there is no network."""

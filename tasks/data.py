@@ -25,6 +25,7 @@ from schemas import tables
 from schemas.config import DataConfig
 from schemas.errors import DataError
 from tasks import readers
+from tasks.download import fetch, is_url
 from tasks.storage import atomic_dir, file_digest, fingerprint, write_json_atomic
 from tasks.validation import validate_tables
 
@@ -54,13 +55,20 @@ def _confined(path_str: str, cfg: DataConfig) -> Path:
     return path
 
 
+def _source_path(path_str: str, cfg: DataConfig) -> Path:
+    """A source path: a URL is downloaded under the data root first (tasks/download.py)."""
+    if is_url(path_str):
+        return _confined(str(fetch(path_str, cfg.data_root, cfg.source.sha256.get(path_str))), cfg)
+    return _confined(path_str, cfg)
+
+
 def source_files(cfg: DataConfig) -> list[Path]:
     """Every file the source reads (for the fingerprint)."""
     src = cfg.source
     if src.format == "recbole_package":
         folder = readers.recbole_package_folder()
         return sorted(folder.glob("*.inter")) + sorted(folder.glob("*.item"))
-    paths = [_confined(p, cfg) for p in (src.path, src.meta_path, src.items_path) if p]
+    paths = [_source_path(p, cfg) for p in (src.path, src.meta_path, src.items_path) if p]
     files = []
     for p in paths:
         files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
@@ -71,7 +79,7 @@ def read_source(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     src = cfg.source
     if src.format == "recbole_package":
         return readers.read_recbole(readers.recbole_package_folder())
-    path = _confined(src.path, cfg)
+    path = _source_path(src.path, cfg)
     if src.format == "recbole":
         return readers.read_recbole(path)
     if src.format == "grouplens":
@@ -81,8 +89,8 @@ def read_source(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     if src.format == "amazon_raw":
         if not src.meta_path:
             raise DataError("source.meta_path (meta_<Category>.json) is required for amazon_raw")
-        return readers.read_amazon_raw(path, _confined(src.meta_path, cfg))
-    items = _confined(src.items_path, cfg) if src.items_path else None
+        return readers.read_amazon_raw(path, _source_path(src.meta_path, cfg))
+    items = _source_path(src.items_path, cfg) if src.items_path else None
     return readers.read_generic(cfg, path, items)
 
 
