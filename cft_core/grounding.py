@@ -65,7 +65,7 @@ def l2_topk(queries: torch.Tensor, items: torch.Tensor, k: int, chunk: int = 409
     out = []
     for start in range(0, queries.shape[0], chunk):
         q = queries[start : start + chunk]
-        dist = sq[None, :] - 2.0 * (q @ items.T)
+        dist = torch.addmm(sq[None, :], q, items.T, alpha=-2.0)  # ||x||^2 - 2 q.x in one pass
         out.append(torch.topk(dist, k, dim=1, largest=False, sorted=True).indices)
     return torch.cat(out)
 
