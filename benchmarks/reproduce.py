@@ -11,7 +11,9 @@ Only the objective and the seed change between runs; the evaluated rows are the 
 
 Stages are content-addressed, so an interrupted reproduction resumes where it stopped (finished
 trainings and evaluations are reused). After every run the result file
-benchmarks/results/reproduction-<dataset>.json is rewritten atomically with all runs so far.
+benchmarks/results/reproduction-<dataset>.json is rewritten atomically with all runs so far;
+runs of other (objective, seed) pairs already in it are kept. Keep the config the same across
+invocations that share a result file (the report describes the budget from its last one).
 """
 
 from __future__ import annotations
@@ -94,7 +96,10 @@ def main() -> None:
 
     cfg = load_config(ns.config, ns.overrides)
     out = result_path(cfg.data.name)
-    runs: list[dict] = []
+    # Runs already in the result file are kept unless this invocation redoes them.
+    previous = json.loads(out.read_text()) if out.is_file() else {"runs": []}
+    redo = {(o, s) for o in ns.objectives for s in ns.seeds}
+    runs: list[dict] = [r for r in previous["runs"] if (r["objective"], r["seed"]) not in redo]
     meta = {
         "config": str(ns.config),
         "overrides": ns.overrides,
@@ -102,7 +107,7 @@ def main() -> None:
         "machine": platform.platform(),
         "cpu_count": os.cpu_count(),
         "budget_note": ns.budget_note,
-        "started": time.strftime("%Y-%m-%d %H:%M"),
+        "started": previous.get("meta", {}).get("started", time.strftime("%Y-%m-%d %H:%M")),
     }
     # Seed-major order: after each full seed, every method has the same number of runs.
     for seed in ns.seeds:

@@ -190,6 +190,13 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
     counts = np.bincount(train_targets, minlength=len(titles))
     popular = np.argsort(-counts, kind="stable")[:TOP_K_MAX]
     record("most_popular", np.tile(popular, (len(rows), 1)))
+    if e.sasrec:
+        from cft_core.sasrec import SASRecSettings, sasrec_rank, train_sasrec
+
+        train = pq.read_table(sequences / "train.parquet", columns=["history_item_ids", "target_item_id"]).to_pydict()
+        sasrec = train_sasrec(train["history_item_ids"], train["target_item_id"], len(titles),
+                              SASRecSettings(max_len=cfg.data.max_history, seed=e.seed))
+        record("sasrec", sasrec_rank(sasrec, [r["history_item_ids"] for r in rows], TOP_K_MAX))
     group = popularity_groups(train_targets, len(titles), e.popularity_groups)
     hist_items = np.concatenate([np.asarray(r["history_item_ids"], dtype=np.int64) for r in rows])
     popularity = {"groups": e.popularity_groups, "history": _shares(group[hist_items], e.popularity_groups)}

@@ -27,12 +27,12 @@ def test_evaluate_metrics_predictions_baseline_and_mlflow(tmp_path, small_sequen
                                                                     "log_model_folder": False})
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={
         "methods": ["grounding", "constrained"], "max_samples": 16, "num_beams": 3,
-        "num_return_sequences": 3, "max_new_tokens": 40, "batch_size": 8})})
+        "num_return_sequences": 3, "max_new_tokens": 40, "batch_size": 8, "sasrec": True})})
     trained = train(cfg, seq, fp)
     result = evaluate(cfg, trained.model_dir, seq, progress=False)
 
     methods = ["grounding_original", "grounding_adjusted", "constrained", "most_popular"]
-    methods += [f"nohist_{m}" for m in methods[:3]]
+    methods += [f"nohist_{m}" for m in methods[:3]] + ["sasrec"]
     assert set(result.metrics) == {f"{m}/{n}@{k}" for m in methods for n in ("HR", "NDCG") for k in KS}
     for m in methods:
         hr = [result.metrics[f"{m}/HR@{k}"] for k in KS]
@@ -46,6 +46,8 @@ def test_evaluate_metrics_predictions_baseline_and_mlflow(tmp_path, small_sequen
     top = counts.sort_values(ascending=False, kind="stable").index[:50].tolist()
     preds = pd.read_parquet(result.path / "predictions.parquet")
     assert len(preds) == 16
+    # SASRec ranks distinct catalogue items.
+    assert all(len(set(top)) == len(top) == 10 and set(top) <= set(catalogue.index) for top in preds["sasrec_top10"])
     ranks = []
     for title in preds["target_title"]:
         hits = [i for i, item in enumerate(top) if catalogue[item] == title]
