@@ -66,9 +66,12 @@ def section(data: dict) -> str:
             cells += [fmt([r["metrics"][f"{MAIN}/HR@{k}"] for r in rs]),
                       fmt([r["metrics"][f"{MAIN}/NDCG@{k}"] for r in rs])]
         lines.append(f"| {obj} | {rs[0]['alpha']} | {rs[0]['beta']} | " + " | ".join(cells) + " |")
-    pop = first["metrics"]
-    lines.append("| most popular | | | " + " | ".join(
-        f"{pop[f'most_popular/HR@{k}']:.4f} | {pop[f'most_popular/NDCG@{k}']:.4f}" for k in KS) + " |")
+    # Baselines do not depend on the LLM run: most popular is in every run, SASRec where enabled.
+    for label, key in (("most popular", "most_popular"), ("SASRec", "sasrec")):
+        m = next((r["metrics"] for r in runs if f"{key}/HR@10" in r["metrics"]), None)
+        if m is not None:
+            lines.append(f"| {label} | | | " + " | ".join(
+                f"{m[f'{key}/HR@{k}']:.4f} | {m[f'{key}/NDCG@{k}']:.4f}" for k in KS) + " |")
 
     lines += ["", "### Original grounding (beam 1) and history reliance", "",
               "History reliance: NDCG@10 with the history in the prompt minus NDCG@10 with it removed "

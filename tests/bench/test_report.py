@@ -31,7 +31,10 @@ def test_means_spreads_gap_and_verdict_by_hand(tmp_path, monkeypatch):
     # cft NDCG@10: 0.03, 0.05 -> mean 0.04, sample std 0.0141; sft: 0.01, 0.01 -> 0.01 ± 0
     runs = [_run("cft", 0, 0.03, 0.01), _run("sft", 0, 0.01, 0.01, 0.0, 1.0),
             _run("cft", 1, 0.05, 0.02), _run("sft", 1, 0.01, 0.00, 0.0, 1.0)]
+    runs[1]["metrics"].update({f"sasrec/{m}@{k}": 0.5 for m in ("HR", "NDCG") for k in (5, 10, 20)})
     text = report.section(_data(runs))
+    assert "| most popular | | | 0.0100 | 0.0100 |" in text
+    assert "| SASRec | | | 0.5000 | 0.5000 |" in text
     assert "| cft | 0.1 | 0.25 |" in text and "0.0400 ± 0.0141" in text
     assert "| sft | 0.0 | 1.0 |" in text and "0.0100 ± 0.0000" in text
     # gap = with - without history: cft 0.02, 0.03 -> 0.0250 ± 0.0071
