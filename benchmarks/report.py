@@ -104,7 +104,9 @@ def section(data: dict) -> str:
         tried = sorted({(r["alpha"], r["beta"]) for r in groups["cft"]})
         lines.append(f"alpha/beta settings tried for CFT: {', '.join(f'({a}, {b})' for a, b in tried)}.")
 
-    lines += ["", "### Runs", "", "| method | seed | steps | best valid loss | adjusted NDCG@10 | train s | eval s | MLflow run |",
+    lines += ["", "### Runs", "",
+              "The validation loss is the weighted normal term, whose token weights depend on beta: "
+              "it compares runs of one method, not sft (beta 1) with cft or pos (beta 0.25).", "", "| method | seed | steps | best valid loss | adjusted NDCG@10 | train s | eval s | MLflow run |",
               "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         loss = "-" if r["best_valid_loss"] is None else f"{r['best_valid_loss']:.4f}"
