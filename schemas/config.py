@@ -220,7 +220,7 @@ class EvalConfig(_Strict):
     popularity_groups: int = Field(5, ge=2, description="Item popularity groups (by train frequency).")
     sasrec: bool = Field(
         False, description="Also train a SASRec baseline on the train split (seeded by eval.seed) "
-        "and score it on the same rows; about a minute for ML-100K on 2 CPU cores.",
+        "and score it on the same rows; about 2 minutes for ML-100K on 2 CPU cores.",
     )
 
 
