@@ -13,7 +13,13 @@ Stages are content-addressed, so an interrupted reproduction resumes where it st
 trainings and evaluations are reused). After every run the result file
 benchmarks/results/reproduction-<dataset>.json is rewritten atomically with all runs so far;
 runs of other (objective, seed) pairs already in it are kept. Keep the config the same across
-invocations that share a result file (the report describes the budget from its last one).
+invocations that share a result file (the report describes the budget from its first one).
+
+A run is keyed by (objective, seed, alpha, beta), so an alpha/beta sweep adds runs instead of
+replacing the reference setting's:
+
+    python -m benchmarks.reproduce --config configs/repro-ml100k-cpu.yaml --objectives cft \
+        --set train.alpha=0.3
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ def _write_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
+
+
+def run_key(run: dict) -> tuple[str, int, float, float]:
+    return run["objective"], run["seed"], run["alpha"], run["beta"]
 
 
 def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> dict:
@@ -78,6 +88,7 @@ def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> di
         "reused": trained.reused and result.reused,
         "model_dir": str(trained.model_dir),
         "mlflow_run_id": run_id,
+        "overrides": list(overrides),
     }
 
 
@@ -96,19 +107,26 @@ def main() -> None:
 
     cfg = load_config(ns.config, ns.overrides)
     out = result_path(cfg.data.name)
-    # Runs already in the result file are kept unless this invocation redoes them.
+    # Runs already in the result file are kept unless this invocation redoes them
+    # (same objective, seed and alpha/beta).
     previous = json.loads(out.read_text()) if out.is_file() else {"runs": []}
-    redo = {(o, s) for o in ns.objectives for s in ns.seeds}
-    runs: list[dict] = [r for r in previous["runs"] if (r["objective"], r["seed"]) not in redo]
-    meta = {
+    settings = {o: load_config(ns.config, [*ns.overrides, f"train.objective={o}"]).train.loss_settings()
+                for o in ns.objectives}
+    redo = {(o, s, *settings[o]) for o in ns.objectives for s in ns.seeds}
+    runs: list[dict] = [r for r in previous["runs"] if run_key(r) not in redo]
+    # The first invocation's description of the budget stays; later ones (sweeps) record
+    # their overrides per run.
+    meta = previous.get("meta") or {
         "config": str(ns.config),
         "overrides": ns.overrides,
         "config_resolved": json.loads(cfg.model_dump_json()),
         "machine": platform.platform(),
         "cpu_count": os.cpu_count(),
         "budget_note": ns.budget_note,
-        "started": previous.get("meta", {}).get("started", time.strftime("%Y-%m-%d %H:%M")),
+        "started": time.strftime("%Y-%m-%d %H:%M"),
     }
+    if ns.budget_note:
+        meta["budget_note"] = ns.budget_note
     # Seed-major order: after each full seed, every method has the same number of runs.
     for seed in ns.seeds:
         for objective in ns.objectives:

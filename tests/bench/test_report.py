@@ -20,7 +20,7 @@ def _run(objective, seed, ndcg10, nohist10, alpha=0.1, beta=0.25):
 
 def _data(runs):
     cfg = {"data": {"name": "toy"}, "model": {"source": "smollm2"},
-           "train": {"effective_batch_size": 8, "learning_rate": 1e-4, "warmup_steps": 2, "precision": "fp32"},
+           "train": {"alpha": 0.1, "beta": 0.25, "effective_batch_size": 8, "learning_rate": 1e-4, "warmup_steps": 2, "precision": "fp32"},
            "eval": {"num_beams": 5}}
     meta = {"config": "c.yaml", "overrides": [], "config_resolved": cfg, "machine": "m", "cpu_count": 2,
             "started": "s", "finished": "f"}
@@ -35,7 +35,7 @@ def test_means_spreads_gap_and_verdict_by_hand(tmp_path, monkeypatch):
     text = report.section(_data(runs))
     assert "| most popular | | | 0.0100 | 0.0100 |" in text
     assert "| SASRec | | | 0.5000 | 0.5000 |" in text
-    assert "| cft | 0.1 | 0.25 |" in text and "0.0400 ± 0.0141" in text
+    assert "| cft | 0.1 | 0.25 | 0.0000 ± 0.0000 |" in text and "0.0400 ± 0.0141" in text
     assert "| sft | 0.0 | 1.0 |" in text and "0.0100 ± 0.0000" in text
     # gap = with - without history: cft 0.02, 0.03 -> 0.0250 ± 0.0071
     assert "0.0250 ± 0.0071" in text
@@ -61,3 +61,53 @@ def test_main_writes_the_report_from_every_result_file(tmp_path, monkeypatch):
     report.main()
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "reproduction-toy.json" in text and "## toy" in text
+
+
+def test_a_sweep_lists_every_setting_and_judges_the_configured_one():
+    # Configured (0.1, 0.25): 0.02, 0.02 vs SFT 0.01, 0.03 -> not outside the spread.
+    # Swept (0.3, 0.25): 0.06, 0.08 -> mean 0.07 - 0.0141 > 0.02 + 0.0141: outside, listed apart.
+    runs = [_run("cft", 0, 0.02, 0.0), _run("cft", 1, 0.02, 0.0),
+            _run("sft", 0, 0.01, 0.0, 0.0, 1.0), _run("sft", 1, 0.03, 0.0, 0.0, 1.0),
+            _run("cft", 0, 0.06, 0.0, 0.3), _run("cft", 1, 0.08, 0.0, 0.3)]
+    runs[-1]["overrides"] = runs[-2]["overrides"] = ["train.alpha=0.3"]
+    text = report.section(_data(runs))
+    assert "CFT (0.1, 0.25) mean NDCG@10 0.0200 vs SFT 0.0200" in text
+    assert "**not** outside the seed spread" in text
+    assert "alpha/beta settings tried for CFT: (0.1, 0.25), (0.3, 0.25)." in text
+    assert "- CFT (0.3, 0.25): mean NDCG@10 0.0700 vs SFT 0.0200 (+0.0500); paired by seed: 0.0500 ± 0.0000. " \
+           "Above SFT outside the seed spread." in text
+    # one table row per setting, and the sweep's command next to the first one
+    assert "| cft | 0.3 | 0.25 | " in text and "| cft | 0.1 | 0.25 | " in text
+    assert "`python -m benchmarks.reproduce --config c.yaml --set train.alpha=0.3`" in text
+
+
+def test_reproduce_keeps_other_settings_and_replaces_a_redone_one(tmp_path, monkeypatch):
+    from benchmarks import reproduce
+
+    calls = []
+
+    def fake_run_one(config, overrides, objective, seed):
+        from schemas.config import load_config
+
+        cfg = load_config(config, [*overrides, f"train.objective={objective}"])
+        calls.append((objective, seed))
+        alpha, beta = cfg.train.loss_settings()
+        return {**_run(objective, seed, 0.5, 0.0, alpha, beta), "overrides": list(overrides)}
+
+    monkeypatch.setattr(reproduce, "RESULTS", tmp_path)
+    monkeypatch.setattr(reproduce, "run_one", fake_run_one)
+    old = [_run("cft", 0, 0.01, 0.0), _run("sft", 0, 0.02, 0.0, 0.0, 1.0)]
+    (tmp_path / "reproduction-ml-100k.json").write_text(json.dumps(_data(old)))
+    argv = ["reproduce", "--config", "configs/repro-ml100k-cpu.yaml", "--objectives", "cft", "--seeds", "0"]
+    monkeypatch.setattr("sys.argv", [*argv, "--set", "train.alpha=0.3"])
+    reproduce.main()
+    runs = json.loads((tmp_path / "reproduction-ml-100k.json").read_text())["runs"]
+    assert [(r["objective"], r["alpha"], r["metrics"]["grounding_adjusted/NDCG@10"]) for r in runs] == [
+        ("cft", 0.1, 0.01), ("sft", 0.0, 0.02), ("cft", 0.3, 0.5)]
+    # Redoing the configured setting replaces its run and keeps the sweep's.
+    monkeypatch.setattr("sys.argv", argv)
+    reproduce.main()
+    runs = json.loads((tmp_path / "reproduction-ml-100k.json").read_text())["runs"]
+    assert [(r["objective"], r["alpha"], r["metrics"]["grounding_adjusted/NDCG@10"]) for r in runs] == [
+        ("sft", 0.0, 0.02), ("cft", 0.3, 0.5), ("cft", 0.1, 0.5)]
+    assert calls == [("cft", 0), ("cft", 0)]
