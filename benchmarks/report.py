@@ -73,6 +73,11 @@ def section(data: dict) -> str:
         f"training samples; lr {t['learning_rate']}, warm-up {t['warmup_steps']}, precision {t['precision']}.",
         f"- Evaluation: {first['eval_examples']} {first['eval_split']} rows (seeded subsample, the same rows "
         f"for every run), {e['num_beams']} beams, full ranking over {first['catalogue']:,} items.",
+        *([f"- **Train split derived from histories**: the {cfg['data']['source'].get('path')} files hold "
+           "valid and test rows only, so every user's sequence is stitched back from their rows' histories "
+           "and targets and re-split chronologically. Not the paper's train split: compare methods with "
+           "each other here, not with published numbers."]
+          if cfg["data"].get("source", {}).get("format") == "d3_csv" else []),
         f"- Machine: {meta['machine']}, {meta['cpu_count']} CPUs. {meta.get('budget_note', '')}",
         "- Runs: " + ", ".join(f"{o} ({a}, {b}): seeds {sorted(r['seed'] for r in v)}"
                                for (o, a, b), v in groups.items()) + "; "

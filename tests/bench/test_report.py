@@ -111,3 +111,11 @@ def test_reproduce_keeps_other_settings_and_replaces_a_redone_one(tmp_path, monk
     assert [(r["objective"], r["alpha"], r["metrics"]["grounding_adjusted/NDCG@10"]) for r in runs] == [
         ("sft", 0.0, 0.02), ("cft", 0.3, 0.5), ("cft", 0.1, 0.5)]
     assert calls == [("cft", 0), ("cft", 0)]
+
+
+def test_a_d3_csv_dataset_is_labelled_as_history_derived():
+    data = _data([_run("cft", 0, 0.02, 0.0)])
+    assert "derived from histories" not in report.section(data)
+    data["meta"]["config_resolved"]["data"]["source"] = {"format": "d3_csv", "path": "amazon18"}
+    assert "**Train split derived from histories**: the amazon18 files hold valid and test rows only" \
+        in report.section(data)
