@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -92,6 +94,23 @@ def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> di
     }
 
 
+def in_fresh_process(fn, *args):
+    """fn(*args) in a new (spawned) process, so whatever it leaves resident is freed with it.
+
+    One SmolLM2 run left ~3 GB resident in the process (model copies, the DeepSpeed engine,
+    allocator caches): run in one process, the 9th Amazon run was OOM-killed on 24 GB."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def run_isolated(config: Path, overrides: list[str], objective: str, seed: int) -> dict:
+    # Refer to run_one through the importable module, not `__main__` (python -m runs this file
+    # as `__main__`, which the spawned child would re-run).
+    from benchmarks import reproduce
+
+    return in_fresh_process(reproduce.run_one, config, overrides, objective, seed)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=Path("configs/repro-ml100k-cpu.yaml"))
@@ -131,7 +150,7 @@ def main() -> None:
     for seed in ns.seeds:
         for objective in ns.objectives:
             print(f"== {objective} seed {seed}", flush=True)
-            runs.append(run_one(ns.config, ns.overrides, objective, seed))
+            runs.append(run_isolated(ns.config, ns.overrides, objective, seed))
             meta["finished"] = time.strftime("%Y-%m-%d %H:%M")
             _write_atomic(out, {"meta": meta, "runs": runs})
             m = runs[-1]["metrics"]

@@ -95,7 +95,7 @@ def test_reproduce_keeps_other_settings_and_replaces_a_redone_one(tmp_path, monk
         return {**_run(objective, seed, 0.5, 0.0, alpha, beta), "overrides": list(overrides)}
 
     monkeypatch.setattr(reproduce, "RESULTS", tmp_path)
-    monkeypatch.setattr(reproduce, "run_one", fake_run_one)
+    monkeypatch.setattr(reproduce, "run_isolated", fake_run_one)
     old = [_run("cft", 0, 0.01, 0.0), _run("sft", 0, 0.02, 0.0, 0.0, 1.0)]
     (tmp_path / "reproduction-ml-100k.json").write_text(json.dumps(_data(old)))
     argv = ["reproduce", "--config", "configs/repro-ml100k-cpu.yaml", "--objectives", "cft", "--seeds", "0"]
@@ -119,3 +119,11 @@ def test_a_d3_csv_dataset_is_labelled_as_history_derived():
     data["meta"]["config_resolved"]["data"]["source"] = {"format": "d3_csv", "path": "amazon18"}
     assert "**Train split derived from histories**: the amazon18 files hold valid and test rows only" \
         in report.section(data)
+
+
+def test_each_run_gets_a_fresh_process():
+    import os
+
+    from benchmarks import reproduce
+
+    assert reproduce.in_fresh_process(os.getpid) != os.getpid()
