@@ -54,9 +54,8 @@ def run_key(run: dict) -> tuple[str, int, float, float]:
 def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> dict:
     """Train + evaluate one (objective, seed); returns its record for the result file."""
     from schemas.config import load_config
+    from tasks.chain import evaluate_run
     from tasks.data import prepare
-    from tasks.evaluation import evaluate, log_to_mlflow
-    from tasks.tracking import tracking_uri
     from tasks.training import train
 
     cfg = load_config(config, [*overrides, f"train.objective={objective}", f"train.seed={seed}"])
@@ -64,11 +63,8 @@ def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> di
     t0 = time.perf_counter()
     trained = train(cfg, sequences.path, sequences.fingerprint)
     t1 = time.perf_counter()
-    result = evaluate(cfg, trained.model_dir, sequences.path)
+    result = evaluate_run(cfg, trained, sequences.path)
     t2 = time.perf_counter()
-    run_id = trained.summary.get("mlflow_run_id")
-    if run_id and cfg.tracking.enabled and not result.reused:
-        log_to_mlflow(result, run_id, tracking_uri(cfg))
     alpha, beta = cfg.train.loss_settings()
     summary = json.loads((result.path / "summary.json").read_text())
     return {
@@ -89,7 +85,7 @@ def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> di
         "eval_s": round(t2 - t1, 1),
         "reused": trained.reused and result.reused,
         "model_dir": str(trained.model_dir),
-        "mlflow_run_id": run_id,
+        "mlflow_run_id": trained.summary.get("mlflow_run_id"),
         "overrides": list(overrides),
     }
 

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cft_core.sequences import SequenceSettings, build_records
+from cft_core.sequences import build_records
+from schemas.config import DataConfig
+from tasks.settings import sequence_settings
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -48,7 +50,7 @@ def main() -> None:
     times, stats = [], None
     for _ in range(ns.repeats):
         t = time.perf_counter()
-        _, _, stats = build_records(inter, items, SequenceSettings())
+        _, _, stats = build_records(inter, items, sequence_settings(DataConfig()))
         times.append(time.perf_counter() - t)
     result = {
         "interactions_in": len(inter), "median_s": float(np.median(times)), "times_s": times, "stats": stats,

@@ -10,10 +10,33 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="CFT recommender pipeline.", no_args_is_help=True, pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Data stage: ingest, validate, build sequences.", no_args_is_help=True)
+# Plain help (no rich boxes): flags read `--include-history / --no-include-history`, not `<bool>`.
+_TYPER = {"no_args_is_help": True, "rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
+app = typer.Typer(help="CFT recommender pipeline.", pretty_exceptions_enable=False, **_TYPER)
+data_app = typer.Typer(help="Data stage: ingest, validate, build sequences.", **_TYPER)
 app.add_typer(data_app, name="data")
 console = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"cft {version('cft-rec')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show third-party progress bars and warnings.")] = False,
+) -> None:
+    """CFT recommender pipeline."""
+    from cft_cli.quiet import quiet_third_parties
+
+    if not verbose:
+        quiet_third_parties()
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML profile, e.g. configs/demo.yaml.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.field=value (repeatable).")]
@@ -81,6 +104,19 @@ def train(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) ->
         console.print(t)
 
 
+def metrics_console_table(title: str, metrics: dict[str, float], ks) -> Table:
+    """The evaluation's metrics table (`tasks.evaluation.metrics_rows`) for the terminal."""
+    from tasks.evaluation import metrics_rows
+
+    header, rows = metrics_rows(metrics, ks)
+    t = Table(title=title)
+    for i, col in enumerate(header):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
 @app.command("evaluate")
 def evaluate(
     config: ConfigOpt = Path("configs/demo.yaml"),
@@ -90,28 +126,18 @@ def evaluate(
     """Evaluate a model folder on the configured split: HR/NDCG@K over the full catalogue."""
     from schemas.config import load_config
     from tasks.evaluation import evaluate as evaluate_stage
-    from tasks.evaluation import log_to_mlflow
-    from tasks.tracking import tracking_uri
-    from tasks.training import train as train_stage
 
     cfg = load_config(config, set_)
-    _, sequences, _ = _prepare_data(cfg)
-    run_id = None
-    if model_dir is None:  # train (or reuse the finished training of) this config
-        trained = train_stage(cfg, sequences.path, sequences.fingerprint)
-        model_dir, run_id = trained.model_dir, trained.summary.get("mlflow_run_id")
-    result = evaluate_stage(cfg, model_dir, sequences.path)
-    if run_id and cfg.tracking.enabled and not result.reused:
-        log_to_mlflow(result, run_id, tracking_uri(cfg))
-    ks = [k for k in (5, 10, 20) if k in cfg.eval.ks]
-    t = Table(title=f"{cfg.eval.split} metrics: {result.path}" + (" (reused)" if result.reused else ""))
-    t.add_column("method")
-    for k in ks:
-        t.add_column(f"HR@{k}", justify="right")
-        t.add_column(f"NDCG@{k}", justify="right")
-    for method in sorted({m.split("/")[0] for m in result.metrics}):
-        t.add_row(method, *(f"{result.metrics[f'{method}/{n}@{k}']:.4f}" for k in ks for n in ("HR", "NDCG")))
-    console.print(t)
+    if model_dir is None:  # train (or reuse the finished training of) this config, and log the evaluation
+        from tasks.chain import train_and_evaluate
+
+        _prepare_data(cfg)  # data errors as one line
+        result = train_and_evaluate(cfg).evaluation
+    else:
+        _, sequences, _ = _prepare_data(cfg)
+        result = evaluate_stage(cfg, model_dir, sequences.path)
+    title = f"{cfg.eval.split} metrics: {result.path}" + (" (reused)" if result.reused else "")
+    console.print(metrics_console_table(title, result.metrics, cfg.eval.ks))
 
 
 @app.command("run")
@@ -120,9 +146,8 @@ def run(
     set_: SetOpt = None,
 ) -> None:
     """The whole pipeline in-process as the Prefect flow `cft`: ingest -> validate -> build ->
-    train -> evaluate -> register -> gate. Finished stages are reused (Prefect cache + content-
-    addressed outputs). Without PREFECT_API_URL, Prefect starts a temporary local server."""
-    from flows.cft import cft_pipeline
+    train -> evaluate -> register -> gate. Finished stages are reused (content-addressed
+    outputs). Without PREFECT_API_URL, Prefect starts a temporary local server."""
     from schemas.config import load_config
     from schemas.errors import DataError, SourceUnavailable
     from tasks.tracking import tracking_uri
@@ -130,9 +155,11 @@ def run(
     # Prefect's temporary server would otherwise send a telemetry heartbeat while its fresh
     # SQLite database is still being migrated ("database is locked" tracebacks on first runs).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    cfg = load_config(config, set_)  # validate the config before starting Prefect
+    cfg = load_config(config, set_)  # validated before Prefect starts, and passed as is
+    from flows.cft import cft_pipeline
+
     try:
-        out = cft_pipeline(profile=str(config), overrides=_overrides_dict(set_))
+        out = cft_pipeline(profile=str(config), config=cfg)
     except (DataError, SourceUnavailable) as e:
         console.print(f"[red]data error:[/red] {e}")
         raise typer.Exit(2) from None
@@ -142,17 +169,19 @@ def run(
         console.print(f"\nMLflow UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (then http://127.0.0.1:5000)")
     if out["registered"]:
         name = out["registered"]["name"]
-        console.print(f"Recommend:  cft recommend -c {config} --model models:/{name}@champion --history \"Toy Story\" \"Heat\"")
+        history = " ".join(f'"{t}"' for t in _example_history(cfg))
+        console.print(f"Recommend:  cft recommend -c {config} --model models:/{name}@champion {history}")
 
 
-def _overrides_dict(set_: list[str] | None) -> dict:
-    import yaml
+def _example_history(cfg) -> list[str]:
+    """Two history titles of a test record of this dataset, for the printed `cft recommend` hint."""
+    from tasks.data import prepare
 
-    out = {}
-    for item in set_ or []:
-        key, _, value = item.partition("=")
-        out[key] = yaml.safe_load(value)
-    return out
+    _, sequences, _ = prepare(cfg.data)
+    import pyarrow.parquet as pq
+
+    histories = pq.read_table(sequences.path / "test.parquet", columns=["history_titles"]).column(0).to_pylist()
+    return list(histories[0][-2:]) if histories else []
 
 
 # ------------------------------------------------------------------------------ registry
@@ -173,7 +202,7 @@ ModelNameOpt = Annotated[str | None, typer.Option(help="Registered model; defaul
 
 @app.command("recommend")
 def recommend(
-    history: Annotated[list[str], typer.Argument(help="The user's history: titles or item ids, oldest first.")],
+    history: Annotated[list[str], typer.Argument(metavar="HISTORY...", help="The user's history: titles or item ids, oldest first.")],
     _marker: Annotated[bool, typer.Option("--history", help="Optional marker before the history items.")] = False,
     model: Annotated[str, typer.Option(help="Model URI, e.g. models:/cft-ml-100k@champion.")] = "",
     k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
@@ -193,7 +222,7 @@ def recommend(
     out = recommender.predict(pd.DataFrame({"history": [history]}),
                               params={"k": k, "exclude_history": not include_history})
     row = out.iloc[0]
-    t = Table(title=f"{model_uri}: top {k}")
+    t = Table(title=f"{model_uri}: top {len(row['item_ids'])}")
     for col in ("rank", "item id", "title", "score"):
         t.add_column(col)
     for rank, (item, title, score) in enumerate(zip(row["item_ids"], row["titles"], row["scores"], strict=True), 1):
@@ -229,7 +258,7 @@ def rollback(reason: ReasonOpt, model_name: ModelNameOpt = None,
 
 # ------------------------------------------------------------------------------ local stack
 
-stack_app = typer.Typer(help="Local Prefect server + worker + MLflow server on 127.0.0.1.", no_args_is_help=True)
+stack_app = typer.Typer(help="Local Prefect server + worker + MLflow server on 127.0.0.1.", **_TYPER)
 app.add_typer(stack_app, name="stack")
 DataRootOpt = Annotated[Path, typer.Option(help="Data root; the stack keeps its state in <data-root>/stack.")]
 
@@ -269,9 +298,14 @@ def stack_down(data_root: DataRootOpt = Path("data")) -> None:
 
 @stack_app.command("status")
 def stack_status(data_root: DataRootOpt = Path("data")) -> None:
+    """Which of the stack's processes run (`not running` when the stack is down)."""
     from cft_cli.stack import Stack, status
 
-    for name, alive in status(Stack(data_root)).items():
+    processes = status(Stack(data_root))
+    if not any(processes.values()):
+        console.print(f"stack: not running (data root {data_root}); start it with `cft stack up`")
+        return
+    for name, alive in processes.items():
         console.print(f"{name}: {'running' if alive else 'stopped'}")
 
 

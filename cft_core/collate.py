@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from cft_core.loss import IGNORE_INDEX
+from cft_core.modeling import IGNORE_INDEX
 from cft_core.prompts import PromptBuilder
 
 

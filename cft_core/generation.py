@@ -16,20 +16,21 @@ import torch
 from tqdm.auto import tqdm
 
 from cft_core.constrained import TitleTrie, TrieLogitsProcessor
-from cft_core.loss import position_ids_from_mask
+from cft_core.modeling import position_ids_from_mask
 from cft_core.prompts import PromptBuilder
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Reference: 5 beams, 5 returned, min 4 / max 128 new tokens, length penalty 1.0."""
+    """Beam search settings. The values (and why) live in `schemas.config.EvalConfig`; the
+    reference uses 5 beams, 5 returned, min 4 / max 128 new tokens, length penalty 1.0."""
 
-    num_beams: int = 5
-    num_return_sequences: int = 5
-    min_new_tokens: int = 4
-    max_new_tokens: int = 128
-    length_penalty: float = 1.0
-    batch_size: int = 8
+    num_beams: int
+    num_return_sequences: int
+    min_new_tokens: int  # free generation only; a constrained beam may end after one token
+    max_new_tokens: int
+    length_penalty: float
+    batch_size: int  # prompts per generate call
 
 
 def response_token_ids(tokenizer, prompts: PromptBuilder, titles: Sequence[str]) -> list[list[int]]:
@@ -59,20 +60,25 @@ def generate_titles(
     model,
     tokenizer,
     prompt_texts: Sequence[str],
-    settings: GenerationSettings = GenerationSettings(),
+    settings: GenerationSettings,
     trie: TitleTrie | None = None,
     progress: bool = True,
     share_prefill: bool = True,
-) -> list[list[str]]:
+    with_scores: bool = False,
+):
     """Beam search from each prompt; returns, per prompt, `num_return_sequences` parsed titles,
     best first. With `trie`, every beam is constrained to a catalogue title. `share_prefill`
-    runs each prompt once rather than once per beam (see the module docstring)."""
+    runs each prompt once rather than once per beam (see the module docstring).
+
+    with_scores: also return, per prompt, each beam's score (its summed token log-probability
+    divided by length ** length_penalty, as beam search ranks them; non-increasing)."""
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if trie is not None:
         trie = trie.to(device)
     out: list[list[str]] = []
+    scores: list[list[float]] = []
     batches = range(0, len(prompt_texts), settings.batch_size)
     for start in tqdm(batches, desc="generating", disable=not progress, unit="batch"):
         chunk = list(prompt_texts[start : start + settings.batch_size])
@@ -92,9 +98,12 @@ def generate_titles(
             min_new_tokens=settings.min_new_tokens if trie is None else 1,
             max_new_tokens=settings.max_new_tokens, length_penalty=settings.length_penalty,
             do_sample=False, early_stopping=True, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
-            logits_processor=processors,
+            logits_processor=processors, return_dict_in_generate=True, output_scores=with_scores,
         )
-        texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+        texts = tokenizer.batch_decode(gen.sequences[:, width:], skip_special_tokens=True)
         k = settings.num_return_sequences
         out += [[PromptBuilder.parse_response(t) for t in texts[i * k : (i + 1) * k]] for i in range(len(chunk))]
-    return out
+        if with_scores:
+            flat = gen.sequences_scores.float().cpu().tolist()
+            scores += [flat[i * k : (i + 1) * k] for i in range(len(chunk))]
+    return (out, scores) if with_scores else out

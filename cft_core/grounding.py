@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cft_core.loss import position_ids_from_mask
+from cft_core.modeling import position_ids_from_mask
 
 
 @torch.no_grad()
@@ -54,11 +54,13 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 64, pr
     return emb
 
 
-def l2_topk(queries: torch.Tensor, items: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+def l2_topk(queries: torch.Tensor, items: torch.Tensor, k: int, chunk: int = 4096,
+            excluded: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
     """LongTensor[Q, k]: indices of the k items nearest (L2) to each query, nearest first.
 
     queries [Q, D], items [I, D]. ||q - x||^2 = ||q||^2 - 2 q.x + ||x||^2; ||q||^2 does not change
     a query's order, so one matrix product per chunk ranks the whole catalogue.
+    excluded: per query, item indices never returned (their slots at the end become -1).
     """
     k = min(k, items.shape[0])
     sq = (items * items).sum(dim=1)
@@ -66,8 +68,19 @@ def l2_topk(queries: torch.Tensor, items: torch.Tensor, k: int, chunk: int = 409
     for start in range(0, queries.shape[0], chunk):
         q = queries[start : start + chunk]
         dist = torch.addmm(sq[None, :], q, items.T, alpha=-2.0)  # ||x||^2 - 2 q.x in one pass
-        out.append(torch.topk(dist, k, dim=1, largest=False, sorted=True).indices)
+        if excluded is not None:
+            for r, rows in enumerate(excluded[start : start + chunk]):
+                dist[r, list(rows)] = float("inf")
+        top = torch.topk(dist, k, dim=1, largest=False, sorted=True)
+        out.append(top.indices.masked_fill(torch.isinf(top.values), -1))
     return torch.cat(out)
+
+
+def l2_distances(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """FloatTensor[Q, I]: the L2 distance of every query [Q, D] to every item [I, D]."""
+    q, x = queries.float(), items.float()
+    sq = (q * q).sum(dim=1, keepdim=True) + (x * x).sum(dim=1)[None, :] - 2.0 * (q @ x.T)
+    return sq.clamp_min(0.0).sqrt()
 
 
 def interleave_dedup(per_beam: np.ndarray, k: int) -> np.ndarray:

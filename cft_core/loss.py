@@ -28,8 +28,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from cft_core.packing import (  # IGNORE_INDEX: label of tokens with no loss (prompt, padding)
-    IGNORE_INDEX,
+from cft_core.modeling import IGNORE_INDEX, output_head, position_ids_from_mask
+from cft_core.packing import (
     PackedHalf,
     model_attention_mask,
     pack_shared_prefix,
@@ -120,15 +120,6 @@ def cft_loss(
     return CFTLossOutput(loss, normal, causal, w.sum().detach(), int(labels.numel()))
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions 0..L-1 over the real tokens of each row, whatever the padding side.
-
-    attention_mask: [B, T] (1 = token, 0 = padding) -> LongTensor[B, T].
-    Without this, a left-padded row would start at position (number of pads), not 0.
-    """
-    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
-
-
 def label_hidden_states(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -172,12 +163,6 @@ def packed_label_hidden_states(model: torch.nn.Module, packed: PackedHalf) -> to
     )
     hidden = out.hidden_states[-1]  # [G, T, D]
     return hidden[packed.predictors[:, 0], packed.predictors[:, 1]]
-
-
-def output_head(model: torch.nn.Module) -> torch.nn.Module:
-    """The LM head module of a (possibly peft- or DeepSpeed-wrapped) causal LM."""
-    inner = getattr(model, "module", model)  # DeepSpeed engine / DDP
-    return inner.get_output_embeddings()
 
 
 def compute_cft_loss(

@@ -15,10 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-DEFAULT_KS = (1, 3, 5, 10, 20, 50)
 
-
-def ranking_metrics(ranks: np.ndarray | Sequence[int], ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+def ranking_metrics(ranks: np.ndarray | Sequence[int], ks: Sequence[int]) -> dict[str, float]:
     """{"HR@K": float, "NDCG@K": float} for each K, from 0-based first-hit ranks (-1 = miss)."""
     r = np.asarray(ranks, dtype=np.int64)
     if r.ndim != 1:

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt, padding): HF convention
+from cft_core.modeling import IGNORE_INDEX
 
 
 class PackedHalf(NamedTuple):

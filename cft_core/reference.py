@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cft_core.loss import IGNORE_INDEX, CFTLossOutput, position_ids_from_mask
+from cft_core.loss import CFTLossOutput
+from cft_core.modeling import IGNORE_INDEX, position_ids_from_mask
 
 
 def _full_logits(model, input_ids, attention_mask) -> torch.Tensor:

@@ -24,15 +24,17 @@ SPLITS = ("train", "valid", "test")
 
 @dataclass(frozen=True)
 class SequenceSettings:
-    k_core: int = 5
-    max_history: int = 10
-    split: str = "chronological"  # or "leave_one_out"
-    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 42
-    window_start: int | None = None  # unix seconds, inclusive
-    window_end: int | None = None  # unix seconds, exclusive
-    sample_fraction: float = 1.0
-    max_samples: tuple[tuple[str, int], ...] = ()  # ((split, cap), ...)
+    """How records are built; the values and their reasons live in `schemas.config.DataConfig`."""
+
+    k_core: int  # iterative k-core on users and items (<= 1: off)
+    max_history: int  # the last <= N items before the target
+    split: str  # "chronological" (D3) or "leave_one_out"
+    split_ratios: tuple[float, float, float]  # train/valid/test, chronological only
+    seed: int  # item-id shuffle and caps' sampling
+    window_start: int | None  # unix seconds, inclusive
+    window_end: int | None  # unix seconds, exclusive
+    sample_fraction: float
+    max_samples: tuple[tuple[str, int], ...]  # ((split, cap), ...)
 
 
 def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:

@@ -49,11 +49,12 @@ def ensure_distributed_env(port: int | None = None) -> None:
 
 @dataclass(frozen=True)
 class CFTObjective:
-    """Loss settings. `alpha = 0` skips the counterfactual forward pass (SFT, +Pos)."""
+    """Loss settings (`schemas.config.TrainConfig` documents them; the reference uses alpha 0.1,
+    beta 0.25, weights on both terms). `alpha = 0` skips the counterfactual forward pass (SFT, +Pos)."""
 
-    alpha: float = 0.1
-    beta: float = 0.25
-    weight_causal_only: bool = False
+    alpha: float
+    beta: float
+    weight_causal_only: bool
 
     @property
     def run_counterfactual(self) -> bool:

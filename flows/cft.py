@@ -20,16 +20,11 @@ from tasks.pipeline import (
     gate_task,
     ingest_task,
     metrics_artifact,
+    metrics_summary,
     register_task,
-    stage,
     train_task,
     validate_task,
 )
-
-
-def resolve_config(profile: str, overrides: dict[str, Any] | None, config: PipelineConfig | None) -> PipelineConfig:
-    """`config` when given (a full typed config), else the YAML profile with the overrides."""
-    return config if config is not None else load_config(profile, overrides or {})
 
 
 @flow(name="cft", description="CFT recommender: data -> train -> evaluate -> register/promote.")
@@ -39,21 +34,24 @@ def cft_pipeline(
     config: PipelineConfig | None = None,
 ) -> dict[str, Any]:
     """profile: a YAML file under configs/ (relative to the project); overrides: dotted fields,
-    e.g. {"train.seed": 1, "data.max_samples": {"test": 50}}; config: a whole config instead."""
-    cfg = resolve_config(profile, overrides, config)
+    e.g. {"train.seed": 1, "data.max_samples": {"test": 50}}; config: an already validated
+    config (what `cft run` passes), used instead of profile and overrides."""
+    cfg = config if config is not None else load_config(profile, overrides or {})
 
-    # stage(): a cached result whose output folder was deleted runs that stage again.
-    ingested = stage(ingest_task, cfg.data)
-    validation = stage(validate_task, ingested, cfg.data)
-    sequences = stage(build_sequences_task, ingested, validation, cfg.data)
-    trained = stage(train_task, cfg, sequences)
-    evaluation = stage(evaluate_task, cfg, trained, sequences)
+    ingested = ingest_task(cfg.data)
+    validation = validate_task(ingested, cfg.data)
+    sequences = build_sequences_task(ingested, cfg.data, wait_for=[validation])
+    trained = train_task(cfg, sequences)
+    evaluation = evaluate_task(cfg, trained, sequences)
 
-    registered = decision = None
+    version = decision = None
     if cfg.registry.enabled and cfg.tracking.enabled:
-        registered = register_task(cfg, trained, sequences, evaluation)
-        decision = gate_task(cfg, registered, trained, sequences)
+        version = register_task(cfg, trained, sequences, evaluation)
+        decision = gate_task(cfg, version, trained, sequences)
 
-    summary = metrics_artifact(cfg, evaluation, trained, decision)
-    return {"run_id": trained["run_id"], "model_dir": trained["model_dir"], "metrics": evaluation["metrics"],
-            "registered": registered, "gate": decision, "summary": summary}
+    run_id = trained.summary.get("mlflow_run_id")
+    summary = metrics_summary(cfg, evaluation, run_id, decision)
+    metrics_artifact(summary, cfg)
+    return {"run_id": run_id, "model_dir": str(trained.model_dir), "metrics": evaluation.metrics,
+            "registered": {"name": cfg.registered_model_name(), "version": version} if version else None,
+            "gate": decision, "summary": summary}

@@ -212,6 +212,10 @@ class EvalConfig(_Strict):
     max_new_tokens: int = Field(64, ge=1, description="Longest generated title in tokens (reference 128).")
     length_penalty: float = Field(1.0, description="Beam score length normalisation (reference 1.0; D3 0).")
     batch_size: int = Field(8, ge=1, description="Prompts per generate call.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 on a CUDA GPU that supports it, else fp32. The served model "
+        "ranks with the same setting, and cached title embeddings are keyed by it.",
+    )
     ks: list[int] = Field(default_factory=lambda: [1, 3, 5, 10, 20, 50], description="Cut-offs K of HR@K / NDCG@K.")
     history_reliance: bool = Field(
         True, description="Also evaluate with the history removed from the prompt: the gap is "
@@ -283,14 +287,38 @@ class PipelineConfig(_Strict):
         return "constrained" if self.registry.gate_metric.startswith("constrained/") else "grounding"
 
 
-def load_config(path: str | Path, overrides: list[str] | dict[str, object] | None = None) -> PipelineConfig:
-    """Read a YAML profile and apply overrides: `section.field=value` strings (value parsed as
-    YAML, as `--set` gives them) or a {"section.field": value} mapping (as Prefect parameters)."""
+def _deep_merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`: mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML profile as a dict, with `extends: other.yaml` (relative to the profile's folder)
+    resolved: the other profile first, this one's fields on top."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise FileNotFoundError(f"config file {path} not found") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a profile is a mapping of sections (data:, model:, train:, ...)")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    base_path = (path.parent / str(parent)).resolve()
+    if base_path in _seen:
+        raise ValueError(f"{path}: `extends` loops back to {base_path}")
+    return _deep_merge(read_profile(base_path, (*_seen, path.resolve())), raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | dict[str, object] | None = None) -> PipelineConfig:
+    """Read a YAML profile (following `extends`) and apply overrides: `section.field=value`
+    strings (value parsed as YAML, as `--set` gives them) or a {"section.field": value} mapping
+    (as Prefect parameters)."""
+    raw = read_profile(path)
     if isinstance(overrides, dict):
         pairs = list(overrides.items())
     else:

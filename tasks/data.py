@@ -20,12 +20,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cft_core.sequences import SPLITS, SequenceSettings, build_records
+from cft_core.sequences import SPLITS, build_records
 from schemas import tables
 from schemas.config import DataConfig
 from schemas.errors import DataError
 from tasks import readers
 from tasks.download import fetch, is_url
+from tasks.settings import sequence_settings
 from tasks.storage import atomic_dir, file_digest, fingerprint, write_json_atomic
 from tasks.validation import validate_tables
 
@@ -148,15 +149,6 @@ def validate_ingested(ingested: Path, cfg: DataConfig) -> dict:
     return validate_tables(
         {"interactions": ("interactions", inter), "items": ("items", items)},
         params, ingested / "validation.json", what=f"{cfg.name} ingested tables",
-    )
-
-
-def sequence_settings(cfg: DataConfig) -> SequenceSettings:
-    return SequenceSettings(
-        k_core=cfg.k_core, max_history=cfg.max_history, split=cfg.split, split_ratios=cfg.split_ratios,
-        seed=cfg.seed, sample_fraction=cfg.sample_fraction, max_samples=tuple(sorted(cfg.max_samples.items())),
-        window_start=int(cfg.window_start.timestamp()) if cfg.window_start else None,
-        window_end=int(cfg.window_end.timestamp()) if cfg.window_end else None,
     )
 
 

@@ -31,9 +31,37 @@ TOP_K_MAX = 50  # rankings are kept to the largest K reported
 
 @dataclass(frozen=True)
 class EvalOutput:
-    path: Path
+    path: Path  # the evaluation folder (layout above)
     metrics: dict[str, float]
     reused: bool
+
+    @property
+    def split(self) -> str:
+        return json.loads((self.path / "summary.json").read_text())["split"]
+
+    @property
+    def rows(self) -> int:
+        return json.loads((self.path / "summary.json").read_text())["examples"]
+
+
+HEADLINE_KS = (5, 10, 20)  # the cut-offs tables show (metrics.json holds every K)
+
+
+def metrics_rows(metrics: dict[str, float], ks) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of HR/NDCG at the headline Ks per method: the one metrics table that the
+    CLI, the Prefect artifact and the model card print."""
+    shown = [k for k in HEADLINE_KS if k in ks]
+    header = ["method"] + [f"{n}@{k}" for k in shown for n in ("HR", "NDCG")]
+    rows = [[m] + [f"{metrics[f'{m}/{n}@{k}']:.4f}" for k in shown for n in ("HR", "NDCG")]
+            for m in sorted({key.split("/")[0] for key in metrics})]
+    return header, rows
+
+
+def metrics_table(metrics: dict[str, float], ks) -> str:
+    """`metrics_rows` as a Markdown table."""
+    header, rows = metrics_rows(metrics, ks)
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def popularity_groups(train_targets: np.ndarray, num_items: int, groups: int) -> np.ndarray:
@@ -46,33 +74,47 @@ def popularity_groups(train_targets: np.ndarray, num_items: int, groups: int) ->
     return group
 
 
-def _model_fingerprint(model_dir: Path) -> str:
+def model_fingerprint(model_dir: Path) -> str:
+    """Identity of a model folder's weights (path, size and time of model.safetensors)."""
     st = (model_dir / "model.safetensors").stat()
     return fingerprint({"model": str(model_dir.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns})
 
 
 def evaluation_dir(cfg: PipelineConfig, model_dir: Path, sequences: Path) -> Path:
     """Output folder of `evaluate`: named by the eval settings, the records and the model."""
-    fp = fingerprint({"eval": cfg.eval.model_dump(), "data": sequences.name, "model": _model_fingerprint(model_dir),
-                      "domain": cfg.data.domain})
+    fp = fingerprint({"eval": cfg.eval.model_dump(), "data": sequences.name, "model": model_fingerprint(model_dir),
+                      "domain": cfg.data.domain, "max_history": cfg.data.max_history})
     return model_dir.parent / "evaluation" / f"{cfg.eval.split}-{fp}"
 
 
-def embeddings_cache(cfg: PipelineConfig, model_dir: Path, sequences: Path) -> Path:
-    """Where the catalogue's title embeddings of this model are kept (.npy, no pickle)."""
-    return cfg.data.data_root / "embeddings" / f"{_model_fingerprint(model_dir)}-{sequences.name}.npy"
+def embeddings_cache(cfg: PipelineConfig, model_dir: Path, sequences: Path, precision: str) -> Path:
+    """Where the catalogue's title embeddings of this model are kept (.npy, no pickle). Keyed by
+    everything that changes them: the weights, the catalogue, the precision they ran at."""
+    key = fingerprint({"model": model_fingerprint(model_dir), "catalogue": sequences.name, "precision": precision})
+    return cfg.data.data_root / "embeddings" / f"{key}.npy"
+
+
+def load_model(model_dir: Path, precision: str):
+    """(model on the best device at `precision`, tokenizer) from a model folder (safetensors)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(model_dir)
 
 
 def catalogue_embeddings(model, tokenizer, titles: list[str], cache: Path, progress: bool = False):
-    """FloatTensor[I, D] of the catalogue titles (BIGRec grounding), computed once per model and
-    catalogue and cached at `cache`."""
+    """FloatTensor[I, D] of the catalogue titles (BIGRec grounding), computed once per model,
+    catalogue and precision, and cached at `cache`."""
     import torch
 
-    from cft_core.grounding import embed_texts
+    from cft_core.ranking import embed_titles
 
     if cache.is_file():
         return torch.from_numpy(np.load(cache, allow_pickle=False))
-    emb = embed_texts(model, tokenizer, titles, batch_size=64, progress=progress)
+    emb = embed_titles(model, tokenizer, titles, progress=progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp.npy")
     np.save(tmp, emb.numpy(), allow_pickle=False)
@@ -80,17 +122,42 @@ def catalogue_embeddings(model, tokenizer, titles: list[str], cache: Path, progr
     return emb
 
 
-def ensure_catalogue_embeddings(cfg: PipelineConfig, model_dir: Path, sequences: Path) -> Path:
-    """The cache file of `catalogue_embeddings`, computing it if the evaluation did not."""
-    cache = embeddings_cache(cfg, model_dir, sequences)
-    if not cache.is_file():
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+def read_catalogue(sequences: Path) -> pd.DataFrame:
+    """The catalogue (item_id 0..N-1, title), in item id order."""
+    catalogue = pq.read_table(sequences / "catalogue.parquet").to_pandas().sort_values("item_id")
+    if catalogue["item_id"].tolist() != list(range(len(catalogue))):
+        raise ValueError(f"{sequences / 'catalogue.parquet'}: item ids are not 0..N-1")
+    return catalogue
 
-        catalogue = pq.read_table(sequences / "catalogue.parquet").to_pandas().sort_values("item_id")
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
-        catalogue_embeddings(model, AutoTokenizer.from_pretrained(model_dir), catalogue["title"].tolist(), cache)
+
+def ensure_catalogue_embeddings(cfg: PipelineConfig, model_dir: Path, sequences: Path) -> Path:
+    """The cache file of `catalogue_embeddings` at the configured precision, computing it if the
+    evaluation did not (the served model ships it)."""
+    from tasks.settings import ranking_settings
+
+    precision = ranking_settings(cfg, "grounding").precision
+    cache = embeddings_cache(cfg, model_dir, sequences, precision)
+    if not cache.is_file():
+        model, tokenizer = load_model(model_dir, precision)
+        catalogue_embeddings(model, tokenizer, read_catalogue(sequences)["title"].tolist(), cache)
     return cache
+
+
+def make_ranker(cfg: PipelineConfig, method: str, model, tokenizer, sequences: Path, model_dir: Path,
+                progress: bool = False):
+    """The `cft_core.ranking.Ranker` of this run's settings for `method` over the catalogue."""
+    from cft_core.prompts import PromptBuilder
+    from cft_core.ranking import Ranker
+    from tasks.settings import ranking_settings
+
+    settings = ranking_settings(cfg, method)
+    titles = read_catalogue(sequences)["title"].tolist()
+    emb = None
+    if method == "grounding":
+        emb = catalogue_embeddings(model, tokenizer, titles, embeddings_cache(cfg, model_dir, sequences,
+                                                                              settings.precision), progress)
+    return Ranker(model, tokenizer, PromptBuilder.for_domain(cfg.data.domain), list(range(len(titles))), titles,
+                  settings, emb)
 
 
 def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress: bool = True) -> EvalOutput:
@@ -100,38 +167,23 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
     if (out_dir / "metrics.json").is_file():
         return EvalOutput(out_dir, json.loads((out_dir / "metrics.json").read_text()), True)
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from cft_core.constrained import TitleTrie
-    from cft_core.generation import GenerationSettings, generate_titles, response_token_ids
-    from cft_core.grounding import embed_texts, interleave_dedup, l2_topk
     from cft_core.metrics import first_hit_ranks, ranking_metrics, title_ids
-    from cft_core.prompts import PromptBuilder
+    from tasks.settings import ranking_settings
 
     rows = read_records(sequences / f"{e.split}.parquet", e.max_samples, e.seed)
     if not rows:
         raise ValueError(f"{sequences / (e.split + '.parquet')} holds no records to evaluate")
-    catalogue = pq.read_table(sequences / "catalogue.parquet").to_pandas().sort_values("item_id")
-    titles = catalogue["title"].tolist()
-    if catalogue["item_id"].tolist() != list(range(len(titles))):
-        raise ValueError(f"{sequences / 'catalogue.parquet'}: item ids are not 0..N-1")
+    titles = read_catalogue(sequences)["title"].tolist()
     title_of_item, table = title_ids(titles)
     target_tid = np.array([table[r["target_title"]] for r in rows])
     ks = sorted(set(e.ks))
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True).to(device).eval()
-    prompts = PromptBuilder.for_domain(cfg.data.domain)
-    settings = GenerationSettings(e.num_beams, min(e.num_return_sequences, e.num_beams), e.min_new_tokens,
-                                  e.max_new_tokens, e.length_penalty, e.batch_size)
+    model, tokenizer = load_model(model_dir, ranking_settings(cfg, "grounding").precision)
 
     metrics: dict[str, float] = {}
     preds = pd.DataFrame({
         "user_id": [r["user_id"] for r in rows],
         "history_titles": [list(r["history_titles"]) for r in rows],
+        "history_item_ids": [list(r["history_item_ids"]) for r in rows],
         "target_item_id": [r["target_item_id"] for r in rows],
         "target_title": [r["target_title"] for r in rows],
     })
@@ -147,43 +199,22 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         preds[f"{name}_rank"] = ranks
         top_lists[name] = ranked_items
 
-    variants = [("", [prompts.factual(r["history_titles"]) for r in rows])]
-    if e.history_reliance:
-        variants.append(("nohist_", [prompts.counterfactual()] * len(rows)))
-
-    def generate_unique(model, texts: list[str], trie=None) -> list[list[str]]:
-        """Beam search is deterministic: generate each distinct prompt once (the no-history
-        prompt is the same for every row, so that variant costs one generation)."""
-        unique = list(dict.fromkeys(texts))
-        beams = dict(zip(unique, generate_titles(model, tokenizer, unique, settings, trie=trie, progress=progress),
-                         strict=True))
-        return [beams[t] for t in texts]
-
-    if "grounding" in e.methods:
-        item_emb = catalogue_embeddings(model, tokenizer, titles, embeddings_cache(cfg, model_dir, sequences), progress)
+    for method in e.methods:
+        ranker = make_ranker(cfg, method, model, tokenizer, sequences, model_dir, progress)
+        variants = [("", [ranker.prompt(r["history_titles"]) for r in rows])]
+        if e.history_reliance:  # the same ranking without the history: what CFT should widen
+            variants.append(("nohist_", [ranker.prompts.counterfactual()] * len(rows)))
         for prefix, texts in variants:
-            beams = generate_unique(model, texts)
-            if not prefix:
-                preds["generated"] = beams
-            width = settings.num_return_sequences
-            flat = [t for b in beams for t in b]
-            emb = embed_texts(model, tokenizer, flat, batch_size=64)
-            per_beam = l2_topk(emb.to(item_emb.dtype), item_emb, TOP_K_MAX).numpy().reshape(len(rows), width, -1)
-            record(f"{prefix}grounding_original", per_beam[:, 0])
-            record(f"{prefix}grounding_adjusted", interleave_dedup(per_beam, TOP_K_MAX))
-
-    if "constrained" in e.methods:
-        trie = TitleTrie(response_token_ids(tokenizer, prompts, titles), vocab_size=len(tokenizer))
-        by_title = {t.strip(): table[t] for t in titles}
-        first_item = {tid: i for i, tid in reversed(list(enumerate(title_of_item)))}
-        for prefix, texts in variants:
-            beams = generate_unique(model, texts, trie)
-            if not prefix:
-                preds["constrained_generated"] = beams
-            ranked = np.array([[first_item[by_title[t]] if t in by_title else -1 for t in b] for b in beams])
-            # A hypothesis can come back twice (once per length at which it emitted EOS): keep
-            # the first, as a ranked list has each item once.
-            record(f"{prefix}constrained", interleave_dedup(ranked[:, None, :], ranked.shape[1]))
+            ranking = ranker.rank(texts, TOP_K_MAX, progress=progress)
+            if method == "grounding":
+                if not prefix:
+                    preds["generated"] = ranking.beams
+                record(f"{prefix}grounding_original", ranking.original)
+                record(f"{prefix}grounding_adjusted", ranking.rows)
+            else:
+                if not prefix:
+                    preds["constrained_generated"] = ranking.beams
+                record(f"{prefix}constrained", ranking.rows)
 
     # Most-popular baseline and the popularity analysis.
     train_targets = pq.read_table(sequences / "train.parquet", columns=["target_item_id"]).column(0).to_numpy()
@@ -208,7 +239,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         (tmp / "plots").mkdir()
         preds.to_parquet(tmp / "predictions.parquet", index=False)
         (tmp / "popularity.json").write_text(json.dumps(popularity, indent=1))
-        _plots(metrics, popularity, ks, tmp / "plots")
+        _plots(metrics, popularity, ks, tmp / "plots", f"{e.split} split, {len(rows):,} rows")
         summary = {"split": e.split, "examples": len(rows), "catalogue": len(titles), "model_dir": str(model_dir)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
@@ -221,7 +252,8 @@ def _shares(groups: np.ndarray, n: int) -> list[float]:
     return (c / max(c.sum(), 1.0)).round(6).tolist()
 
 
-def _plots(metrics: dict[str, float], popularity: dict, ks: list[int], folder: Path) -> None:
+def _plots(metrics: dict[str, float], popularity: dict, ks: list[int], folder: Path, what: str) -> None:
+    """metrics_at_k.png and popularity.png, titled with `what` (split and row count)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,7 +267,7 @@ def _plots(metrics: dict[str, float], popularity: dict, ks: list[int], folder: P
         ax.set_xscale("log")
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("K")
-        ax.set_title(f"{name}@K")
+        ax.set_title(f"{name}@K ({what})")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
@@ -250,34 +282,8 @@ def _plots(metrics: dict[str, float], popularity: dict, ks: list[int], folder: P
         ax.bar(x + i * width, popularity[k], width, label=k)
     ax.set_xlabel("popularity group (0 = least popular items)")
     ax.set_ylabel("share")
+    ax.set_title(f"popularity of history and top-10 items ({what})")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(folder / "popularity.png", dpi=100)
     plt.close(fig)
-
-
-def mlflow_metric_name(split: str, key: str) -> str:
-    """"grounding_adjusted/NDCG@10" -> "test/grounding_adjusted/NDCG_at_10" (MLflow forbids '@')."""
-    return f"{split}/{key.replace('@', '_at_')}"
-
-
-def log_to_mlflow(result: EvalOutput, run_id: str, tracking_uri: str) -> None:
-    """Metrics, predictions table and plots into the training's MLflow run."""
-    import time
-
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    split = json.loads((result.path / "summary.json").read_text())["split"]
-
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(mlflow_metric_name(split, k), v, now, 0) for k, v in result.metrics.items()])
-    client.log_artifacts(run_id, str(result.path), artifact_path=f"evaluation/{split}")
-    # The per-example predictions also as an MLflow table (shown in the run's Evaluation view).
-    preds = pd.read_parquet(result.path / "predictions.parquet")
-    for col in preds.columns:  # list columns -> JSON text, which the table format stores as is
-        if preds[col].map(lambda v: isinstance(v, (list, np.ndarray))).any():
-            preds[col] = preds[col].map(lambda v: json.dumps([x.item() if hasattr(x, "item") else x for x in v]))
-    client.log_table(run_id, data=preds, artifact_file=f"evaluation/{split}/predictions_table.json")
-

@@ -3,7 +3,9 @@
 Logged by `tasks.registry.log_recommender` in MLflow's models-from-code form: MLflow stores this
 file itself (not a pickled object) and runs it on load, so loading executes only reviewed code.
 The artifacts beside it are the model folder (safetensors + tokenizer), the catalogue (Parquet)
-and the catalogue's title embeddings (.npy, read with allow_pickle=False).
+and, for grounding, the catalogue's title embeddings (.npy, read with allow_pickle=False). It
+ranks with `cft_core.ranking.Ranker` and the `RankingSettings` the run was evaluated with, so
+what was measured is what serves.
 
 Input: a DataFrame with a `history` column, one list of strings per user (titles or item ids,
 oldest first). Params: `k` (items returned) and `exclude_history`.
@@ -26,30 +28,30 @@ class CFTRecommenderModel(PythonModel):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from cft_core.generation import GenerationSettings
         from cft_core.prompts import PromptBuilder
-        from cft_core.recommend import Recommender
+        from cft_core.ranking import Ranker, RankingSettings
 
         config = dict(context.model_config or {})
+        # The settings the run evaluated (and gated) with: method, history length, generation, precision.
+        settings = RankingSettings.from_dict(json.loads(config["ranking"]))
         model_dir = context.artifacts["model"]
         catalogue = pq.read_table(context.artifacts["catalogue"]).to_pandas().sort_values("item_id")
-        embeddings = torch.from_numpy(np.load(context.artifacts["item_embeddings"], allow_pickle=False))
+        embeddings = None
+        if settings.method == "grounding":
+            embeddings = torch.from_numpy(np.load(context.artifacts["item_embeddings"], allow_pickle=False))
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).to(device)
-        settings = GenerationSettings(**json.loads(config.get("generation", "{}")))
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=settings.torch_dtype, use_safetensors=True)
         self.default_k = int(config.get("top_k", 10))
-        self.recommender = Recommender(
-            model, AutoTokenizer.from_pretrained(model_dir), catalogue["item_id"].tolist(),
-            catalogue["title"].tolist(), embeddings.to(device), PromptBuilder.for_domain(config["domain"]),
-            settings,
-        )
+        self.ranker = Ranker(model.to(device), AutoTokenizer.from_pretrained(model_dir),
+                             PromptBuilder.for_domain(config["domain"]), catalogue["item_id"].tolist(),
+                             catalogue["title"].tolist(), settings, embeddings)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
         if "history" not in model_input.columns:
             raise ValueError(f"input needs a `history` column (list of titles or item ids); got {list(model_input.columns)}")
         histories = [list(h) for h in model_input["history"]]
-        recs = self.recommender.recommend(histories, k=int(params.get("k") or self.default_k),
+        recs = self.ranker.recommend(histories, k=int(params.get("k") or self.default_k),
                                           exclude_history=bool(params.get("exclude_history", True)))
         return pd.DataFrame({"item_ids": [r.item_ids for r in recs], "titles": [r.titles for r in recs],
                              "scores": [r.scores for r in recs]})

@@ -27,8 +27,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from schemas.config import PipelineConfig
-from tasks.evaluation import mlflow_metric_name
 from tasks.storage import fingerprint
+from tasks.tracking import mlflow_metric_name
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,9 @@ def gate_data_key(cfg: PipelineConfig, sequences: Path) -> str:
 # ------------------------------------------------------------------------------ log + register
 
 
-def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences: Path, embeddings: Path, uri: str) -> str:
-    """Log the pyfunc recommender into run `run_id` (once); returns its model URI."""
+def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences: Path, uri: str) -> str:
+    """Log the pyfunc recommender into run `run_id` (once); returns its model URI. It ranks the
+    way the gate measures (`registry.gate_metric`'s method), with the run's ranking settings."""
     import mlflow
     import torch
     import transformers
@@ -72,14 +73,17 @@ def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences
     from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
     from mlflow.types.schema import Array
 
+    from tasks.evaluation import ensure_catalogue_embeddings
+    from tasks.settings import ranking_settings
+
     client = _client(uri)
     tags = client.get_run(run_id).data.tags
     if tags.get("cft.recommender_uri"):
         return tags["cft.recommender_uri"]
-    e = cfg.eval
-    generation = {"num_beams": e.num_beams, "num_return_sequences": min(e.num_return_sequences, e.num_beams),
-                  "min_new_tokens": e.min_new_tokens, "max_new_tokens": e.max_new_tokens,
-                  "length_penalty": e.length_penalty, "batch_size": e.batch_size}
+    settings = ranking_settings(cfg, cfg.gate_method())
+    artifacts = {"model": str(model_dir), "catalogue": str(sequences / "catalogue.parquet")}
+    if settings.method == "grounding":
+        artifacts["item_embeddings"] = str(ensure_catalogue_embeddings(cfg, model_dir, sequences))
     signature = ModelSignature(
         inputs=Schema([ColSpec(Array(DataType.string), "history")]),
         outputs=Schema([ColSpec(Array(DataType.long), "item_ids"), ColSpec(Array(DataType.string), "titles"),
@@ -93,11 +97,10 @@ def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=str(PYFUNC_FILE),
-            artifacts={"model": str(model_dir), "catalogue": str(sequences / "catalogue.parquet"),
-                       "item_embeddings": str(embeddings)},
+            artifacts=artifacts,
             code_paths=[str(Path(cft_core.__file__).parent)],
             model_config={"domain": cfg.data.domain, "top_k": cfg.registry.top_k,
-                          "generation": json.dumps(generation)},
+                          "ranking": json.dumps(settings.to_dict())},
             signature=signature,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}",
                               f"mlflow=={mlflow.__version__}", "pandas", "pyarrow", "numpy", "safetensors",
@@ -142,11 +145,45 @@ def register(cfg: PipelineConfig, run_id: str, model_uri: str, tags: dict[str, s
 
 def version_tags(cfg: PipelineConfig, data_fingerprint: str, metrics: dict[str, float], split: str,
                  model_dir: Path) -> dict[str, str]:
-    """Version tags: the dataset fingerprint, every reported metric, where the model folder is."""
+    """Version tags: what the version is (dataset, data fingerprint, objective, model folder) and
+    a handful of headline metrics; every metric is in the run and in the version's model card."""
     tags = {"dataset": cfg.data.name, "data_fingerprint": data_fingerprint, "objective": cfg.train.objective,
             "model_dir": str(model_dir.resolve())}
-    tags.update({mlflow_metric_name(split, k): f"{v:.6g}" for k, v in metrics.items()})
+    served = "constrained" if cfg.gate_method() == "constrained" else "grounding_adjusted"
+    for key in (f"{served}/NDCG@10", f"{served}/HR@10", "most_popular/NDCG@10"):
+        if key in metrics:
+            tags[mlflow_metric_name(split, key)] = f"{metrics[key]:.6g}"
     return tags
+
+
+def model_card(cfg: PipelineConfig, evaluation, run_id: str) -> str:
+    """The version's description: a short model card (what it is, how it was trained, its metrics)."""
+    from tasks.evaluation import metrics_table
+
+    alpha, beta = cfg.train.loss_settings()
+    return "\n".join([
+        f"**{cfg.train.objective.upper()}** recommender for `{cfg.data.name}`: model source "
+        f"`{cfg.model.source}`, alpha {alpha:g}, beta {beta:g}, serves by `{cfg.gate_method()}` ranking, "
+        f"MLflow run `{run_id}`.", "",
+        f"{evaluation.split} split, {evaluation.rows:,} rows, full catalogue:", "",
+        metrics_table(evaluation.metrics, cfg.eval.ks)])
+
+
+def register_model(cfg: PipelineConfig, run_id: str | None, model_dir: Path, sequences: Path,
+                   data_fingerprint: str, evaluation) -> str:
+    """Log the recommender into the training's run and register it (once per run), with its
+    headline tags and model card. `evaluation`: the run's `EvalOutput`. Returns the version."""
+    if not run_id:
+        raise ValueError("registration needs an MLflow run: set tracking.enabled = true")
+    from tasks.tracking import tracking_uri
+
+    uri = tracking_uri(cfg)
+    model_uri = log_recommender(cfg, run_id, model_dir, sequences, uri)
+    tags = version_tags(cfg, data_fingerprint, evaluation.metrics, evaluation.split, model_dir)
+    mv = register(cfg, run_id, model_uri, tags, uri)
+    _client(uri).update_model_version(mv.name, str(mv.version), description=model_card(cfg, evaluation, run_id))
+    log.info("registered %s version %s", mv.name, mv.version)
+    return str(mv.version)
 
 
 # ------------------------------------------------------------------------------ gate
@@ -236,6 +273,26 @@ def gate(cfg: PipelineConfig, version: str, challenger_value: float, data_key: s
             client.set_registered_model_alias(name, CHALLENGER, version)
         log.info("gate %s v%s: %s", name, version, reason)
         return GateDecision(version, promoted, reason, challenger_value, champion, champion_value)
+
+
+def gate_model(cfg: PipelineConfig, version: str, model_dir: Path, sequences: Path) -> GateDecision:
+    """The gate as one call: evaluate the new version's model on the gate split (`cfg.gate_eval()`),
+    then `gate`, which measures the champion on the same rows when its stored value is not
+    comparable. Serialised per model by `promotion_lock`."""
+    from tasks.evaluation import evaluate
+    from tasks.tracking import tracking_uri
+
+    gate_cfg = cfg.model_copy(update={"eval": cfg.gate_eval()})
+    metric = cfg.registry.gate_metric
+    ours = evaluate(gate_cfg, model_dir, sequences, progress=False).metrics
+    if metric not in ours:
+        raise ValueError(f"registry.gate_metric {metric!r} is not among the metrics: {sorted(ours)}")
+
+    def champion_value(champion_version) -> float:
+        champion_dir = download_version_model(cfg, champion_version)
+        return evaluate(gate_cfg, champion_dir, sequences, progress=False).metrics[metric]
+
+    return gate(cfg, version, ours[metric], gate_data_key(cfg, sequences), tracking_uri(cfg), champion_value)
 
 
 def promote(cfg: PipelineConfig, name: str, version: str, reason: str, uri: str) -> None:

@@ -1,4 +1,6 @@
-"""MLflow glue: where runs go, what is logged, and a Trainer callback for step metrics.
+"""MLflow runs: where they go, what is logged, the Trainer callback for step metrics, the
+training run and the evaluation logged into it. (The model registry is tasks/registry.py; the
+stage modules themselves never call MLflow.)
 
 Only process 0 of a distributed run talks to MLflow. The tracking store defaults to SQLite
 under the data root (environment-notes.md: the plain file store is deprecated), and each
@@ -7,11 +9,10 @@ experiment keeps its artifacts next to it, never in a stray ./mlruns of the work
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
-
-from transformers import TrainerCallback
 
 from schemas.config import PipelineConfig
 
@@ -65,34 +66,34 @@ def flatten(payload: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-class MLflowStepMetrics(TrainerCallback):
-    """Logs every Trainer log line (loss, normal, causal, lr, throughput, eval_loss) with its step."""
+def step_metrics_callback(run_id: str):
+    """A Trainer callback that logs every Trainer log line (loss, normal, causal, lr, throughput,
+    eval_loss) to run `run_id` with its step. (transformers is imported only here.)"""
+    from transformers import TrainerCallback
 
-    KEYS = {
+    keys = {
         "loss": "train/loss", "normal": "train/normal", "causal": "train/causal",
         "learning_rate": "train/learning_rate", "grad_norm": "train/grad_norm",
         "tokens_per_second": "train/tokens_per_second", "samples_per_second": "train/samples_per_second",
         "eval_loss": "valid/loss", "epoch": "epoch",
     }
 
-    def __init__(self, run_id: str):
-        self.run_id = run_id
+    class MLflowStepMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            import time
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        import time
+            from mlflow import MlflowClient
+            from mlflow.entities import Metric
 
-        from mlflow import MlflowClient
-        from mlflow.entities import Metric
+            now = int(time.time() * 1000)
+            metrics = [Metric(keys[k], float(v), now, state.global_step)
+                       for k, v in logs.items() if k in keys and isinstance(v, (int, float))]
+            if metrics:
+                MlflowClient().log_batch(run_id, metrics=metrics, synchronous=True)
 
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(self.KEYS[k], float(v), now, state.global_step)
-            for k, v in logs.items() if k in self.KEYS and isinstance(v, (int, float))
-        ]
-        if metrics:
-            MlflowClient().log_batch(self.run_id, metrics=metrics, synchronous=True)
+    return MLflowStepMetrics()
 
 
 def loss_curve_figure(log_history: list[dict[str, Any]]):
@@ -127,3 +128,83 @@ def run_link(cfg: PipelineConfig, run_id: str | None) -> str:
         exp = MlflowClient(uri).get_run(run_id).info.experiment_id
         return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
     return f"run {run_id} in {uri} (UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1)"
+
+
+def mlflow_metric_name(split: str, key: str) -> str:
+    """"grounding_adjusted/NDCG@5" -> "test/grounding_adjusted/NDCG_at_05": MLflow forbids '@',
+    and K is zero-padded so that the UI sorts NDCG_at_05 before NDCG_at_10."""
+    name, _, k = key.partition("@")
+    return f"{split}/{name}_at_{int(k):02d}" if k.isdigit() else f"{split}/{key}"
+
+
+def log_evaluation(result, run_id: str, tracking_uri: str) -> bool:
+    """Metrics, predictions table and plots of an evaluation (`tasks.evaluation.EvalOutput`)
+    into the training's MLflow run. The one rule for every caller (CLI, flow, benchmarks): each
+    evaluation folder is logged once per run, whoever asks; returns whether it logged now."""
+    import time
+
+    import numpy as np
+    import pandas as pd
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    split = json.loads((result.path / "summary.json").read_text())["split"]
+    tag = f"cft.evaluation.{split}"
+    if client.get_run(run_id).data.tags.get(tag) == result.path.name:
+        return False
+
+    now = int(time.time() * 1000)
+    # The headline cut-offs as run metrics (one chart each in the UI); every K is in metrics.json.
+    from tasks.evaluation import HEADLINE_KS
+
+    headline = {k: v for k, v in result.metrics.items() if int(k.rpartition("@")[2]) in HEADLINE_KS}
+    client.log_batch(run_id, metrics=[Metric(mlflow_metric_name(split, k), v, now, 0) for k, v in headline.items()])
+    client.log_artifacts(run_id, str(result.path), artifact_path=f"evaluation/{split}")
+    # The per-example predictions also as an MLflow table (shown in the run's Evaluation view).
+    preds = pd.read_parquet(result.path / "predictions.parquet")
+    for col in preds.columns:  # list columns -> JSON text, which the table format stores as is
+        if preds[col].map(lambda v: isinstance(v, (list, np.ndarray))).any():
+            preds[col] = preds[col].map(lambda v: json.dumps([x.item() if hasattr(x, "item") else x for x in v]))
+    client.log_table(run_id, data=preds, artifact_file=f"evaluation/{split}/predictions_table.json")
+    client.set_tag(run_id, tag, result.path.name)
+    return True
+
+
+class TrainingRun:
+    """One MLflow run per training (continued on resume), driven from process 0."""
+
+    def __init__(self, cfg: PipelineConfig, run_dir: Path, data_fingerprint: str, source: Path):
+        import mlflow
+
+        use_experiment(cfg)
+        id_file = run_dir / "mlflow_run_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{cfg.train.objective}-{run_dir.name}")
+        self.run_id = run.info.run_id
+        if run_id is None:
+            id_file.write_text(self.run_id)
+            mlflow.log_params(flatten(cfg.model_dump(mode="json")))
+            mlflow.set_tags({
+                "dataset": cfg.data.name, "data_fingerprint": data_fingerprint,
+                "model_source": cfg.model.source, "model_folder": str(source),
+                "objective": cfg.train.objective, "stage": "train",
+            })
+
+    def callback(self):
+        return step_metrics_callback(self.run_id)
+
+    def finish(self, summary: dict, model_dir: Path) -> None:
+        import matplotlib.pyplot as plt
+        import mlflow
+
+        fig = loss_curve_figure(summary["log_history"])
+        mlflow.log_figure(fig, "plots/loss_curve.png")
+        plt.close(fig)
+        if summary["best_eval_loss"] is not None:
+            mlflow.log_metric("valid/best_loss", summary["best_eval_loss"])
+        mlflow.log_dict({k: v for k, v in summary.items() if k != "log_history"}, "training.json")
+        if summary["config"]["tracking"]["log_model_folder"]:
+            mlflow.log_artifacts(str(model_dir), artifact_path="model_folder")
+        mlflow.set_tag("model_dir", str(model_dir.resolve()))
+        mlflow.end_run()

@@ -82,15 +82,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def resolve_precision(precision: str) -> str:
-    """'auto' -> 'bf16' on a CUDA GPU with bf16 support, else 'fp32'."""
-    import torch
-
-    if precision != "auto":
-        return precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-
-
 def deepspeed_config(path: str | None) -> dict | None:
     if path is None:
         return None
@@ -142,15 +133,13 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
 
     from cft_core.collate import PairedCollator
     from cft_core.prompts import PromptBuilder
-    from cft_core.trainer import (
-        CFTObjective,
-        CFTTrainer,
-        ensure_distributed_env,
-        init_cpu_deepspeed_state,
-    )
+    from cft_core.ranking import resolve_precision
+    from cft_core.trainer import CFTTrainer, ensure_distributed_env, init_cpu_deepspeed_state
+    from tasks.settings import cft_objective
+    from tasks.tracking import TrainingRun
 
-    alpha, beta = t.loss_settings()
-    objective = CFTObjective(alpha=alpha, beta=beta, weight_causal_only=t.weight_causal_only)
+    objective = cft_objective(t)
+    alpha, beta = objective.alpha, objective.beta
     ds = deepspeed_config(t.deepspeed)
     configured_state = False
     if ds is not None:
@@ -224,7 +213,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
 
-    tracker = _Tracker(cfg, run_dir, data_fingerprint, source) if cfg.tracking.enabled and is_rank_zero() else None
+    tracker = TrainingRun(cfg, run_dir, data_fingerprint, source) if cfg.tracking.enabled and is_rank_zero() else None
     if tracker:
         callbacks.append(tracker.callback())
     trainer = CFTTrainer(
@@ -297,48 +286,3 @@ def _merge_lora(base: Path, adapter: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
-
-
-class _Tracker:
-    """One MLflow run per training (continued on resume), driven from process 0."""
-
-    def __init__(self, cfg: PipelineConfig, run_dir: Path, data_fingerprint: str, source: Path):
-        import mlflow
-
-        from tasks.tracking import flatten, use_experiment
-
-        use_experiment(cfg)
-        id_file = run_dir / "mlflow_run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else None
-        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{cfg.train.objective}-{run_dir.name}")
-        self.run_id = run.info.run_id
-        if run_id is None:
-            id_file.write_text(self.run_id)
-            mlflow.log_params(flatten(cfg.model_dump(mode="json")))
-            mlflow.set_tags({
-                "dataset": cfg.data.name, "data_fingerprint": data_fingerprint,
-                "model_source": cfg.model.source, "model_folder": str(source),
-                "objective": cfg.train.objective, "stage": "train",
-            })
-
-    def callback(self):
-        from tasks.tracking import MLflowStepMetrics
-
-        return MLflowStepMetrics(self.run_id)
-
-    def finish(self, summary: dict, model_dir: Path) -> None:
-        import matplotlib.pyplot as plt
-        import mlflow
-
-        from tasks.tracking import loss_curve_figure
-
-        fig = loss_curve_figure(summary["log_history"])
-        mlflow.log_figure(fig, "plots/loss_curve.png")
-        plt.close(fig)
-        if summary["best_eval_loss"] is not None:
-            mlflow.log_metric("valid/best_loss", summary["best_eval_loss"])
-        mlflow.log_dict({k: v for k, v in summary.items() if k != "log_history"}, "training.json")
-        if summary["config"]["tracking"]["log_model_folder"]:
-            mlflow.log_artifacts(str(model_dir), artifact_path="model_folder")
-        mlflow.set_tag("model_dir", str(model_dir.resolve()))
-        mlflow.end_run()

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from cft_core.collate import PairedCollator
-from cft_core.loss import IGNORE_INDEX, cft_loss, compute_cft_loss, window_normalizers
+from cft_core.loss import cft_loss, compute_cft_loss, window_normalizers
+from cft_core.modeling import IGNORE_INDEX
 from cft_core.prompts import PromptBuilder
 from cft_core.reference import reference_cft_loss
 from cft_core.tiny import build_tiny_model

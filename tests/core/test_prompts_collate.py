@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cft_core.collate import PairedCollator
-from cft_core.loss import IGNORE_INDEX
+from cft_core.modeling import IGNORE_INDEX
 from cft_core.prompts import DOMAINS, PromptBuilder
 from tests.conftest import make_records
 

@@ -67,7 +67,7 @@ def test_logged_terms_and_eval_loss(tmp_path, tiny_tokenizer):
         disable_tqdm=True, per_device_eval_batch_size=16,
     )
     collator = PairedCollator(tiny_tokenizer, PromptBuilder.for_domain("movies"))
-    objective = CFTObjective(alpha=0.1, beta=0.25)
+    objective = CFTObjective(alpha=0.1, beta=0.25, weight_causal_only=False)
     trainer = CFTTrainer(model=model, args=args, train_dataset=records, eval_dataset=records,
                          data_collator=collator, objective=objective)
     trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(records)

@@ -3,7 +3,14 @@
 import numpy as np
 import pandas as pd
 
-from cft_core.sequences import SequenceSettings, build_records, k_core
+from cft_core.sequences import build_records, k_core
+from schemas.config import DataConfig
+from tasks.settings import sequence_settings
+
+
+def settings(**fields):
+    """Sequence settings as a profile with these `data:` fields gives them."""
+    return sequence_settings(DataConfig(**fields))
 
 
 def _inter(rows):
@@ -17,7 +24,7 @@ def test_records_by_hand():
     # u1: a(1) b(2) c(3) d(4); u2: c(5) a(6) e(7). No k-core, history of at most 2.
     inter = _inter([("u1", "a", 1), ("u1", "c", 3), ("u1", "b", 2), ("u1", "d", 4),
                     ("u2", "c", 5), ("u2", "a", 6), ("u2", "e", 7)])
-    splits, cat, stats = build_records(inter, ITEMS, SequenceSettings(k_core=0, max_history=2, split_ratios=(0.6, 0.2, 0.2)))
+    splits, cat, stats = build_records(inter, ITEMS, settings(k_core=0, max_history=2, split_ratios=(0.6, 0.2, 0.2)))
     title = dict(zip(cat["item_id"], cat["title"], strict=True))
     got = []
     for name in ("train", "valid", "test"):
@@ -38,7 +45,7 @@ def test_records_by_hand():
 
 def test_leave_one_out():
     inter = _inter([("u1", "a", 1), ("u1", "b", 2), ("u1", "c", 3), ("u1", "d", 4), ("u2", "a", 1), ("u2", "b", 9)])
-    splits, cat, _ = build_records(inter, ITEMS, SequenceSettings(k_core=0, split="leave_one_out"))
+    splits, cat, _ = build_records(inter, ITEMS, settings(k_core=0, split="leave_one_out"))
     title = dict(zip(cat["item_id"], cat["title"], strict=True))
     targets = {n: sorted((r["user_id"], title[r["target_item_id"]]) for r in t.to_pylist()) for n, t in splits.items()}
     assert targets == {"train": [("u1", "B")], "valid": [("u1", "C")], "test": [("u1", "D"), ("u2", "B")]}
@@ -62,7 +69,7 @@ def test_iterative_k_core_matches_a_plain_loop():
 
 def test_caps_are_seeded_and_keep_time_order():
     inter = _inter([(f"u{u}", "abcdef"[(u + t) % 6], 100 * t + u) for u in range(20) for t in range(6)])
-    s = SequenceSettings(k_core=0, max_samples=(("train", 10),), seed=3)
+    s = settings(k_core=0, max_samples={"train": 10}, seed=3)
     a, _, _ = build_records(inter, ITEMS, s)
     b, _, _ = build_records(inter, ITEMS, s)
     assert a["train"].num_rows == 10 and a["train"].equals(b["train"])

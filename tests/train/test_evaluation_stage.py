@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.evaluation import evaluate, log_to_mlflow, popularity_groups
+from tasks.evaluation import evaluate, popularity_groups
+from tasks.tracking import log_evaluation
 from tasks.training import train
 from tests.train.conftest import make_config
 
@@ -69,10 +70,14 @@ def test_evaluate_metrics_predictions_baseline_and_mlflow(tmp_path, small_sequen
     assert again.reused and again.metrics == result.metrics
 
     run_id = trained.summary["mlflow_run_id"]
-    log_to_mlflow(result, run_id, uri)
+    assert log_evaluation(result, run_id, uri)
+    assert not log_evaluation(again, run_id, uri)  # one evaluation folder is logged once per run
     client = MlflowClient(tracking_uri=uri)
     logged = client.get_run(run_id).data.metrics
     assert logged["test/grounding_adjusted/NDCG_at_10"] == pytest.approx(result.metrics["grounding_adjusted/NDCG@10"])
+    # Headline cut-offs only, zero-padded so that the UI sorts them (every K is in metrics.json).
+    assert logged["test/constrained/HR_at_05"] == pytest.approx(result.metrics["constrained/HR@5"])
+    assert not any(name.endswith(("_at_01", "_at_50")) for name in logged)
     paths = {a.path for a in client.list_artifacts(run_id, "evaluation/test")}
     assert "evaluation/test/predictions.parquet" in paths and "evaluation/test/metrics.json" in paths
     # The predictions table: one row per evaluated example, list columns kept as JSON text.

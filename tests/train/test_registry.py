@@ -18,8 +18,7 @@ from tests.train.conftest import make_config
 
 @pytest.fixture
 def setup(tmp_path, small_sequences):
-    """(cfg, tracking uri, model folder, sequences folder, catalogue embeddings file)."""
-    from tasks.evaluation import ensure_catalogue_embeddings
+    """(cfg, tracking uri, model folder, sequences folder)."""
     from tasks.training import model_folder
 
     seq, _ = small_sequences
@@ -27,8 +26,7 @@ def setup(tmp_path, small_sequences):
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"num_beams": 2, "num_return_sequences": 2,
                                                                       "max_new_tokens": 8, "min_new_tokens": 1})})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    model_dir = model_folder(cfg, seq)
-    return cfg, uri, model_dir, seq, ensure_catalogue_embeddings(cfg, model_dir, seq)
+    return cfg, uri, model_folder(cfg, seq), seq
 
 
 def new_run(uri: str) -> str:
@@ -44,8 +42,8 @@ def new_run(uri: str) -> str:
     return run.info.run_id
 
 
-def registered(cfg, uri, model_dir, seq, emb, run_id):
-    model_uri = registry.log_recommender(cfg, run_id, model_dir, seq, emb, uri)
+def registered(cfg, uri, model_dir, seq, run_id):
+    model_uri = registry.log_recommender(cfg, run_id, model_dir, seq, uri)
     return registry.register(cfg, run_id, model_uri, {"data_fingerprint": "fp"}, uri)
 
 
@@ -65,10 +63,10 @@ def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
     import mlflow
     from mlflow import MlflowClient
 
-    cfg, uri, model_dir, seq, emb = setup
+    cfg, uri, model_dir, seq = setup
     run_id = new_run(uri)
-    v1 = registered(cfg, uri, model_dir, seq, emb, run_id)
-    again = registered(cfg, uri, model_dir, seq, emb, run_id)
+    v1 = registered(cfg, uri, model_dir, seq, run_id)
+    again = registered(cfg, uri, model_dir, seq, run_id)
     client = MlflowClient(uri, registry_uri=uri)
     name = cfg.registered_model_name()
     assert str(again.version) == str(v1.version) == "1"
@@ -94,10 +92,10 @@ def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
 def test_gate_promotes_only_improvements_and_overrides_are_recorded(setup):
     from mlflow import MlflowClient
 
-    cfg, uri, model_dir, seq, emb = setup
+    cfg, uri, model_dir, seq = setup
     client = MlflowClient(uri, registry_uri=uri)
     name = cfg.registered_model_name()
-    versions = [str(registered(cfg, uri, model_dir, seq, emb, new_run(uri)).version) for _ in range(4)]
+    versions = [str(registered(cfg, uri, model_dir, seq, new_run(uri)).version) for _ in range(4)]
     alias = lambda a: str(client.get_model_version_by_alias(name, a).version)  # noqa: E731
     never = lambda mv: pytest.fail("same data: the champion's stored value must be used")  # noqa: E731
 
@@ -130,8 +128,8 @@ def test_gate_promotes_only_improvements_and_overrides_are_recorded(setup):
 
 def test_promotions_are_serialised(setup):
     """While one promotion holds the model's lock, another waits for it."""
-    cfg, uri, model_dir, seq, emb = setup
-    version = registered(cfg, uri, model_dir, seq, emb, new_run(uri)).version
+    cfg, uri, model_dir, seq = setup
+    version = registered(cfg, uri, model_dir, seq, new_run(uri)).version
     done = threading.Event()
     lock = registry.promotion_lock(cfg, cfg.registered_model_name())
     with lock:
@@ -141,3 +139,26 @@ def test_promotions_are_serialised(setup):
         assert not done.is_set()
     worker.join(30)
     assert done.is_set()
+
+
+@pytest.mark.parametrize("method", ["grounding", "constrained"])
+def test_served_model_ranks_as_the_evaluation_measured(setup, method):
+    """The registered pyfunc and `evaluate` share `cft_core.ranking`: for the same rows and
+    settings they return the same ranked items (history kept, as the offline metrics keep it)."""
+    import mlflow
+
+    from tasks.evaluation import evaluate
+
+    cfg, uri, model_dir, seq = setup
+    metric = "constrained/NDCG@10" if method == "constrained" else "grounding_adjusted/NDCG@10"
+    cfg = cfg.model_copy(update={
+        "registry": cfg.registry.model_copy(update={"gate_metric": metric}),
+        "eval": cfg.eval.model_copy(update={"methods": [method], "max_samples": 6, "history_reliance": False})})
+    version = registered(cfg, uri, model_dir, seq, new_run(uri)).version
+    served = mlflow.pyfunc.load_model(f"models:/{cfg.registered_model_name()}/{version}")
+    preds = pd.read_parquet(evaluate(cfg, model_dir, seq, progress=False).path / "predictions.parquet")
+    column = "constrained_top10" if method == "constrained" else "grounding_adjusted_top10"
+    histories = [[str(i) for i in ids] for ids in preds["history_item_ids"]]
+    out = served.predict(pd.DataFrame({"history": histories}), params={"k": 10, "exclude_history": False})
+    assert [list(r) for r in out["item_ids"]] == [list(r) for r in preds[column]]
+    assert all(len(r) > 0 for r in out["item_ids"])

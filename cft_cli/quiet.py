@@ -1,0 +1,25 @@
+"""Keep the terminal for the pipeline's own output: third-party progress bars (weight loading,
+hub), advisory warnings and chatty INFO loggers are turned down unless `cft --verbose`.
+
+Called before any of those libraries is imported, so environment switches take effect. The
+pipeline's own bars (training steps, generation, embedding) and every error stay visible.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+# Libraries whose warnings are advisory in our use (deprecations inside their own code, hints
+# about settings we choose on purpose); their errors still raise.
+_ADVISORY = r"(torch|transformers|deepspeed|accelerate|peft|mlflow|great_expectations|pydantic|prefect|pandas)(\.|$)"
+
+
+def quiet_third_parties() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # also transformers' "Loading weights" bars
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", module=_ADVISORY)
+    for name in ("DeepSpeed", "deepspeed", "mlflow", "alembic", "great_expectations", "accelerate", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,243 @@
+"""Ranking: histories -> catalogue items, best first. The only ranking code of the project:
+the evaluation (what is measured) and the served model (what is served) both call `Ranker`, so
+the two cannot drift (cft-method.md, section 3).
+
+    grounding:   prompt -> free beam search (B beams) -> embed each generated title with the
+                 model -> L2-rank the whole catalogue per beam
+                   original: beam 1's ranking
+                   adjusted: the beams' rankings interleaved round-robin, repeats dropped
+    constrained: prompt -> beam search inside the prefix tree of catalogue titles -> each beam
+                 is an item (exact title match); repeats dropped, beam order kept
+
+The prompt holds the last `max_history` titles of a history (the length the model was trained
+on). Beam search is deterministic, so each distinct prompt is generated once (the no-history
+prompt of the history-reliance diagnostic is the same for every row: one generation).
+
+Scores, one per returned item (higher is better):
+- grounding: minus the item's smallest L2 distance to any generated title. The order is the
+  interleaved one the evaluation measures, so these scores need not decrease along the list;
+- constrained: the beam's score (summed log-probability / length ** length_penalty), which
+  does not increase along the list. Constrained beams may run to the longest catalogue title
+  whatever `max_new_tokens` says: a beam cut short would be no item at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+import numpy as np
+import torch
+
+from cft_core.constrained import TitleTrie
+from cft_core.generation import GenerationSettings, generate_titles, response_token_ids
+from cft_core.grounding import embed_texts, interleave_dedup, l2_distances, l2_topk
+from cft_core.modeling import model_device
+from cft_core.prompts import PromptBuilder
+
+Method = Literal["grounding", "constrained"]
+
+
+@dataclass(frozen=True)
+class RankingSettings:
+    """Everything that decides a ranking besides the model and the catalogue. Built from the run
+    config in one place (`tasks.settings.ranking_settings`) and stored with the served model."""
+
+    method: Method
+    max_history: int  # the prompt holds the last <= max_history history titles
+    generation: GenerationSettings
+    precision: Literal["fp32", "bf16"]  # weights and activations; changes the embeddings too
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RankingSettings:
+        return cls(**{**d, "generation": GenerationSettings(**d["generation"])})
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
+
+def resolve_precision(precision: str) -> Literal["fp32", "bf16"]:
+    """'auto' -> 'bf16' on a CUDA GPU with bf16 support, else 'fp32' (bf16 is ~35x slower on
+    CPUs without AMX). The one rule for training, evaluation and serving."""
+    if precision != "auto":
+        return precision  # type: ignore[return-value]
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Rankings of B prompts, as catalogue rows (0..I-1, -1 pads a short list).
+
+    rows [B, depth]: the method's ranking (adjusted grounding, or the constrained beams);
+    scores [B, depth] (NaN where rows is -1); original [B, depth]: beam 1's grounding ranking
+    (grounding only, else None); beams: per prompt, the generated titles, best beam first.
+    """
+
+    rows: np.ndarray
+    scores: np.ndarray
+    original: np.ndarray | None
+    beams: list[list[str]]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """Top-K items for one history, best first."""
+
+    item_ids: list[int]
+    titles: list[str]
+    scores: list[float]
+
+
+class Ranker:
+    """A causal LM over a catalogue.
+
+    item_ids [I]: catalogue ids (any ints); titles [I]; item_embeddings FloatTensor[I, D]: the
+    titles embedded by `embed_titles` with this very model at `settings.precision` (grounding
+    only; the evaluation caches them and the served model ships them).
+    """
+
+    def __init__(self, model, tokenizer, prompts: PromptBuilder, item_ids: Sequence[int], titles: Sequence[str],
+                 settings: RankingSettings, item_embeddings: torch.Tensor | None = None):
+        if len(item_ids) != len(titles):
+            raise ValueError(f"catalogue mismatch: {len(item_ids)} ids, {len(titles)} titles")
+        if settings.method == "grounding":
+            if item_embeddings is None or item_embeddings.shape[0] != len(titles):
+                got = None if item_embeddings is None else item_embeddings.shape[0]
+                raise ValueError(f"grounding needs one embedding per catalogue title: {len(titles)} titles, {got}")
+            self.item_embeddings = item_embeddings.to(model_device(model)).float()
+        self.model, self.tokenizer, self.prompts, self.settings = model.eval(), tokenizer, prompts, settings
+        self.item_ids = np.asarray(item_ids, dtype=np.int64)
+        self.titles = list(titles)
+        self._row_of_id = {int(i): r for r, i in enumerate(self.item_ids)}
+        self._row_of_title: dict[str, int] = {}  # exact (stripped) title -> its first row
+        self._row_of_folded: dict[str, int] = {}  # case-folded, for what people type
+        for r, t in enumerate(self.titles):
+            self._row_of_title.setdefault(t.strip(), r)
+            self._row_of_folded.setdefault(t.strip().casefold(), r)
+        self._trie: TitleTrie | None = None
+
+    # ---------------------------------------------------------------- prompts and histories
+
+    def prompt(self, history_titles: Sequence[str]) -> str:
+        """The factual prompt of a history (its last `max_history` titles)."""
+        return self.prompts.factual(list(history_titles)[-self.settings.max_history :])
+
+    def resolve(self, history: Sequence[str | int]) -> tuple[list[str], list[int]]:
+        """History entries (item ids, as ints or digit strings, or titles) -> (titles, known rows).
+
+        A title not in the catalogue is kept as text (the model reads titles, not ids); an id not
+        in the catalogue is an error, since it has no title to show the model.
+        """
+        titles, rows = [], []
+        for entry in history:
+            key = str(entry).strip()
+            if key.lstrip("-").isdigit() and int(key) in self._row_of_id:
+                row = self._row_of_id[int(key)]
+            elif key.casefold() in self._row_of_folded:
+                row = self._row_of_folded[key.casefold()]
+            elif isinstance(entry, int) or key.isdigit():
+                raise KeyError(f"item id {key} is not in the catalogue")
+            else:
+                titles.append(key)
+                continue
+            titles.append(self.titles[row])
+            rows.append(row)
+        if not titles:
+            raise ValueError("a history needs at least one item")
+        return titles, rows
+
+    # ---------------------------------------------------------------- ranking
+
+    @torch.no_grad()
+    def rank(self, prompt_texts: Sequence[str], depth: int, exclude: Sequence[Sequence[int]] | None = None,
+             progress: bool = False) -> Ranking:
+        """Rank the catalogue for each prompt; `exclude[b]`: rows never returned for prompt b."""
+        unique = list(dict.fromkeys(prompt_texts))  # each distinct prompt generated once
+        constrained = self.settings.method == "constrained"
+        generation = self.settings.generation
+        if constrained:  # a beam cut short is no item: allow the longest title (beams stop at EOS anyway)
+            generation = replace(generation, max_new_tokens=self._title_trie_depth())
+        beams, beam_scores = generate_titles(self.model, self.tokenizer, unique, generation,
+                                             trie=self._title_trie() if constrained else None,
+                                             progress=progress, with_scores=True)
+        by_prompt = {t: (b, s) for t, b, s in zip(unique, beams, beam_scores, strict=True)}
+        beams = [by_prompt[t][0] for t in prompt_texts]
+        if constrained:
+            return self._rank_constrained(beams, [by_prompt[t][1] for t in prompt_texts], depth, exclude)
+        return self._rank_grounded(beams, depth, exclude)
+
+    def _rank_grounded(self, beams: list[list[str]], depth: int, exclude) -> Ranking:
+        n, width = len(beams), len(beams[0])
+        emb = embed_texts(self.model, self.tokenizer, [t for b in beams for t in b], batch_size=64)
+        emb = emb.to(self.item_embeddings.device)
+        per_query_excluded = None if exclude is None else [rows for rows in exclude for _ in range(width)]
+        per_beam = l2_topk(emb, self.item_embeddings, depth, excluded=per_query_excluded).cpu().numpy()
+        per_beam = per_beam.reshape(n, width, -1)  # [B, beams, depth]
+        adjusted = interleave_dedup(per_beam, depth)
+        # score = -(distance to the nearest generated title), for the returned rows only
+        scores = np.full(adjusted.shape, np.nan)
+        for b in range(n):
+            keep = adjusted[b] >= 0
+            picked = self.item_embeddings[torch.from_numpy(adjusted[b][keep])]  # [k, D]
+            dist = l2_distances(emb[b * width : (b + 1) * width], picked)  # [beams, k]
+            scores[b, keep] = -dist.min(dim=0).values.cpu().numpy()
+        return Ranking(adjusted, scores, per_beam[:, 0], beams)
+
+    def _rank_constrained(self, beams: list[list[str]], beam_scores: list[list[float]], depth: int,
+                          exclude) -> Ranking:
+        rows = np.full((len(beams), depth), -1, dtype=np.int64)
+        scores = np.full((len(beams), depth), np.nan)
+        for b, (titles, values) in enumerate(zip(beams, beam_scores, strict=True)):
+            skip = set(exclude[b]) if exclude is not None else set()
+            kept = 0
+            # A hypothesis can come back twice (once per length at which it emitted EOS): keep
+            # the first, as a ranked list has each item once.
+            for title, value in zip(titles, values, strict=True):
+                row = self._row_of_title.get(title.strip(), -1)
+                if row < 0 or row in skip or kept == depth:
+                    continue
+                skip.add(row)
+                rows[b, kept], scores[b, kept] = row, value
+                kept += 1
+        return Ranking(rows, scores, None, beams)
+
+    def _title_trie(self) -> TitleTrie:
+        if self._trie is None:
+            ids = response_token_ids(self.tokenizer, self.prompts, self.titles)
+            self._trie = TitleTrie(ids, vocab_size=len(self.tokenizer))
+            self._trie_depth = max(len(r) for r in ids)
+        return self._trie
+
+    def _title_trie_depth(self) -> int:
+        """Tokens of the longest catalogue response (title, closing quote, EOS)."""
+        self._title_trie()
+        return self._trie_depth
+
+    # ---------------------------------------------------------------- serving
+
+    def recommend(self, histories: Sequence[Sequence[str | int]], k: int,
+                  exclude_history: bool = True) -> list[Recommendation]:
+        """One `Recommendation` of up to k items per history. Items already in the history are
+        left out by default (a recommender should not suggest what the user has just watched;
+        the offline metrics keep them, as the reference does)."""
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        resolved = [self.resolve(h) for h in histories]
+        ranking = self.rank([self.prompt(t) for t, _ in resolved], depth=k,
+                            exclude=[seen for _, seen in resolved] if exclude_history else None)
+        out = []
+        for rows, scores in zip(ranking.rows, ranking.scores, strict=True):
+            keep = rows >= 0
+            out.append(Recommendation(self.item_ids[rows[keep]].tolist(), [self.titles[r] for r in rows[keep]],
+                                      scores[keep].tolist()))
+        return out
+
+
+def embed_titles(model, tokenizer, titles: Sequence[str], progress: bool = False) -> torch.Tensor:
+    """FloatTensor[I, D]: the catalogue titles as grounding embeds them (last layer, last token)."""
+    return embed_texts(model, tokenizer, titles, batch_size=64, progress=progress)

@@ -1,0 +1,53 @@
+"""The one place where the run config (`schemas.config.PipelineConfig`) becomes the library's
+settings objects. `cft_core` settings have no defaults of their own: every value, and why it is
+what it is, lives in the config's documented fields."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cft_core.sequences import SequenceSettings
+from schemas.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
+
+if TYPE_CHECKING:  # torch and transformers load only where a model is used (fast data commands)
+    from cft_core.generation import GenerationSettings
+    from cft_core.ranking import Method, RankingSettings
+    from cft_core.trainer import CFTObjective
+
+
+def sequence_settings(data: DataConfig) -> SequenceSettings:
+    """D3-style sequence building (cft-method.md, section 4)."""
+    return SequenceSettings(
+        k_core=data.k_core, max_history=data.max_history, split=data.split, split_ratios=data.split_ratios,
+        seed=data.seed, sample_fraction=data.sample_fraction, max_samples=tuple(sorted(data.max_samples.items())),
+        window_start=int(data.window_start.timestamp()) if data.window_start else None,
+        window_end=int(data.window_end.timestamp()) if data.window_end else None,
+    )
+
+
+def cft_objective(train: TrainConfig) -> CFTObjective:
+    """The loss settings after applying the objective: sft -> alpha 0, beta 1; pos -> alpha 0."""
+    from cft_core.trainer import CFTObjective
+
+    alpha, beta = train.loss_settings()
+    return CFTObjective(alpha=alpha, beta=beta, weight_causal_only=train.weight_causal_only)
+
+
+def generation_settings(ev: EvalConfig) -> GenerationSettings:
+    from cft_core.generation import GenerationSettings
+
+    return GenerationSettings(
+        num_beams=ev.num_beams, num_return_sequences=min(ev.num_return_sequences, ev.num_beams),
+        min_new_tokens=ev.min_new_tokens, max_new_tokens=ev.max_new_tokens,
+        length_penalty=ev.length_penalty, batch_size=ev.batch_size,
+    )
+
+
+def ranking_settings(cfg: PipelineConfig, method: Method) -> RankingSettings:
+    """How `method` ranks for this run: evaluation and the served model use the same object.
+    The precision is resolved here (auto: bf16 on a GPU that has it), so it is part of what the
+    served model stores and of the embedding cache key."""
+    from cft_core.ranking import RankingSettings, resolve_precision
+
+    return RankingSettings(method=method, max_history=cfg.data.max_history,
+                           generation=generation_settings(cfg.eval), precision=resolve_precision(cfg.eval.precision))

@@ -1,0 +1,135 @@
+"""Ranking (cft_core/ranking.py): history -> beams -> L2 grounding or trie-constrained beams ->
+catalogue items with scores, checked against straightforward re-computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cft_core.generation import GenerationSettings, generate_titles
+from cft_core.grounding import embed_texts
+from cft_core.prompts import PromptBuilder
+from cft_core.ranking import Ranker, RankingSettings
+from cft_core.tiny import build_tiny_model
+from tests.conftest import TITLES
+
+IDS = list(range(100, 100 + len(TITLES)))  # catalogue ids need not be 0..N-1
+SETTINGS = GenerationSettings(num_beams=3, num_return_sequences=3, min_new_tokens=1, max_new_tokens=6,
+                              length_penalty=1.0, batch_size=4)
+
+
+# Long enough for every catalogue title, so that no constrained beam is cut short.
+CONSTRAINED = GenerationSettings(num_beams=4, num_return_sequences=4, min_new_tokens=1, max_new_tokens=24,
+                                 length_penalty=0.0, batch_size=4)
+
+
+def ranking_settings(method: str, max_history: int = 10) -> RankingSettings:
+    generation = CONSTRAINED if method == "constrained" else SETTINGS
+    return RankingSettings(method=method, max_history=max_history, generation=generation, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_tokenizer):
+    torch.manual_seed(0)
+    return build_tiny_model(len(tiny_tokenizer), hidden_size=32, num_layers=2, num_heads=4, seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def recommender(model, tiny_tokenizer):
+    emb = embed_texts(model, tiny_tokenizer, TITLES)
+    return Ranker(model, tiny_tokenizer, PromptBuilder.for_domain("movies"), IDS, TITLES,
+                  ranking_settings("grounding"), emb)
+
+
+def reference(rec: Ranker, history_titles: list[str], seen_rows: list[int], k: int, exclude: bool):
+    """Straight from the definition: candidates are the catalogue minus the history (when
+    excluded); per beam, candidates by L2 distance (cdist); round-robin over beams, first
+    occurrence kept; score = -min distance over beams."""
+    beams = generate_titles(rec.model, rec.tokenizer, [rec.prompts.factual(history_titles)], SETTINGS, progress=False)[0]
+    dist = torch.cdist(embed_texts(rec.model, rec.tokenizer, beams), rec.item_embeddings)  # [beams, I]
+    orders = [[r for r in torch.argsort(d, stable=True).tolist() if not (exclude and r in seen_rows)]
+              for d in dist]
+    rows: list[int] = []
+    for rank in range(len(orders[0])):
+        for order in orders:
+            if order[rank] not in rows:
+                rows.append(order[rank])
+    rows = rows[:k]
+    return [IDS[r] for r in rows], [-dist[:, r].min().item() for r in rows]
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_recommend_matches_reference(recommender, exclude):
+    history = ["Heat", "Babe", "Seven"]
+    seen = [TITLES.index(t) for t in history]
+    (rec,) = recommender.recommend([history], k=5, exclude_history=exclude)
+    ids, scores = reference(recommender, history, seen, 5, exclude)
+    assert rec.item_ids == ids
+    assert rec.titles == [TITLES[i - 100] for i in ids]
+    np.testing.assert_allclose(rec.scores, scores, rtol=1e-4, atol=1e-4)
+    if exclude:
+        assert not set(rec.item_ids) & {IDS[r] for r in seen}
+
+
+def test_recommend_batches_like_single_calls(recommender):
+    histories = [["Heat"], ["Toy Story", "Copycat"], ["Babe", "Seven", "Heat", "GoldenEye"]]
+    together = recommender.recommend(histories, k=4)
+    one_by_one = [recommender.recommend([h], k=4)[0] for h in histories]
+    assert [r.item_ids for r in together] == [r.item_ids for r in one_by_one]
+    assert all(len(r.item_ids) == 4 and len(set(r.item_ids)) == 4 for r in together)
+
+
+def test_resolve_ids_titles_and_free_text(recommender):
+    titles, rows = recommender.resolve([100, "101", "heat", "A Film Not In The Catalogue"])
+    assert titles == [TITLES[0], TITLES[1], "Heat", "A Film Not In The Catalogue"]
+    assert rows == [0, 1, TITLES.index("Heat")]
+    with pytest.raises(KeyError, match="item id 999"):
+        recommender.resolve(["999"])
+    with pytest.raises(ValueError, match="at least one"):
+        recommender.resolve([])
+    with pytest.raises(ValueError, match="k must be"):
+        recommender.recommend([["Heat"]], k=0)
+
+
+def test_prompt_keeps_the_last_max_history_titles(model, tiny_tokenizer):
+    emb = embed_texts(model, tiny_tokenizer, TITLES)
+    ranker = Ranker(model, tiny_tokenizer, PromptBuilder.for_domain("movies"), IDS, TITLES,
+                    ranking_settings("grounding", max_history=2), emb)
+    assert ranker.prompt(["Heat", "Babe", "Seven"]) == ranker.prompts.factual(["Babe", "Seven"])
+
+
+def test_constrained_ranking_is_the_beams_as_items(model, tiny_tokenizer):
+    """Constrained: every returned item is a catalogue title the beams spelled, in beam order,
+    without repeats; the scores are the beams' and do not increase along the list."""
+    from cft_core.constrained import TitleTrie
+    from cft_core.generation import response_token_ids
+
+    prompts = PromptBuilder.for_domain("movies")
+    ranker = Ranker(model, tiny_tokenizer, prompts, IDS, TITLES, ranking_settings("constrained"))
+    histories = [["Heat", "Babe"], ["Toy Story"]]
+    texts = [ranker.prompt(h) for h in histories]
+    ranking = ranker.rank(texts, depth=5)
+    trie = TitleTrie(response_token_ids(tiny_tokenizer, prompts, TITLES), vocab_size=len(tiny_tokenizer))
+    beams, scores = generate_titles(model, tiny_tokenizer, texts, CONSTRAINED, trie=trie, progress=False,
+                                    with_scores=True)
+    for b in range(len(histories)):
+        expected_rows, expected_scores = [], []
+        for title, score in zip(beams[b], scores[b], strict=True):
+            row = TITLES.index(title)
+            if row not in expected_rows:
+                expected_rows.append(row)
+                expected_scores.append(score)
+        got = ranking.rows[b][ranking.rows[b] >= 0].tolist()
+        assert got == expected_rows
+        np.testing.assert_allclose(ranking.scores[b][: len(got)], expected_scores, rtol=1e-5)
+        assert all(np.diff(ranking.scores[b][: len(got)]) <= 1e-6)
+    # Serving through the same ranker leaves out the history and maps rows to catalogue ids.
+    (rec,) = ranker.recommend([["Heat", "Babe"]], k=5)
+    assert not {"Heat", "Babe"} & set(rec.titles)
+    assert rec.item_ids == [IDS[TITLES.index(t)] for t in rec.titles]
+
+
+def test_grounding_needs_embeddings(model, tiny_tokenizer):
+    with pytest.raises(ValueError, match="one embedding per catalogue title"):
+        Ranker(model, tiny_tokenizer, PromptBuilder.for_domain("movies"), IDS, TITLES, ranking_settings("grounding"))
