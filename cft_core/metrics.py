@@ -54,3 +54,34 @@ def title_ids(titles: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
     table: dict[str, int] = {}
     ids = np.fromiter((table.setdefault(t, len(table)) for t in titles), dtype=np.int64, count=len(titles))
     return ids, table
+
+
+def per_row_metric(ranks: np.ndarray | Sequence[int], metric: str) -> np.ndarray:
+    """The per-row value whose mean is `metric` ("NDCG@10" or "HR@10"): float[B] from the
+    0-based first-hit ranks (-1 = miss). `ranking_metrics` is the mean of these."""
+    name, _, k_text = metric.partition("@")
+    if name not in ("HR", "NDCG") or not k_text.isdigit():
+        raise ValueError(f"metric must be HR@K or NDCG@K, got {metric!r}")
+    r, k = np.asarray(ranks, dtype=np.int64), int(k_text)
+    within = (r >= 0) & (r < k)
+    if name == "HR":
+        return within.astype(float)
+    return np.where(within, 1.0 / np.log2(np.where(within, r, 0) + 2.0), 0.0)
+
+
+def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95, resamples: int = 2000,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """(mean(a - b), low, high): the percentile bootstrap interval of the mean paired difference.
+
+    a, b: float[B], the same rows scored two ways. Rows are resampled with replacement, keeping
+    each row's pair together (so row difficulty cancels), `resamples` times, seeded.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"need two non-empty [B] arrays of the same rows, got {a.shape} and {b.shape}")
+    diff = a - b
+    idx = np.random.default_rng(seed).integers(0, diff.size, size=(resamples, diff.size))
+    means = diff[idx].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(diff.mean()), float(low), float(high)

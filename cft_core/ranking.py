@@ -93,39 +93,24 @@ class Recommendation:
     scores: list[float]
 
 
-class Ranker:
-    """A causal LM over a catalogue.
+class Catalogue:
+    """The items a ranking chooses from: ids [I] (any ints) and titles [I], row r = item r, with
+    the lookups that turn what people type (ids, titles) into rows."""
 
-    item_ids [I]: catalogue ids (any ints); titles [I]; item_embeddings FloatTensor[I, D]: the
-    titles embedded by `embed_titles` with this very model at `settings.precision` (grounding
-    only; the evaluation caches them and the served model ships them).
-    """
-
-    def __init__(self, model, tokenizer, prompts: PromptBuilder, item_ids: Sequence[int], titles: Sequence[str],
-                 settings: RankingSettings, item_embeddings: torch.Tensor | None = None):
+    def __init__(self, item_ids: Sequence[int], titles: Sequence[str]):
         if len(item_ids) != len(titles):
             raise ValueError(f"catalogue mismatch: {len(item_ids)} ids, {len(titles)} titles")
-        if settings.method == "grounding":
-            if item_embeddings is None or item_embeddings.shape[0] != len(titles):
-                got = None if item_embeddings is None else item_embeddings.shape[0]
-                raise ValueError(f"grounding needs one embedding per catalogue title: {len(titles)} titles, {got}")
-            self.item_embeddings = item_embeddings.to(model_device(model)).float()
-        self.model, self.tokenizer, self.prompts, self.settings = model.eval(), tokenizer, prompts, settings
         self.item_ids = np.asarray(item_ids, dtype=np.int64)
         self.titles = list(titles)
-        self._row_of_id = {int(i): r for r, i in enumerate(self.item_ids)}
-        self._row_of_title: dict[str, int] = {}  # exact (stripped) title -> its first row
+        self.row_of_id = {int(i): r for r, i in enumerate(self.item_ids)}
+        self.row_of_title: dict[str, int] = {}  # exact (stripped) title -> its first row
         self._row_of_folded: dict[str, int] = {}  # case-folded, for what people type
         for r, t in enumerate(self.titles):
-            self._row_of_title.setdefault(t.strip(), r)
+            self.row_of_title.setdefault(t.strip(), r)
             self._row_of_folded.setdefault(t.strip().casefold(), r)
-        self._trie: TitleTrie | None = None
 
-    # ---------------------------------------------------------------- prompts and histories
-
-    def prompt(self, history_titles: Sequence[str]) -> str:
-        """The factual prompt of a history (its last `max_history` titles)."""
-        return self.prompts.factual(list(history_titles)[-self.settings.max_history :])
+    def __len__(self) -> int:
+        return len(self.titles)
 
     def resolve(self, history: Sequence[str | int]) -> tuple[list[str], list[int]]:
         """History entries (item ids, as ints or digit strings, or titles) -> (titles, known rows).
@@ -136,8 +121,8 @@ class Ranker:
         titles, rows = [], []
         for entry in history:
             key = str(entry).strip()
-            if key.lstrip("-").isdigit() and int(key) in self._row_of_id:
-                row = self._row_of_id[int(key)]
+            if key.lstrip("-").isdigit() and int(key) in self.row_of_id:
+                row = self.row_of_id[int(key)]
             elif key.casefold() in self._row_of_folded:
                 row = self._row_of_folded[key.casefold()]
             elif isinstance(entry, int) or key.isdigit():
@@ -150,6 +135,58 @@ class Ranker:
         if not titles:
             raise ValueError("a history needs at least one item")
         return titles, rows
+
+    def recommendations(self, ranking: Ranking) -> list[Recommendation]:
+        """Rows of a `Ranking` -> item ids, titles and scores per history (padding dropped)."""
+        out = []
+        for rows, scores in zip(ranking.rows, ranking.scores, strict=True):
+            keep = rows >= 0
+            out.append(Recommendation(self.item_ids[rows[keep]].tolist(), [self.titles[r] for r in rows[keep]],
+                                      scores[keep].tolist()))
+        return out
+
+
+def popularity_ranking(counts: np.ndarray, histories: int, depth: int,
+                       exclude: Sequence[Sequence[int]] | None = None) -> Ranking:
+    """The most-popular baseline: every history gets the catalogue by `counts` [I] (training
+    frequency), most frequent first (ties by row), less its excluded rows; scores are the counts."""
+    order = np.argsort(-np.asarray(counts), kind="stable")
+    rows = np.full((histories, depth), -1, dtype=np.int64)
+    for b in range(histories):
+        ranked = order if exclude is None else order[~np.isin(order, list(exclude[b]))]
+        rows[b, : min(depth, ranked.size)] = ranked[:depth]
+    scores = np.where(rows >= 0, np.asarray(counts, dtype=float)[np.maximum(rows, 0)], np.nan)
+    return Ranking(rows, scores, None, [[] for _ in range(histories)])
+
+
+class Ranker:
+    """A causal LM over a catalogue.
+
+    item_ids [I]: catalogue ids (any ints); titles [I]; item_embeddings FloatTensor[I, D]: the
+    titles embedded by `embed_titles` with this very model at `settings.precision` (grounding
+    only; the evaluation caches them and the served model ships them).
+    """
+
+    def __init__(self, model, tokenizer, prompts: PromptBuilder, item_ids: Sequence[int], titles: Sequence[str],
+                 settings: RankingSettings, item_embeddings: torch.Tensor | None = None):
+        self.catalogue = Catalogue(item_ids, titles)
+        if settings.method == "grounding":
+            if item_embeddings is None or item_embeddings.shape[0] != len(titles):
+                got = None if item_embeddings is None else item_embeddings.shape[0]
+                raise ValueError(f"grounding needs one embedding per catalogue title: {len(titles)} titles, {got}")
+            self.item_embeddings = item_embeddings.to(model_device(model)).float()
+        self.model, self.tokenizer, self.prompts, self.settings = model.eval(), tokenizer, prompts, settings
+        self.titles = self.catalogue.titles
+        self._trie: TitleTrie | None = None
+
+    # ---------------------------------------------------------------- prompts and histories
+
+    def prompt(self, history_titles: Sequence[str]) -> str:
+        """The factual prompt of a history (its last `max_history` titles)."""
+        return self.prompts.factual(list(history_titles)[-self.settings.max_history :])
+
+    def resolve(self, history: Sequence[str | int]) -> tuple[list[str], list[int]]:
+        return self.catalogue.resolve(history)
 
     # ---------------------------------------------------------------- ranking
 
@@ -198,7 +235,7 @@ class Ranker:
             # A hypothesis can come back twice (once per length at which it emitted EOS): keep
             # the first, as a ranked list has each item once.
             for title, value in zip(titles, values, strict=True):
-                row = self._row_of_title.get(title.strip(), -1)
+                row = self.catalogue.row_of_title.get(title.strip(), -1)
                 if row < 0 or row in skip or kept == depth:
                     continue
                 skip.add(row)
@@ -230,12 +267,7 @@ class Ranker:
         resolved = [self.resolve(h) for h in histories]
         ranking = self.rank([self.prompt(t) for t, _ in resolved], depth=k,
                             exclude=[seen for _, seen in resolved] if exclude_history else None)
-        out = []
-        for rows, scores in zip(ranking.rows, ranking.scores, strict=True):
-            keep = rows >= 0
-            out.append(Recommendation(self.item_ids[rows[keep]].tolist(), [self.titles[r] for r in rows[keep]],
-                                      scores[keep].tolist()))
-        return out
+        return self.catalogue.recommendations(ranking)
 
 
 def embed_titles(model, tokenizer, titles: Sequence[str], progress: bool = False) -> torch.Tensor:

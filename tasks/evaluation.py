@@ -52,7 +52,10 @@ def metrics_rows(metrics: dict[str, float], ks) -> tuple[list[str], list[list[st
     CLI, the Prefect artifact and the model card print."""
     shown = [k for k in HEADLINE_KS if k in ks]
     header = ["method"] + [f"{n}@{k}" for k in shown for n in ("HR", "NDCG")]
-    rows = [[m] + [f"{metrics[f'{m}/{n}@{k}']:.4f}" for k in shown for n in ("HR", "NDCG")]
+    def cell(key: str) -> str:
+        return f"{metrics[key]:.4f}" if key in metrics else "-"
+
+    rows = [[m] + [cell(f"{m}/{n}@{k}") for k in shown for n in ("HR", "NDCG")]
             for m in sorted({key.split("/")[0] for key in metrics})]
     return header, rows
 

@@ -27,15 +27,19 @@ def test_learns_next_item_is_last_plus_one():
     assert (again == ranked).all()  # seeded
 
 
-def test_score_of_the_last_position_ignores_how_much_padding_precedes():
+def test_padding_carries_no_information():
+    """A left-padded history [3, 7] in a window of 6: the four padded slots are zero vectors, so
+    neither the padding embedding nor the position embeddings of those slots change the scores
+    (both would leak in without the padding mask), while a real item's embedding does."""
     torch.manual_seed(0)
     model = SASRec(20, SASRecSettings(max_len=6, dim=16, dropout=0.0)).eval()
-    short = encode_histories([[3, 7]], 6)
-    # The same two items at the end of a longer window: positions are counted from the end, so
-    # the score differs only through the zero padding vectors, which attention may weigh but
-    # which never carry item information; changing an item before the window must not matter.
+    x = encode_histories([[3, 7]], 6)
+    assert x.tolist() == [[0, 0, 0, 0, 4, 8]]
     with torch.no_grad():
-        a = model(encode_histories([[9, 3, 7]], 2))
-        b = model(encode_histories([[1, 3, 7]], 2))
-        assert torch.equal(a, b)
-        assert model(short).shape == (1, 20)
+        before = model(x)
+        model.items.weight[0] += torch.randn(16)  # the padding id's embedding
+        model.positions.weight[:4] += torch.randn(4, 16)  # the positions of the padded slots
+        after = model(x)
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+        model.items.weight[4] += torch.randn(16)  # item 3's embedding: the scores must move
+        assert not torch.allclose(model(x), before, atol=1e-3)

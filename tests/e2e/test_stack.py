@@ -3,7 +3,7 @@ from prefect.yaml, the smoke profile, and the registry gate.
 
     cft stack (servers, pool, deploy) -> prefect deployment run cft/full-pipeline -> worker
     -> MLflow: run with params and metrics, registered version, champion alias
-    -> second run, a deliberately worse configuration -> stays challenger; data stages cached
+    -> second run, a deliberately worse configuration -> stays challenger; data stages reused
     -> cft recommend against the champion
 """
 
@@ -82,8 +82,9 @@ def test_deployment_runs_registers_and_gates(tmp_path):
         second = run_pipeline(stack, {"data.data_root": str(data_root), "train.max_steps": 8,
                                       "registry.gate_margin": 1.0})
         states = task_states(stack, second)
-        assert states["ingest"] == states["validate"] == states["build-sequences"] == "Cached", states
-        assert states["train"] == "Completed"
+        assert set(states.values()) <= {"Completed"}, states
+        # The data stages were reused (their content-addressed folders), not rebuilt.
+        assert len(list((data_root / "ingested").iterdir())) == len(list((data_root / "sequences").iterdir())) == 1
         assert client.get_model_version_by_alias(name, "champion").version == champion.version
         challenger = client.get_model_version_by_alias(name, "challenger")
         assert challenger.version != champion.version

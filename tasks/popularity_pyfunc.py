@@ -1,0 +1,48 @@
+"""The popularity baseline as a registered model: the same input and output as the LLM
+recommender (tasks/recommender_pyfunc.py), ranking the catalogue by training frequency in the
+run's data window. Every registered model has one; it is the first champion, and an LLM version
+must beat it to serve (the gate's floor).
+
+Models-from-code, like the LLM recommender: MLflow stores this file, and its artifacts are the
+catalogue (Parquet) and the item counts (JSON), never a pickle.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class PopularityModel(PythonModel):
+    def load_context(self, context) -> None:
+        import json
+
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        from cft_core.ranking import Catalogue
+
+        catalogue = pq.read_table(context.artifacts["catalogue"]).to_pandas().sort_values("item_id")
+        self.catalogue = Catalogue(catalogue["item_id"].tolist(), catalogue["title"].tolist())
+        counts = json.loads(open(context.artifacts["counts"], encoding="utf-8").read())
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.default_k = int(dict(context.model_config or {}).get("top_k", 10))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from cft_core.ranking import popularity_ranking
+
+        params = params or {}
+        if "history" not in model_input.columns:
+            raise ValueError(f"input needs a `history` column (list of titles or item ids); got {list(model_input.columns)}")
+        k = int(params.get("k") or self.default_k)
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        resolved = [self.catalogue.resolve(list(h)) for h in model_input["history"]]
+        exclude = [seen for _, seen in resolved] if bool(params.get("exclude_history", True)) else None
+        recs = self.catalogue.recommendations(popularity_ranking(self.counts, len(resolved), k, exclude))
+        return pd.DataFrame({"item_ids": [r.item_ids for r in recs], "titles": [r.titles for r in recs],
+                             "scores": [r.scores for r in recs]})
+
+
+mlflow.models.set_model(PopularityModel())

@@ -1,0 +1,87 @@
+"""Every `cft` command invoked as a user types it (typer's CliRunner, in-process), in the order
+a user meets them: train -> evaluate -> run (flow, register, gate) -> recommend -> a second run
+-> promote -> rollback; plus --version, -h and `stack status`. The tiny model keeps it fast."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cft_cli.main import app
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory) -> Path:
+    """A profile that extends the smoke profile: tiny model, a few steps, a few rows."""
+    root = tmp_path_factory.mktemp("cli")
+    path = root / "cli.yaml"
+    path.write_text(f"""
+extends: {ROOT / "configs/smoke.yaml"}
+data: {{name: cli-test, data_root: {root / "data"}, max_samples: {{train: 64, valid: 16, test: 8}}}}
+model: {{tiny: {{hidden_size: 32, num_layers: 1, num_heads: 2, vocab_size: 600}}}}
+train: {{max_steps: 2, eval_steps: 2, micro_batch_size: 8, effective_batch_size: 16, early_stopping_patience: 0}}
+eval: {{max_samples: 8, num_beams: 2, num_return_sequences: 2, max_new_tokens: 8, min_new_tokens: 1,
+       history_reliance: false}}
+registry: {{gate_max_samples: 8}}
+tracking: {{tracking_uri: "sqlite:///{root / "mlflow.db"}", log_model_folder: false}}
+""")
+    return path
+
+
+def cft(*args: str, code: int = 0) -> str:
+    res = CliRunner().invoke(app, list(args), prog_name="cft")
+    assert res.exit_code == code, res.output + repr(res.exception)
+    return res.output
+
+
+def test_version_and_help():
+    assert re.fullmatch(r"cft \d+\.\d+\.\d+\n", cft("--version"))
+    assert "Usage: cft" in cft("-h") and "recommend" in cft("--help")
+    text = cft("recommend", "-h")
+    assert "--include-history / --no-include-history" in text and "<bool>" not in text
+
+
+def test_train_then_evaluate_reuses_the_training(profile):
+    out = cft("train", "-c", str(profile))
+    assert "training" in out and "cft" in out
+    trainings = list((profile.parent / "data" / "training").iterdir())
+    assert len(trainings) == 1 and (trainings[0] / "model" / "model.safetensors").is_file()
+    out = cft("evaluate", "-c", str(profile))
+    assert "grounding_adjusted" in out and "most_popular" in out and "NDCG@10" in out
+    assert list((profile.parent / "data" / "training").iterdir()) == trainings  # reused, not retrained
+
+
+def test_run_registers_a_champion_and_prints_a_recommend_hint_from_the_dataset(profile, prefect_harness):
+    out = cft("run", "-c", str(profile))
+    assert "champion" in out and "cft-cli-test v1" in out
+    hint = out[out.index("Recommend:"):]
+    titles = re.findall(r'"([^"]+)"', hint)
+    catalogue = next((profile.parent / "data" / "sequences").iterdir()) / "catalogue.parquet"
+    assert titles and set(titles) <= set(pd.read_parquet(catalogue)["title"])
+
+
+def test_recommend_from_the_champion(profile):
+    catalogue = next((profile.parent / "data" / "sequences").iterdir()) / "catalogue.parquet"
+    title = pd.read_parquet(catalogue)["title"][0]
+    out = cft("recommend", "-c", str(profile), "-k", "3", title)
+    assert "models:/cft-cli-test@champion: top 3" in out
+    assert re.findall(r"^│ ([0-9]+) ", out, flags=re.M) == ["1", "2", "3"]  # the rank column
+
+
+def test_promote_and_rollback(profile, prefect_harness):
+    cft("run", "-c", str(profile), "--set", "train.seed=1")  # a second version (the gate decides its alias)
+    out = cft("promote", "-c", str(profile), "--version", "2", "--reason", "approved in review")
+    assert "champion -> version 2" in out
+    out = cft("rollback", "-c", str(profile), "--reason", "regressed")
+    assert "champion -> version 1" in out
+
+
+def test_stack_status_says_not_running(tmp_path):
+    assert "not running" in cft("stack", "status", "--data-root", str(tmp_path))

@@ -1,0 +1,115 @@
+"""The `cft` flow in-process (Prefect's test server): failures stop it with the stage's message,
+registry calls retry transient errors. The deployed flow end to end is tests/e2e/test_stack.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.config import PipelineConfig
+from schemas.errors import DataValidationError
+from tests.data.test_malformed import GOOD_ITEMS, _write
+from tests.train.test_registry import new_run
+
+pytestmark = pytest.mark.integration
+
+
+def test_validation_failure_stops_the_flow_and_registers_nothing(tmp_path, prefect_harness):
+    from mlflow import MlflowClient
+
+    from flows.cft import cft_pipeline
+    from tasks.tracking import tracking_uri
+
+    data = _write(tmp_path, items=GOOD_ITEMS.replace("Title 3", ""))  # a null title
+    cfg = PipelineConfig(data=data)
+    state = cft_pipeline(config=cfg, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(DataValidationError, match="items.title: expect_column_values_to_not_be_null"):
+        state.result()
+    assert "expect_column_values_to_not_be_null" in state.message
+    assert not (tmp_path / "sequences").exists() and not (tmp_path / "training").exists()
+    assert MlflowClient(tracking_uri(cfg), registry_uri=tracking_uri(cfg)).search_registered_models() == []
+
+
+def _tiny_flow_config(tmp_path):
+    from tests.train.conftest import make_config
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = make_config(tmp_path, tracking={"enabled": True, "tracking_uri": uri, "log_model_folder": False})
+    return cfg.model_copy(update={
+        "eval": cfg.eval.model_copy(update={"max_samples": 8, "num_beams": 2, "num_return_sequences": 2,
+                                            "max_new_tokens": 8, "min_new_tokens": 1, "history_reliance": False}),
+        "registry": cfg.registry.model_copy(update={"gate_max_samples": 8})}), uri
+
+
+def test_the_whole_flow_succeeds_in_process_and_a_rerun_reuses_every_stage(tmp_path, prefect_harness):
+    """ingest -> ... -> gate to success with the tiny model and a real MLflow store; the second run
+    of the same config trains nothing and registers nothing new."""
+    from mlflow import MlflowClient
+
+    from flows.cft import cft_pipeline
+
+    cfg, uri = _tiny_flow_config(tmp_path)
+    first = cft_pipeline(config=cfg)
+    name = cfg.registered_model_name()
+    assert first["registered"] == {"name": name, "version": "1"}
+    assert first["gate"]["promoted"] and "no champion yet" in first["gate"]["reason"]
+    client = MlflowClient(uri, registry_uri=uri)
+    version = client.get_model_version_by_alias(name, "champion")
+    assert str(version.version) == "1" and version.run_id == first["run_id"]
+    assert "| method |" in version.description and "grounding_adjusted" in version.description  # model card
+    assert len([t for t in version.tags if t.startswith("test/")]) <= 3  # a handful, not every metric
+    assert "valid/loss" in client.get_run(first["run_id"]).data.metrics
+    assert f"MLflow run: run {first['run_id']}" in first["summary"]
+
+    trainings = list((tmp_path / "training").iterdir())
+    second = cft_pipeline(config=cfg)
+    assert list((tmp_path / "training").iterdir()) == trainings  # no new training folder
+    assert second["run_id"] == first["run_id"] and second["metrics"] == first["metrics"]
+    assert second["registered"]["version"] == "1" and second["gate"]["reason"] == "already champion"
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+
+
+def test_registry_call_is_retried_after_a_transient_error(tmp_path, prefect_harness, monkeypatch, small_sequences):
+    """The first registry call fails as a dropped connection would; the task's retry succeeds."""
+    import json
+
+    from prefect import flow
+
+    from tasks import pipeline, registry
+    from tasks.data import StageOutput
+    from tasks.evaluation import EvalOutput
+    from tasks.training import TrainOutput, model_folder
+    from tests.train.conftest import make_config
+
+    seq, fp = small_sequences
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = make_config(tmp_path, tracking={"enabled": True, "tracking_uri": uri})
+    model_dir = model_folder(cfg, seq)
+    trained = TrainOutput(model_dir.parent, model_dir, True, {"mlflow_run_id": new_run(uri)})
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "summary.json").write_text(json.dumps({"split": "test", "examples": 1}))
+    evaluation = EvalOutput(tmp_path / "eval", {"grounding_adjusted/NDCG@10": 0.5}, True)
+    real, calls = registry.register, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("connection reset by peer")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "register", flaky)
+    fast = pipeline.register_task.with_options(retry_delay_seconds=0)
+
+    @flow
+    def register_only():
+        return fast(cfg, trained, StageOutput(seq, fp, True), evaluation)
+
+    assert register_only() == "1"
+    assert len(calls) == 2
+
+    # An input error is not retried: it fails at once with its message.
+    calls.clear()
+    monkeypatch.setattr(registry, "register", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(ValueError("bad tag")))
+    with pytest.raises(ValueError, match="bad tag"):
+        register_only()
+    assert len(calls) == 1

@@ -1,0 +1,81 @@
+"""The run config: profiles, `extends`, overrides, and what the validators refuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from schemas.config import PipelineConfig, load_config, read_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_every_shipped_profile_validates():
+    for profile in sorted((ROOT / "configs").glob("*.yaml")):
+        assert isinstance(load_config(profile), PipelineConfig), profile
+
+
+def test_extends_merges_sections_field_by_field(tmp_path):
+    write(tmp_path, "base.yaml", "data: {name: base, k_core: 3}\ntrain: {alpha: 0.2, beta: 0.5}\n")
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\ntrain: {beta: 0.9}\n")
+    cfg = load_config(child)
+    assert (cfg.data.name, cfg.data.k_core) == ("base", 3)  # inherited
+    assert (cfg.train.alpha, cfg.train.beta) == (0.2, 0.9)  # merged: one field replaced, one kept
+    assert "extends" not in read_profile(child)
+
+
+def test_extends_chains_resolve_relative_to_each_profile(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path, "root.yaml", "data: {name: root}\n")
+    write(tmp_path / "sub", "mid.yaml", "extends: ../root.yaml\ndata: {k_core: 2}\n")
+    leaf = write(tmp_path, "leaf.yaml", "extends: sub/mid.yaml\ndata: {max_history: 4}\n")
+    d = load_config(leaf).data
+    assert (d.name, d.k_core, d.max_history) == ("root", 2, 4)
+
+
+def test_extends_loop_and_missing_parent_are_refused(tmp_path):
+    write(tmp_path, "a.yaml", "extends: b.yaml\n")
+    write(tmp_path, "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ValueError, match="loops back"):
+        load_config(tmp_path / "a.yaml")
+    orphan = write(tmp_path, "orphan.yaml", "extends: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match="nowhere.yaml not found"):
+        load_config(orphan)
+
+
+def test_overrides_as_strings_and_as_a_mapping(tmp_path):
+    profile = write(tmp_path, "p.yaml", "train: {alpha: 0.1}\n")
+    cfg = load_config(profile, ["train.alpha=0.3", "data.max_samples={test: 5}"])
+    assert cfg.train.alpha == 0.3 and cfg.data.max_samples == {"test": 5}
+    assert load_config(profile, {"train.objective": "sft"}).train.loss_settings() == (0.0, 1.0)
+    with pytest.raises(ValueError, match="section.field=value"):
+        load_config(profile, ["train.alpha"])
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"data": {"split_ratios": [0.5, 0.2, 0.2]}}, "split_ratios must sum to 1"),
+    ({"data": {"source": {"format": "generic"}}}, "source.path is required"),
+    ({"train": {"unknown": 1}}, "Extra inputs are not permitted"),
+    ({"train": {"beta": 0}}, "greater than 0"),
+    ({"eval": {"methods": ["magic"]}}, "grounding"),
+])
+def test_invalid_fields_are_refused(fields, message):
+    with pytest.raises(ValidationError, match=message):
+        PipelineConfig.model_validate(fields)
+
+
+def test_objectives_and_the_gate_evaluation():
+    assert PipelineConfig.model_validate({"train": {"objective": "pos", "beta": 0.3}}).train.loss_settings() == (0.0, 0.3)
+    assert PipelineConfig().train.loss_settings() == (0.1, 0.25)  # the reference's alpha and beta
+    cfg = PipelineConfig.model_validate({"eval": {"max_samples": 40, "methods": ["grounding", "constrained"]},
+                                         "registry": {"gate_metric": "constrained/NDCG@10"}})
+    gate = cfg.gate_eval()
+    assert (gate.split, gate.max_samples, gate.methods, gate.history_reliance) == ("valid", 40, ["constrained"], False)
