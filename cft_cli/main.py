@@ -184,6 +184,67 @@ def _example_history(cfg) -> list[str]:
     return list(histories[0][-2:]) if histories else []
 
 
+@app.command("replay")
+def replay(
+    config: ConfigOpt = Path("configs/replay-ml100k.yaml"),
+    set_: SetOpt = None,
+    periods: Annotated[int, typer.Option(help="How many periods (pipeline runs).")] = 5,
+    every: Annotated[str, typer.Option(help="Time between periods: 30d, 2w, 12h.")] = "30d",
+    start: Annotated[str | None, typer.Option(help="as_of of the first period (ISO-8601); default: the last period sees all the data.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Timeline JSON; default <data_root>/replay/<dataset>-timeline.json.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write the timeline as a Markdown report here.")] = None,
+) -> None:
+    """Replay the dataset's timeline: move data.as_of by EVERY, run the whole pipeline each period
+    (warm start, gate with the popularity floor), write the timeline, a plot and an MLflow run.
+    Periods already in the timeline are skipped, so an interrupted replay resumes."""
+    import shlex
+    import sys
+    from datetime import datetime
+
+    from schemas.config import load_config
+    from tasks.replay import log_timeline, plot_timeline
+    from tasks.replay import replay as run_replay
+    from tasks.replay import report as timeline_report
+
+    cfg = load_config(config, set_)
+    out = out or cfg.data.data_root / "replay" / f"{cfg.data.name}-timeline.json"
+    first = datetime.fromisoformat(start) if start else None
+    timeline = run_replay(cfg, periods, every, out, first, say=console.print)
+    plot = out.with_suffix(".png")
+    plot_timeline(timeline, plot)
+    console.print(f"timeline: {out}\nplot: {plot}")
+    if cfg.tracking.enabled:
+        console.print(f"MLflow run: {log_timeline(cfg, timeline, plot)}")
+    if report:
+        command = "cft " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "cft replay"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        image = os.path.relpath(plot.resolve(), report.parent.resolve())
+        report.write_text(timeline_report(timeline, command) + f"\n![timeline]({image})\n")
+        console.print(f"report: {report}")
+
+
+@app.command("gc")
+def gc(
+    config: ConfigOpt = Path("configs/demo.yaml"),
+    set_: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+) -> None:
+    """Remove training folders (models, evaluations) that no registered version and no
+    unfinished run uses."""
+    from schemas.config import load_config
+    from tasks.gc import collect
+
+    cfg = load_config(config, set_)
+    result = collect(cfg, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for path, size in result.removed:
+        console.print(f"{verb} {path} ({size / 2**20:,.0f} MiB)")
+    for path, why in result.kept:
+        console.print(f"kept {path}: {why}")
+    total = sum(size for _, size in result.removed)
+    console.print(f"{verb} {len(result.removed)} training folder(s), {total / 2**20:,.0f} MiB")
+
+
 # ------------------------------------------------------------------------------ registry
 
 
@@ -276,7 +337,7 @@ def stack_up(
     stack = Stack(data_root, prefect_port=prefect_port, mlflow_port=mlflow_port)
     start_servers(stack, say=console.print)
     deploy(stack)
-    console.print("deployed: cft/full-pipeline, cft/scheduled-retrain (paused), cft-promote/promote")
+    console.print("deployed: cft/full-pipeline, cft/scheduled-retrain (paused), cft-replay/replay, cft-promote/promote")
     if worker:
         start_worker(stack)
         console.print(f"worker on pool cft-local (log: {stack.state / 'logs' / 'worker.log'})")

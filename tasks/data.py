@@ -152,16 +152,33 @@ def validate_ingested(ingested: Path, cfg: DataConfig) -> dict:
     )
 
 
-def sequences_target(ingested_fingerprint: str, cfg: DataConfig) -> tuple[Path, str]:
-    """(output folder, fingerprint) of `build_sequences`."""
-    fp = fingerprint({"ingested": ingested_fingerprint, "settings": sequence_settings(cfg).__dict__})
+def newest_seen(ingested: Path, cfg: DataConfig) -> int | None:
+    """The newest interaction before `cfg.as_of` (unix seconds), when `as_of` or `train_window`
+    is set (else None: no window to anchor). A refused as_of names where the data starts."""
+    if cfg.as_of is None and cfg.train_window is None:
+        return None
+    ts = pq.read_table(ingested / "interactions.parquet", columns=["timestamp"]).column(0).to_numpy()
+    as_of = cfg.as_of_seconds()
+    seen = ts[ts < as_of] if as_of is not None else ts
+    if seen.size == 0:
+        first = pd.Timestamp(int(ts.min()), unit="s", tz="UTC") if ts.size else None
+        raise DataError(f"{cfg.name}: no interaction before data.as_of={cfg.as_of} (the data starts at {first})")
+    return int(seen.max())
+
+
+def sequences_target(ingested: StageOutput, cfg: DataConfig) -> tuple[Path, str]:
+    """(output folder, fingerprint) of `build_sequences`: the ingested data and the settings,
+    whose window is anchored at the newest interaction seen, so moving `as_of` over a stretch
+    with no new interactions names the same folder."""
+    settings = sequence_settings(cfg, newest_seen(ingested.path, cfg))
+    fp = fingerprint({"ingested": ingested.fingerprint, "settings": settings.__dict__})
     return cfg.data_root / "sequences" / f"{cfg.name}-{fp}", fp
 
 
 def build_sequences(ingested: StageOutput, cfg: DataConfig) -> StageOutput:
     """Validated tables -> train/valid/test records + catalogue (reused when unchanged)."""
-    out, fp = sequences_target(ingested.fingerprint, cfg)
-    settings = sequence_settings(cfg)
+    out, fp = sequences_target(ingested, cfg)
+    settings = sequence_settings(cfg, newest_seen(ingested.path, cfg))
     if (out / "manifest.json").is_file():
         return StageOutput(out, fp, reused=True)
     inter = pq.read_table(ingested.path / "interactions.parquet").to_pandas()

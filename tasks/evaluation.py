@@ -171,6 +171,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         return EvalOutput(out_dir, json.loads((out_dir / "metrics.json").read_text()), True)
 
     from cft_core.metrics import first_hit_ranks, ranking_metrics, title_ids
+    from cft_core.ranking import popularity_ranking
     from tasks.settings import ranking_settings
 
     rows = read_records(sequences / f"{e.split}.parquet", e.max_samples, e.seed)
@@ -222,8 +223,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
     # Most-popular baseline and the popularity analysis.
     train_targets = pq.read_table(sequences / "train.parquet", columns=["target_item_id"]).column(0).to_numpy()
     counts = np.bincount(train_targets, minlength=len(titles))
-    popular = np.argsort(-counts, kind="stable")[:TOP_K_MAX]
-    record("most_popular", np.tile(popular, (len(rows), 1)))
+    record("most_popular", popularity_ranking(counts, len(rows), TOP_K_MAX).rows)  # the registered baseline's ranking
     if e.sasrec:
         from cft_core.sasrec import SASRecSettings, sasrec_rank, train_sasrec
 

@@ -104,11 +104,11 @@ def build_sequences_task(ingested: StageOutput, cfg: DataConfig) -> StageOutput:
 
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(cfg: PipelineConfig, sequences: StageOutput) -> TrainOutput:
-    """Fine-tune with the configured objective (CFT by default) under DeepSpeed; resumes from the
-    last checkpoint when a previous attempt was interrupted."""
-    from tasks.training import train
+    """Fine-tune with the configured objective (CFT by default) under DeepSpeed, from the champion
+    with `model.source: champion`; resumes from the last checkpoint of an interrupted attempt."""
+    from tasks.chain import train_model
 
-    out = train(cfg, sequences.path, sequences.fingerprint)
+    out = train_model(cfg, sequences)
     _reused("model", out)
     return out
 
@@ -129,13 +129,30 @@ _REGISTRY_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": [2, 10
                                      "retry_condition_fn": transient_only}
 
 
+@task(name="check-new-data", cache_policy=NO_CACHE, **_REGISTRY_RETRIES)
+def nothing_new_task(cfg: PipelineConfig, sequences: StageOutput) -> str | None:
+    """The "no new interactions since ...; champion unchanged" message when a version trained on
+    these rows with these settings was gated already, else None."""
+    from tasks.chain import nothing_new
+
+    return nothing_new(cfg, sequences)
+
+
+@task(name="register-popularity", cache_policy=NO_CACHE, **_REGISTRY_RETRIES)
+def register_popularity_task(cfg: PipelineConfig, sequences: StageOutput) -> str:
+    """The popularity baseline of this data window as a registered version (the first champion)."""
+    from tasks.registry import register_popularity
+
+    return register_popularity(cfg, sequences.path, sequences.fingerprint)
+
+
 @task(name="register", cache_policy=NO_CACHE, **_REGISTRY_RETRIES)
 def register_task(cfg: PipelineConfig, trained: TrainOutput, sequences: StageOutput, evaluation: EvalOutput) -> str:
     """Log the pyfunc recommender into the run and register it (once per run); the version."""
     from tasks.registry import register_model
 
     return register_model(cfg, trained.summary.get("mlflow_run_id"), trained.model_dir, sequences.path,
-                          sequences.fingerprint, evaluation)
+                          sequences.fingerprint, evaluation, trained.summary.get("warm_start"))
 
 
 @task(name="gate", tags=["cft-promotion"], cache_policy=NO_CACHE, **_REGISTRY_RETRIES)
@@ -151,16 +168,23 @@ def gate_task(cfg: PipelineConfig, version: str, trained: TrainOutput, sequences
     return asdict(decision)
 
 
-def metrics_summary(cfg: PipelineConfig, evaluation: EvalOutput, run_id: str | None, decision: dict | None) -> str:
-    """Markdown table of HR/NDCG@{5,10,20} per method, with a link to the MLflow run."""
+def metrics_summary(cfg: PipelineConfig, evaluation: EvalOutput | None, run_id: str | None, decision: dict | None,
+                    unchanged: str | None = None) -> str:
+    """Markdown: HR/NDCG@{5,10,20} per method, the MLflow run, and the gate's decision (or why
+    nothing was trained)."""
     from tasks.evaluation import metrics_table
     from tasks.tracking import run_link
 
+    if unchanged:
+        return f"### {cfg.data.name}: nothing new\n\n{unchanged}"
     lines = [f"### {cfg.data.name}: {cfg.train.objective}, {evaluation.split} split", "",
              metrics_table(evaluation.metrics, cfg.eval.ks), "", f"MLflow run: {run_link(cfg, run_id)}"]
     if decision:
-        lines.append(f"Registry: {cfg.registered_model_name()} v{decision['version']}: "
-                     f"{'champion' if decision['promoted'] else 'challenger'} ({decision['reason']})")
+        from tasks.registry import GateDecision, gate_card
+
+        lines += ["", f"Registry: {cfg.registered_model_name()} v{decision['version']}: "
+                      f"{'champion' if decision['promoted'] else 'challenger'} ({decision['reason']})", "",
+                  gate_card(cfg, GateDecision(**decision))]
     return "\n".join(lines)
 
 

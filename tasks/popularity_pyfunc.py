@@ -9,6 +9,8 @@ catalogue (Parquet) and the item counts (JSON), never a pickle.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
@@ -25,7 +27,7 @@ class PopularityModel(PythonModel):
 
         catalogue = pq.read_table(context.artifacts["catalogue"]).to_pandas().sort_values("item_id")
         self.catalogue = Catalogue(catalogue["item_id"].tolist(), catalogue["title"].tolist())
-        counts = json.loads(open(context.artifacts["counts"], encoding="utf-8").read())
+        counts = json.loads(Path(context.artifacts["counts"]).read_text(encoding="utf-8"))
         self.counts = np.asarray(counts, dtype=np.int64)
         self.default_k = int(dict(context.model_config or {}).get("top_k", 10))
 

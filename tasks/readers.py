@@ -318,6 +318,9 @@ def read_d3_csv(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 # ------------------------------------------------------------------------------ generic
 
 
+TABLE_SUFFIXES = {".parquet", ".csv", ".tsv", ".tab"}
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
         _check_not_pickle(path)
@@ -337,8 +340,19 @@ def _read_table(path: Path) -> pd.DataFrame:
 def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """CSV/TSV/Parquet interactions (+ items file) with `source.columns` mapping ours -> theirs."""
     col = {k: cfg.source.columns.get(k, k) for k in ("user_id", "item_id", "timestamp", "rating", "title")}
-    df = _read_table(inter_path)
-    require_columns(df, [col["user_id"], col["item_id"], col["timestamp"]], inter_path)
+    if inter_path.is_dir():  # a folder of parts that new files are dropped into: read them all
+        parts = sorted(f for f in inter_path.iterdir() if f.is_file() and f.suffix in TABLE_SUFFIXES
+                       and not f.name.startswith("."))
+        if not parts:
+            raise DataError(f"{inter_path}: no interaction parts ({', '.join(sorted(TABLE_SUFFIXES))} files)")
+        frames = []
+        for part in parts:
+            frames.append(_read_table(part))
+            require_columns(frames[-1], [col["user_id"], col["item_id"], col["timestamp"]], part)
+        df = pd.concat(frames, ignore_index=True)
+    else:
+        df = _read_table(inter_path)
+        require_columns(df, [col["user_id"], col["item_id"], col["timestamp"]], inter_path)
     if items_path is not None:
         items_df = _read_table(items_path)
         require_columns(items_df, [col["item_id"], col["title"]], items_path)

@@ -17,9 +17,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,12 +52,6 @@ def promotion_lock(cfg: PipelineConfig, name: str) -> FileLock:
     return FileLock(path, timeout=600)
 
 
-def gate_data_key(cfg: PipelineConfig, sequences: Path) -> str:
-    """Identity of the gate's evaluation data (records + settings, not the model): two versions'
-    metrics are comparable only when their keys are equal."""
-    return fingerprint({"data": sequences.name, "eval": cfg.gate_eval().model_dump(), "domain": cfg.data.domain})
-
-
 # ------------------------------------------------------------------------------ log + register
 
 
@@ -69,9 +61,6 @@ def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences
     import mlflow
     import torch
     import transformers
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
-    from mlflow.types.schema import Array
 
     from tasks.evaluation import ensure_catalogue_embeddings
     from tasks.settings import ranking_settings
@@ -84,13 +73,7 @@ def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences
     artifacts = {"model": str(model_dir), "catalogue": str(sequences / "catalogue.parquet")}
     if settings.method == "grounding":
         artifacts["item_embeddings"] = str(ensure_catalogue_embeddings(cfg, model_dir, sequences))
-    signature = ModelSignature(
-        inputs=Schema([ColSpec(Array(DataType.string), "history")]),
-        outputs=Schema([ColSpec(Array(DataType.long), "item_ids"), ColSpec(Array(DataType.string), "titles"),
-                        ColSpec(Array(DataType.double), "scores")]),
-        params=ParamSchema([ParamSpec("k", DataType.long, cfg.registry.top_k),
-                            ParamSpec("exclude_history", DataType.boolean, True)]),
-    )
+    signature = _signature(cfg)
     import cft_core
 
     with mlflow.start_run(run_id=run_id):
@@ -125,7 +108,6 @@ def _wait_ready(client, name: str, version: str, timeout: float = 300.0):
 def register(cfg: PipelineConfig, run_id: str, model_uri: str, tags: dict[str, str], uri: str):
     """Register `model_uri` as a version of `cfg.registered_model_name()`, at most once per run.
     Returns the ModelVersion (the existing one when this run was registered before)."""
-    import mlflow
 
     client = _client(uri)
     name = cfg.registered_model_name()
@@ -133,10 +115,7 @@ def register(cfg: PipelineConfig, run_id: str, model_uri: str, tags: dict[str, s
         existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
         if existing:
             return _wait_ready(client, name, str(existing[0].version))
-        try:
-            client.get_registered_model(name)
-        except mlflow.exceptions.MlflowException:
-            client.create_registered_model(name, description=f"CFT recommender for dataset {cfg.data.name}")
+        _ensure_registered_model(client, cfg, name)
         # A server needs the logged model's id beside its models:/<id> source.
         model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
         mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
@@ -147,8 +126,11 @@ def version_tags(cfg: PipelineConfig, data_fingerprint: str, metrics: dict[str, 
                  model_dir: Path) -> dict[str, str]:
     """Version tags: what the version is (dataset, data fingerprint, objective, model folder) and
     a handful of headline metrics; every metric is in the run and in the version's model card."""
+    from tasks.training import run_fingerprint
+
     tags = {"dataset": cfg.data.name, "data_fingerprint": data_fingerprint, "objective": cfg.train.objective,
-            "model_dir": str(model_dir.resolve())}
+            "model_dir": str(model_dir.resolve()), KIND_TAG: "llm",
+            "cft.train_key": run_fingerprint(cfg, data_fingerprint)}
     served = "constrained" if cfg.gate_method() == "constrained" else "grounding_adjusted"
     for key in (f"{served}/NDCG@10", f"{served}/HR@10", "most_popular/NDCG@10"):
         if key in metrics:
@@ -156,21 +138,26 @@ def version_tags(cfg: PipelineConfig, data_fingerprint: str, metrics: dict[str, 
     return tags
 
 
-def model_card(cfg: PipelineConfig, evaluation, run_id: str) -> str:
-    """The version's description: a short model card (what it is, how it was trained, its metrics)."""
+def model_card(cfg: PipelineConfig, evaluation, run_id: str, warm_start: str | None = None) -> str:
+    """The version's description: a short model card (what it is, the data window, how it was
+    trained, its metrics); the gate appends its decision (`gate_card`)."""
     from tasks.evaluation import metrics_table
 
     alpha, beta = cfg.train.loss_settings()
+    d = cfg.data
+    window = f"as of {d.as_of}" if d.as_of else "all data"
+    if d.train_window:
+        window += f", last {d.train_window}"
+    start = f"warm start from {warm_start}" if warm_start else f"base model `{cfg.model.base if cfg.warm_start() else cfg.model.source}`"
     return "\n".join([
-        f"**{cfg.train.objective.upper()}** recommender for `{cfg.data.name}`: model source "
-        f"`{cfg.model.source}`, alpha {alpha:g}, beta {beta:g}, serves by `{cfg.gate_method()}` ranking, "
-        f"MLflow run `{run_id}`.", "",
+        f"**{cfg.train.objective.upper()}** recommender for `{cfg.data.name}` ({window}): {start}, "
+        f"alpha {alpha:g}, beta {beta:g}, serves by `{cfg.gate_method()}` ranking, MLflow run `{run_id}`.", "",
         f"{evaluation.split} split, {evaluation.rows:,} rows, full catalogue:", "",
         metrics_table(evaluation.metrics, cfg.eval.ks)])
 
 
 def register_model(cfg: PipelineConfig, run_id: str | None, model_dir: Path, sequences: Path,
-                   data_fingerprint: str, evaluation) -> str:
+                   data_fingerprint: str, evaluation, warm_start: str | None = None) -> str:
     """Log the recommender into the training's run and register it (once per run), with its
     headline tags and model card. `evaluation`: the run's `EvalOutput`. Returns the version."""
     if not run_id:
@@ -181,9 +168,92 @@ def register_model(cfg: PipelineConfig, run_id: str | None, model_dir: Path, seq
     model_uri = log_recommender(cfg, run_id, model_dir, sequences, uri)
     tags = version_tags(cfg, data_fingerprint, evaluation.metrics, evaluation.split, model_dir)
     mv = register(cfg, run_id, model_uri, tags, uri)
-    _client(uri).update_model_version(mv.name, str(mv.version), description=model_card(cfg, evaluation, run_id))
+    _client(uri).update_model_version(mv.name, str(mv.version), description=model_card(cfg, evaluation, run_id, warm_start))
     log.info("registered %s version %s", mv.name, mv.version)
     return str(mv.version)
+
+
+# ------------------------------------------------------------------------------ popularity baseline
+
+POPULARITY_PYFUNC = Path(__file__).with_name("popularity_pyfunc.py")
+KIND_TAG = "cft.kind"  # "llm" or "popularity"
+
+
+def _train_counts(sequences: Path) -> list[int]:
+    """Training frequency of every catalogue item in the window (the baseline's scores)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    targets = pq.read_table(sequences / "train.parquet", columns=["target_item_id"]).column(0).to_numpy()
+    size = pq.read_metadata(sequences / "catalogue.parquet").num_rows
+    return np.bincount(targets, minlength=size).tolist()
+
+
+def register_popularity(cfg: PipelineConfig, sequences: Path, data_fingerprint: str) -> str:
+    """Register the popularity baseline of this data window (once per data fingerprint): a pyfunc
+    with the LLM recommender's input and output schema, ranking by training frequency. It becomes
+    champion when there is none, so the first champion is never worse than popularity."""
+    import tempfile
+
+    import mlflow
+
+    from tasks.tracking import tracking_uri, use_experiment
+
+    uri = tracking_uri(cfg)
+    client, name = _client(uri), cfg.registered_model_name()
+    with promotion_lock(cfg, name):
+        _ensure_registered_model(client, cfg, name)
+        for mv in client.search_model_versions(f"name='{name}'"):
+            if mv.tags.get(KIND_TAG) == "popularity" and mv.tags.get("data_fingerprint") == data_fingerprint:
+                return str(mv.version)
+        use_experiment(cfg)
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"popularity-{data_fingerprint}") as run:
+            counts = Path(tmp) / "counts.json"
+            counts.write_text(json.dumps(_train_counts(sequences)))
+            mlflow.set_tags({"dataset": cfg.data.name, "data_fingerprint": data_fingerprint, "stage": "baseline",
+                             KIND_TAG: "popularity"})
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT, python_model=str(POPULARITY_PYFUNC),
+                artifacts={"catalogue": str(sequences / "catalogue.parquet"), "counts": str(counts)},
+                code_paths=[str(Path(__file__).resolve().parents[1] / "cft_core")],
+                model_config={"top_k": cfg.registry.top_k}, signature=_signature(cfg),
+                pip_requirements=["mlflow", "pandas", "pyarrow", "numpy"],
+            )
+            run_id = run.info.run_id
+        model_id = info.model_uri.removeprefix("models:/") if info.model_uri.startswith("models:/m-") else None
+        mv = client.create_model_version(
+            name, source=info.model_uri, run_id=run_id, model_id=model_id,
+            tags={KIND_TAG: "popularity", "dataset": cfg.data.name, "data_fingerprint": data_fingerprint},
+            description=f"**Popularity baseline** of `{cfg.data.name}` (data {data_fingerprint}): the "
+                        "catalogue by training frequency in the data window, the same list for everyone "
+                        "(history items left out). The floor every LLM version must beat.")
+        version = str(_wait_ready(client, name, str(mv.version)).version)
+        if _alias_version(client, name, CHAMPION) is None:
+            _set_champion(client, name, version, "gate", "first champion: the popularity baseline of the data window")
+        return version
+
+
+def _ensure_registered_model(client, cfg: PipelineConfig, name: str) -> None:
+    import mlflow
+
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name, description=f"CFT recommender for dataset {cfg.data.name}")
+
+
+def _signature(cfg: PipelineConfig):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(Array(DataType.string), "history")]),
+        outputs=Schema([ColSpec(Array(DataType.long), "item_ids"), ColSpec(Array(DataType.string), "titles"),
+                        ColSpec(Array(DataType.double), "scores")]),
+        params=ParamSchema([ParamSpec("k", DataType.long, cfg.registry.top_k),
+                            ParamSpec("exclude_history", DataType.boolean, True)]),
+    )
 
 
 # ------------------------------------------------------------------------------ gate
@@ -191,23 +261,51 @@ def register_model(cfg: PipelineConfig, run_id: str | None, model_dir: Path, seq
 
 @dataclass(frozen=True)
 class GateDecision:
+    """What the gate decided for `version`, on `rows` gate rows (fingerprint `rows_fingerprint`):
+    the mean metric of the challenger, the champion and the popularity floor on those rows, and
+    the paired difference challenger - champion with its bootstrap interval."""
+
     version: str
     promoted: bool
     reason: str
+    metric: str
+    rows: int
+    rows_fingerprint: str
     challenger_value: float
     champion_version: str | None
     champion_value: float | None
+    popularity_value: float
+    difference: float
+    ci_low: float
+    ci_high: float
 
 
-def decide(challenger: float, champion: float | None, margin: float) -> tuple[bool, str]:
-    """The gate rule, on its own: promote iff there is no champion, or challenger > champion + margin."""
-    if math.isnan(challenger):
-        return False, "the challenger's gate metric is NaN"
-    if champion is None:
-        return True, f"no champion yet (challenger {challenger:.4f})"
-    if challenger > champion + margin:
-        return True, f"challenger {challenger:.4f} > champion {champion:.4f} + margin {margin:g}"
-    return False, f"challenger {challenger:.4f} does not beat champion {champion:.4f} + margin {margin:g}"
+def decide(ours, champion, floor, margin: float, rule: str, level: float = 0.95) -> tuple[bool, str, tuple]:
+    """The gate rule on per-row metric values of the same rows (float[B] each).
+
+    Promote iff the challenger beats the champion by more than `margin` (rule `point`: the mean
+    paired difference; rule `ci`: the lower bound of its bootstrap interval) AND, when `floor`
+    is given, beats the popularity floor the same way with margin 0. Returns (promoted, reason,
+    (difference, low, high)).
+    """
+    import numpy as np
+
+    from cft_core.metrics import paired_bootstrap_ci
+
+    ours = np.asarray(ours, dtype=float)
+    diff = paired_bootstrap_ci(ours, np.asarray(champion, dtype=float), level)
+    clears = (diff[1] if rule == "ci" else diff[0]) > margin
+    what = "lower bound" if rule == "ci" else "mean difference"
+    interval = f"{diff[0]:+.4f} [{diff[1]:+.4f}, {diff[2]:+.4f}]"
+    if not clears:
+        return False, f"does not beat the champion: {what} of {interval} is not above the margin {margin:g}", diff
+    if floor is not None:
+        over = paired_bootstrap_ci(ours, np.asarray(floor, dtype=float), level)
+        if not (over[1] if rule == "ci" else over[0]) > 0:
+            return False, (f"beats the champion ({interval}) but not the popularity floor: "
+                           f"{over[0]:+.4f} [{over[1]:+.4f}, {over[2]:+.4f}]"), diff
+    return True, f"beats the champion by {interval} (margin {margin:g})" + (
+        " and the popularity floor" if floor is not None else ""), diff
 
 
 def _history(client, name: str) -> list[dict]:
@@ -237,62 +335,153 @@ def _alias_version(client, name: str, alias: str) -> str | None:
         return None
 
 
-def gate(cfg: PipelineConfig, version: str, challenger_value: float, data_key: str, uri: str,
-         evaluate_champion: Callable[[object], float]) -> GateDecision:
-    """Make `version` the challenger; promote it to champion if it beats the champion.
+def _gate_rows(cfg: PipelineConfig, model_dir: Path, sequences: Path):
+    """(per-row ranks of `model_dir` by the gate's method, per-row ranks of this window's
+    popularity baseline, the rows' predictions table): `evaluate` on the gate split."""
+    import pandas as pd
 
-    The champion's value comes from its tags when it was measured on the same data (`data_key`);
-    otherwise `evaluate_champion(model_version)` measures it now on this run's gate data.
-    """
-    client = _client(uri)
-    name, version = cfg.registered_model_name(), str(version)
-    margin = cfg.registry.gate_margin
-    with promotion_lock(cfg, name):
-        client.set_model_version_tag(name, version, "gate.metric", cfg.registry.gate_metric)
-        client.set_model_version_tag(name, version, "gate.value", repr(float(challenger_value)))  # exact, so equal stays equal
-        client.set_model_version_tag(name, version, "gate.data_key", data_key)
-        champion = _alias_version(client, name, CHAMPION)
-        if champion == version:
-            return GateDecision(version, True, "already champion", challenger_value, champion, challenger_value)
-        champion_value = None
-        if champion is not None:
-            mv = client.get_model_version(name, champion)
-            if mv.tags.get("gate.data_key") == data_key and mv.tags.get("gate.metric") == cfg.registry.gate_metric:
-                champion_value = float(mv.tags["gate.value"])
-            else:
-                log.info("champion v%s was gated on other data; evaluating it on this run's data", champion)
-                champion_value = float(evaluate_champion(mv))
-        promoted, reason = decide(challenger_value, champion_value, margin)
-        client.set_model_version_tag(name, version, "gate.decision", "promoted" if promoted else "kept challenger")
-        client.set_model_version_tag(name, version, "gate.reason", reason)
-        if promoted:
-            _set_champion(client, name, version, "gate", reason)
-            if _alias_version(client, name, CHALLENGER) == version:
-                client.delete_registered_model_alias(name, CHALLENGER)
-        else:
-            client.set_registered_model_alias(name, CHALLENGER, version)
-        log.info("gate %s v%s: %s", name, version, reason)
-        return GateDecision(version, promoted, reason, challenger_value, champion, champion_value)
+    from tasks.evaluation import evaluate
+
+    gate_cfg = cfg.model_copy(update={"eval": cfg.gate_eval()})
+    result = evaluate(gate_cfg, model_dir, sequences, progress=False)
+    preds = pd.read_parquet(result.path / "predictions.parquet")
+    method = cfg.registry.gate_metric.split("/")[0]
+    return preds[f"{method}_rank"].to_numpy(), preds["most_popular_rank"].to_numpy(), preds
+
+
+def _popularity_version_ranks(client, mv, preds, sequences: Path):
+    """First-hit ranks of a registered popularity version on the gate rows: its counts (from its
+    own window, mapped to this catalogue by source item id), ranked as it serves."""
+    import tempfile
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from cft_core.metrics import first_hit_ranks, title_ids
+    from cft_core.ranking import popularity_ranking
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{mv.name}/{mv.version}", dst_path=tmp))
+        old_counts = json.loads(next(local.rglob("counts.json")).read_text())
+        old_catalogue = pd.read_parquet(next(local.rglob("catalogue.parquet"))).sort_values("item_id")
+    by_source = dict(zip(old_catalogue["source_item_id"], old_counts, strict=True))
+    catalogue = pd.read_parquet(sequences / "catalogue.parquet").sort_values("item_id")
+    counts = np.array([by_source.get(s, 0) for s in catalogue["source_item_id"]])
+    ranking = popularity_ranking(counts, len(preds), 50)
+    tid, table = title_ids(catalogue["title"].tolist())
+    ranked = np.where(ranking.rows >= 0, tid[np.maximum(ranking.rows, 0)], -1)
+    return first_hit_ranks(ranked, np.array([table[t] for t in preds["target_title"]]))
 
 
 def gate_model(cfg: PipelineConfig, version: str, model_dir: Path, sequences: Path) -> GateDecision:
-    """The gate as one call: evaluate the new version's model on the gate split (`cfg.gate_eval()`),
-    then `gate`, which measures the champion on the same rows when its stored value is not
-    comparable. Serialised per model by `promotion_lock`."""
-    from tasks.evaluation import evaluate
+    """Champion/challenger on the newest rows: the new version's model, the champion and this
+    window's popularity baseline are scored on the same gate rows (`cfg.gate_eval()`), and
+    `decide` applies the rule. Records every value, the paired difference with its interval, the
+    rows' fingerprint and the decision with its reason as version tags and in the version's
+    model card. Serialised per model by `promotion_lock`."""
+    from cft_core.metrics import per_row_metric
     from tasks.tracking import tracking_uri
 
-    gate_cfg = cfg.model_copy(update={"eval": cfg.gate_eval()})
-    metric = cfg.registry.gate_metric
-    ours = evaluate(gate_cfg, model_dir, sequences, progress=False).metrics
-    if metric not in ours:
-        raise ValueError(f"registry.gate_metric {metric!r} is not among the metrics: {sorted(ours)}")
+    uri = tracking_uri(cfg)
+    client, name, version = _client(uri), cfg.registered_model_name(), str(version)
+    r = cfg.registry
+    metric = r.gate_metric.split("/")[1]
+    ours_ranks, floor_ranks, preds = _gate_rows(cfg, model_dir, sequences)
+    rows_fp = fingerprint({"data": sequences.name, "rows": preds["user_id"].tolist(),
+                           "targets": preds["target_item_id"].tolist()})
+    with promotion_lock(cfg, name):
+        champion = _alias_version(client, name, CHAMPION)
+        ours, floor = per_row_metric(ours_ranks, metric), per_row_metric(floor_ranks, metric)
+        if champion == version:
+            return _record(client, cfg, GateDecision(version, True, "already champion", r.gate_metric, len(preds),
+                                                     rows_fp, float(ours.mean()), champion, float(ours.mean()),
+                                                     float(floor.mean()), 0.0, 0.0, 0.0), move=False)
+        champion_values = None
+        if champion is not None:
+            mv = client.get_model_version(name, champion)
+            if mv.tags.get(KIND_TAG) == "popularity":
+                champion_ranks = _popularity_version_ranks(client, mv, preds, sequences)
+            else:  # an LLM champion, scored on this run's rows (reused when it was before)
+                champion_ranks, _, _ = _gate_rows(cfg, download_version_model(cfg, mv), sequences)
+            champion_values = per_row_metric(champion_ranks, metric)
+        if champion_values is None:  # no champion at all (no baseline registered): the floor decides
+            champion_values = floor
+        promoted, reason, (diff, low, high) = decide(ours, champion_values, floor if r.gate_floor else None,
+                                                     r.gate_margin, r.gate_rule, r.gate_ci_level)
+        decision = GateDecision(version, promoted, reason, r.gate_metric, len(preds), rows_fp, float(ours.mean()),
+                                champion, float(champion_values.mean()), float(floor.mean()), diff, low, high)
+        return _record(client, cfg, decision, move=True)
 
-    def champion_value(champion_version) -> float:
-        champion_dir = download_version_model(cfg, champion_version)
-        return evaluate(gate_cfg, champion_dir, sequences, progress=False).metrics[metric]
 
-    return gate(cfg, version, ours[metric], gate_data_key(cfg, sequences), tracking_uri(cfg), champion_value)
+def _record(client, cfg: PipelineConfig, d: GateDecision, move: bool) -> GateDecision:
+    """Write the decision on the version (tags, model card) and move the aliases."""
+    name = cfg.registered_model_name()
+    tags = {"gate.metric": d.metric, "gate.value": repr(d.challenger_value), "gate.rows": str(d.rows),
+            "gate.rows_fingerprint": d.rows_fingerprint, "gate.champion_version": str(d.champion_version),
+            "gate.champion_value": repr(d.champion_value), "gate.popularity_value": repr(d.popularity_value),
+            "gate.difference": repr(d.difference), "gate.ci": f"[{d.ci_low!r}, {d.ci_high!r}]",
+            "gate.rule": cfg.registry.gate_rule, "gate.decision": "promoted" if d.promoted else "kept challenger",
+            "gate.reason": d.reason}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, d.version, key, value)
+    mv = client.get_model_version(name, d.version)
+    card = (mv.description or "").split("\n\n**Gate**")[0]
+    client.update_model_version(name, d.version, description=card + "\n\n" + gate_card(cfg, d))
+    if move and d.promoted:
+        _set_champion(client, name, d.version, "gate", d.reason)
+        if _alias_version(client, name, CHALLENGER) == d.version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+    elif move:
+        client.set_registered_model_alias(name, CHALLENGER, d.version)
+    log.info("gate %s v%s: %s", name, d.version, d.reason)
+    return d
+
+
+def gate_card(cfg: PipelineConfig, d: GateDecision) -> str:
+    """The gate's section of a model card (Markdown), also the Prefect artifact's text."""
+    level = f"{cfg.registry.gate_ci_level:.0%}"
+    return "\n".join([
+        f"**Gate** ({d.metric} on {d.rows} {cfg.registry.gate_split} rows, rows {d.rows_fingerprint}): "
+        f"**{'promoted to champion' if d.promoted else 'kept as challenger'}**: {d.reason}.", "",
+        "| | value |", "|---|---|",
+        f"| this version | {d.challenger_value:.4f} |",
+        f"| champion (v{d.champion_version}) | {d.champion_value:.4f} |" if d.champion_value is not None else "| champion | none |",
+        f"| popularity baseline | {d.popularity_value:.4f} |",
+        f"| difference, {level} interval | {d.difference:+.4f} [{d.ci_low:+.4f}, {d.ci_high:+.4f}] |"])
+
+
+def warm_start_source(cfg: PipelineConfig) -> tuple[Path, str] | None:
+    """With `model.source: champion`: (model folder, "name vN") of the champion when it is an LLM
+    version, else None (training then starts from `model.base`)."""
+    from tasks.tracking import tracking_uri
+
+    uri = tracking_uri(cfg)
+    client, name = _client(uri), cfg.registered_model_name()
+    champion = _alias_version(client, name, CHAMPION)
+    if champion is None:
+        return None
+    mv = client.get_model_version(name, champion)
+    if mv.tags.get(KIND_TAG) == "popularity":
+        return None
+    return download_version_model(cfg, mv), f"{name} v{champion}"
+
+
+def previous_decision(cfg: PipelineConfig, train_key: str) -> dict | None:
+    """The gate tags of the LLM version trained with `train_key` (the data and every training
+    setting, warm start aside: `tasks.training.run_fingerprint`), when it was gated already;
+    else None. Such a run would retrain on the very rows that were judged before."""
+    from tasks.tracking import tracking_uri
+
+    client = _client(tracking_uri(cfg))
+    try:
+        versions = client.search_model_versions(f"name='{cfg.registered_model_name()}'")
+    except Exception:  # noqa: BLE001 (no such model yet)
+        return None
+    for mv in sorted(versions, key=lambda v: -int(v.version)):
+        if mv.tags.get("cft.train_key") == train_key and "gate.decision" in mv.tags:
+            return {"version": str(mv.version), **{k: v for k, v in mv.tags.items() if k.startswith("gate.")}}
+    return None
 
 
 def promote(cfg: PipelineConfig, name: str, version: str, reason: str, uri: str) -> None:

@@ -15,13 +15,21 @@ if TYPE_CHECKING:  # torch and transformers load only where a model is used (fas
     from cft_core.trainer import CFTObjective
 
 
-def sequence_settings(data: DataConfig) -> SequenceSettings:
-    """D3-style sequence building (cft-method.md, section 4)."""
+def sequence_settings(data: DataConfig, newest_seen: int | None = None) -> SequenceSettings:
+    """D3-style sequence building (cft-method.md, section 4). `newest_seen`: the newest interaction
+    before `data.as_of` (unix seconds; `tasks.data.newest_seen`), which anchors the data window:
+    it ends just after that interaction and, with `train_window`, starts that much before it."""
+    start = int(data.window_start.timestamp()) if data.window_start else None
+    end = int(data.window_end.timestamp()) if data.window_end else None
+    if newest_seen is not None:
+        end = newest_seen + 1 if end is None else min(end, newest_seen + 1)
+        if data.train_window:
+            begin = newest_seen + 1 - data.train_window_seconds()
+            start = begin if start is None else max(start, begin)
     return SequenceSettings(
         k_core=data.k_core, max_history=data.max_history, split=data.split, split_ratios=data.split_ratios,
         seed=data.seed, sample_fraction=data.sample_fraction, max_samples=tuple(sorted(data.max_samples.items())),
-        window_start=int(data.window_start.timestamp()) if data.window_start else None,
-        window_end=int(data.window_end.timestamp()) if data.window_end else None,
+        window_start=start, window_end=end,
     )
 
 

@@ -174,7 +174,8 @@ def log_evaluation(result, run_id: str, tracking_uri: str) -> bool:
 class TrainingRun:
     """One MLflow run per training (continued on resume), driven from process 0."""
 
-    def __init__(self, cfg: PipelineConfig, run_dir: Path, data_fingerprint: str, source: Path):
+    def __init__(self, cfg: PipelineConfig, run_dir: Path, data_fingerprint: str, source: Path,
+                 warm_start: str | None = None):
         import mlflow
 
         use_experiment(cfg)
@@ -189,6 +190,7 @@ class TrainingRun:
                 "dataset": cfg.data.name, "data_fingerprint": data_fingerprint,
                 "model_source": cfg.model.source, "model_folder": str(source),
                 "objective": cfg.train.objective, "stage": "train",
+                "warm_start": warm_start or "none (from the base model)",
             })
 
     def callback(self):

@@ -48,11 +48,13 @@ def read_records(path: Path, limit: int | None = None, seed: int = 0) -> list[di
 
 
 def model_folder(cfg: PipelineConfig, sequences: Path) -> Path:
-    """Resolve `model.source` to a Hugging Face folder; `tiny` is built once per dataset."""
+    """Resolve the model to start from to a Hugging Face folder: `model.source`, or `model.base`
+    when the source is `champion` and no warm start was found; `tiny` is built once per dataset."""
     from cft_core.model_sources import resolve_model_folder
 
-    if cfg.model.source != "tiny":
-        return resolve_model_folder(cfg.model.source)
+    source = cfg.model.base if cfg.warm_start() else cfg.model.source
+    if source != "tiny":
+        return resolve_model_folder(source)
     from cft_core.prompts import PromptBuilder
     from cft_core.tiny import save_tiny_model_folder
     from tasks.storage import atomic_dir
@@ -94,16 +96,20 @@ def deepspeed_config(path: str | None) -> dict | None:
         raise FileNotFoundError(f"DeepSpeed config {path} not found (looked at {p})") from None
 
 
-def run_fingerprint(cfg: PipelineConfig, data_fingerprint: str) -> str:
-    """Names the run folder: the data, every model and training setting, and the process count
-    (it changes the accumulation steps, and ZeRO checkpoints are sharded per process)."""
-    return fingerprint({"data": data_fingerprint, "model": cfg.model.model_dump(),
-                        "train": cfg.train.model_dump(), "world_size": world_size()})
+def run_fingerprint(cfg: PipelineConfig, data_fingerprint: str, warm_start: str | None = None) -> str:
+    """Names the run folder: the data, every model and training setting (not whether checkpoints
+    are kept), the warm-start version, and the process count (it changes the accumulation steps,
+    and ZeRO checkpoints are sharded per process)."""
+    payload = {"data": data_fingerprint, "model": cfg.model.model_dump(),
+               "train": cfg.train.model_dump(exclude={"keep_checkpoints"}), "world_size": world_size()}
+    if warm_start:
+        payload["warm_start"] = warm_start
+    return fingerprint(payload)
 
 
-def training_run_dir(cfg: PipelineConfig, data_fingerprint: str) -> Path:
-    """Folder of one training run: checkpoints/, model/ (final), mlflow_run_id."""
-    return cfg.data.data_root / "training" / f"{cfg.data.name}-{run_fingerprint(cfg, data_fingerprint)}"
+def training_run_dir(cfg: PipelineConfig, data_fingerprint: str, warm_start: str | None = None) -> Path:
+    """Folder of one training run: checkpoints/ (until it succeeds), model/ (final), mlflow_run_id."""
+    return cfg.data.data_root / "training" / f"{cfg.data.name}-{run_fingerprint(cfg, data_fingerprint, warm_start)}"
 
 
 def world_size() -> int:
@@ -114,10 +120,15 @@ def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_callbacks=()) -> TrainOutput:
-    """Fine-tune `cfg.model` on `sequences` (a build_sequences folder) with `cfg.train`."""
+def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_callbacks=(),
+          warm_start: tuple[Path, str] | None = None) -> TrainOutput:
+    """Fine-tune `cfg.model` on `sequences` (a build_sequences folder) with `cfg.train`.
+
+    warm_start: (model folder, label such as "cft-ml-100k v3") to start from instead of the
+    configured model (`model.source: champion`; `tasks.registry.warm_start_source` finds it).
+    """
     t = cfg.train
-    run_dir = training_run_dir(cfg, data_fingerprint)
+    run_dir = training_run_dir(cfg, data_fingerprint, warm_start[1] if warm_start else None)
     final = run_dir / "model"
     if (final / "training.json").is_file():
         return TrainOutput(run_dir, final, True, json.loads((final / "training.json").read_text()))
@@ -154,7 +165,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         )
     precision = resolve_precision(t.precision)
 
-    source = model_folder(cfg, sequences)
+    source = warm_start[0] if warm_start else model_folder(cfg, sequences)
     tokenizer = AutoTokenizer.from_pretrained(source)
     train_rows = read_records(sequences / "train.parquet")
     valid_rows = read_records(sequences / "valid.parquet", t.max_eval_samples, t.seed)
@@ -213,7 +224,8 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
 
-    tracker = TrainingRun(cfg, run_dir, data_fingerprint, source) if cfg.tracking.enabled and is_rank_zero() else None
+    warm_label = warm_start[1] if warm_start else None
+    tracker = TrainingRun(cfg, run_dir, data_fingerprint, source, warm_label) if cfg.tracking.enabled and is_rank_zero() else None
     if tracker:
         callbacks.append(tracker.callback())
     trainer = CFTTrainer(
@@ -227,6 +239,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         "config": cfg.model_dump(mode="json"),
         "data_fingerprint": data_fingerprint,
         "model_source": str(source),
+        "warm_start": warm_label,
         "objective": {"alpha": alpha, "beta": beta, "weight_causal_only": t.weight_causal_only},
         "precision": precision,
         "world_size": world,
@@ -248,6 +261,10 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         unset_hf_deepspeed_config()
     if tracker:
         tracker.finish(summary, final)
+    if not t.keep_checkpoints and is_rank_zero():
+        # Checkpoints exist to resume an interrupted run; a finished one keeps model/ only
+        # (they hold the optimizer state, ~8x the model, as pickles: not worth keeping).
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return TrainOutput(run_dir, final, False, summary)
 
 

@@ -60,7 +60,8 @@ def test_train_then_evaluate_reuses_the_training(profile):
 
 def test_run_registers_a_champion_and_prints_a_recommend_hint_from_the_dataset(profile, prefect_harness):
     out = cft("run", "-c", str(profile))
-    assert "champion" in out and "cft-cli-test v1" in out
+    # v1: the popularity baseline (the first champion); v2: the model, gated against it.
+    assert "cft-cli-test v2" in out and "popularity baseline" in out and "**Gate**" in out
     hint = out[out.index("Recommend:"):]
     titles = re.findall(r'"([^"]+)"', hint)
     catalogue = next((profile.parent / "data" / "sequences").iterdir()) / "catalogue.parquet"
@@ -70,17 +71,19 @@ def test_run_registers_a_champion_and_prints_a_recommend_hint_from_the_dataset(p
 def test_recommend_from_the_champion(profile):
     catalogue = next((profile.parent / "data" / "sequences").iterdir()) / "catalogue.parquet"
     title = pd.read_parquet(catalogue)["title"][0]
-    out = cft("recommend", "-c", str(profile), "-k", "3", title)
-    assert "models:/cft-cli-test@champion: top 3" in out
+    out = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/1", "-k", "3", title)
+    assert "models:/cft-cli-test/1: top 3" in out  # the popularity baseline: any k
     assert re.findall(r"^│ ([0-9]+) ", out, flags=re.M) == ["1", "2", "3"]  # the rank column
+    out = cft("recommend", "-c", str(profile), "-k", "2", title)  # the champion, whichever it is
+    assert "models:/cft-cli-test@champion: top" in out and re.findall(r"^│ ([0-9]+) ", out, flags=re.M)
 
 
 def test_promote_and_rollback(profile, prefect_harness):
-    cft("run", "-c", str(profile), "--set", "train.seed=1")  # a second version (the gate decides its alias)
-    out = cft("promote", "-c", str(profile), "--version", "2", "--reason", "approved in review")
-    assert "champion -> version 2" in out
-    out = cft("rollback", "-c", str(profile), "--reason", "regressed")
-    assert "champion -> version 1" in out
+    assert "nothing new" in cft("run", "-c", str(profile))  # same data, same settings: not retrained
+    cft("run", "-c", str(profile), "--set", "train.seed=1")  # new settings: version 3 (the gate decides its alias)
+    assert "champion -> version 2" in cft("promote", "-c", str(profile), "--version", "2", "--reason", "approved")
+    assert "champion -> version 3" in cft("promote", "-c", str(profile), "--version", "3", "--reason", "try v3")
+    assert "champion -> version 2" in cft("rollback", "-c", str(profile), "--reason", "regressed")
 
 
 def test_stack_status_says_not_running(tmp_path):

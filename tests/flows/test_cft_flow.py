@@ -51,22 +51,25 @@ def test_the_whole_flow_succeeds_in_process_and_a_rerun_reuses_every_stage(tmp_p
     cfg, uri = _tiny_flow_config(tmp_path)
     first = cft_pipeline(config=cfg)
     name = cfg.registered_model_name()
-    assert first["registered"] == {"name": name, "version": "1"}
-    assert first["gate"]["promoted"] and "no champion yet" in first["gate"]["reason"]
+    # v1: the popularity baseline, registered first and the first champion; v2: the model.
+    assert first["registered"] == {"name": name, "version": "2"}
     client = MlflowClient(uri, registry_uri=uri)
-    version = client.get_model_version_by_alias(name, "champion")
-    assert str(version.version) == "1" and version.run_id == first["run_id"]
-    assert "| method |" in version.description and "grounding_adjusted" in version.description  # model card
+    assert client.get_model_version(name, "1").tags["cft.kind"] == "popularity"
+    champion = str(client.get_model_version_by_alias(name, "champion").version)
+    assert champion == ("2" if first["gate"]["promoted"] else "1")
+    version = client.get_model_version(name, "2")
+    assert version.run_id == first["run_id"] and version.tags["gate.champion_version"] == "1"
+    assert "| method |" in version.description and "**Gate**" in version.description  # model card
     assert len([t for t in version.tags if t.startswith("test/")]) <= 3  # a handful, not every metric
     assert "valid/loss" in client.get_run(first["run_id"]).data.metrics
-    assert f"MLflow run: run {first['run_id']}" in first["summary"]
+    assert f"MLflow run: run {first['run_id']}" in first["summary"] and "**Gate**" in first["summary"]
 
     trainings = list((tmp_path / "training").iterdir())
     second = cft_pipeline(config=cfg)
     assert list((tmp_path / "training").iterdir()) == trainings  # no new training folder
-    assert second["run_id"] == first["run_id"] and second["metrics"] == first["metrics"]
-    assert second["registered"]["version"] == "1" and second["gate"]["reason"] == "already champion"
-    assert len(client.search_model_versions(f"name='{name}'")) == 1
+    assert second["unchanged"].startswith("no new interactions since") and second["registered"] is None
+    assert "champion unchanged (v2" in second["summary"]
+    assert len(client.search_model_versions(f"name='{name}'")) == 2
 
 
 def test_registry_call_is_retried_after_a_transient_error(tmp_path, prefect_harness, monkeypatch, small_sequences):

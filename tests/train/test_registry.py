@@ -9,6 +9,7 @@ import json
 import threading
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -47,23 +48,58 @@ def registered(cfg, uri, model_dir, seq, run_id):
     return registry.register(cfg, run_id, model_uri, {"data_fingerprint": "fp"}, uri)
 
 
-@pytest.mark.parametrize(("challenger", "champion", "margin", "promoted"), [
-    (0.10, None, 0.0, True),     # no champion: promote
-    (0.10, 0.10, 0.0, False),    # a tie is not an improvement
-    (0.11, 0.10, 0.0, True),
-    (0.105, 0.10, 0.01, False),  # better, but not by the margin
-    (0.12, 0.10, 0.01, True),
-    (float("nan"), None, 0.0, False),
+ROWS = np.array([1.0, 0.5, 0.0, 0.0, 0.3, 0.0, 1.0, 0.0])  # per-row NDCG of some model on 8 rows
+
+
+@pytest.mark.parametrize(("ours", "champion", "floor", "margin", "rule", "promoted", "why"), [
+    (ROWS + 0.1, ROWS, None, 0.0, "point", True, "beats the champion"),
+    (ROWS, ROWS, None, 0.0, "point", False, "does not beat"),                 # a tie is no improvement
+    (ROWS + 0.05, ROWS, None, 0.1, "point", False, "not above the margin 0.1"),
+    (ROWS + 0.2, ROWS, None, 0.1, "point", True, "margin 0.1"),
+    (ROWS + 0.1, ROWS, ROWS + 0.2, 0.0, "point", False, "not the popularity floor"),
+    (ROWS * 0 + 0.01, ROWS * 0, None, 0.0, "ci", True, "beats"),             # the same gain on every row
+    (np.roll(ROWS, 1) + 0.01, ROWS, None, 0.0, "ci", False, "does not beat"),  # mean +0.01, interval spans 0
 ])
-def test_decide(challenger, champion, margin, promoted):
-    assert registry.decide(challenger, champion, margin)[0] is promoted
+def test_decide(ours, champion, floor, margin, rule, promoted, why):
+    got, reason, (diff, low, high) = registry.decide(ours, champion, floor, margin, rule)
+    assert got is promoted and why in reason
+    assert diff == pytest.approx(float(np.mean(ours - champion)))
+    assert low <= diff <= high
 
 
-def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
+def test_popularity_baseline_is_registered_once_and_becomes_the_first_champion(setup):
     import mlflow
     from mlflow import MlflowClient
 
     cfg, uri, model_dir, seq = setup
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    v = registry.register_popularity(cfg, seq, "fp-A")
+    assert registry.register_popularity(cfg, seq, "fp-A") == v == "1"  # once per data window
+    client = MlflowClient(uri, registry_uri=uri)
+    name = cfg.registered_model_name()
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert client.get_model_version(name, "1").tags["cft.kind"] == "popularity"
+    # The same input and output as the LLM recommender: the training split's most frequent items.
+    served = mlflow.pyfunc.load_model(f"models:/{name}/1")
+    counts = pd.read_parquet(seq / "train.parquet")["target_item_id"].value_counts()
+    catalogue = pd.read_parquet(seq / "catalogue.parquet").set_index("item_id")
+    top = counts.sort_index().sort_values(ascending=False, kind="stable").index.tolist()
+    out = served.predict(pd.DataFrame({"history": [[str(top[0])], [catalogue["title"][top[5]]]]}), params={"k": 3})
+    assert list(out["item_ids"][0]) == top[1:4]  # the history's item is left out
+    assert list(out["item_ids"][1]) == top[:3]
+    assert list(out["scores"][1]) == [float(counts[i]) for i in top[:3]]  # scores: training counts
+    assert registry.register_popularity(cfg, seq, "fp-B") == "2"  # a new window: a new baseline
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"  # not promoted by itself
+
+
+def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
+    """A version that serves by grounding: K items for any K (constrained serving returns at
+    most its beams, see test_served_model_ranks_as_the_evaluation_measured)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    cfg, uri, model_dir, seq = setup
+    cfg = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"gate_metric": "grounding_adjusted/NDCG@10"})})
     run_id = new_run(uri)
     v1 = registered(cfg, uri, model_dir, seq, run_id)
     again = registered(cfg, uri, model_dir, seq, run_id)
@@ -89,39 +125,24 @@ def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
         assert not set(row.titles) & set(seen)  # history excluded by default
 
 
-def test_gate_promotes_only_improvements_and_overrides_are_recorded(setup):
+def test_overrides_are_recorded_and_rollback_returns_to_the_previous_champion(setup):
     from mlflow import MlflowClient
 
     cfg, uri, model_dir, seq = setup
     client = MlflowClient(uri, registry_uri=uri)
     name = cfg.registered_model_name()
-    versions = [str(registered(cfg, uri, model_dir, seq, new_run(uri)).version) for _ in range(4)]
+    versions = [str(registered(cfg, uri, model_dir, seq, new_run(uri)).version) for _ in range(3)]
     alias = lambda a: str(client.get_model_version_by_alias(name, a).version)  # noqa: E731
-    never = lambda mv: pytest.fail("same data: the champion's stored value must be used")  # noqa: E731
 
-    d1 = registry.gate(cfg, versions[0], 0.10, "data-A", uri, never)
-    assert d1.promoted and alias("champion") == versions[0]
-
-    d2 = registry.gate(cfg, versions[1], 0.09, "data-A", uri, never)
-    assert not d2.promoted and d2.champion_value == 0.10
+    registry.promote(cfg, name, versions[0], "first release", uri)
+    registry.promote(cfg, name, versions[2], "hotfix approved by on-call", uri)
+    assert alias("champion") == versions[2]
+    assert registry.rollback(cfg, name, "hotfix regressed", uri) == versions[0]
     assert alias("champion") == versions[0]
-    assert alias("challenger") == versions[1]
-    assert "does not beat" in client.get_model_version(name, versions[1]).tags["gate.reason"]
-
-    # Champion gated on other data: it is measured on this run's data (the callback) first.
-    seen = []
-    d3 = registry.gate(cfg, versions[2], 0.12, "data-B", uri, lambda mv: seen.append(str(mv.version)) or 0.11)
-    assert seen == [versions[0]] and d3.promoted and d3.champion_value == 0.11
-    assert alias("champion") == versions[2]
-
-    registry.promote(cfg, name, versions[3], "hotfix approved by on-call", uri)
-    assert alias("champion") == versions[3]
-    assert registry.rollback(cfg, name, "hotfix regressed", uri) == versions[2]
-    assert alias("champion") == versions[2]
     history = json.loads(client.get_registered_model(name).tags["champion_history"])
     assert [(h["version"], h["action"]) for h in history] == [
-        (versions[0], "gate"), (versions[2], "gate"), (versions[3], "promote"), (versions[2], "rollback")]
-    assert history[2]["reason"] == "hotfix approved by on-call"
+        (versions[0], "promote"), (versions[2], "promote"), (versions[0], "rollback")]
+    assert history[1]["reason"] == "hotfix approved by on-call"
     with pytest.raises(ValueError, match="reason"):
         registry.promote(cfg, name, versions[1], "  ", uri)
 
@@ -133,7 +154,8 @@ def test_promotions_are_serialised(setup):
     done = threading.Event()
     lock = registry.promotion_lock(cfg, cfg.registered_model_name())
     with lock:
-        worker = threading.Thread(target=lambda: (registry.gate(cfg, version, 0.1, "k", uri, None), done.set()))
+        worker = threading.Thread(target=lambda: (registry.promote(cfg, cfg.registered_model_name(), version,
+                                                                   "release", uri), done.set()))
         worker.start()
         time.sleep(1.5)
         assert not done.is_set()
@@ -162,3 +184,5 @@ def test_served_model_ranks_as_the_evaluation_measured(setup, method):
     out = served.predict(pd.DataFrame({"history": histories}), params={"k": 10, "exclude_history": False})
     assert [list(r) for r in out["item_ids"]] == [list(r) for r in preds[column]]
     assert all(len(r) > 0 for r in out["item_ids"])
+    if method == "constrained":  # each item a beam: at most num_return_sequences of them
+        assert all(len(r) <= cfg.eval.num_return_sequences for r in out["item_ids"])

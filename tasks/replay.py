@@ -1,0 +1,173 @@
+"""Replay a dataset's timeline as a living system: move `data.as_of` through it, run the whole
+pipeline each period (warm start from the champion with `model.source: champion`, the gate with
+its popularity floor), and write a timeline of what the registry decided.
+
+    as_of_1 < as_of_2 < ... (every `every`, the last at the newest interaction by default)
+      -> per period: interactions seen, challenger / champion / popularity values on the same
+         gate rows with the paired interval, the decision, the time it took
+
+The timeline is a JSON file, rewritten after every period; a replay that is started again with
+the same settings skips the periods it already has (and the stages reuse their folders), so an
+interrupted replay resumes. `cft replay` runs it; flows/replay.py is the same as a Prefect flow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from schemas.config import PipelineConfig
+from tasks.storage import fingerprint, write_json_atomic
+
+
+def parse_every(text: str) -> int:
+    """"30d" / "2w" / "12h" -> seconds."""
+    units = {"d": 86400, "w": 7 * 86400, "h": 3600}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) < 1:
+        raise ValueError(f"--every must look like 30d, 2w or 12h, got {text!r}")
+    return int(text[:-1]) * units[text[-1]]
+
+
+def schedule(cfg: PipelineConfig, periods: int, every: str, start: datetime | None = None) -> list[datetime]:
+    """The `as_of` of each period. Default start: the last period sees all the data (its as_of is
+    just after the newest interaction), the others `every` apart before it."""
+    if periods < 1:
+        raise ValueError("--periods must be at least 1")
+    step = parse_every(every)
+    if start is None:
+        import pyarrow.parquet as pq
+
+        from tasks.data import ingest
+
+        ts = pq.read_table(ingest(cfg.data).path / "interactions.parquet", columns=["timestamp"]).column(0).to_numpy()
+        first = int(ts.max()) + 1 - (periods - 1) * step
+    else:
+        first = int((start if start.tzinfo else start.replace(tzinfo=UTC)).timestamp())
+    return [datetime.fromtimestamp(first + i * step, UTC) for i in range(periods)]
+
+
+def period_record(cfg: PipelineConfig, out, seconds: float) -> dict:
+    """One timeline row from a period's `tasks.chain.ChainOutput`."""
+    manifest = json.loads((out.sequences.path / "manifest.json").read_text())
+    trained = out.trained is not None and not out.trained.reused
+    row = {"as_of": cfg.data.as_of.isoformat(), "interactions": manifest["stats"]["interactions"],
+           "train_samples": manifest["stats"]["samples_train"], "trained": trained,
+           "warm_start": out.trained.summary.get("warm_start") if out.trained else None, "seconds": round(seconds, 1)}
+    if out.unchanged:
+        return {**row, "decision": "unchanged", "reason": out.unchanged}
+    d = out.decision
+    return {**row, "version": d["version"], "decision": "promoted" if d["promoted"] else "kept challenger",
+            "reason": d["reason"], "metric": d["metric"], "rows": d["rows"], "rows_fingerprint": d["rows_fingerprint"],
+            "challenger": d["challenger_value"], "champion": d["champion_value"],
+            "champion_version": d["champion_version"], "popularity": d["popularity_value"],
+            "difference": d["difference"], "ci": [d["ci_low"], d["ci_high"]]}
+
+
+def replay(cfg: PipelineConfig, periods: int, every: str, out: Path, start: datetime | None = None,
+           run_period: Callable | None = None, say: Callable[[str], None] = print) -> dict:
+    """Run the periods (skipping those `out` already holds for these settings); returns the
+    timeline {"settings": ..., "periods": [...]} and keeps `out` up to date after each period.
+    `run_period(cfg) -> ChainOutput` defaults to `tasks.chain.run_pipeline`."""
+    if run_period is None:
+        from tasks.chain import run_pipeline as run_period
+    key = fingerprint({"config": cfg.model_dump(mode="json"), "every": every, "periods": periods,
+                       "start": start.isoformat() if start else None})
+    timeline = {"settings": {"key": key, "dataset": cfg.data.name, "every": every, "periods": periods,
+                             "objective": cfg.train.objective, "model": cfg.model.source,
+                             "gate_metric": cfg.registry.gate_metric, "gate_rule": cfg.registry.gate_rule},
+                "periods": []}
+    if out.is_file():
+        previous = json.loads(out.read_text())
+        if previous.get("settings", {}).get("key") == key:
+            timeline = previous
+    done = {p["as_of"] for p in timeline["periods"]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for i, as_of in enumerate(schedule(cfg, periods, every, start), 1):
+        if as_of.isoformat() in done:
+            say(f"period {i}/{periods} (as of {as_of:%Y-%m-%d}): already in {out}")
+            continue
+        period_cfg = cfg.updated({"data.as_of": as_of.isoformat()})
+        t0 = time.perf_counter()
+        record = period_record(period_cfg, run_period(period_cfg), time.perf_counter() - t0)
+        timeline["periods"].append(record)
+        write_json_atomic(out, timeline)
+        say(f"period {i}/{periods} (as of {as_of:%Y-%m-%d}): {record['interactions']:,} interactions, "
+            f"{record['decision']} ({record['seconds']:.0f} s)")
+    return timeline
+
+
+def plot_timeline(timeline: dict, path: Path) -> None:
+    """Challenger, champion and popularity values per period, the challenger's interval as bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [p for p in timeline["periods"] if p["decision"] != "unchanged"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if rows:
+        x = [p["as_of"][:10] for p in rows]
+        for key, style in (("challenger", "o-"), ("champion", "s--"), ("popularity", "^:")):
+            ax.plot(x, [p[key] for p in rows], style, label=key)
+        ch = [p["challenger"] for p in rows]
+        # The interval is of the paired difference; drawn around the champion's value.
+        low = [p["champion"] + p["ci"][0] for p in rows]
+        high = [p["champion"] + p["ci"][1] for p in rows]
+        ax.vlines(x, low, high, color="grey", alpha=0.5, label="champion + difference interval")
+        for xi, yi, p in zip(x, ch, rows, strict=True):
+            ax.annotate("promoted" if p["decision"] == "promoted" else "kept", (xi, yi), fontsize=7,
+                        textcoords="offset points", xytext=(0, 6), ha="center")
+        ax.set_ylabel(rows[0]["metric"])
+    ax.set_xlabel("as of")
+    ax.set_title(f"{timeline['settings']['dataset']}: replay every {timeline['settings']['every']}")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report(timeline: dict, command: str) -> str:
+    """The timeline as a Markdown report (docs/replay.md)."""
+    s = timeline["settings"]
+    lines = [f"# Replay: {s['dataset']}, every {s['every']}", "",
+             f"Generated by `{command}`. Objective `{s['objective']}`, model `{s['model']}`, gate "
+             f"`{s['gate_metric']}` (rule `{s['gate_rule']}`), on the newest validation rows of each "
+             "period; the interval is a 95% paired bootstrap interval of challenger - champion.", "",
+             "| as of | interactions | trained | challenger | champion | popularity | difference [95% CI] | decision | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for p in timeline["periods"]:
+        if p["decision"] == "unchanged":
+            lines.append(f"| {p['as_of'][:10]} | {p['interactions']:,} | no | | | | | unchanged: no new interactions | {p['seconds']:.0f} |")
+            continue
+        lines.append(
+            f"| {p['as_of'][:10]} | {p['interactions']:,} | {'yes' if p['trained'] else 'reused'} | "
+            f"v{p['version']} {p['challenger']:.4f} | v{p['champion_version']} {p['champion']:.4f} | "
+            f"{p['popularity']:.4f} | {p['difference']:+.4f} [{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}] | "
+            f"{p['decision']} | {p['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def log_timeline(cfg: PipelineConfig, timeline: dict, plot: Path) -> str:
+    """The timeline into an MLflow run of the dataset's experiment: per-period values as metrics
+    (step = period), the JSON and the plot as artifacts. Returns the run id."""
+    import mlflow
+
+    from tasks.tracking import use_experiment
+
+    use_experiment(cfg)
+    with mlflow.start_run(run_name=f"replay-{timeline['settings']['every']}-{timeline['settings']['key']}") as run:
+        mlflow.set_tags({"stage": "replay", "dataset": cfg.data.name})
+        for step, p in enumerate(timeline["periods"]):
+            values = {k: p[k] for k in ("challenger", "champion", "popularity", "difference") if k in p}
+            mlflow.log_metrics({f"replay/{k}": float(v) for k, v in values.items()} |
+                               {"replay/interactions": float(p["interactions"]), "replay/seconds": float(p["seconds"])},
+                               step=step)
+        mlflow.log_dict(timeline, "replay/timeline.json")
+        mlflow.log_artifact(str(plot), "replay")
+        return run.info.run_id
+
