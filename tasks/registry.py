@@ -116,10 +116,19 @@ def register(cfg: PipelineConfig, run_id: str, model_uri: str, tags: dict[str, s
         if existing:
             return _wait_ready(client, name, str(existing[0].version))
         _ensure_registered_model(client, cfg, name)
-        # A server needs the logged model's id beside its models:/<id> source.
-        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
-        mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
-        return _wait_ready(client, name, str(mv.version))
+        return _new_version(client, name, model_uri, tags)
+
+
+def _new_version(client, name: str, model_uri: str, tags: dict[str, str], description: str | None = None):
+    """Register a logged model (`models:/m-...`) as a new version and wait until it is READY.
+    The fluent call also links the logged model to its version (its `mlflow.modelVersions`
+    tag), so the MLflow UI shows the logged model as registered."""
+    import mlflow
+
+    mv = mlflow.register_model(model_uri, name, await_registration_for=0, tags=tags)
+    if description:
+        client.update_model_version(name, str(mv.version), description=description)
+    return _wait_ready(client, name, str(mv.version))
 
 
 def version_tags(cfg: PipelineConfig, data_fingerprint: str, metrics: dict[str, float], split: str,
@@ -207,7 +216,7 @@ def register_popularity(cfg: PipelineConfig, sequences: Path, data_fingerprint: 
             if mv.tags.get(KIND_TAG) == "popularity" and mv.tags.get("data_fingerprint") == data_fingerprint:
                 return str(mv.version)
         use_experiment(cfg)
-        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"popularity-{data_fingerprint}") as run:
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"popularity-{data_fingerprint}"):
             counts = Path(tmp) / "counts.json"
             counts.write_text(json.dumps(_train_counts(sequences)))
             mlflow.set_tags({"dataset": cfg.data.name, "data_fingerprint": data_fingerprint, "stage": "baseline",
@@ -219,15 +228,13 @@ def register_popularity(cfg: PipelineConfig, sequences: Path, data_fingerprint: 
                 model_config={"top_k": cfg.registry.top_k}, signature=_signature(cfg),
                 pip_requirements=["mlflow", "pandas", "pyarrow", "numpy"],
             )
-            run_id = run.info.run_id
-        model_id = info.model_uri.removeprefix("models:/") if info.model_uri.startswith("models:/m-") else None
-        mv = client.create_model_version(
-            name, source=info.model_uri, run_id=run_id, model_id=model_id,
-            tags={KIND_TAG: "popularity", "dataset": cfg.data.name, "data_fingerprint": data_fingerprint},
+        mv = _new_version(
+            client, name, info.model_uri,
+            {KIND_TAG: "popularity", "dataset": cfg.data.name, "data_fingerprint": data_fingerprint},
             description=f"**Popularity baseline** of `{cfg.data.name}` (data {data_fingerprint}): the "
                         "catalogue by training frequency in the data window, the same list for everyone "
                         "(history items left out). The floor every LLM version must beat.")
-        version = str(_wait_ready(client, name, str(mv.version)).version)
+        version = str(mv.version)
         if _alias_version(client, name, CHAMPION) is None:
             _set_champion(client, name, version, "gate", "first champion: the popularity baseline of the data window")
         return version

@@ -106,6 +106,9 @@ def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
     client = MlflowClient(uri, registry_uri=uri)
     name = cfg.registered_model_name()
     assert str(again.version) == str(v1.version) == "1"
+    # The logged model knows its registered version (the MLflow UI shows it as registered).
+    logged = mlflow.get_logged_model(client.get_model_version(cfg.registered_model_name(), "1").source.removeprefix("models:/"))
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [{"name": cfg.registered_model_name(), "version": 1}]
     assert len(client.search_model_versions(f"name='{name}'")) == 1
     assert client.get_model_version(name, "1").tags["data_fingerprint"] == "fp"
 
