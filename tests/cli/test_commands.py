@@ -88,3 +88,42 @@ def test_promote_and_rollback(profile, prefect_harness):
 
 def test_stack_status_says_not_running(tmp_path):
     assert "not running" in cft("stack", "status", "--data-root", str(tmp_path))
+
+
+def test_gc_removes_unregistered_trainings_only(profile):
+    cft("train", "-c", str(profile), "--set", "train.seed=7")  # trained, never registered
+    root = profile.parent / "data" / "training"
+    before = sorted(root.iterdir())
+    out = cft("gc", "-c", str(profile), "--dry-run")
+    assert "would remove 1 training folder(s)" in out and "a registered version's model" in out
+    assert sorted(root.iterdir()) == before  # a dry run removes nothing
+    out = cft("gc", "-c", str(profile))
+    assert "removed 1 training folder(s)" in out
+    after = sorted(root.iterdir())
+    assert len(after) == len(before) - 1
+    assert "nothing new" in cft("run", "-c", str(profile))  # the registered runs are still there
+
+
+def test_replay_writes_the_timeline_report_and_an_mlflow_run(profile, tmp_path):
+    import json
+
+    from mlflow import MlflowClient
+
+    timeline, report = tmp_path / "timeline.json", tmp_path / "docs" / "replay.md"
+    out = cft("replay", "-c", str(profile), "--periods", "2", "--every", "30d", "--out", str(timeline),
+              "--report", str(report), "--set", "model.source=champion", "--set", "model.base=tiny")
+    assert "period 1/2" in out and "period 2/2" in out
+    periods = json.loads(timeline.read_text())["periods"]
+    assert len(periods) == 2 and periods[0]["interactions"] < periods[1]["interactions"]
+    assert all(p["decision"] in ("promoted", "kept challenger") for p in periods)
+    text = report.read_text()
+    assert text.count("\n| 1998-") == 2 and "![timeline](../timeline.png)" in text
+    assert (tmp_path / "timeline.png").stat().st_size > 0
+    run_id = re.search(r"MLflow run: (\w+)", out).group(1)
+    uri = f"sqlite:///{profile.parent / 'mlflow.db'}"
+    history = MlflowClient(uri).get_metric_history(run_id, "replay/challenger")
+    assert [m.step for m in history] == [0, 1]
+    # Started again: both periods are already there; nothing runs.
+    again = cft("replay", "-c", str(profile), "--periods", "2", "--every", "30d", "--out", str(timeline),
+                "--set", "model.source=champion", "--set", "model.base=tiny")
+    assert again.count("already in") == 2
