@@ -202,9 +202,10 @@ def replay(
     from datetime import datetime
 
     from schemas.config import load_config
-    from tasks.replay import log_timeline, plot_timeline
+    from tasks.replay import plot_timeline
     from tasks.replay import replay as run_replay
     from tasks.replay import report as timeline_report
+    from tasks.tracking import log_timeline
 
     cfg = load_config(config, set_)
     out = out or cfg.data.data_root / "replay" / f"{cfg.data.name}-timeline.json"

@@ -16,10 +16,18 @@ import warnings
 _ADVISORY = r"(torch|transformers|deepspeed|accelerate|peft|mlflow|great_expectations|pydantic|prefect|pandas)(\.|$)"
 
 
+def _has_cuda_hint() -> bool:
+    """Whether a GPU may be present (then DeepSpeed must detect its accelerator itself)."""
+    return bool(os.environ.get("CUDA_VISIBLE_DEVICES")) or os.path.exists("/dev/nvidia0")
+
+
 def quiet_third_parties() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # also transformers' "Loading weights" bars
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # store migrations, "Creating experiment" ...
+    if not _has_cuda_hint():  # DeepSpeed's "Setting accelerator to CPU" warning
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     warnings.filterwarnings("ignore", module=_ADVISORY)
     for name in ("DeepSpeed", "deepspeed", "mlflow", "alembic", "great_expectations", "accelerate", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -25,7 +25,8 @@ def period_task(cfg):
 @flow(name="cft-replay", description="Move data.as_of through a dataset's timeline; run and gate each period.")
 def replay_flow(profile: str = "configs/replay-ml100k.yaml", periods: int = 5, every: str = "30d",
                 overrides: dict | None = None) -> dict:
-    from tasks.replay import log_timeline, plot_timeline, replay, report
+    from tasks.replay import plot_timeline, replay, report
+    from tasks.tracking import log_timeline
 
     cfg = load_config(profile, overrides or {})
     out = cfg.data.data_root / "replay" / f"{cfg.data.name}-timeline.json"

@@ -25,25 +25,11 @@ def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def registered_model_dirs(cfg: PipelineConfig) -> set[Path]:
-    """The model folders of every registered version in the tracking store (all models)."""
-    from mlflow import MlflowClient
-
-    from tasks.tracking import tracking_uri
-
-    uri = tracking_uri(cfg)
-    client = MlflowClient(uri, registry_uri=uri)
-    dirs = set()
-    for model in client.search_registered_models():
-        for mv in client.search_model_versions(f"name='{model.name}'"):
-            if mv.tags.get("model_dir"):
-                dirs.add(Path(mv.tags["model_dir"]).resolve())
-    return dirs
-
-
 def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
     """Find (and unless `dry_run`, remove) the training folders nothing uses."""
     root = cfg.data.data_root / "training"
+    from tasks.registry import registered_model_dirs
+
     in_use = registered_model_dirs(cfg) if cfg.tracking.enabled else set()
     removed, kept = [], []
     for run_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:

@@ -1,9 +1,12 @@
-"""Register stage: log the recommender, register it, and run the champion/challenger gate.
+"""Register stage: the popularity baseline, the recommender, and the champion/challenger gate.
 
-    evaluated run --log_recommender--> pyfunc model in the run (models-from-code)
-                  --register--------> version N of `cft-<dataset>` (once per run), alias `challenger`
-                  --gate------------> alias `champion` moves to N only if N's gate metric beats
-                                      the champion's on the same evaluation data by the margin
+    data window --register_popularity--> a popularity-baseline version (once per data window);
+                                         the first champion
+    evaluated run --log_recommender----> pyfunc model in the run (models-from-code)
+                  --register_model-----> version N of `cft-<dataset>` (once per run), model card
+                  --gate_model---------> on the same newest rows: N vs the champion vs this
+                                         window's popularity baseline; `champion` moves to N only
+                                         if N beats the champion by the margin AND the floor
 
 Aliases, not the deprecated stages, carry the roles (environment-notes.md). Every change of the
 champion (gate, `cft promote`, `cft rollback`) is appended to the registered model's
@@ -537,3 +540,16 @@ def download_version_model(cfg: PipelineConfig, version) -> Path:
             shutil.rmtree(dest)
         tmp.replace(dest)
     return dest / "artifacts" / "model"
+
+
+def registered_model_dirs(cfg: PipelineConfig) -> set[Path]:
+    """The training model folders of every registered version in the store (all models)."""
+    from tasks.tracking import tracking_uri
+
+    client = _client(tracking_uri(cfg))
+    dirs = set()
+    for model in client.search_registered_models():
+        for mv in client.search_model_versions(f"name='{model.name}'"):
+            if mv.tags.get("model_dir"):
+                dirs.add(Path(mv.tags["model_dir"]).resolve())
+    return dirs

@@ -210,3 +210,22 @@ class TrainingRun:
             mlflow.log_artifacts(str(model_dir), artifact_path="model_folder")
         mlflow.set_tag("model_dir", str(model_dir.resolve()))
         mlflow.end_run()
+
+
+def log_timeline(cfg: PipelineConfig, timeline: dict, plot: Path) -> str:
+    """The timeline into an MLflow run of the dataset's experiment: per-period values as metrics
+    (step = period), the JSON and the plot as artifacts. Returns the run id."""
+    import mlflow
+
+    use_experiment(cfg)
+    with mlflow.start_run(run_name=f"replay-{timeline['settings']['every']}-{timeline['settings']['key']}") as run:
+        mlflow.set_tags({"stage": "replay", "dataset": cfg.data.name})
+        for step, p in enumerate(timeline["periods"]):
+            values = {k: p[k] for k in ("challenger", "champion", "popularity", "difference") if k in p}
+            mlflow.log_metrics({f"replay/{k}": float(v) for k, v in values.items()} |
+                               {"replay/interactions": float(p["interactions"]), "replay/seconds": float(p["seconds"])},
+                               step=step)
+        mlflow.log_dict(timeline, "replay/timeline.json")
+        mlflow.log_artifact(str(plot), "replay")
+        return run.info.run_id
+

@@ -220,7 +220,9 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         tokenizer, PromptBuilder.for_domain(cfg.data.domain), cutoff_len=t.cutoff_len,
         with_counterfactual=objective.run_counterfactual,
     )
-    callbacks = list(extra_callbacks)
+    from tasks import checkpoints
+
+    callbacks = [checkpoints.digest_callback(run_dir), *extra_callbacks]  # digests first: before any crash
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
 
@@ -233,6 +235,8 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         data_collator=collator, callbacks=callbacks, objective=objective,
     )
     last = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
+    if last is not None:
+        checkpoints.verify(run_dir, Path(last))  # before anything in it is unpickled
     result = trainer.train(resume_from_checkpoint=last)
 
     summary = {

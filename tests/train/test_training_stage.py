@@ -198,3 +198,24 @@ def test_torchrun_two_processes_match_one_process(tmp_path, small_sequences):
         assert b[step] == pytest.approx(a[step], rel=1e-4), f"step {step}"
     for key in ("normal", "causal"):
         assert _losses(two[0], key)[4] == pytest.approx(_losses(one.summary, key)[4], rel=1e-4)
+
+
+@pytest.mark.parametrize("tamper", ["change", "plant"])
+def test_a_tampered_checkpoint_is_refused_before_anything_is_unpickled(tmp_path, small_sequences, monkeypatch, tamper):
+    from schemas.errors import DataError
+
+    seq, fp = small_sequences
+    cfg = make_config(tmp_path, max_steps=4, eval_steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, seq, fp, extra_callbacks=[StopAfter(2)])
+    checkpoint = next((tmp_path / "training").iterdir()) / "checkpoints" / "checkpoint-2"
+    if tamper == "change":
+        victim = next(p for p in sorted(checkpoint.rglob("*.pt")))
+        victim.write_bytes(victim.read_bytes() + b"\0")
+    else:
+        (checkpoint / "rng_state_evil.pth").write_bytes(b"not what this run saved")
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or pytest.fail("torch.load was called"))
+    with pytest.raises(DataError, match="files differ from what this run saved") as err:
+        train(cfg, seq, fp)
+    assert ("changed" if tamper == "change" else "added") in str(err.value) and loads == []
