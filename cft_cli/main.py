@@ -9,10 +9,45 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The few lines to print for a mistake in the user's input (config, data, registry
+    reference, serving input), or None for anything else (our bug: traceback, exit 1)."""
+    from schemas.errors import SourceUnavailable, UserError
+
+    if isinstance(error, (UserError, SourceUnavailable)) or getattr(error, "user_error", False):
+        return str(error)
+    try:  # an unknown registered model, version or alias
+        from mlflow.exceptions import MlflowException
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(error, MlflowException) and error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        return error.message.splitlines()[0]
+    return None
+
+
+class FriendlyErrors(TyperGroup):
+    """The one error style of the CLI: a user's mistake prints `error: ...` (a few lines that name
+    the file, field, value or rows) and exits 2; `cft --debug` or CFT_DEBUG=1 shows the traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:  # noqa: BLE001 (sorted into user errors and our bugs just below)
+            message = user_error_message(e)
+            if message is None or os.environ.get("CFT_DEBUG") == "1":
+                raise
+            from rich.markup import escape
+
+            Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}", highlight=False)
+            raise typer.Exit(2) from None
+
 
 # Plain help (no rich boxes): flags read `--include-history / --no-include-history`, not `<bool>`.
 _TYPER = {"no_args_is_help": True, "rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
-app = typer.Typer(help="CFT recommender pipeline.", pretty_exceptions_enable=False, **_TYPER)
+app = typer.Typer(help="CFT recommender pipeline.", pretty_exceptions_enable=False, cls=FriendlyErrors, **_TYPER)
 data_app = typer.Typer(help="Data stage: ingest, validate, build sequences.", **_TYPER)
 app.add_typer(data_app, name="data")
 console = Console()
@@ -31,10 +66,13 @@ def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show third-party progress bars and warnings.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of input errors too (or CFT_DEBUG=1).")] = False,
 ) -> None:
     """CFT recommender pipeline."""
     from cft_cli.quiet import quiet_third_parties
 
+    if debug:
+        os.environ["CFT_DEBUG"] = "1"
     if not verbose:
         quiet_third_parties()
 
@@ -56,28 +94,18 @@ def _summary(manifest: dict, seq_path: Path, reused: bool) -> Table:
 def data_prepare(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) -> None:
     """Ingest the configured source, validate it, and build train/valid/test records."""
     from schemas.config import load_config
-    from schemas.errors import DataError, SourceUnavailable
     from tasks.data import prepare
 
     cfg = load_config(config, set_).data
-    try:
-        ingested, sequences, manifest = prepare(cfg)
-    except (DataError, SourceUnavailable) as e:
-        console.print(f"[red]data error:[/red] {e}")
-        raise typer.Exit(2) from None
+    ingested, sequences, manifest = prepare(cfg)
     console.print(f"ingested: {ingested.path}" + (" (reused)" if ingested.reused else ""))
     console.print(_summary(manifest, sequences.path, sequences.reused))
 
 
 def _prepare_data(cfg):
-    from schemas.errors import DataError, SourceUnavailable
     from tasks.data import prepare
 
-    try:
-        return prepare(cfg.data)
-    except (DataError, SourceUnavailable) as e:
-        console.print(f"[red]data error:[/red] {e}")
-        raise typer.Exit(2) from None
+    return prepare(cfg.data)
 
 
 @app.command("train")
@@ -131,7 +159,6 @@ def evaluate(
     if model_dir is None:  # train (or reuse the finished training of) this config, and log the evaluation
         from tasks.chain import train_and_evaluate
 
-        _prepare_data(cfg)  # data errors as one line
         result = train_and_evaluate(cfg).evaluation
     else:
         _, sequences, _ = _prepare_data(cfg)
@@ -149,7 +176,6 @@ def run(
     train -> evaluate -> register -> gate. Finished stages are reused (content-addressed
     outputs). Without PREFECT_API_URL, Prefect starts a temporary local server."""
     from schemas.config import load_config
-    from schemas.errors import DataError, SourceUnavailable
     from tasks.tracking import tracking_uri
 
     # Prefect's temporary server would otherwise send a telemetry heartbeat while its fresh
@@ -158,11 +184,7 @@ def run(
     cfg = load_config(config, set_)  # validated before Prefect starts, and passed as is
     from flows.cft import cft_pipeline
 
-    try:
-        out = cft_pipeline(profile=str(config), config=cfg)
-    except (DataError, SourceUnavailable) as e:
-        console.print(f"[red]data error:[/red] {e}")
-        raise typer.Exit(2) from None
+    out = cft_pipeline(profile=str(config), config=cfg)
     console.print(out["summary"])
     uri = tracking_uri(cfg)
     if not uri.startswith("http"):
@@ -267,7 +289,7 @@ def recommend(
     history: Annotated[list[str], typer.Argument(metavar="HISTORY...", help="The user's history: titles or item ids, oldest first.")],
     _marker: Annotated[bool, typer.Option("--history", help="Optional marker before the history items.")] = False,
     model: Annotated[str, typer.Option(help="Model URI, e.g. models:/cft-ml-100k@champion.")] = "",
-    k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many items (1 .. catalogue size).")] = 10,
     include_history: Annotated[bool, typer.Option(help="Allow items already in the history.")] = False,
     config: ConfigOpt = Path("configs/demo.yaml"),
     set_: SetOpt = None,

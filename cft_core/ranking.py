@@ -39,6 +39,13 @@ from cft_core.prompts import PromptBuilder
 Method = Literal["grounding", "constrained"]
 
 
+class InputError(ValueError):
+    """A history or k the ranking cannot serve (unknown item id, empty history, k out of range).
+    `user_error` tells callers (the CLI) that it is the input's fault: a message, not a traceback."""
+
+    user_error = True
+
+
 @dataclass(frozen=True)
 class RankingSettings:
     """Everything that decides a ranking besides the model and the catalogue. Built from the run
@@ -126,15 +133,21 @@ class Catalogue:
             elif key.casefold() in self._row_of_folded:
                 row = self._row_of_folded[key.casefold()]
             elif isinstance(entry, int) or key.isdigit():
-                raise KeyError(f"item id {key} is not in the catalogue")
+                raise InputError(f"item id {key} is not in the catalogue ({len(self.titles):,} items)")
             else:
                 titles.append(key)
                 continue
             titles.append(self.titles[row])
             rows.append(row)
         if not titles:
-            raise ValueError("a history needs at least one item")
+            raise InputError("a history needs at least one item (a title or an item id)")
         return titles, rows
+
+    def check_k(self, k: int) -> int:
+        """k itself when 1 <= k <= the catalogue's size; else InputError (before any generation)."""
+        if not 1 <= k <= len(self.titles):
+            raise InputError(f"k must be between 1 and the catalogue size {len(self.titles):,}, got {k}")
+        return k
 
     def recommendations(self, ranking: Ranking) -> list[Recommendation]:
         """Rows of a `Ranking` -> item ids, titles and scores per history (padding dropped)."""
@@ -262,8 +275,7 @@ class Ranker:
         """One `Recommendation` of up to k items per history. Items already in the history are
         left out by default (a recommender should not suggest what the user has just watched;
         the offline metrics keep them, as the reference does)."""
-        if k < 1:
-            raise ValueError("k must be at least 1")
+        self.catalogue.check_k(k)
         resolved = [self.resolve(h) for h in histories]
         ranking = self.rank([self.prompt(t) for t, _ in resolved], depth=k,
                             exclude=[seen for _, seen in resolved] if exclude_history else None)

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.errors import ConfigError
 
 SourceFormat = Literal["recbole_package", "recbole", "grouplens", "amazon_raw", "d3_csv", "generic"]
 
@@ -100,6 +102,13 @@ class DataConfig(_Strict):
     def _check(self) -> DataConfig:
         if abs(sum(self.split_ratios) - 1.0) > 1e-6:
             raise ValueError(f"split_ratios must sum to 1, got {self.split_ratios}")
+        if self.split == "chronological" and min(self.split_ratios) <= 0:
+            raise ValueError(f"split_ratios must leave every split non-empty (each > 0), got {self.split_ratios}")
+        bad_caps = {k: v for k, v in self.max_samples.items() if v < 1}
+        if bad_caps:
+            raise ValueError(f"max_samples caps must be at least 1, got {bad_caps}")
+        if self.data_root.exists() and not self.data_root.is_dir():
+            raise ValueError(f"data_root {self.data_root} is a file, not a folder")
         if self.source.format != "recbole_package" and not self.source.path:
             raise ValueError(f"source.path is required for source.format={self.source.format!r}")
         return self
@@ -347,7 +356,10 @@ class PipelineConfig(_Strict):
         """A validated copy with {"section.field": value} overrides applied."""
         raw = self.model_dump()
         _apply_overrides(raw, list(overrides.items()))
-        return PipelineConfig.model_validate(raw)
+        try:
+            return PipelineConfig.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(validation_message(f"overrides {overrides}", e)) from None
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -365,16 +377,32 @@ def read_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise FileNotFoundError(f"config file {path} not found") from None
+        raise ConfigError(f"config file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a profile is a mapping of sections (data:, model:, train:, ...)")
+        raise ConfigError(f"{path}: a profile is a mapping of sections (data:, model:, train:, ...)")
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
     base_path = (path.parent / str(parent)).resolve()
     if base_path in _seen:
-        raise ValueError(f"{path}: `extends` loops back to {base_path}")
+        raise ConfigError(f"{path}: `extends` loops back to {base_path}")
     return _deep_merge(read_profile(base_path, (*_seen, path.resolve())), raw)
+
+
+def validation_message(where: str, error: ValidationError) -> str:
+    """A pydantic error as a few lines naming each field at fault and the value given."""
+    lines = [f"{where}: {error.error_count()} invalid field(s)"]
+    for e in error.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(profile)"
+        given = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e["input"], dict) else ""
+        lines.append(f"  - {field}: {e['msg'].removeprefix('Value error, ')}{given}")
+    return "\n".join(lines)
 
 
 def load_config(path: str | Path, overrides: list[str] | dict[str, object] | None = None) -> PipelineConfig:
@@ -389,10 +417,16 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, object] | Non
         for item in overrides or []:
             key, sep, value = item.partition("=")
             if not sep:
-                raise ValueError(f"override {item!r} is not of the form section.field=value")
-            pairs.append((key, yaml.safe_load(value)))
+                raise ConfigError(f"override {item!r} is not of the form section.field=value")
+            try:
+                pairs.append((key, yaml.safe_load(value)))
+            except yaml.YAMLError as e:
+                raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from None
     _apply_overrides(raw, pairs)
-    return PipelineConfig.model_validate(raw)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(validation_message(f"config {path}" + (" with the overrides" if pairs else ""), e)) from None
 
 
 def _apply_overrides(raw: dict, pairs: list[tuple[str, object]]) -> None:
@@ -401,4 +435,6 @@ def _apply_overrides(raw: dict, pairs: list[tuple[str, object]]) -> None:
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {p} is a value, not a section")
         node[leaf] = value

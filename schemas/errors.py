@@ -1,7 +1,19 @@
-"""Errors of the data contracts: each names the file, column or rows at fault."""
+"""Errors about what a user gave us: data, config, registry references, serving input.
+
+Each names the file, field, column, rows or value at fault. The CLI prints them in a few lines
+and exits 2 (`--debug` or CFT_DEBUG=1 shows the traceback); any other exception is our bug and
+exits 1 with its traceback.
+"""
 
 
-class DataError(ValueError):
+class UserError(Exception):
+    """A mistake in the user's input, reported without a traceback. (Errors of the library, which
+    does not import this module, carry `user_error = True` instead: cft_core.ranking.InputError.)"""
+
+    user_error = True
+
+
+class DataError(UserError, ValueError):
     """Bad input that cannot be read into the stage's schema (unreadable, wrong shape, unsafe)."""
 
 
@@ -12,6 +24,18 @@ class DataValidationError(DataError):
         super().__init__(message)
         self.report = report
         self.report_path = report_path
+
+
+class ConfigError(UserError, ValueError):
+    """A profile that cannot be read or does not validate (names the file and the fields)."""
+
+
+class InputError(UserError, ValueError):
+    """A request the recommender cannot serve (unknown item id, k out of range, no history)."""
+
+
+class RegistryError(UserError, LookupError):
+    """A registry reference that does not resolve (unknown model, version or alias)."""
 
 
 class SourceUnavailable(ConnectionError):

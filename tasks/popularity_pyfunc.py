@@ -37,9 +37,7 @@ class PopularityModel(PythonModel):
         params = params or {}
         if "history" not in model_input.columns:
             raise ValueError(f"input needs a `history` column (list of titles or item ids); got {list(model_input.columns)}")
-        k = int(params.get("k") or self.default_k)
-        if k < 1:
-            raise ValueError("k must be at least 1")
+        k = self.catalogue.check_k(int(params["k"]) if params.get("k") is not None else self.default_k)
         resolved = [self.catalogue.resolve(list(h)) for h in model_input["history"]]
         exclude = [seen for _, seen in resolved] if bool(params.get("exclude_history", True)) else None
         recs = self.catalogue.recommendations(popularity_ranking(self.counts, len(resolved), k, exclude))

@@ -51,7 +51,8 @@ class CFTRecommenderModel(PythonModel):
         if "history" not in model_input.columns:
             raise ValueError(f"input needs a `history` column (list of titles or item ids); got {list(model_input.columns)}")
         histories = [list(h) for h in model_input["history"]]
-        recs = self.ranker.recommend(histories, k=int(params.get("k") or self.default_k),
+        k = int(params["k"]) if params.get("k") is not None else self.default_k  # k=0 is an error, not "default"
+        recs = self.ranker.recommend(histories, k=k,
                                           exclude_history=bool(params.get("exclude_history", True)))
         return pd.DataFrame({"item_ids": [r.item_ids for r in recs], "titles": [r.titles for r in recs],
                              "scores": [r.scores for r in recs]})

@@ -10,7 +10,7 @@ import torch
 from cft_core.generation import GenerationSettings, generate_titles
 from cft_core.grounding import embed_texts
 from cft_core.prompts import PromptBuilder
-from cft_core.ranking import Ranker, RankingSettings
+from cft_core.ranking import InputError, Ranker, RankingSettings
 from cft_core.tiny import build_tiny_model
 from tests.conftest import TITLES
 
@@ -84,12 +84,13 @@ def test_resolve_ids_titles_and_free_text(recommender):
     titles, rows = recommender.resolve([100, "101", "heat", "A Film Not In The Catalogue"])
     assert titles == [TITLES[0], TITLES[1], "Heat", "A Film Not In The Catalogue"]
     assert rows == [0, 1, TITLES.index("Heat")]
-    with pytest.raises(KeyError, match="item id 999"):
+    with pytest.raises(InputError, match="item id 999 is not in the catalogue"):
         recommender.resolve(["999"])
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(InputError, match="at least one"):
         recommender.resolve([])
-    with pytest.raises(ValueError, match="k must be"):
-        recommender.recommend([["Heat"]], k=0)
+    for k in (0, len(TITLES) + 1):  # refused before any generation
+        with pytest.raises(InputError, match=f"k must be between 1 and the catalogue size {len(TITLES)}, got {k}"):
+            recommender.recommend([["Heat"]], k=k)
 
 
 def test_prompt_keeps_the_last_max_history_titles(model, tiny_tokenizer):

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.config import PipelineConfig, load_config, read_profile
+from schemas.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,10 +45,10 @@ def test_extends_chains_resolve_relative_to_each_profile(tmp_path):
 def test_extends_loop_and_missing_parent_are_refused(tmp_path):
     write(tmp_path, "a.yaml", "extends: b.yaml\n")
     write(tmp_path, "b.yaml", "extends: a.yaml\n")
-    with pytest.raises(ValueError, match="loops back"):
+    with pytest.raises(ConfigError, match="loops back"):
         load_config(tmp_path / "a.yaml")
     orphan = write(tmp_path, "orphan.yaml", "extends: nowhere.yaml\n")
-    with pytest.raises(FileNotFoundError, match="nowhere.yaml not found"):
+    with pytest.raises(ConfigError, match="nowhere.yaml not found"):
         load_config(orphan)
 
 
@@ -56,7 +57,7 @@ def test_overrides_as_strings_and_as_a_mapping(tmp_path):
     cfg = load_config(profile, ["train.alpha=0.3", "data.max_samples={test: 5}"])
     assert cfg.train.alpha == 0.3 and cfg.data.max_samples == {"test": 5}
     assert load_config(profile, {"train.objective": "sft"}).train.loss_settings() == (0.0, 1.0)
-    with pytest.raises(ValueError, match="section.field=value"):
+    with pytest.raises(ConfigError, match="section.field=value"):
         load_config(profile, ["train.alpha"])
 
 
@@ -66,6 +67,10 @@ def test_overrides_as_strings_and_as_a_mapping(tmp_path):
     ({"train": {"unknown": 1}}, "Extra inputs are not permitted"),
     ({"train": {"beta": 0}}, "greater than 0"),
     ({"eval": {"methods": ["magic"]}}, "grounding"),
+    ({"data": {"split_ratios": [1, 0, 0]}}, "every split non-empty"),
+    ({"data": {"max_samples": {"train": -5}}}, "at least 1"),
+    ({"data": {"train_window": "six months"}}, "pattern"),
+    ({"registry": {"gate_metric": "NDCG@10"}}, "pattern"),
 ])
 def test_invalid_fields_are_refused(fields, message):
     with pytest.raises(ValidationError, match=message):
