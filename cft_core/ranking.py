@@ -35,6 +35,7 @@ from cft_core.generation import GenerationSettings, generate_titles, response_to
 from cft_core.grounding import embed_texts, interleave_dedup, l2_distances, l2_topk
 from cft_core.modeling import model_device
 from cft_core.prompts import PromptBuilder
+from cft_core.sequences import PLACEHOLDER_TITLE
 
 Method = Literal["grounding", "constrained"]
 
@@ -110,6 +111,8 @@ class Catalogue:
         self.item_ids = np.asarray(item_ids, dtype=np.int64)
         self.titles = list(titles)
         self.row_of_id = {int(i): r for r, i in enumerate(self.item_ids)}
+        # Placeholder titles ("unknown", ...) stay resolvable in histories but are never recommended.
+        self.never = [r for r, t in enumerate(self.titles) if PLACEHOLDER_TITLE.match(t.strip())]
         self.row_of_title: dict[str, int] = {}  # exact (stripped) title -> its first row
         self._row_of_folded: dict[str, int] = {}  # case-folded, for what people type
         for r, t in enumerate(self.titles):
@@ -160,10 +163,12 @@ class Catalogue:
 
 
 def popularity_ranking(counts: np.ndarray, histories: int, depth: int,
-                       exclude: Sequence[Sequence[int]] | None = None) -> Ranking:
+                       exclude: Sequence[Sequence[int]] | None = None, never: Sequence[int] = ()) -> Ranking:
     """The most-popular baseline: every history gets the catalogue by `counts` [I] (training
-    frequency), most frequent first (ties by row), less its excluded rows; scores are the counts."""
+    frequency), most frequent first (ties by row), less its excluded rows and the `never` rows
+    (placeholder titles, `Catalogue.never`); scores are the counts."""
     order = np.argsort(-np.asarray(counts), kind="stable")
+    order = order[~np.isin(order, list(never))]
     rows = np.full((histories, depth), -1, dtype=np.int64)
     for b in range(histories):
         ranked = order if exclude is None else order[~np.isin(order, list(exclude[b]))]
@@ -207,6 +212,9 @@ class Ranker:
     def rank(self, prompt_texts: Sequence[str], depth: int, exclude: Sequence[Sequence[int]] | None = None,
              progress: bool = False) -> Ranking:
         """Rank the catalogue for each prompt; `exclude[b]`: rows never returned for prompt b."""
+        never = self.catalogue.never
+        if never:  # placeholder titles are never recommended
+            exclude = [[*never, *(exclude[b] if exclude is not None else [])] for b in range(len(prompt_texts))]
         unique = list(dict.fromkeys(prompt_texts))  # each distinct prompt generated once
         constrained = self.settings.method == "constrained"
         generation = self.settings.generation

@@ -13,6 +13,7 @@ Everything is vectorised (numpy + Arrow list arrays): no per-user Python loop.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,11 @@ import pandas as pd
 import pyarrow as pa
 
 SPLITS = ("train", "valid", "test")
+
+# Titles that stand for a missing title ("unknown", ML-100K's "unkonwn (unkonwn)", "N/A", ...):
+# validation warns about them and rankings never recommend such an item (cft_core.ranking).
+PLACEHOLDER_TITLE = re.compile(
+    r"(?i)^\W*(?:unknown|unkonwn|untitled|n/?a|none|null|tbd|\?+|-+)\W*(?:\(\W*(?:unknown|unkonwn|n/?a)\W*\))?\W*$")
 
 
 @dataclass(frozen=True)

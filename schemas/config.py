@@ -48,8 +48,11 @@ class SourceConfig(_Strict):
         default_factory=dict, description="Expected SHA-256 of downloaded files, by URL; a "
         "mismatch stops ingestion.",
     )
-    timestamp_unit: Literal["s", "ms", "iso"] = Field(
-        "s", description="generic: unit of the timestamp column (unix s, unix ms or ISO-8601 text)."
+    timestamp_unit: Literal["auto", "s", "ms", "us", "ns", "iso"] = Field(
+        "auto", description="generic: unit of the timestamp column. auto (default) tells unix "
+        "seconds, milliseconds, microseconds and nanoseconds apart by magnitude, reads text as "
+        "ISO-8601 (mixed forms and offsets allowed; naive times are UTC) and native Parquet/Arrow "
+        "timestamps as they are; the ingest manifest records what it read.",
     )
 
 
@@ -97,6 +100,11 @@ class DataConfig(_Strict):
     max_timestamp: datetime | None = Field(None, description="Sane upper bound; default: now + 1 day.")
     rating_range: tuple[float, float] = Field((0.0, 5.0), description="Allowed ratings (nulls allowed).")
     max_title_chars: int = Field(500, description="Longer titles are rejected as absurd.")
+    empty_titles: Literal["error", "drop"] = Field(
+        "error", description="A title that is empty once normalised (control and zero-width "
+        "characters removed, whitespace collapsed): error names the items; drop removes them and "
+        "their interactions with a warning.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -383,7 +391,9 @@ def read_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a profile is a mapping of sections (data:, model:, train:, ...)")
     parent = raw.pop("extends", None)

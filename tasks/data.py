@@ -13,6 +13,7 @@ A failed validation writes its report and raises; nothing downstream is written.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,15 +21,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cft_core.sequences import SPLITS, build_records
+from cft_core.sequences import PLACEHOLDER_TITLE, SPLITS, build_records
 from schemas import tables
 from schemas.config import DataConfig
-from schemas.errors import DataError
+from schemas.errors import DataError, DataValidationError
 from tasks import readers
 from tasks.download import fetch, is_url
 from tasks.settings import sequence_settings
 from tasks.storage import atomic_dir, file_digest, fingerprint, write_json_atomic
 from tasks.validation import validate_tables
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,12 @@ def _confined(path_str: str, cfg: DataConfig) -> Path:
         )
     if not path.exists():
         raise DataError(f"source path {path} does not exist")
+    if path.is_dir():  # every member a reader may open, links resolved, must be inside too
+        for member in sorted(path.rglob("*")):
+            target = member.resolve()
+            if not any(target == r or target.is_relative_to(r) for r in roots):
+                raise DataError(f"{member} in the source folder links to {target}, outside the data root "
+                                f"and the allowed input roots {[str(r) for r in roots]}; it is not read")
     return path
 
 
@@ -124,13 +133,25 @@ def ingest(cfg: DataConfig) -> StageOutput:
     if (out / "manifest.json").is_file():
         return StageOutput(out, fp, reused=True)
     interactions, items = read_source(cfg)
+    items = items.assign(title=readers.normalize_titles(items["title"]))
+    empty = items["title"].notna() & (items["title"] == "")
+    if empty.any():
+        ids = items.loc[empty, "item_id"].tolist()
+        if cfg.empty_titles == "error":
+            raise DataError(f"{cfg.name}: {len(ids)} item(s) have no title once control and zero-width "
+                            f"characters are removed, e.g. item ids {ids[:5]}; fix them or set data.empty_titles: drop")
+        log.warning("%s: dropping %d item(s) with an empty title (and their interactions), e.g. %s",
+                    cfg.name, len(ids), ids[:5])
+        items = items[~empty]
+        interactions = interactions[interactions["item_id"].isin(items["item_id"])]
     inter_t = _to_arrow(interactions, tables.INTERACTIONS, "interactions")
     items_t = _to_arrow(items, tables.ITEMS, "items")
     with atomic_dir(out) as tmp:
         pq.write_table(inter_t, tmp / "interactions.parquet")
         pq.write_table(items_t, tmp / "items.parquet")
         manifest = {"fingerprint": fp, "source": cfg.source.model_dump(), "files": [str(f) for f in files],
-                    "interactions": inter_t.num_rows, "items": items_t.num_rows}
+                    "interactions": inter_t.num_rows, "items": items_t.num_rows,
+                    "timestamp": interactions.attrs.get("timestamp")}
         write_json_atomic(tmp / "manifest.json", manifest)
     return StageOutput(out, fp, reused=False)
 
@@ -145,11 +166,21 @@ def validate_ingested(ingested: Path, cfg: DataConfig) -> dict:
         "min_rating": cfg.rating_range[0], "max_rating": cfg.rating_range[1],
         "catalogue_item_ids": sorted(items["item_id"].dropna().unique().tolist()),
         "max_title_chars": cfg.max_title_chars,
+        "placeholder_title": PLACEHOLDER_TITLE.pattern,
     }
-    return validate_tables(
-        {"interactions": ("interactions", inter), "items": ("items", items)},
-        params, ingested / "validation.json", what=f"{cfg.name} ingested tables",
-    )
+    try:
+        return validate_tables(
+            {"interactions": ("interactions", inter), "items": ("items", items)},
+            params, ingested / "validation.json", what=f"{cfg.name} ingested tables",
+        )
+    except DataValidationError as e:
+        read = json.loads((ingested / "manifest.json").read_text()).get("timestamp")
+        if read and any(f["column"] == "timestamp" and "between" in f["expectation"] for f in e.report["failures"]):
+            hint = (f"\n  timestamps: column {read['column']!r} was read as {read['unit']} "
+                    f"(data.source.timestamp_unit={cfg.source.timestamp_unit}); raw values e.g. {read['examples']}, "
+                    f"allowed {pd.Timestamp(lo, unit='s', tz='UTC')} .. {pd.Timestamp(hi, unit='s', tz='UTC')}")
+            raise DataValidationError(str(e) + hint, e.report, e.report_path) from None
+        raise
 
 
 def newest_seen(ingested: Path, cfg: DataConfig) -> int | None:

@@ -171,7 +171,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         return EvalOutput(out_dir, json.loads((out_dir / "metrics.json").read_text()), True)
 
     from cft_core.metrics import first_hit_ranks, ranking_metrics, title_ids
-    from cft_core.ranking import popularity_ranking
+    from cft_core.ranking import Catalogue, popularity_ranking
     from tasks.settings import ranking_settings
 
     rows = read_records(sequences / f"{e.split}.parquet", e.max_samples, e.seed)
@@ -223,7 +223,8 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
     # Most-popular baseline and the popularity analysis.
     train_targets = pq.read_table(sequences / "train.parquet", columns=["target_item_id"]).column(0).to_numpy()
     counts = np.bincount(train_targets, minlength=len(titles))
-    record("most_popular", popularity_ranking(counts, len(rows), TOP_K_MAX).rows)  # the registered baseline's ranking
+    never = Catalogue(range(len(titles)), titles).never  # placeholder titles: never recommended
+    record("most_popular", popularity_ranking(counts, len(rows), TOP_K_MAX, never=never).rows)  # as the baseline serves
     if e.sasrec:
         from cft_core.sasrec import SASRecSettings, sasrec_rank, train_sasrec
 

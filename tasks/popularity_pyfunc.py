@@ -40,7 +40,8 @@ class PopularityModel(PythonModel):
         k = self.catalogue.check_k(int(params["k"]) if params.get("k") is not None else self.default_k)
         resolved = [self.catalogue.resolve(list(h)) for h in model_input["history"]]
         exclude = [seen for _, seen in resolved] if bool(params.get("exclude_history", True)) else None
-        recs = self.catalogue.recommendations(popularity_ranking(self.counts, len(resolved), k, exclude))
+        ranking = popularity_ranking(self.counts, len(resolved), k, exclude, never=self.catalogue.never)
+        recs = self.catalogue.recommendations(ranking)
         return pd.DataFrame({"item_ids": [r.item_ids for r in recs], "titles": [r.titles for r in recs],
                              "scores": [r.scores for r in recs]})
 

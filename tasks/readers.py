@@ -68,39 +68,83 @@ def open_text(path: Path, encoding: str = "utf-8") -> str:
 def read_csv(path: Path, sep: str = ",", encoding: str = "utf-8", **kw) -> pd.DataFrame:
     text = open_text(path, encoding)
     try:
+        if kw.get("header", "infer") == "infer":  # pandas would rename a repeated name to "name.1"
+            header = pd.read_csv(io.StringIO(text), sep=sep, header=None, nrows=1, dtype=str).iloc[0].tolist()
+            _refuse_duplicate_columns(header, path)
         df = pd.read_csv(io.StringIO(text), sep=sep, **kw)
     except pd.errors.ParserError as e:
         raise DataError(f"{path}: cannot parse as delimited text ({e})") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: is empty") from None
     if df.empty:
         raise DataError(f"{path}: has a header but no rows")
     return df
 
 
-def require_columns(df: pd.DataFrame, columns: list[str], path: Path) -> None:
+def _refuse_duplicate_columns(names: list, path: Path) -> None:
+    seen, repeated = set(), []
+    for name in names:
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    if repeated:
+        raise DataError(f"{path}: column name(s) {repeated} appear more than once in the header "
+                        f"{names}; which one is meant is ambiguous: rename them")
+
+
+def require_columns(df: pd.DataFrame, columns: list[str], path: Path, mapping: dict | None = None) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
+        hint = f" (data.source.columns maps {mapping})" if mapping else ""
+        raise DataError(f"{path}: missing column(s) {missing}{hint}; found {list(df.columns)}")
 
 
-def to_int_timestamps(values: pd.Series, path: Path, column: str, unit: str = "s") -> pd.Series:
-    """Unix seconds (int64); names the rows that do not parse."""
+# Unix timestamps of plausible dates (1973..2286) in each unit: seconds < 1e10 <= ms < 1e13 <= us < 1e16 <= ns.
+_UNIT_SCALE = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+
+
+def detect_unit(numbers: pd.Series) -> str:
+    """The unit of numeric unix timestamps, from the magnitude of their median."""
+    median = float(numbers.abs().median()) if numbers.notna().any() else 0.0
+    for unit, limit in (("s", 1e11), ("ms", 1e14), ("us", 1e17)):
+        if median < limit:
+            return unit
+    return "ns"
+
+
+def to_int_timestamps(values: pd.Series, path: Path, column: str, unit: str = "auto") -> tuple[pd.Series, str]:
+    """(unix seconds as int64, the unit read). Accepts unix s/ms/us/ns numbers, ISO-8601 text
+    (with or without offsets, mixed forms; naive times are UTC) and native datetime columns;
+    `auto` tells them apart. Names the rows that do not parse."""
+    if pd.api.types.is_datetime64_any_dtype(values):  # Parquet/Arrow timestamps, any resolution
+        parsed = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+        return _seconds(parsed), "datetime"
+    if unit == "auto":  # mostly numbers: unix time (the rest are errors); else ISO-8601 text
+        numbers = pd.to_numeric(values, errors="coerce")
+        unit = detect_unit(numbers) if numbers.notna().sum() * 2 >= values.notna().sum() else "iso"
     if unit == "iso":
-        parsed = pd.to_datetime(values, errors="coerce", utc=True)
+        parsed = pd.to_datetime(values.astype("string"), errors="coerce", utc=True, format="ISO8601")
         bad = parsed.isna() & values.notna()
-        out = (parsed.astype("int64") // 10**9).where(~parsed.isna())
+        out = _seconds(parsed)
     else:
         num = pd.to_numeric(values, errors="coerce")
         bad = num.isna() & values.notna()
-        out = num // 1000 if unit == "ms" else num
+        out = num // _UNIT_SCALE[unit] if unit != "s" else num
     if bad.any():
         rows = list(values.index[bad][:5])
         raise DataError(
             f"{path}: column {column!r} has {int(bad.sum())} value(s) that are not timestamps "
-            f"({unit}), e.g. rows {rows}: {list(values[bad][:5])}"
+            f"(read as {unit}), e.g. rows {rows}: {list(values[bad][:5])}"
         )
     if out.isna().any():  # nulls are reported by validation, with the other expectations
-        return out.astype("Float64").round().astype("Int64")
-    return out.astype("float64").round().astype("int64")
+        return out.astype("Float64").round().astype("Int64"), unit
+    return out.astype("float64").round().astype("int64"), unit
+
+
+def _seconds(parsed: pd.Series) -> pd.Series:
+    """Timezone-aware datetimes of any resolution -> unix seconds (float, NaN for NaT); pandas 3
+    parses to microseconds, so never assume nanoseconds (environment-notes.md)."""
+    return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta("1s")).astype("Float64").astype("float64")
 
 
 def to_float(values: pd.Series, path: Path, column: str) -> pd.Series:
@@ -114,9 +158,36 @@ def to_float(values: pd.Series, path: Path, column: str) -> pd.Series:
     return num.astype("float64")
 
 
-def _ids(values: pd.Series) -> pd.Series:
-    """Ids as strings, keeping nulls (validation reports them)."""
-    return values.astype("string").str.strip()
+def normalize_titles(titles: pd.Series) -> pd.Series:
+    """Titles as people see them: Unicode NFKC, control and zero-width characters removed, line
+    breaks, tabs and runs of spaces collapsed to one space, stripped. Nulls stay null."""
+    import unicodedata
+
+    def one(text: str) -> str:
+        text = unicodedata.normalize("NFKC", text)
+        text = "".join(" " if c in "\r\n\t\v\f\u2028\u2029" else c for c in text
+                       if c in "\r\n\t\v\f\u2028\u2029" or unicodedata.category(c) not in ("Cc", "Cf"))
+        return " ".join(text.split())
+
+    return titles.astype("string").map(one, na_action="ignore").astype("string")
+
+
+def _ids(values: pd.Series, path: Path | None = None, column: str = "id") -> pd.Series:
+    """Ids as strings, keeping nulls (validation reports them). Ids that are the same number
+    spelled differently ("1" and "1.0", "007" and "7") are refused: merging or splitting them
+    would be a guess."""
+    ids = values.astype("string").str.strip()
+    distinct = pd.Series(ids.dropna().unique())
+    number = pd.to_numeric(distinct, errors="coerce")
+    numeric = distinct[number.notna()]
+    if len(numeric) > 1:
+        groups = numeric.groupby(number[number.notna()].to_numpy()).agg(list)
+        clashes = [spellings for spellings in groups if len(spellings) > 1]
+        if clashes:
+            where = f"{path}: column {column!r}" if path else f"column {column!r}"
+            raise DataError(f"{where}: {len(clashes)} id(s) spelled two ways, e.g. {clashes[:3]}; they would "
+                            "be taken as different users/items: make each id one spelling")
+    return ids
 
 
 # ------------------------------------------------------------------------------ MovieLens
@@ -161,7 +232,7 @@ def read_recbole(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         {
             "user_id": _ids(inter["user_id"]),
             "item_id": _ids(inter["item_id"]),
-            "timestamp": to_int_timestamps(inter["timestamp"], inter_path, "timestamp"),
+            "timestamp": to_int_timestamps(inter["timestamp"], inter_path, "timestamp", "s")[0],
             "rating": to_float(inter["rating"], inter_path, "rating") if "rating" in inter else None,
         }
     )
@@ -188,7 +259,7 @@ def read_grouplens(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         {
             "user_id": _ids(inter[0]),
             "item_id": _ids(inter[1]),
-            "timestamp": to_int_timestamps(inter[3], inter_path, "timestamp"),
+            "timestamp": to_int_timestamps(inter[3], inter_path, "timestamp", "s")[0],
             "rating": to_float(inter[2], inter_path, "rating"),
         }
     )
@@ -238,7 +309,7 @@ def read_amazon_raw(reviews_path: Path, meta_path: Path) -> tuple[pd.DataFrame, 
         {
             "user_id": _ids(reviews["reviewerID"]),
             "item_id": _ids(reviews["asin"]),
-            "timestamp": to_int_timestamps(reviews["unixReviewTime"], reviews_path, "unixReviewTime"),
+            "timestamp": to_int_timestamps(reviews["unixReviewTime"], reviews_path, "unixReviewTime", "s")[0],
             "rating": to_float(reviews["overall"], reviews_path, "overall") if "overall" in reviews else None,
         }
     )
@@ -327,9 +398,11 @@ def _read_table(path: Path) -> pd.DataFrame:
         import pyarrow.parquet as pq
 
         try:
-            df = pq.read_table(path).to_pandas()
+            table = pq.read_table(path)
         except Exception as e:  # pyarrow raises several types for corrupt files
             raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+        _refuse_duplicate_columns(table.schema.names, path)
+        df = table.to_pandas()
         if df.empty:
             raise DataError(f"{path}: has no rows")
         return df
@@ -348,24 +421,30 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
         frames = []
         for part in parts:
             frames.append(_read_table(part))
-            require_columns(frames[-1], [col["user_id"], col["item_id"], col["timestamp"]], part)
+            require_columns(frames[-1], [col["user_id"], col["item_id"], col["timestamp"]], part, cfg.source.columns)
         df = pd.concat(frames, ignore_index=True)
     else:
         df = _read_table(inter_path)
-        require_columns(df, [col["user_id"], col["item_id"], col["timestamp"]], inter_path)
+        require_columns(df, [col["user_id"], col["item_id"], col["timestamp"]], inter_path, cfg.source.columns)
     if items_path is not None:
         items_df = _read_table(items_path)
-        require_columns(items_df, [col["item_id"], col["title"]], items_path)
+        require_columns(items_df, [col["item_id"], col["title"]], items_path, cfg.source.columns)
     else:  # titles in the interactions file itself
-        require_columns(df, [col["title"]], inter_path)
+        require_columns(df, [col["title"]], inter_path, cfg.source.columns)
         items_df = df[[col["item_id"], col["title"]]].drop_duplicates(col["item_id"])
+    timestamps, unit = to_int_timestamps(df[col["timestamp"]], inter_path, col["timestamp"], cfg.source.timestamp_unit)
     interactions = pd.DataFrame(
         {
-            "user_id": _ids(df[col["user_id"]]),
-            "item_id": _ids(df[col["item_id"]]),
-            "timestamp": to_int_timestamps(df[col["timestamp"]], inter_path, col["timestamp"], cfg.source.timestamp_unit),
+            "user_id": _ids(df[col["user_id"]], inter_path, col["user_id"]),
+            "item_id": _ids(df[col["item_id"]], inter_path, col["item_id"]),
+            "timestamp": timestamps,
             "rating": to_float(df[col["rating"]], inter_path, col["rating"]) if col["rating"] in df else None,
         }
     )
     title = items_df[col["title"]].astype("string")
-    return interactions, pd.DataFrame({"item_id": _ids(items_df[col["item_id"]]), "title": title.str.strip()})
+    # What ingest records in its manifest (and a failed range check shows): the unit read, raw examples.
+    interactions.attrs["timestamp"] = {"column": col["timestamp"], "unit": unit,
+                                       "examples": [str(v) for v in df[col["timestamp"]].head(3)]}
+    items_source = items_path or inter_path
+    return interactions, pd.DataFrame({"item_id": _ids(items_df[col["item_id"]], items_source, col["item_id"]),
+                                       "title": title.str.strip()})

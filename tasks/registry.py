@@ -369,7 +369,7 @@ def _popularity_version_ranks(client, mv, preds, sequences: Path):
     import pandas as pd
 
     from cft_core.metrics import first_hit_ranks, title_ids
-    from cft_core.ranking import popularity_ranking
+    from cft_core.ranking import Catalogue, popularity_ranking
 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{mv.name}/{mv.version}", dst_path=tmp))
@@ -378,7 +378,8 @@ def _popularity_version_ranks(client, mv, preds, sequences: Path):
     by_source = dict(zip(old_catalogue["source_item_id"], old_counts, strict=True))
     catalogue = pd.read_parquet(sequences / "catalogue.parquet").sort_values("item_id")
     counts = np.array([by_source.get(s, 0) for s in catalogue["source_item_id"]])
-    ranking = popularity_ranking(counts, len(preds), 50)
+    never = Catalogue(range(len(catalogue)), catalogue["title"].tolist()).never
+    ranking = popularity_ranking(counts, len(preds), 50, never=never)
     tid, table = title_ids(catalogue["title"].tolist())
     ranked = np.where(ranking.rows >= 0, tid[np.maximum(ranking.rows, 0)], -1)
     return first_hit_ranks(ranked, np.array([table[t] for t in preds["target_title"]]))

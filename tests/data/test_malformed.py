@@ -73,7 +73,6 @@ def _rows(*extra: str, drop_first: bool = False) -> str:
 
 VALIDATION_ERRORS = {
     "null title": (dict(items=GOOD_ITEMS.replace("Title 3", "")), "items.title: expect_column_values_to_not_be_null"),
-    "blank title": (dict(items=GOOD_ITEMS.replace("Title 3", "   ")), "items.title: expect_column_value_lengths_to_be_between"),
     "absurdly long title": (dict(items=GOOD_ITEMS.replace("Title 3", "x" * 600)), "items.title: expect_column_value_lengths_to_be_between"),
     "duplicate item ids": (dict(items=GOOD_ITEMS + "i2,Other\n"), "items.item_id: expect_column_values_to_be_unique"),
     "unknown item id": (dict(inter=_rows("u0,i99,1000000500,3")), "interactions.item_id: expect_column_values_to_be_in_set"),

@@ -1,0 +1,70 @@
+"""One error style: a user's mistake prints `error: ...` naming the file, field or value, exits 2,
+and leaves nothing behind; `--debug` shows the traceback instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cft_cli.main import app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args), prog_name="cft")
+
+
+def profile(tmp_path, text: str) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(f"extends: {ROOT / 'configs/smoke.yaml'}\ndata: {{data_root: {tmp_path / 'data'}}}\n" + text)
+    return path
+
+
+@pytest.mark.parametrize(("extra", "overrides", "message"), [
+    ("train: {alpah: 0.2}\n", [], r"train.alpah: Extra inputs are not permitted"),
+    ("train: {alpha: lots}\n", [], r"train.alpha: Input should be a valid number.*\(got 'lots'\)"),
+    ("", ["data.max_samples={train: -5}"], r"data: max_samples caps must be at least 1, got \{'train': -5\}"),
+    ("", ["data.split_ratios=[1, 0, 0]"], r"split_ratios must leave every split non-empty"),
+    ("", ["train.beta"], r"override 'train.beta' is not of the form section.field=value"),
+    ("", ["data.source.format=grouplens"], r"source.path is required for source.format='grouplens'"),
+    ("data: [1, 2\n", [], r"is not valid YAML"),
+])
+def test_config_mistakes(tmp_path, extra, overrides, message):
+    import re
+
+    args = ["data", "prepare", "-c", str(profile(tmp_path, extra))]
+    for item in overrides:
+        args += ["--set", item]
+    res = run(*args)
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("error: ") and re.search(message, res.output, flags=re.S), res.output
+    assert "Traceback" not in res.output and len(res.output.splitlines()) <= 6
+    assert not (tmp_path / "data").exists()  # nothing written
+
+
+def test_a_missing_profile_and_a_data_root_that_is_a_file(tmp_path):
+    res = run("train", "-c", str(tmp_path / "nope.yaml"))
+    assert res.exit_code == 2 and f"error: config file {tmp_path / 'nope.yaml'} not found" in res.output
+    (tmp_path / "file").write_text("x")
+    res = run("data", "prepare", "-c", str(ROOT / "configs/smoke.yaml"), "--set", f"data.data_root={tmp_path / 'file'}")
+    assert res.exit_code == 2 and "data_root" in res.output and "is a file, not a folder" in res.output
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("CFT_DEBUG", "0")  # restored after the test, which --debug sets to 1
+    res = run("--debug", "train", "-c", str(tmp_path / "nope.yaml"))
+    assert res.exit_code == 1 and "ConfigError" in repr(res.exception)
+
+
+def test_promote_an_unknown_version(tmp_path):
+    res = run("promote", "-c", str(ROOT / "configs/smoke.yaml"), "--set", f"data.data_root={tmp_path}",
+              "--version", "99", "--reason", "because")
+    assert res.exit_code == 2 and res.output.startswith("error: ") and "99" in res.output, res.output
+
+
+def test_k_zero_is_a_usage_error():
+    res = run("recommend", "-k", "0", "Heat")
+    assert res.exit_code == 2 and "Invalid value for '-k'" in res.output and "greater than or equal to 1" in res.output

@@ -1,0 +1,146 @@
+"""A user's own data as it comes: timestamps in any unit, ambiguous headers and ids, links out of
+the allowed folders, titles with invisible characters. Each mistake fails with a message naming
+the file, column, rows or items, and leaves nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from schemas.config import DataConfig, SourceConfig
+from schemas.errors import DataError, DataValidationError
+from tasks.data import ingest, prepare
+from tests.data.test_malformed import GOOD_INTER, GOOD_ITEMS, _stage_dirs, _write
+
+SECONDS = [int(line.split(",")[2]) for line in GOOD_INTER.splitlines()[1:]]
+
+
+def _with_timestamps(values) -> str:
+    rows = GOOD_INTER.splitlines()
+    out = [rows[0]]
+    for row, value in zip(rows[1:], values, strict=True):
+        user, item, _, rating = row.split(",")
+        out.append(f'{user},{item},"{value}",{rating}')
+    return "\n".join(out) + "\n"
+
+
+def _ingested(cfg) -> pd.DataFrame:
+    return pq.read_table(ingest(cfg).path / "interactions.parquet").to_pandas()
+
+
+@pytest.mark.parametrize(("unit", "spell"), [
+    ("ms", lambda s: s * 1000),
+    ("us", lambda s: s * 1_000_000),
+    ("ns", lambda s: s * 1_000_000_000),
+    ("iso", lambda s: pd.Timestamp(s, unit="s", tz="UTC").isoformat()),  # 2001-09-09T01:46:40+00:00
+    ("iso", lambda s: pd.Timestamp(s, unit="s").strftime("%Y-%m-%d %H:%M:%S")),  # naive: UTC
+])
+def test_every_timestamp_spelling_ingests_to_the_same_seconds(tmp_path, unit, spell):
+    expected = _ingested(_write(tmp_path / "s"))
+    cfg = _write(tmp_path / unit, inter=_with_timestamps([spell(s) for s in SECONDS]))
+    got = _ingested(cfg)
+    pd.testing.assert_frame_equal(got, expected)
+    manifest = json.loads((ingest(cfg).path / "manifest.json").read_text())
+    assert manifest["timestamp"]["unit"] == unit and manifest["timestamp"]["column"] == "ts"
+
+
+def test_mixed_iso_forms_in_one_column(tmp_path):
+    spellings = [pd.Timestamp(s, unit="s", tz="UTC").isoformat() if i % 2 else
+                 pd.Timestamp(s, unit="s").strftime("%Y-%m-%d %H:%M:%S") for i, s in enumerate(SECONDS)]
+    got = _ingested(_write(tmp_path / "mixed", inter=_with_timestamps(spellings)))
+    assert got["timestamp"].tolist() == SECONDS
+
+
+def test_native_parquet_timestamps(tmp_path):
+    expected = _ingested(_write(tmp_path / "s"))
+    frame = pd.read_csv(pd.io.common.StringIO(GOOD_INTER))
+    frame["ts"] = pd.to_datetime(frame["ts"], unit="s").astype("datetime64[ms]")
+    cfg = _write(tmp_path / "pq", inter=b"", inter_name="inter.parquet")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "pq" / "raw" / "inter.parquet")
+    pd.testing.assert_frame_equal(_ingested(cfg), expected)
+
+
+def test_a_failed_range_check_names_the_unit_read_and_raw_values(tmp_path):
+    cfg = _write(tmp_path, inter=_with_timestamps([s * 1000 for s in SECONDS]))
+    cfg = cfg.model_copy(update={"source": cfg.source.model_copy(update={"timestamp_unit": "s"})})
+    with pytest.raises(DataValidationError) as err:
+        prepare(cfg)
+    msg = str(err.value)
+    assert "interactions.timestamp: expect_column_values_to_be_between" in msg
+    assert "column 'ts' was read as s (data.source.timestamp_unit=s)" in msg and "1000000000000" in msg
+    assert all(d.startswith("ingested/") for d in _stage_dirs(tmp_path))
+
+
+def test_a_repeated_column_name_is_refused(tmp_path):
+    inter = GOOD_INTER.replace("user,item,ts,rating", "user,user,ts,rating", 1)
+    with pytest.raises(DataError, match=r"inter.csv: column name\(s\) \['user'\] appear more than once"):
+        prepare(_write(tmp_path, inter=inter))
+    assert _stage_dirs(tmp_path) == []
+
+
+def test_ids_spelled_two_ways_are_refused(tmp_path):
+    inter = GOOD_INTER.replace("u1,", "1,").replace("u2,", "1.0,")
+    with pytest.raises(DataError, match=r"inter.csv: column 'user': 1 id\(s\) spelled two ways, e.g. \[\['1', '1.0'\]\]"):
+        prepare(_write(tmp_path, inter=inter))
+    assert _stage_dirs(tmp_path) == []
+
+
+def test_a_mapped_column_that_is_missing_names_the_mapping(tmp_path):
+    inter = GOOD_INTER.replace("user,item,ts,rating", "uid,item,ts,rating", 1)
+    with pytest.raises(DataError, match=r"missing column\(s\) \['user'\] \(data.source.columns maps .*'user_id': 'user'"):
+        prepare(_write(tmp_path, inter=inter))
+
+
+def test_a_folder_member_linking_outside_the_roots_is_not_read(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t2\t1000000000\n")
+    folder = tmp_path / "root" / "ml"
+    folder.mkdir(parents=True)
+    (folder / "ml.item").write_text("item_id:token\tmovie_title:token_seq\n2\tA Film\n")
+    (folder / "ml.inter").symlink_to(outside / "secret.inter")
+    cfg = DataConfig(name="linked", data_root=tmp_path / "root", source=SourceConfig(format="recbole", path=str(folder)))
+    with pytest.raises(DataError, match=r"ml.inter in the source folder links to .*secret.inter, outside the data root"):
+        prepare(cfg)
+    assert not (tmp_path / "root" / "ingested").exists()
+
+
+def test_titles_are_normalised_before_validation(tmp_path):
+    items = GOOD_ITEMS.replace("Title 1", '"Title\u200b 1\nPart\u00a0Two"').replace("Title 2", "ＴＩＴＬＥ 2")
+    cfg = _write(tmp_path, items=items)
+    titles = pq.read_table(ingest(cfg).path / "items.parquet").to_pandas().set_index("item_id")["title"]
+    assert titles["i1"] == "Title 1 Part Two"  # zero-width removed, line break and NBSP -> one space
+    assert titles["i2"] == "TITLE 2"  # NFKC folds full-width letters
+
+
+def test_a_title_empty_after_normalising_is_an_error_or_dropped(tmp_path, caplog):
+    items = GOOD_ITEMS.replace("Title 3", "\u200b\u200d")
+    with pytest.raises(DataError, match=r"1 item\(s\) have no title .* item ids \['i3'\]; .*data.empty_titles: drop"):
+        prepare(_write(tmp_path / "a", items=items))
+    assert _stage_dirs(tmp_path / "a") == []
+    cfg = _write(tmp_path / "b", items=items).model_copy(update={"empty_titles": "drop"})
+    with caplog.at_level(logging.WARNING):
+        _, _, manifest = prepare(cfg)
+    assert "dropping 1 item(s)" in caplog.text
+    assert manifest["stats"]["interactions"] < 20  # i3's interactions went with it
+
+
+def test_a_placeholder_title_is_a_warning_and_never_recommended(tmp_path):
+    from cft_core.ranking import Catalogue, popularity_ranking
+
+    items = GOOD_ITEMS.replace("Title 4", "unknown")
+    ingested = ingest(_write(tmp_path, items=items))
+    _, seq, _ = prepare(_write(tmp_path, items=items))
+    report = json.loads((ingested.path / "validation.json").read_text())
+    assert report["success"] and any(w["expectation"] == "expect_column_values_to_not_match_regex" for w in report["warnings"])
+    catalogue = pd.read_parquet(seq.path / "catalogue.parquet").sort_values("item_id")
+    cat = Catalogue(catalogue["item_id"].tolist(), catalogue["title"].tolist())
+    placeholder = catalogue["title"].tolist().index("unknown")
+    assert cat.never == [placeholder] and cat.resolve(["unknown"])[1] == [placeholder]  # still a history item
+    ranked = popularity_ranking([100] * len(catalogue), 1, len(catalogue), never=cat.never).rows[0]
+    assert placeholder not in ranked.tolist()
