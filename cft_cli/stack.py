@@ -55,7 +55,9 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         """Environment of every stack process and of the commands run against the stack."""
-        env = dict(os.environ)
+        # Not the caller's torch.distributed rendezvous: each flow run picks its own free port.
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
         env.update({
             "PREFECT_HOME": str(self.state / "prefect"), "PREFECT_API_URL": self.prefect_api,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
