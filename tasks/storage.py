@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-CODE_VERSION = "data-v1"  # bump when a stage's output for the same inputs changes
+CODE_VERSION = "data-v2"  # bump when a stage's output for the same inputs changes (v2: titles normalised at ingest)
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
