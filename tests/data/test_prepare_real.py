@@ -1,8 +1,10 @@
+
 """Real datasets through ingest -> validate -> build, checked against plain pandas."""
 
 import filecmp
 import importlib.resources
 import json
+import unicodedata
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -110,7 +112,13 @@ def test_amazon_industrial_history_derived(tmp_path):
     # titles come from the info file
     info = dict(line.split("\t")[2:0:-1] for line in (next((AMAZON / "info").glob("*.txt"))).read_text().splitlines())
     cat = pq.read_table(seq.path / "catalogue.parquet").to_pandas()
-    assert all(info[src] == t for src, t in zip(cat["source_item_id"], cat["title"], strict=True))
+
+    def normalised(title: str) -> str:  # NFKC, no control/format characters, single spaces
+        title = "".join(c for c in unicodedata.normalize("NFKC", title)
+                        if c.isspace() or unicodedata.category(c) not in ("Cc", "Cf"))
+        return " ".join(title.split())
+
+    assert all(normalised(info[src]) == t for src, t in zip(cat["source_item_id"], cat["title"], strict=True))
 
 
 def eval_list(text: str) -> list[int]:

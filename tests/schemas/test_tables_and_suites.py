@@ -10,7 +10,7 @@ import pytest
 from schemas import tables
 from tasks.validation import SUITES_DIR, _context, load_suite
 
-PARAMS = {"catalogue_item_ids": ["a", "b"], "max_title_chars": 500, "min_timestamp": 0, "max_timestamp": 2**40, "min_rating": 0.0,
+PARAMS = {"catalogue_item_ids": ["a", "b"], "max_title_chars": 500, "placeholder_title": "^unknown$", "min_timestamp": 0, "max_timestamp": 2**40, "min_rating": 0.0,
           "max_rating": 5.0, "max_history": 10, "catalogue_ids": [0, 1], "min_split_timestamp": 0,
           "max_split_timestamp": 2**40}
 
