@@ -1,4 +1,3 @@
-
 """Real datasets through ingest -> validate -> build, checked against plain pandas."""
 
 import filecmp
