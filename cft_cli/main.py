@@ -181,6 +181,8 @@ def run(
     # Prefect's temporary server would otherwise send a telemetry heartbeat while its fresh
     # SQLite database is still being migrated ("database is locked" tracebacks on first runs).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's temporary server gets 20 s to start by default; a busy 2-core machine needs more.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     cfg = load_config(config, set_)  # validated before Prefect starts, and passed as is
     from flows.cft import cft_pipeline
 
