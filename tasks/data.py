@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cft_core.sequences import PLACEHOLDER_TITLE, SPLITS, build_records
+from cft_core.sequences import PLACEHOLDER_TITLE, SPLITS, SequenceSettings, build_records
 from schemas import tables
 from schemas.config import DataConfig
 from schemas.errors import DataError, DataValidationError
@@ -197,19 +197,18 @@ def newest_seen(ingested: Path, cfg: DataConfig) -> int | None:
     return int(seen.max())
 
 
-def sequences_target(ingested: StageOutput, cfg: DataConfig) -> tuple[Path, str]:
-    """(output folder, fingerprint) of `build_sequences`: the ingested data and the settings,
-    whose window is anchored at the newest interaction seen, so moving `as_of` over a stretch
-    with no new interactions names the same folder."""
+def sequences_target(ingested: StageOutput, cfg: DataConfig) -> tuple[Path, str, SequenceSettings]:
+    """(output folder, fingerprint, settings) of `build_sequences`: the ingested data and the
+    settings, whose window is anchored at the newest interaction seen, so moving `as_of` over a
+    stretch with no new interactions names the same folder."""
     settings = sequence_settings(cfg, newest_seen(ingested.path, cfg))
     fp = fingerprint({"ingested": ingested.fingerprint, "settings": settings.__dict__})
-    return cfg.data_root / "sequences" / f"{cfg.name}-{fp}", fp
+    return cfg.data_root / "sequences" / f"{cfg.name}-{fp}", fp, settings
 
 
 def build_sequences(ingested: StageOutput, cfg: DataConfig) -> StageOutput:
     """Validated tables -> train/valid/test records + catalogue (reused when unchanged)."""
-    out, fp = sequences_target(ingested, cfg)
-    settings = sequence_settings(cfg, newest_seen(ingested.path, cfg))
+    out, fp, settings = sequences_target(ingested, cfg)
     if (out / "manifest.json").is_file():
         return StageOutput(out, fp, reused=True)
     inter = pq.read_table(ingested.path / "interactions.parquet").to_pandas()

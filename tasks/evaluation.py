@@ -147,14 +147,14 @@ def ensure_catalogue_embeddings(cfg: PipelineConfig, model_dir: Path, sequences:
 
 
 def make_ranker(cfg: PipelineConfig, method: str, model, tokenizer, sequences: Path, model_dir: Path,
-                progress: bool = False):
-    """The `cft_core.ranking.Ranker` of this run's settings for `method` over the catalogue."""
+                titles: list[str], progress: bool = False):
+    """The `cft_core.ranking.Ranker` of this run's settings for `method` over the catalogue
+    `titles` (item ids 0..N-1, as `read_catalogue` gives them)."""
     from cft_core.prompts import PromptBuilder
     from cft_core.ranking import Ranker
     from tasks.settings import ranking_settings
 
     settings = ranking_settings(cfg, method)
-    titles = read_catalogue(sequences)["title"].tolist()
     emb = None
     if method == "grounding":
         emb = catalogue_embeddings(model, tokenizer, titles, embeddings_cache(cfg, model_dir, sequences,
@@ -204,7 +204,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         top_lists[name] = ranked_items
 
     for method in e.methods:
-        ranker = make_ranker(cfg, method, model, tokenizer, sequences, model_dir, progress)
+        ranker = make_ranker(cfg, method, model, tokenizer, sequences, model_dir, titles, progress)
         variants = [("", [ranker.prompt(r["history_titles"]) for r in rows])]
         if e.history_reliance:  # the same ranking without the history: what CFT should widen
             variants.append(("nohist_", [ranker.prompts.counterfactual()] * len(rows)))

@@ -359,7 +359,7 @@ def _gate_rows(cfg: PipelineConfig, model_dir: Path, sequences: Path):
     return preds[f"{method}_rank"].to_numpy(), preds["most_popular_rank"].to_numpy(), preds
 
 
-def _popularity_version_ranks(client, mv, preds, sequences: Path):
+def _popularity_version_ranks(mv, preds, sequences: Path):
     """First-hit ranks of a registered popularity version on the gate rows: its counts (from its
     own window, mapped to this catalogue by source item id), ranked as it serves."""
     import tempfile
@@ -412,7 +412,7 @@ def gate_model(cfg: PipelineConfig, version: str, model_dir: Path, sequences: Pa
         if champion is not None:
             mv = client.get_model_version(name, champion)
             if mv.tags.get(KIND_TAG) == "popularity":
-                champion_ranks = _popularity_version_ranks(client, mv, preds, sequences)
+                champion_ranks = _popularity_version_ranks(mv, preds, sequences)
             else:  # an LLM champion, scored on this run's rows (reused when it was before)
                 champion_ranks, _, _ = _gate_rows(cfg, download_version_model(cfg, mv), sequences)
             champion_values = per_row_metric(champion_ranks, metric)
