@@ -165,6 +165,9 @@ def evaluate(
         result = evaluate_stage(cfg, model_dir, sequences.path)
     title = f"{cfg.eval.split} metrics: {result.path}" + (" (reused)" if result.reused else "")
     console.print(metrics_console_table(title, result.metrics, cfg.eval.ks))
+    from tasks.evaluation import diagnostics_text
+
+    console.print(diagnostics_text(result.diagnostics), highlight=False)
 
 
 @app.command("run")
@@ -206,6 +209,45 @@ def _example_history(cfg) -> list[str]:
 
     histories = pq.read_table(sequences.path / "test.parquet", columns=["history_titles"]).column(0).to_pylist()
     return list(histories[0][-2:]) if histories else []
+
+
+@app.command("compare")
+def compare(
+    runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="Two or more sides: MLflow run ids or "
+                                              "evaluation folders; a side with several seeds is comma-separated.")],
+    metric: Annotated[list[str] | None, typer.Option("--metric", help="HR@K / NDCG@K per method (repeat).")] = None,
+    level: Annotated[float, typer.Option(min=0.5, max=0.999, help="Interval confidence level.")] = 0.95,
+    out_dir: Annotated[Path, typer.Option(help="Where the table (compare.md, .json) and plot go.")] = Path("compare"),
+    config: ConfigOpt = Path("configs/demo.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Compare evaluated runs row by row: differences in HR/NDCG@K, history effect and target NLL
+    against the first side, with bootstrap intervals and a verdict per quantity (tasks/compare.py)."""
+    import tempfile
+
+    from schemas.config import load_config
+    from schemas.errors import InputError
+    from tasks.compare import compare as compare_sides
+    from tasks.compare import load_side, markdown, plot
+    from tasks.tracking import tracking_uri
+
+    if len(runs) < 2:
+        raise InputError("compare needs at least two sides (run ids or evaluation folders)")
+    cfg = load_config(config, set_)
+    metrics = metric or ["HR@10", "NDCG@10"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        sides = [load_side(spec, cfg.eval.split, tracking_uri(cfg), metrics, Path(tmp)) for spec in runs]
+    texts = []
+    for i, side in enumerate(sides[1:], 1):
+        table = compare_sides(sides[0], side, level=level)
+        text = markdown(table, runs[0], runs[i], level)
+        texts.append(text)
+        console.print(text, highlight=False, soft_wrap=True)
+        plot(table, out_dir / f"compare-{i}.png", f"{runs[i]} - {runs[0]}")
+        table.to_json(out_dir / f"compare-{i}.json", orient="records", indent=1)
+    (out_dir / "compare.md").write_text("\n\n".join(texts) + "\n")
+    console.print(f"written: {out_dir / 'compare.md'} and plots")
 
 
 @app.command("replay")
@@ -286,6 +328,24 @@ ReasonOpt = Annotated[str, typer.Option(help="Why (recorded in the registry's ch
 ModelNameOpt = Annotated[str | None, typer.Option(help="Registered model; default cft-<data.name>.")]
 
 
+def _checked_history(history: list[str]) -> list[str]:
+    """Command-line history entries; an entry that is not UTF-8 (the shell passed raw bytes) is
+    a user error naming it, not a crash deep in the tokenizer."""
+    for i, entry in enumerate(history, 1):
+        try:
+            entry.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = entry.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+            from schemas.errors import InputError
+
+            raise InputError(f"history entry {i} ({shown}) is not valid UTF-8; check the terminal's encoding") from None
+    return history
+
+
+def _model_uri(cfg, model: str) -> str:
+    return model or f"models:/{cfg.registered_model_name()}@champion"
+
+
 @app.command("recommend")
 def recommend(
     history: Annotated[list[str], typer.Argument(metavar="HISTORY...", help="The user's history: titles or item ids, oldest first.")],
@@ -293,27 +353,66 @@ def recommend(
     model: Annotated[str, typer.Option(help="Model URI, e.g. models:/cft-ml-100k@champion.")] = "",
     k: Annotated[int, typer.Option("-k", min=1, help="How many items (1 .. catalogue size).")] = 10,
     include_history: Annotated[bool, typer.Option(help="Allow items already in the history.")] = False,
+    free_text: Annotated[bool, typer.Option(help="Show titles that match no catalogue item to the model as typed "
+                                                 "(default: leave them out and say so).")] = False,
     config: ConfigOpt = Path("configs/demo.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Top-K catalogue items for a history, from a registered model (the champion by default)."""
+    import difflib
+
     import mlflow
     import pandas as pd
 
+    history = _checked_history(history)
     cfg, uri, _ = _registry_context(config, set_)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    model_uri = model or f"models:/{cfg.registered_model_name()}@champion"
+    model_uri = _model_uri(cfg, model)
     recommender = mlflow.pyfunc.load_model(model_uri)
     out = recommender.predict(pd.DataFrame({"history": [history]}),
-                              params={"k": k, "exclude_history": not include_history})
+                              params={"k": k, "exclude_history": not include_history, "free_text": free_text})
     row = out.iloc[0]
+    catalogue = recommender.unwrap_python_model().catalogue
+    for title in row["unmatched"]:
+        close = difflib.get_close_matches(title, catalogue.titles, n=3, cutoff=0.6)
+        hint = f"; close: {', '.join(map(repr, close))}" if close else ""
+        use = "shown to the model as typed" if free_text else "left out (--free-text to use it as typed)"
+        console.print(f"[yellow]not in the catalogue:[/yellow] {title!r}, {use}{hint}", highlight=False)
     t = Table(title=f"{model_uri}: top {len(row['item_ids'])}")
     for col in ("rank", "item id", "title", "score"):
         t.add_column(col)
     for rank, (item, title, score) in enumerate(zip(row["item_ids"], row["titles"], row["scores"], strict=True), 1):
         t.add_row(str(rank), str(item), title, f"{score:.3f}")
     console.print(t)
+
+
+@app.command("serve")
+def serve(
+    model: Annotated[str, typer.Option(help="Model URI; default the champion, models:/cft-<data.name>@champion.")] = "",
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: int = 8080,
+    max_batch: Annotated[int | None, typer.Option(min=1, help="Histories per shared generation call "
+                                                                "(default: eval.batch_size).")] = None,
+    max_queue: Annotated[int, typer.Option(min=1, help="Waiting requests before new ones get 503.")] = 64,
+    config: ConfigOpt = Path("configs/demo.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Serve a registered model over HTTP: POST /recommend, MLflow's POST /invocations, GET /health.
+    Concurrent requests share generation calls; a full queue answers 503 (cft_cli/server.py)."""
+    import mlflow
+
+    from cft_cli.server import serve as run_server
+
+    cfg, uri, _ = _registry_context(config, set_)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if max_batch is not None:
+        os.environ["CFT_SERVE_MAX_BATCH"] = str(max_batch)
+    os.environ["CFT_SERVE_MAX_QUEUE"] = str(max_queue)
+    model_uri = _model_uri(cfg, model)
+    console.print(f"serving {model_uri} on http://{host}:{port} (POST /recommend, POST /invocations, GET /health)")
+    run_server(model_uri, host, port)
 
 
 @app.command("promote")

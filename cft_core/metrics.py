@@ -85,3 +85,10 @@ def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, level: float = 0.95, resam
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return float(diff.mean()), float(low), float(high)
+
+
+def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the percentile bootstrap interval of the mean of float[B] per-row values
+    (`paired_bootstrap_ci` against zeros)."""
+    values = np.asarray(values, dtype=float)
+    return paired_bootstrap_ci(values, np.zeros_like(values), level, resamples, seed)

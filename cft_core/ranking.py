@@ -13,18 +13,24 @@ The prompt holds the last `max_history` titles of a history (the length the mode
 on). Beam search is deterministic, so each distinct prompt is generated once (the no-history
 prompt of the history-reliance diagnostic is the same for every row: one generation).
 
-Scores, one per returned item (higher is better):
-- grounding: minus the item's smallest L2 distance to any generated title. The order is the
-  interleaved one the evaluation measures, so these scores need not decrease along the list;
+Scores, one per returned item, never increase along the list (higher is better):
+- grounding: the interleave's own order as a number. The adjusted ranking walks the beams'
+  rankings round-robin (round r, beam j: walk position p = r * beams + j) and keeps first
+  occurrences, so an item's score is beams / (beams + p): 1 for the first item, then decreasing.
+  (The L2 distance itself is not monotone along an interleaved list, so it is not the score.)
 - constrained: the beam's score (summed log-probability / length ** length_penalty), which
   does not increase along the list. Constrained beams may run to the longest catalogue title
   whatever `max_new_tokens` says: a beam cut short would be no item at all.
+
+Histories, as people type them: titles (case-insensitive) or item ids. A title that matches no
+catalogue item is reported back as `unmatched` and left out of the prompt, unless the caller asks
+for free text (`free_text=True`), when it is shown to the model as typed (and still reported).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -32,7 +38,7 @@ import torch
 
 from cft_core.constrained import TitleTrie
 from cft_core.generation import GenerationSettings, generate_titles, response_token_ids
-from cft_core.grounding import embed_texts, interleave_dedup, l2_distances, l2_topk
+from cft_core.grounding import embed_texts, interleave_dedup, l2_topk
 from cft_core.modeling import model_device
 from cft_core.prompts import PromptBuilder
 from cft_core.sequences import PLACEHOLDER_TITLE
@@ -94,11 +100,41 @@ class Ranking:
 
 @dataclass(frozen=True)
 class Recommendation:
-    """Top-K items for one history, best first."""
+    """Top-K items for one history, best first; `unmatched`: the history's titles that matched
+    no catalogue item (see the module docstring)."""
 
     item_ids: list[int]
     titles: list[str]
     scores: list[float]
+    unmatched: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ResolvedHistory:
+    """A history as the ranking uses it: `titles` for the prompt (oldest first), `rows`: the
+    catalogue rows it names (left out of its recommendations), `unmatched`: entries that are no
+    catalogue title."""
+
+    titles: list[str]
+    rows: list[int]
+    unmatched: list[str]
+
+
+def check_history(history, index: int = 0) -> list[str | int]:
+    """A history as received (a list of titles or item ids) -> its entries; InputError naming
+    the history (`index`, 0-based) and the entry otherwise. Runs before anything is generated."""
+    where = f"history {index}" if index else "the history"
+    if isinstance(history, (str, bytes)) or not isinstance(history, (Sequence, np.ndarray)):
+        shown = repr(history)[:60]
+        raise InputError(f"{where} must be a list of titles or item ids, got {type(history).__name__} {shown}")
+    entries = list(history)
+    for entry in entries:
+        if isinstance(entry, (bool, np.bool_)) or not isinstance(entry, (str, int, np.integer)):
+            raise InputError(f"{where}: entry {entry!r} is a {type(entry).__name__}; entries are titles (text) "
+                             "or item ids (integers)")
+        if isinstance(entry, str) and not entry.strip():
+            raise InputError(f"{where}: an entry is empty")
+    return entries
 
 
 class Catalogue:
@@ -122,29 +158,35 @@ class Catalogue:
     def __len__(self) -> int:
         return len(self.titles)
 
-    def resolve(self, history: Sequence[str | int]) -> tuple[list[str], list[int]]:
-        """History entries (item ids, as ints or digit strings, or titles) -> (titles, known rows).
+    def resolve(self, history: Sequence[str | int], free_text: bool = False) -> ResolvedHistory:
+        """History entries (item ids, as ints or digit strings, or titles) -> `ResolvedHistory`.
 
-        A title not in the catalogue is kept as text (the model reads titles, not ids); an id not
-        in the catalogue is an error, since it has no title to show the model.
+        An id not in the catalogue is an error (it has no title to show the model). A title not
+        in the catalogue is `unmatched`: left out, or shown as typed when `free_text`. A history
+        left with nothing to show is an error naming what did not match.
         """
-        titles, rows = [], []
+        titles, rows, unmatched = [], [], []
         for entry in history:
             key = str(entry).strip()
             if key.lstrip("-").isdigit() and int(key) in self.row_of_id:
                 row = self.row_of_id[int(key)]
             elif key.casefold() in self._row_of_folded:
                 row = self._row_of_folded[key.casefold()]
-            elif isinstance(entry, int) or key.isdigit():
+            elif isinstance(entry, (int, np.integer)) or key.lstrip("-").isdigit():
                 raise InputError(f"item id {key} is not in the catalogue ({len(self.titles):,} items)")
             else:
-                titles.append(key)
+                unmatched.append(key)
+                if free_text:
+                    titles.append(key)
                 continue
             titles.append(self.titles[row])
             rows.append(row)
         if not titles:
+            if unmatched:
+                raise InputError(f"no history entry is a catalogue title: {', '.join(map(repr, unmatched[:5]))} "
+                                 "(ask for free text to use them as typed)")
             raise InputError("a history needs at least one item (a title or an item id)")
-        return titles, rows
+        return ResolvedHistory(titles, rows, unmatched)
 
     def check_k(self, k: int) -> int:
         """k itself when 1 <= k <= the catalogue's size; else InputError (before any generation)."""
@@ -152,13 +194,15 @@ class Catalogue:
             raise InputError(f"k must be between 1 and the catalogue size {len(self.titles):,}, got {k}")
         return k
 
-    def recommendations(self, ranking: Ranking) -> list[Recommendation]:
-        """Rows of a `Ranking` -> item ids, titles and scores per history (padding dropped)."""
+    def recommendations(self, ranking: Ranking, depth: int | None = None,
+                        unmatched: Sequence[list[str]] | None = None) -> list[Recommendation]:
+        """Rows of a `Ranking` -> item ids, titles and scores per history (padding dropped; the
+        first `depth` only, when given), with each history's `unmatched` titles."""
         out = []
-        for rows, scores in zip(ranking.rows, ranking.scores, strict=True):
-            keep = rows >= 0
+        for b, (rows, scores) in enumerate(zip(ranking.rows, ranking.scores, strict=True)):
+            keep = np.flatnonzero(rows >= 0)[:depth]
             out.append(Recommendation(self.item_ids[rows[keep]].tolist(), [self.titles[r] for r in rows[keep]],
-                                      scores[keep].tolist()))
+                                      scores[keep].tolist(), list(unmatched[b]) if unmatched else []))
         return out
 
 
@@ -203,8 +247,8 @@ class Ranker:
         """The factual prompt of a history (its last `max_history` titles)."""
         return self.prompts.factual(list(history_titles)[-self.settings.max_history :])
 
-    def resolve(self, history: Sequence[str | int]) -> tuple[list[str], list[int]]:
-        return self.catalogue.resolve(history)
+    def resolve(self, history: Sequence[str | int], free_text: bool = False) -> ResolvedHistory:
+        return self.catalogue.resolve(history, free_text)
 
     # ---------------------------------------------------------------- ranking
 
@@ -237,14 +281,7 @@ class Ranker:
         per_beam = l2_topk(emb, self.item_embeddings, depth, excluded=per_query_excluded).cpu().numpy()
         per_beam = per_beam.reshape(n, width, -1)  # [B, beams, depth]
         adjusted = interleave_dedup(per_beam, depth)
-        # score = -(distance to the nearest generated title), for the returned rows only
-        scores = np.full(adjusted.shape, np.nan)
-        for b in range(n):
-            keep = adjusted[b] >= 0
-            picked = self.item_embeddings[torch.from_numpy(adjusted[b][keep])]  # [k, D]
-            dist = l2_distances(emb[b * width : (b + 1) * width], picked)  # [beams, k]
-            scores[b, keep] = -dist.min(dim=0).values.cpu().numpy()
-        return Ranking(adjusted, scores, per_beam[:, 0], beams)
+        return Ranking(adjusted, walk_scores(per_beam, adjusted), per_beam[:, 0], beams)
 
     def _rank_constrained(self, beams: list[list[str]], beam_scores: list[list[float]], depth: int,
                           exclude) -> Ranking:
@@ -278,16 +315,34 @@ class Ranker:
 
     # ---------------------------------------------------------------- serving
 
-    def recommend(self, histories: Sequence[Sequence[str | int]], k: int,
-                  exclude_history: bool = True) -> list[Recommendation]:
+    def recommend(self, histories: Sequence[Sequence[str | int]], k: int, exclude_history: bool = True,
+                  free_text: bool = False) -> list[Recommendation]:
         """One `Recommendation` of up to k items per history. Items already in the history are
         left out by default (a recommender should not suggest what the user has just watched;
-        the offline metrics keep them, as the reference does)."""
+        the offline metrics keep them, as the reference does). Everything about the input is
+        checked before anything is generated."""
         self.catalogue.check_k(k)
-        resolved = [self.resolve(h) for h in histories]
-        ranking = self.rank([self.prompt(t) for t, _ in resolved], depth=k,
-                            exclude=[seen for _, seen in resolved] if exclude_history else None)
-        return self.catalogue.recommendations(ranking)
+        resolved = [self.resolve(check_history(h, i), free_text) for i, h in enumerate(histories)]
+        ranking = self.rank([self.prompt(r.titles) for r in resolved], depth=k,
+                            exclude=[r.rows for r in resolved] if exclude_history else None)
+        return self.catalogue.recommendations(ranking, unmatched=[r.unmatched for r in resolved])
+
+
+def walk_scores(per_beam: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Scores of an interleaved grounding ranking (module docstring): per_beam [B, beams, L] the
+    beams' rankings, rows [B, k] the interleaved one -> [B, k], beams / (beams + p) with p the
+    item's first position in the round-robin walk (round-major); NaN where rows is -1."""
+    n, width, _ = per_beam.shape
+    walk = per_beam.transpose(0, 2, 1).reshape(n, -1)  # [B, L * beams]: round 0 beam 0, round 0 beam 1, ...
+    scores = np.full(rows.shape, np.nan)
+    for b in range(n):
+        first: dict[int, int] = {}
+        for p, item in enumerate(walk[b].tolist()):
+            first.setdefault(item, p)
+        for j, item in enumerate(rows[b].tolist()):
+            if item >= 0:
+                scores[b, j] = width / (width + first[item])
+    return scores
 
 
 def embed_titles(model, tokenizer, titles: Sequence[str], progress: bool = False) -> torch.Tensor:

@@ -276,6 +276,14 @@ class EvalConfig(_Strict):
         True, description="Also evaluate with the history removed from the prompt: the gap is "
         "what CFT is meant to widen.",
     )
+    diagnostics: bool = Field(
+        True, description="Teacher-forced diagnostics per row (cft-method.md, section 6): target NLL "
+        "and history effect, log p(y | history) - log p(y | no history), with bootstrap intervals. "
+        "Two forward passes per row and no generation: cheap enough for every row of the split.",
+    )
+    diagnostics_max_samples: int | None = Field(
+        None, ge=1, description="Seeded subsample of the split for the diagnostics; None: all of it.",
+    )
     popularity_groups: int = Field(5, ge=2, description="Item popularity groups (by train frequency).")
     sasrec: bool = Field(
         False, description="Also train a SASRec baseline on the train split (seeded by eval.seed) "

@@ -43,6 +43,45 @@ class EvalOutput:
     def rows(self) -> int:
         return json.loads((self.path / "summary.json").read_text())["examples"]
 
+    @property
+    def diagnostics(self) -> dict[str, float]:
+        """{name: mean, name_ci_low, name_ci_high, rows} of `diagnostics.json` ({} when off)."""
+        path = self.path / "diagnostics.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
+DIAGNOSTICS = ("history_effect", "history_effect_per_token", "target_nll")  # cft_core.diagnostics
+
+
+def diagnostics_text(d: dict[str, float]) -> str:
+    """One line: each diagnostic with its 95 % interval (what the CLI and the artifacts print)."""
+    if not d:
+        return "diagnostics: off (eval.diagnostics)"
+    parts = [f"{name.replace('_', ' ')} {d[name]:+.4f} [{d[name + '_ci_low']:+.4f}, {d[name + '_ci_high']:+.4f}]"
+             for name in DIAGNOSTICS]
+    return f"diagnostics on {int(d['rows']):,} rows (95 % CI): " + "; ".join(parts)
+
+
+def run_diagnostics(cfg: PipelineConfig, model, tokenizer, sequences: Path) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Per-row teacher-forced log-likelihoods of the split (`cft_core.diagnostics`) and their
+    summary: the mean of each diagnostic with its 95 % bootstrap interval."""
+    from cft_core.diagnostics import label_likelihoods
+    from cft_core.metrics import bootstrap_ci
+    from cft_core.prompts import PromptBuilder
+
+    e = cfg.eval
+    rows = read_records(sequences / f"{e.split}.parquet", e.diagnostics_max_samples, e.seed)
+    ll = label_likelihoods(model, tokenizer, PromptBuilder.for_domain(cfg.data.domain), rows, e.batch_size,
+                           cfg.train.cutoff_len)
+    table = pd.DataFrame({"user_id": [r["user_id"] for r in rows], "target_item_id": [r["target_item_id"] for r in rows],
+                          "logp_factual": ll.factual, "logp_counterfactual": ll.counterfactual,
+                          "label_tokens": ll.tokens.astype(int)})
+    summary: dict[str, float] = {"rows": len(rows)}
+    for name in DIAGNOSTICS:
+        mean, low, high = bootstrap_ci(getattr(ll, name), seed=e.seed)
+        summary |= {name: mean, f"{name}_ci_low": low, f"{name}_ci_high": high}
+    return table, summary
+
 
 HEADLINE_KS = (5, 10, 20)  # the cut-offs tables show (metrics.json holds every K)
 
@@ -220,6 +259,8 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
                     preds["constrained_generated"] = ranking.beams
                 record(f"{prefix}constrained", ranking.rows)
 
+    diagnostics = run_diagnostics(cfg, model, tokenizer, sequences) if e.diagnostics else None
+
     # Most-popular baseline and the popularity analysis.
     train_targets = pq.read_table(sequences / "train.parquet", columns=["target_item_id"]).column(0).to_numpy()
     counts = np.bincount(train_targets, minlength=len(titles))
@@ -247,6 +288,9 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         summary = {"split": e.split, "examples": len(rows), "catalogue": len(titles), "model_dir": str(model_dir)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        if diagnostics is not None:
+            diagnostics[0].to_parquet(tmp / "diagnostics.parquet", index=False)
+            (tmp / "diagnostics.json").write_text(json.dumps(diagnostics[1], indent=1))
     del model
     return EvalOutput(out_dir, metrics, False)
 

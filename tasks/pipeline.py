@@ -172,13 +172,14 @@ def metrics_summary(cfg: PipelineConfig, evaluation: EvalOutput | None, run_id: 
                     unchanged: str | None = None) -> str:
     """Markdown: HR/NDCG@{5,10,20} per method, the MLflow run, and the gate's decision (or why
     nothing was trained)."""
-    from tasks.evaluation import metrics_table
+    from tasks.evaluation import diagnostics_text, metrics_table
     from tasks.tracking import run_link
 
     if unchanged:
         return f"### {cfg.data.name}: nothing new\n\n{unchanged}"
     lines = [f"### {cfg.data.name}: {cfg.train.objective}, {evaluation.split} split", "",
-             metrics_table(evaluation.metrics, cfg.eval.ks), "", f"MLflow run: {run_link(cfg, run_id)}"]
+             metrics_table(evaluation.metrics, cfg.eval.ks), "", diagnostics_text(evaluation.diagnostics), "",
+             f"MLflow run: {run_link(cfg, run_id)}"]
     if decision:
         from tasks.registry import GateDecision, gate_card
 

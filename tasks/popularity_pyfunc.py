@@ -32,18 +32,26 @@ class PopularityModel(PythonModel):
         self.default_k = int(dict(context.model_config or {}).get("top_k", 10))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from cft_core.ranking import popularity_ranking
+        from mlflow.exceptions import MlflowException
 
-        params = params or {}
-        if "history" not in model_input.columns:
-            raise ValueError(f"input needs a `history` column (list of titles or item ids); got {list(model_input.columns)}")
-        k = self.catalogue.check_k(int(params["k"]) if params.get("k") is not None else self.default_k)
-        resolved = [self.catalogue.resolve(list(h)) for h in model_input["history"]]
-        exclude = [seen for _, seen in resolved] if bool(params.get("exclude_history", True)) else None
+        from cft_core.ranking import InputError, check_history, popularity_ranking
+        from cft_core.serving import RequestParams
+
+        try:  # the input's fault: 400 with the reason, no stack trace
+            if "history" not in model_input.columns:
+                raise InputError(f"input needs a `history` column (list of titles or item ids); "
+                                 f"got {list(model_input.columns)}")
+            p = RequestParams.parse(params, self.default_k)
+            k = self.catalogue.check_k(p.k)
+            resolved = [self.catalogue.resolve(check_history(h, i), p.free_text)
+                        for i, h in enumerate(model_input["history"])]
+        except InputError as error:
+            raise MlflowException.invalid_parameter_value(str(error)) from None
+        exclude = [r.rows for r in resolved] if p.exclude_history else None
         ranking = popularity_ranking(self.counts, len(resolved), k, exclude, never=self.catalogue.never)
-        recs = self.catalogue.recommendations(ranking)
+        recs = self.catalogue.recommendations(ranking, unmatched=[r.unmatched for r in resolved])
         return pd.DataFrame({"item_ids": [r.item_ids for r in recs], "titles": [r.titles for r in recs],
-                             "scores": [r.scores for r in recs]})
+                             "scores": [r.scores for r in recs], "unmatched": [r.unmatched for r in recs]})
 
 
 mlflow.models.set_model(PopularityModel())

@@ -8,11 +8,21 @@ ranks with `cft_core.ranking.Ranker` and the `RankingSettings` the run was evalu
 what was measured is what serves.
 
 Input: a DataFrame with a `history` column, one list of strings per user (titles or item ids,
-oldest first). Params: `k` (items returned) and `exclude_history`.
-Output: one row per user with `item_ids`, `titles` and `scores` lists (best first).
+oldest first). Params (`cft_core.serving.RequestParams`): `k`, `exclude_history`, `free_text`.
+Output: one row per user with `item_ids`, `titles` and `scores` lists (best first; scores as
+`cft_core.ranking` defines them, never increasing) and `unmatched` (history titles that are no
+catalogue item).
+
+Concurrent `predict` calls (one per request thread of `mlflow models serve`, or `cft serve`'s
+requests) are batched into shared generation calls (`cft_core.serving.BatchingRecommender`):
+at most $CFT_SERVE_MAX_BATCH histories per call (default: the evaluation's prompts per generate
+call) and $CFT_SERVE_MAX_QUEUE waiting requests (default 64); beyond that a request gets 503.
+Input mistakes get 400 with a message naming the problem, checked before anything is generated.
 """
 
 from __future__ import annotations
+
+import os
 
 import mlflow
 import pandas as pd
@@ -30,6 +40,7 @@ class CFTRecommenderModel(PythonModel):
 
         from cft_core.prompts import PromptBuilder
         from cft_core.ranking import Ranker, RankingSettings
+        from cft_core.serving import BatchingRecommender
 
         config = dict(context.model_config or {})
         # The settings the run evaluated (and gated) with: method, history length, generation, precision.
@@ -42,20 +53,33 @@ class CFTRecommenderModel(PythonModel):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=settings.torch_dtype, use_safetensors=True)
         self.default_k = int(config.get("top_k", 10))
-        self.ranker = Ranker(model.to(device), AutoTokenizer.from_pretrained(model_dir),
-                             PromptBuilder.for_domain(config["domain"]), catalogue["item_id"].tolist(),
-                             catalogue["title"].tolist(), settings, embeddings)
+        ranker = Ranker(model.to(device), AutoTokenizer.from_pretrained(model_dir),
+                        PromptBuilder.for_domain(config["domain"]), catalogue["item_id"].tolist(),
+                        catalogue["title"].tolist(), settings, embeddings)
+        self.catalogue = ranker.catalogue
+        self.recommender = BatchingRecommender(
+            ranker, max_batch=int(os.environ.get("CFT_SERVE_MAX_BATCH", settings.generation.batch_size)),
+            max_queue=int(os.environ.get("CFT_SERVE_MAX_QUEUE", 64)))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        params = params or {}
-        if "history" not in model_input.columns:
-            raise ValueError(f"input needs a `history` column (list of titles or item ids); got {list(model_input.columns)}")
-        histories = [list(h) for h in model_input["history"]]
-        k = int(params["k"]) if params.get("k") is not None else self.default_k  # k=0 is an error, not "default"
-        recs = self.ranker.recommend(histories, k=k,
-                                          exclude_history=bool(params.get("exclude_history", True)))
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+        from cft_core.ranking import InputError
+        from cft_core.serving import Overloaded, RequestParams
+
+        try:  # the input's fault: 400 with the reason, no stack trace
+            if "history" not in model_input.columns:
+                raise InputError(f"input needs a `history` column (list of titles or item ids); "
+                                 f"got {list(model_input.columns)}")
+            p = RequestParams.parse(params, self.default_k)
+            recs = self.recommender.recommend(list(model_input["history"]), p.k, p.exclude_history, p.free_text)
+        except InputError as error:
+            raise MlflowException.invalid_parameter_value(str(error)) from None
+        except Overloaded as error:
+            raise MlflowException(str(error), error_code=TEMPORARILY_UNAVAILABLE) from None
         return pd.DataFrame({"item_ids": [r.item_ids for r in recs], "titles": [r.titles for r in recs],
-                             "scores": [r.scores for r in recs]})
+                             "scores": [r.scores for r in recs], "unmatched": [r.unmatched for r in recs]})
 
 
 mlflow.models.set_model(CFTRecommenderModel())

@@ -153,7 +153,7 @@ def version_tags(cfg: PipelineConfig, data_fingerprint: str, metrics: dict[str, 
 def model_card(cfg: PipelineConfig, evaluation, run_id: str, warm_start: str | None = None) -> str:
     """The version's description: a short model card (what it is, the data window, how it was
     trained, its metrics); the gate appends its decision (`gate_card`)."""
-    from tasks.evaluation import metrics_table
+    from tasks.evaluation import diagnostics_text, metrics_table
 
     alpha, beta = cfg.train.loss_settings()
     d = cfg.data
@@ -165,7 +165,7 @@ def model_card(cfg: PipelineConfig, evaluation, run_id: str, warm_start: str | N
         f"**{cfg.train.objective.upper()}** recommender for `{cfg.data.name}` ({window}): {start}, "
         f"alpha {alpha:g}, beta {beta:g}, serves by `{cfg.gate_method()}` ranking, MLflow run `{run_id}`.", "",
         f"{evaluation.split} split, {evaluation.rows:,} rows, full catalogue:", "",
-        metrics_table(evaluation.metrics, cfg.eval.ks)])
+        metrics_table(evaluation.metrics, cfg.eval.ks), "", diagnostics_text(evaluation.diagnostics)])
 
 
 def register_model(cfg: PipelineConfig, run_id: str | None, model_dir: Path, sequences: Path,
@@ -260,9 +260,10 @@ def _signature(cfg: PipelineConfig):
     return ModelSignature(
         inputs=Schema([ColSpec(Array(DataType.string), "history")]),
         outputs=Schema([ColSpec(Array(DataType.long), "item_ids"), ColSpec(Array(DataType.string), "titles"),
-                        ColSpec(Array(DataType.double), "scores")]),
+                        ColSpec(Array(DataType.double), "scores"), ColSpec(Array(DataType.string), "unmatched")]),
         params=ParamSchema([ParamSpec("k", DataType.long, cfg.registry.top_k),
-                            ParamSpec("exclude_history", DataType.boolean, True)]),
+                            ParamSpec("exclude_history", DataType.boolean, True),
+                            ParamSpec("free_text", DataType.boolean, False)]),
     )
 
 

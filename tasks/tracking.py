@@ -160,6 +160,9 @@ def log_evaluation(result, run_id: str, tracking_uri: str) -> bool:
 
     headline = {k: v for k, v in result.metrics.items() if int(k.rpartition("@")[2]) in HEADLINE_KS}
     client.log_batch(run_id, metrics=[Metric(mlflow_metric_name(split, k), v, now, 0) for k, v in headline.items()])
+    diagnostics = {f"{split}/diagnostics/{k}": v for k, v in result.diagnostics.items() if k != "rows"}
+    if diagnostics:  # history effect, target NLL and their interval bounds
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in diagnostics.items()])
     client.log_artifacts(run_id, str(result.path), artifact_path=f"evaluation/{split}")
     # The per-example predictions also as an MLflow table (shown in the run's Evaluation view).
     preds = pd.read_parquet(result.path / "predictions.parquet")

@@ -76,6 +76,57 @@ def test_recommend_from_the_champion(profile):
     assert re.findall(r"^│ ([0-9]+) ", out, flags=re.M) == ["1", "2", "3"]  # the rank column
     out = cft("recommend", "-c", str(profile), "-k", "2", title)  # the champion, whichever it is
     assert "models:/cft-cli-test@champion: top" in out and re.findall(r"^│ ([0-9]+) ", out, flags=re.M)
+    typo = title[:-1] + "x" if len(title) > 4 else title + " 2"  # not in the catalogue, close to a title
+    out = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/2", "-k", "2", title, typo)
+    assert f"not in the catalogue: '{typo}', left out (--free-text to use it as typed); close: '{title}'" in out
+
+
+def test_serve_answers_over_http(profile):
+    """`cft serve` as a user starts it: a real process on a free port, asked over HTTP."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    catalogue = next((profile.parent / "data" / "sequences").iterdir()) / "catalogue.parquet"
+    title = pd.read_parquet(catalogue)["title"][0]
+    server = subprocess.Popen([sys.executable, "-m", "cft_cli", "serve", "-c", str(profile), "--model",
+                               "models:/cft-cli-test/2", "--port", str(port), "--max-queue", "4"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                health = json.load(urllib.request.urlopen(f"{url}/health", timeout=5))
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert server.poll() is None, server.stdout.read().decode()
+                time.sleep(0.5)
+        assert health["status"] == "ok" and health["model"] == "models:/cft-cli-test/2"
+
+        def post(body: dict):
+            request = urllib.request.Request(f"{url}/recommend", data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as r:
+                    return r.status, json.load(r)
+            except urllib.error.HTTPError as e:
+                return e.code, json.load(e)
+
+        status, body = post({"history": [title], "k": 2})
+        assert status == 200 and 1 <= len(body["item_ids"]) <= 2 and body["unmatched"] == []
+        status, body = post({"history": ["123456789"], "k": 2})
+        assert status == 400 and body["message"].startswith("item id 123456789 is not in the catalogue")
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def test_promote_and_rollback(profile, prefect_harness):

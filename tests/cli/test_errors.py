@@ -68,3 +68,9 @@ def test_promote_an_unknown_version(tmp_path):
 def test_k_zero_is_a_usage_error():
     res = run("recommend", "-k", "0", "Heat")
     assert res.exit_code == 2 and "Invalid value for '-k'" in res.output and "greater than or equal to 1" in res.output
+
+
+def test_a_history_entry_that_is_not_utf8():
+    """On Linux, argv bytes that are not UTF-8 reach Python as lone surrogates."""
+    res = run("recommend", "Heat", "Caf\udce9")
+    assert res.exit_code == 2 and res.output.startswith("error: history entry 2 (Caf\\udce9) is not valid UTF-8")

@@ -45,18 +45,21 @@ def recommender(model, tiny_tokenizer):
 def reference(rec: Ranker, history_titles: list[str], seen_rows: list[int], k: int, exclude: bool):
     """Straight from the definition: candidates are the catalogue minus the history (when
     excluded); per beam, candidates by L2 distance (cdist); round-robin over beams, first
-    occurrence kept; score = -min distance over beams."""
+    occurrence kept; score = beams / (beams + p), p the walk position where the item was taken."""
     beams = generate_titles(rec.model, rec.tokenizer, [rec.prompts.factual(history_titles)], SETTINGS, progress=False)[0]
     dist = torch.cdist(embed_texts(rec.model, rec.tokenizer, beams), rec.item_embeddings)  # [beams, I]
     orders = [[r for r in torch.argsort(d, stable=True).tolist() if not (exclude and r in seen_rows)]
               for d in dist]
     rows: list[int] = []
+    scores: list[float] = []
+    p = 0  # position in the round-robin walk
     for rank in range(len(orders[0])):
         for order in orders:
             if order[rank] not in rows:
                 rows.append(order[rank])
-    rows = rows[:k]
-    return [IDS[r] for r in rows], [-dist[:, r].min().item() for r in rows]
+                scores.append(len(orders) / (len(orders) + p))
+            p += 1
+    return [IDS[r] for r in rows[:k]], scores[:k]
 
 
 @pytest.mark.parametrize("exclude", [True, False])
@@ -67,7 +70,8 @@ def test_recommend_matches_reference(recommender, exclude):
     ids, scores = reference(recommender, history, seen, 5, exclude)
     assert rec.item_ids == ids
     assert rec.titles == [TITLES[i - 100] for i in ids]
-    np.testing.assert_allclose(rec.scores, scores, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rec.scores, scores, rtol=1e-12)
+    assert rec.scores[0] == 1.0 and all(np.diff(rec.scores) < 0)  # strictly decreasing with rank
     if exclude:
         assert not set(rec.item_ids) & {IDS[r] for r in seen}
 
@@ -80,17 +84,44 @@ def test_recommend_batches_like_single_calls(recommender):
     assert all(len(r.item_ids) == 4 and len(set(r.item_ids)) == 4 for r in together)
 
 
-def test_resolve_ids_titles_and_free_text(recommender):
-    titles, rows = recommender.resolve([100, "101", "heat", "A Film Not In The Catalogue"])
-    assert titles == [TITLES[0], TITLES[1], "Heat", "A Film Not In The Catalogue"]
-    assert rows == [0, 1, TITLES.index("Heat")]
+def test_resolve_ids_titles_and_unmatched(recommender):
+    resolved = recommender.resolve([100, "101", "heat", "A Film Not In The Catalogue"])
+    assert resolved.titles == [TITLES[0], TITLES[1], "Heat"]  # the unmatched title is left out ...
+    assert resolved.rows == [0, 1, TITLES.index("Heat")]
+    assert resolved.unmatched == ["A Film Not In The Catalogue"]  # ... and reported
+    free = recommender.resolve([100, "A Film Not In The Catalogue"], free_text=True)
+    assert free.titles == [TITLES[0], "A Film Not In The Catalogue"] and free.unmatched == ["A Film Not In The Catalogue"]
     with pytest.raises(InputError, match="item id 999 is not in the catalogue"):
         recommender.resolve(["999"])
     with pytest.raises(InputError, match="at least one"):
         recommender.resolve([])
+    with pytest.raises(InputError, match="no history entry is a catalogue title: 'Nope'"):
+        recommender.resolve(["Nope"])
     for k in (0, len(TITLES) + 1):  # refused before any generation
         with pytest.raises(InputError, match=f"k must be between 1 and the catalogue size {len(TITLES)}, got {k}"):
             recommender.recommend([["Heat"]], k=k)
+
+
+def test_recommend_reports_unmatched_titles(recommender):
+    (rec,) = recommender.recommend([["Heat", "Not A Film"]], k=3)
+    assert rec.unmatched == ["Not A Film"]
+    (alone,) = recommender.recommend([["Heat"]], k=3)
+    assert rec.item_ids == alone.item_ids  # left out of the prompt: as if never typed
+    (free,) = recommender.recommend([["Heat", "Not A Film"]], k=3, free_text=True)
+    assert free.unmatched == ["Not A Film"]
+
+
+@pytest.mark.parametrize("history, message", [
+    ("Heat", "must be a list of titles or item ids, got str"),
+    ([["Heat"]], "entry \\['Heat'\\] is a list"),
+    ([1.5], "entry 1.5 is a float"),
+    ([True], "entry True is a bool"),
+    (["Heat", "  "], "an entry is empty"),
+])
+def test_malformed_histories_are_refused_before_generation(recommender, history, message, monkeypatch):
+    monkeypatch.setattr(recommender, "rank", lambda *a, **k: pytest.fail("generated for a malformed history"))
+    with pytest.raises(InputError, match=message):
+        recommender.recommend([history], k=3)
 
 
 def test_prompt_keeps_the_last_max_history_titles(model, tiny_tokenizer):

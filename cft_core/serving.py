@@ -1,0 +1,151 @@
+"""Serving: request params, and many users at once (concurrent requests share generation calls).
+
+Generation is nearly all of a request's cost, and on a CPU a decoding step reads every weight
+of the model whatever the number of rows it advances, so one `Ranker.rank` call over B prompts
+costs far less than B calls of one prompt. `BatchingRecommender` puts every request on a queue;
+one worker thread takes whatever is waiting (up to `max_batch` histories), ranks it in one call
+and hands each caller its own rows. There is no timer: while a batch generates, the next one
+gathers, so a lone request is never held back and a busy server batches by itself.
+
+The queue is bounded. A request that finds `max_queue` requests waiting is refused at once with
+`Overloaded` (HTTP 503 with Retry-After in the servers), rather than waiting past any client's
+timeout: the load a server accepts is what it can answer.
+
+Each request's input is checked in the caller's thread before it is queued (k, ids, history
+shape), so a bad request never reaches generation and never holds up the others. A batch ranks
+to the deepest k it holds; both rankings give every request exactly the first k items it would
+get alone (constrained: beams in score order; grounding: the round-robin over the beams' top-k
+holds k distinct items after k rounds, so deeper lists do not change the first k).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cft_core.ranking import InputError, Ranker, Ranking, Recommendation, check_history
+
+PARAMS = ("k", "exclude_history", "free_text")  # what a request may set, besides its histories
+
+
+@dataclass(frozen=True)
+class RequestParams:
+    """A request's params. k: items per history (1 .. catalogue size); exclude_history: leave the
+    history's own items out; free_text: show unmatched history titles to the model as typed."""
+
+    k: int
+    exclude_history: bool = True
+    free_text: bool = False
+
+    @classmethod
+    def parse(cls, params: dict | None, default_k: int) -> RequestParams:
+        """Params as received (JSON or MLflow) -> RequestParams; InputError naming the field."""
+        params = {key: value for key, value in (params or {}).items() if value is not None}
+        unknown = sorted(set(params) - set(PARAMS))
+        if unknown:
+            raise InputError(f"unknown param(s) {', '.join(unknown)}; known: {', '.join(PARAMS)}")
+        k = params.get("k", default_k)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise InputError(f"param k must be an integer, got {k!r}")
+        flags = {}
+        for name in ("exclude_history", "free_text"):
+            value = params.get(name, getattr(cls, name))
+            if not isinstance(value, (bool, np.bool_)):
+                raise InputError(f"param {name} must be true or false, got {value!r}")
+            flags[name] = bool(value)
+        return cls(k=int(k), **flags)
+
+
+class Overloaded(RuntimeError):
+    """The request queue is full: the server is answering all it can; retry later (HTTP 503)."""
+
+
+@dataclass
+class _Request:
+    prompts: list[str]  # one factual prompt per history
+    exclude: list[list[int]]  # per history, catalogue rows never returned
+    unmatched: list[list[str]]  # per history, titles that matched no catalogue item
+    k: int
+    future: Future = field(default_factory=Future)
+
+
+class BatchingRecommender:
+    """`Ranker.recommend` for many threads at once, batched (see the module docstring).
+
+    max_batch: histories ranked together, at most (a single request with more runs alone);
+    max_queue: requests waiting, at most, before new ones get `Overloaded`.
+    """
+
+    def __init__(self, ranker: Ranker, max_batch: int, max_queue: int):
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError(f"max_batch and max_queue must be >= 1, got {max_batch} and {max_queue}")
+        self.ranker, self.max_batch, self.max_queue = ranker, max_batch, max_queue
+        self._queue: queue.Queue[_Request] = queue.Queue(maxsize=max_queue)
+        self._held: _Request | None = None  # taken from the queue but did not fit the last batch
+        self.batch_sizes: list[int] = []  # histories per ranking call, for tests and benchmarks
+        threading.Thread(target=self._work, name="cft-batcher", daemon=True).start()
+
+    def submit(self, histories: Sequence[Sequence[str | int]], k: int, exclude_history: bool = True,
+               free_text: bool = False) -> Future:
+        """Queue a request; its future gives one `Recommendation` per history. Raises InputError
+        (bad input, before anything is queued) or Overloaded (queue full)."""
+        catalogue = self.ranker.catalogue
+        catalogue.check_k(k)
+        resolved = [self.ranker.resolve(check_history(h, i), free_text) for i, h in enumerate(histories)]
+        request = _Request(prompts=[self.ranker.prompt(r.titles) for r in resolved],
+                           exclude=[r.rows if exclude_history else [] for r in resolved],
+                           unmatched=[r.unmatched for r in resolved], k=k)
+        if not request.prompts:
+            request.future.set_result([])
+            return request.future
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            raise Overloaded(f"{self.max_queue} requests are already waiting; retry in a few seconds") from None
+        return request.future
+
+    def recommend(self, histories: Sequence[Sequence[str | int]], k: int, exclude_history: bool = True,
+                  free_text: bool = False) -> list[Recommendation]:
+        """`submit` and wait for the answer (what a request thread does)."""
+        return self.submit(histories, k, exclude_history, free_text).result()
+
+    def _next_batch(self) -> list[_Request]:
+        """Block for one request, then take what else is waiting, up to max_batch histories."""
+        first = self._held or self._queue.get()
+        self._held = None
+        batch, size = [first], len(first.prompts)
+        while size < self.max_batch:
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if size + len(request.prompts) > self.max_batch:
+                self._held = request  # first in the next batch
+                break
+            batch.append(request)
+            size += len(request.prompts)
+        return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            prompts = [p for r in batch for p in r.prompts]
+            self.batch_sizes.append(len(prompts))
+            try:
+                ranking = self.ranker.rank(prompts, depth=max(r.k for r in batch),
+                                           exclude=[rows for r in batch for rows in r.exclude])
+            except BaseException as error:  # the callers' problem to report; the worker goes on
+                for r in batch:
+                    r.future.set_exception(error)
+                continue
+            start = 0
+            for r in batch:
+                part = slice(start, start + len(r.prompts))
+                start = part.stop
+                mine = Ranking(ranking.rows[part], ranking.scores[part], None, ranking.beams[part])
+                r.future.set_result(self.ranker.catalogue.recommendations(mine, depth=r.k, unmatched=r.unmatched))

@@ -1,0 +1,156 @@
+"""`cft compare`: runs compared row by row, with bootstrap intervals of the differences.
+
+Each evaluated run has per-row results: `predictions.parquet` (the first-hit rank of every
+ranking method) and `diagnostics.parquet` (teacher-forced log-likelihoods). Two runs evaluated on
+the same split share rows, identified by (user_id, target_item_id); a comparison uses only the
+rows every run has. A *side* is one run, or several runs of one method with different seeds:
+its per-row value is the mean over its seeds. When both sides have the same seeds (param
+`train.seed`) they are paired seed by seed: the mean over s of (B_s - A_s) per row, which is the
+difference of the seed means, so the intervals (rows resampled) are the same either way; the
+table says whether the seeds matched.
+
+For every quantity (HR/NDCG@K per method; history effect per title and per token; target NLL)
+the table holds mean(A), mean(B), mean(B - A) and the percentile-bootstrap interval of
+mean(B - A), resampling rows (`cft_core.metrics.paired_bootstrap_ci`), with a verdict read from
+the interval: "B higher", "B lower", or "no difference at this budget" when it holds 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cft_core.metrics import paired_bootstrap_ci, per_row_metric
+from schemas.errors import InputError
+
+KEY = ["user_id", "target_item_id"]
+DIAGNOSTIC_COLUMNS = {  # quantity -> per-row value from diagnostics.parquet (cft_core.diagnostics)
+    "history_effect": lambda d: d["logp_factual"] - d["logp_counterfactual"],
+    "history_effect_per_token": lambda d: (d["logp_factual"] - d["logp_counterfactual"]) / d["label_tokens"],
+    "target_nll": lambda d: -d["logp_factual"] / d["label_tokens"],
+}
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """One run's per-row results: `rows` indexed by KEY, a column per quantity; `seed` (None if unknown)."""
+
+    label: str
+    rows: pd.DataFrame
+    seed: int | None = None
+
+
+def per_row_quantities(folder: Path, metrics: list[str]) -> pd.DataFrame:
+    """An evaluation folder -> DataFrame indexed by KEY: one column per `<method>/<HR|NDCG>@K`
+    (for each method the folder ranked) and per diagnostic (when the folder has them)."""
+    if not (folder / "predictions.parquet").is_file():
+        raise InputError(f"{folder} is not an evaluation folder (no predictions.parquet)")
+    preds = pd.read_parquet(folder / "predictions.parquet")
+    methods = [c.removesuffix("_rank") for c in preds.columns if c.endswith("_rank")]
+    out = preds[KEY].copy()
+    for method in methods:
+        for metric in metrics:
+            out[f"{method}/{metric}"] = per_row_metric(preds[f"{method}_rank"].to_numpy(), metric)
+    out = out.drop_duplicates(KEY).set_index(KEY)
+    if (folder / "diagnostics.parquet").is_file():
+        d = pd.read_parquet(folder / "diagnostics.parquet").drop_duplicates(KEY).set_index(KEY)
+        diag = pd.DataFrame({name: f(d) for name, f in DIAGNOSTIC_COLUMNS.items()}, index=d.index)
+        out = out.join(diag, how="outer")
+    return out
+
+
+def _side_values(side: list[Evaluated], quantity: str, rows: pd.Index) -> np.ndarray:
+    """[S, R]: the quantity per seed (run) of a side on the shared rows."""
+    return np.stack([run.rows.loc[rows, quantity].to_numpy(dtype=float) for run in side])
+
+
+def compare(a: list[Evaluated], b: list[Evaluated], level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Side B against side A: one row per quantity both sides have, on the rows all runs share."""
+    runs = a + b
+    quantities = [q for q in runs[0].rows.columns if all(q in r.rows.columns for r in runs)]
+    seeds_a, seeds_b = [r.seed for r in a], [r.seed for r in b]
+    by_seed = None not in seeds_a and sorted(seeds_a) == sorted(seeds_b) and len(set(seeds_a)) == len(seeds_a)
+    out = []
+    for q in quantities:
+        rows = runs[0].rows.index
+        for r in runs[1:]:
+            rows = rows.intersection(r.rows.index)
+        rows = rows[np.all([~r.rows.loc[rows, q].isna().to_numpy() for r in runs], axis=0)] if len(rows) else rows
+        if len(rows) == 0:
+            continue
+        va, vb = _side_values(a, q, rows), _side_values(b, q, rows)
+        per_row_a, per_row_b = va.mean(axis=0), vb.mean(axis=0)  # [R]: each side's mean over its seeds
+        diff, low, high = paired_bootstrap_ci(per_row_b, per_row_a, level=level, seed=seed)
+        verdict = "B higher" if low > 0 else "B lower" if high < 0 else "no difference at this budget"
+        out.append({"quantity": q, "rows": len(rows), "seeds": f"{len(a)} vs {len(b)}" + (" (paired)" if by_seed else ""),
+                    "A": float(per_row_a.mean()), "B": float(per_row_b.mean()), "B - A": diff,
+                    "ci_low": low, "ci_high": high, "verdict": verdict})
+    if not out:
+        raise InputError("the runs share no evaluated rows (different splits or datasets?)")
+    return pd.DataFrame(out)
+
+
+def markdown(table: pd.DataFrame, a_label: str, b_label: str, level: float) -> str:
+    lines = [f"A = {a_label}; B = {b_label}. Intervals: {level:.0%} percentile bootstrap of mean(B - A) over rows.", "",
+             "| quantity | rows | seeds | A | B | B - A | interval | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples(index=False):
+        lines.append(f"| {r.quantity} | {r.rows} | {r.seeds} | {r.A:.4f} | {r.B:.4f} | {r[5]:+.4f} | "
+                     f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] | {r.verdict} |")
+    return "\n".join(lines)
+
+
+def plot(table: pd.DataFrame, path: Path, title: str) -> None:
+    """Forest plot: B - A per quantity with its interval; a dashed line at 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.2))
+    y = np.arange(len(table))[::-1]
+    diff = table["B - A"].to_numpy()
+    ax.errorbar(diff, y, xerr=[diff - table["ci_low"].to_numpy(), table["ci_high"].to_numpy() - diff], fmt="o",
+                capsize=3)
+    ax.axvline(0, ls="--", c="grey")
+    ax.set_yticks(y, table["quantity"])
+    ax.set_xlabel("B - A (per-row mean), bootstrap interval")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluation_of_run(run_id: str, split: str, tracking_uri: str, into: Path) -> tuple[Path, int | None]:
+    """An MLflow run's logged evaluation folder of `split`, downloaded into `into`, and the run's
+    training seed (param `train.seed`, None when absent)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise InputError(f"run {run_id} is not in the tracking store {tracking_uri}") from None
+    if f"cft.evaluation.{split}" not in run.data.tags:
+        raise InputError(f"run {run_id} has no {split} evaluation logged (run `cft evaluate` for it first)")
+    local = client.download_artifacts(run_id, f"evaluation/{split}", str(into))
+    seed = run.data.params.get("train.seed")
+    return Path(local), int(seed) if seed is not None and str(seed).lstrip("-").isdigit() else None
+
+
+def load_side(spec: str, split: str, tracking_uri: str, metrics: list[str], into: Path) -> list[Evaluated]:
+    """A side as typed: comma-separated run ids or evaluation folders (one per seed)."""
+    side = []
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        path = Path(item)
+        if path.is_dir():  # an evaluation folder: its seed is not recorded in it
+            side.append(Evaluated(item, per_row_quantities(path, metrics)))
+        else:
+            folder, seed = evaluation_of_run(item, split, tracking_uri, into / item)
+            side.append(Evaluated(item, per_row_quantities(folder, metrics), seed))
+    if not side:
+        raise InputError(f"no run in {spec!r}")
+    return side

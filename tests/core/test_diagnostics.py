@@ -1,0 +1,42 @@
+"""Teacher-forced diagnostics (cft_core/diagnostics.py) against a straightforward per-row
+computation: each row alone, unpadded, the full logits, log-softmax summed over the label tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cft_core.diagnostics import label_likelihoods
+from cft_core.prompts import PromptBuilder
+from cft_core.tiny import build_tiny_model
+from tests.conftest import make_records
+
+
+def reference_log_prob(model, tokenizer, prompt: str, response: str) -> tuple[float, int]:
+    """log p(response tokens, EOS | prompt), one unpadded row, from the definition."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    labels = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = torch.tensor([prompt_ids + labels])
+    logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)
+    total = sum(logp[len(prompt_ids) + t - 1, y].item() for t, y in enumerate(labels))
+    return total, len(labels)
+
+
+def test_history_effect_equals_the_per_row_computation(tiny_tokenizer):
+    model = build_tiny_model(len(tiny_tokenizer), hidden_size=32, num_layers=2, num_heads=4, seed=3).eval()
+    prompts = PromptBuilder.for_domain("movies")
+    records = make_records(7, seed=1)  # uneven history lengths: padding in every batch
+    got = label_likelihoods(model, tiny_tokenizer, prompts, records, batch_size=3)
+    for i, r in enumerate(records):
+        factual, tokens = reference_log_prob(model, tiny_tokenizer, prompts.factual(r["history_titles"]),
+                                             prompts.response(r["target_title"]))
+        counterfactual, _ = reference_log_prob(model, tiny_tokenizer, prompts.counterfactual(),
+                                               prompts.response(r["target_title"]))
+        assert got.tokens[i] == tokens
+        np.testing.assert_allclose(got.factual[i], factual, rtol=1e-4)
+        np.testing.assert_allclose(got.counterfactual[i], counterfactual, rtol=1e-4)
+        np.testing.assert_allclose(got.history_effect[i], factual - counterfactual, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(got.history_effect_per_token[i], (factual - counterfactual) / tokens,
+                                   rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(got.target_nll[i], -factual / tokens, rtol=1e-4)
+    assert np.all(got.factual < 0) and np.all(got.counterfactual < 0)

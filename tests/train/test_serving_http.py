@@ -1,0 +1,134 @@
+"""Serving over HTTP, as clients see it: `cft serve`'s app (cft_cli/server.py) and MLflow's own
+scoring server, both on a registered tiny model. Mistakes get 4xx answers that name the problem
+and carry no stack trace or server path; a full queue answers 503 at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+from tests.train.conftest import make_config
+from tests.train.test_registry import new_run, registered
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, small_sequences):
+    """(model URI of a registered constrained tiny model, catalogue DataFrame)."""
+    import mlflow
+
+    from tasks.training import model_folder
+
+    tmp = tmp_path_factory.mktemp("serving")
+    seq, _ = small_sequences
+    cfg = make_config(tmp)
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"num_beams": 2, "num_return_sequences": 2,
+                                                                      "max_new_tokens": 8, "min_new_tokens": 1})})
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    version = registered(cfg, uri, model_folder(cfg, seq), seq, new_run(uri)).version
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return f"models:/{cfg.registered_model_name()}/{version}", pd.read_parquet(seq / "catalogue.parquet")
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    from fastapi.testclient import TestClient
+
+    from cft_cli.server import create_app
+
+    with TestClient(create_app(served[0])) as c:
+        yield c
+
+
+def no_trace(response) -> str:
+    text = response.text
+    assert "Traceback" not in text and "/work" not in text and ".py" not in text, text
+    return response.json()["message"]
+
+
+def test_recommend_and_invocations_answer_like_the_model(client, served):
+    import mlflow
+
+    _, catalogue = served
+    history = catalogue["title"].tolist()[:3]
+    one = client.post("/recommend", json={"history": history, "k": 2})
+    assert one.status_code == 200
+    body = one.json()
+    expected = mlflow.pyfunc.load_model(served[0]).predict(pd.DataFrame({"history": [history]}), params={"k": 2})
+    assert body["item_ids"] == list(expected["item_ids"][0]) and body["unmatched"] == []
+    assert body["scores"] == sorted(body["scores"], reverse=True)
+    records = client.post("/invocations", json={"dataframe_records": [{"history": history}, {"history": ["Nope", history[0]]}],
+                                                "params": {"k": 2}})
+    assert records.status_code == 200
+    predictions = records.json()["predictions"]
+    assert predictions[0]["item_ids"] == body["item_ids"] and predictions[1]["unmatched"] == ["Nope"]
+    split = client.post("/invocations", json={"dataframe_split": {"columns": ["history"], "data": [[history]]},
+                                              "params": {"k": 2}})
+    assert split.json()["predictions"][0]["item_ids"] == body["item_ids"]
+    assert client.get("/health").json() == {"status": "ok", "model": served[0], "method": "constrained",
+                                            "catalogue": len(catalogue)}
+
+
+@pytest.mark.parametrize("path, body, status, message", [
+    ("/recommend", {"history": ["99999"]}, 400, "item id 99999 is not in the catalogue"),
+    ("/recommend", {"history": ["1"], "k": 0}, 400, "k must be between 1 and the catalogue size"),
+    ("/recommend", {"history": ["1"], "k": 10**6}, 400, "k must be between 1 and the catalogue size"),
+    ("/recommend", {"history": "Toy Story"}, 400, "must be a list of titles or item ids, got str"),
+    ("/recommend", {"history": ["Not A Film At All"]}, 400, "no history entry is a catalogue title"),
+    ("/recommend", {"items": []}, 400, "the body needs a `history`"),
+    ("/recommend", {"history": ["1"], "top": 3}, 400, "unknown param(s) top"),
+    ("/invocations", {"dataframe_records": [{"user": 1}]}, 400, "dataframe_records must be a list of objects"),
+    ("/invocations", {"instances": []}, 400, "unknown field(s) instances"),
+    ("/recommend", b"{not json", 400, "the body is not JSON"),
+    ("/recommend", b'{"history": ["Caf\xe9"]}', 415, "the body is not UTF-8"),
+    ("/recommend", b"[1, 2]", 400, "the body must be a JSON object"),
+])
+def test_mistakes_get_4xx_naming_the_problem_without_a_trace(client, path, body, status, message):
+    response = client.post(path, **({"content": body} if isinstance(body, bytes) else {"json": body}))
+    assert response.status_code == status
+    assert message in no_trace(response)
+
+
+def test_a_full_queue_answers_503_at_once(client, served):
+    body = {"history": [served[1]["title"][0]], "k": 2}
+    batcher = client.app.state.model.recommender
+    rank, opened = batcher.ranker.rank, threading.Event()
+    batcher.ranker.rank = lambda *a, **k: (opened.wait(60), rank(*a, **k))[1]
+    try:
+        answers = []
+        post = lambda: answers.append(client.post("/recommend", json=body))  # noqa: E731
+        threads = [threading.Thread(target=post) for _ in range(1 + batcher.max_queue)]  # one ranking, the rest waiting
+        for t in threads:
+            t.start()
+        deadline = time.time() + 30
+        while batcher._queue.qsize() < batcher.max_queue and time.time() < deadline:
+            time.sleep(0.05)
+        started = time.perf_counter()
+        refused = client.post("/recommend", json=body)
+        assert time.perf_counter() - started < 5
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+        assert "requests are already waiting" in no_trace(refused)
+    finally:
+        opened.set()
+        batcher.ranker.rank = rank
+    for t in threads:
+        t.join(60)
+    assert [a.status_code for a in answers] == [200] * len(threads)
+
+
+def test_mlflow_scoring_server_answers_400_with_the_reason_and_no_trace(served):
+    """`mlflow models serve` runs this very app (mlflow.pyfunc.scoring_server)."""
+    import mlflow
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    with TestClient(scoring_server.init(mlflow.pyfunc.load_model(served[0]))) as c:
+        bad = c.post("/invocations", json={"dataframe_records": [{"history": ["99999"]}], "params": {"k": 2}})
+        assert bad.status_code == 400
+        assert "item id 99999 is not in the catalogue" in bad.json()["message"]
+        assert "stack_trace" not in bad.json() and "Traceback" not in bad.text
+        good = c.post("/invocations", json={"dataframe_records": [{"history": ["1"]}], "params": {"k": 2}})
+        assert good.status_code == 200 and 1 <= len(good.json()["predictions"][0]["item_ids"]) <= 2  # constrained: <= beams
