@@ -12,11 +12,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from schemas.errors import ConfigError
 
-SourceFormat = Literal["recbole_package", "recbole", "grouplens", "amazon_raw", "d3_csv", "generic"]
+SourceFormat = Literal["recbole_package", "recbole", "grouplens", "amazon_raw", "d3_csv", "generic", "synthetic"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Strict):
+    """The synthetic source (tasks/synthetic.py): next items follow a planted successor of the last
+    item with probability p, else Zipf popularity; seeded, so the same settings give the same rows."""
+
+    seed: int = Field(0, description="Seeds the catalogue, the successors, the titles and every draw.")
+    users: int = Field(2000, ge=1, description="Users; each has history_length interactions.")
+    items: int = Field(500, ge=2, description="Catalogue size.")
+    history_length: int = Field(20, ge=2, description="Interactions per user.")
+    p: float = Field(0.5, ge=0.0, le=1.0, description="Probability that the next item is the planted "
+                     "successor of the last one (the part only the history predicts).")
+    popularity_skew: float = Field(1.0, ge=0.0, description="Zipf exponent of item popularity (0: uniform).")
+    drift: float = Field(0.0, ge=0.0, description="Popularity ranking rotation over the time span, as "
+                         "a fraction of the catalogue (0: popularity never changes).")
+    span_days: int = Field(365, ge=1, description="Nominal time span of the interactions.")
 
 
 class SourceConfig(_Strict):
@@ -29,8 +45,10 @@ class SourceConfig(_Strict):
         "<name>.item); grouplens: ML-100K (u.data, u.item) or ML-1M (ratings.dat, movies.dat) "
         "folders; amazon_raw: Amazon Reviews 2018 reviews JSON lines (+ meta_path); d3_csv: a "
         "folder of D3/BIGRec CSV splits (train/valid/test) and its info file; generic: CSV or "
-        "Parquet interactions (+ items_path) with a column mapping.",
+        "Parquet interactions (+ items_path) with a column mapping; synthetic: generated rows with "
+        "a planted history signal (`synthetic` settings).",
     )
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="synthetic: the generator's knobs.")
     path: str | None = Field(
         None, description="File or folder of the source (not for recbole_package). path, "
         "meta_path and items_path may also be http(s) URLs: downloaded once under "
@@ -117,7 +135,7 @@ class DataConfig(_Strict):
             raise ValueError(f"max_samples caps must be at least 1, got {bad_caps}")
         if self.data_root.exists() and not self.data_root.is_dir():
             raise ValueError(f"data_root {self.data_root} is a file, not a folder")
-        if self.source.format != "recbole_package" and not self.source.path:
+        if self.source.format not in ("recbole_package", "synthetic") and not self.source.path:
             raise ValueError(f"source.path is required for source.format={self.source.format!r}")
         return self
 

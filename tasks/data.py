@@ -78,6 +78,8 @@ def source_files(cfg: DataConfig) -> list[Path]:
     if src.format == "recbole_package":
         folder = readers.recbole_package_folder()
         return sorted(folder.glob("*.inter")) + sorted(folder.glob("*.item"))
+    if src.format == "synthetic":  # no files: the settings (in the fingerprint) are the data
+        return []
     paths = [_source_path(p, cfg) for p in (src.path, src.meta_path, src.items_path) if p]
     files = []
     for p in paths:
@@ -89,6 +91,10 @@ def read_source(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     src = cfg.source
     if src.format == "recbole_package":
         return readers.read_recbole(readers.recbole_package_folder())
+    if src.format == "synthetic":
+        from tasks.synthetic import read_synthetic
+
+        return read_synthetic(src.synthetic)
     path = _source_path(src.path, cfg)
     if src.format == "recbole":
         return readers.read_recbole(path)
@@ -119,11 +125,16 @@ def _to_arrow(df: pd.DataFrame, schema: pa.Schema, what: str) -> pa.Table:
 # ------------------------------------------------------------------------------ stages
 
 
+def source_settings(cfg: DataConfig) -> dict:
+    """The source settings that decide the ingested rows (the generator's only for `synthetic`)."""
+    return cfg.source.model_dump(exclude=None if cfg.source.format == "synthetic" else {"synthetic"})
+
+
 def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
     """(output folder, fingerprint, source files) of `ingest`: named by the source settings and
     the bytes of every source file."""
     files = source_files(cfg)
-    fp = fingerprint({"source": cfg.source.model_dump(), "files": [(f.name, file_digest(f)) for f in files]})
+    fp = fingerprint({"source": source_settings(cfg), "files": [(f.name, file_digest(f)) for f in files]})
     return cfg.data_root / "ingested" / f"{cfg.name}-{fp}", fp, files
 
 
@@ -149,7 +160,7 @@ def ingest(cfg: DataConfig) -> StageOutput:
     with atomic_dir(out) as tmp:
         pq.write_table(inter_t, tmp / "interactions.parquet")
         pq.write_table(items_t, tmp / "items.parquet")
-        manifest = {"fingerprint": fp, "source": cfg.source.model_dump(), "files": [str(f) for f in files],
+        manifest = {"fingerprint": fp, "source": source_settings(cfg), "files": [str(f) for f in files],
                     "interactions": inter_t.num_rows, "items": items_t.num_rows,
                     "timestamp": interactions.attrs.get("timestamp")}
         write_json_atomic(tmp / "manifest.json", manifest)
