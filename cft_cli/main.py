@@ -378,7 +378,7 @@ def recommend(
         close = difflib.get_close_matches(title, catalogue.titles, n=3, cutoff=0.6)
         hint = f"; close: {', '.join(map(repr, close))}" if close else ""
         use = "shown to the model as typed" if free_text else "left out (--free-text to use it as typed)"
-        console.print(f"[yellow]not in the catalogue:[/yellow] {title!r}, {use}{hint}", highlight=False)
+        console.print(f"[yellow]not in the catalogue:[/yellow] {title!r}, {use}{hint}", highlight=False, soft_wrap=True)
     t = Table(title=f"{model_uri}: top {len(row['item_ids'])}")
     for col in ("rank", "item id", "title", "score"):
         t.add_column(col)

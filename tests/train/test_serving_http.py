@@ -92,31 +92,39 @@ def test_mistakes_get_4xx_naming_the_problem_without_a_trace(client, path, body,
     assert message in no_trace(response)
 
 
-def test_a_full_queue_answers_503_at_once(client, served):
+def test_a_full_queue_answers_503_at_once(served, monkeypatch):
+    """A server with room for 2 waiting requests: one ranking (held), two waiting, the next refused."""
+    from fastapi.testclient import TestClient
+
+    from cft_cli.server import create_app
+
+    monkeypatch.setenv("CFT_SERVE_MAX_QUEUE", "2")
     body = {"history": [served[1]["title"][0]], "k": 2}
-    batcher = client.app.state.model.recommender
-    rank, opened = batcher.ranker.rank, threading.Event()
-    batcher.ranker.rank = lambda *a, **k: (opened.wait(60), rank(*a, **k))[1]
-    try:
+    with TestClient(create_app(served[0])) as client:
+        batcher = client.app.state.model.recommender
+        assert batcher.max_queue == 2
+        rank, opened = batcher.ranker.rank, threading.Event()
+        batcher.ranker.rank = lambda *a, **k: (opened.wait(60), rank(*a, **k))[1]
         answers = []
-        post = lambda: answers.append(client.post("/recommend", json=body))  # noqa: E731
-        threads = [threading.Thread(target=post) for _ in range(1 + batcher.max_queue)]  # one ranking, the rest waiting
-        for t in threads:
-            t.start()
-        deadline = time.time() + 30
-        while batcher._queue.qsize() < batcher.max_queue and time.time() < deadline:
-            time.sleep(0.05)
-        started = time.perf_counter()
-        refused = client.post("/recommend", json=body)
-        assert time.perf_counter() - started < 5
-        assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
-        assert "requests are already waiting" in no_trace(refused)
-    finally:
-        opened.set()
-        batcher.ranker.rank = rank
-    for t in threads:
-        t.join(60)
-    assert [a.status_code for a in answers] == [200] * len(threads)
+        threads = [threading.Thread(target=lambda: answers.append(client.post("/recommend", json=body)))
+                   for _ in range(3)]
+        try:
+            for t in threads:
+                t.start()
+            deadline = time.time() + 30
+            while (batcher._queue.qsize() < 2 or not batcher.batch_sizes) and time.time() < deadline:
+                time.sleep(0.05)
+            started = time.perf_counter()
+            refused = client.post("/recommend", json=body)
+            assert time.perf_counter() - started < 5
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "5"
+            assert "requests are already waiting" in no_trace(refused)
+        finally:
+            opened.set()
+            for t in threads:
+                t.join(60)
+            batcher.ranker.rank = rank
+    assert [a.status_code for a in answers] == [200] * 3
 
 
 def test_mlflow_scoring_server_answers_400_with_the_reason_and_no_trace(served):
