@@ -92,7 +92,7 @@ def test_mistakes_get_4xx_naming_the_problem_without_a_trace(client, path, body,
     assert message in no_trace(response)
 
 
-@pytest.mark.timeout(180)  # a hang (seen once with 65 client threads) fails here, not the CI job
+@pytest.mark.timeout(180)  # a hang fails here, not the CI job
 def test_a_full_queue_answers_503_at_once(served, monkeypatch):
     """A server with room for 2 waiting requests: one ranking (held), two waiting, the next refused."""
     from fastapi.testclient import TestClient
@@ -104,17 +104,20 @@ def test_a_full_queue_answers_503_at_once(served, monkeypatch):
     with TestClient(create_app(served[0])) as client:
         batcher = client.app.state.model.recommender
         assert batcher.max_queue == 2
-        rank, opened = batcher.ranker.rank, threading.Event()
-        batcher.ranker.rank = lambda *a, **k: (opened.wait(60), rank(*a, **k))[1]
+        rank, entered, opened = batcher.ranker.rank, threading.Event(), threading.Event()
+        batcher.ranker.rank = lambda *a, **k: (entered.set(), opened.wait(60), rank(*a, **k))[2]
         answers = []
         threads = [threading.Thread(target=lambda: answers.append(client.post("/recommend", json=body)))
                    for _ in range(3)]
         try:
-            for t in threads:
+            threads[0].start()
+            assert entered.wait(30)  # the first request is ranking (held) before the others arrive,
+            for t in threads[1:]:  # so they wait in the queue rather than join its batch
                 t.start()
             deadline = time.time() + 30
-            while (batcher._queue.qsize() < 2 or not batcher.batch_sizes) and time.time() < deadline:
+            while batcher._queue.qsize() < 2 and time.time() < deadline:
                 time.sleep(0.05)
+            assert batcher._queue.qsize() == 2
             started = time.perf_counter()
             refused = client.post("/recommend", json=body)
             assert time.perf_counter() - started < 5
