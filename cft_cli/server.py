@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import asdict
 
 from fastapi import Request  # at module level: FastAPI reads the handlers' annotations by name
 
@@ -107,8 +108,7 @@ def create_app(model_uri: str):
             frame = await run_in_threadpool(model.predict, None, pd.DataFrame({"history": histories}),
                                             {"k": p.k, "exclude_history": p.exclude_history, "free_text": p.free_text})
             return frame.to_dict(orient="records")
-        return [{"item_ids": r.item_ids, "titles": r.titles, "scores": r.scores, "unmatched": r.unmatched}
-                for r in recs]
+        return [asdict(r) for r in recs]
 
     async def answer(handler, request: Request) -> JSONResponse:
         try:

@@ -188,6 +188,11 @@ class Catalogue:
             raise InputError("a history needs at least one item (a title or an item id)")
         return ResolvedHistory(titles, rows, unmatched)
 
+    def resolve_histories(self, histories: Sequence, free_text: bool = False) -> list[ResolvedHistory]:
+        """Histories as received -> `ResolvedHistory` each: shape checked (`check_history`), then
+        resolved; InputError naming the history at fault. The one intake of every ranking path."""
+        return [self.resolve(check_history(h, i), free_text) for i, h in enumerate(histories)]
+
     def check_k(self, k: int) -> int:
         """k itself when 1 <= k <= the catalogue's size; else InputError (before any generation)."""
         if not 1 <= k <= len(self.titles):
@@ -322,7 +327,7 @@ class Ranker:
         the offline metrics keep them, as the reference does). Everything about the input is
         checked before anything is generated."""
         self.catalogue.check_k(k)
-        resolved = [self.resolve(check_history(h, i), free_text) for i, h in enumerate(histories)]
+        resolved = self.catalogue.resolve_histories(histories, free_text)
         ranking = self.rank([self.prompt(r.titles) for r in resolved], depth=k,
                             exclude=[r.rows for r in resolved] if exclude_history else None)
         return self.catalogue.recommendations(ranking, unmatched=[r.unmatched for r in resolved])

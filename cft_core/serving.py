@@ -24,11 +24,11 @@ import queue
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from cft_core.ranking import InputError, Ranker, Ranking, Recommendation, check_history
+from cft_core.ranking import InputError, Ranker, Ranking, Recommendation
 
 PARAMS = ("k", "exclude_history", "free_text")  # what a request may set, besides its histories
 
@@ -59,6 +59,19 @@ class RequestParams:
                 raise InputError(f"param {name} must be true or false, got {value!r}")
             flags[name] = bool(value)
         return cls(k=int(k), **flags)
+
+
+def parse_request(model_input, params: dict | None, default_k: int) -> tuple[list, RequestParams]:
+    """A served model's input (a DataFrame with a `history` column) and params -> (histories,
+    RequestParams); InputError naming what is wrong."""
+    if "history" not in model_input.columns:
+        raise InputError(f"input needs a `history` column (list of titles or item ids); got {list(model_input.columns)}")
+    return list(model_input["history"]), RequestParams.parse(params, default_k)
+
+
+def response_columns(recs: list[Recommendation]) -> dict[str, list]:
+    """A served model's output, column by column: item_ids, titles, scores, unmatched per history."""
+    return {f.name: [getattr(r, f.name) for r in recs] for f in fields(Recommendation)}
 
 
 class Overloaded(RuntimeError):
@@ -96,7 +109,7 @@ class BatchingRecommender:
         (bad input, before anything is queued) or Overloaded (queue full)."""
         catalogue = self.ranker.catalogue
         catalogue.check_k(k)
-        resolved = [self.ranker.resolve(check_history(h, i), free_text) for i, h in enumerate(histories)]
+        resolved = catalogue.resolve_histories(histories, free_text)
         request = _Request(prompts=[self.ranker.prompt(r.titles) for r in resolved],
                            exclude=[r.rows if exclude_history else [] for r in resolved],
                            unmatched=[r.unmatched for r in resolved], k=k)

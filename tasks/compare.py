@@ -73,12 +73,13 @@ def compare(a: list[Evaluated], b: list[Evaluated], level: float = 0.95, seed: i
     quantities = [q for q in runs[0].rows.columns if all(q in r.rows.columns for r in runs)]
     seeds_a, seeds_b = [r.seed for r in a], [r.seed for r in b]
     by_seed = None not in seeds_a and sorted(seeds_a) == sorted(seeds_b) and len(set(seeds_a)) == len(seeds_a)
+    shared = runs[0].rows.index
+    for r in runs[1:]:
+        shared = shared.intersection(r.rows.index)
     out = []
     for q in quantities:
-        rows = runs[0].rows.index
-        for r in runs[1:]:
-            rows = rows.intersection(r.rows.index)
-        rows = rows[np.all([~r.rows.loc[rows, q].isna().to_numpy() for r in runs], axis=0)] if len(rows) else rows
+        # The shared rows where every run has this quantity (diagnostics may cover other rows).
+        rows = shared[np.all([r.rows.loc[shared, q].notna().to_numpy() for r in runs], axis=0)]
         if len(rows) == 0:
             continue
         va, vb = _side_values(a, q, rows), _side_values(b, q, rows)

@@ -34,24 +34,19 @@ class PopularityModel(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
 
-        from cft_core.ranking import InputError, check_history, popularity_ranking
-        from cft_core.serving import RequestParams
+        from cft_core.ranking import InputError, popularity_ranking
+        from cft_core.serving import parse_request, response_columns
 
         try:  # the input's fault: 400 with the reason, no stack trace
-            if "history" not in model_input.columns:
-                raise InputError(f"input needs a `history` column (list of titles or item ids); "
-                                 f"got {list(model_input.columns)}")
-            p = RequestParams.parse(params, self.default_k)
+            histories, p = parse_request(model_input, params, self.default_k)
             k = self.catalogue.check_k(p.k)
-            resolved = [self.catalogue.resolve(check_history(h, i), p.free_text)
-                        for i, h in enumerate(model_input["history"])]
+            resolved = self.catalogue.resolve_histories(histories, p.free_text)
         except InputError as error:
             raise MlflowException.invalid_parameter_value(str(error)) from None
         exclude = [r.rows for r in resolved] if p.exclude_history else None
         ranking = popularity_ranking(self.counts, len(resolved), k, exclude, never=self.catalogue.never)
         recs = self.catalogue.recommendations(ranking, unmatched=[r.unmatched for r in resolved])
-        return pd.DataFrame({"item_ids": [r.item_ids for r in recs], "titles": [r.titles for r in recs],
-                             "scores": [r.scores for r in recs], "unmatched": [r.unmatched for r in recs]})
+        return pd.DataFrame(response_columns(recs))
 
 
 mlflow.models.set_model(PopularityModel())

@@ -66,20 +66,16 @@ class CFTRecommenderModel(PythonModel):
         from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
         from cft_core.ranking import InputError
-        from cft_core.serving import Overloaded, RequestParams
+        from cft_core.serving import Overloaded, parse_request, response_columns
 
         try:  # the input's fault: 400 with the reason, no stack trace
-            if "history" not in model_input.columns:
-                raise InputError(f"input needs a `history` column (list of titles or item ids); "
-                                 f"got {list(model_input.columns)}")
-            p = RequestParams.parse(params, self.default_k)
-            recs = self.recommender.recommend(list(model_input["history"]), p.k, p.exclude_history, p.free_text)
+            histories, p = parse_request(model_input, params, self.default_k)
+            recs = self.recommender.recommend(histories, p.k, p.exclude_history, p.free_text)
         except InputError as error:
             raise MlflowException.invalid_parameter_value(str(error)) from None
         except Overloaded as error:
             raise MlflowException(str(error), error_code=TEMPORARILY_UNAVAILABLE) from None
-        return pd.DataFrame({"item_ids": [r.item_ids for r in recs], "titles": [r.titles for r in recs],
-                             "scores": [r.scores for r in recs], "unmatched": [r.unmatched for r in recs]})
+        return pd.DataFrame(response_columns(recs))
 
 
 mlflow.models.set_model(CFTRecommenderModel())
