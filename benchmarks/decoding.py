@@ -45,7 +45,8 @@ def decode(model, tok, prompts, settings, trie):
     width = ids["input_ids"].shape[1]
     clock = StepClock()
     processors = [TrieLogitsProcessor(trie, width, tok.eos_token_id)] if trie is not None else []
-    cache = shared_prefill(model, ids["input_ids"], ids["attention_mask"], settings.num_beams)
+    cache = shared_prefill(model, ids["input_ids"], ids["attention_mask"], settings.num_beams,
+                           room=1 + settings.max_new_tokens)
     t = time.perf_counter()
     with torch.no_grad():
         model.generate(

@@ -85,6 +85,7 @@ def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> di
         "eval_s": round(t2 - t1, 1),
         "reused": trained.reused and result.reused,
         "model_dir": str(trained.model_dir),
+        "eval_dir": str(result.path),
         "mlflow_run_id": trained.summary.get("mlflow_run_id"),
         "overrides": list(overrides),
     }

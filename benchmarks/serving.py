@@ -203,13 +203,17 @@ def main(argv: list[str] | None = None) -> None:
                 p.terminate()
                 p.wait(30)
     rows = summarise(runs, servers, levels)
+    from dataclasses import asdict
+
     import torch
+
+    from cft_core.serving import ServingSettings
 
     meta = {"command": "python -m benchmarks.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "config": str(args.config), "model": cfg.model.source,
             "method": cfg.gate_method(), "num_beams": cfg.eval.num_beams, "k": args.k,
-            "max_batch": cfg.eval.batch_size, "client_timeout_s": CLIENT_TIMEOUT_S, "rounds": args.rounds}
+            "serving": asdict(ServingSettings.from_env()), "client_timeout_s": CLIENT_TIMEOUT_S, "rounds": args.rounds}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "summary": rows, "runs": runs}, indent=1))
     print(table(rows))

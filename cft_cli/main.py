@@ -392,9 +392,10 @@ def serve(
     model: Annotated[str, typer.Option(help="Model URI; default the champion, models:/cft-<data.name>@champion.")] = "",
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: int = 8080,
-    max_batch: Annotated[int | None, typer.Option(min=1, help="Histories per shared generation call "
-                                                                "(default: eval.batch_size).")] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Histories per shared generation call.")] = 16,
     max_queue: Annotated[int, typer.Option(min=1, help="Waiting requests before new ones get 503.")] = 64,
+    batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch that is not full waits "
+                                                           "for more requests.")] = 50,
     config: ConfigOpt = Path("configs/demo.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -407,9 +408,10 @@ def serve(
     cfg, uri, _ = _registry_context(config, set_)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if max_batch is not None:
-        os.environ["CFT_SERVE_MAX_BATCH"] = str(max_batch)
+    # The served model reads these (cft_core.serving.ServingSettings.from_env).
+    os.environ["CFT_SERVE_MAX_BATCH"] = str(max_batch)
     os.environ["CFT_SERVE_MAX_QUEUE"] = str(max_queue)
+    os.environ["CFT_SERVE_BATCH_WAIT_MS"] = str(batch_wait_ms)
     model_uri = _model_uri(cfg, model)
     console.print(f"serving {model_uri} on http://{host}:{port} (POST /recommend, POST /invocations, GET /health)")
     run_server(model_uri, host, port)

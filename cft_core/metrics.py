@@ -92,3 +92,25 @@ def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 2000,
     (`paired_bootstrap_ci` against zeros)."""
     values = np.asarray(values, dtype=float)
     return paired_bootstrap_ci(values, np.zeros_like(values), level, resamples, seed)
+
+
+def paired_bootstrap_ci_seeds(diff: np.ndarray, level: float = 0.95, resamples: int = 2000,
+                              seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high) of float[S, R] paired differences (S training seeds x R rows, B - A per
+    seed and row), resampling seeds and rows with replacement (a two-level bootstrap): the
+    interval holds both the test-row sampling and the training-seed variance.
+
+    One resample draws S seeds and R rows; its mean over the S x R chosen cells is
+    (seed counts [S]) @ diff @ (row counts [R]) / (S R), computed for all resamples at once.
+    """
+    diff = np.asarray(diff, dtype=float)
+    if diff.ndim != 2 or diff.size == 0:
+        raise ValueError(f"need a non-empty [S, R] array, got shape {diff.shape}")
+    s, r = diff.shape
+    rng = np.random.default_rng(seed)
+    seed_counts = np.stack([np.bincount(rng.integers(0, s, s), minlength=s) for _ in range(resamples)])
+    row_counts = np.stack([np.bincount(rng.integers(0, r, r), minlength=r) for _ in range(resamples)])
+    means = ((seed_counts @ diff) * row_counts).sum(axis=1) / (s * r)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(diff.mean()), float(low), float(high)

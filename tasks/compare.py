@@ -2,8 +2,10 @@
 
 Each evaluated run has per-row results: `predictions.parquet` (the first-hit rank of every
 ranking method) and `diagnostics.parquet` (teacher-forced log-likelihoods). Two runs evaluated on
-the same split share rows, identified by (user_id, target_item_id); a comparison uses only the
-rows every run has. A *side* is one run, or several runs of one method with different seeds:
+the same split share rows, identified by (user_id, target_item_id, occurrence): a user can have
+the same target at several times in a split (a time-based split keeps several rows per user), and
+the occurrence numbers those rows in split order, which both files keep. A comparison uses only
+the rows every run has. A *side* is one run, or several runs of one method with different seeds:
 its per-row value is the mean over its seeds. When both sides have the same seeds (param
 `train.seed`) they are paired seed by seed: the mean over s of (B_s - A_s) per row, which is the
 difference of the seed means, so the intervals (rows resampled) are the same either way; the
@@ -26,7 +28,14 @@ import pandas as pd
 from cft_core.metrics import paired_bootstrap_ci, per_row_metric
 from schemas.errors import InputError
 
-KEY = ["user_id", "target_item_id"]
+KEY = ["user_id", "target_item_id", "occurrence"]
+
+
+def keyed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-row results (split order) indexed by KEY: user, target, and which of that user's rows
+    with that target this is (0, 1, ... in split order)."""
+    frame = frame.assign(occurrence=frame.groupby(["user_id", "target_item_id"]).cumcount())
+    return frame.set_index(KEY)
 DIAGNOSTIC_COLUMNS = {  # quantity -> per-row value from diagnostics.parquet (cft_core.diagnostics)
     "history_effect": lambda d: d["logp_factual"] - d["logp_counterfactual"],
     "history_effect_per_token": lambda d: (d["logp_factual"] - d["logp_counterfactual"]) / d["label_tokens"],
@@ -50,13 +59,13 @@ def per_row_quantities(folder: Path, metrics: list[str]) -> pd.DataFrame:
         raise InputError(f"{folder} is not an evaluation folder (no predictions.parquet)")
     preds = pd.read_parquet(folder / "predictions.parquet")
     methods = [c.removesuffix("_rank") for c in preds.columns if c.endswith("_rank")]
-    out = preds[KEY].copy()
+    out = preds[["user_id", "target_item_id"]].copy()
     for method in methods:
         for metric in metrics:
             out[f"{method}/{metric}"] = per_row_metric(preds[f"{method}_rank"].to_numpy(), metric)
-    out = out.drop_duplicates(KEY).set_index(KEY)
+    out = keyed(out)
     if (folder / "diagnostics.parquet").is_file():
-        d = pd.read_parquet(folder / "diagnostics.parquet").drop_duplicates(KEY).set_index(KEY)
+        d = keyed(pd.read_parquet(folder / "diagnostics.parquet"))
         diag = pd.DataFrame({name: f(d) for name, f in DIAGNOSTIC_COLUMNS.items()}, index=d.index)
         out = out.join(diag, how="outer")
     return out

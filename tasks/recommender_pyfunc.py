@@ -14,15 +14,13 @@ Output: one row per user with `item_ids`, `titles` and `scores` lists (best firs
 catalogue item).
 
 Concurrent `predict` calls (one per request thread of `mlflow models serve`, or `cft serve`'s
-requests) are batched into shared generation calls (`cft_core.serving.BatchingRecommender`):
-at most $CFT_SERVE_MAX_BATCH histories per call (default: the evaluation's prompts per generate
-call) and $CFT_SERVE_MAX_QUEUE waiting requests (default 64); beyond that a request gets 503.
+requests) are batched into shared generation calls (`cft_core.serving.BatchingRecommender`,
+settings from the environment: `cft_core.serving.ServingSettings`): at most 16 histories per call
+and 64 waiting requests by default; beyond that a request gets 503.
 Input mistakes get 400 with a message naming the problem, checked before anything is generated.
 """
 
 from __future__ import annotations
-
-import os
 
 import mlflow
 import pandas as pd
@@ -32,6 +30,7 @@ from mlflow.pyfunc import PythonModel
 class CFTRecommenderModel(PythonModel):
     def load_context(self, context) -> None:
         import json
+        from dataclasses import replace
 
         import numpy as np
         import pyarrow.parquet as pq
@@ -40,11 +39,14 @@ class CFTRecommenderModel(PythonModel):
 
         from cft_core.prompts import PromptBuilder
         from cft_core.ranking import Ranker, RankingSettings
-        from cft_core.serving import BatchingRecommender
+        from cft_core.serving import BatchingRecommender, ServingSettings
 
         config = dict(context.model_config or {})
         # The settings the run evaluated (and gated) with: method, history length, generation, precision.
         settings = RankingSettings.from_dict(json.loads(config["ranking"]))
+        serving = ServingSettings.from_env()
+        # A served batch is generated in one call, whatever the evaluation's chunk size was.
+        settings = replace(settings, generation=replace(settings.generation, batch_size=serving.max_batch))
         model_dir = context.artifacts["model"]
         catalogue = pq.read_table(context.artifacts["catalogue"]).to_pandas().sort_values("item_id")
         embeddings = None
@@ -57,9 +59,7 @@ class CFTRecommenderModel(PythonModel):
                         PromptBuilder.for_domain(config["domain"]), catalogue["item_id"].tolist(),
                         catalogue["title"].tolist(), settings, embeddings)
         self.catalogue = ranker.catalogue
-        self.recommender = BatchingRecommender(
-            ranker, max_batch=int(os.environ.get("CFT_SERVE_MAX_BATCH", settings.generation.batch_size)),
-            max_queue=int(os.environ.get("CFT_SERVE_MAX_QUEUE", 64)))
+        self.recommender = BatchingRecommender(ranker, serving.max_batch, serving.max_queue, serving.batch_wait_s)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException

@@ -127,3 +127,44 @@ def test_each_run_gets_a_fresh_process():
     from benchmarks import reproduce
 
     assert reproduce.in_fresh_process(os.getpid) != os.getpid()
+
+
+def _study_run(objective, seed, ranks, logp_f, logp_cf, alpha=0.1):
+    n = len(ranks)
+    metrics = {"constrained/HR@1": 0.5, "most_popular/HR@1": 0.25, "most_popular/HR@10": 0.5,
+               "most_popular/NDCG@10": 0.3}
+    return {"setting": "p0.5", "objective": objective, "seed": seed, "alpha": alpha if objective == "cft" else 0.0,
+            "beta": 1.0 if objective == "sft" else 0.25, "steps": 4, "examples_seen": 128, "train_samples": 64,
+            "best_valid_loss": 1.0, "eval_examples": n, "train_s": 10.0, "eval_s": 2.0, "reused": False,
+            "overrides": [], "metrics": metrics, "rows": [["u", i, 0] for i in range(n)], "rank": ranks,
+            "logp_factual": [logp_f] * n, "logp_counterfactual": [logp_cf] * n, "label_tokens": [2] * n}
+
+
+def test_the_controlled_study_section_by_hand(tmp_path, monkeypatch):
+    """4 rows, 2 seeds. sft and pos miss every row; cft hits every row first: cft - sft is +1 on
+    NDCG@10 in every (seed, row) cell, so the interval is [1, 1] and the verdict 'cft higher';
+    pos - sft is 0 everywhere: 'no difference'. History effect per token: sft (-4 - -4) / 2 = 0,
+    cft (-2 - -6) / 2 = 2; target NLL per token: sft 4 / 2 = 2, cft 2 / 2 = 1."""
+    from benchmarks import synthetic_study
+
+    runs = [_study_run(o, s, [0] * 4 if o == "cft" else [-1] * 4, -2.0 if o == "cft" else -4.0,
+                       -6.0 if o == "cft" else -4.0) for s in (0, 1) for o in ("sft", "pos", "cft")]
+    path = tmp_path / "results" / "synthetic-study.json"
+    monkeypatch.setattr(synthetic_study, "RESULTS", path)
+    synthetic_study._write_atomic(path, {"meta": {"config": "c.yaml", "machine": "m", "cpu_count": 2, "started": "s"},
+                                         **synthetic_study.store(runs)})
+    meta, loaded = synthetic_study.load(path)
+    assert loaded == runs  # rows stored once per setting, re-attached to every run
+    text = report.synthetic_section(meta, loaded, tmp_path / "results" / "study.png")
+    assert "| p0.5 | sft | 2 | 0.5000 ± 0.0000 | 0.0000 ± 0.0000 | 0.0000 ± 0.0000 | 0.0000 ± 0.0000 | 2.0000 ± 0.0000 |" in text
+    assert "| p0.5 | cft | 2 | 0.5000 ± 0.0000 | 1.0000 ± 0.0000 | 1.0000 ± 0.0000 | 2.0000 ± 0.0000 | 1.0000 ± 0.0000 |" in text
+    assert "| p0.5 | most popular | | 0.2500 | 0.5000 | 0.3000 | | |" in text
+    assert ("| p0.5 | cft - sft | 2 | +1.0000 [+1.0000, +1.0000] | +1.0000 [+1.0000, +1.0000] | "
+            "+2.0000 [+2.0000, +2.0000] | cft higher |") in text
+    assert "| p0.5 | pos - sft | 2 | +0.0000 [+0.0000, +0.0000] |" in text and "no difference at this budget |" in text
+    assert (tmp_path / "results" / "study.png").stat().st_size > 0
+    assert "does the history effect grow with alpha" not in text.lower()  # no sweep runs yet
+    sweep = [_study_run("cft", s, [0] * 4, -3.0, -5.0, alpha=0.5) for s in (0, 1)]
+    text = report.synthetic_section(meta, loaded + sweep, tmp_path / "results" / "study.png")
+    assert "| p0.5 | 0.1 | 2 | 1.0000 ± 0.0000 | 2.0000 ± 0.0000 |" in text
+    assert "| p0.5 | 0.5 | 2 | 1.0000 ± 0.0000 | 1.0000 ± 0.0000 |" in text

@@ -109,3 +109,35 @@ def test_a_failed_ranking_fails_its_batch_and_the_worker_goes_on(ranker, monkeyp
     with pytest.raises(RuntimeError, match="out of memory"):
         batcher.recommend([["Heat"]], k=2)
     assert len(batcher.recommend([["Heat"]], k=2)[0].item_ids) > 0
+
+
+def test_a_batch_waits_briefly_for_requests_that_arrive_just_after_the_first(ranker):
+    """Clients that resubmit as soon as they are answered arrive a few ms apart: with a batch wait
+    they share one ranking call; without it the first one is ranked alone."""
+    for wait, expected in [(2.0, [2]), (0.0, [1, 1])]:
+        batcher = BatchingRecommender(ranker, max_batch=4, max_queue=4, batch_wait_s=wait)
+        first = batcher.submit([["Heat"]], k=2)
+        time.sleep(0.3)  # well inside the wait; well past it without one
+        second = batcher.submit([["Babe"]], k=2)
+        assert all(len(f.result(timeout=60)[0].item_ids) == 2 for f in [first, second])
+        assert batcher.batch_sizes == expected
+
+
+def test_a_full_batch_does_not_wait(ranker):
+    batcher = BatchingRecommender(ranker, max_batch=2, max_queue=4, batch_wait_s=30.0)
+    started = time.perf_counter()
+    batcher.recommend([["Heat"], ["Babe"]], k=2)
+    assert time.perf_counter() - started < 20.0  # ranked at once, not after the 30 s wait
+    assert batcher.batch_sizes == [2]
+
+
+def test_serving_settings_come_from_the_environment(monkeypatch):
+    from cft_core.serving import ServingSettings
+
+    assert ServingSettings.from_env() == ServingSettings(max_batch=16, max_queue=64, batch_wait_s=0.05)
+    monkeypatch.setenv("CFT_SERVE_MAX_BATCH", "4")
+    monkeypatch.setenv("CFT_SERVE_BATCH_WAIT_MS", "0")
+    assert ServingSettings.from_env() == ServingSettings(max_batch=4, max_queue=64, batch_wait_s=0.0)
+    monkeypatch.setenv("CFT_SERVE_MAX_QUEUE", "many")
+    with pytest.raises(ValueError, match="must be numbers"):
+        ServingSettings.from_env()
