@@ -117,7 +117,10 @@ def test_a_batch_waits_briefly_for_requests_that_arrive_just_after_the_first(ran
     for wait, expected in [(2.0, [2]), (0.0, [1, 1])]:
         batcher = BatchingRecommender(ranker, max_batch=4, max_queue=4, batch_wait_s=wait)
         first = batcher.submit([["Heat"]], k=2)
-        time.sleep(0.3)  # well inside the wait; well past it without one
+        time.sleep(0.3)  # well inside the wait
+        if wait == 0.0:  # without a wait the first request is ranked as soon as the worker takes it
+            while not batcher.batch_sizes:
+                time.sleep(0.01)
         second = batcher.submit([["Babe"]], k=2)
         assert all(len(f.result(timeout=60)[0].item_ids) == 2 for f in [first, second])
         assert batcher.batch_sizes == expected
