@@ -11,9 +11,17 @@ One step = zero_grad + loss + backward + AdamW step, on the same batch for every
 - sft:   the same code with alpha = 0, beta = 1 (no counterfactual pass);
 - naive: the reference's way: counterfactual half padded to the factual length, two full
          forward passes with [B, T, V] logits (`cft_core.reference.naive_cft_loss`).
-Each variant runs in its own process so that peak memory is its own (CPU: peak RSS growth over
-the set-up; GPU: torch.cuda.max_memory_allocated). `logits_MB` is measured with a hook on the
-LM head's outputs: the size of all logits one step builds. Ratios come from the same run.
+Each variant runs in its own process so that peak memory is its own (CPU: peak RSS; GPU:
+torch.cuda.max_memory_allocated). `logits_MB` is measured with a hook on the LM head's outputs:
+the size of all logits one step builds.
+
+Timing is interleaved: all variant processes are set up and warmed up first, then the parent
+asks them for one step each in turn, round after round (A B C D, B C D A, ...; the order rotates so
+no variant always follows the same one), and only one process computes at a time. A change of
+load on the machine then hits every variant alike. Each ratio (e.g. CFT/SFT) is computed per
+round and reported as the median of the per-round ratios with their range (min-max) and
+interquartile range. (Run one after the other, a run while other work shared the cores once gave
+"CFT/SFT 0.28x"; interleaved, such a change of load cancels in each round's ratio.)
 Results: benchmarks/results/train_step-<model>-<device>-<dtype>.json and a markdown table.
 """
 
@@ -84,8 +92,9 @@ def build_model(name: str, vocab: int):
     raise ValueError(f"unknown model {name!r}")
 
 
-def run_variant(variant: str, args: dict, queue) -> None:
-    """Child process: time `iters` steps of one variant and report to `queue`."""
+def run_variant(variant: str, args: dict, conn) -> None:
+    """Child process: set up and warm up one variant, then time one step per "step" message on
+    `conn` (answering its seconds) until "done", answered with the variant's summary."""
     import torch
 
     from cft_core.loss import compute_cft_loss
@@ -136,13 +145,15 @@ def run_variant(variant: str, args: dict, queue) -> None:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated() if dev.type == "cuda" else 0
-    times = []
-    for _ in range(args["iters"]):
+    times, loss = [], float("nan")
+    conn.send("ready")
+    while conn.recv() == "step":
         logits_bytes.clear()
         t = time.perf_counter()
         loss = step()
         sync()
         times.append(time.perf_counter() - t)
+        conn.send(times[-1])
     if dev.type == "cuda":
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:  # the process's peak RSS (same model and batch set-up in every variant)
@@ -160,7 +171,7 @@ def run_variant(variant: str, args: dict, queue) -> None:
         n_computed = int(batch["attention_mask"].sum()) + packed.num_tokens
     n_params = sum(p.numel() for p in model.parameters())
     med = statistics.median(times)
-    queue.put(
+    conn.send(
         {
             "variant": variant,
             "median_step_s": med,
@@ -172,6 +183,7 @@ def run_variant(variant: str, args: dict, queue) -> None:
             "peak_rss_before_timing_MB": rss0 / 1024,
             "logits_MB": sum(logits_bytes) / 2**20,
             "final_loss": loss,
+            "step_s": times,
             "shape_factual": list(batch["input_ids"].shape),
             "shape_counterfactual": list(batch["cf_input_ids"].shape),
             "params": n_params,
@@ -181,24 +193,48 @@ def run_variant(variant: str, args: dict, queue) -> None:
     )
 
 
+VARIANTS = ("sft", "cft", "cft_padded", "naive")
+TIME_RATIOS = {"cft_over_sft_time": ("cft", "sft"), "cft_padded_over_sft_time": ("cft_padded", "sft"),
+               "naive_over_cft_time": ("naive", "cft")}
+
+
+def pair_ratios(steps: dict[str, list[float]], num: str, den: str) -> dict:
+    """Per-round ratio num/den (round r: step r of each) -> median, min, max, quartiles."""
+    ratios = sorted(a / b for a, b in zip(steps[num], steps[den], strict=True))
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1], "q1": q1, "q3": q3,
+            "rounds": len(ratios)}
+
+
 def measure(args: dict) -> dict:
+    """Start every variant's process, then time them interleaved: `iters` rounds of one step each."""
     ctx = mp.get_context("spawn")
+    procs, conns = {}, {}
+    for variant in VARIANTS:
+        parent, child = ctx.Pipe()
+        procs[variant] = ctx.Process(target=run_variant, args=(variant, args, child))
+        procs[variant].start()
+        conns[variant] = parent
+    for variant in VARIANTS:
+        assert conns[variant].recv() == "ready"
+    for r in range(args["iters"]):
+        for variant in VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]:
+            conns[variant].send("step")
+            conns[variant].recv()
     rows = {}
-    for variant in ("sft", "cft", "cft_padded", "naive"):
-        q = ctx.Queue()
-        p = ctx.Process(target=run_variant, args=(variant, args, q))
-        p.start()
-        rows[variant] = q.get()
-        p.join()
-    cft, sft, naive = rows["cft"], rows["sft"], rows["naive"]
-    ratios = {
-        "cft_over_sft_time": cft["median_step_s"] / sft["median_step_s"],
-        "cft_padded_over_sft_time": rows["cft_padded"]["median_step_s"] / sft["median_step_s"],
-        "naive_over_cft_time": naive["median_step_s"] / cft["median_step_s"],
+    for variant in VARIANTS:
+        conns[variant].send("done")
+        rows[variant] = conns[variant].recv()
+        procs[variant].join()
+    steps = {v: rows[v]["step_s"] for v in VARIANTS}
+    cft, naive = rows["cft"], rows["naive"]
+    ratios = {name: pair_ratios(steps, num, den)["median"] for name, (num, den) in TIME_RATIOS.items()}
+    ratios.update({
         "naive_over_cft_logits_memory": naive["logits_MB"] / cft["logits_MB"],
         "naive_over_cft_peak_memory": naive["peak_mem_MB"] / cft["peak_mem_MB"],
-    }
-    return {"config": args, "variants": rows, "ratios": ratios}
+    })
+    spread = {name: pair_ratios(steps, num, den) for name, (num, den) in TIME_RATIOS.items()}
+    return {"config": args, "variants": rows, "ratios": ratios, "ratio_spread": spread}
 
 
 def markdown(results: list[dict]) -> str:
@@ -215,12 +251,14 @@ def markdown(results: list[dict]) -> str:
                 f"{row['median_step_s']:.4f} | {row['tokens_per_s']:.0f} | {row['peak_mem_MB']:.0f} | "
                 f"{row['logits_MB']:.1f} |"
             )
-    lines += ["", "| model | data | CFT/SFT time | CFT unpacked/SFT time | naive/CFT time | naive/CFT logits memory | naive/CFT peak memory |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "Time ratios: median of the per-round ratios (interleaved rounds), range min-max.", "",
+              "| model | data | CFT/SFT time | CFT unpacked/SFT time | naive/CFT time | naive/CFT logits memory | naive/CFT peak memory |", "|---|---|---|---|---|---|---|"]
     for r in results:
         q, c = r["ratios"], r["config"]
+        cells = [f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})" for s in
+                 (r["ratio_spread"][name] for name in TIME_RATIOS)]
         lines.append(
-            f"| {c['model']} | {c['data']} | {q['cft_over_sft_time']:.2f}x | {q['cft_padded_over_sft_time']:.2f}x | "
-            f"{q['naive_over_cft_time']:.2f}x | "
+            f"| {c['model']} | {c['data']} | " + " | ".join(cells) + " | "
             f"{q['naive_over_cft_logits_memory']:.1f}x | {q['naive_over_cft_peak_memory']:.2f}x |"
         )
     return "\n".join(lines) + "\n"
@@ -233,7 +271,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=10, help="interleaved rounds (one timed step per variant each)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ns = ap.parse_args()

@@ -1,0 +1,27 @@
+"""The train-step benchmark's interleaved timing: per-round ratios by hand, and a tiny run."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import train_step
+
+
+def test_ratios_are_taken_per_round_then_summarised():
+    # Round 2 ran while the machine was busy (both variants 10x slower): its ratio is still 2.
+    steps = {"cft": [2.0, 20.0, 3.0, 2.2], "sft": [1.0, 10.0, 1.0, 1.0]}
+    s = train_step.pair_ratios(steps, "cft", "sft")
+    # per-round ratios 2.0, 2.0, 3.0, 2.2 -> sorted 2.0, 2.0, 2.2, 3.0
+    assert s["median"] == pytest.approx(2.1)
+    assert (s["min"], s["max"], s["rounds"]) == (2.0, 3.0, 4)
+    assert s["q1"] <= s["median"] <= s["q3"]
+
+
+@pytest.mark.timeout(600)
+def test_every_variant_is_timed_in_every_round():
+    result = train_step.measure({"model": "tiny", "data": "ml100k", "device": "cpu", "dtype": "fp32",
+                                 "batch_size": 2, "iters": 3, "warmup": 1, "threads": 1})
+    assert set(result["variants"]) == set(train_step.VARIANTS)
+    assert all(len(v["step_s"]) == 3 for v in result["variants"].values())
+    spread = result["ratio_spread"]["cft_over_sft_time"]
+    assert spread["rounds"] == 3 and spread["min"] <= result["ratios"]["cft_over_sft_time"] <= spread["max"]
