@@ -25,3 +25,16 @@ def test_every_variant_is_timed_in_every_round():
     assert all(len(v["step_s"]) == 3 for v in result["variants"].values())
     spread = result["ratio_spread"]["cft_over_sft_time"]
     assert spread["rounds"] == 3 and spread["min"] <= result["ratios"]["cft_over_sft_time"] <= spread["max"]
+
+
+def test_train_loop_ratio_is_per_example_and_per_round():
+    from benchmarks import train_loop
+
+    # loop: 8 examples per step; kernel: 8 too. Round ratios 12/10 = 1.2, 26/20 = 1.3 (a busy round), 11/10 = 1.1.
+    rows = {"loop": {"step_s": [12.0, 26.0, 11.0], "tokens": [900, 900, 900], "examples_per_step": 8},
+            "kernel": {"step_s": [10.0, 20.0, 10.0], "tokens": [1000, 1000, 1000], "examples_per_step": 8}}
+    s = train_loop.summary(rows)
+    assert s["loop_over_kernel_per_example"] == {"median": pytest.approx(1.2), "min": pytest.approx(1.1),
+                                                  "max": pytest.approx(1.3), "rounds": 3}
+    assert s["loop_tokens_per_s"] == pytest.approx(2700 / 49.0)
+    assert s["kernel_median_step_s"] == 10.0
