@@ -115,6 +115,9 @@ def main() -> None:
     ap.add_argument("--objectives", nargs="+", default=["cft", "sft", "pos"], choices=["cft", "sft", "pos"])
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="Override a config field, e.g. --set train.alpha=0.2 (repeatable).")
+    ap.add_argument("--name", default=None,
+                    help="Result file benchmarks/results/reproduction-<name>.json (default: data.name); "
+                         "a study with another budget on the same dataset gets its own file.")
     ap.add_argument("--budget-note", default="",
                     help="Free text for the report: the hardware and why this budget.")
     ns = ap.parse_args()
@@ -122,7 +125,7 @@ def main() -> None:
     from schemas.config import load_config
 
     cfg = load_config(ns.config, ns.overrides)
-    out = result_path(cfg.data.name)
+    out = result_path(ns.name or cfg.data.name)
     # Runs already in the result file are kept unless this invocation redoes them
     # (same objective, seed and alpha/beta).
     previous = json.loads(out.read_text()) if out.is_file() else {"runs": []}
