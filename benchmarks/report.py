@@ -66,6 +66,65 @@ def cft_vs_sft(cft: list[dict], sft: list[dict]) -> tuple[str, bool]:
     return text, outside
 
 
+def per_row_values(run: dict, quantity: str) -> tuple[list, np.ndarray] | None:
+    """(rows, float[R]) of one reproduction run's per-row quantity: `<method>/NDCG@10` from the
+    ranked rows, `history effect / token` and `target NLL / token` from the diagnosed rows."""
+    rows = run.get("per_row")
+    if rows is None:
+        return None
+    if quantity in ("history effect / token", "target NLL / token"):
+        return None if "logp_factual" not in rows else (rows["diagnosed_rows"], STUDY_QUANTITIES[quantity](rows))
+    method, metric = quantity.split("/")
+    ranks = rows["ranks"].get(method)
+    return None if ranks is None else (rows["ranked_rows"], per_row_metric(ranks, metric))
+
+
+def paired_difference(a: list[dict], b: list[dict], quantity: str) -> tuple[float, float, float, int, int] | None:
+    """B - A on one quantity, paired by seed and row (the rows both runs of a seed have):
+    (mean, low, high, seeds, rows), two-level bootstrap over seeds and rows; None without data."""
+    by_seed = {r["seed"]: r for r in a}
+    diffs, shared = [], None
+    pairs = [(by_seed[r["seed"]], r) for r in b if r["seed"] in by_seed]
+    values = [(per_row_values(ra, quantity), per_row_values(rb, quantity)) for ra, rb in pairs]
+    if not values or any(va is None or vb is None for va, vb in values):
+        return None
+    for va, vb in values:
+        keys = {tuple(k) for k in va[0]} & {tuple(k) for k in vb[0]}
+        shared = keys if shared is None else shared & keys
+    order = sorted(shared)
+    for va, vb in values:
+        ia = {tuple(k): i for i, k in enumerate(va[0])}
+        ib = {tuple(k): i for i, k in enumerate(vb[0])}
+        diffs.append(vb[1][[ib[k] for k in order]] - va[1][[ia[k] for k in order]])
+    if not order:
+        return None
+    return (*paired_bootstrap_ci_seeds(np.stack(diffs), seed=0), len(pairs), len(order))
+
+
+def paired_section(groups: dict, main: tuple[float, float]) -> list[str]:
+    """Paired differences between the methods (CFT at the configured alpha/beta) from the runs'
+    per-row results, when the result file has them."""
+    sides = {"sft": [r for (o, _, _), rs in groups.items() if o == "sft" for r in rs],
+             "pos": [r for (o, _, _), rs in groups.items() if o == "pos" for r in rs],
+             "cft": groups.get(("cft", *main), [])}
+    runs = [r for rs in sides.values() for r in rs]
+    if not runs or any("per_row" not in r for r in runs):
+        return []
+    methods = sorted({m for r in runs for m in r["per_row"]["ranks"] if not m.startswith("nohist_")})
+    quantities = [f"{m}/NDCG@10" for m in methods] + ["history effect / token", "target NLL / token"]
+    lines = ["", "### Paired differences (B - A), by seed and row", "",
+             "95% intervals resampling both the training seeds and the test rows "
+             "(`cft_core.metrics.paired_bootstrap_ci_seeds`); the verdict is read from the interval.", "",
+             "| B - A | quantity | seeds | rows | difference | interval | verdict |", "|---|---|---|---|---|---|---|"]
+    for a, b in STUDY_PAIRS:
+        for q in quantities:
+            d = paired_difference(sides[a], sides[b], q)
+            if d is not None:
+                lines.append(f"| {b} - {a} | {q} | {d[3]} | {d[4]} | {d[0]:+.4f} | [{d[1]:+.4f}, {d[2]:+.4f}] | "
+                             f"{verdict(d[1], d[2], a, b)} |")
+    return lines
+
+
 def section(data: dict) -> str:
     meta, runs = data["meta"], data["runs"]
     cfg = meta["config_resolved"]
@@ -148,6 +207,8 @@ def section(data: dict) -> str:
                 lines.append(f"- CFT ({a}, {b}): {text} "
                              + ("Above SFT outside the seed spread." if outside else "Not outside the seed spread."))
 
+    lines += paired_section(groups, main)
+
     lines += ["", "### Runs", "",
               "The validation loss is the weighted normal term, whose token weights depend on beta: "
               "it compares runs of one setting, not sft (beta 1) with cft or pos (beta 0.25).", "",
@@ -210,6 +271,9 @@ def synthetic_section(meta: dict, runs: list[dict], plot_path: Path) -> str:
         "diagnostics.",
         f"- Machine: {meta['machine']}, {meta['cpu_count']} CPUs; {meta['started']} to {meta.get('finished', '?')}; "
         f"median run {statistics.median(r['train_s'] + r['eval_s'] for r in runs):.0f} s.",
+        f"- Runs so far: {len(reference)} of the grid's {len(meta.get('settings', settings)) * 3 * 5} "
+        "(settings x sft/pos/cft x seeds 0-4); the study resumes where it stopped"
+        + (f", plus {len(sweep)} alpha-sweep runs." if sweep else "."),
         "- Intervals: 95%, paired by seed and row, resampling both training seeds and test rows.",
         "",
         "### Methods per setting (mean ± std over seeds)",
@@ -280,10 +344,10 @@ def main() -> None:
         if runs:
             parts.append(synthetic_section(meta, runs, RESULTS / "synthetic-study.png"))
     parts = [
-        "# Reproduction: CFT vs SFT vs token weighting alone",
+        "# Results: CFT vs SFT vs token weighting alone",
         "",
         "Generated by `python -m benchmarks.report` from "
-        + ", ".join(f"`benchmarks/results/{f.name}`" for f in files)
+        + ", ".join(f"`benchmarks/results/{f.name}`" for f in ([study] if parts else []) + files)
         + "; do not edit by hand. Methods (cft-method.md): **sft** = plain cross-entropy (alpha 0, beta 1, "
         "BIGRec); **pos** = decaying token weights only (alpha 0); **cft** = token weights + the causal "
         "term. Grounding: BIGRec L2 over the full catalogue.",

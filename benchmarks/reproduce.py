@@ -51,6 +51,29 @@ def run_key(run: dict) -> tuple[str, int, float, float]:
     return run["objective"], run["seed"], run["alpha"], run["beta"]
 
 
+def per_row_outcomes(eval_dir: Path) -> dict:
+    """An evaluation folder's per-row results, JSON-able, so that the report computes paired
+    intervals from the result file alone: the ranked rows (`tasks.compare.KEY`, sorted) with each
+    method's 0-based first-hit rank (-1: miss), and the diagnosed rows with their teacher-forced
+    log-likelihoods (`cft_core.diagnostics`)."""
+    import pandas as pd
+
+    from tasks.compare import keyed
+
+    def keys(index) -> list:
+        return [[str(u), int(t), int(o)] for u, t, o in index]
+
+    preds = keyed(pd.read_parquet(eval_dir / "predictions.parquet")).sort_index()
+    out = {"ranked_rows": keys(preds.index),
+           "ranks": {c.removesuffix("_rank"): preds[c].astype(int).tolist() for c in preds.columns if c.endswith("_rank")}}
+    if (eval_dir / "diagnostics.parquet").is_file():
+        d = keyed(pd.read_parquet(eval_dir / "diagnostics.parquet")).sort_index()
+        out.update({"diagnosed_rows": keys(d.index), "logp_factual": d["logp_factual"].round(4).tolist(),
+                    "logp_counterfactual": d["logp_counterfactual"].round(4).tolist(),
+                    "label_tokens": d["label_tokens"].astype(int).tolist()})
+    return out
+
+
 def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> dict:
     """Train + evaluate one (objective, seed); returns its record for the result file."""
     from schemas.config import load_config
@@ -86,6 +109,7 @@ def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> di
         "reused": trained.reused and result.reused,
         "model_dir": str(trained.model_dir),
         "eval_dir": str(result.path),
+        "per_row": per_row_outcomes(result.path),
         "mlflow_run_id": trained.summary.get("mlflow_run_id"),
         "overrides": list(overrides),
     }

@@ -168,3 +168,44 @@ def test_the_controlled_study_section_by_hand(tmp_path, monkeypatch):
     text = report.synthetic_section(meta, loaded + sweep, tmp_path / "results" / "study.png")
     assert "| p0.5 | 0.1 | 2 | 1.0000 ± 0.0000 | 2.0000 ± 0.0000 |" in text
     assert "| p0.5 | 0.5 | 2 | 1.0000 ± 0.0000 | 1.0000 ± 0.0000 |" in text
+
+
+def _per_row(hit: bool, logp_f: float, logp_cf: float) -> dict:
+    rows = [["u1", 5, 0], ["u1", 5, 1], ["u2", 7, 0], ["u3", 9, 0]]
+    return {"ranked_rows": rows, "ranks": {"constrained": [0 if hit else -1] * 4},
+            "diagnosed_rows": rows, "logp_factual": [logp_f] * 4, "logp_counterfactual": [logp_cf] * 4,
+            "label_tokens": [2] * 4}
+
+
+def test_reproduction_paired_differences_by_hand():
+    """cft hits all 4 rows first in both seeds, sft none: +1 NDCG@10 in every cell, interval
+    [1, 1]; history effect per token cft (-2 - -6) / 2 = 2, sft 0: +2; pos = sft: 0."""
+    runs = []
+    for seed in (0, 1):
+        for obj, a, b, hit, lf, lcf in [("sft", 0.0, 1.0, False, -4.0, -4.0), ("pos", 0.0, 0.25, False, -4.0, -4.0),
+                                        ("cft", 0.1, 0.25, True, -2.0, -6.0)]:
+            r = _run(obj, seed, 0.01, 0.0, a, b)
+            r["per_row"] = _per_row(hit, lf, lcf)
+            runs.append(r)
+    text = report.section(_data(runs))
+    assert "| cft - sft | constrained/NDCG@10 | 2 | 4 | +1.0000 | [+1.0000, +1.0000] | cft higher |" in text
+    assert "| cft - sft | history effect / token | 2 | 4 | +2.0000 | [+2.0000, +2.0000] | cft higher |" in text
+    assert "| cft - sft | target NLL / token | 2 | 4 | -1.0000 | [-1.0000, -1.0000] | cft lower |" in text
+    assert "| pos - sft | constrained/NDCG@10 | 2 | 4 | +0.0000 | [+0.0000, +0.0000] | no difference at this budget |" in text
+
+
+def test_per_row_outcomes_keep_every_row_with_its_occurrence(tmp_path):
+    import pandas as pd
+
+    from benchmarks.reproduce import per_row_outcomes
+
+    pd.DataFrame({"user_id": ["1", "1", "2"], "target_item_id": [5, 5, 7], "constrained_rank": [0, -1, 3],
+                  "constrained_top10": [[1], [2], [3]]}).to_parquet(tmp_path / "predictions.parquet")
+    pd.DataFrame({"user_id": ["2", "1", "1"], "target_item_id": [7, 5, 5], "logp_factual": [-1.0, -2.0, -3.0],
+                  "logp_counterfactual": [-4.0, -5.0, -6.0], "label_tokens": [3, 4, 5]}).to_parquet(
+        tmp_path / "diagnostics.parquet")
+    out = per_row_outcomes(tmp_path)
+    assert out["ranked_rows"] == [["1", 5, 0], ["1", 5, 1], ["2", 7, 0]]  # the repeated (user, target) kept twice
+    assert out["ranks"] == {"constrained": [0, -1, 3]}
+    assert out["diagnosed_rows"] == [["1", 5, 0], ["1", 5, 1], ["2", 7, 0]]
+    assert out["logp_factual"] == [-2.0, -3.0, -1.0] and out["label_tokens"] == [4, 5, 3]
