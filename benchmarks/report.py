@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cft_core.metrics import paired_bootstrap_ci_seeds, per_row_metric
-from tasks.compare import plot
+from tasks.compare import plot, verdict
 
 RESULTS = Path(__file__).parent / "results"
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "results.md"
@@ -79,25 +79,24 @@ def per_row_values(run: dict, quantity: str) -> tuple[list, np.ndarray] | None:
     return None if ranks is None else (rows["ranked_rows"], per_row_metric(ranks, metric))
 
 
-def paired_difference(a: list[dict], b: list[dict], quantity: str) -> tuple[float, float, float, int, int] | None:
-    """B - A on one quantity, paired by seed and row (the rows both runs of a seed have):
-    (mean, low, high, seeds, rows), two-level bootstrap over seeds and rows; None without data."""
+def paired_difference(a: list[dict], b: list[dict], values) -> tuple[float, float, float, int, int] | None:
+    """B - A paired by seed and row (the rows both runs of a seed have, in key order): (mean,
+    low, high, seeds, rows), two-level bootstrap over seeds and rows; None without shared seeds,
+    values or rows. values(run) -> (row keys, float[R]) or None (the run lacks the quantity)."""
     by_seed = {r["seed"]: r for r in a}
-    diffs, shared = [], None
     pairs = [(by_seed[r["seed"]], r) for r in b if r["seed"] in by_seed]
-    values = [(per_row_values(ra, quantity), per_row_values(rb, quantity)) for ra, rb in pairs]
-    if not values or any(va is None or vb is None for va, vb in values):
+    per_pair = [(values(ra), values(rb)) for ra, rb in pairs]
+    if not per_pair or any(va is None or vb is None for va, vb in per_pair):
         return None
-    for va, vb in values:
-        keys = {tuple(k) for k in va[0]} & {tuple(k) for k in vb[0]}
-        shared = keys if shared is None else shared & keys
+    shared = set.intersection(*({tuple(k) for k in v[0]} for pair in per_pair for v in pair))
     order = sorted(shared)
-    for va, vb in values:
+    if not order:
+        return None
+    diffs = []
+    for va, vb in per_pair:
         ia = {tuple(k): i for i, k in enumerate(va[0])}
         ib = {tuple(k): i for i, k in enumerate(vb[0])}
         diffs.append(vb[1][[ib[k] for k in order]] - va[1][[ia[k] for k in order]])
-    if not order:
-        return None
     return (*paired_bootstrap_ci_seeds(np.stack(diffs), seed=0), len(pairs), len(order))
 
 
@@ -118,11 +117,11 @@ def paired_section(groups: dict, main: tuple[float, float]) -> list[str]:
              "| B - A | quantity | seeds | rows | difference | interval | verdict |", "|---|---|---|---|---|---|---|"]
     for a, b in STUDY_PAIRS:
         for q in quantities:
-            d = paired_difference(sides[a], sides[b], q)
+            d = paired_difference(sides[a], sides[b], lambda run, q=q: per_row_values(run, q))
             if d is not None:
                 caveat = " (one seed: no training-seed spread in the interval)" if d[3] < 2 else ""
                 lines.append(f"| {b} - {a} | {q} | {d[3]} | {d[4]} | {d[0]:+.4f} | [{d[1]:+.4f}, {d[2]:+.4f}] | "
-                             f"{verdict(d[1], d[2], a, b)}{caveat} |")
+                             f"{verdict(d[1], d[2], b)}{caveat} |")
     return lines
 
 
@@ -232,22 +231,6 @@ STUDY_QUANTITIES = {  # label -> per-row value from a study run's arrays
 STUDY_PAIRS = [("sft", "cft"), ("sft", "pos"), ("pos", "cft")]  # (A, B): B - A
 
 
-def study_difference(a: list[dict], b: list[dict], quantity: str) -> tuple[float, float, float, int] | None:
-    """B - A on the quantity, paired by seed and row: (mean, low, high, seeds), or None without
-    shared seeds. Interval: two-level bootstrap over seeds and rows."""
-    by_seed = {r["seed"]: r for r in a}
-    pairs = [(by_seed[r["seed"]], r) for r in b if r["seed"] in by_seed]
-    if not pairs:
-        return None
-    f = STUDY_QUANTITIES[quantity]
-    diff = np.stack([f(rb) - f(ra) for ra, rb in pairs])
-    return (*paired_bootstrap_ci_seeds(diff, seed=0), len(pairs))
-
-
-def verdict(low: float, high: float, a: str, b: str) -> str:
-    return f"{b} higher" if low > 0 else f"{b} lower" if high < 0 else "no difference at this budget"
-
-
 def synthetic_section(meta: dict, runs: list[dict], plot_path: Path) -> str:
     """The controlled study: methods per setting, paired differences with intervals, alpha sweep."""
     reference = [r for r in runs if r["objective"] != "cft" or r["alpha"] == 0.1]  # the study grid
@@ -307,7 +290,7 @@ def synthetic_section(meta: dict, runs: list[dict], plot_path: Path) -> str:
             ra, rb = group.get((setting, a), []), group.get((setting, b), [])
             cells, ndcg = [], None
             for q in ("NDCG@10", "HR@10", "history effect / token"):
-                d = study_difference(ra, rb, q)
+                d = paired_difference(ra, rb, lambda run, q=q: (run["rows"], STUDY_QUANTITIES[q](run)))
                 if d is None:
                     break
                 cells.append(f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]")
@@ -316,7 +299,7 @@ def synthetic_section(meta: dict, runs: list[dict], plot_path: Path) -> str:
                 continue
             caveat = " (one seed: the interval holds no training-seed spread)" if ndcg[3] < 2 else ""
             lines.append(f"| {setting} | {b} - {a} | {ndcg[3]} | " + " | ".join(cells)
-                         + f" | {verdict(ndcg[1], ndcg[2], a, b)}{caveat} |")
+                         + f" | {verdict(ndcg[1], ndcg[2], b)}{caveat} |")
             forest.append({"quantity": f"{setting}: {b} - {a}", "B - A": ndcg[0], "ci_low": ndcg[1],
                            "ci_high": ndcg[2]})
     if forest:

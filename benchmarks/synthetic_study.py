@@ -31,10 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from benchmarks.reproduce import _write_atomic, in_fresh_process
-from tasks.compare import KEY, keyed
 
 RESULTS = Path(__file__).parent / "results" / "synthetic-study.json"
 CONFIG = Path("configs/synthetic-study.yaml")
@@ -56,16 +54,18 @@ def run_key(run: dict) -> tuple:
     return run["setting"], run["objective"], run["seed"], run["alpha"], run["beta"]
 
 
-def per_row(eval_dir: Path) -> pd.DataFrame:
-    """An evaluation folder -> one row per evaluated row (`tasks.compare.KEY`, sorted): rank
-    (0-based first hit, -1 miss), logp_factual, logp_counterfactual, label_tokens."""
-    preds = keyed(pd.read_parquet(eval_dir / "predictions.parquet"))[[f"{METHOD}_rank"]]
-    diag = keyed(pd.read_parquet(eval_dir / "diagnostics.parquet"))[["logp_factual", "logp_counterfactual",
-                                                                     "label_tokens"]]
-    rows = preds.rename(columns={f"{METHOD}_rank": "rank"}).join(diag, how="inner")
-    if len(rows) != len(preds):
-        raise RuntimeError(f"{eval_dir}: {len(preds) - len(rows)} ranked rows have no diagnostics")
-    return rows.sort_index().reset_index()
+def per_row(outcomes: dict) -> dict:
+    """A run's per-row outcomes (`benchmarks.reproduce.per_row_outcomes`) -> the study's arrays,
+    one entry per ranked row (key order): rows, rank (0-based first hit, -1 miss), logp_factual,
+    logp_counterfactual, label_tokens. Every ranked row must have its diagnostics."""
+    diagnosed = {tuple(k): i for i, k in enumerate(outcomes["diagnosed_rows"])}
+    missing = [k for k in outcomes["ranked_rows"] if tuple(k) not in diagnosed]
+    if missing:
+        raise RuntimeError(f"{len(missing)} ranked rows have no diagnostics, e.g. {missing[0]}")
+    pick = [diagnosed[tuple(k)] for k in outcomes["ranked_rows"]]
+    return {"rows": outcomes["ranked_rows"], "rank": outcomes["ranks"][METHOD],
+            **{name: [outcomes[name][i] for i in pick] for name in ("logp_factual", "logp_counterfactual",
+                                                                    "label_tokens")}}
 
 
 def run_one(setting: str, objective: str, seed: int, extra: list[str]) -> dict:
@@ -73,16 +73,11 @@ def run_one(setting: str, objective: str, seed: int, extra: list[str]) -> dict:
     from benchmarks.reproduce import run_one as train_and_evaluate
 
     record = train_and_evaluate(CONFIG, [*setting_overrides(setting), *extra], objective, seed)
-    rows = per_row(Path(record["eval_dir"]))
     keep = ("objective", "seed", "alpha", "beta", "steps", "examples_seen", "best_valid_loss", "eval_examples",
             "train_samples", "train_s", "eval_s", "reused", "overrides")
     return {"setting": setting, **{k: record[k] for k in keep},
             "metrics": {k: v for k, v in record["metrics"].items() if k.endswith(("@1", "@10"))},
-            "rows": rows[KEY].astype({"user_id": str, "target_item_id": int, "occurrence": int}).values.tolist(),
-            "rank": rows["rank"].astype(int).tolist(),
-            "logp_factual": rows["logp_factual"].round(4).tolist(),
-            "logp_counterfactual": rows["logp_counterfactual"].round(4).tolist(),
-            "label_tokens": rows["label_tokens"].astype(int).tolist()}
+            **per_row(record["per_row"])}
 
 
 def run_isolated(setting: str, objective: str, seed: int, extra: list[str]) -> dict:

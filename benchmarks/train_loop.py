@@ -137,11 +137,12 @@ def run_kernel(config: str, overrides: list[str], warmup: int, conn) -> None:
 
 
 def summary(rows: dict) -> dict:
+    from benchmarks.train_step import pair_ratios
+
     per_example = {k: [s / v["examples_per_step"] for s in v["step_s"]] for k, v in rows.items()}
-    ratios = sorted(a / b for a, b in zip(per_example["loop"], per_example["kernel"], strict=True))
+    spread = pair_ratios(per_example, "loop", "kernel")
     return {
-        "loop_over_kernel_per_example": {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1],
-                                         "rounds": len(ratios)},
+        "loop_over_kernel_per_example": {k: spread[k] for k in ("median", "min", "max", "rounds")},
         **{f"{k}_median_step_s": statistics.median(v["step_s"]) for k, v in rows.items()},
         **{f"{k}_tokens_per_s": sum(v["tokens"]) / sum(v["step_s"]) for k, v in rows.items()},
     }

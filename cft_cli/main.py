@@ -342,7 +342,14 @@ def _checked_history(history: list[str]) -> list[str]:
     return history
 
 
-def _model_uri(cfg, model: str) -> str:
+def _served_model_uri(config: Path, set_: list[str] | None, model: str) -> str:
+    """The model to load (`model`, or the champion of the config's registered model), with MLflow
+    pointed at the config's tracking and registry store."""
+    import mlflow
+
+    cfg, uri, _ = _registry_context(config, set_)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return model or f"models:/{cfg.registered_model_name()}@champion"
 
 
@@ -365,10 +372,7 @@ def recommend(
     import pandas as pd
 
     history = _checked_history(history)
-    cfg, uri, _ = _registry_context(config, set_)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    model_uri = _model_uri(cfg, model)
+    model_uri = _served_model_uri(config, set_, model)
     recommender = mlflow.pyfunc.load_model(model_uri)
     out = recommender.predict(pd.DataFrame({"history": [history]}),
                               params={"k": k, "exclude_history": not include_history, "free_text": free_text})
@@ -401,18 +405,13 @@ def serve(
 ) -> None:
     """Serve a registered model over HTTP: POST /recommend, MLflow's POST /invocations, GET /health.
     Concurrent requests share generation calls; a full queue answers 503 (cft_cli/server.py)."""
-    import mlflow
-
     from cft_cli.server import serve as run_server
 
-    cfg, uri, _ = _registry_context(config, set_)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    model_uri = _served_model_uri(config, set_, model)
     # The served model reads these (cft_core.serving.ServingSettings.from_env).
     os.environ["CFT_SERVE_MAX_BATCH"] = str(max_batch)
     os.environ["CFT_SERVE_MAX_QUEUE"] = str(max_queue)
     os.environ["CFT_SERVE_BATCH_WAIT_MS"] = str(batch_wait_ms)
-    model_uri = _model_uri(cfg, model)
     console.print(f"serving {model_uri} on http://{host}:{port} (POST /recommend, POST /invocations, GET /health)")
     run_server(model_uri, host, port)
 

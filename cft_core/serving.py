@@ -100,14 +100,17 @@ class ServingSettings:
     def from_env(cls) -> ServingSettings:
         env = os.environ
         try:
-            settings = cls(max_batch=int(env.get("CFT_SERVE_MAX_BATCH", cls.max_batch)),
-                           max_queue=int(env.get("CFT_SERVE_MAX_QUEUE", cls.max_queue)),
-                           batch_wait_s=float(env.get("CFT_SERVE_BATCH_WAIT_MS", cls.batch_wait_s * 1000)) / 1000)
+            values = dict(max_batch=int(env.get("CFT_SERVE_MAX_BATCH", cls.max_batch)),
+                          max_queue=int(env.get("CFT_SERVE_MAX_QUEUE", cls.max_queue)),
+                          batch_wait_s=float(env.get("CFT_SERVE_BATCH_WAIT_MS", cls.batch_wait_s * 1000)) / 1000)
         except ValueError as error:
             raise ValueError(f"CFT_SERVE_* settings must be numbers: {error}") from None
-        if settings.max_batch < 1 or settings.max_queue < 1 or settings.batch_wait_s < 0:
-            raise ValueError(f"serving settings out of range: {settings} (max_batch, max_queue >= 1, wait >= 0)")
-        return settings
+        return cls(**values)  # range-checked in __post_init__
+
+    def __post_init__(self):
+        if self.max_batch < 1 or self.max_queue < 1 or self.batch_wait_s < 0:
+            raise ValueError(f"max_batch and max_queue must be >= 1 and batch_wait_s >= 0, got "
+                             f"{self.max_batch}, {self.max_queue} and {self.batch_wait_s}")
 
 
 class Overloaded(RuntimeError):
@@ -133,9 +136,7 @@ class BatchingRecommender:
     """
 
     def __init__(self, ranker: Ranker, max_batch: int, max_queue: int, batch_wait_s: float = 0.0):
-        if max_batch < 1 or max_queue < 1 or batch_wait_s < 0:
-            raise ValueError(f"max_batch and max_queue must be >= 1 and batch_wait_s >= 0, got "
-                             f"{max_batch}, {max_queue} and {batch_wait_s}")
+        ServingSettings(max_batch, max_queue, batch_wait_s)  # checks the values
         self.ranker, self.max_batch, self.max_queue = ranker, max_batch, max_queue
         self.batch_wait_s = batch_wait_s
         self._queue: queue.Queue[_Request] = queue.Queue(maxsize=max_queue)

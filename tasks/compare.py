@@ -71,6 +71,12 @@ def per_row_quantities(folder: Path, metrics: list[str]) -> pd.DataFrame:
     return out
 
 
+def verdict(low: float, high: float, b: str = "B") -> str:
+    """What an interval of B - A supports: B higher (it excludes 0 from above), B lower, or no
+    difference at this budget (it holds 0)."""
+    return f"{b} higher" if low > 0 else f"{b} lower" if high < 0 else "no difference at this budget"
+
+
 def _side_values(side: list[Evaluated], quantity: str, rows: pd.Index) -> np.ndarray:
     """[S, R]: the quantity per seed (run) of a side on the shared rows."""
     return np.stack([run.rows.loc[rows, quantity].to_numpy(dtype=float) for run in side])
@@ -94,10 +100,9 @@ def compare(a: list[Evaluated], b: list[Evaluated], level: float = 0.95, seed: i
         va, vb = _side_values(a, q, rows), _side_values(b, q, rows)
         per_row_a, per_row_b = va.mean(axis=0), vb.mean(axis=0)  # [R]: each side's mean over its seeds
         diff, low, high = paired_bootstrap_ci(per_row_b, per_row_a, level=level, seed=seed)
-        verdict = "B higher" if low > 0 else "B lower" if high < 0 else "no difference at this budget"
         out.append({"quantity": q, "rows": len(rows), "seeds": f"{len(a)} vs {len(b)}" + (" (paired)" if by_seed else ""),
                     "A": float(per_row_a.mean()), "B": float(per_row_b.mean()), "B - A": diff,
-                    "ci_low": low, "ci_high": high, "verdict": verdict})
+                    "ci_low": low, "ci_high": high, "verdict": verdict(low, high)})
     if not out:
         raise InputError("the runs share no evaluated rows (different splits or datasets?)")
     return pd.DataFrame(out)
