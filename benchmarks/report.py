@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cft_core.metrics import paired_bootstrap_ci_seeds, per_row_metric
+from benchmarks.reproduce import row_key
 from tasks.compare import plot, verdict
 
 RESULTS = Path(__file__).parent / "results"
@@ -88,14 +89,14 @@ def paired_difference(a: list[dict], b: list[dict], values) -> tuple[float, floa
     per_pair = [(values(ra), values(rb)) for ra, rb in pairs]
     if not per_pair or any(va is None or vb is None for va, vb in per_pair):
         return None
-    shared = set.intersection(*({tuple(k) for k in v[0]} for pair in per_pair for v in pair))
+    shared = set.intersection(*({row_key(k) for k in v[0]} for pair in per_pair for v in pair))
     order = sorted(shared)
     if not order:
         return None
     diffs = []
     for va, vb in per_pair:
-        ia = {tuple(k): i for i, k in enumerate(va[0])}
-        ib = {tuple(k): i for i, k in enumerate(vb[0])}
+        ia = {row_key(k): i for i, k in enumerate(va[0])}
+        ib = {row_key(k): i for i, k in enumerate(vb[0])}
         diffs.append(vb[1][[ib[k] for k in order]] - va[1][[ia[k] for k in order]])
     return (*paired_bootstrap_ci_seeds(np.stack(diffs), seed=0), len(pairs), len(order))
 

@@ -51,24 +51,39 @@ def run_key(run: dict) -> tuple[str, int, float, float]:
     return run["objective"], run["seed"], run["alpha"], run["beta"]
 
 
-def per_row_outcomes(eval_dir: Path) -> dict:
+def row_key(row) -> int | tuple:
+    """A stored row name as a dict key: a split position, or (user, target, occurrence) in result
+    files written before rows were named by position."""
+    return tuple(row) if isinstance(row, list) else row
+
+
+def per_row_outcomes(eval_dir: Path, split_file: Path) -> dict:
     """An evaluation folder's per-row results, JSON-able, so that the report computes paired
-    intervals from the result file alone: the ranked rows (`tasks.compare.KEY`, sorted) with each
-    method's 0-based first-hit rank (-1: miss), and the diagnosed rows with their teacher-forced
-    log-likelihoods (`cft_core.diagnostics`)."""
+    intervals from the result file alone: the ranked rows with each method's 0-based first-hit rank
+    (-1: miss), and the diagnosed rows with their teacher-forced log-likelihoods
+    (`cft_core.diagnostics`). A row is named by its position in the evaluated split
+    (`split_file`), in that order: the result file, which is committed, keeps no user or item ids,
+    since MovieLens and Amazon data are research-use and must not be copied into the repository."""
     import pandas as pd
 
     from tasks.compare import keyed
 
-    def keys(index) -> list:
-        return [[str(u), int(t), int(o)] for u, t, o in index]
+    split = pd.read_parquet(split_file, columns=["user_id", "target_item_id"])
+    position = keyed(split.assign(position=range(len(split))))["position"]
 
-    preds = keyed(pd.read_parquet(eval_dir / "predictions.parquet")).sort_index()
-    out = {"ranked_rows": keys(preds.index),
+    def by_position(frame: pd.DataFrame) -> tuple[list[int], pd.DataFrame]:
+        at = position.reindex(frame.index)
+        if at.isna().any():
+            raise RuntimeError(f"{eval_dir}: {int(at.isna().sum())} evaluated rows are not in {split_file}")
+        frame = frame.assign(position=at.astype(int).to_numpy()).sort_values("position")
+        return frame["position"].tolist(), frame
+
+    rows, preds = by_position(keyed(pd.read_parquet(eval_dir / "predictions.parquet")))
+    out = {"ranked_rows": rows,
            "ranks": {c.removesuffix("_rank"): preds[c].astype(int).tolist() for c in preds.columns if c.endswith("_rank")}}
     if (eval_dir / "diagnostics.parquet").is_file():
-        d = keyed(pd.read_parquet(eval_dir / "diagnostics.parquet")).sort_index()
-        out.update({"diagnosed_rows": keys(d.index), "logp_factual": d["logp_factual"].round(4).tolist(),
+        rows, d = by_position(keyed(pd.read_parquet(eval_dir / "diagnostics.parquet")))
+        out.update({"diagnosed_rows": rows, "logp_factual": d["logp_factual"].round(4).tolist(),
                     "logp_counterfactual": d["logp_counterfactual"].round(4).tolist(),
                     "label_tokens": d["label_tokens"].astype(int).tolist()})
     return out
@@ -109,7 +124,7 @@ def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> di
         "reused": trained.reused and result.reused,
         "model_dir": str(trained.model_dir),
         "eval_dir": str(result.path),
-        "per_row": per_row_outcomes(result.path),
+        "per_row": per_row_outcomes(result.path, sequences.path / f"{summary['split']}.parquet"),
         "mlflow_run_id": trained.summary.get("mlflow_run_id"),
         "overrides": list(overrides),
     }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import report
 
 
@@ -171,7 +173,7 @@ def test_the_controlled_study_section_by_hand(tmp_path, monkeypatch):
 
 
 def _per_row(hit: bool, logp_f: float, logp_cf: float) -> dict:
-    rows = [["u1", 5, 0], ["u1", 5, 1], ["u2", 7, 0], ["u3", 9, 0]]
+    rows = [0, 1, 2, 3]  # split positions
     return {"ranked_rows": rows, "ranks": {"constrained": [0 if hit else -1] * 4},
             "diagnosed_rows": rows, "logp_factual": [logp_f] * 4, "logp_counterfactual": [logp_cf] * 4,
             "label_tokens": [2] * 4}
@@ -194,18 +196,56 @@ def test_reproduction_paired_differences_by_hand():
     assert "| pos - sft | constrained/NDCG@10 | 2 | 4 | +0.0000 | [+0.0000, +0.0000] | no difference at this budget |" in text
 
 
-def test_per_row_outcomes_keep_every_row_with_its_occurrence(tmp_path):
+def test_per_row_outcomes_name_rows_by_split_position(tmp_path):
+    """Rows are named by their position in the split (no user or item ids in the committed file);
+    a repeated (user, target) pair keeps both of its rows, matched by occurrence in split order."""
     import pandas as pd
 
     from benchmarks.reproduce import per_row_outcomes
 
+    split = tmp_path / "test.parquet"
+    # positions: 0 = (2, 9), 1 = 1st (1, 5), 2 = (2, 7), 3 = 2nd (1, 5)
+    pd.DataFrame({"user_id": ["2", "1", "2", "1"], "target_item_id": [9, 5, 7, 5]}).to_parquet(split)
     pd.DataFrame({"user_id": ["1", "1", "2"], "target_item_id": [5, 5, 7], "constrained_rank": [0, -1, 3],
                   "constrained_top10": [[1], [2], [3]]}).to_parquet(tmp_path / "predictions.parquet")
     pd.DataFrame({"user_id": ["2", "1", "1"], "target_item_id": [7, 5, 5], "logp_factual": [-1.0, -2.0, -3.0],
                   "logp_counterfactual": [-4.0, -5.0, -6.0], "label_tokens": [3, 4, 5]}).to_parquet(
         tmp_path / "diagnostics.parquet")
-    out = per_row_outcomes(tmp_path)
-    assert out["ranked_rows"] == [["1", 5, 0], ["1", 5, 1], ["2", 7, 0]]  # the repeated (user, target) kept twice
-    assert out["ranks"] == {"constrained": [0, -1, 3]}
-    assert out["diagnosed_rows"] == [["1", 5, 0], ["1", 5, 1], ["2", 7, 0]]
-    assert out["logp_factual"] == [-2.0, -3.0, -1.0] and out["label_tokens"] == [4, 5, 3]
+    out = per_row_outcomes(tmp_path, split)
+    assert out["ranked_rows"] == [1, 2, 3]
+    assert out["ranks"] == {"constrained": [0, 3, -1]}
+    assert out["diagnosed_rows"] == [1, 2, 3]
+    assert out["logp_factual"] == [-2.0, -1.0, -3.0] and out["label_tokens"] == [4, 3, 5]
+
+
+def test_per_row_outcomes_refuse_rows_outside_the_split(tmp_path):
+    import pandas as pd
+
+    from benchmarks.reproduce import per_row_outcomes
+
+    split = tmp_path / "test.parquet"
+    pd.DataFrame({"user_id": ["1"], "target_item_id": [5]}).to_parquet(split)
+    pd.DataFrame({"user_id": ["1", "1"], "target_item_id": [5, 5], "constrained_rank": [0, 1]}).to_parquet(
+        tmp_path / "predictions.parquet")
+    with pytest.raises(RuntimeError, match="1 evaluated rows are not in"):
+        per_row_outcomes(tmp_path, split)
+
+
+def test_a_reproduction_run_records_its_rows_by_split_position(tmp_path):
+    """One real (tiny) reproduction run, train + evaluate on synthetic data: its record names the
+    ranked and diagnosed rows by split position, the same rows, and every rank is a real outcome."""
+    from pathlib import Path
+
+    from benchmarks.reproduce import run_one
+
+    overrides = [f"data.data_root={tmp_path}", "data.source.synthetic.users=60", "data.source.synthetic.items=20",
+                 "data.max_samples.train=32", "data.max_samples.valid=8", "data.max_samples.test=12",
+                 "train.max_steps=2", "train.micro_batch_size=8", "train.effective_batch_size=8",
+                 "train.eval_steps=2", "eval.max_samples=6", "eval.num_beams=4", "eval.num_return_sequences=4",
+                 "tracking.enabled=false"]
+    record = run_one(Path("configs/synthetic.yaml"), overrides, "cft", 0)
+    rows = record["per_row"]
+    assert rows["ranked_rows"] == sorted(rows["ranked_rows"]) and len(rows["ranked_rows"]) == 6
+    assert all(isinstance(r, int) and 0 <= r < 12 for r in rows["ranked_rows"])
+    assert rows["diagnosed_rows"] == list(range(12))  # diagnostics on the whole (capped) split
+    assert all(-1 <= r < 4 for r in rows["ranks"]["constrained"])
