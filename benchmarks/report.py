@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cft_core.metrics import paired_bootstrap_ci_seeds, per_row_metric
 from benchmarks.reproduce import row_key
+from cft_core.metrics import paired_bootstrap_ci_seeds, per_row_metric
 from tasks.compare import plot, verdict
 
 RESULTS = Path(__file__).parent / "results"
