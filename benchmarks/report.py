@@ -110,7 +110,8 @@ def paired_section(groups: dict, main: tuple[float, float]) -> list[str]:
     runs = [r for rs in sides.values() for r in rs]
     if not runs or any("per_row" not in r for r in runs):
         return []
-    methods = sorted({m for r in runs for m in r["per_row"]["ranks"] if not m.startswith("nohist_")})
+    baselines = ("most_popular", "sasrec")  # the same ranking in every run: nothing to compare
+    methods = sorted({m for r in runs for m in r["per_row"]["ranks"] if not m.startswith(("nohist_", *baselines))})
     quantities = [f"{m}/NDCG@10" for m in methods] + ["history effect / token", "target NLL / token"]
     lines = ["", "### Paired differences (B - A), by seed and row", "",
              "95% intervals resampling both the training seeds and the test rows "
@@ -124,6 +125,47 @@ def paired_section(groups: dict, main: tuple[float, float]) -> list[str]:
                 lines.append(f"| {b} - {a} | {q} | {d[3]} | {d[4]} | {d[0]:+.4f} | [{d[1]:+.4f}, {d[2]:+.4f}] | "
                              f"{verdict(d[1], d[2], b)}{caveat} |")
     return lines
+
+
+def history_reliance_table(groups: dict) -> list[str]:
+    """Original grounding and NDCG@10 with the history removed from the prompt (when the runs
+    re-ranked without it: `eval.history_reliance`)."""
+    lines = ["", "### Original grounding (beam 1) and history reliance", "",
+             "History reliance: NDCG@10 with the history in the prompt minus NDCG@10 with it removed "
+             "(adjusted grounding); CFT is meant to widen this gap.", "",
+             "| method | alpha | beta | original NDCG@10 | adjusted NDCG@10 | without history NDCG@10 | gap |",
+             "|---|---|---|---|---|---|---|"]
+    for (obj, alpha, beta), rs in groups.items():
+        with_h = [r["metrics"][f"{MAIN}/NDCG@10"] for r in rs]
+        no_h = [r["metrics"].get(f"nohist_{MAIN}/NDCG@10", float("nan")) for r in rs]
+        gap = [a - b for a, b in zip(with_h, no_h, strict=True)]
+        lines.append(f"| {obj} | {alpha} | {beta} | {fmt([r['metrics']['grounding_original/NDCG@10'] for r in rs])} | "
+                     f"{fmt(with_h)} | {fmt(no_h)} | {fmt(gap)} |")
+    return lines
+
+
+def diagnostics_table(groups: dict) -> list[str]:
+    """Per method: the teacher-forced history effect and target NLL per token (mean over the
+    diagnosed rows, then mean ± std over seeds), when the runs kept their per-row diagnostics."""
+    rows = []
+    for (obj, alpha, beta), rs in groups.items():
+        per_run = {q: [] for q in ("history effect / token", "target NLL / token")}
+        for r in rs:
+            for q, values in per_run.items():
+                v = per_row_values(r, q)
+                if v is not None:
+                    values.append(float(np.mean(v[1])))
+        if per_run["history effect / token"]:
+            rows.append(f"| {obj} | {alpha} | {beta} | {len(per_run['history effect / token'])} | "
+                        f"{fmt(per_run['history effect / token'])} | {fmt(per_run['target NLL / token'])} |")
+    if not rows:
+        return []
+    return ["", "### Diagnostics (teacher-forced, per target token; mean ± std over seeds)", "",
+            "History effect: log p(y | history) - log p(y | no history) per token of the target title "
+            "(cft-method.md, section 6). Under CFT the causal term itself pushes log p(y | no history) "
+            "down, so a larger effect there is the objective at work; the ranking metrics are the verdict.", "",
+            "| method | alpha | beta | seeds | history effect / token | target NLL / token |",
+            "|---|---|---|---|---|---|", *rows]
 
 
 def section(data: dict) -> str:
@@ -141,7 +183,9 @@ def section(data: dict) -> str:
         f"{t['effective_batch_size']} examples = {first['examples_seen']} of {first['train_samples']:,} "
         f"training samples; lr {t['learning_rate']}, warm-up {t['warmup_steps']}, precision {t['precision']}.",
         f"- Evaluation: {first['eval_examples']} {first['eval_split']} rows (seeded subsample, the same rows "
-        f"for every run), {e['num_beams']} beams, full ranking over {first['catalogue']:,} items.",
+        f"for every run), {e['num_beams']} beams, full ranking over {first['catalogue']:,} items"
+        + (f"; the diagnostics on {len(first['per_row']['diagnosed_rows']):,} rows."
+           if "diagnosed_rows" in first.get("per_row", {}) else "."),
         *([f"- **Train split derived from histories**: the {cfg['data']['source'].get('path')} files hold "
            "valid and test rows only, so every user's sequence is stitched back from their rows' histories "
            "and targets and re-split chronologically. Not the paper's train split: compare methods with "
@@ -170,17 +214,16 @@ def section(data: dict) -> str:
             lines.append(f"| {label} | | | " + " | ".join(
                 f"{m[f'{key}/HR@{k}']:.4f} | {m[f'{key}/NDCG@{k}']:.4f}" for k in KS) + " |")
 
-    lines += ["", "### Original grounding (beam 1) and history reliance", "",
-              "History reliance: NDCG@10 with the history in the prompt minus NDCG@10 with it removed "
-              "(adjusted grounding); CFT is meant to widen this gap.", "",
-              "| method | alpha | beta | original NDCG@10 | adjusted NDCG@10 | without history NDCG@10 | gap |",
-              "|---|---|---|---|---|---|---|"]
-    for (obj, alpha, beta), rs in groups.items():
-        with_h = [r["metrics"][f"{MAIN}/NDCG@10"] for r in rs]
-        no_h = [r["metrics"].get(f"nohist_{MAIN}/NDCG@10", float("nan")) for r in rs]
-        gap = [a - b for a, b in zip(with_h, no_h, strict=True)]
-        lines.append(f"| {obj} | {alpha} | {beta} | {fmt([r['metrics']['grounding_original/NDCG@10'] for r in rs])} | "
-                     f"{fmt(with_h)} | {fmt(no_h)} | {fmt(gap)} |")
+    if all("constrained/HR@10" in r["metrics"] for r in runs):  # D3's decoding, when the runs scored it
+        lines += ["", "### constrained decoding (mean ± std over seeds)", "",
+                  "| method | alpha | beta | " + " | ".join(f"HR@{k} | NDCG@{k}" for k in KS) + " |",
+                  "|---|---|---|" + "---|---|" * len(KS)]
+        for (obj, alpha, beta), rs in groups.items():
+            cells = [fmt([r["metrics"][f"constrained/{m}@{k}"] for r in rs]) for k in KS for m in ("HR", "NDCG")]
+            lines.append(f"| {obj} | {alpha} | {beta} | " + " | ".join(cells) + " |")
+    if any(f"nohist_{MAIN}/NDCG@10" in r["metrics"] for r in runs):
+        lines += history_reliance_table(groups)
+    lines += diagnostics_table(groups)
 
     lines += ["", "### Verdict", ""]
     cft = {(a, b): rs for (o, a, b), rs in groups.items() if o == "cft"}

@@ -249,3 +249,27 @@ def test_a_reproduction_run_records_its_rows_by_split_position(tmp_path):
     assert all(isinstance(r, int) and 0 <= r < 12 for r in rows["ranked_rows"])
     assert rows["diagnosed_rows"] == list(range(12))  # diagnostics on the whole (capped) split
     assert all(-1 <= r < 4 for r in rows["ranks"]["constrained"])
+
+
+def test_a_study_without_no_history_reranking_reports_diagnostics_and_constrained(tmp_path):
+    """The real-data study's layout: constrained + grounding, no no-history re-ranking, per-row
+    diagnostics. History effect per token: sft (-4 - -4) / 2 = 0, cft (-2 - -6) / 2 = 2; NLL per
+    token 4 / 2 = 2 and 2 / 2 = 1. Constrained NDCG@10 0.2 and 0.4 for cft: 0.3000 ± 0.1414."""
+    runs = []
+    for seed in (0, 1):
+        for obj, a, b, hit, lf, lcf in [("sft", 0.0, 1.0, False, -4.0, -4.0), ("cft", 0.1, 0.25, True, -2.0, -6.0)]:
+            r = _run(obj, seed, 0.01, 0.0, a, b)
+            del r["metrics"]["nohist_grounding_adjusted/NDCG@10"]
+            r["metrics"].update({f"constrained/{m}@{k}": 0.1 for m in ("HR", "NDCG") for k in (5, 10, 20)})
+            r["metrics"]["constrained/NDCG@10"] = 0.2 * (seed + 1) if obj == "cft" else 0.1
+            r["per_row"] = _per_row(hit, lf, lcf)
+            r["per_row"]["ranks"]["most_popular"] = [3, 3, 3, 3]
+            runs.append(r)
+    text = report.section(_data(runs))
+    assert "history reliance" not in text.lower()  # not measured: no table of NaNs
+    assert "; the diagnostics on 4 rows." in text
+    assert "| sft | 0.0 | 1.0 | 2 | 0.0000 ± 0.0000 | 2.0000 ± 0.0000 |" in text
+    assert "| cft | 0.1 | 0.25 | 2 | 2.0000 ± 0.0000 | 1.0000 ± 0.0000 |" in text
+    assert ("| cft | 0.1 | 0.25 | 0.1000 ± 0.0000 | 0.1000 ± 0.0000 | 0.1000 ± 0.0000 | 0.3000 ± 0.1414 |"
+            in text)
+    assert "most_popular/NDCG@10" not in text  # a baseline ranks the same in every run: not paired
