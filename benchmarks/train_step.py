@@ -3,6 +3,8 @@
     python -m benchmarks.train_step                      # tiny model, ML-100K- and Amazon-shaped batches
     python -m benchmarks.train_step --model smollm2      # the packaged SmolLM2-135M
     python -m benchmarks.train_step --device cuda --dtype bf16 --model smollm2   # on a GPU
+    python -m benchmarks.train_step --model smollm2 --data amazon --variants sft cft cft_padded
+                                                         # a pass of fewer variants (less memory at once)
 
 One step = zero_grad + loss + backward + AdamW step, on the same batch for every variant:
 - cft:   `compute_cft_loss` (label-row logits only, the shared counterfactual prompt packed:
@@ -226,11 +228,13 @@ def pair_ratios(steps: dict[str, list[float]], num: str, den: str) -> dict:
 
 
 def measure(args: dict) -> dict:
-    """Start every variant's process, then time them interleaved: `iters` rounds of one step each."""
+    """Start each variant's process (`args["variants"]`, default all), then time them interleaved:
+    `iters` rounds of one step each. Ratios are given for the pairs of variants measured."""
+    variants = tuple(args.get("variants") or VARIANTS)
     ctx = mp.get_context("spawn")
     procs, conns = {}, {}
     try:
-        for variant in VARIANTS:  # set up and warmed up one at a time: their peaks do not add up
+        for variant in variants:  # set up and warmed up one at a time: their peaks do not add up
             parent, child = ctx.Pipe()
             procs[variant] = ctx.Process(target=run_variant, args=(variant, args, child))
             procs[variant].start()
@@ -238,11 +242,11 @@ def measure(args: dict) -> dict:
             if conns[variant].recv() != "ready":
                 raise RuntimeError(f"variant {variant} did not start")
         for r in range(args["iters"]):
-            for variant in VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]:
+            for variant in variants[r % len(variants):] + variants[: r % len(variants)]:
                 conns[variant].send("step")
                 conns[variant].recv()
         rows = {}
-        for variant in VARIANTS:
+        for variant in variants:
             conns[variant].send("done")
             rows[variant] = conns[variant].recv()
             procs[variant].join()
@@ -253,15 +257,23 @@ def measure(args: dict) -> dict:
         for p in procs.values():  # none left behind holding gigabytes when something failed
             if p.is_alive():
                 p.kill()
-    steps = {v: rows[v]["step_s"] for v in VARIANTS}
-    cft, naive = rows["cft"], rows["naive"]
-    ratios = {name: pair_ratios(steps, num, den)["median"] for name, (num, den) in TIME_RATIOS.items()}
-    ratios.update({
-        "naive_over_cft_logits_memory": naive["logits_MB"] / cft["logits_MB"],
-        "naive_over_cft_peak_memory": naive["peak_mem_MB"] / cft["peak_mem_MB"],
-    })
-    spread = {name: pair_ratios(steps, num, den) for name, (num, den) in TIME_RATIOS.items()}
-    return {"config": args, "variants": rows, "ratios": ratios, "ratio_spread": spread}
+    steps = {v: rows[v]["step_s"] for v in variants}
+    spread = {name: pair_ratios(steps, num, den) for name, (num, den) in TIME_RATIOS.items()
+              if num in rows and den in rows}
+    ratios = {name: s["median"] for name, s in spread.items()}
+    if "naive" in rows and "cft" in rows:
+        ratios.update({
+            "naive_over_cft_logits_memory": rows["naive"]["logits_MB"] / rows["cft"]["logits_MB"],
+            "naive_over_cft_peak_memory": rows["naive"]["peak_mem_MB"] / rows["cft"]["peak_mem_MB"],
+        })
+    return {"config": {**args, "variants": list(variants)}, "variants": rows, "ratios": ratios,
+            "ratio_spread": spread}
+
+
+def pass_key(result: dict) -> tuple:
+    """A result entry replaces the earlier one of the same data shape and variants (entries from
+    before --variants ran them all)."""
+    return result["config"]["data"], tuple(result["config"].get("variants", VARIANTS))
 
 
 def markdown(results: list[dict]) -> str:
@@ -279,18 +291,22 @@ def markdown(results: list[dict]) -> str:
                 f"{row['logits_MB']:.1f} |"
             )
     lines += ["", "Time ratios: median of the per-round ratios (interleaved rounds), range min-max.", "",
-              "| model | data | CFT/SFT time | CFT unpacked/SFT time | naive/CFT time | naive/CFT logits memory | naive/CFT peak memory |", "|---|---|---|---|---|---|---|"]
+              "| model | data | variants | CFT/SFT time | CFT unpacked/SFT time | naive/CFT time | naive/CFT logits memory | naive/CFT peak memory |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         q, c = r["ratios"], r["config"]
-        if "ratio_spread" in r:
-            cells = [f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})" for s in
-                     (r["ratio_spread"][name] for name in TIME_RATIOS)]
-        else:  # an entry from before interleaving: variants timed one after the other
-            cells = [f"{q[name]:.2f}x (sequential run)" for name in TIME_RATIOS]
-        lines.append(
-            f"| {c['model']} | {c['data']} | " + " | ".join(cells) + " | "
-            f"{q['naive_over_cft_logits_memory']:.1f}x | {q['naive_over_cft_peak_memory']:.2f}x |"
-        )
+        cells = []
+        for name in TIME_RATIOS:
+            if name in r.get("ratio_spread", {}):
+                s = r["ratio_spread"][name]
+                cells.append(f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})")
+            elif "ratio_spread" not in r and name in q:  # an entry from before interleaving
+                cells.append(f"{q[name]:.2f}x (sequential run)")
+            else:  # this pass did not run both variants
+                cells.append("-")
+        memory = [f"{q[name]:.{d}f}x" if name in q else "-"
+                  for name, d in (("naive_over_cft_logits_memory", 1), ("naive_over_cft_peak_memory", 2))]
+        lines.append(f"| {c['model']} | {c['data']} | {', '.join(c.get('variants', VARIANTS))} | "
+                     + " | ".join(cells + memory) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -304,23 +320,26 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10, help="interleaved rounds (one timed step per variant each)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                    help="the variants to time together (all by default); fewer processes when the "
+                         "machine cannot hold every variant of a large shape at once")
     ns = ap.parse_args()
     RESULTS.mkdir(exist_ok=True)
     stem = f"train_step-{ns.model}-{ns.device}-{ns.dtype}"
     out = RESULTS / f"{stem}.json"
-    # Each data shape's result replaces its own entry; the other shapes' stay (run them separately
-    # when the machine cannot hold every variant of the larger shape at once).
+    # Each (data shape, variants) pass replaces its own entry; the others stay (run a large shape's
+    # variants in separate passes when the machine cannot hold all of them at once).
     results = json.loads(out.read_text())["results"] if out.is_file() else []
     for data in ns.data:
         if data == "amazon" and amazon_titles() is None:
             print(f"skipping amazon: {SHARED_DATA} not found")
             continue
         args = {k: getattr(ns, k) for k in ("model", "device", "dtype", "batch_size", "iters", "warmup", "threads")}
-        args["data"] = data
+        args.update(data=data, variants=[v for v in VARIANTS if v in ns.variants])
         result = measure(args)
         result["meta"] = {"machine": platform.platform(), "cpu_count": os.cpu_count(),
                           "time": time.strftime("%Y-%m-%d %H:%M")}
-        results = [r for r in results if r["config"]["data"] != data] + [result]
+        results = [r for r in results if pass_key(r) != pass_key(result)] + [result]
         print(json.dumps(result["ratios"], indent=1))
         out.write_text(json.dumps({"results": results}, indent=1))
         table = markdown(results)

@@ -38,3 +38,34 @@ def test_train_loop_ratio_is_per_example_and_per_round():
                                                   "max": pytest.approx(1.3), "rounds": 3}
     assert s["loop_tokens_per_s"] == pytest.approx(2700 / 49.0)
     assert s["kernel_median_step_s"] == 10.0
+
+
+@pytest.mark.timeout(600)
+def test_a_pass_of_two_variants_gives_only_their_ratio():
+    result = train_step.measure({"model": "tiny", "data": "ml100k", "device": "cpu", "dtype": "fp32",
+                                 "batch_size": 2, "iters": 2, "warmup": 1, "threads": 1, "variants": ["sft", "cft"]})
+    assert set(result["variants"]) == {"sft", "cft"}
+    assert set(result["ratios"]) == set(result["ratio_spread"]) == {"cft_over_sft_time"}
+
+
+def test_passes_are_kept_per_data_shape_and_variants_and_tabled_with_gaps():
+    def entry(data, variants, ratios, spread=True):
+        rows = {v: {"shape_factual": [8, 10], "shape_counterfactual": [8, 4], "median_step_s": 1.0,
+                    "tokens_per_s": 10.0, "peak_mem_MB": 100.0, "logits_MB": 1.0} for v in variants}
+        r = {"config": {"model": "smollm2", "data": data, "device": "cpu", "dtype": "fp32", "variants": variants},
+             "variants": rows, "ratios": ratios}
+        if spread:
+            r["ratio_spread"] = {k: {"median": v, "min": v - 0.1, "max": v + 0.1} for k, v in ratios.items()}
+        return r
+
+    old = entry("amazon", list(train_step.VARIANTS), {"cft_over_sft_time": 1.14, "cft_padded_over_sft_time": 1.1,
+                                                      "naive_over_cft_time": 2.17, "naive_over_cft_logits_memory": 17.1,
+                                                      "naive_over_cft_peak_memory": 2.1}, spread=False)
+    del old["config"]["variants"]  # written before passes had variants: it ran them all
+    part = entry("amazon", ["sft", "cft", "cft_padded"], {"cft_over_sft_time": 1.05, "cft_padded_over_sft_time": 1.02})
+    assert train_step.pass_key(old) == ("amazon", train_step.VARIANTS)
+    assert train_step.pass_key(part) == ("amazon", ("sft", "cft", "cft_padded"))
+    table = train_step.markdown([old, part])
+    assert "| smollm2 | amazon | sft, cft, cft_padded, naive | 1.14x (sequential run) | 1.10x (sequential run) | " \
+           "2.17x (sequential run) | 17.1x | 2.10x |" in table
+    assert "| smollm2 | amazon | sft, cft, cft_padded | 1.05x (0.95-1.15) | 1.02x (0.92-1.12) | - | - | - |" in table
