@@ -57,33 +57,22 @@ def row_key(row) -> int | tuple:
     return tuple(row) if isinstance(row, list) else row
 
 
-def per_row_outcomes(eval_dir: Path, split_file: Path) -> dict:
+def per_row_outcomes(eval_dir: Path) -> dict:
     """An evaluation folder's per-row results, JSON-able, so that the report computes paired
     intervals from the result file alone: the ranked rows with each method's 0-based first-hit rank
     (-1: miss), and the diagnosed rows with their teacher-forced log-likelihoods
-    (`cft_core.diagnostics`). A row is named by its position in the evaluated split
-    (`split_file`), in that order: the result file, which is committed, keeps no user or item ids,
-    since MovieLens and Amazon data are research-use and must not be copied into the repository."""
+    (`cft_core.diagnostics`). A row is named by its position in the evaluated split (`split_row`),
+    in that order: the result file, which is committed, keeps no user or item ids, since MovieLens
+    and Amazon data are research-use and must not be copied into the repository."""
     import pandas as pd
 
-    from tasks.compare import keyed
-
-    split = pd.read_parquet(split_file, columns=["user_id", "target_item_id"])
-    position = keyed(split.assign(position=range(len(split))))["position"]
-
-    def by_position(frame: pd.DataFrame) -> tuple[list[int], pd.DataFrame]:
-        at = position.reindex(frame.index)
-        if at.isna().any():
-            raise RuntimeError(f"{eval_dir}: {int(at.isna().sum())} evaluated rows are not in {split_file}")
-        frame = frame.assign(position=at.astype(int).to_numpy()).sort_values("position")
-        return frame["position"].tolist(), frame
-
-    rows, preds = by_position(keyed(pd.read_parquet(eval_dir / "predictions.parquet")))
-    out = {"ranked_rows": rows,
+    preds = pd.read_parquet(eval_dir / "predictions.parquet").sort_values("split_row")
+    out = {"ranked_rows": preds["split_row"].astype(int).tolist(),
            "ranks": {c.removesuffix("_rank"): preds[c].astype(int).tolist() for c in preds.columns if c.endswith("_rank")}}
     if (eval_dir / "diagnostics.parquet").is_file():
-        rows, d = by_position(keyed(pd.read_parquet(eval_dir / "diagnostics.parquet")))
-        out.update({"diagnosed_rows": rows, "logp_factual": d["logp_factual"].round(4).tolist(),
+        d = pd.read_parquet(eval_dir / "diagnostics.parquet").sort_values("split_row")
+        out.update({"diagnosed_rows": d["split_row"].astype(int).tolist(),
+                    "logp_factual": d["logp_factual"].round(4).tolist(),
                     "logp_counterfactual": d["logp_counterfactual"].round(4).tolist(),
                     "label_tokens": d["label_tokens"].astype(int).tolist()})
     return out
@@ -124,7 +113,7 @@ def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> di
         "reused": trained.reused and result.reused,
         "model_dir": str(trained.model_dir),
         "eval_dir": str(result.path),
-        "per_row": per_row_outcomes(result.path, sequences.path / f"{summary['split']}.parquet"),
+        "per_row": per_row_outcomes(result.path),
         "mlflow_run_id": trained.summary.get("mlflow_run_id"),
         "overrides": list(overrides),
     }

@@ -2,7 +2,10 @@
 
     <run_dir>/evaluation/<split>-<fingerprint>/
         metrics.json        every metric, flat: "<method>/<metric>", e.g. "grounding_adjusted/NDCG@10"
-        predictions.parquet per example: history, target, generated beams, top-10 items per method
+        predictions.parquet per example: its split_row (position in the split file), history,
+                            target, generated beams, top-10 items per method
+        diagnostics.parquet per diagnosed example (eval.diagnostics): split_row, user, target,
+                            teacher-forced log-likelihoods with and without the history
         popularity.json     share of history items and of top-K recommendations per popularity group
         plots/*.png
 
@@ -73,7 +76,8 @@ def run_diagnostics(cfg: PipelineConfig, model, tokenizer, sequences: Path) -> t
     rows = read_records(sequences / f"{e.split}.parquet", e.diagnostics_max_samples, e.seed)
     ll = label_likelihoods(model, tokenizer, PromptBuilder.for_domain(cfg.data.domain), rows, e.batch_size,
                            cfg.train.cutoff_len)
-    table = pd.DataFrame({"user_id": [r["user_id"] for r in rows], "target_item_id": [r["target_item_id"] for r in rows],
+    table = pd.DataFrame({"split_row": [r["split_row"] for r in rows], "user_id": [r["user_id"] for r in rows],
+                          "target_item_id": [r["target_item_id"] for r in rows],
                           "logp_factual": ll.factual, "logp_counterfactual": ll.counterfactual,
                           "label_tokens": ll.tokens.astype(int)})
     summary: dict[str, float] = {"rows": len(rows)}
@@ -224,6 +228,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
 
     metrics: dict[str, float] = {}
     preds = pd.DataFrame({
+        "split_row": [r["split_row"] for r in rows],
         "user_id": [r["user_id"] for r in rows],
         "history_titles": [list(r["history_titles"]) for r in rows],
         "history_item_ids": [list(r["history_item_ids"]) for r in rows],

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from benchmarks import report
 
 
@@ -197,38 +195,23 @@ def test_reproduction_paired_differences_by_hand():
 
 
 def test_per_row_outcomes_name_rows_by_split_position(tmp_path):
-    """Rows are named by their position in the split (no user or item ids in the committed file);
-    a repeated (user, target) pair keeps both of its rows, matched by occurrence in split order."""
+    """Rows are named by their position in the split (no user or item ids in the committed file),
+    sorted by it; a repeated (user, target) pair keeps both of its rows."""
     import pandas as pd
 
     from benchmarks.reproduce import per_row_outcomes
 
-    split = tmp_path / "test.parquet"
-    # positions: 0 = (2, 9), 1 = 1st (1, 5), 2 = (2, 7), 3 = 2nd (1, 5)
-    pd.DataFrame({"user_id": ["2", "1", "2", "1"], "target_item_id": [9, 5, 7, 5]}).to_parquet(split)
-    pd.DataFrame({"user_id": ["1", "1", "2"], "target_item_id": [5, 5, 7], "constrained_rank": [0, -1, 3],
-                  "constrained_top10": [[1], [2], [3]]}).to_parquet(tmp_path / "predictions.parquet")
-    pd.DataFrame({"user_id": ["2", "1", "1"], "target_item_id": [7, 5, 5], "logp_factual": [-1.0, -2.0, -3.0],
-                  "logp_counterfactual": [-4.0, -5.0, -6.0], "label_tokens": [3, 4, 5]}).to_parquet(
-        tmp_path / "diagnostics.parquet")
-    out = per_row_outcomes(tmp_path, split)
+    pd.DataFrame({"split_row": [3, 1, 2], "user_id": ["1", "1", "2"], "target_item_id": [5, 5, 7],
+                  "constrained_rank": [-1, 0, 3], "constrained_top10": [[1], [2], [3]]}).to_parquet(
+        tmp_path / "predictions.parquet")
+    pd.DataFrame({"split_row": [2, 1, 3], "user_id": ["2", "1", "1"], "target_item_id": [7, 5, 5],
+                  "logp_factual": [-1.0, -2.0, -3.0], "logp_counterfactual": [-4.0, -5.0, -6.0],
+                  "label_tokens": [3, 4, 5]}).to_parquet(tmp_path / "diagnostics.parquet")
+    out = per_row_outcomes(tmp_path)
     assert out["ranked_rows"] == [1, 2, 3]
     assert out["ranks"] == {"constrained": [0, 3, -1]}
     assert out["diagnosed_rows"] == [1, 2, 3]
     assert out["logp_factual"] == [-2.0, -1.0, -3.0] and out["label_tokens"] == [4, 3, 5]
-
-
-def test_per_row_outcomes_refuse_rows_outside_the_split(tmp_path):
-    import pandas as pd
-
-    from benchmarks.reproduce import per_row_outcomes
-
-    split = tmp_path / "test.parquet"
-    pd.DataFrame({"user_id": ["1"], "target_item_id": [5]}).to_parquet(split)
-    pd.DataFrame({"user_id": ["1", "1"], "target_item_id": [5, 5], "constrained_rank": [0, 1]}).to_parquet(
-        tmp_path / "predictions.parquet")
-    with pytest.raises(RuntimeError, match="1 evaluated rows are not in"):
-        per_row_outcomes(tmp_path, split)
 
 
 def test_a_reproduction_run_records_its_rows_by_split_position(tmp_path):
@@ -246,9 +229,20 @@ def test_a_reproduction_run_records_its_rows_by_split_position(tmp_path):
     record = run_one(Path("configs/synthetic.yaml"), overrides, "cft", 0)
     rows = record["per_row"]
     assert rows["ranked_rows"] == sorted(rows["ranked_rows"]) and len(rows["ranked_rows"]) == 6
-    assert all(isinstance(r, int) and 0 <= r < 12 for r in rows["ranked_rows"])
     assert rows["diagnosed_rows"] == list(range(12))  # diagnostics on the whole (capped) split
     assert all(-1 <= r < 4 for r in rows["ranks"]["constrained"])
+    # Each named position is the row that was evaluated: the same user and target in the split file.
+    import pandas as pd
+
+    from schemas.config import load_config
+    from tasks.data import prepare
+
+    _, sequences, _ = prepare(load_config(Path("configs/synthetic.yaml"), overrides).data)
+    split = pd.read_parquet(sequences.path / "test.parquet")
+    preds = pd.read_parquet(Path(record["eval_dir"]) / "predictions.parquet").sort_values("split_row")
+    at = split.iloc[rows["ranked_rows"]]
+    assert at["user_id"].tolist() == preds["user_id"].tolist()
+    assert at["target_item_id"].tolist() == preds["target_item_id"].tolist()
 
 
 def test_a_study_without_no_history_reranking_reports_diagnostics_and_constrained(tmp_path):

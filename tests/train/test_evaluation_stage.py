@@ -47,6 +47,10 @@ def test_evaluate_metrics_predictions_baseline_and_mlflow(tmp_path, small_sequen
     top = counts.sort_values(ascending=False, kind="stable").index[:50].tolist()
     preds = pd.read_parquet(result.path / "predictions.parquet")
     assert len(preds) == 16
+    # split_row names each evaluated row by its position in the split file.
+    split = pd.read_parquet(seq / "test.parquet").iloc[preds["split_row"]]
+    assert split["user_id"].tolist() == preds["user_id"].tolist()
+    assert split["target_item_id"].tolist() == preds["target_item_id"].tolist()
     # SASRec ranks distinct catalogue items.
     assert all(len(set(top)) == len(top) == 10 and set(top) <= set(catalogue.index) for top in preds["sasrec_top10"])
     ranks = []
