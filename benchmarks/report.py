@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.reproduce import row_key
 from cft_core.metrics import paired_bootstrap_ci_seeds, per_row_metric
 from tasks.compare import plot, verdict
 
@@ -81,7 +80,7 @@ def per_row_values(run: dict, quantity: str) -> tuple[list, np.ndarray] | None:
 
 
 def paired_difference(a: list[dict], b: list[dict], values) -> tuple[float, float, float, int, int] | None:
-    """B - A paired by seed and row (the rows both runs of a seed have, in key order): (mean,
+    """B - A paired by seed and row (the rows both runs of a seed have, in split order): (mean,
     low, high, seeds, rows), two-level bootstrap over seeds and rows; None without shared seeds,
     values or rows. values(run) -> (row keys, float[R]) or None (the run lacks the quantity)."""
     by_seed = {r["seed"]: r for r in a}
@@ -89,14 +88,14 @@ def paired_difference(a: list[dict], b: list[dict], values) -> tuple[float, floa
     per_pair = [(values(ra), values(rb)) for ra, rb in pairs]
     if not per_pair or any(va is None or vb is None for va, vb in per_pair):
         return None
-    shared = set.intersection(*({row_key(k) for k in v[0]} for pair in per_pair for v in pair))
+    shared = set.intersection(*(set(v[0]) for pair in per_pair for v in pair))
     order = sorted(shared)
     if not order:
         return None
     diffs = []
     for va, vb in per_pair:
-        ia = {row_key(k): i for i, k in enumerate(va[0])}
-        ib = {row_key(k): i for i, k in enumerate(vb[0])}
+        ia = {k: i for i, k in enumerate(va[0])}
+        ib = {k: i for i, k in enumerate(vb[0])}
         diffs.append(vb[1][[ib[k] for k in order]] - va[1][[ia[k] for k in order]])
     return (*paired_bootstrap_ci_seeds(np.stack(diffs), seed=0), len(pairs), len(order))
 

@@ -51,12 +51,6 @@ def run_key(run: dict) -> tuple[str, int, float, float]:
     return run["objective"], run["seed"], run["alpha"], run["beta"]
 
 
-def row_key(row) -> int | tuple:
-    """A stored row name as a dict key: a split position, or (user, target, occurrence) in result
-    files written before rows were named by position."""
-    return tuple(row) if isinstance(row, list) else row
-
-
 def per_row_outcomes(eval_dir: Path) -> dict:
     """An evaluation folder's per-row results, JSON-able, so that the report computes paired
     intervals from the result file alone: the ranked rows with each method's 0-based first-hit rank

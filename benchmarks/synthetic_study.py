@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.reproduce import _write_atomic, in_fresh_process, row_key
+from benchmarks.reproduce import _write_atomic, in_fresh_process
 
 RESULTS = Path(__file__).parent / "results" / "synthetic-study.json"
 CONFIG = Path("configs/synthetic-study.yaml")
@@ -56,13 +56,13 @@ def run_key(run: dict) -> tuple:
 
 def per_row(outcomes: dict) -> dict:
     """A run's per-row outcomes (`benchmarks.reproduce.per_row_outcomes`) -> the study's arrays,
-    one entry per ranked row (key order): rows, rank (0-based first hit, -1 miss), logp_factual,
+    one entry per ranked row (split order): rows, rank (0-based first hit, -1 miss), logp_factual,
     logp_counterfactual, label_tokens. Every ranked row must have its diagnostics."""
-    diagnosed = {row_key(k): i for i, k in enumerate(outcomes["diagnosed_rows"])}
-    missing = [k for k in outcomes["ranked_rows"] if row_key(k) not in diagnosed]
+    diagnosed = {k: i for i, k in enumerate(outcomes["diagnosed_rows"])}
+    missing = [k for k in outcomes["ranked_rows"] if k not in diagnosed]
     if missing:
         raise RuntimeError(f"{len(missing)} ranked rows have no diagnostics, e.g. {missing[0]}")
-    pick = [diagnosed[row_key(k)] for k in outcomes["ranked_rows"]]
+    pick = [diagnosed[k] for k in outcomes["ranked_rows"]]
     return {"rows": outcomes["ranked_rows"], "rank": outcomes["ranks"][METHOD],
             **{name: [outcomes[name][i] for i in pick] for name in ("logp_factual", "logp_counterfactual",
                                                                     "label_tokens")}}

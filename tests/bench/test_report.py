@@ -136,7 +136,7 @@ def _study_run(objective, seed, ranks, logp_f, logp_cf, alpha=0.1):
     return {"setting": "p0.5", "objective": objective, "seed": seed, "alpha": alpha if objective == "cft" else 0.0,
             "beta": 1.0 if objective == "sft" else 0.25, "steps": 4, "examples_seen": 128, "train_samples": 64,
             "best_valid_loss": 1.0, "eval_examples": n, "train_s": 10.0, "eval_s": 2.0, "reused": False,
-            "overrides": [], "metrics": metrics, "rows": [["u", i, 0] for i in range(n)], "rank": ranks,
+            "overrides": [], "metrics": metrics, "rows": list(range(n)), "rank": ranks,
             "logp_factual": [logp_f] * n, "logp_counterfactual": [logp_cf] * n, "label_tokens": [2] * n}
 
 
