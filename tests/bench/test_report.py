@@ -267,3 +267,16 @@ def test_a_study_without_no_history_reranking_reports_diagnostics_and_constraine
     assert ("| cft | 0.1 | 0.25 | 0.1000 ± 0.0000 | 0.1000 ± 0.0000 | 0.1000 ± 0.0000 | 0.3000 ± 0.1414 |"
             in text)
     assert "most_popular/NDCG@10" not in text  # a baseline ranks the same in every run: not paired
+
+
+def test_a_study_run_takes_each_ranked_rows_own_diagnostics():
+    from benchmarks import synthetic_study
+
+    outcomes = {"ranked_rows": [1, 3], "ranks": {"constrained": [0, -1]}, "diagnosed_rows": [0, 1, 2, 3],
+                "logp_factual": [-1.0, -2.0, -3.0, -4.0], "logp_counterfactual": [-5.0, -6.0, -7.0, -8.0],
+                "label_tokens": [1, 2, 3, 4]}
+    assert synthetic_study.per_row(outcomes) == {"rows": [1, 3], "rank": [0, -1], "logp_factual": [-2.0, -4.0],
+                                                 "logp_counterfactual": [-6.0, -8.0], "label_tokens": [2, 4]}
+    outcomes["ranked_rows"] = [1, 5]
+    with pytest.raises(RuntimeError, match="1 ranked rows have no diagnostics, e.g. 5"):
+        synthetic_study.per_row(outcomes)
