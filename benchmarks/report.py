@@ -48,8 +48,8 @@ def by_setting(runs: list[dict]) -> dict[Setting, list[dict]]:
     return out
 
 
-def command(meta: dict, overrides: list[str]) -> str:
-    return (f"python -m benchmarks.reproduce --config {meta['config']}"
+def command(meta: dict, overrides: list[str], name: str | None = None) -> str:
+    return (f"python -m benchmarks.reproduce --config {meta['config']}" + (f" --name {name}" if name else "")
             + "".join(f" --set {o}" for o in overrides))
 
 
@@ -116,6 +116,7 @@ def paired_section(groups: dict, main: tuple[float, float]) -> list[str]:
              "95% intervals resampling both the training seeds and the test rows "
              "(`cft_core.metrics.paired_bootstrap_ci_seeds`); the verdict is read from the interval.", "",
              "| B - A | quantity | seeds | rows | difference | interval | verdict |", "|---|---|---|---|---|---|---|"]
+    header = len(lines)
     for a, b in STUDY_PAIRS:
         for q in quantities:
             d = paired_difference(sides[a], sides[b], lambda run, q=q: per_row_values(run, q))
@@ -123,7 +124,7 @@ def paired_section(groups: dict, main: tuple[float, float]) -> list[str]:
                 caveat = " (one seed: no training-seed spread in the interval)" if d[3] < 2 else ""
                 lines.append(f"| {b} - {a} | {q} | {d[3]} | {d[4]} | {d[0]:+.4f} | [{d[1]:+.4f}, {d[2]:+.4f}] | "
                              f"{verdict(d[1], d[2], b)}{caveat} |")
-    return lines
+    return lines if len(lines) > header else []  # no pair of methods shares a seed yet
 
 
 def history_reliance_table(groups: dict) -> list[str]:
@@ -167,15 +168,18 @@ def diagnostics_table(groups: dict) -> list[str]:
             "|---|---|---|---|---|---|", *rows]
 
 
-def section(data: dict) -> str:
+def section(data: dict, name: str | None = None) -> str:
+    """One reproduction's section; `name` is its result file's --name (reproduction-<name>.json)
+    when that differs from the dataset's name."""
     meta, runs = data["meta"], data["runs"]
     cfg = meta["config_resolved"]
     groups = by_setting(runs)
     first = runs[0]
     t, e = cfg["train"], cfg["eval"]
-    commands = list(dict.fromkeys(command(meta, r.get("overrides", meta["overrides"])) for r in runs))
+    name = name if name != cfg["data"]["name"] else None
+    commands = list(dict.fromkeys(command(meta, r.get("overrides", meta["overrides"]), name) for r in runs))
     lines = [
-        f"## {cfg['data']['name']}",
+        f"## {name or cfg['data']['name']}",
         "",
         "- Commands: " + "; ".join(f"`{c}`" for c in commands),
         f"- Model: `{cfg['model']['source']}`; training budget per run: {first['steps']} optimizer steps x "
@@ -231,6 +235,8 @@ def section(data: dict) -> str:
     # otherwise); the other settings of a sweep are listed, not picked from: choosing the best
     # of several settings on the same test rows would flatter CFT.
     main = (cfg["train"]["alpha"], cfg["train"]["beta"])
+    if not (main in cft and sft):
+        lines.append("No verdict yet: it needs runs of both CFT at the configured setting and SFT.")
     if main in cft and sft:
         text, outside = cft_vs_sft(cft[main], sft)
         lines.append(
@@ -388,7 +394,7 @@ def main() -> None:
     if not files:
         parts.append("No reproduction results yet: run `python -m benchmarks.reproduce`.\n")
     for f in files:
-        parts.append(section(json.loads(f.read_text())))
+        parts.append(section(json.loads(f.read_text()), f.stem.removeprefix("reproduction-")))
     REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text("\n".join(parts))
     print(f"wrote {REPORT}")

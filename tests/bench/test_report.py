@@ -282,3 +282,18 @@ def test_a_study_run_takes_each_ranked_rows_own_diagnostics():
     outcomes["ranked_rows"] = [1, 5]
     with pytest.raises(RuntimeError, match="1 ranked rows have no diagnostics, e.g. 5"):
         synthetic_study.per_row(outcomes)
+
+
+def test_a_named_reproduction_gets_its_own_heading_and_command():
+    data = _data([_run("cft", 0, 0.02, 0.0)])
+    text = report.section(data, "toy-study")
+    assert "## toy-study" in text and "`python -m benchmarks.reproduce --config c.yaml --name toy-study`" in text
+    assert "## toy\n" in report.section(data, "toy") and "--name" not in report.section(data, "toy")
+
+
+def test_a_study_with_only_cft_says_no_verdict_yet_and_has_no_empty_table():
+    r = _run("cft", 0, 0.02, 0.0)
+    r["per_row"] = _per_row(True, -2.0, -6.0)
+    text = report.section(_data([r]))
+    assert "No verdict yet: it needs runs of both CFT at the configured setting and SFT." in text
+    assert "Paired differences" not in text
