@@ -42,11 +42,11 @@ def read_records(path: Path, limit: int | None = None, seed: int = 0) -> list[di
     """Records of one split as dicts (history_titles, target_title, ...) in file order, each with
     `split_row`, its 0-based position in the file (what evaluation outputs name a row by); a cap
     keeps a seeded sample of `limit` of them."""
-    rows = [{**row, "split_row": i} for i, row in enumerate(pq.read_table(path).to_pylist())]
+    rows = pq.read_table(path).to_pylist()
+    keep = range(len(rows))
     if limit is not None and len(rows) > limit:
-        keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
-        rows = [rows[i] for i in keep]
-    return rows
+        keep = sorted(random.Random(seed).sample(keep, limit))
+    return [{**rows[i], "split_row": i} for i in keep]
 
 
 def model_folder(cfg: PipelineConfig, sequences: Path) -> Path:
