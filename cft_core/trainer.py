@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -45,6 +46,36 @@ def ensure_distributed_env(port: int | None = None) -> None:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(port))
+
+
+# DeepSpeed JIT-compiles a CPU op on first use (the shared-memory comm op: ~41 s of g++ on quiet
+# cores). A build `lock` file older than this is far past any real build: a killed build left it.
+STALE_BUILD_LOCK_S = 10 * 60
+
+
+def ensure_op_build_dir() -> Path:
+    """Point DeepSpeed's op builds at this environment's own directory, free of stale locks.
+
+    torch compiles extensions into TORCH_EXTENSIONS_DIR, by default one directory per user that
+    every checkout shares. A build is tied to its source path, so two virtualenvs rebuild each
+    other's op in turn, and a build killed half-way leaves a `lock` file on which every later
+    process waits forever (torch's FileBaton has no timeout): that hung a CI run for 90 minutes.
+    So the default here is `<sys.prefix>/torch_extensions` (one build per venv; an explicit
+    TORCH_EXTENSIONS_DIR is kept), and locks older than STALE_BUILD_LOCK_S are removed.
+    Returns the directory.
+    """
+    import sys
+
+    root = Path(os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions")))
+    now = time.time()
+    for lock in root.glob("*/*/lock") if root.is_dir() else []:
+        try:
+            if now - lock.stat().st_mtime > STALE_BUILD_LOCK_S:
+                lock.unlink()
+                print(f"removed a stale op-build lock left by a killed build: {lock}", file=sys.stderr)
+        except FileNotFoundError:  # its build finished meanwhile
+            pass
+    return root
 
 
 @dataclass(frozen=True)

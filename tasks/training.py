@@ -147,7 +147,12 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     from cft_core.collate import PairedCollator
     from cft_core.prompts import PromptBuilder
     from cft_core.ranking import resolve_precision
-    from cft_core.trainer import CFTTrainer, ensure_distributed_env, init_cpu_deepspeed_state
+    from cft_core.trainer import (
+        CFTTrainer,
+        ensure_distributed_env,
+        ensure_op_build_dir,
+        init_cpu_deepspeed_state,
+    )
     from tasks.settings import cft_objective
     from tasks.tracking import TrainingRun
 
@@ -157,6 +162,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     configured_state = False
     if ds is not None:
         ensure_distributed_env()
+        ensure_op_build_dir()
         configured_state = init_cpu_deepspeed_state()
     world = world_size()
     per_step = t.micro_batch_size * world

@@ -4,6 +4,8 @@ SGD (not Adam) makes a step proportional to the gradient, so a wrong normaliser 
 weights after one step.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import TrainingArguments
@@ -85,3 +87,30 @@ def test_logged_terms_and_eval_loss(tmp_path, tiny_tokenizer):
     metrics = trainer.evaluate()
     expected = compute_cft_loss(model, collator(records), 0.0, 0.25, run_counterfactual=False).normal
     assert metrics["eval_loss"] == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_op_builds_go_to_this_venv_and_a_killed_builds_lock_is_removed(tmp_path, monkeypatch):
+    """A `lock` left by a killed DeepSpeed op build made every later training wait forever; the
+    build directory defaults to this environment's own, and an old lock is removed, a fresh one kept."""
+    import os
+    import sys
+    import time
+
+    from cft_core.trainer import STALE_BUILD_LOCK_S, ensure_op_build_dir
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "-")  # so that teardown restores what was there
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    assert ensure_op_build_dir() == Path(sys.prefix) / "torch_extensions"
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(Path(sys.prefix) / "torch_extensions")
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an explicit choice is kept
+    stale = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    live = tmp_path / "py311_cpu" / "cpu_adam" / "lock"
+    for lock in (stale, live):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    old = time.time() - STALE_BUILD_LOCK_S - 5
+    os.utime(stale, (old, old))
+    assert ensure_op_build_dir() == tmp_path
+    assert not stale.exists() and live.exists()
+    assert (stale.parent).is_dir()  # only the lock goes, not the build
