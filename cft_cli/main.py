@@ -50,7 +50,9 @@ _TYPER = {"no_args_is_help": True, "rich_markup_mode": None, "context_settings":
 app = typer.Typer(help="CFT recommender pipeline.", pretty_exceptions_enable=False, cls=FriendlyErrors, **_TYPER)
 data_app = typer.Typer(help="Data stage: ingest, validate, build sequences.", **_TYPER)
 app.add_typer(data_app, name="data")
-console = Console()
+# soft_wrap: paths and command hints are printed whole, for copy and paste (rich would otherwise
+# break them at the terminal width, 80 columns when the output is not a terminal); tables still fit.
+console = Console(soft_wrap=True)
 
 
 def _version(value: bool) -> None:

@@ -62,7 +62,9 @@ def test_run_registers_a_champion_and_prints_a_recommend_hint_from_the_dataset(p
     out = cft("run", "-c", str(profile))
     # v1: the popularity baseline (the first champion); v2: the model, gated against it.
     assert "cft-cli-test v2" in out and "popularity baseline" in out and "**Gate**" in out
-    hint = out[out.index("Recommend:"):]
+    # One line, longer than 80 columns, to copy and paste whole: the profile, the alias, the titles.
+    hint = next(line for line in out.splitlines() if line.startswith("Recommend:"))
+    assert f"-c {profile} --model models:/cft-cli-test@champion" in hint
     titles = re.findall(r'"([^"]+)"', hint)
     catalogue = next((profile.parent / "data" / "sequences").iterdir()) / "catalogue.parquet"
     assert titles and set(titles) <= set(pd.read_parquet(catalogue)["title"])
@@ -147,6 +149,10 @@ def test_gc_removes_unregistered_trainings_only(profile):
     before = sorted(root.iterdir())
     out = cft("gc", "-c", str(profile), "--dry-run")
     assert "would remove 1 training folder(s)" in out and "a registered version's model" in out
+    lines = out.splitlines()  # each folder on one line with its full path, however long
+    unregistered = next(p for p in before if f"would remove {p} (0 MiB)" in lines)
+    assert any(line.startswith(f"kept {p}: a registered version's model") for p in before if p != unregistered
+               for line in lines)
     assert sorted(root.iterdir()) == before  # a dry run removes nothing
     out = cft("gc", "-c", str(profile))
     assert "removed 1 training folder(s)" in out
