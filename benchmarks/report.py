@@ -357,16 +357,22 @@ def synthetic_section(meta: dict, runs: list[dict], plot_path: Path) -> str:
 
     if sweep:
         lines += ["", "### Does the history effect grow with alpha? (CFT, beta 0.25)", "",
-                  "| setting | alpha | seeds | NDCG@10 | history effect / token |", "|---|---|---|---|---|"]
+                  "Each alpha against SFT on the same seeds and rows (NDCG@10, paired, 95% interval).", "",
+                  "| setting | alpha | seeds | NDCG@10 | history effect / token | target NLL / token "
+                  "| NDCG@10: cft - sft | verdict |", "|---|---|---|---|---|---|---|---|"]
         by_alpha: dict[tuple[str, float], list[dict]] = {}
         for r in [*sweep, *(r for r in reference if r["objective"] == "cft")]:
             by_alpha.setdefault((r["setting"], r["alpha"]), []).append(r)
         for (setting, alpha), rs in sorted(by_alpha.items()):
             if setting not in {r["setting"] for r in sweep}:
                 continue
-            effect = [float(np.mean(STUDY_QUANTITIES["history effect / token"](r))) for r in rs]
-            ndcg = [float(np.mean(STUDY_QUANTITIES["NDCG@10"](r))) for r in rs]
-            lines.append(f"| {setting} | {alpha} | {len(rs)} | {fmt(ndcg)} | {fmt(effect)} |")
+            per_run = {q: [float(np.mean(STUDY_QUANTITIES[q](r))) for r in rs]
+                       for q in ("NDCG@10", "history effect / token", "target NLL / token")}
+            d = paired_difference(group.get((setting, "sft"), []), rs,
+                                  lambda run: (run["rows"], STUDY_QUANTITIES["NDCG@10"](run)))
+            paired = f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}] | {verdict(d[1], d[2], 'cft')}" if d else "- | -"
+            lines.append(f"| {setting} | {alpha} | {len(rs)} | {fmt(per_run['NDCG@10'])} | "
+                         f"{fmt(per_run['history effect / token'])} | {fmt(per_run['target NLL / token'])} | {paired} |")
     return "\n".join(lines) + "\n"
 
 

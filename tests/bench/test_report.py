@@ -168,8 +168,11 @@ def test_the_controlled_study_section_by_hand(tmp_path, monkeypatch):
     assert "does the history effect grow with alpha" not in text.lower()  # no sweep runs yet
     sweep = [_study_run("cft", s, [0] * 4, -3.0, -5.0, alpha=0.5) for s in (0, 1)]
     text = report.synthetic_section(meta, loaded + sweep, tmp_path / "results" / "study.png")
-    assert "| p0.5 | 0.1 | 2 | 1.0000 ± 0.0000 | 2.0000 ± 0.0000 |" in text
-    assert "| p0.5 | 0.5 | 2 | 1.0000 ± 0.0000 | 1.0000 ± 0.0000 |" in text
+    # alpha 0.5: history effect (-3 - -5) / 2 = 1, NLL 3 / 2 = 1.5; it hits every row, sft none: +1.
+    assert ("| p0.5 | 0.1 | 2 | 1.0000 ± 0.0000 | 2.0000 ± 0.0000 | 1.0000 ± 0.0000 | "
+            "+1.0000 [+1.0000, +1.0000] | cft higher |") in text
+    assert ("| p0.5 | 0.5 | 2 | 1.0000 ± 0.0000 | 1.0000 ± 0.0000 | 1.5000 ± 0.0000 | "
+            "+1.0000 [+1.0000, +1.0000] | cft higher |") in text
 
 
 def _per_row(hit: bool, logp_f: float, logp_cf: float) -> dict:
