@@ -115,6 +115,31 @@ def test_reproduce_keeps_other_settings_and_replaces_a_redone_one(tmp_path, monk
     assert calls == [("cft", 0), ("cft", 0)]
 
 
+def test_a_resumed_reproduction_keeps_the_times_of_the_runs_it_reuses(tmp_path, monkeypatch):
+    """Resuming re-invokes finished runs, whose stages are reused in ~0 s: the record keeps the
+    time the run took when it was computed, not the reuse's; a recomputed run gets its new time."""
+    from benchmarks import reproduce
+
+    def fake_run_one(config, overrides, objective, seed):
+        folder = "m1" if objective == "cft" else "m2"  # sft's folders changed: a new computation
+        return {**_run(objective, seed, 0.5, 0.0, *({"cft": (0.1, 0.25), "sft": (0.0, 1.0)}[objective])),
+                "train_s": 0.0, "eval_s": 2.0, "reused": True, "model_dir": folder, "eval_dir": folder + "/e"}
+
+    monkeypatch.setattr(reproduce, "RESULTS", tmp_path)
+    monkeypatch.setattr(reproduce, "run_isolated", fake_run_one)
+    done = [{**_run("cft", 0, 0.5, 0.0), "train_s": 2087.0, "eval_s": 1450.0, "reused": False,
+             "model_dir": "m1", "eval_dir": "m1/e"},
+            {**_run("sft", 0, 0.5, 0.0, 0.0, 1.0), "train_s": 2100.0, "eval_s": 1500.0, "reused": False,
+             "model_dir": "old", "eval_dir": "old/e"}]
+    (tmp_path / "reproduction-toy.json").write_text(json.dumps(_data(done)))
+    monkeypatch.setattr("sys.argv", ["reproduce", "--config", "configs/repro-ml100k-cpu.yaml", "--name", "toy",
+                                     "--objectives", "cft", "sft", "--seeds", "0"])
+    reproduce.main()
+    runs = json.loads((tmp_path / "reproduction-toy.json").read_text())["runs"]
+    assert [(r["objective"], r["train_s"], r["eval_s"], r["reused"]) for r in runs] == [
+        ("cft", 2087.0, 1450.0, False), ("sft", 0.0, 2.0, True)]
+
+
 def test_a_d3_csv_dataset_is_labelled_as_history_derived():
     data = _data([_run("cft", 0, 0.02, 0.0)])
     assert "derived from histories" not in report.section(data)
