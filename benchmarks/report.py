@@ -260,7 +260,10 @@ def section(data: dict, name: str | None = None) -> str:
 
     lines += ["", "### Runs", "",
               "The validation loss is the weighted normal term, whose token weights depend on beta: "
-              "it compares runs of one setting, not sft (beta 1) with cft or pos (beta 0.25).", "",
+              "it compares runs of one setting, not sft (beta 1) with cft or pos (beta 0.25). "
+              "Train and eval s: wall-clock seconds of the invocation that computed the stage; for a "
+              "training that an interrupted invocation finished, the trainer's own runtime (without "
+              "the model loading).", "",
               "| method | alpha | beta | seed | steps | best valid loss | adjusted NDCG@10 | train s | eval s | MLflow run |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:

@@ -88,6 +88,13 @@ def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> di
     t2 = time.perf_counter()
     alpha, beta = cfg.train.loss_settings()
     summary = json.loads((result.path / "summary.json").read_text())
+    train_s = round(t1 - t0, 1)
+    if trained.reused:
+        # Trained by an earlier invocation that stopped before writing its record (the session
+        # ended during the evaluation): this one only loaded it. Take the trainer's own measure of
+        # that training from its summary (`train_runtime`: the optimizer steps, without the ~45 s
+        # of model loading and DeepSpeed set-up that the wall-clock time holds).
+        train_s = round(trained.summary.get("train_metrics", {}).get("train_runtime", train_s), 1)
     return {
         "objective": objective,
         "seed": seed,
@@ -101,8 +108,8 @@ def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> di
         "eval_examples": summary["examples"],
         "catalogue": summary["catalogue"],
         "train_samples": manifest["stats"]["samples_train"],
-        # Wall-clock seconds of this invocation (near 0 when a finished stage was reused).
-        "train_s": round(t1 - t0, 1),
+        # Wall-clock seconds of this invocation (for a reused training: the trainer's runtime, above).
+        "train_s": train_s,
         "eval_s": round(t2 - t1, 1),
         "reused": trained.reused and result.reused,
         "model_dir": str(trained.model_dir),

@@ -274,6 +274,13 @@ def test_a_reproduction_run_records_its_rows_by_split_position(tmp_path):
     assert at["user_id"].tolist() == preds["user_id"].tolist()
     assert at["target_item_id"].tolist() == preds["target_item_id"].tolist()
 
+    # Invoked again, the run reuses both stages; its training time is then the trainer's own
+    # measure from the training summary, not the ~0 s this invocation spent loading the model.
+    again = run_one(Path("configs/synthetic.yaml"), overrides, "cft", 0)
+    trained = json.loads((Path(again["model_dir"]) / "training.json").read_text())
+    assert again["reused"] and again["model_dir"] == record["model_dir"]
+    assert again["train_s"] == round(trained["train_metrics"]["train_runtime"], 1)
+
 
 def test_a_study_without_no_history_reranking_reports_diagnostics_and_constrained(tmp_path):
     """The real-data study's layout: constrained + grounding, no no-history re-ranking, per-row
