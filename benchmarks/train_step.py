@@ -278,15 +278,17 @@ def pass_key(result: dict) -> tuple:
 
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| model | data | device/dtype | batch (f / cf shape) | variant | median step s | tokens/s | peak mem MB | logits MB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | data | device/dtype | batch (f / cf shape) | timed | variant | median step s | tokens/s | peak mem MB | logits MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r["config"]
+        # Which pass a row comes from: one shape can have a sequential (older) and interleaved passes.
+        timed = f"interleaved with {', '.join(c.get('variants', VARIANTS))}" if "ratio_spread" in r else "sequential"
         for v, row in r["variants"].items():
             shape = f"{row['shape_factual']} / {row['shape_counterfactual']}"
             lines.append(
-                f"| {c['model']} | {c['data']} | {c['device']}/{c['dtype']} | {shape} | {v} | "
+                f"| {c['model']} | {c['data']} | {c['device']}/{c['dtype']} | {shape} | {timed} | {v} | "
                 f"{row['median_step_s']:.4f} | {row['tokens_per_s']:.0f} | {row['peak_mem_MB']:.0f} | "
                 f"{row['logits_MB']:.1f} |"
             )

@@ -69,3 +69,6 @@ def test_passes_are_kept_per_data_shape_and_variants_and_tabled_with_gaps():
     assert "| smollm2 | amazon | sft, cft, cft_padded, naive | 1.14x (sequential run) | 1.10x (sequential run) | " \
            "2.17x (sequential run) | 17.1x | 2.10x |" in table
     assert "| smollm2 | amazon | sft, cft, cft_padded | 1.05x (0.95-1.15) | 1.02x (0.92-1.12) | - | - | - |" in table
+    # Each step row says which pass it comes from.
+    assert "| smollm2 | amazon | cpu/fp32 | [8, 10] / [8, 4] | sequential | naive | 1.0000 |" in table
+    assert "| smollm2 | amazon | cpu/fp32 | [8, 10] / [8, 4] | interleaved with sft, cft, cft_padded | cft | 1.0000 |" in table
