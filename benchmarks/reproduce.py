@@ -166,14 +166,12 @@ def main() -> None:
 
     cfg = load_config(ns.config, ns.overrides)
     out = result_path(ns.name or cfg.data.name)
-    # Runs already in the result file are kept unless this invocation redoes them
-    # (same objective, seed and alpha/beta).
+    # Runs already in the result file stay in it; a run this invocation redoes (same objective,
+    # seed and alpha/beta) is replaced where it stands once its new record is in, so an
+    # interrupted invocation loses no finished run.
     previous = json.loads(out.read_text()) if out.is_file() else {"runs": []}
-    settings = {o: load_config(ns.config, [*ns.overrides, f"train.objective={o}"]).train.loss_settings()
-                for o in ns.objectives}
-    redo = {(o, s, *settings[o]) for o in ns.objectives for s in ns.seeds}
-    runs: list[dict] = [r for r in previous["runs"] if run_key(r) not in redo]
     before = {run_key(r): r for r in previous["runs"]}
+    runs = dict(before)
     # The first invocation's description of the budget stays; later ones (sweeps) record
     # their overrides per run.
     meta = previous.get("meta") or {
@@ -192,12 +190,12 @@ def main() -> None:
         for objective in ns.objectives:
             print(f"== {objective} seed {seed}", flush=True)
             record = run_isolated(ns.config, ns.overrides, objective, seed)
-            runs.append(keep_measured_times(record, before.get(run_key(record))))
+            record = runs[run_key(record)] = keep_measured_times(record, before.get(run_key(record)))
             meta["finished"] = time.strftime("%Y-%m-%d %H:%M")
-            _write_atomic(out, {"meta": meta, "runs": runs})
-            m = runs[-1]["metrics"]
+            _write_atomic(out, {"meta": meta, "runs": list(runs.values())})
+            m = record["metrics"]
             print(f"   NDCG@10 {m.get('grounding_adjusted/NDCG@10', float('nan')):.4f} "
-                  f"(train {runs[-1]['train_s']} s, eval {runs[-1]['eval_s']} s)", flush=True)
+                  f"(train {record['train_s']} s, eval {record['eval_s']} s)", flush=True)
     print(f"wrote {out}; now: python -m benchmarks.report")
 
 

@@ -106,13 +106,36 @@ def test_reproduce_keeps_other_settings_and_replaces_a_redone_one(tmp_path, monk
     runs = json.loads((tmp_path / "reproduction-ml-100k.json").read_text())["runs"]
     assert [(r["objective"], r["alpha"], r["metrics"]["grounding_adjusted/NDCG@10"]) for r in runs] == [
         ("cft", 0.1, 0.01), ("sft", 0.0, 0.02), ("cft", 0.3, 0.5)]
-    # Redoing the configured setting replaces its run and keeps the sweep's.
+    # Redoing the configured setting replaces its run where it stood and keeps the sweep's.
     monkeypatch.setattr("sys.argv", argv)
     reproduce.main()
     runs = json.loads((tmp_path / "reproduction-ml-100k.json").read_text())["runs"]
     assert [(r["objective"], r["alpha"], r["metrics"]["grounding_adjusted/NDCG@10"]) for r in runs] == [
-        ("sft", 0.0, 0.02), ("cft", 0.3, 0.5), ("cft", 0.1, 0.5)]
+        ("cft", 0.1, 0.5), ("sft", 0.0, 0.02), ("cft", 0.3, 0.5)]
     assert calls == [("cft", 0), ("cft", 0)]
+
+
+def test_an_interrupted_resume_keeps_the_runs_it_had_not_redone_yet(tmp_path, monkeypatch):
+    """A resumed invocation re-invokes every run; stopped after its first, the file still holds
+    the finished runs it had not reached (they were once dropped until redone, and lost)."""
+    from benchmarks import reproduce
+
+    def fake_run_one(config, overrides, objective, seed):
+        if objective == "cft":
+            raise KeyboardInterrupt  # the session ends before cft is re-invoked
+        return {**_run(objective, seed, 0.7, 0.0, 0.0, 1.0), "overrides": list(overrides)}
+
+    monkeypatch.setattr(reproduce, "RESULTS", tmp_path)
+    monkeypatch.setattr(reproduce, "run_isolated", fake_run_one)
+    done = [_run("cft", 1, 0.01, 0.0), _run("sft", 0, 0.02, 0.0, 0.0, 1.0)]
+    (tmp_path / "reproduction-toy.json").write_text(json.dumps(_data(done)))
+    monkeypatch.setattr("sys.argv", ["reproduce", "--config", "configs/repro-ml100k-cpu.yaml", "--name", "toy",
+                                     "--objectives", "sft", "cft", "--seeds", "1"])
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.main()
+    runs = json.loads((tmp_path / "reproduction-toy.json").read_text())["runs"]
+    assert [(r["objective"], r["seed"], r["metrics"]["grounding_adjusted/NDCG@10"]) for r in runs] == [
+        ("cft", 1, 0.01), ("sft", 0, 0.02), ("sft", 1, 0.7)]
 
 
 def test_a_resumed_reproduction_keeps_the_times_of_the_runs_it_reuses(tmp_path, monkeypatch):
