@@ -90,10 +90,11 @@ def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> di
     summary = json.loads((result.path / "summary.json").read_text())
     train_s = round(t1 - t0, 1)
     if trained.reused:
-        # Trained by an earlier invocation that stopped before writing its record (the session
-        # ended during the evaluation): this one only loaded it. Take the trainer's own measure of
-        # that training from its summary (`train_runtime`: the optimizer steps, without the ~45 s
-        # of model loading and DeepSpeed set-up that the wall-clock time holds).
+        # Trained by an earlier invocation: this one only loaded it. Take the trainer's own measure
+        # of that training from its summary (`train_runtime`: the optimizer steps, without the ~45 s
+        # of model loading and DeepSpeed set-up that the wall-clock time holds). Where the result
+        # file already has that run's record, `keep_measured_times` keeps its wall-clock time
+        # instead; this covers an invocation that stopped before writing the record.
         train_s = round(trained.summary.get("train_metrics", {}).get("train_runtime", train_s), 1)
     return {
         "objective": objective,
@@ -190,7 +191,8 @@ def main() -> None:
         for objective in ns.objectives:
             print(f"== {objective} seed {seed}", flush=True)
             record = run_isolated(ns.config, ns.overrides, objective, seed)
-            record = runs[run_key(record)] = keep_measured_times(record, before.get(run_key(record)))
+            record = keep_measured_times(record, before.get(run_key(record)))
+            runs[run_key(record)] = record
             meta["finished"] = time.strftime("%Y-%m-%d %H:%M")
             _write_atomic(out, {"meta": meta, "runs": list(runs.values())})
             m = record["metrics"]
