@@ -237,9 +237,9 @@ def compare(
         raise InputError("compare needs at least two sides (run ids or evaluation folders)")
     cfg = load_config(config, set_)
     metrics = metric or ["HR@10", "NDCG@10"]
-    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         sides = [load_side(spec, cfg.eval.split, tracking_uri(cfg), metrics, Path(tmp)) for spec in runs]
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once every side has loaded: bad input writes nothing
     texts = []
     for i, side in enumerate(sides[1:], 1):
         table = compare_sides(sides[0], side, level=level)

@@ -144,6 +144,9 @@ def evaluation_of_run(run_id: str, split: str, tracking_uri: str, into: Path) ->
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    store = Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+    if store is not None and not store.is_file():  # opening a missing SQLite store would create an empty one
+        raise InputError(f"{run_id} is neither an evaluation folder nor a run: there is no tracking store at {store}")
     client = MlflowClient(tracking_uri)
     try:
         run = client.get_run(run_id)

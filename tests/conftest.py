@@ -15,6 +15,29 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CHECKOUT = Path(__file__).resolve().parents[1]
+# Where a test that forgot its tmp_path writes: relative defaults (data_root "data", MLflow's ./mlruns,
+# `cft compare`'s ./compare) resolve against the working directory, which is the checkout under make test.
+WATCHED = [CHECKOUT, CHECKOUT / "data", CHECKOUT / "data" / "mlflow"]
+SCRATCH = {".pytest_cache", "__pycache__"}
+_BEFORE = pytest.StashKey[set]()  # the watched entries when the session starts
+
+
+def _checkout_entries() -> set[Path]:
+    return {p for folder in WATCHED if folder.is_dir() for p in folder.iterdir() if p.name not in SCRATCH}
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_BEFORE] = _checkout_entries()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when tests left new files in the checkout: each test writes under its tmp_path."""
+    left = sorted(str(p.relative_to(CHECKOUT)) for p in _checkout_entries() - session.config.stash[_BEFORE])
+    if left:
+        session.config.get_terminal_writer().line(f"tests wrote into the checkout: {', '.join(left)}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 # A few MovieLens-100K titles (as RecBole writes them) with a spread of lengths.
 TITLES = [

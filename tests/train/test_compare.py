@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from cft_cli.main import app
@@ -70,5 +71,15 @@ def test_compare_command_writes_the_table_and_the_plot(tmp_path):
     assert re.search(r"\| history_effect \| 300 \| 1 vs 1 \| [0-9.]+ \| [0-9.]+ \| \+3\.0000 \| \[\+3\.0000, "
                      r"\+3\.0000\] \| B higher \|", res.output), res.output
     assert (tmp_path / "out" / "compare.md").is_file() and (tmp_path / "out" / "compare-1.png").stat().st_size > 0
-    res = CliRunner().invoke(app, ["compare", str(a), str(tmp_path / "nothing-here")], prog_name="cft")
-    assert res.exit_code == 2 and "is not in the tracking store" in res.output
+    # A side that is neither a folder nor a run: exit 2, and neither an output folder nor an empty
+    # tracking store is left behind (the default out dir and store are relative to the working directory).
+    missing, existing = tmp_path / "missing" / "mlflow.db", tmp_path / "mlflow.db"
+    MlflowClient(f"sqlite:///{existing}").search_experiments()  # creates the (empty) store
+    for store, message in [(missing, f"there is no tracking store at {missing}"),
+                           (existing, "is not in the tracking store")]:
+        res = CliRunner().invoke(app, ["compare", str(a), str(tmp_path / "nothing-here"), "--out-dir",
+                                       str(tmp_path / "not-written"), "--set", f"tracking.tracking_uri=sqlite:///{store}"],
+                                 prog_name="cft")
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert not (tmp_path / "not-written").exists()
+    assert not missing.exists()
