@@ -35,7 +35,9 @@ def pytest_sessionfinish(session, exitstatus):
     """Fail the run when tests left new files in the checkout: each test writes under its tmp_path."""
     left = sorted(str(p.relative_to(CHECKOUT)) for p in _checkout_entries() - session.config.stash[_BEFORE])
     if left:
-        session.config.get_terminal_writer().line(f"tests wrote into the checkout: {', '.join(left)}", red=True)
+        terminal = session.config.get_terminal_writer()
+        terminal.line()
+        terminal.line(f"tests wrote into the checkout: {', '.join(left)}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
