@@ -19,7 +19,7 @@ CHECKOUT = Path(__file__).resolve().parents[1]
 # Where a test that forgot its tmp_path writes: relative defaults (data_root "data", MLflow's ./mlruns,
 # `cft compare`'s ./compare) resolve against the working directory, which is the checkout under make test.
 WATCHED = [CHECKOUT, CHECKOUT / "data", CHECKOUT / "data" / "mlflow"]
-SCRATCH = {".pytest_cache", "__pycache__"}
+SCRATCH = {".pytest_cache", ".hypothesis", "__pycache__"}  # the test tools' own caches (gitignored)
 _BEFORE = pytest.StashKey[set]()  # the watched entries when the session starts
 
 
