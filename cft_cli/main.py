@@ -238,7 +238,8 @@ def compare(
     cfg = load_config(config, set_)
     metrics = metric or ["HR@10", "NDCG@10"]
     with tempfile.TemporaryDirectory() as tmp:
-        sides = [load_side(spec, cfg.eval.split, tracking_uri(cfg), metrics, Path(tmp)) for spec in runs]
+        uri = tracking_uri(cfg, create=False)  # read only: runs are looked up, nothing is logged
+        sides = [load_side(spec, cfg.eval.split, uri, metrics, Path(tmp)) for spec in runs]
     out_dir.mkdir(parents=True, exist_ok=True)  # only once every side has loaded: bad input writes nothing
     texts = []
     for i, side in enumerate(sides[1:], 1):

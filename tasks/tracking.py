@@ -17,14 +17,16 @@ from typing import Any
 from schemas.config import PipelineConfig
 
 
-def tracking_uri(cfg: PipelineConfig) -> str:
-    """Configured URI, else $MLFLOW_TRACKING_URI, else SQLite under <data_root>/mlflow."""
+def tracking_uri(cfg: PipelineConfig, create: bool = True) -> str:
+    """Configured URI, else $MLFLOW_TRACKING_URI, else SQLite under <data_root>/mlflow (its folder
+    created unless `create` is False: a command that only reads must not leave an empty store behind)."""
     if cfg.tracking.tracking_uri:
         return cfg.tracking.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     root = (cfg.data.data_root / "mlflow").resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
 
 

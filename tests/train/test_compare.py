@@ -71,6 +71,7 @@ def test_compare_command_writes_the_table_and_the_plot(tmp_path):
     assert re.search(r"\| history_effect \| 300 \| 1 vs 1 \| [0-9.]+ \| [0-9.]+ \| \+3\.0000 \| \[\+3\.0000, "
                      r"\+3\.0000\] \| B higher \|", res.output), res.output
     assert (tmp_path / "out" / "compare.md").is_file() and (tmp_path / "out" / "compare-1.png").stat().st_size > 0
+    assert not (tmp_path / "mlflow").exists()  # two folders: the tracking store was not needed, nor created
     # A side that is neither a folder nor a run: exit 2, and neither an output folder nor an empty
     # tracking store is left behind (the default out dir and store are relative to the working directory).
     missing, existing = tmp_path / "missing" / "mlflow.db", tmp_path / "mlflow.db"
