@@ -30,6 +30,18 @@ def tracking_uri(cfg: PipelineConfig, create: bool = True) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a local SQLite store URI (sqlite:///<path>), None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def local_artifact_location(uri: str) -> str | None:
+    """Where an experiment in the store at `uri` keeps its artifacts: beside a local SQLite database
+    (MLflow's default would be ./mlruns of the working directory); None leaves a server's default."""
+    database = sqlite_file(uri)
+    return (database.parent / "artifacts").as_uri() if database is not None else None
+
+
 def experiment_name(cfg: PipelineConfig) -> str:
     return cfg.tracking.experiment or f"cft-{cfg.data.name}"
 
@@ -45,11 +57,8 @@ def use_experiment(cfg: PipelineConfig) -> str:
     if exp is not None:
         mlflow.set_experiment(experiment_id=exp.experiment_id)
         return exp.experiment_id
-    artifact_location = None
-    if uri.startswith("sqlite:///"):  # local store: artifacts beside the database
-        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
     try:
-        exp_id = mlflow.create_experiment(name, artifact_location=artifact_location)
+        exp_id = mlflow.create_experiment(name, artifact_location=local_artifact_location(uri))
     except mlflow.exceptions.MlflowException:  # created concurrently
         exp_id = mlflow.get_experiment_by_name(name).experiment_id
     mlflow.set_experiment(experiment_id=exp_id)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from tasks import registry
+from tasks.tracking import local_artifact_location
 from tests.train.conftest import make_config
 
 
@@ -37,9 +37,9 @@ def new_run(uri: str) -> str:
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("registry-test")
-    # Artifacts beside the store: without a location MLflow puts them under ./mlruns of the working directory.
-    artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-    exp_id = exp.experiment_id if exp else client.create_experiment("registry-test", artifact_location=artifacts)
+    # Artifacts beside the store, as the pipeline's experiments keep them (not under ./mlruns).
+    location = local_artifact_location(uri)
+    exp_id = exp.experiment_id if exp else client.create_experiment("registry-test", artifact_location=location)
     run = client.create_run(exp_id)
     client.log_param(run.info.run_id, "p", 1)
     client.set_terminated(run.info.run_id)
