@@ -319,12 +319,18 @@ def gc(
 
 
 def _registry_context(config: Path, set_: list[str] | None, model_name: str | None = None):
-    """(config, tracking URI, registered model name) for the registry commands."""
+    """(config, tracking URI, registered model name) for the registry commands. They all need a
+    registered model, so a local store that does not exist is the user's error (and is not created)."""
     from schemas.config import load_config
-    from tasks.tracking import tracking_uri
+    from schemas.errors import InputError
+    from tasks.tracking import missing_store, tracking_uri
 
     cfg = load_config(config, set_)
-    return cfg, tracking_uri(cfg), model_name or cfg.registered_model_name()
+    uri = tracking_uri(cfg, create=False)
+    if (database := missing_store(uri)) is not None:
+        raise InputError(f"there is no tracking store at {database}, so no registered model: "
+                         f"run the pipeline first (cft run -c {config}), or point tracking.tracking_uri at your store")
+    return cfg, uri, model_name or cfg.registered_model_name()
 
 
 ReasonOpt = Annotated[str, typer.Option(help="Why (recorded in the registry's champion history).")]

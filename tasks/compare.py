@@ -27,7 +27,7 @@ import pandas as pd
 
 from cft_core.metrics import paired_bootstrap_ci, per_row_metric
 from schemas.errors import InputError
-from tasks.tracking import sqlite_file
+from tasks.tracking import missing_store
 
 KEY = ["user_id", "target_item_id", "occurrence"]
 
@@ -145,8 +145,8 @@ def evaluation_of_run(run_id: str, split: str, tracking_uri: str, into: Path) ->
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    store = sqlite_file(tracking_uri)
-    if store is not None and not store.is_file():  # opening a missing SQLite store would create an empty one
+    store = missing_store(tracking_uri)
+    if store is not None:
         raise InputError(f"{run_id} is neither an evaluation folder nor a run: there is no tracking store at {store}")
     client = MlflowClient(tracking_uri)
     try:

@@ -35,6 +35,13 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+def missing_store(uri: str) -> Path | None:
+    """The database file of a local SQLite store that does not exist yet, else None. Commands that
+    only look things up check this first: opening a missing SQLite store creates an empty one."""
+    database = sqlite_file(uri)
+    return database if database is not None and not database.is_file() else None
+
+
 def local_artifact_location(uri: str) -> str | None:
     """Where an experiment in the store at `uri` keeps its artifacts: beside a local SQLite database
     (MLflow's default would be ./mlruns of the working directory); None leaves a server's default."""

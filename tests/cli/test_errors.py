@@ -60,9 +60,24 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
 
 
 def test_promote_an_unknown_version(tmp_path):
+    from mlflow import MlflowClient
+
+    store = tmp_path / "mlflow" / "mlflow.db"  # where the config's default tracking URI points
+    store.parent.mkdir()
+    MlflowClient(f"sqlite:///{store}").search_experiments()  # an existing store without the model
     res = run("promote", "-c", str(ROOT / "configs/smoke.yaml"), "--set", f"data.data_root={tmp_path}",
               "--version", "99", "--reason", "because")
     assert res.exit_code == 2 and res.output.startswith("error: ") and "99" in res.output, res.output
+
+
+@pytest.mark.parametrize("command", [["promote", "--version", "1", "--reason", "because"],
+                                     ["rollback", "--reason", "because"], ["recommend", "Heat"]])
+def test_registry_commands_without_a_store(tmp_path, command):
+    """No store under the data root: say so, and do not create an empty one."""
+    res = run(*command, "-c", str(ROOT / "configs/smoke.yaml"), "--set", f"data.data_root={tmp_path}")
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith(f"error: there is no tracking store at {tmp_path.resolve() / 'mlflow' / 'mlflow.db'}")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_k_zero_is_a_usage_error():
