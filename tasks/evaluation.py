@@ -7,6 +7,8 @@
         diagnostics.parquet per diagnosed example (eval.diagnostics): split_row, user, target,
                             teacher-forced log-likelihoods with and without the history
         popularity.json     share of history items and of top-K recommendations per popularity group
+        summary.json        split, rows, catalogue size, and the wall-clock seconds of each method
+                            (its no-history ranking included), the diagnostics and the whole stage
         plots/*.png
 
 Methods (cft-method.md, section 3): `grounding_original` / `grounding_adjusted` (free beam
@@ -18,6 +20,7 @@ training split's most frequent items, the same list for everyone) for context.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,6 +220,8 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
     from cft_core.ranking import Catalogue, popularity_ranking
     from tasks.settings import ranking_settings
 
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}  # wall-clock seconds per part, into summary.json and MLflow
     rows = read_records(sequences / f"{e.split}.parquet", e.max_samples, e.seed)
     if not rows:
         raise ValueError(f"{sequences / (e.split + '.parquet')} holds no records to evaluate")
@@ -248,6 +253,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         top_lists[name] = ranked_items
 
     for method in e.methods:
+        method_started = time.perf_counter()
         ranker = make_ranker(cfg, method, model, tokenizer, sequences, model_dir, titles, progress)
         variants = [("", [ranker.prompt(r["history_titles"]) for r in rows])]
         if e.history_reliance:  # the same ranking without the history: what CFT should widen
@@ -263,8 +269,13 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
                 if not prefix:
                     preds["constrained_generated"] = ranking.beams
                 record(f"{prefix}constrained", ranking.rows)
+        seconds[method] = time.perf_counter() - method_started  # with the no-history ranking
 
-    diagnostics = run_diagnostics(cfg, model, tokenizer, sequences) if e.diagnostics else None
+    diagnostics = None
+    if e.diagnostics:
+        diagnostics_started = time.perf_counter()
+        diagnostics = run_diagnostics(cfg, model, tokenizer, sequences)
+        seconds["diagnostics"] = time.perf_counter() - diagnostics_started
 
     # Most-popular baseline and the popularity analysis.
     train_targets = pq.read_table(sequences / "train.parquet", columns=["target_item_id"]).column(0).to_numpy()
@@ -290,7 +301,10 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         preds.to_parquet(tmp / "predictions.parquet", index=False)
         (tmp / "popularity.json").write_text(json.dumps(popularity, indent=1))
         _plots(metrics, popularity, ks, tmp / "plots", f"{e.split} split, {len(rows):,} rows")
-        summary = {"split": e.split, "examples": len(rows), "catalogue": len(titles), "model_dir": str(model_dir)}
+        # total: from reading the split to here (model loading and the baselines included)
+        seconds["total"] = time.perf_counter() - started
+        summary = {"split": e.split, "examples": len(rows), "catalogue": len(titles), "model_dir": str(model_dir),
+                   "seconds": {part: round(t, 2) for part, t in seconds.items()}}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
         if diagnostics is not None:

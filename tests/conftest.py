@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# As `cft run` and the stack set it: no telemetry heartbeat from the Prefect test server, which
+# would otherwise race the migration of its fresh SQLite database ("database is locked").
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -85,13 +90,29 @@ def prefect_harness():
         yield
 
 
+@contextmanager
+def mlflow_uris_restored():
+    """mlflow.set_tracking_uri / set_registry_uri set MLflow's module globals and export
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI: put both back as they were on the way out, so that
+    one test's (or one module fixture's) store does not become the next one's default."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in names}
+    try:
+        yield
+    finally:
+        if "mlflow" in sys.modules:
+            import mlflow
+
+            mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
+            mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @pytest.fixture(autouse=True)
 def _restore_mlflow_uris():
-    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; keep one test's store out of the next."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with mlflow_uris_restored():
+        yield

@@ -70,6 +70,12 @@ def test_evaluate_metrics_predictions_baseline_and_mlflow(tmp_path, small_sequen
     assert sum(popularity["history"]) == pytest.approx(1.0)
     assert {p.name for p in (result.path / "plots").iterdir()} == {"metrics_at_k.png", "popularity.png"}
 
+    # What each part took: the methods (with their no-history rankings), the diagnostics, the whole.
+    seconds = json.loads((result.path / "summary.json").read_text())["seconds"]
+    assert set(seconds) == {"grounding", "constrained", "diagnostics", "total"}
+    assert all(t > 0 for t in seconds.values())
+    assert seconds["total"] >= seconds["grounding"] + seconds["constrained"] + seconds["diagnostics"] - 0.02  # rounding
+
     again = evaluate(cfg, trained.model_dir, seq, progress=False)
     assert again.reused and again.metrics == result.metrics
 
@@ -82,6 +88,7 @@ def test_evaluate_metrics_predictions_baseline_and_mlflow(tmp_path, small_sequen
     # Headline cut-offs only, zero-padded so that the UI sorts them (every K is in metrics.json).
     assert logged["test/constrained/HR_at_05"] == pytest.approx(result.metrics["constrained/HR@5"])
     assert not any(name.endswith(("_at_01", "_at_50")) for name in logged)
+    assert {f"test/seconds/{part}": t for part, t in seconds.items()}.items() <= logged.items()
     paths = {a.path for a in client.list_artifacts(run_id, "evaluation/test")}
     assert "evaluation/test/predictions.parquet" in paths and "evaluation/test/metrics.json" in paths
     # The predictions table: one row per evaluated example, list columns kept as JSON text.

@@ -10,6 +10,7 @@ import time
 import pandas as pd
 import pytest
 
+from tests.conftest import mlflow_uris_restored
 from tests.train.conftest import make_config
 from tests.train.test_registry import new_run, registered
 
@@ -27,10 +28,11 @@ def served(tmp_path_factory, small_sequences):
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"num_beams": 2, "num_return_sequences": 2,
                                                                       "max_new_tokens": 8, "min_new_tokens": 1})})
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    version = registered(cfg, uri, model_folder(cfg, seq), seq, new_run(uri)).version
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return f"models:/{cfg.registered_model_name()}/{version}", pd.read_parquet(seq / "catalogue.parquet")
+    with mlflow_uris_restored():  # this module's store, not the next modules' default
+        version = registered(cfg, uri, model_folder(cfg, seq), seq, new_run(uri)).version
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield f"models:/{cfg.registered_model_name()}/{version}", pd.read_parquet(seq / "catalogue.parquet")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -51,7 +52,10 @@ def test_zero_trains_saves_and_reloads(tmp_path, small_sequences, stage):
     seq, fp = small_sequences
     cfg = make_config(tmp_path, deepspeed=f"infra/deepspeed/{stage}.json", max_steps=12, eval_steps=6)
     capture = CaptureFinalLogits()
-    out = train(cfg, seq, fp, extra_callbacks=[capture])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = train(cfg, seq, fp, extra_callbacks=[capture])
+    assert not [w for w in caught if "pin_memory" in str(w.message)]  # no pinned memory without a GPU
 
     evals = _losses(out.summary, "eval_loss")
     train_losses = _losses(out.summary)
