@@ -26,6 +26,7 @@ def quiet_third_parties() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # store migrations, "Creating experiment" ...
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per model download
     if not _has_cuda_hint():  # DeepSpeed's "Setting accelerator to CPU" warning
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     warnings.filterwarnings("ignore", module=_ADVISORY)

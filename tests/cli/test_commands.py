@@ -62,6 +62,7 @@ def test_run_registers_a_champion_and_prints_a_recommend_hint_from_the_dataset(p
     out = cft("run", "-c", str(profile))
     # v1: the popularity baseline (the first champion); v2: the model, gated against it.
     assert "cft-cli-test v2" in out and "popularity baseline" in out and "**Gate**" in out
+    assert "Downloading artifacts" not in out  # MLflow's bar per model logged or loaded (shown with --verbose)
     # One line, longer than 80 columns, to copy and paste whole: the profile, the alias, the titles.
     hint = next(line for line in out.splitlines() if line.startswith("Recommend:"))
     assert f"-c {profile} --model models:/cft-cli-test@champion" in hint
