@@ -375,10 +375,12 @@ class PipelineConfig(_Strict):
         return self.registry.model_name or f"cft-{self.data.name}"
 
     def gate_eval(self) -> EvalConfig:
-        """The evaluation the gate runs: `eval` on the gate split, grounding only, no diagnostics."""
+        """The evaluation the gate runs: `eval` on the gate split with the gate's method only, and
+        none of what the gate does not read (no-history rankings, diagnostics, SASRec)."""
         samples = self.registry.gate_max_samples or self.eval.max_samples
         return self.eval.model_copy(update={"split": self.registry.gate_split, "max_samples": samples,
-                                            "methods": [self.gate_method()], "history_reliance": False})
+                                            "methods": [self.gate_method()], "history_reliance": False,
+                                            "diagnostics": False, "sasrec": False})
 
     def gate_method(self) -> Literal["grounding", "constrained"]:
         return "constrained" if self.registry.gate_metric.startswith("constrained/") else "grounding"

@@ -84,3 +84,4 @@ def test_objectives_and_the_gate_evaluation():
                                          "registry": {"gate_metric": "constrained/NDCG@10"}})
     gate = cfg.gate_eval()
     assert (gate.split, gate.max_samples, gate.methods, gate.history_reliance) == ("valid", 40, ["constrained"], False)
+    assert cfg.eval.diagnostics and not gate.diagnostics and not gate.sasrec  # the gate reads only ranks
