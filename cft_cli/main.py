@@ -167,9 +167,10 @@ def evaluate(
         result = evaluate_stage(cfg, model_dir, sequences.path)
     title = f"{cfg.eval.split} metrics: {result.path}" + (" (reused)" if result.reused else "")
     console.print(metrics_console_table(title, result.metrics, cfg.eval.ks))
-    from tasks.evaluation import diagnostics_text
+    from tasks.evaluation import diagnostics_text, seconds_text
 
     console.print(diagnostics_text(result.diagnostics), highlight=False)
+    console.print(seconds_text(result.seconds) + (" when it was computed" if result.reused else ""), highlight=False)
 
 
 @app.command("run")

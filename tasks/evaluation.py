@@ -55,6 +55,20 @@ class EvalOutput:
         path = self.path / "diagnostics.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
+    @property
+    def seconds(self) -> dict[str, float]:
+        """{part: wall-clock seconds} of the run that computed this folder, "total" included ({}
+        for folders written before evaluations recorded them)."""
+        return json.loads((self.path / "summary.json").read_text()).get("seconds", {})
+
+
+def seconds_text(seconds: dict[str, float]) -> str:
+    """One line: "evaluation took 63.8 s (constrained 25.4 s, diagnostics 38.1 s)"."""
+    if not seconds:
+        return "evaluation time: not recorded"
+    parts = ", ".join(f"{part} {t:.1f} s" for part, t in seconds.items() if part != "total")
+    return f"evaluation took {seconds['total']:.1f} s ({parts})"
+
 
 DIAGNOSTICS = ("history_effect", "history_effect_per_token", "target_nll")  # cft_core.diagnostics
 

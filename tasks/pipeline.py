@@ -170,16 +170,16 @@ def gate_task(cfg: PipelineConfig, version: str, trained: TrainOutput, sequences
 
 def metrics_summary(cfg: PipelineConfig, evaluation: EvalOutput | None, run_id: str | None, decision: dict | None,
                     unchanged: str | None = None) -> str:
-    """Markdown: HR/NDCG@{5,10,20} per method, the MLflow run, and the gate's decision (or why
-    nothing was trained)."""
-    from tasks.evaluation import diagnostics_text, metrics_table
+    """Markdown: HR/NDCG@{5,10,20} per method, the diagnostics, the evaluation's seconds, the
+    MLflow run, and the gate's decision (or why nothing was trained)."""
+    from tasks.evaluation import diagnostics_text, metrics_table, seconds_text
     from tasks.tracking import run_link
 
     if unchanged:
         return f"### {cfg.data.name}: nothing new\n\n{unchanged}"
     lines = [f"### {cfg.data.name}: {cfg.train.objective}, {evaluation.split} split", "",
              metrics_table(evaluation.metrics, cfg.eval.ks), "", diagnostics_text(evaluation.diagnostics), "",
-             f"MLflow run: {run_link(cfg, run_id)}"]
+             seconds_text(evaluation.seconds), "", f"MLflow run: {run_link(cfg, run_id)}"]
     if decision:
         from tasks.registry import GateDecision, gate_card
 

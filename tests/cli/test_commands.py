@@ -55,6 +55,8 @@ def test_train_then_evaluate_reuses_the_training(profile):
     assert len(trainings) == 1 and (trainings[0] / "model" / "model.safetensors").is_file()
     out = cft("evaluate", "-c", str(profile))
     assert "grounding_adjusted" in out and "most_popular" in out and "NDCG@10" in out
+    took = re.search(r"^evaluation took [0-9.]+ s \((.*)\)$", out, flags=re.M)  # the parts: "constrained 0.1 s, ..."
+    assert took and re.findall(r"(\w+) [0-9.]+ s", took[1]) == ["constrained", "grounding", "diagnostics"]
     assert list((profile.parent / "data" / "training").iterdir()) == trainings  # reused, not retrained
 
 

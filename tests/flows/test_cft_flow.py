@@ -63,6 +63,7 @@ def test_the_whole_flow_succeeds_in_process_and_a_rerun_reuses_every_stage(tmp_p
     assert len([t for t in version.tags if t.startswith("test/")]) <= 3  # a handful, not every metric
     assert "valid/loss" in client.get_run(first["run_id"]).data.metrics
     assert f"MLflow run: run {first['run_id']}" in first["summary"] and "**Gate**" in first["summary"]
+    assert "\nevaluation took " in first["summary"]
     # The gate's evaluation ranked its rows and ran nothing it does not read (the test one did).
     (evaluations,) = [list(p.glob("evaluation/*")) for p in (tmp_path / "training").iterdir()]
     diagnosed = {p.name.split("-")[0]: (p / "diagnostics.json").is_file() for p in evaluations}
