@@ -167,8 +167,7 @@ def log_evaluation(result, run_id: str, tracking_uri: str) -> bool:
     from mlflow.entities import Metric
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    summary = json.loads((result.path / "summary.json").read_text())
-    split = summary["split"]
+    split = result.split
     tag = f"cft.evaluation.{split}"
     if client.get_run(run_id).data.tags.get(tag) == result.path.name:
         return False
@@ -182,9 +181,8 @@ def log_evaluation(result, run_id: str, tracking_uri: str) -> bool:
     diagnostics = {f"{split}/diagnostics/{k}": v for k, v in result.diagnostics.items() if k != "rows"}
     if diagnostics:  # history effect, target NLL and their interval bounds
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in diagnostics.items()])
-    # What each method costs, e.g. test/seconds/constrained (folders from before this have none).
-    seconds = summary.get("seconds", {})
-    client.log_batch(run_id, metrics=[Metric(f"{split}/seconds/{part}", t, now, 0) for part, t in seconds.items()])
+    # What each part cost, e.g. test/seconds/constrained (folders from before this have none).
+    client.log_batch(run_id, metrics=[Metric(f"{split}/seconds/{part}", t, now, 0) for part, t in result.seconds.items()])
     client.log_artifacts(run_id, str(result.path), artifact_path=f"evaluation/{split}")
     # The per-example predictions also as an MLflow table (shown in the run's Evaluation view).
     preds = pd.read_parquet(result.path / "predictions.parquet")
