@@ -32,3 +32,10 @@ def quiet_third_parties() -> None:
     warnings.filterwarnings("ignore", module=_ADVISORY)
     for name in ("DeepSpeed", "deepspeed", "mlflow", "alembic", "great_expectations", "accelerate", "torch.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # great_expectations sets this logger to INFO when imported ("Created temporary directory ... for
+    # ephemeral docs site" on every validation); a filter on the logger outlasts that setLevel.
+    logging.getLogger("great_expectations.data_context.types.base").addFilter(_warnings_and_worse)
+
+
+def _warnings_and_worse(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
