@@ -87,7 +87,7 @@ def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> di
     result = evaluate_run(cfg, trained, sequences.path)
     t2 = time.perf_counter()
     alpha, beta = cfg.train.loss_settings()
-    summary = json.loads((result.path / "summary.json").read_text())
+    summary = result.summary
     train_s = round(t1 - t0, 1)
     if trained.reused:
         # Trained by an earlier invocation: this one only loaded it. Take the trainer's own measure

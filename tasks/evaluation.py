@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +42,18 @@ class EvalOutput:
     metrics: dict[str, float]
     reused: bool
 
+    @cached_property
+    def summary(self) -> dict:
+        """`summary.json` (read once): split, examples, catalogue, model_dir, seconds."""
+        return json.loads((self.path / "summary.json").read_text())
+
     @property
     def split(self) -> str:
-        return json.loads((self.path / "summary.json").read_text())["split"]
+        return self.summary["split"]
 
     @property
     def rows(self) -> int:
-        return json.loads((self.path / "summary.json").read_text())["examples"]
+        return self.summary["examples"]
 
     @property
     def diagnostics(self) -> dict[str, float]:
@@ -59,7 +65,7 @@ class EvalOutput:
     def seconds(self) -> dict[str, float]:
         """{part: wall-clock seconds} of the run that computed this folder, "total" included ({}
         for folders written before evaluations recorded them)."""
-        return json.loads((self.path / "summary.json").read_text()).get("seconds", {})
+        return self.summary.get("seconds", {})
 
 
 def seconds_text(seconds: dict[str, float]) -> str:
