@@ -37,7 +37,12 @@ import numpy as np
 import torch
 
 from cft_core.constrained import TitleTrie
-from cft_core.generation import GenerationSettings, generate_titles, response_token_ids
+from cft_core.generation import (
+    GenerationSettings,
+    PromptPrefixCache,
+    generate_titles,
+    response_token_ids,
+)
 from cft_core.grounding import embed_texts, interleave_dedup, l2_topk
 from cft_core.modeling import model_device
 from cft_core.prompts import PromptBuilder
@@ -245,6 +250,7 @@ class Ranker:
         self.model, self.tokenizer, self.prompts, self.settings = model.eval(), tokenizer, prompts, settings
         self.titles = self.catalogue.titles
         self._trie: TitleTrie | None = None
+        self._prompt_prefix = PromptPrefixCache()  # the prompts' common start, computed once
 
     # ---------------------------------------------------------------- prompts and histories
 
@@ -271,7 +277,8 @@ class Ranker:
             generation = replace(generation, max_new_tokens=self._title_trie_depth())
         beams, beam_scores = generate_titles(self.model, self.tokenizer, unique, generation,
                                              trie=self._title_trie() if constrained else None,
-                                             progress=progress, with_scores=True)
+                                             progress=progress, with_scores=True,
+                                             prefix_cache=self._prompt_prefix)
         by_prompt = {t: (b, s) for t, b, s in zip(unique, beams, beam_scores, strict=True)}
         beams = [by_prompt[t][0] for t in prompt_texts]
         if constrained:

@@ -1,11 +1,20 @@
-"""Beam-search generation: the shared prompt prefill generates what plain beam search does."""
+"""Beam-search generation: the shared prompt prefill and the shared prompt prefix generate what
+plain beam search does."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from cft_core.constrained import TitleTrie
-from cft_core.generation import GenerationSettings, generate_titles, response_token_ids
+from cft_core.generation import (
+    GenerationSettings,
+    PromptPrefixCache,
+    common_prefix_length,
+    generate_titles,
+    layout_prompts,
+    response_token_ids,
+)
 from cft_core.prompts import PromptBuilder
 from cft_core.tiny import build_tiny_model
 from tests.conftest import TITLES
@@ -33,3 +42,85 @@ def test_shared_prefill_generates_what_plain_beam_search_does(tiny_tokenizer, co
     assert len(shared) == 5 and all(len(b) == 4 for b in shared)
     if constrained:
         assert {t for b in shared for t in b} <= set(TITLES)
+
+
+def test_common_prefix_length_by_hand():
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 3
+    assert common_prefix_length([[5], [1, 2]]) == 0
+    assert common_prefix_length([[7, 8]]) == 2
+
+
+def test_layout_puts_the_shared_tokens_first_and_right_aligns_the_rest():
+    ids, mask = layout_prompts([[1, 2, 3, 4], [1, 2, 5], [1, 2, 6, 7, 8]], pad_id=0, shared=2)
+    assert ids.tolist() == [[1, 2, 0, 3, 4], [1, 2, 0, 0, 5], [1, 2, 6, 7, 8]]
+    assert mask.tolist() == [[1, 1, 0, 1, 1], [1, 1, 0, 0, 1], [1, 1, 1, 1, 1]]
+    ids, mask = layout_prompts([[1, 2, 3], [4]], pad_id=9, shared=0)  # plain left padding
+    assert ids.tolist() == [[1, 2, 3], [9, 9, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def prefill_widths(model):
+    """Records the [B, T] shape of every forward pass's input_ids (prefills and decoding steps)."""
+    shapes: list[tuple[int, int]] = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
+    return shapes, handle
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_shared_prefix_generates_what_each_row_alone_does(tiny_tokenizer, constrained):
+    """The prompts' common start run once per batch, or taken from a cache filled by another batch
+    (a different common start: the first batch holds one prompt, so its 'common start' is all of
+    it), == every row running its whole prompt: the same titles in the same order, the same
+    scores. The cached prefix is really not run again: the second call's prompt pass starts
+    after it."""
+    from tests.conftest import make_records
+
+    model = build_tiny_model(len(tiny_tokenizer), seed=7)
+    prompts = PromptBuilder.for_domain("movies")
+    texts = [prompts.factual(r["history_titles"]) for r in make_records(7, seed=4)]
+    settings = GenerationSettings(num_beams=3, num_return_sequences=3, min_new_tokens=2, max_new_tokens=10,
+                                  length_penalty=1.0, batch_size=4)
+    trie = TitleTrie(response_token_ids(tiny_tokenizer, prompts, TITLES), len(tiny_tokenizer)) if constrained else None
+
+    def run(**kw):
+        return generate_titles(model, tiny_tokenizer, texts, settings, trie=trie, progress=False, with_scores=True, **kw)
+
+    per_row, per_row_scores = run(share_prefix=False)
+    per_batch, per_batch_scores = run()
+    cache = PromptPrefixCache()
+    generate_titles(model, tiny_tokenizer, [prompts.factual(TITLES[5:9])], settings, trie=trie, progress=False,
+                    prefix_cache=cache)
+    shapes, handle = prefill_widths(model)
+    try:
+        cached, cached_scores = run(prefix_cache=cache)
+    finally:
+        handle.remove()
+    assert per_batch == per_row and cached == per_row
+    assert sum(per_batch_scores, []) == pytest.approx(sum(per_row_scores, []), abs=1e-5)
+    assert sum(cached_scores, []) == pytest.approx(sum(per_row_scores, []), abs=1e-5)
+
+    rows = tiny_tokenizer(texts[:4])["input_ids"]  # the first batch of the cached run
+    start = common_prefix_length([cache.tokens, *rows])
+    assert start > 10  # the preamble and the instruction, at least
+    width = start + max(len(r) - start for r in rows)  # layout_prompts' width with shared >= start
+    assert shapes[0] == (4, width - 1 - start)  # the prompt pass: everything but the cached start
+
+
+def test_prefix_cache_holds_the_models_own_keys_and_values(tiny_tokenizer):
+    """The stored keys/values are the model's for those tokens, and a shorter shared start is the
+    first positions of them (causal attention); a prefix sharing nothing replaces the entry."""
+    model = build_tiny_model(len(tiny_tokenizer), seed=3).eval()
+    tokens = tiny_tokenizer(PromptBuilder.for_domain("movies").factual(TITLES[:2]))["input_ids"]
+    cache = PromptPrefixCache()
+    m, layers = cache.lookup(model, tokens[:20])
+    assert m == 20 and cache.tokens == tokens[:20]
+    with torch.no_grad():
+        full = model(input_ids=torch.tensor([tokens]), use_cache=True).past_key_values
+    for (k, v), layer in zip(layers, full.layers, strict=True):
+        torch.testing.assert_close(k, layer.keys[:, :, :20], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(v, layer.values[:, :, :20], rtol=1e-5, atol=1e-6)
+    m, layers = cache.lookup(model, tokens[:12] + [tokens[12] + 1])  # shares 12 tokens
+    assert m == 12 and cache.tokens == tokens[:20] and layers[0][0].shape[2] == 12
+    other = [t + 1 for t in tokens[:5]]
+    m, _ = cache.lookup(model, other)  # shares none: computed and stored instead
+    assert m == 5 and cache.tokens == other

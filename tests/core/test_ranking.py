@@ -162,6 +162,27 @@ def test_constrained_ranking_is_the_beams_as_items(model, tiny_tokenizer):
     assert rec.item_ids == [IDS[TITLES.index(t)] for t in rec.titles]
 
 
+def test_ranker_runs_the_prompts_common_start_once(model, tiny_tokenizer):
+    """A ranker keeps the keys/values of the prompts' common start (preamble, instruction, the
+    history's introduction) from its first call: a later request's prompt pass runs only the
+    tokens after it, and ranks as a fresh ranker does."""
+    ranker = Ranker(model, tiny_tokenizer, PromptBuilder.for_domain("movies"), IDS, TITLES,
+                    ranking_settings("constrained"))
+    ranker.recommend([["Heat", "Babe"]], k=3)
+    text = ranker.prompt(["Toy Story", "Seven"])
+    tokens = tiny_tokenizer(text)["input_ids"]
+    constant = tiny_tokenizer(ranker.prompts.factual(["Heat"]).split('"')[0])["input_ids"]  # up to the first title
+    shapes: list[tuple] = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, a, o: shapes.append(tuple(a[0].shape)))
+    try:
+        ranking = ranker.rank([text], depth=3)
+    finally:
+        hook.remove()
+    assert shapes[0][1] <= len(tokens) - len(constant)  # the prompt pass skipped the constant part
+    fresh = Ranker(model, tiny_tokenizer, ranker.prompts, IDS, TITLES, ranking_settings("constrained"))
+    np.testing.assert_array_equal(ranking.rows, fresh.rank([text], depth=3).rows)
+
+
 def test_grounding_needs_embeddings(model, tiny_tokenizer):
     with pytest.raises(ValueError, match="one embedding per catalogue title"):
         Ranker(model, tiny_tokenizer, PromptBuilder.for_domain("movies"), IDS, TITLES, ranking_settings("grounding"))
