@@ -8,6 +8,10 @@ y_1..y_T (the target title, closing quote, EOS: exactly the tokens training pred
     history effect  = log p(y | x_h) - log p(y | x_0)     per title; divided by T: per token
     target NLL      = -log p(y | x_h) / T                 per label token (lower is better)
 
+The counterfactual prompt is the same for every row and the factual prompts share their first
+~70 tokens: those run once per call (`cft_core.prefix`), so the counterfactual pass costs about the
+label tokens alone.
+
 CFT's causal term is built to raise the history effect; SFT only raises log p(y | x_h). Rows are
 summarised by their mean with a percentile-bootstrap interval (`cft_core.metrics`), and two runs
 are compared row by row (`cft compare`).
@@ -22,7 +26,13 @@ import numpy as np
 import torch
 
 from cft_core.collate import PairedCollator
-from cft_core.modeling import IGNORE_INDEX, position_ids_from_mask
+from cft_core.modeling import IGNORE_INDEX
+from cft_core.prefix import (
+    PromptPrefixCache,
+    common_prefix_length,
+    forward_after_prefix,
+    layout_prompts,
+)
 
 
 @dataclass(frozen=True)
@@ -49,13 +59,26 @@ class LabelLikelihoods:
 
 
 @torch.no_grad()
-def _label_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Left-padded rows [B, T] whose labels sit at the end -> [B] summed log-probabilities of the
-    labels. Only the last positions go through the LM head (a 49k vocabulary makes the full
+def _label_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                     prefix_cache: PromptPrefixCache, share_prefix: bool = True) -> torch.Tensor:
+    """Padded rows [B, T] whose labels sit at the end of each row -> [B] summed log-probabilities
+    of the labels.
+
+    The tokens every row starts with run once (`cft_core.prefix`): the instruction part of the
+    factual prompts, and all of the counterfactual prompt but its last token, which is the same
+    for every row. Only the last positions go through the LM head (a 49k vocabulary makes the full
     [B, T, V] logits the largest tensor of the pass)."""
+    real = attention_mask.bool()
+    rows = [r[m].tolist() for r, m in zip(input_ids, real, strict=True)]
+    label_rows = [r[m].tolist() for r, m in zip(labels, real, strict=True)]
+    first_label = min(next((i for i, y in enumerate(r) if y != IGNORE_INDEX), len(r)) for r in label_rows)
+    shared = max(0, min(common_prefix_length(rows), first_label - 1))  # the token before a label runs
+    shared = shared if share_prefix else 0
+    ids, mask = layout_prompts(rows, 0, shared)
+    labels = layout_prompts(label_rows, IGNORE_INDEX, shared)[0].to(input_ids.device)
     keep = int((labels != IGNORE_INDEX).sum(dim=1).max()) + 1  # the label positions and the one before
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_from_mask(attention_mask), logits_to_keep=keep).logits
+    _, logits = forward_after_prefix(model, ids.to(input_ids.device), mask.to(input_ids.device), shared,
+                                     prefix_cache, logits_to_keep=keep)
     targets = labels[:, -keep + 1 :]  # position j is predicted by the logits at j - 1
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     picked = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # [B, keep - 1]
@@ -64,18 +87,21 @@ def _label_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 @torch.no_grad()
 def label_likelihoods(model, tokenizer, prompts, records: Sequence[Mapping], batch_size: int,
-                      cutoff_len: int = 1024) -> LabelLikelihoods:
+                      cutoff_len: int = 1024, share_prefix: bool = True) -> LabelLikelihoods:
     """`LabelLikelihoods` of `records` (each with `history_titles` and `target_title`), built by
-    the training collator so the labels are exactly the trained ones."""
+    the training collator so the labels are exactly the trained ones. `share_prefix=False`: every
+    row runs its whole prompt (for comparisons)."""
     model.eval()
     collator = PairedCollator(tokenizer, prompts, cutoff_len=cutoff_len, padding_side="left")
     device = next(model.parameters()).device
     factual, counterfactual, tokens = [], [], []
+    factual_start, counterfactual_prompt = PromptPrefixCache(), PromptPrefixCache()  # computed once per call
     for start in range(0, len(records), batch_size):
         batch = {k: v.to(device) for k, v in collator(records[start : start + batch_size]).items()}
-        factual.append(_label_log_probs(model, batch["input_ids"], batch["attention_mask"], batch["labels"]))
+        factual.append(_label_log_probs(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                        factual_start, share_prefix))
         counterfactual.append(_label_log_probs(model, batch["cf_input_ids"], batch["cf_attention_mask"],
-                                               batch["cf_labels"]))
+                                               batch["cf_labels"], counterfactual_prompt, share_prefix))
         tokens.append((batch["labels"] != IGNORE_INDEX).sum(dim=1))
     as_numpy = lambda parts: torch.cat(parts).double().cpu().numpy()  # noqa: E731
     return LabelLikelihoods(as_numpy(factual), as_numpy(counterfactual), as_numpy(tokens))

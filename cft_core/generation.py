@@ -15,8 +15,8 @@ within each prompt, whose beams share the same prompt keys, so the prompt part n
 
 The prompts themselves share their first ~70 tokens (preamble, instruction, the history's
 introduction), half of a 10-title prompt. Those run once per batch, laid out in the first columns
-with each row's own tokens right-aligned after them (`layout_prompts`), or once per model when a
-`PromptPrefixCache` keeps them (the `Ranker` holds one, so evaluation and serving compute them once).
+with each row's own tokens right-aligned after them, or once per model when a `PromptPrefixCache`
+keeps them (`cft_core.prefix`; the `Ranker` holds one, so evaluation and serving compute them once).
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from cft_core.constrained import TitleTrie, TrieLogitsProcessor
-from cft_core.modeling import model_device, position_ids_from_mask
+from cft_core.modeling import model_device
+from cft_core.prefix import (
+    PromptPrefixCache,
+    common_prefix_length,
+    forward_after_prefix,
+    layout_prompts,
+)
 from cft_core.prompts import PromptBuilder
 
 
@@ -106,64 +112,6 @@ class BeamPrefixLayer(DynamicLayer):
         raise NotImplementedError("a BeamPrefixLayer serves beam search only")
 
 
-def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
-    """Number of leading tokens that every row has in common."""
-    shortest = min(len(r) for r in rows)
-    for i in range(shortest):
-        if any(r[i] != rows[0][i] for r in rows):
-            return i
-    return shortest
-
-
-class PromptPrefixCache:
-    """Keys and values of the tokens that every prompt starts with, computed once per model.
-
-    Every factual prompt begins with the same ~70 tokens (preamble, instruction, the history's
-    introduction: `prompts.PromptBuilder`), about half of a 10-title prompt. The first batch stores
-    the keys and values of its rows' common prefix; later batches reuse the part they share with
-    it (a causal LM's keys and values at a position depend only on the tokens up to it, so a
-    prefix of the stored tokens is a prefix of the stored cache). The stored tokens never change
-    unless a batch shares none of them.
-
-    One cache belongs to one model whose weights do not change (a `Ranker`, which serves one
-    thread); it is not safe to share between threads.
-    """
-
-    def __init__(self):
-        self.tokens: list[int] = []
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer (keys, values) [1, H, P, D]
-
-    @torch.no_grad()
-    def lookup(self, model, prefix: Sequence[int]) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """(m, per layer (keys, values) [1, H, m, D]) for the first m tokens of `prefix`, m > 0
-        when `prefix` is not empty; computes and stores `prefix` when it shares nothing with the
-        stored tokens (or its device differs)."""
-        device = model_device(model)
-        shared = common_prefix_length([self.tokens, list(prefix)]) if self.tokens else 0
-        if shared == 0 or self.layers[0][0].device != device:
-            if not prefix:
-                return 0, []
-            out = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, logits_to_keep=1)
-            self.tokens = list(prefix)
-            self.layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-            shared = len(prefix)
-        return shared, [(k[:, :, :shared], v[:, :, :shared]) for k, v in self.layers]
-
-
-def layout_prompts(rows: Sequence[Sequence[int]], pad_id: int, shared: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """input_ids and attention_mask [B, T] of token rows: their first `shared` tokens (the same in
-    every row) in columns [0, shared), then each row's remaining tokens right-aligned, with the
-    padding between. With shared = 0 this is plain left padding. Every prompt ends at the same
-    column, where generation starts."""
-    width = shared + max(len(r) - shared for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, :shared], ids[i, width - len(r) + shared :] = torch.tensor(r[:shared]), torch.tensor(r[shared:])
-        mask[i, :shared], mask[i, width - len(r) + shared :] = 1, 1
-    return ids, mask
-
-
 @torch.no_grad()
 def shared_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_beams: int, room: int,
                    shared: int = 0, prefix_cache: PromptPrefixCache | None = None):
@@ -173,24 +121,9 @@ def shared_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
     shared: the first `shared` columns hold the same tokens in every row (`layout_prompts`); they
     run once for the whole batch, or not at all when `prefix_cache` holds them already."""
-    context = attention_mask[:, :-1]
-    start, prefix = (prefix_cache or PromptPrefixCache()).lookup(model, input_ids[0, :shared].tolist())
-    if start == context.shape[1]:  # the whole context is the cached prefix
-        layers = [(k.expand(len(input_ids), -1, -1, -1), v.expand(len(input_ids), -1, -1, -1)) for k, v in prefix]
-    else:
-        past = DynamicCache([(k.expand(len(input_ids), -1, -1, -1), v.expand(len(input_ids), -1, -1, -1))
-                             for k, v in prefix]) if start else None
-        out = model(
-            input_ids=input_ids[:, start:-1],
-            attention_mask=context,
-            position_ids=position_ids_from_mask(context)[:, start:],
-            past_key_values=past,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    past, _ = forward_after_prefix(model, input_ids[:, :-1], attention_mask[:, :-1], shared, prefix_cache)
     cache = DynamicCache()
-    cache.layers = [BeamPrefixLayer(k, v, num_beams, room) for k, v in layers]
+    cache.layers = [BeamPrefixLayer(layer.keys, layer.values, num_beams, room) for layer in past.layers]
     return cache
 
 

@@ -37,14 +37,10 @@ import numpy as np
 import torch
 
 from cft_core.constrained import TitleTrie
-from cft_core.generation import (
-    GenerationSettings,
-    PromptPrefixCache,
-    generate_titles,
-    response_token_ids,
-)
+from cft_core.generation import GenerationSettings, generate_titles, response_token_ids
 from cft_core.grounding import embed_texts, interleave_dedup, l2_topk
 from cft_core.modeling import model_device
+from cft_core.prefix import PromptPrefixCache
 from cft_core.prompts import PromptBuilder
 from cft_core.sequences import PLACEHOLDER_TITLE
 

@@ -40,3 +40,26 @@ def test_history_effect_equals_the_per_row_computation(tiny_tokenizer):
                                    rtol=1e-3, atol=1e-5)
         np.testing.assert_allclose(got.target_nll[i], -factual / tokens, rtol=1e-4)
     assert np.all(got.factual < 0) and np.all(got.counterfactual < 0)
+
+
+def test_the_counterfactual_prompt_runs_once_per_call(tiny_tokenizer):
+    """The counterfactual prompt is the same for every row: it runs once (all but its last
+    token), and each batch's counterfactual pass runs only the last prompt token and the labels."""
+    model = build_tiny_model(len(tiny_tokenizer), hidden_size=32, num_layers=2, num_heads=4, seed=4).eval()
+    prompts = PromptBuilder.for_domain("movies")
+    shapes: list[tuple] = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, a, o: shapes.append(tuple(a[0].shape)))
+    try:
+        got = label_likelihoods(model, tiny_tokenizer, prompts, make_records(6, seed=2), batch_size=3)
+    finally:
+        hook.remove()
+    counterfactual_prompt = len(tiny_tokenizer(prompts.counterfactual())["input_ids"])
+    once = [s for s in shapes if s[0] == 1]  # the factual prompts' common start, the counterfactual prompt
+    assert len(once) == 2 and once[1] == (1, counterfactual_prompt - 1)
+    factual_1, counterfactual_1, factual_2, counterfactual_2 = [s for s in shapes if s[0] == 3]
+    assert counterfactual_1[1] == int(got.tokens[:3].max()) + 1
+    assert counterfactual_2[1] == int(got.tokens[3:].max()) + 1
+    # The first factual batch runs each row after the common start it stored (the instruction at least).
+    rows = [len(tiny_tokenizer(prompts.factual(r["history_titles"]))["input_ids"]) + int(t)
+            for r, t in zip(make_records(6, seed=2)[:3], got.tokens[:3], strict=True)]
+    assert once[0][1] > 10 and factual_1[1] == max(rows) - once[0][1]

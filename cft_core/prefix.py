@@ -1,0 +1,103 @@
+"""The tokens a batch of prompts starts with, run once (shared by generation and the diagnostics).
+
+Every factual prompt begins with the same ~70 tokens (preamble, instruction, the history's
+introduction: `cft_core.prompts`), about a third to a half of a prompt; every counterfactual
+prompt is the same text. A causal LM's keys and values at a position depend only on the tokens up
+to it, so those of a common start can be computed once (batch of 1), repeated to the batch, and
+the forward pass continued from there on each row's own tokens. Same result as running each row
+whole, up to float rounding (tested in tests/core/test_generation.py and test_diagnostics.py).
+
+Layout: the common start in the first columns, each row's own tokens right-aligned after it,
+padding between (`layout_prompts`); position ids count real tokens, so every token keeps the
+position it has when its row runs alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from cft_core.modeling import model_device, position_ids_from_mask
+
+KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer: (keys, values) [B, H, T, D]
+
+
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Number of leading tokens that every row has in common."""
+    shortest = min(len(r) for r in rows)
+    for i in range(shortest):
+        if any(r[i] != rows[0][i] for r in rows):
+            return i
+    return shortest
+
+
+def layout_prompts(rows: Sequence[Sequence[int]], pad_id: int, shared: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask [B, T] of token rows: their first `shared` tokens (the same in
+    every row) in columns [0, shared), then each row's remaining tokens right-aligned, with the
+    padding between. With shared = 0 this is plain left padding. Every row ends at the last
+    column (where generation starts, and where labels sit)."""
+    width = shared + max(len(r) - shared for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, :shared], ids[i, width - len(r) + shared :] = torch.tensor(r[:shared]), torch.tensor(r[shared:])
+        mask[i, :shared], mask[i, width - len(r) + shared :] = 1, 1
+    return ids, mask
+
+
+class PromptPrefixCache:
+    """Keys and values of a token prefix, kept for the batches that start with it.
+
+    The first lookup stores its prefix; a later one reuses the part it shares with the stored
+    tokens (a prefix of the stored tokens is a prefix of the stored cache). The stored tokens
+    change only when a lookup shares none of them (another prompt template) or the model moved to
+    another device.
+
+    One cache belongs to one model whose weights do not change (a `Ranker`, whose batches come
+    from one thread; one `label_likelihoods` call); it is not safe to share between threads.
+    """
+
+    def __init__(self):
+        self.tokens: list[int] = []
+        self.layers: KeysValues = []  # [1, H, len(tokens), D] per layer
+
+    @torch.no_grad()
+    def lookup(self, model, prefix: Sequence[int]) -> tuple[int, KeysValues]:
+        """(m, per layer (keys, values) [1, H, m, D]) of the first m tokens of `prefix`; m > 0
+        whenever `prefix` is not empty."""
+        device = model_device(model)
+        shared = common_prefix_length([self.tokens, list(prefix)]) if self.tokens else 0
+        if shared == 0 or self.layers[0][0].device != device:
+            if not prefix:
+                return 0, []
+            out = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, logits_to_keep=1)
+            self.tokens = list(prefix)
+            self.layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            shared = len(prefix)
+        return shared, [(k[:, :, :shared], v[:, :, :shared]) for k, v in self.layers]
+
+
+@torch.no_grad()
+def forward_after_prefix(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, shared: int,
+                         prefix_cache: PromptPrefixCache | None = None, logits_to_keep: int = 1):
+    """Forward pass of rows [B, T] laid out by `layout_prompts` whose first `shared` columns are
+    the same tokens in every row: those run once (batch of 1), or not at all when `prefix_cache`
+    holds them. Returns (cache, logits): the DynamicCache of all T columns, and the logits
+    [B, logits_to_keep, V] of the last columns (None when the prefix was all of T; the caller
+    keeps at least `logits_to_keep` columns after `shared` when it needs them)."""
+    rows = len(input_ids)
+    start, prefix = (prefix_cache or PromptPrefixCache()).lookup(model, input_ids[0, :shared].tolist())
+    past = DynamicCache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix]) if start else None
+    if start == input_ids.shape[1]:
+        return past, None
+    out = model(
+        input_ids=input_ids[:, start:],
+        attention_mask=attention_mask,  # the prefix's columns included
+        position_ids=position_ids_from_mask(attention_mask)[:, start:],
+        past_key_values=past,
+        use_cache=True,
+        logits_to_keep=logits_to_keep,
+    )
+    return out.past_key_values, out.logits
