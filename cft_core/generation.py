@@ -159,9 +159,9 @@ def generate_titles(
     for start in tqdm(batches, desc="generating", disable=not progress, unit="batch"):
         chunk = list(prompt_texts[start : start + settings.batch_size])
         rows = tokenizer(chunk, add_special_tokens=True)["input_ids"]
-        # Tokens every prompt of the batch starts with run once (each row keeps its last token,
-        # which generate feeds itself).
-        shared = min(common_prefix_length(rows), min(len(r) for r in rows) - 1) if share_prefill and share_prefix else 0
+        shared = 0  # tokens every prompt of the batch starts with, run once
+        if share_prefill and share_prefix:  # each row keeps its last token: generate feeds it
+            shared = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)
         ids, mask = layout_prompts(rows, pad_id, shared)
         width = ids.shape[1]
         processors = [TrieLogitsProcessor(trie, width, tokenizer.eos_token_id)] if trie is not None else None
