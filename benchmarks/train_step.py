@@ -8,8 +8,10 @@
 
 One step = zero_grad + loss + backward + AdamW step, on the same batch for every variant:
 - cft:   `compute_cft_loss` (label-row logits only, the shared counterfactual prompt packed:
-         run once per pack, see cft_core/packing.py);
+         run once per pack, see cft_core/packing.py; the factual prompts' common start run once
+         per micro-batch, see cft_core/prefix.py);
 - cft_padded: the same without packing (counterfactual half padded to its own length);
+- cft_unshared: the same as cft with every factual row running its whole prompt;
 - sft:   the same code with alpha = 0, beta = 1 (no counterfactual pass);
 - naive: the reference's way: counterfactual half padded to the factual length, two full
          forward passes with [B, T, V] logits (`cft_core.reference.naive_cft_loss`).
@@ -144,6 +146,8 @@ def run_variant(variant: str, args: dict, conn) -> None:
             out = compute_cft_loss(model, batch, alpha=0.1, beta=0.25)
         elif variant == "cft_padded":
             out = compute_cft_loss(model, batch, alpha=0.1, beta=0.25, pack_counterfactual=False)
+        elif variant == "cft_unshared":
+            out = compute_cft_loss(model, batch, alpha=0.1, beta=0.25, share_factual_prefix=False)
         elif variant == "sft":
             out = compute_cft_loss(model, batch, alpha=0.0, beta=1.0)
         else:
@@ -185,11 +189,16 @@ def run_variant(variant: str, args: dict, conn) -> None:
         int(batch["cf_attention_mask"].sum()) if variant != "sft" else 0
     )
     n_computed = n_tokens
-    if variant == "cft":
+    if variant in ("sft", "cft", "cft_padded"):  # the factual prompts' common start runs once
+        from cft_core.prefix import layout_labelled
+
+        _, laid, _, shared = layout_labelled(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        n_computed -= int(batch["attention_mask"].sum()) - (int(laid[:, shared:].sum()) + shared)
+    if variant in ("cft", "cft_unshared"):
         from cft_core.packing import pack_shared_prefix
 
         packed = pack_shared_prefix(batch["cf_input_ids"], batch["cf_attention_mask"], batch["cf_labels"])
-        n_computed = int(batch["attention_mask"].sum()) + packed.num_tokens
+        n_computed -= int(batch["cf_attention_mask"].sum()) - packed.num_tokens
     n_params = sum(p.numel() for p in model.parameters())
     med = statistics.median(times)
     conn.send(
@@ -214,9 +223,10 @@ def run_variant(variant: str, args: dict, conn) -> None:
     )
 
 
-VARIANTS = ("sft", "cft", "cft_padded", "naive")
+VARIANTS = ("sft", "cft", "cft_padded", "cft_unshared", "naive")
+LEGACY_VARIANTS = ("sft", "cft", "cft_padded", "naive")  # what a result without "variants" ran
 TIME_RATIOS = {"cft_over_sft_time": ("cft", "sft"), "cft_padded_over_sft_time": ("cft_padded", "sft"),
-               "naive_over_cft_time": ("naive", "cft")}
+               "cft_unshared_over_cft_time": ("cft_unshared", "cft"), "naive_over_cft_time": ("naive", "cft")}
 
 
 def pair_ratios(steps: dict[str, list[float]], num: str, den: str) -> dict:
@@ -272,8 +282,8 @@ def measure(args: dict) -> dict:
 
 def pass_key(result: dict) -> tuple:
     """A result entry replaces the earlier one of the same data shape and variants (entries from
-    before --variants ran them all)."""
-    return result["config"]["data"], tuple(result["config"].get("variants", VARIANTS))
+    before --variants ran all the variants of that time, LEGACY_VARIANTS)."""
+    return result["config"]["data"], tuple(result["config"].get("variants", LEGACY_VARIANTS))
 
 
 def markdown(results: list[dict]) -> str:
@@ -284,7 +294,7 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         c = r["config"]
         # Which pass a row comes from: one shape can have a sequential (older) and interleaved passes.
-        timed = f"interleaved with {', '.join(c.get('variants', VARIANTS))}" if "ratio_spread" in r else "sequential"
+        timed = f"interleaved with {', '.join(c.get('variants', LEGACY_VARIANTS))}" if "ratio_spread" in r else "sequential"
         for v, row in r["variants"].items():
             shape = f"{row['shape_factual']} / {row['shape_counterfactual']}"
             lines.append(
@@ -293,7 +303,8 @@ def markdown(results: list[dict]) -> str:
                 f"{row['logits_MB']:.1f} |"
             )
     lines += ["", "Time ratios: median of the per-round ratios (interleaved rounds), range min-max.", "",
-              "| model | data | variants | CFT/SFT time | CFT unpacked/SFT time | naive/CFT time | naive/CFT logits memory | naive/CFT peak memory |", "|---|---|---|---|---|---|---|---|"]
+              "| model | data | variants | CFT/SFT time | CFT unpacked/SFT time | CFT unshared/CFT time | naive/CFT time "
+              "| naive/CFT logits memory | naive/CFT peak memory |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         q, c = r["ratios"], r["config"]
         cells = []
@@ -307,7 +318,7 @@ def markdown(results: list[dict]) -> str:
                 cells.append("-")
         memory = [f"{q[name]:.{d}f}x" if name in q else "-"
                   for name, d in (("naive_over_cft_logits_memory", 1), ("naive_over_cft_peak_memory", 2))]
-        lines.append(f"| {c['model']} | {c['data']} | {', '.join(c.get('variants', VARIANTS))} | "
+        lines.append(f"| {c['model']} | {c['data']} | {', '.join(c.get('variants', LEGACY_VARIANTS))} | "
                      + " | ".join(cells + memory) + " |")
     return "\n".join(lines) + "\n"
 

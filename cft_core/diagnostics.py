@@ -27,12 +27,7 @@ import torch
 
 from cft_core.collate import PairedCollator
 from cft_core.modeling import IGNORE_INDEX
-from cft_core.prefix import (
-    PromptPrefixCache,
-    common_prefix_length,
-    forward_after_prefix,
-    layout_prompts,
-)
+from cft_core.prefix import PromptPrefixCache, forward_after_prefix, layout_labelled
 
 
 @dataclass(frozen=True)
@@ -68,17 +63,9 @@ def _label_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     factual prompts, and all of the counterfactual prompt but its last token, which is the same
     for every row. Only the last positions go through the LM head (a 49k vocabulary makes the full
     [B, T, V] logits the largest tensor of the pass)."""
-    real = attention_mask.bool()
-    rows = [r[m].tolist() for r, m in zip(input_ids, real, strict=True)]
-    label_rows = [r[m].tolist() for r, m in zip(labels, real, strict=True)]
-    first_label = min(next((i for i, y in enumerate(r) if y != IGNORE_INDEX), len(r)) for r in label_rows)
-    shared = max(0, min(common_prefix_length(rows), first_label - 1))  # the token before a label runs
-    shared = shared if share_prefix else 0
-    ids, mask = layout_prompts(rows, 0, shared)
-    labels = layout_prompts(label_rows, IGNORE_INDEX, shared)[0].to(input_ids.device)
+    ids, mask, labels, shared = layout_labelled(input_ids, attention_mask, labels, share_prefix)
     keep = int((labels != IGNORE_INDEX).sum(dim=1).max()) + 1  # the label positions and the one before
-    _, logits = forward_after_prefix(model, ids.to(input_ids.device), mask.to(input_ids.device), shared,
-                                     prefix_cache, logits_to_keep=keep)
+    logits = forward_after_prefix(model, ids, mask, shared, prefix_cache, logits_to_keep=keep)[1].logits
     targets = labels[:, -keep + 1 :]  # position j is predicted by the logits at j - 1
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     picked = logp.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)  # [B, keep - 1]

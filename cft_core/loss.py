@@ -28,13 +28,14 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from cft_core.modeling import IGNORE_INDEX, output_head, position_ids_from_mask
+from cft_core.modeling import IGNORE_INDEX, output_head
 from cft_core.packing import (
     PackedHalf,
     model_attention_mask,
     pack_shared_prefix,
     supports_packing,
 )
+from cft_core.prefix import forward_after_prefix, layout_labelled
 from cft_core.weighting import token_weights
 
 
@@ -125,27 +126,27 @@ def label_hidden_states(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
+    share_prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Final hidden states at the positions that predict a label token.
 
     Args:
         model: a Hugging Face causal LM (possibly wrapped by peft or a DeepSpeed engine).
         input_ids, attention_mask, labels: [B, T]; labels are IGNORE_INDEX off the response.
+        share_prefix: run the tokens every row starts with once, its keys and values repeated
+            to the rows (`cft_core.prefix`; the same states, and the same gradients: the
+            repeat's backward sums the rows' contributions).
 
     Returns:
         hidden [N, D] (row i predicts target i), targets LongTensor[N], and the
-        BoolTensor[B, T-1] mask of predicting positions (row-major order of the N rows).
+        BoolTensor[B, T'-1] mask of predicting positions (row-major order of the N rows; T' is
+        T, or the columns after the shared start).
     """
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        output_hidden_states=True,
-        use_cache=False,
-        # The model would otherwise build [B, T, V] logits; keep one position (the minimum).
-        logits_to_keep=1,
-    )
-    hidden = out.hidden_states[-1]  # [B, T, D], after the final norm
+    ids, mask, labels, shared = layout_labelled(input_ids, attention_mask, labels, share_prefix)
+    # The model would otherwise build [B, T, V] logits; keep one position (the minimum).
+    _, out = forward_after_prefix(model, ids, mask, shared, output_hidden_states=True, use_cache=False)
+    labels = labels[:, shared:]  # the columns the pass ran (the shared start holds no label)
+    hidden = out.hidden_states[-1]  # [B, T', D], after the final norm
     predicts_label = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t + 1
     return hidden[:, :-1][predicts_label], labels[:, 1:][predicts_label], predicts_label
 
@@ -177,6 +178,7 @@ def compute_cft_loss(
     run_counterfactual: bool | None = None,
     lm_head: torch.nn.Module | None = None,
     pack_counterfactual: bool = True,
+    share_factual_prefix: bool = True,
 ) -> CFTLossOutput:
     """One CFT step on a paired batch from `cft_core.collate.PairedCollator`.
 
@@ -195,11 +197,16 @@ def compute_cft_loss(
         pack_counterfactual: run the counterfactual prompt, which every row shares, once per
             pack instead of once per row (`cft_core.packing`; same values and gradients). Falls
             back to the padded half when the model's attention kernel takes no custom mask.
+        share_factual_prefix: run the tokens every factual prompt starts with (preamble,
+            instruction, the history's introduction: ~70 tokens, a third or more of a prompt)
+            once per micro-batch, their keys and values repeated to the rows (`cft_core.prefix`;
+            same values and gradients). Eager and SDPA attention only, as packing.
     """
     if run_counterfactual is None:
         run_counterfactual = alpha > 0
     h_f, y, predicts = label_hidden_states(
-        model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+        model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+        share_prefix=share_factual_prefix and supports_packing(model),
     )
     w = token_weights(predicts, beta)[predicts]  # [N], same row-major order as h_f
     head = lm_head if lm_head is not None else output_head(model)

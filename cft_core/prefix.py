@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from transformers.cache_utils import DynamicCache
 
-from cft_core.modeling import model_device, position_ids_from_mask
+from cft_core.modeling import IGNORE_INDEX, model_device, position_ids_from_mask
 
 KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer: (keys, values) [B, H, T, D]
 
@@ -57,13 +57,13 @@ class PromptPrefixCache:
 
     One cache belongs to one model whose weights do not change (a `Ranker`, whose batches come
     from one thread; one `label_likelihoods` call); it is not safe to share between threads.
+    Under gradient mode (training) use a fresh cache per step: its tensors then carry the graph.
     """
 
     def __init__(self):
         self.tokens: list[int] = []
         self.layers: KeysValues = []  # [1, H, len(tokens), D] per layer
 
-    @torch.no_grad()
     def lookup(self, model, prefix: Sequence[int]) -> tuple[int, KeysValues]:
         """(m, per layer (keys, values) [1, H, m, D]) of the first m tokens of `prefix`; m > 0
         whenever `prefix` is not empty."""
@@ -79,14 +79,36 @@ class PromptPrefixCache:
         return shared, [(k[:, :, :shared], v[:, :, :shared]) for k, v in self.layers]
 
 
-@torch.no_grad()
+def layout_labelled(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                    share: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Re-lay padded rows [B, T] (any padding side) whose labels end each row: the rows' common
+    start first (up to one token before the earliest label, whose predicting state must be
+    computed per row), each row's rest right-aligned. Returns input_ids, attention_mask and labels
+    [B, T'] (padding: token 0, label IGNORE_INDEX) and the shared length; with nothing shared (or
+    share=False) the tensors as they came and 0."""
+    real = attention_mask.bool().cpu()
+    rows = [r[m].tolist() for r, m in zip(input_ids.cpu(), real, strict=True)]
+    label_rows = [r[m].tolist() for r, m in zip(labels.cpu(), real, strict=True)]
+    first_label = min(next((i for i, y in enumerate(r) if y != IGNORE_INDEX), len(r)) for r in label_rows)
+    shared = max(0, min(common_prefix_length(rows), first_label - 1)) if share else 0
+    if shared == 0:  # nothing to share: the rows as they came
+        return input_ids, attention_mask, labels, 0
+    ids, mask = layout_prompts(rows, 0, shared)
+    laid_labels, _ = layout_prompts(label_rows, IGNORE_INDEX, shared)
+    device = input_ids.device
+    return ids.to(device), mask.to(device), laid_labels.to(device), shared
+
+
 def forward_after_prefix(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, shared: int,
-                         prefix_cache: PromptPrefixCache | None = None, logits_to_keep: int = 1):
+                         prefix_cache: PromptPrefixCache | None = None, **model_kwargs):
     """Forward pass of rows [B, T] laid out by `layout_prompts` whose first `shared` columns are
     the same tokens in every row: those run once (batch of 1), or not at all when `prefix_cache`
-    holds them. Returns (cache, logits): the DynamicCache of all T columns, and the logits
-    [B, logits_to_keep, V] of the last columns (None when the prefix was all of T; the caller
-    keeps at least `logits_to_keep` columns after `shared` when it needs them)."""
+    holds them. Runs under the caller's grad mode: with gradients, those of the shared start are
+    summed over the rows (`expand`'s backward), as if each row had run it.
+
+    model_kwargs go to the model call (default use_cache=True, logits_to_keep=1). Returns
+    (cache, out): the cache of all T columns (when the call kept one) and the model output of the
+    columns after the prefix (None when the prefix was all of T)."""
     rows = len(input_ids)
     start, prefix = (prefix_cache or PromptPrefixCache()).lookup(model, input_ids[0, :shared].tolist())
     past = DynamicCache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix]) if start else None
@@ -97,7 +119,6 @@ def forward_after_prefix(model, input_ids: torch.Tensor, attention_mask: torch.T
         attention_mask=attention_mask,  # the prefix's columns included
         position_ids=position_ids_from_mask(attention_mask)[:, start:],
         past_key_values=past,
-        use_cache=True,
-        logits_to_keep=logits_to_keep,
+        **{"use_cache": True, "logits_to_keep": 1, **model_kwargs},
     )
-    return out.past_key_values, out.logits
+    return (out.past_key_values if out.past_key_values is not None else past), out

@@ -171,9 +171,10 @@ def test_step_applies_the_head_to_label_rows_only(tiny_tokenizer):
     out = compute_cft_loss(model, batch, alpha=0.1, beta=0.25)
     hook.remove()
     b = batch["input_ids"].shape[0]
-    # The factual call keeps one position per row (B rows), the packed counterfactual call one
-    # per pack (1 pack), and one head call covers the 2N label rows; never B x T rows.
-    assert sorted(head_rows) == sorted([b, 1, 2 * out.num_tokens])
+    # The factual prompts' shared start runs once (1 row), the rest of the factual half keeps one
+    # position per row (B rows), the packed counterfactual call one per pack (1 pack), and one
+    # head call covers the 2N label rows; never B x T rows.
+    assert sorted(head_rows) == sorted([1, b, 1, 2 * out.num_tokens])
     assert 2 * out.num_tokens < batch["input_ids"].numel()
 
 
@@ -206,3 +207,25 @@ def test_naive_benchmark_baseline_computes_the_same_loss(tiny_tokenizer):
     naive = naive_cft_loss(model, padded, 0.1, 0.25)
     ref = reference_cft_loss(model, batch, 0.1, 0.25)
     assert naive.loss.item() == pytest.approx(ref.loss.item(), abs=1e-5)
+
+
+def test_the_factual_prompts_shared_start_runs_once(tiny_tokenizer):
+    """The factual half's common start (preamble, instruction, history introduction) runs once as
+    a batch of 1 and the rows run only their own tokens; switched off, every row runs whole. Both
+    give the same loss (and test_step_matches_reference checks the gradients of the default)."""
+    batch = _batch(tiny_tokenizer, make_records(4, seed=5), "right")
+    model = build_tiny_model(len(tiny_tokenizer), seed=6)
+    widths: list[tuple] = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, a, o: widths.append(tuple(a[0].shape)))
+    try:
+        shared = compute_cft_loss(model, batch, 0.1, 0.25, pack_counterfactual=False)
+        shared_widths, widths[:] = list(widths), []
+        whole = compute_cft_loss(model, batch, 0.1, 0.25, pack_counterfactual=False, share_factual_prefix=False)
+    finally:
+        hook.remove()
+    b, t = batch["input_ids"].shape
+    start = shared_widths[0][1]
+    assert shared_widths[0] == (1, start) and start > 10
+    assert shared_widths[1] == (b, t - start)  # right-aligned rows after the start: T - start columns
+    assert widths[0] == (b, t)
+    assert shared.loss.item() == pytest.approx(whole.loss.item(), abs=1e-6)

@@ -122,9 +122,11 @@ def test_kernels_without_custom_masks_use_the_padded_half(tiny_tokenizer):
     model.config._attn_implementation = "flash_attention_2"  # as a GPU run may configure it
     assert not supports_packing(model)
     model.config._attn_implementation = "sdpa"
+    # Head calls: the factual prompts' shared start (1 row), the factual rest (4), the
+    # counterfactual half, then the label rows.
     compute_cft_loss(model, batch, 0.1, 0.25)
-    packed_rows = calls[1]
+    packed_rows = calls[2]
     calls.clear()
     compute_cft_loss(model, batch, 0.1, 0.25, pack_counterfactual=False)
     # logits_to_keep=1: the backbone's head call sees one row per sequence it ran.
-    assert (packed_rows, calls[1]) == (1, 4)
+    assert (packed_rows, calls[2]) == (1, 4)
