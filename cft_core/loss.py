@@ -166,6 +166,13 @@ def packed_label_hidden_states(model: torch.nn.Module, packed: PackedHalf) -> to
     return hidden[packed.predictors[:, 0], packed.predictors[:, 1]]
 
 
+def _checkpointing(model: torch.nn.Module) -> bool:
+    """Whether gradient checkpointing is on: its layers drop a passed key/value cache, so the
+    factual prompts' shared start cannot be reused (rows would silently not see it)."""
+    inner = getattr(model, "module", model)  # DeepSpeed engine; peft forwards the attribute
+    return bool(getattr(inner, "is_gradient_checkpointing", False))
+
+
 def compute_cft_loss(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
@@ -200,13 +207,14 @@ def compute_cft_loss(
         share_factual_prefix: run the tokens every factual prompt starts with (preamble,
             instruction, the history's introduction: ~70 tokens, a third or more of a prompt)
             once per micro-batch, their keys and values repeated to the rows (`cft_core.prefix`;
-            same values and gradients). Eager and SDPA attention only, as packing.
+            same values and gradients). Eager and SDPA attention only, as packing, and not under
+            gradient checkpointing (whose layers drop a passed cache).
     """
     if run_counterfactual is None:
         run_counterfactual = alpha > 0
     h_f, y, predicts = label_hidden_states(
         model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-        share_prefix=share_factual_prefix and supports_packing(model),
+        share_prefix=share_factual_prefix and supports_packing(model) and not _checkpointing(model),
     )
     w = token_weights(predicts, beta)[predicts]  # [N], same row-major order as h_f
     head = lm_head if lm_head is not None else output_head(model)

@@ -229,3 +229,21 @@ def test_the_factual_prompts_shared_start_runs_once(tiny_tokenizer):
     assert shared_widths[1] == (b, t - start)  # right-aligned rows after the start: T - start columns
     assert widths[0] == (b, t)
     assert shared.loss.item() == pytest.approx(whole.loss.item(), abs=1e-6)
+
+
+def test_gradient_checkpointing_runs_every_factual_row_whole(tiny_tokenizer):
+    """Checkpointed layers drop a passed key/value cache: the shared start is then not reused (or
+    the rows would silently not see it), and the loss is the unshared one."""
+    batch = _batch(tiny_tokenizer, make_records(4, seed=5), "right")
+    model = build_tiny_model(len(tiny_tokenizer), seed=6)
+    expected = compute_cft_loss(model, batch, 0.1, 0.25, share_factual_prefix=False).loss.item()
+    model.gradient_checkpointing_enable()
+    model.train()
+    widths: list[tuple] = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, a, o: widths.append(tuple(a[0].shape)))
+    try:
+        got = compute_cft_loss(model, batch, 0.1, 0.25)
+    finally:
+        hook.remove()
+    assert widths[0] == tuple(batch["input_ids"].shape)  # no batch-of-1 pass of a shared start
+    assert got.loss.item() == pytest.approx(expected, abs=1e-5)
