@@ -1,11 +1,13 @@
-"""The tokens a batch of prompts starts with, run once (shared by generation and the diagnostics).
+"""The tokens a batch of prompts starts with, run once (generation, diagnostics and training).
 
 Every factual prompt begins with the same ~70 tokens (preamble, instruction, the history's
 introduction: `cft_core.prompts`), about a third to a half of a prompt; every counterfactual
 prompt is the same text. A causal LM's keys and values at a position depend only on the tokens up
 to it, so those of a common start can be computed once (batch of 1), repeated to the batch, and
 the forward pass continued from there on each row's own tokens. Same result as running each row
-whole, up to float rounding (tested in tests/core/test_generation.py and test_diagnostics.py).
+whole, up to float rounding, and in training the same gradients: the repeat's backward sums the
+rows' contributions to the shared start (tests/core/test_generation.py, test_diagnostics.py and
+test_loss.py, the last against the reference loss).
 
 Layout: the common start in the first columns, each row's own tokens right-aligned after it,
 padding between (`layout_prompts`); position ids count real tokens, so every token keeps the
