@@ -170,6 +170,8 @@ def _checkpointing(model: torch.nn.Module) -> bool:
     """Whether gradient checkpointing is on: its layers drop a passed key/value cache, so the
     factual prompts' shared start cannot be reused (rows would silently not see it)."""
     inner = getattr(model, "module", model)  # DeepSpeed engine; peft forwards the attribute
+    if hasattr(inner, "is_activation_checkpointing"):  # transformers >= 5.2x; the old name warns
+        return bool(inner.is_activation_checkpointing)
     return bool(getattr(inner, "is_gradient_checkpointing", False))
 
 

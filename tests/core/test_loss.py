@@ -237,7 +237,8 @@ def test_gradient_checkpointing_runs_every_factual_row_whole(tiny_tokenizer):
     batch = _batch(tiny_tokenizer, make_records(4, seed=5), "right")
     model = build_tiny_model(len(tiny_tokenizer), seed=6)
     expected = compute_cft_loss(model, batch, 0.1, 0.25, share_factual_prefix=False).loss.item()
-    model.gradient_checkpointing_enable()
+    # The new name first: transformers 5.2x deprecates gradient_checkpointing_enable.
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     model.train()
     widths: list[tuple] = []
     hook = model.get_input_embeddings().register_forward_hook(lambda m, a, o: widths.append(tuple(a[0].shape)))
