@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 
 from cft_core.modeling import IGNORE_INDEX
+from cft_core.prefix import real_rows, shared_prefix_length
 
 
 class PackedHalf(NamedTuple):
@@ -48,26 +49,6 @@ class PackedHalf(NamedTuple):
     num_tokens: int
 
 
-def _rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
-    """Real (unpadded) tokens and labels of each row, whatever the padding side."""
-    keep = attention_mask.bool()
-    return [(ids[m], lab[m]) for ids, lab, m in zip(input_ids, labels, keep, strict=True)]
-
-
-def shared_prefix_length(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
-    """Length of the longest common token prefix of the rows that carries no label."""
-    limit = min(
-        int((lab != IGNORE_INDEX).nonzero()[0]) if (lab != IGNORE_INDEX).any() else len(ids)
-        for ids, lab in rows
-    )
-    first = rows[0][0][:limit]
-    same = torch.ones(limit, dtype=torch.bool)
-    for ids, _ in rows[1:]:
-        same &= ids[:limit] == first
-    differs = (~same).nonzero()
-    return int(differs[0]) if len(differs) else limit
-
-
 def pack_shared_prefix(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -80,7 +61,7 @@ def pack_shared_prefix(
     Returns None when the rows share no prefix (nothing to save). Labels must all lie after the
     prefix (guaranteed by construction of `shared_prefix_length`).
     """
-    rows = _rows(input_ids.cpu(), attention_mask.cpu(), labels.cpu())
+    rows = real_rows(input_ids.cpu(), attention_mask.cpu(), labels.cpu())
     p = shared_prefix_length(rows)
     if p == 0:
         return None

@@ -81,22 +81,38 @@ class PromptPrefixCache:
         return shared, [(k[:, :, :shared], v[:, :, :shared]) for k, v in self.layers]
 
 
+def real_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
+    """Real (unpadded) tokens and labels of each row of [B, T], whatever the padding side:
+    [(ids [n], labels [n])] per row."""
+    keep = attention_mask.bool()
+    return [(ids[m], lab[m]) for ids, lab, m in zip(input_ids, labels, keep, strict=True)]
+
+
+def shared_prefix_length(rows: list[tuple[torch.Tensor, torch.Tensor]], before_label: int = 0) -> int:
+    """Length of the longest common token prefix of the rows (`real_rows`) that carries no label
+    and ends at least `before_label` tokens before the earliest label. Packing (`cft_core.packing`)
+    takes 0: the prefix's last token predicts every row's first label once. A reused key/value
+    cache (`layout_labelled`) takes 1: the state predicting a label must be computed per row."""
+    limit = min(
+        int((lab != IGNORE_INDEX).nonzero()[0]) if (lab != IGNORE_INDEX).any() else len(ids)
+        for ids, lab in rows
+    ) - before_label
+    return common_prefix_length([ids[:limit].tolist() for ids, _ in rows]) if limit > 0 else 0
+
+
 def layout_labelled(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                     share: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Re-lay padded rows [B, T] (any padding side) whose labels end each row: the rows' common
-    start first (up to one token before the earliest label, whose predicting state must be
-    computed per row), each row's rest right-aligned. Returns input_ids, attention_mask and labels
-    [B, T'] (padding: token 0, label IGNORE_INDEX) and the shared length; with nothing shared (or
-    share=False) the tensors as they came and 0."""
-    real = attention_mask.bool().cpu()
-    rows = [r[m].tolist() for r, m in zip(input_ids.cpu(), real, strict=True)]
-    label_rows = [r[m].tolist() for r, m in zip(labels.cpu(), real, strict=True)]
-    first_label = min(next((i for i, y in enumerate(r) if y != IGNORE_INDEX), len(r)) for r in label_rows)
-    shared = max(0, min(common_prefix_length(rows), first_label - 1)) if share else 0
+    start first (`shared_prefix_length` with one token left before the earliest label), each row's
+    rest right-aligned. Returns input_ids, attention_mask and labels [B, T'] (padding: token 0,
+    label IGNORE_INDEX) and the shared length; with nothing shared (or share=False) the tensors as
+    they came and 0."""
+    rows = real_rows(input_ids.cpu(), attention_mask.cpu(), labels.cpu())
+    shared = shared_prefix_length(rows, before_label=1) if share else 0
     if shared == 0:  # nothing to share: the rows as they came
         return input_ids, attention_mask, labels, 0
-    ids, mask = layout_prompts(rows, 0, shared)
-    laid_labels, _ = layout_prompts(label_rows, IGNORE_INDEX, shared)
+    ids, mask = layout_prompts([r.tolist() for r, _ in rows], 0, shared)
+    laid_labels, _ = layout_prompts([lab.tolist() for _, lab in rows], IGNORE_INDEX, shared)
     device = input_ids.device
     return ids.to(device), mask.to(device), laid_labels.to(device), shared
 

@@ -11,7 +11,8 @@ from cft_core.loss import (
     label_hidden_states,
     packed_label_hidden_states,
 )
-from cft_core.packing import pack_shared_prefix, shared_prefix_length, supports_packing
+from cft_core.packing import pack_shared_prefix, supports_packing
+from cft_core.prefix import shared_prefix_length
 from cft_core.prompts import PromptBuilder
 from cft_core.reference import reference_cft_loss
 from cft_core.tiny import build_tiny_model

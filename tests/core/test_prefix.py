@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from cft_core.prefix import PromptPrefixCache, common_prefix_length, layout_prompts
+from cft_core.modeling import IGNORE_INDEX as X
+from cft_core.prefix import (
+    PromptPrefixCache,
+    common_prefix_length,
+    layout_prompts,
+    shared_prefix_length,
+)
 from cft_core.prompts import PromptBuilder
 from cft_core.tiny import build_tiny_model
 from tests.conftest import TITLES
@@ -16,6 +22,20 @@ def test_common_prefix_length_by_hand():
     assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 3
     assert common_prefix_length([[5], [1, 2]]) == 0
     assert common_prefix_length([[7, 8]]) == 2
+
+
+def test_a_reused_cache_leaves_the_token_before_the_first_label_out():
+    # Same tokens up to the first label (column 3): packing shares all three, a reused cache two,
+    # since the state predicting the first label must be computed per row.
+    rows = [(torch.tensor([1, 2, 3, 4]), torch.tensor([X, X, X, 4])),
+            (torch.tensor([1, 2, 3, 5]), torch.tensor([X, X, X, 5]))]
+    assert shared_prefix_length(rows) == 3 and shared_prefix_length(rows, before_label=1) == 2
+    # The rows differ before that: the difference decides, whatever the margin.
+    rows = [(torch.tensor([1, 7, 3, 4]), torch.tensor([X, X, X, 4])),
+            (torch.tensor([1, 2, 3, 5]), torch.tensor([X, X, X, 5]))]
+    assert shared_prefix_length(rows) == 1 and shared_prefix_length(rows, before_label=1) == 1
+    rows = [(torch.tensor([1, 4]), torch.tensor([X, 4])), (torch.tensor([1, 5]), torch.tensor([X, 5]))]
+    assert shared_prefix_length(rows, before_label=1) == 0
 
 
 def test_layout_puts_the_shared_tokens_first_and_right_aligns_the_rest():
