@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.train_step import pair_ratios
+
 RESULTS = Path(__file__).parent / "results" / "prompt_prefix.json"
 VARIANTS = ("per-row", "per-batch", "cached")
 DIAGNOSTIC_VARIANTS = ("per-row", "shared")  # shared: the factual start and the counterfactual prompt once per call
@@ -55,16 +57,18 @@ def demo_records(rows: int) -> tuple[list[dict], object, Path]:
 
 def speedup_table(runs: list[dict], rounds: int, variants: tuple[str, ...] = VARIANTS) -> list[dict]:
     """Per batch size and variant: median seconds and the speed-up over `per-row`, taken per round
-    (per-row seconds / variant seconds in the same round), as median and range over the rounds."""
+    (per-row seconds / variant seconds in the same round, `train_step.pair_ratios`), as median and
+    range over the rounds."""
     table = []
     for batch in sorted({r["batch"] for r in runs}, reverse=True):
-        def secs(v, rnd, batch=batch):
-            return next(r["seconds"] for r in runs if r["round"] == rnd and r["batch"] == batch and r["variant"] == v)
+        # seconds[v][round]: each variant's time in each round
+        seconds = {v: [next(r["seconds"] for r in runs if r["round"] == rnd and r["batch"] == batch
+                            and r["variant"] == v) for rnd in range(rounds)] for v in variants}
         for v in variants:
-            ratios = [secs("per-row", rnd) / secs(v, rnd) for rnd in range(rounds)]
-            table.append({"batch": batch, "variant": v, "median_s": statistics.median(secs(v, rnd) for rnd in range(rounds)),
-                          "speedup_median": statistics.median(ratios), "speedup_min": min(ratios),
-                          "speedup_max": max(ratios)})
+            speedup = pair_ratios(seconds, "per-row", v)
+            table.append({"batch": batch, "variant": v, "median_s": statistics.median(seconds[v]),
+                          "speedup_median": speedup["median"], "speedup_min": speedup["min"],
+                          "speedup_max": speedup["max"]})
     return table
 
 
