@@ -10,6 +10,6 @@ transformers or DeepSpeed is imported. While `python -m` locates the module, `sy
 import sys
 
 if sys.argv and sys.argv[0] == "-m":
-    from cft_cli.quiet import quiet_third_parties
+    from tasks.quiet import quiet_third_parties
 
     quiet_third_parties()

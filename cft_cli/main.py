@@ -71,11 +71,13 @@ def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of input errors too (or CFT_DEBUG=1).")] = False,
 ) -> None:
     """CFT recommender pipeline."""
-    from cft_cli.quiet import quiet_third_parties
+    from tasks.quiet import quiet_third_parties, verbose_third_parties
 
     if debug:
         os.environ["CFT_DEBUG"] = "1"
-    if not verbose:
+    if verbose:
+        verbose_third_parties()
+    else:
         quiet_third_parties()
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML profile, e.g. configs/demo.yaml.")]

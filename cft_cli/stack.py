@@ -25,6 +25,8 @@ from pathlib import Path
 
 import psutil
 
+from tasks.quiet import QUIET_ENV
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 POOL = "cft-local"
 PROMOTION_TAG = "cft-promotion"  # tasks that move the champion alias run one at a time
@@ -64,6 +66,7 @@ class Stack:
             "MLFLOW_TRACKING_URI": self.mlflow_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
             "HF_HUB_OFFLINE": "1", "GX_ANALYTICS_ENABLED": "false",
         })
+        env.setdefault(QUIET_ENV, "1")  # flow runs log into files: quiet unless `cft --verbose` said "0"
         return env
 
 

@@ -147,7 +147,8 @@ def generate_titles(
     (`share_prefix=False`: every row runs its whole prompt, for comparisons).
 
     with_scores: also return, per prompt, each beam's score (its summed token log-probability
-    divided by length ** length_penalty, as beam search ranks them; non-increasing)."""
+    divided by length ** length_penalty, as beam search ranks them; non-increasing).
+    progress: a bar per batch, on a terminal only (tqdm's disable=None: none in a log file)."""
     model.eval()
     device = model_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -156,7 +157,7 @@ def generate_titles(
     out: list[list[str]] = []
     scores: list[list[float]] = []
     batches = range(0, len(prompt_texts), settings.batch_size)
-    for start in tqdm(batches, desc="generating", disable=not progress, unit="batch"):
+    for start in tqdm(batches, desc="generating", disable=None if progress else True, unit="batch"):
         chunk = list(prompt_texts[start : start + settings.batch_size])
         rows = tokenizer(chunk, add_special_tokens=True)["input_ids"]
         shared = 0  # tokens every prompt of the batch starts with, run once

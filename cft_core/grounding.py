@@ -23,7 +23,8 @@ from cft_core.modeling import position_ids_from_mask
 @torch.no_grad()
 def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
     """FloatTensor[N, D]: last-layer hidden state at the last token of each text (no BOS/EOS
-    added beyond what the tokenizer adds to plain text; right padding)."""
+    added beyond what the tokenizer adds to plain text; right padding). progress: a bar, on a
+    terminal only."""
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -33,7 +34,7 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 64, pr
     # the result is put back in the input order.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     chunks = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="embedding", disable=not progress, unit="batch"):
+    for start in tqdm(range(0, len(texts), batch_size), desc="embedding", disable=None if progress else True, unit="batch"):
         rows = [encoded[i] for i in order[start : start + batch_size]]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

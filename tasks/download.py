@@ -50,7 +50,7 @@ def _download(url: str, target: Path, timeout: float, progress: bool) -> None:
             response.raise_for_status()
             total = int(response.headers.get("content-length") or 0) or None
             with open(part, "wb") as out, tqdm(total=total, unit="B", unit_scale=True,
-                                               desc=f"download {target.name}", disable=not progress) as bar:
+                                               desc=f"download {target.name}", disable=None if progress else True) as bar:
                 for block in response.iter_content(CHUNK):
                     out.write(block)
                     bar.update(len(block))

@@ -80,7 +80,7 @@ def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences
     import cft_core
 
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
+        info = _log_pyfunc(
             name=MODEL_ARTIFACT,
             python_model=str(PYFUNC_FILE),
             artifacts=artifacts,
@@ -94,6 +94,20 @@ def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences
         )
         mlflow.set_tag("cft.recommender_uri", info.model_uri)
     return info.model_uri
+
+
+def _log_pyfunc(**kwargs):
+    """`mlflow.pyfunc.log_model` with a signature and no input example. MLflow warns at every
+    call that an example would check the signature; it would do so by loading a second copy of
+    the model and predicting, at every registration. The signature is checked by serving instead
+    (tests/train/test_serving_http.py), so that one warning is silenced here."""
+    import warnings
+
+    import mlflow
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*An input example was not provided")
+        return mlflow.pyfunc.log_model(**kwargs)
 
 
 def _wait_ready(client, name: str, version: str, timeout: float = 300.0):
@@ -224,7 +238,7 @@ def register_popularity(cfg: PipelineConfig, sequences: Path, data_fingerprint: 
             counts.write_text(json.dumps(_train_counts(sequences)))
             mlflow.set_tags({"dataset": cfg.data.name, "data_fingerprint": data_fingerprint, "stage": "baseline",
                              KIND_TAG: "popularity"})
-            info = mlflow.pyfunc.log_model(
+            info = _log_pyfunc(
                 name=MODEL_ARTIFACT, python_model=str(POPULARITY_PYFUNC),
                 artifacts={"catalogue": str(sequences / "catalogue.parquet"), "counts": str(counts)},
                 code_paths=[str(Path(__file__).resolve().parents[1] / "cft_core")],

@@ -19,6 +19,7 @@ import json
 import os
 import random
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,7 +213,9 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         remove_unused_columns=False,  # records are dicts of titles; the collator reads them
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),  # pinned pages only speed up copies to a GPU
-        disable_tqdm=not is_rank_zero(),
+        # The step bar on a terminal only; in a log file (a flow run's, `make run > log`) the
+        # Trainer prints each logging step's line instead.
+        disable_tqdm=not (is_rank_zero() and sys.stderr.isatty()),
         accelerator_config={"use_configured_state": configured_state},
     )
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32

@@ -38,8 +38,9 @@ def api(stack: Stack, path: str, body: dict | None = None) -> dict | list:
         return json.loads(r.read())
 
 
-def run_pipeline(stack: Stack, overrides: dict, deployment: str = "cft/full-pipeline", **params) -> str:
-    """`prefect deployment run <deployment>`, then a worker until the run is done; returns the run id."""
+def run_pipeline(stack: Stack, overrides: dict, deployment: str = "cft/full-pipeline", **params) -> tuple[str, str]:
+    """`prefect deployment run <deployment>`, then a worker until the run is done; returns the run
+    id and the worker's output (which holds the flow run's)."""
     env = stack.env()
     params = json.dumps({"profile": "configs/smoke.yaml", "overrides": overrides, **params})
     res = subprocess.run([_bin("prefect"), "deployment", "run", deployment, "--params", params],
@@ -50,7 +51,7 @@ def run_pipeline(stack: Stack, overrides: dict, deployment: str = "cft/full-pipe
                             env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
     state = api(stack, f"/flow_runs/{run_id}")["state"]
     assert state["type"] == "COMPLETED", f"{state}\n{worker.stdout[-6000:]}\n{worker.stderr[-6000:]}"
-    return run_id
+    return run_id, worker.stdout + worker.stderr
 
 
 def task_states(stack: Stack, run_id: str) -> dict[str, str]:
@@ -69,8 +70,14 @@ def test_deployment_runs_registers_and_gates(tmp_path):
         client = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)
         name = "cft-ml-100k-smoke"
 
-        first = run_pipeline(stack, {"data.data_root": str(data_root)})
+        first, log = run_pipeline(stack, {"data.data_root": str(data_root)})
         assert set(task_states(stack, first).values()) <= {"Completed"}
+        # The flow run's log holds the pipeline's lines, the Trainer's loss lines, and no progress
+        # bars, advisory warnings or known-benign library lines (tasks/quiet.py).
+        assert "Task run 'gate-" in log and "'loss':" in log, log[-3000:]
+        for chatter in ("it/s]", "batch/s]", "UserWarning", "Gradient accumulation steps mismatch",
+                        "ephemeral docs site"):
+            assert chatter not in log, (chatter, log[-3000:])
         baseline, model = client.get_model_version(name, "1"), client.get_model_version(name, "2")
         assert baseline.tags["cft.kind"] == "popularity" and model.tags["cft.kind"] == "llm"
         run = client.get_run(model.run_id)
@@ -83,7 +90,7 @@ def test_deployment_runs_registers_and_gates(tmp_path):
         retrain = {"data.data_root": str(data_root), "model.source": "champion", "model.base": "tiny",
                    "train.max_steps": 8}
         for as_of in ("1998-03-01T00:00:00+00:00", "1998-04-01T00:00:00+00:00"):
-            run_id = run_pipeline(stack, retrain, "cft/scheduled-retrain", as_of=as_of)
+            run_id, _ = run_pipeline(stack, retrain, "cft/scheduled-retrain", as_of=as_of)
             assert set(task_states(stack, run_id).values()) <= {"Completed"}
         versions = client.search_model_versions(f"name='{name}'")
         gated = [v for v in versions if v.tags.get("cft.kind") == "llm" and "gate.decision" in v.tags]
