@@ -119,12 +119,13 @@ def train(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) ->
     Multi-process: `torchrun --nproc_per_node N --master_addr 127.0.0.1 -m cft_cli train -c ...`.
     """
     from schemas.config import load_config
+    from tasks.chain import tracked_here
     from tasks.training import is_rank_zero
     from tasks.training import train as train_stage
 
     cfg = load_config(config, set_)
     _, sequences, _ = _prepare_data(cfg)
-    out = train_stage(cfg, sequences.path, sequences.fingerprint)
+    out = tracked_here(cfg, train_stage(cfg, sequences.path, sequences.fingerprint))
     if is_rank_zero():
         s = out.summary
         t = Table(title="training" + (" (reused)" if out.reused else ""))

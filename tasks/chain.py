@@ -14,7 +14,7 @@ interactions since a gated run of the same settings trains nothing and gates not
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from schemas.config import PipelineConfig
@@ -30,7 +30,23 @@ def train_model(cfg: PipelineConfig, sequences: StageOutput) -> TrainOutput:
         from tasks.registry import warm_start_source
 
         warm = warm_start_source(cfg)
-    return train(cfg, sequences.path, sequences.fingerprint, warm_start=warm)
+    return tracked_here(cfg, train(cfg, sequences.path, sequences.fingerprint, warm_start=warm))
+
+
+def tracked_here(cfg: PipelineConfig, trained: TrainOutput) -> TrainOutput:
+    """A reused training with its MLflow run in this store (recorded now when it was tracked
+    elsewhere or not at all: `tasks.tracking.training_run_in_store`), so that evaluation and
+    registration log into a run that exists."""
+    from tasks.training import is_rank_zero
+
+    if not (trained.reused and cfg.tracking.enabled and is_rank_zero()):
+        return trained
+    from tasks.tracking import training_run_in_store
+
+    run_id = training_run_in_store(cfg, trained.run_dir, trained.model_dir, trained.summary)
+    if run_id == trained.summary.get("mlflow_run_id"):
+        return trained
+    return replace(trained, summary={**trained.summary, "mlflow_run_id": run_id})
 
 
 def evaluate_run(cfg: PipelineConfig, trained: TrainOutput, sequences: Path, progress: bool = True) -> EvalOutput:

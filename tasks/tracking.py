@@ -84,17 +84,27 @@ def flatten(payload: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+# Trainer log keys -> MLflow metric names
+STEP_METRICS = {
+    "loss": "train/loss", "normal": "train/normal", "causal": "train/causal",
+    "learning_rate": "train/learning_rate", "grad_norm": "train/grad_norm",
+    "tokens_per_second": "train/tokens_per_second", "samples_per_second": "train/samples_per_second",
+    "eval_loss": "valid/loss", "epoch": "epoch",
+}
+
+
+def step_metrics(logs: dict[str, Any], step: int, timestamp_ms: int) -> list:
+    """The MLflow metrics of one Trainer log line (a `log_history` entry) at `step`."""
+    from mlflow.entities import Metric
+
+    return [Metric(STEP_METRICS[k], float(v), timestamp_ms, step)
+            for k, v in logs.items() if k in STEP_METRICS and isinstance(v, (int, float))]
+
+
 def step_metrics_callback(run_id: str):
     """A Trainer callback that logs every Trainer log line (loss, normal, causal, lr, throughput,
     eval_loss) to run `run_id` with its step. (transformers is imported only here.)"""
     from transformers import TrainerCallback
-
-    keys = {
-        "loss": "train/loss", "normal": "train/normal", "causal": "train/causal",
-        "learning_rate": "train/learning_rate", "grad_norm": "train/grad_norm",
-        "tokens_per_second": "train/tokens_per_second", "samples_per_second": "train/samples_per_second",
-        "eval_loss": "valid/loss", "epoch": "epoch",
-    }
 
     class MLflowStepMetrics(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -103,11 +113,8 @@ def step_metrics_callback(run_id: str):
             import time
 
             from mlflow import MlflowClient
-            from mlflow.entities import Metric
 
-            now = int(time.time() * 1000)
-            metrics = [Metric(keys[k], float(v), now, state.global_step)
-                       for k, v in logs.items() if k in keys and isinstance(v, (int, float))]
+            metrics = step_metrics(logs, state.global_step, int(time.time() * 1000))
             if metrics:
                 MlflowClient().log_batch(run_id, metrics=metrics, synchronous=True)
 
@@ -194,8 +201,25 @@ def log_evaluation(result, run_id: str, tracking_uri: str) -> bool:
     return True
 
 
+TRAINING_TAG = "cft.training"  # the training folder's name (tasks.training.training_run_dir)
+
+
+def _live_run(client, run_id: str | None) -> bool:
+    """Whether `run_id` is a run of this store that is not deleted."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return False
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:  # RESOURCE_DOES_NOT_EXIST: tracked in another store
+        return False
+
+
 class TrainingRun:
-    """One MLflow run per training (continued on resume), driven from process 0."""
+    """One MLflow run per training (continued on resume), driven from process 0. Its id is kept
+    in the training folder (`mlflow_run_id`); a folder whose run is not in this store (tracked
+    in another store, or deleted) gets a new one."""
 
     def __init__(self, cfg: PipelineConfig, run_dir: Path, data_fingerprint: str, source: Path,
                  warm_start: str | None = None):
@@ -204,6 +228,8 @@ class TrainingRun:
         use_experiment(cfg)
         id_file = run_dir / "mlflow_run_id"
         run_id = id_file.read_text().strip() if id_file.is_file() else None
+        if not _live_run(mlflow.MlflowClient(tracking_uri(cfg)), run_id):
+            run_id = None
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{cfg.train.objective}-{run_dir.name}")
         self.run_id = run.info.run_id
         if run_id is None:
@@ -213,7 +239,7 @@ class TrainingRun:
                 "dataset": cfg.data.name, "data_fingerprint": data_fingerprint,
                 "model_source": cfg.model.source, "model_folder": str(source),
                 "objective": cfg.train.objective, "stage": "train",
-                "warm_start": warm_start or "none (from the base model)",
+                "warm_start": warm_start or "none (from the base model)", TRAINING_TAG: run_dir.name,
             })
 
     def callback(self):
@@ -233,6 +259,35 @@ class TrainingRun:
             mlflow.log_artifacts(str(model_dir), artifact_path="model_folder")
         mlflow.set_tag("model_dir", str(model_dir.resolve()))
         mlflow.end_run()
+
+
+def training_run_in_store(cfg: PipelineConfig, run_dir: Path, model_dir: Path, summary: dict) -> str:
+    """The MLflow run, in this store, of a finished training that is being reused (its folder
+    `run_dir`, `model_dir`, and `summary` = model/training.json). A training folder outlives the
+    store it was tracked in: the store was reset, `MLFLOW_TRACKING_URI` now names another one, or
+    it trained with tracking off. Its run is then recorded here once, from training.json: the
+    parameters and tags a training run has, every logged step's metrics, the loss curve.
+    Evaluation, registration and the gate then log into that run as into any other."""
+    import time
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    if _live_run(client, summary.get("mlflow_run_id")):
+        return summary["mlflow_run_id"]
+    experiment = use_experiment(cfg)
+    found = client.search_runs([experiment], f"tags.`{TRAINING_TAG}` = '{run_dir.name}' and attributes.status = 'FINISHED'",
+                               max_results=1)
+    if found:  # recorded here before, or trained here and then tracked elsewhere
+        return found[0].info.run_id
+    run = TrainingRun(cfg, run_dir, summary["data_fingerprint"], Path(summary["model_source"]), summary["warm_start"])
+    mlflow.set_tag("cft.recorded_from", "training.json: trained while tracking went to another store or was off")
+    now = int(time.time() * 1000)
+    metrics = [m for entry in summary["log_history"] for m in step_metrics(entry, entry.get("step", 0), now)]
+    for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run.run_id, metrics=metrics[start : start + 1000], synchronous=True)
+    run.finish({**summary, "mlflow_run_id": run.run_id}, model_dir)
+    return run.run_id
 
 
 def log_timeline(cfg: PipelineConfig, timeline: dict, plot: Path) -> str:

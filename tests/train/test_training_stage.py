@@ -167,6 +167,63 @@ def test_mlflow_run_has_params_step_metrics_and_model(tmp_path, small_sequences)
     assert json.loads((out.model_dir / "training.json").read_text())["mlflow_run_id"] == run.info.run_id
 
 
+def test_a_reused_training_gets_its_run_in_the_store_it_is_used_with(tmp_path, small_sequences):
+    """A training folder outlives its tracking store (reset, or another MLFLOW_TRACKING_URI):
+    reused with a store that lacks its run, the run is recorded there once from training.json,
+    and evaluation and registration have a run to log into."""
+    from mlflow import MlflowClient
+
+    from tasks.chain import tracked_here
+
+    seq, fp = small_sequences
+    stores = {name: f"sqlite:///{tmp_path / name / 'mlflow.db'}" for name in ("a", "b")}
+    for name in stores:
+        (tmp_path / name).mkdir()
+    cfg = {name: make_config(tmp_path, max_steps=4, eval_steps=2, tracking={"enabled": True, "tracking_uri": uri})
+           for name, uri in stores.items()}
+
+    first = tracked_here(cfg["a"], train(cfg["a"], seq, fp))
+    assert not first.reused
+    original = first.summary["mlflow_run_id"]
+
+    moved = tracked_here(cfg["b"], train(cfg["b"], seq, fp))
+    assert moved.reused and moved.model_dir == first.model_dir
+    recorded = moved.summary["mlflow_run_id"]
+    a, b = MlflowClient(stores["a"]), MlflowClient(stores["b"])
+    run = b.get_run(recorded)
+    assert recorded != original and run.info.status == "FINISHED"
+    params, before = run.data.params, a.get_run(original).data.params
+    assert params.pop("tracking.tracking_uri") == stores["b"] and before.pop("tracking.tracking_uri") == stores["a"]
+    assert params == before  # the same settings, as in the run it was trained in
+    assert run.data.tags["data_fingerprint"] == fp and "cft.recorded_from" in run.data.tags
+    for key in ("train/loss", "train/causal", "valid/loss"):
+        assert ([(m.step, m.value) for m in b.get_metric_history(recorded, key)]
+                == [(m.step, m.value) for m in a.get_metric_history(original, key)]), key
+    assert {f.path for f in b.list_artifacts(recorded)} >= {"plots", "training.json"}
+
+    # Once per store: the same run again in b, the original one in a.
+    assert tracked_here(cfg["b"], train(cfg["b"], seq, fp)).summary["mlflow_run_id"] == recorded
+    assert len(b.search_runs([run.info.experiment_id])) == 1
+    assert tracked_here(cfg["a"], train(cfg["a"], seq, fp)).summary["mlflow_run_id"] == original
+
+
+def test_an_interrupted_training_resumes_into_a_new_run_when_its_run_is_in_another_store(tmp_path, small_sequences):
+    from mlflow import MlflowClient
+
+    from tasks.training import training_run_dir
+
+    seq, fp = small_sequences
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = make_config(tmp_path, max_steps=2, eval_steps=2, tracking={"enabled": True, "tracking_uri": uri})
+    run_dir = training_run_dir(cfg, fp)
+    run_dir.mkdir(parents=True)
+    (run_dir / "mlflow_run_id").write_text("0123456789abcdef0123456789abcdef")  # a run of another store
+    out = train(cfg, seq, fp)
+    run = MlflowClient(uri).get_run(out.summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_id != "0123456789abcdef0123456789abcdef"
+    assert (run_dir / "mlflow_run_id").read_text() == run.info.run_id
+
+
 def test_torchrun_two_processes_match_one_process(tmp_path, small_sequences):
     """2 processes x micro 4 x accumulation 2 == 1 process x micro 4 x accumulation 4: the same 16
     examples per step (the sampler's permutation is shared), so the same loss trajectory."""
