@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor
 
+from benchmarks.provenance import machine
 from benchmarks.train_step import amazon_titles, build_model, ml100k_titles
 from cft_core.constrained import TitleTrie, TrieLogitsProcessor
 from cft_core.generation import GenerationSettings, response_token_ids, shared_prefill
@@ -110,7 +111,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     stem = f"decoding-{ns.model}"
     meta = {"model": ns.model, "prompts": ns.prompts, "beams": ns.beams, "threads": torch.get_num_threads(),
-            "time": time.strftime("%Y-%m-%d %H:%M")}
+            "time": time.strftime("%Y-%m-%d %H:%M"), **machine()}
     (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# {stem}", "", str(meta), "",
              "| catalogue | titles | trie nodes | variant | steps | s / step | vs unconstrained |", "|---|---|---|---|---|---|---|"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.provenance import machine
 from cft_core.grounding import interleave_dedup, l2_topk
 from cft_core.metrics import first_hit_ranks, ranking_metrics
 
@@ -41,7 +42,7 @@ def run(rows: int = 1000, beams: int = 5, items: int = 17408, dim: int = 576, re
 
 
 def main() -> None:
-    res = run()
+    res = {**run(), **machine()}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "evaluation.json").write_text(json.dumps(res, indent=1))
     md = ("| rows x beams | catalogue | dim | threads | ranking + metrics (both groundings), median |\n"

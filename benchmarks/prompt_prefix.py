@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.provenance import machine
 from benchmarks.train_step import pair_ratios
 
 RESULTS = Path(__file__).parent / "results" / "prompt_prefix.json"
@@ -141,7 +141,7 @@ def main() -> None:
     result = {
         "model": cfg.model.source, "rows": len(texts), "rounds": args.rounds, "threads": torch.get_num_threads(),
         "num_beams": base.num_beams, "prompt_tokens_median": statistics.median(prompt_tokens),
-        "machine": platform.processor() or platform.machine(), "table": table, "runs": runs,
+        **machine(), "table": table, "runs": runs,
         "diagnostics_table": diagnostics_table, "diagnostics_runs": diagnostics,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,10 +28,11 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from benchmarks.provenance import commit, machine
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -183,8 +184,7 @@ def main() -> None:
         "config": str(ns.config),
         "overrides": ns.overrides,
         "config_resolved": json.loads(cfg.model_dump_json()),
-        "machine": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        **machine(),
         "budget_note": ns.budget_note,
         "started": time.strftime("%Y-%m-%d %H:%M"),
     }
@@ -195,7 +195,7 @@ def main() -> None:
         for objective in ns.objectives:
             print(f"== {objective} seed {seed}", flush=True)
             record = run_isolated(ns.config, ns.overrides, objective, seed)
-            record = keep_measured_times(record, before.get(run_key(record)))
+            record = {**keep_measured_times(record, before.get(run_key(record))), "commit": commit()}
             runs[run_key(record)] = record
             meta["finished"] = time.strftime("%Y-%m-%d %H:%M")
             _write_atomic(out, {"meta": meta, "runs": list(runs.values())})

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmarks.provenance import machine
 from cft_core.sequences import build_records
 from schemas.config import DataConfig
 from tasks.settings import sequence_settings
@@ -54,7 +53,7 @@ def main() -> None:
         times.append(time.perf_counter() - t)
     result = {
         "interactions_in": len(inter), "median_s": float(np.median(times)), "times_s": times, "stats": stats,
-        "machine": platform.platform(), "cpu_count": os.cpu_count(), "time": time.strftime("%Y-%m-%d %H:%M"),
+        **machine(), "time": time.strftime("%Y-%m-%d %H:%M"),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "sequences.json").write_text(json.dumps(result, indent=1))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from benchmarks.provenance import machine
 
 RESULTS = Path(__file__).parent / "results" / "serving.json"
 CLIENT_TIMEOUT_S = 60.0
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     from cft_core.serving import ServingSettings
 
     meta = {"command": "python -m benchmarks.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            **machine(),
             "torch_threads": torch.get_num_threads(), "config": str(args.config), "model": cfg.model.source,
             "method": cfg.gate_method(), "num_beams": cfg.eval.num_beams, "k": args.k,
             "serving": asdict(ServingSettings.from_env()), "client_timeout_s": CLIENT_TIMEOUT_S, "rounds": args.rounds}

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.provenance import commit, machine
 from benchmarks.reproduce import _write_atomic, in_fresh_process
 
 RESULTS = Path(__file__).parent / "results" / "synthetic-study.json"
@@ -119,7 +118,7 @@ def main() -> None:
     ns = ap.parse_args()
 
     meta, runs = load()
-    meta = meta or {"config": str(CONFIG), "machine": platform.platform(), "cpu_count": os.cpu_count(),
+    meta = meta or {"config": str(CONFIG), **machine(),
                     "started": time.strftime("%Y-%m-%d %H:%M"), "settings": SETTINGS}
     done = {run_key(r) for r in runs}
     if ns.alphas:
@@ -133,7 +132,7 @@ def main() -> None:
         if (setting, objective, seed, alpha, beta) in done:
             continue
         print(f"== {setting} {objective} seed {seed} alpha {alpha}", flush=True)
-        runs.append(run_isolated(setting, objective, seed, extra))
+        runs.append({**run_isolated(setting, objective, seed, extra), "commit": commit()})
         meta["finished"] = time.strftime("%Y-%m-%d %H:%M")
         _write_atomic(RESULTS, {"meta": meta, **store(runs)})
         r = runs[-1]

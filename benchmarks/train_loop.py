@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.provenance import machine
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         p.join()
     tmp.cleanup()
     result = {"meta": {"command": "python -m benchmarks.train_loop " + " ".join(argv if argv is not None else []),
-                       "machine": platform.platform(), "cpu_count": os.cpu_count(),
+                       **machine(),
                        "time": time.strftime("%Y-%m-%d %H:%M"), "config": ns.config, "overrides": ns.overrides,
                        "model": cfg.model.source, "micro_batch_size": cfg.train.micro_batch_size,
                        "effective_batch_size": cfg.train.effective_batch_size, "deepspeed": cfg.train.deepspeed},

@@ -35,12 +35,13 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import random
 import resource
 import statistics
 import time
 from pathlib import Path
+
+from benchmarks.provenance import machine
 
 RESULTS = Path(__file__).parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -350,8 +351,7 @@ def main() -> None:
         args = {k: getattr(ns, k) for k in ("model", "device", "dtype", "batch_size", "iters", "warmup", "threads")}
         args.update(data=data, variants=[v for v in VARIANTS if v in ns.variants])
         result = measure(args)
-        result["meta"] = {"machine": platform.platform(), "cpu_count": os.cpu_count(),
-                          "time": time.strftime("%Y-%m-%d %H:%M")}
+        result["meta"] = {**machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
         results = [r for r in results if pass_key(r) != pass_key(result)] + [result]
         print(json.dumps(result["ratios"], indent=1))
         out.write_text(json.dumps({"results": results}, indent=1))

@@ -1,0 +1,33 @@
+"""What a result was measured on and from: every result file records it, so a number can be
+traced to its code and machine (`machine()` in each file's meta; `commit()` in the meta and, for
+the resumable studies whose runs span sessions, in each run)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def commit(root: Path = ROOT) -> str | None:
+    """The commit checked out at `root` (12 hex digits), with "+changes" when tracked files differ
+    from it; None outside a git checkout."""
+    def git(*args: str) -> str | None:
+        try:
+            res = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return res.stdout.strip() if res.returncode == 0 else None
+
+    head = git("rev-parse", "--short=12", "HEAD")
+    if head is None:
+        return None
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def machine() -> dict:
+    """{"machine": OS and CPU architecture, "cpu_count": logical CPUs, "commit": `commit()`}."""
+    return {"machine": platform.platform(), "cpu_count": os.cpu_count(), "commit": commit()}
