@@ -119,22 +119,19 @@ def train(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) ->
     Multi-process: `torchrun --nproc_per_node N --master_addr 127.0.0.1 -m cft_cli train -c ...`.
     """
     from schemas.config import load_config
-    from tasks.chain import tracked_here
+    from tasks.chain import train_model
     from tasks.training import is_rank_zero
-    from tasks.training import train as train_stage
 
     cfg = load_config(config, set_)
     _, sequences, _ = _prepare_data(cfg)
-    out = tracked_here(cfg, train_stage(cfg, sequences.path, sequences.fingerprint))
-    if is_rank_zero():
+    out = train_model(cfg, sequences)  # as `cft run` trains: from the champion with `model.source: champion`
+    if is_rank_zero():  # lines, not a table: the run id and the folder stay whole to copy
         s = out.summary
-        t = Table(title="training" + (" (reused)" if out.reused else ""))
-        for col in ("objective", "steps", "best valid loss", "MLflow run", "model"):
-            t.add_column(col)
-        best = s["best_eval_loss"]
-        t.add_row(cfg.train.objective, str(s["global_step"]), "-" if best is None else f"{best:.4f}",
-                  str(s["mlflow_run_id"]), str(out.model_dir))
-        console.print(t)
+        best = "-" if s["best_eval_loss"] is None else f"{s['best_eval_loss']:.4f}"
+        console.print(f"training{' (reused)' if out.reused else ''}: {cfg.train.objective} from "
+                      f"{s['warm_start'] or 'the base model'}, {s['global_step']} steps, best valid loss {best}\n"
+                      f"MLflow run: {s['mlflow_run_id'] or '(tracking disabled)'}\nmodel: {out.model_dir}",
+                      highlight=False, soft_wrap=True)
 
 
 def metrics_console_table(title: str, metrics: dict[str, float], ks) -> Table:

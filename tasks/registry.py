@@ -547,14 +547,21 @@ def download_version_model(cfg: PipelineConfig, version) -> Path:
     if local.name and (local / "model.safetensors").is_file():
         return local
     dest = cfg.data.data_root / "registry" / "downloads" / f"{version.name}-v{version.version}"
-    if not (dest / "artifacts" / "model" / "model.safetensors").is_file():
-        tmp = dest.with_name(dest.name + ".tmp")
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(tmp))
-        if dest.exists():
-            import shutil
+    done = dest / "artifacts" / "model" / "model.safetensors"
+    if not done.is_file():
+        import os
+        import shutil
 
-            shutil.rmtree(dest)
-        tmp.replace(dest)
+        # Every process of a multi-process training may get here: each downloads into its own
+        # folder, the first to finish moves it into place, the others drop theirs.
+        tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(tmp))
+        if dest.exists() and not done.is_file():
+            shutil.rmtree(dest)  # a partial folder from before atomic moves
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process moved its copy first
+            shutil.rmtree(tmp, ignore_errors=True)
     return dest / "artifacts" / "model"
 
 

@@ -164,6 +164,17 @@ def test_gc_removes_unregistered_trainings_only(profile):
     assert "nothing new" in cft("run", "-c", str(profile))  # the registered runs are still there
 
 
+def test_train_starts_from_the_champion_as_run_does(profile):
+    """`model.source: champion`: `cft train` warm-starts from the champion (v2 after the rollback),
+    as `cft run` and the scheduled retraining do."""
+    out = cft("train", "-c", str(profile), "--set", "model.source=champion", "--set", "model.base=tiny")
+    assert "training: cft from cft-cli-test v2, 2 steps" in out, out
+    model = re.search(r"^model: (.+)$", out, flags=re.M)[1]  # whole, however long
+    assert (Path(model) / "model.safetensors").is_file()
+    out = cft("train", "-c", str(profile), "--set", "train.seed=7")
+    assert "training: cft from the base model, 2 steps" in out, out  # gc removed it: trained again
+
+
 def test_replay_writes_the_timeline_report_and_an_mlflow_run(profile, tmp_path):
     import json
 
