@@ -81,17 +81,34 @@ def smollm2_folder(cache_dir: Path | None = None) -> Path:
     return target
 
 
+class ModelFolderError(FileNotFoundError):
+    """A model source or folder the user named that holds no usable model (reported without a
+    traceback: the library does not import schemas.errors, see UserError there)."""
+
+    user_error = True
+
+
 def resolve_model_folder(source: str, cache_dir: Path | None = None) -> Path:
     """`smollm2` or a local folder -> a Hugging Face model folder on disk."""
     if source == "smollm2":
         return smollm2_folder(cache_dir)
     path = Path(source).expanduser()
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(
+        raise ModelFolderError(
             f"model source {source!r} is neither 'smollm2', 'tiny' nor a Hugging Face model "
             f"folder (no config.json in {path})"
         )
     return path
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a model folder: `model.safetensors`, or the shards a large
+    model is saved in (`model-00001-of-00002.safetensors`, ...)."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise ModelFolderError(f"{model_dir} is not a model folder: it holds no *.safetensors weights "
+                               "(`cft train` writes one to data/training/<run>/model)")
+    return files
 
 
 def load_tokenizer(source: str, cache_dir: Path | None = None):

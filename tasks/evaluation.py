@@ -144,9 +144,16 @@ def popularity_groups(train_targets: np.ndarray, num_items: int, groups: int) ->
 
 
 def model_fingerprint(model_dir: Path) -> str:
-    """Identity of a model folder's weights (path, size and time of model.safetensors)."""
-    st = (model_dir / "model.safetensors").stat()
-    return fingerprint({"model": str(model_dir.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns})
+    """Identity of a model folder's weights: its path, and the size and time of each safetensors
+    file (one, or a large model's shards)."""
+    from cft_core.model_sources import weight_files
+
+    files = weight_files(model_dir)
+    if [f.name for f in files] == ["model.safetensors"]:  # the key it always had: existing evaluations stay reused
+        st = files[0].stat()
+        return fingerprint({"model": str(model_dir.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns})
+    return fingerprint({"model": str(model_dir.resolve()),
+                        "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]})
 
 
 def evaluation_dir(cfg: PipelineConfig, model_dir: Path, sequences: Path) -> Path:

@@ -53,6 +53,19 @@ def test_a_missing_profile_and_a_data_root_that_is_a_file(tmp_path):
     assert res.exit_code == 2 and "data_root" in res.output and "is a file, not a folder" in res.output
 
 
+def test_a_folder_that_holds_no_model(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = profile(tmp_path, "")
+    res = run("evaluate", "-c", str(p), "--model-dir", str(empty))
+    assert res.exit_code == 2, res.output
+    assert f"error: {empty} is not a model folder: it holds no *.safetensors weights" in res.output
+    res = run("train", "-c", str(p), "--set", f"model.source={empty}")
+    assert res.exit_code == 2, res.output
+    assert f"error: model source '{empty}' is neither 'smollm2', 'tiny' nor a Hugging Face model folder" in res.output
+    assert not list((tmp_path / "data").glob("training/*/model"))  # no model written
+
+
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("CFT_DEBUG", "0")  # restored after the test, which --debug sets to 1
     res = run("--debug", "train", "-c", str(tmp_path / "nope.yaml"))

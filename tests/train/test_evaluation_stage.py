@@ -104,3 +104,26 @@ def test_popularity_groups_are_equal_sized_by_frequency():
     group = popularity_groups(targets, 6, 3)
     # ascending popularity: item 3 (0), 4 (0), 2 (1), 1 (2), 0 (3), 5 (4) -> groups 0 0 1 1 2 2
     assert group.tolist() == [2, 1, 1, 0, 0, 2]
+
+
+def test_model_fingerprint_covers_every_shard_and_keeps_the_single_file_key(tmp_path):
+    import os
+
+    from tasks.evaluation import model_fingerprint
+    from tasks.storage import fingerprint
+
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "model.safetensors").write_bytes(b"w" * 10)
+    st = (single / "model.safetensors").stat()
+    assert model_fingerprint(single) == fingerprint({"model": str(single.resolve()), "size": st.st_size,
+                                                     "mtime": st.st_mtime_ns})  # existing evaluations stay reused
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    for i in (1, 2):
+        (sharded / f"model-0000{i}-of-00002.safetensors").write_bytes(b"w" * 10)
+    before = model_fingerprint(sharded)
+    second = sharded / "model-00002-of-00002.safetensors"
+    os.utime(second, ns=(second.stat().st_atime_ns, second.stat().st_mtime_ns + 1_000_000))  # the 2nd shard rewritten
+    assert model_fingerprint(sharded) != before
+
