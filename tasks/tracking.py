@@ -261,6 +261,20 @@ class TrainingRun:
         mlflow.end_run()
 
 
+def training_run_here(cfg: PipelineConfig, run_dir: Path, summary: dict) -> str | None:
+    """The finished training's MLflow run in this store, if it has one: the run its training.json
+    names, else a run tagged with its folder (recorded here by `training_run_in_store`)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    if _live_run(client, summary.get("mlflow_run_id")):
+        return summary["mlflow_run_id"]
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(experiments, f"tags.`{TRAINING_TAG}` = '{run_dir.name}' and attributes.status = 'FINISHED'",
+                               max_results=1) if experiments else []
+    return found[0].info.run_id if found else None
+
+
 def training_run_in_store(cfg: PipelineConfig, run_dir: Path, model_dir: Path, summary: dict) -> str:
     """The MLflow run, in this store, of a finished training that is being reused (its folder
     `run_dir`, `model_dir`, and `summary` = model/training.json). A training folder outlives the
@@ -272,14 +286,10 @@ def training_run_in_store(cfg: PipelineConfig, run_dir: Path, model_dir: Path, s
 
     import mlflow
 
+    known = training_run_here(cfg, run_dir, summary)
+    if known:
+        return known
     client = mlflow.MlflowClient(tracking_uri(cfg))
-    if _live_run(client, summary.get("mlflow_run_id")):
-        return summary["mlflow_run_id"]
-    experiment = use_experiment(cfg)
-    found = client.search_runs([experiment], f"tags.`{TRAINING_TAG}` = '{run_dir.name}' and attributes.status = 'FINISHED'",
-                               max_results=1)
-    if found:  # recorded here before, or trained here and then tracked elsewhere
-        return found[0].info.run_id
     run = TrainingRun(cfg, run_dir, summary["data_fingerprint"], Path(summary["model_source"]), summary["warm_start"])
     mlflow.set_tag("cft.recorded_from", "training.json: trained while tracking went to another store or was off")
     now = int(time.time() * 1000)

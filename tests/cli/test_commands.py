@@ -148,10 +148,13 @@ def test_stack_status_says_not_running(tmp_path):
 
 def test_gc_removes_unregistered_trainings_only(profile):
     cft("train", "-c", str(profile), "--set", "train.seed=7")  # trained, never registered
+    elsewhere = profile.parent / "elsewhere.db"  # tracked in another store: this one cannot judge it
+    cft("train", "-c", str(profile), "--set", "train.seed=8", "--set", f"tracking.tracking_uri=sqlite:///{elsewhere}")
     root = profile.parent / "data" / "training"
     before = sorted(root.iterdir())
     out = cft("gc", "-c", str(profile), "--dry-run")
     assert "would remove 1 training folder(s)" in out and "a registered version's model" in out
+    assert out.count(f": its MLflow run is not in sqlite:///{profile.parent / 'mlflow.db'}") == 1
     lines = out.splitlines()  # each folder on one line with its full path, however long
     unregistered = next(p for p in before if f"would remove {p} (0 MiB)" in lines)
     assert any(line.startswith(f"kept {p}: a registered version's model") for p in before if p != unregistered

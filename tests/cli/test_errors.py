@@ -66,6 +66,19 @@ def test_a_folder_that_holds_no_model(tmp_path):
     assert not list((tmp_path / "data").glob("training/*/model"))  # no model written
 
 
+def test_gc_without_a_store_or_with_tracking_off_removes_nothing(tmp_path):
+    model = tmp_path / "data" / "training" / "run" / "model"
+    model.mkdir(parents=True)
+    (model / "training.json").write_text("{}")  # a finished training
+    p = profile(tmp_path, "")
+    res = run("gc", "-c", str(p))
+    assert res.exit_code == 2 and "error: there is no tracking store at" in res.output, res.output
+    assert "cannot tell which trainings are registered" in res.output
+    res = run("gc", "-c", str(p), "--set", "tracking.enabled=false")
+    assert res.exit_code == 2 and "tracking is disabled in this profile" in res.output, res.output
+    assert (model / "training.json").is_file() and not (tmp_path / "data" / "mlflow").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("CFT_DEBUG", "0")  # restored after the test, which --debug sets to 1
     res = run("--debug", "train", "-c", str(tmp_path / "nope.yaml"))
