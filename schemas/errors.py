@@ -31,7 +31,9 @@ class ConfigError(UserError, ValueError):
 
 
 class InputError(UserError, ValueError):
-    """A request the recommender cannot serve (unknown item id, k out of range, no history)."""
+    """A command's or request's input that cannot be used: a request the recommender cannot serve
+    (unknown item id, k out of range, no history), an option out of range, a folder or store that
+    is not there."""
 
 
 class RegistryError(UserError, LookupError):

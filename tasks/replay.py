@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from schemas.config import PipelineConfig
+from schemas.errors import InputError
 from tasks.storage import fingerprint, write_json_atomic
 
 
@@ -27,7 +28,7 @@ def parse_every(text: str) -> int:
     """"30d" / "2w" / "12h" -> seconds."""
     units = {"d": 86400, "w": 7 * 86400, "h": 3600}
     if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit() or int(text[:-1]) < 1:
-        raise ValueError(f"--every must look like 30d, 2w or 12h, got {text!r}")
+        raise InputError(f"every (--every) must look like 30d, 2w or 12h, got {text!r}")
     return int(text[:-1]) * units[text[-1]]
 
 
@@ -35,7 +36,7 @@ def schedule(cfg: PipelineConfig, periods: int, every: str, start: datetime | No
     """The `as_of` of each period. Default start: the last period sees all the data (its as_of is
     just after the newest interaction), the others `every` apart before it."""
     if periods < 1:
-        raise ValueError("--periods must be at least 1")
+        raise InputError(f"periods (--periods) must be at least 1, got {periods}")
     step = parse_every(every)
     if start is None:
         import pyarrow.parquet as pq

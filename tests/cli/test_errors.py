@@ -79,6 +79,17 @@ def test_gc_without_a_store_or_with_tracking_off_removes_nothing(tmp_path):
     assert (model / "training.json").is_file() and not (tmp_path / "data" / "mlflow").exists()
 
 
+@pytest.mark.parametrize(("option", "message"), [
+    (["--periods", "0"], "error: periods (--periods) must be at least 1, got 0"),
+    (["--every", "abc"], "error: every (--every) must look like 30d, 2w or 12h, got 'abc'"),
+    (["--every", "0d"], "error: every (--every) must look like 30d, 2w or 12h, got '0d'"),
+])
+def test_replay_options_out_of_range(tmp_path, option, message):
+    res = run("replay", "-c", str(profile(tmp_path, "")), *option)
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not (tmp_path / "data" / "training").exists()  # nothing trained
+
+
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("CFT_DEBUG", "0")  # restored after the test, which --debug sets to 1
     res = run("--debug", "train", "-c", str(tmp_path / "nope.yaml"))
