@@ -416,7 +416,11 @@ def serve(
     """Serve a registered model over HTTP: POST /recommend, MLflow's POST /invocations, GET /health.
     Concurrent requests share generation calls; a full queue answers 503 (cft_cli/server.py)."""
     from cft_cli.server import serve as run_server
+    from cft_cli.stack import port_free
+    from schemas.errors import InputError
 
+    if not port_free(host, port):
+        raise InputError(f"port {port} is taken by another program: choose --port")
     model_uri = _served_model_uri(config, set_, model)
     # The served model reads these (cft_core.serving.ServingSettings.from_env).
     os.environ["CFT_SERVE_MAX_BATCH"] = str(max_batch)

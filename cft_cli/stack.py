@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 
+from schemas.errors import InputError
 from tasks.quiet import QUIET_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +92,9 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> N
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s; see {log}")
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
+    """Whether nothing answers on host:port (checked before a server starts, so a taken port is
+    the user's error at once rather than after loading a model)."""
     import socket
 
     with socket.socket() as s:
@@ -141,16 +144,16 @@ def start_servers(stack: Stack, say=print) -> None:
     pids = _read_pids(stack)
     env = stack.env()
     if not (pids.get("prefect-server") and _alive(pids["prefect-server"])):
-        if not _port_free(stack.host, stack.prefect_port):
-            raise RuntimeError(f"port {stack.prefect_port} is taken by another program: choose --prefect-port")
+        if not port_free(stack.host, stack.prefect_port):
+            raise InputError(f"port {stack.prefect_port} is taken by another program: choose --prefect-port")
         proc = _spawn(stack, "prefect-server", [_bin("prefect"), "server", "start", "--host", stack.host,
                                                 "--port", str(stack.prefect_port), "--analytics-off"], env)
         _record(stack, "prefect-server", proc)
         _wait_http(f"{stack.prefect_api}/health", 120, proc, stack.state / "logs" / "prefect-server.log")
         say(f"Prefect server  {stack.prefect_api.removesuffix('/api')}")
     if not (pids.get("mlflow-server") and _alive(pids["mlflow-server"])):
-        if not _port_free(stack.host, stack.mlflow_port):
-            raise RuntimeError(f"port {stack.mlflow_port} is taken by another program: choose --mlflow-port")
+        if not port_free(stack.host, stack.mlflow_port):
+            raise InputError(f"port {stack.mlflow_port} is taken by another program: choose --mlflow-port")
         store = stack.data_root.resolve() / "mlflow"
         store.mkdir(parents=True, exist_ok=True)
         proc = _spawn(stack, "mlflow-server", [

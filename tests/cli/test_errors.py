@@ -90,6 +90,20 @@ def test_replay_options_out_of_range(tmp_path, option, message):
     assert not (tmp_path / "data" / "training").exists()  # nothing trained
 
 
+def test_a_taken_port_is_named_before_anything_starts(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = run("serve", "-c", str(profile(tmp_path, "")), "--port", str(port))
+        assert res.exit_code == 2 and f"error: port {port} is taken by another program: choose --port" in res.output
+        res = run("stack", "up", "--data-root", str(tmp_path / "data"), "--prefect-port", str(port))
+        assert res.exit_code == 2 and f"error: port {port} is taken by another program: choose --prefect-port" in res.output
+    assert not (tmp_path / "data" / "stack" / "pids.json").exists()  # nothing started
+
+
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("CFT_DEBUG", "0")  # restored after the test, which --debug sets to 1
     res = run("--debug", "train", "-c", str(tmp_path / "nope.yaml"))
