@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
+from schemas.errors import DataError
 from tasks.storage import atomic_dir, fingerprint
 from tasks.training import read_records
 
@@ -202,7 +203,7 @@ def read_catalogue(sequences: Path) -> pd.DataFrame:
     """The catalogue (item_id 0..N-1, title), in item id order."""
     catalogue = pq.read_table(sequences / "catalogue.parquet").to_pandas().sort_values("item_id")
     if catalogue["item_id"].tolist() != list(range(len(catalogue))):
-        raise ValueError(f"{sequences / 'catalogue.parquet'}: item ids are not 0..N-1")
+        raise DataError(f"{sequences / 'catalogue.parquet'}: item ids are not 0..N-1")
     return catalogue
 
 
@@ -251,7 +252,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
     seconds: dict[str, float] = {}  # wall-clock seconds per part, into summary.json and MLflow
     rows = read_records(sequences / f"{e.split}.parquet", e.max_samples, e.seed)
     if not rows:
-        raise ValueError(f"{sequences / (e.split + '.parquet')} holds no records to evaluate")
+        raise DataError(f"{sequences / (e.split + '.parquet')} holds no records to evaluate")
     titles = read_catalogue(sequences)["title"].tolist()
     title_of_item, table = title_ids(titles)
     target_tid = np.array([table[r["target_title"]] for r in rows])

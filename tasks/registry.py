@@ -28,6 +28,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from schemas.config import PipelineConfig
+from schemas.errors import InputError, RegistryError
 from tasks.storage import fingerprint
 from tasks.tracking import mlflow_metric_name
 
@@ -513,7 +514,7 @@ def previous_decision(cfg: PipelineConfig, train_key: str) -> dict | None:
 def promote(cfg: PipelineConfig, name: str, version: str, reason: str, uri: str) -> None:
     """A person's override: make `version` the champion, recording why."""
     if not reason.strip():
-        raise ValueError("a manual promotion needs a reason")
+        raise InputError("a manual promotion needs a reason (--reason)")
     client = _client(uri)
     version = str(version)
     with promotion_lock(cfg, name):
@@ -526,13 +527,13 @@ def promote(cfg: PipelineConfig, name: str, version: str, reason: str, uri: str)
 def rollback(cfg: PipelineConfig, name: str, reason: str, uri: str) -> str:
     """Make the champion before the current one champion again; returns that version."""
     if not reason.strip():
-        raise ValueError("a rollback needs a reason")
+        raise InputError("a rollback needs a reason (--reason)")
     client = _client(uri)
     with promotion_lock(cfg, name):
         current = _alias_version(client, name, CHAMPION)
         earlier = [h["version"] for h in _history(client, name) if h["version"] != current]
         if current is None or not earlier:
-            raise ValueError(f"{name} has no earlier champion to roll back to (current: {current})")
+            raise RegistryError(f"{name} has no earlier champion to roll back to (current: {current})")
         target = earlier[-1]
         _set_champion(client, name, target, "rollback", f"{reason} (was v{current})")
         return target

@@ -26,6 +26,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
+from schemas.errors import ConfigError, DataError
 from tasks.storage import fingerprint, write_json_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -168,7 +169,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     world = world_size()
     per_step = t.micro_batch_size * world
     if t.effective_batch_size % per_step:
-        raise ValueError(
+        raise ConfigError(
             f"train.effective_batch_size={t.effective_batch_size} is not a multiple of "
             f"micro_batch_size x processes = {t.micro_batch_size} x {world}"
         )
@@ -179,7 +180,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     train_rows = read_records(sequences / "train.parquet")
     valid_rows = read_records(sequences / "valid.parquet", t.max_eval_samples, t.seed)
     if not train_rows:
-        raise ValueError(f"{sequences / 'train.parquet'} holds no records to train on")
+        raise DataError(f"{sequences / 'train.parquet'} holds no records to train on")
 
     run_dir.mkdir(parents=True, exist_ok=True)
     eval_strategy = "steps" if t.eval_steps else "epoch"

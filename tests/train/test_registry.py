@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from schemas.errors import InputError, RegistryError
 from tasks import registry
 from tasks.tracking import local_artifact_location
 from tests.train.conftest import make_config
@@ -141,6 +142,8 @@ def test_overrides_are_recorded_and_rollback_returns_to_the_previous_champion(se
     alias = lambda a: str(client.get_model_version_by_alias(name, a).version)  # noqa: E731
 
     registry.promote(cfg, name, versions[0], "first release", uri)
+    with pytest.raises(RegistryError, match=f"{name} has no earlier champion to roll back to"):
+        registry.rollback(cfg, name, "nothing to go back to", uri)  # a user error: `cft rollback` exits 2
     registry.promote(cfg, name, versions[2], "hotfix approved by on-call", uri)
     assert alias("champion") == versions[2]
     assert registry.rollback(cfg, name, "hotfix regressed", uri) == versions[0]
@@ -149,7 +152,7 @@ def test_overrides_are_recorded_and_rollback_returns_to_the_previous_champion(se
     assert [(h["version"], h["action"]) for h in history] == [
         (versions[0], "promote"), (versions[2], "promote"), (versions[0], "rollback")]
     assert history[1]["reason"] == "hotfix approved by on-call"
-    with pytest.raises(ValueError, match="reason"):
+    with pytest.raises(InputError, match="reason"):
         registry.promote(cfg, name, versions[1], "  ", uri)
 
 
