@@ -23,14 +23,16 @@ from tasks.evaluation import EvalOutput, evaluate
 from tasks.training import TrainOutput, train
 
 
-def train_model(cfg: PipelineConfig, sequences: StageOutput) -> TrainOutput:
-    """`train`, starting from the registered champion when `model.source` is `champion`."""
+def train_model(cfg: PipelineConfig, sequences: StageOutput, callbacks=(), console_progress: bool = True) -> TrainOutput:
+    """`train`, starting from the registered champion when `model.source` is `champion`
+    (`callbacks`, `console_progress`: as `train`'s `extra_callbacks` and `console_progress`)."""
     warm = None
     if cfg.warm_start() and cfg.tracking.enabled:
         from tasks.registry import warm_start_source
 
         warm = warm_start_source(cfg)
-    return tracked_here(cfg, train(cfg, sequences.path, sequences.fingerprint, warm_start=warm))
+    return tracked_here(cfg, train(cfg, sequences.path, sequences.fingerprint, warm_start=warm,
+                                   extra_callbacks=callbacks, console_progress=console_progress))
 
 
 def tracked_here(cfg: PipelineConfig, trained: TrainOutput) -> TrainOutput:

@@ -124,12 +124,33 @@ def is_rank_zero() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def log_line(logs: dict) -> str | None:
+    """One Trainer log entry as a line a person reads, e.g. "loss 3.362 (normal 2.561, causal
+    9.719), lr 6.67e-05, grad norm 10.6, 278 tokens/s" or "valid loss 2.656"; None for the
+    entry that sums the whole training up (train_runtime, ...)."""
+    if "eval_loss" in logs:
+        return f"valid loss {logs['eval_loss']:.4g}"
+    if "loss" not in logs:
+        return None
+    line = f"loss {logs['loss']:.4g}"
+    if "normal" in logs and "causal" in logs:
+        line += f" (normal {logs['normal']:.4g}, causal {logs['causal']:.4g})"
+    for key, name, fmt in (("learning_rate", "lr", ".3g"), ("grad_norm", "grad norm", ".3g")):
+        if key in logs:
+            line += f", {name} {logs[key]:{fmt}}"
+    if "tokens_per_second" in logs:
+        line += f", {logs['tokens_per_second']:.0f} tokens/s"
+    return line
+
+
 def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_callbacks=(),
-          warm_start: tuple[Path, str] | None = None) -> TrainOutput:
+          warm_start: tuple[Path, str] | None = None, console_progress: bool = True) -> TrainOutput:
     """Fine-tune `cfg.model` on `sequences` (a build_sequences folder) with `cfg.train`.
 
     warm_start: (model folder, label such as "cft-ml-100k v3") to start from instead of the
     configured model (`model.source: champion`; `tasks.registry.warm_start_source` finds it).
+    console_progress: the Trainer's own step bar and printed log entries; off when one of
+    `extra_callbacks` reports progress instead (the flow's task logs a `log_line` per entry).
     """
     t = cfg.train
     run_dir = training_run_dir(cfg, data_fingerprint, warm_start[1] if warm_start else None)
@@ -247,6 +268,11 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         model=model, args=args, train_dataset=train_rows, eval_dataset=valid_rows,
         data_collator=collator, callbacks=callbacks, objective=objective,
     )
+    if not console_progress:
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
     last = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
     if last is not None:
         checkpoints.verify(run_dir, Path(last))  # before anything in it is unpickled

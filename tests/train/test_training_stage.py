@@ -224,6 +224,17 @@ def test_an_interrupted_training_resumes_into_a_new_run_when_its_run_is_in_anoth
     assert (run_dir / "mlflow_run_id").read_text() == run.info.run_id
 
 
+def test_log_line_reads_a_trainer_entry():
+    from tasks.training import log_line
+
+    step = {"loss": 3.36154, "grad_norm": 10.5812, "learning_rate": 6.6667e-05, "normal": 2.56123,
+            "causal": 9.71911, "tokens_per_second": 278.4, "samples_per_second": 0.7, "epoch": 0.0004}
+    assert log_line(step) == "loss 3.362 (normal 2.561, causal 9.719), lr 6.67e-05, grad norm 10.6, 278 tokens/s"
+    assert log_line({"loss": 2.5, "learning_rate": 1e-4}) == "loss 2.5, lr 0.0001"  # sft: no terms
+    assert log_line({"eval_loss": 2.65612, "eval_runtime": 4.05, "epoch": 0.0004}) == "valid loss 2.656"
+    assert log_line({"train_runtime": 92.3, "train_loss": 3.585, "epoch": 0.0008}) is None
+
+
 def test_torchrun_two_processes_match_one_process(tmp_path, small_sequences):
     """2 processes x micro 4 x accumulation 2 == 1 process x micro 4 x accumulation 4: the same 16
     examples per step (the sampler's permutation is shared), so the same loss trajectory."""
