@@ -4,7 +4,8 @@ Each evaluated run has per-row results: `predictions.parquet` (the first-hit ran
 ranking method) and `diagnostics.parquet` (teacher-forced log-likelihoods). Two runs evaluated on
 the same split share rows, identified by (user_id, target_item_id, occurrence): a user can have
 the same target at several times in a split (a time-based split keeps several rows per user), and
-the occurrence numbers those rows in split order, which both files keep. A comparison uses only
+the occurrence numbers those rows in the split file's order, which evaluation writes into both
+files, so runs that evaluated different samples of the split still pair. A comparison uses only
 the rows every run has. A *side* is one run, or several runs of one method with different seeds:
 its per-row value is the mean over its seeds. When both sides have the same seeds (param
 `train.seed`) they are paired seed by seed: the mean over s of (B_s - A_s) per row, which is the
@@ -34,8 +35,11 @@ KEY = ["user_id", "target_item_id", "occurrence"]
 
 def keyed(frame: pd.DataFrame) -> pd.DataFrame:
     """Per-row results (split order) indexed by KEY: user, target, and which of that user's rows
-    with that target this is (0, 1, ... in split order)."""
-    frame = frame.assign(occurrence=frame.groupby(["user_id", "target_item_id"]).cumcount())
+    with that target this is in the split file (the `occurrence` column evaluation writes; for
+    folders written before it, counted within the evaluated rows, which agrees unless two runs
+    evaluated different samples of a split where a user meets a target twice)."""
+    if "occurrence" not in frame.columns:
+        frame = frame.assign(occurrence=frame.groupby(["user_id", "target_item_id"]).cumcount())
     return frame.set_index(KEY)
 DIAGNOSTIC_COLUMNS = {  # quantity -> per-row value from diagnostics.parquet (cft_core.diagnostics)
     "history_effect": lambda d: d["logp_factual"] - d["logp_counterfactual"],
@@ -60,7 +64,7 @@ def per_row_quantities(folder: Path, metrics: list[str]) -> pd.DataFrame:
         raise InputError(f"{folder} is not an evaluation folder (no predictions.parquet)")
     preds = pd.read_parquet(folder / "predictions.parquet")
     methods = [c.removesuffix("_rank") for c in preds.columns if c.endswith("_rank")]
-    out = preds[["user_id", "target_item_id"]].copy()
+    out = preds[[c for c in ("user_id", "target_item_id", "occurrence") if c in preds.columns]].copy()
     for method in methods:
         for metric in metrics:
             out[f"{method}/{metric}"] = per_row_metric(preds[f"{method}_rank"].to_numpy(), metric)

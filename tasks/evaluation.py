@@ -102,6 +102,7 @@ def run_diagnostics(cfg: PipelineConfig, model, tokenizer, sequences: Path) -> t
                            cfg.train.cutoff_len)
     table = pd.DataFrame({"split_row": [r["split_row"] for r in rows], "user_id": [r["user_id"] for r in rows],
                           "target_item_id": [r["target_item_id"] for r in rows],
+                          "occurrence": [r["occurrence"] for r in rows],
                           "logp_factual": ll.factual, "logp_counterfactual": ll.counterfactual,
                           "label_tokens": ll.tokens.astype(int)})
     summary: dict[str, float] = {"rows": len(rows)}
@@ -266,6 +267,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         "history_titles": [list(r["history_titles"]) for r in rows],
         "history_item_ids": [list(r["history_item_ids"]) for r in rows],
         "target_item_id": [r["target_item_id"] for r in rows],
+        "occurrence": [r["occurrence"] for r in rows],
         "target_title": [r["target_title"] for r in rows],
     })
     top_lists: dict[str, np.ndarray] = {}

@@ -42,13 +42,21 @@ class TrainOutput:
 
 def read_records(path: Path, limit: int | None = None, seed: int = 0) -> list[dict]:
     """Records of one split as dicts (history_titles, target_title, ...) in file order, each with
-    `split_row`, its 0-based position in the file (what evaluation outputs name a row by); a cap
-    keeps a seeded sample of `limit` of them."""
+    `split_row`, its 0-based position in the file (what evaluation outputs name a row by), and
+    `occurrence`, how many earlier rows of the file have its (user_id, target_item_id) (a user
+    can meet the same target twice in a split; `cft compare` pairs rows by the three). A cap keeps
+    a seeded sample of `limit` of them; both numbers count over the whole file."""
     rows = pq.read_table(path).to_pylist()
+    seen: dict[tuple, int] = {}
+    occurrence = []
+    for r in rows:
+        key = (r.get("user_id"), r.get("target_item_id"))
+        occurrence.append(seen.get(key, 0))
+        seen[key] = occurrence[-1] + 1
     keep = range(len(rows))
     if limit is not None and len(rows) > limit:
         keep = sorted(random.Random(seed).sample(keep, limit))
-    return [{**rows[i], "split_row": i} for i in keep]
+    return [{**rows[i], "split_row": i, "occurrence": occurrence[i]} for i in keep]
 
 
 def model_folder(cfg: PipelineConfig, sequences: Path) -> Path:

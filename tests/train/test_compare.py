@@ -36,6 +36,36 @@ def test_per_row_quantities_are_the_hand_computed_values(tmp_path):
     np.testing.assert_allclose(q["target_nll"], [2.0, 4.0, 5.0])
 
 
+def test_rows_pair_by_their_occurrence_in_the_split_not_in_the_sample(tmp_path):
+    """User 7 meets target 70 twice in the split (occurrences 0 and 1). Run A evaluated both rows;
+    run B's sample holds only the second: B's row pairs with A's second row, not its first."""
+    users = np.array([7, 7, 8])
+    a = write_folder(tmp_path / "a", np.array([0, 5, 1]), np.array([-10.0, -20.0, -12.0]), users)
+    b = write_folder(tmp_path / "b", np.array([5, 1]), np.array([-20.0, -12.0]), users[1:])
+    for folder, occurrence in ((a, [0, 1, 0]), (b, [1, 0])):  # as evaluation writes them
+        for name in ("predictions.parquet", "diagnostics.parquet"):
+            frame = pd.read_parquet(folder / name)
+            frame.assign(occurrence=occurrence).to_parquet(folder / name)
+    table = compare([Evaluated("a", per_row_quantities(a, ["HR@1"]))],
+                    [Evaluated("b", per_row_quantities(b, ["HR@1"]))], seed=0).set_index("quantity")
+    assert table.loc["history_effect", "rows"] == 2
+    assert table.loc["history_effect", "B - A"] == 0.0  # the same rows, so the same values
+    assert table.loc["constrained/HR@1", "B - A"] == 0.0
+
+
+def test_records_count_occurrences_over_the_whole_split_file(tmp_path):
+    from tasks.training import read_records
+
+    users, targets = [1, 2, 1, 1, 2, 3], [10, 20, 10, 11, 20, 10]
+    path = tmp_path / "test.parquet"
+    pd.DataFrame({"user_id": users, "target_item_id": targets, "target_title": list("abcdef")}).to_parquet(path)
+    rows = read_records(path)
+    assert [r["occurrence"] for r in rows] == [0, 0, 1, 0, 1, 0]  # by hand: (1,10) twice, (2,20) twice
+    sample = read_records(path, limit=3, seed=1)
+    assert [(r["split_row"], r["occurrence"]) for r in sample] == [(r["split_row"], [0, 0, 1, 0, 1, 0][r["split_row"]])
+                                                                    for r in sample]
+
+
 def test_the_interval_covers_a_known_difference(tmp_path):
     """B's history effect is A's + 0.5 + noise on every row: the 95 % interval should hold 0.5 in
     about 95 % of simulated studies, and declare B higher when the effect is clear."""
