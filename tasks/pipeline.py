@@ -29,13 +29,12 @@ _INPUT_ERRORS = (DataError, ValueError, TypeError, KeyError, FileNotFoundError)
 
 
 def transient_only(task, task_run, state) -> bool:
-    """retry_condition_fn: retry unless the error is about the input (bad data or config)."""
+    """retry_condition_fn: retry unless the error is about the input (bad data, config, a registry
+    reference: every `schemas.errors.UserError` and the library's `user_error` exceptions)."""
     try:
         state.result()
-    except _INPUT_ERRORS:
-        return False
-    except BaseException:
-        return True
+    except BaseException as e:  # noqa: BLE001 (sorted just below)
+        return not (isinstance(e, _INPUT_ERRORS) or getattr(e, "user_error", False))
     return False
 
 

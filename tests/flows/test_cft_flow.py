@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.config import PipelineConfig
-from schemas.errors import DataValidationError
+from schemas.errors import DataValidationError, RegistryError
 from tests.data.test_malformed import GOOD_ITEMS, _write
 from tests.train.test_registry import new_run
 
@@ -119,5 +119,12 @@ def test_registry_call_is_retried_after_a_transient_error(tmp_path, prefect_harn
     calls.clear()
     monkeypatch.setattr(registry, "register", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(ValueError("bad tag")))
     with pytest.raises(ValueError, match="bad tag"):
+        register_only()
+    assert len(calls) == 1
+    # Nor is any other user error (a registry reference that does not resolve is a LookupError).
+    calls.clear()
+    monkeypatch.setattr(registry, "register",
+                        lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(RegistryError("no such alias")))
+    with pytest.raises(RegistryError, match="no such alias"):
         register_only()
     assert len(calls) == 1
