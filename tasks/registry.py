@@ -548,21 +548,21 @@ def download_version_model(cfg: PipelineConfig, version) -> Path:
     if local.name and (local / "model.safetensors").is_file():
         return local
     dest = cfg.data.data_root / "registry" / "downloads" / f"{version.name}-v{version.version}"
-    done = dest / "artifacts" / "model" / "model.safetensors"
-    if not done.is_file():
-        import os
+    weights = dest / "artifacts" / "model" / "model.safetensors"
+    if not weights.is_file():
         import shutil
 
+        from tasks.storage import atomic_dir
+        from tasks.tracking import tracking_uri
+
+        if dest.exists() and not weights.is_file():  # (another process may have just finished)
+            shutil.rmtree(dest)  # a folder without the weights: not a finished download
+        _client(tracking_uri(cfg))  # models:/ URIs resolve through MLflow's global registry URI
         # Every process of a multi-process training may get here: each downloads into its own
-        # folder, the first to finish moves it into place, the others drop theirs.
-        tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(tmp))
-        if dest.exists() and not done.is_file():
-            shutil.rmtree(dest)  # a partial folder from before atomic moves
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process moved its copy first
-            shutil.rmtree(tmp, ignore_errors=True)
+        # folder, the first to finish moves it into place, the others drop theirs (atomic_dir).
+        with atomic_dir(dest) as tmp:
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}",
+                                                dst_path=str(tmp))
     return dest / "artifacts" / "model"
 
 

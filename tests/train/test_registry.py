@@ -195,3 +195,46 @@ def test_served_model_ranks_as_the_evaluation_measured(setup, method):
     assert all(len(r) > 0 for r in out["item_ids"])
     if method == "constrained":  # each item a beam: at most num_return_sequences of them
         assert all(len(r) <= cfg.eval.num_return_sequences for r in out["item_ids"])
+
+
+def test_a_version_whose_folder_is_gone_is_downloaded_once_from_the_configured_store(setup, monkeypatch):
+    """Warm start from a version whose training folder is not on this machine: its model comes
+    from the registry the profile names (not MLflow's global default), into one folder, and a
+    process that finishes the same download first wins without leaving temporary folders."""
+    import filecmp
+    import shutil
+
+    import mlflow
+
+    from tests.conftest import mlflow_uris_restored
+
+    cfg, uri, tiny_dir, seq = setup
+    model_dir = shutil.copytree(tiny_dir, cfg.data.data_root / "training" / "run" / "model")  # as training lays it out
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    version = registered(cfg, uri, model_dir, seq, new_run(uri))  # no model_dir tag: nothing local
+    with mlflow_uris_restored():
+        elsewhere = f"sqlite:///{cfg.data.data_root / 'other.db'}"  # MLflow's defaults point to another store
+        mlflow.set_tracking_uri(elsewhere)
+        mlflow.set_registry_uri(elsewhere)
+        got = registry.download_version_model(cfg, version)
+    downloads = cfg.data.data_root / "registry" / "downloads"
+    assert got == downloads / f"{version.name}-v{version.version}" / "artifacts" / "model"
+    assert filecmp.cmp(got / "model.safetensors", model_dir / "model.safetensors", shallow=False)
+    assert [p.name for p in downloads.iterdir()] == [f"{version.name}-v{version.version}"]
+
+    # Another process moved its copy into place while this one downloaded: this one's copy is dropped.
+    real = mlflow.artifacts.download_artifacts
+    target = got.parents[1]
+    winner = target.with_name("winner")
+    target.rename(winner)
+
+    def racing(*args, **kwargs):
+        out = real(*args, **kwargs)
+        winner.rename(target)
+        return out
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", racing)
+    with mlflow_uris_restored():
+        assert registry.download_version_model(cfg, version) == got
+    assert (got / "model.safetensors").is_file()
+    assert [p.name for p in downloads.iterdir()] == [target.name]
