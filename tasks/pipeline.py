@@ -25,7 +25,7 @@ from tasks.data import StageOutput
 from tasks.evaluation import EvalOutput
 from tasks.training import TrainOutput
 
-_INPUT_ERRORS = (DataError, ValueError, TypeError, KeyError, FileNotFoundError)
+_INPUT_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError)  # and every `user_error` (transient_only)
 
 
 def transient_only(task, task_run, state) -> bool:
