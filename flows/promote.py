@@ -1,7 +1,8 @@
 """The `cft-promote` flow: a person's override of the registry gate, recorded with a reason.
 
 `prefect deployment run cft-promote/promote --param model_name=cft-ml-100k --param version=3
---param reason="..."`; `action=rollback` makes the previous champion champion again.
+--param reason="..."`; `action=rollback` undoes the last change of champion
+(repeated, it walks further back: `tasks.registry.champion_stack`).
 The same functions back `cft promote` and `cft rollback`.
 """
 

@@ -524,17 +524,37 @@ def promote(cfg: PipelineConfig, name: str, version: str, reason: str, uri: str)
             client.delete_registered_model_alias(name, CHALLENGER)
 
 
+def champion_stack(history: list[dict]) -> list[str]:
+    """The champions a rollback walks back through, newest last, from `champion_history`.
+
+    A promotion (the gate's or a person's) pushes its version and a rollback undoes the one before
+    it, like an undo stack: after v1, v2, v3 and a rollback to v2, the next rollback goes to v1,
+    never back to the v3 that was just rolled back. Promoting the champion again changes nothing.
+    """
+    stack: list[str] = []
+    for entry in history:
+        version = str(entry["version"])
+        if entry["action"] == "rollback" and stack:
+            stack.pop()
+        if not stack or stack[-1] != version:  # (a rollback's target is normally the top by now)
+            stack.append(version)
+    return stack
+
+
 def rollback(cfg: PipelineConfig, name: str, reason: str, uri: str) -> str:
-    """Make the champion before the current one champion again; returns that version."""
+    """Undo the last change of champion: make the champion before it champion again (repeated,
+    further back: `champion_stack`); returns that version."""
     if not reason.strip():
         raise InputError("a rollback needs a reason (--reason)")
     client = _client(uri)
     with promotion_lock(cfg, name):
         current = _alias_version(client, name, CHAMPION)
-        earlier = [h["version"] for h in _history(client, name) if h["version"] != current]
-        if current is None or not earlier:
+        stack = champion_stack(_history(client, name))
+        if stack and stack[-1] == current:
+            stack.pop()  # (when the alias was moved by hand elsewhere, the last recorded champion)
+        if current is None or not stack:
             raise RegistryError(f"{name} has no earlier champion to roll back to (current: {current})")
-        target = earlier[-1]
+        target = stack[-1]
         _set_champion(client, name, target, "rollback", f"{reason} (was v{current})")
         return target
 

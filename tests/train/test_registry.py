@@ -132,7 +132,7 @@ def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
         assert not set(row.titles) & set(seen)  # history excluded by default
 
 
-def test_overrides_are_recorded_and_rollback_returns_to_the_previous_champion(setup):
+def test_overrides_are_recorded_and_rollbacks_undo_the_changes_of_champion_in_order(setup):
     from mlflow import MlflowClient
 
     cfg, uri, model_dir, seq = setup
@@ -154,6 +154,27 @@ def test_overrides_are_recorded_and_rollback_returns_to_the_previous_champion(se
     assert history[1]["reason"] == "hotfix approved by on-call"
     with pytest.raises(InputError, match="reason"):
         registry.promote(cfg, name, versions[1], "  ", uri)
+    # Rollbacks undo in order: v0, v1, v2, then two rollbacks walk back to v1 and v0, never
+    # forth to the v2 just rolled back; then there is nothing left to undo.
+    registry.promote(cfg, name, versions[1], "second release", uri)
+    registry.promote(cfg, name, versions[1], "the same again: no change", uri)
+    registry.promote(cfg, name, versions[2], "third release", uri)
+    assert registry.rollback(cfg, name, "third regressed", uri) == versions[1]
+    assert registry.rollback(cfg, name, "second regressed too", uri) == versions[0]
+    assert alias("champion") == versions[0]
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        registry.rollback(cfg, name, "nothing before v0", uri)
+
+
+@pytest.mark.parametrize(("actions", "stack"), [
+    ([("1", "gate"), ("2", "promote"), ("3", "gate")], ["1", "2", "3"]),
+    ([("1", "gate"), ("2", "gate"), ("1", "rollback"), ("3", "promote")], ["1", "3"]),
+    ([("1", "gate"), ("2", "gate"), ("2", "promote")], ["1", "2"]),           # the champion again: no change
+    ([("1", "gate"), ("2", "gate"), ("1", "rollback"), ("1", "promote")], ["1"]),
+    ([("2", "gate"), ("1", "rollback")], ["1"]),  # the history's start was cut (tag size): the target stays
+])
+def test_champion_stack(actions, stack):
+    assert registry.champion_stack([{"version": v, "action": a} for v, a in actions]) == stack
 
 
 def test_promotions_are_serialised(setup):
