@@ -410,11 +410,15 @@ def serve(
     max_queue: Annotated[int, typer.Option(min=1, help="Waiting requests before new ones get 503.")] = 64,
     batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch that is not full waits "
                                                            "for more requests.")] = 50,
+    follow_every: Annotated[float, typer.Option(min=0, help="Seconds between checks of the alias served "
+                                                          "(models:/NAME@ALIAS): when it moves, the new version "
+                                                          "is loaded and served without a restart; 0: never.")] = 30,
     config: ConfigOpt = Path("configs/demo.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Serve a registered model over HTTP: POST /recommend, MLflow's POST /invocations, GET /health.
-    Concurrent requests share generation calls; a full queue answers 503 (cft_cli/server.py)."""
+    Concurrent requests share generation calls; a full queue answers 503; served by alias (the
+    champion by default), a new champion serves without a restart (cft_cli/server.py)."""
     from cft_cli.server import serve as run_server
     from cft_cli.stack import port_free
     from schemas.errors import InputError
@@ -427,7 +431,7 @@ def serve(
     os.environ["CFT_SERVE_MAX_QUEUE"] = str(max_queue)
     os.environ["CFT_SERVE_BATCH_WAIT_MS"] = str(batch_wait_ms)
     console.print(f"serving {model_uri} on http://{host}:{port} (POST /recommend, POST /invocations, GET /health)")
-    run_server(model_uri, host, port)
+    run_server(model_uri, host, port, follow_every)
 
 
 @app.command("promote")
@@ -449,7 +453,7 @@ def promote(
 @app.command("rollback")
 def rollback(reason: ReasonOpt, model_name: ModelNameOpt = None,
              config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) -> None:
-    """Make the previous champion champion again, recording the reason."""
+    """Undo the last change of champion (again: further back), recording the reason."""
     from tasks.registry import rollback as rollback_champion
 
     cfg, uri, name = _registry_context(config, set_, model_name)

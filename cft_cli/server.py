@@ -14,7 +14,16 @@ Endpoints (JSON, UTF-8):
                      {"dataframe_records": [{"history": [...]}, ...]} (or "dataframe_split", or
                      "inputs": {"history": [[...], ...]}), optional "params"
                      -> {"predictions": [{"item_ids": ..., "titles": ..., ...}, ...]}
-  GET  /health       {"status": "ok", "model": <uri>, "method": ..., "catalogue": <items>}
+  GET  /health       {"status": "ok", "model": <uri>, "version": <registered version served>,
+                      "method": ..., "catalogue": <items>}
+Answers of /recommend and /invocations carry the version that ranked them in `X-Model-Version`.
+
+Served through an alias (`models:/cft-ml-100k@champion`, the default), the server follows it:
+every `follow_every_s` seconds it asks the registry where the alias points, and when a promotion,
+the gate or a rollback moved it, loads that version beside the current one and switches to it.
+Requests in flight finish on the model they started with; the old model's batching worker then
+ends, so its memory is freed. A version that fails to load is logged and the current one keeps
+serving; the next check tries again. (`mlflow models serve` resolves the alias once, at start.)
 
 Mistakes in a request get 400 (or 415 for a body that is not UTF-8 JSON, 413 for one over 1 MB)
 with {"error_code", "message"} naming the problem; an internal error gets 500 with a short message
@@ -24,17 +33,23 @@ and its traceback goes to the server log only: no stack trace or server path rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from dataclasses import asdict
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from fastapi import Request  # at module level: FastAPI reads the handlers' annotations by name
 
 from cft_core.ranking import InputError
-from cft_core.serving import Overloaded, RequestParams
+from cft_core.serving import Overloaded, RequestParams, Retired
 
 log = logging.getLogger("cft.serve")
 MAX_BODY_BYTES = 1 << 20  # 1 MB: thousands of histories; anything larger is a mistake
+ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")  # models:/cft-ml-100k@champion
+VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>[0-9]+)$")  # models:/cft-ml-100k/3
 
 
 class RequestError(Exception):
@@ -68,20 +83,116 @@ def _histories_of(body: dict) -> list:
     raise InputError("the body needs one of dataframe_records, dataframe_split or inputs")
 
 
-def create_app(model_uri: str):
-    """The FastAPI app serving `model_uri` (a pyfunc logged by tasks/registry.py)."""
+@dataclass(frozen=True)
+class Loaded:
+    """One loaded model: what a request reads of it, captured once per request."""
+
+    uri: str  # what was loaded, e.g. models:/cft-ml-100k/3
+    version: str | None  # its registered version (None for a run or folder URI)
+    model: Any  # the pyfunc's Python model: tasks/recommender_pyfunc.py or tasks/popularity_pyfunc.py
+
+    @property
+    def batching(self):
+        """The LLM recommender's BatchingRecommender; None for the popularity baseline."""
+        return getattr(self.model, "recommender", None)
+
+    @property
+    def method(self) -> str:
+        return self.batching.ranker.settings.method if self.batching is not None else "popularity"
+
+
+def _load(uri: str, version: str | None) -> Loaded:
+    import mlflow
+
+    return Loaded(uri, version, mlflow.pyfunc.load_model(uri).unwrap_python_model())
+
+
+class ServedModel:
+    """The model a server answers with, following the registry alias it was given (if any).
+
+    `models:/<name>@<alias>` is resolved to a version and that version is loaded, so the server
+    always knows which version answers; `refresh()` resolves the alias again and switches when it
+    moved (module docstring). Any other URI is served as it is, for the life of the process.
+    """
+
+    def __init__(self, uri: str):
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        alias = ALIAS_URI.match(uri)
+        self.alias = (alias["name"], alias["alias"]) if alias else None
+        self.client = MlflowClient()  # the tracking and registry store the CLI pointed MLflow at
+        fixed = VERSION_URI.match(uri)
+        self.current = self._load_version(self._resolve()) if self.alias else _load(uri, fixed and fixed["version"])
+        self.failed: dict[str, str] = {}  # version -> why it did not load (until it does)
+
+    def _resolve(self) -> str:
+        name, alias = self.alias
+        return str(self.client.get_model_version_by_alias(name, alias).version)
+
+    def _load_version(self, version: str) -> Loaded:
+        return _load(f"models:/{self.alias[0]}/{version}", version)
+
+    def refresh(self) -> bool:
+        """Switch to the version the alias names now, if it moved; say whether it switched.
+        Registry errors propagate (the caller logs them and tries again later)."""
+        if self.alias is None:
+            return False
+        version = self._resolve()
+        if version == self.current.version:
+            return False
+        started = time.perf_counter()
+        log.info("%s moved: version %s -> %s; loading it", self.uri, self.current.version, version)
+        try:
+            new = self._load_version(version)
+        except Exception as error:  # a broken version must not take the serving one down
+            self.failed[version] = f"{type(error).__name__}: {error}"
+            log.warning("%s names version %s, which did not load (%s); still serving version %s",
+                        self.uri, version, self.failed[version], self.current.version)
+            return False
+        self.failed.pop(version, None)
+        old, self.current = self.current, new
+        log.info("serving %s version %s (loaded in %.1f s)", self.alias[0], version, time.perf_counter() - started)
+        if old.batching is not None:
+            old.batching.close()  # after the requests it holds are answered
+        return True
+
+    def close(self) -> None:
+        if self.current.batching is not None:
+            self.current.batching.close()
+
+
+def create_app(model_uri: str, follow_every_s: float = 30.0):
+    """The FastAPI app serving `model_uri` (a pyfunc logged by tasks/registry.py); an alias URI is
+    checked every `follow_every_s` seconds (0: never) and followed (module docstring)."""
     import mlflow
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
-    pyfunc = mlflow.pyfunc.load_model(model_uri)
-    model = pyfunc.unwrap_python_model()
-    batching = getattr(model, "recommender", None)  # the LLM recommender; popularity answers at once
-    catalogue = model.catalogue
-    method = batching.ranker.settings.method if batching is not None else "popularity"
-    app = FastAPI(title="cft recommender", docs_url=None, redoc_url=None)
-    app.state.model = model
+    served = ServedModel(model_uri)
+
+    async def follow() -> None:
+        while True:
+            await asyncio.sleep(follow_every_s)
+            try:
+                await run_in_threadpool(served.refresh)
+            except Exception as error:  # the registry is unreachable, the alias was deleted, ...
+                log.warning("could not check %s (%s: %s); still serving version %s",
+                            model_uri, type(error).__name__, error, served.current.version)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        task = asyncio.create_task(follow()) if served.alias and follow_every_s > 0 else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        served.close()
+
+    app = FastAPI(title="cft recommender", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.served = served
 
     async def read_json(request: Request) -> dict:
         body = await request.body()
@@ -98,21 +209,28 @@ def create_app(model_uri: str):
             raise RequestError(400, "INVALID_PARAMETER_VALUE", "the body must be a JSON object")
         return parsed
 
-    async def recommend(histories: list, params: dict) -> list[dict]:
-        p = RequestParams.parse(params, model.default_k)
-        if batching is not None:
-            recs = await asyncio.wrap_future(batching.submit(histories, p.k, p.exclude_history, p.free_text))
-        else:
-            import pandas as pd
+    async def recommend(histories: list, params: dict) -> tuple[list[dict], Loaded]:
+        """One answer per history, and the model that gave them."""
+        for _ in range(3):  # a model replaced between reading it and queuing: ask the new one
+            now = served.current
+            p = RequestParams.parse(params, now.model.default_k)
+            if now.batching is None:
+                import pandas as pd
 
-            frame = await run_in_threadpool(model.predict, None, pd.DataFrame({"history": histories}),
-                                            {"k": p.k, "exclude_history": p.exclude_history, "free_text": p.free_text})
-            return frame.to_dict(orient="records")
-        return [asdict(r) for r in recs]
+                frame = await run_in_threadpool(now.model.predict, None, pd.DataFrame({"history": histories}),
+                                                {"k": p.k, "exclude_history": p.exclude_history, "free_text": p.free_text})
+                return frame.to_dict(orient="records"), now
+            try:
+                future = now.batching.submit(histories, p.k, p.exclude_history, p.free_text)
+            except Retired:
+                continue
+            return [asdict(r) for r in await asyncio.wrap_future(future)], now
+        raise Overloaded("the model is being replaced; retry in a few seconds")
 
     async def answer(handler, request: Request) -> JSONResponse:
         try:
-            return JSONResponse(await handler(await read_json(request)))
+            body, now = await handler(await read_json(request))
+            return JSONResponse(body, headers={"X-Model-Version": now.version} if now.version else None)
         except RequestError as e:
             return JSONResponse({"error_code": e.code, "message": e.message}, status_code=e.status)
         except InputError as e:
@@ -127,17 +245,18 @@ def create_app(model_uri: str):
             return JSONResponse({"error_code": "INTERNAL_ERROR", "message": "internal error; see the server log"},
                                 status_code=500)
 
-    async def one_user(body: dict) -> dict:
+    async def one_user(body: dict) -> tuple[dict, Loaded]:
         if "history" not in body:
             raise InputError("the body needs a `history`: a list of titles or item ids, oldest first")
-        (rec,) = await recommend([body["history"]], {k: v for k, v in body.items() if k != "history"})
-        return rec
+        (rec,), now = await recommend([body["history"]], {k: v for k, v in body.items() if k != "history"})
+        return rec, now
 
-    async def invocations(body: dict) -> dict:
+    async def invocations(body: dict) -> tuple[dict, Loaded]:
         unknown = sorted(set(body) - {"dataframe_records", "dataframe_split", "inputs", "params"})
         if unknown:
             raise InputError(f"unknown field(s) {', '.join(unknown)}")
-        return {"predictions": await recommend(_histories_of(body), body.get("params") or {})}
+        recs, now = await recommend(_histories_of(body), body.get("params") or {})
+        return {"predictions": recs}, now
 
     @app.post("/recommend")
     async def recommend_endpoint(request: Request):
@@ -149,15 +268,28 @@ def create_app(model_uri: str):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_uri, "method": method, "catalogue": len(catalogue)}
+        now = served.current
+        answer = {"status": "ok", "model": model_uri, "version": now.version, "method": now.method,
+                  "catalogue": len(now.model.catalogue)}
+        if served.failed:  # versions the alias named that did not load (the log has why)
+            answer["failed_versions"] = sorted(served.failed)
+        return answer
 
     return app
 
 
-def serve(model_uri: str, host: str, port: int) -> None:
+def serve(model_uri: str, host: str, port: int, follow_every_s: float = 30.0) -> None:
     """Load the model and answer until interrupted."""
     import uvicorn
 
-    app = create_app(model_uri)
-    log.info("serving %s on http://%s:%d", model_uri, host, port)
+    logger = logging.getLogger("cft")  # the switches to a new version, the errors, with their times
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    app = create_app(model_uri, follow_every_s)
+    now = app.state.served.current
+    follows = f"; following {model_uri} every {follow_every_s:g} s" if app.state.served.alias and follow_every_s else ""
+    log.info("ready: %s (%s)%s", now.uri, now.method, follows)
     uvicorn.run(app, host=host, port=port, log_level="warning")

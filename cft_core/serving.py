@@ -21,6 +21,11 @@ shape), so a bad request never reaches generation and never holds up the others.
 to the deepest k it holds; both rankings give every request exactly the first k items it would
 get alone (constrained: beams in score order; grounding: the round-robin over the beams' top-k
 holds k distinct items after k rounds, so deeper lists do not change the first k).
+
+A server that replaces its model (`cft serve` following the champion alias) calls `close()` on
+the old recommender: it refuses new requests with `Retired` (the server sends them to the new
+model), answers every request already queued, and ends its worker thread, which would otherwise
+hold the old model in memory for as long as the process lives.
 """
 
 from __future__ import annotations
@@ -117,6 +122,10 @@ class Overloaded(RuntimeError):
     """The request queue is full: the server is answering all it can; retry later (HTTP 503)."""
 
 
+class Retired(RuntimeError):
+    """The recommender was closed (its model replaced); send the request to the current one."""
+
+
 @dataclass
 class _Request:
     prompts: list[str]  # one factual prompt per history
@@ -124,6 +133,9 @@ class _Request:
     unmatched: list[list[str]]  # per history, titles that matched no catalogue item
     k: int
     future: Future = field(default_factory=Future)
+
+
+_END = _Request(prompts=[], exclude=[], unmatched=[], k=0)  # queued by close(), after every request
 
 
 class BatchingRecommender:
@@ -142,12 +154,15 @@ class BatchingRecommender:
         self._queue: queue.Queue[_Request] = queue.Queue(maxsize=max_queue)
         self._held: _Request | None = None  # taken from the queue but did not fit the last batch
         self.batch_sizes: list[int] = []  # histories per ranking call, for tests and benchmarks
-        threading.Thread(target=self._work, name="cft-batcher", daemon=True).start()
+        self._closed = False
+        self._lock = threading.Lock()  # orders submits against close(): none is queued after _END
+        self._worker = threading.Thread(target=self._work, name="cft-batcher", daemon=True)
+        self._worker.start()
 
     def submit(self, histories: Sequence[Sequence[str | int]], k: int, exclude_history: bool = True,
                free_text: bool = False) -> Future:
         """Queue a request; its future gives one `Recommendation` per history. Raises InputError
-        (bad input, before anything is queued) or Overloaded (queue full)."""
+        (bad input, before anything is queued), Overloaded (queue full) or Retired (closed)."""
         catalogue = self.ranker.catalogue
         catalogue.check_k(k)
         resolved = catalogue.resolve_histories(histories, free_text)
@@ -157,22 +172,38 @@ class BatchingRecommender:
         if not request.prompts:
             request.future.set_result([])
             return request.future
-        try:
-            self._queue.put_nowait(request)
-        except queue.Full:
-            raise Overloaded(f"{self.max_queue} requests are already waiting; retry in a few seconds") from None
+        with self._lock:
+            if self._closed:
+                raise Retired("this model was replaced")
+            try:
+                self._queue.put_nowait(request)
+            except queue.Full:
+                raise Overloaded(f"{self.max_queue} requests are already waiting; retry in a few seconds") from None
         return request.future
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Refuse new requests (`Retired`), answer the queued ones, end the worker; wait up to
+        `timeout` seconds (None: until done) and say whether the worker has ended."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                # Blocks while the queue is full; the worker is draining it. No submit can follow.
+                self._queue.put(_END)
+        self._worker.join(timeout)
+        return not self._worker.is_alive()
 
     def recommend(self, histories: Sequence[Sequence[str | int]], k: int, exclude_history: bool = True,
                   free_text: bool = False) -> list[Recommendation]:
         """`submit` and wait for the answer (what a request thread does)."""
         return self.submit(histories, k, exclude_history, free_text).result()
 
-    def _next_batch(self) -> list[_Request]:
+    def _next_batch(self) -> list[_Request] | None:
         """Block for one request, then take what else comes within batch_wait_s, up to max_batch
-        histories."""
+        histories. None once close() was called and every request before it was taken."""
         first = self._held or self._queue.get()
         self._held = None
+        if first is _END:
+            return None
         deadline = time.monotonic() + self.batch_wait_s
         batch, size = [first], len(first.prompts)
         while size < self.max_batch:
@@ -180,16 +211,15 @@ class BatchingRecommender:
                 request = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            if size + len(request.prompts) > self.max_batch:
-                self._held = request  # first in the next batch
+            if request is _END or size + len(request.prompts) > self.max_batch:
+                self._held = request  # first in the next batch (or the end, after this batch)
                 break
             batch.append(request)
             size += len(request.prompts)
         return batch
 
     def _work(self) -> None:
-        while True:
-            batch = self._next_batch()
+        while (batch := self._next_batch()) is not None:
             prompts = [p for r in batch for p in r.prompts]
             self.batch_sizes.append(len(prompts))
             try:

@@ -132,6 +132,8 @@ def test_serve_answers_over_http(profile):
     finally:
         server.terminate()
         server.wait(30)
+    log = server.stdout.read().decode()
+    assert "INFO ready: models:/cft-cli-test/2 (constrained)" in log and "following" not in log  # a fixed version
 
 
 def test_promote_and_rollback(profile, prefect_harness):

@@ -12,7 +12,7 @@ import torch
 from cft_core.grounding import embed_texts
 from cft_core.prompts import PromptBuilder
 from cft_core.ranking import InputError, Ranker
-from cft_core.serving import BatchingRecommender, Overloaded, RequestParams
+from cft_core.serving import BatchingRecommender, Overloaded, RequestParams, Retired
 from cft_core.tiny import build_tiny_model
 from tests.conftest import TITLES
 from tests.core.test_ranking import IDS, ranking_settings
@@ -84,6 +84,31 @@ def test_a_full_queue_refuses_at_once_and_the_waiting_requests_are_answered(rank
     gate.opened.set()
     assert all(len(f.result(timeout=60)[0].item_ids) > 0 for f in [running, *waiting])
     assert batcher.batch_sizes == [1, 2]
+
+
+@pytest.mark.parametrize(("max_batch", "batches"), [(1, [1, 1, 1]), (4, [1, 2])])  # the end found alone / in a batch
+def test_close_answers_the_queued_requests_refuses_new_ones_and_ends_the_worker(ranker, monkeypatch, max_batch, batches):
+    """What a server replacing its model relies on: nothing queued is lost, nothing is queued
+    after, and the worker (which holds the model) ends."""
+    gate = Gate(ranker, monkeypatch)
+    batcher = BatchingRecommender(ranker, max_batch=max_batch, max_queue=4, batch_wait_s=0.05)
+    running = batcher.submit([["Heat"]], k=2)
+    assert gate.entered.wait(30)
+    waiting = [batcher.submit([["Babe"]], k=2), batcher.submit([["Seven"]], k=2)]
+    closing = threading.Thread(target=batcher.close)
+    closing.start()
+    deadline = time.time() + 30
+    while not batcher._closed and time.time() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(Retired, match="replaced"):
+        batcher.submit([["Copycat"]], k=2)
+    assert closing.is_alive()  # close() waits for the queued requests
+    gate.opened.set()
+    closing.join(60)
+    assert not closing.is_alive() and not batcher._worker.is_alive()
+    assert all(len(f.result(timeout=1)[0].item_ids) > 0 for f in [running, *waiting])
+    assert batcher.batch_sizes == batches
+    assert batcher.close(timeout=1)  # again: nothing to do
 
 
 def test_bad_input_is_refused_before_the_queue(ranker):

@@ -70,8 +70,9 @@ def test_recommend_and_invocations_answer_like_the_model(client, served):
     split = client.post("/invocations", json={"dataframe_split": {"columns": ["history"], "data": [[history]]},
                                               "params": {"k": 2}})
     assert split.json()["predictions"][0]["item_ids"] == body["item_ids"]
-    assert client.get("/health").json() == {"status": "ok", "model": served[0], "method": "constrained",
-                                            "catalogue": len(catalogue)}
+    assert one.headers["X-Model-Version"] == records.headers["X-Model-Version"] == served[0].rsplit("/", 1)[1]
+    assert client.get("/health").json() == {"status": "ok", "model": served[0], "version": served[0].rsplit("/", 1)[1],
+                                            "method": "constrained", "catalogue": len(catalogue)}
 
 
 @pytest.mark.parametrize("path, body, status, message", [
@@ -104,7 +105,7 @@ def test_a_full_queue_answers_503_at_once(served, monkeypatch):
     monkeypatch.setenv("CFT_SERVE_MAX_QUEUE", "2")
     body = {"history": [served[1]["title"][0]], "k": 2}
     with TestClient(create_app(served[0])) as client:
-        batcher = client.app.state.model.recommender
+        batcher = client.app.state.served.current.batching
         assert batcher.max_queue == 2
         rank, entered, opened = batcher.ranker.rank, threading.Event(), threading.Event()
         batcher.ranker.rank = lambda *a, **k: (entered.set(), opened.wait(60), rank(*a, **k))[2]
@@ -146,3 +147,73 @@ def test_mlflow_scoring_server_answers_400_with_the_reason_and_no_trace(served):
         assert "stack_trace" not in bad.json() and "Traceback" not in bad.text
         good = c.post("/invocations", json={"dataframe_records": [{"history": ["1"]}], "params": {"k": 2}})
         assert good.status_code == 200 and 1 <= len(good.json()["predictions"][0]["item_ids"]) <= 2  # constrained: <= beams
+
+
+@pytest.mark.timeout(300)
+def test_a_served_alias_is_followed_without_a_restart(tmp_path, small_sequences):
+    """`cft serve` of models:/<name>@champion: the gate's, a promotion's or a rollback's new
+    champion answers within a check, with no restart; a version that does not load leaves the
+    current one serving; the replaced model's worker ends (its memory is freed)."""
+    import shutil
+    from urllib.parse import urlparse
+
+    import mlflow
+    from fastapi.testclient import TestClient
+
+    from cft_cli.server import create_app
+    from tasks import registry
+    from tasks.training import model_folder
+
+    seq, _ = small_sequences
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = make_config(tmp_path)
+    cfg = cfg.model_copy(update={
+        "eval": cfg.eval.model_copy(update={"num_beams": 2, "num_return_sequences": 2, "max_new_tokens": 8,
+                                            "min_new_tokens": 1}),
+        "tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    name = cfg.registered_model_name()
+    title = pd.read_parquet(seq / "catalogue.parquet")["title"][0]
+
+    def wait_for(client, version: str) -> dict:
+        deadline = time.time() + 120
+        while (health := client.get("/health").json())["version"] != version and time.time() < deadline:
+            time.sleep(0.1)
+        return health
+
+    with mlflow_uris_restored():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        llm = str(registered(cfg, uri, model_folder(cfg, seq), seq, new_run(uri)).version)
+        broken = str(registered(cfg, uri, model_folder(cfg, seq), seq, new_run(uri)).version)
+        baseline = registry.register_popularity(cfg, seq, "fp")  # the first champion
+        source = mlflow.MlflowClient().get_model_version(name, broken).source.removeprefix("models:/")
+        shutil.rmtree(urlparse(mlflow.get_logged_model(source).artifact_location).path)  # cannot load now
+
+        with TestClient(create_app(f"models:/{name}@champion", follow_every_s=0.1)) as client:
+            health = client.get("/health").json()
+            assert (health["version"], health["method"]) == (baseline, "popularity")
+            answer = client.post("/recommend", json={"history": [title], "k": 2})
+            assert answer.status_code == 200 and answer.headers["X-Model-Version"] == baseline
+
+            registry.promote(cfg, name, llm, "the LLM is ready", uri)
+            health = wait_for(client, llm)
+            assert (health["version"], health["method"]) == (llm, "constrained")
+            answer = client.post("/recommend", json={"history": [title], "k": 2})
+            assert answer.status_code == 200 and answer.headers["X-Model-Version"] == llm
+            alone = mlflow.pyfunc.load_model(f"models:/{name}/{llm}").predict(
+                pd.DataFrame({"history": [[title]]}), params={"k": 2})
+            assert answer.json()["item_ids"] == list(alone["item_ids"][0])
+            replaced = client.app.state.served.current.batching
+
+            registry.promote(cfg, name, broken, "a bad release", uri)
+            deadline = time.time() + 120
+            while "failed_versions" not in (health := client.get("/health").json()) and time.time() < deadline:
+                time.sleep(0.1)
+            assert health["failed_versions"] == [broken] and health["version"] == llm  # still serving
+            assert client.post("/recommend", json={"history": [title], "k": 2}).headers["X-Model-Version"] == llm
+
+            registry.rollback(cfg, name, "it does not load", uri)  # back to the LLM: nothing to do
+            registry.rollback(cfg, name, "back to the baseline", uri)  # the first champion
+            health = wait_for(client, baseline)
+            assert (health["version"], health["method"]) == (baseline, "popularity")
+            assert not replaced._worker.is_alive()  # closed once the baseline served
