@@ -16,6 +16,7 @@ import html
 import importlib.resources
 import io
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -23,6 +24,8 @@ import pandas as pd
 
 from schemas.config import DataConfig
 from schemas.errors import DataError
+
+log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".npy"}
 
@@ -410,6 +413,27 @@ def _read_table(path: Path) -> pd.DataFrame:
     return read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
 
 
+def _newest_titles(item_ids: pd.Series, titles: pd.Series, timestamps: pd.Series, path: Path) -> pd.DataFrame:
+    """Each item's title from the interactions themselves: the title of its newest interaction.
+
+    Products get renamed, so a log can spell one item two ways; the newest name is the one users
+    see now (and type into a history). Said in a warning with examples, never silently.
+    """
+    rows = pd.DataFrame({"item_id": item_ids.to_numpy(), "title": titles.to_numpy(), "at": timestamps.to_numpy()})
+    rows = rows.sort_values("at", kind="stable")  # file order among equal times: the later row wins
+    stripped = rows["title"].astype("string").str.strip()
+    spellings = stripped.groupby(rows["item_id"]).nunique()
+    renamed = spellings[spellings > 1].index
+    titled = stripped.notna() & (stripped != "")  # a row without a title never hides one with it
+    newest = pd.concat([rows[~titled], rows[titled]]).drop_duplicates("item_id", keep="last")
+    if len(renamed):
+        first = renamed[0]
+        old = stripped[rows["item_id"] == first].drop_duplicates().tolist()
+        log.warning("%s: %d item(s) have more than one title; each gets the title of its newest interaction, "
+                    "e.g. item %s: %s", path, len(renamed), first, " -> ".join(map(repr, old[-3:])))
+    return newest[["item_id", "title"]]
+
+
 def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """CSV/TSV/Parquet interactions (+ items file) with `source.columns` mapping ours -> theirs."""
     col = {k: cfg.source.columns.get(k, k) for k in ("user_id", "item_id", "timestamp", "rating", "title")}
@@ -431,8 +455,10 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
         require_columns(items_df, [col["item_id"], col["title"]], items_path, cfg.source.columns)
     else:  # titles in the interactions file itself
         require_columns(df, [col["title"]], inter_path, cfg.source.columns)
-        items_df = df[[col["item_id"], col["title"]]].drop_duplicates(col["item_id"])
     timestamps, unit = to_int_timestamps(df[col["timestamp"]], inter_path, col["timestamp"], cfg.source.timestamp_unit)
+    if items_path is None:
+        items_df = _newest_titles(df[col["item_id"]], df[col["title"]], timestamps, inter_path).set_axis(
+            [col["item_id"], col["title"]], axis=1)
     interactions = pd.DataFrame(
         {
             "user_id": _ids(df[col["user_id"]], inter_path, col["user_id"]),

@@ -118,6 +118,31 @@ def test_titles_are_normalised_before_validation(tmp_path):
     assert titles["i2"] == "TITLE 2"  # NFKC folds full-width letters
 
 
+def test_titles_in_the_interactions_file_are_each_items_newest(tmp_path, caplog):
+    """No items file: an item renamed in the log gets the title of its newest interaction (file
+    order deciding between equal times; a row without a title hides none), with a warning."""
+    inter = ("user,item,ts,title\n"
+             "u1,i1,100,Widget\n"
+             "u0,i1,300,Widget Pro\n"   # i1's newest, neither its first row nor its last
+             "u2,i1,200,Widget Plus\n"
+             "u0,i2,100,Gadget\n"
+             "u1,i2,100,Gadget II\n"   # the same time: the later row
+             "u0,i3,100,Gizmo\n"
+             "u1,i3,400,\n")           # i3's newest row has no title
+    src = tmp_path / "raw"
+    src.mkdir()
+    (src / "inter.csv").write_text(inter)
+    cfg = DataConfig(name="titles", data_root=tmp_path, k_core=0, source=SourceConfig(
+        format="generic", path=str(src / "inter.csv"), columns={"user_id": "user", "item_id": "item", "timestamp": "ts"},
+        timestamp_unit="s"))
+    with caplog.at_level(logging.WARNING):
+        out = ingest(cfg)
+    titles = pq.read_table(out.path / "items.parquet").to_pandas().set_index("item_id")["title"].to_dict()
+    assert titles == {"i1": "Widget Pro", "i2": "Gadget II", "i3": "Gizmo"}
+    assert "inter.csv: 2 item(s) have more than one title; each gets the title of its newest interaction, " \
+           "e.g. item i1: 'Widget' -> 'Widget Plus' -> 'Widget Pro'" in caplog.text
+
+
 def test_a_title_empty_after_normalising_is_an_error_or_dropped(tmp_path, caplog):
     items = GOOD_ITEMS.replace("Title 3", "\u200b\u200d")
     with pytest.raises(DataError, match=r"1 item\(s\) have no title .* item ids \['i3'\]; .*data.empty_titles: drop"):
