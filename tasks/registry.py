@@ -514,7 +514,7 @@ def previous_decision(cfg: PipelineConfig, train_key: str) -> dict | None:
 def promote(cfg: PipelineConfig, name: str, version: str, reason: str, uri: str) -> None:
     """A person's override: make `version` the champion, recording why."""
     if not reason.strip():
-        raise InputError("a manual promotion needs a reason (--reason)")
+        raise InputError("a manual promotion needs a reason (`cft promote --reason`, the flow's `reason`)")
     client = _client(uri)
     version = str(version)
     with promotion_lock(cfg, name):
@@ -545,7 +545,7 @@ def rollback(cfg: PipelineConfig, name: str, reason: str, uri: str) -> str:
     """Undo the last change of champion: make the champion before it champion again (repeated,
     further back: `champion_stack`); returns that version."""
     if not reason.strip():
-        raise InputError("a rollback needs a reason (--reason)")
+        raise InputError("a rollback needs a reason (`cft rollback --reason`, the flow's `reason`)")
     client = _client(uri)
     with promotion_lock(cfg, name):
         current = _alias_version(client, name, CHAMPION)
