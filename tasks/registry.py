@@ -564,26 +564,34 @@ def download_version_model(cfg: PipelineConfig, version) -> Path:
     copy inside the registered pyfunc, downloaded once under <data_root>/registry/downloads."""
     import mlflow
 
+    from cft_core.model_sources import ModelFolderError, weight_files
+
     local = Path(version.tags.get("model_dir", ""))
-    if local.name and (local / "model.safetensors").is_file():
+    if local.name and any(local.glob("*.safetensors")):  # one file or a large model's shards
         return local
     dest = cfg.data.data_root / "registry" / "downloads" / f"{version.name}-v{version.version}"
-    weights = dest / "artifacts" / "model" / "model.safetensors"
-    if not weights.is_file():
+    if not (dest / "MLmodel").is_file():  # (atomic_dir puts a download in place only when complete)
         import shutil
 
         from tasks.storage import atomic_dir
         from tasks.tracking import tracking_uri
 
-        if dest.exists() and not weights.is_file():  # (another process may have just finished)
-            shutil.rmtree(dest)  # a folder without the weights: not a finished download
+        if dest.exists():
+            shutil.rmtree(dest)  # not a finished download
         _client(tracking_uri(cfg))  # models:/ URIs resolve through MLflow's global registry URI
         # Every process of a multi-process training may get here: each downloads into its own
         # folder, the first to finish moves it into place, the others drop theirs (atomic_dir).
         with atomic_dir(dest) as tmp:
             mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}",
                                                 dst_path=str(tmp))
-    return dest / "artifacts" / "model"
+    # Where the pyfunc keeps its `model` artifact (MLflow names the folder after the logged one).
+    artifacts = mlflow.models.Model.load(str(dest / "MLmodel")).flavors["python_function"].get("artifacts", {})
+    if "model" not in artifacts:
+        raise ModelFolderError(f"{version.name} v{version.version} holds no model folder (its artifacts: "
+                               f"{', '.join(sorted(artifacts)) or 'none'})")
+    folder = dest / artifacts["model"]["path"]
+    weight_files(folder)  # a model folder, or ModelFolderError naming it
+    return folder
 
 
 def registered_model_dirs(cfg: PipelineConfig) -> set[Path]:

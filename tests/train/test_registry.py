@@ -218,10 +218,12 @@ def test_served_model_ranks_as_the_evaluation_measured(setup, method):
         assert all(len(r) <= cfg.eval.num_return_sequences for r in out["item_ids"])
 
 
-def test_a_version_whose_folder_is_gone_is_downloaded_once_from_the_configured_store(setup, monkeypatch):
+@pytest.mark.parametrize("layout", ["training", "renamed-sharded"])
+def test_a_version_whose_folder_is_gone_is_downloaded_once_from_the_configured_store(setup, monkeypatch, layout):
     """Warm start from a version whose training folder is not on this machine: its model comes
     from the registry the profile names (not MLflow's global default), into one folder, and a
-    process that finishes the same download first wins without leaving temporary folders."""
+    process that finishes the same download first wins without leaving temporary folders.
+    Also for a model logged from a folder with another name, saved in shards (a large model)."""
     import filecmp
     import shutil
 
@@ -230,7 +232,15 @@ def test_a_version_whose_folder_is_gone_is_downloaded_once_from_the_configured_s
     from tests.conftest import mlflow_uris_restored
 
     cfg, uri, tiny_dir, seq = setup
-    model_dir = shutil.copytree(tiny_dir, cfg.data.data_root / "training" / "run" / "model")  # as training lays it out
+    if layout == "training":
+        model_dir = shutil.copytree(tiny_dir, cfg.data.data_root / "training" / "run" / "model")  # as training lays it out
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model_dir = shutil.copytree(tiny_dir, cfg.data.data_root / "elsewhere" / "checkpoint-final")
+        (model_dir / "model.safetensors").unlink()
+        AutoModelForCausalLM.from_pretrained(tiny_dir).save_pretrained(model_dir, max_shard_size="200KB")
+        assert len(list(model_dir.glob("model-*-of-*.safetensors"))) > 1
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
     version = registered(cfg, uri, model_dir, seq, new_run(uri))  # no model_dir tag: nothing local
     with mlflow_uris_restored():
@@ -239,8 +249,10 @@ def test_a_version_whose_folder_is_gone_is_downloaded_once_from_the_configured_s
         mlflow.set_registry_uri(elsewhere)
         got = registry.download_version_model(cfg, version)
     downloads = cfg.data.data_root / "registry" / "downloads"
-    assert got == downloads / f"{version.name}-v{version.version}" / "artifacts" / "model"
-    assert filecmp.cmp(got / "model.safetensors", model_dir / "model.safetensors", shallow=False)
+    assert got == downloads / f"{version.name}-v{version.version}" / "artifacts" / model_dir.name
+    weights = sorted(p.name for p in model_dir.glob("*.safetensors"))
+    assert sorted(p.name for p in got.glob("*.safetensors")) == weights
+    assert all(filecmp.cmp(got / w, model_dir / w, shallow=False) for w in weights)
     assert [p.name for p in downloads.iterdir()] == [f"{version.name}-v{version.version}"]
 
     # Another process moved its copy into place while this one downloaded: this one's copy is dropped.
@@ -257,5 +269,5 @@ def test_a_version_whose_folder_is_gone_is_downloaded_once_from_the_configured_s
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", racing)
     with mlflow_uris_restored():
         assert registry.download_version_model(cfg, version) == got
-    assert (got / "model.safetensors").is_file()
+    assert sorted(p.name for p in got.glob("*.safetensors")) == weights
     assert [p.name for p in downloads.iterdir()] == [target.name]
