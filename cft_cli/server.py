@@ -22,8 +22,9 @@ Served through an alias (`models:/cft-ml-100k@champion`, the default), the serve
 every `follow_every_s` seconds it asks the registry where the alias points, and when a promotion,
 the gate or a rollback moved it, loads that version beside the current one and switches to it.
 Requests in flight finish on the model they started with; the old model's batching worker then
-ends, so its memory is freed. A version that fails to load is logged and the current one keeps
-serving; the next check tries again. (`mlflow models serve` resolves the alias once, at start.)
+ends, so its memory is freed. A version that fails to load is logged, /health lists it in
+`failed_versions`, and the current one keeps serving; it is tried again with a back-off.
+(`mlflow models serve` resolves the alias once, at start.)
 
 Mistakes in a request get 400 (or 415 for a body that is not UTF-8 JSON, 413 for one over 1 MB)
 with {"error_code", "message"} naming the problem; an internal error gets 500 with a short message
@@ -124,7 +125,9 @@ class ServedModel:
         self.client = MlflowClient()  # the tracking and registry store the CLI pointed MLflow at
         fixed = VERSION_URI.match(uri)
         self.current = self._load_version(self._resolve()) if self.alias else _load(uri, fixed and fixed["version"])
-        self.failed: dict[str, str] = {}  # version -> why it did not load (until it does)
+        # version -> (why it did not load, tries, when to try again): a version that fails is
+        # tried again after 1, 2, 4, ... checks' time, up to an hour, not downloaded every check.
+        self.failed: dict[str, tuple[str, int, float]] = {}
 
     def _resolve(self) -> str:
         name, alias = self.alias
@@ -133,24 +136,31 @@ class ServedModel:
     def _load_version(self, version: str) -> Loaded:
         return _load(f"models:/{self.alias[0]}/{version}", version)
 
-    def refresh(self) -> bool:
+    def refresh(self, every_s: float = 30.0) -> bool:
         """Switch to the version the alias names now, if it moved; say whether it switched.
-        Registry errors propagate (the caller logs them and tries again later)."""
+        `every_s`: the time between checks, the unit of a failed version's back-off. Registry
+        errors propagate (the caller logs them and tries again later)."""
         if self.alias is None:
             return False
         version = self._resolve()
         if version == self.current.version:
+            self.failed.clear()  # (moved back before a broken version loaded: nothing is pending)
+            return False
+        _, tries, retry_at = self.failed.get(version, ("", 0, 0.0))
+        if time.monotonic() < retry_at:
             return False
         started = time.perf_counter()
         log.info("%s moved: version %s -> %s; loading it", self.uri, self.current.version, version)
         try:
             new = self._load_version(version)
         except Exception as error:  # a broken version must not take the serving one down
-            self.failed[version] = f"{type(error).__name__}: {error}"
-            log.warning("%s names version %s, which did not load (%s); still serving version %s",
-                        self.uri, version, self.failed[version], self.current.version)
+            wait = min(every_s * 2**tries, 3600.0)
+            self.failed[version] = (f"{type(error).__name__}: {error}", tries + 1, time.monotonic() + wait)
+            log.warning("%s names version %s, which did not load (%s); still serving version %s; "
+                        "trying it again in %.0f s", self.uri, version, self.failed[version][0],
+                        self.current.version, wait)
             return False
-        self.failed.pop(version, None)
+        self.failed.clear()
         old, self.current = self.current, new
         log.info("serving %s version %s (loaded in %.1f s)", self.alias[0], version, time.perf_counter() - started)
         if old.batching is not None:
@@ -176,7 +186,7 @@ def create_app(model_uri: str, follow_every_s: float = 30.0):
         while True:
             await asyncio.sleep(follow_every_s)
             try:
-                await run_in_threadpool(served.refresh)
+                await run_in_threadpool(served.refresh, follow_every_s)
             except Exception as error:  # the registry is unreachable, the alias was deleted, ...
                 log.warning("could not check %s (%s: %s); still serving version %s",
                             model_uri, type(error).__name__, error, served.current.version)
@@ -271,7 +281,7 @@ def create_app(model_uri: str, follow_every_s: float = 30.0):
         now = served.current
         answer = {"status": "ok", "model": model_uri, "version": now.version, "method": now.method,
                   "catalogue": len(now.model.catalogue)}
-        if served.failed:  # versions the alias named that did not load (the log has why)
+        if served.failed:  # the alias names a version that did not load (the log says why)
             answer["failed_versions"] = sorted(served.failed)
         return answer
 

@@ -196,24 +196,29 @@ def test_a_served_alias_is_followed_without_a_restart(tmp_path, small_sequences)
             assert answer.status_code == 200 and answer.headers["X-Model-Version"] == baseline
 
             registry.promote(cfg, name, llm, "the LLM is ready", uri)
-            health = wait_for(client, llm)
+            health = wait_for(client, llm)  # found by the app's own checks
             assert (health["version"], health["method"]) == (llm, "constrained")
             answer = client.post("/recommend", json={"history": [title], "k": 2})
             assert answer.status_code == 200 and answer.headers["X-Model-Version"] == llm
             alone = mlflow.pyfunc.load_model(f"models:/{name}/{llm}").predict(
                 pd.DataFrame({"history": [[title]]}), params={"k": 2})
             assert answer.json()["item_ids"] == list(alone["item_ids"][0])
-            replaced = client.app.state.served.current.batching
 
+        with TestClient(create_app(f"models:/{name}@champion", follow_every_s=0)) as client:  # checks by hand
+            served = client.app.state.served
+            replaced = served.current.batching
             registry.promote(cfg, name, broken, "a bad release", uri)
-            deadline = time.time() + 120
-            while "failed_versions" not in (health := client.get("/health").json()) and time.time() < deadline:
-                time.sleep(0.1)
+            assert served.refresh(every_s=60) is False  # tried, did not load
+            health = client.get("/health").json()
             assert health["failed_versions"] == [broken] and health["version"] == llm  # still serving
             assert client.post("/recommend", json={"history": [title], "k": 2}).headers["X-Model-Version"] == llm
+            assert served.failed[broken][1] == 1
+            assert served.refresh(every_s=60) is False and served.failed[broken][1] == 1  # backing off: not tried
 
             registry.rollback(cfg, name, "it does not load", uri)  # back to the LLM: nothing to do
+            assert served.refresh() is False and "failed_versions" not in client.get("/health").json()
             registry.rollback(cfg, name, "back to the baseline", uri)  # the first champion
-            health = wait_for(client, baseline)
+            assert served.refresh() is True
+            health = client.get("/health").json()
             assert (health["version"], health["method"]) == (baseline, "popularity")
-            assert not replaced._worker.is_alive()  # closed once the baseline served
+            assert not replaced._worker.is_alive()  # the LLM's worker ended once the baseline served
