@@ -435,42 +435,57 @@ def _newest_titles(item_ids: pd.Series, titles: pd.Series, timestamps: pd.Series
 
 
 def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """CSV/TSV/Parquet interactions (+ items file) with `source.columns` mapping ours -> theirs."""
+    """CSV/TSV/Parquet interactions (+ items file) with `source.columns` mapping ours -> theirs.
+
+    A folder of parts (new files dropped into it) is read part by part: each part's timestamps
+    are read in their own unit (one job may write unix seconds, another ISO text), and an error
+    names the part and its rows.
+    """
     col = {k: cfg.source.columns.get(k, k) for k in ("user_id", "item_id", "timestamp", "rating", "title")}
     if inter_path.is_dir():  # a folder of parts that new files are dropped into: read them all
         parts = sorted(f for f in inter_path.iterdir() if f.is_file() and f.suffix in TABLE_SUFFIXES
                        and not f.name.startswith("."))
         if not parts:
             raise DataError(f"{inter_path}: no interaction parts ({', '.join(sorted(TABLE_SUFFIXES))} files)")
-        frames = []
-        for part in parts:
-            frames.append(_read_table(part))
-            require_columns(frames[-1], [col["user_id"], col["item_id"], col["timestamp"]], part, cfg.source.columns)
-        df = pd.concat(frames, ignore_index=True)
     else:
-        df = _read_table(inter_path)
-        require_columns(df, [col["user_id"], col["item_id"], col["timestamp"]], inter_path, cfg.source.columns)
+        parts = [inter_path]
+    needed = [col["user_id"], col["item_id"], col["timestamp"]] + ([col["title"]] if items_path is None else [])
+    frames, units, rated, examples = [], {}, False, []
+    for part in parts:
+        df = _read_table(part)
+        require_columns(df, needed, part, cfg.source.columns)
+        rated = rated or col["rating"] in df
+        timestamps, units[part.name] = to_int_timestamps(df[col["timestamp"]], part, col["timestamp"],
+                                                         cfg.source.timestamp_unit)
+        frames.append(pd.DataFrame({
+            "user_id": df[col["user_id"]].to_numpy(), "item_id": df[col["item_id"]].to_numpy(),
+            "timestamp": timestamps.to_numpy(),
+            "rating": to_float(df[col["rating"]], part, col["rating"]).to_numpy() if col["rating"] in df else float("nan"),
+            "title": df[col["title"]].to_numpy() if items_path is None else None,
+        }))
+        examples = examples or [str(v) for v in df[col["timestamp"]].head(3)]
+    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    timestamps = rows["timestamp"].astype("Int64" if rows["timestamp"].isna().any() else "int64")
     if items_path is not None:
         items_df = _read_table(items_path)
         require_columns(items_df, [col["item_id"], col["title"]], items_path, cfg.source.columns)
     else:  # titles in the interactions file itself
-        require_columns(df, [col["title"]], inter_path, cfg.source.columns)
-    timestamps, unit = to_int_timestamps(df[col["timestamp"]], inter_path, col["timestamp"], cfg.source.timestamp_unit)
-    if items_path is None:
-        items_df = _newest_titles(df[col["item_id"]], df[col["title"]], timestamps, inter_path).set_axis(
+        items_df = _newest_titles(rows["item_id"], rows["title"], timestamps, inter_path).set_axis(
             [col["item_id"], col["title"]], axis=1)
     interactions = pd.DataFrame(
         {
-            "user_id": _ids(df[col["user_id"]], inter_path, col["user_id"]),
-            "item_id": _ids(df[col["item_id"]], inter_path, col["item_id"]),
+            "user_id": _ids(rows["user_id"], inter_path, col["user_id"]),
+            "item_id": _ids(rows["item_id"], inter_path, col["item_id"]),
             "timestamp": timestamps,
-            "rating": to_float(df[col["rating"]], inter_path, col["rating"]) if col["rating"] in df else None,
+            "rating": rows["rating"].astype("float64") if rated else None,
         }
     )
     title = items_df[col["title"]].astype("string")
-    # What ingest records in its manifest (and a failed range check shows): the unit read, raw examples.
+    # What ingest records in its manifest (and a failed range check shows): the unit read (per
+    # part when they differ), raw examples.
+    unit = units[parts[0].name] if len(set(units.values())) == 1 else ", ".join(f"{k}: {v}" for k, v in units.items())
     interactions.attrs["timestamp"] = {"column": col["timestamp"], "unit": unit,
-                                       "examples": [str(v) for v in df[col["timestamp"]].head(3)]}
+                                       "examples": examples}
     items_source = items_path or inter_path
     return interactions, pd.DataFrame({"item_id": _ids(items_df[col["item_id"]], items_source, col["item_id"]),
                                        "title": title.str.strip()})

@@ -56,6 +56,27 @@ def test_mixed_iso_forms_in_one_column(tmp_path):
     assert got["timestamp"].tolist() == SECONDS
 
 
+def test_parts_are_read_each_in_its_own_unit_and_errors_name_the_part_and_its_rows(tmp_path):
+    """A folder of parts written by different jobs: unix seconds in one, ISO text in another."""
+    header, *rows = GOOD_INTER.splitlines()
+    parts = tmp_path / "raw" / "parts"
+    parts.mkdir(parents=True)
+    (parts / "a.csv").write_text("\n".join([header, *rows[:10]]) + "\n")
+    iso = _with_timestamps([pd.Timestamp(t, unit="s", tz="UTC").isoformat() for t in SECONDS]).splitlines()
+    (parts / "b.csv").write_text("\n".join([header, *iso[11:]]) + "\n")  # the last ten rows, as ISO text
+    (tmp_path / "raw" / "items.csv").write_text(GOOD_ITEMS)
+    cfg = DataConfig(name="parts", data_root=tmp_path, k_core=0, source=SourceConfig(
+        format="generic", path=str(parts), items_path=str(tmp_path / "raw" / "items.csv"),
+        columns={"user_id": "user", "item_id": "item", "timestamp": "ts"}))
+    out = ingest(cfg)
+    assert list(pq.read_table(out.path / "interactions.parquet").to_pandas()["timestamp"]) == SECONDS
+    assert json.loads((out.path / "manifest.json").read_text())["timestamp"]["unit"] == "a.csv: s, b.csv: iso"
+    (parts / "c.csv").write_text(f"{header}\nu0,i1,1000000700,3\nu1,i2,soon,3\n")  # its second data row
+    with pytest.raises(DataError, match=r"parts/c.csv: column 'ts' has 1 value\(s\) that are not timestamps "
+                                        r"\(read as s\), e.g. rows \[1\]: \['soon'\]"):
+        ingest(cfg)
+
+
 def test_native_parquet_timestamps(tmp_path):
     expected = _ingested(_write(tmp_path / "s"))
     frame = pd.read_csv(pd.io.common.StringIO(GOOD_INTER))
