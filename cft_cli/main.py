@@ -413,6 +413,8 @@ def serve(
     follow_every: Annotated[float, typer.Option(min=0, help="Seconds between checks of the alias served "
                                                           "(models:/NAME@ALIAS): when it moves, the new version "
                                                           "is loaded and served without a restart; 0: never.")] = 30,
+    wait: Annotated[bool, typer.Option(help="Start even when no version has the alias yet, answering 503 "
+                                            "until one has (a server started before the first run).")] = False,
     config: ConfigOpt = Path("configs/demo.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -425,13 +427,15 @@ def serve(
 
     if not port_free(host, port):
         raise InputError(f"port {port} is taken by another program: choose --port")
+    if wait and not follow_every:
+        raise InputError("--wait needs the alias checked: --follow-every must be above 0")
     model_uri = _served_model_uri(config, set_, model)
     # The served model reads these (cft_core.serving.ServingSettings.from_env).
     os.environ["CFT_SERVE_MAX_BATCH"] = str(max_batch)
     os.environ["CFT_SERVE_MAX_QUEUE"] = str(max_queue)
     os.environ["CFT_SERVE_BATCH_WAIT_MS"] = str(batch_wait_ms)
     console.print(f"serving {model_uri} on http://{host}:{port} (POST /recommend, POST /invocations, GET /health)")
-    run_server(model_uri, host, port, follow_every)
+    run_server(model_uri, host, port, follow_every, wait)
 
 
 @app.command("promote")
@@ -473,22 +477,31 @@ def stack_up(
     prefect_port: int = 4200,
     mlflow_port: int = 5000,
     worker: Annotated[bool, typer.Option(help="Start a process worker.")] = True,
+    serve: Annotated[Path | None, typer.Option(help="Also serve this profile's champion (cft serve --wait): "
+                                                    "503 until a run registers one, then each new champion.")] = None,
+    serve_port: int = 8080,
 ) -> None:
     """Start the servers, create the work pool, deploy prefect.yaml, start a worker; print URLs."""
-    from cft_cli.stack import Stack, deploy, start_servers, start_worker
+    from cft_cli.stack import Stack, deploy, start_recommender, start_servers, start_worker
+    from schemas.config import load_config
 
-    stack = Stack(data_root, prefect_port=prefect_port, mlflow_port=mlflow_port)
+    if serve is not None:
+        load_config(serve)  # a mistake in the profile is said now, not in the recommender's log
+    stack = Stack(data_root, prefect_port=prefect_port, mlflow_port=mlflow_port, serve_port=serve_port)
     start_servers(stack, say=console.print)
     deploy(stack)
     console.print("deployed: cft/full-pipeline, cft/scheduled-retrain (paused), cft-replay/replay, cft-promote/promote")
     if worker:
         start_worker(stack)
         console.print(f"worker on pool cft-local (log: {stack.state / 'logs' / 'worker.log'})")
+    if serve is not None:
+        start_recommender(stack, serve, say=console.print)
     console.print(
         f"\nPrefect UI: {stack.prefect_api.removesuffix('/api')}    MLflow UI: {stack.mlflow_uri}\n"
         f"In your shell:\n  export PREFECT_API_URL={stack.prefect_api} MLFLOW_TRACKING_URI={stack.mlflow_uri}\n"
         "  prefect deployment run cft/full-pipeline --param profile=configs/smoke.yaml --watch\n"
-        f"Stop: cft stack down --data-root {data_root}")
+        + (f"  curl -s {stack.recommender_url}/health\n" if serve is not None else "")
+        + f"Stop: cft stack down --data-root {data_root}")
 
 
 @stack_app.command("down")

@@ -15,7 +15,8 @@ Endpoints (JSON, UTF-8):
                      "inputs": {"history": [[...], ...]}), optional "params"
                      -> {"predictions": [{"item_ids": ..., "titles": ..., ...}, ...]}
   GET  /health       {"status": "ok", "model": <uri>, "version": <registered version served>,
-                      "method": ..., "catalogue": <items>}
+                      "method": ..., "catalogue": <items>}; 503 {"status": "waiting", ...} while a
+                      server started with `wait` has nothing to serve yet
 Answers of /recommend and /invocations carry the version that ranked them in `X-Model-Version`.
 
 Served through an alias (`models:/cft-ml-100k@champion`, the default), the server follows it:
@@ -24,7 +25,8 @@ the gate or a rollback moved it, loads that version beside the current one and s
 Requests in flight finish on the model they started with; the old model's batching worker then
 ends, so its memory is freed. A version that fails to load is logged, /health lists it in
 `failed_versions`, and the current one keeps serving; it is tried again with a back-off.
-(`mlflow models serve` resolves the alias once, at start.)
+(`mlflow models serve` resolves the alias once, at start.) Started with `wait` (`cft serve --wait`,
+the local stack's recommender) before any version has the alias, it answers 503 until one has.
 
 Mistakes in a request get 400 (or 415 for a body that is not UTF-8 JSON, 413 for one over 1 MB)
 with {"error_code", "message"} naming the problem; an internal error gets 500 with a short message
@@ -116,7 +118,7 @@ class ServedModel:
     moved (module docstring). Any other URI is served as it is, for the life of the process.
     """
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, wait: bool = False):
         from mlflow import MlflowClient
 
         self.uri = uri
@@ -124,14 +126,27 @@ class ServedModel:
         self.alias = (alias["name"], alias["alias"]) if alias else None
         self.client = MlflowClient()  # the tracking and registry store the CLI pointed MLflow at
         fixed = VERSION_URI.match(uri)
-        self.current = self._load_version(self._resolve()) if self.alias else _load(uri, fixed and fixed["version"])
+        # None until the alias names a version (`wait`: a server started before the first run).
+        self.current: Loaded | None = None
+        if self.alias is None:
+            self.current = _load(uri, fixed and fixed["version"])
+        elif (version := self._resolve(missing_ok=wait)) is not None:
+            self.current = self._load_version(version)
         # version -> (why it did not load, tries, when to try again): a version that fails is
         # tried again after 1, 2, 4, ... checks' time, up to an hour, not downloaded every check.
         self.failed: dict[str, tuple[str, int, float]] = {}
 
-    def _resolve(self) -> str:
+    def _resolve(self, missing_ok: bool = False) -> str | None:
+        """The version the alias names; None when there is none yet and `missing_ok`."""
+        from mlflow.exceptions import MlflowException
+
         name, alias = self.alias
-        return str(self.client.get_model_version_by_alias(name, alias).version)
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException as error:  # no such registered model / no version has the alias yet
+            if missing_ok and error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
 
     def _load_version(self, version: str) -> Loaded:
         return _load(f"models:/{self.alias[0]}/{version}", version)
@@ -142,45 +157,53 @@ class ServedModel:
         errors propagate (the caller logs them and tries again later)."""
         if self.alias is None:
             return False
-        version = self._resolve()
-        if version == self.current.version:
+        version = self._resolve(missing_ok=self.current is None)  # (waiting: not there yet is no error)
+        if version is None:
+            return False
+        current = self.current.version if self.current else None
+        if version == current:
             self.failed.clear()  # (moved back before a broken version loaded: nothing is pending)
             return False
         _, tries, retry_at = self.failed.get(version, ("", 0, 0.0))
         if time.monotonic() < retry_at:
             return False
         started = time.perf_counter()
-        log.info("%s moved: version %s -> %s; loading it", self.uri, self.current.version, version)
+        log.info("%s moved: version %s -> %s; loading it", self.uri, current, version)
         try:
             new = self._load_version(version)
         except Exception as error:  # a broken version must not take the serving one down
             wait = min(every_s * 2**tries, 3600.0)
             self.failed[version] = (f"{type(error).__name__}: {error}", tries + 1, time.monotonic() + wait)
             log.warning("%s names version %s, which did not load (%s); still serving version %s; "
-                        "trying it again in %.0f s", self.uri, version, self.failed[version][0],
-                        self.current.version, wait)
+                        "trying it again in %.0f s", self.uri, version, self.failed[version][0], current, wait)
             return False
         self.failed.clear()
         old, self.current = self.current, new
         log.info("serving %s version %s (loaded in %.1f s)", self.alias[0], version, time.perf_counter() - started)
-        if old.batching is not None:
+        if old is not None and old.batching is not None:
             old.batching.close()  # after the requests it holds are answered
         return True
 
     def close(self) -> None:
-        if self.current.batching is not None:
+        if self.current is not None and self.current.batching is not None:
             self.current.batching.close()
 
 
-def create_app(model_uri: str, follow_every_s: float = 30.0):
+class NothingServed(RuntimeError):
+    """Waiting for the alias to name a version: no model to answer with yet (HTTP 503)."""
+
+
+def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False):
     """The FastAPI app serving `model_uri` (a pyfunc logged by tasks/registry.py); an alias URI is
-    checked every `follow_every_s` seconds (0: never) and followed (module docstring)."""
+    checked every `follow_every_s` seconds (0: never) and followed (module docstring). `wait`: an
+    alias that names no version yet is waited for (503 until then) instead of an error."""
     import mlflow
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
-    served = ServedModel(model_uri)
+    served = ServedModel(model_uri, wait)
+    waiting = f"nothing to serve yet: no version is {model_uri} (the first pipeline run registers one)"
 
     async def follow() -> None:
         while True:
@@ -188,8 +211,8 @@ def create_app(model_uri: str, follow_every_s: float = 30.0):
             try:
                 await run_in_threadpool(served.refresh, follow_every_s)
             except Exception as error:  # the registry is unreachable, the alias was deleted, ...
-                log.warning("could not check %s (%s: %s); still serving version %s",
-                            model_uri, type(error).__name__, error, served.current.version)
+                log.warning("could not check %s (%s: %s); still serving version %s", model_uri,
+                            type(error).__name__, error, served.current.version if served.current else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -223,6 +246,8 @@ def create_app(model_uri: str, follow_every_s: float = 30.0):
         """One answer per history, and the model that gave them."""
         for _ in range(3):  # a model replaced between reading it and queuing: ask the new one
             now = served.current
+            if now is None:
+                raise NothingServed(waiting)
             p = RequestParams.parse(params, now.model.default_k)
             if now.batching is None:
                 import pandas as pd
@@ -245,7 +270,7 @@ def create_app(model_uri: str, follow_every_s: float = 30.0):
             return JSONResponse({"error_code": e.code, "message": e.message}, status_code=e.status)
         except InputError as e:
             return JSONResponse({"error_code": "INVALID_PARAMETER_VALUE", "message": str(e)}, status_code=400)
-        except Overloaded as e:
+        except (Overloaded, NothingServed) as e:
             return JSONResponse({"error_code": "TEMPORARILY_UNAVAILABLE", "message": str(e)}, status_code=503,
                                 headers={"Retry-After": "5"})
         except mlflow.exceptions.MlflowException as e:  # the popularity model's input errors
@@ -279,6 +304,9 @@ def create_app(model_uri: str, follow_every_s: float = 30.0):
     @app.get("/health")
     async def health():
         now = served.current
+        if now is None:  # not ready: a load balancer sends no one here yet
+            return JSONResponse({"status": "waiting", "model": model_uri, "version": None, "message": waiting},
+                                status_code=503)
         answer = {"status": "ok", "model": model_uri, "version": now.version, "method": now.method,
                   "catalogue": len(now.model.catalogue)}
         if served.failed:  # the alias names a version that did not load (the log says why)
@@ -288,7 +316,7 @@ def create_app(model_uri: str, follow_every_s: float = 30.0):
     return app
 
 
-def serve(model_uri: str, host: str, port: int, follow_every_s: float = 30.0) -> None:
+def serve(model_uri: str, host: str, port: int, follow_every_s: float = 30.0, wait: bool = False) -> None:
     """Load the model and answer until interrupted."""
     import uvicorn
 
@@ -298,8 +326,11 @@ def serve(model_uri: str, host: str, port: int, follow_every_s: float = 30.0) ->
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    app = create_app(model_uri, follow_every_s)
+    app = create_app(model_uri, follow_every_s, wait)
     now = app.state.served.current
     follows = f"; following {model_uri} every {follow_every_s:g} s" if app.state.served.alias and follow_every_s else ""
-    log.info("ready: %s (%s)%s", now.uri, now.method, follows)
+    if now is None:
+        log.info("waiting: no version is %s yet (503 until one is)%s", model_uri, follows)
+    else:
+        log.info("ready: %s (%s)%s", now.uri, now.method, follows)
     uvicorn.run(app, host=host, port=port, log_level="warning")

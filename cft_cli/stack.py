@@ -1,4 +1,6 @@
-"""`cft stack up|down|status`: a local Prefect server, process worker and MLflow server.
+"""`cft stack up|down|status`: a local Prefect server, process worker and MLflow server, and
+with `--serve PROFILE` a recommender (`cft serve --wait`) that serves the profile's champion from
+the stack's registry as soon as the first run registers one, and each new champion after that.
 
 Everything binds to 127.0.0.1 and keeps its state under `<data_root>/stack/`:
 
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,7 @@ class Stack:
     host: str = "127.0.0.1"
     prefect_port: int = 4200
     mlflow_port: int = 5000
+    serve_port: int = 8080
 
     @property
     def state(self) -> Path:
@@ -55,6 +59,10 @@ class Stack:
     @property
     def mlflow_uri(self) -> str:
         return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def recommender_url(self) -> str:
+        return f"http://{self.host}:{self.serve_port}"
 
     def env(self) -> dict[str, str]:
         """Environment of every stack process and of the commands run against the stack."""
@@ -77,15 +85,19 @@ def _bin(name: str) -> str:
     return str(path) if path.exists() else (shutil.which(name) or name)
 
 
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path, answers: tuple[int, ...] = (200,)) -> None:
+    """Until `url` gives one of `answers` (the process answering), or raise naming its log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{url}: the process exited with {proc.returncode}; see {log}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 (loopback URL we built)
-                if r.status == 200:
+                if r.status in answers:
                     return
+        except urllib.error.HTTPError as e:
+            if e.code in answers:
+                return
         except OSError:
             pass
         time.sleep(0.5)
@@ -178,6 +190,23 @@ def start_worker(stack: Stack) -> None:
         return
     proc = _spawn(stack, "worker", [_bin("prefect"), "worker", "start", "--pool", POOL], stack.env())
     _record(stack, "worker", proc)
+
+
+def start_recommender(stack: Stack, profile: Path, follow_every_s: float = 30.0, say=print) -> None:
+    """`cft serve --wait` of `profile`'s champion from the stack's registry: 503 until the first
+    run registers a champion, then that version, then each new one (cft_cli/server.py)."""
+    pids = _read_pids(stack)
+    if pids.get("recommender") and _alive(pids["recommender"]):
+        return
+    if not port_free(stack.host, stack.serve_port):
+        raise InputError(f"port {stack.serve_port} is taken by another program: choose --serve-port")
+    proc = _spawn(stack, "recommender", [
+        _bin("cft"), "serve", "-c", str(profile.resolve()), "--host", stack.host, "--port", str(stack.serve_port),
+        "--wait", "--follow-every", f"{follow_every_s:g}"], stack.env())
+    _record(stack, "recommender", proc)
+    log = stack.state / "logs" / "recommender.log"
+    _wait_http(f"{stack.recommender_url}/health", 300, proc, log, answers=(200, 503))  # 503: waiting
+    say(f"Recommender     {stack.recommender_url} (the champion of {profile}; log: {log})")
 
 
 def down(stack: Stack, timeout: float = 30.0, say=print) -> list[str]:

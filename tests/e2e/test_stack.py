@@ -7,6 +7,8 @@ from prefect.yaml, the smoke profile, and the registry gate.
     -> cft/scheduled-retrain twice, as of two dates, warm-starting from the champion -> two
        more gated versions, each on its own data window
     -> cft recommend against the champion
+    -> the stack's recommender (cft serve --wait): 503 before the first champion, then serving
+       whichever version the alias names, without a restart
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ import urllib.request
 
 import pytest
 
-from cft_cli.stack import POOL, PROJECT_ROOT, Stack, _bin, deploy, down, start_servers
+from cft_cli.stack import (
+    POOL,
+    PROJECT_ROOT,
+    Stack,
+    _bin,
+    deploy,
+    down,
+    start_recommender,
+    start_servers,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -59,16 +70,41 @@ def task_states(stack: Stack, run_id: str) -> dict[str, str]:
     return {r["name"].rsplit("-", 1)[0]: r["state"]["name"] for r in runs}  # "ingest-1c2" -> "ingest"
 
 
+def served_health(stack: Stack) -> tuple[int, dict]:
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(f"{stack.recommender_url}/health", timeout=30) as r:  # noqa: S310 (loopback)
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def serves_the_champion(stack: Stack, client, name: str) -> dict:
+    """The recommender's /health once it serves the version the champion alias names now."""
+    import time
+
+    champion = str(client.get_model_version_by_alias(name, "champion").version)
+    deadline = time.monotonic() + 120
+    while (health := served_health(stack))[1].get("version") != champion and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert health == (200, {**health[1], "status": "ok", "version": champion}), (champion, health)
+    return health[1]
+
+
 def test_deployment_runs_registers_and_gates(tmp_path):
     from mlflow import MlflowClient
 
     data_root = tmp_path / "data"
-    stack = Stack(data_root, prefect_port=free_port(), mlflow_port=free_port())
+    stack = Stack(data_root, prefect_port=free_port(), mlflow_port=free_port(), serve_port=free_port())
     try:
         start_servers(stack, say=lambda *_: None)
         deploy(stack)
         client = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)
         name = "cft-ml-100k-smoke"
+        start_recommender(stack, PROJECT_ROOT / "configs" / "smoke.yaml", follow_every_s=1, say=lambda *_: None)
+        status, health = served_health(stack)
+        assert (status, health["status"], health["model"]) == (503, "waiting", f"models:/{name}@champion")
 
         first, log = run_pipeline(stack, {"data.data_root": str(data_root)})
         assert set(task_states(stack, first).values()) <= {"Completed"}
@@ -88,6 +124,7 @@ def test_deployment_runs_registers_and_gates(tmp_path):
         assert {"train/loss", "valid/loss", "test/constrained/NDCG_at_10"} <= set(run.data.metrics)
         assert model.tags["gate.decision"] in ("promoted", "kept challenger") and model.tags["gate.champion_version"] == "1"
         assert "test/constrained/NDCG_at_10" in model.tags and "**Gate**" in model.description
+        serves_the_champion(stack, client, name)  # the first champion, without a restart
 
         # The scheduled deployment, as of two dates, from the champion: two more gated versions.
         retrain = {"data.data_root": str(data_root), "model.source": "champion", "model.base": "tiny",
@@ -116,5 +153,13 @@ def test_deployment_runs_registers_and_gates(tmp_path):
         titles = set(pd.read_parquet(seq_dirs[0] / "catalogue.parquet")["title"])
         shown = [line.split("│")[3].strip() for line in rows]
         assert all(any(t.startswith(s.rstrip("…")) for t in titles) for s in shown), shown
+
+        # The recommender serves the champion the retrains left, over HTTP, saying which version.
+        champion = serves_the_champion(stack, client, name)["version"]
+        req = urllib.request.Request(f"{stack.recommender_url}/recommend", method="POST",
+                                     data=json.dumps({"history": ["Star Wars (1977)", "Fargo (1996)"], "k": 5}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:  # noqa: S310 (loopback)
+            assert r.headers["X-Model-Version"] == champion and json.loads(r.read())["item_ids"]
     finally:
         down(stack, say=lambda *_: None)

@@ -222,3 +222,38 @@ def test_a_served_alias_is_followed_without_a_restart(tmp_path, small_sequences)
             health = client.get("/health").json()
             assert (health["version"], health["method"]) == (baseline, "popularity")
             assert not replaced._worker.is_alive()  # the LLM's worker ended once the baseline served
+
+
+def test_a_server_started_before_the_first_champion_waits_for_it(tmp_path, small_sequences):
+    """`cft serve --wait` (the local stack's recommender): 503 while no version has the alias,
+    then the first champion; without `wait` a missing model is an error at start."""
+    import mlflow
+    from fastapi.testclient import TestClient
+    from mlflow.exceptions import MlflowException
+
+    from cft_cli.server import create_app
+    from tasks import registry
+
+    seq, _ = small_sequences
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = make_config(tmp_path)
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    name = cfg.registered_model_name()
+    with mlflow_uris_restored():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        with pytest.raises(MlflowException, match=f"name={name} not found"):
+            create_app(f"models:/{name}@champion")
+        with TestClient(create_app(f"models:/{name}@champion", follow_every_s=0, wait=True)) as client:
+            served = client.app.state.served
+            health = client.get("/health")
+            assert health.status_code == 503 and health.json()["status"] == "waiting"
+            answer = client.post("/recommend", json={"history": ["1"], "k": 2})
+            assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+            assert f"nothing to serve yet: no version is models:/{name}@champion" in no_trace(answer)
+            assert served.refresh() is False  # still nothing: no error either
+            version = registry.register_popularity(cfg, seq, "fp")  # the first champion
+            assert served.refresh() is True
+            health = client.get("/health")
+            assert health.status_code == 200 and health.json()["version"] == version
+            assert client.post("/recommend", json={"history": ["1"], "k": 2}).headers["X-Model-Version"] == version
