@@ -9,6 +9,7 @@ experiment keeps its artifacts next to it, never in a stray ./mlruns of the work
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -202,6 +203,7 @@ def log_evaluation(result, run_id: str, tracking_uri: str) -> bool:
 
 
 TRAINING_TAG = "cft.training"  # the training folder's name (tasks.training.training_run_dir)
+RECORDED_TAG = "cft.recorded_from"  # a training run recorded from training.json (training_run_in_store)
 
 
 def _live_run(client, run_id: str | None) -> bool:
@@ -290,14 +292,31 @@ def training_run_in_store(cfg: PipelineConfig, run_dir: Path, model_dir: Path, s
     if known:
         return known
     client = mlflow.MlflowClient(tracking_uri(cfg))
-    run = TrainingRun(cfg, run_dir, summary["data_fingerprint"], Path(summary["model_source"]), summary["warm_start"])
-    mlflow.set_tag("cft.recorded_from", "training.json: trained while tracking went to another store or was off")
-    now = int(time.time() * 1000)
-    metrics = [m for entry in summary["log_history"] for m in step_metrics(entry, entry.get("step", 0), now)]
-    for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
-        client.log_batch(run.run_id, metrics=metrics[start : start + 1000], synchronous=True)
-    run.finish({**summary, "mlflow_run_id": run.run_id}, model_dir)
+    _drop_half_recording(client, run_dir)
+    try:
+        run = TrainingRun(cfg, run_dir, summary["data_fingerprint"], Path(summary["model_source"]), summary["warm_start"])
+        mlflow.set_tag(RECORDED_TAG, "training.json: trained while tracking went to another store or was off")
+        now = int(time.time() * 1000)
+        metrics = [m for entry in summary["log_history"] for m in step_metrics(entry, entry.get("step", 0), now)]
+        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            client.log_batch(run.run_id, metrics=metrics[start : start + 1000], synchronous=True)
+        run.finish({**summary, "mlflow_run_id": run.run_id}, model_dir)
+    except BaseException:
+        with contextlib.suppress(Exception):  # (the store may be gone; the next call drops the run)
+            mlflow.end_run("FAILED")
+        raise
     return run.run_id
+
+
+def _drop_half_recording(client, run_dir: Path) -> None:
+    """Delete a recording of this finished training's run that stopped half-way: the run its
+    folder names, in this store and not finished, can be nothing else (the training's own run is
+    finished, and a finished recording is found by its tag). Recording it again from the start
+    then logs each step once, with every parameter and tag."""
+    id_file = run_dir / "mlflow_run_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else None
+    if _live_run(client, run_id) and client.get_run(run_id).info.status != "FINISHED":
+        client.delete_run(run_id)
 
 
 def log_timeline(cfg: PipelineConfig, timeline: dict, plot: Path) -> str:

@@ -206,6 +206,31 @@ def test_a_reused_training_gets_its_run_in_the_store_it_is_used_with(tmp_path, s
     assert len(b.search_runs([run.info.experiment_id])) == 1
     assert tracked_here(cfg["a"], train(cfg["a"], seq, fp)).summary["mlflow_run_id"] == original
 
+    # A recording that crashed half-way (after its parameters, or after some metrics) is recorded
+    # again from the start, not continued: every parameter, each step's metrics once, one run.
+    real_log_batch = MlflowClient.log_batch
+    for crash_at in ("params", "metrics"):
+        (tmp_path / crash_at).mkdir()
+        store = f"sqlite:///{tmp_path / crash_at / 'mlflow.db'}"
+        cfg_c = make_config(tmp_path, max_steps=4, eval_steps=2, tracking={"enabled": True, "tracking_uri": store})
+
+        def crash_after_logging(self, run_id, metrics=(), params=(), tags=(), *args, crash_at=crash_at, **kwargs):
+            real_log_batch(self, run_id, metrics, params, tags, *args, **kwargs)
+            if (params if crash_at == "params" else metrics):
+                raise ConnectionError("the tracking server went away")
+
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(MlflowClient, "log_batch", crash_after_logging)
+            with pytest.raises(ConnectionError):
+                tracked_here(cfg_c, train(cfg_c, seq, fp))
+        again = tracked_here(cfg_c, train(cfg_c, seq, fp)).summary["mlflow_run_id"]
+        c = MlflowClient(store)
+        run = c.get_run(again)
+        assert [r.info.run_id for r in c.search_runs([run.info.experiment_id])] == [again], crash_at
+        assert run.info.status == "FINISHED" and len(run.data.params) == len(a.get_run(original).data.params)
+        assert ([(m.step, m.value) for m in c.get_metric_history(again, "train/loss")]
+                == [(m.step, m.value) for m in a.get_metric_history(original, "train/loss")]), crash_at
+
 
 def test_an_interrupted_training_resumes_into_a_new_run_when_its_run_is_in_another_store(tmp_path, small_sequences):
     from mlflow import MlflowClient
