@@ -247,6 +247,15 @@ class TrainingRun:
     def callback(self):
         return step_metrics_callback(self.run_id)
 
+    def stop(self, error: BaseException) -> None:
+        """End the run of a training that stopped: KILLED when interrupted, else FAILED (a
+        resume continues it). The process may go on (a flow task's retry, a replay)."""
+        import mlflow
+
+        with contextlib.suppress(Exception):  # (the store may be what failed)
+            mlflow.set_tag("cft.stopped_by", f"{type(error).__name__}: {error}"[:500])
+            mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+
     def finish(self, summary: dict, model_dir: Path) -> None:
         import matplotlib.pyplot as plt
         import mlflow

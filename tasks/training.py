@@ -282,9 +282,14 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
     last = get_last_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").is_dir() else None
-    if last is not None:
-        checkpoints.verify(run_dir, Path(last))  # before anything in it is unpickled
-    result = trainer.train(resume_from_checkpoint=last)
+    try:
+        if last is not None:
+            checkpoints.verify(run_dir, Path(last))  # before anything in it is unpickled
+        result = trainer.train(resume_from_checkpoint=last)
+    except BaseException as error:
+        if tracker:  # the run shows what happened; the next try resumes into it
+            tracker.stop(error)
+        raise
 
     summary = {
         "config": cfg.model_dump(mode="json"),

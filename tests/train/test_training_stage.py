@@ -232,6 +232,29 @@ def test_a_reused_training_gets_its_run_in_the_store_it_is_used_with(tmp_path, s
                 == [(m.step, m.value) for m in a.get_metric_history(original, "train/loss")]), crash_at
 
 
+def test_an_interrupted_training_ends_its_run_and_resumes_into_it(tmp_path, small_sequences):
+    """The run of a training that stopped says so (KILLED) and is not left active in the process
+    (a flow task's retry, a replay go on in it); the resumed training finishes the same run."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from tasks.tracking import experiment_name
+
+    seq, fp = small_sequences
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = make_config(tmp_path, max_steps=4, eval_steps=2, tracking={"enabled": True, "tracking_uri": uri})
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, seq, fp, extra_callbacks=[StopAfter(2)])
+    assert mlflow.active_run() is None
+    client = MlflowClient(uri)
+    (stopped,) = client.search_runs([client.get_experiment_by_name(experiment_name(cfg)).experiment_id])
+    assert stopped.info.status == "KILLED" and stopped.data.tags["cft.stopped_by"] == "KeyboardInterrupt: stopped after step 2"
+    out = train(cfg, seq, fp)
+    run = client.get_run(out.summary["mlflow_run_id"])
+    assert run.info.run_id == stopped.info.run_id and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4]
+
+
 def test_an_interrupted_training_resumes_into_a_new_run_when_its_run_is_in_another_store(tmp_path, small_sequences):
     from mlflow import MlflowClient
 
