@@ -168,7 +168,8 @@ class ServedModel:
         if time.monotonic() < retry_at:
             return False
         started = time.perf_counter()
-        log.info("%s moved: version %s -> %s; loading it", self.uri, current, version)
+        moved = f"moved: version {current} ->" if current else "names"
+        log.info("%s %s version %s; loading it", self.uri, moved, version)
         try:
             new = self._load_version(version)
         except Exception as error:  # a broken version must not take the serving one down
@@ -305,7 +306,8 @@ def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False)
     async def health():
         now = served.current
         if now is None:  # not ready: a load balancer sends no one here yet
-            return JSONResponse({"status": "waiting", "model": model_uri, "version": None, "message": waiting},
+            return JSONResponse({"status": "waiting", "model": model_uri, "version": None, "message": waiting,
+                                 **({"failed_versions": sorted(served.failed)} if served.failed else {})},
                                 status_code=503)
         answer = {"status": "ok", "model": model_uri, "version": now.version, "method": now.method,
                   "catalogue": len(now.model.catalogue)}
