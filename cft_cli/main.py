@@ -216,7 +216,8 @@ def _example_history(cfg) -> list[str]:
 
 @app.command("compare")
 def compare(
-    runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="Two or more sides: MLflow run ids or "
+    runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="Two or more sides: MLflow run ids, "
+                                              "registered versions (models:/NAME/3, models:/NAME@champion) or "
                                               "evaluation folders; a side with several seeds is comma-separated.")],
     metric: Annotated[list[str] | None, typer.Option("--metric", help="HR@K / NDCG@K per method (repeat).")] = None,
     level: Annotated[float, typer.Option(min=0.5, max=0.999, help="Interval confidence level.")] = 0.95,
@@ -235,7 +236,7 @@ def compare(
     from tasks.tracking import tracking_uri
 
     if len(runs) < 2:
-        raise InputError("compare needs at least two sides (run ids or evaluation folders)")
+        raise InputError("compare needs at least two sides (run ids, registered versions or evaluation folders)")
     cfg = load_config(config, set_)
     metrics = metric or ["HR@10", "NDCG@10"]
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,10 +16,14 @@ For every quantity (HR/NDCG@K per method; history effect per title and per token
 the table holds mean(A), mean(B), mean(B - A) and the percentile-bootstrap interval of
 mean(B - A), resampling rows (`cft_core.metrics.paired_bootstrap_ci`), with a verdict read from
 the interval: "B higher", "B lower", or "no difference at this budget" when it holds 0.
+
+A run is named by its MLflow run id, its evaluation folder, or a registered version
+(`models:/cft-ml-100k/3`, `models:/cft-ml-100k@champion`): the version's run.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from schemas.errors import InputError
 from tasks.tracking import missing_store
 
 KEY = ["user_id", "target_item_id", "occurrence"]
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[^/@]+))$")
 
 
 def keyed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -164,15 +169,41 @@ def evaluation_of_run(run_id: str, split: str, tracking_uri: str, into: Path) ->
     return Path(local), int(seed) if seed is not None and str(seed).lstrip("-").isdigit() else None
 
 
+def run_of_version(uri: str, tracking_uri: str) -> str:
+    """The run a registered version (models:/NAME/VERSION or models:/NAME@ALIAS) was made from."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from tasks.registry import KIND_TAG
+
+    match = MODEL_URI.match(uri)
+    if match is None:
+        raise InputError(f"{uri}: a registered version is models:/NAME/VERSION or models:/NAME@ALIAS")
+    if (store := missing_store(tracking_uri)) is not None:
+        raise InputError(f"{uri}: there is no tracking store at {store}, so no registry")
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    try:
+        version = (client.get_model_version(match["name"], match["version"]) if match["version"]
+                   else client.get_model_version_by_alias(match["name"], match["alias"]))
+    except MlflowException:
+        raise InputError(f"{uri} is not in the registry at {tracking_uri}") from None
+    if version.tags.get(KIND_TAG) == "popularity":
+        raise InputError(f"{uri} is version {version.version}, a popularity baseline: it has no evaluation of its "
+                         "own (each evaluation's table has the most_popular row, and the gate compares with it)")
+    return version.run_id
+
+
 def load_side(spec: str, split: str, tracking_uri: str, metrics: list[str], into: Path) -> list[Evaluated]:
-    """A side as typed: comma-separated run ids or evaluation folders (one per seed)."""
+    """A side as typed: comma-separated run ids, registered versions or evaluation folders (one
+    per seed)."""
     side = []
     for item in [s.strip() for s in spec.split(",") if s.strip()]:
         path = Path(item)
         if path.is_dir():  # an evaluation folder: its seed is not recorded in it
             side.append(Evaluated(item, per_row_quantities(path, metrics)))
         else:
-            folder, seed = evaluation_of_run(item, split, tracking_uri, into / item)
+            run_id = run_of_version(item, tracking_uri) if item.startswith("models:/") else item
+            folder, seed = evaluation_of_run(run_id, split, tracking_uri, into / run_id)
             side.append(Evaluated(item, per_row_quantities(folder, metrics), seed))
     if not side:
         raise InputError(f"no run in {spec!r}")

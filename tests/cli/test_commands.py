@@ -144,6 +144,26 @@ def test_promote_and_rollback(profile, prefect_harness):
     assert "champion -> version 2" in cft("rollback", "-c", str(profile), "--reason", "regressed")
 
 
+def test_compare_registered_versions(profile, tmp_path):
+    """Versions as users name them in the registry: the champion (v2 after the rollback) vs v3."""
+    out = cft("compare", "models:/cft-cli-test@champion", "models:/cft-cli-test/3", "-c", str(profile),
+              "--out-dir", str(tmp_path))
+    from mlflow import MlflowClient
+
+    assert "A = models:/cft-cli-test@champion; B = models:/cft-cli-test/3." in out
+    table = pd.read_json(tmp_path / "compare-1.json").set_index("quantity")
+    uri = f"sqlite:///{profile.parent / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    for side, version in (("A", "2"), ("B", "3")):  # each side is its version's run, on the same 8 rows
+        run = client.get_run(client.get_model_version("cft-cli-test", version).run_id)
+        assert table.loc["constrained/NDCG@10", side] == pytest.approx(run.data.metrics["test/constrained/NDCG_at_10"])
+    assert table.loc["constrained/NDCG@10", "rows"] == 8
+    out = cft("compare", "models:/cft-cli-test/1", "models:/cft-cli-test/3", "-c", str(profile), code=2)
+    assert "models:/cft-cli-test/1 is version 1, a popularity baseline" in out
+    out = cft("compare", "models:/cft-cli-test/9", "models:/cft-cli-test/3", "-c", str(profile), code=2)
+    assert "models:/cft-cli-test/9 is not in the registry" in out
+
+
 def test_stack_status_says_not_running(tmp_path):
     assert "not running" in cft("stack", "status", "--data-root", str(tmp_path))
 
