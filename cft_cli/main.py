@@ -402,6 +402,48 @@ def recommend(
     console.print(t)
 
 
+@app.command("recommend-all")
+def recommend_all(
+    out: Annotated[Path, typer.Option(help="Parquet file to write (replaced whole when done).")] = Path(
+        "recommendations.parquet"),
+    model: Annotated[str, typer.Option(help="Model URI; default the champion, models:/cft-<data.name>@champion.")] = "",
+    k: Annotated[int, typer.Option("-k", min=1, help="Items per user.")] = 10,
+    config: ConfigOpt = Path("configs/demo.yaml"),
+    set_: SetOpt = None,
+) -> None:
+    """Top-K for every user of the profile's data, from their newest history, into one Parquet
+    file: the batch job beside `cft serve` (tasks/batch.py)."""
+    from schemas.config import load_config
+    from tasks.batch import recommend_all as rank_everyone
+    from tasks.data import prepare
+
+    model_uri = _served_model_uri(config, set_, model)
+    cfg = load_config(config, set_)
+    _, sequences, _ = prepare(cfg.data)
+    version = _registered_version(model_uri)
+    exact = f"models:/{model_uri.removeprefix('models:/').split('@')[0]}/{version}" if "@" in model_uri else model_uri
+    done = rank_everyone(sequences.path, cfg.data.max_history, exact, k, out, version)  # the version resolved
+    console.print(f"{done.users} users: top {k} from {model_uri}" + (f" (version {version})" if version else "")
+                  + f" -> {done.path}", highlight=False, soft_wrap=True)
+    if done.skipped_users or done.unknown_items:
+        console.print(f"[yellow]left out:[/yellow] {done.unknown_items} history item(s) the model's catalogue lacks "
+                      f"(newer than its data window); {done.skipped_users} user(s) with none it knows", highlight=False)
+
+
+def _registered_version(model_uri: str) -> str | None:
+    """The registered version a models:/ URI names now (None for other URIs)."""
+    from mlflow import MlflowClient
+
+    from tasks.compare import MODEL_URI
+
+    match = MODEL_URI.match(model_uri)
+    if match is None:
+        return None
+    if match["version"]:
+        return match["version"]
+    return str(MlflowClient().get_model_version_by_alias(match["name"], match["alias"]).version)
+
+
 @app.command("serve")
 def serve(
     model: Annotated[str, typer.Option(help="Model URI; default the champion, models:/cft-<data.name>@champion.")] = "",

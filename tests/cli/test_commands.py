@@ -86,6 +86,30 @@ def test_recommend_from_the_champion(profile):
     assert f"not in the catalogue: '{typo}', left out (--free-text to use it as typed); close: '{title}'" in out
 
 
+def test_recommend_all_writes_every_users_top_k(profile, tmp_path):
+    """The batch job: a row per user of the data, ranked as the served model ranks that history."""
+    import json
+
+    import mlflow
+    import pyarrow.parquet as pq
+
+    target = tmp_path / "recs.parquet"
+    out = cft("recommend-all", "-c", str(profile), "--model", "models:/cft-cli-test/1", "-k", "3", "--out", str(target))
+    seq = next((profile.parent / "data" / "sequences").iterdir())
+    users = set(pd.concat([pd.read_parquet(seq / f"{s}.parquet", columns=["user_id"]) for s in ("train", "valid", "test")])
+                ["user_id"])
+    assert f"{len(users)} users: top 3 from models:/cft-cli-test/1 (version 1) -> {target}" in out
+    table = pq.read_table(target)
+    assert json.loads(table.schema.metadata[b"cft"])["version"] == "1"
+    recs = table.to_pandas()
+    assert set(recs["user_id"]) == users and recs["item_ids"].map(len).eq(3).all()
+    served = mlflow.pyfunc.load_model("models:/cft-cli-test/1")
+    for row in recs.sample(5, random_state=0).itertuples():
+        alone = served.predict(pd.DataFrame({"history": [[str(i) for i in row.history_item_ids]]}), params={"k": 3})
+        assert list(row.item_ids) == list(alone["item_ids"][0]) and not set(row.item_ids) & set(row.history_item_ids)
+        assert 1 <= len(row.history_item_ids) <= 10  # the newest data.max_history items
+
+
 def test_serve_answers_over_http(profile):
     """`cft serve` as a user starts it: a real process on a free port, asked over HTTP."""
     import json

@@ -1,0 +1,91 @@
+"""Batch recommendations: every user's top-K, from their newest history, by a registered model.
+
+The nightly job of a recommender: recommendations for every user the data shows, written to one
+Parquet file that an application reads instead of calling the server. For each user in the
+profile's data (its window and `as_of`, after k-core), the history is their newest
+`data.max_history` items: the history of their last sample in the built sequences followed by
+that sample's target. The registered model (the champion by default) ranks them through its
+pyfunc `predict`, the same ranking as `cft serve` and the evaluation (cft_core.ranking).
+
+A model knows the catalogue of the data window it was trained on; items that arrived since are
+not in it, so they are left out of a history (counted in the summary), and a user none of whose
+items the model knows gets no row (counted too).
+
+Output: one row per user with `user_id`, `history_item_ids`, `item_ids`, `titles`, `scores`
+(best first), written through a temporary file renamed into place; the Parquet metadata names the
+model URI, its version and the sequences folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+SPLITS = ("train", "valid", "test")
+CHUNK = 64  # histories per predict call: a few generation batches, and a progress step
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    path: Path
+    users: int  # rows written
+    skipped_users: int  # users none of whose items the model knows
+    unknown_items: int  # history entries left out: items the model's catalogue lacks
+
+
+def latest_histories(sequences: Path, max_history: int) -> pd.DataFrame:
+    """(user_id, history_item_ids) per user: the newest `max_history` items of each user, from
+    their last sample (the newest target; the later split, then the later row, on a tie)."""
+    frames = [pd.read_parquet(sequences / f"{s}.parquet", columns=["user_id", "history_item_ids", "target_item_id",
+                                                                   "timestamp"]) for s in SPLITS]
+    rows = pd.concat(frames, ignore_index=True)  # split order, then row order: what a tie keeps
+    last = rows.sort_values("timestamp", kind="stable").groupby("user_id", sort=False).tail(1)
+    histories = [[*map(int, h), int(t)][-max_history:] for h, t in zip(last["history_item_ids"], last["target_item_id"],
+                                                                       strict=True)]
+    return pd.DataFrame({"user_id": last["user_id"].to_numpy(), "history_item_ids": histories}).sort_values(
+        "user_id", kind="stable", ignore_index=True)
+
+
+def recommend_all(sequences: Path, max_history: int, model_uri: str, k: int, out: Path,
+                  version: str | None = None, progress: bool = True) -> BatchOutput:
+    """Rank every user's newest history with the model at `model_uri` (MLflow already points at
+    its registry) and write the top `k` to `out`."""
+    import mlflow
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    known = set(model.unwrap_python_model().catalogue.row_of_id)
+    users = latest_histories(sequences, max_history)
+    histories = [[i for i in h if i in known] for h in users["history_item_ids"]]
+    unknown = sum(len(h) for h in users["history_item_ids"]) - sum(len(h) for h in histories)
+    keep = [bool(h) for h in histories]
+    users = users[keep].reset_index(drop=True)
+    histories = [h for h, kept in zip(histories, keep, strict=True) if kept]
+    answers = []
+    for start in tqdm(range(0, len(histories), CHUNK), desc="recommend", unit="chunk", disable=None if progress else True):
+        chunk = pd.DataFrame({"history": [[str(i) for i in h] for h in histories[start : start + CHUNK]]})
+        answers.append(model.predict(chunk, params={"k": k, "exclude_history": True}))
+    ranked = pd.concat(answers, ignore_index=True) if answers else pd.DataFrame(
+        {c: [] for c in ("item_ids", "titles", "scores")})
+    table = pa.table({
+        "user_id": pa.array(users["user_id"].astype(str).tolist(), pa.string()),
+        "history_item_ids": pa.array(histories, pa.list_(pa.int64())),
+        "item_ids": pa.array([list(map(int, r)) for r in ranked["item_ids"]], pa.list_(pa.int64())),
+        "titles": pa.array([list(r) for r in ranked["titles"]], pa.list_(pa.string())),
+        "scores": pa.array([list(map(float, r)) for r in ranked["scores"]], pa.list_(pa.float64())),
+    }).replace_schema_metadata({"cft": json.dumps({"model": model_uri, "version": version, "k": k,
+                                                   "sequences": str(sequences.resolve())})})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return BatchOutput(out, table.num_rows, len(keep) - len(histories), unknown)
