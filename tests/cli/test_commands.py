@@ -247,3 +247,35 @@ def test_replay_writes_the_timeline_report_and_an_mlflow_run(profile, tmp_path):
     again = cft("replay", "-c", str(profile), "--periods", "2", "--every", "30d", "--out", str(timeline),
                 "--set", "model.source=champion", "--set", "model.base=tiny")
     assert again.count("already in") == 2
+
+
+def test_recommend_all_leaves_out_items_an_older_model_does_not_know(profile, tmp_path):
+    """The replay's first period registered a popularity baseline of an earlier data window: the
+    items that came later are not in its catalogue, so they are left out of the histories (and
+    counted), and a user left with nothing gets no row."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from tasks.batch import latest_histories
+    from tests.conftest import mlflow_uris_restored
+
+    uri = f"sqlite:///{profile.parent / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    baselines = [v.version for v in client.search_model_versions("name='cft-cli-test'") if v.tags.get("cft.kind") == "popularity"]
+    with mlflow_uris_restored():
+        mlflow.set_registry_uri(uri)
+        catalogues = {v: set(mlflow.pyfunc.load_model(f"models:/cft-cli-test/{v}").unwrap_python_model().catalogue.row_of_id)
+                      for v in baselines}
+    older, known = min(catalogues.items(), key=lambda kv: len(kv[1]))
+    seq = next((profile.parent / "data" / "sequences").iterdir())  # the profile's (whole) window
+    histories = latest_histories(seq, 10)["history_item_ids"]
+    unknown = sum(i not in known for h in histories for i in h)
+    skipped = sum(not any(i in known for i in h) for h in histories)
+    assert unknown > 0, "the replay's first window should lack some of the later items"
+
+    target = tmp_path / "recs.parquet"
+    out = cft("recommend-all", "-c", str(profile), "--model", f"models:/cft-cli-test/{older}", "-k", "2", "--out", str(target))
+    assert f"left out: {unknown} history item(s) the model's catalogue lacks" in out and f"{skipped} user(s)" in out
+    recs = pd.read_parquet(target)
+    assert len(recs) == len(histories) - skipped
+    assert all(set(h) <= known for h in recs["history_item_ids"])
