@@ -404,44 +404,25 @@ def recommend(
 
 @app.command("recommend-all")
 def recommend_all(
-    out: Annotated[Path, typer.Option(help="Parquet file to write (replaced whole when done).")] = Path(
-        "recommendations.parquet"),
+    out: Annotated[Path | None, typer.Option(help="Parquet file to write (replaced whole when done); default "
+                                                  "<data_root>/recommendations/cft-<data.name>.parquet.")] = None,
     model: Annotated[str, typer.Option(help="Model URI; default the champion, models:/cft-<data.name>@champion.")] = "",
     k: Annotated[int, typer.Option("-k", min=1, help="Items per user.")] = 10,
     config: ConfigOpt = Path("configs/demo.yaml"),
     set_: SetOpt = None,
 ) -> None:
     """Top-K for every user of the profile's data, from their newest history, into one Parquet
-    file: the batch job beside `cft serve` (tasks/batch.py)."""
+    file: the batch job beside `cft serve` (tasks/batch.py; the cft-batch flow runs it too)."""
     from schemas.config import load_config
-    from tasks.batch import recommend_all as rank_everyone
-    from tasks.data import prepare
+    from tasks import batch
 
-    model_uri = _served_model_uri(config, set_, model)
-    cfg = load_config(config, set_)
-    _, sequences, _ = prepare(cfg.data)
-    version = _registered_version(model_uri)
-    exact = f"models:/{model_uri.removeprefix('models:/').split('@')[0]}/{version}" if "@" in model_uri else model_uri
-    done = rank_everyone(sequences.path, cfg.data.max_history, exact, k, out, version)  # the version resolved
-    console.print(f"{done.users} users: top {k} from {model_uri}" + (f" (version {version})" if version else "")
+    done, exact, version = batch.run(load_config(config, set_), model, k, out)
+    label = model or "the champion"
+    console.print(f"{done.users} users: top {k} from {label}" + (f" (version {version})" if version else f" ({exact})")
                   + f" -> {done.path}", highlight=False, soft_wrap=True)
     if done.skipped_users or done.unknown_items:
         console.print(f"[yellow]left out:[/yellow] {done.unknown_items} history item(s) the model's catalogue lacks "
                       f"(newer than its data window); {done.skipped_users} user(s) with none it knows", highlight=False)
-
-
-def _registered_version(model_uri: str) -> str | None:
-    """The registered version a models:/ URI names now (None for other URIs)."""
-    from mlflow import MlflowClient
-
-    from tasks.compare import MODEL_URI
-
-    match = MODEL_URI.match(model_uri)
-    if match is None:
-        return None
-    if match["version"]:
-        return match["version"]
-    return str(MlflowClient().get_model_version_by_alias(match["name"], match["alias"]).version)
 
 
 @app.command("serve")
@@ -533,7 +514,8 @@ def stack_up(
     stack = Stack(data_root, prefect_port=prefect_port, mlflow_port=mlflow_port, serve_port=serve_port)
     start_servers(stack, say=console.print)
     deploy(stack)
-    console.print("deployed: cft/full-pipeline, cft/scheduled-retrain (paused), cft-replay/replay, cft-promote/promote")
+    console.print("deployed: cft/full-pipeline, cft/scheduled-retrain (paused), cft-replay/replay, cft-promote/promote, "
+                  "cft-batch/nightly (paused)")
     if worker:
         start_worker(stack)
         console.print(f"worker on pool cft-local (log: {stack.state / 'logs' / 'worker.log'})")

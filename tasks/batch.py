@@ -12,8 +12,9 @@ not in it, so they are left out of a history (counted in the summary), and a use
 items the model knows gets no row (counted too).
 
 Output: one row per user with `user_id`, `history_item_ids`, `item_ids`, `titles`, `scores`
-(best first), written through a temporary file renamed into place; the Parquet metadata names the
-model URI, its version and the sequences folder.
+(best first), written through a temporary file renamed into place (default
+`<data_root>/recommendations/cft-<data.name>.parquet`); the Parquet metadata names the model URI,
+its version and the sequences folder.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from schemas.config import PipelineConfig
 
 SPLITS = ("train", "valid", "test")
 CHUNK = 64  # histories per predict call: a few generation batches, and a progress step
@@ -48,6 +51,48 @@ def latest_histories(sequences: Path, max_history: int) -> pd.DataFrame:
                                                                        strict=True)]
     return pd.DataFrame({"user_id": last["user_id"].to_numpy(), "history_item_ids": histories}).sort_values(
         "user_id", kind="stable", ignore_index=True)
+
+
+def resolve_model(cfg: PipelineConfig, model: str = "") -> tuple[str, str | None]:
+    """(the exact URI to load, its registered version) for `model` (default the champion of
+    `cft-<data.name>`), with MLflow pointed at the profile's store. An alias is resolved to the
+    version it names now, so the version written down is the one that ranked."""
+    import mlflow
+
+    from schemas.errors import InputError
+    from tasks.compare import MODEL_URI
+    from tasks.tracking import missing_store, tracking_uri
+
+    uri = tracking_uri(cfg, create=False)
+    if (database := missing_store(uri)) is not None:
+        raise InputError(f"there is no tracking store at {database}, so no registered model: run the pipeline "
+                         "first, or point tracking.tracking_uri at your store")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    model = model or f"models:/{cfg.registered_model_name()}@champion"
+    match = MODEL_URI.match(model)
+    if match is None:  # a runs:/ URI or a folder: no registered version
+        return model, None
+    if match["version"]:
+        return model, match["version"]
+    version = str(mlflow.MlflowClient().get_model_version_by_alias(match["name"], match["alias"]).version)
+    return f"models:/{match['name']}/{version}", version
+
+
+def default_output(cfg: PipelineConfig) -> Path:
+    return cfg.data.data_root / "recommendations" / f"{cfg.registered_model_name()}.parquet"
+
+
+def run(cfg: PipelineConfig, model: str = "", k: int = 10, out: Path | None = None,
+        progress: bool = True) -> tuple[BatchOutput, str, str | None]:
+    """`cft recommend-all` and the `cft-batch` flow: the profile's data (each stage reused when
+    unchanged), the model resolved, every user ranked. Returns (output, URI loaded, version)."""
+    from tasks.data import prepare
+
+    exact, version = resolve_model(cfg, model)
+    _, sequences, _ = prepare(cfg.data)
+    done = recommend_all(sequences.path, cfg.data.max_history, exact, k, out or default_output(cfg), version, progress)
+    return done, exact, version
 
 
 def recommend_all(sequences: Path, max_history: int, model_uri: str, k: int, out: Path,

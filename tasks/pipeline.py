@@ -38,7 +38,7 @@ def transient_only(task, task_run, state) -> bool:
     return False
 
 
-def _slug(text: str) -> str:
+def artifact_slug(text: str) -> str:
     """Artifact keys: lowercase letters, digits and dashes only."""
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
@@ -84,7 +84,7 @@ def _validation_artifact(dataset: str, report: dict) -> None:
         rows.append(f"| {r['table']} | {r['column']} | {r['expectation']} | {result} | {r['unexpected_count'] or ''} |")
     head = (f"**{report['what']}**: {'passed' if report['success'] else 'FAILED'} "
             f"({len(report['failures'])} failed, {len(report['warnings'])} warnings)\n\n")
-    create_markdown_artifact(head + "\n".join(rows), key=f"validation-{_slug(dataset)}",
+    create_markdown_artifact(head + "\n".join(rows), key=f"validation-{artifact_slug(dataset)}",
                              description="Great Expectations validation of the ingested tables")
 
 
@@ -208,4 +208,4 @@ def metrics_summary(cfg: PipelineConfig, evaluation: EvalOutput | None, run_id: 
 
 
 def metrics_artifact(text: str, cfg: PipelineConfig) -> None:
-    create_markdown_artifact(text, key=f"metrics-{_slug(cfg.data.name)}", description="CFT evaluation metrics")
+    create_markdown_artifact(text, key=f"metrics-{artifact_slug(cfg.data.name)}", description="CFT evaluation metrics")

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import urllib.request
 
 import pytest
 from typer.testing import CliRunner
@@ -22,8 +24,8 @@ def free_port() -> int:
 def test_stack_up_status_down(tmp_path):
     runner = CliRunner()
     root = str(tmp_path / "data")
-    serve_port = free_port()
-    up = runner.invoke(app, ["stack", "up", "--data-root", root, "--prefect-port", str(free_port()),
+    serve_port, prefect_port = free_port(), free_port()
+    up = runner.invoke(app, ["stack", "up", "--data-root", root, "--prefect-port", str(prefect_port),
                              "--mlflow-port", str(free_port()), "--no-worker", "--serve", "configs/smoke.yaml",
                              "--serve-port", str(serve_port)], prog_name="cft")
     try:
@@ -33,6 +35,12 @@ def test_stack_up_status_down(tmp_path):
         status = runner.invoke(app, ["stack", "status", "--data-root", root], prog_name="cft").output
         assert "prefect-server: running" in status and "mlflow-server: running" in status
         assert "recommender: running" in status  # waiting for a first champion (tests/e2e/test_stack.py)
+        request = urllib.request.Request(f"http://127.0.0.1:{prefect_port}/api/deployments/filter", data=b"{}",
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310 (loopback)
+            deployments = {d["name"]: d for d in json.loads(r.read())}
+        assert set(deployments) == {"full-pipeline", "scheduled-retrain", "replay", "promote", "nightly"}
+        assert [s["active"] for s in deployments["nightly"]["schedules"]] == [False]  # created paused
     finally:
         down = runner.invoke(app, ["stack", "down", "--data-root", root], prog_name="cft")
     assert down.exit_code == 0 and "stopped recommender" in down.output

@@ -3,6 +3,8 @@ registry calls retry transient errors. The deployed flow end to end is tests/e2e
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from schemas.config import PipelineConfig
@@ -75,6 +77,30 @@ def test_the_whole_flow_succeeds_in_process_and_a_rerun_reuses_every_stage(tmp_p
     assert second["unchanged"].startswith("no new interactions since") and second["registered"] is None
     assert "champion unchanged (v2" in second["summary"]
     assert len(client.search_model_versions(f"name='{name}'")) == 2
+
+
+def test_the_batch_flow_writes_every_users_top_k_from_the_champion(tmp_path, prefect_harness):
+    """`cft-batch/nightly` in-process: after the pipeline registered a champion, a row per user of
+    the data, from the version the alias names, in the default place."""
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from flows.batch import batch_flow
+    from flows.cft import cft_pipeline
+    from tasks.batch import default_output
+
+    cfg, uri = _tiny_flow_config(tmp_path)
+    cft_pipeline(config=cfg)
+    champion = str(MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(cfg.registered_model_name(),
+                                                                                  "champion").version)
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(json.dumps(cfg.model_dump(mode="json")))  # YAML is a superset of JSON
+    summary = batch_flow(profile=str(profile), k=2)
+    assert summary["version"] == champion and summary["path"] == str(default_output(cfg))
+    recs = pd.read_parquet(summary["path"])
+    sequences = next((tmp_path / "sequences").iterdir())
+    users = pd.concat([pd.read_parquet(sequences / f"{s}.parquet", columns=["user_id"]) for s in ("train", "valid", "test")])
+    assert len(recs) == summary["users"] == users["user_id"].nunique() and summary["unknown_items"] == 0
 
 
 def test_registry_call_is_retried_after_a_transient_error(tmp_path, prefect_harness, monkeypatch, small_sequences):
