@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -51,8 +50,6 @@ from cft_core.serving import Overloaded, RequestParams, Retired
 
 log = logging.getLogger("cft.serve")
 MAX_BODY_BYTES = 1 << 20  # 1 MB: thousands of histories; anything larger is a mistake
-ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")  # models:/cft-ml-100k@champion
-VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>[0-9]+)$")  # models:/cft-ml-100k/3
 
 
 class RequestError(Exception):
@@ -121,15 +118,16 @@ class ServedModel:
     def __init__(self, uri: str, wait: bool = False):
         from mlflow import MlflowClient
 
+        from tasks.registry import MODEL_URI
+
         self.uri = uri
-        alias = ALIAS_URI.match(uri)
-        self.alias = (alias["name"], alias["alias"]) if alias else None
+        named = MODEL_URI.match(uri)
+        self.alias = (named["name"], named["alias"]) if named and named["alias"] else None
         self.client = MlflowClient()  # the tracking and registry store the CLI pointed MLflow at
-        fixed = VERSION_URI.match(uri)
         # None until the alias names a version (`wait`: a server started before the first run).
         self.current: Loaded | None = None
         if self.alias is None:
-            self.current = _load(uri, fixed and fixed["version"])
+            self.current = _load(uri, named["version"] if named else None)
         elif (version := self._resolve(missing_ok=wait)) is not None:
             self.current = self._load_version(version)
         # version -> (why it did not load, tries, when to try again): a version that fails is
@@ -140,9 +138,10 @@ class ServedModel:
         """The version the alias names; None when there is none yet and `missing_ok`."""
         from mlflow.exceptions import MlflowException
 
-        name, alias = self.alias
+        from tasks.registry import registered_version
+
         try:
-            return str(self.client.get_model_version_by_alias(name, alias).version)
+            return str(registered_version(self.client, self.uri).version)
         except MlflowException as error:  # no such registered model / no version has the alias yet
             if missing_ok and error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 return None

@@ -57,26 +57,19 @@ def resolve_model(cfg: PipelineConfig, model: str = "") -> tuple[str, str | None
     """(the exact URI to load, its registered version) for `model` (default the champion of
     `cft-<data.name>`), with MLflow pointed at the profile's store. An alias is resolved to the
     version it names now, so the version written down is the one that ranked."""
-    import mlflow
-
     from schemas.errors import InputError
-    from tasks.compare import MODEL_URI
+    from tasks.registry import registered_version, registry_client
     from tasks.tracking import missing_store, tracking_uri
 
     uri = tracking_uri(cfg, create=False)
     if (database := missing_store(uri)) is not None:
         raise InputError(f"there is no tracking store at {database}, so no registered model: run the pipeline "
                          "first, or point tracking.tracking_uri at your store")
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     model = model or f"models:/{cfg.registered_model_name()}@champion"
-    match = MODEL_URI.match(model)
-    if match is None:  # a runs:/ URI or a folder: no registered version
+    version = registered_version(registry_client(uri), model)  # (registry_client points MLflow's globals at the store)
+    if version is None:  # a runs:/ URI or a folder: no registered version
         return model, None
-    if match["version"]:
-        return model, match["version"]
-    version = str(mlflow.MlflowClient().get_model_version_by_alias(match["name"], match["alias"]).version)
-    return f"models:/{match['name']}/{version}", version
+    return f"models:/{version.name}/{version.version}", str(version.version)
 
 
 def default_output(cfg: PipelineConfig) -> Path:

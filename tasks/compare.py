@@ -23,7 +23,6 @@ A run is named by its MLflow run id, its evaluation folder, or a registered vers
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,6 @@ from schemas.errors import InputError
 from tasks.tracking import missing_store
 
 KEY = ["user_id", "target_item_id", "occurrence"]
-MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[^/@]+))$")
 
 
 def keyed(frame: pd.DataFrame) -> pd.DataFrame:
@@ -174,17 +172,14 @@ def run_of_version(uri: str, tracking_uri: str) -> str:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from tasks.registry import KIND_TAG
+    from tasks.registry import KIND_TAG, MODEL_URI, registered_version
 
-    match = MODEL_URI.match(uri)
-    if match is None:
+    if MODEL_URI.match(uri) is None:
         raise InputError(f"{uri}: a registered version is models:/NAME/VERSION or models:/NAME@ALIAS")
     if (store := missing_store(tracking_uri)) is not None:
         raise InputError(f"{uri}: there is no tracking store at {store}, so no registry")
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
-        version = (client.get_model_version(match["name"], match["version"]) if match["version"]
-                   else client.get_model_version_by_alias(match["name"], match["alias"]))
+        version = registered_version(MlflowClient(tracking_uri, registry_uri=tracking_uri), uri)
     except MlflowException:
         raise InputError(f"{uri} is not in the registry at {tracking_uri}") from None
     if version.tags.get(KIND_TAG) == "popularity":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,7 +41,24 @@ PYFUNC_FILE = Path(__file__).with_name("recommender_pyfunc.py")
 HISTORY_TAG = "champion_history"
 
 
-def _client(uri: str):
+# A registered version as users name it: models:/cft-ml-100k/3 or models:/cft-ml-100k@champion.
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[^/@]+))$")
+
+
+def registered_version(client, uri: str):
+    """The ModelVersion a `models:/NAME/VERSION` or `models:/NAME@ALIAS` URI names now (MLflow's
+    exception when it names none); None for any other URI (a run's or a folder's)."""
+    match = MODEL_URI.match(uri)
+    if match is None:
+        return None
+    if match["version"]:
+        return client.get_model_version(match["name"], match["version"])
+    return client.get_model_version_by_alias(match["name"], match["alias"])
+
+
+def registry_client(uri: str):
+    """A client of the store at `uri`, with MLflow's global tracking and registry URIs pointed at
+    it too (`models:/` URIs resolve through the global registry URI)."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -69,7 +87,7 @@ def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences
     from tasks.evaluation import ensure_catalogue_embeddings
     from tasks.settings import ranking_settings
 
-    client = _client(uri)
+    client = registry_client(uri)
     tags = client.get_run(run_id).data.tags
     if tags.get("cft.recommender_uri"):
         return tags["cft.recommender_uri"]
@@ -127,7 +145,7 @@ def register(cfg: PipelineConfig, run_id: str, model_uri: str, tags: dict[str, s
     """Register `model_uri` as a version of `cfg.registered_model_name()`, at most once per run.
     Returns the ModelVersion (the existing one when this run was registered before)."""
 
-    client = _client(uri)
+    client = registry_client(uri)
     name = cfg.registered_model_name()
     with promotion_lock(cfg, name):
         existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
@@ -195,7 +213,7 @@ def register_model(cfg: PipelineConfig, run_id: str | None, model_dir: Path, seq
     model_uri = log_recommender(cfg, run_id, model_dir, sequences, uri)
     tags = version_tags(cfg, data_fingerprint, evaluation.metrics, evaluation.split, model_dir)
     mv = register(cfg, run_id, model_uri, tags, uri)
-    _client(uri).update_model_version(mv.name, str(mv.version), description=model_card(cfg, evaluation, run_id, warm_start))
+    registry_client(uri).update_model_version(mv.name, str(mv.version), description=model_card(cfg, evaluation, run_id, warm_start))
     log.info("registered %s version %s", mv.name, mv.version)
     return str(mv.version)
 
@@ -227,7 +245,7 @@ def register_popularity(cfg: PipelineConfig, sequences: Path, data_fingerprint: 
     from tasks.tracking import tracking_uri, use_experiment
 
     uri = tracking_uri(cfg)
-    client, name = _client(uri), cfg.registered_model_name()
+    client, name = registry_client(uri), cfg.registered_model_name()
     with promotion_lock(cfg, name):
         _ensure_registered_model(client, cfg, name)
         for mv in client.search_model_versions(f"name='{name}'"):
@@ -411,7 +429,7 @@ def gate_model(cfg: PipelineConfig, version: str, model_dir: Path, sequences: Pa
     from tasks.tracking import tracking_uri
 
     uri = tracking_uri(cfg)
-    client, name, version = _client(uri), cfg.registered_model_name(), str(version)
+    client, name, version = registry_client(uri), cfg.registered_model_name(), str(version)
     r = cfg.registry
     metric = r.gate_metric.split("/")[1]
     ours_ranks, floor_ranks, preds = _gate_rows(cfg, model_dir, sequences)
@@ -484,7 +502,7 @@ def warm_start_source(cfg: PipelineConfig) -> tuple[Path, str] | None:
     from tasks.tracking import tracking_uri
 
     uri = tracking_uri(cfg)
-    client, name = _client(uri), cfg.registered_model_name()
+    client, name = registry_client(uri), cfg.registered_model_name()
     champion = _alias_version(client, name, CHAMPION)
     if champion is None:
         return None
@@ -500,7 +518,7 @@ def previous_decision(cfg: PipelineConfig, train_key: str) -> dict | None:
     else None. Such a run would retrain on the very rows that were judged before."""
     from tasks.tracking import tracking_uri
 
-    client = _client(tracking_uri(cfg))
+    client = registry_client(tracking_uri(cfg))
     try:
         versions = client.search_model_versions(f"name='{cfg.registered_model_name()}'")
     except Exception:  # noqa: BLE001 (no such model yet)
@@ -515,7 +533,7 @@ def promote(cfg: PipelineConfig, name: str, version: str, reason: str, uri: str)
     """A person's override: make `version` the champion, recording why."""
     if not reason.strip():
         raise InputError("a manual promotion needs a reason (`cft promote --reason`, the flow's `reason`)")
-    client = _client(uri)
+    client = registry_client(uri)
     version = str(version)
     with promotion_lock(cfg, name):
         client.get_model_version(name, version)  # raises when it does not exist
@@ -546,7 +564,7 @@ def rollback(cfg: PipelineConfig, name: str, reason: str, uri: str) -> str:
     further back: `champion_stack`); returns that version."""
     if not reason.strip():
         raise InputError("a rollback needs a reason (`cft rollback --reason`, the flow's `reason`)")
-    client = _client(uri)
+    client = registry_client(uri)
     with promotion_lock(cfg, name):
         current = _alias_version(client, name, CHAMPION)
         stack = champion_stack(_history(client, name))
@@ -578,7 +596,7 @@ def download_version_model(cfg: PipelineConfig, version) -> Path:
 
         if dest.exists():
             shutil.rmtree(dest)  # not a finished download
-        _client(tracking_uri(cfg))  # models:/ URIs resolve through MLflow's global registry URI
+        registry_client(tracking_uri(cfg))  # models:/ URIs resolve through MLflow's global registry URI
         # Every process of a multi-process training may get here: each downloads into its own
         # folder, the first to finish moves it into place, the others drop theirs (atomic_dir).
         with atomic_dir(dest) as tmp:
@@ -598,7 +616,7 @@ def registered_model_dirs(cfg: PipelineConfig) -> set[Path]:
     """The training model folders of every registered version in the store (all models)."""
     from tasks.tracking import tracking_uri
 
-    client = _client(tracking_uri(cfg))
+    client = registry_client(tracking_uri(cfg))
     dirs = set()
     for model in client.search_registered_models():
         for mv in client.search_model_versions(f"name='{model.name}'"):
