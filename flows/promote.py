@@ -13,6 +13,7 @@ from typing import Literal
 from prefect import flow, get_run_logger, task
 
 from schemas.config import load_config
+from schemas.errors import InputError
 from tasks.pipeline import transient_only
 
 
@@ -27,7 +28,7 @@ def set_champion_task(profile: str, model_name: str, version: int | None, reason
     if action == "rollback":
         return rollback(cfg, model_name, reason, uri)
     if not version:
-        raise ValueError("promote needs a version")
+        raise InputError("action=promote needs the version to promote (the `version` parameter)")
     promote(cfg, model_name, str(version), reason, uri)
     return str(version)
 

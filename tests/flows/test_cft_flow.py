@@ -103,6 +103,31 @@ def test_the_batch_flow_writes_every_users_top_k_from_the_champion(tmp_path, pre
     assert len(recs) == summary["users"] == users["user_id"].nunique() and summary["unknown_items"] == 0
 
 
+def test_the_promote_flow_promotes_rolls_back_and_refuses_a_promotion_without_a_version(tmp_path, prefect_harness,
+                                                                                         small_sequences):
+    from mlflow import MlflowClient
+
+    from flows.promote import promote_flow
+    from schemas.errors import InputError
+    from tasks.training import model_folder
+    from tests.train.test_registry import registered
+
+    seq, _ = small_sequences
+    cfg, uri = _tiny_flow_config(tmp_path)
+    versions = [str(registered(cfg, uri, model_folder(cfg, seq), seq, new_run(uri)).version) for _ in range(2)]
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(json.dumps(cfg.model_dump(mode="json")))
+    name, client = cfg.registered_model_name(), MlflowClient(uri, registry_uri=uri)
+    for version in versions:
+        assert promote_flow(model_name=name, reason=f"release {version}", version=int(version), profile=str(profile)) == version
+    assert promote_flow(model_name=name, reason="regressed", action="rollback", profile=str(profile)) == versions[0]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == versions[0]
+    state = promote_flow(model_name=name, reason="no version", profile=str(profile), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(InputError, match="action=promote needs the version to promote"):
+        state.result()
+
+
 def test_registry_call_is_retried_after_a_transient_error(tmp_path, prefect_harness, monkeypatch, small_sequences):
     """The first registry call fails as a dropped connection would; the task's retry succeeds."""
     import json
