@@ -247,15 +247,6 @@ class TrainingRun:
     def callback(self):
         return step_metrics_callback(self.run_id)
 
-    def stop(self, error: BaseException) -> None:
-        """End the run of a training that stopped: KILLED when interrupted, else FAILED (a
-        resume continues it). The process may go on (a flow task's retry, a replay)."""
-        import mlflow
-
-        with contextlib.suppress(Exception):  # (the store may be what failed)
-            mlflow.set_tag("cft.stopped_by", f"{type(error).__name__}: {error}"[:500])
-            mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-
     def finish(self, summary: dict, model_dir: Path) -> None:
         import matplotlib.pyplot as plt
         import mlflow
@@ -270,6 +261,20 @@ class TrainingRun:
             mlflow.log_artifacts(str(model_dir), artifact_path="model_folder")
         mlflow.set_tag("model_dir", str(model_dir.resolve()))
         mlflow.end_run()
+
+
+def end_stopped_run(error: BaseException) -> None:
+    """End the active run of work that stopped with `error` (a training, or the recording of one):
+    KILLED when interrupted, else FAILED, the reason in `cft.stopped_by`, so that it is neither
+    left RUNNING nor active in a process that goes on (a flow task's retry, a replay's next
+    period). A training's resume continues the run. Each call is tried on its own: the store may
+    be what failed, and the run must end even when the tag cannot be written."""
+    import mlflow
+
+    with contextlib.suppress(Exception):
+        mlflow.set_tag("cft.stopped_by", f"{type(error).__name__}: {error}"[:500])
+    with contextlib.suppress(Exception):
+        mlflow.end_run("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
 
 
 def training_run_here(cfg: PipelineConfig, run_dir: Path, summary: dict) -> str | None:
@@ -310,9 +315,8 @@ def training_run_in_store(cfg: PipelineConfig, run_dir: Path, model_dir: Path, s
         for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             client.log_batch(run.run_id, metrics=metrics[start : start + 1000], synchronous=True)
         run.finish({**summary, "mlflow_run_id": run.run_id}, model_dir)
-    except BaseException:
-        with contextlib.suppress(Exception):  # (the store may be gone; the next call drops the run)
-            mlflow.end_run("FAILED")
+    except BaseException as error:
+        end_stopped_run(error)  # (the next call drops the half recording)
         raise
     return run.run_id
 

@@ -185,7 +185,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         init_cpu_deepspeed_state,
     )
     from tasks.settings import cft_objective
-    from tasks.tracking import TrainingRun
+    from tasks.tracking import TrainingRun, end_stopped_run
 
     objective = cft_objective(t)
     alpha, beta = objective.alpha, objective.beta
@@ -288,7 +288,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         result = trainer.train(resume_from_checkpoint=last)
     except BaseException as error:
         if tracker:  # the run shows what happened; the next try resumes into it
-            tracker.stop(error)
+            end_stopped_run(error)
         raise
 
     summary = {
