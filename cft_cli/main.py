@@ -356,12 +356,11 @@ def _checked_history(history: list[str]) -> list[str]:
 def _served_model_uri(config: Path, set_: list[str] | None, model: str) -> str:
     """The model to load (`model`, or the champion of the config's registered model), with MLflow
     pointed at the config's tracking and registry store."""
-    import mlflow
+    from tasks.registry import champion_uri, registry_client
 
     cfg, uri, _ = _registry_context(config, set_)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return model or f"models:/{cfg.registered_model_name()}@champion"
+    registry_client(uri)  # (points MLflow's global tracking and registry URIs at the store)
+    return model or champion_uri(cfg)
 
 
 @app.command("recommend")

@@ -58,14 +58,14 @@ def resolve_model(cfg: PipelineConfig, model: str = "") -> tuple[str, str | None
     `cft-<data.name>`), with MLflow pointed at the profile's store. An alias is resolved to the
     version it names now, so the version written down is the one that ranked."""
     from schemas.errors import InputError
-    from tasks.registry import registered_version, registry_client
+    from tasks.registry import champion_uri, registered_version, registry_client
     from tasks.tracking import missing_store, tracking_uri
 
     uri = tracking_uri(cfg, create=False)
     if (database := missing_store(uri)) is not None:
         raise InputError(f"there is no tracking store at {database}, so no registered model: run the pipeline "
                          "first, or point tracking.tracking_uri at your store")
-    model = model or f"models:/{cfg.registered_model_name()}@champion"
+    model = model or champion_uri(cfg)
     version = registered_version(registry_client(uri), model)  # (registry_client points MLflow's globals at the store)
     if version is None:  # a runs:/ URI or a folder: no registered version
         return model, None

@@ -45,6 +45,11 @@ HISTORY_TAG = "champion_history"
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[^/@]+))$")
 
 
+def champion_uri(cfg: PipelineConfig) -> str:
+    """What serving and batch use by default: the champion of `cft-<data.name>`."""
+    return f"models:/{cfg.registered_model_name()}@{CHAMPION}"
+
+
 def registered_version(client, uri: str):
     """The ModelVersion a `models:/NAME/VERSION` or `models:/NAME@ALIAS` URI names now (MLflow's
     exception when it names none); None for any other URI (a run's or a folder's)."""
