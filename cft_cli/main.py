@@ -365,7 +365,7 @@ def _served_model_uri(config: Path, set_: list[str] | None, model: str) -> str:
 
 @app.command("recommend")
 def recommend(
-    history: Annotated[list[str], typer.Argument(metavar="HISTORY...", help="The user's history: titles or item ids, oldest first.")],
+    history: Annotated[list[str], typer.Argument(metavar="HISTORY...", help="The user's history: titles or item ids (your data's own ids), oldest first.")],
     _marker: Annotated[bool, typer.Option("--history", help="Optional marker before the history items.")] = False,
     model: Annotated[str, typer.Option(help="Model URI, e.g. models:/cft-ml-100k@champion.")] = "",
     k: Annotated[int, typer.Option("-k", min=1, help="How many items (1 .. catalogue size).")] = 10,

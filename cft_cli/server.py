@@ -18,6 +18,7 @@ Endpoints (JSON, UTF-8):
                       "method": ..., "catalogue": <items>}; 503 {"status": "waiting", ...} while a
                       server started with `wait` has nothing to serve yet
 Answers of /recommend and /invocations carry the version that ranked them in `X-Model-Version`.
+Item ids, in histories and answers, are the data's own ids as text (cft_core/ranking.py).
 
 Served through an alias (`models:/cft-ml-100k@champion`, the default), the server follows it:
 every `follow_every_s` seconds it asks the registry where the alias points, and when a promotion,
@@ -104,7 +105,13 @@ class Loaded:
 def _load(uri: str, version: str | None) -> Loaded:
     import mlflow
 
-    return Loaded(uri, version, mlflow.pyfunc.load_model(uri).unwrap_python_model())
+    from tasks.registry import answers_source_ids
+
+    model = mlflow.pyfunc.load_model(uri)
+    if not answers_source_ids(model):
+        log.warning("%s was registered before served models spoke the source's item ids: the ids it takes and "
+                    "returns are the dense ids of its own data window", uri)
+    return Loaded(uri, version, model.unwrap_python_model())
 
 
 class ServedModel:

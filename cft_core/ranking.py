@@ -25,6 +25,11 @@ Scores, one per returned item, never increase along the list (higher is better):
 Histories, as people type them: titles (case-insensitive) or item ids. A title that matches no
 catalogue item is reported back as `unmatched` and left out of the prompt, unless the caller asks
 for free text (`free_text=True`), when it is shown to the model as typed (and still reported).
+
+Item ids are the caller's: a served model's catalogue is built with the source's own ids
+(`source_item_id`: a SKU, a MovieLens movie id), which mean the same item in every data window,
+whereas the dense ids 0..I-1 of a sequences folder are a per-window shuffle (D3 step 4) that a
+client must never see. Ids are opaque strings; an integer in a history is read as its digits.
 """
 
 from __future__ import annotations
@@ -104,7 +109,7 @@ class Recommendation:
     """Top-K items for one history, best first; `unmatched`: the history's titles that matched
     no catalogue item (see the module docstring)."""
 
-    item_ids: list[int]
+    item_ids: list[str]
     titles: list[str]
     scores: list[float]
     unmatched: list[str] = field(default_factory=list)
@@ -139,15 +144,18 @@ def check_history(history, index: int = 0) -> list[str | int]:
 
 
 class Catalogue:
-    """The items a ranking chooses from: ids [I] (any ints) and titles [I], row r = item r, with
-    the lookups that turn what people type (ids, titles) into rows."""
+    """The items a ranking chooses from: ids [I] (the ids callers use, kept as strings; see the
+    module docstring) and titles [I], row r = item r, with the lookups that turn what people type
+    (ids, titles) into rows."""
 
-    def __init__(self, item_ids: Sequence[int], titles: Sequence[str]):
+    def __init__(self, item_ids: Sequence[str | int], titles: Sequence[str]):
         if len(item_ids) != len(titles):
             raise ValueError(f"catalogue mismatch: {len(item_ids)} ids, {len(titles)} titles")
-        self.item_ids = np.asarray(item_ids, dtype=np.int64)
+        self.item_ids = [str(i) for i in item_ids]
         self.titles = list(titles)
-        self.row_of_id = {int(i): r for r, i in enumerate(self.item_ids)}
+        self.row_of_id = {i: r for r, i in enumerate(self.item_ids)}
+        if len(self.row_of_id) != len(self.item_ids):
+            raise ValueError(f"catalogue ids are not unique: {len(self.item_ids) - len(self.row_of_id)} repeated")
         # Placeholder titles ("unknown", ...) stay resolvable in histories but are never recommended.
         self.never = [r for r, t in enumerate(self.titles) if PLACEHOLDER_TITLE.match(t.strip())]
         self.row_of_title: dict[str, int] = {}  # exact (stripped) title -> its first row
@@ -160,17 +168,19 @@ class Catalogue:
         return len(self.titles)
 
     def resolve(self, history: Sequence[str | int], free_text: bool = False) -> ResolvedHistory:
-        """History entries (item ids, as ints or digit strings, or titles) -> `ResolvedHistory`.
+        """History entries (item ids or titles) -> `ResolvedHistory`.
 
-        An id not in the catalogue is an error (it has no title to show the model). A title not
-        in the catalogue is `unmatched`: left out, or shown as typed when `free_text`. A history
-        left with nothing to show is an error naming what did not match.
+        An entry is an id if the catalogue has it (exact, after stripping spaces), else a title
+        (case-insensitive). An integer, or digits, that is neither is an unknown id: an error (it
+        has no title to show the model). Other text that is neither is `unmatched`: left out, or
+        shown as typed when `free_text`. A history left with nothing to show is an error naming
+        what did not match.
         """
         titles, rows, unmatched = [], [], []
         for entry in history:
             key = str(entry).strip()
-            if key.lstrip("-").isdigit() and int(key) in self.row_of_id:
-                row = self.row_of_id[int(key)]
+            if key in self.row_of_id:
+                row = self.row_of_id[key]
             elif key.casefold() in self._row_of_folded:
                 row = self._row_of_folded[key.casefold()]
             elif isinstance(entry, (int, np.integer)) or key.lstrip("-").isdigit():
@@ -184,7 +194,7 @@ class Catalogue:
             rows.append(row)
         if not titles:
             if unmatched:
-                raise InputError(f"no history entry is a catalogue title: {', '.join(map(repr, unmatched[:5]))} "
+                raise InputError(f"no history entry is a catalogue title or item id: {', '.join(map(repr, unmatched[:5]))} "
                                  "(ask for free text to use them as typed)")
             raise InputError("a history needs at least one item (a title or an item id)")
         return ResolvedHistory(titles, rows, unmatched)
@@ -207,9 +217,19 @@ class Catalogue:
         out = []
         for b, (rows, scores) in enumerate(zip(ranking.rows, ranking.scores, strict=True)):
             keep = np.flatnonzero(rows >= 0)[:depth]
-            out.append(Recommendation(self.item_ids[rows[keep]].tolist(), [self.titles[r] for r in rows[keep]],
+            out.append(Recommendation([self.item_ids[r] for r in rows[keep]], [self.titles[r] for r in rows[keep]],
                                       scores[keep].tolist(), list(unmatched[b]) if unmatched else []))
         return out
+
+
+def served_catalogue(path) -> tuple[list[str], list[str]]:
+    """(ids [I], titles [I]) of a sequences folder's `catalogue.parquet` as a served model reads
+    it: rows in dense-id order (the order of the model's embeddings, the popularity counts and
+    the evaluation), ids the source's own (`source_item_id`, module docstring)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["item_id", "title", "source_item_id"]).sort_by("item_id")
+    return [str(i) for i in table["source_item_id"].to_pylist()], table["title"].to_pylist()
 
 
 def popularity_ranking(counts: np.ndarray, histories: int, depth: int,
@@ -230,12 +250,13 @@ def popularity_ranking(counts: np.ndarray, histories: int, depth: int,
 class Ranker:
     """A causal LM over a catalogue.
 
-    item_ids [I]: catalogue ids (any ints); titles [I]; item_embeddings FloatTensor[I, D]: the
+    item_ids [I]: the ids callers use (a served model: the source's ids; the evaluation: rows);
+    titles [I]; item_embeddings FloatTensor[I, D]: the
     titles embedded by `embed_titles` with this very model at `settings.precision` (grounding
     only; the evaluation caches them and the served model ships them).
     """
 
-    def __init__(self, model, tokenizer, prompts: PromptBuilder, item_ids: Sequence[int], titles: Sequence[str],
+    def __init__(self, model, tokenizer, prompts: PromptBuilder, item_ids: Sequence[str | int], titles: Sequence[str],
                  settings: RankingSettings, item_embeddings: torch.Tensor | None = None):
         self.catalogue = Catalogue(item_ids, titles)
         if settings.method == "grounding":

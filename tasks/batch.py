@@ -7,12 +7,15 @@ profile's data (its window and `as_of`, after k-core), the history is their newe
 that sample's target. The registered model (the champion by default) ranks them through its
 pyfunc `predict`, the same ranking as `cft serve` and the evaluation (cft_core.ranking).
 
-A model knows the catalogue of the data window it was trained on; items that arrived since are
-not in it, so they are left out of a history (counted in the summary), and a user none of whose
-items the model knows gets no row (counted too).
+Items are named by the source's own ids (`source_item_id`) throughout: the dense ids of a
+sequences folder are a per-window shuffle, so the same number names different items in the
+profile's window and in the (often older) window the model was trained on. A model knows the
+catalogue of its window; items that arrived since are not in it, so they are left out of a
+history (counted in the summary), and a user none of whose items the model knows gets no row
+(counted too).
 
-Output: one row per user with `user_id`, `history_item_ids`, `item_ids`, `titles`, `scores`
-(best first), written through a temporary file renamed into place (default
+Output: one row per user with `user_id`, `history_item_ids` and `item_ids` (the source's ids, as
+text), `titles`, `scores` (best first), written through a temporary file renamed into place (default
 `<data_root>/recommendations/cft-<data.name>.parquet`); the Parquet metadata names the model URI,
 its version and the sequences folder.
 """
@@ -42,13 +45,17 @@ class BatchOutput:
 
 def latest_histories(sequences: Path, max_history: int) -> pd.DataFrame:
     """(user_id, history_item_ids) per user: the newest `max_history` items of each user, from
-    their last sample (the newest target; the later split, then the later row, on a tie)."""
+    their last sample (the newest target; the later split, then the later row, on a tie), as
+    source item ids (the folder's catalogue maps its dense ids back)."""
+    from cft_core.ranking import served_catalogue
+
     frames = [pd.read_parquet(sequences / f"{s}.parquet", columns=["user_id", "history_item_ids", "target_item_id",
                                                                    "timestamp"]) for s in SPLITS]
     rows = pd.concat(frames, ignore_index=True)  # split order, then row order: what a tie keeps
     last = rows.sort_values("timestamp", kind="stable").groupby("user_id", sort=False).tail(1)
-    histories = [[*map(int, h), int(t)][-max_history:] for h, t in zip(last["history_item_ids"], last["target_item_id"],
-                                                                       strict=True)]
+    source_id, _ = served_catalogue(sequences / "catalogue.parquet")  # dense id d -> source_id[d]
+    histories = [[source_id[int(i)] for i in [*h, t][-max_history:]]
+                 for h, t in zip(last["history_item_ids"], last["target_item_id"], strict=True)]
     return pd.DataFrame({"user_id": last["user_id"].to_numpy(), "history_item_ids": histories}).sort_values(
         "user_id", kind="stable", ignore_index=True)
 
@@ -97,7 +104,14 @@ def recommend_all(sequences: Path, max_history: int, model_uri: str, k: int, out
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
+    from schemas.errors import InputError
+    from tasks.registry import answers_source_ids
+
     model = mlflow.pyfunc.load_model(model_uri)
+    if not answers_source_ids(model):  # its ids would name other items in this data
+        raise InputError(f"{model_uri} answers with the dense item ids of its own data window (registered before "
+                         "served models spoke the source's item ids): use a version registered since, or run the "
+                         "pipeline to register one")
     known = set(model.unwrap_python_model().catalogue.row_of_id)
     users = latest_histories(sequences, max_history)
     histories = [[i for i in h if i in known] for h in users["history_item_ids"]]
@@ -107,14 +121,14 @@ def recommend_all(sequences: Path, max_history: int, model_uri: str, k: int, out
     histories = [h for h, kept in zip(histories, keep, strict=True) if kept]
     answers = []
     for start in tqdm(range(0, len(histories), CHUNK), desc="recommend", unit="chunk", disable=None if progress else True):
-        chunk = pd.DataFrame({"history": [[str(i) for i in h] for h in histories[start : start + CHUNK]]})
+        chunk = pd.DataFrame({"history": histories[start : start + CHUNK]})
         answers.append(model.predict(chunk, params={"k": k, "exclude_history": True}))
     ranked = pd.concat(answers, ignore_index=True) if answers else pd.DataFrame(
         {c: [] for c in ("item_ids", "titles", "scores")})
     table = pa.table({
         "user_id": pa.array(users["user_id"].astype(str).tolist(), pa.string()),
-        "history_item_ids": pa.array(histories, pa.list_(pa.int64())),
-        "item_ids": pa.array([list(map(int, r)) for r in ranked["item_ids"]], pa.list_(pa.int64())),
+        "history_item_ids": pa.array(histories, pa.list_(pa.string())),
+        "item_ids": pa.array([list(r) for r in ranked["item_ids"]], pa.list_(pa.string())),
         "titles": pa.array([list(r) for r in ranked["titles"]], pa.list_(pa.string())),
         "scores": pa.array([list(map(float, r)) for r in ranked["scores"]], pa.list_(pa.float64())),
     }).replace_schema_metadata({"cft": json.dumps({"model": model_uri, "version": version, "k": k,
@@ -127,3 +141,4 @@ def recommend_all(sequences: Path, max_history: int, model_uri: str, k: int, out
     finally:
         tmp.unlink(missing_ok=True)
     return BatchOutput(out, table.num_rows, len(keep) - len(histories), unknown)
+

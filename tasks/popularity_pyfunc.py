@@ -21,12 +21,10 @@ class PopularityModel(PythonModel):
         import json
 
         import numpy as np
-        import pyarrow.parquet as pq
 
-        from cft_core.ranking import Catalogue
+        from cft_core.ranking import Catalogue, served_catalogue
 
-        catalogue = pq.read_table(context.artifacts["catalogue"]).to_pandas().sort_values("item_id")
-        self.catalogue = Catalogue(catalogue["item_id"].tolist(), catalogue["title"].tolist())
+        self.catalogue = Catalogue(*served_catalogue(context.artifacts["catalogue"]))  # the source's item ids
         counts = json.loads(Path(context.artifacts["counts"]).read_text(encoding="utf-8"))
         self.counts = np.asarray(counts, dtype=np.int64)
         self.default_k = int(dict(context.model_config or {}).get("top_k", 10))

@@ -8,7 +8,9 @@ ranks with `cft_core.ranking.Ranker` and the `RankingSettings` the run was evalu
 what was measured is what serves.
 
 Input: a DataFrame with a `history` column, one list of strings per user (titles or item ids,
-oldest first). Params (`cft_core.serving.RequestParams`): `k`, `exclude_history`, `free_text`.
+oldest first). Item ids are the source's own (`source_item_id` of the catalogue: the ids of the
+user's data, stable across data windows), never the per-window dense ids. Params
+(`cft_core.serving.RequestParams`): `k`, `exclude_history`, `free_text`.
 Output: one row per user with `item_ids`, `titles` and `scores` lists (best first; scores as
 `cft_core.ranking` defines them, never increasing) and `unmatched` (history titles that are no
 catalogue item).
@@ -33,12 +35,11 @@ class CFTRecommenderModel(PythonModel):
         from dataclasses import replace
 
         import numpy as np
-        import pyarrow.parquet as pq
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from cft_core.prompts import PromptBuilder
-        from cft_core.ranking import Ranker, RankingSettings
+        from cft_core.ranking import Ranker, RankingSettings, served_catalogue
         from cft_core.serving import BatchingRecommender, ServingSettings
 
         config = dict(context.model_config or {})
@@ -48,7 +49,7 @@ class CFTRecommenderModel(PythonModel):
         # A served batch is generated in one call, whatever the evaluation's chunk size was.
         settings = replace(settings, generation=replace(settings.generation, batch_size=serving.max_batch))
         model_dir = context.artifacts["model"]
-        catalogue = pq.read_table(context.artifacts["catalogue"]).to_pandas().sort_values("item_id")
+        item_ids, titles = served_catalogue(context.artifacts["catalogue"])
         embeddings = None
         if settings.method == "grounding":
             embeddings = torch.from_numpy(np.load(context.artifacts["item_embeddings"], allow_pickle=False))
@@ -56,8 +57,7 @@ class CFTRecommenderModel(PythonModel):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=settings.torch_dtype, use_safetensors=True)
         self.default_k = int(config.get("top_k", 10))
         ranker = Ranker(model.to(device), AutoTokenizer.from_pretrained(model_dir),
-                        PromptBuilder.for_domain(config["domain"]), catalogue["item_id"].tolist(),
-                        catalogue["title"].tolist(), settings, embeddings)
+                        PromptBuilder.for_domain(config["domain"]), item_ids, titles, settings, embeddings)
         self.catalogue = ranker.catalogue
         self.recommender = BatchingRecommender(ranker, serving.max_batch, serving.max_queue, serving.batch_wait_s)
 

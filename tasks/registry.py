@@ -297,12 +297,24 @@ def _signature(cfg: PipelineConfig):
 
     return ModelSignature(
         inputs=Schema([ColSpec(Array(DataType.string), "history")]),
-        outputs=Schema([ColSpec(Array(DataType.long), "item_ids"), ColSpec(Array(DataType.string), "titles"),
+        outputs=Schema([ColSpec(Array(DataType.string), "item_ids"), ColSpec(Array(DataType.string), "titles"),
                         ColSpec(Array(DataType.double), "scores"), ColSpec(Array(DataType.string), "unmatched")]),
         params=ParamSchema([ParamSpec("k", DataType.long, cfg.registry.top_k),
                             ParamSpec("exclude_history", DataType.boolean, True),
                             ParamSpec("free_text", DataType.boolean, False)]),
     )
+
+
+def answers_source_ids(model) -> bool:
+    """Whether a loaded pyfunc `model` speaks the source's item ids (its signature's `item_ids`
+    are text, as `_signature` writes them). Versions registered before that answered with the
+    dense ids of their own data window, which name other items in any other window."""
+    from mlflow.types import DataType
+    from mlflow.types.schema import Array
+
+    outputs = model.metadata.get_output_schema()
+    spec = next((c for c in (outputs.inputs if outputs else []) if c.name == "item_ids"), None)
+    return spec is None or spec.type == Array(DataType.string)
 
 
 # ------------------------------------------------------------------------------ gate

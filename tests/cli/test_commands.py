@@ -280,3 +280,17 @@ def test_recommend_all_leaves_out_items_an_older_model_does_not_know(profile, tm
     recs = pd.read_parquet(target)
     assert len(recs) == len(histories) - skipped
     assert all(set(h) <= known for h in recs["history_item_ids"])
+    # The history the older model ranked is the user's own: its ids, looked up in the model's
+    # catalogue, are the titles the profile's sequences show for the user's newest items (the
+    # two windows number their items differently; only the source's ids mean the same item).
+    with mlflow_uris_restored():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        catalogue = mlflow.pyfunc.load_model(f"models:/cft-cli-test/{older}").unwrap_python_model().catalogue
+    rows = pd.concat([pd.read_parquet(seq / f"{s}.parquet") for s in ("train", "valid", "test")], ignore_index=True)
+    last = rows.sort_values("timestamp", kind="stable").groupby("user_id").tail(1).set_index("user_id")
+    model_titles = set(catalogue.titles)
+    for row in recs.itertuples():
+        newest = [*last.loc[row.user_id, "history_titles"], last.loc[row.user_id, "target_title"]][-10:]
+        shown = [catalogue.titles[catalogue.row_of_id[i]] for i in row.history_item_ids]
+        assert shown == [t for t in newest if t in model_titles]

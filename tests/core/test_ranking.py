@@ -10,11 +10,11 @@ import torch
 from cft_core.generation import GenerationSettings, generate_titles
 from cft_core.grounding import embed_texts
 from cft_core.prompts import PromptBuilder
-from cft_core.ranking import InputError, Ranker, RankingSettings
+from cft_core.ranking import Catalogue, InputError, Ranker, Ranking, RankingSettings
 from cft_core.tiny import build_tiny_model
 from tests.conftest import TITLES
 
-IDS = list(range(100, 100 + len(TITLES)))  # catalogue ids need not be 0..N-1
+IDS = [str(i) for i in range(100, 100 + len(TITLES))]  # the source's ids, as text; need not be 0..N-1
 SETTINGS = GenerationSettings(num_beams=3, num_return_sequences=3, min_new_tokens=1, max_new_tokens=6,
                               length_penalty=1.0, batch_size=4)
 
@@ -69,7 +69,7 @@ def test_recommend_matches_reference(recommender, exclude):
     (rec,) = recommender.recommend([history], k=5, exclude_history=exclude)
     ids, scores = reference(recommender, history, seen, 5, exclude)
     assert rec.item_ids == ids
-    assert rec.titles == [TITLES[i - 100] for i in ids]
+    assert rec.titles == [TITLES[int(i) - 100] for i in ids]
     np.testing.assert_allclose(rec.scores, scores, rtol=1e-12)
     assert rec.scores[0] == 1.0 and all(np.diff(rec.scores) < 0)  # strictly decreasing with rank
     if exclude:
@@ -95,11 +95,29 @@ def test_resolve_ids_titles_and_unmatched(recommender):
         recommender.resolve(["999"])
     with pytest.raises(InputError, match="at least one"):
         recommender.resolve([])
-    with pytest.raises(InputError, match="no history entry is a catalogue title: 'Nope'"):
+    with pytest.raises(InputError, match="no history entry is a catalogue title or item id: 'Nope'"):
         recommender.resolve(["Nope"])
     for k in (0, len(TITLES) + 1):  # refused before any generation
         with pytest.raises(InputError, match=f"k must be between 1 and the catalogue size {len(TITLES)}, got {k}"):
             recommender.recommend([["Heat"]], k=k)
+
+
+def test_catalogue_speaks_the_sources_ids():
+    """Ids are the caller's text, whatever they look like: an SKU resolves to its row and comes
+    back as itself; an unknown SKU is unmatched text, unknown digits an unknown id; an id wins
+    over a title spelled the same; repeated ids are refused."""
+    ids = ["SKU-7", "b0042", "12", "SKU-8"]
+    catalogue = Catalogue(ids, ["Heat", "Babe", "SKU-8", "Seven"])
+    resolved = catalogue.resolve(["SKU-7", " b0042 ", 12, "seven", "SKU-9", "SKU-8"])
+    assert resolved.rows == [0, 1, 2, 3, 3] and resolved.unmatched == ["SKU-9"]  # "SKU-8": the id, not row 2's title
+    assert resolved.titles == ["Heat", "Babe", "SKU-8", "Seven", "Seven"]
+    with pytest.raises(InputError, match="item id 13 is not in the catalogue"):
+        catalogue.resolve(["Heat", 13])
+    ranking = Ranking(np.array([[3, 0, -1]]), np.array([[2.0, 1.0, np.nan]]), None, [[]])
+    (rec,) = catalogue.recommendations(ranking)
+    assert rec.item_ids == ["SKU-8", "SKU-7"] and rec.titles == ["Seven", "Heat"] and rec.scores == [2.0, 1.0]
+    with pytest.raises(ValueError, match="not unique: 1 repeated"):
+        Catalogue(["a", "b", "a"], ["x", "y", "z"])
 
 
 def test_recommend_reports_unmatched_titles(recommender):

@@ -47,6 +47,12 @@ def new_run(uri: str) -> str:
     return run.info.run_id
 
 
+def source_ids(seq) -> pd.Series:
+    """dense item id -> the source's item id, from a sequences folder's catalogue (served models
+    speak the source's ids; the folder's dense ids are its own shuffle)."""
+    return pd.read_parquet(seq / "catalogue.parquet").set_index("item_id")["source_item_id"].astype(str)
+
+
 def registered(cfg, uri, model_dir, seq, run_id):
     model_uri = registry.log_recommender(cfg, run_id, model_dir, seq, uri)
     return registry.register(cfg, run_id, model_uri, {"data_fingerprint": "fp"}, uri)
@@ -88,12 +94,47 @@ def test_popularity_baseline_is_registered_once_and_becomes_the_first_champion(s
     counts = pd.read_parquet(seq / "train.parquet")["target_item_id"].value_counts()
     catalogue = pd.read_parquet(seq / "catalogue.parquet").set_index("item_id")
     top = counts.sort_index().sort_values(ascending=False, kind="stable").index.tolist()
-    out = served.predict(pd.DataFrame({"history": [[str(top[0])], [catalogue["title"][top[5]]]]}), params={"k": 3})
-    assert list(out["item_ids"][0]) == top[1:4]  # the history's item is left out
-    assert list(out["item_ids"][1]) == top[:3]
+    source = source_ids(seq)
+    assert not (source.index.astype(str) == source).all()  # the ids below say which numbering answered
+    out = served.predict(pd.DataFrame({"history": [[source[top[0]]], [catalogue["title"][top[5]]]]}), params={"k": 3})
+    assert list(out["item_ids"][0]) == [source[i] for i in top[1:4]]  # the history's item is left out
+    assert list(out["item_ids"][1]) == [source[i] for i in top[:3]]
     assert list(out["scores"][1]) == [float(counts[i]) for i in top[:3]]  # scores: training counts
     assert registry.register_popularity(cfg, seq, "fp-B") == "2"  # a new window: a new baseline
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"  # not promoted by itself
+
+
+def test_a_version_that_answers_dense_ids_is_refused_by_the_batch(setup, monkeypatch, tmp_path):
+    """Versions registered before served models spoke the source's ids have `item_ids` of type
+    long in their signature: their ids name items of their own window only, so the batch job
+    refuses them, and one registered now is accepted."""
+    import mlflow
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import Array
+
+    from tasks.batch import recommend_all
+    from tests.conftest import mlflow_uris_restored
+
+    cfg, uri, model_dir, seq = setup
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    now = registry.register_popularity(cfg, seq, "fp-A")
+    signature = registry._signature(cfg)
+    before = signature.outputs.inputs.copy()
+    before[0] = ColSpec(Array(DataType.long), "item_ids")
+    monkeypatch.setattr(signature, "outputs", Schema(before))
+    monkeypatch.setattr(registry, "_signature", lambda cfg: signature)
+    old = registry.register_popularity(cfg, seq, "fp-B")
+    name = cfg.registered_model_name()
+    with mlflow_uris_restored():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        assert registry.answers_source_ids(mlflow.pyfunc.load_model(f"models:/{name}/{now}"))
+        assert not registry.answers_source_ids(mlflow.pyfunc.load_model(f"models:/{name}/{old}"))
+        with pytest.raises(InputError, match=f"models:/{name}/{old} answers with the dense item ids of its own data window"):
+            recommend_all(seq, 10, f"models:/{name}/{old}", 3, tmp_path / "recs.parquet", progress=False)
+        assert not (tmp_path / "recs.parquet").exists()
+        done = recommend_all(seq, 10, f"models:/{name}/{now}", 3, tmp_path / "recs.parquet", progress=False)
+        assert done.users > 0 and (tmp_path / "recs.parquet").is_file()
 
 
 def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
@@ -124,11 +165,12 @@ def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
     model = mlflow.pyfunc.load_model(f"models:/{name}/1")
     catalogue = pd.read_parquet(seq / "catalogue.parquet")
     history = catalogue["title"].tolist()[:3]
-    out = model.predict(pd.DataFrame({"history": [history, [str(catalogue["item_id"][5])]]}), params={"k": 7})
+    out = model.predict(pd.DataFrame({"history": [history, [str(catalogue["source_item_id"][5])]]}), params={"k": 7})
     assert len(out) == 2
+    title_of = dict(zip(catalogue["source_item_id"].astype(str), catalogue["title"], strict=True))
     for row, seen in zip(out.itertuples(), [history, [catalogue["title"][5]]], strict=True):
         assert len(row.item_ids) == 7 == len(set(row.item_ids)) == len(row.scores)
-        assert set(row.item_ids) <= set(catalogue["item_id"])
+        assert [title_of[i] for i in row.item_ids] == list(row.titles)  # the source's ids, each with its title
         assert not set(row.titles) & set(seen)  # history excluded by default
 
 
@@ -210,9 +252,10 @@ def test_served_model_ranks_as_the_evaluation_measured(setup, method):
     served = mlflow.pyfunc.load_model(f"models:/{cfg.registered_model_name()}/{version}")
     preds = pd.read_parquet(evaluate(cfg, model_dir, seq, progress=False).path / "predictions.parquet")
     column = "constrained_top10" if method == "constrained" else "grounding_adjusted_top10"
-    histories = [[str(i) for i in ids] for ids in preds["history_item_ids"]]
+    source = source_ids(seq)  # the evaluation's rows are dense ids; the served model speaks the source's
+    histories = [[source[i] for i in ids] for ids in preds["history_item_ids"]]
     out = served.predict(pd.DataFrame({"history": histories}), params={"k": 10, "exclude_history": False})
-    assert [list(r) for r in out["item_ids"]] == [list(r) for r in preds[column]]
+    assert [list(r) for r in out["item_ids"]] == [[source[i] for i in r] for r in preds[column]]
     assert all(len(r) > 0 for r in out["item_ids"])
     if method == "constrained":  # each item a beam: at most num_return_sequences of them
         assert all(len(r) <= cfg.eval.num_return_sequences for r in out["item_ids"])
