@@ -152,12 +152,23 @@ def evaluate(
     config: ConfigOpt = Path("configs/demo.yaml"),
     set_: SetOpt = None,
     model_dir: Annotated[Path | None, typer.Option(help="Model folder; default: the one `cft train` makes for this config.")] = None,
+    model: Annotated[str, typer.Option(help="A registered version instead, e.g. models:/cft-ml-100k/3 or "
+                                            "models:/cft-ml-100k@champion: its model on this profile's data "
+                                            "window (to compare versions trained on different windows).")] = "",
 ) -> None:
     """Evaluate a model folder on the configured split: HR/NDCG@K over the full catalogue."""
     from schemas.config import load_config
+    from schemas.errors import InputError
     from tasks.evaluation import evaluate as evaluate_stage
 
     cfg = load_config(config, set_)
+    if model and model_dir is not None:
+        raise InputError("give --model or --model-dir, not both")
+    if model:  # the version's own folder when it is on this machine, else downloaded once
+        from tasks.registry import download_version_model, llm_version
+        from tasks.tracking import tracking_uri
+
+        model_dir = download_version_model(cfg, llm_version(model, tracking_uri(cfg, create=False)))
     if model_dir is None:  # train (or reuse the finished training of) this config, and log the evaluation
         from tasks.chain import train_and_evaluate
 
@@ -242,10 +253,10 @@ def compare(
     with tempfile.TemporaryDirectory() as tmp:
         uri = tracking_uri(cfg, create=False)  # read only: runs are looked up, nothing is logged
         sides = [load_side(spec, cfg.eval.split, uri, metrics, Path(tmp)) for spec in runs]
-    out_dir.mkdir(parents=True, exist_ok=True)  # only once every side has loaded: bad input writes nothing
+    tables = [compare_sides(sides[0], side, level=level) for side in sides[1:]]
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once every comparison is made: bad input writes nothing
     texts = []
-    for i, side in enumerate(sides[1:], 1):
-        table = compare_sides(sides[0], side, level=level)
+    for i, table in enumerate(tables, 1):
         text = markdown(table, runs[0], runs[i], level)
         texts.append(text)
         console.print(text, highlight=False, soft_wrap=True)

@@ -19,6 +19,11 @@ the interval: "B higher", "B lower", or "no difference at this budget" when it h
 
 A run is named by its MLflow run id, its evaluation folder, or a registered version
 (`models:/cft-ml-100k/3`, `models:/cft-ml-100k@champion`): the version's run.
+
+Runs that evaluated different data windows (sequences folders) are refused: their rows are other
+interactions, and their item ids are each window's own shuffle, so a (user, target) key would pair
+rows by chance. Two versions trained on different windows are compared by evaluating both on one
+window (`cft evaluate --model models:/NAME/N` for each), then comparing those evaluation folders.
 """
 
 from __future__ import annotations
@@ -53,11 +58,38 @@ DIAGNOSTIC_COLUMNS = {  # quantity -> per-row value from diagnostics.parquet (cf
 
 @dataclass(frozen=True)
 class Evaluated:
-    """One run's per-row results: `rows` indexed by KEY, a column per quantity; `seed` (None if unknown)."""
+    """One run's per-row results: `rows` indexed by KEY, a column per quantity; `seed` (None if
+    unknown); `window`: the sequences folder it evaluated (None for folders written before it was
+    recorded) and `catalogue`, its size."""
 
     label: str
     rows: pd.DataFrame
     seed: int | None = None
+    window: str | None = None
+    catalogue: int | None = None
+
+
+def evaluated(label: str, folder: Path, metrics: list[str], seed: int | None = None) -> Evaluated:
+    """An evaluation folder as one run of a side (its per-row quantities and its data window)."""
+    import json
+
+    rows = per_row_quantities(folder, metrics)
+    summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
+    return Evaluated(label, rows, seed, summary.get("sequences"), summary.get("catalogue"))
+
+
+def check_one_window(runs: list[Evaluated]) -> None:
+    """InputError when the runs evaluated different data windows (module docstring), naming them.
+    Folders that predate the recorded window are told apart by their catalogue sizes."""
+    windows = {r.window for r in runs if r.window}
+    sizes = {r.catalogue for r in runs if r.catalogue is not None}
+    if len(windows) <= 1 and len(sizes) <= 1:
+        return
+    what = "; ".join(f"{r.label}: {r.window or 'a window'} ({r.catalogue} items)" for r in runs)
+    raise InputError(f"the runs evaluated different data windows ({what}): those are other rows, and each "
+                     "window numbers its items its own way. Evaluate the models on one window, then compare "
+                     "those folders: cft evaluate -c PROFILE --model models:/NAME/N (or --model-dir FOLDER) "
+                     "for each, then cft compare FOLDER_A FOLDER_B")
 
 
 def per_row_quantities(folder: Path, metrics: list[str]) -> pd.DataFrame:
@@ -93,6 +125,7 @@ def _side_values(side: list[Evaluated], quantity: str, rows: pd.Index) -> np.nda
 def compare(a: list[Evaluated], b: list[Evaluated], level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Side B against side A: one row per quantity both sides have, on the rows all runs share."""
     runs = a + b
+    check_one_window(runs)
     quantities = [q for q in runs[0].rows.columns if all(q in r.rows.columns for r in runs)]
     seeds_a, seeds_b = [r.seed for r in a], [r.seed for r in b]
     by_seed = None not in seeds_a and sorted(seeds_a) == sorted(seeds_b) and len(set(seeds_a)) == len(seeds_a)
@@ -169,23 +202,9 @@ def evaluation_of_run(run_id: str, split: str, tracking_uri: str, into: Path) ->
 
 def run_of_version(uri: str, tracking_uri: str) -> str:
     """The run a registered version (models:/NAME/VERSION or models:/NAME@ALIAS) was made from."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    from tasks.registry import llm_version
 
-    from tasks.registry import KIND_TAG, MODEL_URI, registered_version
-
-    if MODEL_URI.match(uri) is None:
-        raise InputError(f"{uri}: a registered version is models:/NAME/VERSION or models:/NAME@ALIAS")
-    if (store := missing_store(tracking_uri)) is not None:
-        raise InputError(f"{uri}: there is no tracking store at {store}, so no registry")
-    try:
-        version = registered_version(MlflowClient(tracking_uri, registry_uri=tracking_uri), uri)
-    except MlflowException:
-        raise InputError(f"{uri} is not in the registry at {tracking_uri}") from None
-    if version.tags.get(KIND_TAG) == "popularity":
-        raise InputError(f"{uri} is version {version.version}, a popularity baseline: it has no evaluation of its "
-                         "own (each evaluation's table has the most_popular row, and the gate compares with it)")
-    return version.run_id
+    return llm_version(uri, tracking_uri).run_id
 
 
 def load_side(spec: str, split: str, tracking_uri: str, metrics: list[str], into: Path) -> list[Evaluated]:
@@ -195,11 +214,11 @@ def load_side(spec: str, split: str, tracking_uri: str, metrics: list[str], into
     for item in [s.strip() for s in spec.split(",") if s.strip()]:
         path = Path(item)
         if path.is_dir():  # an evaluation folder: its seed is not recorded in it
-            side.append(Evaluated(item, per_row_quantities(path, metrics)))
+            side.append(evaluated(item, path, metrics))
         else:
             run_id = run_of_version(item, tracking_uri) if item.startswith("models:/") else item
             folder, seed = evaluation_of_run(run_id, split, tracking_uri, into / run_id)
-            side.append(Evaluated(item, per_row_quantities(folder, metrics), seed))
+            side.append(evaluated(item, folder, metrics, seed))
     if not side:
         raise InputError(f"no run in {spec!r}")
     return side

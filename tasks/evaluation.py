@@ -7,7 +7,8 @@
         diagnostics.parquet per diagnosed example (eval.diagnostics): split_row, user, target,
                             teacher-forced log-likelihoods with and without the history
         popularity.json     share of history items and of top-K recommendations per popularity group
-        summary.json        split, rows, catalogue size, and the wall-clock seconds of each method
+        summary.json        split, rows, the sequences folder (the data window: its rows and item
+                            ids), catalogue size, and the wall-clock seconds of each method
                             (its no-history ranking included), the diagnostics and the whole stage
         plots/*.png
 
@@ -333,7 +334,8 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         _plots(metrics, popularity, ks, tmp / "plots", f"{e.split} split, {len(rows):,} rows")
         # total: from reading the split to here (model loading and the baselines included)
         seconds["total"] = time.perf_counter() - started
-        summary = {"split": e.split, "examples": len(rows), "catalogue": len(titles), "model_dir": str(model_dir),
+        summary = {"split": e.split, "examples": len(rows), "sequences": sequences.name, "catalogue": len(titles),
+                   "model_dir": str(model_dir),
                    "seconds": {part: round(t, 2) for part, t in seconds.items()}}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))

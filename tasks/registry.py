@@ -31,7 +31,7 @@ from filelock import FileLock
 from schemas.config import PipelineConfig
 from schemas.errors import InputError, RegistryError
 from tasks.storage import fingerprint
-from tasks.tracking import mlflow_metric_name
+from tasks.tracking import missing_store, mlflow_metric_name
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,27 @@ def registered_version(client, uri: str):
     if match["version"]:
         return client.get_model_version(match["name"], match["version"])
     return client.get_model_version_by_alias(match["name"], match["alias"])
+
+
+def llm_version(uri: str, tracking_uri: str):
+    """The LLM ModelVersion a person named (models:/NAME/VERSION or models:/NAME@ALIAS) in the
+    store at `tracking_uri`; InputError naming what is wrong (not such a URI, no store, no such
+    version, a popularity baseline, which has no model folder or evaluation of its own)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if MODEL_URI.match(uri) is None:
+        raise InputError(f"{uri}: a registered version is models:/NAME/VERSION or models:/NAME@ALIAS")
+    if (store := missing_store(tracking_uri)) is not None:
+        raise InputError(f"{uri}: there is no tracking store at {store}, so no registry")
+    try:
+        version = registered_version(MlflowClient(tracking_uri, registry_uri=tracking_uri), uri)
+    except MlflowException:
+        raise InputError(f"{uri} is not in the registry at {tracking_uri}") from None
+    if version.tags.get(KIND_TAG) == "popularity":
+        raise InputError(f"{uri} is version {version.version}, a popularity baseline: it has no model or evaluation "
+                         "of its own (each evaluation's table has the most_popular row, and the gate compares with it)")
+    return version
 
 
 def registry_client(uri: str):

@@ -294,3 +294,31 @@ def test_recommend_all_leaves_out_items_an_older_model_does_not_know(profile, tm
         newest = [*last.loc[row.user_id, "history_titles"], last.loc[row.user_id, "target_title"]][-10:]
         shown = [catalogue.titles[catalogue.row_of_id[i]] for i in row.history_item_ids]
         assert shown == [t for t in newest if t in model_titles]
+
+
+def test_versions_of_different_windows_are_compared_on_one_window(profile, tmp_path):
+    """After the replay, LLM versions were trained and evaluated on different data windows:
+    `cft compare` refuses to pair their rows; `cft evaluate --model` evaluates each version on the
+    profile's window, and those two folders compare on the same rows."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{profile.parent / 'mlflow.db'}"
+    versions = MlflowClient(uri, registry_uri=uri).search_model_versions("name='cft-cli-test'")
+    by_window = {v.tags["data_fingerprint"]: v.version for v in sorted(versions, key=lambda v: int(v.version))
+                 if v.tags.get("cft.kind") == "llm"}
+    assert len(by_window) >= 2, "the replay should have registered versions of other windows"
+    first, last = (f"models:/cft-cli-test/{v}" for v in list(by_window.values())[:: len(by_window) - 1])
+    out = cft("compare", first, last, "-c", str(profile), "--out-dir", str(tmp_path / "refused"), code=2)
+    assert "the runs evaluated different data windows" in out and "cft evaluate" in out
+    assert not (tmp_path / "refused").exists()
+
+    folders = []
+    for version in (first, last):
+        out = cft("evaluate", "-c", str(profile), "--model", version)
+        folders.append(re.search(r"test metrics: (\S+)", out).group(1))
+    assert folders[0] != folders[1]
+    out = cft("compare", *folders, "-c", str(profile), "--out-dir", str(tmp_path / "one-window"))
+    table = pd.read_json(tmp_path / "one-window" / "compare-1.json").set_index("quantity")
+    assert table.loc["constrained/NDCG@10", "rows"] == 8  # the profile's 8 test rows, in both
+    out = cft("evaluate", "-c", str(profile), "--model", "models:/cft-cli-test/1", code=2)
+    assert "a popularity baseline" in out

@@ -66,6 +66,35 @@ def test_records_count_occurrences_over_the_whole_split_file(tmp_path):
                                                                     for r in sample]
 
 
+def test_runs_of_different_data_windows_are_refused(tmp_path):
+    """Two windows number their items each their own way: rows with the same (user, target id)
+    are other interactions, so the comparison is refused, naming the windows; folders of one
+    window compare; folders written before the window was recorded are told apart by their
+    catalogue sizes."""
+    import json
+
+    import pytest
+
+    from schemas.errors import InputError
+    from tasks.compare import evaluated
+
+    users = np.arange(20)
+    folders = {}
+    for name, window, size in [("a", "ml-100k-aaaa", 900), ("b", "ml-100k-bbbb", 900), ("a2", "ml-100k-aaaa", 900),
+                               ("old1", None, 900), ("old2", None, 950)]:
+        folder = write_folder(tmp_path / name, np.zeros(20, dtype=int), np.full(20, -10.0), users)
+        summary = {"split": "test", "examples": 20, "catalogue": size} | ({"sequences": window} if window else {})
+        (folder / "summary.json").write_text(json.dumps(summary))
+        folders[name] = evaluated(name, folder, ["HR@1"])
+    assert folders["a"].window == "ml-100k-aaaa" and folders["old1"].window is None
+    with pytest.raises(InputError, match="different data windows \\(a: ml-100k-aaaa \\(900 items\\); b: ml-100k-bbbb"):
+        compare([folders["a"]], [folders["b"]])
+    with pytest.raises(InputError, match="cft evaluate -c PROFILE --model models:/NAME/N"):
+        compare([folders["old1"]], [folders["old2"]])  # 900 vs 950 items: not one window
+    assert compare([folders["a"]], [folders["a2"]]).set_index("quantity").loc["constrained/HR@1", "rows"] == 20
+    assert compare([folders["a"]], [folders["old1"]]).set_index("quantity").loc["constrained/HR@1", "rows"] == 20
+
+
 def test_the_interval_covers_a_known_difference(tmp_path):
     """B's history effect is A's + 0.5 + noise on every row: the 95 % interval should hold 0.5 in
     about 95 % of simulated studies, and declare B higher when the effect is clear."""
