@@ -85,7 +85,7 @@ def check_one_window(runs: list[Evaluated]) -> None:
     sizes = {r.catalogue for r in runs if r.catalogue is not None}
     if len(windows) <= 1 and len(sizes) <= 1:
         return
-    what = "; ".join(f"{r.label}: {r.window or 'a window'} ({r.catalogue} items)" for r in runs)
+    what = "; ".join(f"{r.label}: {r.window or 'window not recorded'}, {r.catalogue} items" for r in runs)
     raise InputError(f"the runs evaluated different data windows ({what}): those are other rows, and each "
                      "window numbers its items its own way. Evaluate the models on one window, then compare "
                      "those folders: cft evaluate -c PROFILE --model models:/NAME/N (or --model-dir FOLDER) "

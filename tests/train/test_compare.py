@@ -87,7 +87,7 @@ def test_runs_of_different_data_windows_are_refused(tmp_path):
         (folder / "summary.json").write_text(json.dumps(summary))
         folders[name] = evaluated(name, folder, ["HR@1"])
     assert folders["a"].window == "ml-100k-aaaa" and folders["old1"].window is None
-    with pytest.raises(InputError, match="different data windows \\(a: ml-100k-aaaa \\(900 items\\); b: ml-100k-bbbb"):
+    with pytest.raises(InputError, match="different data windows \\(a: ml-100k-aaaa, 900 items; b: ml-100k-bbbb"):
         compare([folders["a"]], [folders["b"]])
     with pytest.raises(InputError, match="cft evaluate -c PROFILE --model models:/NAME/N"):
         compare([folders["old1"]], [folders["old2"]])  # 900 vs 950 items: not one window
