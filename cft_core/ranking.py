@@ -22,9 +22,11 @@ Scores, one per returned item, never increase along the list (higher is better):
   does not increase along the list. Constrained beams may run to the longest catalogue title
   whatever `max_new_tokens` says: a beam cut short would be no item at all.
 
-Histories, as people type them: titles (case-insensitive) or item ids. A title that matches no
-catalogue item is reported back as `unmatched` and left out of the prompt, unless the caller asks
-for free text (`free_text=True`), when it is shown to the model as typed (and still reported).
+Histories, as people type them: titles (case-insensitive) or item ids. An entry that is neither
+(a typo, or an item newer than the model's catalogue: data keeps arriving between retrains) is
+reported back as `unmatched` and left out of the prompt, so a user who touched a new item still
+gets an answer; unless the caller asks for free text (`free_text=True`), when a text entry is
+shown to the model as typed (and still reported).
 
 Item ids are the caller's: a served model's catalogue is built with the source's own ids
 (`source_item_id`: a SKU, a MovieLens movie id), which mean the same item in every data window,
@@ -171,10 +173,9 @@ class Catalogue:
         """History entries (item ids or titles) -> `ResolvedHistory`.
 
         An entry is an id if the catalogue has it (exact, after stripping spaces), else a title
-        (case-insensitive). An integer, or digits, that is neither is an unknown id: an error (it
-        has no title to show the model). Other text that is neither is `unmatched`: left out, or
-        shown as typed when `free_text`. A history left with nothing to show is an error naming
-        what did not match.
+        (case-insensitive), else `unmatched`: left out, or shown as typed when `free_text` (text
+        only: an integer is an id, with no title to show). A history left with nothing to show is
+        an error naming what did not match.
         """
         titles, rows, unmatched = [], [], []
         for entry in history:
@@ -183,11 +184,9 @@ class Catalogue:
                 row = self.row_of_id[key]
             elif key.casefold() in self._row_of_folded:
                 row = self._row_of_folded[key.casefold()]
-            elif isinstance(entry, (int, np.integer)) or key.lstrip("-").isdigit():
-                raise InputError(f"item id {key} is not in the catalogue ({len(self.titles):,} items)")
             else:
                 unmatched.append(key)
-                if free_text:
+                if free_text and not isinstance(entry, (int, np.integer)):
                     titles.append(key)
                 continue
             titles.append(self.titles[row])

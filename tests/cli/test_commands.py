@@ -152,7 +152,7 @@ def test_serve_answers_over_http(profile):
         status, body = post({"history": [title], "k": 2})
         assert status == 200 and 1 <= len(body["item_ids"]) <= 2 and body["unmatched"] == []
         status, body = post({"history": ["123456789"], "k": 2})
-        assert status == 400 and body["message"].startswith("item id 123456789 is not in the catalogue")
+        assert status == 400 and body["message"].startswith("no history entry is a catalogue title or item id")
     finally:
         server.terminate()
         server.wait(30)

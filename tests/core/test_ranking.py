@@ -91,7 +91,12 @@ def test_resolve_ids_titles_and_unmatched(recommender):
     assert resolved.unmatched == ["A Film Not In The Catalogue"]  # ... and reported
     free = recommender.resolve([100, "A Film Not In The Catalogue"], free_text=True)
     assert free.titles == [TITLES[0], "A Film Not In The Catalogue"] and free.unmatched == ["A Film Not In The Catalogue"]
-    with pytest.raises(InputError, match="item id 999 is not in the catalogue"):
+    # An id the catalogue lacks (an item newer than the model) is left out and reported, like a
+    # title; an integer is never shown to the model as text.
+    newer = recommender.resolve(["heat", "999", 998])
+    assert newer.rows == [TITLES.index("Heat")] and newer.unmatched == ["999", "998"]
+    assert recommender.resolve(["heat", "999", 998], free_text=True).titles == ["Heat", "999"]
+    with pytest.raises(InputError, match="no history entry is a catalogue title or item id: '999'"):
         recommender.resolve(["999"])
     with pytest.raises(InputError, match="at least one"):
         recommender.resolve([])
@@ -111,8 +116,7 @@ def test_catalogue_speaks_the_sources_ids():
     resolved = catalogue.resolve(["SKU-7", " b0042 ", 12, "seven", "SKU-9", "SKU-8"])
     assert resolved.rows == [0, 1, 2, 3, 3] and resolved.unmatched == ["SKU-9"]  # "SKU-8": the id, not row 2's title
     assert resolved.titles == ["Heat", "Babe", "SKU-8", "Seven", "Seven"]
-    with pytest.raises(InputError, match="item id 13 is not in the catalogue"):
-        catalogue.resolve(["Heat", 13])
+    assert catalogue.resolve(["Heat", 13]).unmatched == ["13"]
     ranking = Ranking(np.array([[3, 0, -1]]), np.array([[2.0, 1.0, np.nan]]), None, [[]])
     (rec,) = catalogue.recommendations(ranking)
     assert rec.item_ids == ["SKU-8", "SKU-7"] and rec.titles == ["Seven", "Heat"] and rec.scores == [2.0, 1.0]

@@ -73,10 +73,15 @@ def test_recommend_and_invocations_answer_like_the_model(client, served):
     assert one.headers["X-Model-Version"] == records.headers["X-Model-Version"] == served[0].rsplit("/", 1)[1]
     assert client.get("/health").json() == {"status": "ok", "model": served[0], "version": served[0].rsplit("/", 1)[1],
                                             "method": "constrained", "catalogue": len(catalogue)}
+    # A user who touched an item newer than the model (not in its catalogue) still gets an answer:
+    # the item is left out, as if never there, and reported.
+    newer = client.post("/recommend", json={"history": [*history, "99999"], "k": 2})
+    assert newer.status_code == 200 and newer.json()["unmatched"] == ["99999"]
+    assert newer.json()["item_ids"] == body["item_ids"]
 
 
 @pytest.mark.parametrize("path, body, status, message", [
-    ("/recommend", {"history": ["99999"]}, 400, "item id 99999 is not in the catalogue"),
+    ("/recommend", {"history": ["99999"]}, 400, "no history entry is a catalogue title or item id: '99999'"),
     ("/recommend", {"history": ["1"], "k": 0}, 400, "k must be between 1 and the catalogue size"),
     ("/recommend", {"history": ["1"], "k": 10**6}, 400, "k must be between 1 and the catalogue size"),
     ("/recommend", {"history": "Toy Story"}, 400, "must be a list of titles or item ids, got str"),
@@ -143,7 +148,7 @@ def test_mlflow_scoring_server_answers_400_with_the_reason_and_no_trace(served):
     with TestClient(scoring_server.init(mlflow.pyfunc.load_model(served[0]))) as c:
         bad = c.post("/invocations", json={"dataframe_records": [{"history": ["99999"]}], "params": {"k": 2}})
         assert bad.status_code == 400
-        assert "item id 99999 is not in the catalogue" in bad.json()["message"]
+        assert "no history entry is a catalogue title or item id: '99999'" in bad.json()["message"]
         assert "stack_trace" not in bad.json() and "Traceback" not in bad.text
         good = c.post("/invocations", json={"dataframe_records": [{"history": ["1"]}], "params": {"k": 2}})
         assert good.status_code == 200 and 1 <= len(good.json()["predictions"][0]["item_ids"]) <= 2  # constrained: <= beams
