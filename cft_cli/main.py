@@ -404,6 +404,9 @@ def recommend(
         hint = f"; close: {', '.join(map(repr, close))}" if close else ""
         use = "shown to the model as typed" if free_text else "left out (--free-text to use it as typed)"
         console.print(f"[yellow]not in the catalogue:[/yellow] {title!r}, {use}{hint}", highlight=False, soft_wrap=True)
+    if len(row["unmatched"]) == len(history) and not free_text:
+        console.print("no item of the history is in the catalogue: the no-history ranking, as for a new user",
+                      highlight=False)
     t = Table(title=f"{model_uri}: top {len(row['item_ids'])}")
     for col in ("rank", "item id", "title", "score"):
         t.add_column(col)
@@ -430,9 +433,10 @@ def recommend_all(
     label = model or "the champion"
     console.print(f"{done.users} users: top {k} from {label}" + (f" (version {version})" if version else f" ({exact})")
                   + f" -> {done.path}", highlight=False, soft_wrap=True)
-    if done.skipped_users or done.unknown_items:
+    if done.unknown_items:
         console.print(f"[yellow]left out:[/yellow] {done.unknown_items} history item(s) the model's catalogue lacks "
-                      f"(newer than its data window); {done.skipped_users} user(s) with none it knows", highlight=False)
+                      f"(newer than its data window); {done.users_without_history} user(s) with none it knows, "
+                      "ranked as new users", highlight=False)
 
 
 @app.command("serve")

@@ -26,7 +26,9 @@ Histories, as people type them: titles (case-insensitive) or item ids. An entry 
 (a typo, or an item newer than the model's catalogue: data keeps arriving between retrains) is
 reported back as `unmatched` and left out of the prompt, so a user who touched a new item still
 gets an answer; unless the caller asks for free text (`free_text=True`), when a text entry is
-shown to the model as typed (and still reported).
+shown to the model as typed (and still reported). A history left with no title (a new user, or
+one whose items are all newer than the model) gets the no-history ranking: the counterfactual
+prompt, which CFT trains against and the evaluation measures as `nohist_<method>`.
 
 Item ids are the caller's: a served model's catalogue is built with the source's own ids
 (`source_item_id`: a SKU, a MovieLens movie id), which mean the same item in every data window,
@@ -174,8 +176,8 @@ class Catalogue:
 
         An entry is an id if the catalogue has it (exact, after stripping spaces), else a title
         (case-insensitive), else `unmatched`: left out, or shown as typed when `free_text` (text
-        only: an integer is an id, with no title to show). A history left with nothing to show is
-        an error naming what did not match.
+        only: an integer is an id, with no title to show). A history may resolve to no title at
+        all (a new user): `Ranker.prompt` gives it the no-history prompt.
         """
         titles, rows, unmatched = [], [], []
         for entry in history:
@@ -191,11 +193,6 @@ class Catalogue:
                 continue
             titles.append(self.titles[row])
             rows.append(row)
-        if not titles:
-            if unmatched:
-                raise InputError(f"no history entry is a catalogue title or item id: {', '.join(map(repr, unmatched[:5]))} "
-                                 "(ask for free text to use them as typed)")
-            raise InputError("a history needs at least one item (a title or an item id)")
         return ResolvedHistory(titles, rows, unmatched)
 
     def resolve_histories(self, histories: Sequence, free_text: bool = False) -> list[ResolvedHistory]:
@@ -271,7 +268,10 @@ class Ranker:
     # ---------------------------------------------------------------- prompts and histories
 
     def prompt(self, history_titles: Sequence[str]) -> str:
-        """The factual prompt of a history (its last `max_history` titles)."""
+        """The factual prompt of a history (its last `max_history` titles); for no titles at all
+        (a new user), the counterfactual prompt: the no-history ranking (module docstring)."""
+        if not history_titles:
+            return self.prompts.counterfactual()
         return self.prompts.factual(list(history_titles)[-self.settings.max_history :])
 
     def resolve(self, history: Sequence[str | int], free_text: bool = False) -> ResolvedHistory:

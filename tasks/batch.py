@@ -11,8 +11,8 @@ Items are named by the source's own ids (`source_item_id`) throughout: the dense
 sequences folder are a per-window shuffle, so the same number names different items in the
 profile's window and in the (often older) window the model was trained on. A model knows the
 catalogue of its window; items that arrived since are not in it, so they are left out of a
-history (counted in the summary), and a user none of whose items the model knows gets no row
-(counted too).
+history (counted in the summary), and a user none of whose items the model knows is ranked with
+no history, as the server answers a new user (counted too).
 
 Output: one row per user with `user_id`, `history_item_ids` and `item_ids` (the source's ids, as
 text), `titles`, `scores` (best first), written through a temporary file renamed into place (default
@@ -39,7 +39,7 @@ CHUNK = 64  # histories per predict call: a few generation batches, and a progre
 class BatchOutput:
     path: Path
     users: int  # rows written
-    skipped_users: int  # users none of whose items the model knows
+    users_without_history: int  # users none of whose items the model knows: ranked as new users
     unknown_items: int  # history entries left out: items the model's catalogue lacks
 
 
@@ -116,9 +116,6 @@ def recommend_all(sequences: Path, max_history: int, model_uri: str, k: int, out
     users = latest_histories(sequences, max_history)
     histories = [[i for i in h if i in known] for h in users["history_item_ids"]]
     unknown = sum(len(h) for h in users["history_item_ids"]) - sum(len(h) for h in histories)
-    keep = [bool(h) for h in histories]
-    users = users[keep].reset_index(drop=True)
-    histories = [h for h, kept in zip(histories, keep, strict=True) if kept]
     answers = []
     for start in tqdm(range(0, len(histories), CHUNK), desc="recommend", unit="chunk", disable=None if progress else True):
         chunk = pd.DataFrame({"history": histories[start : start + CHUNK]})
@@ -140,5 +137,5 @@ def recommend_all(sequences: Path, max_history: int, model_uri: str, k: int, out
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    return BatchOutput(out, table.num_rows, len(keep) - len(histories), unknown)
+    return BatchOutput(out, table.num_rows, sum(not h for h in histories), unknown)
 

@@ -84,6 +84,8 @@ def test_recommend_from_the_champion(profile):
     typo = title[:-1] + "x" if len(title) > 4 else title + " 2"  # not in the catalogue, close to a title
     out = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/2", "-k", "2", title, typo)
     assert f"not in the catalogue: '{typo}', left out (--free-text to use it as typed); close: '{title}'" in out
+    out = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/2", "-k", "2", typo)
+    assert "the no-history ranking, as for a new user" in out and re.findall(r"^│ ([0-9]+) ", out, flags=re.M)
 
 
 def test_recommend_all_writes_every_users_top_k(profile, tmp_path):
@@ -151,8 +153,8 @@ def test_serve_answers_over_http(profile):
 
         status, body = post({"history": [title], "k": 2})
         assert status == 200 and 1 <= len(body["item_ids"]) <= 2 and body["unmatched"] == []
-        status, body = post({"history": ["123456789"], "k": 2})
-        assert status == 400 and body["message"].startswith("no history entry is a catalogue title or item id")
+        status, body = post({"history": ["123456789"], "k": 0})
+        assert status == 400 and body["message"].startswith("k must be between 1 and the catalogue size")
     finally:
         server.terminate()
         server.wait(30)
@@ -252,7 +254,7 @@ def test_replay_writes_the_timeline_report_and_an_mlflow_run(profile, tmp_path):
 def test_recommend_all_leaves_out_items_an_older_model_does_not_know(profile, tmp_path):
     """The replay's first period registered a popularity baseline of an earlier data window: the
     items that came later are not in its catalogue, so they are left out of the histories (and
-    counted), and a user left with nothing gets no row."""
+    counted), and a user left with nothing is ranked as a new user."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -271,14 +273,15 @@ def test_recommend_all_leaves_out_items_an_older_model_does_not_know(profile, tm
     seq = next((profile.parent / "data" / "sequences").iterdir())  # the profile's (whole) window
     histories = latest_histories(seq, 10)["history_item_ids"]
     unknown = sum(i not in known for h in histories for i in h)
-    skipped = sum(not any(i in known for i in h) for h in histories)
+    new_users = sum(not any(i in known for i in h) for h in histories)
     assert unknown > 0, "the replay's first window should lack some of the later items"
 
     target = tmp_path / "recs.parquet"
     out = cft("recommend-all", "-c", str(profile), "--model", f"models:/cft-cli-test/{older}", "-k", "2", "--out", str(target))
-    assert f"left out: {unknown} history item(s) the model's catalogue lacks" in out and f"{skipped} user(s)" in out
+    assert f"left out: {unknown} history item(s) the model's catalogue lacks" in out
+    assert f"{new_users} user(s) with none it knows, ranked as new users" in out
     recs = pd.read_parquet(target)
-    assert len(recs) == len(histories) - skipped
+    assert len(recs) == len(histories) and recs["history_item_ids"].map(len).eq(0).sum() == new_users
     assert all(set(h) <= known for h in recs["history_item_ids"])
     # The history the older model ranked is the user's own: its ids, looked up in the model's
     # catalogue, are the titles the profile's sequences show for the user's newest items (the

@@ -100,6 +100,8 @@ def test_popularity_baseline_is_registered_once_and_becomes_the_first_champion(s
     assert list(out["item_ids"][0]) == [source[i] for i in top[1:4]]  # the history's item is left out
     assert list(out["item_ids"][1]) == [source[i] for i in top[:3]]
     assert list(out["scores"][1]) == [float(counts[i]) for i in top[:3]]  # scores: training counts
+    new_user = served.predict(pd.DataFrame({"history": [[], ["an item newer than the window"]]}), params={"k": 3})
+    assert [list(r) for r in new_user["item_ids"]] == [[source[i] for i in top[:3]]] * 2  # the top sellers
     assert registry.register_popularity(cfg, seq, "fp-B") == "2"  # a new window: a new baseline
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"  # not promoted by itself
 
