@@ -110,8 +110,8 @@ class Ranking:
 
 @dataclass(frozen=True)
 class Recommendation:
-    """Top-K items for one history, best first; `unmatched`: the history's titles that matched
-    no catalogue item (see the module docstring)."""
+    """Top-K items for one history, best first; `unmatched`: the history's entries that are no
+    catalogue id or title (see the module docstring)."""
 
     item_ids: list[str]
     titles: list[str]
@@ -123,7 +123,7 @@ class Recommendation:
 class ResolvedHistory:
     """A history as the ranking uses it: `titles` for the prompt (oldest first), `rows`: the
     catalogue rows it names (left out of its recommendations), `unmatched`: entries that are no
-    catalogue title."""
+    catalogue id or title."""
 
     titles: list[str]
     rows: list[int]
@@ -247,9 +247,9 @@ class Ranker:
     """A causal LM over a catalogue.
 
     item_ids [I]: the ids callers use (a served model: the source's ids; the evaluation: rows);
-    titles [I]; item_embeddings FloatTensor[I, D]: the
-    titles embedded by `embed_titles` with this very model at `settings.precision` (grounding
-    only; the evaluation caches them and the served model ships them).
+    titles [I]; item_embeddings FloatTensor[I, D]: the titles embedded by `embed_titles` with
+    this very model at `settings.precision` (grounding only; the evaluation caches them and the
+    served model ships them).
     """
 
     def __init__(self, model, tokenizer, prompts: PromptBuilder, item_ids: Sequence[str | int], titles: Sequence[str],

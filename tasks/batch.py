@@ -138,4 +138,3 @@ def recommend_all(sequences: Path, max_history: int, model_uri: str, k: int, out
     finally:
         tmp.unlink(missing_ok=True)
     return BatchOutput(out, table.num_rows, sum(not h for h in histories), unknown)
-
