@@ -376,7 +376,7 @@ def _served_model_uri(config: Path, set_: list[str] | None, model: str) -> str:
 
 @app.command("recommend")
 def recommend(
-    history: Annotated[list[str], typer.Argument(metavar="HISTORY...", help="The user's history: titles or item ids (your data's own ids), oldest first.")],
+    history: Annotated[list[str] | None, typer.Argument(metavar="[HISTORY...]", help="The user's history: titles or item ids (your data's own ids), oldest first; none: a new user.")] = None,
     _marker: Annotated[bool, typer.Option("--history", help="Optional marker before the history items.")] = False,
     model: Annotated[str, typer.Option(help="Model URI, e.g. models:/cft-ml-100k@champion.")] = "",
     k: Annotated[int, typer.Option("-k", min=1, help="How many items (1 .. catalogue size).")] = 10,
@@ -392,7 +392,7 @@ def recommend(
     import mlflow
     import pandas as pd
 
-    history = _checked_history(history)
+    history = _checked_history(history or [])
     model_uri = _served_model_uri(config, set_, model)
     recommender = mlflow.pyfunc.load_model(model_uri)
     out = recommender.predict(pd.DataFrame({"history": [history]}),
@@ -404,7 +404,9 @@ def recommend(
         hint = f"; close: {', '.join(map(repr, close))}" if close else ""
         use = "shown to the model as typed" if free_text else "left out (--free-text to use it as typed)"
         console.print(f"[yellow]not in the catalogue:[/yellow] {title!r}, {use}{hint}", highlight=False, soft_wrap=True)
-    if len(row["unmatched"]) == len(history) and not free_text:
+    if not history:
+        console.print("no history: the no-history ranking, as for a new user", highlight=False)
+    elif len(row["unmatched"]) == len(history) and not free_text:
         console.print("no item of the history is in the catalogue: the no-history ranking, as for a new user",
                       highlight=False)
     t = Table(title=f"{model_uri}: top {len(row['item_ids'])}")

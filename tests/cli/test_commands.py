@@ -86,6 +86,9 @@ def test_recommend_from_the_champion(profile):
     assert f"not in the catalogue: '{typo}', left out (--free-text to use it as typed); close: '{title}'" in out
     out = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/2", "-k", "2", typo)
     assert "the no-history ranking, as for a new user" in out and re.findall(r"^│ ([0-9]+) ", out, flags=re.M)
+    new_user = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/2", "-k", "2")
+    assert "no history: the no-history ranking" in new_user
+    assert new_user.split("top", 1)[1] == out.split("top", 1)[1]  # the same table as for the unknown title
 
 
 def test_recommend_all_writes_every_users_top_k(profile, tmp_path):
