@@ -437,7 +437,7 @@ def recommend_all(
                   + f" -> {done.path}", highlight=False, soft_wrap=True)
     if done.unknown_items:
         console.print(f"[yellow]left out:[/yellow] {done.unknown_items} history item(s) the model's catalogue lacks "
-                      f"(newer than its data window); {done.users_without_history} user(s) with none it knows, "
+                      f"(newer than its data window, or dropped by its k-core); {done.users_without_history} user(s) with none it knows, "
                       "ranked as new users", highlight=False)
 
 

@@ -1,23 +1,25 @@
 """Batch recommendations: every user's top-K, from their newest history, by a registered model.
 
 The nightly job of a recommender: recommendations for every user the data shows, written to one
-Parquet file that an application reads instead of calling the server. For each user in the
-profile's data (its window and `as_of`, after k-core), the history is their newest
-`data.max_history` items: the history of their last sample in the built sequences followed by
-that sample's target. The registered model (the champion by default) ranks them through its
-pyfunc `predict`, the same ranking as `cft serve` and the evaluation (cft_core.ranking).
+Parquet file that an application reads instead of calling the server. For each user with an
+interaction in the profile's data window (`as_of`, `train_window`; k-core does not apply: a user
+with two interactions is a user too), the history is their newest `data.max_history` items, read
+from the ingested interactions (not from the sequences folder, whose splits a profile may sample,
+which would leave a user with an older row's history). The registered model (the champion by
+default) ranks them through its pyfunc `predict`, the same ranking as `cft serve` and the
+evaluation (cft_core.ranking).
 
 Items are named by the source's own ids (`source_item_id`) throughout: the dense ids of a
 sequences folder are a per-window shuffle, so the same number names different items in the
 profile's window and in the (often older) window the model was trained on. A model knows the
-catalogue of its window; items that arrived since are not in it, so they are left out of a
-history (counted in the summary), and a user none of whose items the model knows is ranked with
-no history, as the server answers a new user (counted too).
+catalogue of its window; items that arrived since (or that its k-core dropped) are not in it, so
+they are left out of a history (counted in the summary), and a user none of whose items the model
+knows is ranked with no history, as the server answers a new user (counted too).
 
 Output: one row per user with `user_id`, `history_item_ids` and `item_ids` (the source's ids, as
 text), `titles`, `scores` (best first), written through a temporary file renamed into place (default
 `<data_root>/recommendations/cft-<data.name>.parquet`); the Parquet metadata names the model URI,
-its version and the sequences folder.
+its version, the ingested folder and the window.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import pandas as pd
 
 from schemas.config import PipelineConfig
 
-SPLITS = ("train", "valid", "test")
 CHUNK = 64  # histories per predict call: a few generation batches, and a progress step
 
 
@@ -43,21 +44,23 @@ class BatchOutput:
     unknown_items: int  # history entries left out: items the model's catalogue lacks
 
 
-def latest_histories(sequences: Path, max_history: int) -> pd.DataFrame:
-    """(user_id, history_item_ids) per user: the newest `max_history` items of each user, from
-    their last sample (the newest target; the later split, then the later row, on a tie), as
-    source item ids (the folder's catalogue maps its dense ids back)."""
-    from cft_core.ranking import served_catalogue
+def latest_histories(interactions: Path, window: tuple[int | None, int | None], max_history: int) -> pd.DataFrame:
+    """(user_id, history_item_ids) per user with an interaction in `window` ([start, end) unix
+    seconds, None: open): their newest `max_history` items (source ids), oldest first; ties in
+    time by item id. Sorted by user."""
+    import pyarrow.parquet as pq
 
-    frames = [pd.read_parquet(sequences / f"{s}.parquet", columns=["user_id", "history_item_ids", "target_item_id",
-                                                                   "timestamp"]) for s in SPLITS]
-    rows = pd.concat(frames, ignore_index=True)  # split order, then row order: what a tie keeps
-    last = rows.sort_values("timestamp", kind="stable").groupby("user_id", sort=False).tail(1)
-    source_id, _ = served_catalogue(sequences / "catalogue.parquet")  # dense id d -> source_id[d]
-    histories = [[source_id[int(i)] for i in [*h, t][-max_history:]]
-                 for h, t in zip(last["history_item_ids"], last["target_item_id"], strict=True)]
-    return pd.DataFrame({"user_id": last["user_id"].to_numpy(), "history_item_ids": histories}).sort_values(
-        "user_id", kind="stable", ignore_index=True)
+    inter = pq.read_table(interactions, columns=["user_id", "item_id", "timestamp"]).to_pandas()
+    start, end = window
+    if start is not None:
+        inter = inter[inter["timestamp"] >= start]
+    if end is not None:
+        inter = inter[inter["timestamp"] < end]
+    inter = inter.astype({"user_id": str, "item_id": str}).sort_values(["user_id", "timestamp", "item_id"],
+                                                                        kind="stable")
+    newest = inter.groupby("user_id", sort=False).tail(max_history)
+    histories = newest.groupby("user_id", sort=True)["item_id"].agg(list)
+    return pd.DataFrame({"user_id": histories.index.to_numpy(), "history_item_ids": histories.to_list()})
 
 
 def resolve_model(cfg: PipelineConfig, model: str = "") -> tuple[str, str | None]:
@@ -87,18 +90,22 @@ def run(cfg: PipelineConfig, model: str = "", k: int = 10, out: Path | None = No
         progress: bool = True) -> tuple[BatchOutput, str, str | None]:
     """`cft recommend-all` and the `cft-batch` flow: the profile's data (each stage reused when
     unchanged), the model resolved, every user ranked. Returns (output, URI loaded, version)."""
-    from tasks.data import prepare
+    from tasks.data import ingest, newest_seen, validate_ingested
+    from tasks.settings import sequence_settings
 
     exact, version = resolve_model(cfg, model)
-    _, sequences, _ = prepare(cfg.data)
-    done = recommend_all(sequences.path, cfg.data.max_history, exact, k, out or default_output(cfg), version, progress)
+    ingested = ingest(cfg.data)  # (reused when unchanged) and validated, as the pipeline's data stage does
+    validate_ingested(ingested.path, cfg.data)
+    settings = sequence_settings(cfg.data, newest_seen(ingested.path, cfg.data))  # the pipeline's data window
+    done = recommend_all(ingested.path / "interactions.parquet", (settings.window_start, settings.window_end),
+                         cfg.data.max_history, exact, k, out or default_output(cfg), version, progress)
     return done, exact, version
 
 
-def recommend_all(sequences: Path, max_history: int, model_uri: str, k: int, out: Path,
-                  version: str | None = None, progress: bool = True) -> BatchOutput:
-    """Rank every user's newest history with the model at `model_uri` (MLflow already points at
-    its registry) and write the top `k` to `out`."""
+def recommend_all(interactions: Path, window: tuple[int | None, int | None], max_history: int, model_uri: str,
+                  k: int, out: Path, version: str | None = None, progress: bool = True) -> BatchOutput:
+    """Rank the newest history of every user of `interactions` in `window` with the model at
+    `model_uri` (MLflow already points at its registry) and write the top `k` to `out`."""
     import mlflow
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -113,7 +120,7 @@ def recommend_all(sequences: Path, max_history: int, model_uri: str, k: int, out
                          "served models spoke the source's item ids): use a version registered since, or run the "
                          "pipeline to register one")
     known = set(model.unwrap_python_model().catalogue.row_of_id)
-    users = latest_histories(sequences, max_history)
+    users = latest_histories(interactions, window, max_history)
     histories = [[i for i in h if i in known] for h in users["history_item_ids"]]
     unknown = sum(len(h) for h in users["history_item_ids"]) - sum(len(h) for h in histories)
     answers = []
@@ -129,7 +136,7 @@ def recommend_all(sequences: Path, max_history: int, model_uri: str, k: int, out
         "titles": pa.array([list(r) for r in ranked["titles"]], pa.list_(pa.string())),
         "scores": pa.array([list(map(float, r)) for r in ranked["scores"]], pa.list_(pa.float64())),
     }).replace_schema_metadata({"cft": json.dumps({"model": model_uri, "version": version, "k": k,
-                                                   "sequences": str(sequences.resolve())})})
+                                                   "interactions": str(interactions.resolve()), "window": window})})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:

@@ -1,5 +1,5 @@
 """`tasks.batch.latest_histories`: each user's newest items, worked out by hand on a tiny
-sequences folder."""
+ingested interactions file."""
 
 from __future__ import annotations
 
@@ -8,24 +8,30 @@ import pandas as pd
 from tasks.batch import latest_histories
 
 
-def _split(path, rows):
-    pd.DataFrame(rows, columns=["user_id", "history_item_ids", "target_item_id", "timestamp"]).to_parquet(path)
+def _interactions(path, rows):
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).assign(rating=None).to_parquet(path)
+    return path
 
 
-def test_each_users_newest_items_from_their_last_sample(tmp_path):
-    _split(tmp_path / "train.parquet", [
-        ("a", [1], 2, 10), ("a", [1, 2], 3, 20),
-        ("b", [7], 8, 15),                       # b's only sample
-        ("c", [5], 6, 30),                       # c: the same time as its valid row...
+def test_each_users_newest_items_in_the_window(tmp_path):
+    path = _interactions(tmp_path / "interactions.parquet", [
+        # a: five items, in file order other than time order; the newest three are wanted
+        ("a", "sku-5", 50), ("a", "sku-1", 10), ("a", "sku-3", 30), ("a", "sku-2", 20), ("a", "sku-4", 40),
+        ("b", "sku-9", 15),                                   # b: one interaction (k-core does not apply)
+        ("c", "sku-8", 30), ("c", "sku-6", 30), ("c", "sku-7", 5),  # c: a tie at 30, broken by item id
+        ("d", "sku-1", 99),                                   # d: only after the window's end
+        ("e", "sku-2", 1),                                    # e: only before the window's start
     ])
-    _split(tmp_path / "valid.parquet", [("a", [1, 2, 3], 4, 40), ("c", [5, 6], 9, 30)])  # ...which is later in order
-    _split(tmp_path / "test.parquet", [("a", [1, 2, 3, 4], 5, 50)])
-    # The folder's dense ids are its own shuffle; the histories come back in the source's ids.
-    source = {d: f"sku-{(7 * d) % 10}" for d in range(10)}
-    pd.DataFrame({"item_id": list(source), "title": [f"t{d}" for d in source],
-                  "source_item_id": list(source.values())}).sample(frac=1, random_state=0).to_parquet(
-        tmp_path / "catalogue.parquet")
-    got = latest_histories(tmp_path, max_history=3)
+    got = latest_histories(path, (5, 60), max_history=3)
     assert got["user_id"].tolist() == ["a", "b", "c"]
-    dense = [[3, 4, 5], [7, 8], [5, 6, 9]]  # a: the last 3 of 1..5
-    assert got["history_item_ids"].tolist() == [[source[d] for d in h] for h in dense]
+    assert got["history_item_ids"].tolist() == [["sku-3", "sku-4", "sku-5"], ["sku-9"], ["sku-7", "sku-6", "sku-8"]]
+
+
+def test_an_open_window_and_a_window_that_cuts_a_users_newest_items(tmp_path):
+    path = _interactions(tmp_path / "interactions.parquet", [
+        ("u1", "i1", 100), ("u1", "i2", 200), ("u1", "i3", 300), ("u2", "i3", 150)])
+    everything = latest_histories(path, (None, None), max_history=10)
+    assert everything["history_item_ids"].tolist() == [["i1", "i2", "i3"], ["i3"]]
+    # The window ends at 300 (exclusive): u1's newest item is not yet seen, as of then.
+    assert latest_histories(path, (None, 300), max_history=10)["history_item_ids"].tolist() == [["i1", "i2"], ["i3"]]
+    assert latest_histories(path, (160, None), max_history=10)["user_id"].tolist() == ["u1"]

@@ -98,9 +98,16 @@ def test_the_batch_flow_writes_every_users_top_k_from_the_champion(tmp_path, pre
     summary = batch_flow(profile=str(profile), k=2)
     assert summary["version"] == champion and summary["path"] == str(default_output(cfg))
     recs = pd.read_parquet(summary["path"])
-    sequences = next((tmp_path / "sequences").iterdir())
-    users = pd.concat([pd.read_parquet(sequences / f"{s}.parquet", columns=["user_id"]) for s in ("train", "valid", "test")])
-    assert len(recs) == summary["users"] == users["user_id"].nunique() and summary["unknown_items"] == 0
+    # Every user of the ingested data (the profile sets no window), not only those of the sampled
+    # splits; their newest items the champion's catalogue lacks (dropped by k-core) are counted.
+    (ingested,) = (tmp_path / "ingested").iterdir()
+    (sequences,) = (tmp_path / "sequences").iterdir()
+    interactions = pd.read_parquet(ingested / "interactions.parquet").sort_values(["timestamp", "item_id"])
+    newest = interactions.groupby("user_id").tail(cfg.data.max_history)
+    known = set(pd.read_parquet(sequences / "catalogue.parquet")["source_item_id"])
+    assert len(recs) == summary["users"] == interactions["user_id"].nunique()
+    assert set(recs["user_id"]) == set(interactions["user_id"])
+    assert summary["unknown_items"] == (~newest["item_id"].isin(known)).sum()
 
 
 def test_the_promote_flow_promotes_rolls_back_and_refuses_a_promotion_without_a_version(tmp_path, prefect_harness,

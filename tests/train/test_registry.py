@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -127,15 +128,18 @@ def test_a_version_that_answers_dense_ids_is_refused_by_the_batch(setup, monkeyp
     monkeypatch.setattr(registry, "_signature", lambda cfg: signature)
     old = registry.register_popularity(cfg, seq, "fp-B")
     name = cfg.registered_model_name()
+    interactions = Path(json.loads((seq / "manifest.json").read_text())["ingested"]) / "interactions.parquet"
     with mlflow_uris_restored():
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         assert registry.answers_source_ids(mlflow.pyfunc.load_model(f"models:/{name}/{now}"))
         assert not registry.answers_source_ids(mlflow.pyfunc.load_model(f"models:/{name}/{old}"))
         with pytest.raises(InputError, match=f"models:/{name}/{old} answers with the dense item ids of its own data window"):
-            recommend_all(seq, 10, f"models:/{name}/{old}", 3, tmp_path / "recs.parquet", progress=False)
+            recommend_all(interactions, (None, None), 10, f"models:/{name}/{old}", 3, tmp_path / "recs.parquet",
+                          progress=False)
         assert not (tmp_path / "recs.parquet").exists()
-        done = recommend_all(seq, 10, f"models:/{name}/{now}", 3, tmp_path / "recs.parquet", progress=False)
+        done = recommend_all(interactions, (None, None), 10, f"models:/{name}/{now}", 3, tmp_path / "recs.parquet",
+                             progress=False)
         assert done.users > 0 and (tmp_path / "recs.parquet").is_file()
 
 
