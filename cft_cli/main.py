@@ -439,6 +439,10 @@ def recommend_all(
         console.print(f"[yellow]left out:[/yellow] {done.unknown_items} history item(s) the model's catalogue lacks "
                       f"(newer than its data window, or dropped by its k-core); {done.users_without_history} user(s) with none it knows, "
                       "ranked as new users", highlight=False)
+    if not done.excluded_seen:
+        console.print(f"[yellow]note:[/yellow] {exact} was registered before models took an `exclude` input: only "
+                      "each user's newest history is left out of their recommendations, not all they have",
+                      highlight=False, soft_wrap=True)
 
 
 @app.command("serve")

@@ -8,11 +8,13 @@ calls, and awaits the answer. The queue is bounded: when it is full the answer i
 Retry-After, at once.
 
 Endpoints (JSON, UTF-8):
-  POST /recommend    {"history": [...], "k": 10, "exclude_history": true, "free_text": false}
+  POST /recommend    {"history": [...], "k": 10, "exclude_history": true, "free_text": false,
+                      "exclude": [...]}  (optional: items never to return, e.g. all the user has)
                      -> {"item_ids": [...], "titles": [...], "scores": [...], "unmatched": [...]}
   POST /invocations  MLflow's scoring format, so clients of `mlflow models serve` work unchanged:
-                     {"dataframe_records": [{"history": [...]}, ...]} (or "dataframe_split", or
-                     "inputs": {"history": [[...], ...]}), optional "params"
+                     {"dataframe_records": [{"history": [...], "exclude": [...]}, ...]} (or
+                     "dataframe_split", or "inputs": {"history": [[...], ...]}), optional "params";
+                     `exclude` is an optional column, as in the registered model's signature
                      -> {"predictions": [{"item_ids": ..., "titles": ..., ...}, ...]}
   GET  /health       {"status": "ok", "model": <uri>, "version": <registered version served>,
                       "method": ..., "catalogue": <items>}; 503 {"status": "waiting", ...} while a
@@ -61,27 +63,33 @@ class RequestError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def _histories_of(body: dict) -> list:
-    """The histories of an /invocations body, in any of MLflow's JSON forms."""
+def _columns_of(body: dict) -> tuple[list, list | None]:
+    """(histories, exclude lists or None) of an /invocations body, in any of MLflow's JSON forms;
+    `exclude` is the optional column of items never to return (missing in a row: none)."""
     if "dataframe_records" in body:
         records = body["dataframe_records"]
         if not isinstance(records, list) or not all(isinstance(r, dict) and "history" in r for r in records):
             raise InputError("dataframe_records must be a list of objects with a `history` field")
-        return [r["history"] for r in records]
-    if "dataframe_split" in body:
+        rows = records
+    elif "dataframe_split" in body:
         split = body["dataframe_split"]
         if not isinstance(split, dict) or "history" not in split.get("columns", []):
             raise InputError("dataframe_split needs `columns` with `history` and `data`")
-        column = split["columns"].index("history")
-        return [row[column] for row in split.get("data", [])]
-    if "inputs" in body:
+        rows = [dict(zip(split["columns"], row, strict=False)) for row in split.get("data", [])]
+    elif "inputs" in body:
         inputs = body["inputs"]
         if isinstance(inputs, dict) and "history" in inputs:
-            return list(inputs["history"])
-        if isinstance(inputs, list) and all(isinstance(r, dict) and "history" in r for r in inputs):
-            return [r["history"] for r in inputs]
-        raise InputError("inputs must be {\"history\": [[...], ...]} or a list of {\"history\": [...]}")
-    raise InputError("the body needs one of dataframe_records, dataframe_split or inputs")
+            histories, exclude = list(inputs["history"]), inputs.get("exclude")
+            if exclude is not None and (not isinstance(exclude, list) or len(exclude) != len(histories)):
+                raise InputError(f"inputs.exclude must be a list of one list per history ({len(histories)})")
+            return histories, exclude
+        if not (isinstance(inputs, list) and all(isinstance(r, dict) and "history" in r for r in inputs)):
+            raise InputError("inputs must be {\"history\": [[...], ...]} or a list of {\"history\": [...]}")
+        rows = inputs
+    else:
+        raise InputError("the body needs one of dataframe_records, dataframe_split or inputs")
+    exclude = [r.get("exclude") or [] for r in rows] if any("exclude" in r for r in rows) else None
+    return [r["history"] for r in rows], exclude
 
 
 @dataclass(frozen=True)
@@ -249,8 +257,9 @@ def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False)
             raise RequestError(400, "INVALID_PARAMETER_VALUE", "the body must be a JSON object")
         return parsed
 
-    async def recommend(histories: list, params: dict) -> tuple[list[dict], Loaded]:
-        """One answer per history, and the model that gave them."""
+    async def recommend(histories: list, params: dict, exclude: list | None = None) -> tuple[list[dict], Loaded]:
+        """One answer per history (`exclude`: per history, items never returned), and the model
+        that gave them."""
         for _ in range(3):  # a model replaced between reading it and queuing: ask the new one
             now = served.current
             if now is None:
@@ -259,11 +268,12 @@ def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False)
             if now.batching is None:
                 import pandas as pd
 
-                frame = await run_in_threadpool(now.model.predict, None, pd.DataFrame({"history": histories}),
+                columns = {"history": histories} if exclude is None else {"history": histories, "exclude": exclude}
+                frame = await run_in_threadpool(now.model.predict, None, pd.DataFrame(columns),
                                                 {"k": p.k, "exclude_history": p.exclude_history, "free_text": p.free_text})
                 return frame.to_dict(orient="records"), now
             try:
-                future = now.batching.submit(histories, p.k, p.exclude_history, p.free_text)
+                future = now.batching.submit(histories, p.k, p.exclude_history, p.free_text, exclude)
             except Retired:
                 continue
             return [asdict(r) for r in await asyncio.wrap_future(future)], now
@@ -290,14 +300,17 @@ def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False)
     async def one_user(body: dict) -> tuple[dict, Loaded]:
         if "history" not in body:
             raise InputError("the body needs a `history`: a list of titles or item ids, oldest first")
-        (rec,), now = await recommend([body["history"]], {k: v for k, v in body.items() if k != "history"})
+        exclude = [body["exclude"]] if "exclude" in body else None
+        (rec,), now = await recommend([body["history"]], {k: v for k, v in body.items() if k not in ("history", "exclude")},
+                                      exclude)
         return rec, now
 
     async def invocations(body: dict) -> tuple[dict, Loaded]:
         unknown = sorted(set(body) - {"dataframe_records", "dataframe_split", "inputs", "params"})
         if unknown:
             raise InputError(f"unknown field(s) {', '.join(unknown)}")
-        recs, now = await recommend(_histories_of(body), body.get("params") or {})
+        histories, exclude = _columns_of(body)
+        recs, now = await recommend(histories, body.get("params") or {}, exclude)
         return {"predictions": recs}, now
 
     @app.post("/recommend")

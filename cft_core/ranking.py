@@ -130,10 +130,11 @@ class ResolvedHistory:
     unmatched: list[str]
 
 
-def check_history(history, index: int = 0) -> list[str | int]:
+def check_history(history, index: int = 0, field: str = "history") -> list[str | int]:
     """A history as received (a list of titles or item ids) -> its entries; InputError naming
-    the history (`index`, 0-based) and the entry otherwise. Runs before anything is generated."""
-    where = f"history {index}" if index else "the history"
+    the history (`index`, 0-based) and the entry otherwise. Runs before anything is generated.
+    `field` names the list in messages (an `exclude` list has the same shape)."""
+    where = f"{field} {index}" if index else f"the {field}"
     if isinstance(history, (str, bytes)) or not isinstance(history, (Sequence, np.ndarray)):
         shown = repr(history)[:60]
         raise InputError(f"{where} must be a list of titles or item ids, got {type(history).__name__} {shown}")
@@ -199,6 +200,26 @@ class Catalogue:
         """Histories as received -> `ResolvedHistory` each: shape checked (`check_history`), then
         resolved; InputError naming the history at fault. The one intake of every ranking path."""
         return [self.resolve(check_history(h, i), free_text) for i, h in enumerate(histories)]
+
+    def excluded_rows(self, resolved: Sequence[ResolvedHistory], exclude_history: bool,
+                      exclude: Sequence | None = None) -> list[list[int]]:
+        """Per history, the catalogue rows never to return: its own items when `exclude_history`,
+        and the entries of `exclude[b]` (ids or titles, as in a history: everything the user
+        already has, say, which is more than the history shown to the model). An exclude entry
+        the catalogue lacks is ignored (it cannot be recommended anyway); a list's shape is
+        checked as a history's. The one place every ranking path takes its exclusions from."""
+        if exclude is not None and len(exclude) != len(resolved):
+            raise InputError(f"{len(exclude)} exclude lists for {len(resolved)} histories")
+        out = []
+        for b, r in enumerate(resolved):
+            rows = list(r.rows) if exclude_history else []
+            for entry in check_history(exclude[b], b, "exclude list") if exclude is not None else []:
+                key = str(entry).strip()
+                row = self.row_of_id.get(key, self._row_of_folded.get(key.casefold()))
+                if row is not None:
+                    rows.append(row)
+            out.append(rows)
+        return out
 
     def check_k(self, k: int) -> int:
         """k itself when 1 <= k <= the catalogue's size; else InputError (before any generation)."""
@@ -344,15 +365,16 @@ class Ranker:
     # ---------------------------------------------------------------- serving
 
     def recommend(self, histories: Sequence[Sequence[str | int]], k: int, exclude_history: bool = True,
-                  free_text: bool = False) -> list[Recommendation]:
+                  free_text: bool = False, exclude: Sequence | None = None) -> list[Recommendation]:
         """One `Recommendation` of up to k items per history. Items already in the history are
         left out by default (a recommender should not suggest what the user has just watched;
-        the offline metrics keep them, as the reference does). Everything about the input is
-        checked before anything is generated."""
+        the offline metrics keep them, as the reference does), and so are `exclude[b]`'s
+        (`Catalogue.excluded_rows`). Everything about the input is checked before anything is
+        generated."""
         self.catalogue.check_k(k)
         resolved = self.catalogue.resolve_histories(histories, free_text)
-        ranking = self.rank([self.prompt(r.titles) for r in resolved], depth=k,
-                            exclude=[r.rows for r in resolved] if exclude_history else None)
+        excluded = self.catalogue.excluded_rows(resolved, exclude_history, exclude)
+        ranking = self.rank([self.prompt(r.titles) for r in resolved], depth=k, exclude=excluded)
         return self.catalogue.recommendations(ranking, unmatched=[r.unmatched for r in resolved])
 
 

@@ -73,12 +73,17 @@ class RequestParams:
         return cls(k=int(k), **flags)
 
 
-def parse_request(model_input, params: dict | None, default_k: int) -> tuple[list, RequestParams]:
-    """A served model's input (a DataFrame with a `history` column) and params -> (histories,
-    RequestParams); InputError naming what is wrong."""
+def parse_request(model_input, params: dict | None, default_k: int) -> tuple[list, list | None, RequestParams]:
+    """A served model's input and params -> (histories, exclude lists or None, RequestParams);
+    InputError naming what is wrong. The input is a DataFrame with a `history` column and,
+    optionally, an `exclude` column: per row, items never to return (ids or titles; not shown to
+    the model), e.g. everything the user already has. A missing value there is an empty list."""
     if "history" not in model_input.columns:
         raise InputError(f"input needs a `history` column (list of titles or item ids); got {list(model_input.columns)}")
-    return list(model_input["history"]), RequestParams.parse(params, default_k)
+    exclude = None
+    if "exclude" in model_input.columns:
+        exclude = [[] if e is None or (isinstance(e, float) and np.isnan(e)) else e for e in model_input["exclude"]]
+    return list(model_input["history"]), exclude, RequestParams.parse(params, default_k)
 
 
 def response_columns(recs: list[Recommendation]) -> dict[str, list]:
@@ -160,14 +165,15 @@ class BatchingRecommender:
         self._worker.start()
 
     def submit(self, histories: Sequence[Sequence[str | int]], k: int, exclude_history: bool = True,
-               free_text: bool = False) -> Future:
-        """Queue a request; its future gives one `Recommendation` per history. Raises InputError
-        (bad input, before anything is queued), Overloaded (queue full) or Retired (closed)."""
+               free_text: bool = False, exclude: Sequence | None = None) -> Future:
+        """Queue a request; its future gives one `Recommendation` per history (`exclude[b]`:
+        items never returned for history b, as in `Ranker.recommend`). Raises InputError (bad
+        input, before anything is queued), Overloaded (queue full) or Retired (closed)."""
         catalogue = self.ranker.catalogue
         catalogue.check_k(k)
         resolved = catalogue.resolve_histories(histories, free_text)
         request = _Request(prompts=[self.ranker.prompt(r.titles) for r in resolved],
-                           exclude=[r.rows if exclude_history else [] for r in resolved],
+                           exclude=catalogue.excluded_rows(resolved, exclude_history, exclude),
                            unmatched=[r.unmatched for r in resolved], k=k)
         if not request.prompts:
             request.future.set_result([])
@@ -193,9 +199,9 @@ class BatchingRecommender:
         return not self._worker.is_alive()
 
     def recommend(self, histories: Sequence[Sequence[str | int]], k: int, exclude_history: bool = True,
-                  free_text: bool = False) -> list[Recommendation]:
+                  free_text: bool = False, exclude: Sequence | None = None) -> list[Recommendation]:
         """`submit` and wait for the answer (what a request thread does)."""
-        return self.submit(histories, k, exclude_history, free_text).result()
+        return self.submit(histories, k, exclude_history, free_text, exclude).result()
 
     def _next_batch(self) -> list[_Request] | None:
         """Block for one request, then take what else comes within batch_wait_s, up to max_batch

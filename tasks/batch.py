@@ -16,10 +16,15 @@ catalogue of its window; items that arrived since (or that its k-core dropped) a
 they are left out of a history (counted in the summary), and a user none of whose items the model
 knows is ranked with no history, as the server answers a new user (counted too).
 
+No user is recommended an item they already have in the window (the model's `exclude` input,
+`cft_core.ranking.Catalogue.excluded_rows`), however long ago: the history the model is shown
+holds only the newest items. Versions registered before that input existed leave out the
+history's items only (`excluded_seen` false, and the CLI says so).
+
 Output: one row per user with `user_id`, `history_item_ids` and `item_ids` (the source's ids, as
 text), `titles`, `scores` (best first), written through a temporary file renamed into place (default
 `<data_root>/recommendations/cft-<data.name>.parquet`); the Parquet metadata names the model URI,
-its version, the ingested folder and the window.
+its version, the ingested folder, the window and `excluded_seen`.
 """
 
 from __future__ import annotations
@@ -42,12 +47,14 @@ class BatchOutput:
     users: int  # rows written
     users_without_history: int  # users none of whose items the model knows: ranked as new users
     unknown_items: int  # history entries left out: items the model's catalogue lacks
+    excluded_seen: bool  # every item a user has in the window was left out of their recommendations
 
 
 def latest_histories(interactions: Path, window: tuple[int | None, int | None], max_history: int) -> pd.DataFrame:
-    """(user_id, history_item_ids) per user with an interaction in `window` ([start, end) unix
-    seconds, None: open): their newest `max_history` items (source ids), oldest first; ties in
-    time by item id. Sorted by user."""
+    """(user_id, history_item_ids, seen_item_ids) per user with an interaction in `window`
+    ([start, end) unix seconds, None: open): their newest `max_history` items (source ids), oldest
+    first, ties in time by item id; and every item they have in the window, once each (sorted),
+    which the recommendations leave out. Sorted by user."""
     import pyarrow.parquet as pq
 
     inter = pq.read_table(interactions, columns=["user_id", "item_id", "timestamp"]).to_pandas()
@@ -60,7 +67,9 @@ def latest_histories(interactions: Path, window: tuple[int | None, int | None], 
                                                                         kind="stable")
     newest = inter.groupby("user_id", sort=False).tail(max_history)
     histories = newest.groupby("user_id", sort=True)["item_id"].agg(list)
-    return pd.DataFrame({"user_id": histories.index.to_numpy(), "history_item_ids": histories.to_list()})
+    seen = inter.groupby("user_id", sort=True)["item_id"].agg(lambda items: sorted(set(items)))
+    return pd.DataFrame({"user_id": histories.index.to_numpy(), "history_item_ids": histories.to_list(),
+                         "seen_item_ids": seen.loc[histories.index].to_list()})
 
 
 def resolve_model(cfg: PipelineConfig, model: str = "") -> tuple[str, str | None]:
@@ -112,7 +121,7 @@ def recommend_all(interactions: Path, window: tuple[int | None, int | None], max
     from tqdm.auto import tqdm
 
     from schemas.errors import InputError
-    from tasks.registry import answers_source_ids
+    from tasks.registry import answers_source_ids, takes_exclude
 
     model = mlflow.pyfunc.load_model(model_uri)
     if not answers_source_ids(model):  # its ids would name other items in this data
@@ -123,9 +132,15 @@ def recommend_all(interactions: Path, window: tuple[int | None, int | None], max
     users = latest_histories(interactions, window, max_history)
     histories = [[i for i in h if i in known] for h in users["history_item_ids"]]
     unknown = sum(len(h) for h in users["history_item_ids"]) - sum(len(h) for h in histories)
+    # What a user already has is not recommended to them: all their items in the window, not only
+    # the newest max_history the model is shown. Versions registered before the `exclude` input
+    # leave out the history only (MLflow would drop the column).
+    excluded_seen = takes_exclude(model)
     answers = []
     for start in tqdm(range(0, len(histories), CHUNK), desc="recommend", unit="chunk", disable=None if progress else True):
         chunk = pd.DataFrame({"history": histories[start : start + CHUNK]})
+        if excluded_seen:
+            chunk["exclude"] = users["seen_item_ids"][start : start + CHUNK].to_list()
         answers.append(model.predict(chunk, params={"k": k, "exclude_history": True}))
     ranked = pd.concat(answers, ignore_index=True) if answers else pd.DataFrame(
         {c: [] for c in ("item_ids", "titles", "scores")})
@@ -136,7 +151,8 @@ def recommend_all(interactions: Path, window: tuple[int | None, int | None], max
         "titles": pa.array([list(r) for r in ranked["titles"]], pa.list_(pa.string())),
         "scores": pa.array([list(map(float, r)) for r in ranked["scores"]], pa.list_(pa.float64())),
     }).replace_schema_metadata({"cft": json.dumps({"model": model_uri, "version": version, "k": k,
-                                                   "interactions": str(interactions.resolve()), "window": window})})
+                                                   "interactions": str(interactions.resolve()), "window": window,
+                                                   "excluded_seen": excluded_seen})})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
@@ -144,4 +160,4 @@ def recommend_all(interactions: Path, window: tuple[int | None, int | None], max
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    return BatchOutput(out, table.num_rows, sum(not h for h in histories), unknown)
+    return BatchOutput(out, table.num_rows, sum(not h for h in histories), unknown, excluded_seen)

@@ -36,13 +36,13 @@ class PopularityModel(PythonModel):
         from cft_core.serving import parse_request, response_columns
 
         try:  # the input's fault: 400 with the reason, no stack trace
-            histories, p = parse_request(model_input, params, self.default_k)
+            histories, exclude, p = parse_request(model_input, params, self.default_k)
             k = self.catalogue.check_k(p.k)
             resolved = self.catalogue.resolve_histories(histories, p.free_text)
+            excluded = self.catalogue.excluded_rows(resolved, p.exclude_history, exclude)
         except InputError as error:
             raise MlflowException.invalid_parameter_value(str(error)) from None
-        exclude = [r.rows for r in resolved] if p.exclude_history else None
-        ranking = popularity_ranking(self.counts, len(resolved), k, exclude, never=self.catalogue.never)
+        ranking = popularity_ranking(self.counts, len(resolved), k, excluded, never=self.catalogue.never)
         recs = self.catalogue.recommendations(ranking, unmatched=[r.unmatched for r in resolved])
         return pd.DataFrame(response_columns(recs))
 

@@ -8,8 +8,10 @@ ranks with `cft_core.ranking.Ranker` and the `RankingSettings` the run was evalu
 what was measured is what serves.
 
 Input: a DataFrame with a `history` column, one list of strings per user (titles or item ids,
-oldest first). Item ids are the source's own (`source_item_id` of the catalogue: the ids of the
-user's data, stable across data windows), never the per-window dense ids. Params
+oldest first), and optionally an `exclude` column: per user, items never to return (ids or
+titles; everything the user already has, which may be more than the history the model is shown).
+Item ids are the source's own (`source_item_id` of the catalogue: the ids of the user's data,
+stable across data windows), never the per-window dense ids. Params
 (`cft_core.serving.RequestParams`): `k`, `exclude_history`, `free_text`.
 Output: one row per user with `item_ids`, `titles` and `scores` lists (best first; scores as
 `cft_core.ranking` defines them, never increasing) and `unmatched` (history titles that are no
@@ -69,8 +71,8 @@ class CFTRecommenderModel(PythonModel):
         from cft_core.serving import Overloaded, parse_request, response_columns
 
         try:  # the input's fault: 400 with the reason, no stack trace
-            histories, p = parse_request(model_input, params, self.default_k)
-            recs = self.recommender.recommend(histories, p.k, p.exclude_history, p.free_text)
+            histories, exclude, p = parse_request(model_input, params, self.default_k)
+            recs = self.recommender.recommend(histories, p.k, p.exclude_history, p.free_text, exclude)
         except InputError as error:
             raise MlflowException.invalid_parameter_value(str(error)) from None
         except Overloaded as error:

@@ -317,13 +317,22 @@ def _signature(cfg: PipelineConfig):
     from mlflow.types.schema import Array
 
     return ModelSignature(
-        inputs=Schema([ColSpec(Array(DataType.string), "history")]),
+        inputs=Schema([ColSpec(Array(DataType.string), "history"),
+                       ColSpec(Array(DataType.string), "exclude", required=False)]),  # items never to return
         outputs=Schema([ColSpec(Array(DataType.string), "item_ids"), ColSpec(Array(DataType.string), "titles"),
                         ColSpec(Array(DataType.double), "scores"), ColSpec(Array(DataType.string), "unmatched")]),
         params=ParamSchema([ParamSpec("k", DataType.long, cfg.registry.top_k),
                             ParamSpec("exclude_history", DataType.boolean, True),
                             ParamSpec("free_text", DataType.boolean, False)]),
     )
+
+
+def takes_exclude(model) -> bool:
+    """Whether a loaded pyfunc `model` takes the optional `exclude` column (items never to
+    return). Versions registered before it drop the column with a warning, as MLflow drops any
+    input its signature lacks."""
+    inputs = model.metadata.get_input_schema()
+    return inputs is not None and "exclude" in inputs.input_names()
 
 
 def answers_source_ids(model) -> bool:

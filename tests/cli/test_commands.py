@@ -104,14 +104,18 @@ def test_recommend_all_writes_every_users_top_k(profile, tmp_path):
     users = set(interactions["user_id"])
     assert f"{len(users)} users: top 3 from models:/cft-cli-test/1 (version 1) -> {target}" in out
     table = pq.read_table(target)
-    assert json.loads(table.schema.metadata[b"cft"])["version"] == "1"
+    written = json.loads(table.schema.metadata[b"cft"])
+    assert written["version"] == "1" and written["excluded_seen"]
     recs = table.to_pandas()
     assert set(recs["user_id"]) == users and recs["item_ids"].map(len).eq(3).all()
+    seen = {user: set(items) for user, items in interactions.groupby("user_id")["item_id"]}
+    assert all(not set(row.item_ids) & seen[row.user_id] for row in recs.itertuples())  # nothing they already have
     served = mlflow.pyfunc.load_model("models:/cft-cli-test/1")
     known = set(served.unwrap_python_model().catalogue.row_of_id)
     for row in recs.sample(5, random_state=0).itertuples():
-        alone = served.predict(pd.DataFrame({"history": [list(row.history_item_ids)]}), params={"k": 3})
-        assert list(row.item_ids) == list(alone["item_ids"][0]) and not set(row.item_ids) & set(row.history_item_ids)
+        alone = served.predict(pd.DataFrame({"history": [list(row.history_item_ids)],
+                                             "exclude": [sorted(seen[row.user_id])]}), params={"k": 3})
+        assert list(row.item_ids) == list(alone["item_ids"][0])
         # The user's own newest data.max_history items, which the profile's sampled test split
         # (8 rows) does not hold for most users; those the model knows.
         assert list(row.history_item_ids) == [i for i in newest_items(interactions, row.user_id, 10) if i in known]

@@ -76,6 +76,35 @@ def test_recommend_matches_reference(recommender, exclude):
         assert not set(rec.item_ids) & {IDS[r] for r in seen}
 
 
+def test_items_to_exclude_are_never_returned(recommender):
+    """`exclude`: items the user has beyond the history shown (ids or titles, unknown ones
+    ignored) leave the ranking exactly as if they were in the history, without entering the prompt."""
+    history = ["Heat", "Babe"]
+    (plain,) = recommender.recommend([history], k=5)
+    extra = plain.item_ids[:2]  # the two best items for this history: excluding them must change the answer
+    (rec,) = recommender.recommend([history], k=5, exclude=[[extra[0], TITLES[int(extra[1]) - 100].upper(), "SKU-404"]])
+    seen = [TITLES.index(t) for t in history] + [int(i) - 100 for i in extra]
+    ids, scores = reference(recommender, history, seen, 5, True)  # the same prompt, more rows excluded
+    assert rec.item_ids == ids and not set(rec.item_ids) & set(extra)
+    np.testing.assert_allclose(rec.scores, scores, rtol=1e-12)
+    # exclude_history=False keeps the history's items available but still leaves out `exclude`'s.
+    (kept,) = recommender.recommend([history], k=len(TITLES), exclude_history=False, exclude=[[extra[0]]])
+    assert extra[0] not in kept.item_ids and {IDS[TITLES.index(t)] for t in history} <= set(kept.item_ids)
+
+
+def test_excluded_rows_by_hand():
+    catalogue = Catalogue(["a", "b", "c", "d"], ["Heat", "Babe", "Seven", "Fargo"])
+    resolved = catalogue.resolve_histories([["a"], [], ["seven"]])
+    assert catalogue.excluded_rows(resolved, True) == [[0], [], [2]]
+    assert catalogue.excluded_rows(resolved, False) == [[], [], []]
+    got = catalogue.excluded_rows(resolved, True, [["d", "unknown-id"], ["FARGO", " b "], []])
+    assert got == [[0, 3], [3, 1], [2]]
+    with pytest.raises(InputError, match="3 exclude lists for 2 histories"):
+        catalogue.excluded_rows(resolved[:2], True, [[], [], []])
+    with pytest.raises(InputError, match="exclude list 1 must be a list of titles or item ids, got str"):
+        catalogue.excluded_rows(resolved, True, [[], "d", []])
+
+
 def test_recommend_batches_like_single_calls(recommender):
     histories = [["Heat"], ["Toy Story", "Copycat"], ["Babe", "Seven", "Heat", "GoldenEye"]]
     together = recommender.recommend(histories, k=4)

@@ -12,7 +12,7 @@ import torch
 from cft_core.grounding import embed_texts
 from cft_core.prompts import PromptBuilder
 from cft_core.ranking import InputError, Ranker
-from cft_core.serving import BatchingRecommender, Overloaded, RequestParams, Retired
+from cft_core.serving import BatchingRecommender, Overloaded, RequestParams, Retired, parse_request
 from cft_core.tiny import build_tiny_model
 from tests.conftest import TITLES
 from tests.core.test_ranking import IDS, ranking_settings
@@ -53,19 +53,29 @@ def test_params_are_checked_and_named():
             RequestParams.parse(params, 10)
 
 
+def test_a_request_may_carry_items_to_exclude():
+    import pandas as pd
+
+    histories, exclude, p = parse_request(pd.DataFrame({"history": [["Heat"], ["Babe"]]}), {"k": 2}, 10)
+    assert histories == [["Heat"], ["Babe"]] and exclude is None and p.k == 2
+    frame = pd.DataFrame({"history": [["Heat"], ["Babe"]], "exclude": [["Seven"], None]})  # None: nothing
+    assert parse_request(frame, None, 10)[1] == [["Seven"], []]
+
+
 def test_concurrent_requests_share_one_ranking_call_and_get_their_own_answers(ranker, monkeypatch):
-    requests = [(["Heat"], 3, True), (["Babe", "Seven"], 5, True), (["Toy Story"], 2, False),
-                (["Copycat", "Heat", "GoldenEye"], 4, True)]
-    alone = [ranker.recommend([h], k=k, exclude_history=ex)[0] for h, k, ex in requests]
+    requests = [(["Heat"], 3, True, ["Seven", "Babe"]), (["Babe", "Seven"], 5, True, []), (["Toy Story"], 2, False, ["Heat"]),
+                (["Copycat", "Heat", "GoldenEye"], 4, True, [])]
+    alone = [ranker.recommend([h], k=k, exclude_history=ex, exclude=[excl])[0] for h, k, ex, excl in requests]
     gate = Gate(ranker, monkeypatch)
     batcher = BatchingRecommender(ranker, max_batch=8, max_queue=8)
     first = batcher.submit([["Usual Suspects, The"]], k=3)
     assert gate.entered.wait(30)  # the worker holds the first request in its ranking call
-    futures = [batcher.submit([h], k=k, exclude_history=ex) for h, k, ex in requests]
+    futures = [batcher.submit([h], k=k, exclude_history=ex, exclude=[excl]) for h, k, ex, excl in requests]
     gate.opened.set()
     got = [f.result(timeout=60)[0] for f in futures]
     assert batcher.batch_sizes == [1, 4]  # the four waiting requests were ranked together
-    assert [g.item_ids for g in got] == [a.item_ids for a in alone]  # each as if alone (own k and exclusion)
+    assert [g.item_ids for g in got] == [a.item_ids for a in alone]  # each as if alone (own k and exclusions)
+    assert not {"Seven", "Babe"} & set(got[0].titles) and "Heat" not in got[2].titles
     for g, a in zip(got, alone, strict=True):
         assert g.scores == pytest.approx(a.scores, rel=1e-4)
     assert len(first.result(timeout=60)[0].item_ids) > 0

@@ -105,7 +105,7 @@ def test_the_batch_flow_writes_every_users_top_k_from_the_champion(tmp_path, pre
     interactions = pd.read_parquet(ingested / "interactions.parquet").sort_values(["timestamp", "item_id"])
     newest = interactions.groupby("user_id").tail(cfg.data.max_history)
     known = set(pd.read_parquet(sequences / "catalogue.parquet")["source_item_id"])
-    assert len(recs) == summary["users"] == interactions["user_id"].nunique()
+    assert len(recs) == summary["users"] == interactions["user_id"].nunique() and summary["excluded_seen"]
     assert set(recs["user_id"]) == set(interactions["user_id"])
     assert summary["unknown_items"] == (~newest["item_id"].isin(known)).sum()
 

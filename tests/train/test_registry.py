@@ -101,6 +101,12 @@ def test_popularity_baseline_is_registered_once_and_becomes_the_first_champion(s
     assert list(out["item_ids"][0]) == [source[i] for i in top[1:4]]  # the history's item is left out
     assert list(out["item_ids"][1]) == [source[i] for i in top[:3]]
     assert list(out["scores"][1]) == [float(counts[i]) for i in top[:3]]  # scores: training counts
+    # `exclude` (optional in the signature): items the user already has, besides the history.
+    out = served.predict(pd.DataFrame({"history": [[source[top[0]]], [source[top[0]]]],
+                                       "exclude": [[source[top[1]], catalogue["title"][top[2]]], None]}), params={"k": 3})
+    assert list(out["item_ids"][0]) == [source[i] for i in top[3:6]]
+    assert list(out["item_ids"][1]) == [source[i] for i in top[1:4]]  # None: nothing more to leave out
+    assert registry.takes_exclude(served)
     new_user = served.predict(pd.DataFrame({"history": [[], ["an item newer than the window"]]}), params={"k": 3})
     assert [list(r) for r in new_user["item_ids"]] == [[source[i] for i in top[:3]]] * 2  # the top sellers
     assert registry.register_popularity(cfg, seq, "fp-B") == "2"  # a new window: a new baseline
@@ -141,6 +147,43 @@ def test_a_version_that_answers_dense_ids_is_refused_by_the_batch(setup, monkeyp
         done = recommend_all(interactions, (None, None), 10, f"models:/{name}/{now}", 3, tmp_path / "recs.parquet",
                              progress=False)
         assert done.users > 0 and (tmp_path / "recs.parquet").is_file()
+
+
+def test_the_batch_leaves_out_all_a_user_has_and_older_versions_the_history_only(setup, monkeypatch, tmp_path):
+    """A version registered now takes `exclude`: the batch leaves out every item the user has
+    (not only the newest max_history); one registered before (no `exclude` in its signature)
+    is still used, leaving out the history only, and the output says which."""
+    import mlflow
+    from mlflow.types import Schema
+
+    from tasks.batch import recommend_all
+    from tests.conftest import mlflow_uris_restored
+
+    cfg, uri, model_dir, seq = setup
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    now = registry.register_popularity(cfg, seq, "fp-A")
+    signature = registry._signature(cfg)
+    monkeypatch.setattr(signature, "inputs", Schema([c for c in signature.inputs.inputs if c.name != "exclude"]))
+    monkeypatch.setattr(registry, "_signature", lambda cfg: signature)
+    before = registry.register_popularity(cfg, seq, "fp-B")
+    name = cfg.registered_model_name()
+    interactions = Path(json.loads((seq / "manifest.json").read_text())["ingested"]) / "interactions.parquet"
+    rows = pd.read_parquet(interactions)
+    seen = {u: set(items) for u, items in rows.groupby("user_id")["item_id"]}
+    with mlflow_uris_restored():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        got = {}
+        for version in (now, before):
+            out = tmp_path / f"recs-{version}.parquet"
+            done = recommend_all(interactions, (None, None), 3, f"models:/{name}/{version}", 5, out, progress=False)
+            got[version] = (done, pd.read_parquet(out))
+    done, recs = got[now]
+    assert done.excluded_seen and all(not set(r.item_ids) & seen[r.user_id] for r in recs.itertuples())
+    done, recs = got[before]
+    assert not done.excluded_seen
+    assert all(not set(r.item_ids) & set(r.history_item_ids) for r in recs.itertuples())  # the history, at least
+    assert any(set(r.item_ids) & seen[r.user_id] for r in recs.itertuples())  # what the new input fixed
 
 
 def test_register_is_idempotent_and_the_pyfunc_recommends(setup):

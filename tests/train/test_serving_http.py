@@ -73,6 +73,20 @@ def test_recommend_and_invocations_answer_like_the_model(client, served):
     assert one.headers["X-Model-Version"] == records.headers["X-Model-Version"] == served[0].rsplit("/", 1)[1]
     assert client.get("/health").json() == {"status": "ok", "model": served[0], "version": served[0].rsplit("/", 1)[1],
                                             "method": "constrained", "catalogue": len(catalogue)}
+    # `exclude`: items the user already has, never returned; the same answer in every form.
+    best = body["item_ids"][0]
+    model = mlflow.pyfunc.load_model(served[0])
+    expected = model.predict(pd.DataFrame({"history": [history], "exclude": [[best]]}), params={"k": 2})
+    assert best not in list(expected["item_ids"][0])
+    forms = [("/recommend", {"history": history, "exclude": [best], "k": 2}),
+             ("/invocations", {"dataframe_records": [{"history": history, "exclude": [best]}], "params": {"k": 2}}),
+             ("/invocations", {"dataframe_split": {"columns": ["history", "exclude"], "data": [[history, [best]]]},
+                               "params": {"k": 2}}),
+             ("/invocations", {"inputs": {"history": [history], "exclude": [[best]]}, "params": {"k": 2}})]
+    for path, request in forms:
+        answer = client.post(path, json=request).json()
+        answer = answer["predictions"][0] if path == "/invocations" else answer
+        assert answer["item_ids"] == list(expected["item_ids"][0]), (path, request)
     # A user who touched an item newer than the model (not in its catalogue) still gets an answer:
     # the item is left out, as if never there, and reported.
     newer = client.post("/recommend", json={"history": [*history, "99999"], "k": 2})
@@ -91,6 +105,9 @@ def test_recommend_and_invocations_answer_like_the_model(client, served):
     ("/recommend", {"history": "Toy Story"}, 400, "must be a list of titles or item ids, got str"),
     ("/recommend", {"items": []}, 400, "the body needs a `history`"),
     ("/recommend", {"history": ["1"], "top": 3}, 400, "unknown param(s) top"),
+    ("/recommend", {"history": ["1"], "exclude": "1"}, 400, "must be a list of titles or item ids, got str"),
+    ("/invocations", {"inputs": {"history": [["1"]], "exclude": [["2"], ["3"]]}}, 400,
+     "inputs.exclude must be a list of one list per history (1)"),
     ("/invocations", {"dataframe_records": [{"user": 1}]}, 400, "dataframe_records must be a list of objects"),
     ("/invocations", {"instances": []}, 400, "unknown field(s) instances"),
     ("/recommend", b"{not json", 400, "the body is not JSON"),
