@@ -383,6 +383,9 @@ def recommend(
     include_history: Annotated[bool, typer.Option(help="Allow items already in the history.")] = False,
     free_text: Annotated[bool, typer.Option(help="Show titles that match no catalogue item to the model as typed "
                                                  "(default: leave them out and say so).")] = False,
+    exclude: Annotated[list[str] | None, typer.Option(
+        "--exclude", metavar="ITEM", help="An item never to recommend (a title or item id), e.g. one the user "
+                                          "already has; repeat for more.")] = None,
     config: ConfigOpt = Path("configs/demo.yaml"),
     set_: SetOpt = None,
 ) -> None:
@@ -392,11 +395,16 @@ def recommend(
     import mlflow
     import pandas as pd
 
+    from tasks.registry import takes_exclude
+
     history = _checked_history(history or [])
     model_uri = _served_model_uri(config, set_, model)
     recommender = mlflow.pyfunc.load_model(model_uri)
-    out = recommender.predict(pd.DataFrame({"history": [history]}),
-                              params={"k": k, "exclude_history": not include_history, "free_text": free_text})
+    frame = pd.DataFrame({"history": [history], **({"exclude": [exclude]} if exclude else {})})
+    if exclude and not takes_exclude(recommender):
+        console.print(f"[yellow]note:[/yellow] {model_uri} was registered before models took an `exclude` input: "
+                      "--exclude is ignored", highlight=False, soft_wrap=True)
+    out = recommender.predict(frame, params={"k": k, "exclude_history": not include_history, "free_text": free_text})
     row = out.iloc[0]
     catalogue = recommender.unwrap_python_model().catalogue
     for title in row["unmatched"]:

@@ -79,6 +79,10 @@ def test_recommend_from_the_champion(profile):
     out = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/1", "-k", "3", title)
     assert "models:/cft-cli-test/1: top 3" in out  # the popularity baseline: any k
     assert re.findall(r"^│ ([0-9]+) ", out, flags=re.M) == ["1", "2", "3"]  # the rank column
+    top = re.findall(r"^│ [0-9]+ +│ (\S+) ", out, flags=re.M)  # the item id column
+    fewer = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/1", "-k", "2", title,
+                "--exclude", top[0], "--exclude", "an item it does not know")
+    assert re.findall(r"^│ [0-9]+ +│ (\S+) ", fewer, flags=re.M) == top[1:]  # the popularity order, less the first
     out = cft("recommend", "-c", str(profile), "-k", "2", title)  # the champion, whichever it is
     assert "models:/cft-cli-test@champion: top" in out and re.findall(r"^│ ([0-9]+) ", out, flags=re.M)
     typo = title[:-1] + "x" if len(title) > 4 else title + " 2"  # not in the catalogue, close to a title
