@@ -73,17 +73,25 @@ class RequestParams:
         return cls(k=int(k), **flags)
 
 
-def parse_request(model_input, params: dict | None, default_k: int) -> tuple[list, list | None, RequestParams]:
-    """A served model's input and params -> (histories, exclude lists or None, RequestParams);
-    InputError naming what is wrong. The input is a DataFrame with a `history` column and,
-    optionally, an `exclude` column: per row, items never to return (ids or titles; not shown to
-    the model), e.g. everything the user already has. A missing value there is an empty list."""
+def parse_request(model_input, params: dict | None, default_k: int) -> tuple[list, RequestParams]:
+    """A served model's input (a DataFrame with a `history` column) and params -> (histories,
+    RequestParams); InputError naming what is wrong.
+
+    Its signature is a contract with the past: a registered version runs the pyfunc file stored
+    with it (models-from-code), which calls this function of the installed `cft_core`. New inputs
+    get functions of their own (`exclude_lists`), so that older versions keep serving."""
     if "history" not in model_input.columns:
         raise InputError(f"input needs a `history` column (list of titles or item ids); got {list(model_input.columns)}")
-    exclude = None
-    if "exclude" in model_input.columns:
-        exclude = [[] if e is None or (isinstance(e, float) and np.isnan(e)) else e for e in model_input["exclude"]]
-    return list(model_input["history"]), exclude, RequestParams.parse(params, default_k)
+    return list(model_input["history"]), RequestParams.parse(params, default_k)
+
+
+def exclude_lists(model_input) -> list | None:
+    """The optional `exclude` column of a served model's input: per row, items never to return
+    (ids or titles; not shown to the model), e.g. everything the user already has. A missing
+    value is an empty list; None when there is no such column."""
+    if "exclude" not in model_input.columns:
+        return None
+    return [[] if e is None or (isinstance(e, float) and np.isnan(e)) else e for e in model_input["exclude"]]
 
 
 def response_columns(recs: list[Recommendation]) -> dict[str, list]:

@@ -68,11 +68,12 @@ class CFTRecommenderModel(PythonModel):
         from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
         from cft_core.ranking import InputError
-        from cft_core.serving import Overloaded, parse_request, response_columns
+        from cft_core.serving import Overloaded, exclude_lists, parse_request, response_columns
 
         try:  # the input's fault: 400 with the reason, no stack trace
-            histories, exclude, p = parse_request(model_input, params, self.default_k)
-            recs = self.recommender.recommend(histories, p.k, p.exclude_history, p.free_text, exclude)
+            histories, p = parse_request(model_input, params, self.default_k)
+            recs = self.recommender.recommend(histories, p.k, p.exclude_history, p.free_text,
+                                              exclude_lists(model_input))
         except InputError as error:
             raise MlflowException.invalid_parameter_value(str(error)) from None
         except Overloaded as error:

@@ -92,19 +92,24 @@ def prefect_harness():
 
 @contextmanager
 def mlflow_uris_restored():
-    """mlflow.set_tracking_uri / set_registry_uri set MLflow's module globals and export
-    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI: put both back as they were on the way out, so that
-    one test's (or one module fixture's) store does not become the next one's default."""
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    """mlflow.set_tracking_uri / set_registry_uri / set_experiment set MLflow's module globals and
+    export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI / MLFLOW_EXPERIMENT_ID: put them back as they
+    were on the way out, so that one test's (or one module fixture's) store does not become the
+    next one's default, nor its experiment id the next store's active experiment (a run of another
+    experiment with that id then refuses to start)."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
     saved = {k: os.environ.get(k) for k in names}
+    experiment = sys.modules["mlflow.tracking.fluent"]._active_experiment_id if "mlflow" in sys.modules else None
     try:
         yield
     finally:
         if "mlflow" in sys.modules:
             import mlflow
+            import mlflow.tracking.fluent
 
             mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])
             mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])
+            mlflow.tracking.fluent._active_experiment_id = experiment
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

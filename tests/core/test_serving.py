@@ -12,7 +12,14 @@ import torch
 from cft_core.grounding import embed_texts
 from cft_core.prompts import PromptBuilder
 from cft_core.ranking import InputError, Ranker
-from cft_core.serving import BatchingRecommender, Overloaded, RequestParams, Retired, parse_request
+from cft_core.serving import (
+    BatchingRecommender,
+    Overloaded,
+    RequestParams,
+    Retired,
+    exclude_lists,
+    parse_request,
+)
 from cft_core.tiny import build_tiny_model
 from tests.conftest import TITLES
 from tests.core.test_ranking import IDS, ranking_settings
@@ -56,10 +63,11 @@ def test_params_are_checked_and_named():
 def test_a_request_may_carry_items_to_exclude():
     import pandas as pd
 
-    histories, exclude, p = parse_request(pd.DataFrame({"history": [["Heat"], ["Babe"]]}), {"k": 2}, 10)
-    assert histories == [["Heat"], ["Babe"]] and exclude is None and p.k == 2
+    plain = pd.DataFrame({"history": [["Heat"], ["Babe"]]})
+    histories, p = parse_request(plain, {"k": 2}, 10)  # (histories, params): stored pyfunc files unpack two
+    assert histories == [["Heat"], ["Babe"]] and p.k == 2 and exclude_lists(plain) is None
     frame = pd.DataFrame({"history": [["Heat"], ["Babe"]], "exclude": [["Seven"], None]})  # None: nothing
-    assert parse_request(frame, None, 10)[1] == [["Seven"], []]
+    assert exclude_lists(frame) == [["Seven"], []]
 
 
 def test_concurrent_requests_share_one_ranking_call_and_get_their_own_answers(ranker, monkeypatch):

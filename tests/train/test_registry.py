@@ -186,6 +186,40 @@ def test_the_batch_leaves_out_all_a_user_has_and_older_versions_the_history_only
     assert any(set(r.item_ids) & seen[r.user_id] for r in recs.itertuples())  # what the new input fixed
 
 
+STORED = Path(__file__).resolve().parents[1] / "fixtures" / "stored_pyfuncs"
+
+
+def test_versions_registered_with_older_pyfunc_files_still_answer(setup, monkeypatch):
+    """A registered version runs the pyfunc file stored with it (models-from-code) against the
+    installed cft_core: the files of versions registered at 937b889 (the last landed before the
+    `exclude` input; tests/fixtures/stored_pyfuncs) must still load and answer, here through
+    MLflow and through `cft serve`'s app, an `exclude` column or field included (ignored by them)."""
+    import mlflow
+    from fastapi.testclient import TestClient
+
+    from cft_cli.server import create_app
+    from tests.conftest import mlflow_uris_restored
+
+    cfg, uri, model_dir, seq = setup
+    monkeypatch.setattr(registry, "POPULARITY_PYFUNC", STORED / "popularity_pyfunc_2026_11.py")
+    monkeypatch.setattr(registry, "PYFUNC_FILE", STORED / "recommender_pyfunc_2026_11.py")
+    llm = str(registered(cfg, uri, model_dir, seq, new_run(uri)).version)
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    popularity = registry.register_popularity(cfg, seq, "fp-old")
+    name = cfg.registered_model_name()
+    history = pd.read_parquet(seq / "catalogue.parquet")["title"].tolist()[:2]
+    with mlflow_uris_restored():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        for version in (popularity, llm):
+            out = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(
+                pd.DataFrame({"history": [history], "exclude": [[]]}), params={"k": 3})
+            assert len(out["item_ids"][0]) > 0 and set(out["titles"][0]).isdisjoint(history), version
+            with TestClient(create_app(f"models:/{name}/{version}", follow_every_s=0)) as client:
+                answer = client.post("/recommend", json={"history": history, "exclude": [], "k": 3})
+                assert answer.status_code == 200 and answer.json()["titles"] == list(out["titles"][0]), version
+
+
 def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
     """A version that serves by grounding: K items for any K (constrained serving returns at
     most its beams, see test_served_model_ranks_as_the_evaluation_measured)."""
