@@ -172,6 +172,12 @@ class Catalogue:
     def __len__(self) -> int:
         return len(self.titles)
 
+    def row_of(self, key: str) -> int | None:
+        """The row of a stripped entry: an id the catalogue has, else a title (case-insensitive),
+        else None. The one rule for what people type, in histories and exclude lists."""
+        row = self.row_of_id.get(key)
+        return self._row_of_folded.get(key.casefold()) if row is None else row
+
     def resolve(self, history: Sequence[str | int], free_text: bool = False) -> ResolvedHistory:
         """History entries (item ids or titles) -> `ResolvedHistory`.
 
@@ -183,11 +189,8 @@ class Catalogue:
         titles, rows, unmatched = [], [], []
         for entry in history:
             key = str(entry).strip()
-            if key in self.row_of_id:
-                row = self.row_of_id[key]
-            elif key.casefold() in self._row_of_folded:
-                row = self._row_of_folded[key.casefold()]
-            else:
+            row = self.row_of(key)
+            if row is None:
                 unmatched.append(key)
                 if free_text and not isinstance(entry, (int, np.integer)):
                     titles.append(key)
@@ -214,9 +217,7 @@ class Catalogue:
         for b, r in enumerate(resolved):
             rows = list(r.rows) if exclude_history else []
             for entry in check_history(exclude[b], b, "exclude list") if exclude is not None else []:
-                key = str(entry).strip()
-                row = self.row_of_id.get(key, self._row_of_folded.get(key.casefold()))
-                if row is not None:
+                if (row := self.row_of(str(entry).strip())) is not None:
                     rows.append(row)
             out.append(rows)
         return out
