@@ -99,13 +99,12 @@ def run(cfg: PipelineConfig, model: str = "", k: int = 10, out: Path | None = No
         progress: bool = True) -> tuple[BatchOutput, str, str | None]:
     """`cft recommend-all` and the `cft-batch` flow: the profile's data (each stage reused when
     unchanged), the model resolved, every user ranked. Returns (output, URI loaded, version)."""
-    from tasks.data import ingest, newest_seen, validate_ingested
-    from tasks.settings import sequence_settings
+    from tasks.data import ingest, sequences_target, validate_ingested
 
     exact, version = resolve_model(cfg, model)
     ingested = ingest(cfg.data)  # (reused when unchanged) and validated, as the pipeline's data stage does
     validate_ingested(ingested.path, cfg.data)
-    settings = sequence_settings(cfg.data, newest_seen(ingested.path, cfg.data))  # the pipeline's data window
+    _, _, settings = sequences_target(ingested, cfg.data)  # the window the pipeline's sequences would have
     done = recommend_all(ingested.path / "interactions.parquet", (settings.window_start, settings.window_end),
                          cfg.data.max_history, exact, k, out or default_output(cfg), version, progress)
     return done, exact, version
