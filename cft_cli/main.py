@@ -457,7 +457,7 @@ def recommend_all(
 def serve(
     model: Annotated[str, typer.Option(help="Model URI; default the champion, models:/cft-<data.name>@champion.")] = "",
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
-    port: int = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
     max_batch: Annotated[int, typer.Option(min=1, help="Histories per shared generation call.")] = 16,
     max_queue: Annotated[int, typer.Option(min=1, help="Waiting requests before new ones get 503.")] = 64,
     batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch that is not full waits "
@@ -474,11 +474,10 @@ def serve(
     Concurrent requests share generation calls; a full queue answers 503; served by alias (the
     champion by default), a new champion serves without a restart (cft_cli/server.py)."""
     from cft_cli.server import serve as run_server
-    from cft_cli.stack import port_free
+    from cft_cli.stack import check_listenable
     from schemas.errors import InputError
 
-    if not port_free(host, port):
-        raise InputError(f"port {port} is taken by another program: choose --port")
+    check_listenable(host, port, "--port")
     if wait and not follow_every:
         raise InputError("--wait needs the alias checked: --follow-every must be above 0")
     model_uri = _served_model_uri(config, set_, model)
@@ -521,25 +520,34 @@ def rollback(reason: ReasonOpt, model_name: ModelNameOpt = None,
 stack_app = typer.Typer(help="Local Prefect server + worker + MLflow server on 127.0.0.1.", **_TYPER)
 app.add_typer(stack_app, name="stack")
 DataRootOpt = Annotated[Path, typer.Option(help="Data root; the stack keeps its state in <data-root>/stack.")]
+PortOpt = Annotated[int, typer.Option(min=1, max=65535)]
 
 
 @stack_app.command("up")
 def stack_up(
     data_root: DataRootOpt = Path("data"),
-    prefect_port: int = 4200,
-    mlflow_port: int = 5000,
+    prefect_port: PortOpt = 4200,
+    mlflow_port: PortOpt = 5000,
     worker: Annotated[bool, typer.Option(help="Start a process worker.")] = True,
     serve: Annotated[Path | None, typer.Option(help="Also serve this profile's champion (cft serve --wait): "
                                                     "503 until a run registers one, then each new champion.")] = None,
-    serve_port: int = 8080,
+    serve_port: PortOpt = 8080,
 ) -> None:
     """Start the servers, create the work pool, deploy prefect.yaml, start a worker; print URLs."""
-    from cft_cli.stack import Stack, deploy, start_recommender, start_servers, start_worker
+    from cft_cli.stack import (
+        Stack,
+        check_ports,
+        deploy,
+        start_recommender,
+        start_servers,
+        start_worker,
+    )
     from schemas.config import load_config
 
     if serve is not None:
         load_config(serve)  # a mistake in the profile is said now, not in the recommender's log
     stack = Stack(data_root, prefect_port=prefect_port, mlflow_port=mlflow_port, serve_port=serve_port)
+    check_ports(stack, serve=serve is not None)  # before anything starts
     start_servers(stack, say=console.print)
     deploy(stack)
     console.print("deployed: cft/full-pipeline, cft/scheduled-retrain (paused), cft-replay/replay, cft-promote/promote, "

@@ -104,13 +104,45 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path, answ
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s; see {log}")
 
 
-def port_free(host: str, port: int) -> bool:
-    """Whether nothing answers on host:port (checked before a server starts, so a taken port is
-    the user's error at once rather than after loading a model)."""
+def check_listenable(host: str, port: int, option: str) -> None:
+    """Raise InputError unless a server could listen on host:port now: checked before a server
+    starts, so a taken port or an address not of this machine is the user's error at once (exit
+    2), not a traceback in a server's log after a model has loaded. Binds as the servers do
+    (SO_REUSEADDR), so a port left in TIME_WAIT by a stopped server counts as free."""
+    import errno
     import socket
 
-    with socket.socket() as s:
-        return s.connect_ex((host, port)) != 0
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise InputError(f"host {host!r} is not an address ({e.strerror}): choose --host") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise InputError(f"port {port} is taken by another program: choose {option}") from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise InputError(f"host {host} is not an address of this machine: choose --host") from None
+            raise InputError(f"cannot listen on {host}:{port} ({e.strerror}): choose {option}") from None
+
+
+def check_ports(stack: Stack, serve: bool) -> None:
+    """Before `up` starts anything: the port of every server it would start (those of this stack
+    not already running) is distinct from the others and free, so a mistake leaves nothing running."""
+    pids = _read_pids(stack)
+    wanted = {"prefect-server": (stack.prefect_port, "--prefect-port"),
+              "mlflow-server": (stack.mlflow_port, "--mlflow-port")}
+    if serve:
+        wanted["recommender"] = (stack.serve_port, "--serve-port")
+    for name, (port, option) in wanted.items():
+        same = [other for other_port, other in wanted.values() if other_port == port]
+        if len(same) > 1:
+            raise InputError(f"port {port} is given to both {same[0]} and {same[1]}")
+        if not (pids.get(name) and _alive(pids[name])):
+            check_listenable(stack.host, port, option)
 
 
 def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -156,16 +188,12 @@ def start_servers(stack: Stack, say=print) -> None:
     pids = _read_pids(stack)
     env = stack.env()
     if not (pids.get("prefect-server") and _alive(pids["prefect-server"])):
-        if not port_free(stack.host, stack.prefect_port):
-            raise InputError(f"port {stack.prefect_port} is taken by another program: choose --prefect-port")
         proc = _spawn(stack, "prefect-server", [_bin("prefect"), "server", "start", "--host", stack.host,
                                                 "--port", str(stack.prefect_port), "--analytics-off"], env)
         _record(stack, "prefect-server", proc)
         _wait_http(f"{stack.prefect_api}/health", 120, proc, stack.state / "logs" / "prefect-server.log")
         say(f"Prefect server  {stack.prefect_api.removesuffix('/api')}")
     if not (pids.get("mlflow-server") and _alive(pids["mlflow-server"])):
-        if not port_free(stack.host, stack.mlflow_port):
-            raise InputError(f"port {stack.mlflow_port} is taken by another program: choose --mlflow-port")
         store = stack.data_root.resolve() / "mlflow"
         store.mkdir(parents=True, exist_ok=True)
         proc = _spawn(stack, "mlflow-server", [
@@ -198,8 +226,6 @@ def start_recommender(stack: Stack, profile: Path, follow_every_s: float = 30.0,
     pids = _read_pids(stack)
     if pids.get("recommender") and _alive(pids["recommender"]):
         return
-    if not port_free(stack.host, stack.serve_port):
-        raise InputError(f"port {stack.serve_port} is taken by another program: choose --serve-port")
     proc = _spawn(stack, "recommender", [
         _bin("cft"), "serve", "-c", str(profile.resolve()), "--host", stack.host, "--port", str(stack.serve_port),
         "--wait", "--follow-every", f"{follow_every_s:g}"], stack.env())

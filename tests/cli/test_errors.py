@@ -104,6 +104,37 @@ def test_a_taken_port_is_named_before_anything_starts(tmp_path):
     assert not (tmp_path / "data" / "stack" / "pids.json").exists()  # nothing started
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["serve", "--port", "99999"], "Invalid value for '--port': Input should be less than or equal to 65535"),
+    (["stack", "up", "--mlflow-port", "0"], "Invalid value for '--mlflow-port': Input should be greater than or equal to 1"),
+    (["serve", "--host", "no-such-host.invalid"], "error: host 'no-such-host.invalid' is not an address"),
+    # TEST-NET-1 (RFC 5737): an address, but never one of this machine's
+    (["serve", "--host", "192.0.2.1"], "error: host 192.0.2.1 is not an address of this machine: choose --host"),
+])
+def test_an_address_a_server_cannot_listen_on_is_named(tmp_path, args, message):
+    res = run(*args, "-c", str(profile(tmp_path, ""))) if args[0] == "serve" else \
+        run(*args, "--data-root", str(tmp_path / "data"))
+    assert res.exit_code == 2 and message in res.output, res.output  # was a traceback (OverflowError, gaierror)
+    assert not (tmp_path / "data" / "stack").exists()
+
+
+def test_stack_up_checks_every_port_before_starting_anything(tmp_path):
+    import socket
+
+    root = str(tmp_path / "data")
+    res = run("stack", "up", "--data-root", root, "--prefect-port", "4711", "--mlflow-port", "4711")
+    assert res.exit_code == 2 and "error: port 4711 is given to both --prefect-port and --mlflow-port" in res.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # The recommender starts last: its port was checked only after both servers were up, and
+        # the failed `up` left them running.
+        res = run("stack", "up", "--data-root", root, "--serve", str(profile(tmp_path, "")), "--serve-port", str(port))
+        assert res.exit_code == 2 and f"error: port {port} is taken by another program: choose --serve-port" in res.output
+    assert not (tmp_path / "data" / "stack").exists()  # nothing started, no log written
+
+
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("CFT_DEBUG", "0")  # restored after the test, which --debug sets to 1
     res = run("--debug", "train", "-c", str(tmp_path / "nope.yaml"))
