@@ -464,6 +464,9 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
             "title": df[col["title"]].to_numpy() if items_path is None else None,
         }))
         examples = examples or [str(v) for v in df[col["timestamp"]].head(3)]
+    if "rating" in cfg.source.columns and not rated:  # mapped, so meant: a misspelt name would skip its checks
+        raise DataError(f"{inter_path}: missing column(s) [{col['rating']!r}] (data.source.columns maps rating to it;"
+                        " leave rating out of columns if the log has none)")
     rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     timestamps = rows["timestamp"].astype("Int64" if rows["timestamp"].isna().any() else "int64")
     if items_path is not None:

@@ -33,6 +33,17 @@ def _write(root, inter: str | bytes = GOOD_INTER, items: str | bytes = GOOD_ITEM
     )
 
 
+def test_a_mapped_rating_column_must_exist(tmp_path):
+    # Ratings are optional, but a rating column the mapping names is meant: a misspelt name used to
+    # be read as "no ratings", silently skipping the rating range check.
+    cfg = _write(tmp_path)
+    cfg = cfg.model_copy(update={"source": cfg.source.model_copy(
+        update={"columns": {**cfg.source.columns, "rating": "stars"}})})
+    with pytest.raises(DataError, match=r"inter.csv: missing column\(s\) \['stars'\] \(data.source.columns maps rating"):
+        prepare(cfg)
+    assert _stage_dirs(tmp_path) == []
+
+
 def _stage_dirs(root):
     return sorted(p.relative_to(root).as_posix() for d in ("ingested", "sequences") for p in (root / d).glob("*"))
 
