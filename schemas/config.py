@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -289,7 +289,8 @@ class EvalConfig(_Strict):
         "auto", description="auto: bf16 on a CUDA GPU that supports it, else fp32. The served model "
         "ranks with the same setting, and cached title embeddings are keyed by it.",
     )
-    ks: list[int] = Field(default_factory=lambda: [1, 3, 5, 10, 20, 50], description="Cut-offs K of HR@K / NDCG@K.")
+    ks: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 3, 5, 10, 20, 50], min_length=1, description="Cut-offs K of HR@K / NDCG@K.")
     history_reliance: bool = Field(
         True, description="Also evaluate with the history removed from the prompt: the gap is "
         "what CFT is meant to widen.",
@@ -337,7 +338,7 @@ class RegistryConfig(_Strict):
         "unbiased report of the chosen model.",
     )
     gate_metric: str = Field(
-        "constrained/NDCG@10", pattern=r"^(constrained|grounding_adjusted|grounding_original)/(HR|NDCG)@[0-9]+$",
+        "constrained/NDCG@10", pattern=r"^(constrained|grounding_adjusted|grounding_original)/(HR|NDCG)@[1-9][0-9]*$",
         description="Metric that must improve for promotion, `<method>/<HR|NDCG>@K`. Constrained "
         "decoding (every beam a catalogue item) moves even for small, briefly trained models, "
         "where L2 grounding often scores 0; the served model ranks by the same method.",

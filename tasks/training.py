@@ -103,9 +103,16 @@ def deepspeed_config(path: str | None) -> dict | None:
     if not p.is_absolute() and not p.exists():
         p = PROJECT_ROOT / p
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        config = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"DeepSpeed config {path} not found (looked at {p})") from None
+        raise ConfigError(f"train.deepspeed: DeepSpeed config {path} not found (looked at {p})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"train.deepspeed: cannot read the DeepSpeed config {p} ({e})") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"train.deepspeed: {p} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"train.deepspeed: {p} must hold a JSON object, got {type(config).__name__}")
+    return config
 
 
 def run_fingerprint(cfg: PipelineConfig, data_fingerprint: str, warm_start: str | None = None) -> str:

@@ -31,6 +31,9 @@ def profile(tmp_path, text: str) -> Path:
     ("", ["train.beta"], r"override 'train.beta' is not of the form section.field=value"),
     ("", ["data.source.format=grouplens"], r"source.path is required for source.format='grouplens'"),
     ("data: [1, 2\n", [], r"is not valid YAML"),
+    ("eval: {ks: [0, 10]}\n", [], r"eval.ks.0: Input should be greater than or equal to 1 \(got 0\)"),
+    ("", ["eval.ks=[]"], r"eval.ks: List should have at least 1 item"),
+    ("", ["registry.gate_metric=constrained/NDCG@0"], r"registry.gate_metric: String should match pattern"),
 ])
 def test_config_mistakes(tmp_path, extra, overrides, message):
     import re
@@ -64,6 +67,19 @@ def test_a_folder_that_holds_no_model(tmp_path):
     assert res.exit_code == 2, res.output
     assert f"error: model source '{empty}' is neither 'smollm2', 'tiny' nor a Hugging Face model folder" in res.output
     assert not list((tmp_path / "data").glob("training/*/model"))  # no model written
+
+
+@pytest.mark.parametrize(("deepspeed", "message"), [
+    ("nope.json", r"train.deepspeed: DeepSpeed config nope.json not found \(looked at .*nope.json\)"),
+    ("README.md", r"train.deepspeed: .*README.md is not valid JSON: Expecting value at line 1, column 1"),
+    ("configs", r"train.deepspeed: cannot read the DeepSpeed config .*configs \(.*Is a directory"),
+])
+def test_a_deepspeed_config_that_cannot_be_read(tmp_path, deepspeed, message):
+    import re
+
+    res = run("train", "-c", str(profile(tmp_path, "")), "--set", f"train.deepspeed={deepspeed}")
+    assert res.exit_code == 2 and re.search(message, res.output), res.output  # was a traceback
+    assert not (tmp_path / "data" / "training").exists()  # nothing trained
 
 
 def test_gc_without_a_store_or_with_tracking_off_removes_nothing(tmp_path):
