@@ -32,10 +32,10 @@ def train_model(cfg: PipelineConfig, sequences: StageOutput, callbacks=(), conso
 
         warm = warm_start_source(cfg)
     return tracked_here(cfg, train(cfg, sequences.path, sequences.fingerprint, warm_start=warm,
-                                   extra_callbacks=callbacks, console_progress=console_progress))
+                                   extra_callbacks=callbacks, console_progress=console_progress), sequences.path)
 
 
-def tracked_here(cfg: PipelineConfig, trained: TrainOutput) -> TrainOutput:
+def tracked_here(cfg: PipelineConfig, trained: TrainOutput, sequences: Path) -> TrainOutput:
     """A reused training with its MLflow run in this store (recorded now when it was tracked
     elsewhere or not at all: `tasks.tracking.training_run_in_store`), so that evaluation and
     registration log into a run that exists."""
@@ -45,7 +45,7 @@ def tracked_here(cfg: PipelineConfig, trained: TrainOutput) -> TrainOutput:
         return trained
     from tasks.tracking import training_run_in_store
 
-    run_id = training_run_in_store(cfg, trained.run_dir, trained.model_dir, trained.summary)
+    run_id = training_run_in_store(cfg, trained.run_dir, trained.model_dir, trained.summary, sequences)
     if run_id == trained.summary.get("mlflow_run_id"):
         return trained
     return replace(trained, summary={**trained.summary, "mlflow_run_id": run_id})
@@ -59,7 +59,7 @@ def evaluate_run(cfg: PipelineConfig, trained: TrainOutput, sequences: Path, pro
     if run_id and cfg.tracking.enabled:
         from tasks.tracking import log_evaluation, tracking_uri
 
-        log_evaluation(result, run_id, tracking_uri(cfg))
+        log_evaluation(result, run_id, tracking_uri(cfg), sequences)
     return result
 
 

@@ -268,7 +268,7 @@ def register_popularity(cfg: PipelineConfig, sequences: Path, data_fingerprint: 
 
     import mlflow
 
-    from tasks.tracking import tracking_uri, use_experiment
+    from tasks.tracking import split_dataset_inputs, tracking_uri, use_experiment
 
     uri = tracking_uri(cfg)
     client, name = registry_client(uri), cfg.registered_model_name()
@@ -278,11 +278,12 @@ def register_popularity(cfg: PipelineConfig, sequences: Path, data_fingerprint: 
             if mv.tags.get(KIND_TAG) == "popularity" and mv.tags.get("data_fingerprint") == data_fingerprint:
                 return str(mv.version)
         use_experiment(cfg)
-        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"popularity-{data_fingerprint}"):
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"popularity-{data_fingerprint}") as run:
             counts = Path(tmp) / "counts.json"
             counts.write_text(json.dumps(_train_counts(sequences)))
             mlflow.set_tags({"dataset": cfg.data.name, "data_fingerprint": data_fingerprint, "stage": "baseline",
                              KIND_TAG: "popularity"})
+            client.log_inputs(run.info.run_id, split_dataset_inputs(sequences, ["train"]))  # what it counted
             info = _log_pyfunc(
                 name=MODEL_ARTIFACT, python_model=str(POPULARITY_PYFUNC),
                 artifacts={"catalogue": str(sequences / "catalogue.parquet"), "counts": str(counts)},

@@ -156,6 +156,42 @@ def run_link(cfg: PipelineConfig, run_id: str | None) -> str:
     return f"run {run_id} in {uri} (UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1)"
 
 
+# MLflow's conventional dataset contexts, by split (the runs table shows them beside each dataset).
+SPLIT_CONTEXTS = {"train": "training", "valid": "validation", "test": "test"}
+
+
+def split_dataset_inputs(sequences: Path, splits: list[str]):
+    """A sequences folder's splits as MLflow dataset inputs of a run (`MlflowClient.log_inputs`):
+    the runs table's Datasets column, and its filter, then say which data window a run was
+    trained or evaluated on, e.g. `ml-100k-3f2a.../train` (digest: the folder's fingerprint;
+    context: training, validation or test). Metadata only: the name, digest, row count, columns
+    and the file's local path; no data leaves the data root."""
+    import pyarrow.parquet as pq
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types.schema import Array, ColSpec, Schema
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    def mlflow_type(arrow_type):  # the record tables hold ints, floats, text and lists of them
+        import pyarrow as pa
+
+        if pa.types.is_list(arrow_type):
+            return Array(mlflow_type(arrow_type.value_type))
+        return "long" if pa.types.is_integer(arrow_type) else "double" if pa.types.is_floating(arrow_type) else "string"
+
+    digest = json.loads((sequences / "manifest.json").read_text())["fingerprint"]
+    inputs = []
+    for split in splits:
+        path = (sequences / f"{split}.parquet").resolve()
+        meta = pq.ParquetFile(path).metadata
+        columns = Schema([ColSpec(mlflow_type(f.type), f.name) for f in meta.schema.to_arrow_schema()])
+        # source: what MLflow's own local-file source writes (type "local", {"uri": path})
+        dataset = Dataset(name=f"{sequences.name}/{split}", digest=digest, source_type="local",
+                          source=json.dumps({"uri": str(path)}), schema=json.dumps({"mlflow_colspec": columns.to_dict()}),
+                          profile=json.dumps({"num_rows": meta.num_rows}))
+        inputs.append(DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, SPLIT_CONTEXTS[split])]))
+    return inputs
+
+
 def mlflow_metric_name(split: str, key: str) -> str:
     """"grounding_adjusted/NDCG@5" -> "test/grounding_adjusted/NDCG_at_05": MLflow forbids '@',
     and K is zero-padded so that the UI sorts NDCG_at_05 before NDCG_at_10."""
@@ -163,9 +199,9 @@ def mlflow_metric_name(split: str, key: str) -> str:
     return f"{split}/{name}_at_{int(k):02d}" if k.isdigit() else f"{split}/{key}"
 
 
-def log_evaluation(result, run_id: str, tracking_uri: str) -> bool:
-    """Metrics, predictions table and plots of an evaluation (`tasks.evaluation.EvalOutput`)
-    into the training's MLflow run. The one rule for every caller (CLI, flow, benchmarks): each
+def log_evaluation(result, run_id: str, tracking_uri: str, sequences: Path) -> bool:
+    """Metrics, predictions table and plots of an evaluation (`tasks.evaluation.EvalOutput`) of
+    `sequences`' split, and that split as a dataset input, into the training's MLflow run. The one rule for every caller (CLI, flow, benchmarks): each
     evaluation folder is logged once per run, whoever asks; returns whether it logged now."""
     import time
 
@@ -198,6 +234,7 @@ def log_evaluation(result, run_id: str, tracking_uri: str) -> bool:
         if preds[col].map(lambda v: isinstance(v, (list, np.ndarray))).any():
             preds[col] = preds[col].map(lambda v: json.dumps([x.item() if hasattr(x, "item") else x for x in v]))
     client.log_table(run_id, data=preds, artifact_file=f"evaluation/{split}/predictions_table.json")
+    client.log_inputs(run_id, split_dataset_inputs(sequences, [split]))
     client.set_tag(run_id, tag, result.path.name)
     return True
 
@@ -223,7 +260,7 @@ class TrainingRun:
     in the training folder (`mlflow_run_id`); a folder whose run is not in this store (tracked
     in another store, or deleted) gets a new one."""
 
-    def __init__(self, cfg: PipelineConfig, run_dir: Path, data_fingerprint: str, source: Path,
+    def __init__(self, cfg: PipelineConfig, run_dir: Path, sequences: Path, data_fingerprint: str, source: Path,
                  warm_start: str | None = None):
         import mlflow
 
@@ -243,6 +280,7 @@ class TrainingRun:
                 "objective": cfg.train.objective, "stage": "train",
                 "warm_start": warm_start or "none (from the base model)", TRAINING_TAG: run_dir.name,
             })
+            mlflow.MlflowClient(tracking_uri(cfg)).log_inputs(self.run_id, split_dataset_inputs(sequences, ["train", "valid"]))
 
     def callback(self):
         return step_metrics_callback(self.run_id)
@@ -291,9 +329,9 @@ def training_run_here(cfg: PipelineConfig, run_dir: Path, summary: dict) -> str 
     return found[0].info.run_id if found else None
 
 
-def training_run_in_store(cfg: PipelineConfig, run_dir: Path, model_dir: Path, summary: dict) -> str:
+def training_run_in_store(cfg: PipelineConfig, run_dir: Path, model_dir: Path, summary: dict, sequences: Path) -> str:
     """The MLflow run, in this store, of a finished training that is being reused (its folder
-    `run_dir`, `model_dir`, and `summary` = model/training.json). A training folder outlives the
+    `run_dir`, `model_dir`, `summary` = model/training.json, and the `sequences` it trained on). A training folder outlives the
     store it was tracked in: the store was reset, `MLFLOW_TRACKING_URI` now names another one, or
     it trained with tracking off. Its run is then recorded here once, from training.json: the
     parameters and tags a training run has, every logged step's metrics, the loss curve.
@@ -308,7 +346,8 @@ def training_run_in_store(cfg: PipelineConfig, run_dir: Path, model_dir: Path, s
     client = mlflow.MlflowClient(tracking_uri(cfg))
     _drop_half_recording(client, run_dir)
     try:
-        run = TrainingRun(cfg, run_dir, summary["data_fingerprint"], Path(summary["model_source"]), summary["warm_start"])
+        run = TrainingRun(cfg, run_dir, sequences, summary["data_fingerprint"], Path(summary["model_source"]),
+                          summary["warm_start"])
         mlflow.set_tag(RECORDED_TAG, "training.json: trained while tracking went to another store or was off")
         now = int(time.time() * 1000)
         metrics = [m for entry in summary["log_history"] for m in step_metrics(entry, entry.get("step", 0), now)]

@@ -276,7 +276,8 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
 
     warm_label = warm_start[1] if warm_start else None
-    tracker = TrainingRun(cfg, run_dir, data_fingerprint, source, warm_label) if cfg.tracking.enabled and is_rank_zero() else None
+    tracker = (TrainingRun(cfg, run_dir, sequences, data_fingerprint, source, warm_label)
+               if cfg.tracking.enabled and is_rank_zero() else None)
     if tracker:
         callbacks.append(tracker.callback())
     trainer = CFTTrainer(

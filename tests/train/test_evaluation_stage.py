@@ -80,9 +80,13 @@ def test_evaluate_metrics_predictions_baseline_and_mlflow(tmp_path, small_sequen
     assert again.reused and again.metrics == result.metrics
 
     run_id = trained.summary["mlflow_run_id"]
-    assert log_evaluation(result, run_id, uri)
-    assert not log_evaluation(again, run_id, uri)  # one evaluation folder is logged once per run
+    assert log_evaluation(result, run_id, uri, seq)
+    assert not log_evaluation(again, run_id, uri, seq)  # one evaluation folder is logged once per run
     client = MlflowClient(tracking_uri=uri)
+    # The evaluated split joins the run's dataset inputs, beside the splits it trained on.
+    inputs = {(d.dataset.name, {t.key: t.value for t in d.tags}["mlflow.data.context"])
+              for d in client.get_run(run_id).inputs.dataset_inputs}
+    assert inputs == {(f"{seq.name}/train", "training"), (f"{seq.name}/valid", "validation"), (f"{seq.name}/test", "test")}
     logged = client.get_run(run_id).data.metrics
     assert logged["test/grounding_adjusted/NDCG_at_10"] == pytest.approx(result.metrics["grounding_adjusted/NDCG@10"])
     # Headline cut-offs only, zero-padded so that the UI sorts them (every K is in metrics.json).

@@ -90,6 +90,8 @@ def test_popularity_baseline_is_registered_once_and_becomes_the_first_champion(s
     name = cfg.registered_model_name()
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     assert client.get_model_version(name, "1").tags["cft.kind"] == "popularity"
+    counted = client.get_run(client.get_model_version(name, "1").run_id).inputs.dataset_inputs
+    assert [(d.dataset.name, d.tags[0].value) for d in counted] == [(f"{seq.name}/train", "training")]  # what it counted
     # The same input and output as the LLM recommender: the training split's most frequent items.
     served = mlflow.pyfunc.load_model(f"models:/{name}/1")
     counts = pd.read_parquet(seq / "train.parquet")["target_item_id"].value_counts()

@@ -9,6 +9,7 @@ import json
 import math
 import warnings
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
@@ -140,6 +141,13 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, small_seq
     assert _losses(resumed.summary, "eval_loss")[8] == pytest.approx(_losses(full.summary, "eval_loss")[8], abs=1e-5)
 
 
+def dataset_inputs(run) -> set[tuple]:
+    """(name, digest, context, rows, source path) of each dataset input of an MLflow run."""
+    return {(d.dataset.name, d.dataset.digest, {t.key: t.value for t in d.tags}["mlflow.data.context"],
+             json.loads(d.dataset.profile)["num_rows"], json.loads(d.dataset.source)["uri"])
+            for d in run.inputs.dataset_inputs}
+
+
 def test_mlflow_run_has_params_step_metrics_and_model(tmp_path, small_sequences):
     from mlflow import MlflowClient
 
@@ -163,6 +171,17 @@ def test_mlflow_run_has_params_step_metrics_and_model(tmp_path, small_sequences)
     assert client.list_artifacts(run.info.run_id, "model_folder") == []
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/loss_curve.png"}
     assert run.data.tags["warm_start"].startswith("none")
+    # The data window as MLflow dataset inputs (the runs table's Datasets column): the splits
+    # it trained and early-stopped on, with their row counts; metadata only.
+    name = seq.name
+    assert dataset_inputs(run) == {
+        (f"{name}/train", fp, "training", pq.read_metadata(seq / "train.parquet").num_rows, str((seq / "train.parquet").resolve())),
+        (f"{name}/valid", fp, "validation", pq.read_metadata(seq / "valid.parquet").num_rows, str((seq / "valid.parquet").resolve())),
+    }
+    columns = json.loads(run.inputs.dataset_inputs[0].dataset.schema)["mlflow_colspec"]
+    assert {c["name"]: c["type"] for c in columns} == {
+        "user_id": "string", "history_item_ids": "array", "history_titles": "array", "target_item_id": "long",
+        "target_title": "string", "timestamp": "long"}
     assert not (out.run_dir / "checkpoints").exists()  # a finished training keeps model/ only
     assert json.loads((out.model_dir / "training.json").read_text())["mlflow_run_id"] == run.info.run_id
 
@@ -182,11 +201,11 @@ def test_a_reused_training_gets_its_run_in_the_store_it_is_used_with(tmp_path, s
     cfg = {name: make_config(tmp_path, max_steps=4, eval_steps=2, tracking={"enabled": True, "tracking_uri": uri})
            for name, uri in stores.items()}
 
-    first = tracked_here(cfg["a"], train(cfg["a"], seq, fp))
+    first = tracked_here(cfg["a"], train(cfg["a"], seq, fp), seq)
     assert not first.reused
     original = first.summary["mlflow_run_id"]
 
-    moved = tracked_here(cfg["b"], train(cfg["b"], seq, fp))
+    moved = tracked_here(cfg["b"], train(cfg["b"], seq, fp), seq)
     assert moved.reused and moved.model_dir == first.model_dir
     recorded = moved.summary["mlflow_run_id"]
     a, b = MlflowClient(stores["a"]), MlflowClient(stores["b"])
@@ -196,15 +215,16 @@ def test_a_reused_training_gets_its_run_in_the_store_it_is_used_with(tmp_path, s
     assert params.pop("tracking.tracking_uri") == stores["b"] and before.pop("tracking.tracking_uri") == stores["a"]
     assert params == before  # the same settings, as in the run it was trained in
     assert run.data.tags["data_fingerprint"] == fp and "cft.recorded_from" in run.data.tags
+    assert dataset_inputs(run) == dataset_inputs(a.get_run(original))  # the splits it trained on, as in a
     for key in ("train/loss", "train/causal", "valid/loss"):
         assert ([(m.step, m.value) for m in b.get_metric_history(recorded, key)]
                 == [(m.step, m.value) for m in a.get_metric_history(original, key)]), key
     assert {f.path for f in b.list_artifacts(recorded)} >= {"plots", "training.json"}
 
     # Once per store: the same run again in b, the original one in a.
-    assert tracked_here(cfg["b"], train(cfg["b"], seq, fp)).summary["mlflow_run_id"] == recorded
+    assert tracked_here(cfg["b"], train(cfg["b"], seq, fp), seq).summary["mlflow_run_id"] == recorded
     assert len(b.search_runs([run.info.experiment_id])) == 1
-    assert tracked_here(cfg["a"], train(cfg["a"], seq, fp)).summary["mlflow_run_id"] == original
+    assert tracked_here(cfg["a"], train(cfg["a"], seq, fp), seq).summary["mlflow_run_id"] == original
 
     # A recording that crashed half-way (after its parameters, or after some metrics) is recorded
     # again from the start, not continued: every parameter, each step's metrics once, one run.
@@ -222,8 +242,8 @@ def test_a_reused_training_gets_its_run_in_the_store_it_is_used_with(tmp_path, s
         with pytest.MonkeyPatch.context() as m:
             m.setattr(MlflowClient, "log_batch", crash_after_logging)
             with pytest.raises(ConnectionError):
-                tracked_here(cfg_c, train(cfg_c, seq, fp))
-        again = tracked_here(cfg_c, train(cfg_c, seq, fp)).summary["mlflow_run_id"]
+                tracked_here(cfg_c, train(cfg_c, seq, fp), seq)
+        again = tracked_here(cfg_c, train(cfg_c, seq, fp), seq).summary["mlflow_run_id"]
         c = MlflowClient(store)
         run = c.get_run(again)
         assert [r.info.run_id for r in c.search_runs([run.info.experiment_id])] == [again], crash_at
