@@ -18,8 +18,10 @@ from schemas.config import load_config
 @task(name="period", cache_policy=NO_CACHE)
 def period_task(cfg):
     from tasks.chain import run_pipeline
+    from tasks.pipeline import training_log
 
-    return run_pipeline(cfg, progress=False)
+    # As the full-pipeline flow: the Trainer's entries as task-log lines, no console bars.
+    return run_pipeline(cfg, progress=False, train_callbacks=[training_log()])
 
 
 @flow(name="cft-replay", description="Move data.as_of through a dataset's timeline; run and gate each period.")

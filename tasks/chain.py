@@ -99,15 +99,16 @@ def train_and_evaluate(cfg: PipelineConfig, progress: bool = True) -> ChainOutpu
     return ChainOutput(sequences, trained, evaluate_run(cfg, trained, sequences.path, progress))
 
 
-def run_pipeline(cfg: PipelineConfig, progress: bool = True) -> ChainOutput:
+def run_pipeline(cfg: PipelineConfig, progress: bool = True, train_callbacks=()) -> ChainOutput:
     """The whole pipeline without Prefect: prepare; when nothing new arrived since a gated run of
     these settings, stop there (`unchanged`); else train, evaluate and (registry enabled)
-    register the popularity baseline and the model, and gate."""
+    register the popularity baseline and the model, and gate. `progress`: the Trainer's and the
+    evaluation's console output (off in a flow run, whose `train_callbacks` log instead)."""
     _, sequences, _ = prepare(cfg.data)
     unchanged = nothing_new(cfg, sequences)
     if unchanged:
         return ChainOutput(sequences, None, None, unchanged=unchanged)
-    trained = train_model(cfg, sequences)
+    trained = train_model(cfg, sequences, callbacks=train_callbacks, console_progress=progress)
     evaluation = evaluate_run(cfg, trained, sequences.path, progress)
     if not (cfg.registry.enabled and cfg.tracking.enabled):
         return ChainOutput(sequences, trained, evaluation)

@@ -107,12 +107,12 @@ def train_task(cfg: PipelineConfig, sequences: StageOutput) -> TrainOutput:
     with `model.source: champion`; resumes from the last checkpoint of an interrupted attempt."""
     from tasks.chain import train_model
 
-    out = train_model(cfg, sequences, callbacks=[_training_log()], console_progress=False)
+    out = train_model(cfg, sequences, callbacks=[training_log()], console_progress=False)
     _reused("model", out)
     return out
 
 
-def _training_log():
+def training_log():
     """A Trainer callback that writes each Trainer log entry into the task run's log ("step 4/8:
     loss 3.362 (normal 2.561, causal 9.719), lr 6.67e-05, ..."), so the Prefect UI shows the
     training as it goes; it replaces the Trainer's own bar and printed entries."""

@@ -59,7 +59,7 @@ def config(root) -> PipelineConfig:
     })
 
 
-def test_replay_gates_against_popularity_skips_quiet_periods_and_warm_starts(tmp_path, monkeypatch):
+def test_replay_gates_against_popularity_skips_quiet_periods_and_warm_starts(tmp_path, monkeypatch, capsys):
     import transformers
     from mlflow import MlflowClient
 
@@ -83,9 +83,15 @@ def test_replay_gates_against_popularity_skips_quiet_periods_and_warm_starts(tmp
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(recording))
     outputs = []
 
+    logged = []  # the Trainer's log entries, as the replay flow's task-log callback gets them
+
+    class Entries(transformers.TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logged.append(logs)
+
     def run_period(period_cfg):
         loaded.clear()
-        out = run_pipeline(period_cfg, progress=False)
+        out = run_pipeline(period_cfg, progress=False, train_callbacks=[Entries()])
         outputs.append((out, list(loaded)))
         if len(outputs) == 1:  # a person overrides the gate after period 1
             registry.promote(period_cfg, name, out.version, "reviewed offline", period_cfg.tracking.tracking_uri)
@@ -94,6 +100,9 @@ def test_replay_gates_against_popularity_skips_quiet_periods_and_warm_starts(tmp
     start = datetime.fromtimestamp(10**9 + 101 * DAY, UTC)
     timeline = replay(cfg, 3, "30d", tmp_path / "timeline.json", start, run_period=run_period, say=lambda _: None)
     p1, p2, p3 = timeline["periods"]
+    # progress=False (the replay flow): the Trainer's entries reach the callbacks, not the console
+    # (they were printed into the worker's log as {'loss': ...} dicts).
+    assert any("loss" in entry for entry in logged) and "'loss'" not in capsys.readouterr().out
 
     # Period 1: popularity is the first champion; the LLM version does not beat it.
     history = json.loads(client.get_registered_model(name).tags["champion_history"])
