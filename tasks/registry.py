@@ -260,6 +260,14 @@ def _train_counts(sequences: Path) -> list[int]:
     return np.bincount(targets, minlength=size).tolist()
 
 
+def window_popularity(client, name: str, data_fingerprint: str) -> str | None:
+    """The popularity baseline version registered for the data window `data_fingerprint`, if any."""
+    for mv in client.search_model_versions(f"name='{name}'"):
+        if mv.tags.get(KIND_TAG) == "popularity" and mv.tags.get("data_fingerprint") == data_fingerprint:
+            return str(mv.version)
+    return None
+
+
 def register_popularity(cfg: PipelineConfig, sequences: Path, data_fingerprint: str) -> str:
     """Register the popularity baseline of this data window (once per data fingerprint): a pyfunc
     with the LLM recommender's input and output schema, ranking by training frequency. It becomes
@@ -274,9 +282,8 @@ def register_popularity(cfg: PipelineConfig, sequences: Path, data_fingerprint: 
     client, name = registry_client(uri), cfg.registered_model_name()
     with promotion_lock(cfg, name):
         _ensure_registered_model(client, cfg, name)
-        for mv in client.search_model_versions(f"name='{name}'"):
-            if mv.tags.get(KIND_TAG) == "popularity" and mv.tags.get("data_fingerprint") == data_fingerprint:
-                return str(mv.version)
+        if (known := window_popularity(client, name, data_fingerprint)) is not None:
+            return known
         use_experiment(cfg)
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"popularity-{data_fingerprint}") as run:
             counts = Path(tmp) / "counts.json"
@@ -370,6 +377,11 @@ class GateDecision:
     difference: float
     ci_low: float
     ci_high: float
+    # The floor guards the standing champion too: when the challenger is not promoted and this
+    # window's popularity baseline beats the champion (the same rule and margin), that baseline
+    # version becomes champion; its version and why.
+    floor_promoted: str | None = None
+    floor_reason: str | None = None
 
 
 def decide(ours, champion, floor, margin: float, rule: str, level: float = 0.95) -> tuple[bool, str, tuple]:
@@ -502,9 +514,36 @@ def gate_model(cfg: PipelineConfig, version: str, model_dir: Path, sequences: Pa
             champion_values = floor
         promoted, reason, (diff, low, high) = decide(ours, champion_values, floor if r.gate_floor else None,
                                                      r.gate_margin, r.gate_rule, r.gate_ci_level)
+        floor_promoted = floor_reason = None
+        if not promoted and r.gate_floor and champion is not None:
+            floor_promoted, floor_reason = _champion_below_floor(client, cfg, champion, champion_values, preds, sequences)
         decision = GateDecision(version, promoted, reason, r.gate_metric, len(preds), rows_fp, float(ours.mean()),
-                                champion, float(champion_values.mean()), float(floor.mean()), diff, low, high)
+                                champion, float(champion_values.mean()), float(floor.mean()), diff, low, high,
+                                floor_promoted, floor_reason)
         return _record(client, cfg, decision, move=True)
+
+
+def _champion_below_floor(client, cfg: PipelineConfig, champion: str, champion_values, preds,
+                          sequences: Path) -> tuple[str | None, str | None]:
+    """(version, reason) of this data window's popularity baseline when it beats the standing
+    `champion` on the gate rows by the gate's rule and margin, else (None, None). The gate's
+    floor otherwise holds only when a version is promoted; a champion can fall below it later
+    (an older window's model or top sellers, or a person's promotion), and the champion must never
+    be worse than the top sellers. Scored as the baseline version serves."""
+    from cft_core.metrics import per_row_metric
+
+    name, r = cfg.registered_model_name(), cfg.registry
+    fingerprint_ = json.loads((sequences / "manifest.json").read_text())["fingerprint"]
+    window = window_popularity(client, name, fingerprint_)
+    if window is None or window == champion:
+        return None, None
+    ranks = _popularity_version_ranks(client.get_model_version(name, window), preds, sequences)
+    baseline = per_row_metric(ranks, r.gate_metric.split("/")[1])
+    better, _, (diff, low, high) = decide(baseline, champion_values, None, r.gate_margin, r.gate_rule, r.gate_ci_level)
+    if not better:
+        return None, None
+    return window, (f"champion v{champion} ({champion_values.mean():.4f}) fell below this data window's popularity "
+                    f"baseline v{window} ({baseline.mean():.4f}): {diff:+.4f} [{low:+.4f}, {high:+.4f}]")
 
 
 def _record(client, cfg: PipelineConfig, d: GateDecision, move: bool) -> GateDecision:
@@ -516,6 +555,8 @@ def _record(client, cfg: PipelineConfig, d: GateDecision, move: bool) -> GateDec
             "gate.difference": repr(d.difference), "gate.ci": f"[{d.ci_low!r}, {d.ci_high!r}]",
             "gate.rule": cfg.registry.gate_rule, "gate.decision": "promoted" if d.promoted else "kept challenger",
             "gate.reason": d.reason}
+    if d.floor_promoted:
+        tags["gate.floor_promoted"] = f"v{d.floor_promoted}: {d.floor_reason}"
     for key, value in tags.items():
         client.set_model_version_tag(name, d.version, key, value)
     mv = client.get_model_version(name, d.version)
@@ -527,6 +568,9 @@ def _record(client, cfg: PipelineConfig, d: GateDecision, move: bool) -> GateDec
             client.delete_registered_model_alias(name, CHALLENGER)
     elif move:
         client.set_registered_model_alias(name, CHALLENGER, d.version)
+        if d.floor_promoted:
+            _set_champion(client, name, d.floor_promoted, "gate", d.floor_reason)
+            log.info("gate %s: v%s (popularity baseline) is champion: %s", name, d.floor_promoted, d.floor_reason)
     log.info("gate %s v%s: %s", name, d.version, d.reason)
     return d
 
@@ -541,7 +585,9 @@ def gate_card(cfg: PipelineConfig, d: GateDecision) -> str:
         f"| this version | {d.challenger_value:.4f} |",
         f"| champion (v{d.champion_version}) | {d.champion_value:.4f} |" if d.champion_value is not None else "| champion | none |",
         f"| popularity baseline | {d.popularity_value:.4f} |",
-        f"| difference, {level} interval | {d.difference:+.4f} [{d.ci_low:+.4f}, {d.ci_high:+.4f}] |"])
+        f"| difference, {level} interval | {d.difference:+.4f} [{d.ci_low:+.4f}, {d.ci_high:+.4f}] |"]
+        + ([f"\n**The floor**: v{d.floor_promoted} (this window's popularity baseline) is champion now: {d.floor_reason}."]
+           if d.floor_promoted else []))
 
 
 def warm_start_source(cfg: PipelineConfig) -> tuple[Path, str] | None:

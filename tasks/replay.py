@@ -64,7 +64,8 @@ def period_record(cfg: PipelineConfig, out, seconds: float) -> dict:
             "reason": d["reason"], "metric": d["metric"], "rows": d["rows"], "rows_fingerprint": d["rows_fingerprint"],
             "challenger": d["challenger_value"], "champion": d["champion_value"],
             "champion_version": d["champion_version"], "popularity": d["popularity_value"],
-            "difference": d["difference"], "ci": [d["ci_low"], d["ci_high"]]}
+            "difference": d["difference"], "ci": [d["ci_low"], d["ci_high"]],
+            "floor_promoted": d.get("floor_promoted"), "floor_reason": d.get("floor_reason")}
 
 
 def replay(cfg: PipelineConfig, periods: int, every: str, out: Path, start: datetime | None = None,
@@ -132,6 +133,12 @@ def plot_timeline(timeline: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _floor_note(period: dict) -> str:
+    """What the floor did to the standing champion that period (rows written before it: nothing)."""
+    v = period.get("floor_promoted")
+    return f"; the champion fell below this window's popularity baseline: v{v} is champion" if v else ""
+
+
 def report(timeline: dict, command: str) -> str:
     """The timeline as a Markdown report (docs/replay.md)."""
     s = timeline["settings"]
@@ -149,5 +156,5 @@ def report(timeline: dict, command: str) -> str:
             f"| {p['as_of'][:10]} | {p['interactions']:,} | {'yes' if p['trained'] else 'reused'} | "
             f"v{p['version']} {p['challenger']:.4f} | v{p['champion_version']} {p['champion']:.4f} | "
             f"{p['popularity']:.4f} | {p['difference']:+.4f} [{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}] | "
-            f"{p['decision']} | {p['seconds']:.0f} |")
+            f"{p['decision']}{_floor_note(p)} | {p['seconds']:.0f} |")
     return "\n".join(lines) + "\n"

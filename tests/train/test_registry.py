@@ -222,6 +222,50 @@ def test_versions_registered_with_older_pyfunc_files_still_answer(setup, monkeyp
                 assert answer.status_code == 200 and answer.json()["titles"] == list(out["titles"][0]), version
 
 
+def test_the_floor_replaces_a_standing_champion_that_fell_below_it(setup):
+    """The champion must never be worse than the top sellers: a champion the gate did not choose
+    (here a person's promotion of an untrained model) is replaced by this window's popularity
+    baseline at the next gate when the baseline beats it by the gate's rule, even though the
+    challenger is not promoted; once the baseline is champion, nothing more moves."""
+    from mlflow import MlflowClient
+
+    from cft_core.metrics import per_row_metric
+
+    cfg, uri, model_dir, seq = setup
+    # NDCG@50: on these 32 capped gate rows the top sellers hit only below rank 10.
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri}),
+                                 "registry": cfg.registry.model_copy(update={"gate_metric": "constrained/NDCG@50"})})
+    client = MlflowClient(uri, registry_uri=uri)
+    name = cfg.registered_model_name()
+    window = json.loads((seq / "manifest.json").read_text())["fingerprint"]
+    llm = [str(registered(cfg, uri, model_dir, seq, new_run(uri)).version) for _ in range(2)]
+    baseline = registry.register_popularity(cfg, seq, window)  # the first champion
+    registry.promote(cfg, name, llm[0], "tried by hand", uri)
+
+    # The same model again as challenger: a tie with the champion, so not promoted.
+    d = registry.gate_model(cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"gate_floor": False})}),
+                            llm[1], model_dir, seq)
+    assert not d.promoted and d.champion_version == llm[0] and d.floor_promoted is None  # the floor switched off
+    assert str(client.get_model_version_by_alias(name, "champion").version) == llm[0]
+    d = registry.gate_model(cfg, llm[1], model_dir, seq)
+    assert not d.promoted and "does not beat the champion" in d.reason
+    # The untrained model is below the top sellers on the gate rows (what the decision rests on).
+    ours, floor, preds = registry._gate_rows(cfg, model_dir, seq)
+    assert per_row_metric(floor, "NDCG@50").mean() > per_row_metric(ours, "NDCG@50").mean() == d.champion_value
+    assert d.floor_promoted == baseline and f"champion v{llm[0]} (" in d.floor_reason
+    assert str(client.get_model_version_by_alias(name, "champion").version) == baseline
+    history = json.loads(client.get_registered_model(name).tags["champion_history"])
+    assert (history[-1]["version"], history[-1]["action"]) == (baseline, "gate") and "fell below" in history[-1]["reason"]
+    assert client.get_model_version(name, llm[1]).tags["gate.floor_promoted"].startswith(f"v{baseline}: ")
+    assert "**The floor**" in client.get_model_version(name, llm[1]).description
+    # A rollback undoes it like any change of champion; the next gate replaces it again.
+    assert registry.rollback(cfg, name, "checking the undo", uri) == llm[0]
+    assert registry.gate_model(cfg, llm[1], model_dir, seq).floor_promoted == baseline
+    # The baseline is champion now: the challenger ties nothing it beats, and nothing moves.
+    d = registry.gate_model(cfg, llm[1], model_dir, seq)
+    assert not d.promoted and d.champion_version == baseline and d.floor_promoted is None
+
+
 def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
     """A version that serves by grounding: K items for any K (constrained serving returns at
     most its beams, see test_served_model_ranks_as_the_evaluation_measured)."""
