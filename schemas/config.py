@@ -353,7 +353,8 @@ class RegistryConfig(_Strict):
     )
     gate_floor: bool = Field(
         True, description="An LLM version must also beat the popularity baseline of its data "
-        "window on the same rows. Switch off only deliberately.",
+        "window on the same rows, and a champion that this baseline beats (by the gate's rule and "
+        "margin) is replaced by it at the next gate. Switch off only deliberately.",
     )
     gate_ci_level: float = Field(0.95, gt=0, lt=1, description="Confidence level of the gate's interval.")
     gate_max_samples: int | None = Field(
