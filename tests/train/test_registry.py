@@ -252,6 +252,10 @@ def test_the_floor_replaces_a_standing_champion_that_fell_below_it(setup):
     # The untrained model is below the top sellers on the gate rows (what the decision rests on).
     ours, floor, preds = registry._gate_rows(cfg, model_dir, seq)
     assert per_row_metric(floor, "NDCG@50").mean() > per_row_metric(ours, "NDCG@50").mean() == d.champion_value
+    # The floor a challenger is held to (the evaluation's top sellers) is the registered baseline
+    # version that replaces the champion, ranked as it serves: one floor.
+    served = registry._popularity_version_ranks(client.get_model_version(name, baseline), preds, seq)
+    np.testing.assert_array_equal(served, floor)
     assert d.floor_promoted == baseline and f"champion v{llm[0]} (" in d.floor_reason
     assert str(client.get_model_version_by_alias(name, "champion").version) == baseline
     history = json.loads(client.get_registered_model(name).tags["champion_history"])
