@@ -183,6 +183,9 @@ def gate_task(cfg: PipelineConfig, version: str, trained: TrainOutput, sequences
 
     decision = gate_model(cfg, version, trained.model_dir, sequences.path)
     get_run_logger().info("gate: %s", decision.reason)
+    if decision.floor_promoted:
+        get_run_logger().info("gate: v%s (popularity baseline) is champion: %s", decision.floor_promoted,
+                              decision.floor_reason)
     return asdict(decision)
 
 
