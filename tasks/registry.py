@@ -516,34 +516,33 @@ def gate_model(cfg: PipelineConfig, version: str, model_dir: Path, sequences: Pa
                                                      r.gate_margin, r.gate_rule, r.gate_ci_level)
         floor_promoted = floor_reason = None
         if not promoted and r.gate_floor and champion is not None:
-            floor_promoted, floor_reason = _champion_below_floor(client, cfg, champion, champion_values, preds, sequences)
+            floor_promoted, floor_reason = _champion_below_floor(client, cfg, champion, champion_values, floor, sequences)
         decision = GateDecision(version, promoted, reason, r.gate_metric, len(preds), rows_fp, float(ours.mean()),
                                 champion, float(champion_values.mean()), float(floor.mean()), diff, low, high,
                                 floor_promoted, floor_reason)
         return _record(client, cfg, decision, move=True)
 
 
-def _champion_below_floor(client, cfg: PipelineConfig, champion: str, champion_values, preds,
+def _champion_below_floor(client, cfg: PipelineConfig, champion: str, champion_values, floor,
                           sequences: Path) -> tuple[str | None, str | None]:
     """(version, reason) of this data window's popularity baseline when it beats the standing
     `champion` on the gate rows by the gate's rule and margin, else (None, None). The gate's
     floor otherwise holds only when a version is promoted; a champion can fall below it later
     (an older window's model or top sellers, or a person's promotion), and the champion must never
-    be worse than the top sellers. Scored as the baseline version serves."""
-    from cft_core.metrics import per_row_metric
-
+    be worse than the top sellers. `floor`: the gate's per-row values of the evaluation's
+    top sellers, which rank as this window's registered baseline serves (the same training counts
+    and `popularity_ranking`; tests/train/test_registry.py checks them row for row), so the
+    baseline is not downloaded and ranked again."""
     name, r = cfg.registered_model_name(), cfg.registry
     fingerprint_ = json.loads((sequences / "manifest.json").read_text())["fingerprint"]
     window = window_popularity(client, name, fingerprint_)
     if window is None or window == champion:
         return None, None
-    ranks = _popularity_version_ranks(client.get_model_version(name, window), preds, sequences)
-    baseline = per_row_metric(ranks, r.gate_metric.split("/")[1])
-    better, _, (diff, low, high) = decide(baseline, champion_values, None, r.gate_margin, r.gate_rule, r.gate_ci_level)
+    better, _, (diff, low, high) = decide(floor, champion_values, None, r.gate_margin, r.gate_rule, r.gate_ci_level)
     if not better:
         return None, None
     return window, (f"champion v{champion} ({champion_values.mean():.4f}) fell below this data window's popularity "
-                    f"baseline v{window} ({baseline.mean():.4f}): {diff:+.4f} [{low:+.4f}, {high:+.4f}]")
+                    f"baseline v{window} ({floor.mean():.4f}): {diff:+.4f} [{low:+.4f}, {high:+.4f}]")
 
 
 def _record(client, cfg: PipelineConfig, d: GateDecision, move: bool) -> GateDecision:

@@ -201,8 +201,9 @@ def mlflow_metric_name(split: str, key: str) -> str:
 
 def log_evaluation(result, run_id: str, tracking_uri: str, sequences: Path) -> bool:
     """Metrics, predictions table and plots of an evaluation (`tasks.evaluation.EvalOutput`) of
-    `sequences`' split, and that split as a dataset input, into the training's MLflow run. The one rule for every caller (CLI, flow, benchmarks): each
-    evaluation folder is logged once per run, whoever asks; returns whether it logged now."""
+    `sequences`' split, and that split as a dataset input, into the training's MLflow run. The
+    one rule for every caller (CLI, flow, benchmarks): each evaluation folder is logged once per
+    run, whoever asks; returns whether it logged now."""
     import time
 
     import numpy as np
@@ -331,8 +332,8 @@ def training_run_here(cfg: PipelineConfig, run_dir: Path, summary: dict) -> str 
 
 def training_run_in_store(cfg: PipelineConfig, run_dir: Path, model_dir: Path, summary: dict, sequences: Path) -> str:
     """The MLflow run, in this store, of a finished training that is being reused (its folder
-    `run_dir`, `model_dir`, `summary` = model/training.json, and the `sequences` it trained on). A training folder outlives the
-    store it was tracked in: the store was reset, `MLFLOW_TRACKING_URI` now names another one, or
+    `run_dir`, `model_dir`, `summary` = model/training.json, and the `sequences` it trained on).
+    A training folder outlives the store it was tracked in: the store was reset, `MLFLOW_TRACKING_URI` now names another one, or
     it trained with tracking off. Its run is then recorded here once, from training.json: the
     parameters and tags a training run has, every logged step's metrics, the loss curve.
     Evaluation, registration and the gate then log into that run as into any other."""
