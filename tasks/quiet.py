@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 QUIET_ENV = "CFT_QUIET"
 
@@ -70,3 +72,23 @@ def verbose_third_parties() -> None:
     """`cft --verbose`: change nothing here, and tell the processes this one starts the same."""
     os.environ[QUIET_ENV] = "0"
 
+
+
+@contextmanager
+def mlflow_notices_off() -> Iterator[None]:
+    """MLflow's `register_model` prints "Registered model 'X' already exists. Creating a new
+    version of this model..." and "Created version 'N' of model 'X'." to stderr (not through a
+    logger, so no level turns them down) at every registration; the pipeline logs the version
+    itself. In a quiet process MLflow's output stream is muted for the block (MLflow's warnings
+    in it too; its errors raise as exceptions either way); otherwise nothing changes."""
+    if os.environ.get(QUIET_ENV) != "1":
+        yield
+        return
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    before = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = False
+    try:
+        yield
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = before

@@ -187,7 +187,10 @@ def _new_version(client, name: str, model_uri: str, tags: dict[str, str], descri
     tag), so the MLflow UI shows the logged model as registered."""
     import mlflow
 
-    mv = mlflow.register_model(model_uri, name, await_registration_for=0, tags=tags)
+    from tasks.quiet import mlflow_notices_off
+
+    with mlflow_notices_off():
+        mv = mlflow.register_model(model_uri, name, await_registration_for=0, tags=tags)
     if description:
         client.update_model_version(name, str(mv.version), description=description)
     return _wait_ready(client, name, str(mv.version))

@@ -115,6 +115,24 @@ def test_popularity_baseline_is_registered_once_and_becomes_the_first_champion(s
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"  # not promoted by itself
 
 
+@pytest.mark.parametrize("quiet", ["1", "0"])
+def test_registration_notices_are_muted_in_a_quiet_process_only(setup, monkeypatch, capfd, quiet):
+    """MLflow prints "Created version 'N' of model ..." to stderr at each registration; `cft`
+    (quiet unless --verbose) logs the version itself."""
+    from tasks.quiet import QUIET_ENV
+
+    cfg, uri, _, seq = setup
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    monkeypatch.setenv(QUIET_ENV, quiet)
+    capfd.readouterr()
+    assert registry.register_popularity(cfg, seq, "fp-A") == "1"
+    err = capfd.readouterr().err
+    assert ("Created version '1'" in err) is (quiet == "0"), err
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    assert MLFLOW_LOGGING_STREAM.enabled  # muted for the call only
+
+
 def test_a_version_that_answers_dense_ids_is_refused_by_the_batch(setup, monkeypatch, tmp_path):
     """Versions registered before served models spoke the source's ids have `item_ids` of type
     long in their signature: their ids name items of their own window only, so the batch job
