@@ -130,11 +130,22 @@ def source_settings(cfg: DataConfig) -> dict:
     return cfg.source.model_dump(exclude=None if cfg.source.format == "synthetic" else {"synthetic"})
 
 
+# A reader whose rows for the same files changed since storage.CODE_VERSION was last bumped: its
+# version joins its ingest key, so that only that format's ingested folders are written again
+# (and what was built on them), not every data root's (a format not listed: version 1).
+READER_VERSIONS = {
+    "generic": 2,  # 2: an item's title is that of its newest titled interaction (was: its first row)
+}
+
+
 def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
-    """(output folder, fingerprint, source files) of `ingest`: named by the source settings and
-    the bytes of every source file."""
+    """(output folder, fingerprint, source files) of `ingest`: named by the source settings, the
+    bytes of every source file and the reader's version."""
     files = source_files(cfg)
-    fp = fingerprint({"source": source_settings(cfg), "files": [(f.name, file_digest(f)) for f in files]})
+    key = {"source": source_settings(cfg), "files": [(f.name, file_digest(f)) for f in files]}
+    if (reader := READER_VERSIONS.get(cfg.source.format, 1)) > 1:  # (version 1 was never in the key)
+        key["reader"] = reader
+    fp = fingerprint(key)
     return cfg.data_root / "ingested" / f"{cfg.name}-{fp}", fp, files
 
 

@@ -12,6 +12,7 @@ import pytest
 from schemas.config import DataConfig, SourceConfig
 from tasks.data import prepare
 from tests.conftest import SHARED_DATA
+from tests.data.stage_content import check_pinned
 
 ML100K = SHARED_DATA / "ml-100k_recbole"
 AMAZON = SHARED_DATA / "amazon18_minionerec"
@@ -73,6 +74,11 @@ def test_rerun_reuses_and_is_byte_identical(ml100k_default, tmp_path):
     assert not other[1].reused
     for name in ("train.parquet", "valid.parquet", "test.parquet", "catalogue.parquet"):
         assert filecmp.cmp(seq.path / name, other[1].path / name, shallow=False), name
+
+
+def test_stage_output_is_what_its_code_version_names(ml100k_default):
+    _, (ingested, seq, _) = ml100k_default
+    check_pinned("recbole_package", ingested.path, seq.path)
 
 
 def test_ml100k_from_shared_data_matches_the_package(ml100k_default, tmp_path):
