@@ -313,7 +313,8 @@ def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
 ) -> None:
     """Remove training folders (models, evaluations) that no registered version and no
-    unfinished run uses."""
+    unfinished run uses, and the data windows (ingested, sequences) that no kept training was
+    built from, except the newest of each dataset."""
     from schemas.config import load_config
     from tasks.gc import collect
 
@@ -324,8 +325,12 @@ def gc(
         console.print(f"{verb} {path} ({size / 2**20:,.0f} MiB)")
     for path, why in result.kept:
         console.print(f"kept {path}: {why}")
+    for path, size in result.windows_removed:
+        console.print(f"{verb} {path} ({size / 2**20:,.0f} MiB)")
     total = sum(size for _, size in result.removed)
-    console.print(f"{verb} {len(result.removed)} training folder(s), {total / 2**20:,.0f} MiB")
+    windows = sum(size for _, size in result.windows_removed)
+    console.print(f"{verb} {len(result.removed)} training folder(s), {total / 2**20:,.0f} MiB, and "
+                  f"{len(result.windows_removed)} data folder(s), {windows / 2**20:,.0f} MiB")
 
 
 # ------------------------------------------------------------------------------ registry

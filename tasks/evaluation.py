@@ -166,11 +166,12 @@ def evaluation_dir(cfg: PipelineConfig, model_dir: Path, sequences: Path) -> Pat
     return model_dir.parent / "evaluation" / f"{cfg.eval.split}-{fp}"
 
 
-def embeddings_cache(cfg: PipelineConfig, model_dir: Path, sequences: Path, precision: str) -> Path:
-    """Where the catalogue's title embeddings of this model are kept (.npy, no pickle). Keyed by
-    everything that changes them: the weights, the catalogue, the precision they ran at."""
+def embeddings_cache(model_dir: Path, sequences: Path, precision: str) -> Path:
+    """Where the catalogue's title embeddings of this model are kept (.npy, no pickle): beside the
+    model, as its evaluations are, so that they go when its training folder goes (`cft gc`).
+    Keyed by everything that changes them: the weights, the catalogue, the precision they ran at."""
     key = fingerprint({"model": model_fingerprint(model_dir), "catalogue": sequences.name, "precision": precision})
-    return cfg.data.data_root / "embeddings" / f"{key}.npy"
+    return model_dir.parent / "embeddings" / f"{key}.npy"
 
 
 def load_model(model_dir: Path, precision: str):
@@ -215,7 +216,7 @@ def ensure_catalogue_embeddings(cfg: PipelineConfig, model_dir: Path, sequences:
     from tasks.settings import ranking_settings
 
     precision = ranking_settings(cfg, "grounding").precision
-    cache = embeddings_cache(cfg, model_dir, sequences, precision)
+    cache = embeddings_cache(model_dir, sequences, precision)
     if not cache.is_file():
         model, tokenizer = load_model(model_dir, precision)
         catalogue_embeddings(model, tokenizer, read_catalogue(sequences)["title"].tolist(), cache)
@@ -233,7 +234,7 @@ def make_ranker(cfg: PipelineConfig, method: str, model, tokenizer, sequences: P
     settings = ranking_settings(cfg, method)
     emb = None
     if method == "grounding":
-        emb = catalogue_embeddings(model, tokenizer, titles, embeddings_cache(cfg, model_dir, sequences,
+        emb = catalogue_embeddings(model, tokenizer, titles, embeddings_cache(model_dir, sequences,
                                                                               settings.precision), progress)
     return Ranker(model, tokenizer, PromptBuilder.for_domain(cfg.data.domain), list(range(len(titles))), titles,
                   settings, emb)

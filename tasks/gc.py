@@ -7,6 +7,12 @@ versions' models, and trainings whose run is not in this store, since a store th
 them cannot say whether they are registered elsewhere (a team server, another tracking URI).
 Without a store there is nothing to decide by: that is an error, not "nothing is registered".
 Registered versions keep their own copy of the model in the MLflow artifact store either way.
+
+Data windows go too: a sequences folder (with its validation reports) that no training left in
+place was built from, and an ingested folder that no sequences folder left in place was built
+from, except the newest of each data name (the window the next run starts from, or one just
+prepared). Both are rebuilt from the source when needed again (same inputs, same folder), and
+the registered versions carry what they serve (catalogue, counts) in the artifact store.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from schemas.config import PipelineConfig
 
 @dataclass(frozen=True)
 class Collected:
-    removed: list[tuple[Path, int]]  # (folder, bytes)
-    kept: list[tuple[Path, str]]  # (folder, why)
+    removed: list[tuple[Path, int]]  # (training folder, bytes)
+    kept: list[tuple[Path, str]]  # (training folder, why)
+    windows_removed: list[tuple[Path, int]]  # (ingested or sequences folder, bytes)
 
 
 def folder_size(path: Path) -> int:
@@ -44,17 +51,57 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
                          "registered without it; point tracking.tracking_uri (or MLFLOW_TRACKING_URI) at your store")
     root = cfg.data.data_root / "training"
     in_use = registered_model_dirs(cfg)
-    removed, kept = [], []
-    for run_dir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+    removed, kept, data_used = [], [], set()
+    for run_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
         model = (run_dir / "model").resolve()
         if not (model / "training.json").is_file():
             kept.append((run_dir, "unfinished (may resume)"))
-        elif model in in_use:
+            continue
+        summary = json.loads((model / "training.json").read_text())
+        if model in in_use:
             kept.append((run_dir, "a registered version's model"))
-        elif training_run_here(cfg, run_dir, json.loads((model / "training.json").read_text())) is None:
+        elif training_run_here(cfg, run_dir, summary) is None:
             kept.append((run_dir, f"its MLflow run is not in {tracking_uri(cfg)} (tracked in another store, or not at all)"))
         else:
             removed.append((run_dir, folder_size(run_dir)))
             if not dry_run:
                 shutil.rmtree(run_dir)
-    return Collected(removed, kept)
+            continue
+        data_used.add(summary.get("data_fingerprint"))
+    return Collected(removed, kept, _unused_windows(cfg.data.data_root, data_used, dry_run))
+
+
+def _by_data_name(stage_root: Path) -> dict[str, list[Path]]:
+    """The finished folders of a stage (`<data name>-<fingerprint>`) by data name, newest last."""
+    folders: dict[str, list[Path]] = {}
+    for folder in stage_root.iterdir() if stage_root.is_dir() else []:
+        if folder.is_dir() and not folder.name.startswith(".") and (folder / "manifest.json").is_file():
+            folders.setdefault(folder.name.rsplit("-", 1)[0], []).append(folder)
+    return {name: sorted(found, key=lambda f: (f / "manifest.json").stat().st_mtime_ns) for name, found in folders.items()}
+
+
+def _unused_windows(data_root: Path, data_used: set[str], dry_run: bool) -> list[tuple[Path, int]]:
+    """Sequences folders no kept training was built from (`data_used`: their fingerprints), then
+    ingested folders no kept sequences folder was built from; the newest of each name stays."""
+    import json
+
+    removed, ingested_used = [], set()
+    for found in _by_data_name(data_root / "sequences").values():
+        for folder in found:
+            manifest = json.loads((folder / "manifest.json").read_text())
+            if folder == found[-1] or manifest["fingerprint"] in data_used:
+                ingested_used.add(Path(manifest["ingested"]).name)
+                continue
+            reports = sorted((data_root / "reports").glob(f"sequences-{folder.name}*.json"))
+            removed.append((folder, folder_size(folder) + sum(r.stat().st_size for r in reports)))
+            if not dry_run:
+                shutil.rmtree(folder)
+                for report in reports:
+                    report.unlink()
+    for found in _by_data_name(data_root / "ingested").values():
+        for folder in found:
+            if folder != found[-1] and folder.name not in ingested_used:
+                removed.append((folder, folder_size(folder)))
+                if not dry_run:
+                    shutil.rmtree(folder)
+    return removed

@@ -8,6 +8,7 @@ The plain function `train` does the I/O around `cft_core.trainer.CFTTrainer`:
         model/                           the final (best) model: safetensors + tokenizer, written
                                          atomically; LoRA runs hold the merged model and adapter/
         model/training.json              config, metrics, log history, MLflow run id
+        evaluation/, embeddings/         what tasks/evaluation.py computed with the model
 
 The fingerprint covers the dataset's fingerprint and every model and training setting, so a
 finished run is reused and an interrupted one resumes, rather than starting over.

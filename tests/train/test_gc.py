@@ -1,0 +1,80 @@
+"""`cft gc` and data windows: as data keeps arriving, each run prepares a new ingested and
+sequences folder; gc removes those that no kept training was built from, keeps the newest, and a
+removed window is rebuilt as it was when its inputs come back.
+
+A real MLflow SQLite store; the trainings are folders with a training.json (gc reads no weights).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from schemas.config import PipelineConfig
+from tasks.data import prepare
+from tasks.gc import collect
+
+
+def write_log(path: Path, users: int) -> None:
+    """A purchase log of `users` users (user u buys items u .. u+5 mod 10 on days 10u .. 10u+5): a
+    longer log is the shorter one with newer rows appended, as a log grows."""
+    rows = ["user,item,ts,title"]
+    for u in range(users):
+        for step in range(6):
+            item = (u + step) % 10
+            rows.append(f"u{u},i{item},{1_700_000_000 + 86_400 * (10 * u + step)},Item {item}")
+    path.write_text("\n".join(rows) + "\n")
+
+
+def finished_training(root: Path, name: str, data_fingerprint: str, run_id: str) -> Path:
+    model = root / "training" / name / "model"
+    model.mkdir(parents=True)
+    (model / "training.json").write_text(json.dumps({"data_fingerprint": data_fingerprint, "mlflow_run_id": run_id}))
+    (model / "model.safetensors").write_bytes(b"0" * 1024)
+    return model.parent
+
+
+def test_gc_removes_the_data_windows_no_kept_training_uses_and_keeps_the_newest(tmp_path):
+    from mlflow import MlflowClient
+
+    root, uri = tmp_path / "data", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log = tmp_path / "raw" / "log.csv"
+    log.parent.mkdir()
+    cfg = PipelineConfig.model_validate({
+        "data": {"name": "shop", "data_root": str(root), "k_core": 0, "input_roots": [str(log.parent)],
+                 "source": {"format": "generic", "path": str(log), "timestamp_unit": "s",
+                            "columns": {"user_id": "user", "item_id": "item", "timestamp": "ts"}}},
+        "tracking": {"enabled": True, "tracking_uri": uri}})
+    windows = []
+    for users in (6, 7, 8):  # three retrains, each after more data arrived
+        write_log(log, users)
+        ingested, seq, _ = prepare(cfg.data)
+        windows.append((ingested.path, seq.path))
+    (i1, s1), (i2, s2), (i3, s3) = windows
+    assert len({i1, i2, i3}) == 3 and len({s1, s2, s3}) == 3
+
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("gc-test"))
+    client.set_terminated(run.info.run_id)
+    # Trained on window 1, tracked here, never registered: gc removes it, then nothing uses window 1.
+    old = finished_training(root, "shop-old", s1.name.rsplit("-", 1)[1], run.info.run_id)
+    # Trained on window 2, its run in another store: kept, and so is the window it was built from.
+    elsewhere = finished_training(root, "shop-elsewhere", s2.name.rsplit("-", 1)[1], "a-run-of-another-store")
+    reports = sorted((root / "reports").glob(f"sequences-{s1.name}*.json"))
+    assert reports  # the window's validation reports, which go with it
+
+    planned = collect(cfg, dry_run=True)
+    assert [p for p, _ in planned.removed] == [old]
+    assert [p for p, _ in planned.windows_removed] == [s1, i1]
+    assert all(size > 0 for _, size in planned.windows_removed)
+    assert s1.is_dir() and i1.is_dir()  # a dry run removes nothing
+
+    done = collect(cfg, dry_run=False)
+    assert done.windows_removed == planned.windows_removed
+    assert not s1.exists() and not i1.exists() and not any(r.exists() for r in reports)
+    assert all(p.is_dir() for p in (s2, i2, s3, i3, elsewhere))  # used by a kept training; the newest
+    assert collect(cfg, dry_run=True).windows_removed == []  # nothing more to free
+
+    write_log(log, 6)  # the first window's inputs again: built again, under the same name
+    ingested, seq, _ = prepare(cfg.data)
+    assert (ingested.path, seq.path) == (i1, s1) and not seq.reused
