@@ -87,6 +87,13 @@ def test_recommend_and_invocations_answer_like_the_model(client, served):
         answer = client.post(path, json=request).json()
         answer = answer["predictions"][0] if path == "/invocations" else answer
         assert answer["item_ids"] == list(expected["item_ids"][0]), (path, request)
+    # Records where only some rows exclude something: the others say `null` (a missing key is
+    # NaN to MLflow's schema check, which refuses it).
+    mixed = client.post("/invocations", json={"dataframe_records": [{"history": history, "exclude": [best]},
+                                                                    {"history": history, "exclude": None}],
+                                              "params": {"k": 2}})
+    assert mixed.status_code == 200, mixed.text
+    assert [p["item_ids"] for p in mixed.json()["predictions"]] == [list(expected["item_ids"][0]), body["item_ids"]]
     # A user who touched an item newer than the model (not in its catalogue) still gets an answer:
     # the item is left out, as if never there, and reported.
     newer = client.post("/recommend", json={"history": [*history, "99999"], "k": 2})
@@ -172,6 +179,13 @@ def test_mlflow_scoring_server_answers_400_with_the_reason_and_no_trace(served):
         assert "stack_trace" not in bad.json() and "Traceback" not in bad.text
         good = c.post("/invocations", json={"dataframe_records": [{"history": ["1"]}], "params": {"k": 2}})
         assert good.status_code == 200 and 1 <= len(good.json()["predictions"][0]["item_ids"]) <= 2  # constrained: <= beams
+        # `exclude` in some rows only: the others say null; a missing key is NaN to its schema check.
+        rows = [{"history": ["1"], "exclude": ["2"]}, {"history": ["1"], "exclude": None}]
+        mixed = c.post("/invocations", json={"dataframe_records": rows, "params": {"k": 2}})
+        assert mixed.status_code == 200, mixed.text
+        assert mixed.json()["predictions"][1] == good.json()["predictions"][0]
+        missing = c.post("/invocations", json={"dataframe_records": [rows[0], {"history": ["1"]}], "params": {"k": 2}})
+        assert missing.status_code == 400  # what the README tells clients of `mlflow models serve` to avoid
 
 
 @pytest.mark.timeout(300)
