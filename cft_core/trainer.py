@@ -62,7 +62,8 @@ def ensure_op_build_dir() -> Path:
     process waits forever (torch's FileBaton has no timeout): that hung a CI run for 90 minutes.
     So the default here is `<sys.prefix>/torch_extensions` (one build per venv; an explicit
     TORCH_EXTENSIONS_DIR is kept), and locks older than STALE_BUILD_LOCK_S are removed.
-    Returns the directory.
+    Without a GPU, the first run in an environment says that the build is coming: it is a minute
+    or two of silence otherwise. Returns the directory.
     """
     import sys
 
@@ -75,6 +76,9 @@ def ensure_op_build_dir() -> Path:
                 print(f"removed a stale op-build lock left by a killed build: {lock}", file=sys.stderr)
         except FileNotFoundError:  # its build finished meanwhile
             pass
+    if not torch.cuda.is_available() and not any(root.glob("*/deepspeed_shm_comm/*.so")):
+        print(f"DeepSpeed compiles its CPU communication op into {root} first (once per environment, "
+              "about a minute of g++)", file=sys.stderr)
     return root
 
 

@@ -89,7 +89,7 @@ def test_logged_terms_and_eval_loss(tmp_path, tiny_tokenizer):
     assert metrics["eval_loss"] == pytest.approx(expected.item(), abs=1e-5)
 
 
-def test_op_builds_go_to_this_venv_and_a_killed_builds_lock_is_removed(tmp_path, monkeypatch):
+def test_op_builds_go_to_this_venv_and_a_killed_builds_lock_is_removed(tmp_path, monkeypatch, capsys):
     """A `lock` left by a killed DeepSpeed op build made every later training wait forever; the
     build directory defaults to this environment's own, and an old lock is removed, a fresh one kept."""
     import os
@@ -111,6 +111,11 @@ def test_op_builds_go_to_this_venv_and_a_killed_builds_lock_is_removed(tmp_path,
         lock.touch()
     old = time.time() - STALE_BUILD_LOCK_S - 5
     os.utime(stale, (old, old))
+    capsys.readouterr()
     assert ensure_op_build_dir() == tmp_path
     assert not stale.exists() and live.exists()
     assert (stale.parent).is_dir()  # only the lock goes, not the build
+    assert f"DeepSpeed compiles its CPU communication op into {tmp_path} first" in capsys.readouterr().err
+    (stale.parent / "deepspeed_shm_comm.so").touch()  # built: nothing to announce
+    ensure_op_build_dir()
+    assert "compiles" not in capsys.readouterr().err
