@@ -69,14 +69,15 @@ def ensure_op_build_dir() -> Path:
 
     root = Path(os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions")))
     now = time.time()
-    for lock in root.glob("*/*/lock") if root.is_dir() else []:
+    # Under an explicit TORCH_EXTENSIONS_DIR (always, from here) torch builds op X in <root>/X/.
+    for lock in root.glob("*/lock") if root.is_dir() else []:
         try:
             if now - lock.stat().st_mtime > STALE_BUILD_LOCK_S:
                 lock.unlink()
                 print(f"removed a stale op-build lock left by a killed build: {lock}", file=sys.stderr)
         except FileNotFoundError:  # its build finished meanwhile
             pass
-    if not torch.cuda.is_available() and not any(root.glob("*/deepspeed_shm_comm/*.so")):
+    if not torch.cuda.is_available() and not any(root.glob("deepspeed_shm_comm/*.so")):
         print(f"DeepSpeed compiles its CPU communication op into {root} first (once per environment, "
               "about a minute of g++)", file=sys.stderr)
     return root

@@ -104,10 +104,13 @@ def test_op_builds_go_to_this_venv_and_a_killed_builds_lock_is_removed(tmp_path,
     assert os.environ["TORCH_EXTENSIONS_DIR"] == str(Path(sys.prefix) / "torch_extensions")
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an explicit choice is kept
-    stale = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
-    live = tmp_path / "py311_cpu" / "cpu_adam" / "lock"
+    from torch.utils.cpp_extension import _get_build_directory  # where torch builds, and locks, an op
+
+    stale = Path(_get_build_directory("deepspeed_shm_comm", False)) / "lock"
+    live = Path(_get_build_directory("cpu_adam", False)) / "lock"
+    assert stale.parent.parent == tmp_path  # (the layout the sweep looks in)
     for lock in (stale, live):
-        lock.parent.mkdir(parents=True)
+        lock.parent.mkdir(parents=True, exist_ok=True)
         lock.touch()
     old = time.time() - STALE_BUILD_LOCK_S - 5
     os.utime(stale, (old, old))
