@@ -313,8 +313,8 @@ def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
 ) -> None:
     """Remove training folders (models, evaluations) that no registered version and no
-    unfinished run uses, and the data windows (ingested, sequences) that no kept training was
-    built from, except the newest of each dataset."""
+    unfinished run uses, the data windows (ingested, sequences) that no kept training was built
+    from, except the newest of each dataset, and what interrupted writes left a day ago or more."""
     from schemas.config import load_config
     from tasks.gc import collect
 
@@ -327,10 +327,15 @@ def gc(
         console.print(f"kept {path}: {why}")
     for path, size in result.windows_removed:
         console.print(f"{verb} {path} ({size / 2**20:,.0f} MiB)")
-    total = sum(size for _, size in result.removed)
-    windows = sum(size for _, size in result.windows_removed)
-    console.print(f"{verb} {len(result.removed)} training folder(s), {total / 2**20:,.0f} MiB, and "
-                  f"{len(result.windows_removed)} data folder(s), {windows / 2**20:,.0f} MiB")
+    for path, size in result.leftovers_removed:
+        console.print(f"{verb} {path} ({size / 2**20:,.0f} MiB): left by an interrupted write")
+
+    def mib(found: list) -> str:
+        return f"{sum(size for _, size in found) / 2**20:,.0f} MiB"
+
+    console.print(f"{verb} {len(result.removed)} training folder(s) ({mib(result.removed)}), "
+                  f"{len(result.windows_removed)} data folder(s) ({mib(result.windows_removed)}), "
+                  f"{len(result.leftovers_removed)} leftover(s) of interrupted writes ({mib(result.leftovers_removed)})")
 
 
 # ------------------------------------------------------------------------------ registry

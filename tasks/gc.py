@@ -13,11 +13,16 @@ place was built from, and an ingested folder that no sequences folder left in pl
 from, except the newest of each data name (the window the next run starts from, or one just
 prepared). Both are rebuilt from the source when needed again (same inputs, same folder), and
 the registered versions carry what they serve (catalogue, counts) in the artifact store.
+
+And what interrupted writes left: stage outputs are written into a `.tmp-*` sibling and renamed
+into place when complete (`tasks.storage`), so a killed process leaves one behind that nothing
+reads. One untouched for LEFTOVER_AGE_S is removed (a younger one may be a write in progress).
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +34,10 @@ class Collected:
     removed: list[tuple[Path, int]]  # (training folder, bytes)
     kept: list[tuple[Path, str]]  # (training folder, why)
     windows_removed: list[tuple[Path, int]]  # (ingested or sequences folder, bytes)
+    leftovers_removed: list[tuple[Path, int]]  # (`.tmp-*` file or folder of an interrupted write, bytes)
+
+
+LEFTOVER_AGE_S = 24 * 3600  # far past any write in progress (a training saves its model in minutes)
 
 
 def folder_size(path: Path) -> int:
@@ -68,7 +77,29 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
                 shutil.rmtree(run_dir)
             continue
         data_used.add(summary.get("data_fingerprint"))
-    return Collected(removed, kept, _unused_windows(cfg.data.data_root, data_used, dry_run))
+    return Collected(removed, kept, _unused_windows(cfg.data.data_root, data_used, dry_run),
+                     _leftovers(cfg.data.data_root, dry_run))
+
+
+def _leftovers(data_root: Path, dry_run: bool) -> list[tuple[Path, int]]:
+    """`.tmp-*` files and folders under the data root untouched for LEFTOVER_AGE_S (the newest
+    time of anything inside), outside the MLflow store and the local stack's state."""
+    if not data_root.is_dir():
+        return []
+    now, removed = time.time(), []
+    for stage in sorted(p for p in data_root.iterdir() if p.is_dir() and p.name not in ("mlflow", "stack")):
+        for tmp in sorted(stage.rglob(".tmp-*")):
+            if not tmp.exists():  # inside a leftover removed just before
+                continue
+            inside = [tmp, *tmp.rglob("*")] if tmp.is_dir() else [tmp]
+            if now - max(f.lstat().st_mtime for f in inside) < LEFTOVER_AGE_S:
+                continue
+            removed.append((tmp, folder_size(tmp) if tmp.is_dir() else tmp.stat().st_size))
+            if not dry_run and tmp.is_dir():
+                shutil.rmtree(tmp)
+            elif not dry_run:
+                tmp.unlink()
+    return removed
 
 
 def _by_data_name(stage_root: Path) -> dict[str, list[Path]]:

@@ -1,6 +1,6 @@
 """`cft gc` and data windows: as data keeps arriving, each run prepares a new ingested and
 sequences folder; gc removes those that no kept training was built from, keeps the newest, and a
-removed window is rebuilt as it was when its inputs come back.
+removed window is rebuilt as it was when its inputs come back. And what interrupted writes left.
 
 A real MLflow SQLite store; the trainings are folders with a training.json (gc reads no weights).
 """
@@ -8,6 +8,8 @@ A real MLflow SQLite store; the trainings are folders with a training.json (gc r
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 from schemas.config import PipelineConfig
@@ -34,7 +36,7 @@ def finished_training(root: Path, name: str, data_fingerprint: str, run_id: str)
     return model.parent
 
 
-def test_gc_removes_the_data_windows_no_kept_training_uses_and_keeps_the_newest(tmp_path):
+def test_gc_removes_the_data_windows_no_kept_training_uses_and_the_leftovers_of_interrupted_writes(tmp_path):
     from mlflow import MlflowClient
 
     root, uri = tmp_path / "data", f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -63,7 +65,22 @@ def test_gc_removes_the_data_windows_no_kept_training_uses_and_keeps_the_newest(
     reports = sorted((root / "reports").glob(f"sequences-{s1.name}*.json"))
     assert reports  # the window's validation reports, which go with it
 
+    # What interrupted writes left: a build killed two days ago, one in progress, a JSON file.
+    killed, writing = root / "sequences" / f".tmp-{s3.name}-0badc0de", root / "sequences" / f".tmp-{s3.name}-5eed1e55"
+    for tmp in (killed, writing):
+        (tmp / "part").mkdir(parents=True)
+        (tmp / "part" / "train.parquet").write_bytes(b"0" * 4096)
+    stale_json = root / "replay" / ".tmp-shop-timeline.json-1234abcd"
+    stale_json.parent.mkdir()
+    stale_json.write_text("{")
+    in_store = root / "mlflow" / ".tmp-mlflow-own"  # MLflow's own, whatever it is
+    in_store.mkdir(parents=True)
+    two_days_ago = time.time() - 2 * 24 * 3600
+    for path in (killed, killed / "part", killed / "part" / "train.parquet", stale_json, in_store):
+        os.utime(path, (two_days_ago, two_days_ago))
+
     planned = collect(cfg, dry_run=True)
+    assert planned.leftovers_removed == [(stale_json, 1), (killed, 4096)]
     assert [p for p, _ in planned.removed] == [old]
     assert [p for p, _ in planned.windows_removed] == [s1, i1]
     assert all(size > 0 for _, size in planned.windows_removed)
@@ -73,7 +90,9 @@ def test_gc_removes_the_data_windows_no_kept_training_uses_and_keeps_the_newest(
     assert done.windows_removed == planned.windows_removed
     assert not s1.exists() and not i1.exists() and not any(r.exists() for r in reports)
     assert all(p.is_dir() for p in (s2, i2, s3, i3, elsewhere))  # used by a kept training; the newest
-    assert collect(cfg, dry_run=True).windows_removed == []  # nothing more to free
+    assert not killed.exists() and not stale_json.exists() and writing.is_dir() and in_store.is_dir()
+    again = collect(cfg, dry_run=True)
+    assert again.windows_removed == again.leftovers_removed == []  # nothing more to free
 
     write_log(log, 6)  # the first window's inputs again: built again, under the same name
     ingested, seq, _ = prepare(cfg.data)
