@@ -11,8 +11,9 @@ Registered versions keep their own copy of the model in the MLflow artifact stor
 Data windows go too: a sequences folder (with its validation reports) that no training left in
 place was built from, and an ingested folder that no sequences folder left in place was built
 from, except the newest of each data name (the window the next run starts from, or one just
-prepared). Both are rebuilt from the source when needed again (same inputs, same folder), and
-the registered versions carry what they serve (catalogue, counts) in the artifact store.
+prepared). Both are rebuilt from the source when needed again (same inputs, same folder: an
+unfinished training, whose data gc cannot tell, gets its window back when it resumes), and the
+registered versions carry what they serve (catalogue, counts) in the artifact store.
 
 And what interrupted writes left: stage outputs are written into a `.tmp-*` sibling and renamed
 into place when complete (`tasks.storage`), so a killed process leaves one behind that nothing
@@ -45,7 +46,8 @@ def folder_size(path: Path) -> int:
 
 
 def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
-    """Find (and unless `dry_run`, remove) the training folders nothing uses."""
+    """Find (and unless `dry_run`, remove) the training folders, data windows and leftovers of
+    interrupted writes that nothing uses."""
     import json
 
     from schemas.errors import ConfigError, InputError
