@@ -96,6 +96,8 @@ def test_op_builds_go_to_this_venv_and_a_killed_builds_lock_is_removed(tmp_path,
     import sys
     import time
 
+    from torch.utils.cpp_extension import _get_build_directory
+
     from cft_core.trainer import STALE_BUILD_LOCK_S, ensure_op_build_dir
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "-")  # so that teardown restores what was there
@@ -104,8 +106,7 @@ def test_op_builds_go_to_this_venv_and_a_killed_builds_lock_is_removed(tmp_path,
     assert os.environ["TORCH_EXTENSIONS_DIR"] == str(Path(sys.prefix) / "torch_extensions")
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an explicit choice is kept
-    from torch.utils.cpp_extension import _get_build_directory  # where torch builds, and locks, an op
-
+    # Where torch builds, and locks, an op (read at call time, so under the folder just set):
     stale = Path(_get_build_directory("deepspeed_shm_comm", False)) / "lock"
     live = Path(_get_build_directory("cpu_adam", False)) / "lock"
     assert stale.parent.parent == tmp_path  # (the layout the sweep looks in)
