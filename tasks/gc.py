@@ -22,7 +22,9 @@ reads. One untouched for LEFTOVER_AGE_S is removed (a younger one may be a write
 
 from __future__ import annotations
 
+import json
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +50,6 @@ def folder_size(path: Path) -> int:
 def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
     """Find (and unless `dry_run`, remove) the training folders, data windows and leftovers of
     interrupted writes that nothing uses."""
-    import json
-
     from schemas.errors import ConfigError, InputError
     from tasks.registry import registered_model_dirs
     from tasks.tracking import missing_store, tracking_uri, training_run_here
@@ -93,10 +93,10 @@ def _leftovers(data_root: Path, dry_run: bool) -> list[tuple[Path, int]]:
         for tmp in sorted(stage.rglob(".tmp-*")):
             if not tmp.exists():  # inside a leftover removed just before
                 continue
-            inside = [tmp, *tmp.rglob("*")] if tmp.is_dir() else [tmp]
-            if now - max(f.lstat().st_mtime for f in inside) < LEFTOVER_AGE_S:
+            stats = [f.lstat() for f in ([tmp, *tmp.rglob("*")] if tmp.is_dir() else [tmp])]
+            if now - max(st.st_mtime for st in stats) < LEFTOVER_AGE_S:
                 continue
-            removed.append((tmp, folder_size(tmp) if tmp.is_dir() else tmp.stat().st_size))
+            removed.append((tmp, sum(st.st_size for st in stats if stat.S_ISREG(st.st_mode))))
             if not dry_run and tmp.is_dir():
                 shutil.rmtree(tmp)
             elif not dry_run:
@@ -116,8 +116,6 @@ def _by_data_name(stage_root: Path) -> dict[str, list[Path]]:
 def _unused_windows(data_root: Path, data_used: set[str], dry_run: bool) -> list[tuple[Path, int]]:
     """Sequences folders no kept training was built from (`data_used`: their fingerprints), then
     ingested folders no kept sequences folder was built from; the newest of each name stays."""
-    import json
-
     removed, ingested_used = [], set()
     for found in _by_data_name(data_root / "sequences").values():
         for folder in found:

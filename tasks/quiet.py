@@ -73,7 +73,6 @@ def verbose_third_parties() -> None:
     os.environ[QUIET_ENV] = "0"
 
 
-
 @contextmanager
 def mlflow_notices_off() -> Iterator[None]:
     """MLflow's `register_model` prints "Registered model 'X' already exists. Creating a new

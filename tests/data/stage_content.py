@@ -22,6 +22,19 @@ PINNED = {
 }
 
 
+def write_purchase_log(path: Path, users: int, renamed_from_day: int | None = None) -> None:
+    """A generic log with titles in it: user u buys items u .. u+5 (mod 10) on days 10u .. 10u+5,
+    so a longer log is the shorter one with newer rows appended, as a log grows; from
+    `renamed_from_day` on, item 3 is sold as "Item 3 Deluxe"."""
+    rows = ["user,item,ts,title"]
+    for u in range(users):
+        for step in range(6):
+            item, day = (u + step) % 10, 10 * u + step
+            renamed = item == 3 and renamed_from_day is not None and day >= renamed_from_day
+            rows.append(f"u{u},i{item},{1_700_000_000 + 86_400 * day},Item {item}" + (" Deluxe" if renamed else ""))
+    path.write_text("\n".join(rows) + "\n")
+
+
 def content_digest(folder: Path) -> str:
     """sha256 of the tables of a stage folder: file names, column types and values (not the files'
     bytes or metadata, which carry library versions, nor the manifests, which carry fingerprints)."""

@@ -15,7 +15,7 @@ import pytest
 from schemas.config import DataConfig, SourceConfig
 from schemas.errors import DataError, DataValidationError
 from tasks.data import ingest, prepare
-from tests.data.stage_content import check_pinned
+from tests.data.stage_content import check_pinned, write_purchase_log
 from tests.data.test_malformed import GOOD_INTER, GOOD_ITEMS, _stage_dirs, _write
 
 SECONDS = [int(line.split(",")[2]) for line in GOOD_INTER.splitlines()[1:]]
@@ -168,15 +168,9 @@ def test_titles_in_the_interactions_file_are_each_items_newest(tmp_path, caplog)
 def test_generic_stage_output_is_what_its_reader_version_names(tmp_path):
     """A generic log with titles in it, one item renamed along the way: what ingest and build
     write is pinned per reader version (tests/data/stage_content.py)."""
-    rows = ["user,item,ts,title"]
-    for u in range(8):  # user u buys items u .. u+5 (mod 10) on days 10u .. 10u+5; item 3 is renamed on day 25
-        for step in range(6):
-            item, day = (u + step) % 10, 10 * u + step
-            title = f"Item {item}" + (" Deluxe" if item == 3 and day >= 25 else "")
-            rows.append(f"u{u},i{item},{1_700_000_000 + 86_400 * day},{title}")
     src = tmp_path / "raw"
     src.mkdir()
-    (src / "inter.csv").write_text("\n".join(rows) + "\n")
+    write_purchase_log(src / "inter.csv", users=8, renamed_from_day=25)
     cfg = DataConfig(name="pinned", data_root=tmp_path, k_core=0, source=SourceConfig(
         format="generic", path=str(src / "inter.csv"), columns={"user_id": "user", "item_id": "item", "timestamp": "ts"},
         timestamp_unit="s"))

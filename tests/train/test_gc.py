@@ -15,17 +15,7 @@ from pathlib import Path
 from schemas.config import PipelineConfig
 from tasks.data import prepare
 from tasks.gc import collect
-
-
-def write_log(path: Path, users: int) -> None:
-    """A purchase log of `users` users (user u buys items u .. u+5 mod 10 on days 10u .. 10u+5): a
-    longer log is the shorter one with newer rows appended, as a log grows."""
-    rows = ["user,item,ts,title"]
-    for u in range(users):
-        for step in range(6):
-            item = (u + step) % 10
-            rows.append(f"u{u},i{item},{1_700_000_000 + 86_400 * (10 * u + step)},Item {item}")
-    path.write_text("\n".join(rows) + "\n")
+from tests.data.stage_content import write_purchase_log
 
 
 def finished_training(root: Path, name: str, data_fingerprint: str, run_id: str) -> Path:
@@ -49,7 +39,7 @@ def test_gc_removes_the_data_windows_no_kept_training_uses_and_the_leftovers_of_
         "tracking": {"enabled": True, "tracking_uri": uri}})
     windows = []
     for users in (6, 7, 8):  # three retrains, each after more data arrived
-        write_log(log, users)
+        write_purchase_log(log, users)
         ingested, seq, _ = prepare(cfg.data)
         windows.append((ingested.path, seq.path))
     (i1, s1), (i2, s2), (i3, s3) = windows
@@ -94,6 +84,6 @@ def test_gc_removes_the_data_windows_no_kept_training_uses_and_the_leftovers_of_
     again = collect(cfg, dry_run=True)
     assert again.windows_removed == again.leftovers_removed == []  # nothing more to free
 
-    write_log(log, 6)  # the first window's inputs again: built again, under the same name
+    write_purchase_log(log, 6)  # the first window's inputs again: built again, under the same name
     ingested, seq, _ = prepare(cfg.data)
     assert (ingested.path, seq.path) == (i1, s1) and not seq.reused
