@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make test   set up .venv (pinned, skipped when nothing changed) and run the test suite
+#   make test   set up .venv (pinned, skipped when nothing changed), lint, and run the test suite
 #   make run    set up .venv and run the main job: the full pipeline on the demo profile
 VENV ?= .venv
 export HF_HUB_OFFLINE = 1
@@ -14,6 +14,7 @@ setup:
 	bash infra/setup.sh
 
 test: setup
+	$(VENV)/bin/ruff check .  # a second or two; CI is this target, so style breaks land nowhere
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: setup
