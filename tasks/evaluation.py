@@ -37,6 +37,15 @@ from tasks.training import read_records
 
 TOP_K_MAX = 50  # rankings are kept to the largest K reported
 
+# Code versions in the keys of the folders below. Bump EVALUATION_VERSION when `evaluate` writes
+# something else for the same model, data and settings (the ranking, the metrics, the diagnostics,
+# the baselines), and EMBEDDINGS_VERSION when the catalogue's title embeddings change
+# (`cft_core.ranking.embed_titles`): folders written before are then computed afresh instead of
+# being reused as if current. tests/train/test_evaluation_content.py pins each version's output.
+# Version 1 was never in a key, so what was written before these constants stays reused.
+EVALUATION_VERSION = 1
+EMBEDDINGS_VERSION = 1
+
 
 @dataclass(frozen=True)
 class EvalOutput:
@@ -159,18 +168,30 @@ def model_fingerprint(model_dir: Path) -> str:
                         "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]})
 
 
+def _with_code_versions(payload: dict, *names: str) -> dict:
+    """`payload` and, under "code", those of the named code versions that are past 1."""
+    versions = {"evaluation": EVALUATION_VERSION, "embeddings": EMBEDDINGS_VERSION}
+    if past_one := {name: versions[name] for name in names if versions[name] > 1}:
+        return {**payload, "code": past_one}
+    return payload
+
+
 def evaluation_dir(cfg: PipelineConfig, model_dir: Path, sequences: Path) -> Path:
-    """Output folder of `evaluate`: named by the eval settings, the records and the model."""
-    fp = fingerprint({"eval": cfg.eval.model_dump(), "data": sequences.name, "model": model_fingerprint(model_dir),
-                      "domain": cfg.data.domain, "max_history": cfg.data.max_history})
+    """Output folder of `evaluate`: named by the eval settings, the records, the model and the
+    code versions of the evaluation and of the embeddings its grounding ranks with."""
+    fp = fingerprint(_with_code_versions({
+        "eval": cfg.eval.model_dump(), "data": sequences.name, "model": model_fingerprint(model_dir),
+        "domain": cfg.data.domain, "max_history": cfg.data.max_history}, "evaluation", "embeddings"))
     return model_dir.parent / "evaluation" / f"{cfg.eval.split}-{fp}"
 
 
 def embeddings_cache(model_dir: Path, sequences: Path, precision: str) -> Path:
     """Where the catalogue's title embeddings of this model are kept (.npy, no pickle): beside the
     model, as its evaluations are, so that they go when its training folder goes (`cft gc`).
-    Keyed by everything that changes them: the weights, the catalogue, the precision they ran at."""
-    key = fingerprint({"model": model_fingerprint(model_dir), "catalogue": sequences.name, "precision": precision})
+    Keyed by everything that changes them: the weights, the catalogue, the precision they ran at
+    and the code version that computed them."""
+    key = fingerprint(_with_code_versions({"model": model_fingerprint(model_dir), "catalogue": sequences.name,
+                                           "precision": precision}, "embeddings"))
     return model_dir.parent / "embeddings" / f"{key}.npy"
 
 

@@ -1,0 +1,98 @@
+"""What the evaluation writes, pinned per code version, and the versions in the folder keys.
+
+An evaluation folder and a title-embeddings file are reused whenever their key matches, so a
+change in what `evaluate` writes for the same model, data and settings must change the key, or
+users would read metrics an older ranking computed as if they were current. The key carries
+`tasks.evaluation.EVALUATION_VERSION` and `EMBEDDINGS_VERSION`; the digests below fail the
+suite when the output changes but neither version did. (The model is the dataset's untrained
+tiny Llama, built from the training seed: no training, deterministic on CPU.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tasks.evaluation as evaluation
+from tasks.storage import fingerprint
+from tests.train.conftest import make_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
+
+# (EVALUATION_VERSION, EMBEDDINGS_VERSION): digests of the evaluation folder's parts
+EVALUATION_CONTENT = {
+    (1, 1): {"rankings": "e9ad4e3abef2822b", "metrics": "02bdd3960499eddf", "diagnostics": "2506be031ce8b1d0"},
+}
+# EMBEDDINGS_VERSION: digest of the catalogue's title embeddings
+EMBEDDINGS_CONTENT = {1: "82feb63e2ef83871"}
+
+
+def digest(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tiny_eval_config(tmp_path):
+    cfg = make_config(tmp_path)
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={
+        "methods": ["constrained", "grounding"], "max_samples": 8, "num_beams": 3, "num_return_sequences": 3,
+        "max_new_tokens": 16, "diagnostics_max_samples": 8})})
+
+
+def test_the_evaluation_of_each_code_version_is_pinned(tmp_path, small_sequences):
+    from tasks.training import model_folder
+
+    seq, _ = small_sequences
+    cfg = tiny_eval_config(tmp_path)
+    model_dir = model_folder(cfg, seq)
+    result = evaluate_fresh(cfg, model_dir, seq)
+
+    preds = pd.read_parquet(result.path / "predictions.parquet")
+    ranked = [c for c in preds.columns if c.endswith(("_top10", "_rank", "generated"))]
+    found = {
+        "rankings": digest({c: [np.asarray(v).tolist() for v in preds[c]] for c in sorted(ranked)}),
+        "metrics": digest({k: round(v, 9) for k, v in result.metrics.items()}),
+        "diagnostics": digest(pd.read_parquet(result.path / "diagnostics.parquet").round(5).to_dict("list")),
+    }
+    emb = np.load(evaluation.embeddings_cache(model_dir, seq, "fp32"), allow_pickle=False)
+    found_embeddings = digest(np.round(emb, 5).tolist())
+
+    versions = (evaluation.EVALUATION_VERSION, evaluation.EMBEDDINGS_VERSION)
+    hint = ("the evaluation writes something else for the same model, data and settings: bump "
+            "EVALUATION_VERSION in tasks/evaluation.py (EMBEDDINGS_VERSION if the title embeddings changed), "
+            "so that folders written before are not reused, and pin the new digests here")
+    assert EMBEDDINGS_CONTENT.get(versions[1]) == found_embeddings, f"{hint}: {found_embeddings}"
+    assert EVALUATION_CONTENT.get(versions) == found, f"{hint}: {found}"
+
+
+def evaluate_fresh(cfg, model_dir, seq):
+    out = evaluation.evaluate(cfg, model_dir, seq, progress=False)
+    assert not out.reused
+    return out
+
+
+def test_the_code_versions_join_the_keys_only_past_one(tmp_path, monkeypatch):
+    model_dir = tmp_path / "run" / "model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "model.safetensors").write_bytes(b"w" * 10)
+    seq = tmp_path / "ml-100k-0123456789abcdef"
+    cfg = make_config(tmp_path)
+
+    # At version 1 the keys are what they were before the versions existed: nothing is recomputed.
+    base = {"eval": cfg.eval.model_dump(), "data": seq.name, "model": evaluation.model_fingerprint(model_dir),
+            "domain": cfg.data.domain, "max_history": cfg.data.max_history}
+    assert evaluation.evaluation_dir(cfg, model_dir, seq).name == f"test-{fingerprint(base)}"
+    emb_base = {"model": evaluation.model_fingerprint(model_dir), "catalogue": seq.name, "precision": "fp32"}
+    assert evaluation.embeddings_cache(model_dir, seq, "fp32").name == f"{fingerprint(emb_base)}.npy"
+
+    before = (evaluation.evaluation_dir(cfg, model_dir, seq), evaluation.embeddings_cache(model_dir, seq, "fp32"))
+    monkeypatch.setattr(evaluation, "EVALUATION_VERSION", 2)  # a new ranking: evaluations afresh, embeddings kept
+    after = (evaluation.evaluation_dir(cfg, model_dir, seq), evaluation.embeddings_cache(model_dir, seq, "fp32"))
+    assert after[0] != before[0] and after[1] == before[1]
+    monkeypatch.setattr(evaluation, "EVALUATION_VERSION", 1)
+    monkeypatch.setattr(evaluation, "EMBEDDINGS_VERSION", 2)  # new embeddings: both afresh (grounding ranks with them)
+    again = (evaluation.evaluation_dir(cfg, model_dir, seq), evaluation.embeddings_cache(model_dir, seq, "fp32"))
+    assert again[0] not in (before[0], after[0]) and again[1] != before[1]
