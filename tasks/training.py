@@ -116,14 +116,24 @@ def deepspeed_config(path: str | None) -> dict | None:
     return config
 
 
+# Bump when a training writes another model for the same data and settings (the loss, the
+# collation, the trainer's schedule): its folder, its model and what was evaluated of it are then
+# made afresh instead of reused as if current (a run in progress under the old version is not
+# resumed). tests/train/test_training_stage.py pins each version's losses. Version 1 was never in
+# the key, so the trainings written before this constant stay reused.
+TRAINING_VERSION = 1
+
+
 def run_fingerprint(cfg: PipelineConfig, data_fingerprint: str, warm_start: str | None = None) -> str:
     """Names the run folder: the data, every model and training setting (not whether checkpoints
-    are kept), the warm-start version, and the process count (it changes the accumulation steps,
-    and ZeRO checkpoints are sharded per process)."""
+    are kept), the warm-start version, the process count (it changes the accumulation steps,
+    and ZeRO checkpoints are sharded per process) and the training code's version."""
     payload = {"data": data_fingerprint, "model": cfg.model.model_dump(),
                "train": cfg.train.model_dump(exclude={"keep_checkpoints"}), "world_size": world_size()}
     if warm_start:
         payload["warm_start"] = warm_start
+    if TRAINING_VERSION > 1:
+        payload["code"] = TRAINING_VERSION
     return fingerprint(payload)
 
 

@@ -14,10 +14,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from tasks.training import train
+from tasks.training import TRAINING_VERSION, train
 from tests.train.conftest import make_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
+
+# TRAINING_VERSION: the losses of steps 1 and 2 of test_objectives_share_one_path per objective
+TRAINING_LOSSES = {1: {"sft": [6.37316, 6.38428], "pos": [6.37724, 6.38548], "cft": [7.01727, 7.02505]}}
 
 PROBE = torch.tensor([[5, 17, 42, 99, 7, 250, 3, 11]])  # any ids inside the tiny vocabulary
 
@@ -80,6 +83,12 @@ def test_objectives_share_one_path(tmp_path, small_sequences, objective):
     out = train(make_config(tmp_path, objective=objective, max_steps=2, eval_steps=2), seq, fp)
     logs = [h for h in out.summary["log_history"] if "normal" in h]
     assert len(logs) == 2
+    # The losses of each training code version (steps 1 and 2): a change in what a training does
+    # for the same data and settings must bump tasks.training.TRAINING_VERSION, or the folders of
+    # older trainings would be reused as if the new code had trained them; then pin its losses here.
+    pinned = TRAINING_LOSSES.get(TRAINING_VERSION, {}).get(objective)
+    assert pinned == pytest.approx([h["loss"] for h in logs], abs=1e-4), (
+        f"{objective} losses {[round(h['loss'], 5) for h in logs]}: bump TRAINING_VERSION in tasks/training.py")
     alpha, beta = {"sft": (0.0, 1.0), "pos": (0.0, 0.25), "cft": (0.1, 0.25)}[objective]
     assert out.summary["objective"]["alpha"] == alpha and out.summary["objective"]["beta"] == beta
     for h in logs:
@@ -361,3 +370,15 @@ def test_a_tampered_checkpoint_is_refused_before_anything_is_unpickled(tmp_path,
     with pytest.raises(DataError, match="files differ from what this run saved") as err:
         train(cfg, seq, fp)
     assert ("changed" if tamper == "change" else "added") in str(err.value) and loads == []
+
+
+def test_the_training_code_version_joins_the_key_only_past_one(tmp_path, monkeypatch):
+    import tasks.training as training
+    from tasks.storage import fingerprint
+
+    cfg = make_config(tmp_path)
+    before = training.run_fingerprint(cfg, "data-fp")
+    assert before == fingerprint({"data": "data-fp", "model": cfg.model.model_dump(), "world_size": 1,
+                                  "train": cfg.train.model_dump(exclude={"keep_checkpoints"})})  # trainings kept
+    monkeypatch.setattr(training, "TRAINING_VERSION", 2)
+    assert training.run_fingerprint(cfg, "data-fp") != before
