@@ -186,3 +186,52 @@ def test_registry_call_is_retried_after_a_transient_error(tmp_path, prefect_harn
     with pytest.raises(RegistryError, match="no such alias"):
         register_only()
     assert len(calls) == 1
+
+
+def test_the_replay_flow_runs_each_period_as_a_task_and_a_rerun_resumes(tmp_path, prefect_harness):
+    """`cft-replay/replay` in-process: each period a `period` task of the flow run, the timeline
+    into its JSON file, plot, MLflow run and a Prefect artifact; a second run with the same
+    settings finds the period done and runs no task."""
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    from flows.replay import replay_flow
+    from tasks.tracking import experiment_name
+    from tests.train.test_replay import config, write_dataset
+
+    write_dataset(tmp_path / "inputs")
+    cfg = config(tmp_path)
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(json.dumps(cfg.model_dump(mode="json")))  # YAML is a superset of JSON
+
+    def replay_once():
+        state = replay_flow(profile=str(profile), periods=1, every="30d", return_state=True)
+        assert state.is_completed(), state
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        return state.result(), sorted(r.name.rsplit("-", 1)[0] for r in runs if r.state and r.state.is_completed())
+
+    timeline, tasks = replay_once()
+    (period,) = timeline["periods"]
+    assert tasks == ["period"] and period["trained"] and period["decision"] in ("promoted", "kept challenger")
+    out = tmp_path / "replay" / "living-timeline.json"
+    assert json.loads(out.read_text()) == timeline and out.with_suffix(".png").is_file()
+    uri = cfg.tracking.tracking_uri
+    client = MlflowClient(uri)
+    (replay_run,) = client.search_runs([client.get_experiment_by_name(experiment_name(cfg)).experiment_id],
+                                       "tags.stage = 'replay'")
+    assert replay_run.data.metrics["replay/challenger"] == pytest.approx(period["challenger"])
+    with get_client(sync_client=True) as prefect:
+        (artifact,) = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["replay-living"])))
+    assert "cft-replay flow" in artifact.data and period["as_of"][:10] in artifact.data
+
+    again, tasks = replay_once()
+    assert tasks == [] and again["periods"] == timeline["periods"]  # resumed from the file: nothing ran
