@@ -41,6 +41,7 @@ import statistics
 import time
 from pathlib import Path
 
+from benchmarks.flops import count_flops, peak_tflops
 from benchmarks.provenance import machine
 
 RESULTS = Path(__file__).parent / "results"
@@ -133,6 +134,8 @@ def run_variant(variant: str, args: dict, conn) -> None:
         batch = pad_counterfactual_to_factual(batch, tok.pad_token_id)
     batch = {k: v.to(dev) for k, v in batch.items()}
     model = build_model(args["model"], len(tok)).to(dev, dtype)
+    if args.get("attention", "auto") != "auto":  # auto: the model's own (the tiny one: eager; SmolLM2: sdpa)
+        model.set_attn_implementation(args["attention"])
     model.config.use_cache = False
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
@@ -163,6 +166,12 @@ def run_variant(variant: str, args: dict, conn) -> None:
 
     for _ in range(args["warmup"]):
         step()
+    sync()
+    # The FLOPs of one step, counted as it runs (untimed; it is one more warm-up step).
+    try:
+        (flops, flops_by_op), flops_error = count_flops(step), None
+    except Exception as error:  # a torch whose counter rejects a kernel's shapes: time it all the same
+        flops, flops_by_op, flops_error = None, {}, f"{type(error).__name__}: {error}"
     sync()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, after warm-up allocations
     if dev.type == "cuda":
@@ -202,6 +211,8 @@ def run_variant(variant: str, args: dict, conn) -> None:
         n_computed -= int(batch["cf_attention_mask"].sum()) - packed.num_tokens
     n_params = sum(p.numel() for p in model.parameters())
     med = statistics.median(times)
+    peak = peak_tflops(args["device"], args["dtype"], args.get("peak_tflops"))
+    achieved = flops / med / 1e12 if flops is not None else None
     conn.send(
         {
             "variant": variant,
@@ -220,6 +231,15 @@ def run_variant(variant: str, args: dict, conn) -> None:
             "params": n_params,
             # model FLOPs rate: 6 * params * tokens the backbone ran (forward + backward)
             "model_tflops_per_s": 6 * n_params * n_computed / med / 1e12,
+            # counted FLOPs of one step (benchmarks/flops.py), their rate, and that rate over the
+            # device's dense peak for the dtype (None where the peak is unknown: --peak-tflops)
+            "step_flops": flops,
+            "attention": model.config._attn_implementation,
+            "attention_kernels": sorted(op for op in flops_by_op if "attention" in op),  # what ran
+            "flops_error": flops_error,
+            "achieved_tflops_per_s": achieved,
+            "peak_tflops": peak,
+            "mfu": achieved / peak if achieved is not None and peak else None,
         }
     )
 
@@ -287,10 +307,16 @@ def pass_key(result: dict) -> tuple:
     return result["config"]["data"], tuple(result["config"].get("variants", LEGACY_VARIANTS))
 
 
+def _maybe(value, spec: str) -> str:
+    """`value` formatted, or "-" where a result lacks it (older entries, an unknown peak)."""
+    return "-" if value is None else format(value, spec)
+
+
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| model | data | device/dtype | batch (f / cf shape) | timed | variant | median step s | tokens/s | peak mem MB | logits MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | data | device/dtype | batch (f / cf shape) | timed | variant | median step s | tokens/s | peak mem MB "
+        "| logits MB | TFLOP/s | MFU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r["config"]
@@ -301,7 +327,8 @@ def markdown(results: list[dict]) -> str:
             lines.append(
                 f"| {c['model']} | {c['data']} | {c['device']}/{c['dtype']} | {shape} | {timed} | {v} | "
                 f"{row['median_step_s']:.4f} | {row['tokens_per_s']:.0f} | {row['peak_mem_MB']:.0f} | "
-                f"{row['logits_MB']:.1f} |"
+                f"{row['logits_MB']:.1f} | {_maybe(row.get('achieved_tflops_per_s'), '.3g')} | "
+                f"{_maybe(row.get('mfu'), '.1%')} |"
             )
     lines += ["", "Time ratios: median of the per-round ratios (interleaved rounds), range min-max.", "",
               "| model | data | variants | CFT/SFT time | CFT unpacked/SFT time | CFT unshared/CFT time | naive/CFT time "
@@ -334,12 +361,17 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10, help="interleaved rounds (one timed step per variant each)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--attention", default="auto", choices=["auto", "sdpa", "eager", "flash_attention_2"],
+                    help="the attention implementation; auto: the model's own (flash_attention_2 needs the flash_attn package; "
+                         "its kernels are outside torch's FLOP counter, so its MFU is not given)")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the device's dense peak for --dtype, TFLOP/s (known CUDA devices: from the data sheet)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                     help="the variants to time together (all by default); fewer processes when the "
                          "machine cannot hold every variant of a large shape at once")
     ns = ap.parse_args()
     RESULTS.mkdir(exist_ok=True)
-    stem = f"train_step-{ns.model}-{ns.device}-{ns.dtype}"
+    stem = f"train_step-{ns.model}-{ns.device}-{ns.dtype}" + ("" if ns.attention == "auto" else f"-{ns.attention}")
     out = RESULTS / f"{stem}.json"
     # Each (data shape, variants) pass replaces its own entry; the others stay (run a large shape's
     # variants in separate passes when the machine cannot hold all of them at once).
@@ -348,7 +380,8 @@ def main() -> None:
         if data == "amazon" and amazon_titles() is None:
             print(f"skipping amazon: {SHARED_DATA} not found")
             continue
-        args = {k: getattr(ns, k) for k in ("model", "device", "dtype", "batch_size", "iters", "warmup", "threads")}
+        args = {k: getattr(ns, k) for k in ("model", "device", "dtype", "batch_size", "iters", "warmup", "threads",
+                                            "attention", "peak_tflops")}
         args.update(data=data, variants=[v for v in VARIANTS if v in ns.variants])
         result = measure(args)
         result["meta"] = {**machine(), "time": time.strftime("%Y-%m-%d %H:%M")}

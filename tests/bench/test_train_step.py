@@ -20,8 +20,17 @@ def test_ratios_are_taken_per_round_then_summarised():
 @pytest.mark.timeout(600)
 def test_every_variant_is_timed_in_every_round():
     result = train_step.measure({"model": "tiny", "data": "ml100k", "device": "cpu", "dtype": "fp32",
-                                 "batch_size": 2, "iters": 3, "warmup": 1, "threads": 1})
+                                 "batch_size": 2, "iters": 3, "warmup": 1, "threads": 1, "peak_tflops": 0.5})
     assert set(result["variants"]) == set(train_step.VARIANTS)
+    # FLOPs counted per step: the naive step builds full [B, T, V] logits, the CFT step label rows
+    # only; the SFT step runs no counterfactual half. MFU: the counted rate over the given peak.
+    rows = result["variants"]
+    assert rows["sft"]["step_flops"] < rows["cft"]["step_flops"] < rows["naive"]["step_flops"]
+    for row in rows.values():
+        assert row["flops_error"] is None and row["attention"] == "eager" and row["attention_kernels"] == []
+        assert row["achieved_tflops_per_s"] == pytest.approx(row["step_flops"] / row["median_step_s"] / 1e12)
+        assert row["mfu"] == pytest.approx(row["achieved_tflops_per_s"] / 0.5)
+    assert "| MFU |" in train_step.markdown([result])
     assert all(len(v["step_s"]) == 3 for v in result["variants"].values())
     spread = result["ratio_spread"]["cft_over_sft_time"]
     assert spread["rounds"] == 3 and spread["min"] <= result["ratios"]["cft_over_sft_time"] <= spread["max"]
