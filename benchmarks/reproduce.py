@@ -28,6 +28,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -73,19 +74,42 @@ def per_row_outcomes(eval_dir: Path) -> dict:
     return out
 
 
-def run_one(config: Path, overrides: list[str], objective: str, seed: int) -> dict:
-    """Train + evaluate one (objective, seed); returns its record for the result file."""
+def prepared_sequences(folder: Path) -> tuple[Path, str, dict]:
+    """(folder, fingerprint, manifest) of a sequences folder `cft data prepare` wrote, for
+    --sequences: a GPU box with the model stack only trains and evaluates on it (no source, no
+    Great Expectations there)."""
+    from schemas.errors import InputError
+
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise InputError(f"--sequences {folder}: no manifest.json there (give a folder under <data_root>/sequences/)")
+    manifest = json.loads(manifest_path.read_text())
+    missing = [f"{split}.parquet" for split in ("train", "valid", "test", "catalogue")
+               if not (folder / f"{split}.parquet").is_file()]
+    if missing or "fingerprint" not in manifest:
+        raise InputError(f"--sequences {folder}: not a finished sequences folder (missing: "
+                         f"{', '.join(missing) or 'the fingerprint in manifest.json'})")
+    return folder, manifest["fingerprint"], manifest
+
+
+def run_one(config: Path, overrides: list[str], objective: str, seed: int, sequences: Path | None = None) -> dict:
+    """Train + evaluate one (objective, seed); returns its record for the result file. The data:
+    the config's, prepared (reused when unchanged), or the prepared folder `sequences`."""
     from schemas.config import load_config
     from tasks.chain import evaluate_run
     from tasks.data import prepare
     from tasks.training import train
 
     cfg = load_config(config, [*overrides, f"train.objective={objective}", f"train.seed={seed}"])
-    _, sequences, manifest = prepare(cfg.data)
+    if sequences is None:
+        _, prepared, manifest = prepare(cfg.data)
+        sequences, fingerprint = prepared.path, prepared.fingerprint
+    else:
+        sequences, fingerprint, manifest = prepared_sequences(sequences)
     t0 = time.perf_counter()
-    trained = train(cfg, sequences.path, sequences.fingerprint)
+    trained = train(cfg, sequences, fingerprint)
     t1 = time.perf_counter()
-    result = evaluate_run(cfg, trained, sequences.path)
+    result = evaluate_run(cfg, trained, sequences)
     t2 = time.perf_counter()
     alpha, beta = cfg.train.loss_settings()
     summary = result.summary
@@ -135,12 +159,12 @@ def in_fresh_process(fn, *args):
         return pool.submit(fn, *args).result()
 
 
-def run_isolated(config: Path, overrides: list[str], objective: str, seed: int) -> dict:
+def run_isolated(config: Path, overrides: list[str], objective: str, seed: int, sequences: Path | None = None) -> dict:
     # Refer to run_one through the importable module, not `__main__` (python -m runs this file
     # as `__main__`, which the spawned child would re-run).
     from benchmarks import reproduce
 
-    return in_fresh_process(reproduce.run_one, config, overrides, objective, seed)
+    return in_fresh_process(reproduce.run_one, config, overrides, objective, seed, sequences)
 
 
 def keep_measured_times(new: dict, old: dict | None) -> dict:
@@ -166,11 +190,22 @@ def main() -> None:
                          "a study with another budget on the same dataset gets its own file.")
     ap.add_argument("--budget-note", default="",
                     help="Free text for the report: the hardware and why this budget.")
+    ap.add_argument("--sequences", type=Path, default=None,
+                    help="A prepared sequences folder (<data_root>/sequences/<name>-<fp>, from `cft data prepare`) "
+                         "to train and evaluate on instead of preparing the config's data: for a GPU box with "
+                         "the model stack only (infra/gpu/README.md)")
     ns = ap.parse_args()
 
     from schemas.config import load_config
+    from schemas.errors import InputError
 
     cfg = load_config(ns.config, ns.overrides)
+    if ns.sequences is not None:
+        try:
+            prepared_sequences(ns.sequences)
+        except InputError as error:  # bad input: its message and exit status 2, no traceback
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
     out = result_path(ns.name or cfg.data.name)
     # Runs already in the result file stay in it; a run this invocation redoes (same objective,
     # seed and alpha/beta) is replaced where it stands once its new record is in, so an
@@ -194,7 +229,7 @@ def main() -> None:
     for seed in ns.seeds:
         for objective in ns.objectives:
             print(f"== {objective} seed {seed}", flush=True)
-            record = run_isolated(ns.config, ns.overrides, objective, seed)
+            record = run_isolated(ns.config, ns.overrides, objective, seed, ns.sequences)
             record = {**keep_measured_times(record, before.get(run_key(record))), "commit": commit()}
             runs[run_key(record)] = record
             meta["finished"] = time.strftime("%Y-%m-%d %H:%M")

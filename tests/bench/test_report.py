@@ -267,7 +267,7 @@ def test_per_row_outcomes_name_rows_by_split_position(tmp_path):
     assert out["logp_factual"] == [-2.0, -1.0, -3.0] and out["label_tokens"] == [4, 3, 5]
 
 
-def test_a_reproduction_run_records_its_rows_by_split_position(tmp_path):
+def test_a_reproduction_run_records_its_rows_by_split_position(tmp_path, monkeypatch):
     """One real (tiny) reproduction run, train + evaluate on synthetic data: its record names the
     ranked and diagnosed rows by split position, the same rows, and every rank is a real outcome."""
     from pathlib import Path
@@ -303,6 +303,18 @@ def test_a_reproduction_run_records_its_rows_by_split_position(tmp_path):
     trained = json.loads((Path(again["model_dir"]) / "training.json").read_text())
     assert again["reused"] and again["model_dir"] == record["model_dir"]
     assert again["train_s"] == round(trained["train_metrics"]["train_runtime"], 1)
+
+    # On a prepared sequences folder (--sequences: a GPU box without the data stack) the data is
+    # not prepared at all, and the run is the same one.
+    import tasks.data
+    from benchmarks.reproduce import prepared_sequences
+    from schemas.errors import InputError
+
+    monkeypatch.setattr(tasks.data, "prepare", lambda *_: pytest.fail("prepared the data"))
+    on_folder = run_one(Path("configs/synthetic.yaml"), overrides, "cft", 0, sequences.path)
+    assert on_folder["model_dir"] == record["model_dir"] and on_folder["eval_dir"] == record["eval_dir"]
+    with pytest.raises(InputError, match=f"--sequences {tmp_path}: no manifest.json"):
+        prepared_sequences(tmp_path)
 
 
 def test_a_study_without_no_history_reranking_reports_diagnostics_and_constrained(tmp_path):
