@@ -29,5 +29,12 @@ def commit(root: Path = ROOT) -> str | None:
 
 
 def machine() -> dict:
-    """{"machine": OS and CPU architecture, "cpu_count": logical CPUs, "commit": `commit()`}."""
-    return {"machine": platform.platform(), "cpu_count": os.cpu_count(), "commit": commit()}
+    """{"machine": OS and CPU architecture, "cpu_count": logical CPUs, "gpu": the CUDA device's
+    name (None without one), "torch" and "transformers": their versions (a GPU box may run other
+    ones than the lock's), "commit": `commit()`}."""
+    import torch
+    import transformers
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"machine": platform.platform(), "cpu_count": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
+            "transformers": transformers.__version__, "commit": commit()}

@@ -194,7 +194,9 @@ def section(data: dict, name: str | None = None) -> str:
            "and targets and re-split chronologically. Not the paper's train split: compare methods with "
            "each other here, not with published numbers."]
           if cfg["data"].get("source", {}).get("format") == "d3_csv" else []),
-        f"- Machine: {meta['machine']}, {meta['cpu_count']} CPUs. {meta.get('budget_note', '')}",
+        f"- Machine: {meta['machine']}, {meta['cpu_count']} CPUs"
+        + (f", GPU {meta['gpu']} (torch {meta.get('torch')}, transformers {meta.get('transformers')})"
+           if meta.get("gpu") else "") + f". {meta.get('budget_note', '')}",
         "- Runs: " + ", ".join(f"{o} ({a}, {b}): seeds {sorted(r['seed'] for r in v)}"
                                for (o, a, b), v in groups.items()) + "; "
         f"{meta['started']} to {meta.get('finished', '?')}.",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from benchmarks.provenance import commit
+from benchmarks.provenance import commit, machine
 
 
 def git(root, *args: str) -> str:
@@ -24,3 +24,12 @@ def test_commit_names_head_and_marks_changes_to_tracked_files(tmp_path):
     assert commit(tmp_path) == head[:12]
     (tmp_path / "code.py").write_text("a = 2\n")
     assert commit(tmp_path) == head[:12] + "+changes"
+
+
+def test_machine_names_the_accelerator_and_the_versions_that_ran():
+    import torch
+    import transformers
+
+    m = machine()
+    assert m["gpu"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+    assert (m["torch"], m["transformers"]) == (torch.__version__, transformers.__version__)

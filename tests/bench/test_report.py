@@ -88,7 +88,7 @@ def test_reproduce_keeps_other_settings_and_replaces_a_redone_one(tmp_path, monk
 
     calls = []
 
-    def fake_run_one(config, overrides, objective, seed):
+    def fake_run_one(config, overrides, objective, seed, sequences=None):
         from schemas.config import load_config
 
         cfg = load_config(config, [*overrides, f"train.objective={objective}"])
@@ -120,7 +120,7 @@ def test_an_interrupted_resume_keeps_the_runs_it_had_not_redone_yet(tmp_path, mo
     the finished runs it had not reached (they were once dropped until redone, and lost)."""
     from benchmarks import reproduce
 
-    def fake_run_one(config, overrides, objective, seed):
+    def fake_run_one(config, overrides, objective, seed, sequences=None):
         if objective == "cft":
             raise KeyboardInterrupt  # the session ends before cft is re-invoked
         return {**_run(objective, seed, 0.7, 0.0, 0.0, 1.0), "overrides": list(overrides)}
@@ -143,7 +143,7 @@ def test_a_resumed_reproduction_keeps_the_times_of_the_runs_it_reuses(tmp_path, 
     time the run took when it was computed, not the reuse's; a recomputed run gets its new time."""
     from benchmarks import reproduce
 
-    def fake_run_one(config, overrides, objective, seed):
+    def fake_run_one(config, overrides, objective, seed, sequences=None):
         folder = "m1" if objective == "cft" else "m2"  # sft's folders changed: a new computation
         return {**_run(objective, seed, 0.5, 0.0, *({"cft": (0.1, 0.25), "sft": (0.0, 1.0)}[objective])),
                 "train_s": 0.0, "eval_s": 2.0, "reused": True, "model_dir": folder, "eval_dir": folder + "/e"}
