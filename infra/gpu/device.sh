@@ -46,7 +46,7 @@ if [ -z "$DRY" ]; then
     export PYTHONPATH="$SITE:$PWD"
     nvidia-smi | tee "$OUT/nvidia-smi.txt"
 else  # this machine's venv; the SmolLM2 joined from the kit all the same
-    PY=.venv/bin/python DEVICE=cpu DTYPE=fp32 MODELS=tiny BENCH_S=300 STEPS=1 ROWS=2 VALID=4 SEEDS=0
+    PY=${PY:-.venv/bin/python} DEVICE=cpu DTYPE=fp32 MODELS=tiny BENCH_S=300 STEPS=1 ROWS=2 VALID=4 SEEDS=0
     SITE=$(mktemp -d)
     export PYTHONPATH="$SITE:$PWD"
 fi
