@@ -53,7 +53,9 @@ export PYTHONPATH="$SITE:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PA
 set_up() {
     [ -d .gpukit/c ] && cp -r .gpukit/c/. "$STASH/"
     [ -f "$SITE/ready" ] && return 0
-    if [ -z "$DRY" ]; then
+    if [ -z "$DRY" ]; then  # no GPU visible: stop at once rather than spend the device time on the CPU
+        python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'
+print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name(0))" || return 1
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
             "$STASH"/wheels/*.whl || return 1
         nvidia-smi | tee "$OUT/nvidia-smi.txt"
