@@ -143,6 +143,8 @@ def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
     bytes of every source file and the reader's version."""
     files = source_files(cfg)
     key = {"source": source_settings(cfg), "files": [(f.name, file_digest(f)) for f in files]}
+    # The reader's version sits under "reader", not storage.with_code_versions' "code": it was
+    # keyed so before that helper, and moving it would write every generic source's folders again.
     if (reader := READER_VERSIONS.get(cfg.source.format, 1)) > 1:  # (version 1 was never in the key)
         key["reader"] = reader
     fp = fingerprint(key)

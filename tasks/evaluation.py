@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
 from schemas.errors import DataError
-from tasks.storage import atomic_dir, fingerprint
+from tasks.storage import atomic_dir, fingerprint, with_code_versions
 from tasks.training import read_records
 
 TOP_K_MAX = 50  # rankings are kept to the largest K reported
@@ -168,20 +168,13 @@ def model_fingerprint(model_dir: Path) -> str:
                         "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]})
 
 
-def _with_code_versions(payload: dict, *names: str) -> dict:
-    """`payload` and, under "code", those of the named code versions that are past 1."""
-    versions = {"evaluation": EVALUATION_VERSION, "embeddings": EMBEDDINGS_VERSION}
-    if past_one := {name: versions[name] for name in names if versions[name] > 1}:
-        return {**payload, "code": past_one}
-    return payload
-
-
 def evaluation_dir(cfg: PipelineConfig, model_dir: Path, sequences: Path) -> Path:
     """Output folder of `evaluate`: named by the eval settings, the records, the model and the
     code versions of the evaluation and of the embeddings its grounding ranks with."""
-    fp = fingerprint(_with_code_versions({
+    fp = fingerprint(with_code_versions({
         "eval": cfg.eval.model_dump(), "data": sequences.name, "model": model_fingerprint(model_dir),
-        "domain": cfg.data.domain, "max_history": cfg.data.max_history}, "evaluation", "embeddings"))
+        "domain": cfg.data.domain, "max_history": cfg.data.max_history},
+        evaluation=EVALUATION_VERSION, embeddings=EMBEDDINGS_VERSION))
     return model_dir.parent / "evaluation" / f"{cfg.eval.split}-{fp}"
 
 
@@ -190,8 +183,8 @@ def embeddings_cache(model_dir: Path, sequences: Path, precision: str) -> Path:
     model, as its evaluations are, so that they go when its training folder goes (`cft gc`).
     Keyed by everything that changes them: the weights, the catalogue, the precision they ran at
     and the code version that computed them."""
-    key = fingerprint(_with_code_versions({"model": model_fingerprint(model_dir), "catalogue": sequences.name,
-                                           "precision": precision}, "embeddings"))
+    key = fingerprint(with_code_versions({"model": model_fingerprint(model_dir), "catalogue": sequences.name,
+                                          "precision": precision}, embeddings=EMBEDDINGS_VERSION))
     return model_dir.parent / "embeddings" / f"{key}.npy"
 
 

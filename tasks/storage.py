@@ -35,6 +35,16 @@ def fingerprint(payload: Any) -> str:
     return hashlib.sha256(f"{CODE_VERSION}\n{text}".encode()).hexdigest()[:16]
 
 
+def with_code_versions(payload: dict, **versions: int) -> dict:
+    """`payload` with, under "code", those of a stage's own code `versions` that are past 1 (a
+    stage's output changed for the same inputs since CODE_VERSION was last bumped: only its
+    folders are written again). Version 1 is never in a key, so a stage that gains a version keeps
+    every folder written before it."""
+    if past_one := {name: v for name, v in versions.items() if v > 1}:
+        return {**payload, "code": past_one}
+    return payload
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary folder that becomes `target` when the block succeeds."""

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
 from schemas.errors import ConfigError, DataError
-from tasks.storage import fingerprint, write_json_atomic
+from tasks.storage import fingerprint, with_code_versions, write_json_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,8 +132,7 @@ def run_fingerprint(cfg: PipelineConfig, data_fingerprint: str, warm_start: str 
                "train": cfg.train.model_dump(exclude={"keep_checkpoints"}), "world_size": world_size()}
     if warm_start:
         payload["warm_start"] = warm_start
-    if TRAINING_VERSION > 1:
-        payload["code"] = TRAINING_VERSION
+    payload = with_code_versions(payload, training=TRAINING_VERSION)
     return fingerprint(payload)
 
 

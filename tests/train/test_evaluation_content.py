@@ -48,7 +48,8 @@ def test_the_evaluation_of_each_code_version_is_pinned(tmp_path, small_sequences
     seq, _ = small_sequences
     cfg = tiny_eval_config(tmp_path)
     model_dir = model_folder(cfg, seq)
-    result = evaluate_fresh(cfg, model_dir, seq)
+    result = evaluation.evaluate(cfg, model_dir, seq, progress=False)
+    assert not result.reused
 
     preds = pd.read_parquet(result.path / "predictions.parquet")
     ranked = [c for c in preds.columns if c.endswith(("_top10", "_rank", "generated"))]
@@ -67,12 +68,6 @@ def test_the_evaluation_of_each_code_version_is_pinned(tmp_path, small_sequences
             "the CI machine's CPU: elsewhere, float rounding may also flip a near-tie of the untrained model)")
     assert EMBEDDINGS_CONTENT.get(versions[1]) == found_embeddings, f"{hint}: {found_embeddings}"
     assert EVALUATION_CONTENT.get(versions) == found, f"{hint}: {found}"
-
-
-def evaluate_fresh(cfg, model_dir, seq):
-    out = evaluation.evaluate(cfg, model_dir, seq, progress=False)
-    assert not out.reused
-    return out
 
 
 def test_the_code_versions_join_the_keys_only_past_one(tmp_path, monkeypatch):
