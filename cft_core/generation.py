@@ -17,15 +17,22 @@ The prompts themselves share their first ~70 tokens (preamble, instruction, the 
 introduction), half of a 10-title prompt. Those run once per batch, laid out in the first columns
 with each row's own tokens right-aligned after them, or once per model when a `PromptPrefixCache`
 keeps them (`cft_core.prefix`; the `Ranker` holds one, so evaluation and serving compute them once).
+
+The search is the settings' alone. `generate` fills every field its config leaves unset from the
+model's own `generation_config` (the model folder's generation_config.json): an Instruct model's
+repetition_penalty, a min_length or suppressed tokens would re-rank or prune the beams, constrained
+ones included (cft-method.md, section 5). For the call, the model's config is the search's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from cft_core.constrained import TitleTrie, TrieLogitsProcessor
@@ -127,6 +134,34 @@ def shared_prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return cache
 
 
+def beam_search_config(settings: GenerationSettings, tokenizer, constrained: bool,
+                       with_scores: bool) -> GenerationConfig:
+    """The whole beam search as one config: no sampling, the settings' sizes, the tokenizer's
+    special tokens; every other field at transformers' neutral default."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return GenerationConfig(
+        num_beams=settings.num_beams, num_return_sequences=settings.num_return_sequences,
+        min_new_tokens=1 if constrained else settings.min_new_tokens,  # a catalogue title may be short
+        max_new_tokens=settings.max_new_tokens, length_penalty=settings.length_penalty,
+        do_sample=False, early_stopping=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id,
+        return_dict_in_generate=True, output_scores=with_scores,
+    )
+
+
+@contextmanager
+def only_this_generation_config(model, config: GenerationConfig) -> Iterator[None]:
+    """Within the block, `model.generation_config` is `config`, so generate has nothing of the
+    model's own to fill in (module docstring); restored after, also on an error. One thread per
+    model at a time (serving ranks in one worker thread)."""
+    own = model.generation_config
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = own
+
+
 @torch.no_grad()
 def generate_titles(
     model,
@@ -151,9 +186,9 @@ def generate_titles(
     progress: a bar per batch, on a terminal only (tqdm's disable=None: none in a log file)."""
     model.eval()
     device = model_device(model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if trie is not None:
         trie = trie.to(device)
+    config = beam_search_config(settings, tokenizer, constrained=trie is not None, with_scores=with_scores)
     out: list[list[str]] = []
     scores: list[list[float]] = []
     batches = range(0, len(prompt_texts), settings.batch_size)
@@ -163,7 +198,7 @@ def generate_titles(
         shared = 0  # tokens every prompt of the batch starts with, run once
         if share_prefill and share_prefix:  # each row keeps its last token: generate feeds it
             shared = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)
-        ids, mask = layout_prompts(rows, pad_id, shared)
+        ids, mask = layout_prompts(rows, config.pad_token_id, shared)
         width = ids.shape[1]
         processors = [TrieLogitsProcessor(trie, width, tokenizer.eos_token_id)] if trie is not None else None
         ids, mask = ids.to(device), mask.to(device)
@@ -171,14 +206,9 @@ def generate_titles(
         cache = (shared_prefill(model, ids, mask, settings.num_beams, room=1 + settings.max_new_tokens,
                                 shared=shared, prefix_cache=prefix_cache)
                  if share_prefill and width > 1 else None)
-        gen = model.generate(
-            input_ids=ids, attention_mask=mask, past_key_values=cache,
-            num_beams=settings.num_beams, num_return_sequences=settings.num_return_sequences,
-            min_new_tokens=settings.min_new_tokens if trie is None else 1,
-            max_new_tokens=settings.max_new_tokens, length_penalty=settings.length_penalty,
-            do_sample=False, early_stopping=True, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
-            logits_processor=processors, return_dict_in_generate=True, output_scores=with_scores,
-        )
+        with only_this_generation_config(model, config):
+            gen = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache,
+                                 generation_config=config, logits_processor=processors)
         texts = tokenizer.batch_decode(gen.sequences[:, width:], skip_special_tokens=True)
         k = settings.num_return_sequences
         out += [[PromptBuilder.parse_response(t) for t in texts[i * k : (i + 1) * k]] for i in range(len(chunk))]

@@ -43,7 +43,9 @@ TOP_K_MAX = 50  # rankings are kept to the largest K reported
 # (`cft_core.ranking.embed_titles`): folders written before are then computed afresh instead of
 # being reused as if current. tests/train/test_evaluation_content.py pins each version's output.
 # Version 1 was never in a key, so what was written before these constants stays reused.
-EVALUATION_VERSION = 1
+# 2: beam search no longer takes fields from the model folder's generation_config.json (an
+#    Instruct model's repetition_penalty re-ranked the beams); same output for models without them.
+EVALUATION_VERSION = 2
 EMBEDDINGS_VERSION = 1
 
 

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from cft_core.constrained import DEAD, TitleTrie
+from cft_core.constrained import DEAD, TitleTrie, TrieLogitsProcessor
 from cft_core.generation import GenerationSettings, generate_titles, response_token_ids
 from cft_core.prompts import PromptBuilder
 from cft_core.tiny import build_tiny_model, build_tiny_tokenizer
@@ -28,6 +28,22 @@ def test_trie_mask_matches_a_per_beam_walk():
             nexts = {s[length] for s in seqs if len(s) > length and s[:length] == row}
             assert set(torch.nonzero(m).flatten().tolist()) == nexts
             assert (node == DEAD) == (not nexts and not any(s == row for s in seqs))
+
+
+def test_a_beam_with_nothing_allowed_may_only_end_never_decode_freely():
+    """The processor's scores after each beam's generated tokens (prompt columns first): a live
+    prefix keeps exactly its children, while a finished title (a leaf: its EOS is in the tree) and a
+    prefix that left the tree get EOS alone, never the free vocabulary."""
+    eos, vocab = 9, 10
+    trie = TitleTrie([[1, 2, eos], [1, 3, eos], [4, eos]], vocab_size=vocab)
+    prompt = [7, 7]  # two prompt columns, skipped by prompt_length
+    generated = [[], [1], [1, 2], [1, 2, eos], [5], [1, 4]]  # root, live, live, leaf, off the tree x 2
+    allowed = []  # rows of different lengths: one call each
+    for g in generated:
+        scores = TrieLogitsProcessor(trie, len(prompt), eos)(torch.tensor([prompt + g]), torch.zeros(1, vocab))
+        assert torch.isin(scores, torch.tensor([0.0, float("-inf")])).all()
+        allowed.append(set(torch.nonzero(scores[0] == 0).flatten().tolist()))
+    assert allowed == [{1, 4}, {2, 3}, {eos}, {eos}, {eos}, {eos}]
 
 
 def _catalogue(name: str) -> list[str]:

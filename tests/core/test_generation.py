@@ -82,3 +82,31 @@ def test_shared_prefix_generates_what_each_row_alone_does(tiny_tokenizer, constr
     assert start > 10  # the preamble and the instruction, at least
     width = start + max(len(r) - start for r in rows)  # layout_prompts' width with shared >= start
     assert shapes[0] == (4, width - 1 - start)  # the prompt pass: everything but the cached start
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_the_models_own_generation_config_changes_nothing(tiny_tokenizer, constrained):
+    """A model folder brings its own generation_config.json (an Instruct model's: repetition_penalty,
+    top_k / top_p, a min_length...); generate fills every field a call leaves unset from it, so those
+    would re-rank or prune the beams (cft-method.md, section 5). The search is the settings' alone:
+    the same titles and scores as with a clean config, and the model's config is as it was after."""
+    from tests.conftest import make_records
+
+    model = build_tiny_model(len(tiny_tokenizer), seed=5)
+    prompts = PromptBuilder.for_domain("movies")
+    texts = [prompts.factual(r["history_titles"]) for r in make_records(4, seed=3)]
+    settings = GenerationSettings(num_beams=4, num_return_sequences=4, min_new_tokens=4, max_new_tokens=12,
+                                  length_penalty=1.0, batch_size=2)
+    trie = TitleTrie(response_token_ids(tiny_tokenizer, prompts, TITLES), len(tiny_tokenizer)) if constrained else None
+    clean = generate_titles(model, tiny_tokenizer, texts, settings, trie=trie, progress=False, with_scores=True)
+
+    # What a Qwen2.5-Instruct folder carries, and worse: each of these alone changes a beam search.
+    own = {"do_sample": True, "top_k": 2, "top_p": 0.5, "temperature": 0.3, "repetition_penalty": 3.0,
+           "no_repeat_ngram_size": 1, "min_length": 400, "suppress_tokens": [tiny_tokenizer.eos_token_id]}
+    for field, value in own.items():
+        setattr(model.generation_config, field, value)
+    polluted = generate_titles(model, tiny_tokenizer, texts, settings, trie=trie, progress=False, with_scores=True)
+
+    assert polluted[0] == clean[0]
+    assert sum(polluted[1], []) == pytest.approx(sum(clean[1], []), abs=1e-5)
+    assert {f: getattr(model.generation_config, f) for f in own} == own
