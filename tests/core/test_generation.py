@@ -10,7 +10,17 @@ from cft_core.generation import GenerationSettings, generate_titles, response_to
 from cft_core.prefix import PromptPrefixCache, common_prefix_length
 from cft_core.prompts import PromptBuilder
 from cft_core.tiny import build_tiny_model
-from tests.conftest import TITLES
+from tests.conftest import TITLES, make_records
+
+
+def beam_search_case(tokenizer, constrained: bool, rows: int, records_seed: int, model_seed: int, **settings):
+    """A tiny model, `rows` factual prompts of uneven lengths, the settings, and the catalogue trie
+    when `constrained`: (model, prompts, texts, settings, trie)."""
+    model = build_tiny_model(len(tokenizer), seed=model_seed)
+    prompts = PromptBuilder.for_domain("movies")
+    texts = [prompts.factual(r["history_titles"]) for r in make_records(rows, seed=records_seed)]
+    trie = TitleTrie(response_token_ids(tokenizer, prompts, TITLES), len(tokenizer)) if constrained else None
+    return model, prompts, texts, GenerationSettings(length_penalty=1.0, **settings), trie
 
 
 @pytest.mark.parametrize("constrained", [False, True])
@@ -18,14 +28,9 @@ def test_shared_prefill_generates_what_plain_beam_search_does(tiny_tokenizer, co
     """Prompts run once, their cache repeated per beam in the in-place beam cache == generate's own
     per-beam prompt pass and stock cache: the same titles in the same order, the same scores.
     Free generation runs to max_new_tokens, so the cache's room is used to its end."""
-    from tests.conftest import make_records
-
-    model = build_tiny_model(len(tiny_tokenizer), seed=5)
-    prompts = PromptBuilder.for_domain("movies")
-    texts = [prompts.factual(r["history_titles"]) for r in make_records(5, seed=2)]  # uneven lengths
-    settings = GenerationSettings(num_beams=4, num_return_sequences=4, min_new_tokens=4, max_new_tokens=12,
-                                  length_penalty=1.0, batch_size=3)
-    trie = TitleTrie(response_token_ids(tiny_tokenizer, prompts, TITLES), len(tiny_tokenizer)) if constrained else None
+    model, _, texts, settings, trie = beam_search_case(
+        tiny_tokenizer, constrained, rows=5, records_seed=2, model_seed=5,
+        num_beams=4, num_return_sequences=4, min_new_tokens=4, max_new_tokens=12, batch_size=3)
     shared, shared_scores = generate_titles(model, tiny_tokenizer, texts, settings, trie=trie, progress=False,
                                             with_scores=True)
     plain, plain_scores = generate_titles(model, tiny_tokenizer, texts, settings, trie=trie, progress=False,
@@ -51,14 +56,9 @@ def test_shared_prefix_generates_what_each_row_alone_does(tiny_tokenizer, constr
     it), == every row running its whole prompt: the same titles in the same order, the same
     scores. The cached prefix is really not run again: the second call's prompt pass starts
     after it."""
-    from tests.conftest import make_records
-
-    model = build_tiny_model(len(tiny_tokenizer), seed=7)
-    prompts = PromptBuilder.for_domain("movies")
-    texts = [prompts.factual(r["history_titles"]) for r in make_records(7, seed=4)]
-    settings = GenerationSettings(num_beams=3, num_return_sequences=3, min_new_tokens=2, max_new_tokens=10,
-                                  length_penalty=1.0, batch_size=4)
-    trie = TitleTrie(response_token_ids(tiny_tokenizer, prompts, TITLES), len(tiny_tokenizer)) if constrained else None
+    model, prompts, texts, settings, trie = beam_search_case(
+        tiny_tokenizer, constrained, rows=7, records_seed=4, model_seed=7,
+        num_beams=3, num_return_sequences=3, min_new_tokens=2, max_new_tokens=10, batch_size=4)
 
     def run(**kw):
         return generate_titles(model, tiny_tokenizer, texts, settings, trie=trie, progress=False, with_scores=True, **kw)
@@ -90,14 +90,9 @@ def test_the_models_own_generation_config_changes_nothing(tiny_tokenizer, constr
     top_k / top_p, a min_length...); generate fills every field a call leaves unset from it, so those
     would re-rank or prune the beams (cft-method.md, section 5). The search is the settings' alone:
     the same titles and scores as with a clean config, and the model's config is as it was after."""
-    from tests.conftest import make_records
-
-    model = build_tiny_model(len(tiny_tokenizer), seed=5)
-    prompts = PromptBuilder.for_domain("movies")
-    texts = [prompts.factual(r["history_titles"]) for r in make_records(4, seed=3)]
-    settings = GenerationSettings(num_beams=4, num_return_sequences=4, min_new_tokens=4, max_new_tokens=12,
-                                  length_penalty=1.0, batch_size=2)
-    trie = TitleTrie(response_token_ids(tiny_tokenizer, prompts, TITLES), len(tiny_tokenizer)) if constrained else None
+    model, _, texts, settings, trie = beam_search_case(
+        tiny_tokenizer, constrained, rows=4, records_seed=3, model_seed=5,
+        num_beams=4, num_return_sequences=4, min_new_tokens=4, max_new_tokens=12, batch_size=2)
     clean = generate_titles(model, tiny_tokenizer, texts, settings, trie=trie, progress=False, with_scores=True)
 
     # What a Qwen2.5-Instruct folder carries, and worse: each of these alone changes a beam search.
