@@ -19,6 +19,11 @@ vocabulary of 49k and N ~ 10 labels per example that is the difference between ~
 logits per batch. The counterfactual prompt is the same for every row, so it runs once per pack
 of rows, each response attending to it (`cft_core.packing`): the counterfactual pass costs about
 P + B x L tokens instead of B x (P + L) (P ~ 50 prompt, L ~ 15 response tokens).
+
+Applying the head itself assumes the model's logits are head(final hidden state). A few
+architectures transform them after the head (Gemma-2's final_logit_softcapping, Granite's
+logits_scaling, Cohere's logit_scale): `check_head_gives_logits` tells, from one forward pass, and
+the trainer runs it on its first batch.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from cft_core.modeling import IGNORE_INDEX, output_head
+from cft_core.modeling import IGNORE_INDEX, output_head, position_ids_from_mask
 from cft_core.packing import (
     PackedHalf,
     model_attention_mask,
@@ -37,6 +42,43 @@ from cft_core.packing import (
 )
 from cft_core.prefix import forward_after_prefix, layout_labelled
 from cft_core.weighting import token_weights
+
+
+class UnsupportedModelError(ValueError):
+    """A model this kernel cannot train (see `check_head_gives_logits`)."""
+
+
+@torch.no_grad()
+def check_head_gives_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                            rtol: float = 0.05) -> None:
+    """Raise UnsupportedModelError unless the model's logits are its output head applied to its
+    final hidden state, which `compute_cft_loss` relies on (module docstring).
+
+    input_ids, attention_mask: [B, T], e.g. a first training batch. One forward pass keeping the
+    last position's logits [B, V], compared with the head applied to that position's hidden state.
+    rtol: allowed gap relative to the largest logit of either; bf16 kernels differ by well under
+    1 %, while the transforms above change logits by a factor (scaling) or cap them (at ~30; a cap
+    far above every logit changes nothing and passes)."""
+    training = model.training
+    model.eval()  # no dropout: a training run draws the same random numbers with or without the check
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention_mask,
+                    position_ids=position_ids_from_mask(attention_mask),
+                    output_hidden_states=True, use_cache=False, logits_to_keep=1)
+        expected = out.logits[:, -1].float()
+        from_head = output_head(model)(out.hidden_states[-1][:, -1]).float()
+    finally:
+        model.train(training)
+    gap = (from_head - expected).abs().max().item()
+    largest = max(expected.abs().max().item(), from_head.abs().max().item())
+    if not gap <= rtol * largest + 1e-6:  # also catches NaN
+        config = getattr(getattr(model, "module", model), "config", None)
+        raise UnsupportedModelError(
+            f"model type {getattr(config, 'model_type', '?')!r} transforms its logits after the output head "
+            f"(largest gap {gap:.3g} on logits up to {largest:.3g}; e.g. Gemma-2's final_logit_softcapping, "
+            "Granite's logits_scaling, Cohere's logit_scale). The CFT loss applies the head itself, so it would "
+            "train other logits than the model predicts with: use a model whose logits are head(hidden) "
+            "(Llama, SmolLM2, Qwen2/2.5/3, Mistral, Gemma-3, Phi-3)")
 
 
 class CFTLossOutput(NamedTuple):
@@ -192,8 +234,8 @@ def compute_cft_loss(
     """One CFT step on a paired batch from `cft_core.collate.PairedCollator`.
 
     Args:
-        model: causal LM; called as a whole (so DeepSpeed / peft hooks run), with logits for
-            one position only.
+        model: causal LM whose logits are head(final hidden state) (`check_head_gives_logits`);
+            called as a whole (so DeepSpeed / peft hooks run), with logits for one position only.
         batch: input_ids / attention_mask / labels [B, Tf] (factual half) and
             cf_input_ids / cf_attention_mask / cf_labels [B, Tc] (counterfactual half,
             padded to its own length Tc < Tf). Both halves carry the same response tokens.

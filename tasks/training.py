@@ -193,6 +193,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     from transformers.trainer_utils import get_last_checkpoint
 
     from cft_core.collate import PairedCollator
+    from cft_core.loss import UnsupportedModelError
     from cft_core.prompts import PromptBuilder
     from cft_core.ranking import resolve_precision
     from cft_core.trainer import (
@@ -307,6 +308,8 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     except BaseException as error:
         if tracker:  # the run shows what happened; the next try resumes into it
             end_stopped_run(error)
+        if isinstance(error, UnsupportedModelError):  # the first step found it: the user's model folder
+            raise ConfigError(f"model.source {source}: {error}") from None
         raise
 
     summary = {

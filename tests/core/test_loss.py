@@ -248,3 +248,48 @@ def test_gradient_checkpointing_runs_every_factual_row_whole(tiny_tokenizer):
         hook.remove()
     assert widths[0] == tuple(batch["input_ids"].shape)  # no batch-of-1 pass of a shared start
     assert got.loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+def _post_head_models(vocab: int) -> dict[str, tuple[torch.nn.Module, torch.nn.Module]]:
+    """Tiny models whose logits are transformed after the head, each with the same model
+    without the transform: (transformed, plain)."""
+    from transformers import (
+        CohereConfig,
+        CohereForCausalLM,
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        GraniteConfig,
+        GraniteForCausalLM,
+    )
+
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8, attn_implementation="eager",
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    pairs = {}
+    for name, config, model, field, transformed, plain in [
+        ("gemma2", Gemma2Config, Gemma2ForCausalLM, "final_logit_softcapping", 0.05, None),  # a random tiny model's logits are < 1
+        ("granite", GraniteConfig, GraniteForCausalLM, "logits_scaling", 4.0, 1.0),
+        ("cohere", CohereConfig, CohereForCausalLM, "logit_scale", 0.25, 1.0),
+    ]:
+        torch.manual_seed(0)
+        with_transform = model(config(**common, **{field: transformed})).float()
+        without = model(config(**common, **{field: plain})).float()
+        without.load_state_dict(with_transform.state_dict())
+        pairs[name] = (with_transform, without)
+    return pairs
+
+
+def test_a_model_that_transforms_its_logits_after_the_head_is_refused(tiny_tokenizer):
+    """The kernel applies the head itself, so logits capped or scaled after it (Gemma-2, Granite,
+    Cohere) would be trained wrong: the check refuses them, naming the model type, and passes the
+    same weights without the transform, and the tiny Llama / Qwen2 the tests train."""
+    from cft_core.loss import UnsupportedModelError, check_head_gives_logits
+
+    batch = _batch(tiny_tokenizer, make_records(3, seed=1), "left")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    for arch in ("llama", "qwen2"):
+        check_head_gives_logits(build_tiny_model(len(tiny_tokenizer), arch=arch), ids, mask)
+    for name, (transformed, plain) in _post_head_models(len(tiny_tokenizer)).items():
+        check_head_gives_logits(plain, ids, mask)
+        with pytest.raises(UnsupportedModelError, match=f"model type '{name}' transforms its logits"):
+            check_head_gives_logits(transformed, ids, mask)
