@@ -45,7 +45,10 @@ from cft_core.weighting import token_weights
 
 
 class UnsupportedModelError(ValueError):
-    """A model this kernel cannot train (see `check_head_gives_logits`)."""
+    """A model this kernel cannot train (see `check_head_gives_logits`); the user's choice, so
+    reported without a traceback (schemas.errors.UserError)."""
+
+    user_error = True
 
 
 @torch.no_grad()
