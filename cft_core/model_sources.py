@@ -111,19 +111,41 @@ def weight_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def load_tokenizer(source: str, cache_dir: Path | None = None):
+def load_tokenizer(source: str | Path, cache_dir: Path | None = None):
+    """The tokenizer of `smollm2` or a model folder; a folder without a usable one is named."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_folder(source, cache_dir))
+    folder = resolve_model_folder(str(source), cache_dir)
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e:  # no tokenizer files, an unreadable or unknown one
+        raise ModelFolderError(f"{folder} holds no usable tokenizer: {_first_line(e)}") from None
 
 
-def load_causal_lm(source: str, cache_dir: Path | None = None, dtype=None):
-    """Load a causal LM from safetensors only (`use_safetensors=True`: no pickle fallback)."""
+def load_causal_lm(source: str | Path, cache_dir: Path | None = None, dtype=None):
+    """Load a causal LM from safetensors only (`use_safetensors=True`: no pickle fallback).
+
+    A folder that does not hold one is named, never loaded half-random: unreadable or unknown
+    config, no safetensors weights, or weights that lack tensors the causal LM needs (a BERT, or a
+    base model saved without its LM head: from_pretrained would initialise those at random)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
-        resolve_model_folder(source, cache_dir),
-        dtype=dtype or torch.float32,
-        use_safetensors=True,
-    )
+    folder = resolve_model_folder(str(source), cache_dir)
+    weight_files(folder)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype or torch.float32, use_safetensors=True, output_loading_info=True)
+    except (OSError, ValueError) as e:  # invalid config.json, an architecture transformers does not know
+        raise ModelFolderError(f"{folder} cannot be loaded as a causal LM: {_first_line(e)}") from None
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise ModelFolderError(
+            f"{folder} is not a causal-LM checkpoint for {type(model).__name__}: its weights lack "
+            f"{len(missing)} tensor{'s' * (len(missing) != 1)} the model needs ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), "
+            "which would start random (a model of another kind, or saved without its LM head?)")
+    return model
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -193,12 +193,12 @@ def embeddings_cache(model_dir: Path, sequences: Path, precision: str) -> Path:
 def load_model(model_dir: Path, precision: str):
     """(model on the best device at `precision`, tokenizer) from a model folder (safetensors)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cft_core.model_sources import load_causal_lm, load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(model_dir)
+    return load_causal_lm(model_dir, dtype=dtype).to(device).eval(), load_tokenizer(model_dir)
 
 
 def catalogue_embeddings(model, tokenizer, titles: list[str], cache: Path, progress: bool = False):

@@ -185,8 +185,6 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
 
     import torch
     from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
         EarlyStoppingCallback,
         TrainingArguments,
     )
@@ -194,6 +192,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
 
     from cft_core.collate import PairedCollator
     from cft_core.loss import UnsupportedModelError
+    from cft_core.model_sources import load_causal_lm, load_tokenizer
     from cft_core.prompts import PromptBuilder
     from cft_core.ranking import resolve_precision
     from cft_core.trainer import (
@@ -223,13 +222,12 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     precision = resolve_precision(t.precision)
 
     source = warm_start[0] if warm_start else model_folder(cfg, sequences)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = load_tokenizer(source)
     train_rows = read_records(sequences / "train.parquet")
     valid_rows = read_records(sequences / "valid.parquet", t.max_eval_samples, t.seed)
     if not train_rows:
         raise DataError(f"{sequences / 'train.parquet'} holds no records to train on")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     eval_strategy = "steps" if t.eval_steps else "epoch"
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
@@ -267,7 +265,8 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         accelerator_config={"use_configured_state": configured_state},
     )
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
+    model = load_causal_lm(source, dtype=dtype)  # a folder that holds none stops here, nothing written
+    run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.model.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
@@ -373,10 +372,10 @@ def _save_final(trainer, cfg: PipelineConfig, source: Path, tokenizer, run_dir: 
 
 def _merge_lora(base: Path, adapter: Path, out: Path) -> None:
     """Base weights + adapter -> one plain model folder (serving needs no peft)."""
-    import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
+    from cft_core.model_sources import load_causal_lm
+
+    model = load_causal_lm(base)  # fp32
     merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)

@@ -68,6 +68,19 @@ def test_a_folder_that_holds_no_model(tmp_path):
     assert f"error: model source '{empty}' is neither 'smollm2', 'tiny' nor a Hugging Face model folder" in res.output
     assert not list((tmp_path / "data").glob("training/*/model"))  # no model written
 
+    from transformers import BertConfig, BertModel  # a model, but not a causal LM
+
+    from cft_core.tiny import build_tiny_tokenizer
+
+    bert = tmp_path / "bert"
+    BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(bert)
+    build_tiny_tokenizer(["a b c d", "hello world"], vocab_size=64).save_pretrained(bert)
+    res = run("train", "-c", str(p), "--set", f"model.source={bert}")
+    assert res.exit_code == 2, res.output
+    assert f"error: {bert} is not a causal-LM checkpoint for BertLMHeadModel: its weights lack" in res.output
+    assert not list((tmp_path / "data").glob("training/*"))  # no training folder begun
+
 
 @pytest.mark.parametrize(("deepspeed", "message"), [
     ("nope.json", r"train.deepspeed: DeepSpeed config nope.json not found \(looked at .*nope.json\)"),

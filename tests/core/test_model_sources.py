@@ -1,14 +1,74 @@
-"""The packaged SmolLM2-135M: converted once to safetensors, reloaded, and still a real model."""
+"""Model folders: the packaged SmolLM2-135M (converted once to safetensors, reloaded, still a real
+model), and folders a user names that hold no causal LM, refused with the folder named."""
+
+import json
+import shutil
 
 import pytest
 import torch
 
 from cft_core import model_sources
+from cft_core.tiny import save_tiny_model_folder
 
 
 def test_unknown_source_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither 'smollm2', 'tiny' nor a Hugging Face model folder"):
         model_sources.resolve_model_folder(str(tmp_path))
+
+
+def _spoil(folder, how: str) -> None:
+    """Turn a good tiny model folder into one of the bad folders users bring."""
+    if how == "bert":  # another kind of model: from_pretrained would load it as BertLMHeadModel, head random
+        from transformers import BertConfig, BertModel
+
+        (folder / "config.json").unlink()
+        (folder / "model.safetensors").unlink()
+        BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=32)).save_pretrained(folder)
+    elif how == "no_head":  # the backbone alone, saved without its LM head
+        from transformers import AutoModel
+
+        backbone = AutoModel.from_pretrained(folder)
+        (folder / "model.safetensors").unlink()
+        backbone.save_pretrained(folder)
+    elif how == "invalid_json":
+        (folder / "config.json").write_text("{not json")
+    elif how == "unknown_type":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": "mystery"}))
+    elif how == "pickle_only":
+        (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    elif how == "no_tokenizer":
+        for f in folder.glob("t*"):
+            if f.name.startswith("tokenizer"):
+                f.unlink()
+        for f in folder.glob("special_tokens_map.json"):
+            f.unlink()
+
+
+@pytest.mark.parametrize(("how", "message"), [
+    ("bert", "is not a causal-LM checkpoint for BertLMHeadModel: its weights lack"),
+    ("no_head", r"is not a causal-LM checkpoint for LlamaForCausalLM: its weights lack 1 tensor the model needs \(lm_head"),
+    ("invalid_json", "cannot be loaded as a causal LM: .*config.json"),
+    ("unknown_type", "cannot be loaded as a causal LM: .*mystery"),
+    ("pickle_only", "holds no \\*.safetensors weights"),
+])
+def test_a_folder_without_a_causal_lm_is_named_not_loaded_half_random(tmp_path, how, message):
+    good = save_tiny_model_folder(tmp_path / "good", ["a b c d", "hello world"], vocab_size=64)
+    model_sources.load_causal_lm(good)  # the folder before it is spoiled loads
+    folder = shutil.copytree(good, tmp_path / how)
+    _spoil(folder, how)
+    with pytest.raises(model_sources.ModelFolderError, match=f"{folder}.*{message}") as caught:
+        model_sources.load_causal_lm(folder)
+    assert caught.value.user_error  # reported in a few lines, exit 2
+
+
+def test_a_folder_without_a_tokenizer_is_named(tmp_path):
+    folder = save_tiny_model_folder(tmp_path / "m", ["a b c d", "hello world"], vocab_size=64)
+    model_sources.load_tokenizer(folder)
+    _spoil(folder, "no_tokenizer")
+    with pytest.raises(model_sources.ModelFolderError, match=f"{folder} holds no usable tokenizer"):
+        model_sources.load_tokenizer(folder)
 
 
 @pytest.mark.slow
