@@ -88,14 +88,15 @@ class ModelFolderError(FileNotFoundError):
     user_error = True
 
 
-def resolve_model_folder(source: str, cache_dir: Path | None = None) -> Path:
-    """`smollm2` or a local folder -> a Hugging Face model folder on disk."""
+def resolve_model_folder(source: str | Path, cache_dir: Path | None = None) -> Path:
+    """`smollm2` or a local folder -> a Hugging Face model folder on disk (a Path is always a
+    folder, even one named smollm2)."""
     if source == "smollm2":
         return smollm2_folder(cache_dir)
     path = Path(source).expanduser()
     if not (path / "config.json").is_file():
         raise ModelFolderError(
-            f"model source {source!r} is neither 'smollm2', 'tiny' nor a Hugging Face model "
+            f"model source {str(source)!r} is neither 'smollm2', 'tiny' nor a Hugging Face model "
             f"folder (no config.json in {path})"
         )
     return path
@@ -115,7 +116,7 @@ def load_tokenizer(source: str | Path, cache_dir: Path | None = None):
     """The tokenizer of `smollm2` or a model folder; a folder without a usable one is named."""
     from transformers import AutoTokenizer
 
-    folder = resolve_model_folder(str(source), cache_dir)
+    folder = resolve_model_folder(source, cache_dir)
     try:
         return AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as e:  # no tokenizer files, an unreadable or unknown one
@@ -131,7 +132,7 @@ def load_causal_lm(source: str | Path, cache_dir: Path | None = None, dtype=None
     import torch
     from transformers import AutoModelForCausalLM
 
-    folder = resolve_model_folder(str(source), cache_dir)
+    folder = resolve_model_folder(source, cache_dir)
     weight_files(folder)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(

@@ -3,6 +3,7 @@ model), and folders a user names that hold no causal LM, refused with the folder
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,13 @@ from cft_core.tiny import save_tiny_model_folder
 def test_unknown_source_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither 'smollm2', 'tiny' nor a Hugging Face model folder"):
         model_sources.resolve_model_folder(str(tmp_path))
+
+
+def test_a_path_is_a_folder_even_when_named_like_the_packaged_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = save_tiny_model_folder(tmp_path / "smollm2", ["a b c d"], vocab_size=64)
+    assert model_sources.resolve_model_folder(Path("smollm2")) == Path("smollm2")
+    assert model_sources.load_causal_lm(Path("smollm2")).config.vocab_size == len(model_sources.load_tokenizer(folder))
 
 
 def _spoil(folder, how: str) -> None:
