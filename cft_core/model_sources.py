@@ -148,5 +148,14 @@ def load_causal_lm(source: str | Path, cache_dir: Path | None = None, dtype=None
     return model
 
 
+def check_tokenizer_fits(model, tokenizer, folder: Path) -> None:
+    """A tokenizer whose ids run past the model's embedding rows (a folder assembled from two
+    models) would fail mid-training with an index error: named here instead."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ModelFolderError(f"{folder}: the tokenizer has {len(tokenizer)} tokens but the model embeds "
+                               f"{rows}: they do not belong together")
+
+
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]

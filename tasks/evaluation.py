@@ -194,11 +194,13 @@ def load_model(model_dir: Path, precision: str):
     """(model on the best device at `precision`, tokenizer) from a model folder (safetensors)."""
     import torch
 
-    from cft_core.model_sources import load_causal_lm, load_tokenizer
+    from cft_core.model_sources import check_tokenizer_fits, load_causal_lm, load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    return load_causal_lm(model_dir, dtype=dtype).to(device).eval(), load_tokenizer(model_dir)
+    model, tokenizer = load_causal_lm(model_dir, dtype=dtype), load_tokenizer(model_dir)
+    check_tokenizer_fits(model, tokenizer, model_dir)
+    return model.to(device).eval(), tokenizer
 
 
 def catalogue_embeddings(model, tokenizer, titles: list[str], cache: Path, progress: bool = False):

@@ -192,7 +192,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
 
     from cft_core.collate import PairedCollator
     from cft_core.loss import UnsupportedModelError
-    from cft_core.model_sources import load_causal_lm, load_tokenizer
+    from cft_core.model_sources import check_tokenizer_fits, load_causal_lm, load_tokenizer
     from cft_core.prompts import PromptBuilder
     from cft_core.ranking import resolve_precision
     from cft_core.trainer import (
@@ -266,6 +266,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     )
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = load_causal_lm(source, dtype=dtype)  # a folder that holds none stops here, nothing written
+    check_tokenizer_fits(model, tokenizer, source)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.model.lora.enabled:
         from peft import LoraConfig, get_peft_model

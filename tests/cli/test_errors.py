@@ -3,6 +3,7 @@ and leaves nothing behind; `--debug` shows the traceback instead."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,6 @@ def profile(tmp_path, text: str) -> Path:
     ("", ["registry.gate_metric=constrained/NDCG@0"], r"registry.gate_metric: String should match pattern"),
 ])
 def test_config_mistakes(tmp_path, extra, overrides, message):
-    import re
-
     args = ["data", "prepare", "-c", str(profile(tmp_path, extra))]
     for item in overrides:
         args += ["--set", item]
@@ -80,6 +79,15 @@ def test_a_folder_that_holds_no_model(tmp_path):
     assert res.exit_code == 2, res.output
     assert f"error: {bert} is not a causal-LM checkpoint for BertLMHeadModel: its weights lack" in res.output
     assert not list((tmp_path / "data").glob("training/*"))  # no training folder begun
+
+    from cft_core.tiny import save_tiny_model_folder
+
+    mixed = save_tiny_model_folder(tmp_path / "mixed", ["a b c d"], vocab_size=64)
+    build_tiny_tokenizer([" ".join(f"w{i}x{j}" for i in range(40) for j in range(40))],
+                         vocab_size=500).save_pretrained(mixed)  # another model's tokenizer
+    res = run("evaluate", "-c", str(p), "--model-dir", str(mixed))
+    assert res.exit_code == 2, res.output
+    assert re.search(f"error: {mixed}: the tokenizer has \\d+ tokens but the model embeds \\d+", res.output), res.output
 
 
 @pytest.mark.parametrize(("deepspeed", "message"), [

@@ -24,6 +24,20 @@ def test_a_path_is_a_folder_even_when_named_like_the_packaged_model(tmp_path, mo
     assert model_sources.load_causal_lm(Path("smollm2")).config.vocab_size == len(model_sources.load_tokenizer(folder))
 
 
+def test_a_tokenizer_larger_than_the_models_embedding_is_named(tmp_path):
+    from cft_core.tiny import build_tiny_tokenizer
+
+    folder = save_tiny_model_folder(tmp_path / "m", ["a b c d"], vocab_size=64)
+    model = model_sources.load_causal_lm(folder)
+    model_sources.check_tokenizer_fits(model, model_sources.load_tokenizer(folder), folder)
+    words = [f"w{i}x{j}" for i in range(40) for j in range(40)]
+    build_tiny_tokenizer([" ".join(words)], vocab_size=500).save_pretrained(folder)  # another model's
+    tokenizer = model_sources.load_tokenizer(folder)
+    assert len(tokenizer) > model.get_input_embeddings().num_embeddings
+    with pytest.raises(model_sources.ModelFolderError, match=f"{folder}: the tokenizer has {len(tokenizer)} tokens"):
+        model_sources.check_tokenizer_fits(model, tokenizer, folder)
+
+
 def _spoil(folder, how: str) -> None:
     """Turn a good tiny model folder into one of the bad folders users bring."""
     if how == "bert":  # another kind of model: from_pretrained would load it as BertLMHeadModel, head random
