@@ -141,9 +141,11 @@ def load_causal_lm(source: str | Path, cache_dir: Path | None = None, dtype=None
         raise ModelFolderError(f"{folder} cannot be loaded as a causal LM: {_first_line(e)}") from None
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        tensors = "tensor" if len(missing) == 1 else "tensors"
         raise ModelFolderError(
             f"{folder} is not a causal-LM checkpoint for {type(model).__name__}: its weights lack "
-            f"{len(missing)} tensor{'s' * (len(missing) != 1)} the model needs ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), "
+            f"{len(missing)} {tensors} the model needs ({shown}), "
             "which would start random (a model of another kind, or saved without its LM head?)")
     return model
 
