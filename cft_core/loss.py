@@ -20,27 +20,34 @@ logits per batch. The counterfactual prompt is the same for every row, so it run
 of rows, each response attending to it (`cft_core.packing`): the counterfactual pass costs about
 P + B x L tokens instead of B x (P + L) (P ~ 50 prompt, L ~ 15 response tokens).
 
-Applying the head itself assumes the model's logits are head(final hidden state). A few
-architectures transform them after the head (Gemma-2's final_logit_softcapping, Granite's
-logits_scaling, Cohere's logit_scale): `check_head_gives_logits` tells, from one forward pass, and
-the trainer runs it on its first batch.
+Applying the head itself assumes the model's logits are head(final hidden state), or a known
+function of it: Gemma-2's soft-capping, Granite's and Cohere's scaling are applied after the head
+as those models do (`cft_core.modeling.output_logits`). `check_head_gives_logits` verifies that
+on one forward pass, and the trainer runs it on its first batch, so a model that transforms its
+logits in another way is refused rather than trained on other logits than it predicts with.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from cft_core.modeling import IGNORE_INDEX, output_head, position_ids_from_mask
+from cft_core.modeling import (
+    IGNORE_INDEX,
+    POST_HEAD_TRANSFORMS,
+    output_logits,
+    position_ids_from_mask,
+)
 from cft_core.packing import (
     PackedHalf,
     model_attention_mask,
     pack_shared_prefix,
     supports_packing,
 )
-from cft_core.prefix import forward_after_prefix, layout_labelled
+from cft_core.prefix import forward_after_prefix, gaps_fit_window, layout_labelled
 from cft_core.weighting import token_weights
 
 
@@ -54,13 +61,14 @@ class UnsupportedModelError(ValueError):
 @torch.no_grad()
 def check_head_gives_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                             rtol: float = 0.05) -> None:
-    """Raise UnsupportedModelError unless the model's logits are its output head applied to its
-    final hidden state, which `compute_cft_loss` relies on (module docstring).
+    """Raise UnsupportedModelError unless the model's logits are what `compute_cft_loss` computes
+    from its final hidden state: `output_logits(model)` (the head, then the post-head transform
+    of the model types that have a known one).
 
     input_ids, attention_mask: [B, T], e.g. a first training batch. One forward pass keeping the
-    last position's logits [B, V], compared with the head applied to that position's hidden state.
-    rtol: allowed gap relative to the largest logit of either; bf16 kernels differ by well under
-    1 %, while the transforms above change logits by a factor (scaling) or cap them (at ~30; a cap
+    last position's logits [B, V], compared with `output_logits` applied to that position's hidden
+    state. rtol: allowed gap relative to the largest logit of either; bf16 kernels differ by well
+    under 1 %, while a transform left out changes logits by a factor (scaling) or caps them (a cap
     far above every logit changes nothing and passes)."""
     training = model.training
     model.eval()  # no dropout: a training run draws the same random numbers with or without the check
@@ -69,19 +77,20 @@ def check_head_gives_logits(model: torch.nn.Module, input_ids: torch.Tensor, att
                     position_ids=position_ids_from_mask(attention_mask),
                     output_hidden_states=True, use_cache=False, logits_to_keep=1)
         expected = out.logits[:, -1].float()
-        from_head = output_head(model)(out.hidden_states[-1][:, -1]).float()
+        ours = output_logits(model)(out.hidden_states[-1][:, -1]).float()
     finally:
         model.train(training)
-    gap = (from_head - expected).abs().max().item()
-    largest = max(expected.abs().max().item(), from_head.abs().max().item())
+    gap = (ours - expected).abs().max().item()
+    largest = max(expected.abs().max().item(), ours.abs().max().item())
     if not gap <= rtol * largest + 1e-6:  # also catches NaN
         config = getattr(getattr(model, "module", model), "config", None)
         raise UnsupportedModelError(
-            f"model type {getattr(config, 'model_type', '?')!r} transforms its logits after the output head "
-            f"(largest gap {gap:.3g} on logits up to {largest:.3g}; e.g. Gemma-2's final_logit_softcapping, "
-            "Granite's logits_scaling, Cohere's logit_scale). The CFT loss applies the head itself, so it would "
-            "train other logits than the model predicts with: use a model whose logits are head(hidden) "
-            "(Llama, SmolLM2, Qwen2/2.5/3, Mistral, Gemma-3, Phi-3)")
+            f"model type {getattr(config, 'model_type', '?')!r} computes its logits from the final hidden state "
+            f"in a way the CFT loss does not reproduce (largest gap {gap:.3g} on logits up to {largest:.3g}). "
+            "The loss applies the output head itself (plus the known transforms of "
+            f"{', '.join(sorted(POST_HEAD_TRANSFORMS))}), so it would train other logits than the model "
+            "predicts with: use a model whose logits are head(hidden) (Llama, SmolLM2, Qwen2/2.5/3, Mistral, "
+            "Phi-3) or one of those types")
 
 
 class CFTLossOutput(NamedTuple):
@@ -230,15 +239,16 @@ def compute_cft_loss(
     weight_causal_only: bool = False,
     token_normalizer: float | torch.Tensor | None = None,
     run_counterfactual: bool | None = None,
-    lm_head: torch.nn.Module | None = None,
+    lm_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
     pack_counterfactual: bool = True,
     share_factual_prefix: bool = True,
 ) -> CFTLossOutput:
     """One CFT step on a paired batch from `cft_core.collate.PairedCollator`.
 
     Args:
-        model: causal LM whose logits are head(final hidden state) (`check_head_gives_logits`);
-            called as a whole (so DeepSpeed / peft hooks run), with logits for one position only.
+        model: causal LM whose logits are `output_logits(model)` of its final hidden state
+            (`check_head_gives_logits`); called as a whole (so DeepSpeed / peft hooks run), with
+            logits for one position only.
         batch: input_ids / attention_mask / labels [B, Tf] (factual half) and
             cf_input_ids / cf_attention_mask / cf_labels [B, Tc] (counterfactual half,
             padded to its own length Tc < Tf). Both halves carry the same response tokens.
@@ -246,8 +256,9 @@ def compute_cft_loss(
         normalizer, weight_causal_only, token_normalizer: see `cft_loss`.
         run_counterfactual: run the counterfactual half; default alpha > 0. With alpha = 0
             (SFT, +Pos) skipping it halves the cost and reports causal = 0.
-        lm_head: head module to apply; default `model.get_output_embeddings()`. It is called
-            as a module, never read as a weight, so ZeRO-3 can gather its partitions.
+        lm_head: hidden [N, D] -> logits [N, V]; default `output_logits(model)` (the model's
+            head, then its post-head transform if it has one). The head is called as a module,
+            never read as a weight, so ZeRO-3 can gather its partitions.
         pack_counterfactual: run the counterfactual prompt, which every row shares, once per
             pack instead of once per row (`cft_core.packing`; same values and gradients). Falls
             back to the padded half when the model's attention kernel takes no custom mask.
@@ -261,10 +272,11 @@ def compute_cft_loss(
         run_counterfactual = alpha > 0
     h_f, y, predicts = label_hidden_states(
         model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-        share_prefix=share_factual_prefix and supports_packing(model) and not _checkpointing(model),
+        share_prefix=(share_factual_prefix and supports_packing(model) and not _checkpointing(model)
+                      and gaps_fit_window(model, batch["input_ids"].shape[1])),
     )
     w = token_weights(predicts, beta)[predicts]  # [N], same row-major order as h_f
-    head = lm_head if lm_head is not None else output_head(model)
+    head = lm_head if lm_head is not None else output_logits(model)
 
     if not run_counterfactual:
         return cft_loss(
@@ -273,7 +285,10 @@ def compute_cft_loss(
         )
 
     cf = (batch["cf_input_ids"], batch["cf_attention_mask"], batch["cf_labels"])
-    packed = pack_shared_prefix(*cf) if pack_counterfactual and supports_packing(model) else None
+    # A pack is one long row, but its mask is taken as it is, windowed layers included (tested):
+    # each of its rows sees what it sees alone while that row fits the window.
+    pack = pack_counterfactual and supports_packing(model) and gaps_fit_window(model, cf[0].shape[1])
+    packed = pack_shared_prefix(*cf) if pack else None
     if packed is None:
         h_c, y_c, _ = label_hidden_states(model, *cf)
     else:

@@ -11,7 +11,10 @@ test_loss.py, the last against the reference loss).
 
 Layout: the common start in the first columns, each row's own tokens right-aligned after it,
 padding between (`layout_prompts`); position ids count real tokens, so every token keeps the
-position it has when its row runs alone.
+position it has when its row runs alone. A sliding attention window counts columns, not
+positions: the padding between would move tokens out of a window, so a model with one shorter
+than the rows runs them whole (`gaps_fit_window`). Caches keep every position, windowed layers
+included (a window's own cache drops the oldest), and the layers' masks apply the window.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from transformers.cache_utils import DynamicCache
 
-from cft_core.modeling import IGNORE_INDEX, model_device, position_ids_from_mask
+from cft_core.modeling import IGNORE_INDEX, attention_window, model_device, position_ids_from_mask
 
 KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer: (keys, values) [B, H, T, D]
 
@@ -74,11 +77,21 @@ class PromptPrefixCache:
         if shared == 0 or self.layers[0][0].device != device:
             if not prefix:
                 return 0, []
-            out = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, logits_to_keep=1)
+            out = model(input_ids=torch.tensor([list(prefix)], device=device), past_key_values=DynamicCache(),
+                        use_cache=True, logits_to_keep=1)  # a cache of every position (module docstring)
             self.tokens = list(prefix)
             self.layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
             shared = len(prefix)
         return shared, [(k[:, :, :shared], v[:, :, :shared]) for k, v in self.layers]
+
+
+def gaps_fit_window(model, width: int) -> bool:
+    """Whether rows `width` columns wide (what the pass will have seen at its end) may hold padding
+    between their shared start and their own tokens: yes unless the model has a sliding attention
+    window shorter than that (module docstring). Gemma-2's 4,096 and Gemma-3's 512 are far
+    longer than a prompt (~100-300 tokens), so in practice only a tiny test model's window bites."""
+    window = attention_window(model)
+    return window is None or width <= window
 
 
 def real_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
@@ -130,6 +143,8 @@ def forward_after_prefix(model, input_ids: torch.Tensor, attention_mask: torch.T
     rows = len(input_ids)
     start, prefix = (prefix_cache or PromptPrefixCache()).lookup(model, input_ids[0, :shared].tolist())
     past = DynamicCache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix]) if start else None
+    if past is None and model_kwargs.get("use_cache", True):
+        past = DynamicCache()  # every position kept, also by windowed layers (module docstring)
     if start == input_ids.shape[1]:
         return past, None
     out = model(

@@ -44,6 +44,9 @@ def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> PreTrai
     )
 
 
+TINY_ARCHITECTURES = ("llama", "qwen2", "gemma2", "granite", "cohere")
+
+
 def build_tiny_model(
     vocab_size: int,
     arch: str = "llama",
@@ -70,7 +73,22 @@ def build_tiny_model(
         return LlamaForCausalLM(LlamaConfig(**common)).float()
     if arch == "qwen2":
         return Qwen2ForCausalLM(Qwen2Config(**common)).float()
-    raise ValueError(f"unknown tiny architecture {arch!r}; choose 'llama' or 'qwen2'")
+    # Architectures that transform their logits after the head (cft_core.modeling.output_logits),
+    # each with the transform set to bite on a random tiny model's logits (~1 or less).
+    if arch == "gemma2":  # z -> cap * tanh(z / cap); real Gemma-2: cap 30 on logits of ~10-40
+        from transformers import Gemma2Config, Gemma2ForCausalLM
+
+        config = Gemma2Config(**common, head_dim=hidden_size // num_heads, final_logit_softcapping=0.5)
+        return Gemma2ForCausalLM(config).float()
+    if arch == "granite":  # z -> z / logits_scaling
+        from transformers import GraniteConfig, GraniteForCausalLM
+
+        return GraniteForCausalLM(GraniteConfig(**common, logits_scaling=4.0)).float()
+    if arch == "cohere":  # z -> z * logit_scale
+        from transformers import CohereConfig, CohereForCausalLM
+
+        return CohereForCausalLM(CohereConfig(**common, logit_scale=0.25)).float()
+    raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHITECTURES)}")
 
 
 def save_tiny_model_folder(

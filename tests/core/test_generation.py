@@ -10,27 +10,32 @@ from cft_core.generation import GenerationSettings, generate_titles, response_to
 from cft_core.prefix import PromptPrefixCache, common_prefix_length
 from cft_core.prompts import PromptBuilder
 from cft_core.tiny import build_tiny_model
-from tests.conftest import TITLES, make_records
+from tests.conftest import TITLES, make_records, windowed_gemma2
 
 
-def beam_search_case(tokenizer, constrained: bool, rows: int, records_seed: int, model_seed: int, **settings):
-    """A tiny model, `rows` factual prompts of uneven lengths, the settings, and the catalogue trie
-    when `constrained`: (model, prompts, texts, settings, trie)."""
-    model = build_tiny_model(len(tokenizer), seed=model_seed)
+def beam_search_case(tokenizer, constrained: bool, rows: int, records_seed: int, model_seed: int, model=None,
+                     **settings):
+    """A tiny model (unless given), `rows` factual prompts of uneven lengths, the settings, and the
+    catalogue trie when `constrained`: (model, prompts, texts, settings, trie)."""
+    model = model if model is not None else build_tiny_model(len(tokenizer), seed=model_seed)
     prompts = PromptBuilder.for_domain("movies")
     texts = [prompts.factual(r["history_titles"]) for r in make_records(rows, seed=records_seed)]
     trie = TitleTrie(response_token_ids(tokenizer, prompts, TITLES), len(tokenizer)) if constrained else None
     return model, prompts, texts, GenerationSettings(length_penalty=1.0, **settings), trie
 
 
-@pytest.mark.parametrize("constrained", [False, True])
-def test_shared_prefill_generates_what_plain_beam_search_does(tiny_tokenizer, constrained):
+@pytest.mark.parametrize(("constrained", "arch"), [(False, "llama"), (True, "llama"), (True, "gemma2")])
+def test_shared_prefill_generates_what_plain_beam_search_does(tiny_tokenizer, constrained, arch):
     """Prompts run once, their cache repeated per beam in the in-place beam cache == generate's own
     per-beam prompt pass and stock cache: the same titles in the same order, the same scores.
-    Free generation runs to max_new_tokens, so the cache's room is used to its end."""
+    Free generation runs to max_new_tokens, so the cache's room is used to its end. Also for a
+    model whose sliding-window layers the stock cache keeps short (Gemma-2): the beam cache keeps
+    every position and the layers' masks apply the window."""
     model, _, texts, settings, trie = beam_search_case(
         tiny_tokenizer, constrained, rows=5, records_seed=2, model_seed=5,
-        num_beams=4, num_return_sequences=4, min_new_tokens=4, max_new_tokens=12, batch_size=3)
+        model=windowed_gemma2(len(tiny_tokenizer), window=16, seed=5) if arch == "gemma2" else None,
+        num_beams=4, num_return_sequences=4, min_new_tokens=4, batch_size=3,
+        max_new_tokens=24 if arch == "gemma2" else 12)  # its capped logits pick long titles
     shared, shared_scores = generate_titles(model, tiny_tokenizer, texts, settings, trie=trie, progress=False,
                                             with_scores=True)
     plain, plain_scores = generate_titles(model, tiny_tokenizer, texts, settings, trie=trie, progress=False,

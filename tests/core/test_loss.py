@@ -12,8 +12,8 @@ from cft_core.loss import cft_loss, compute_cft_loss, window_normalizers
 from cft_core.modeling import IGNORE_INDEX
 from cft_core.prompts import PromptBuilder
 from cft_core.reference import reference_cft_loss
-from cft_core.tiny import build_tiny_model
-from tests.conftest import make_records
+from cft_core.tiny import TINY_ARCHITECTURES, build_tiny_model
+from tests.conftest import make_records, windowed_gemma2
 
 # ---------------------------------------------------------------- kernel: cft_loss
 
@@ -103,9 +103,11 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-@pytest.mark.parametrize("padding_side", ["right", "left"])
-@pytest.mark.parametrize("weight_causal_only", [False, True])
+@pytest.mark.parametrize(("arch", "padding_side", "weight_causal_only"), [
+    *[(arch, side, causal_only) for arch in ("llama", "qwen2") for side in ("right", "left") for causal_only in (False, True)],
+    # Logits transformed after the head (output_logits): the transform is all these add.
+    *[(arch, "left", False) for arch in TINY_ARCHITECTURES if arch not in ("llama", "qwen2")],
+])
 def test_step_matches_reference(tiny_tokenizer, arch, padding_side, weight_causal_only):
     records = make_records(5, seed=3)  # histories of 1, 4, 7, 10 and 3 titles
     # A row whose title is a single token: its label tokens are title, quote, EOS.
@@ -250,46 +252,83 @@ def test_gradient_checkpointing_runs_every_factual_row_whole(tiny_tokenizer):
     assert got.loss.item() == pytest.approx(expected, abs=1e-5)
 
 
-def _post_head_models(vocab: int) -> dict[str, tuple[torch.nn.Module, torch.nn.Module]]:
-    """Tiny models whose logits are transformed after the head, each with the same model
-    without the transform: (transformed, plain)."""
+def _table_models(vocab: int) -> dict[str, torch.nn.Module]:
+    """A tiny model of each type in POST_HEAD_TRANSFORMS that TINY_ARCHITECTURES lacks, the
+    transform set to bite (random tiny logits are ~1 or less)."""
     from transformers import (
-        CohereConfig,
-        CohereForCausalLM,
-        Gemma2Config,
-        Gemma2ForCausalLM,
-        GraniteConfig,
-        GraniteForCausalLM,
+        Cohere2Config,
+        Cohere2ForCausalLM,
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        GraniteMoeConfig,
+        GraniteMoeForCausalLM,
     )
 
     common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=8, attn_implementation="eager",
-                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    pairs = {}
-    for name, config, model, field, transformed, plain in [
-        ("gemma2", Gemma2Config, Gemma2ForCausalLM, "final_logit_softcapping", 0.05, None),  # a random tiny model's logits are < 1
-        ("granite", GraniteConfig, GraniteForCausalLM, "logits_scaling", 4.0, 1.0),
-        ("cohere", CohereConfig, CohereForCausalLM, "logit_scale", 0.25, 1.0),
-    ]:
-        torch.manual_seed(0)
-        with_transform = model(config(**common, **{field: transformed})).float()
-        without = model(config(**common, **{field: plain})).float()
-        without.load_state_dict(with_transform.state_dict())
-        pairs[name] = (with_transform, without)
-    return pairs
+                  num_key_value_heads=2, head_dim=8, attn_implementation="eager")
+    torch.manual_seed(0)
+    return {
+        "gemma3_text": Gemma3ForCausalLM(Gemma3TextConfig(**common, final_logit_softcapping=0.5)).float(),
+        "granitemoe": GraniteMoeForCausalLM(GraniteMoeConfig(**common, num_local_experts=2, num_experts_per_tok=1,
+                                                             logits_scaling=4.0)).float(),
+        "cohere2": Cohere2ForCausalLM(Cohere2Config(**common, logit_scale=0.25)).float(),
+    }
 
 
-def test_a_model_that_transforms_its_logits_after_the_head_is_refused(tiny_tokenizer):
-    """The kernel applies the head itself, so logits capped or scaled after it (Gemma-2, Granite,
-    Cohere) would be trained wrong: the check refuses them, naming the model type, and passes the
-    same weights without the transform, and the tiny Llama / Qwen2 the tests train."""
+def test_the_check_passes_every_model_whose_logits_the_loss_reproduces(tiny_tokenizer):
+    """Every architecture the kernel trains passes the check, those that transform their logits
+    after the head included (each entry of POST_HEAD_TRANSFORMS has a tiny model here); and the
+    transform matters: the head alone differs from the model's logits on those."""
+    from cft_core.loss import check_head_gives_logits
+    from cft_core.modeling import POST_HEAD_TRANSFORMS, output_head, output_logits
+
+    batch = _batch(tiny_tokenizer, make_records(3, seed=1), "left")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    models = {arch: build_tiny_model(len(tiny_tokenizer), arch=arch) for arch in TINY_ARCHITECTURES}
+    models.update(_table_models(len(tiny_tokenizer)))
+    assert set(POST_HEAD_TRANSFORMS) <= {m.config.get_text_config().model_type for m in models.values()}
+    for name, model in models.items():
+        check_head_gives_logits(model, ids, mask)
+        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1][:, -1]
+        transformed = model.config.model_type in POST_HEAD_TRANSFORMS
+        head_alone_differs = not torch.allclose(output_head(model)(hidden), output_logits(model)(hidden))
+        assert head_alone_differs == transformed, name
+
+
+def test_a_model_whose_logits_the_loss_cannot_reproduce_is_refused(tiny_tokenizer):
+    """HyperCLOVA X multiplies its logits by `logits_scaling` after the head (Granite divides by a
+    field of that name): a type outside POST_HEAD_TRANSFORMS is refused, naming it; the same
+    weights with scaling 1 pass."""
+    from transformers import HyperCLOVAXConfig, HyperCLOVAXForCausalLM
+
     from cft_core.loss import UnsupportedModelError, check_head_gives_logits
 
     batch = _batch(tiny_tokenizer, make_records(3, seed=1), "left")
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    for arch in ("llama", "qwen2"):
-        check_head_gives_logits(build_tiny_model(len(tiny_tokenizer), arch=arch), ids, mask)
-    for name, (transformed, plain) in _post_head_models(len(tiny_tokenizer)).items():
-        check_head_gives_logits(plain, ids, mask)
-        with pytest.raises(UnsupportedModelError, match=f"model type '{name}' transforms its logits"):
-            check_head_gives_logits(transformed, ids, mask)
+    common = dict(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, attn_implementation="eager")
+    torch.manual_seed(0)
+    scaled = HyperCLOVAXForCausalLM(HyperCLOVAXConfig(**common, logits_scaling=4.0)).float()
+    plain = HyperCLOVAXForCausalLM(HyperCLOVAXConfig(**common, logits_scaling=1.0)).float()
+    plain.load_state_dict(scaled.state_dict())
+    check_head_gives_logits(plain, ids, mask)
+    with pytest.raises(UnsupportedModelError, match="model type 'hyperclovax' computes its logits .* gemma2"):
+        check_head_gives_logits(scaled, ids, mask)
+
+
+def test_a_window_shorter_than_the_rows_runs_them_whole(tiny_tokenizer):
+    """A model whose attention window (16 columns) is shorter than the prompts: the factual rows'
+    shared start and the counterfactual packs would put padding or other rows inside the window,
+    so the step runs each row whole, and matches the reference (values and gradients)."""
+    batch = _batch(tiny_tokenizer, make_records(4, seed=5), "left")
+    model = windowed_gemma2(len(tiny_tokenizer), window=16, seed=2)
+    ours = compute_cft_loss(model, batch, alpha=0.3, beta=0.25)
+    ours.loss.backward()
+    g_ours = _grads(model)
+    model.zero_grad()
+    ref = reference_cft_loss(model, batch, alpha=0.3, beta=0.25)
+    ref.loss.backward()
+    for name in ("loss", "normal", "causal"):
+        assert getattr(ours, name).item() == pytest.approx(getattr(ref, name).item(), abs=1e-5), name
+    for name, grad in _grads(model).items():
+        torch.testing.assert_close(g_ours[name], grad, atol=1e-5, rtol=1e-4, msg=name)

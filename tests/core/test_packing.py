@@ -16,7 +16,7 @@ from cft_core.prefix import shared_prefix_length
 from cft_core.prompts import PromptBuilder
 from cft_core.reference import reference_cft_loss
 from cft_core.tiny import build_tiny_model
-from tests.conftest import make_records
+from tests.conftest import make_records, windowed_gemma2
 
 X = IGNORE_INDEX
 
@@ -131,3 +131,20 @@ def test_kernels_without_custom_masks_use_the_padded_half(tiny_tokenizer):
     compute_cft_loss(model, batch, 0.1, 0.25, pack_counterfactual=False)
     # logits_to_keep=1: the backbone's head call sees one row per sequence it ran.
     assert (packed_rows, calls[2]) == (1, 4)
+
+
+def test_sliding_window_layers_take_the_packed_mask_as_it_is(tiny_tokenizer):
+    """Gemma-2 alternates sliding-window and full layers. With a window longer than every row
+    (prompt + response) but shorter than a pack, the packed states still equal the padded ones:
+    the layers take the 4-D mask as it is, so a response far down a pack still sees its prompt."""
+    batch = _cf_batch(tiny_tokenizer, 7, padding_side="left")
+    cf = (batch["cf_input_ids"], batch["cf_attention_mask"], batch["cf_labels"])
+    packed = pack_shared_prefix(*cf, rows_per_pack=16)
+    window = batch["cf_input_ids"].shape[1] + 1  # the longest row fits; the pack does not
+    assert packed.input_ids.shape[1] > window
+    model = windowed_gemma2(len(tiny_tokenizer), window, seed=4)
+    assert "sliding_attention" in model.config.layer_types
+    with torch.no_grad():
+        h_padded, _, _ = label_hidden_states(model, *cf)
+        h_packed = packed_label_hidden_states(model, packed)
+    torch.testing.assert_close(h_packed, h_padded, atol=1e-5, rtol=1e-4)

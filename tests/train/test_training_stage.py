@@ -385,23 +385,56 @@ def test_the_training_code_version_joins_the_key_only_past_one(tmp_path, monkeyp
 
 
 def test_a_model_whose_logits_the_loss_cannot_reproduce_is_refused_as_input(tmp_path, small_sequences):
-    """A model folder whose logits are scaled after the head (Granite) stops at the first step with
-    an input error (exit 2) that names the folder and the model type; no model is written."""
-    from transformers import AutoTokenizer, GraniteConfig, GraniteForCausalLM
+    """A model folder whose logits are scaled after the head in a way the loss does not reproduce
+    (HyperCLOVA X) stops at the first step with an input error (exit 2) that names the folder and
+    the model type; no model is written."""
+    from transformers import AutoTokenizer, HyperCLOVAXConfig, HyperCLOVAXForCausalLM
 
     from schemas.errors import ConfigError
     from tasks.training import model_folder, training_run_dir
 
     seq, fp = small_sequences
     cfg = make_config(tmp_path, max_steps=2, eval_steps=2)
-    folder = tmp_path / "granite"
+    folder = tmp_path / "hyperclovax"
     tokenizer = AutoTokenizer.from_pretrained(model_folder(cfg, seq))  # the tiny model's, for this data
     tokenizer.save_pretrained(folder)
-    GraniteForCausalLM(GraniteConfig(
+    HyperCLOVAXForCausalLM(HyperCLOVAXConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, logits_scaling=4.0, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).save_pretrained(folder)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"source": str(folder)})})
-    with pytest.raises(ConfigError, match=f"model.source {folder}: model type 'granite' transforms its logits"):
+    with pytest.raises(ConfigError, match=f"model.source {folder}: model type 'hyperclovax' computes its logits"):
         train(cfg, seq, fp)
     assert not (training_run_dir(cfg, fp) / "model").exists()
+
+
+def test_a_model_that_caps_its_logits_trains_under_zero3(tmp_path, small_sequences):
+    """A Gemma-2 folder (logits soft-capped after the head, windowed layers) passes the first
+    step's check and trains under ZeRO-3 (the head gathered inside the capped logits); the saved
+    folder reloads with the cap and predicts as the trained model did."""
+    from transformers import AutoTokenizer
+
+    from tasks.training import model_folder
+    from tests.conftest import windowed_gemma2
+
+    seq, fp = small_sequences
+    cfg = make_config(tmp_path, deepspeed="infra/deepspeed/zero3.json", max_steps=4, eval_steps=4)
+    folder = tmp_path / "gemma2"
+    tokenizer = AutoTokenizer.from_pretrained(model_folder(cfg, seq))  # the tiny model's, for this data
+    tokenizer.save_pretrained(folder)
+    model = windowed_gemma2(len(tokenizer), window=4096)
+    model.config.update({"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                         "pad_token_id": tokenizer.pad_token_id})
+    model.save_pretrained(folder)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"source": str(folder)})})
+    capture = CaptureFinalLogits()
+    out = train(cfg, seq, fp, extra_callbacks=[capture])
+
+    losses = _losses(out.summary)
+    assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) for v in losses.values())
+    reloaded = AutoModelForCausalLM.from_pretrained(out.model_dir, use_safetensors=True).eval()
+    assert reloaded.config.final_logit_softcapping == 0.5
+    with torch.no_grad():
+        logits = reloaded(input_ids=PROBE).logits
+    torch.testing.assert_close(logits, capture.logits, atol=1e-5, rtol=1e-5)
+    assert logits.abs().max() <= 0.5  # capped
