@@ -290,7 +290,14 @@ def measure(args: dict) -> dict:
         for p in procs.values():  # none left behind holding gigabytes when something failed
             if p.is_alive():
                 p.kill()
-    steps = {v: rows[v]["step_s"] for v in variants}
+    return {"config": {**args, "variants": list(variants)}, "variants": rows, **compare(rows)}
+
+
+def compare(rows: dict[str, dict]) -> dict:
+    """The ratios of the pairs of variants a pass measured (`rows`: variant -> its row, with the
+    per-round `step_s`): `ratio_spread` per time ratio (`pair_ratios`), `ratios` their medians and,
+    with naive and cft, the memory ratios."""
+    steps = {v: row["step_s"] for v, row in rows.items()}
     spread = {name: pair_ratios(steps, num, den) for name, (num, den) in TIME_RATIOS.items()
               if num in rows and den in rows}
     ratios = {name: s["median"] for name, s in spread.items()}
@@ -299,8 +306,7 @@ def measure(args: dict) -> dict:
             "naive_over_cft_logits_memory": rows["naive"]["logits_MB"] / rows["cft"]["logits_MB"],
             "naive_over_cft_peak_memory": rows["naive"]["peak_mem_MB"] / rows["cft"]["peak_mem_MB"],
         })
-    return {"config": {**args, "variants": list(variants)}, "variants": rows, "ratios": ratios,
-            "ratio_spread": spread}
+    return {"ratios": ratios, "ratio_spread": spread}
 
 
 def pass_key(result: dict) -> tuple:

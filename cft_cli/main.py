@@ -542,6 +542,8 @@ def stack_up(
     serve: Annotated[Path | None, typer.Option(help="Also serve this profile's champion (cft serve --wait): "
                                                     "503 until a run registers one, then each new champion.")] = None,
     serve_port: PortOpt = 8080,
+    follow_every: Annotated[float, typer.Option(min=0.1, help="Seconds between the recommender's checks of the "
+                                                             "alias it serves (cft serve --follow-every).")] = 30.0,
 ) -> None:
     """Start the servers, create the work pool, deploy prefect.yaml, start a worker; print URLs."""
     from cft_cli.stack import (
@@ -566,7 +568,7 @@ def stack_up(
         start_worker(stack)
         console.print(f"worker on pool cft-local (log: {stack.state / 'logs' / 'worker.log'})")
     if serve is not None:
-        start_recommender(stack, serve, say=console.print)
+        start_recommender(stack, serve, follow_every_s=follow_every, say=console.print)
     console.print(
         f"\nPrefect UI: {stack.prefect_api.removesuffix('/api')}    MLflow UI: {stack.mlflow_uri}\n"
         f"In your shell:\n  export PREFECT_API_URL={stack.prefect_api} MLFLOW_TRACKING_URI={stack.mlflow_uri}\n"

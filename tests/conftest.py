@@ -84,6 +84,17 @@ def windowed_gemma2(vocab: int, window: int, seed: int = 0):
 
 
 @pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory) -> Path:
+    """A model cache (what CFT_CACHE_DIR names) holding the packaged SmolLM2 converted once per
+    session (~30 s), not the user's ~/.cache."""
+    from cft_core.model_sources import smollm2_folder
+
+    cache = tmp_path_factory.mktemp("cft-cache")
+    smollm2_folder(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer():
     from cft_core.prompts import DOMAINS, PromptBuilder
     from cft_core.tiny import build_tiny_tokenizer

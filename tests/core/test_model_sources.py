@@ -94,12 +94,14 @@ def test_a_folder_without_a_tokenizer_is_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_converts_once_and_answers(tmp_path):
-    folder = model_sources.smollm2_folder(tmp_path)
+def test_smollm2_converts_once_and_answers(smollm2_cache):
+    """The session's conversion (the fixture) left a complete folder and no temporary one; asking
+    again returns it as it is; the model answers."""
+    folder = smollm2_cache / model_sources.SMOLLM2_CACHE_NAME
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
-    assert not list(tmp_path.glob(".smollm2*")), "no temporary folder left behind"
+    assert not list(smollm2_cache.glob(".smollm2*")), "no temporary folder left behind"
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
-    assert model_sources.smollm2_folder(tmp_path) == folder  # cached: not converted again
+    assert model_sources.smollm2_folder(smollm2_cache) == folder  # cached: not converted again
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
 
     model = model_sources.load_causal_lm(str(folder))

@@ -23,8 +23,10 @@ def test_learns_next_item_is_last_plus_one():
     ranked = sasrec_rank(model, hist[2500:], 10)
     hr1 = ranking_metrics(first_hit_ranks(ranked, np.array(target[2500:])), [1])["HR@1"]
     assert hr1 > 0.9
-    again = sasrec_rank(train_sasrec(hist[:2500], target[:2500], n, s), hist[2500:], 10)
-    assert (again == ranked).all()  # seeded
+    # Seeded: a training repeated ranks alike (a short one: the seed acts from the first batch on).
+    short = SASRecSettings(max_len=5, dim=32, epochs=1, batch_size=32, dropout=0.1, seed=1)
+    once, again = (sasrec_rank(train_sasrec(hist[:500], target[:500], n, short), hist[2500:], 10) for _ in range(2))
+    assert (once == again).all()
 
 
 def test_padding_carries_no_information():

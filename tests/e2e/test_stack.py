@@ -1,14 +1,16 @@
 """End to end with real components: Prefect server + process worker, MLflow server, deployments
 from prefect.yaml, the smoke profile, and the registry gate.
 
-    cft stack (servers, pool, deploy) -> prefect deployment run cft/full-pipeline -> worker
+    cft stack up (servers, pool, deploy, recommender) / status
+    -> prefect deployment run cft/full-pipeline -> worker
     -> MLflow: run with params and metrics, the popularity baseline as first champion, the
        model's version gated against it
-    -> cft/scheduled-retrain twice, as of two dates, warm-starting from the champion -> two
-       more gated versions, each on its own data window
+    -> cft/scheduled-retrain as of a date, warm-starting from the champion -> one more gated
+       version, on its own data window (a chain of warm starts: tests/train/test_replay.py)
     -> cft recommend against the champion
     -> the stack's recommender (cft serve --wait): 503 before the first champion, then serving
        whichever version the alias names, without a restart
+    -> cft stack down / status
 """
 
 from __future__ import annotations
@@ -20,17 +22,10 @@ import subprocess
 import urllib.request
 
 import pytest
+from typer.testing import CliRunner
 
-from cft_cli.stack import (
-    POOL,
-    PROJECT_ROOT,
-    Stack,
-    _bin,
-    deploy,
-    down,
-    start_recommender,
-    start_servers,
-)
+from cft_cli.main import app
+from cft_cli.stack import POOL, PROJECT_ROOT, Stack, _bin, down
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -95,14 +90,25 @@ def serves_the_champion(stack: Stack, client, name: str) -> dict:
 def test_deployment_runs_registers_and_gates(tmp_path):
     from mlflow import MlflowClient
 
+    runner = CliRunner()
     data_root = tmp_path / "data"
     stack = Stack(data_root, prefect_port=free_port(), mlflow_port=free_port(), serve_port=free_port())
+    smoke = PROJECT_ROOT / "configs" / "smoke.yaml"
+    up = runner.invoke(app, ["stack", "up", "--data-root", str(data_root), "--prefect-port", str(stack.prefect_port),
+                             "--mlflow-port", str(stack.mlflow_port), "--no-worker", "--serve", str(smoke),
+                             "--serve-port", str(stack.serve_port), "--follow-every", "1"], prog_name="cft")
     try:
-        start_servers(stack, say=lambda *_: None)
-        deploy(stack)
+        assert up.exit_code == 0, up.output + repr(up.exception)
+        assert "Prefect UI: http://127.0.0.1:" in up.output and "cft-replay/replay" in up.output
+        assert f"Recommender     {stack.recommender_url} (the champion of {smoke}" in up.output
+        processes = runner.invoke(app, ["stack", "status", "--data-root", str(data_root)], prog_name="cft").output
+        assert "prefect-server: running" in processes and "mlflow-server: running" in processes
+        assert "recommender: running" in processes
+        deployments = {d["name"]: d for d in api(stack, "/deployments/filter", {})}
+        assert set(deployments) == {"full-pipeline", "scheduled-retrain", "replay", "promote", "nightly"}
+        assert [s["active"] for s in deployments["nightly"]["schedules"]] == [False]  # created paused
         client = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)
         name = "cft-ml-100k-smoke"
-        start_recommender(stack, PROJECT_ROOT / "configs" / "smoke.yaml", follow_every_s=1, say=lambda *_: None)
         status, health = served_health(stack)
         assert (status, health["status"], health["model"]) == (503, "waiting", f"models:/{name}@champion")
 
@@ -126,18 +132,16 @@ def test_deployment_runs_registers_and_gates(tmp_path):
         assert "test/constrained/NDCG_at_10" in model.tags and "**Gate**" in model.description
         serves_the_champion(stack, client, name)  # the first champion, without a restart
 
-        # The scheduled deployment, as of two dates, from the champion: two more gated versions.
+        # The scheduled deployment, as of a date, from the champion: one more gated version.
         retrain = {"data.data_root": str(data_root), "model.source": "champion", "model.base": "tiny",
                    "train.max_steps": 8}
-        for as_of in ("1998-03-01T00:00:00+00:00", "1998-04-01T00:00:00+00:00"):
-            run_id, _ = run_pipeline(stack, retrain, "cft/scheduled-retrain", as_of=as_of)
-            assert set(task_states(stack, run_id).values()) <= {"Completed"}
+        run_id, _ = run_pipeline(stack, retrain, "cft/scheduled-retrain", as_of="1998-03-01T00:00:00+00:00")
+        assert set(task_states(stack, run_id).values()) <= {"Completed"}
         versions = client.search_model_versions(f"name='{name}'")
         gated = [v for v in versions if v.tags.get("cft.kind") == "llm" and "gate.decision" in v.tags]
-        assert len(gated) == 3, [(v.version, v.tags) for v in versions]
-        assert len({v.tags["data_fingerprint"] for v in gated}) == 3  # three data windows
-        cards = [v.description for v in gated]
-        assert any("as of 1998-03-01" in c for c in cards) and any("as of 1998-04-01" in c for c in cards)
+        assert len(gated) == 2, [(v.version, v.tags) for v in versions]
+        assert len({v.tags["data_fingerprint"] for v in gated}) == 2  # two data windows
+        assert any("as of 1998-03-01" in v.description for v in gated)
 
         # The champion recommends through the CLI: K catalogue items.
         res = subprocess.run([_bin("cft"), "recommend", "-c", "configs/smoke.yaml", "--set",
@@ -162,4 +166,7 @@ def test_deployment_runs_registers_and_gates(tmp_path):
         with urllib.request.urlopen(req, timeout=120) as r:  # noqa: S310 (loopback)
             assert r.headers["X-Model-Version"] == champion and json.loads(r.read())["item_ids"]
     finally:
-        down(stack, say=lambda *_: None)
+        stopped = runner.invoke(app, ["stack", "down", "--data-root", str(data_root)], prog_name="cft")
+        down(stack, say=lambda *_: None)  # whatever the command left, if it failed
+    assert stopped.exit_code == 0 and "stopped recommender" in stopped.output, stopped.output
+    assert "not running" in runner.invoke(app, ["stack", "status", "--data-root", str(data_root)], prog_name="cft").output

@@ -1,4 +1,4 @@
-"""The packaged SmolLM2-135M trains under ZeRO-2 on CPU (slow: the first conversion takes ~50 s)."""
+"""The packaged SmolLM2-135M trains under ZeRO-2 on CPU (slow: ~40 s, after the session's conversion)."""
 
 import math
 
@@ -12,7 +12,8 @@ from tests.train.conftest import make_config
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
 
 
-def test_smollm2_trains_a_few_steps(tmp_path, small_sequences):
+def test_smollm2_trains_a_few_steps(tmp_path, small_sequences, smollm2_cache, monkeypatch):
+    monkeypatch.setenv("CFT_CACHE_DIR", str(smollm2_cache))  # the session's conversion
     seq, fp = small_sequences
     cfg = make_config(tmp_path, max_steps=2, eval_steps=2, micro_batch_size=2, effective_batch_size=4,
                       learning_rate=1e-4, cutoff_len=512, max_eval_samples=8)
