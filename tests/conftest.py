@@ -85,13 +85,18 @@ def windowed_gemma2(vocab: int, window: int, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def smollm2_cache(tmp_path_factory) -> Path:
-    """A model cache (what CFT_CACHE_DIR names) holding the packaged SmolLM2 converted once per
-    session (~30 s), not the user's ~/.cache."""
+    """A model cache (what CFT_CACHE_DIR names) holding the packaged SmolLM2, converted once per
+    test run (~30 s), not in the user's ~/.cache. The pytest-xdist workers of a run share the
+    parent of their temporary folders: the first converts, the other waits for it and reuses it."""
+    from filelock import FileLock
+
     from cft_core.model_sources import smollm2_folder
 
-    cache = tmp_path_factory.mktemp("cft-cache")
-    smollm2_folder(cache)
-    return cache
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with FileLock(str(shared / "cft-cache.lock")):
+        smollm2_folder(shared / "cft-cache")
+    return shared / "cft-cache"
 
 
 @pytest.fixture(scope="session")
