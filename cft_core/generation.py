@@ -198,7 +198,8 @@ def generate_titles(
         rows = tokenizer(chunk, add_special_tokens=True)["input_ids"]
         shared = 0  # tokens every prompt of the batch starts with, run once
         longest = max(len(r) for r in rows) + settings.max_new_tokens  # the widest a row gets
-        if share_prefill and share_prefix and gaps_fit_window(model, longest):  # each row keeps its last token: generate feeds it
+        if share_prefill and share_prefix and gaps_fit_window(model, longest):
+            # each row keeps its last token: generate feeds it
             shared = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)
         ids, mask = layout_prompts(rows, config.pad_token_id, shared)
         width = ids.shape[1]

@@ -88,8 +88,9 @@ class PromptPrefixCache:
 def gaps_fit_window(model, width: int) -> bool:
     """Whether rows `width` columns wide (what the pass will have seen at its end) may hold padding
     between their shared start and their own tokens: yes unless the model has a sliding attention
-    window shorter than that (module docstring). Gemma-2's 4,096 and Gemma-3's 512 are far
-    longer than a prompt (~100-300 tokens), so in practice only a tiny test model's window bites."""
+    window shorter than that (module docstring). Gemma-2's and Mistral's 4,096 are far longer than
+    a prompt (~100-300 tokens); Gemma-3's 512 can bite on long histories (then the rows run whole,
+    which is slower, not different)."""
     window = attention_window(model)
     return window is None or width <= window
 
