@@ -33,24 +33,25 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _text_config(model: torch.nn.Module):
+    """The config of the model's text part (itself for a text-only model), through a DeepSpeed
+    engine (`.module`) or peft (which forwards `.config`); None without a config."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    return config.get_text_config() if config is not None else None
+
 
 def attention_window(model: torch.nn.Module) -> int | None:
     """The sliding attention window of the model's windowed layers (Mistral, Gemma-2/3, Cohere2:
     each query sees the `window` columns before it), or None when every layer sees the whole
     sequence (Llama, SmolLM2, Qwen2/3 as configured by default)."""
-    config = getattr(getattr(model, "module", model), "config", None)  # DeepSpeed engine; peft forwards
-    text = config.get_text_config() if config is not None else None
+    text = _text_config(model)
     window = getattr(text, "sliding_window", None)
     layer_types = getattr(text, "layer_types", None)
     if window is None or (layer_types and "sliding_attention" not in layer_types):
         return None
     return int(window)
 
-# Model types whose logits are a known elementwise function of head(final hidden state), as each
-# one's forward computes them in transformers 5.x (`<Model>ForCausalLM.forward`). The CFT loss
-# applies the head to label rows itself, so it must apply the same function; `check_head_gives_logits`
-# (cft_core.loss) verifies the result on a real batch, so an entry that stopped matching a
-# transformers release is refused, never trained wrong. Keyed by the text model's type.
+
 def _softcap(config) -> Callable[[torch.Tensor], torch.Tensor] | None:
     cap = config.final_logit_softcapping  # z -> cap * tanh(z / cap); None: no cap
     return None if cap is None else lambda z: torch.tanh(z / cap) * cap
@@ -64,6 +65,11 @@ def _times_logit_scale(config) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda z: z * config.logit_scale
 
 
+# Model types whose logits are a known elementwise function of head(final hidden state), as each
+# one's forward computes them in transformers 5.x (`<Model>ForCausalLM.forward`). The CFT loss
+# applies the head to label rows itself, so it must apply the same function; `check_head_gives_logits`
+# (cft_core.loss) verifies the result on a real batch, so an entry that stopped matching a
+# transformers release is refused, never trained wrong. Keyed by the text model's type.
 POST_HEAD_TRANSFORMS: dict[str, Callable] = {
     "gemma2": _softcap,  # final_logit_softcapping 30.0
     "gemma3_text": _softcap,  # None by default (Gemma-3); also the text model of "gemma3"
@@ -78,8 +84,7 @@ def output_logits(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tens
     """hidden [N, D] -> logits [N, V] as the model predicts with: its LM head (called as a module,
     so ZeRO-3 can gather it), then the post-head transform of POST_HEAD_TRANSFORMS, if any."""
     head = output_head(model)
-    config = getattr(getattr(model, "module", model), "config", None)  # DeepSpeed engine; peft forwards
-    text = config.get_text_config() if config is not None else None
+    text = _text_config(model)
     make = POST_HEAD_TRANSFORMS.get(getattr(text, "model_type", None))
     transform = make(text) if make is not None else None
     if transform is None:

@@ -55,8 +55,11 @@ def build_tiny_model(
     num_heads: int = 4,
     seed: int = 0,
     tie_word_embeddings: bool = False,
+    sliding_window: int = 4096,
 ) -> torch.nn.Module:
-    """Randomly initialised fp32 causal LM of the given shape (eager attention, deterministic)."""
+    """Randomly initialised fp32 causal LM of the given shape (eager attention, deterministic).
+    sliding_window: gemma2 only, the window of its windowed layers (Gemma-2's 4,096; a short one
+    makes the window shape every pass)."""
     common = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -78,7 +81,8 @@ def build_tiny_model(
     if arch == "gemma2":  # z -> cap * tanh(z / cap); real Gemma-2: cap 30 on logits of ~10-40
         from transformers import Gemma2Config, Gemma2ForCausalLM
 
-        config = Gemma2Config(**common, head_dim=hidden_size // num_heads, final_logit_softcapping=0.5)
+        config = Gemma2Config(**common, head_dim=hidden_size // num_heads, final_logit_softcapping=0.5,
+                              sliding_window=sliding_window)
         return Gemma2ForCausalLM(config).float()
     if arch == "granite":  # z -> z / logits_scaling
         from transformers import GraniteConfig, GraniteForCausalLM

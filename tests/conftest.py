@@ -69,20 +69,6 @@ def make_records(n: int, seed: int = 0) -> list[dict]:
     return records
 
 
-def windowed_gemma2(vocab: int, window: int, seed: int = 0):
-    """A tiny Gemma-2 (soft-capped logits; sliding-window and full layers alternating) with an
-    attention window of `window` columns, shorter than the test prompts when small, so the window
-    shapes every pass (real Gemma-2: 4,096; Gemma-3: 512)."""
-    import torch
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    torch.manual_seed(seed)
-    return Gemma2ForCausalLM(Gemma2Config(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, sliding_window=window, final_logit_softcapping=0.5,
-        attn_implementation="eager")).float()
-
-
 @pytest.fixture(scope="session")
 def smollm2_cache(tmp_path_factory) -> Path:
     """A model cache (what CFT_CACHE_DIR names) holding the packaged SmolLM2, converted once per

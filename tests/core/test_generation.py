@@ -10,7 +10,7 @@ from cft_core.generation import GenerationSettings, generate_titles, response_to
 from cft_core.prefix import PromptPrefixCache, common_prefix_length
 from cft_core.prompts import PromptBuilder
 from cft_core.tiny import build_tiny_model
-from tests.conftest import TITLES, make_records, windowed_gemma2
+from tests.conftest import TITLES, make_records
 
 
 def beam_search_case(tokenizer, constrained: bool, rows: int, records_seed: int, model_seed: int, model=None,
@@ -33,7 +33,7 @@ def test_shared_prefill_generates_what_plain_beam_search_does(tiny_tokenizer, co
     every position and the layers' masks apply the window."""
     model, _, texts, settings, trie = beam_search_case(
         tiny_tokenizer, constrained, rows=5, records_seed=2, model_seed=5,
-        model=windowed_gemma2(len(tiny_tokenizer), window=16, seed=5) if arch == "gemma2" else None,
+        model=build_tiny_model(len(tiny_tokenizer), arch="gemma2", sliding_window=16, seed=5) if arch == "gemma2" else None,
         num_beams=4, num_return_sequences=4, min_new_tokens=4, batch_size=3,
         max_new_tokens=24 if arch == "gemma2" else 12)  # its capped logits pick long titles
     shared, shared_scores = generate_titles(model, tiny_tokenizer, texts, settings, trie=trie, progress=False,

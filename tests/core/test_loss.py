@@ -13,7 +13,7 @@ from cft_core.modeling import IGNORE_INDEX
 from cft_core.prompts import PromptBuilder
 from cft_core.reference import reference_cft_loss
 from cft_core.tiny import TINY_ARCHITECTURES, build_tiny_model
-from tests.conftest import make_records, windowed_gemma2
+from tests.conftest import make_records
 
 # ---------------------------------------------------------------- kernel: cft_loss
 
@@ -321,7 +321,7 @@ def test_a_window_shorter_than_the_rows_runs_them_whole(tiny_tokenizer):
     shared start and the counterfactual packs would put padding or other rows inside the window,
     so the step runs each row whole, and matches the reference (values and gradients)."""
     batch = _batch(tiny_tokenizer, make_records(4, seed=5), "left")
-    model = windowed_gemma2(len(tiny_tokenizer), window=16, seed=2)
+    model = build_tiny_model(len(tiny_tokenizer), arch="gemma2", sliding_window=16, seed=2)
     ours = compute_cft_loss(model, batch, alpha=0.3, beta=0.25)
     ours.loss.backward()
     g_ours = _grads(model)

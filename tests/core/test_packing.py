@@ -16,7 +16,7 @@ from cft_core.prefix import shared_prefix_length
 from cft_core.prompts import PromptBuilder
 from cft_core.reference import reference_cft_loss
 from cft_core.tiny import build_tiny_model
-from tests.conftest import make_records, windowed_gemma2
+from tests.conftest import make_records
 
 X = IGNORE_INDEX
 
@@ -142,7 +142,7 @@ def test_sliding_window_layers_take_the_packed_mask_as_it_is(tiny_tokenizer):
     packed = pack_shared_prefix(*cf, rows_per_pack=16)
     window = batch["cf_input_ids"].shape[1] + 1  # the longest row fits; the pack does not
     assert packed.input_ids.shape[1] > window
-    model = windowed_gemma2(len(tiny_tokenizer), window, seed=4)
+    model = build_tiny_model(len(tiny_tokenizer), arch="gemma2", sliding_window=window, seed=4)
     assert "sliding_attention" in model.config.layer_types
     with torch.no_grad():
         h_padded, _, _ = label_hidden_states(model, *cf)

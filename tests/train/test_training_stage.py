@@ -414,15 +414,15 @@ def test_a_model_that_caps_its_logits_trains_under_zero3(tmp_path, small_sequenc
     folder reloads with the cap and predicts as the trained model did."""
     from transformers import AutoTokenizer
 
+    from cft_core.tiny import build_tiny_model
     from tasks.training import model_folder
-    from tests.conftest import windowed_gemma2
 
     seq, fp = small_sequences
     cfg = make_config(tmp_path, deepspeed="infra/deepspeed/zero3.json", max_steps=4, eval_steps=4)
     folder = tmp_path / "gemma2"
     tokenizer = AutoTokenizer.from_pretrained(model_folder(cfg, seq))  # the tiny model's, for this data
     tokenizer.save_pretrained(folder)
-    model = windowed_gemma2(len(tokenizer), window=4096)
+    model = build_tiny_model(len(tokenizer), arch="gemma2")  # Gemma-2's window of 4,096
     model.config.update({"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                          "pad_token_id": tokenizer.pad_token_id})
     model.save_pretrained(folder)
