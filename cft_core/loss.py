@@ -22,9 +22,11 @@ P + B x L tokens instead of B x (P + L) (P ~ 50 prompt, L ~ 15 response tokens).
 
 Applying the head itself assumes the model's logits are head(final hidden state), or a known
 function of it: Gemma-2's soft-capping, Granite's and Cohere's scaling are applied after the head
-as those models do (`cft_core.modeling.output_logits`). `check_head_gives_logits` verifies that
+as those models do (`cft_core.modeling.output_logits`). `check_model_supported` verifies that
 on one forward pass, and the trainer runs it on its first batch, so a model that transforms its
-logits in another way is refused rather than trained on other logits than it predicts with.
+logits in another way is refused rather than trained on other logits than it predicts with. It
+also refuses models with recurrent layers (Mamba, Qwen3-Next / Qwen3.5, Falcon-H1): the shared
+start and the packs reuse key/value caches, which a recurrent state cannot be.
 """
 
 from __future__ import annotations
@@ -34,12 +36,19 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import Cache
+
+try:  # transformers 5.x: the cache layers of Mamba-like and gated-delta-net layers
+    from transformers.cache_utils import LinearAttentionCacheLayerMixin as RECURRENT_CACHE_LAYERS
+except ImportError:  # older releases: such models return their own cache classes, not a Cache
+    RECURRENT_CACHE_LAYERS = ()
 
 from cft_core.modeling import (
     IGNORE_INDEX,
     POST_HEAD_TRANSFORMS,
     output_logits,
     position_ids_from_mask,
+    recurrent_layer_types,
 )
 from cft_core.packing import (
     PackedHalf,
@@ -52,45 +61,73 @@ from cft_core.weighting import token_weights
 
 
 class UnsupportedModelError(ValueError):
-    """A model this kernel cannot train (see `check_head_gives_logits`); the user's choice, so
+    """A model this kernel cannot train (see `check_model_supported`); the user's choice, so
     reported without a traceback (schemas.errors.UserError)."""
 
     user_error = True
 
 
 @torch.no_grad()
-def check_head_gives_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                            rtol: float = 0.05) -> None:
-    """Raise UnsupportedModelError unless the model's logits are what `compute_cft_loss` computes
-    from its final hidden state: `output_logits(model)` (the head, then the post-head transform
-    of the model types that have a known one).
+def check_model_supported(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          rtol: float = 0.05) -> None:
+    """Raise UnsupportedModelError unless this kernel can train the model as it predicts:
+
+    1. every layer keeps keys and values, no recurrent state (`recurrent_layer_types`, then the
+       cache a forward pass returns): the step, beam search and the diagnostics reuse a prompt's
+       key/value cache across rows and put padding inside rows (`cft_core.prefix`,
+       `cft_core.packing`), which a Mamba or gated-delta-net state does not allow;
+    2. its logits are what `compute_cft_loss` computes from the final hidden state:
+       `output_logits(model)` (the head, then the post-head transform of the model types that have
+       a known one).
 
     input_ids, attention_mask: [B, T], e.g. a first training batch. One forward pass keeping the
     last position's logits [B, V], compared with `output_logits` applied to that position's hidden
     state. rtol: allowed gap relative to the largest logit of either; bf16 kernels differ by well
     under 1 %, while a transform left out changes logits by a factor (scaling) or caps them (a cap
     far above every logit changes nothing and passes)."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    name = f"model type {getattr(config, 'model_type', '?')!r}"
+    recurrent = recurrent_layer_types(model)
+    if recurrent:  # before the forward pass: some of these models cannot even run it with a cache
+        raise UnsupportedModelError(_recurrent_state_message(name, f"layer types {', '.join(recurrent)}"))
     training = model.training
     model.eval()  # no dropout: a training run draws the same random numbers with or without the check
     try:
         out = model(input_ids=input_ids, attention_mask=attention_mask,
                     position_ids=position_ids_from_mask(attention_mask),
-                    output_hidden_states=True, use_cache=False, logits_to_keep=1)
+                    output_hidden_states=True, use_cache=True, logits_to_keep=1)
+        last_hidden = out.hidden_states[-1]  # [B, T, D] after the final norm, as the step reads it
+        if last_hidden.dim() != 3 or last_hidden.shape[:2] != input_ids.shape:  # Gemma-3n: [streams, B, T, D]
+            raise UnsupportedModelError(
+                f"{name} has a last hidden state of shape {tuple(last_hidden.shape)}, not [batch, tokens, width] "
+                f"({tuple(input_ids.shape)} tokens here): the CFT loss reads the final hidden state of each "
+                "label token from there")
         expected = out.logits[:, -1].float()
-        ours = output_logits(model)(out.hidden_states[-1][:, -1]).float()
+        ours = output_logits(model)(last_hidden[:, -1]).float()
     finally:
         model.train(training)
+    cache = getattr(out, "past_key_values", None)
+    if not isinstance(cache, Cache) or any(isinstance(layer, RECURRENT_CACHE_LAYERS) for layer in cache.layers):
+        found = type(cache).__name__ if not isinstance(cache, Cache) else \
+            ", ".join(sorted({type(layer).__name__ for layer in cache.layers}))
+        raise UnsupportedModelError(_recurrent_state_message(name, f"cache {found}"))
     gap = (ours - expected).abs().max().item()
     largest = max(expected.abs().max().item(), ours.abs().max().item())
     if not gap <= rtol * largest + 1e-6:  # also catches NaN
-        config = getattr(getattr(model, "module", model), "config", None)
         raise UnsupportedModelError(
-            f"model type {getattr(config, 'model_type', '?')!r} computes its logits from the final hidden state "
+            f"{name} computes its logits from the final hidden state "
             f"in a way the CFT loss does not reproduce (largest gap {gap:.3g} on logits up to {largest:.3g}). "
             "The loss applies the output head itself (plus the known transforms of "
             f"{', '.join(sorted(POST_HEAD_TRANSFORMS))}), so it would train other logits than the model "
             "predicts with: use a model whose logits are head(hidden) (Llama, SmolLM2, Qwen2/2.5/3, Mistral, "
             "Phi-3) or one of those types")
+
+
+def _recurrent_state_message(name: str, found: str) -> str:
+    return (f"{name} keeps a recurrent state, not only keys and values ({found}): the CFT step, beam "
+            "search and the diagnostics reuse a prompt's key/value cache across rows, which a recurrent "
+            "state does not allow. Use an attention-only model (Llama, SmolLM2, Qwen2/2.5/3, Mistral, "
+            "Gemma-2/3, Phi-3)")
 
 
 class CFTLossOutput(NamedTuple):
@@ -247,7 +284,7 @@ def compute_cft_loss(
 
     Args:
         model: causal LM whose logits are `output_logits(model)` of its final hidden state
-            (`check_head_gives_logits`); called as a whole (so DeepSpeed / peft hooks run), with
+            (`check_model_supported`); called as a whole (so DeepSpeed / peft hooks run), with
             logits for one position only.
         batch: input_ids / attention_mask / labels [B, Tf] (factual half) and
             cf_input_ids / cf_attention_mask / cf_labels [B, Tc] (counterfactual half,

@@ -52,6 +52,19 @@ def attention_window(model: torch.nn.Module) -> int | None:
     return int(window)
 
 
+# Layer kinds (a config's `layer_types`, in transformers' vocabulary) that keep a recurrent state
+# (Mamba / Mamba-2, gated delta-nets, short convolutions) instead of, or beside, keys and values.
+RECURRENT_LAYER_TYPES = frozenset({"linear_attention", "hybrid", "hybrid_sliding", "conv"})
+
+
+def recurrent_layer_types(model: torch.nn.Module) -> list[str]:
+    """The recurrent layer kinds (RECURRENT_LAYER_TYPES) among the model's layers: [] for an
+    attention-only decoder; ['linear_attention'] for Mamba, Qwen3-Next / Qwen3.5, Jamba, Bamba,
+    RecurrentGemma; ['hybrid'] for Falcon-H1."""
+    text = _text_config(model)
+    return sorted(set(getattr(text, "layer_types", None) or []) & RECURRENT_LAYER_TYPES)
+
+
 def _softcap(config) -> Callable[[torch.Tensor], torch.Tensor] | None:
     cap = config.final_logit_softcapping  # z -> cap * tanh(z / cap); None: no cap
     return None if cap is None else lambda z: torch.tanh(z / cap) * cap
@@ -65,18 +78,33 @@ def _times_logit_scale(config) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda z: z * config.logit_scale
 
 
+def _times_logits_scaling(config) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda z: z * config.logits_scaling
+
+
 # Model types whose logits are a known elementwise function of head(final hidden state), as each
 # one's forward computes them in transformers 5.x (`<Model>ForCausalLM.forward`). The CFT loss
-# applies the head to label rows itself, so it must apply the same function; `check_head_gives_logits`
+# applies the head to label rows itself, so it must apply the same function; `check_model_supported`
 # (cft_core.loss) verifies the result on a real batch, so an entry that stopped matching a
 # transformers release is refused, never trained wrong. Keyed by the text model's type.
 POST_HEAD_TRANSFORMS: dict[str, Callable] = {
     "gemma2": _softcap,  # final_logit_softcapping 30.0
     "gemma3_text": _softcap,  # None by default (Gemma-3); also the text model of "gemma3"
+    "gemma4_text": _softcap,
+    "vaultgemma": _softcap,
+    "nanochat": _softcap,
     "granite": _divide_by_logits_scaling,
     "granitemoe": _divide_by_logits_scaling,
+    "granitemoeshared": _divide_by_logits_scaling,
+    "granite_swa": _divide_by_logits_scaling,
+    "granitemoe_swa": _divide_by_logits_scaling,
+    # MiniCPM3 divides the hidden state before the head, which has no bias: the same logits.
+    "minicpm3": _divide_by_logits_scaling,
     "cohere": _times_logit_scale,
     "cohere2": _times_logit_scale,
+    "cohere2_moe": _times_logit_scale,
+    # Same field name as Granite's, the other way round: why the table is keyed by type.
+    "hyperclovax": _times_logits_scaling,
 }
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer
 
-from cft_core.loss import check_head_gives_logits, compute_cft_loss, window_normalizers
+from cft_core.loss import check_model_supported, compute_cft_loss, window_normalizers
 
 
 def ensure_distributed_env(port: int | None = None) -> None:
@@ -113,7 +113,7 @@ class CFTTrainer(Trainer):
         self._tokens_since_log = 0
         self._samples_since_log = 0
         self._last_log_time = time.perf_counter()
-        self._head_checked = False
+        self._model_checked = False
 
     # -- normalisation over the accumulation window ---------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -139,9 +139,9 @@ class CFTTrainer(Trainer):
             # Validation loss: weighted normal term, factual half only.
             out = compute_cft_loss(model, inputs, 0.0, self.objective.beta, run_counterfactual=False)
             return (out.normal, {}) if return_outputs else out.normal
-        if not self._head_checked:  # once, on the first row (every process runs it: ZeRO-3 gathers)
-            check_head_gives_logits(model, inputs["input_ids"][:1], inputs["attention_mask"][:1])
-            self._head_checked = True
+        if not self._model_checked:  # once, on the first row (every process runs it: ZeRO-3 gathers)
+            check_model_supported(model, inputs["input_ids"][:1], inputs["attention_mask"][:1])
+            self._model_checked = True
         weight, tokens = self._window if self._window is not None else (None, None)
         out = compute_cft_loss(
             model, inputs, self.objective.alpha, self.objective.beta,

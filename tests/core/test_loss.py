@@ -252,68 +252,150 @@ def test_gradient_checkpointing_runs_every_factual_row_whole(tiny_tokenizer):
     assert got.loss.item() == pytest.approx(expected, abs=1e-5)
 
 
-def _table_models(vocab: int) -> dict[str, torch.nn.Module]:
-    """A tiny model of each type in POST_HEAD_TRANSFORMS that TINY_ARCHITECTURES lacks, the
+def _table_model(model_type: str, vocab: int) -> torch.nn.Module:
+    """A tiny model of a type in POST_HEAD_TRANSFORMS that TINY_ARCHITECTURES lacks, the
     transform set to bite (random tiny logits are ~1 or less)."""
-    from transformers import (
-        Cohere2Config,
-        Cohere2ForCausalLM,
-        Gemma3ForCausalLM,
-        Gemma3TextConfig,
-        GraniteMoeConfig,
-        GraniteMoeForCausalLM,
-    )
+    import transformers as hf
 
     common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=8, attn_implementation="eager")
-    torch.manual_seed(0)
-    return {
-        "gemma3_text": Gemma3ForCausalLM(Gemma3TextConfig(**common, final_logit_softcapping=0.5)).float(),
-        "granitemoe": GraniteMoeForCausalLM(GraniteMoeConfig(**common, num_local_experts=2, num_experts_per_tok=1,
-                                                             logits_scaling=4.0)).float(),
-        "cohere2": Cohere2ForCausalLM(Cohere2Config(**common, logit_scale=0.25)).float(),
+    moe = dict(num_local_experts=2, num_experts_per_tok=1)
+    builders = {
+        "gemma3_text": lambda: hf.Gemma3ForCausalLM(hf.Gemma3TextConfig(**common, final_logit_softcapping=0.5)),
+        "gemma4_text": lambda: hf.Gemma4ForCausalLM(hf.Gemma4TextConfig(**common, final_logit_softcapping=0.5)),
+        "vaultgemma": lambda: hf.VaultGemmaForCausalLM(hf.VaultGemmaConfig(**common, final_logit_softcapping=0.5)),
+        "nanochat": lambda: hf.NanoChatForCausalLM(hf.NanoChatConfig(**common, final_logit_softcapping=0.5)),
+        "granitemoe": lambda: hf.GraniteMoeForCausalLM(hf.GraniteMoeConfig(**common, **moe, logits_scaling=4.0)),
+        "granitemoeshared": lambda: hf.GraniteMoeSharedForCausalLM(
+            hf.GraniteMoeSharedConfig(**common, **moe, logits_scaling=4.0)),
+        "granite_swa": lambda: hf.GraniteSWAForCausalLM(hf.GraniteSWAConfig(**common, logits_scaling=4.0)),
+        "granitemoe_swa": lambda: hf.GraniteMoeSWAForCausalLM(
+            hf.GraniteMoeSWAConfig(**common, **moe, logits_scaling=4.0)),
+        # Multi-head latent attention (ranks and head widths of its own); logits_scaling is
+        # hidden_size / dim_model_base = 4.
+        "minicpm3": lambda: hf.MiniCPM3ForCausalLM(hf.MiniCPM3Config(
+            **{**common, "num_key_value_heads": 4}, dim_model_base=8, q_lora_rank=16, kv_lora_rank=8,
+            qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=8)),
+        "cohere2": lambda: hf.Cohere2ForCausalLM(hf.Cohere2Config(**common, logit_scale=0.25)),
+        "cohere2_moe": lambda: hf.Cohere2MoeForCausalLM(hf.Cohere2MoeConfig(**common, logit_scale=0.25)),
+        "hyperclovax": lambda: hf.HyperCLOVAXForCausalLM(hf.HyperCLOVAXConfig(**common, logits_scaling=4.0)),
     }
+    torch.manual_seed(0)
+    return builders[model_type]().float()
+
+
+TABLE_ONLY_TYPES = ("gemma3_text", "gemma4_text", "vaultgemma", "nanochat", "granitemoe", "granitemoeshared",
+                    "granite_swa", "granitemoe_swa", "minicpm3", "cohere2", "cohere2_moe", "hyperclovax")
+
+
+@pytest.mark.parametrize("model_type", TABLE_ONLY_TYPES)
+def test_step_matches_reference_on_each_table_type(tiny_tokenizer, model_type):
+    """The step applies the model type's post-head transform (POST_HEAD_TRANSFORMS) as the model's
+    own forward does: equal to the reference from the model's full logits, values and gradients."""
+    batch = _batch(tiny_tokenizer, make_records(4, seed=3), "left")
+    model = _table_model(model_type, len(tiny_tokenizer))
+    ours = compute_cft_loss(model, batch, alpha=0.3, beta=0.25)
+    ours.loss.backward()
+    g_ours = _grads(model)
+    model.zero_grad()
+    ref = reference_cft_loss(model, batch, alpha=0.3, beta=0.25)
+    ref.loss.backward()
+    g_ref = _grads(model)
+    assert ours.loss.item() == pytest.approx(ref.loss.item(), abs=1e-5)
+    assert g_ours.keys() == g_ref.keys()
+    for name in g_ref:
+        torch.testing.assert_close(g_ours[name], g_ref[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_the_check_passes_every_model_whose_logits_the_loss_reproduces(tiny_tokenizer):
     """Every architecture the kernel trains passes the check, those that transform their logits
     after the head included (each entry of POST_HEAD_TRANSFORMS has a tiny model here); and the
     transform matters: the head alone differs from the model's logits on those."""
-    from cft_core.loss import check_head_gives_logits
+    from cft_core.loss import check_model_supported
     from cft_core.modeling import POST_HEAD_TRANSFORMS, output_head, output_logits
 
     batch = _batch(tiny_tokenizer, make_records(3, seed=1), "left")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     models = {arch: build_tiny_model(len(tiny_tokenizer), arch=arch) for arch in TINY_ARCHITECTURES}
-    models.update(_table_models(len(tiny_tokenizer)))
+    models.update({t: _table_model(t, len(tiny_tokenizer)) for t in TABLE_ONLY_TYPES})
     assert set(POST_HEAD_TRANSFORMS) <= {m.config.get_text_config().model_type for m in models.values()}
     for name, model in models.items():
-        check_head_gives_logits(model, ids, mask)
+        check_model_supported(model, ids, mask)
         hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1][:, -1]
         transformed = model.config.model_type in POST_HEAD_TRANSFORMS
         head_alone_differs = not torch.allclose(output_head(model)(hidden), output_logits(model)(hidden))
         assert head_alone_differs == transformed, name
 
 
-def test_a_model_whose_logits_the_loss_cannot_reproduce_is_refused(tiny_tokenizer):
+def test_a_model_whose_logits_the_loss_cannot_reproduce_is_refused(tiny_tokenizer, monkeypatch):
     """HyperCLOVA X multiplies its logits by `logits_scaling` after the head (Granite divides by a
-    field of that name): a type outside POST_HEAD_TRANSFORMS is refused, naming it; the same
-    weights with scaling 1 pass."""
-    from transformers import HyperCLOVAXConfig, HyperCLOVAXForCausalLM
-
-    from cft_core.loss import UnsupportedModelError, check_head_gives_logits
+    field of that name): without its entry in POST_HEAD_TRANSFORMS it is refused, naming its type;
+    with the entry it passes; so the check, not the table, is what guards a type."""
+    from cft_core import modeling
+    from cft_core.loss import UnsupportedModelError, check_model_supported
 
     batch = _batch(tiny_tokenizer, make_records(3, seed=1), "left")
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    common = dict(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, attn_implementation="eager")
-    torch.manual_seed(0)
-    scaled = HyperCLOVAXForCausalLM(HyperCLOVAXConfig(**common, logits_scaling=4.0)).float()
-    plain = HyperCLOVAXForCausalLM(HyperCLOVAXConfig(**common, logits_scaling=1.0)).float()
-    plain.load_state_dict(scaled.state_dict())
-    check_head_gives_logits(plain, ids, mask)
+    model = _table_model("hyperclovax", len(tiny_tokenizer))
+    check_model_supported(model, ids, mask)
+    monkeypatch.delitem(modeling.POST_HEAD_TRANSFORMS, "hyperclovax")
     with pytest.raises(UnsupportedModelError, match="model type 'hyperclovax' computes its logits .* gemma2"):
-        check_head_gives_logits(scaled, ids, mask)
+        check_model_supported(model, ids, mask)
+
+
+def _recurrent_model(model_type: str, vocab: int) -> torch.nn.Module:
+    """A tiny model with layers that keep a recurrent state (the kinds users try: Mamba; Falcon-H1,
+    attention and Mamba in each layer; Qwen3-Next / Qwen3.5, gated delta-net layers between
+    attention layers)."""
+    import transformers as hf
+
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8, attn_implementation="eager")
+    torch.manual_seed(0)
+    if model_type == "mamba":
+        return hf.MambaForCausalLM(hf.MambaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2)).float()
+    if model_type == "falcon_h1":
+        return hf.FalconH1ForCausalLM(hf.FalconH1Config(**common)).float()
+    return hf.Qwen3NextForCausalLM(hf.Qwen3NextConfig(
+        **common, layer_types=["linear_attention", "full_attention"], num_experts=2, num_experts_per_tok=1)).float()
+
+
+@pytest.mark.parametrize("model_type", ["mamba", "falcon_h1", "qwen3_next"])
+def test_a_model_with_recurrent_layers_is_refused(tiny_tokenizer, monkeypatch, model_type):
+    """The step reuses key/value caches across rows (shared start, packs), which a recurrent state
+    cannot be: such a model is refused, naming its type and layer kinds, where it would otherwise
+    crash in the step; a config that hides its layer kinds is still refused, by the cache its
+    forward pass returns."""
+    from cft_core import loss
+    from cft_core.loss import UnsupportedModelError, check_model_supported
+
+    batch = _batch(tiny_tokenizer, make_records(3, seed=1), "left")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    model = _recurrent_model(model_type, len(tiny_tokenizer))
+    with pytest.raises(UnsupportedModelError, match=f"model type '{model_type}' keeps a recurrent state.*layer types"):
+        check_model_supported(model, ids, mask)
+    monkeypatch.setattr(loss, "recurrent_layer_types", lambda model: [])
+    with pytest.raises(UnsupportedModelError, match=f"model type '{model_type}' keeps a recurrent state.*cache"):
+        check_model_supported(model, ids, mask)
+
+
+def test_a_model_whose_hidden_states_are_not_per_token_is_refused(tiny_tokenizer):
+    """Gemma-3n's hidden states hold several streams ([streams, B, T, D]), so the loss cannot read
+    a label token's final state from them: refused with the shape, not a shape error."""
+    import transformers as hf
+
+    from cft_core.loss import UnsupportedModelError, check_model_supported
+
+    batch = _batch(tiny_tokenizer, make_records(3, seed=1), "left")
+    vocab = len(tiny_tokenizer)
+    torch.manual_seed(0)
+    model = hf.Gemma3nForCausalLM(hf.Gemma3nTextConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, layer_types=["sliding_attention", "full_attention"] * 2,
+        num_kv_shared_layers=2, hidden_size_per_layer_input=8, vocab_size_per_layer_input=vocab, laurel_rank=4,
+        activation_sparsity_pattern=[0.0] * 4, altup_num_inputs=2, attn_implementation="eager")).float()
+    with pytest.raises(UnsupportedModelError, match=r"'gemma3n_text' has a last hidden state of shape \(2, 3, "):
+        check_model_supported(model, batch["input_ids"], batch["attention_mask"])
 
 
 def test_a_window_shorter_than_the_rows_runs_them_whole(tiny_tokenizer):

@@ -384,26 +384,26 @@ def test_the_training_code_version_joins_the_key_only_past_one(tmp_path, monkeyp
     assert training.run_fingerprint(cfg, "data-fp") != before
 
 
-def test_a_model_whose_logits_the_loss_cannot_reproduce_is_refused_as_input(tmp_path, small_sequences):
-    """A model folder whose logits are scaled after the head in a way the loss does not reproduce
-    (HyperCLOVA X) stops at the first step with an input error (exit 2) that names the folder and
-    the model type; no model is written."""
-    from transformers import AutoTokenizer, HyperCLOVAXConfig, HyperCLOVAXForCausalLM
+def test_a_model_the_step_cannot_train_is_refused_as_input(tmp_path, small_sequences):
+    """A model folder the CFT step cannot train (Mamba: a recurrent state, where the step reuses
+    key/value caches) stops at the first step with an input error (exit 2) that names the folder
+    and the model type; no model is written. (Every refusal of `check_model_supported` takes this
+    path; the library tests go through each.)"""
+    from transformers import AutoTokenizer, MambaConfig, MambaForCausalLM
 
     from schemas.errors import ConfigError
     from tasks.training import model_folder, training_run_dir
 
     seq, fp = small_sequences
     cfg = make_config(tmp_path, max_steps=2, eval_steps=2)
-    folder = tmp_path / "hyperclovax"
+    folder = tmp_path / "mamba"
     tokenizer = AutoTokenizer.from_pretrained(model_folder(cfg, seq))  # the tiny model's, for this data
     tokenizer.save_pretrained(folder)
-    HyperCLOVAXForCausalLM(HyperCLOVAXConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, logits_scaling=4.0, bos_token_id=tokenizer.bos_token_id,
+    MambaForCausalLM(MambaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).save_pretrained(folder)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"source": str(folder)})})
-    with pytest.raises(ConfigError, match=f"model.source {folder}: model type 'hyperclovax' computes its logits"):
+    with pytest.raises(ConfigError, match=f"model.source {folder}: model type 'mamba' keeps a recurrent state"):
         train(cfg, seq, fp)
     assert not (training_run_dir(cfg, fp) / "model").exists()
 
