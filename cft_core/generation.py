@@ -69,17 +69,22 @@ def response_token_ids(tokenizer, prompts: PromptBuilder, titles: Sequence[str])
 class BeamPrefixLayer(DynamicLayer):
     """One decoder layer's key/value cache for a beam search from shared prompts.
 
-    keys, values: [B, H, P, D], the prompts' cache (one row per prompt). The buffers are
-    [B x beams, H, P + room, D]: rows beam-major within each prompt (as generate lays them out),
-    the prompt in [:P], generated tokens appended after it in place. `keys`/`values` are views of
-    the filled part, [B x beams, H, length, D], which is what attention reads.
+    keys: [B, H, P, Dk], values: [B, H, P, Dv], the prompts' cache (one row per prompt; Dk != Dv
+    in multi-head latent attention, e.g. MiniCPM3). The buffers are [B x beams, H, P + room, D.]:
+    rows beam-major within each prompt (as generate lays them out), the prompt in [:P], generated
+    tokens appended after it in place. `keys`/`values` are views of the filled part,
+    [B x beams, H, length, D.], which is what attention reads.
     """
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, beams: int, room: int):
         super().__init__()
-        rows, heads, self.prompt_length, dim = keys.shape
-        shape = (rows * beams, heads, self.prompt_length + room, dim)
-        self.key_buffer, self.value_buffer = keys.new_empty(shape), values.new_empty(shape)
+        self.prompt_length = keys.shape[-2]
+
+        def buffer(states: torch.Tensor) -> torch.Tensor:
+            rows, heads, _, dim = states.shape
+            return states.new_empty((rows * beams, heads, self.prompt_length + room, dim))
+
+        self.key_buffer, self.value_buffer = buffer(keys), buffer(values)
         self.key_buffer[:, :, : self.prompt_length] = keys.repeat_interleave(beams, dim=0)
         self.value_buffer[:, :, : self.prompt_length] = values.repeat_interleave(beams, dim=0)
         self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True

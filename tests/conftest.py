@@ -6,8 +6,12 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 # Offline, quiet, deterministic: the same settings as CI, also when pytest runs outside make.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,6 +71,43 @@ def make_records(n: int, seed: int = 0) -> list[dict]:
         target = rng.choice([t for t in TITLES if t not in hist])
         records.append({"history_titles": hist, "target_title": target})
     return records
+
+
+def table_model(model_type: str, vocab: int) -> torch.nn.Module:
+    """A tiny model of a type in POST_HEAD_TRANSFORMS that TINY_ARCHITECTURES lacks, the
+    transform set to bite (random tiny logits are ~1 or less)."""
+    import torch
+    import transformers as hf
+
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8, attn_implementation="eager")
+    moe = dict(num_local_experts=2, num_experts_per_tok=1)
+    builders = {
+        "gemma3_text": lambda: hf.Gemma3ForCausalLM(hf.Gemma3TextConfig(**common, final_logit_softcapping=0.5)),
+        "gemma4_text": lambda: hf.Gemma4ForCausalLM(hf.Gemma4TextConfig(**common, final_logit_softcapping=0.5)),
+        "vaultgemma": lambda: hf.VaultGemmaForCausalLM(hf.VaultGemmaConfig(**common, final_logit_softcapping=0.5)),
+        "nanochat": lambda: hf.NanoChatForCausalLM(hf.NanoChatConfig(**common, final_logit_softcapping=0.5)),
+        "granitemoe": lambda: hf.GraniteMoeForCausalLM(hf.GraniteMoeConfig(**common, **moe, logits_scaling=4.0)),
+        "granitemoeshared": lambda: hf.GraniteMoeSharedForCausalLM(
+            hf.GraniteMoeSharedConfig(**common, **moe, logits_scaling=4.0)),
+        "granite_swa": lambda: hf.GraniteSWAForCausalLM(hf.GraniteSWAConfig(**common, logits_scaling=4.0)),
+        "granitemoe_swa": lambda: hf.GraniteMoeSWAForCausalLM(
+            hf.GraniteMoeSWAConfig(**common, **moe, logits_scaling=4.0)),
+        # Multi-head latent attention (ranks and head widths of its own); logits_scaling is
+        # hidden_size / dim_model_base = 4.
+        "minicpm3": lambda: hf.MiniCPM3ForCausalLM(hf.MiniCPM3Config(
+            **{**common, "num_key_value_heads": 4}, dim_model_base=8, q_lora_rank=16, kv_lora_rank=8,
+            qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=8)),
+        "cohere2": lambda: hf.Cohere2ForCausalLM(hf.Cohere2Config(**common, logit_scale=0.25)),
+        "cohere2_moe": lambda: hf.Cohere2MoeForCausalLM(hf.Cohere2MoeConfig(**common, logit_scale=0.25)),
+        "hyperclovax": lambda: hf.HyperCLOVAXForCausalLM(hf.HyperCLOVAXConfig(**common, logits_scaling=4.0)),
+    }
+    torch.manual_seed(0)
+    return builders[model_type]().float()
+
+
+TABLE_ONLY_TYPES = ("gemma3_text", "gemma4_text", "vaultgemma", "nanochat", "granitemoe", "granitemoeshared",
+                    "granite_swa", "granitemoe_swa", "minicpm3", "cohere2", "cohere2_moe", "hyperclovax")
 
 
 @pytest.fixture(scope="session")

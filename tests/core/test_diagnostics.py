@@ -10,7 +10,7 @@ import torch
 from cft_core.diagnostics import label_likelihoods
 from cft_core.prompts import PromptBuilder
 from cft_core.tiny import build_tiny_model
-from tests.conftest import make_records
+from tests.conftest import make_records, table_model
 
 
 def reference_log_prob(model, tokenizer, prompt: str, response: str) -> tuple[float, int]:
@@ -23,12 +23,17 @@ def reference_log_prob(model, tokenizer, prompt: str, response: str) -> tuple[fl
     return total, len(labels)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "minicpm3"])
 def test_history_effect_equals_the_per_row_computation(tiny_tokenizer, arch):
     """Also for a model whose attention window (16) is shorter than every prompt: the rows then
-    run whole, as the shared start's padding would shift the window (cft_core.prefix)."""
-    model = (build_tiny_model(len(tiny_tokenizer), hidden_size=32, num_layers=2, num_heads=4, seed=3) if arch == "llama"
-             else build_tiny_model(len(tiny_tokenizer), arch="gemma2", sliding_window=16, seed=3)).eval()
+    run whole, as the shared start's padding would shift the window (cft_core.prefix); and for
+    multi-head latent attention (MiniCPM3: keys and values of different widths in the cache)."""
+    vocab = len(tiny_tokenizer)
+    model = {
+        "llama": lambda: build_tiny_model(vocab, hidden_size=32, num_layers=2, num_heads=4, seed=3),
+        "gemma2": lambda: build_tiny_model(vocab, arch="gemma2", sliding_window=16, seed=3),
+        "minicpm3": lambda: table_model("minicpm3", vocab),
+    }[arch]().eval()
     prompts = PromptBuilder.for_domain("movies")
     records = make_records(7, seed=1)  # uneven history lengths: padding in every batch
     got = label_likelihoods(model, tiny_tokenizer, prompts, records, batch_size=3)

@@ -10,7 +10,7 @@ from cft_core.generation import GenerationSettings, generate_titles, response_to
 from cft_core.prefix import PromptPrefixCache, common_prefix_length
 from cft_core.prompts import PromptBuilder
 from cft_core.tiny import build_tiny_model
-from tests.conftest import TITLES, make_records
+from tests.conftest import TITLES, make_records, table_model
 
 
 def beam_search_case(tokenizer, constrained: bool, rows: int, records_seed: int, model_seed: int, model=None,
@@ -24,18 +24,24 @@ def beam_search_case(tokenizer, constrained: bool, rows: int, records_seed: int,
     return model, prompts, texts, GenerationSettings(length_penalty=1.0, **settings), trie
 
 
-@pytest.mark.parametrize(("constrained", "arch"), [(False, "llama"), (True, "llama"), (True, "gemma2")])
+@pytest.mark.parametrize(("constrained", "arch"), [(False, "llama"), (True, "llama"), (True, "gemma2"),
+                                                    (True, "minicpm3")])
 def test_shared_prefill_generates_what_plain_beam_search_does(tiny_tokenizer, constrained, arch):
     """Prompts run once, their cache repeated per beam in the in-place beam cache == generate's own
     per-beam prompt pass and stock cache: the same titles in the same order, the same scores.
     Free generation runs to max_new_tokens, so the cache's room is used to its end. Also for a
     model whose sliding-window layers the stock cache keeps short (Gemma-2): the beam cache keeps
-    every position and the layers' masks apply the window."""
+    every position and the layers' masks apply the window; and for multi-head latent attention
+    (MiniCPM3), whose cached keys are wider than its values."""
+    model = {
+        "llama": lambda: None,
+        "gemma2": lambda: build_tiny_model(len(tiny_tokenizer), arch="gemma2", sliding_window=16, seed=5),
+        "minicpm3": lambda: table_model("minicpm3", len(tiny_tokenizer)),
+    }[arch]()
     model, _, texts, settings, trie = beam_search_case(
-        tiny_tokenizer, constrained, rows=5, records_seed=2, model_seed=5,
-        model=build_tiny_model(len(tiny_tokenizer), arch="gemma2", sliding_window=16, seed=5) if arch == "gemma2" else None,
+        tiny_tokenizer, constrained, rows=5, records_seed=2, model_seed=5, model=model,
         num_beams=4, num_return_sequences=4, min_new_tokens=4, batch_size=3,
-        max_new_tokens=24 if arch == "gemma2" else 12)  # its capped logits pick long titles
+        max_new_tokens=12 if arch == "llama" else 24)  # capped / scaled logits pick long titles
     shared, shared_scores = generate_titles(model, tiny_tokenizer, texts, settings, trie=trie, progress=False,
                                             with_scores=True)
     plain, plain_scores = generate_titles(model, tiny_tokenizer, texts, settings, trie=trie, progress=False,
@@ -54,15 +60,16 @@ def prefill_widths(model):
     return shapes, handle
 
 
-@pytest.mark.parametrize("constrained", [False, True])
-def test_shared_prefix_generates_what_each_row_alone_does(tiny_tokenizer, constrained):
+@pytest.mark.parametrize(("constrained", "arch"), [(False, "llama"), (True, "llama"), (True, "minicpm3")])
+def test_shared_prefix_generates_what_each_row_alone_does(tiny_tokenizer, constrained, arch):
     """The prompts' common start run once per batch, or taken from a cache filled by another batch
     (a different common start: the first batch holds one prompt, so its 'common start' is all of
     it), == every row running its whole prompt: the same titles in the same order, the same
     scores. The cached prefix is really not run again: the second call's prompt pass starts
-    after it."""
+    after it. Also with multi-head latent attention (MiniCPM3's keys wider than its values)."""
     model, prompts, texts, settings, trie = beam_search_case(
         tiny_tokenizer, constrained, rows=7, records_seed=4, model_seed=7,
+        model=table_model("minicpm3", len(tiny_tokenizer)) if arch == "minicpm3" else None,
         num_beams=3, num_return_sequences=3, min_new_tokens=2, max_new_tokens=10, batch_size=4)
 
     def run(**kw):

@@ -13,7 +13,7 @@ from cft_core.modeling import IGNORE_INDEX
 from cft_core.prompts import PromptBuilder
 from cft_core.reference import reference_cft_loss
 from cft_core.tiny import TINY_ARCHITECTURES, build_tiny_model
-from tests.conftest import make_records
+from tests.conftest import TABLE_ONLY_TYPES, make_records, table_model
 
 # ---------------------------------------------------------------- kernel: cft_loss
 
@@ -252,48 +252,12 @@ def test_gradient_checkpointing_runs_every_factual_row_whole(tiny_tokenizer):
     assert got.loss.item() == pytest.approx(expected, abs=1e-5)
 
 
-def _table_model(model_type: str, vocab: int) -> torch.nn.Module:
-    """A tiny model of a type in POST_HEAD_TRANSFORMS that TINY_ARCHITECTURES lacks, the
-    transform set to bite (random tiny logits are ~1 or less)."""
-    import transformers as hf
-
-    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=8, attn_implementation="eager")
-    moe = dict(num_local_experts=2, num_experts_per_tok=1)
-    builders = {
-        "gemma3_text": lambda: hf.Gemma3ForCausalLM(hf.Gemma3TextConfig(**common, final_logit_softcapping=0.5)),
-        "gemma4_text": lambda: hf.Gemma4ForCausalLM(hf.Gemma4TextConfig(**common, final_logit_softcapping=0.5)),
-        "vaultgemma": lambda: hf.VaultGemmaForCausalLM(hf.VaultGemmaConfig(**common, final_logit_softcapping=0.5)),
-        "nanochat": lambda: hf.NanoChatForCausalLM(hf.NanoChatConfig(**common, final_logit_softcapping=0.5)),
-        "granitemoe": lambda: hf.GraniteMoeForCausalLM(hf.GraniteMoeConfig(**common, **moe, logits_scaling=4.0)),
-        "granitemoeshared": lambda: hf.GraniteMoeSharedForCausalLM(
-            hf.GraniteMoeSharedConfig(**common, **moe, logits_scaling=4.0)),
-        "granite_swa": lambda: hf.GraniteSWAForCausalLM(hf.GraniteSWAConfig(**common, logits_scaling=4.0)),
-        "granitemoe_swa": lambda: hf.GraniteMoeSWAForCausalLM(
-            hf.GraniteMoeSWAConfig(**common, **moe, logits_scaling=4.0)),
-        # Multi-head latent attention (ranks and head widths of its own); logits_scaling is
-        # hidden_size / dim_model_base = 4.
-        "minicpm3": lambda: hf.MiniCPM3ForCausalLM(hf.MiniCPM3Config(
-            **{**common, "num_key_value_heads": 4}, dim_model_base=8, q_lora_rank=16, kv_lora_rank=8,
-            qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=8)),
-        "cohere2": lambda: hf.Cohere2ForCausalLM(hf.Cohere2Config(**common, logit_scale=0.25)),
-        "cohere2_moe": lambda: hf.Cohere2MoeForCausalLM(hf.Cohere2MoeConfig(**common, logit_scale=0.25)),
-        "hyperclovax": lambda: hf.HyperCLOVAXForCausalLM(hf.HyperCLOVAXConfig(**common, logits_scaling=4.0)),
-    }
-    torch.manual_seed(0)
-    return builders[model_type]().float()
-
-
-TABLE_ONLY_TYPES = ("gemma3_text", "gemma4_text", "vaultgemma", "nanochat", "granitemoe", "granitemoeshared",
-                    "granite_swa", "granitemoe_swa", "minicpm3", "cohere2", "cohere2_moe", "hyperclovax")
-
-
 @pytest.mark.parametrize("model_type", TABLE_ONLY_TYPES)
 def test_step_matches_reference_on_each_table_type(tiny_tokenizer, model_type):
     """The step applies the model type's post-head transform (POST_HEAD_TRANSFORMS) as the model's
     own forward does: equal to the reference from the model's full logits, values and gradients."""
     batch = _batch(tiny_tokenizer, make_records(4, seed=3), "left")
-    model = _table_model(model_type, len(tiny_tokenizer))
+    model = table_model(model_type, len(tiny_tokenizer))
     ours = compute_cft_loss(model, batch, alpha=0.3, beta=0.25)
     ours.loss.backward()
     g_ours = _grads(model)
@@ -317,7 +281,7 @@ def test_the_check_passes_every_model_whose_logits_the_loss_reproduces(tiny_toke
     batch = _batch(tiny_tokenizer, make_records(3, seed=1), "left")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     models = {arch: build_tiny_model(len(tiny_tokenizer), arch=arch) for arch in TINY_ARCHITECTURES}
-    models.update({t: _table_model(t, len(tiny_tokenizer)) for t in TABLE_ONLY_TYPES})
+    models.update({t: table_model(t, len(tiny_tokenizer)) for t in TABLE_ONLY_TYPES})
     assert set(POST_HEAD_TRANSFORMS) <= {m.config.get_text_config().model_type for m in models.values()}
     for name, model in models.items():
         check_model_supported(model, ids, mask)
@@ -336,7 +300,7 @@ def test_a_model_whose_logits_the_loss_cannot_reproduce_is_refused(tiny_tokenize
 
     batch = _batch(tiny_tokenizer, make_records(3, seed=1), "left")
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    model = _table_model("hyperclovax", len(tiny_tokenizer))
+    model = table_model("hyperclovax", len(tiny_tokenizer))
     check_model_supported(model, ids, mask)
     monkeypatch.delitem(modeling.POST_HEAD_TRANSFORMS, "hyperclovax")
     with pytest.raises(UnsupportedModelError, match="model type 'hyperclovax' computes its logits .* gemma2"):
