@@ -29,8 +29,8 @@ from cft_core.collate import PairedCollator
 from cft_core.modeling import IGNORE_INDEX
 from cft_core.prefix import (
     PromptPrefixCache,
+    can_share_prefix,
     forward_after_prefix,
-    gaps_fit_window,
     layout_labelled,
 )
 
@@ -68,7 +68,7 @@ def _label_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     factual prompts, and all of the counterfactual prompt but its last token, which is the same
     for every row. Only the last positions go through the LM head (a 49k vocabulary makes the full
     [B, T, V] logits the largest tensor of the pass)."""
-    share_prefix = share_prefix and gaps_fit_window(model, input_ids.shape[1])
+    share_prefix = share_prefix and can_share_prefix(model, input_ids.shape[1])
     ids, mask, labels, shared = layout_labelled(input_ids, attention_mask, labels, share_prefix)
     keep = int((labels != IGNORE_INDEX).sum(dim=1).max()) + 1  # the label positions and the one before
     logits = forward_after_prefix(model, ids, mask, shared, prefix_cache, logits_to_keep=keep)[1].logits

@@ -36,12 +36,12 @@ from transformers import GenerationConfig
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from cft_core.constrained import TitleTrie, TrieLogitsProcessor
-from cft_core.modeling import model_device
+from cft_core.modeling import model_device, recurrent_layer_types
 from cft_core.prefix import (
     PromptPrefixCache,
+    can_share_prefix,
     common_prefix_length,
     forward_after_prefix,
-    gaps_fit_window,
     layout_prompts,
 )
 from cft_core.prompts import PromptBuilder
@@ -192,6 +192,8 @@ def generate_titles(
     progress: a bar per batch, on a terminal only (tqdm's disable=None: none in a log file)."""
     model.eval()
     device = model_device(model)
+    # The beam cache holds keys and values; a model with recurrent layers keeps its own cache.
+    share_prefill = share_prefill and not recurrent_layer_types(model)
     if trie is not None:
         trie = trie.to(device)
     config = beam_search_config(settings, tokenizer, constrained=trie is not None, with_scores=with_scores)
@@ -203,7 +205,7 @@ def generate_titles(
         rows = tokenizer(chunk, add_special_tokens=True)["input_ids"]
         shared = 0  # tokens every prompt of the batch starts with, run once
         longest = max(len(r) for r in rows) + settings.max_new_tokens  # the widest a row gets
-        if share_prefill and share_prefix and gaps_fit_window(model, longest):
+        if share_prefill and share_prefix and can_share_prefix(model, longest):
             # each row keeps its last token: generate feeds it
             shared = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)
         ids, mask = layout_prompts(rows, config.pad_token_id, shared)
@@ -215,8 +217,9 @@ def generate_titles(
                                 shared=shared, prefix_cache=prefix_cache)
                  if share_prefill and width > 1 else None)
         with only_this_generation_config(model, config):
-            gen = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache,
-                                 generation_config=config, logits_processor=processors)
+            prefilled = {"past_key_values": cache} if cache is not None else {}  # else the model's own cache
+            gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                 logits_processor=processors, **prefilled)
         texts = tokenizer.batch_decode(gen.sequences[:, width:], skip_special_tokens=True)
         k = settings.num_return_sequences
         out += [[PromptBuilder.parse_response(t) for t in texts[i * k : (i + 1) * k]] for i in range(len(chunk))]

@@ -24,9 +24,10 @@ Applying the head itself assumes the model's logits are head(final hidden state)
 function of it: Gemma-2's soft-capping, Granite's and Cohere's scaling are applied after the head
 as those models do (`cft_core.modeling.output_logits`). `check_model_supported` verifies that
 on one forward pass, and the trainer runs it on its first batch, so a model that transforms its
-logits in another way is refused rather than trained on other logits than it predicts with. It
-also refuses models with recurrent layers (Mamba, Qwen3-Next / Qwen3.5, Falcon-H1): the shared
-start and the packs reuse key/value caches, which a recurrent state cannot be.
+logits in another way is refused rather than trained on other logits than it predicts with.
+Models with recurrent layers (Mamba, Falcon-H1, LFM2, Granite-4.0-H, Qwen3-Next / Qwen3.5) run
+every row whole, both halves padded: a recurrent state is not keys and values that could be
+reused, and padding inside a row would run through it (`cft_core.prefix.can_share_prefix`).
 """
 
 from __future__ import annotations
@@ -36,19 +37,13 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import Cache
-
-try:  # transformers 5.x: the cache layers of Mamba-like and gated-delta-net layers
-    from transformers.cache_utils import LinearAttentionCacheLayerMixin as RECURRENT_CACHE_LAYERS
-except ImportError:  # older releases: such models return their own cache classes, not a Cache
-    RECURRENT_CACHE_LAYERS = ()
 
 from cft_core.modeling import (
     IGNORE_INDEX,
+    PADDING_CHANGES_OUTPUTS,
     POST_HEAD_TRANSFORMS,
     output_logits,
     position_ids_from_mask,
-    recurrent_layer_types,
 )
 from cft_core.packing import (
     PackedHalf,
@@ -56,7 +51,7 @@ from cft_core.packing import (
     pack_shared_prefix,
     supports_packing,
 )
-from cft_core.prefix import forward_after_prefix, gaps_fit_window, layout_labelled
+from cft_core.prefix import can_share_prefix, forward_after_prefix, layout_labelled
 from cft_core.weighting import token_weights
 
 
@@ -70,15 +65,10 @@ class UnsupportedModelError(ValueError):
 @torch.no_grad()
 def check_model_supported(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                           rtol: float = 0.05) -> None:
-    """Raise UnsupportedModelError unless this kernel can train the model as it predicts:
-
-    1. every layer keeps keys and values, no recurrent state (`recurrent_layer_types`, then the
-       cache a forward pass returns): the step, beam search and the diagnostics reuse a prompt's
-       key/value cache across rows and put padding inside rows (`cft_core.prefix`,
-       `cft_core.packing`), which a Mamba or gated-delta-net state does not allow;
-    2. its logits are what `compute_cft_loss` computes from the final hidden state:
-       `output_logits(model)` (the head, then the post-head transform of the model types that have
-       a known one).
+    """Raise UnsupportedModelError unless the model's logits are what `compute_cft_loss` computes
+    from its final hidden state: `output_logits(model)` (the head, then the post-head transform
+    of the model types that have a known one), from hidden states of one row per token; and
+    unless padding leaves a row's outputs as they are alone (PADDING_CHANGES_OUTPUTS, by type).
 
     input_ids, attention_mask: [B, T], e.g. a first training batch. One forward pass keeping the
     last position's logits [B, V], compared with `output_logits` applied to that position's hidden
@@ -87,15 +77,15 @@ def check_model_supported(model: torch.nn.Module, input_ids: torch.Tensor, atten
     far above every logit changes nothing and passes)."""
     config = getattr(getattr(model, "module", model), "config", None)
     name = f"model type {getattr(config, 'model_type', '?')!r}"
-    recurrent = recurrent_layer_types(model)
-    if recurrent:  # before the forward pass: some of these models cannot even run it with a cache
-        raise UnsupportedModelError(_recurrent_state_message(name, f"layer types {', '.join(recurrent)}"))
+    if (why := PADDING_CHANGES_OUTPUTS.get(getattr(config, "model_type", None))) is not None:
+        raise UnsupportedModelError(f"{name} gives other outputs for a row in a padded batch than for the row "
+                                    f"alone: {why}")
     training = model.training
     model.eval()  # no dropout: a training run draws the same random numbers with or without the check
     try:
         out = model(input_ids=input_ids, attention_mask=attention_mask,
                     position_ids=position_ids_from_mask(attention_mask),
-                    output_hidden_states=True, use_cache=True, logits_to_keep=1)
+                    output_hidden_states=True, use_cache=False, logits_to_keep=1)
         last_hidden = out.hidden_states[-1]  # [B, T, D] after the final norm, as the step reads it
         if last_hidden.dim() != 3 or last_hidden.shape[:2] != input_ids.shape:  # Gemma-3n: [streams, B, T, D]
             raise UnsupportedModelError(
@@ -106,11 +96,6 @@ def check_model_supported(model: torch.nn.Module, input_ids: torch.Tensor, atten
         ours = output_logits(model)(last_hidden[:, -1]).float()
     finally:
         model.train(training)
-    cache = getattr(out, "past_key_values", None)
-    if not isinstance(cache, Cache) or any(isinstance(layer, RECURRENT_CACHE_LAYERS) for layer in cache.layers):
-        found = type(cache).__name__ if not isinstance(cache, Cache) else \
-            ", ".join(sorted({type(layer).__name__ for layer in cache.layers}))
-        raise UnsupportedModelError(_recurrent_state_message(name, f"cache {found}"))
     gap = (ours - expected).abs().max().item()
     largest = max(expected.abs().max().item(), ours.abs().max().item())
     if not gap <= rtol * largest + 1e-6:  # also catches NaN
@@ -121,13 +106,6 @@ def check_model_supported(model: torch.nn.Module, input_ids: torch.Tensor, atten
             f"{', '.join(sorted(POST_HEAD_TRANSFORMS))}), so it would train other logits than the model "
             "predicts with: use a model whose logits are head(hidden) (Llama, SmolLM2, Qwen2/2.5/3, Mistral, "
             "Phi-3) or one of those types")
-
-
-def _recurrent_state_message(name: str, found: str) -> str:
-    return (f"{name} keeps a recurrent state, not only keys and values ({found}): the CFT step, beam "
-            "search and the diagnostics reuse a prompt's key/value cache across rows, which a recurrent "
-            "state does not allow. Use an attention-only model (Llama, SmolLM2, Qwen2/2.5/3, Mistral, "
-            "Gemma-2/3, Phi-3)")
 
 
 class CFTLossOutput(NamedTuple):
@@ -310,7 +288,7 @@ def compute_cft_loss(
     h_f, y, predicts = label_hidden_states(
         model, batch["input_ids"], batch["attention_mask"], batch["labels"],
         share_prefix=(share_factual_prefix and supports_packing(model) and not _checkpointing(model)
-                      and gaps_fit_window(model, batch["input_ids"].shape[1])),
+                      and can_share_prefix(model, batch["input_ids"].shape[1])),
     )
     w = token_weights(predicts, beta)[predicts]  # [N], same row-major order as h_f
     head = lm_head if lm_head is not None else output_logits(model)
@@ -324,7 +302,7 @@ def compute_cft_loss(
     cf = (batch["cf_input_ids"], batch["cf_attention_mask"], batch["cf_labels"])
     # A pack is one long row, but its mask is taken as it is, windowed layers included (tested):
     # each of its rows sees what it sees alone while that row fits the window.
-    pack = pack_counterfactual and supports_packing(model) and gaps_fit_window(model, cf[0].shape[1])
+    pack = pack_counterfactual and supports_packing(model) and can_share_prefix(model, cf[0].shape[1])
     packed = pack_shared_prefix(*cf) if pack else None
     if packed is None:
         h_c, y_c, _ = label_hidden_states(model, *cf)

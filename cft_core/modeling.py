@@ -59,10 +59,19 @@ RECURRENT_LAYER_TYPES = frozenset({"linear_attention", "hybrid", "hybrid_sliding
 
 def recurrent_layer_types(model: torch.nn.Module) -> list[str]:
     """The recurrent layer kinds (RECURRENT_LAYER_TYPES) among the model's layers: [] for an
-    attention-only decoder; ['linear_attention'] for Mamba, Qwen3-Next / Qwen3.5, Jamba, Bamba,
-    RecurrentGemma; ['hybrid'] for Falcon-H1."""
+    attention-only decoder; ['linear_attention'] for Mamba, Qwen3-Next / Qwen3.5, Jamba,
+    Granite-4.0-H; ['hybrid'] for Falcon-H1; ['conv'] for LFM2. Such a model runs every row
+    whole: its state is not keys and values that a shared start could hand to the rows
+    (`cft_core.prefix.can_share_prefix`)."""
     text = _text_config(model)
     return sorted(set(getattr(text, "layer_types", None) or []) & RECURRENT_LAYER_TYPES)
+
+
+# Model types whose outputs change with padding (which every batched pass here has): the reason.
+PADDING_CHANGES_OUTPUTS = {
+    "recurrent_gemma": "its recurrent blocks' temporal convolution ignores the attention mask, so a "
+                       "left-padded row's first tokens mix in the padding",
+}
 
 
 def _softcap(config) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -82,6 +91,10 @@ def _times_logits_scaling(config) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda z: z * config.logits_scaling
 
 
+def _times_lm_head_multiplier(config) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda z: z * config.lm_head_multiplier
+
+
 # Model types whose logits are a known elementwise function of head(final hidden state), as each
 # one's forward computes them in transformers 5.x (`<Model>ForCausalLM.forward`). The CFT loss
 # applies the head to label rows itself, so it must apply the same function; `check_model_supported`
@@ -98,6 +111,7 @@ POST_HEAD_TRANSFORMS: dict[str, Callable] = {
     "granitemoeshared": _divide_by_logits_scaling,
     "granite_swa": _divide_by_logits_scaling,
     "granitemoe_swa": _divide_by_logits_scaling,
+    "granitemoehybrid": _divide_by_logits_scaling,  # Granite-4.0-H (Mamba-2 and attention layers)
     # MiniCPM3 divides the hidden state before the head, which has no bias: the same logits.
     "minicpm3": _divide_by_logits_scaling,
     "cohere": _times_logit_scale,
@@ -105,6 +119,7 @@ POST_HEAD_TRANSFORMS: dict[str, Callable] = {
     "cohere2_moe": _times_logit_scale,
     # Same field name as Granite's, the other way round: why the table is keyed by type.
     "hyperclovax": _times_logits_scaling,
+    "falcon_h1": _times_lm_head_multiplier,
 }
 
 

@@ -13,8 +13,11 @@ Layout: the common start in the first columns, each row's own tokens right-align
 padding between (`layout_prompts`); position ids count real tokens, so every token keeps the
 position it has when its row runs alone. A sliding attention window counts columns, not
 positions: the padding between would move tokens out of a window, so a model with one shorter
-than the rows runs them whole (`gaps_fit_window`). Caches keep every position, windowed layers
-included (a window's own cache drops the oldest), and the layers' masks apply the window.
+than the rows runs them whole (`can_share_prefix`). Caches keep every position, windowed layers
+included (a window's own cache drops the oldest), and the layers' masks apply the window. A model
+with recurrent layers (Mamba, gated delta-nets, short convolutions) runs every row whole too: its
+state is not keys and values that could be handed to the rows, and padding between would run
+through it (its layers zero the padding's inputs, so ordinary left or right padding is exact).
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from collections.abc import Sequence
 import torch
 from transformers.cache_utils import DynamicCache
 
-from cft_core.modeling import IGNORE_INDEX, attention_window, model_device, position_ids_from_mask
+from cft_core.modeling import (
+    IGNORE_INDEX,
+    attention_window,
+    model_device,
+    position_ids_from_mask,
+    recurrent_layer_types,
+)
 
 KeysValues = list[tuple[torch.Tensor, torch.Tensor]]  # per decoder layer: (keys, values) [B, H, T, D]
 
@@ -85,14 +94,24 @@ class PromptPrefixCache:
         return shared, [(k[:, :, :shared], v[:, :, :shared]) for k, v in self.layers]
 
 
-def gaps_fit_window(model, width: int) -> bool:
+def can_share_prefix(model, width: int) -> bool:
     """Whether rows `width` columns wide (what the pass will have seen at its end) may hold padding
-    between their shared start and their own tokens: yes unless the model has a sliding attention
-    window shorter than that (module docstring). Gemma-2's and Mistral's 4,096 are far longer than
-    a prompt (~100-300 tokens); Gemma-3's 512 can bite on long histories (then the rows run whole,
-    which is slower, not different)."""
+    between their shared start and their own tokens, and a prefix's keys and values be reused:
+    yes unless the model has a sliding attention window shorter than that (module docstring), or
+    layers that keep a recurrent state (Mamba, gated delta-nets, short convolutions: a state is
+    not keys and values, and padding inside a row would run through it). Gemma-2's and Mistral's
+    4,096 are far longer than a prompt (~100-300 tokens); Gemma-3's 512 can bite on long
+    histories. Where it says no the rows run whole, which is slower, not different."""
+    if recurrent_layer_types(model):
+        return False
     window = attention_window(model)
     return window is None or width <= window
+
+
+def fresh_cache(model) -> DynamicCache | None:
+    """A cache that keeps every position (a windowed layer's own cache drops the oldest), or None
+    for a model with recurrent layers, which builds the cache of its own kinds of layers."""
+    return None if recurrent_layer_types(model) else DynamicCache()
 
 
 def real_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
@@ -145,7 +164,7 @@ def forward_after_prefix(model, input_ids: torch.Tensor, attention_mask: torch.T
     start, prefix = (prefix_cache or PromptPrefixCache()).lookup(model, input_ids[0, :shared].tolist())
     past = DynamicCache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix]) if start else None
     if past is None and model_kwargs.get("use_cache", True):
-        past = DynamicCache()  # every position kept, also by windowed layers (module docstring)
+        past = fresh_cache(model)
     if start == input_ids.shape[1]:
         return past, None
     out = model(
@@ -155,4 +174,5 @@ def forward_after_prefix(model, input_ids: torch.Tensor, attention_mask: torch.T
         past_key_values=past,
         **{"use_cache": True, "logits_to_keep": 1, **model_kwargs},
     )
-    return (out.past_key_values if out.past_key_values is not None else past), out
+    cache = getattr(out, "past_key_values", None)  # Mamba's output has none (its state is elsewhere)
+    return (cache if cache is not None else past), out

@@ -73,18 +73,22 @@ def make_records(n: int, seed: int = 0) -> list[dict]:
     return records
 
 
-def table_model(model_type: str, vocab: int) -> torch.nn.Module:
-    """A tiny model of a type in POST_HEAD_TRANSFORMS that TINY_ARCHITECTURES lacks, the
-    transform set to bite (random tiny logits are ~1 or less)."""
+def tiny_model_of_type(model_type: str, vocab: int) -> torch.nn.Module:
+    """A tiny randomly initialised model of a transformers model type that `build_tiny_model`
+    does not build: the types of POST_HEAD_TRANSFORMS (the transform set to bite: random tiny
+    logits are ~1 or less) and the types with recurrent layers (RECURRENT_TYPES)."""
     import torch
     import transformers as hf
 
     common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=8, attn_implementation="eager")
+    no_head_dim = {k: v for k, v in common.items() if k != "head_dim"}
     moe = dict(num_local_experts=2, num_experts_per_tok=1)
+    mamba2 = dict(mamba_n_heads=4, mamba_d_head=16, mamba_expand=2, mamba_n_groups=1, mamba_d_state=16)
     builders = {
         "gemma3_text": lambda: hf.Gemma3ForCausalLM(hf.Gemma3TextConfig(**common, final_logit_softcapping=0.5)),
-        "gemma4_text": lambda: hf.Gemma4ForCausalLM(hf.Gemma4TextConfig(**common, final_logit_softcapping=0.5)),
+        "gemma4_text": lambda: hf.Gemma4ForCausalLM(hf.Gemma4TextConfig(  # per-layer inputs as small as the rest
+            **common, final_logit_softcapping=0.5, vocab_size_per_layer_input=vocab, hidden_size_per_layer_input=8)),
         "vaultgemma": lambda: hf.VaultGemmaForCausalLM(hf.VaultGemmaConfig(**common, final_logit_softcapping=0.5)),
         "nanochat": lambda: hf.NanoChatForCausalLM(hf.NanoChatConfig(**common, final_logit_softcapping=0.5)),
         "granitemoe": lambda: hf.GraniteMoeForCausalLM(hf.GraniteMoeConfig(**common, **moe, logits_scaling=4.0)),
@@ -101,13 +105,33 @@ def table_model(model_type: str, vocab: int) -> torch.nn.Module:
         "cohere2": lambda: hf.Cohere2ForCausalLM(hf.Cohere2Config(**common, logit_scale=0.25)),
         "cohere2_moe": lambda: hf.Cohere2MoeForCausalLM(hf.Cohere2MoeConfig(**common, logit_scale=0.25)),
         "hyperclovax": lambda: hf.HyperCLOVAXForCausalLM(hf.HyperCLOVAXConfig(**common, logits_scaling=4.0)),
+        # With recurrent layers (and a post-head transform, the first two).
+        "falcon_h1": lambda: hf.FalconH1ForCausalLM(hf.FalconH1Config(  # Mamba-2 part as small as the rest
+            **common, lm_head_multiplier=0.25, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_state=16, mamba_chunk_size=16)),
+        "granitemoehybrid": lambda: hf.GraniteMoeHybridForCausalLM(hf.GraniteMoeHybridConfig(
+            **common, **moe, **mamba2, logits_scaling=4.0, layer_types=["linear_attention", "full_attention"])),
+        "recurrent_gemma": lambda: hf.RecurrentGemmaForCausalLM(hf.RecurrentGemmaConfig(
+            **{**common, "num_hidden_layers": 3}, lru_width=32, attention_window_size=16)),
+        "mamba": lambda: hf.MambaForCausalLM(hf.MambaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2)),
+        "qwen3_next": lambda: hf.Qwen3NextForCausalLM(hf.Qwen3NextConfig(
+            **common, layer_types=["linear_attention", "full_attention"], num_experts=2, num_experts_per_tok=1)),
+        "lfm2": lambda: hf.Lfm2ForCausalLM(hf.Lfm2Config(**no_head_dim, full_attn_idxs=[1])),
+        "jamba": lambda: hf.JambaForCausalLM(hf.JambaConfig(
+            **no_head_dim, num_experts=2, num_experts_per_tok=1, attn_layer_period=2, attn_layer_offset=1,
+            expert_layer_period=2, expert_layer_offset=1, mamba_d_state=8)),
     }
     torch.manual_seed(0)
     return builders[model_type]().float()
 
 
+# Types of POST_HEAD_TRANSFORMS that `build_tiny_model` lacks.
 TABLE_ONLY_TYPES = ("gemma3_text", "gemma4_text", "vaultgemma", "nanochat", "granitemoe", "granitemoeshared",
-                    "granite_swa", "granitemoe_swa", "minicpm3", "cohere2", "cohere2_moe", "hyperclovax")
+                    "granite_swa", "granitemoe_swa", "minicpm3", "cohere2", "cohere2_moe", "hyperclovax",
+                    "falcon_h1", "granitemoehybrid")
+# Layers with a recurrent state: Mamba; Mamba-2 beside attention (Falcon-H1 in each layer,
+# Granite-4.0-H and Jamba in turns); gated delta-nets (Qwen3-Next, as Qwen3.5); short
+# convolutions (LFM2). RecurrentGemma is refused (cft_core.modeling.PADDING_CHANGES_OUTPUTS).
+RECURRENT_TYPES = ("mamba", "falcon_h1", "granitemoehybrid", "jamba", "qwen3_next", "lfm2")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import torch
 from cft_core.diagnostics import label_likelihoods
 from cft_core.prompts import PromptBuilder
 from cft_core.tiny import build_tiny_model
-from tests.conftest import make_records, table_model
+from tests.conftest import make_records, tiny_model_of_type
 
 
 def reference_log_prob(model, tokenizer, prompt: str, response: str) -> tuple[float, int]:
@@ -32,7 +32,7 @@ def test_history_effect_equals_the_per_row_computation(tiny_tokenizer, arch):
     model = {
         "llama": lambda: build_tiny_model(vocab, hidden_size=32, num_layers=2, num_heads=4, seed=3),
         "gemma2": lambda: build_tiny_model(vocab, arch="gemma2", sliding_window=16, seed=3),
-        "minicpm3": lambda: table_model("minicpm3", vocab),
+        "minicpm3": lambda: tiny_model_of_type("minicpm3", vocab),
     }[arch]().eval()
     prompts = PromptBuilder.for_domain("movies")
     records = make_records(7, seed=1)  # uneven history lengths: padding in every batch

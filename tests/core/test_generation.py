@@ -10,7 +10,7 @@ from cft_core.generation import GenerationSettings, generate_titles, response_to
 from cft_core.prefix import PromptPrefixCache, common_prefix_length
 from cft_core.prompts import PromptBuilder
 from cft_core.tiny import build_tiny_model
-from tests.conftest import TITLES, make_records, table_model
+from tests.conftest import TITLES, make_records, tiny_model_of_type
 
 
 def beam_search_case(tokenizer, constrained: bool, rows: int, records_seed: int, model_seed: int, model=None,
@@ -36,7 +36,7 @@ def test_shared_prefill_generates_what_plain_beam_search_does(tiny_tokenizer, co
     model = {
         "llama": lambda: None,
         "gemma2": lambda: build_tiny_model(len(tiny_tokenizer), arch="gemma2", sliding_window=16, seed=5),
-        "minicpm3": lambda: table_model("minicpm3", len(tiny_tokenizer)),
+        "minicpm3": lambda: tiny_model_of_type("minicpm3", len(tiny_tokenizer)),
     }[arch]()
     model, _, texts, settings, trie = beam_search_case(
         tiny_tokenizer, constrained, rows=5, records_seed=2, model_seed=5, model=model,
@@ -69,7 +69,7 @@ def test_shared_prefix_generates_what_each_row_alone_does(tiny_tokenizer, constr
     after it. Also with multi-head latent attention (MiniCPM3's keys wider than its values)."""
     model, prompts, texts, settings, trie = beam_search_case(
         tiny_tokenizer, constrained, rows=7, records_seed=4, model_seed=7,
-        model=table_model("minicpm3", len(tiny_tokenizer)) if arch == "minicpm3" else None,
+        model=tiny_model_of_type("minicpm3", len(tiny_tokenizer)) if arch == "minicpm3" else None,
         num_beams=3, num_return_sequences=3, min_new_tokens=2, max_new_tokens=10, batch_size=4)
 
     def run(**kw):

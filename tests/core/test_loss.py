@@ -13,7 +13,7 @@ from cft_core.modeling import IGNORE_INDEX
 from cft_core.prompts import PromptBuilder
 from cft_core.reference import reference_cft_loss
 from cft_core.tiny import TINY_ARCHITECTURES, build_tiny_model
-from tests.conftest import TABLE_ONLY_TYPES, make_records, table_model
+from tests.conftest import TABLE_ONLY_TYPES, make_records, tiny_model_of_type
 
 # ---------------------------------------------------------------- kernel: cft_loss
 
@@ -257,7 +257,7 @@ def test_step_matches_reference_on_each_table_type(tiny_tokenizer, model_type):
     """The step applies the model type's post-head transform (POST_HEAD_TRANSFORMS) as the model's
     own forward does: equal to the reference from the model's full logits, values and gradients."""
     batch = _batch(tiny_tokenizer, make_records(4, seed=3), "left")
-    model = table_model(model_type, len(tiny_tokenizer))
+    model = tiny_model_of_type(model_type, len(tiny_tokenizer))
     ours = compute_cft_loss(model, batch, alpha=0.3, beta=0.25)
     ours.loss.backward()
     g_ours = _grads(model)
@@ -281,7 +281,7 @@ def test_the_check_passes_every_model_whose_logits_the_loss_reproduces(tiny_toke
     batch = _batch(tiny_tokenizer, make_records(3, seed=1), "left")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     models = {arch: build_tiny_model(len(tiny_tokenizer), arch=arch) for arch in TINY_ARCHITECTURES}
-    models.update({t: table_model(t, len(tiny_tokenizer)) for t in TABLE_ONLY_TYPES})
+    models.update({t: tiny_model_of_type(t, len(tiny_tokenizer)) for t in TABLE_ONLY_TYPES})
     assert set(POST_HEAD_TRANSFORMS) <= {m.config.get_text_config().model_type for m in models.values()}
     for name, model in models.items():
         check_model_supported(model, ids, mask)
@@ -300,46 +300,10 @@ def test_a_model_whose_logits_the_loss_cannot_reproduce_is_refused(tiny_tokenize
 
     batch = _batch(tiny_tokenizer, make_records(3, seed=1), "left")
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    model = table_model("hyperclovax", len(tiny_tokenizer))
+    model = tiny_model_of_type("hyperclovax", len(tiny_tokenizer))
     check_model_supported(model, ids, mask)
     monkeypatch.delitem(modeling.POST_HEAD_TRANSFORMS, "hyperclovax")
     with pytest.raises(UnsupportedModelError, match="model type 'hyperclovax' computes its logits .* gemma2"):
-        check_model_supported(model, ids, mask)
-
-
-def _recurrent_model(model_type: str, vocab: int) -> torch.nn.Module:
-    """A tiny model with layers that keep a recurrent state (the kinds users try: Mamba; Falcon-H1,
-    attention and Mamba in each layer; Qwen3-Next / Qwen3.5, gated delta-net layers between
-    attention layers)."""
-    import transformers as hf
-
-    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=8, attn_implementation="eager")
-    torch.manual_seed(0)
-    if model_type == "mamba":
-        return hf.MambaForCausalLM(hf.MambaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2)).float()
-    if model_type == "falcon_h1":
-        return hf.FalconH1ForCausalLM(hf.FalconH1Config(**common)).float()
-    return hf.Qwen3NextForCausalLM(hf.Qwen3NextConfig(
-        **common, layer_types=["linear_attention", "full_attention"], num_experts=2, num_experts_per_tok=1)).float()
-
-
-@pytest.mark.parametrize("model_type", ["mamba", "falcon_h1", "qwen3_next"])
-def test_a_model_with_recurrent_layers_is_refused(tiny_tokenizer, monkeypatch, model_type):
-    """The step reuses key/value caches across rows (shared start, packs), which a recurrent state
-    cannot be: such a model is refused, naming its type and layer kinds, where it would otherwise
-    crash in the step; a config that hides its layer kinds is still refused, by the cache its
-    forward pass returns."""
-    from cft_core import loss
-    from cft_core.loss import UnsupportedModelError, check_model_supported
-
-    batch = _batch(tiny_tokenizer, make_records(3, seed=1), "left")
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    model = _recurrent_model(model_type, len(tiny_tokenizer))
-    with pytest.raises(UnsupportedModelError, match=f"model type '{model_type}' keeps a recurrent state.*layer types"):
-        check_model_supported(model, ids, mask)
-    monkeypatch.setattr(loss, "recurrent_layer_types", lambda model: [])
-    with pytest.raises(UnsupportedModelError, match=f"model type '{model_type}' keeps a recurrent state.*cache"):
         check_model_supported(model, ids, mask)
 
 

@@ -384,48 +384,56 @@ def test_the_training_code_version_joins_the_key_only_past_one(tmp_path, monkeyp
     assert training.run_fingerprint(cfg, "data-fp") != before
 
 
-def test_a_model_the_step_cannot_train_is_refused_as_input(tmp_path, small_sequences):
-    """A model folder the CFT step cannot train (Mamba: a recurrent state, where the step reuses
-    key/value caches) stops at the first step with an input error (exit 2) that names the folder
-    and the model type; no model is written. (Every refusal of `check_model_supported` takes this
-    path; the library tests go through each.)"""
-    from transformers import AutoTokenizer, MambaConfig, MambaForCausalLM
+def _folder_of(tmp_path, name: str, cfg, seq, build):
+    """A model folder as a user brings one: the tiny data's tokenizer and `build(vocab)`'s model
+    with that tokenizer's special tokens."""
+    from transformers import AutoTokenizer
 
+    from tasks.training import model_folder
+
+    folder = tmp_path / name
+    tokenizer = AutoTokenizer.from_pretrained(model_folder(cfg, seq))  # the tiny model's, for this data
+    tokenizer.save_pretrained(folder)
+    model = build(len(tokenizer))
+    model.config.update({"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                         "pad_token_id": tokenizer.pad_token_id})
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_a_model_the_step_cannot_train_is_refused_as_input(tmp_path, small_sequences):
+    """A model folder the CFT step cannot train (RecurrentGemma: padding reaches its outputs) stops
+    at the first step with an input error (exit 2) that names the folder and the model type; no
+    model is written. (Every refusal of `check_model_supported` takes this path; the library tests
+    go through each.)"""
     from schemas.errors import ConfigError
-    from tasks.training import model_folder, training_run_dir
+    from tasks.training import training_run_dir
+    from tests.conftest import tiny_model_of_type
 
     seq, fp = small_sequences
     cfg = make_config(tmp_path, max_steps=2, eval_steps=2)
-    folder = tmp_path / "mamba"
-    tokenizer = AutoTokenizer.from_pretrained(model_folder(cfg, seq))  # the tiny model's, for this data
-    tokenizer.save_pretrained(folder)
-    MambaForCausalLM(MambaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).save_pretrained(folder)
+    folder = _folder_of(tmp_path, "recurrent_gemma", cfg, seq, lambda vocab: tiny_model_of_type("recurrent_gemma", vocab))
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"source": str(folder)})})
-    with pytest.raises(ConfigError, match=f"model.source {folder}: model type 'mamba' keeps a recurrent state"):
+    with pytest.raises(ConfigError, match=f"model.source {folder}: model type 'recurrent_gemma' gives other outputs"):
         train(cfg, seq, fp)
     assert not (training_run_dir(cfg, fp) / "model").exists()
 
 
-def test_a_model_that_caps_its_logits_trains_under_zero3(tmp_path, small_sequences):
-    """A Gemma-2 folder (logits soft-capped after the head, windowed layers) passes the first
-    step's check and trains under ZeRO-3 (the head gathered inside the capped logits); the saved
-    folder reloads with the cap and predicts as the trained model did."""
-    from transformers import AutoTokenizer
-
+@pytest.mark.parametrize("kind", ["gemma2", "granitemoehybrid"])
+def test_other_architectures_train_under_zero3(tmp_path, small_sequences, kind):
+    """A Gemma-2 folder (logits soft-capped after the head, windowed layers) and a Granite-4.0-H
+    one (Mamba-2 layers between attention layers, so rows run whole; logits scaled after the head;
+    mixture of experts) pass the first step's check and train under ZeRO-3 (the head gathered
+    inside the transformed logits); the saved folder reloads and predicts as the trained model
+    did."""
     from cft_core.tiny import build_tiny_model
-    from tasks.training import model_folder
+    from tests.conftest import tiny_model_of_type
 
     seq, fp = small_sequences
     cfg = make_config(tmp_path, deepspeed="infra/deepspeed/zero3.json", max_steps=4, eval_steps=4)
-    folder = tmp_path / "gemma2"
-    tokenizer = AutoTokenizer.from_pretrained(model_folder(cfg, seq))  # the tiny model's, for this data
-    tokenizer.save_pretrained(folder)
-    model = build_tiny_model(len(tokenizer), arch="gemma2")  # Gemma-2's window of 4,096
-    model.config.update({"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                         "pad_token_id": tokenizer.pad_token_id})
-    model.save_pretrained(folder)
+    build = ((lambda vocab: build_tiny_model(vocab, arch="gemma2")) if kind == "gemma2"  # Gemma-2's window of 4,096
+             else (lambda vocab: tiny_model_of_type("granitemoehybrid", vocab)))
+    folder = _folder_of(tmp_path, kind, cfg, seq, build)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"source": str(folder)})})
     capture = CaptureFinalLogits()
     out = train(cfg, seq, fp, extra_callbacks=[capture])
@@ -433,8 +441,9 @@ def test_a_model_that_caps_its_logits_trains_under_zero3(tmp_path, small_sequenc
     losses = _losses(out.summary)
     assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) for v in losses.values())
     reloaded = AutoModelForCausalLM.from_pretrained(out.model_dir, use_safetensors=True).eval()
-    assert reloaded.config.final_logit_softcapping == 0.5
     with torch.no_grad():
         logits = reloaded(input_ids=PROBE).logits
     torch.testing.assert_close(logits, capture.logits, atol=1e-5, rtol=1e-5)
-    assert logits.abs().max() <= 0.5  # capped
+    if kind == "gemma2":
+        assert reloaded.config.final_logit_softcapping == 0.5
+        assert logits.abs().max() <= 0.5  # capped
