@@ -168,6 +168,26 @@ def log_line(logs: dict) -> str | None:
     return line
 
 
+def check_lora_targets(model, target_modules: list[str], source) -> None:
+    """ConfigError unless one of `model.lora.target_modules` names modules of the model, as peft
+    matches them (a module's path, or the end of it after a dot). The defaults are Llama's and
+    Qwen2's attention projections; a Mamba or LFM2 model has none of them, and peft's own error
+    would come as a traceback."""
+    import torch
+
+    from schemas.errors import ConfigError
+
+    paths = [name for name, _ in model.named_modules()]
+    if any(path == t or path.endswith("." + t) for t in target_modules for path in paths):
+        return
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear)} - {"lm_head"})
+    raise ConfigError(
+        f"model.lora.target_modules {list(target_modules)}: no module of {source} "
+        f"(model type {model.config.model_type!r}) has one of these names; its linear layers are "
+        f"named {', '.join(linear)}")
+
+
 def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_callbacks=(),
           warm_start: tuple[Path, str] | None = None, console_progress: bool = True) -> TrainOutput:
     """Fine-tune `cfg.model` on `sequences` (a build_sequences folder) with `cfg.train`.
@@ -267,15 +287,16 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = load_causal_lm(source, dtype=dtype)  # a folder that holds none stops here, nothing written
     check_tokenizer_fits(model, tokenizer, source)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.model.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
         lc = cfg.model.lora
+        check_lora_targets(model, lc.target_modules, source)
         model = get_peft_model(model, LoraConfig(
             r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
             target_modules=list(lc.target_modules), task_type="CAUSAL_LM",
         ))
+    run_dir.mkdir(parents=True, exist_ok=True)
     collator = PairedCollator(
         tokenizer, PromptBuilder.for_domain(cfg.data.domain), cutoff_len=t.cutoff_len,
         with_counterfactual=objective.run_counterfactual,

@@ -447,3 +447,22 @@ def test_other_architectures_train_under_zero3(tmp_path, small_sequences, kind):
     if kind == "gemma2":
         assert reloaded.config.final_logit_softcapping == 0.5
         assert logits.abs().max() <= 0.5  # capped
+
+
+def test_lora_targets_the_model_lacks_are_refused_as_input(tmp_path, small_sequences):
+    """LoRA's default targets are attention projections (q_proj ...); a Mamba folder has none:
+    an input error naming the field and the model's own linear layers, before anything is written."""
+    import transformers as hf
+
+    from schemas.errors import ConfigError
+    from tasks.training import training_run_dir
+
+    seq, fp = small_sequences
+    cfg = make_config(tmp_path, max_steps=2, eval_steps=2, lora={"enabled": True})
+    folder = _folder_of(tmp_path, "mamba", cfg, seq, lambda vocab: hf.MambaForCausalLM(
+        hf.MambaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2)))
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"source": str(folder)})})
+    with pytest.raises(ConfigError, match=r"model.lora.target_modules \['q_proj', 'k_proj', 'v_proj', 'o_proj'\]: "
+                                          r"no module of .*mamba.* linear layers are named dt_proj, in_proj, out_proj, x_proj"):
+        train(cfg, seq, fp)
+    assert not training_run_dir(cfg, fp).exists()
