@@ -15,7 +15,7 @@ setup:
 
 test: setup
 	$(VENV)/bin/ruff check .  # a second or two; CI is this target, so style breaks land nowhere
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile  # both cores; a file's tests share one worker
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder  # both cores; a file's tests share one worker; longest files first (tests/conftest.py)
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow and not integration"

@@ -167,11 +167,22 @@ def _read_pids(stack: Stack) -> dict:
     return json.loads(stack.pid_file.read_text()) if stack.pid_file.is_file() else {}
 
 
+# psutil's create_time is the boot time plus the process's age, and the boot time the kernel reports
+# moves when the clock is stepped (NTP, a resumed VM): a server seen again after a step would
+# otherwise count as stopped, and `cft stack down` would leave it running. (Seen once in the e2e
+# test: both servers "stopped" 47 s after they started, while they answered.)
+CLOCK_STEP_S = 60.0
+
+
 def _alive(entry: dict) -> psutil.Process | None:
-    """The recorded process if it still runs and is the same one (not a reused pid)."""
+    """The recorded process if it still runs and is the same one: a reused pid would run another
+    command, or have started at another time (give or take a clock step)."""
     try:
         proc = psutil.Process(entry["pid"])
-        return proc if abs(proc.create_time() - entry["create_time"]) < 1e-3 and proc.is_running() else None
+        command = entry["cmd"]  # argv as spawned; a script's shows after its interpreter
+        same = (abs(proc.create_time() - entry["create_time"]) < CLOCK_STEP_S
+                and proc.cmdline()[-len(command):] == command)
+        return proc if same and proc.is_running() else None
     except psutil.Error:
         return None
 

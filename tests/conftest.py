@@ -139,6 +139,21 @@ TABLE_ONLY_TYPES = ("gemma3_text", "gemma4_text", "vaultgemma", "nanochat", "gra
 RECURRENT_TYPES = ("mamba", "falcon_h1", "granitemoehybrid", "jamba", "qwen3_next", "lfm2")
 
 
+# The files that take longest (seconds in one run on 2 cores, two workers, 2026-12-03: the e2e
+# ~200, training stage 118, SmolLM2 108, cli commands 101, flows 86, registry 65, train-step bench
+# 51), handed out first, longest first (`make test` passes --no-loadscope-reorder): pytest-xdist
+# otherwise orders files by their number of tests, which put the one-test e2e and SmolLM2 files
+# last, one worker running them alone at the end.
+LONGEST_FILES = ("tests/e2e/test_stack.py", "tests/train/test_training_stage.py", "tests/train/test_smollm2_slow.py",
+                 "tests/cli/test_commands.py", "tests/flows/test_cft_flow.py", "tests/train/test_registry.py",
+                 "tests/bench/test_train_step.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {path: i for i, path in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest as collected
+
+
 @pytest.fixture(scope="session")
 def smollm2_cache(tmp_path_factory) -> Path:
     """A model cache (what CFT_CACHE_DIR names) holding the packaged SmolLM2, converted once per

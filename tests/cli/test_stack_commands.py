@@ -15,3 +15,26 @@ def test_stack_up_refuses_a_bad_serve_profile_before_starting_anything(tmp_path)
                             prog_name="cft")
     assert up.exit_code == 2 and "nmae" in up.output
     assert not (tmp_path / "data" / "stack").exists()
+
+
+def test_a_recorded_process_is_known_by_its_command_and_start_time(tmp_path):
+    """`cft stack status` / `down` find a recorded process again after a clock step (psutil's
+    create_time moves with the reported boot time), but not a reused pid running something else,
+    nor one started at another time, nor one that ended."""
+    import sys
+
+    from cft_cli import stack as stack_mod
+
+    st = stack_mod.Stack(tmp_path / "data")
+    proc = stack_mod._spawn(st, "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    try:
+        stack_mod._record(st, "sleeper", proc)
+        entry = stack_mod._read_pids(st)["sleeper"]
+        assert stack_mod.status(st) == {"sleeper": True}
+        assert stack_mod._alive({**entry, "create_time": entry["create_time"] + 1.0}) is not None  # a 1 s step
+        assert stack_mod._alive({**entry, "cmd": [sys.executable, "-c", "print()"]}) is None  # another command
+        assert stack_mod._alive({**entry, "create_time": entry["create_time"] - 3600}) is None  # started long before
+    finally:
+        proc.kill()
+        proc.wait()
+    assert stack_mod.status(st) == {"sleeper": False}

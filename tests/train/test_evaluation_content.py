@@ -44,7 +44,20 @@ def tiny_eval_config(tmp_path):
         "max_new_tokens": 16, "diagnostics_max_samples": 8})})
 
 
-def test_the_evaluation_of_each_code_version_is_pinned(tmp_path, small_sequences):
+@pytest.fixture
+def two_torch_threads():
+    """The pins below were made with torch on 2 threads (the CI machine's 2 cores); a float sum
+    split over another number of threads rounds differently (the embeddings' digest changes), so
+    the test runs on 2 whatever the machine or the pytest-xdist worker's share."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_evaluation_of_each_code_version_is_pinned(tmp_path, small_sequences, two_torch_threads):
     from tasks.training import model_folder
 
     seq, _ = small_sequences
