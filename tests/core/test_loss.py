@@ -103,6 +103,24 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def assert_step_equals_reference(model, batch) -> None:
+    """compute_cft_loss == reference_cft_loss (alpha 0.3, beta 0.25) on `batch`: the loss, both
+    terms and every parameter's gradient."""
+    ours = compute_cft_loss(model, batch, alpha=0.3, beta=0.25)
+    ours.loss.backward()
+    g_ours = _grads(model)
+    model.zero_grad()
+    ref = reference_cft_loss(model, batch, alpha=0.3, beta=0.25)
+    ref.loss.backward()
+    g_ref = _grads(model)
+    model.zero_grad()
+    for name in ("loss", "normal", "causal"):
+        assert getattr(ours, name).item() == pytest.approx(getattr(ref, name).item(), abs=1e-5), name
+    assert g_ours.keys() == g_ref.keys() and len(g_ref) > 0
+    for name in g_ref:
+        torch.testing.assert_close(g_ours[name], g_ref[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize(("arch", "padding_side", "weight_causal_only"), [
     *[(arch, side, causal_only) for arch in ("llama", "qwen2") for side in ("right", "left") for causal_only in (False, True)],
     # Logits transformed after the head (output_logits): the transform is all these add.
@@ -257,18 +275,7 @@ def test_step_matches_reference_on_each_table_type(tiny_tokenizer, model_type):
     """The step applies the model type's post-head transform (POST_HEAD_TRANSFORMS) as the model's
     own forward does: equal to the reference from the model's full logits, values and gradients."""
     batch = _batch(tiny_tokenizer, make_records(4, seed=3), "left")
-    model = tiny_model_of_type(model_type, len(tiny_tokenizer))
-    ours = compute_cft_loss(model, batch, alpha=0.3, beta=0.25)
-    ours.loss.backward()
-    g_ours = _grads(model)
-    model.zero_grad()
-    ref = reference_cft_loss(model, batch, alpha=0.3, beta=0.25)
-    ref.loss.backward()
-    g_ref = _grads(model)
-    assert ours.loss.item() == pytest.approx(ref.loss.item(), abs=1e-5)
-    assert g_ours.keys() == g_ref.keys()
-    for name in g_ref:
-        torch.testing.assert_close(g_ours[name], g_ref[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert_step_equals_reference(tiny_model_of_type(model_type, len(tiny_tokenizer)), batch)
 
 
 def test_the_check_passes_every_model_whose_logits_the_loss_reproduces(tiny_tokenizer):
@@ -331,14 +338,4 @@ def test_a_window_shorter_than_the_rows_runs_them_whole(tiny_tokenizer):
     shared start and the counterfactual packs would put padding or other rows inside the window,
     so the step runs each row whole, and matches the reference (values and gradients)."""
     batch = _batch(tiny_tokenizer, make_records(4, seed=5), "left")
-    model = build_tiny_model(len(tiny_tokenizer), arch="gemma2", sliding_window=16, seed=2)
-    ours = compute_cft_loss(model, batch, alpha=0.3, beta=0.25)
-    ours.loss.backward()
-    g_ours = _grads(model)
-    model.zero_grad()
-    ref = reference_cft_loss(model, batch, alpha=0.3, beta=0.25)
-    ref.loss.backward()
-    for name in ("loss", "normal", "causal"):
-        assert getattr(ours, name).item() == pytest.approx(getattr(ref, name).item(), abs=1e-5), name
-    for name, grad in _grads(model).items():
-        torch.testing.assert_close(g_ours[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert_step_equals_reference(build_tiny_model(len(tiny_tokenizer), arch="gemma2", sliding_window=16, seed=2), batch)
