@@ -177,11 +177,11 @@ def check_lora_targets(model, target_modules: list[str], source) -> None:
 
     from schemas.errors import ConfigError
 
-    paths = [name for name, _ in model.named_modules()]
-    if any(path == t or path.endswith("." + t) for t in target_modules for path in paths):
+    modules = list(model.named_modules())
+    if any(path == t or path.endswith("." + t) for t in target_modules for path, _ in modules):
         return
-    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                     if isinstance(module, torch.nn.Linear)} - {"lm_head"})
+    linear = sorted({path.rsplit(".", 1)[-1] for path, module in modules if isinstance(module, torch.nn.Linear)}
+                    - {"lm_head"})
     raise ConfigError(
         f"model.lora.target_modules {list(target_modules)}: no module of {source} "
         f"(model type {model.config.model_type!r}) has one of these names; its linear layers are "

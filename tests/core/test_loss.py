@@ -103,22 +103,25 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def assert_step_equals_reference(model, batch) -> None:
-    """compute_cft_loss == reference_cft_loss (alpha 0.3, beta 0.25) on `batch`: the loss, both
-    terms and every parameter's gradient."""
-    ours = compute_cft_loss(model, batch, alpha=0.3, beta=0.25)
+def assert_step_equals_reference(model, batch, **options) -> dict[str, torch.Tensor]:
+    """compute_cft_loss == reference_cft_loss (alpha 0.3, beta 0.25, `options` to both) on
+    `batch`: the loss, both terms, the label count and every parameter's gradient. Returns the
+    gradients (by parameter name)."""
+    ours = compute_cft_loss(model, batch, alpha=0.3, beta=0.25, **options)
     ours.loss.backward()
     g_ours = _grads(model)
     model.zero_grad()
-    ref = reference_cft_loss(model, batch, alpha=0.3, beta=0.25)
+    ref = reference_cft_loss(model, batch, alpha=0.3, beta=0.25, **options)
     ref.loss.backward()
     g_ref = _grads(model)
     model.zero_grad()
     for name in ("loss", "normal", "causal"):
         assert getattr(ours, name).item() == pytest.approx(getattr(ref, name).item(), abs=1e-5), name
+    assert ours.num_tokens == ref.num_tokens
     assert g_ours.keys() == g_ref.keys() and len(g_ref) > 0
     for name in g_ref:
         torch.testing.assert_close(g_ours[name], g_ref[name], atol=1e-5, rtol=1e-4, msg=name)
+    return g_ours
 
 
 @pytest.mark.parametrize(("arch", "padding_side", "weight_causal_only"), [
@@ -134,21 +137,8 @@ def test_step_matches_reference(tiny_tokenizer, arch, padding_side, weight_causa
     records.append({"history_titles": ["Toy Story"], "target_title": "M"})
     batch = _batch(tiny_tokenizer, records, padding_side)
     model = build_tiny_model(len(tiny_tokenizer), arch=arch, seed=7)
-
-    ours = compute_cft_loss(model, batch, alpha=0.3, beta=0.25, weight_causal_only=weight_causal_only)
-    ours.loss.backward()
-    g_ours = _grads(model)
-    model.zero_grad()
-    ref = reference_cft_loss(model, batch, alpha=0.3, beta=0.25, weight_causal_only=weight_causal_only)
-    ref.loss.backward()
-    g_ref = _grads(model)
-
-    for name in ("loss", "normal", "causal"):
-        assert getattr(ours, name).item() == pytest.approx(getattr(ref, name).item(), abs=1e-5), name
-    assert ours.num_tokens == ref.num_tokens
-    assert g_ours.keys() == g_ref.keys() and len(g_ours) == len(list(model.parameters()))
-    for name in g_ref:
-        torch.testing.assert_close(g_ours[name], g_ref[name], atol=1e-5, rtol=1e-4, msg=name)
+    grads = assert_step_equals_reference(model, batch, weight_causal_only=weight_causal_only)
+    assert len(grads) == len(list(model.parameters()))  # every parameter gets a gradient
 
 
 def test_row_with_a_single_label_token(tiny_tokenizer):

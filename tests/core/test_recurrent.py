@@ -23,10 +23,7 @@ from cft_core.reference import reference_cft_loss
 from tests.conftest import RECURRENT_TYPES, make_records, tiny_model_of_type
 from tests.core.test_diagnostics import reference_log_prob
 from tests.core.test_generation import beam_search_case
-
-
-def _grads(model) -> dict[str, torch.Tensor]:
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+from tests.core.test_loss import _grads
 
 
 @pytest.mark.parametrize("model_type", RECURRENT_TYPES)
