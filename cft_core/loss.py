@@ -42,6 +42,7 @@ from cft_core.modeling import (
     IGNORE_INDEX,
     PADDING_CHANGES_OUTPUTS,
     POST_HEAD_TRANSFORMS,
+    model_type,
     output_logits,
     position_ids_from_mask,
 )
@@ -75,9 +76,8 @@ def check_model_supported(model: torch.nn.Module, input_ids: torch.Tensor, atten
     state. rtol: allowed gap relative to the largest logit of either; bf16 kernels differ by well
     under 1 %, while a transform left out changes logits by a factor (scaling) or caps them (a cap
     far above every logit changes nothing and passes)."""
-    config = getattr(getattr(model, "module", model), "config", None)
-    name = f"model type {getattr(config, 'model_type', '?')!r}"
-    if (why := PADDING_CHANGES_OUTPUTS.get(getattr(config, "model_type", None))) is not None:
+    name = f"model type {model_type(model) or '?'!r}"
+    if (why := PADDING_CHANGES_OUTPUTS.get(model_type(model))) is not None:
         raise UnsupportedModelError(f"{name} gives other outputs for a row in a padded batch than for the row "
                                     f"alone: {why}")
     training = model.training

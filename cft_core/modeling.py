@@ -33,6 +33,13 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def model_type(model: torch.nn.Module) -> str | None:
+    """The type of the model's own config (`gemma3` for Gemma-3's multimodal class, `gemma3_text`
+    for its text-only one), through a DeepSpeed engine or peft; None without a config."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    return getattr(config, "model_type", None)
+
+
 def _text_config(model: torch.nn.Module):
     """The config of the model's text part (itself for a text-only model), through a DeepSpeed
     engine (`.module`) or peft (which forwards `.config`); None without a config."""
@@ -50,6 +57,30 @@ def attention_window(model: torch.nn.Module) -> int | None:
     if window is None or (layer_types and "sliding_attention" not in layer_types):
         return None
     return int(window)
+
+
+def modules_outside_text_model(model: torch.nn.Module) -> list[str]:
+    """Names of the largest submodules that take no part in reading text: none of their parameters
+    belongs to the decoder (`get_decoder()`), the input embeddings or the output head. For a
+    multimodal checkpoint loaded whole (Gemma-3 4B and up: ["model.multi_modal_projector",
+    "model.vision_tower"]) these are its image or audio towers and projectors, which a text-only
+    step never reaches; [] for a text-only model (its decoder holds everything but the head)."""
+    inner = getattr(model, "module", model)
+    try:
+        decoder = inner.get_decoder()
+    except (AttributeError, NotImplementedError):  # no known decoder: treat it all as text
+        return []
+    parts = (decoder, inner.get_input_embeddings(), inner.get_output_embeddings())
+    text = {id(p) for part in parts if part is not None for p in part.parameters()}
+
+    def outside(prefix: str, module: torch.nn.Module) -> list[str]:
+        params = list(module.parameters())
+        if params and all(id(p) not in text for p in params):
+            return [prefix]
+        return [name for child_name, child in module.named_children()
+                for name in outside(f"{prefix}.{child_name}" if prefix else child_name, child)]
+
+    return outside("", inner)
 
 
 # Layer kinds (a config's `layer_types`, in transformers' vocabulary) that keep a recurrent state
@@ -96,14 +127,20 @@ def _times_lm_head_multiplier(config) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 # Model types whose logits are a known elementwise function of head(final hidden state), as each
-# one's forward computes them in transformers 5.x (`<Model>ForCausalLM.forward`). The CFT loss
-# applies the head to label rows itself, so it must apply the same function; `check_model_supported`
-# (cft_core.loss) verifies the result on a real batch, so an entry that stopped matching a
-# transformers release is refused, never trained wrong. Keyed by the text model's type.
+# one's forward computes them in transformers 5.x (`<Model>ForCausalLM.forward`, or the
+# `<Model>ForConditionalGeneration.forward` that AutoModelForCausalLM gives for a multimodal
+# checkpoint). The CFT loss applies the head to label rows itself, so it must apply the same
+# function; `check_model_supported` (cft_core.loss) verifies the result on a real batch, so an
+# entry that stopped matching a transformers release is refused, never trained wrong. Keyed by the
+# type of the model's own config (the class that computes the logits); each function reads its
+# fields from the text config (the config itself for a text-only model).
 POST_HEAD_TRANSFORMS: dict[str, Callable] = {
     "gemma2": _softcap,  # final_logit_softcapping 30.0
-    "gemma3_text": _softcap,  # None by default (Gemma-3); also the text model of "gemma3"
+    "gemma3_text": _softcap,  # None in Gemma-3's configs. Not "gemma3" (the multimodal class): it caps nothing
     "gemma4_text": _softcap,
+    "gemma4": _softcap,  # Gemma-4's multimodal class caps with its text config's field
+    "gemma4_unified_text": _softcap,
+    "gemma4_unified": _softcap,
     "vaultgemma": _softcap,
     "nanochat": _softcap,
     "granite": _divide_by_logits_scaling,
@@ -127,9 +164,8 @@ def output_logits(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tens
     """hidden [N, D] -> logits [N, V] as the model predicts with: its LM head (called as a module,
     so ZeRO-3 can gather it), then the post-head transform of POST_HEAD_TRANSFORMS, if any."""
     head = output_head(model)
-    text = _text_config(model)
-    make = POST_HEAD_TRANSFORMS.get(getattr(text, "model_type", None))
-    transform = make(text) if make is not None else None
+    make = POST_HEAD_TRANSFORMS.get(model_type(model))
+    transform = make(_text_config(model)) if make is not None else None
     if transform is None:
         return head
     return lambda hidden: transform(head(hidden))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -168,17 +169,23 @@ def log_line(logs: dict) -> str | None:
     return line
 
 
-def check_lora_targets(model, target_modules: list[str], source) -> None:
-    """ConfigError unless one of `model.lora.target_modules` names modules of the model, as peft
-    matches them (a module's path, or the end of it after a dot). The defaults are Llama's and
-    Qwen2's attention projections; a Mamba or LFM2 model has none of them, and peft's own error
-    would come as a traceback."""
+def _lora_matches(path: str, target_modules) -> bool:
+    """Whether peft's LoRA matches a module path to `target_modules` (the path, or its end after a dot)."""
+    return any(path == t or path.endswith("." + t) for t in target_modules)
+
+
+def check_lora_targets(model, target_modules: list[str], source, frozen: list[str] = ()) -> None:
+    """ConfigError unless one of `model.lora.target_modules` names modules of the model outside
+    `frozen` (the modules that take no part in reading text), as peft matches them. The defaults
+    are Llama's and Qwen2's attention projections; a Mamba or LFM2 model has none of them, and
+    peft's own error would come as a traceback."""
     import torch
 
     from schemas.errors import ConfigError
 
-    modules = list(model.named_modules())
-    if any(path == t or path.endswith("." + t) for t in target_modules for path, _ in modules):
+    modules = [(path, module) for path, module in model.named_modules()
+               if not any(path == f or path.startswith(f + ".") for f in frozen)]
+    if any(_lora_matches(path, target_modules) for path, _ in modules):
         return
     linear = sorted({path.rsplit(".", 1)[-1] for path, module in modules if isinstance(module, torch.nn.Linear)}
                     - {"lm_head"})
@@ -186,6 +193,15 @@ def check_lora_targets(model, target_modules: list[str], source) -> None:
         f"model.lora.target_modules {list(target_modules)}: no module of {source} "
         f"(model type {model.config.model_type!r}) has one of these names; its linear layers are "
         f"named {', '.join(linear)}")
+
+
+def lora_exclusions(model, target_modules: list[str], frozen: list[str]) -> str | None:
+    """peft's `exclude_modules` (a regex over module paths) for the frozen modules that hold
+    layers `target_modules` would match (a vision tower's own q_proj ...), so that no adapter is
+    put where no gradient comes; None when there are none (peft warns about an unused exclusion)."""
+    hit = [f for f in frozen if any(_lora_matches(path, target_modules)
+                                   for path, _ in model.get_submodule(f).named_modules(prefix=f))]
+    return "|".join(rf"{re.escape(f)}\..*" for f in hit) or None
 
 
 def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_callbacks=(),
@@ -213,6 +229,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     from cft_core.collate import PairedCollator
     from cft_core.loss import UnsupportedModelError
     from cft_core.model_sources import check_tokenizer_fits, load_causal_lm, load_tokenizer
+    from cft_core.modeling import modules_outside_text_model
     from cft_core.prompts import PromptBuilder
     from cft_core.ranking import resolve_precision
     from cft_core.trainer import (
@@ -287,14 +304,20 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = load_causal_lm(source, dtype=dtype)  # a folder that holds none stops here, nothing written
     check_tokenizer_fits(model, tokenizer, source)
+    # A multimodal checkpoint (Gemma-3 4B and up) loads with its image towers, which a text prompt
+    # never reaches: frozen, so that no optimizer state is kept for them.
+    frozen = modules_outside_text_model(model)
+    for name in frozen:
+        model.get_submodule(name).requires_grad_(False)
     if cfg.model.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
         lc = cfg.model.lora
-        check_lora_targets(model, lc.target_modules, source)
+        check_lora_targets(model, lc.target_modules, source, frozen)
         model = get_peft_model(model, LoraConfig(
             r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
             target_modules=list(lc.target_modules), task_type="CAUSAL_LM",
+            exclude_modules=lora_exclusions(model, lc.target_modules, frozen),
         ))
     run_dir.mkdir(parents=True, exist_ok=True)
     collator = PairedCollator(
@@ -340,6 +363,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         "warm_start": warm_label,
         "objective": {"alpha": alpha, "beta": beta, "weight_causal_only": t.weight_causal_only},
         "precision": precision,
+        "frozen_modules": frozen,
         "world_size": world,
         "resumed_from": last,
         "global_step": trainer.state.global_step,
@@ -374,8 +398,13 @@ def _save_final(trainer, cfg: PipelineConfig, source: Path, tokenizer, run_dir: 
     trainer.accelerator.wait_for_everyone()
     if cfg.model.lora.enabled:
         trainer.save_model(str(tmp / "adapter"))
-    else:
-        trainer.save_model(str(tmp))
+    elif trainer.is_deepspeed_enabled and trainer.deepspeed.zero_optimization_partition_weights():
+        trainer.save_model(str(tmp))  # ZeRO-3: every process gives its part of the weights
+    elif trainer.is_world_process_zero():
+        # Every process holds the whole model. Not trainer.save_model: under DeepSpeed it hands
+        # save_pretrained cloned tensors, which writes a tied head (SmolLM2's, Gemma's) as a
+        # second copy of the input embedding.
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp)
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         if cfg.model.lora.enabled:

@@ -81,7 +81,8 @@ def make_records(n: int, seed: int = 0) -> list[dict]:
 def tiny_model_of_type(model_type: str, vocab: int) -> torch.nn.Module:
     """A tiny randomly initialised model of a transformers model type that `build_tiny_model`
     does not build: the types of POST_HEAD_TRANSFORMS (the transform set to bite: random tiny
-    logits are ~1 or less) and the types with recurrent layers (RECURRENT_TYPES)."""
+    logits are ~1 or less), the types with recurrent layers (RECURRENT_TYPES) and multimodal
+    checkpoints (MULTIMODAL_TYPES, each as AutoModelForCausalLM loads its folder's class)."""
     import torch
     import transformers as hf
 
@@ -90,10 +91,29 @@ def tiny_model_of_type(model_type: str, vocab: int) -> torch.nn.Module:
     no_head_dim = {k: v for k, v in common.items() if k != "head_dim"}
     moe = dict(num_local_experts=2, num_experts_per_tok=1)
     mamba2 = dict(mamba_n_heads=4, mamba_d_head=16, mamba_expand=2, mamba_n_groups=1, mamba_d_state=16)
+    text = {k: v for k, v in common.items() if k != "attn_implementation"}  # a multimodal config's text part
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
     builders = {
         "gemma3_text": lambda: hf.Gemma3ForCausalLM(hf.Gemma3TextConfig(**common, final_logit_softcapping=0.5)),
         "gemma4_text": lambda: hf.Gemma4ForCausalLM(hf.Gemma4TextConfig(  # per-layer inputs as small as the rest
             **common, final_logit_softcapping=0.5, vocab_size_per_layer_input=vocab, hidden_size_per_layer_input=8)),
+        "gemma4_unified_text": lambda: hf.Gemma4UnifiedForCausalLM(hf.Gemma4UnifiedTextConfig(
+            **common, final_logit_softcapping=0.5)),
+        # Multimodal classes, image towers included. Gemma-3's caps nothing, whatever its text
+        # config says (a cap set here, so a table keyed by the text type would get it wrong).
+        "gemma3": lambda: hf.Gemma3ForConditionalGeneration(hf.Gemma3Config(
+            text_config=dict(**text, final_logit_softcapping=0.5), vision_config=vision, mm_tokens_per_image=4,
+            attn_implementation="eager")),
+        "gemma4": lambda: hf.Gemma4ForConditionalGeneration(hf.Gemma4Config(
+            text_config=dict(**text, final_logit_softcapping=0.5, vocab_size_per_layer_input=vocab,
+                             hidden_size_per_layer_input=8), attn_implementation="eager")),
+        "gemma4_unified": lambda: hf.Gemma4UnifiedForConditionalGeneration(hf.Gemma4UnifiedConfig(
+            text_config=dict(**text, final_logit_softcapping=0.5), attn_implementation="eager")),
+        "qwen3_5": lambda: hf.Qwen3_5ForConditionalGeneration(hf.Qwen3_5Config(
+            text_config=dict(**text, layer_types=["linear_attention", "full_attention"]),
+            vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32),
+            attn_implementation="eager")),
         "vaultgemma": lambda: hf.VaultGemmaForCausalLM(hf.VaultGemmaConfig(**common, final_logit_softcapping=0.5)),
         "nanochat": lambda: hf.NanoChatForCausalLM(hf.NanoChatConfig(**common, final_logit_softcapping=0.5)),
         "granitemoe": lambda: hf.GraniteMoeForCausalLM(hf.GraniteMoeConfig(**common, **moe, logits_scaling=4.0)),
@@ -130,13 +150,16 @@ def tiny_model_of_type(model_type: str, vocab: int) -> torch.nn.Module:
 
 
 # Types of POST_HEAD_TRANSFORMS that `build_tiny_model` lacks.
-TABLE_ONLY_TYPES = ("gemma3_text", "gemma4_text", "vaultgemma", "nanochat", "granitemoe", "granitemoeshared",
-                    "granite_swa", "granitemoe_swa", "minicpm3", "cohere2", "cohere2_moe", "hyperclovax",
-                    "falcon_h1", "granitemoehybrid")
+TABLE_ONLY_TYPES = ("gemma3_text", "gemma4_text", "gemma4", "gemma4_unified_text", "gemma4_unified", "vaultgemma",
+                    "nanochat", "granitemoe", "granitemoeshared", "granite_swa", "granitemoe_swa", "minicpm3",
+                    "cohere2", "cohere2_moe", "hyperclovax", "falcon_h1", "granitemoehybrid")
 # Layers with a recurrent state: Mamba; Mamba-2 beside attention (Falcon-H1 in each layer,
 # Granite-4.0-H and Jamba in turns); gated delta-nets (Qwen3-Next, as Qwen3.5); short
 # convolutions (LFM2). RecurrentGemma is refused (cft_core.modeling.PADDING_CHANGES_OUTPUTS).
 RECURRENT_TYPES = ("mamba", "falcon_h1", "granitemoehybrid", "jamba", "qwen3_next", "lfm2")
+# Multimodal checkpoints: Gemma-3 (4B and up), Gemma-4 and its unified variant load whole (their
+# AutoModelForCausalLM class is the multimodal one); Qwen3.5's load as its text model alone.
+MULTIMODAL_TYPES = ("gemma3", "gemma4", "gemma4_unified", "qwen3_5")
 
 
 # The files that take longest (seconds in one run on 2 cores, two workers, 2026-12-03: the e2e

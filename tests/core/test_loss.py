@@ -13,7 +13,7 @@ from cft_core.modeling import IGNORE_INDEX
 from cft_core.prompts import PromptBuilder
 from cft_core.reference import reference_cft_loss
 from cft_core.tiny import TINY_ARCHITECTURES, build_tiny_model
-from tests.conftest import TABLE_ONLY_TYPES, make_records, tiny_model_of_type
+from tests.conftest import MULTIMODAL_TYPES, TABLE_ONLY_TYPES, make_records, tiny_model_of_type
 
 # ---------------------------------------------------------------- kernel: cft_loss
 
@@ -260,26 +260,29 @@ def test_gradient_checkpointing_runs_every_factual_row_whole(tiny_tokenizer):
     assert got.loss.item() == pytest.approx(expected, abs=1e-5)
 
 
-@pytest.mark.parametrize("model_type", TABLE_ONLY_TYPES)
+@pytest.mark.parametrize("model_type", sorted(set(TABLE_ONLY_TYPES + MULTIMODAL_TYPES)))
 def test_step_matches_reference_on_each_table_type(tiny_tokenizer, model_type):
     """The step applies the model type's post-head transform (POST_HEAD_TRANSFORMS) as the model's
-    own forward does: equal to the reference from the model's full logits, values and gradients."""
+    own forward does: equal to the reference from the model's full logits, values and gradients.
+    Also the multimodal classes (their image towers take no part in a text step)."""
     batch = _batch(tiny_tokenizer, make_records(4, seed=3), "left")
     assert_step_equals_reference(tiny_model_of_type(model_type, len(tiny_tokenizer)), batch)
 
 
 def test_the_check_passes_every_model_whose_logits_the_loss_reproduces(tiny_tokenizer):
     """Every architecture the kernel trains passes the check, those that transform their logits
-    after the head included (each entry of POST_HEAD_TRANSFORMS has a tiny model here); and the
-    transform matters: the head alone differs from the model's logits on those."""
+    after the head included (each entry of POST_HEAD_TRANSFORMS has a tiny model here), and the
+    multimodal classes (Gemma-3's caps nothing though its text config sets a cap: the table is
+    keyed by the class's own type); and the transform matters: the head alone differs from the
+    model's logits on those."""
     from cft_core.loss import check_model_supported
     from cft_core.modeling import POST_HEAD_TRANSFORMS, output_head, output_logits
 
     batch = _batch(tiny_tokenizer, make_records(3, seed=1), "left")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     models = {arch: build_tiny_model(len(tiny_tokenizer), arch=arch) for arch in TINY_ARCHITECTURES}
-    models.update({t: tiny_model_of_type(t, len(tiny_tokenizer)) for t in TABLE_ONLY_TYPES})
-    assert set(POST_HEAD_TRANSFORMS) <= {m.config.get_text_config().model_type for m in models.values()}
+    models.update({t: tiny_model_of_type(t, len(tiny_tokenizer)) for t in TABLE_ONLY_TYPES + MULTIMODAL_TYPES})
+    assert set(POST_HEAD_TRANSFORMS) <= {m.config.model_type for m in models.values()}
     for name, model in models.items():
         check_model_supported(model, ids, mask)
         hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1][:, -1]

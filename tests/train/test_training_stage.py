@@ -466,3 +466,75 @@ def test_lora_targets_the_model_lacks_are_refused_as_input(tmp_path, small_seque
                                           r"no module of .*mamba.* linear layers are named dt_proj, in_proj, out_proj, x_proj"):
         train(cfg, seq, fp)
     assert not training_run_dir(cfg, fp).exists()
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_a_tied_head_is_saved_once(tmp_path, small_sequences, zero):
+    """A model whose head is its input embedding (SmolLM2, Gemma) is saved as it came: one copy of
+    the tensor (the Trainer's save under ZeRO-2 wrote the head again, 21 % of SmolLM2's file), and
+    the folder reloads tied and predicts as the trained model did."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import tiny_model_of_type
+
+    seq, fp = small_sequences
+    cfg = make_config(tmp_path, deepspeed=f"infra/deepspeed/{zero}.json", max_steps=2, eval_steps=2)
+    folder = _folder_of(tmp_path, "gemma3_text", cfg, seq, lambda vocab: tiny_model_of_type("gemma3_text", vocab))
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"source": str(folder)})})
+    capture = CaptureFinalLogits()
+    out = train(cfg, seq, fp, extra_callbacks=[capture])
+
+    saved = load_file(str(out.model_dir / "model.safetensors"))
+    assert saved.keys() == load_file(str(folder / "model.safetensors")).keys() and "lm_head.weight" not in saved
+    reloaded = AutoModelForCausalLM.from_pretrained(out.model_dir, use_safetensors=True).eval()
+    assert reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=PROBE).logits, capture.logits, atol=1e-5, rtol=1e-5)
+
+
+class CaptureTrainable(TrainerCallback):
+    """Names of the parameters the Trainer's model trains, when training begins."""
+
+    names: set[str] = set()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.names = {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_multimodal_folder_trains_its_text_model_only(tmp_path, small_sequences, lora):
+    """A Gemma-3 multimodal folder (loaded whole, vision tower included) trains its text model
+    only: the tower and projector are frozen (no optimizer state for them), LoRA puts no adapter
+    on the tower's own attention projections, and a LoRA target found only in the tower is an input
+    error. The saved folder keeps the tower's weights as they were; training.json names it."""
+    from safetensors.torch import load_file
+
+    from schemas.errors import ConfigError
+    from tests.conftest import tiny_model_of_type
+
+    seq, fp = small_sequences
+    towers = ["model.vision_tower", "model.multi_modal_projector"]
+    cfg = make_config(tmp_path, max_steps=2, eval_steps=2, **({"lora": {"enabled": True}} if lora else {}))
+    folder = _folder_of(tmp_path, "gemma3", cfg, seq, lambda vocab: tiny_model_of_type("gemma3", vocab))
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"source": str(folder)})})
+    if lora:  # the tower's MLP (fc1) is the only one of that name: not a target in the text model
+        lora_fc1 = cfg.model.lora.model_copy(update={"target_modules": ["fc1"]})
+        only_in_tower = cfg.model_copy(update={"model": cfg.model.model_copy(update={"lora": lora_fc1})})
+        with pytest.raises(ConfigError, match=r"\['fc1'\]: no module of .* linear layers are named down_proj, gate_proj"):
+            train(only_in_tower, seq, fp)
+
+    capture = CaptureTrainable()
+    out = train(cfg, seq, fp, extra_callbacks=[capture])
+    assert out.summary["frozen_modules"] == towers
+    in_towers = {n for n in capture.names if any(t + "." in n for t in towers)}
+    assert capture.names and not in_towers
+    if lora:
+        assert all("lora_" in n for n in capture.names)
+    else:  # everything else trains
+        model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+        assert capture.names == {n for n, _ in model.named_parameters() if not any(n.startswith(t) for t in towers)}
+
+    before, after = load_file(str(folder / "model.safetensors")), load_file(str(out.model_dir / "model.safetensors"))
+    assert before.keys() == after.keys()  # the tied head is not written as a second copy of the embedding
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and not any(t in k for k in changed for t in ("vision_tower", "multi_modal_projector"))
