@@ -56,14 +56,18 @@ def embed_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 64, pr
 
 
 def l2_topk(queries: torch.Tensor, items: torch.Tensor, k: int, chunk: int = 4096,
-            excluded: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+            excluded: Sequence[Sequence[int]] | None = None, max_distances: int = 1 << 26) -> torch.Tensor:
     """LongTensor[Q, k]: indices of the k items nearest (L2) to each query, nearest first.
 
     queries [Q, D], items [I, D]. ||q - x||^2 = ||q||^2 - 2 q.x + ||x||^2; ||q||^2 does not change
-    a query's order, so one matrix product per chunk ranks the whole catalogue.
+    a query's order, so one matrix product per chunk of queries ranks the whole catalogue.
+    chunk: queries per product, fewer where a chunk's [chunk, I] distances would exceed
+    `max_distances` entries (2^26: 256 MB in fp32; a catalogue of a million items takes 67 queries
+    at a time instead of 4,096, which would need 16 GB).
     excluded: per query, item indices never returned (their slots at the end become -1).
     """
     k = min(k, items.shape[0])
+    chunk = max(1, min(chunk, max_distances // max(1, items.shape[0])))
     sq = (items * items).sum(dim=1)
     out = []
     for start in range(0, queries.shape[0], chunk):
@@ -75,13 +79,6 @@ def l2_topk(queries: torch.Tensor, items: torch.Tensor, k: int, chunk: int = 409
         top = torch.topk(dist, k, dim=1, largest=False, sorted=True)
         out.append(top.indices.masked_fill(torch.isinf(top.values), -1))
     return torch.cat(out)
-
-
-def l2_distances(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """FloatTensor[Q, I]: the L2 distance of every query [Q, D] to every item [I, D]."""
-    q, x = queries.float(), items.float()
-    sq = (q * q).sum(dim=1, keepdim=True) + (x * x).sum(dim=1)[None, :] - 2.0 * (q @ x.T)
-    return sq.clamp_min(0.0).sqrt()
 
 
 def interleave_dedup(per_beam: np.ndarray, k: int) -> np.ndarray:

@@ -38,3 +38,26 @@ def test_a_recorded_process_is_known_by_its_command_and_start_time(tmp_path):
         proc.kill()
         proc.wait()
     assert stack_mod.status(st) == {"sleeper": False}
+
+
+def test_up_reuses_a_recorded_process_that_still_runs(tmp_path, monkeypatch):
+    """`cft stack up` again starts nothing that already runs (the same check as status and down),
+    and starts again what has ended."""
+    import sys
+
+    from cft_cli import stack as stack_mod
+
+    st = stack_mod.Stack(tmp_path / "data")
+    proc = stack_mod._spawn(st, "worker", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    spawned = []
+    monkeypatch.setattr(stack_mod, "_spawn", lambda stack, name, cmd, env: spawned.append(name) or proc)
+    try:
+        stack_mod._record(st, "worker", proc)
+        stack_mod.start_worker(st)
+        assert spawned == []
+    finally:
+        proc.kill()
+        proc.wait()
+    monkeypatch.setattr(stack_mod, "_record", lambda *a: None)
+    stack_mod.start_worker(st)
+    assert spawned == ["worker"]

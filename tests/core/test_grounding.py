@@ -39,6 +39,24 @@ def test_l2_topk_matches_cdist():
     assert torch.equal(l2_topk(q, items, 7, chunk=5), expected)
 
 
+def test_l2_topk_bounds_the_distances_it_holds(monkeypatch):
+    """A large catalogue takes fewer queries per product: never more than `max_distances`
+    distances at once (120 over 50 items: 2 queries), with the same ranking and exclusions (which
+    follow their queries across chunks)."""
+    g = torch.Generator().manual_seed(0)
+    q, items = torch.randn(13, 8, generator=g), torch.randn(50, 8, generator=g)
+    excluded = [[i % 50, (3 * i) % 50] for i in range(13)]
+    dist = torch.cdist(q, items)
+    for i, rows in enumerate(excluded):
+        dist[i, rows] = float("inf")
+    expected = dist.argsort(dim=1)[:, :7]
+    shapes = []
+    addmm = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **kw: shapes.append(a[1].shape[0]) or addmm(*a, **kw))
+    assert torch.equal(l2_topk(q, items, 7, excluded=excluded, max_distances=120), expected)
+    assert shapes == [2] * 6 + [1]
+
+
 def test_an_exact_title_grounds_to_its_item(tiny_tokenizer):
     model = build_tiny_model(len(tiny_tokenizer), seed=1)
     catalogue = list(dict.fromkeys(TITLES))
