@@ -22,6 +22,30 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status);
+    elsewhere set to a stricter value for an instant and put back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def give_weights_the_usual_mode(folder: Path) -> None:
+    """safetensors 0.8 creates its files 0600 whatever the umask (a temporary file renamed into
+    place; safetensors#782), so a saved model would be readable by its writer only: not by the
+    user a server or a container runs as, while config.json beside it is. Give every
+    *.safetensors under `folder` the mode a new file gets (0o666 & ~umask)."""
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).rglob("*.safetensors"):
+        path.chmod(mode)
+
+
 def default_cache_dir() -> Path:
     """$CFT_CACHE_DIR, else ~/.cache/cft-rec."""
     return Path(os.environ.get("CFT_CACHE_DIR", Path.home() / ".cache" / "cft-rec"))
@@ -70,6 +94,7 @@ def smollm2_folder(cache_dir: Path | None = None) -> Path:
         model.load_state_dict(gguf_model.state_dict())
         model.generation_config = gguf_model.generation_config
         model.save_pretrained(tmp)
+        give_weights_the_usual_mode(tmp)
         tokenizer.save_pretrained(tmp)
         if target.exists():  # a concurrent conversion won the race: keep theirs
             shutil.rmtree(tmp)

@@ -19,6 +19,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from cft_core.model_sources import give_weights_the_usual_mode
+
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 
 
@@ -121,5 +123,6 @@ def save_tiny_model_folder(
     model.config.bos_token_id = tokenizer.bos_token_id
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
+    give_weights_the_usual_mode(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -392,6 +392,8 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
 
 def _save_final(trainer, cfg: PipelineConfig, source: Path, tokenizer, run_dir: Path, summary: dict) -> None:
     """Write run_dir/model atomically: every process takes part (ZeRO-3 gathers weights)."""
+    from cft_core.model_sources import give_weights_the_usual_mode
+
     tmp = run_dir / ".tmp-model"
     if trainer.is_world_process_zero() and tmp.exists():
         shutil.rmtree(tmp)
@@ -412,6 +414,7 @@ def _save_final(trainer, cfg: PipelineConfig, source: Path, tokenizer, run_dir: 
 
             unset_hf_deepspeed_config()  # load the base as a plain model, not ZeRO-3 partitions
             _merge_lora(source, tmp / "adapter", tmp)
+        give_weights_the_usual_mode(tmp)
         tokenizer.save_pretrained(tmp)
         for junk in ("training_args.bin",):  # a pickle; the settings live in training.json
             for p in tmp.rglob(junk):

@@ -111,3 +111,20 @@ def test_smollm2_converts_once_and_answers(smollm2_cache):
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_weights_get_the_mode_of_the_files_beside_them(tmp_path, umask):
+    """safetensors 0.8 writes 0600 whatever the umask: a saved folder's weights would be readable by
+    their writer only (not by a server or container running as another user). They get the mode a
+    new file gets, as config.json has."""
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        folder = save_tiny_model_folder(tmp_path / "m", ["a b c d"], vocab_size=64)
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((folder / "model.safetensors").stat().st_mode)
+    assert mode == stat.S_IMODE((folder / "config.json").stat().st_mode) == 0o666 & ~umask

@@ -486,6 +486,8 @@ def test_a_tied_head_is_saved_once(tmp_path, small_sequences, zero):
 
     saved = load_file(str(out.model_dir / "model.safetensors"))
     assert saved.keys() == load_file(str(folder / "model.safetensors")).keys() and "lm_head.weight" not in saved
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.model_dir.iterdir() if p.is_file()}
+    assert modes["model.safetensors"] == modes["config.json"]  # readable as the files beside it
     reloaded = AutoModelForCausalLM.from_pretrained(out.model_dir, use_safetensors=True).eval()
     assert reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight
     with torch.no_grad():
