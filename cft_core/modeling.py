@@ -62,8 +62,8 @@ def attention_window(model: torch.nn.Module) -> int | None:
 def modules_outside_text_model(model: torch.nn.Module) -> list[str]:
     """Names of the largest submodules that take no part in reading text: none of their parameters
     belongs to the decoder (`get_decoder()`), the input embeddings or the output head. For a
-    multimodal checkpoint loaded whole (Gemma-3 4B and up: ["model.multi_modal_projector",
-    "model.vision_tower"]) these are its image or audio towers and projectors, which a text-only
+    multimodal checkpoint loaded whole (Gemma-3 4B and up: ["model.vision_tower",
+    "model.multi_modal_projector"]) these are its image or audio towers and projectors, which a text-only
     step never reaches; [] for a text-only model (its decoder holds everything but the head)."""
     inner = getattr(model, "module", model)
     try:
