@@ -181,9 +181,11 @@ class LoraConfig(_Strict):
     r: int = Field(8, ge=1, description="Rank of the update matrices.")
     alpha: int = Field(16, ge=1, description="Scale numerator: updates are scaled by alpha / r.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(
+    target_modules: list[str] | Literal["all-linear"] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        description="Names of the linear layers that get adapters (Llama/Qwen2 attention).",
+        description="Names of the linear layers that get adapters (Llama/Qwen2 attention), or "
+                    "`all-linear`: every linear layer of the text model but the output head (peft's "
+                    "shorthand; what a model without those attention names, e.g. Mamba or LFM2, needs).",
     )
 
 

@@ -169,13 +169,21 @@ def log_line(logs: dict) -> str | None:
     return line
 
 
-def _lora_matches(path: str, target_modules) -> bool:
-    """Whether peft's LoRA matches a module path to `target_modules` (the path, or its end after a dot)."""
+ALL_LINEAR = "all-linear"  # peft's shorthand: every linear layer but the output head
+
+
+def _lora_matches(path: str, module, target_modules) -> bool:
+    """Whether peft's LoRA puts an adapter on this module: for a list of names, the module's path
+    or its end after a dot; for `all-linear`, any linear layer but the output head."""
+    import torch
+
+    if target_modules == ALL_LINEAR:
+        return isinstance(module, torch.nn.Linear) and path.rsplit(".", 1)[-1] != "lm_head"
     return any(path == t or path.endswith("." + t) for t in target_modules)
 
 
-def check_lora_targets(model, target_modules: list[str], source, frozen: list[str] = ()) -> None:
-    """ConfigError unless one of `model.lora.target_modules` names modules of the model outside
+def check_lora_targets(model, target_modules: list[str] | str, source, frozen: list[str] = ()) -> None:
+    """ConfigError unless `model.lora.target_modules` matches modules of the model outside
     `frozen` (the modules that take no part in reading text), as peft matches them. The defaults
     are Llama's and Qwen2's attention projections; a Mamba or LFM2 model has none of them, and
     peft's own error would come as a traceback."""
@@ -185,22 +193,22 @@ def check_lora_targets(model, target_modules: list[str], source, frozen: list[st
 
     modules = [(path, module) for path, module in model.named_modules()
                if not any(path == f or path.startswith(f + ".") for f in frozen)]
-    if any(_lora_matches(path, target_modules) for path, _ in modules):
+    if any(_lora_matches(path, module, target_modules) for path, module in modules):
         return
     linear = sorted({path.rsplit(".", 1)[-1] for path, module in modules if isinstance(module, torch.nn.Linear)}
                     - {"lm_head"})
     raise ConfigError(
-        f"model.lora.target_modules {list(target_modules)}: no module of {source} "
-        f"(model type {model.config.model_type!r}) has one of these names; its linear layers are "
-        f"named {', '.join(linear)}")
+        f"model.lora.target_modules {target_modules if target_modules == ALL_LINEAR else list(target_modules)}: "
+        f"no module of {source} (model type {model.config.model_type!r}) matches; its linear layers are "
+        f"named {', '.join(linear) or '(none)'} (`{ALL_LINEAR}` names them all)")
 
 
-def lora_exclusions(model, target_modules: list[str], frozen: list[str]) -> str | None:
+def lora_exclusions(model, target_modules: list[str] | str, frozen: list[str]) -> str | None:
     """peft's `exclude_modules` (a regex over module paths) for the frozen modules that hold
     layers `target_modules` would match (a vision tower's own q_proj ...), so that no adapter is
     put where no gradient comes; None when there are none (peft warns about an unused exclusion)."""
-    hit = [f for f in frozen if any(_lora_matches(path, target_modules)
-                                   for path, _ in model.get_submodule(f).named_modules(prefix=f))]
+    hit = [f for f in frozen if any(_lora_matches(path, module, target_modules)
+                                   for path, module in model.get_submodule(f).named_modules(prefix=f))]
     return "|".join(rf"{re.escape(f)}\..*" for f in hit) or None
 
 
@@ -314,11 +322,15 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
 
         lc = cfg.model.lora
         check_lora_targets(model, lc.target_modules, source, frozen)
-        model = get_peft_model(model, LoraConfig(
-            r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-            target_modules=list(lc.target_modules), task_type="CAUSAL_LM",
-            exclude_modules=lora_exclusions(model, lc.target_modules, frozen),
-        ))
+        targets = lc.target_modules if lc.target_modules == ALL_LINEAR else list(lc.target_modules)
+        try:
+            model = get_peft_model(model, LoraConfig(
+                r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets, task_type="CAUSAL_LM",
+                exclude_modules=lora_exclusions(model, lc.target_modules, frozen),
+            ))
+        except ValueError as e:  # peft refuses a target on this architecture (Mamba's out_proj, which its kernel bypasses)
+            raise ConfigError(f"model.lora.target_modules {targets}: peft refuses them for {source}: "
+                              f"{str(e).strip().splitlines()[0]}") from None
     run_dir.mkdir(parents=True, exist_ok=True)
     collator = PairedCollator(
         tokenizer, PromptBuilder.for_domain(cfg.data.domain), cutoff_len=t.cutoff_len,

@@ -451,8 +451,11 @@ def test_other_architectures_train_under_zero3(tmp_path, small_sequences, kind):
 
 def test_lora_targets_the_model_lacks_are_refused_as_input(tmp_path, small_sequences):
     """LoRA's default targets are attention projections (q_proj ...); a Mamba folder has none:
-    an input error naming the field and the model's own linear layers, before anything is written."""
+    an input error naming the field and the model's own linear layers, before anything is written.
+    `all-linear` would include out_proj, which peft refuses on Mamba (its kernel bypasses the
+    layer): an input error too. The layers it accepts train, an adapter on each."""
     import transformers as hf
+    from safetensors.torch import load_file
 
     from schemas.errors import ConfigError
     from tasks.training import training_run_dir
@@ -463,9 +466,22 @@ def test_lora_targets_the_model_lacks_are_refused_as_input(tmp_path, small_seque
         hf.MambaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2)))
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"source": str(folder)})})
     with pytest.raises(ConfigError, match=r"model.lora.target_modules \['q_proj', 'k_proj', 'v_proj', 'o_proj'\]: "
-                                          r"no module of .*mamba.* linear layers are named dt_proj, in_proj, out_proj, x_proj"):
+                                          r"no module of .*mamba.* linear layers are named dt_proj, in_proj, out_proj, x_proj "
+                                          r"\(`all-linear` names them all\)"):
         train(cfg, seq, fp)
     assert not training_run_dir(cfg, fp).exists()
+
+    def with_targets(targets):
+        lora = cfg.model.lora.model_copy(update={"target_modules": targets})
+        return cfg.model_copy(update={"model": cfg.model.model_copy(update={"lora": lora})})
+
+    with pytest.raises(ConfigError, match=r"model.lora.target_modules all-linear: peft refuses them for .*mamba.*: "
+                                          r".*Module 'out_proj' is incompatible with Mamba-based models"):
+        train(with_targets("all-linear"), seq, fp)  # all-linear includes out_proj, which Mamba's kernel bypasses
+    assert not training_run_dir(with_targets("all-linear"), fp).exists()
+    out = train(with_targets(["in_proj", "x_proj", "dt_proj"]), seq, fp)
+    adapters = load_file(str(out.model_dir / "adapter" / "adapter_model.safetensors"))
+    assert {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in adapters} == {"dt_proj", "in_proj", "x_proj"}
 
 
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
@@ -503,7 +519,8 @@ class CaptureTrainable(TrainerCallback):
         self.names = {name for name, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize(("zero", "lora"), [("zero2", False), ("zero2", True), ("zero3", False)])
+@pytest.mark.parametrize(("zero", "lora"), [("zero2", None), ("zero2", "attention"), ("zero2", "all-linear"),
+                                          ("zero3", None)])
 def test_a_multimodal_folder_trains_its_text_model_only(tmp_path, small_sequences, zero, lora):
     """A Gemma-3 multimodal folder (loaded whole, vision tower included) trains its text model
     only: the tower and projector are frozen (no optimizer state for them), LoRA puts no adapter
@@ -516,11 +533,12 @@ def test_a_multimodal_folder_trains_its_text_model_only(tmp_path, small_sequence
 
     seq, fp = small_sequences
     towers = ["model.vision_tower", "model.multi_modal_projector"]
+    targets = {"all-linear": {"target_modules": "all-linear"}, "attention": {}}  # attention: the default targets
     cfg = make_config(tmp_path, deepspeed=f"infra/deepspeed/{zero}.json", max_steps=2, eval_steps=2,
-                      **({"lora": {"enabled": True}} if lora else {}))
+                      **({"lora": {"enabled": True, **targets[lora]}} if lora else {}))
     folder = _folder_of(tmp_path, "gemma3", cfg, seq, lambda vocab: tiny_model_of_type("gemma3", vocab))
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"source": str(folder)})})
-    if lora:  # the tower's MLP (fc1) is the only one of that name: not a target in the text model
+    if lora == "attention":  # the tower's MLP (fc1) is the only one of that name: not a target in the text model
         lora_fc1 = cfg.model.lora.model_copy(update={"target_modules": ["fc1"]})
         only_in_tower = cfg.model_copy(update={"model": cfg.model.model_copy(update={"lora": lora_fc1})})
         with pytest.raises(ConfigError, match=r"\['fc1'\]: no module of .* linear layers are named down_proj, gate_proj"):
@@ -537,5 +555,8 @@ def test_a_multimodal_folder_trains_its_text_model_only(tmp_path, small_sequence
     assert changed and not any(n.startswith(t + ".") for n in changed for t in towers)
     if lora:
         assert all("lora_" in n for n in capture.names)
+        adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in capture.names}
+        attention = {"q_proj", "k_proj", "v_proj", "o_proj"}
+        assert adapted == (attention if lora == "attention" else attention | {"gate_proj", "up_proj", "down_proj"})
     else:  # everything else trains, and moved
         assert capture.names == changed == {n for n in before if not any(n.startswith(t + ".") for t in towers)}
