@@ -145,7 +145,7 @@ def load_tokenizer(source: str | Path, cache_dir: Path | None = None):
     try:
         return AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as e:  # no tokenizer files, an unreadable or unknown one
-        raise ModelFolderError(f"{folder} holds no usable tokenizer: {_first_line(e)}") from None
+        raise ModelFolderError(f"{folder} holds no usable tokenizer: {first_line(e)}") from None
 
 
 def load_causal_lm(source: str | Path, cache_dir: Path | None = None, dtype=None):
@@ -163,7 +163,7 @@ def load_causal_lm(source: str | Path, cache_dir: Path | None = None, dtype=None
         model, info = AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype or torch.float32, use_safetensors=True, output_loading_info=True)
     except (OSError, ValueError) as e:  # invalid config.json, an architecture transformers does not know
-        raise ModelFolderError(f"{folder} cannot be loaded as a causal LM: {_first_line(e)}") from None
+        raise ModelFolderError(f"{folder} cannot be loaded as a causal LM: {first_line(e)}") from None
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
@@ -184,5 +184,7 @@ def check_tokenizer_fits(model, tokenizer, folder: Path) -> None:
                                f"{rows}: they do not belong together")
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none), for a short
+    input error that names what a library refused."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -198,7 +198,7 @@ def check_lora_targets(model, target_modules: list[str] | str, source, frozen: l
     linear = sorted({path.rsplit(".", 1)[-1] for path, module in modules if isinstance(module, torch.nn.Linear)}
                     - {"lm_head"})
     raise ConfigError(
-        f"model.lora.target_modules {target_modules if target_modules == ALL_LINEAR else list(target_modules)}: "
+        f"model.lora.target_modules {target_modules}: "
         f"no module of {source} (model type {model.config.model_type!r}) matches; its linear layers are "
         f"named {', '.join(linear) or '(none)'} (`{ALL_LINEAR}` names them all)")
 
@@ -236,7 +236,12 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
 
     from cft_core.collate import PairedCollator
     from cft_core.loss import UnsupportedModelError
-    from cft_core.model_sources import check_tokenizer_fits, load_causal_lm, load_tokenizer
+    from cft_core.model_sources import (
+        check_tokenizer_fits,
+        first_line,
+        load_causal_lm,
+        load_tokenizer,
+    )
     from cft_core.modeling import modules_outside_text_model
     from cft_core.prompts import PromptBuilder
     from cft_core.ranking import resolve_precision
@@ -322,15 +327,14 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
 
         lc = cfg.model.lora
         check_lora_targets(model, lc.target_modules, source, frozen)
-        targets = lc.target_modules if lc.target_modules == ALL_LINEAR else list(lc.target_modules)
         try:
             model = get_peft_model(model, LoraConfig(
-                r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets, task_type="CAUSAL_LM",
-                exclude_modules=lora_exclusions(model, lc.target_modules, frozen),
+                r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=lc.target_modules,
+                task_type="CAUSAL_LM", exclude_modules=lora_exclusions(model, lc.target_modules, frozen),
             ))
         except ValueError as e:  # peft refuses a target on this architecture (Mamba's out_proj, which its kernel bypasses)
-            raise ConfigError(f"model.lora.target_modules {targets}: peft refuses them for {source}: "
-                              f"{str(e).strip().splitlines()[0]}") from None
+            raise ConfigError(f"model.lora.target_modules {lc.target_modules}: peft refuses them for {source}: "
+                              f"{first_line(e)}") from None
     run_dir.mkdir(parents=True, exist_ok=True)
     collator = PairedCollator(
         tokenizer, PromptBuilder.for_domain(cfg.data.domain), cutoff_len=t.cutoff_len,
