@@ -114,33 +114,32 @@ def recommend_all(interactions: Path, window: tuple[int | None, int | None], max
                   k: int, out: Path, version: str | None = None, progress: bool = True) -> BatchOutput:
     """Rank the newest history of every user of `interactions` in `window` with the model at
     `model_uri` (MLflow already points at its registry) and write the top `k` to `out`."""
-    import mlflow
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
     from schemas.errors import InputError
-    from tasks.registry import answers_source_ids, takes_exclude
+    from tasks.registry import answers_source_ids, loaded_pyfunc, takes_exclude
 
-    model = mlflow.pyfunc.load_model(model_uri)
-    if not answers_source_ids(model):  # its ids would name other items in this data
-        raise InputError(f"{model_uri} answers with the dense item ids of its own data window (registered before "
-                         "served models spoke the source's item ids): use a version registered since, or run the "
-                         "pipeline to register one")
-    known = set(model.unwrap_python_model().catalogue.row_of_id)
-    users = latest_histories(interactions, window, max_history)
-    histories = [[i for i in h if i in known] for h in users["history_item_ids"]]
-    unknown = sum(len(h) for h in users["history_item_ids"]) - sum(len(h) for h in histories)
-    # What a user already has is not recommended to them: all their items in the window, not only
-    # the newest max_history the model is shown. Versions registered before the `exclude` input
-    # leave out the history only (MLflow would drop the column).
-    excluded_seen = takes_exclude(model)
-    answers = []
-    for start in tqdm(range(0, len(histories), CHUNK), desc="recommend", unit="chunk", disable=None if progress else True):
-        chunk = pd.DataFrame({"history": histories[start : start + CHUNK]})
-        if excluded_seen:
-            chunk["exclude"] = users["seen_item_ids"][start : start + CHUNK].to_list()
-        answers.append(model.predict(chunk, params={"k": k, "exclude_history": True}))
+    with loaded_pyfunc(model_uri) as model:  # its batching worker ends with the block
+        if not answers_source_ids(model):  # its ids would name other items in this data
+            raise InputError(f"{model_uri} answers with the dense item ids of its own data window (registered before "
+                             "served models spoke the source's item ids): use a version registered since, or run the "
+                             "pipeline to register one")
+        known = set(model.unwrap_python_model().catalogue.row_of_id)
+        users = latest_histories(interactions, window, max_history)
+        histories = [[i for i in h if i in known] for h in users["history_item_ids"]]
+        unknown = sum(len(h) for h in users["history_item_ids"]) - sum(len(h) for h in histories)
+        # What a user already has is not recommended to them: all their items in the window, not only
+        # the newest max_history the model is shown. Versions registered before the `exclude` input
+        # leave out the history only (MLflow would drop the column).
+        excluded_seen = takes_exclude(model)
+        answers = []
+        for start in tqdm(range(0, len(histories), CHUNK), desc="recommend", unit="chunk", disable=None if progress else True):
+            chunk = pd.DataFrame({"history": histories[start : start + CHUNK]})
+            if excluded_seen:
+                chunk["exclude"] = users["seen_item_ids"][start : start + CHUNK].to_list()
+            answers.append(model.predict(chunk, params={"k": k, "exclude_history": True}))
     ranked = pd.concat(answers, ignore_index=True) if answers else pd.DataFrame(
         {c: [] for c in ("item_ids", "titles", "scores")})
     table = pa.table({

@@ -17,6 +17,7 @@ Prefect concurrency limit (prefect.yaml).
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import logging
@@ -456,30 +457,66 @@ def _gate_rows(cfg: PipelineConfig, model_dir: Path, sequences: Path):
     return preds[f"{method}_rank"].to_numpy(), preds["most_popular_rank"].to_numpy(), preds
 
 
-def _popularity_version_ranks(mv, preds, sequences: Path):
-    """First-hit ranks of a registered popularity version on the gate rows: its counts (from its
-    own window, mapped to this catalogue by source item id), ranked as it serves."""
-    import tempfile
-
+@contextlib.contextmanager
+def loaded_pyfunc(uri: str):
+    """The registered pyfunc at `uri`, loaded (MLflow's global registry URI must name its store);
+    on exit an LLM version's batching worker is ended, so that its model's memory goes with it
+    (the worker thread would otherwise hold the model for the life of the process)."""
     import mlflow
+
+    model = mlflow.pyfunc.load_model(uri)
+    try:
+        yield model
+    finally:
+        batching = getattr(model.unwrap_python_model(), "recommender", None)  # None: the popularity baseline
+        if batching is not None:
+            batching.close()
+
+
+def _served_ranks(cfg: PipelineConfig, mv, preds, sequences: Path, rows_fp: str):
+    """First-hit ranks [B] on the gate rows (`preds`, as `_gate_rows` read them) of the registered
+    version `mv` as it serves: through its own pyfunc, so with its own catalogue, ranking settings
+    and model (an LLM's or the popularity baseline's counts), not this window's.
+
+    Each row's history goes in as its titles: those the version's catalogue lacks (items newer
+    than it) are left out of the prompt, as serving leaves them out; the history is not excluded
+    from the answers (the evaluation does not exclude it either). The answers, the gate metric's
+    K of them, are mapped to this window's catalogue by source item id (by title for a version
+    that answers with its own window's dense ids), so an item the version does not know is never
+    its hit: a standing champion is judged on what it would recommend, not on what a model
+    trained on this window's catalogue could. Kept under <data_root>/registry/gate per version
+    and gate rows, so that gating several challengers on one window ranks the champion once."""
     import numpy as np
     import pandas as pd
 
     from cft_core.metrics import first_hit_ranks, title_ids
-    from cft_core.ranking import Catalogue, popularity_ranking
+    from tasks.evaluation import EVALUATION_VERSION
+    from tasks.storage import atomic_dir, with_code_versions
 
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{mv.name}/{mv.version}", dst_path=tmp))
-        old_counts = json.loads(next(local.rglob("counts.json")).read_text())
-        old_catalogue = pd.read_parquet(next(local.rglob("catalogue.parquet"))).sort_values("item_id")
-    by_source = dict(zip(old_catalogue["source_item_id"], old_counts, strict=True))
-    catalogue = pd.read_parquet(sequences / "catalogue.parquet").sort_values("item_id")
-    counts = np.array([by_source.get(s, 0) for s in catalogue["source_item_id"]])
-    never = Catalogue(range(len(catalogue)), catalogue["title"].tolist()).never
-    ranking = popularity_ranking(counts, len(preds), 50, never=never)
-    tid, table = title_ids(catalogue["title"].tolist())
-    ranked = np.where(ranking.rows >= 0, tid[np.maximum(ranking.rows, 0)], -1)
-    return first_hit_ranks(ranked, np.array([table[t] for t in preds["target_title"]]))
+    k = int(cfg.registry.gate_metric.split("@")[1])
+    key = fingerprint(with_code_versions({"version": [mv.name, str(mv.version), mv.run_id, mv.creation_timestamp],
+                                          "rows": rows_fp, "k": k}, evaluation=EVALUATION_VERSION))
+    cache = cfg.data.data_root / "registry" / "gate" / f"{mv.name}-v{mv.version}-{key}"
+    if (cache / "ranks.json").is_file():
+        return np.asarray(json.loads((cache / "ranks.json").read_text()), dtype=np.int64)
+    catalogue = pd.read_parquet(sequences / "catalogue.parquet", columns=["item_id", "title", "source_item_id"])
+    tid, table = title_ids(catalogue.sort_values("item_id")["title"].tolist())
+    histories = pd.DataFrame({"history": [list(h) for h in preds["history_titles"]]})
+    with loaded_pyfunc(f"models:/{mv.name}/{mv.version}") as model:
+        size = len(model.unwrap_python_model().catalogue)
+        answers = model.predict(histories, params={"k": min(k, size), "exclude_history": False})
+        if answers_source_ids(model):
+            by_source = dict(zip(catalogue["source_item_id"].astype(str), tid[catalogue["item_id"]], strict=True))
+            ranked = [[by_source.get(str(i), -1) for i in ids] for ids in answers["item_ids"]]
+        else:
+            ranked = [[table.get(t, -1) for t in titles] for titles in answers["titles"]]
+    padded = np.full((len(ranked), k), -1, dtype=np.int64)
+    for b, row in enumerate(ranked):
+        padded[b, : len(row)] = row
+    ranks = first_hit_ranks(padded, np.array([table[t] for t in preds["target_title"]]))
+    with atomic_dir(cache) as tmp:
+        (tmp / "ranks.json").write_text(json.dumps(ranks.tolist()))
+    return ranks
 
 
 def gate_model(cfg: PipelineConfig, version: str, model_dir: Path, sequences: Path) -> GateDecision:
@@ -506,12 +543,8 @@ def gate_model(cfg: PipelineConfig, version: str, model_dir: Path, sequences: Pa
                                                      rows_fp, float(ours.mean()), champion, float(ours.mean()),
                                                      float(floor.mean()), 0.0, 0.0, 0.0), move=False)
         champion_values = None
-        if champion is not None:
-            mv = client.get_model_version(name, champion)
-            if mv.tags.get(KIND_TAG) == "popularity":
-                champion_ranks = _popularity_version_ranks(mv, preds, sequences)
-            else:  # an LLM champion, scored on this run's rows (reused when it was before)
-                champion_ranks, _, _ = _gate_rows(cfg, download_version_model(cfg, mv), sequences)
+        if champion is not None:  # as it serves, on the same rows
+            champion_ranks = _served_ranks(cfg, client.get_model_version(name, champion), preds, sequences, rows_fp)
             champion_values = per_row_metric(champion_ranks, metric)
         if champion_values is None:  # no champion at all (no baseline registered): the floor decides
             champion_values = floor

@@ -272,7 +272,7 @@ def test_the_floor_replaces_a_standing_champion_that_fell_below_it(setup):
     assert per_row_metric(floor, "NDCG@50").mean() > per_row_metric(ours, "NDCG@50").mean() == d.champion_value
     # The floor a challenger is held to (the evaluation's top sellers) is the registered baseline
     # version that replaces the champion, ranked as it serves: one floor.
-    served = registry._popularity_version_ranks(client.get_model_version(name, baseline), preds, seq)
+    served = registry._served_ranks(cfg, client.get_model_version(name, baseline), preds, seq, "rows")
     np.testing.assert_array_equal(served, floor)
     assert d.floor_promoted == baseline and f"champion v{llm[0]} (" in d.floor_reason
     assert str(client.get_model_version_by_alias(name, "champion").version) == baseline
@@ -286,6 +286,59 @@ def test_the_floor_replaces_a_standing_champion_that_fell_below_it(setup):
     # The baseline is champion now: the challenger ties nothing it beats, and nothing moves.
     d = registry.gate_model(cfg, llm[1], model_dir, seq)
     assert not d.promoted and d.champion_version == baseline and d.floor_promoted is None
+
+
+def test_a_champion_is_gated_as_it_serves_with_its_own_catalogue(setup):
+    """The gate scores a standing champion as it serves: its own pyfunc, catalogue and settings.
+    Here it was registered on an older window, whose catalogue lacked the targets of some gate
+    rows (items new since): those rows are never its hits, although the same model ranking this
+    window's catalogue hits them (what the gate measured before); on the other rows its ranks are
+    its served answers, mapped to this window by source item id. A second gate on the same rows
+    reuses the ranks."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from cft_core.metrics import first_hit_ranks, per_row_metric
+    from tests.conftest import mlflow_uris_restored
+
+    cfg, uri, model_dir, seq = setup
+    # Grounding ranks the whole catalogue: an untrained model hits some targets within 50.
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri}),
+                                 "registry": cfg.registry.model_copy(update={"gate_metric": "grounding_adjusted/NDCG@50"})})
+    this_window, _, preds = registry._gate_rows(cfg, model_dir, seq)
+    new = set(preds["target_item_id"][this_window >= 0])
+    assert 0 < len(new) < len(preds)
+    # The older window: the same folder with those items missing from its catalogue (ids 0..N-1 again).
+    old = cfg.data.data_root / "sequences" / "older-window"
+    old.mkdir(parents=True)
+    catalogue = pd.read_parquet(seq / "catalogue.parquet").sort_values("item_id")
+    kept = catalogue[~catalogue["item_id"].isin(new)].assign(item_id=lambda c: range(len(c)))
+    kept.to_parquet(old / "catalogue.parquet", index=False)
+    name = cfg.registered_model_name()
+    champion = str(registered(cfg, uri, model_dir, old, new_run(uri)).version)
+    challenger = str(registered(cfg, uri, model_dir, seq, new_run(uri)).version)
+    registry.promote(cfg, name, champion, "the older window's model", uri)
+
+    d = registry.gate_model(cfg, challenger, model_dir, seq)
+    client = MlflowClient(uri, registry_uri=uri)
+    champion_ranks = registry._served_ranks(cfg, client.get_model_version(name, champion), preds, seq, d.rows_fingerprint)
+    assert (champion_ranks[preds["target_item_id"].isin(new)] == -1).all()
+    assert d.champion_version == champion and d.champion_value == per_row_metric(champion_ranks, "NDCG@50").mean()
+    assert d.champion_value < per_row_metric(this_window, "NDCG@50").mean() == d.challenger_value
+    with mlflow_uris_restored():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        served = mlflow.pyfunc.load_model(f"models:/{name}/{champion}").predict(
+            pd.DataFrame({"history": [list(h) for h in preds["history_titles"]]}),
+            params={"k": 50, "exclude_history": False})
+    target = source_ids(seq)[preds["target_item_id"]].to_numpy()
+    expected = first_hit_ranks(np.array([list(r) + [""] * (50 - len(r)) for r in served["item_ids"]]), target)
+    np.testing.assert_array_equal(champion_ranks, expected)
+    # Ranked once per version and rows: the cached ranks are read back, whatever the model does now.
+    cached = next((cfg.data.data_root / "registry" / "gate").glob(f"{name}-v{champion}-*/ranks.json"))
+    cached.write_text(json.dumps([0] * len(preds)))
+    again = registry._served_ranks(cfg, client.get_model_version(name, champion), preds, seq, d.rows_fingerprint)
+    assert (again == 0).all()
 
 
 def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
