@@ -5,6 +5,7 @@ A real MLflow SQLite store; the model is the tiny model built for the capped ML-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -339,6 +340,33 @@ def test_a_champion_is_gated_as_it_serves_with_its_own_catalogue(setup):
     cached.write_text(json.dumps([0] * len(preds)))
     again = registry._served_ranks(cfg, client.get_model_version(name, champion), preds, seq, d.rows_fingerprint)
     assert (again == 0).all()
+
+
+def test_a_loaded_version_frees_its_model_when_done(setup):
+    """`loaded_pyfunc` (the gate's and the batch job's way to load a version) ends an LLM
+    version's batching worker on leaving the block, an error included: the worker thread would
+    otherwise hold the model for the life of the process (a flow run's, a stack worker's)."""
+    import mlflow
+
+    from tests.conftest import mlflow_uris_restored
+
+    cfg, uri, model_dir, seq = setup
+    version = registered(cfg, uri, model_dir, seq, new_run(uri)).version
+    workers = []
+    with mlflow_uris_restored():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        for fail in (False, True):
+            uri_ = f"models:/{cfg.registered_model_name()}/{version}"
+            with (pytest.raises(RuntimeError) if fail else contextlib.nullcontext(),
+                  registry.loaded_pyfunc(uri_) as model):
+                workers.append(model.unwrap_python_model().recommender._worker)
+                assert workers[-1].is_alive()
+                if fail:
+                    raise RuntimeError("the caller failed")
+    for worker in workers:
+        worker.join(10)
+        assert not worker.is_alive()
 
 
 def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
