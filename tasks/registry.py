@@ -478,18 +478,21 @@ def _served_ranks(cfg: PipelineConfig, mv, preds, sequences: Path, rows_fp: str)
     version `mv` as it serves: through its own pyfunc, so with its own catalogue, ranking settings
     and model (an LLM's or the popularity baseline's counts), not this window's.
 
-    Each row's history goes in as its titles: those the version's catalogue lacks (items newer
-    than it) are left out of the prompt, as serving leaves them out; the history is not excluded
-    from the answers (the evaluation does not exclude it either). The answers, the gate metric's
-    K of them, are mapped to this window's catalogue by source item id (by title for a version
-    that answers with its own window's dense ids), so an item the version does not know is never
-    its hit: a standing champion is judged on what it would recommend, not on what a model
-    trained on this window's catalogue could. Kept under <data_root>/registry/gate per version
-    and gate rows, so that gating several challengers on one window ranks the champion once."""
+    Each row's history goes in as a client sends it, the source's item ids: those the version's
+    catalogue lacks (items newer than it) are left out of the prompt, as serving leaves them out,
+    and an item renamed since is shown under the name it had. The history is not excluded from
+    the answers (the evaluation does not exclude it either). The answers, the gate metric's K of
+    them, are mapped to this window's catalogue by source item id, so an item the version does
+    not know is never its hit: a standing champion is judged on what it would recommend, not on
+    what a model ranking this window's catalogue could. (A version registered before served
+    models spoke the source's ids takes and gives titles here.) Kept under
+    <data_root>/registry/gate per version and gate rows, so that gating several challengers on
+    one window ranks the champion once."""
     import numpy as np
     import pandas as pd
 
     from cft_core.metrics import first_hit_ranks, title_ids
+    from cft_core.ranking import served_catalogue
     from tasks.evaluation import EVALUATION_VERSION
     from tasks.storage import atomic_dir, with_code_versions
 
@@ -499,17 +502,20 @@ def _served_ranks(cfg: PipelineConfig, mv, preds, sequences: Path, rows_fp: str)
     cache = cfg.data.data_root / "registry" / "gate" / f"{mv.name}-v{mv.version}-{key}"
     if (cache / "ranks.json").is_file():
         return np.asarray(json.loads((cache / "ranks.json").read_text()), dtype=np.int64)
-    catalogue = pd.read_parquet(sequences / "catalogue.parquet", columns=["item_id", "title", "source_item_id"])
-    tid, table = title_ids(catalogue.sort_values("item_id")["title"].tolist())
-    histories = pd.DataFrame({"history": [list(h) for h in preds["history_titles"]]})
+    source_ids, titles = served_catalogue(sequences / "catalogue.parquet")  # row = this window's dense item id
+    tid, table = title_ids(titles)  # hits by title, as the evaluation counts them (duplicates share)
     with loaded_pyfunc(f"models:/{mv.name}/{mv.version}") as model:
+        by_id = answers_source_ids(model)
+        histories = ([[source_ids[i] for i in h] for h in preds["history_item_ids"]] if by_id
+                     else [list(h) for h in preds["history_titles"]])
         size = len(model.unwrap_python_model().catalogue)
-        answers = model.predict(histories, params={"k": min(k, size), "exclude_history": False})
-        if answers_source_ids(model):
-            by_source = dict(zip(catalogue["source_item_id"].astype(str), tid[catalogue["item_id"]], strict=True))
-            ranked = [[by_source.get(str(i), -1) for i in ids] for ids in answers["item_ids"]]
-        else:
-            ranked = [[table.get(t, -1) for t in titles] for titles in answers["titles"]]
+        answers = model.predict(pd.DataFrame({"history": histories}),
+                                params={"k": min(k, size), "exclude_history": False})
+    if by_id:
+        tid_of = dict(zip(source_ids, tid.tolist(), strict=True))
+        ranked = [[tid_of.get(str(i), -1) for i in ids] for ids in answers["item_ids"]]
+    else:
+        ranked = [[table.get(t, -1) for t in row] for row in answers["titles"]]
     padded = np.full((len(ranked), k), -1, dtype=np.int64)
     for b, row in enumerate(ranked):
         padded[b, : len(row)] = row
