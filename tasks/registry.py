@@ -4,7 +4,8 @@
                                          the first champion
     evaluated run --log_recommender----> pyfunc model in the run (models-from-code)
                   --register_model-----> version N of `cft-<dataset>` (once per run), model card
-                  --gate_model---------> on the same newest rows: N vs the champion vs this
+                  --gate_model---------> on the same newest rows: N vs the champion (as it
+                                         serves: its own catalogue and settings) vs this
                                          window's popularity baseline; `champion` moves to N only
                                          if N beats the champion by the margin AND the floor
 
@@ -624,7 +625,8 @@ def gate_card(cfg: PipelineConfig, d: GateDecision) -> str:
         f"**{'promoted to champion' if d.promoted else 'kept as challenger'}**: {d.reason}.", "",
         "| | value |", "|---|---|",
         f"| this version | {d.challenger_value:.4f} |",
-        f"| champion (v{d.champion_version}) | {d.champion_value:.4f} |" if d.champion_value is not None else "| champion | none |",
+        (f"| champion (v{d.champion_version}, as it serves) | {d.champion_value:.4f} |" if d.champion_value is not None
+         else "| champion | none |"),
         f"| popularity baseline | {d.popularity_value:.4f} |",
         f"| difference, {level} interval | {d.difference:+.4f} [{d.ci_low:+.4f}, {d.ci_high:+.4f}] |"]
         + ([f"\n**The floor**: v{d.floor_promoted} (this window's popularity baseline) is champion now: {d.floor_reason}."]
