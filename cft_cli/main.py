@@ -402,21 +402,21 @@ def recommend(
     """Top-K catalogue items for a history, from a registered model (the champion by default)."""
     import difflib
 
-    import mlflow
     import pandas as pd
 
-    from tasks.registry import takes_exclude
+    from tasks.registry import LoadedPyfunc, takes_exclude
 
     history = _checked_history(history or [])
     model_uri = _served_model_uri(config, set_, model)
-    recommender = mlflow.pyfunc.load_model(model_uri)
     frame = pd.DataFrame({"history": [history], **({"exclude": [exclude]} if exclude else {})})
-    if exclude and not takes_exclude(recommender):
-        console.print(f"[yellow]note:[/yellow] {model_uri} was registered before models took an `exclude` input: "
-                      "--exclude is ignored", highlight=False, soft_wrap=True)
-    out = recommender.predict(frame, params={"k": k, "exclude_history": not include_history, "free_text": free_text})
+    with LoadedPyfunc(model_uri) as loaded:
+        if exclude and not takes_exclude(loaded.pyfunc):
+            console.print(f"[yellow]note:[/yellow] {model_uri} was registered before models took an `exclude` "
+                          "input: --exclude is ignored", highlight=False, soft_wrap=True)
+        out = loaded.pyfunc.predict(frame, params={"k": k, "exclude_history": not include_history,
+                                                   "free_text": free_text})
     row = out.iloc[0]
-    catalogue = recommender.unwrap_python_model().catalogue
+    catalogue = loaded.model.catalogue
     for title in row["unmatched"]:
         close = difflib.get_close_matches(title, catalogue.titles, n=3, cutoff=0.6)
         hint = f"; close: {', '.join(map(repr, close))}" if close else ""

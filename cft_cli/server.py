@@ -98,28 +98,35 @@ class Loaded:
 
     uri: str  # what was loaded, e.g. models:/cft-ml-100k/3
     version: str | None  # its registered version (None for a run or folder URI)
-    model: Any  # the pyfunc's Python model: tasks/recommender_pyfunc.py or tasks/popularity_pyfunc.py
+    loaded: Any  # tasks.registry.LoadedPyfunc: the pyfunc, its batching worker, its download
+
+    @property
+    def model(self):
+        """The pyfunc's Python model: tasks/recommender_pyfunc.py or tasks/popularity_pyfunc.py."""
+        return self.loaded.model
 
     @property
     def batching(self):
         """The LLM recommender's BatchingRecommender; None for the popularity baseline."""
-        return getattr(self.model, "recommender", None)
+        return self.loaded.batching
 
     @property
     def method(self) -> str:
         return self.batching.ranker.settings.method if self.batching is not None else "popularity"
 
+    def close(self) -> None:
+        """After the requests it holds are answered: end its worker and remove its download."""
+        self.loaded.close()
+
 
 def _load(uri: str, version: str | None) -> Loaded:
-    import mlflow
+    from tasks.registry import LoadedPyfunc, answers_source_ids
 
-    from tasks.registry import answers_source_ids
-
-    model = mlflow.pyfunc.load_model(uri)
-    if not answers_source_ids(model):
+    loaded = LoadedPyfunc(uri)
+    if not answers_source_ids(loaded.pyfunc):
         log.warning("%s was registered before served models spoke the source's item ids: the ids it takes and "
                     "returns are the dense ids of its own data window", uri)
-    return Loaded(uri, version, model.unwrap_python_model())
+    return Loaded(uri, version, loaded)
 
 
 class ServedModel:
@@ -195,13 +202,13 @@ class ServedModel:
         self.failed.clear()
         old, self.current = self.current, new
         log.info("serving %s version %s (loaded in %.1f s)", self.alias[0], version, time.perf_counter() - started)
-        if old is not None and old.batching is not None:
-            old.batching.close()  # after the requests it holds are answered
+        if old is not None:
+            old.close()  # after the requests it holds are answered
         return True
 
     def close(self) -> None:
-        if self.current is not None and self.current.batching is not None:
-            self.current.batching.close()
+        if self.current is not None:
+            self.current.close()
 
 
 class NothingServed(RuntimeError):

@@ -119,14 +119,15 @@ def recommend_all(interactions: Path, window: tuple[int | None, int | None], max
     from tqdm.auto import tqdm
 
     from schemas.errors import InputError
-    from tasks.registry import answers_source_ids, loaded_pyfunc, takes_exclude
+    from tasks.registry import LoadedPyfunc, answers_source_ids, takes_exclude
 
-    with loaded_pyfunc(model_uri) as model:  # its batching worker ends with the block
+    with LoadedPyfunc(model_uri) as loaded:  # its worker and download end with the block
+        model = loaded.pyfunc
         if not answers_source_ids(model):  # its ids would name other items in this data
             raise InputError(f"{model_uri} answers with the dense item ids of its own data window (registered before "
                              "served models spoke the source's item ids): use a version registered since, or run the "
                              "pipeline to register one")
-        known = set(model.unwrap_python_model().catalogue.row_of_id)
+        known = set(loaded.model.catalogue.row_of_id)
         users = latest_histories(interactions, window, max_history)
         histories = [[i for i in h if i in known] for h in users["history_item_ids"]]
         unknown = sum(len(h) for h in users["history_item_ids"]) - sum(len(h) for h in histories)

@@ -18,7 +18,6 @@ Prefect concurrency limit (prefect.yaml).
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import json
 import logging
@@ -458,20 +457,69 @@ def _gate_rows(cfg: PipelineConfig, model_dir: Path, sequences: Path):
     return preds[f"{method}_rank"].to_numpy(), preds["most_popular_rank"].to_numpy(), preds
 
 
-@contextlib.contextmanager
-def loaded_pyfunc(uri: str):
-    """The registered pyfunc at `uri`, loaded (MLflow's global registry URI must name its store);
-    on exit an LLM version's batching worker is ended, so that its model's memory goes with it
-    (the worker thread would otherwise hold the model for the life of the process)."""
-    import mlflow
+def artifacts_read_in_place(uri: str) -> bool:
+    """Whether MLflow reads the model at `uri` where it is stored (a local folder store: the
+    default SQLite set-up) rather than downloading it (an MLflow server's proxied store, S3)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
-    model = mlflow.pyfunc.load_model(uri)
     try:
-        yield model
-    finally:
-        batching = getattr(model.unwrap_python_model(), "recommender", None)  # None: the popularity baseline
-        if batching is not None:
-            batching.close()
+        repo = get_artifact_repository(uri)
+    except Exception:  # noqa: BLE001 (an unknown scheme: let the download say what is wrong)
+        return False
+    while hasattr(repo, "repo"):  # models:/ and runs:/ wrap the store's own repository
+        repo = repo.repo
+    return isinstance(repo, LocalArtifactRepository)
+
+
+class LoadedPyfunc:
+    """A registered model's pyfunc, loaded, with what it holds until `close()` (or the end of a
+    `with` block): an LLM version's batching worker, whose thread would otherwise keep the model
+    in memory for the life of the process, and the download of a model that is not read in place
+    (`artifacts_read_in_place`), into a temporary folder that close() removes. (MLflow's own
+    download folder would stay in the temporary directory for good: a copy of the model at every
+    load, by a server following its alias, a nightly batch, every gate.) Every command that ranks
+    with a registered model loads it through here.
+
+    pyfunc: the `mlflow.pyfunc.PyFuncModel` (predict, metadata); model: its Python model
+    (tasks/recommender_pyfunc.py or tasks/popularity_pyfunc.py, or an older stored copy)."""
+
+    def __init__(self, uri: str):
+        import shutil
+        import tempfile
+
+        import mlflow
+
+        self.uri = uri
+        self.download = None if artifacts_read_in_place(uri) else Path(tempfile.mkdtemp(prefix="cft-model-"))
+        try:
+            self.pyfunc = mlflow.pyfunc.load_model(uri, dst_path=None if self.download is None else str(self.download))
+        except BaseException:
+            if self.download is not None:
+                shutil.rmtree(self.download, ignore_errors=True)
+            raise
+        self.model = self.pyfunc.unwrap_python_model()
+
+    @property
+    def batching(self):
+        """The LLM recommender's `BatchingRecommender`; None for the popularity baseline."""
+        return getattr(self.model, "recommender", None)
+
+    def close(self) -> None:
+        """End the batching worker (after the requests it holds are answered), then remove the
+        download. The weights already in memory stay usable while references remain."""
+        import shutil
+
+        if self.batching is not None:
+            self.batching.close()
+        if self.download is not None:
+            shutil.rmtree(self.download, ignore_errors=True)
+
+    def __enter__(self) -> LoadedPyfunc:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _served_ranks(cfg: PipelineConfig, mv, preds, sequences: Path, rows_fp: str):
@@ -505,13 +553,13 @@ def _served_ranks(cfg: PipelineConfig, mv, preds, sequences: Path, rows_fp: str)
         return np.asarray(json.loads((cache / "ranks.json").read_text()), dtype=np.int64)
     source_ids, titles = served_catalogue(sequences / "catalogue.parquet")  # row = this window's dense item id
     tid, table = title_ids(titles)  # hits by title, as the evaluation counts them (duplicates share)
-    with loaded_pyfunc(f"models:/{mv.name}/{mv.version}") as model:
-        by_id = answers_source_ids(model)
+    with LoadedPyfunc(f"models:/{mv.name}/{mv.version}") as loaded:
+        by_id = answers_source_ids(loaded.pyfunc)
         histories = ([[source_ids[i] for i in h] for h in preds["history_item_ids"]] if by_id
                      else [list(h) for h in preds["history_titles"]])
-        size = len(model.unwrap_python_model().catalogue)
-        answers = model.predict(pd.DataFrame({"history": histories}),
-                                params={"k": min(k, size), "exclude_history": False})
+        size = len(loaded.model.catalogue)
+        answers = loaded.pyfunc.predict(pd.DataFrame({"history": histories}),
+                                        params={"k": min(k, size), "exclude_history": False})
     if by_id:
         tid_of = dict(zip(source_ids, tid.tolist(), strict=True))
         ranked = [[tid_of.get(str(i), -1) for i in ids] for ids in answers["item_ids"]]

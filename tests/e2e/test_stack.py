@@ -87,11 +87,16 @@ def serves_the_champion(stack: Stack, client, name: str) -> dict:
     return health[1]
 
 
-def test_deployment_runs_registers_and_gates(tmp_path):
+def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     runner = CliRunner()
     data_root = tmp_path / "data"
+    # The stack's processes and commands download models from the MLflow server (its proxied
+    # artifacts); each load's copy must go when that model does (tasks.registry.LoadedPyfunc).
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
     stack = Stack(data_root, prefect_port=free_port(), mlflow_port=free_port(), serve_port=free_port())
     smoke = PROJECT_ROOT / "configs" / "smoke.yaml"
     up = runner.invoke(app, ["stack", "up", "--data-root", str(data_root), "--prefect-port", str(stack.prefect_port),
@@ -169,4 +174,7 @@ def test_deployment_runs_registers_and_gates(tmp_path):
         stopped = runner.invoke(app, ["stack", "down", "--data-root", str(data_root)], prog_name="cft")
         down(stack, say=lambda *_: None)  # whatever the command left, if it failed
     assert stopped.exit_code == 0 and "stopped recommender" in stopped.output, stopped.output
+    # The flow runs' gates, `cft recommend` and the recommender (two versions, then stopped) left no
+    # model copy behind.
+    assert not list(temporary.rglob("MLmodel")), sorted(map(str, temporary.rglob("MLmodel")))
     assert "not running" in runner.invoke(app, ["stack", "status", "--data-root", str(data_root)], prog_name="cft").output

@@ -346,31 +346,45 @@ def test_a_champion_is_gated_as_it_serves_with_its_own_catalogue(setup):
     assert (again == 0).all()
 
 
-def test_a_loaded_version_frees_its_model_when_done(setup):
-    """`loaded_pyfunc` (the gate's and the batch job's way to load a version) ends an LLM
-    version's batching worker on leaving the block, an error included: the worker thread would
-    otherwise hold the model for the life of the process (a flow run's, a stack worker's)."""
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_loaded_version_frees_its_model_and_download_when_done(setup, monkeypatch, in_place):
+    """`LoadedPyfunc` (how the gate, the batch job, `cft recommend` and `cft serve` load a
+    version) ends an LLM version's batching worker on leaving the block, an error included: the
+    worker thread would otherwise hold the model for the life of the process. A local folder store
+    is read in place; from any other store (an MLflow server's proxied artifacts, S3: here the
+    local store treated as one) the model is downloaded into a folder of its own that goes with
+    the block, where MLflow's own download would stay in the temporary directory for good."""
     import mlflow
 
     from tests.conftest import mlflow_uris_restored
 
     cfg, uri, model_dir, seq = setup
     version = registered(cfg, uri, model_dir, seq, new_run(uri)).version
-    workers = []
+    model_uri = f"models:/{cfg.registered_model_name()}/{version}"
+    workers, downloads = [], []
     with mlflow_uris_restored():
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
+        assert registry.artifacts_read_in_place(model_uri)  # the SQLite set-up keeps artifacts in a folder
+        if not in_place:
+            monkeypatch.setattr(registry, "artifacts_read_in_place", lambda uri: False)
         for fail in (False, True):
-            uri_ = f"models:/{cfg.registered_model_name()}/{version}"
             with (pytest.raises(RuntimeError) if fail else contextlib.nullcontext(),
-                  registry.loaded_pyfunc(uri_) as model):
-                workers.append(model.unwrap_python_model().recommender._worker)
+                  registry.LoadedPyfunc(model_uri) as loaded):
+                workers.append(loaded.batching._worker)
+                downloads.append(loaded.download)
                 assert workers[-1].is_alive()
+                assert len(loaded.pyfunc.predict(pd.DataFrame({"history": [[]]}), params={"k": 2})["item_ids"][0]) > 0
+                if in_place:
+                    assert loaded.download is None
+                else:
+                    assert (loaded.download / "MLmodel").is_file()
                 if fail:
                     raise RuntimeError("the caller failed")
-    for worker in workers:
+    for worker, download in zip(workers, downloads, strict=True):
         worker.join(10)
         assert not worker.is_alive()
+        assert download is None or not download.exists()
 
 
 def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
