@@ -314,7 +314,8 @@ def gc(
 ) -> None:
     """Remove training folders (models, evaluations) that no registered version and no
     unfinished run uses, the data windows (ingested, sequences) that no kept training was built
-    from, except the newest of each dataset, and what interrupted writes left a day ago or more."""
+    from, except the newest of each dataset, what interrupted writes left a day ago or more, and
+    the registry's downloads and gate caches of versions that are not champion."""
     from schemas.config import load_config
     from tasks.gc import collect
 
@@ -329,13 +330,16 @@ def gc(
         console.print(f"{verb} {path} ({size / 2**20:,.0f} MiB)")
     for path, size in result.leftovers_removed:
         console.print(f"{verb} {path} ({size / 2**20:,.0f} MiB): left by an interrupted write")
+    for path, size in result.caches_removed:
+        console.print(f"{verb} {path} ({size / 2**20:,.0f} MiB): a registry cache of a version that is not champion")
 
     def mib(found: list) -> str:
         return f"{sum(size for _, size in found) / 2**20:,.0f} MiB"
 
     console.print(f"{verb} {len(result.removed)} training folder(s) ({mib(result.removed)}), "
                   f"{len(result.windows_removed)} data folder(s) ({mib(result.windows_removed)}), "
-                  f"{len(result.leftovers_removed)} leftover(s) of interrupted writes ({mib(result.leftovers_removed)})")
+                  f"{len(result.leftovers_removed)} leftover(s) of interrupted writes ({mib(result.leftovers_removed)}), "
+                  f"{len(result.caches_removed)} registry cache(s) ({mib(result.caches_removed)})")
 
 
 # ------------------------------------------------------------------------------ registry

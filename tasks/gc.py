@@ -15,6 +15,13 @@ prepared). Both are rebuilt from the source when needed again (same inputs, same
 unfinished training, whose data gc cannot tell, gets its window back when it resumes), and the
 registered versions carry what they serve (catalogue, counts) in the artifact store.
 
+And the registry's caches under <data_root>/registry: `downloads/<name>-v<N>` (a version's
+model fetched from the store when its own folder is not on this machine: a warm start, `cft
+evaluate --model`; a full model copy) and `gate/<name>-v<N>-<key>` (a champion's ranks of one
+window's gate rows). Only the current champion's are read again (the next warm start, the next
+gate); those of any other version of a model this store knows go, and come back from the store
+if that version is champion again. A model this store does not know keeps its caches.
+
 And what interrupted writes left: stage outputs are written into a `.tmp-*` sibling and renamed
 into place when complete (`tasks.storage`), so a killed process leaves one behind that nothing
 reads. One untouched for LEFTOVER_AGE_S is removed (a younger one may be a write in progress).
@@ -23,6 +30,7 @@ reads. One untouched for LEFTOVER_AGE_S is removed (a younger one may be a write
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import stat
 import time
@@ -38,6 +46,7 @@ class Collected:
     kept: list[tuple[Path, str]]  # (training folder, why)
     windows_removed: list[tuple[Path, int]]  # (ingested or sequences folder, bytes)
     leftovers_removed: list[tuple[Path, int]]  # (`.tmp-*` file or folder of an interrupted write, bytes)
+    caches_removed: list[tuple[Path, int]]  # (registry download or gate cache of a version not champion, bytes)
 
 
 LEFTOVER_AGE_S = 24 * 3600  # far past any write in progress (a training saves its model in minutes)
@@ -80,7 +89,49 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
             continue
         data_used.add(summary.get("data_fingerprint"))
     return Collected(removed, kept, _unused_windows(cfg.data.data_root, data_used, dry_run),
-                     _leftovers(cfg.data.data_root, dry_run))
+                     _leftovers(cfg.data.data_root, dry_run), _registry_caches(cfg, dry_run))
+
+
+# The registry's cache folders: <name>-v<N> (downloads), <name>-v<N>-<fingerprint> (gate ranks).
+_CACHE_FOLDER = {"downloads": re.compile(r"^(?P<name>.+)-v(?P<version>[0-9]+)$"),
+                 "gate": re.compile(r"^(?P<name>.+)-v(?P<version>[0-9]+)-[0-9a-f]+$")}
+
+
+def _registry_caches(cfg: PipelineConfig, dry_run: bool) -> list[tuple[Path, int]]:
+    """Download and gate-cache folders of versions that are not their model's champion in this
+    store (a model the store does not know keeps its folders; unfinished `.tmp-*` writes are
+    `_leftovers`')."""
+    from tasks.registry import CHAMPION, registry_client
+    from tasks.tracking import tracking_uri
+
+    client, champions, removed = None, {}, []
+    for kind, pattern in _CACHE_FOLDER.items():
+        root = cfg.data.data_root / "registry" / kind
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+            if folder.name.startswith(".") or not (found := pattern.match(folder.name)):
+                continue  # (an unfinished write: `_leftovers`)
+            name = found["name"]
+            if name not in champions:
+                client = client or registry_client(tracking_uri(cfg, create=False))
+                champions[name] = _champion_if_known(client, name, CHAMPION)
+            if champions[name] is False or champions[name] == found["version"]:
+                continue  # a model of another store, or the champion's: read again
+            removed.append((folder, folder_size(folder)))
+            if not dry_run:
+                shutil.rmtree(folder)
+    return removed
+
+
+def _champion_if_known(client, name: str, alias: str) -> str | None | bool:
+    """The version holding `alias` ("3"), None when no version does, False when the store does not
+    know the model at all."""
+    import mlflow
+
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except mlflow.exceptions.MlflowException:
+        return False
+    return str(aliases[alias]) if alias in aliases else None
 
 
 def _leftovers(data_root: Path, dry_run: bool) -> list[tuple[Path, int]]:

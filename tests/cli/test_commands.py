@@ -226,6 +226,12 @@ def test_gc_removes_unregistered_trainings_only(profile):
     before = sorted(root.iterdir())
     out = cft("gc", "-c", str(profile), "--dry-run")
     assert "would remove 1 training folder(s)" in out and "a registered version's model" in out
+    # v1 was champion when v2 and v3 were gated (one cache of its ranks: same rows); v2 is now (rollback)
+    caches = root.parent / "registry" / "gate"
+    assert sorted(p.name.rsplit("-", 1)[0] for p in caches.iterdir()) == ["cft-cli-test-v1"]
+    assert (f"would remove {next(caches.iterdir())} (0 MiB): a registry cache of a version that is not champion"
+            in out.splitlines())
+    assert "1 registry cache(s)" in out
     assert out.count(f": its MLflow run is not in sqlite:///{profile.parent / 'mlflow.db'}") == 1
     lines = out.splitlines()  # each folder on one line with its full path, however long
     unregistered = next(p for p in before if f"would remove {p} (0 MiB)" in lines)
@@ -233,7 +239,7 @@ def test_gc_removes_unregistered_trainings_only(profile):
                for line in lines)
     assert sorted(root.iterdir()) == before  # a dry run removes nothing
     out = cft("gc", "-c", str(profile))
-    assert "removed 1 training folder(s)" in out
+    assert "removed 1 training folder(s)" in out and not any(caches.iterdir())
     after = sorted(root.iterdir())
     assert len(after) == len(before) - 1
     assert "nothing new" in cft("run", "-c", str(profile))  # the registered runs are still there

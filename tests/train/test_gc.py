@@ -87,3 +87,41 @@ def test_gc_removes_the_data_windows_no_kept_training_uses_and_the_leftovers_of_
     write_purchase_log(log, 6)  # the first window's inputs again: built again, under the same name
     ingested, seq, _ = prepare(cfg.data)
     assert (ingested.path, seq.path) == (i1, s1) and not seq.reused
+
+
+def test_gc_removes_the_registry_caches_of_versions_that_are_not_champion(tmp_path):
+    """Downloads (a full model copy each) and gate ranks are read again only for the champion:
+    those of other versions go, and those of a model this store does not know stay. The model's
+    name holds "-v1" itself, so a folder's version is the last "-v<N>" of its name."""
+    from mlflow import MlflowClient
+
+    root, uri = tmp_path / "data", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = PipelineConfig.model_validate({"data": {"name": "shop", "data_root": str(root)},
+                                         "tracking": {"enabled": True, "tracking_uri": uri}})
+    client = MlflowClient(uri, registry_uri=uri)
+    run = client.create_run(client.create_experiment("gc-test"))
+    name = "cft-shop-v1"
+    client.create_registered_model(name)
+    for _ in range(3):
+        client.create_model_version(name, source=str(tmp_path / "model"), run_id=run.info.run_id)
+    client.set_registered_model_alias(name, "champion", "2")
+    client.create_registered_model("no-champion-yet")
+    client.create_model_version("no-champion-yet", source=str(tmp_path / "model"), run_id=run.info.run_id)
+
+    def cache(kind: str, folder: str, size: int) -> Path:
+        path = root / "registry" / kind / folder
+        path.mkdir(parents=True)
+        (path / "MLmodel").write_bytes(b"0" * size)
+        return path
+
+    old_download, old_gate = cache("downloads", f"{name}-v1", 4096), cache("gate", f"{name}-v3-0123abcd", 10)
+    no_champion = cache("downloads", "no-champion-yet-v1", 100)
+    kept = [cache("downloads", f"{name}-v2", 1), cache("gate", f"{name}-v2-0123abcd", 1),
+            cache("downloads", "of-another-store-v1", 1),  # a model this store does not know
+            cache("downloads", f".tmp-{name}-v1-5eed1e55", 1)]  # a download in progress
+    planned = collect(cfg, dry_run=True)
+    assert planned.caches_removed == [(old_download, 4096), (no_champion, 100), (old_gate, 10)]
+    assert old_download.is_dir()  # a dry run removes nothing
+    assert collect(cfg, dry_run=False).caches_removed == planned.caches_removed
+    assert not any(p.exists() for p in (old_download, old_gate, no_champion)) and all(p.is_dir() for p in kept)
+    assert collect(cfg, dry_run=True).caches_removed == []
