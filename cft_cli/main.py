@@ -313,7 +313,7 @@ def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
 ) -> None:
     """Remove training folders (models, evaluations) that no registered version and no
-    unfinished run uses, the data windows (ingested, sequences) that no kept training was built
+    unfinished run uses, finished a day ago or more, the data windows (ingested, sequences) that no kept training was built
     from, except the newest of each dataset, what interrupted writes left a day ago or more, and
     the registry's downloads and gate caches of versions that are not champion."""
     from schemas.config import load_config

@@ -1,9 +1,11 @@
 """`cft gc`: free the data root of training runs nothing needs any more.
 
 A training folder (its model, its evaluations) is removed only when the tracking store knows it
-(its MLflow run is there) and no registered version was made from it (no version's `model_dir`
-tag points into it). Kept: unfinished folders (no model/ yet: a run that may resume), registered
-versions' models, and trainings whose run is not in this store, since a store that does not know
+(its MLflow run is there), no registered version was made from it (no version's `model_dir`
+tag points into it) and it finished RECENT_TRAINING_S ago or more. Kept: unfinished folders (no
+model/ yet: a run that may resume), registered versions' models, trainings finished within the
+last day (a pipeline run registers its training only after evaluating it, so gc between the two
+must not take it), and trainings whose run is not in this store, since a store that does not know
 them cannot say whether they are registered elsewhere (a team server, another tracking URI).
 Without a store there is nothing to decide by: that is an error, not "nothing is registered".
 Registered versions keep their own copy of the model in the MLflow artifact store either way.
@@ -50,6 +52,9 @@ class Collected:
 
 
 LEFTOVER_AGE_S = 24 * 3600  # far past any write in progress (a training saves its model in minutes)
+# Far past a pipeline run's evaluation between its training and its registration (minutes for the
+# CPU demo, an hour or so for a full-catalogue evaluation on a GPU).
+RECENT_TRAINING_S = 24 * 3600
 
 
 def folder_size(path: Path) -> int:
@@ -82,6 +87,8 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
             kept.append((run_dir, "a registered version's model"))
         elif training_run_here(cfg, run_dir, summary) is None:
             kept.append((run_dir, f"its MLflow run is not in {tracking_uri(cfg)} (tracked in another store, or not at all)"))
+        elif time.time() - (model / "training.json").stat().st_mtime < RECENT_TRAINING_S:
+            kept.append((run_dir, "finished less than a day ago (a pipeline run registers it after its evaluation)"))
         else:
             removed.append((run_dir, folder_size(run_dir)))
             if not dry_run:

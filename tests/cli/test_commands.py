@@ -219,10 +219,19 @@ def test_stack_status_says_not_running(tmp_path):
 
 
 def test_gc_removes_unregistered_trainings_only(profile):
+    import os
+    import time
+
+    root = profile.parent / "data" / "training"
+    trained = set(root.iterdir())
     cft("train", "-c", str(profile), "--set", "train.seed=7")  # trained, never registered
+    (unregistered,) = set(root.iterdir()) - trained
+    out = cft("gc", "-c", str(profile), "--dry-run")
+    assert f"kept {unregistered}: finished less than a day ago" in out  # a pipeline would register it next
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(unregistered / "model" / "training.json", (two_days_ago, two_days_ago))
     elsewhere = profile.parent / "elsewhere.db"  # tracked in another store: this one cannot judge it
     cft("train", "-c", str(profile), "--set", "train.seed=8", "--set", f"tracking.tracking_uri=sqlite:///{elsewhere}")
-    root = profile.parent / "data" / "training"
     before = sorted(root.iterdir())
     out = cft("gc", "-c", str(profile), "--dry-run")
     assert "would remove 1 training folder(s)" in out and "a registered version's model" in out
@@ -234,7 +243,7 @@ def test_gc_removes_unregistered_trainings_only(profile):
     assert "1 registry cache(s)" in out
     assert out.count(f": its MLflow run is not in sqlite:///{profile.parent / 'mlflow.db'}") == 1
     lines = out.splitlines()  # each folder on one line with its full path, however long
-    unregistered = next(p for p in before if f"would remove {p} (0 MiB)" in lines)
+    assert f"would remove {unregistered} (0 MiB)" in lines
     assert any(line.startswith(f"kept {p}: a registered version's model") for p in before if p != unregistered
                for line in lines)
     assert sorted(root.iterdir()) == before  # a dry run removes nothing

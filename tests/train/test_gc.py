@@ -18,11 +18,13 @@ from tasks.gc import collect
 from tests.data.stage_content import write_purchase_log
 
 
-def finished_training(root: Path, name: str, data_fingerprint: str, run_id: str) -> Path:
+def finished_training(root: Path, name: str, data_fingerprint: str, run_id: str, days_ago: float = 2) -> Path:
     model = root / "training" / name / "model"
     model.mkdir(parents=True)
     (model / "training.json").write_text(json.dumps({"data_fingerprint": data_fingerprint, "mlflow_run_id": run_id}))
     (model / "model.safetensors").write_bytes(b"0" * 1024)
+    finished = time.time() - days_ago * 24 * 3600
+    os.utime(model / "training.json", (finished, finished))
     return model.parent
 
 
@@ -50,6 +52,9 @@ def test_gc_removes_the_data_windows_no_kept_training_uses_and_the_leftovers_of_
     client.set_terminated(run.info.run_id)
     # Trained on window 1, tracked here, never registered: gc removes it, then nothing uses window 1.
     old = finished_training(root, "shop-old", s1.name.rsplit("-", 1)[1], run.info.run_id)
+    # Trained on window 3 an hour ago, tracked here, not registered yet: a pipeline run may be
+    # evaluating it before registration, so it stays (and so would its window, the newest anyway).
+    recent = finished_training(root, "shop-recent", s3.name.rsplit("-", 1)[1], run.info.run_id, days_ago=1 / 24)
     # Trained on window 2, its run in another store: kept, and so is the window it was built from.
     elsewhere = finished_training(root, "shop-elsewhere", s2.name.rsplit("-", 1)[1], "a-run-of-another-store")
     reports = sorted((root / "reports").glob(f"sequences-{s1.name}*.json"))
@@ -72,6 +77,7 @@ def test_gc_removes_the_data_windows_no_kept_training_uses_and_the_leftovers_of_
     planned = collect(cfg, dry_run=True)
     assert planned.leftovers_removed == [(stale_json, 1), (killed, 4096)]
     assert [p for p, _ in planned.removed] == [old]
+    assert (recent, "finished less than a day ago (a pipeline run registers it after its evaluation)") in planned.kept
     assert [p for p, _ in planned.windows_removed] == [s1, i1]
     assert all(size > 0 for _, size in planned.windows_removed)
     assert s1.is_dir() and i1.is_dir()  # a dry run removes nothing
@@ -79,7 +85,7 @@ def test_gc_removes_the_data_windows_no_kept_training_uses_and_the_leftovers_of_
     done = collect(cfg, dry_run=False)
     assert done.windows_removed == planned.windows_removed
     assert not s1.exists() and not i1.exists() and not any(r.exists() for r in reports)
-    assert all(p.is_dir() for p in (s2, i2, s3, i3, elsewhere))  # used by a kept training; the newest
+    assert all(p.is_dir() for p in (s2, i2, s3, i3, elsewhere, recent))  # used by a kept training; the newest
     assert not killed.exists() and not stale_json.exists() and writing.is_dir() and in_store.is_dir()
     again = collect(cfg, dry_run=True)
     assert again.windows_removed == again.leftovers_removed == []  # nothing more to free
