@@ -313,33 +313,16 @@ def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
 ) -> None:
     """Remove training folders (models, evaluations) that no registered version and no
-    unfinished run uses, finished a day ago or more, the data windows (ingested, sequences) that no kept training was built
-    from, except the newest of each dataset, what interrupted writes left a day ago or more, and
-    the registry's downloads and gate caches of versions that are not champion."""
+    unfinished run uses, finished a day ago or more; the data windows (ingested, sequences) that
+    no kept training was built from, except the newest of each dataset; what interrupted writes
+    left a day ago or more; and the registry's downloads and gate caches of versions that are not
+    champion. As a flow: `prefect deployment run cft-gc/weekly`."""
     from schemas.config import load_config
     from tasks.gc import collect
 
     cfg = load_config(config, set_)
-    result = collect(cfg, dry_run=dry_run)
-    verb = "would remove" if dry_run else "removed"
-    for path, size in result.removed:
-        console.print(f"{verb} {path} ({size / 2**20:,.0f} MiB)")
-    for path, why in result.kept:
-        console.print(f"kept {path}: {why}")
-    for path, size in result.windows_removed:
-        console.print(f"{verb} {path} ({size / 2**20:,.0f} MiB)")
-    for path, size in result.leftovers_removed:
-        console.print(f"{verb} {path} ({size / 2**20:,.0f} MiB): left by an interrupted write")
-    for path, size in result.caches_removed:
-        console.print(f"{verb} {path} ({size / 2**20:,.0f} MiB): a registry cache of a version that is not champion")
-
-    def mib(found: list) -> str:
-        return f"{sum(size for _, size in found) / 2**20:,.0f} MiB"
-
-    console.print(f"{verb} {len(result.removed)} training folder(s) ({mib(result.removed)}), "
-                  f"{len(result.windows_removed)} data folder(s) ({mib(result.windows_removed)}), "
-                  f"{len(result.leftovers_removed)} leftover(s) of interrupted writes ({mib(result.leftovers_removed)}), "
-                  f"{len(result.caches_removed)} registry cache(s) ({mib(result.caches_removed)})")
+    for line in collect(cfg, dry_run=dry_run).lines():
+        console.print(line, highlight=False, markup=False)  # paths as they are
 
 
 # ------------------------------------------------------------------------------ registry

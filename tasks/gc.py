@@ -49,6 +49,28 @@ class Collected:
     windows_removed: list[tuple[Path, int]]  # (ingested or sequences folder, bytes)
     leftovers_removed: list[tuple[Path, int]]  # (`.tmp-*` file or folder of an interrupted write, bytes)
     caches_removed: list[tuple[Path, int]]  # (registry download or gate cache of a version not champion, bytes)
+    dry_run: bool = False
+
+    def lines(self) -> list[str]:
+        """What was (or would be) removed and kept, a line per folder, then the totals: what
+        `cft gc` prints and the `cft-gc` flow logs."""
+        verb = "would remove" if self.dry_run else "removed"
+
+        def mib(found: list[tuple[Path, int]]) -> str:
+            return f"{sum(size for _, size in found) / 2**20:,.0f} MiB"
+
+        return [
+            *(f"{verb} {path} ({mib([(path, size)])})" for path, size in self.removed),
+            *(f"kept {path}: {why}" for path, why in self.kept),
+            *(f"{verb} {path} ({mib([(path, size)])})" for path, size in self.windows_removed),
+            *(f"{verb} {path} ({mib([(path, size)])}): left by an interrupted write" for path, size in self.leftovers_removed),
+            *(f"{verb} {path} ({mib([(path, size)])}): a registry cache of a version that is not champion"
+              for path, size in self.caches_removed),
+            f"{verb} {len(self.removed)} training folder(s) ({mib(self.removed)}), "
+            f"{len(self.windows_removed)} data folder(s) ({mib(self.windows_removed)}), "
+            f"{len(self.leftovers_removed)} leftover(s) of interrupted writes ({mib(self.leftovers_removed)}), "
+            f"{len(self.caches_removed)} registry cache(s) ({mib(self.caches_removed)})",
+        ]
 
 
 LEFTOVER_AGE_S = 24 * 3600  # far past any write in progress (a training saves its model in minutes)
@@ -96,7 +118,7 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
             continue
         data_used.add(summary.get("data_fingerprint"))
     return Collected(removed, kept, _unused_windows(cfg.data.data_root, data_used, dry_run),
-                     _leftovers(cfg.data.data_root, dry_run), _registry_caches(cfg, dry_run))
+                     _leftovers(cfg.data.data_root, dry_run), _registry_caches(cfg, dry_run), dry_run)
 
 
 # The registry's cache folders: <name>-v<N> (downloads), <name>-v<N>-<fingerprint> (gate ranks).

@@ -110,8 +110,8 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         assert "prefect-server: running" in processes and "mlflow-server: running" in processes
         assert "recommender: running" in processes
         deployments = {d["name"]: d for d in api(stack, "/deployments/filter", {})}
-        assert set(deployments) == {"full-pipeline", "scheduled-retrain", "replay", "promote", "nightly"}
-        assert [s["active"] for s in deployments["nightly"]["schedules"]] == [False]  # created paused
+        assert set(deployments) == {"full-pipeline", "scheduled-retrain", "replay", "promote", "nightly", "weekly"}
+        assert [s["active"] for d in ("nightly", "weekly") for s in deployments[d]["schedules"]] == [False, False]  # paused
         client = MlflowClient(stack.mlflow_uri, registry_uri=stack.mlflow_uri)
         name = "cft-ml-100k-smoke"
         status, health = served_health(stack)

@@ -235,3 +235,31 @@ def test_the_replay_flow_runs_each_period_as_a_task_and_a_rerun_resumes(tmp_path
 
     again, tasks = replay_once()
     assert tasks == [] and again["periods"] == timeline["periods"]  # resumed from the file: nothing ran
+
+
+def test_the_gc_flow_frees_what_no_registered_version_uses(tmp_path, prefect_harness):
+    """`cft-gc/weekly` in-process, after the pipeline registered its versions: an unregistered
+    training two days old goes (a dry run first only says so); the registered one stays."""
+    from mlflow import MlflowClient
+
+    from flows.cft import cft_pipeline
+    from flows.gc import gc_flow
+    from tests.train.test_gc import finished_training
+
+    cfg, uri = _tiny_flow_config(tmp_path)
+    cft_pipeline(config=cfg)
+    (registered,) = (tmp_path / "training").iterdir()
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("by-hand"))
+    client.set_terminated(run.info.run_id)
+    (sequences,) = (tmp_path / "sequences").iterdir()
+    unregistered = finished_training(tmp_path, "by-hand", sequences.name.rsplit("-", 1)[1], run.info.run_id)
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(json.dumps(cfg.model_dump(mode="json")))  # YAML is a superset of JSON
+
+    planned = gc_flow(profile=str(profile), dry_run=True)
+    assert f"would remove {unregistered} (0 MiB)" in planned and f"kept {registered}: a registered version's model" in planned
+    assert planned[-1].startswith("would remove 1 training folder(s)") and unregistered.is_dir()
+    done = gc_flow(profile=str(profile))
+    assert done[-1].startswith("removed 1 training folder(s)")
+    assert not unregistered.exists() and (registered / "model").is_dir()
