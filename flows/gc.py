@@ -1,6 +1,7 @@
 """The `cft-gc` flow: `cft gc` on a schedule, so that a data root that retrains every week does
-not fill its disk with data windows, unregistered trainings, leftovers of interrupted writes and
-registry caches (tasks/gc.py decides what goes and says why).
+not fill its disk with data windows, trainings no alias names (the registry keeps the models of
+registered ones), leftovers of interrupted writes and registry caches (tasks/gc.py decides what
+goes and says why).
 
 `prefect deployment run cft-gc/weekly --param profile=configs/smoke.yaml [--param dry_run=true]`;
 the deployment's schedule (Sundays) is created paused, like the others. A training finished in
@@ -34,7 +35,7 @@ def collect_task(profile: str, overrides: dict[str, Any], dry_run: bool) -> list
     return lines
 
 
-@flow(name="cft-gc", description="Free the data root of what no registered version, run or window uses (cft gc).")
+@flow(name="cft-gc", description="Free the data root of what no aliased version, run or window uses (cft gc).")
 def gc_flow(profile: str = "configs/demo.yaml", overrides: dict[str, Any] | None = None,
             dry_run: bool = False) -> list[str]:
     """profile/overrides: as the `cft` flow's (its data root and tracking store); dry_run: only

@@ -1,14 +1,17 @@
 """`cft gc`: free the data root of training runs nothing needs any more.
 
 A training folder (its model, its evaluations) is removed only when the tracking store knows it
-(its MLflow run is there), no registered version was made from it (no version's `model_dir`
-tag points into it) and it finished RECENT_TRAINING_S ago or more. Kept: unfinished folders (no
-model/ yet: a run that may resume), registered versions' models, trainings finished within the
-last day (a pipeline run registers its training only after evaluating it, so gc between the two
-must not take it), and trainings whose run is not in this store, since a store that does not know
-them cannot say whether they are registered elsewhere (a team server, another tracking URI).
-Without a store there is nothing to decide by: that is an error, not "nothing is registered".
-Registered versions keep their own copy of the model in the MLflow artifact store either way.
+(its MLflow run is there), no version holding an alias was made from it (champion, challenger or
+one of your own: no such version's `model_dir` tag points into it) and it finished
+RECENT_TRAINING_S ago or more. A registered version keeps its own copy of the model in the MLflow
+artifact store, and its run the evaluations, so the folder of a version without an alias is a
+local copy: a warm start or `cft evaluate --model` from it downloads the model again, once. Kept:
+unfinished folders (no model/ yet: a run that may resume), the models of versions holding an
+alias, trainings finished within the last day (a pipeline run registers and gates its training
+only after evaluating it, so gc between the two must not take it), and trainings whose run is
+not in this store, since a store that does not know them cannot say whether they are registered
+elsewhere (a team server, another tracking URI). Without a store there is nothing to decide by:
+that is an error, not "nothing is registered".
 
 Data windows go too: a sequences folder (with its validation reports) that no training left in
 place was built from, and an ingested folder that no sequences folder left in place was built
@@ -44,12 +47,13 @@ from schemas.config import PipelineConfig
 
 @dataclass(frozen=True)
 class Collected:
-    removed: list[tuple[Path, int]]  # (training folder, bytes)
+    removed: list[tuple[Path, int]]  # (training folder of no registered version, bytes)
+    unaliased_removed: list[tuple[Path, int, str]]  # (training folder of versions without an alias, bytes, "name vN")
     kept: list[tuple[Path, str]]  # (training folder, why)
     windows_removed: list[tuple[Path, int]]  # (ingested or sequences folder, bytes)
     leftovers_removed: list[tuple[Path, int]]  # (`.tmp-*` file or folder of an interrupted write, bytes)
     caches_removed: list[tuple[Path, int]]  # (registry download or gate cache of a version not champion, bytes)
-    dry_run: bool = False
+    dry_run: bool
 
     def lines(self) -> list[str]:
         """What was (or would be) removed and kept, a line per folder, then the totals: what
@@ -61,12 +65,16 @@ class Collected:
 
         return [
             *(f"{verb} {path} ({mib([(path, size)])})" for path, size in self.removed),
+            *(f"{verb} {path} ({mib([(path, size)])}): {versions} without an alias (the registry keeps its model)"
+              for path, size, versions in self.unaliased_removed),
             *(f"kept {path}: {why}" for path, why in self.kept),
             *(f"{verb} {path} ({mib([(path, size)])})" for path, size in self.windows_removed),
             *(f"{verb} {path} ({mib([(path, size)])}): left by an interrupted write" for path, size in self.leftovers_removed),
             *(f"{verb} {path} ({mib([(path, size)])}): a registry cache of a version that is not champion"
               for path, size in self.caches_removed),
             f"{verb} {len(self.removed)} training folder(s) ({mib(self.removed)}), "
+            f"{len(self.unaliased_removed)} of versions without an alias "
+            f"({mib([(path, size) for path, size, _ in self.unaliased_removed])}), "
             f"{len(self.windows_removed)} data folder(s) ({mib(self.windows_removed)}), "
             f"{len(self.leftovers_removed)} leftover(s) of interrupted writes ({mib(self.leftovers_removed)}), "
             f"{len(self.caches_removed)} registry cache(s) ({mib(self.caches_removed)})",
@@ -84,10 +92,10 @@ def folder_size(path: Path) -> int:
 
 
 def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
-    """Find (and unless `dry_run`, remove) the training folders, data windows and leftovers of
-    interrupted writes that nothing uses."""
+    """Find (and unless `dry_run`, remove) the training folders, data windows, leftovers of
+    interrupted writes and registry caches that nothing uses."""
     from schemas.errors import ConfigError, InputError
-    from tasks.registry import registered_model_dirs
+    from tasks.registry import holds_model_folder, registered_model_dirs
     from tasks.tracking import missing_store, tracking_uri, training_run_here
 
     if not cfg.tracking.enabled:
@@ -98,18 +106,29 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
                          "registered without it; point tracking.tracking_uri (or MLFLOW_TRACKING_URI) at your store")
     root = cfg.data.data_root / "training"
     in_use = registered_model_dirs(cfg)
-    removed, kept, data_used = [], [], set()
+    removed, kept, data_used, unaliased = [], [], set(), []
     for run_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
         model = (run_dir / "model").resolve()
         if not (model / "training.json").is_file():
             kept.append((run_dir, "unfinished (may resume)"))
             continue
         summary = json.loads((model / "training.json").read_text())
-        if model in in_use:
-            kept.append((run_dir, "a registered version's model"))
+        versions = in_use.get(model, [])  # [(registered model name, version, its aliases)]
+        recent = time.time() - (model / "training.json").stat().st_mtime < RECENT_TRAINING_S
+        if held := [f"{name} v{version} ({', '.join(aliases)})" for name, version, aliases in versions if aliases]:
+            kept.append((run_dir, f"the model of {', '.join(held)}"))
+        elif versions and recent:
+            kept.append((run_dir, "a registered version's model, finished less than a day ago (its gate may be running)"))
+        elif versions and not all(holds_model_folder(name, v) for name, v, _ in versions):
+            kept.append((run_dir, "a registered version's model, and its registered copy lacks it"))
+        elif versions:  # the registry keeps the model, the run the evaluations
+            unaliased.append((run_dir, folder_size(run_dir), ", ".join(f"{name} v{v}" for name, v, _ in versions)))
+            if not dry_run:
+                shutil.rmtree(run_dir)
+            continue
         elif training_run_here(cfg, run_dir, summary) is None:
             kept.append((run_dir, f"its MLflow run is not in {tracking_uri(cfg)} (tracked in another store, or not at all)"))
-        elif time.time() - (model / "training.json").stat().st_mtime < RECENT_TRAINING_S:
+        elif recent:
             kept.append((run_dir, "finished less than a day ago (a pipeline run registers it after its evaluation)"))
         else:
             removed.append((run_dir, folder_size(run_dir)))
@@ -117,7 +136,7 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
                 shutil.rmtree(run_dir)
             continue
         data_used.add(summary.get("data_fingerprint"))
-    return Collected(removed, kept, _unused_windows(cfg.data.data_root, data_used, dry_run),
+    return Collected(removed, unaliased, kept, _unused_windows(cfg.data.data_root, data_used, dry_run),
                      _leftovers(cfg.data.data_root, dry_run), _registry_caches(cfg, dry_run), dry_run)
 
 

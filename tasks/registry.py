@@ -797,14 +797,34 @@ def download_version_model(cfg: PipelineConfig, version) -> Path:
     return folder
 
 
-def registered_model_dirs(cfg: PipelineConfig) -> set[Path]:
-    """The training model folders of every registered version in the store (all models)."""
+def holds_model_folder(name: str, version: str) -> bool:
+    """Whether the registered pyfunc of `name` v`version` carries a model folder among its
+    artifacts (an LLM version does; read from its MLmodel file alone, MLflow's global registry URI
+    naming the store)."""
+    import tempfile
+
+    import mlflow
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    with tempfile.TemporaryDirectory(prefix="cft-mlmodel-") as tmp:
+        try:
+            mlmodel = get_artifact_repository(f"models:/{name}/{version}").download_artifacts("MLmodel", tmp)
+        except (mlflow.exceptions.MlflowException, OSError):
+            return False
+        artifacts = mlflow.models.Model.load(mlmodel).flavors.get("python_function", {}).get("artifacts", {})
+    return "model" in artifacts
+
+
+def registered_model_dirs(cfg: PipelineConfig) -> dict[Path, list[tuple[str, str, list[str]]]]:
+    """The training model folders of every registered version in the store (all models): folder
+    -> [(model name, version, the aliases it holds)]."""
     from tasks.tracking import tracking_uri
 
     client = registry_client(tracking_uri(cfg))
-    dirs = set()
+    dirs: dict[Path, list[tuple[str, str, list[str]]]] = {}
     for model in client.search_registered_models():
-        for mv in client.search_model_versions(f"name='{model.name}'"):
+        for mv in sorted(client.search_model_versions(f"name='{model.name}'"), key=lambda v: int(v.version)):
             if mv.tags.get("model_dir"):
-                dirs.add(Path(mv.tags["model_dir"]).resolve())
+                aliases = sorted(a for a, v in model.aliases.items() if str(v) == str(mv.version))
+                dirs.setdefault(Path(mv.tags["model_dir"]).resolve(), []).append((model.name, str(mv.version), aliases))
     return dirs

@@ -218,40 +218,55 @@ def test_stack_status_says_not_running(tmp_path):
     assert "not running" in cft("stack", "status", "--data-root", str(tmp_path))
 
 
-def test_gc_removes_unregistered_trainings_only(profile):
+def test_gc_removes_what_no_alias_and_no_run_in_progress_uses(profile):
+    """After the registry tests: v2 is champion (the rollback), v3 holds no alias, v1 is the
+    popularity baseline (no training folder). gc keeps the champion's training, and what finished
+    less than a day ago (a pipeline run registers and gates it after its evaluation); once old,
+    an unregistered training goes, and so does v3's (the registry keeps its model: evaluating v3
+    downloads it)."""
     import os
     import time
 
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{profile.parent / 'mlflow.db'}"
+    registry = MlflowClient(uri, registry_uri=uri)
+    champion, v3 = (Path(registry.get_model_version("cft-cli-test", v).tags["model_dir"]).parent for v in ("2", "3"))
     root = profile.parent / "data" / "training"
     trained = set(root.iterdir())
     cft("train", "-c", str(profile), "--set", "train.seed=7")  # trained, never registered
     (unregistered,) = set(root.iterdir()) - trained
     out = cft("gc", "-c", str(profile), "--dry-run")
-    assert f"kept {unregistered}: finished less than a day ago" in out  # a pipeline would register it next
+    lines = out.splitlines()  # each folder on one line with its full path, however long
+    assert f"kept {unregistered}: finished less than a day ago (a pipeline run registers it after its evaluation)" in lines
+    assert f"kept {v3}: a registered version's model, finished less than a day ago (its gate may be running)" in lines
     two_days_ago = time.time() - 2 * 24 * 3600
-    os.utime(unregistered / "model" / "training.json", (two_days_ago, two_days_ago))
+    for folder in (unregistered, v3, champion):
+        os.utime(folder / "model" / "training.json", (two_days_ago, two_days_ago))
     elsewhere = profile.parent / "elsewhere.db"  # tracked in another store: this one cannot judge it
     cft("train", "-c", str(profile), "--set", "train.seed=8", "--set", f"tracking.tracking_uri=sqlite:///{elsewhere}")
     before = sorted(root.iterdir())
     out = cft("gc", "-c", str(profile), "--dry-run")
-    assert "would remove 1 training folder(s)" in out and "a registered version's model" in out
+    lines = out.splitlines()
+    assert any(re.fullmatch(rf"would remove {re.escape(str(unregistered))} \([0-9]+ MiB\)", line) for line in lines)
+    assert any(re.fullmatch(rf"would remove {re.escape(str(v3))} \([0-9]+ MiB\): cft-cli-test v3 without an alias "
+                            r"\(the registry keeps its model\)", line) for line in lines)
+    assert f"kept {champion}: the model of cft-cli-test v2 (champion)" in lines
+    assert out.count(f": its MLflow run is not in {uri}") == 1
     # v1 was champion when v2 and v3 were gated (one cache of its ranks: same rows); v2 is now (rollback)
     caches = root.parent / "registry" / "gate"
     assert sorted(p.name.rsplit("-", 1)[0] for p in caches.iterdir()) == ["cft-cli-test-v1"]
-    assert (f"would remove {next(caches.iterdir())} (0 MiB): a registry cache of a version that is not champion"
-            in out.splitlines())
-    assert "1 registry cache(s)" in out
-    assert out.count(f": its MLflow run is not in sqlite:///{profile.parent / 'mlflow.db'}") == 1
-    lines = out.splitlines()  # each folder on one line with its full path, however long
-    assert f"would remove {unregistered} (0 MiB)" in lines
-    assert any(line.startswith(f"kept {p}: a registered version's model") for p in before if p != unregistered
-               for line in lines)
+    assert f"would remove {next(caches.iterdir())} (0 MiB): a registry cache of a version that is not champion" in lines
+    assert re.match(r"would remove 1 training folder\(s\) \([0-9]+ MiB\), 1 of versions without an alias", lines[-1])
+    assert "1 registry cache(s)" in lines[-1]
     assert sorted(root.iterdir()) == before  # a dry run removes nothing
     out = cft("gc", "-c", str(profile))
-    assert "removed 1 training folder(s)" in out and not any(caches.iterdir())
-    after = sorted(root.iterdir())
-    assert len(after) == len(before) - 1
-    assert "nothing new" in cft("run", "-c", str(profile))  # the registered runs are still there
+    assert re.match(r"removed 1 training folder\(s\) \([0-9]+ MiB\), 1 of versions without an alias", out.splitlines()[-1])
+    assert sorted(root.iterdir()) == sorted(set(before) - {unregistered, v3}) and not any(caches.iterdir())
+    assert "nothing new" in cft("run", "-c", str(profile))  # the registered versions say what was gated
+    # v3's model comes back from the registry, once, when asked for.
+    assert "test metrics" in cft("evaluate", "-c", str(profile), "--model", "models:/cft-cli-test/3")
+    assert (root.parent / "registry" / "downloads" / "cft-cli-test-v3" / "MLmodel").is_file()
 
 
 def test_train_starts_from_the_champion_as_run_does(profile):

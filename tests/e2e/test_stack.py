@@ -16,10 +16,13 @@ from prefect.yaml, the smoke profile, and the registry gate.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -162,6 +165,26 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         titles = set(pd.read_parquet(seq_dirs[0] / "catalogue.parquet")["title"])
         shown = [line.split("│")[3].strip() for line in rows]
         assert all(any(t.startswith(s.rstrip("…")) for t in titles) for s in shown), shown
+
+        # gc through the MLflow server: once the two trainings are two days old, the champion's stays
+        # and a version without an alias loses its folder only because the server's copy of its
+        # pyfunc lists the model (read from its MLmodel over HTTP); a dry run removes nothing.
+        trainings = sorted((data_root / "training").iterdir())
+        assert len(trainings) == 2, trainings
+        two_days_ago = time.time() - 2 * 24 * 3600
+        for folder in trainings:
+            os.utime(folder / "model" / "training.json", (two_days_ago, two_days_ago))
+        res = subprocess.run([_bin("cft"), "gc", "-c", "configs/smoke.yaml", "--set", f"data.data_root={data_root}",
+                              "--dry-run"], env=stack.env(), cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+        champion_dir = Path(client.get_model_version_by_alias(name, "champion").tags.get("model_dir", "")).parent
+        for folder in trainings:
+            said = [line for line in res.stdout.splitlines() if line.startswith((f"kept {folder}:", f"would remove {folder} "))]
+            assert len(said) == 1 and (said[0].startswith(f"kept {folder}: the model of {name} v")
+                                       or said[0].endswith("without an alias (the registry keeps its model)")), said
+            assert folder != champion_dir or said[0].startswith(f"kept {folder}: the model of"), said
+        assert sorted((data_root / "training").iterdir()) == trainings
 
         # The recommender serves the champion the retrains left, over HTTP, saying which version.
         champion = serves_the_champion(stack, client, name)["version"]

@@ -131,3 +131,42 @@ def test_gc_removes_the_registry_caches_of_versions_that_are_not_champion(tmp_pa
     assert collect(cfg, dry_run=False).caches_removed == planned.caches_removed
     assert not any(p.exists() for p in (old_download, old_gate, no_champion)) and all(p.is_dir() for p in kept)
     assert collect(cfg, dry_run=True).caches_removed == []
+
+
+def test_gc_keeps_the_trainings_of_versions_holding_an_alias_and_of_recent_ones(tmp_path):
+    """A version's training folder stays while the version holds any alias (champion, challenger,
+    one of the user's own) or finished within the day; once neither, it goes, naming the
+    versions made from it, when the registry keeps their model (their MLmodel lists it)."""
+    from mlflow import MlflowClient
+
+    root, uri = tmp_path / "data", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = PipelineConfig.model_validate({"data": {"name": "shop", "data_root": str(root)},
+                                         "tracking": {"enabled": True, "tracking_uri": uri}})
+    client = MlflowClient(uri, registry_uri=uri)
+    run = client.create_run(client.create_experiment("gc-test"))
+    client.set_terminated(run.info.run_id)
+    folders = {name: finished_training(root, name, "f", run.info.run_id, days_ago=days)
+               for name, days in (("staged", 2), ("old", 2), ("recent", 1 / 24), ("twice", 2), ("only", 2))}
+    # What a registered pyfunc's MLmodel says of its artifacts: with the model folder, or without.
+    registered, bare = tmp_path / "pyfunc", tmp_path / "pyfunc-without-model"
+    for source, artifacts in ((registered, "{model: {path: artifacts/model}}"), (bare, "{catalogue: {path: c}}")):
+        source.mkdir()
+        (source / "MLmodel").write_text(f"flavors:\n  python_function:\n    artifacts: {artifacts}\n")
+    client.create_registered_model("shop")
+    # v1..v6; v4 and v5 share a folder; v6's registered copy has no model folder (so it is the only one)
+    for name in ("staged", "old", "recent", "twice", "twice", "only"):
+        client.create_model_version("shop", source=str(bare if name == "only" else registered), run_id=run.info.run_id,
+                                    tags={"model_dir": str(folders[name] / "model")})
+    client.set_registered_model_alias("shop", "staging", "1")
+
+    planned = collect(cfg, dry_run=True)
+    assert [(p, why) for p, _, why in planned.unaliased_removed] == [(folders["old"], "shop v2"),
+                                                                     (folders["twice"], "shop v4, shop v5")]
+    assert (folders["staged"], "the model of shop v1 (staging)") in planned.kept
+    assert (folders["only"], "a registered version's model, and its registered copy lacks it") in planned.kept
+    assert (folders["recent"], "a registered version's model, finished less than a day ago (its gate may be "
+                               "running)") in planned.kept
+    client.set_registered_model_alias("shop", "champion", "5")  # one of the folder's versions holds one
+    done = collect(cfg, dry_run=False)
+    assert [p for p, _, _ in done.unaliased_removed] == [folders["old"]] and done.removed == []
+    assert not folders["old"].exists() and all(folders[n].is_dir() for n in ("staged", "recent", "twice", "only"))
