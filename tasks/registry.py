@@ -788,13 +788,20 @@ def download_version_model(cfg: PipelineConfig, version) -> Path:
             mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}",
                                                 dst_path=str(tmp))
     # Where the pyfunc keeps its `model` artifact (MLflow names the folder after the logged one).
-    artifacts = mlflow.models.Model.load(str(dest / "MLmodel")).flavors["python_function"].get("artifacts", {})
+    artifacts = _pyfunc_artifacts(dest / "MLmodel")
     if "model" not in artifacts:
         raise ModelFolderError(f"{version.name} v{version.version} holds no model folder (its artifacts: "
                                f"{', '.join(sorted(artifacts)) or 'none'})")
     folder = dest / artifacts["model"]["path"]
     weight_files(folder)  # a model folder, or ModelFolderError naming it
     return folder
+
+
+def _pyfunc_artifacts(mlmodel: Path | str) -> dict:
+    """The artifacts a registered pyfunc's MLmodel file lists: {"model": {"path": ...}, ...}."""
+    import mlflow
+
+    return mlflow.models.Model.load(str(mlmodel)).flavors.get("python_function", {}).get("artifacts", {})
 
 
 def holds_model_folder(name: str, version: str) -> bool:
@@ -811,8 +818,17 @@ def holds_model_folder(name: str, version: str) -> bool:
             mlmodel = get_artifact_repository(f"models:/{name}/{version}").download_artifacts("MLmodel", tmp)
         except (mlflow.exceptions.MlflowException, OSError):
             return False
-        artifacts = mlflow.models.Model.load(mlmodel).flavors.get("python_function", {}).get("artifacts", {})
-    return "model" in artifacts
+        return "model" in _pyfunc_artifacts(mlmodel)
+
+
+def registered_models(client) -> list:
+    """Every registered model in the client's store (MLflow answers a page of 100 at a time)."""
+    found, token = [], None
+    while True:
+        page = client.search_registered_models(page_token=token)
+        found.extend(page)
+        if not (token := page.token):
+            return found
 
 
 def registered_model_dirs(cfg: PipelineConfig) -> dict[Path, list[tuple[str, str, list[str]]]]:
@@ -822,7 +838,7 @@ def registered_model_dirs(cfg: PipelineConfig) -> dict[Path, list[tuple[str, str
 
     client = registry_client(tracking_uri(cfg))
     dirs: dict[Path, list[tuple[str, str, list[str]]]] = {}
-    for model in client.search_registered_models():
+    for model in registered_models(client):
         for mv in sorted(client.search_model_versions(f"name='{model.name}'"), key=lambda v: int(v.version)):
             if mv.tags.get("model_dir"):
                 aliases = sorted(a for a, v in model.aliases.items() if str(v) == str(mv.version))

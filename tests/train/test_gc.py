@@ -170,3 +170,25 @@ def test_gc_keeps_the_trainings_of_versions_holding_an_alias_and_of_recent_ones(
     done = collect(cfg, dry_run=False)
     assert [p for p, _, _ in done.unaliased_removed] == [folders["old"]] and done.removed == []
     assert not folders["old"].exists() and all(folders[n].is_dir() for n in ("staged", "recent", "twice", "only"))
+
+
+def test_gc_sees_the_versions_of_every_registered_model_past_mlflows_first_page(tmp_path):
+    """MLflow answers 100 registered models a page: the champion of the 101st still keeps its
+    training folder (read from the first page only, it looked unregistered, old, and went)."""
+    from mlflow import MlflowClient
+
+    root, uri = tmp_path / "data", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = PipelineConfig.model_validate({"data": {"name": "shop", "data_root": str(root)},
+                                         "tracking": {"enabled": True, "tracking_uri": uri}})
+    client = MlflowClient(uri, registry_uri=uri)
+    run = client.create_run(client.create_experiment("gc-test"))
+    client.set_terminated(run.info.run_id)
+    for i in range(100):  # names sort before the last one's
+        client.create_registered_model(f"a-model-{i:03d}")
+    training = finished_training(root, "last", "f", run.info.run_id)
+    client.create_registered_model("z-model")
+    client.create_model_version("z-model", source=str(tmp_path / "model"), run_id=run.info.run_id,
+                                tags={"model_dir": str(training / "model")})
+    client.set_registered_model_alias("z-model", "champion", "1")
+    done = collect(cfg, dry_run=False)
+    assert (training, "the model of z-model v1 (champion)") in done.kept and training.is_dir()
