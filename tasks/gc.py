@@ -60,24 +60,26 @@ class Collected:
         `cft gc` prints and the `cft-gc` flow logs."""
         verb = "would remove" if self.dry_run else "removed"
 
-        def mib(found: list[tuple[Path, int]]) -> str:
-            return f"{sum(size for _, size in found) / 2**20:,.0f} MiB"
+        def mib(size: int) -> str:
+            return f"{size / 2**20:,.0f} MiB"
+
+        def total(found, what: str) -> str:  # found: (path, bytes, ...) entries
+            return f"{len(found)} {what} ({mib(sum(entry[1] for entry in found))})"
 
         return [
-            *(f"{verb} {path} ({mib([(path, size)])})" for path, size in self.removed),
-            *(f"{verb} {path} ({mib([(path, size)])}): {versions} without an alias (the registry keeps its model)"
+            *(f"{verb} {path} ({mib(size)})" for path, size in self.removed),
+            *(f"{verb} {path} ({mib(size)}): {versions} without an alias (the registry keeps its model)"
               for path, size, versions in self.unaliased_removed),
             *(f"kept {path}: {why}" for path, why in self.kept),
-            *(f"{verb} {path} ({mib([(path, size)])})" for path, size in self.windows_removed),
-            *(f"{verb} {path} ({mib([(path, size)])}): left by an interrupted write" for path, size in self.leftovers_removed),
-            *(f"{verb} {path} ({mib([(path, size)])}): a registry cache of a version that is not champion"
+            *(f"{verb} {path} ({mib(size)})" for path, size in self.windows_removed),
+            *(f"{verb} {path} ({mib(size)}): left by an interrupted write" for path, size in self.leftovers_removed),
+            *(f"{verb} {path} ({mib(size)}): a registry cache of a version that is not champion"
               for path, size in self.caches_removed),
-            f"{verb} {len(self.removed)} training folder(s) ({mib(self.removed)}), "
-            f"{len(self.unaliased_removed)} of versions without an alias "
-            f"({mib([(path, size) for path, size, _ in self.unaliased_removed])}), "
-            f"{len(self.windows_removed)} data folder(s) ({mib(self.windows_removed)}), "
-            f"{len(self.leftovers_removed)} leftover(s) of interrupted writes ({mib(self.leftovers_removed)}), "
-            f"{len(self.caches_removed)} registry cache(s) ({mib(self.caches_removed)})",
+            f"{verb} {total(self.removed, 'training folder(s)')}, "
+            f"{total(self.unaliased_removed, 'of versions without an alias')}, "
+            f"{total(self.windows_removed, 'data folder(s)')}, "
+            f"{total(self.leftovers_removed, 'leftover(s) of interrupted writes')}, "
+            f"{total(self.caches_removed, 'registry cache(s)')}",
         ]
 
 
@@ -149,37 +151,25 @@ def _registry_caches(cfg: PipelineConfig, dry_run: bool) -> list[tuple[Path, int
     """Download and gate-cache folders of versions that are not their model's champion in this
     store (a model the store does not know keeps its folders; unfinished `.tmp-*` writes are
     `_leftovers`')."""
-    from tasks.registry import CHAMPION, registry_client
+    from tasks.registry import CHAMPION, registered_models, registry_client
     from tasks.tracking import tracking_uri
 
-    client, champions, removed = None, {}, []
+    champions = None  # registered model name -> its champion's version (None: no champion)
+    removed = []
     for kind, pattern in _CACHE_FOLDER.items():
         root = cfg.data.data_root / "registry" / kind
         for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
             if folder.name.startswith(".") or not (found := pattern.match(folder.name)):
                 continue  # (an unfinished write: `_leftovers`)
-            name = found["name"]
-            if name not in champions:
-                client = client or registry_client(tracking_uri(cfg, create=False))
-                champions[name] = _champion_if_known(client, name, CHAMPION)
-            if champions[name] is False or champions[name] == found["version"]:
+            if champions is None:
+                champions = {m.name: str(m.aliases[CHAMPION]) if CHAMPION in m.aliases else None
+                             for m in registered_models(registry_client(tracking_uri(cfg, create=False)))}
+            if found["name"] not in champions or champions[found["name"]] == found["version"]:
                 continue  # a model of another store, or the champion's: read again
             removed.append((folder, folder_size(folder)))
             if not dry_run:
                 shutil.rmtree(folder)
     return removed
-
-
-def _champion_if_known(client, name: str, alias: str) -> str | None | bool:
-    """The version holding `alias` ("3"), None when no version does, False when the store does not
-    know the model at all."""
-    import mlflow
-
-    try:
-        aliases = client.get_registered_model(name).aliases
-    except mlflow.exceptions.MlflowException:
-        return False
-    return str(aliases[alias]) if alias in aliases else None
 
 
 def _leftovers(data_root: Path, dry_run: bool) -> list[tuple[Path, int]]:
