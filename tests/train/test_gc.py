@@ -95,17 +95,25 @@ def test_gc_removes_the_data_windows_no_kept_training_uses_and_the_leftovers_of_
     assert (ingested.path, seq.path) == (i1, s1) and not seq.reused
 
 
+def registry_store(tmp_path: Path):
+    """(profile on a data root and a SQLite store, its client, a finished run in it)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = PipelineConfig.model_validate({"data": {"name": "shop", "data_root": str(tmp_path / "data")},
+                                         "tracking": {"enabled": True, "tracking_uri": uri}})
+    client = MlflowClient(uri, registry_uri=uri)
+    run = client.create_run(client.create_experiment("gc-test"))
+    client.set_terminated(run.info.run_id)
+    return cfg, client, run
+
+
 def test_gc_removes_the_registry_caches_of_versions_that_are_not_champion(tmp_path):
     """Downloads (a full model copy each) and gate ranks are read again only for the champion:
     those of other versions go, and those of a model this store does not know stay. The model's
     name holds "-v1" itself, so a folder's version is the last "-v<N>" of its name."""
-    from mlflow import MlflowClient
-
-    root, uri = tmp_path / "data", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = PipelineConfig.model_validate({"data": {"name": "shop", "data_root": str(root)},
-                                         "tracking": {"enabled": True, "tracking_uri": uri}})
-    client = MlflowClient(uri, registry_uri=uri)
-    run = client.create_run(client.create_experiment("gc-test"))
+    cfg, client, run = registry_store(tmp_path)
+    root = cfg.data.data_root
     name = "cft-shop-v1"
     client.create_registered_model(name)
     for _ in range(3):
@@ -137,14 +145,8 @@ def test_gc_keeps_the_trainings_of_versions_holding_an_alias_and_of_recent_ones(
     """A version's training folder stays while the version holds any alias (champion, challenger,
     one of the user's own) or finished within the day; once neither, it goes, naming the
     versions made from it, when the registry keeps their model (their MLmodel lists it)."""
-    from mlflow import MlflowClient
-
-    root, uri = tmp_path / "data", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = PipelineConfig.model_validate({"data": {"name": "shop", "data_root": str(root)},
-                                         "tracking": {"enabled": True, "tracking_uri": uri}})
-    client = MlflowClient(uri, registry_uri=uri)
-    run = client.create_run(client.create_experiment("gc-test"))
-    client.set_terminated(run.info.run_id)
+    cfg, client, run = registry_store(tmp_path)
+    root = cfg.data.data_root
     folders = {name: finished_training(root, name, "f", run.info.run_id, days_ago=days)
                for name, days in (("staged", 2), ("old", 2), ("recent", 1 / 24), ("twice", 2), ("only", 2))}
     # What a registered pyfunc's MLmodel says of its artifacts: with the model folder, or without.
@@ -175,14 +177,8 @@ def test_gc_keeps_the_trainings_of_versions_holding_an_alias_and_of_recent_ones(
 def test_gc_sees_the_versions_of_every_registered_model_past_mlflows_first_page(tmp_path):
     """MLflow answers 100 registered models a page: the champion of the 101st still keeps its
     training folder (read from the first page only, it looked unregistered, old, and went)."""
-    from mlflow import MlflowClient
-
-    root, uri = tmp_path / "data", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = PipelineConfig.model_validate({"data": {"name": "shop", "data_root": str(root)},
-                                         "tracking": {"enabled": True, "tracking_uri": uri}})
-    client = MlflowClient(uri, registry_uri=uri)
-    run = client.create_run(client.create_experiment("gc-test"))
-    client.set_terminated(run.info.run_id)
+    cfg, client, run = registry_store(tmp_path)
+    root = cfg.data.data_root
     for i in range(100):  # names sort before the last one's
         client.create_registered_model(f"a-model-{i:03d}")
     training = finished_training(root, "last", "f", run.info.run_id)
