@@ -10,7 +10,7 @@
 #   bash infra/gpu/device.sh all --dry       # here, on the CPU, every step at a token budget
 #
 # Each of bench and repro sets up first (skipped when done: the wheels installed and the SmolLM2
-# joined, checked and converted under .gpustash/site) and returns through $OUT: results.tgz (the
+# joined, checked and converted under .gpustash/site) and returns through $OUT: results/ (the
 # result files so far) and <phase>.log. Budgets (seconds, steps, rows) are variables, below.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,6 +27,7 @@ fi
 case "$PHASE" in bench|repro|all) ;; *) echo "usage: $0 keep a|b | bench | repro | all [--dry]" >&2; exit 2;; esac
 if [ -n "$DRY" ]; then  # in a copy of the working tree: the result files here stay as they are
     copy=$(mktemp -d)
+    trap 'rm -rf "$copy"' EXIT  # ~2.4 GB by the end (the converted SmolLM2, the trained models)
     { git ls-files -co --exclude-standard; find .gpukit -type f; } | tar -cf - -T - | tar -xf - -C "$copy"
     ln -s "$PWD/.venv" "$copy/.venv"
     cd "$copy" || exit 1
@@ -98,12 +99,26 @@ repro() {
         echo "reproduction: exit $?"
 }
 
+# The result files so far, copied into $OUT/results every few seconds: the device tool returns
+# what $OUT holds even from a call it stops at its limit (the session's device time left may be
+# shorter than the call's own timeout), so a cut-short call still brings back every finished run.
+# Each copy is renamed into place, so a file there is always whole.
+return_results() {
+    mkdir -p "$OUT/results"
+    for f in benchmarks/results/train_step-*-"$DEVICE"-"$DTYPE".* benchmarks/results/reproduction-ml-100k-"$DEVICE".json; do
+        [ -f "$f" ] && cp "$f" "$OUT/results/.partial" && mv "$OUT/results/.partial" "$OUT/results/${f##*/}"
+    done
+    return 0
+}
+
 set_up || { echo "set-up failed"; exit 1; }
+while sleep 5; do return_results; done &
+copier=$!
 case "$PHASE" in
 bench) bench ;;
 repro) repro ;;
 all) bench; repro ;;
 esac
-tar czf "$OUT/results.tgz" $(ls benchmarks/results/train_step-*-"$DEVICE"-"$DTYPE".* \
-    benchmarks/results/reproduction-ml-100k-"$DEVICE".json 2>/dev/null)
-ls -la "$OUT"
+kill "$copier"
+return_results
+ls -la "$OUT" "$OUT/results"
