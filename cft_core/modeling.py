@@ -162,10 +162,15 @@ POST_HEAD_TRANSFORMS: dict[str, Callable] = {
 
 def output_logits(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """hidden [N, D] -> logits [N, V] as the model predicts with: its LM head (called as a module,
-    so ZeRO-3 can gather it), then the post-head transform of POST_HEAD_TRANSFORMS, if any."""
+    so ZeRO-3 can gather it), then the post-head transform of POST_HEAD_TRANSFORMS, if any.
+
+    The hidden states are cast to the head's dtype first: a model run under accelerate's mixed
+    precision returns them fp32 (its forward is wrapped to convert outputs) while a bf16 head (a
+    LoRA model's frozen base) takes bf16; the head is called outside that wrapper."""
     head = output_head(model)
+    dtype = next(head.parameters()).dtype
     make = POST_HEAD_TRANSFORMS.get(model_type(model))
     transform = make(_text_config(model)) if make is not None else None
     if transform is None:
-        return head
-    return lambda hidden: transform(head(hidden))
+        return lambda hidden: head(hidden.to(dtype))
+    return lambda hidden: transform(head(hidden.to(dtype)))

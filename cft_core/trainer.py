@@ -181,6 +181,22 @@ class CFTTrainer(Trainer):
         super().log(logs, start_time)
 
 
+def reset_accelerate_state() -> None:
+    """Forget what an earlier training in this process left behind in accelerate, which the
+    Trainer would reuse: after a DeepSpeed training, a training without DeepSpeed in the same
+    process (a notebook, a test session) ran under DeepSpeed all the same, because accelerate sets
+    ACCELERATE_USE_DEEPSPEED=true in the environment for good once given a DeepSpeed plugin (and
+    the Trainer then makes a default plugin) and keeps its process-wide state. Whether a training
+    uses DeepSpeed is `train.deepspeed`'s to say; accelerate sets the variable again for one that
+    does. Call before `init_cpu_deepspeed_state` and `TrainingArguments`. (`_reset_state` is
+    private: accelerate's own tests and transformers' reset the state this way.) The process
+    group itself is kept."""
+    from accelerate.state import AcceleratorState
+
+    os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def init_cpu_deepspeed_state() -> bool:
     """Make accelerate count the processes of a multi-process DeepSpeed run on CPU.
 

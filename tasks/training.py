@@ -122,7 +122,9 @@ def deepspeed_config(path: str | None) -> dict | None:
 # made afresh instead of reused as if current (a run in progress under the old version is not
 # resumed). tests/train/test_training_stage.py pins each version's losses. Version 1 was never in
 # the key, so the trainings written before this constant stay reused.
-TRAINING_VERSION = 1
+# 2: bf16 without DeepSpeed or LoRA trains fp32 weights under autocast (`weights_dtype`); it
+#    stepped bf16 weights, which lost most updates. fp32 trainings are the same as in version 1.
+TRAINING_VERSION = 2
 
 
 def run_fingerprint(cfg: PipelineConfig, data_fingerprint: str, warm_start: str | None = None) -> str:
@@ -140,6 +142,26 @@ def run_fingerprint(cfg: PipelineConfig, data_fingerprint: str, warm_start: str 
 def training_run_dir(cfg: PipelineConfig, data_fingerprint: str, warm_start: str | None = None) -> Path:
     """Folder of one training run: checkpoints/ (until it succeeds), model/ (final), mlflow_run_id."""
     return cfg.data.data_root / "training" / f"{cfg.data.name}-{run_fingerprint(cfg, data_fingerprint, warm_start)}"
+
+
+def weights_dtype(precision: str, *, deepspeed: bool, lora: bool):
+    """The dtype a model is loaded in to train at `precision` (resolved: "fp32" or "bf16").
+
+    bf16 is mixed precision, as `TrainingArguments(bf16=True)` means it: the matrix products run
+    in bf16 (autocast), and the weights the optimizer updates stay fp32. Weights loaded in bf16
+    and stepped by a plain AdamW lose most updates to rounding: bf16 keeps 8 significant bits, so
+    an update under half the spacing of the values around w (between |w| / 2^9 and |w| / 2^8) is
+    rounded away, and at lr 1e-4 an Adam step (at most about lr per element) cannot move any
+    |w| >= 1/32: 84 % of SmolLM2-135M's weights (counted), every norm weight among them. bf16
+    weights are loaded only where something else keeps the fp32 copy or nothing is updated:
+    under DeepSpeed, whose ZeRO optimizer steps fp32 master weights and copies them into the bf16
+    module, and with LoRA, whose base is frozen (peft keeps the adapters fp32:
+    `autocast_adapter_dtype`)."""
+    import torch
+
+    if precision == "bf16" and (deepspeed or lora):
+        return torch.bfloat16
+    return torch.float32
 
 
 def world_size() -> int:
@@ -250,6 +272,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         ensure_distributed_env,
         ensure_op_build_dir,
         init_cpu_deepspeed_state,
+        reset_accelerate_state,
     )
     from tasks.settings import cft_objective
     from tasks.tracking import TrainingRun, end_stopped_run
@@ -257,6 +280,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     objective = cft_objective(t)
     alpha, beta = objective.alpha, objective.beta
     ds = deepspeed_config(t.deepspeed)
+    reset_accelerate_state()
     configured_state = False
     if ds is not None:
         ensure_distributed_env()
@@ -270,6 +294,9 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
             f"micro_batch_size x processes = {t.micro_batch_size} x {world}"
         )
     precision = resolve_precision(t.precision)
+    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision=bf16: {torch.cuda.get_device_name()} has no bf16 support; "
+                          "set train.precision to auto (fp32 there) or fp32")
 
     source = warm_start[0] if warm_start else model_folder(cfg, sequences)
     tokenizer = load_tokenizer(source)
@@ -302,6 +329,8 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         bf16=precision == "bf16",
+        # The Trainer refuses bf16 without a GPU unless told the CPU is meant (autocast runs there).
+        use_cpu=precision == "bf16" and not torch.cuda.is_available(),
         seed=t.seed,
         data_seed=t.seed,
         deepspeed=ds,
@@ -314,7 +343,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         disable_tqdm=not (is_rank_zero() and sys.stderr.isatty()),
         accelerator_config={"use_configured_state": configured_state},
     )
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = weights_dtype(precision, deepspeed=ds is not None, lora=cfg.model.lora.enabled)
     model = load_causal_lm(source, dtype=dtype)  # a folder that holds none stops here, nothing written
     check_tokenizer_fits(model, tokenizer, source)
     # A multimodal checkpoint (Gemma-3 4B and up) loads with its image towers, which a text prompt

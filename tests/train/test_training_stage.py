@@ -20,7 +20,10 @@ from tests.train.conftest import make_config
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
 
 # TRAINING_VERSION: the losses of steps 1 and 2 of test_objectives_share_one_path per objective
-TRAINING_LOSSES = {1: {"sft": [6.37316, 6.38428], "pos": [6.37724, 6.38548], "cft": [7.01727, 7.02505]}}
+TRAINING_LOSSES = {
+    1: {"sft": [6.37316, 6.38428], "pos": [6.37724, 6.38548], "cft": [7.01727, 7.02505]},
+    2: {"sft": [6.37316, 6.38428], "pos": [6.37724, 6.38548], "cft": [7.01727, 7.02505]},  # fp32 unchanged
+}
 
 PROBE = torch.tensor([[5, 17, 42, 99, 7, 250, 3, 11]])  # any ids inside the tiny vocabulary
 
@@ -377,6 +380,7 @@ def test_the_training_code_version_joins_the_key_only_past_one(tmp_path, monkeyp
     from tasks.storage import fingerprint
 
     cfg = make_config(tmp_path)
+    monkeypatch.setattr(training, "TRAINING_VERSION", 1)
     before = training.run_fingerprint(cfg, "data-fp")
     assert before == fingerprint({"data": "data-fp", "model": cfg.model.model_dump(), "world_size": 1,
                                   "train": cfg.train.model_dump(exclude={"keep_checkpoints"})})  # trainings kept
@@ -560,3 +564,82 @@ def test_a_multimodal_folder_trains_its_text_model_only(tmp_path, small_sequence
         assert adapted == (attention if lora == "attention" else attention | {"gate_proj", "up_proj", "down_proj"})
     else:  # everything else trains, and moved
         assert capture.names == changed == {n for n in before if not any(n.startswith(t + ".") for t in towers)}
+
+
+class CaptureDtypes(TrainerCallback):
+    """The dtypes the first training step ran with: of the weights the optimizer steps, and of a
+    linear layer's output (bf16 under autocast)."""
+
+    weights: set[torch.dtype] = set()
+    outputs: list[torch.dtype] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.weights = {p.dtype for p in model.parameters() if p.requires_grad}
+        linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        self.hook = linear.register_forward_hook(lambda m, i, o: self.outputs.append(o.dtype))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.hook.remove()
+
+
+def test_bf16_without_deepspeed_is_mixed_precision_with_fp32_weights(tmp_path, small_sequences):
+    """precision bf16 on one device without DeepSpeed (a single GPU, `deepspeed: null`): bf16
+    matrix products, fp32 weights. Stepped in bf16, a weight of 1.0 (every norm weight of a new
+    model) cannot move by less than 2^-9: a first Adam step of lr 1e-4 would leave each as it
+    was. (bf16 runs on the CPU too, slowly: a tiny model takes seconds.)"""
+    from safetensors.torch import load_file
+
+    seq, fp = small_sequences
+    cfg = make_config(tmp_path, precision="bf16", deepspeed=None, learning_rate=1e-4, warmup_steps=0,
+                      max_steps=1, eval_steps=1)
+    dtypes = CaptureDtypes()
+    out = train(cfg, seq, fp, extra_callbacks=[dtypes])
+
+    assert out.summary["precision"] == "bf16"
+    assert dtypes.weights == {torch.float32} and dtypes.outputs and set(dtypes.outputs) == {torch.bfloat16}
+    norms = {k: v for k, v in load_file(str(out.model_dir / "model.safetensors")).items() if "norm" in k}
+    assert norms and all(v.dtype == torch.float32 for v in norms.values())
+    for name, weight in norms.items():  # each element took its step: |1 - w| about lr, not 0
+        assert ((weight - 1).abs() > 1e-5).all(), name
+
+
+def test_lora_in_bf16_without_deepspeed_trains_fp32_adapters_on_a_bf16_base(tmp_path, small_sequences):
+    """LoRA at bf16 on one device: the frozen base loads bf16 (half the memory), peft keeps the
+    adapters fp32. The model's forward returns fp32 hidden states under mixed precision and the
+    loss applies the bf16 head to them itself: it failed there with a dtype mismatch."""
+    from safetensors.torch import load_file
+
+    seq, fp = small_sequences
+    cfg = make_config(tmp_path, precision="bf16", deepspeed=None, warmup_steps=0, max_steps=1, eval_steps=1,
+                      lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0})
+    dtypes = CaptureDtypes()
+    out = train(cfg, seq, fp, extra_callbacks=[dtypes])
+
+    assert dtypes.weights == {torch.float32} and set(dtypes.outputs) == {torch.bfloat16}
+    adapters = load_file(str(out.model_dir / "adapter" / "adapter_model.safetensors"))
+    trained = [v for k, v in adapters.items() if "lora_B" in k]  # zero until the first step
+    assert trained and all(v.dtype == torch.float32 and v.abs().max() > 0 for v in trained)
+
+
+class CaptureDistributedType(TrainerCallback):
+    """accelerate's distributed type when training begins (DEEPSPEED under DeepSpeed)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from accelerate.state import AcceleratorState
+
+        self.kind = AcceleratorState().distributed_type
+
+
+def test_a_training_without_deepspeed_after_one_with_it_runs_without_it(tmp_path, small_sequences):
+    """accelerate keeps ACCELERATE_USE_DEEPSPEED=true in the environment after a DeepSpeed
+    training, and the next Trainer in the process then ran DeepSpeed whatever the config said."""
+    from accelerate.utils import DistributedType
+
+    seq, fp = small_sequences
+    kinds = []
+    for root, deepspeed in (("with", "infra/deepspeed/zero2.json"), ("without", None), ("again", "infra/deepspeed/zero2.json")):
+        capture = CaptureDistributedType()
+        train(make_config(tmp_path / root, deepspeed=deepspeed, max_steps=1, eval_steps=1), seq, fp,
+              extra_callbacks=[capture])
+        kinds.append(capture.kind == DistributedType.DEEPSPEED)
+    assert kinds == [True, False, True]
