@@ -17,7 +17,9 @@ One step = zero_grad + loss + backward + AdamW step, on the same batch for every
          forward passes with [B, T, V] logits (`cft_core.reference.naive_cft_loss`).
 Each variant runs in its own process so that peak memory is its own (CPU: peak RSS; GPU:
 torch.cuda.max_memory_allocated). `logits_MB` is measured with a hook on the LM head's outputs:
-the size of all logits one step builds.
+the size of all logits one step builds. `--dtype bf16` puts the weights in bf16, as DeepSpeed
+runs the model (`configs/gpu.yaml`), and a plain AdamW steps them: the step's time and memory
+without DeepSpeed's fp32 master copy, not a recipe to train with (tasks.training.weights_dtype).
 
 Timing is interleaved: all variant processes are set up and warmed up first, then the parent
 asks them for one step each in turn, round after round (A B C D, B C D A, ...; the order rotates so

@@ -131,3 +131,30 @@ def test_model_fingerprint_covers_every_shard_and_keeps_the_single_file_key(tmp_
     os.utime(second, ns=(second.stat().st_atime_ns, second.stat().st_mtime_ns + 1_000_000))  # the 2nd shard rewritten
     assert model_fingerprint(sharded) != before
 
+
+
+def test_evaluation_at_bf16_ranks_with_embeddings_close_to_fp32(tmp_path, small_sequences):
+    """The precision a GPU evaluates at (`eval.precision: auto` there), run on the CPU: every method
+    ranks, the constrained beams are catalogue titles, and the catalogue's title embeddings (kept
+    per precision) agree with fp32's up to bf16's rounding."""
+    import torch
+
+    from tasks.evaluation import embeddings_cache
+
+    seq, fp = small_sequences
+    cfg = make_config(tmp_path, max_steps=2, eval_steps=2)
+    trained = train(cfg, seq, fp)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        c = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={
+            "methods": ["grounding", "constrained"], "max_samples": 16, "num_beams": 3, "num_return_sequences": 3,
+            "max_new_tokens": 40, "batch_size": 8, "precision": precision})})
+        results[precision] = evaluate(c, trained.model_dir, seq, progress=False)
+
+    assert results["bf16"].metrics.keys() == results["fp32"].metrics.keys()
+    preds = pd.read_parquet(results["bf16"].path / "predictions.parquet")
+    titles = set(pd.read_parquet(seq / "catalogue.parquet")["title"].str.strip())
+    assert len(preds) == 16 and all(t in titles for row in preds["constrained_generated"] for t in row)
+    emb = {p: torch.from_numpy(np.load(embeddings_cache(trained.model_dir, seq, p))) for p in ("fp32", "bf16")}
+    assert emb["bf16"].shape == emb["fp32"].shape and not torch.equal(emb["bf16"], emb["fp32"])
+    assert torch.nn.functional.cosine_similarity(emb["bf16"].float(), emb["fp32"], dim=1).min() > 0.99
