@@ -46,7 +46,8 @@ SITE="$PWD/$STASH/site"
 if [ -z "$DRY" ]; then
     PY=python3 DEVICE=cuda DTYPE=bf16 MODELS="smollm2 qwen2-0.5b-shape"
 else  # this machine's venv; the SmolLM2 joined from the kit all the same
-    PY=${PY:-.venv/bin/python} DEVICE=cpu DTYPE=fp32 MODELS=tiny STEPS=1 ROWS=2 VALID=4 SEEDS=0 BENCH_S=300 REPRO_S=900
+    # bf16 as on the GPU (the CPU runs it too, slower): the same precision paths, a token budget.
+    PY=${PY:-.venv/bin/python} DEVICE=cpu DTYPE=bf16 MODELS=tiny STEPS=1 ROWS=2 VALID=4 SEEDS=0 BENCH_S=300 REPRO_S=900
 fi
 export PYTHONPATH="$SITE:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false \
     CFT_CACHE_DIR="$SITE/cache"
@@ -90,6 +91,7 @@ repro() {
     seq=$(ls -d "$STASH"/ml-100k-*)
     timeout "$REPRO_S" "$PY" -m benchmarks.reproduce --config configs/gpu.yaml --sequences "$seq" \
         --name "ml-100k-$DEVICE" --objectives cft sft pos --seeds $SEEDS \
+        --set "train.precision=$DTYPE" --set "eval.precision=$DTYPE" \
         --set train.deepspeed=null --set tracking.enabled=false --set "data.data_root=$SITE/data" \
         --set "train.max_steps=$STEPS" --set "eval.max_samples=$ROWS" --set "eval.diagnostics_max_samples=$ROWS" \
         --set "train.max_eval_samples=$VALID" \
