@@ -643,3 +643,30 @@ def test_a_training_without_deepspeed_after_one_with_it_runs_without_it(tmp_path
               extra_callbacks=[capture])
         kinds.append(capture.kind == DistributedType.DEEPSPEED)
     assert kinds == [True, False, True]
+
+
+class CaptureMasterWeights(TrainerCallback):
+    """After the first optimizer step: the dtypes of the module's weights and of DeepSpeed ZeRO's
+    master partitions, and the master values (flattened)."""
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if state.global_step == 1:
+            zero = optimizer.optimizer  # accelerate's wrapper around DeepSpeedZeroOptimizer
+            self.module = {p.dtype for p in model.parameters()}
+            self.master = torch.cat([t.detach().float().flatten() for t in zero.single_partition_of_fp32_groups])
+            self.master_dtypes = {t.dtype for t in zero.single_partition_of_fp32_groups}
+
+
+def test_bf16_under_zero2_steps_fp32_master_weights(tmp_path, small_sequences):
+    """configs/gpu.yaml's setting (ZeRO-2, bf16): DeepSpeed runs the module in bf16 and steps an
+    fp32 copy, so an update too small for bf16 is kept there, not rounded away. After one step
+    at lr 1e-4 the master holds values that bf16 cannot (at the start they were the bf16
+    module's own)."""
+    seq, fp = small_sequences
+    cfg = make_config(tmp_path, precision="bf16", learning_rate=1e-4, warmup_steps=0, max_steps=1, eval_steps=1)
+    capture = CaptureMasterWeights()
+    train(cfg, seq, fp, extra_callbacks=[capture])
+
+    assert capture.module == {torch.bfloat16} and capture.master_dtypes == {torch.float32}
+    rounded = capture.master.to(torch.bfloat16).float()
+    assert (capture.master != rounded).float().mean() > 0.5  # most elements moved off bf16's grid
