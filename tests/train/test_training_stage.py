@@ -670,3 +670,20 @@ def test_bf16_under_zero2_steps_fp32_master_weights(tmp_path, small_sequences):
     assert capture.module == {torch.bfloat16} and capture.master_dtypes == {torch.float32}
     rounded = capture.master.to(torch.bfloat16).float()
     assert (capture.master != rounded).float().mean() > 0.5  # most elements moved off bf16's grid
+
+
+def test_bf16_asked_of_a_gpu_without_it_is_a_config_error(tmp_path, small_sequences, monkeypatch):
+    """`train.precision: bf16` on a GPU older than Ampere (a V100, a T4): a config error naming
+    the field and the GPU, before anything is loaded or written (the Trainer raised a ValueError
+    about "bf16/gpu" with a traceback). `auto` picks fp32 there."""
+    from schemas.errors import ConfigError
+    from tasks.training import training_run_dir
+
+    seq, fp = small_sequences
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100-SXM2-16GB")
+    cfg = make_config(tmp_path, precision="bf16", deepspeed=None, max_steps=1, eval_steps=1)
+    with pytest.raises(ConfigError, match=r"train.precision=bf16: Tesla V100-SXM2-16GB has no bf16 support"):
+        train(cfg, seq, fp)
+    assert not training_run_dir(cfg, fp).exists()
