@@ -51,11 +51,27 @@ def generation_settings(ev: EvalConfig) -> GenerationSettings:
     )
 
 
+def resolved_precision(field: str, value: str) -> str:
+    """A precision field's value resolved (`cft_core.ranking.resolve_precision`: auto -> bf16 on a
+    GPU that has it, else fp32). bf16 asked of a GPU without it (older than Ampere: a V100, a T4)
+    is a ConfigError naming `field`; the CPU runs bf16 (slowly without AVX-512-BF16 or AMX)."""
+    import torch
+
+    from cft_core.ranking import resolve_precision
+    from schemas.errors import ConfigError
+
+    precision = resolve_precision(value)
+    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"{field}=bf16: {torch.cuda.get_device_name()} has no bf16 support; "
+                          f"set {field} to auto (fp32 there) or fp32")
+    return precision
+
+
 def ranking_settings(cfg: PipelineConfig, method: Method) -> RankingSettings:
     """How `method` ranks for this run: evaluation and the served model use the same object.
     The precision is resolved here (auto: bf16 on a GPU that has it), so it is part of what the
     served model stores and of the embedding cache key."""
-    from cft_core.ranking import RankingSettings, resolve_precision
+    from cft_core.ranking import RankingSettings
 
-    return RankingSettings(method=method, max_history=cfg.data.max_history,
-                           generation=generation_settings(cfg.eval), precision=resolve_precision(cfg.eval.precision))
+    return RankingSettings(method=method, max_history=cfg.data.max_history, generation=generation_settings(cfg.eval),
+                           precision=resolved_precision("eval.precision", cfg.eval.precision))

@@ -266,7 +266,6 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     )
     from cft_core.modeling import modules_outside_text_model
     from cft_core.prompts import PromptBuilder
-    from cft_core.ranking import resolve_precision
     from cft_core.trainer import (
         CFTTrainer,
         ensure_distributed_env,
@@ -274,7 +273,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
         init_cpu_deepspeed_state,
         reset_accelerate_state,
     )
-    from tasks.settings import cft_objective
+    from tasks.settings import cft_objective, resolved_precision
     from tasks.tracking import TrainingRun, end_stopped_run
 
     objective = cft_objective(t)
@@ -293,10 +292,7 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
             f"train.effective_batch_size={t.effective_batch_size} is not a multiple of "
             f"micro_batch_size x processes = {t.micro_batch_size} x {world}"
         )
-    precision = resolve_precision(t.precision)
-    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"train.precision=bf16: {torch.cuda.get_device_name()} has no bf16 support; "
-                          "set train.precision to auto (fp32 there) or fp32")
+    precision = resolved_precision("train.precision", t.precision)
 
     source = warm_start[0] if warm_start else model_folder(cfg, sequences)
     tokenizer = load_tokenizer(source)

@@ -675,8 +675,9 @@ def test_bf16_under_zero2_steps_fp32_master_weights(tmp_path, small_sequences):
 def test_bf16_asked_of_a_gpu_without_it_is_a_config_error(tmp_path, small_sequences, monkeypatch):
     """`train.precision: bf16` on a GPU older than Ampere (a V100, a T4): a config error naming
     the field and the GPU, before anything is loaded or written (the Trainer raised a ValueError
-    about "bf16/gpu" with a traceback). `auto` picks fp32 there."""
+    about "bf16/gpu" with a traceback); `eval.precision` alike. `auto` picks fp32 there."""
     from schemas.errors import ConfigError
+    from tasks.settings import ranking_settings
     from tasks.training import training_run_dir
 
     seq, fp = small_sequences
@@ -687,3 +688,7 @@ def test_bf16_asked_of_a_gpu_without_it_is_a_config_error(tmp_path, small_sequen
     with pytest.raises(ConfigError, match=r"train.precision=bf16: Tesla V100-SXM2-16GB has no bf16 support"):
         train(cfg, seq, fp)
     assert not training_run_dir(cfg, fp).exists()
+    evaluated = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"precision": "bf16"})})
+    with pytest.raises(ConfigError, match=r"eval.precision=bf16: Tesla V100-SXM2-16GB"):
+        ranking_settings(evaluated, "constrained")
+    assert ranking_settings(cfg, "constrained").precision == "fp32"  # auto
