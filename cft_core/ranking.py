@@ -86,8 +86,9 @@ class RankingSettings:
 
 
 def resolve_precision(precision: str) -> Literal["fp32", "bf16"]:
-    """'auto' -> 'bf16' on a CUDA GPU with bf16 support, else 'fp32' (bf16 is ~35x slower on
-    CPUs without AMX). The one rule for training, evaluation and serving."""
+    """'auto' -> 'bf16' on a CUDA GPU with bf16 support, else 'fp32' (exact, and on CPUs without
+    bf16 instructions several times faster: benchmarks/precision.py). The one rule for training,
+    evaluation and serving."""
     if precision != "auto":
         return precision  # type: ignore[return-value]
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"

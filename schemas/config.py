@@ -238,8 +238,10 @@ class TrainConfig(_Strict):
     cutoff_len: int = Field(1024, ge=16, description="Max tokens per example; oldest history dropped to fit.")
     seed: int = Field(42, description="Seeds weights of new parts (tiny model, LoRA), data order, dropout.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 on a CUDA GPU that supports it, else fp32 (bf16 is ~35x "
-        "slower than fp32 on CPUs without AMX).",
+        "auto", description="auto: bf16 on a CUDA GPU that supports it, else fp32. bf16 is mixed "
+        "precision (bf16 matrix products, fp32 weights for the optimizer; under DeepSpeed its fp32 master "
+        "copy). On a CPU it runs too: faster with AVX-512-BF16 or AMX, several times slower without "
+        "(benchmarks/precision.py; an early training step on such a CPU: ~35x).",
     )
     deepspeed: str | None = Field(
         "infra/deepspeed/zero2.json",
