@@ -46,6 +46,19 @@ def prefill(model, batch) -> float:
     return time.perf_counter() - t
 
 
+def ratio_rows(times: dict[str, dict[str, list[float]]]) -> list[dict]:
+    """Per task ({task: {"fp32": [s per round], "bf16": [...]}}): each precision's median seconds and
+    the bf16/fp32 ratio taken round by round (a round slowed by other load cancels in its own
+    ratio), as its median and range."""
+    rows = []
+    for task, by in times.items():
+        ratios = [b / f for b, f in zip(by["bf16"], by["fp32"], strict=True)]
+        rows.append({"task": task, "fp32_median_s": statistics.median(by["fp32"]),
+                     "bf16_median_s": statistics.median(by["bf16"]), "bf16_over_fp32": statistics.median(ratios),
+                     "ratio_min": min(ratios), "ratio_max": max(ratios), "times": by})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=6)
@@ -76,12 +89,7 @@ def main() -> None:
                 times[task][p].append(run(models[p]))
 
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "native")
-    rows = []
-    for task, by in times.items():
-        ratios = [b / f for b, f in zip(by["bf16"], by["fp32"], strict=True)]
-        rows.append({"task": task, "fp32_median_s": statistics.median(by["fp32"]),
-                     "bf16_median_s": statistics.median(by["bf16"]), "bf16_over_fp32": statistics.median(ratios),
-                     "ratio_min": min(ratios), "ratio_max": max(ratios), "times": by})
+    rows = ratio_rows(times)
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
     flags = sorted({f for line in cpuinfo if line.startswith("flags") for f in line.split() if "bf16" in f or "amx" in f})
     meta = {"model": "smollm2", "prompts": ns.prompts, "beams": ns.beams, "rounds": ns.rounds,
