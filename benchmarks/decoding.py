@@ -12,22 +12,18 @@ is timed separately. Results: benchmarks/results/decoding-<model>.json|md.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from transformers import LogitsProcessor
 
-from benchmarks.provenance import machine
+from benchmarks.provenance import machine, write_result
 from benchmarks.train_step import amazon_titles, build_model, ml100k_titles
 from cft_core.constrained import TitleTrie, TrieLogitsProcessor
 from cft_core.generation import GenerationSettings, response_token_ids, shared_prefill
 from cft_core.model_sources import load_tokenizer
 from cft_core.prompts import PromptBuilder
-
-RESULTS = Path(__file__).parent / "results"
 
 
 class StepClock(LogitsProcessor):
@@ -108,19 +104,16 @@ def main() -> None:
         rows.append({"catalogue": name, "titles": len(cat), "trie_nodes": trie.num_nodes, "variant": "trie mask only",
                      "median_s": None, "steps": 1,
                      "s_per_step": mask_only(trie, tok, ns.prompts * ns.beams, width, 4)})
-    RESULTS.mkdir(exist_ok=True)
     stem = f"decoding-{ns.model}"
     meta = {"model": ns.model, "prompts": ns.prompts, "beams": ns.beams, "threads": torch.get_num_threads(),
             "time": time.strftime("%Y-%m-%d %H:%M"), **machine()}
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# {stem}", "", str(meta), "",
              "| catalogue | titles | trie nodes | variant | steps | s / step | vs unconstrained |", "|---|---|---|---|---|---|---|"]
     base = {r["catalogue"]: r["s_per_step"] for r in rows if r["variant"] == "unconstrained"}
     for r in rows:
         lines.append(f"| {r['catalogue']} | {r['titles']:,} | {r['trie_nodes']:,} | {r['variant']} | {r['steps']} | "
                      f"{r['s_per_step'] * 1000:.2f} ms | {r['s_per_step'] / base[r['catalogue']]:.2f}x |")
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(stem, {"meta": meta, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

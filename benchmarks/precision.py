@@ -20,7 +20,6 @@ being `native` or the value of ONEDNN_MAX_CPU_ISA.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -29,14 +28,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.decoding import decode
-from benchmarks.provenance import machine
+from benchmarks.provenance import machine, write_result
 from benchmarks.train_step import ml100k_titles
 from cft_core.constrained import TitleTrie
 from cft_core.generation import GenerationSettings, response_token_ids
 from cft_core.model_sources import load_causal_lm, load_tokenizer, smollm2_folder
 from cft_core.prompts import PromptBuilder
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def prefill(model, batch) -> float:
@@ -96,17 +93,14 @@ def main() -> None:
             "tokens": list(batch["input_ids"].shape), "isa": isa, "aten": os.environ.get("ATEN_CPU_CAPABILITY", "default"),
             "cpu_bf16_flags": flags, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "time": time.strftime("%Y-%m-%d %H:%M"), **machine()}
-    RESULTS.mkdir(exist_ok=True)
     stem = f"precision-smollm2-{isa.lower()}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# {stem}", "", f"kernels: oneDNN {isa}, ATen {meta['aten']}; CPU bf16 flags: {', '.join(flags) or 'none'}; "
              f"{meta['threads']} threads; {ns.rounds} interleaved rounds", "",
              "| task | fp32 median s | bf16 median s | bf16 / fp32 (median of rounds) | range |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['fp32_median_s']:.3f} | {r['bf16_median_s']:.3f} | {r['bf16_over_fp32']:.2f}x "
                      f"| {r['ratio_min']:.2f}-{r['ratio_max']:.2f} |")
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(stem, {"meta": meta, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

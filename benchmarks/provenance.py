@@ -38,3 +38,15 @@ def machine() -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"machine": platform.platform(), "cpu_count": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
             "transformers": transformers.__version__, "commit": commit()}
+
+
+def write_result(stem: str, data: dict, lines: list[str]) -> None:
+    """benchmarks/results/<stem>.json (`data`: its meta and rows) and <stem>.md (the table `lines`),
+    and the table printed."""
+    import json
+
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"{stem}.json").write_text(json.dumps(data, indent=1))
+    (results / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
