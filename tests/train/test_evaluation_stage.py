@@ -132,7 +132,6 @@ def test_model_fingerprint_covers_every_shard_and_keeps_the_single_file_key(tmp_
     assert model_fingerprint(sharded) != before
 
 
-
 def test_evaluation_at_bf16_ranks_with_embeddings_close_to_fp32(tmp_path, small_sequences):
     """The precision a GPU evaluates at (`eval.precision: auto` there), run on the CPU: every method
     ranks, the constrained beams are catalogue titles, and the catalogue's title embeddings (kept

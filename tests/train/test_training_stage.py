@@ -570,11 +570,9 @@ class CaptureDtypes(TrainerCallback):
     """The dtypes the first training step ran with: of the weights the optimizer steps, and of a
     linear layer's output (bf16 under autocast)."""
 
-    weights: set[torch.dtype] = set()
-    outputs: list[torch.dtype] = []
-
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.weights = {p.dtype for p in model.parameters() if p.requires_grad}
+        self.outputs: list[torch.dtype] = []  # this run's own (a class-level list was shared by every test)
         linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
         self.hook = linear.register_forward_hook(lambda m, i, o: self.outputs.append(o.dtype))
 
