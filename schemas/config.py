@@ -123,6 +123,11 @@ class DataConfig(_Strict):
         "characters removed, whitespace collapsed): error names the items; drop removes them and "
         "their interactions with a warning.",
     )
+    unknown_items: Literal["error", "drop"] = Field(
+        "error", description="Interactions with an item the items table lacks (a product since "
+        "delisted, missing from the items file): error fails validation naming the ids; drop removes "
+        "those interactions with a warning, as D3 drops the reviews of items without metadata.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

@@ -147,8 +147,16 @@ def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
     # keyed so before that helper, and moving it would write every generic source's folders again.
     if (reader := READER_VERSIONS.get(cfg.source.format, 1)) > 1:  # (version 1 was never in the key)
         key["reader"] = reader
+    if dropping := cleaning_drops(cfg):  # the defaults (error) write nothing else, so keep their names
+        key["drop"] = dropping
     fp = fingerprint(key)
     return cfg.data_root / "ingested" / f"{cfg.name}-{fp}", fp, files
+
+
+def cleaning_drops(cfg: DataConfig) -> list[str]:
+    """The data settings set to drop what is otherwise an error (`empty_titles`, `unknown_items`):
+    they decide the ingested rows, so they join the ingest key."""
+    return [name for name in ("empty_titles", "unknown_items") if getattr(cfg, name) == "drop"]
 
 
 def ingest(cfg: DataConfig) -> StageOutput:
@@ -158,6 +166,7 @@ def ingest(cfg: DataConfig) -> StageOutput:
         return StageOutput(out, fp, reused=True)
     interactions, items = read_source(cfg)
     items = items.assign(title=readers.normalize_titles(items["title"]))
+    dropped = {}
     empty = items["title"].notna() & (items["title"] == "")
     if empty.any():
         ids = items.loc[empty, "item_id"].tolist()
@@ -167,7 +176,16 @@ def ingest(cfg: DataConfig) -> StageOutput:
         log.warning("%s: dropping %d item(s) with an empty title (and their interactions), e.g. %s",
                     cfg.name, len(ids), ids[:5])
         items = items[~empty]
-        interactions = interactions[interactions["item_id"].isin(items["item_id"])]
+        known = interactions["item_id"].isin(items["item_id"])
+        dropped["empty_titles"] = {"items": len(ids), "interactions": int((~known).sum())}
+        interactions = interactions[known]
+    unknown = ~interactions["item_id"].isin(items["item_id"])
+    if unknown.any() and cfg.unknown_items == "drop":  # (error: the validation names them)
+        ids = interactions.loc[unknown, "item_id"].unique().tolist()
+        log.warning("%s: dropping %d interaction(s) with %d item(s) the items table lacks, e.g. %s",
+                    cfg.name, int(unknown.sum()), len(ids), ids[:5])
+        dropped["unknown_items"] = {"items": len(ids), "interactions": int(unknown.sum())}
+        interactions = interactions[~unknown]
     inter_t = _to_arrow(interactions, tables.INTERACTIONS, "interactions")
     items_t = _to_arrow(items, tables.ITEMS, "items")
     with atomic_dir(out) as tmp:
@@ -175,7 +193,7 @@ def ingest(cfg: DataConfig) -> StageOutput:
         pq.write_table(items_t, tmp / "items.parquet")
         manifest = {"fingerprint": fp, "source": source_settings(cfg), "files": [str(f) for f in files],
                     "interactions": inter_t.num_rows, "items": items_t.num_rows,
-                    "timestamp": interactions.attrs.get("timestamp")}
+                    "timestamp": interactions.attrs.get("timestamp"), "dropped": dropped}
         write_json_atomic(tmp / "manifest.json", manifest)
     return StageOutput(out, fp, reused=False)
 
@@ -207,13 +225,18 @@ def validate_ingested(ingested: Path, cfg: DataConfig) -> dict:
             params, ingested / "validation.json", what=f"{cfg.name} ingested tables",
         )
     except DataValidationError as e:
+        hints = []
         read = json.loads((ingested / "manifest.json").read_text()).get("timestamp")
         if read and any(f["column"] == "timestamp" and "between" in f["expectation"] for f in e.report["failures"]):
-            hint = (f"\n  timestamps: column {read['column']!r} was read as {read['unit']} "
-                    f"(data.source.timestamp_unit={cfg.source.timestamp_unit}); raw values e.g. {read['examples']}, "
-                    f"allowed {pd.Timestamp(lo, unit='s', tz='UTC')} .. {pd.Timestamp(hi, unit='s', tz='UTC')}")
-            raise DataValidationError(str(e) + hint, e.report, e.report_path) from None
-        raise
+            hints.append(f"timestamps: column {read['column']!r} was read as {read['unit']} "
+                         f"(data.source.timestamp_unit={cfg.source.timestamp_unit}); raw values e.g. {read['examples']}, "
+                         f"allowed {pd.Timestamp(lo, unit='s', tz='UTC')} .. {pd.Timestamp(hi, unit='s', tz='UTC')}")
+        if any(f["column"] == "item_id_not_in_items" for f in e.report["failures"]):
+            hints.append("item_id_not_in_items: interactions with items the items table lacks; add the items, "
+                         "or set data.unknown_items: drop to leave those interactions out")
+        if not hints:
+            raise
+        raise DataValidationError(str(e) + "".join(f"\n  {h}" for h in hints), e.report, e.report_path) from None
 
 
 def newest_seen(ingested: Path, cfg: DataConfig) -> int | None:

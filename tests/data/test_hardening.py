@@ -192,6 +192,37 @@ def test_a_title_empty_after_normalising_is_an_error_or_dropped(tmp_path, caplog
     assert manifest["stats"]["interactions"] < 20  # i3's interactions went with it
 
 
+def test_interactions_with_items_the_items_file_lacks_are_an_error_or_dropped(tmp_path, caplog):
+    delisted = "u0,i98,1000000500,3\nu1,i99,1000000600,4\nu2,i98,1000000700,5\n"  # i98, i99: not in items.csv
+    cfg = _write(tmp_path, inter=GOOD_INTER + delisted)
+    with pytest.raises(DataValidationError) as failed:
+        prepare(cfg)
+    assert "3 of 23 rows; e.g. ['i98', 'i99', 'i98']" in str(failed.value)
+    assert "set data.unknown_items: drop" in str(failed.value)
+    assert [d.split("/")[0] for d in _stage_dirs(tmp_path)] == ["ingested"]  # the source as read; nothing built
+
+    dropping = cfg.model_copy(update={"unknown_items": "drop"})
+    with caplog.at_level(logging.WARNING):
+        ingested, _, manifest = prepare(dropping)
+    assert "dropping 3 interaction(s) with 2 item(s) the items table lacks, e.g. ['i98', 'i99']" in caplog.text
+    assert manifest["stats"]["interactions"] == 20
+    pd.testing.assert_frame_equal(_ingested(dropping), _ingested(_write(tmp_path / "good")))
+    stored = json.loads((ingested.path / "manifest.json").read_text())
+    assert stored["dropped"] == {"unknown_items": {"items": 2, "interactions": 3}}
+    # Same files, same data root: the setting names its own folder, so going back to `error` fails
+    # again instead of reusing the rows `drop` left.
+    assert ingest(cfg).path != ingested.path
+    with pytest.raises(DataValidationError):
+        prepare(cfg)
+
+
+def test_empty_titles_drop_does_not_share_its_folder_with_error(tmp_path):
+    cfg = _write(tmp_path, items=GOOD_ITEMS.replace("Title 3", "\u200b"))
+    prepare(cfg.model_copy(update={"empty_titles": "drop"}))
+    with pytest.raises(DataError, match="data.empty_titles: drop"):
+        prepare(cfg)
+
+
 def test_a_placeholder_title_is_a_warning_and_never_recommended(tmp_path):
     from cft_core.ranking import Catalogue, popularity_ranking
 
