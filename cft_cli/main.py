@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperGroup
 
 
@@ -52,7 +53,15 @@ data_app = typer.Typer(help="Data stage: ingest, validate, build sequences.", **
 app.add_typer(data_app, name="data")
 # soft_wrap: paths and command hints are printed whole, for copy and paste (rich would otherwise
 # break them at the terminal width, 80 columns when the output is not a terminal); tables still fit.
-console = Console(soft_wrap=True)
+# markup off: what is printed holds titles, ids, paths and reasons from users' data, and rich would
+# read "Movie [remastered]" as a style tag and drop it, or fail on a "[/]"; labels are styled by
+# `labelled` instead.
+console = Console(soft_wrap=True, markup=False)
+
+
+def labelled(label: str, text: str) -> Text:
+    """`label` in yellow (a warning or note), then `text` as it is."""
+    return Text.assemble((label, "yellow"), " ", text)
 
 
 def _version(value: bool) -> None:
@@ -209,9 +218,18 @@ def run(
     if not uri.startswith("http"):
         console.print(f"\nMLflow UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (then http://127.0.0.1:5000)")
     if out["registered"]:
-        name = out["registered"]["name"]
-        history = " ".join(f'"{t}"' for t in _example_history(cfg))
-        console.print(f"Recommend:  cft recommend -c {config} --model models:/{name}@champion {history}")
+        hint = recommend_hint(config, set_ or [], out["registered"]["name"], _example_history(cfg))
+        console.print(f"Recommend:  {hint}", highlight=False)
+
+
+def recommend_hint(config: Path, overrides: list[str], name: str, history: list[str]) -> str:
+    """The `cft recommend` command line for the champion just registered, quoted for a POSIX shell
+    (titles hold quotes, commas, `$`), with the run's own --set overrides: they may name another
+    data root, and so another MLflow store."""
+    import shlex
+
+    sets = [arg for value in overrides for arg in ("--set", value)]
+    return shlex.join(["cft", "recommend", "-c", str(config), *sets, "--model", f"models:/{name}@champion", *history])
 
 
 def _example_history(cfg) -> list[str]:
@@ -323,7 +341,7 @@ def gc(
 
     cfg = load_config(config, set_)
     for line in collect(cfg, dry_run=dry_run).lines():
-        console.print(line, highlight=False, markup=False)  # paths as they are
+        console.print(line, highlight=False)  # paths as they are
 
 
 # ------------------------------------------------------------------------------ registry
@@ -399,8 +417,8 @@ def recommend(
     frame = pd.DataFrame({"history": [history], **({"exclude": [exclude]} if exclude else {})})
     with LoadedPyfunc(model_uri) as loaded:
         if exclude and not takes_exclude(loaded.pyfunc):
-            console.print(f"[yellow]note:[/yellow] {model_uri} was registered before models took an `exclude` "
-                          "input: --exclude is ignored", highlight=False, soft_wrap=True)
+            console.print(labelled("note:", f"{model_uri} was registered before models took an `exclude` "
+                                   "input: --exclude is ignored"), highlight=False)
         out = loaded.pyfunc.predict(frame, params={"k": k, "exclude_history": not include_history,
                                                    "free_text": free_text})
     row = out.iloc[0]
@@ -409,7 +427,7 @@ def recommend(
         close = difflib.get_close_matches(title, catalogue.titles, n=3, cutoff=0.6)
         hint = f"; close: {', '.join(map(repr, close))}" if close else ""
         use = "shown to the model as typed" if free_text else "left out (--free-text to use it as typed)"
-        console.print(f"[yellow]not in the catalogue:[/yellow] {title!r}, {use}{hint}", highlight=False, soft_wrap=True)
+        console.print(labelled("not in the catalogue:", f"{title!r}, {use}{hint}"), highlight=False)
     if not history:
         console.print("no history: the no-history ranking, as for a new user", highlight=False)
     elif len(row["unmatched"]) == len(history) and not free_text:
@@ -442,13 +460,13 @@ def recommend_all(
     console.print(f"{done.users} users: top {k} from {label}" + (f" (version {version})" if version else f" ({exact})")
                   + f" -> {done.path}", highlight=False, soft_wrap=True)
     if done.unknown_items:
-        console.print(f"[yellow]left out:[/yellow] {done.unknown_items} history item(s) the model's catalogue lacks "
+        console.print(labelled("left out:", f"{done.unknown_items} history item(s) the model's catalogue lacks "
                       f"(newer than its data window, or dropped by its k-core); {done.users_without_history} user(s) with none it knows, "
-                      "ranked as new users", highlight=False)
+                      "ranked as new users"), highlight=False)
     if not done.excluded_seen:
-        console.print(f"[yellow]note:[/yellow] {exact} was registered before models took an `exclude` input: only "
-                      "each user's newest history is left out of their recommendations, not all they have",
-                      highlight=False, soft_wrap=True)
+        console.print(labelled("note:", f"{exact} was registered before models took an `exclude` input: only "
+                      "each user's newest history is left out of their recommendations, not all they have"),
+                      highlight=False)
 
 
 @app.command("serve")

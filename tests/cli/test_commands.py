@@ -5,6 +5,7 @@ a user meets them: train -> evaluate -> run (flow, register, gate) -> recommend 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -67,10 +68,21 @@ def test_run_registers_a_champion_and_prints_a_recommend_hint_from_the_dataset(p
     assert "Downloading artifacts" not in out  # MLflow's bar per model logged or loaded (shown with --verbose)
     # One line, longer than 80 columns, to copy and paste whole: the profile, the alias, the titles.
     hint = next(line for line in out.splitlines() if line.startswith("Recommend:"))
-    assert f"-c {profile} --model models:/cft-cli-test@champion" in hint
-    titles = re.findall(r'"([^"]+)"', hint)
+    args = shlex.split(hint.removeprefix("Recommend:"))
+    assert args[:6] == ["cft", "recommend", "-c", str(profile), "--model", "models:/cft-cli-test@champion"]
+    titles = args[6:]
     catalogue = next((profile.parent / "data" / "sequences").iterdir()) / "catalogue.parquet"
     assert titles and set(titles) <= set(pd.read_parquet(catalogue)["title"])
+
+
+def test_the_recommend_hint_survives_the_shell_and_keeps_the_run_overrides():
+    from cft_cli.main import recommend_hint
+
+    titles = ['Widget "39", size 4', "It's $HOME `now`!", "Amélie (2001)"]
+    overrides = ["data.data_root=/srv/my data", "data.unknown_items=drop"]
+    hint = recommend_hint(Path("my profile.yaml"), overrides, "cft-shop", titles)
+    assert shlex.split(hint) == ["cft", "recommend", "-c", "my profile.yaml", "--set", overrides[0], "--set",
+                                 overrides[1], "--model", "models:/cft-shop@champion", *titles]
 
 
 def test_recommend_from_the_champion(profile):
@@ -370,3 +382,21 @@ def test_versions_of_different_windows_are_compared_on_one_window(profile, tmp_p
     assert table.loc["constrained/NDCG@10", "rows"] == 8  # the profile's 8 test rows, in both
     out = cft("evaluate", "-c", str(profile), "--model", "models:/cft-cli-test/1", code=2)
     assert "a popularity baseline" in out
+
+
+def test_titles_print_as_they_are_not_as_rich_markup():
+    from rich.table import Table
+
+    from cft_cli.main import console, labelled
+
+    titles = ["Movie [remastered] (1999)", "Sale [b]50%[/b]", "Odd [/] title"]  # a tag, a style, a lone closing tag
+    table = Table()
+    table.add_column("title")
+    for title in titles:
+        table.add_row(title)
+    with console.capture() as captured:
+        console.print(table)
+        console.print(labelled("not in the catalogue:", repr(titles[2])), highlight=False)
+    out = captured.get()
+    assert all(title in out for title in titles)
+    assert "not in the catalogue: 'Odd [/] title'" in out
