@@ -8,11 +8,14 @@ output folder is simply rebuilt.
 
 - retries where failures are transient (reading a source, MLflow registry calls), never for bad
   data or a bad config: those fail the flow at once with the stage's message;
-- artifacts: the validation summary, the metrics table with a link to the MLflow run.
+- artifacts: the validation summary, the metrics table with a link to the MLflow run;
+- the stage modules' warnings (`tasks.*`: rows dropped, items with several titles, a training
+  waiting for another) in the run's log, which the Prefect UI shows (`stage_warnings_to_run_log`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -26,6 +29,30 @@ from tasks.evaluation import EvalOutput
 from tasks.training import TrainOutput
 
 _INPUT_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError)  # and every `user_error` (transient_only)
+
+
+def _in_a_run(record: logging.LogRecord) -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def stage_warnings_to_run_log() -> None:
+    """Send the warnings of the stage modules (the `tasks` loggers) to the log of the flow or task
+    run they happen in, as Prefect's `PREFECT_LOGGING_EXTRA_LOGGERS=tasks` would, but without
+    relying on every worker's environment. Outside a run they go only where they went before (the
+    console, a worker's log). Once per process (the flows import this module)."""
+    from prefect.logging.handlers import APILogHandler
+
+    stages = logging.getLogger("tasks")
+    if any(isinstance(h, APILogHandler) for h in stages.handlers):
+        return
+    handler = APILogHandler(level=logging.WARNING)
+    handler.addFilter(_in_a_run)
+    stages.addHandler(handler)
+
+
+stage_warnings_to_run_log()
 
 
 def transient_only(task, task_run, state) -> bool:

@@ -9,6 +9,7 @@ The plain function `train` does the I/O around `cft_core.trainer.CFTTrainer`:
                                          atomically; LoRA runs hold the merged model and adapter/
         model/training.json              config, metrics, log history, MLflow run id
         evaluation/, embeddings/         what tasks/evaluation.py computed with the model
+    <data_root>/locks/training/<dataset>-<fingerprint>.lock   held while a process trains it
 
 The fingerprint covers the dataset's fingerprint and every model and training setting, so a
 finished run is reused and an interrupted one resumes, rather than starting over.
@@ -17,11 +18,14 @@ finished run is reused and an interrupted one resumes, rather than starting over
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +36,7 @@ from schemas.errors import ConfigError, DataError
 from tasks.storage import fingerprint, with_code_versions, write_json_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -243,12 +248,48 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
     console_progress: the Trainer's own step bar and printed log entries; off when one of
     `extra_callbacks` reports progress instead (the flow's task logs a `log_line` per entry).
     """
-    t = cfg.train
     run_dir = training_run_dir(cfg, data_fingerprint, warm_start[1] if warm_start else None)
-    final = run_dir / "model"
-    if (final / "training.json").is_file():
-        return TrainOutput(run_dir, final, True, json.loads((final / "training.json").read_text()))
+    with one_training_per_folder(run_dir):
+        final = run_dir / "model"
+        if (final / "training.json").is_file():  # (also when another process finished it while we waited)
+            return TrainOutput(run_dir, final, True, json.loads((final / "training.json").read_text()))
+        return _train(cfg, sequences, data_fingerprint, run_dir, extra_callbacks=extra_callbacks,
+                      warm_start=warm_start, console_progress=console_progress)
 
+
+@contextmanager
+def one_training_per_folder(run_dir: Path) -> Iterator[None]:
+    """Hold `<data_root>/locks/training/<run folder>.lock` while a training runs, so that a second
+    process with the same inputs (the same deployment run twice, `cft run` beside the stack) waits
+    for the first and then reuses its model, instead of writing checkpoints and the model into the
+    same folder at once (seen: the second failed renaming its model into place, after training it
+    again). One process only: the ranks of a multi-process launch train one folder together, so
+    they take no lock (two such launches on one folder are not kept apart). The lock files stay:
+    empty files, one per training."""
+    if world_size() > 1:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    path = run_dir.parent.parent / "locks" / "training" / f"{run_dir.name}.lock"  # beside training/, not in it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("another process is training %s; waiting for it to finish (lock: %s)", run_dir, path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, run_dir: Path, *, extra_callbacks,
+           warm_start: tuple[Path, str] | None, console_progress: bool) -> TrainOutput:
+    """`train` once it holds the run folder: resume from its last checkpoint or start."""
+    t = cfg.train
+    final = run_dir / "model"
     import torch
     from transformers import (
         EarlyStoppingCallback,

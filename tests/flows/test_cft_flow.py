@@ -264,3 +264,31 @@ def test_the_gc_flow_frees_what_no_registered_version_uses(tmp_path, prefect_har
     done = gc_flow(profile=str(profile))
     assert done[-1].startswith("removed 1 training folder(s)")
     assert not unregistered.exists() and (registered / "model").is_dir()
+
+
+def test_a_stage_warning_reaches_the_log_of_the_task_run_it_happens_in(tmp_path, prefect_harness):
+    """What the stage modules warn about (here: interactions dropped for items the items file lacks)
+    shows in the run's log in the Prefect UI, not only on a worker's console."""
+    import logging
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    from tasks.pipeline import ingest_task
+    from tests.data.test_malformed import GOOD_INTER
+
+    cfg = _write(tmp_path, inter=GOOD_INTER + "u0,i98,1000000500,3\n").model_copy(update={"unknown_items": "drop"})
+
+    @flow
+    def just_ingest():
+        return ingest_task(cfg)
+
+    state = just_ingest(return_state=True)
+    assert state.is_completed()
+    APILogHandler().flush()  # the logs go to the server in batches
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    said = [entry for entry in logs if "dropping 1 interaction(s) with 1 item(s) the items table lacks" in entry.message]
+    assert len(said) == 1 and said[0].level == logging.WARNING and said[0].task_run_id is not None

@@ -388,6 +388,37 @@ def test_the_training_code_version_joins_the_key_only_past_one(tmp_path, monkeyp
     assert training.run_fingerprint(cfg, "data-fp") != before
 
 
+def test_a_second_process_with_the_same_training_waits_and_reuses_the_model(tmp_path, small_sequences, caplog):
+    """Two processes on one training folder (the deployment run twice, `cft run` beside the stack):
+    the second waits on the folder's lock and then reuses the model the first wrote, instead of
+    training into the same folder at once. The first process is played by this thread, holding the
+    lock while the second (`train` in a thread) starts."""
+    import logging
+    import threading
+
+    from filelock import FileLock
+
+    from tasks.training import training_run_dir
+
+    seq, fp = small_sequences
+    cfg = make_config(tmp_path)
+    run_dir = training_run_dir(cfg, fp)
+    first = FileLock(tmp_path / "locks" / "training" / f"{run_dir.name}.lock")
+    first.acquire()
+    second: list = []
+    with caplog.at_level(logging.WARNING, logger="tasks.training"):
+        waiting = threading.Thread(target=lambda: second.append(train(cfg, seq, fp)))
+        waiting.start()
+        waiting.join(timeout=3)
+        assert waiting.is_alive() and not run_dir.exists()  # waits, writes nothing
+        (run_dir / "model").mkdir(parents=True)  # the first process finishes its model
+        (run_dir / "model" / "training.json").write_text(json.dumps({"global_step": 8, "by": "the first"}))
+        first.release()
+        waiting.join(timeout=60)
+    assert not waiting.is_alive() and second[0].reused and second[0].summary["by"] == "the first"
+    assert f"another process is training {run_dir}; waiting for it to finish" in caplog.text
+
+
 def _folder_of(tmp_path, name: str, cfg, seq, build):
     """A model folder as a user brings one: the tiny data's tokenizer and `build(vocab)`'s model
     with that tokenizer's special tokens."""
