@@ -10,11 +10,17 @@ handful of batched tensor ops for all beams at once, not a Python walk per beam:
 
 Each step re-derives every beam's node from its generated tokens (searchsorted per position),
 which stays correct however beam search reorders its beams.
+
+Items a prompt must never yield (its user's history, an `exclude` list) are taken out of the tree
+for that prompt's beams alone: `TitleTrie.banned_edges` names the edges into the subtrees whose
+every title is excluded, and `TrieLogitsProcessor` masks them for that prompt's rows. A beam is
+then never spent on an item the caller would drop, so a prompt yields `num_beams` items as long as
+the catalogue has that many it may return (dropping excluded beams afterwards left fewer, or none).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from transformers import LogitsProcessor
@@ -27,6 +33,8 @@ class TitleTrie:
 
     def __init__(self, sequences: Sequence[Sequence[int]], vocab_size: int):
         children: list[dict[int, int]] = [{}]
+        self.parent, self.token = [DEAD], [DEAD]  # per node: the node above it, the token between
+        self.end_of: list[int] = []  # per sequence: the node it ends at (equal sequences share one)
         for seq in sequences:
             node = 0
             for tok in seq:
@@ -35,7 +43,17 @@ class TitleTrie:
                     nxt = len(children)
                     children[node][tok] = nxt
                     children.append({})
+                    self.parent.append(node)
+                    self.token.append(tok)
                 node = nxt
+            self.end_of.append(node)
+        # Distinct sequence ends under each node (itself included); the nodes were numbered in
+        # creation order, so every child comes after its parent and one backward pass sums them.
+        self.ends_under = [0] * len(children)
+        for end in set(self.end_of):
+            self.ends_under[end] = 1
+        for node in range(len(children) - 1, 0, -1):
+            self.ends_under[self.parent[node]] += self.ends_under[node]
         self.vocab_size = vocab_size
         self.num_nodes = len(children)
         keys, child, offsets, allowed = [], [], [0], []
@@ -50,6 +68,19 @@ class TitleTrie:
         self.edge_child = torch.tensor([child[i] for i in order], dtype=torch.long)
         self.offsets = torch.tensor(offsets, dtype=torch.long)
         self.allowed = torch.tensor(allowed, dtype=torch.long)
+
+    def banned_edges(self, ends: Iterable[int]) -> list[tuple[int, int]]:
+        """(node, token) edges that lead only to the sequence ends `ends` (node ids from `end_of`):
+        the topmost edge into every subtree whose every sequence is in `ends`. Masking them leaves
+        exactly the other sequences reachable (a prefix of a kept sequence is never cut)."""
+        left: dict[int, int] = {}  # node -> sequences under it that are not excluded
+        for end in set(ends):
+            node = end
+            while node != 0:  # every node on the way up loses this one sequence
+                left[node] = left.get(node, self.ends_under[node]) - 1
+                node = self.parent[node]
+        return sorted((self.parent[n], self.token[n]) for n, count in left.items()
+                      if count == 0 and (self.parent[n] == 0 or left[self.parent[n]] > 0))
 
     def to(self, device) -> TitleTrie:
         for name in ("edge_keys", "edge_child", "offsets", "allowed"):
@@ -85,14 +116,33 @@ class TitleTrie:
 
 
 class TrieLogitsProcessor(LogitsProcessor):
-    """Masks every token that would leave the catalogue trie. One instance per `generate` call."""
+    """Masks every token that would leave the catalogue trie, and for each prompt the edges of
+    `banned[b]` (`TitleTrie.banned_edges`: the items prompt b must not yield). One instance per
+    `generate` call; rows are prompt-major, `num_beams` per prompt, as beam search lays them out."""
 
-    def __init__(self, trie: TitleTrie, prompt_length: int, eos_token_id: int):
+    def __init__(self, trie: TitleTrie, prompt_length: int, eos_token_id: int,
+                 banned: Sequence[Sequence[tuple[int, int]]] | None = None, num_beams: int = 1):
         self.trie = trie
         self.prompt_length = prompt_length  # prompts are left-padded to this common length
         self.eos_token_id = eos_token_id
+        self.num_beams = num_beams
+        self.banned_node = self.banned_token = None  # [P, M] per prompt, padded with DEAD (matches no node)
+        if banned is not None and any(banned):
+            width = max(len(edges) for edges in banned)
+            node = torch.full((len(banned), width), DEAD, dtype=torch.long)
+            token = torch.zeros((len(banned), width), dtype=torch.long)
+            for b, edges in enumerate(banned):
+                if edges:
+                    node[b, : len(edges)], token[b, : len(edges)] = torch.tensor(edges, dtype=torch.long).T
+            device = trie.edge_keys.device
+            self.banned_node, self.banned_token = node.to(device), token.to(device)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         nodes = self.trie.walk(input_ids[:, self.prompt_length :])
         mask = self.trie.allowed_mask(nodes, extra_ok=self.eos_token_id)
+        if self.banned_node is not None:
+            by_prompt = nodes.view(-1, self.num_beams, 1)  # [P, beams, 1]
+            prompt, beam, edge = torch.nonzero(by_prompt == self.banned_node[:, None, :], as_tuple=True)
+            mask[prompt * self.num_beams + beam, self.banned_token[prompt, edge]] = False
+            mask[~mask.any(dim=1), self.eos_token_id] = True  # every item excluded: the beam ends, empty
         return scores.masked_fill(~mask[:, : scores.shape[1]], float("-inf"))

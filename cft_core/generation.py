@@ -180,9 +180,11 @@ def generate_titles(
     with_scores: bool = False,
     prefix_cache: PromptPrefixCache | None = None,
     share_prefix: bool = True,
+    banned: Sequence[Sequence[tuple[int, int]]] | None = None,
 ):
     """Beam search from each prompt; returns, per prompt, `num_return_sequences` parsed titles,
-    best first. With `trie`, every beam is constrained to a catalogue title. `share_prefill`
+    best first. With `trie`, every beam is constrained to a catalogue title, and `banned[i]`
+    (`TitleTrie.banned_edges`) takes the titles prompt i must not yield out of its tree. `share_prefill`
     runs each prompt once rather than once per beam (see the module docstring), and the tokens
     that all prompts of a batch start with once per batch, or once per `prefix_cache`
     (`share_prefix=False`: every row runs its whole prompt, for comparisons).
@@ -210,7 +212,10 @@ def generate_titles(
             shared = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)
         ids, mask = layout_prompts(rows, config.pad_token_id, shared)
         width = ids.shape[1]
-        processors = [TrieLogitsProcessor(trie, width, tokenizer.eos_token_id)] if trie is not None else None
+        processors = None
+        if trie is not None:
+            chunk_banned = banned[start : start + settings.batch_size] if banned is not None else None
+            processors = [TrieLogitsProcessor(trie, width, tokenizer.eos_token_id, chunk_banned, settings.num_beams)]
         ids, mask = ids.to(device), mask.to(device)
         # Room: the last prompt token, then at most max_new_tokens generated ones.
         cache = (shared_prefill(model, ids, mask, settings.num_beams, room=1 + settings.max_new_tokens,

@@ -6,7 +6,8 @@ the two cannot drift (cft-method.md, section 3).
                  model -> L2-rank the whole catalogue per beam
                    original: beam 1's ranking
                    adjusted: the beams' rankings interleaved round-robin, repeats dropped
-    constrained: prompt -> beam search inside the prefix tree of catalogue titles -> each beam
+    constrained: prompt -> beam search inside the prefix tree of catalogue titles, less the
+                 items this prompt must not yield (`exclude`, placeholder titles) -> each beam
                  is an item (exact title match); repeats dropped, beam order kept
 
 The prompt holds the last `max_history` titles of a history (the length the model was trained
@@ -309,20 +310,35 @@ class Ranker:
         never = self.catalogue.never
         if never:  # placeholder titles are never recommended
             exclude = [[*never, *(exclude[b] if exclude is not None else [])] for b in range(len(prompt_texts))]
-        unique = list(dict.fromkeys(prompt_texts))  # each distinct prompt generated once
         constrained = self.settings.method == "constrained"
         generation = self.settings.generation
+        # Constrained, the excluded items leave the prompt's tree (`_banned_edges`), so a search is
+        # a prompt and its exclusions; grounding excludes after the search (`l2_topk`).
+        banned = ([self._banned_edges(exclude[b]) for b in range(len(prompt_texts))]
+                  if constrained and exclude is not None else [() for _ in prompt_texts])
+        searches = list(prompt_texts) if not constrained else list(zip(prompt_texts, banned, strict=True))
+        unique = list(dict.fromkeys(searches))  # each distinct search run once
         if constrained:  # a beam cut short is no item: allow the longest title (beams stop at EOS anyway)
             generation = replace(generation, max_new_tokens=self._title_trie_depth())
-        beams, beam_scores = generate_titles(self.model, self.tokenizer, unique, generation,
+        beams, beam_scores = generate_titles(self.model, self.tokenizer,
+                                             [u[0] if constrained else u for u in unique], generation,
                                              trie=self._title_trie() if constrained else None,
                                              progress=progress, with_scores=True,
-                                             prefix_cache=self._prompt_prefix)
-        by_prompt = {t: (b, s) for t, b, s in zip(unique, beams, beam_scores, strict=True)}
-        beams = [by_prompt[t][0] for t in prompt_texts]
+                                             prefix_cache=self._prompt_prefix,
+                                             banned=[u[1] for u in unique] if constrained else None)
+        by_search = {u: (b, s) for u, b, s in zip(unique, beams, beam_scores, strict=True)}
+        beams = [by_search[u][0] for u in searches]
         if constrained:
-            return self._rank_constrained(beams, [by_prompt[t][1] for t in prompt_texts], depth, exclude)
+            return self._rank_constrained(beams, [by_search[u][1] for u in searches], depth, exclude)
         return self._rank_grounded(beams, depth, exclude)
+
+    def _banned_edges(self, rows: Sequence[int]) -> tuple[tuple[int, int], ...]:
+        """The trie edges to mask so that a constrained search never yields the items `rows`: the
+        title of each row that its title stands for (`Catalogue.row_of_title`: a title two items
+        share is answered with its first row, so it goes only when that row is excluded)."""
+        trie = self._title_trie()
+        ends = [trie.end_of[r] for r in set(rows) if self.catalogue.row_of_title.get(self.titles[r].strip()) == r]
+        return tuple(trie.banned_edges(ends))
 
     def _rank_grounded(self, beams: list[list[str]], depth: int, exclude) -> Ranking:
         n, width = len(beams), len(beams[0])

@@ -46,6 +46,54 @@ def test_a_beam_with_nothing_allowed_may_only_end_never_decode_freely():
     assert allowed == [{1, 4}, {2, 3}, {eos}, {eos}, {eos}, {eos}]
 
 
+def _reachable(trie: TitleTrie, eos: int, banned, prefix=()) -> set[tuple[int, ...]]:
+    """Every whole sequence (ending in EOS) a beam can spell under the processor's mask, by a
+    depth-first walk that asks the processor, one prefix at a time, what may come next."""
+    processor = TrieLogitsProcessor(trie, 0, eos, [banned], num_beams=1)
+    scores = processor(torch.tensor([list(prefix)], dtype=torch.long).reshape(1, len(prefix)),
+                       torch.zeros(1, trie.vocab_size))
+    found = set()
+    for tok in torch.nonzero(scores[0] == 0).flatten().tolist():
+        if tok == eos:
+            found.add((*prefix, tok))
+        else:
+            found |= _reachable(trie, eos, banned, (*prefix, tok))
+    return found
+
+
+def test_banned_edges_leave_exactly_the_titles_not_excluded():
+    """Excluding sequences (some shared by two items, some prefixes of others) leaves every other
+    sequence reachable and none of the excluded, for many random exclusion sets."""
+    rng = random.Random(1)
+    eos = 31
+    seqs = [[rng.randrange(4) for _ in range(rng.randint(1, 4))] + [eos] for _ in range(40)]
+    seqs += [seqs[3], seqs[3][:1] + [eos]]  # a duplicate and a prefix of another title
+    trie = TitleTrie(seqs, vocab_size=32)
+    everything = {tuple(s) for s in seqs}
+    assert _reachable(trie, eos, []) == everything
+    for trial in range(60):
+        excluded = rng.sample(range(len(seqs)), rng.randint(1, len(seqs)))
+        banned = trie.banned_edges(trie.end_of[i] for i in excluded)
+        left = everything - {tuple(seqs[i]) for i in excluded}
+        assert _reachable(trie, eos, banned) == (left or {(eos,)}), trial  # none left: an empty ending only
+    # Everything excluded: nothing but an empty ending is left (a beam the caller drops).
+    assert _reachable(trie, eos, trie.banned_edges(trie.end_of)) == {(eos,)}
+    assert trie.banned_edges([]) == []
+
+
+def test_banned_edges_apply_to_their_own_prompts_beams_only():
+    eos, vocab = 9, 10
+    trie = TitleTrie([[1, 2, eos], [1, 3, eos], [4, eos]], vocab_size=vocab)
+    banned = [trie.banned_edges([trie.end_of[0]]), [], trie.banned_edges([trie.end_of[2]])]
+    processor = TrieLogitsProcessor(trie, 0, eos, banned, num_beams=2)
+    rows = torch.tensor([[1], [4], [1], [4], [1], [1]])  # prompt-major: 3 prompts x 2 beams
+    scores = processor(rows, torch.zeros(6, vocab))
+    allowed = [set(torch.nonzero(r == 0).flatten().tolist()) for r in scores]
+    assert allowed == [{3}, {eos}, {2, 3}, {eos}, {2, 3}, {2, 3}]
+    root = processor(torch.zeros(6, 0, dtype=torch.long), torch.zeros(6, vocab))
+    assert [set(torch.nonzero(r == 0).flatten().tolist()) for r in root] == [{1, 4}] * 4 + [{1}] * 2
+
+
 def _catalogue(name: str) -> list[str]:
     if name == "video_games":
         path = SHARED_DATA / "bigrec_video_games_titles" / "id2name.txt"

@@ -219,6 +219,30 @@ def test_constrained_ranking_is_the_beams_as_items(model, tiny_tokenizer):
     assert rec.item_ids == [IDS[TITLES.index(t)] for t in rec.titles]
 
 
+def test_constrained_excluded_items_leave_the_tree_so_the_list_stays_full(model, tiny_tokenizer):
+    """The items a user must not get (the history, `exclude`) are taken out of the search: the
+    beams are those of a search over the catalogue without them (the reference: a trie of the other
+    titles only), so the answer holds k items however many of the model's favourites are excluded.
+    (Dropping excluded beams after the search returned k minus those, or nothing.)"""
+    from cft_core.constrained import TitleTrie
+    from cft_core.generation import response_token_ids
+
+    prompts = PromptBuilder.for_domain("movies")
+    ranker = Ranker(model, tiny_tokenizer, prompts, IDS, TITLES, ranking_settings("constrained"))
+    history = ["Heat", "Babe"]
+    k = CONSTRAINED.num_beams
+    (favourites,) = ranker.recommend([history], k=k, exclude_history=False)
+    assert len(favourites.item_ids) == k
+    (rec,) = ranker.recommend([history], k=k, exclude=[favourites.item_ids])  # every beam of before excluded
+    gone = set(history) | set(favourites.titles)
+    others = [t for t in TITLES if t not in gone]
+    trie = TitleTrie(response_token_ids(tiny_tokenizer, prompts, others), vocab_size=len(tiny_tokenizer))
+    (beams,), (scores,) = generate_titles(model, tiny_tokenizer, [ranker.prompt(history)], CONSTRAINED, trie=trie,
+                                          progress=False, with_scores=True)
+    assert rec.titles == beams and len(rec.item_ids) == k and not gone & set(rec.titles)
+    np.testing.assert_allclose(rec.scores, scores, rtol=1e-5)
+
+
 def test_ranker_runs_the_prompts_common_start_once(model, tiny_tokenizer):
     """A ranker keeps the keys/values of the prompts' common start (preamble, instruction, the
     history's introduction) from its first call: a later request's prompt pass runs only the
