@@ -314,18 +314,17 @@ class Ranker:
         generation = self.settings.generation
         # Constrained, the excluded items leave the prompt's tree (`_banned_edges`), so a search is
         # a prompt and its exclusions; grounding excludes after the search (`l2_topk`).
-        banned = ([self._banned_edges(exclude[b]) for b in range(len(prompt_texts))]
-                  if constrained and exclude is not None else [() for _ in prompt_texts])
-        searches = list(prompt_texts) if not constrained else list(zip(prompt_texts, banned, strict=True))
+        banned = [self._banned_edges(exclude[b]) if constrained and exclude is not None else ()
+                  for b in range(len(prompt_texts))]
+        searches = list(zip(prompt_texts, banned, strict=True))
         unique = list(dict.fromkeys(searches))  # each distinct search run once
         if constrained:  # a beam cut short is no item: allow the longest title (beams stop at EOS anyway)
             generation = replace(generation, max_new_tokens=self._title_trie_depth())
-        beams, beam_scores = generate_titles(self.model, self.tokenizer,
-                                             [u[0] if constrained else u for u in unique], generation,
+        beams, beam_scores = generate_titles(self.model, self.tokenizer, [prompt for prompt, _ in unique], generation,
                                              trie=self._title_trie() if constrained else None,
                                              progress=progress, with_scores=True,
                                              prefix_cache=self._prompt_prefix,
-                                             banned=[u[1] for u in unique] if constrained else None)
+                                             banned=[edges for _, edges in unique] if constrained else None)
         by_search = {u: (b, s) for u, b, s in zip(unique, beams, beam_scores, strict=True)}
         beams = [by_search[u][0] for u in searches]
         if constrained:
