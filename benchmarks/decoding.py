@@ -6,12 +6,14 @@
 Both variants decode the same prompts with the same settings; a counting logits processor gives
 the number of decoding steps, so time per step compares the two even though constrained beams
 stop at a title's end. The trie mask alone (TrieLogitsProcessor on the step's [beams, V] scores)
-is timed separately. Results: benchmarks/results/decoding-<model>.json|md.
+is timed separately, plain and with `--excluded` items taken out of each prompt's tree (as serving
+and the batch job exclude a user's items), interleaved. Results: benchmarks/results/decoding-<model>.json|md.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 
@@ -56,21 +58,31 @@ def decode(model, tok, prompts, settings, trie):
     return time.perf_counter() - t, clock.steps
 
 
-def mask_only(trie, tok, beams: int, width: int, steps: int, repeats: int = 20) -> float:
-    """Seconds per call of the trie mask on [beams, V] scores with `steps` generated tokens."""
-    proc = TrieLogitsProcessor(trie, width, tok.eos_token_id)
-    ids = torch.full((beams, width + steps), tok.pad_token_id, dtype=torch.long)
+def mask_only(trie, tok, beams: int, width: int, steps: int, prompts: int, excluded: int,
+              repeats: int = 20) -> dict:
+    """Seconds per call of the trie mask on [beams, V] scores with `steps` generated tokens, plain
+    and with `excluded` items taken out of each prompt's tree (`TitleTrie.banned_edges`: what
+    serving and the batch job do with a user's history and `exclude` list), timed interleaved:
+    medians and the per-pair ratio (median, min, max)."""
     # Real prefixes: the first `steps` tokens of catalogue titles.
     seqs = [s for s in response_token_ids(tok, PromptBuilder.for_domain("movies"), ml100k_titles()) if len(s) > steps]
+    ids = torch.full((beams, width + steps), tok.pad_token_id, dtype=torch.long)
     for b in range(beams):
         ids[b, width:] = torch.tensor(seqs[b % len(seqs)][:steps])
+    rng = random.Random(0)
+    banned = [trie.banned_edges(rng.sample(sorted(set(trie.end_of)), excluded)) for _ in range(prompts)]
+    variants = {"plain": TrieLogitsProcessor(trie, width, tok.eos_token_id),
+                "excluding": TrieLogitsProcessor(trie, width, tok.eos_token_id, banned, beams // prompts)}
     scores = torch.randn(beams, len(tok))
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
-        t = time.perf_counter()
-        proc(ids, scores.clone())
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, proc in variants.items():
+            t = time.perf_counter()
+            proc(ids, scores.clone())
+            times[name].append(time.perf_counter() - t)
+    ratios = [e / p for e, p in zip(times["excluding"], times["plain"], strict=True)]
+    return {"plain": statistics.median(times["plain"]), "excluding": statistics.median(times["excluding"]),
+            "ratio": (statistics.median(ratios), min(ratios), max(ratios))}
 
 
 def main() -> None:
@@ -79,6 +91,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--beams", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--excluded", type=int, default=200,
+                    help="Items taken out of each prompt's tree in the excluding mask timing (a user's history and more).")
     ns = ap.parse_args()
 
     torch.manual_seed(0)
@@ -101,18 +115,23 @@ def main() -> None:
             rows.append({"catalogue": name, "titles": len(cat), "trie_nodes": trie.num_nodes, "variant": variant,
                          "median_s": secs, "steps": steps, "s_per_step": secs / steps})
         width = tok(prompts[0])["input_ids"].__len__()
+        mask = mask_only(trie, tok, ns.prompts * ns.beams, width, 4, ns.prompts, ns.excluded)
         rows.append({"catalogue": name, "titles": len(cat), "trie_nodes": trie.num_nodes, "variant": "trie mask only",
-                     "median_s": None, "steps": 1,
-                     "s_per_step": mask_only(trie, tok, ns.prompts * ns.beams, width, 4)})
+                     "median_s": None, "steps": 1, "s_per_step": mask["plain"]})
+        rows.append({"catalogue": name, "titles": len(cat), "trie_nodes": trie.num_nodes,
+                     "variant": f"trie mask, {ns.excluded} items excluded per prompt", "median_s": None, "steps": 1,
+                     "s_per_step": mask["excluding"], "vs_plain_mask": mask["ratio"]})
     stem = f"decoding-{ns.model}"
     meta = {"model": ns.model, "prompts": ns.prompts, "beams": ns.beams, "threads": torch.get_num_threads(),
             "time": time.strftime("%Y-%m-%d %H:%M"), **machine()}
     lines = [f"# {stem}", "", str(meta), "",
-             "| catalogue | titles | trie nodes | variant | steps | s / step | vs unconstrained |", "|---|---|---|---|---|---|---|"]
+             "| catalogue | titles | trie nodes | variant | steps | s / step | vs unconstrained | vs the plain mask |",
+             "|---|---|---|---|---|---|---|---|"]
     base = {r["catalogue"]: r["s_per_step"] for r in rows if r["variant"] == "unconstrained"}
     for r in rows:
+        vs_mask = "{:.2f}x ({:.2f}-{:.2f})".format(*r["vs_plain_mask"]) if "vs_plain_mask" in r else ""
         lines.append(f"| {r['catalogue']} | {r['titles']:,} | {r['trie_nodes']:,} | {r['variant']} | {r['steps']} | "
-                     f"{r['s_per_step'] * 1000:.2f} ms | {r['s_per_step'] / base[r['catalogue']]:.2f}x |")
+                     f"{r['s_per_step'] * 1000:.2f} ms | {r['s_per_step'] / base[r['catalogue']]:.2f}x | {vs_mask} |")
     write_result(stem, {"meta": meta, "rows": rows}, lines)
 
 
