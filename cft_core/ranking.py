@@ -73,13 +73,17 @@ class RankingSettings:
     max_history: int  # the prompt holds the last <= max_history history titles
     generation: GenerationSettings
     precision: Literal["fp32", "bf16"]  # weights and activations; changes the embeddings too
+    # Constrained only: beams the search keeps, of which the best `generation.num_return_sequences`
+    # distinct items are returned (None: `generation.num_beams`; `EvalConfig.constrained_search_beams`).
+    search_beams: int | None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> RankingSettings:
-        return cls(**{**d, "generation": GenerationSettings(**d["generation"])})
+        """A stored model's settings; those stored before `search_beams` existed searched `num_beams`."""
+        return cls(**{"search_beams": None, **d, "generation": GenerationSettings(**d["generation"])})
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -319,7 +323,10 @@ class Ranker:
         searches = list(zip(prompt_texts, banned, strict=True))
         unique = list(dict.fromkeys(searches))  # each distinct search run once
         if constrained:  # a beam cut short is no item: allow the longest title (beams stop at EOS anyway)
-            generation = replace(generation, max_new_tokens=self._title_trie_depth())
+            searched = self.settings.search_beams or generation.num_beams
+            generation = replace(generation, max_new_tokens=self._title_trie_depth(), num_beams=searched,
+                                 num_return_sequences=searched if self.settings.search_beams else
+                                 generation.num_return_sequences)
         beams, beam_scores = generate_titles(self.model, self.tokenizer, [prompt for prompt, _ in unique], generation,
                                              trie=self._title_trie() if constrained else None,
                                              progress=progress, with_scores=True,
@@ -327,7 +334,8 @@ class Ranker:
                                              banned=[edges for _, edges in unique] if constrained else None)
         by_search = {u: (b, s) for u, b, s in zip(unique, beams, beam_scores, strict=True)}
         beams = [by_search[u][0] for u in searches]
-        if constrained:
+        if constrained:  # at most the settings' returned beams, however many were searched
+            depth = min(depth, self.settings.generation.num_return_sequences)
             return self._rank_constrained(beams, [by_search[u][1] for u in searches], depth, exclude)
         return self._rank_grounded(beams, depth, exclude)
 

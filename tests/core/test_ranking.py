@@ -26,7 +26,8 @@ CONSTRAINED = GenerationSettings(num_beams=4, num_return_sequences=4, min_new_to
 
 def ranking_settings(method: str, max_history: int = 10) -> RankingSettings:
     generation = CONSTRAINED if method == "constrained" else SETTINGS
-    return RankingSettings(method=method, max_history=max_history, generation=generation, precision="fp32")
+    return RankingSettings(method=method, max_history=max_history, generation=generation, precision="fp32",
+                           search_beams=None)
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +242,40 @@ def test_constrained_excluded_items_leave_the_tree_so_the_list_stays_full(model,
                                           progress=False, with_scores=True)
     assert rec.titles == beams and len(rec.item_ids) == k and not gone & set(rec.titles)
     np.testing.assert_allclose(rec.scores, scores, rtol=1e-5)
+
+
+def test_a_wider_constrained_search_returns_its_best_distinct_items(model, tiny_tokenizer):
+    """`search_beams`: the search keeps that many beams and the ranking returns the best
+    `num_return_sequences` distinct items of them (the reference: the same search run directly,
+    repeats and dead ends dropped, cut to num_return_sequences)."""
+    from dataclasses import replace
+
+    from cft_core.constrained import TitleTrie
+    from cft_core.generation import response_token_ids
+
+    prompts = PromptBuilder.for_domain("movies")
+    wide = replace(ranking_settings("constrained"), search_beams=3 * CONSTRAINED.num_beams)
+    ranker = Ranker(model, tiny_tokenizer, prompts, IDS, TITLES, wide)
+    histories = [["Heat", "Babe"], ["Toy Story"], ["Seven", "Copycat", "GoldenEye"]]
+    ranking = ranker.rank([ranker.prompt(h) for h in histories], depth=50)
+    trie = TitleTrie(response_token_ids(tiny_tokenizer, prompts, TITLES), vocab_size=len(tiny_tokenizer))
+    searched = replace(CONSTRAINED, num_beams=wide.search_beams, num_return_sequences=wide.search_beams)
+    beams = generate_titles(model, tiny_tokenizer, [ranker.prompt(h) for h in histories], searched, trie=trie,
+                            progress=False)
+    narrow = ranker_of(model, tiny_tokenizer).rank([ranker.prompt(h) for h in histories], depth=50)
+    for b in range(len(histories)):
+        expected = list(dict.fromkeys(TITLES.index(t) for t in beams[b] if t in TITLES))[: CONSTRAINED.num_return_sequences]
+        got = ranking.rows[b][ranking.rows[b] >= 0].tolist()
+        assert got == expected and len(got) == CONSTRAINED.num_return_sequences
+        assert len(got) >= int((narrow.rows[b] >= 0).sum())  # never fewer items than the narrow search
+    # Settings stored with a model before the field existed read as the plain search.
+    stored = ranking_settings("constrained").to_dict()
+    del stored["search_beams"]
+    assert RankingSettings.from_dict(stored) == ranking_settings("constrained")
+
+
+def ranker_of(model, tiny_tokenizer):
+    return Ranker(model, tiny_tokenizer, PromptBuilder.for_domain("movies"), IDS, TITLES, ranking_settings("constrained"))
 
 
 def test_ranker_runs_the_prompts_common_start_once(model, tiny_tokenizer):

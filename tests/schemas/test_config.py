@@ -71,6 +71,7 @@ def test_overrides_as_strings_and_as_a_mapping(tmp_path):
     ({"data": {"max_samples": {"train": -5}}}, "at least 1"),
     ({"data": {"train_window": "six months"}}, "pattern"),
     ({"registry": {"gate_metric": "NDCG@10"}}, "pattern"),
+    ({"eval": {"num_beams": 10, "constrained_search_beams": 5}}, r"constrained_search_beams \(5\) must be at least num_beams \(10\)"),
 ])
 def test_invalid_fields_are_refused(fields, message):
     with pytest.raises(ValidationError, match=message):
@@ -85,3 +86,12 @@ def test_objectives_and_the_gate_evaluation():
     gate = cfg.gate_eval()
     assert (gate.split, gate.max_samples, gate.methods, gate.history_reliance) == ("valid", 40, ["constrained"], False)
     assert cfg.eval.diagnostics and not gate.diagnostics and not gate.sasrec  # the gate reads only ranks
+
+
+def test_the_wider_constrained_search_reaches_the_constrained_ranking_only():
+    from tasks.settings import ranking_settings
+
+    cfg = PipelineConfig.model_validate({"eval": {"num_beams": 5, "constrained_search_beams": 10}})
+    assert ranking_settings(cfg, "constrained").search_beams == 10
+    assert ranking_settings(cfg, "grounding").search_beams is None
+    assert ranking_settings(PipelineConfig(), "constrained").search_beams is None
