@@ -439,6 +439,18 @@ def recommend(
     for rank, (item, title, score) in enumerate(zip(row["item_ids"], row["titles"], row["scores"], strict=True), 1):
         t.add_row(str(rank), str(item), title, f"{score:.3f}")
     console.print(t)
+    if (shown := len(row["item_ids"])) < k:
+        console.print(labelled("note:", f"{shown} of the {k} items asked: {_why_fewer(loaded)}"), highlight=False)
+
+
+def _why_fewer(loaded) -> str:
+    """Why a registered model answered fewer items than asked (`cft recommend`)."""
+    ranker = getattr(loaded.batching, "ranker", None)
+    if ranker is not None and ranker.settings.method == "constrained":
+        return (f"constrained decoding returns at most its {ranker.settings.generation.num_return_sequences} "
+                "beams' distinct items, fewer when its search starves (a wider search: "
+                "eval.constrained_search_beams, set at evaluation; README, Evaluation)")
+    return "the catalogue has no more items this history may get"
 
 
 @app.command("recommend-all")
