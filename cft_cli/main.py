@@ -475,6 +475,10 @@ def recommend_all(
         console.print(labelled("left out:", f"{done.unknown_items} history item(s) the model's catalogue lacks "
                       f"(newer than its data window, or dropped by its k-core); {done.users_without_history} user(s) with none it knows, "
                       "ranked as new users"), highlight=False)
+    if done.users_short:
+        console.print(labelled("note:", f"{done.users_short} user(s) got fewer than {k} items (a constrained model "
+                                        "returns at most its beams' distinct items; or the catalogue has no more)"),
+                      highlight=False)
     if not done.excluded_seen:
         console.print(labelled("note:", f"{exact} was registered before models took an `exclude` input: only "
                       "each user's newest history is left out of their recommendations, not all they have"),

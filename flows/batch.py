@@ -28,13 +28,14 @@ def recommend_all_task(profile: str, overrides: dict[str, Any], model: str, k: i
     done, exact, version = batch.run(cfg, model, k, Path(out) if out else None, progress=False)
     summary = {"path": str(done.path), "users": done.users, "users_without_history": done.users_without_history,
                "unknown_items": done.unknown_items, "excluded_seen": done.excluded_seen, "model": exact,
-               "version": version, "k": k}
+               "version": version, "k": k, "users_short": done.users_short}
     create_markdown_artifact(
         f"**Batch recommendations**: top {k} for {done.users} users from `{exact}` -> `{done.path}`"
         + (f"; left out {done.unknown_items} history item(s) the model does not know, "
            f"{done.users_without_history} user(s) with none, ranked as new users" if done.unknown_items else "")
         + ("" if done.excluded_seen else "; this version predates the `exclude` input: only each user's history "
-           "was left out of their recommendations, not all they have"),
+           "was left out of their recommendations, not all they have")
+        + (f"; {done.users_short} user(s) got fewer than {k} items" if done.users_short else ""),
         key=f"batch-{artifact_slug(cfg.data.name)}", description="cft-batch: every user's top-K")
     return summary
 

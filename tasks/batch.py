@@ -48,6 +48,7 @@ class BatchOutput:
     users_without_history: int  # users none of whose items the model knows: ranked as new users
     unknown_items: int  # history entries left out: items the model's catalogue lacks
     excluded_seen: bool  # every item a user has in the window was left out of their recommendations
+    users_short: int  # users given fewer than k items (a constrained model's beams, a catalogue with no more)
 
 
 def latest_histories(interactions: Path, window: tuple[int | None, int | None], max_history: int) -> pd.DataFrame:
@@ -159,4 +160,5 @@ def recommend_all(interactions: Path, window: tuple[int | None, int | None], max
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    return BatchOutput(out, table.num_rows, sum(not h for h in histories), unknown, excluded_seen)
+    short = sum(len(items) < k for items in ranked["item_ids"])
+    return BatchOutput(out, table.num_rows, sum(not h for h in histories), unknown, excluded_seen, short)

@@ -108,6 +108,7 @@ def test_the_batch_flow_writes_every_users_top_k_from_the_champion(tmp_path, pre
     assert len(recs) == summary["users"] == interactions["user_id"].nunique() and summary["excluded_seen"]
     assert set(recs["user_id"]) == set(interactions["user_id"])
     assert summary["unknown_items"] == (~newest["item_id"].isin(known)).sum()
+    assert summary["users_short"] == (recs["item_ids"].map(len) < 2).sum()
 
 
 def test_the_promote_flow_promotes_rolls_back_and_refuses_a_promotion_without_a_version(tmp_path, prefect_harness,

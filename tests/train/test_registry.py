@@ -201,6 +201,14 @@ def test_the_batch_leaves_out_all_a_user_has_and_older_versions_the_history_only
             got[version] = (done, pd.read_parquet(out))
     done, recs = got[now]
     assert done.excluded_seen and all(not set(r.item_ids) & seen[r.user_id] for r in recs.itertuples())
+    assert done.users_short == (recs["item_ids"].map(len) < 5).sum()
+    with mlflow_uris_restored():  # the whole catalogue asked: every user has some, so every user is short
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        size = len(pd.read_parquet(seq / "catalogue.parquet"))
+        everything = recommend_all(interactions, (None, None), 3, f"models:/{name}/{now}", size, tmp_path / "all.parquet",
+                                   progress=False)
+    assert everything.users_short == everything.users > 0
     done, recs = got[before]
     assert not done.excluded_seen
     assert all(not set(r.item_ids) & set(r.history_item_ids) for r in recs.itertuples())  # the history, at least
