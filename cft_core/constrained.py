@@ -14,8 +14,10 @@ which stays correct however beam search reorders its beams.
 Items a prompt must never yield (its user's history, an `exclude` list) are taken out of the tree
 for that prompt's beams alone: `TitleTrie.banned_edges` names the edges into the subtrees whose
 every title is excluded, and `TrieLogitsProcessor` masks them for that prompt's rows. A beam is
-then never spent on an item the caller would drop, so a prompt yields `num_beams` items as long as
-the catalogue has that many it may return (dropping excluded beams afterwards left fewer, or none).
+then never spent on an item the caller would drop (dropping excluded beams after the search left
+fewer items, or none). A search may still end with fewer items than beams: inside the tree a beam
+often has one allowed token, and as beams finish, beam search has no alternative left to replace
+them (`EvalConfig.constrained_search_beams` searches more beams than it returns).
 """
 
 from __future__ import annotations
