@@ -176,9 +176,9 @@ def ingest(cfg: DataConfig) -> StageOutput:
         log.warning("%s: dropping %d item(s) with an empty title (and their interactions), e.g. %s",
                     cfg.name, len(ids), ids[:5])
         items = items[~empty]
-        known = interactions["item_id"].isin(items["item_id"])
-        dropped["empty_titles"] = {"items": len(ids), "interactions": int((~known).sum())}
-        interactions = interactions[known]
+        gone = interactions["item_id"].isin(ids)  # (an item the items table lacks is unknown_items' to decide)
+        dropped["empty_titles"] = {"items": len(ids), "interactions": int(gone.sum())}
+        interactions = interactions[~gone]
     unknown = ~interactions["item_id"].isin(items["item_id"])
     if unknown.any() and cfg.unknown_items == "drop":  # (error: the validation names them)
         ids = interactions.loc[unknown, "item_id"].unique().tolist()

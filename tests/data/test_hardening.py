@@ -216,6 +216,19 @@ def test_interactions_with_items_the_items_file_lacks_are_an_error_or_dropped(tm
         prepare(cfg)
 
 
+def test_dropping_empty_titles_leaves_unknown_items_to_their_own_setting(tmp_path):
+    """empty_titles: drop removes the interactions of the untitled items only: an item the items
+    file lacks still fails validation (unknown_items: error), and each drop counts its own rows."""
+    cfg = _write(tmp_path, inter=GOOD_INTER + "u0,i98,1000000500,3\n", items=GOOD_ITEMS.replace("Title 3", "\u200b"))
+    cfg = cfg.model_copy(update={"empty_titles": "drop"})
+    with pytest.raises(DataValidationError, match=r"item_id_not_in_items.*\['i98'\]"):
+        prepare(cfg)
+    ingested, _, _ = prepare(cfg.model_copy(update={"unknown_items": "drop"}))
+    dropped = json.loads((ingested.path / "manifest.json").read_text())["dropped"]
+    i3 = sum(line.split(",")[1] == "i3" for line in GOOD_INTER.splitlines()[1:])
+    assert dropped == {"empty_titles": {"items": 1, "interactions": i3}, "unknown_items": {"items": 1, "interactions": 1}}
+
+
 def test_empty_titles_drop_does_not_share_its_folder_with_error(tmp_path):
     cfg = _write(tmp_path, items=GOOD_ITEMS.replace("Title 3", "\u200b"))
     prepare(cfg.model_copy(update={"empty_titles": "drop"}))
