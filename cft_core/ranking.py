@@ -323,10 +323,10 @@ class Ranker:
         searches = list(zip(prompt_texts, banned, strict=True))
         unique = list(dict.fromkeys(searches))  # each distinct search run once
         if constrained:  # a beam cut short is no item: allow the longest title (beams stop at EOS anyway)
-            searched = self.settings.search_beams or generation.num_beams
-            generation = replace(generation, max_new_tokens=self._title_trie_depth(), num_beams=searched,
-                                 num_return_sequences=searched if self.settings.search_beams else
-                                 generation.num_return_sequences)
+            generation = replace(generation, max_new_tokens=self._title_trie_depth())
+        if constrained and self.settings.search_beams:  # a wider search; its best items are kept below
+            generation = replace(generation, num_beams=self.settings.search_beams,
+                                 num_return_sequences=self.settings.search_beams)
         beams, beam_scores = generate_titles(self.model, self.tokenizer, [prompt for prompt, _ in unique], generation,
                                              trie=self._title_trie() if constrained else None,
                                              progress=progress, with_scores=True,
