@@ -88,18 +88,22 @@ class PairedCollator:
         )["input_ids"] + [self.tokenizer.eos_token_id]
         if self._cf_prompt_ids is None:  # the same for every record of the domain
             self._cf_prompt_ids = self._prompt_ids(self.prompts.counterfactual())
-        while True:
-            factual = self._prompt_ids(self.prompts.factual(history))
-            if len(factual) + len(response) <= self.cutoff_len:
-                break
-            if len(history) == 1:
-                raise ValueError(
-                    f"record for target {record['target_title']!r} does not fit cutoff_len="
-                    f"{self.cutoff_len} even with one history title "
-                    f"({len(factual) + len(response)} tokens)"
-                )
-            history = history[1:]
-        return EncodedExample(factual, list(self._cf_prompt_ids), response, len(history))
+        tried: dict[str, list[int]] = {}  # prompt text -> ids, so the kept prompt is not tokenised twice
+
+        def count_tokens(text: str) -> int:
+            tried[text] = self._prompt_ids(text)
+            return len(tried[text])
+
+        budget = self.cutoff_len - len(response)  # the prompt's share of cutoff_len
+        kept = self.prompts.fitted_history(history, count_tokens, budget)
+        if not kept:
+            tokens = len(self._prompt_ids(self.prompts.factual(history[-1:]))) + len(response)
+            raise ValueError(
+                f"record for target {record['target_title']!r} does not fit cutoff_len="
+                f"{self.cutoff_len} even with one history title ({tokens} tokens)"
+            )
+        factual = tried[self.prompts.factual(kept)]
+        return EncodedExample(factual, list(self._cf_prompt_ids), response, len(kept))
 
     def collate_encoded(self, examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
         """Pad already encoded examples into a paired batch."""

@@ -25,7 +25,7 @@ is indented by four spaces and its inference template is not; here both are the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 PREAMBLE_WITH_INPUT = (
@@ -101,6 +101,17 @@ class PromptBuilder:
             f"### Input:\n{self.history(history_titles)}\n\n"
             f"### Response:\n{RESPONSE_PREFIX}"
         )
+
+    def fitted_history(self, history_titles: Sequence[str], count_tokens: Callable[[str], int],
+                       budget: int) -> list[str]:
+        """The newest of `history_titles` whose factual prompt has at most `budget` tokens
+        (`count_tokens`: prompt text -> its token count): the oldest titles are dropped first,
+        one at a time. [] when not even the newest title alone fits. The one rule by which
+        training records (`PairedCollator`) and ranked prompts (`Ranker.prompt`) are cut."""
+        titles = list(history_titles)
+        while titles and count_tokens(self.factual(titles)) > budget:
+            titles = titles[1:]
+        return titles
 
     def counterfactual(self) -> str:
         """Prompt without the history: the `### Input:` block removed."""

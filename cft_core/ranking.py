@@ -11,7 +11,8 @@ the two cannot drift (cft-method.md, section 3).
                  is an item (exact title match); repeats dropped, beam order kept
 
 The prompt holds the last `max_history` titles of a history (the length the model was trained
-on). Beam search is deterministic, so each distinct prompt is generated once (the no-history
+on), fewer where they would make it longer than `cutoff_len` tokens (oldest dropped first, the
+rule training cuts its records by). Beam search is deterministic, so each distinct prompt is generated once (the no-history
 prompt of the history-reliance diagnostic is the same for every row: one generation).
 
 Scores, one per returned item, never increase along the list (higher is better):
@@ -76,14 +77,18 @@ class RankingSettings:
     # Constrained only: beams the search keeps, of which the best `generation.num_return_sequences`
     # distinct items are returned (None: `generation.num_beams`; `EvalConfig.constrained_search_beams`).
     search_beams: int | None
+    # Tokens a prompt may have: train.cutoff_len, the length training fits each record into
+    # (`Ranker.prompt`). None: stored before the field existed; the model's context length bounds it.
+    cutoff_len: int | None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> RankingSettings:
-        """A stored model's settings; those stored before `search_beams` existed searched `num_beams`."""
-        return cls(**{"search_beams": None, **d, "generation": GenerationSettings(**d["generation"])})
+        """A stored model's settings; those stored before `search_beams` existed searched `num_beams`,
+        those stored before `cutoff_len` existed cut prompts at the model's context length."""
+        return cls(**{"search_beams": None, "cutoff_len": None, **d, "generation": GenerationSettings(**d["generation"])})
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -292,15 +297,42 @@ class Ranker:
         self.titles = self.catalogue.titles
         self._trie: TitleTrie | None = None
         self._prompt_prefix = PromptPrefixCache()  # the prompts' common start, computed once
+        # Most tokens a prompt may have (`prompt`); a version stored before `cutoff_len`: the context length.
+        self.prompt_budget: int | None = settings.cutoff_len or getattr(model.config, "max_position_embeddings", None)
 
     # ---------------------------------------------------------------- prompts and histories
 
     def prompt(self, history_titles: Sequence[str]) -> str:
-        """The factual prompt of a history (its last `max_history` titles); for no titles at all
-        (a new user), the counterfactual prompt: the no-history ranking (module docstring)."""
-        if not history_titles:
+        """The factual prompt of a history: its newest titles, at most `max_history` and as many
+        as make a prompt of at most `prompt_budget` tokens (`PromptBuilder.fitted_history`, as
+        training cuts its records to `cutoff_len`: the model is never shown a longer prompt than
+        it was trained on, and a long free-text entry cannot hold a server for minutes). For no
+        titles at all (a new user), the counterfactual prompt: the no-history ranking (module
+        docstring). InputError when even the newest title alone makes too long a prompt."""
+        titles = list(history_titles)[-self.settings.max_history :]
+        if not titles:
             return self.prompts.counterfactual()
-        return self.prompts.factual(list(history_titles)[-self.settings.max_history :])
+        if self.prompt_budget is not None:
+            fitted = self.prompts.fitted_history(titles, self._count_tokens, self.prompt_budget)
+            if not fitted:
+                raise InputError(f"its newest title ({len(titles[-1]):,} characters) alone makes a prompt of "
+                                 f"{self._count_tokens(self.prompts.factual(titles[-1:])):,} tokens; the model "
+                                 f"reads at most {self.prompt_budget:,} (train.cutoff_len)")
+            titles = fitted
+        return self.prompts.factual(titles)
+
+    def prompts_for(self, histories: Sequence[Sequence[str]]) -> list[str]:
+        """`prompt` of each history's titles; InputError naming the history (0-based) at fault."""
+        texts = []
+        for index, titles in enumerate(histories):
+            try:
+                texts.append(self.prompt(titles))
+            except InputError as e:
+                raise InputError(f"{f'history {index}' if index else 'the history'}: {e}") from None
+        return texts
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def resolve(self, history: Sequence[str | int], free_text: bool = False) -> ResolvedHistory:
         return self.catalogue.resolve(history, free_text)
@@ -399,7 +431,7 @@ class Ranker:
         self.catalogue.check_k(k)
         resolved = self.catalogue.resolve_histories(histories, free_text)
         excluded = self.catalogue.excluded_rows(resolved, exclude_history, exclude)
-        ranking = self.rank([self.prompt(r.titles) for r in resolved], depth=k, exclude=excluded)
+        ranking = self.rank(self.prompts_for([r.titles for r in resolved]), depth=k, exclude=excluded)
         return self.catalogue.recommendations(ranking, unmatched=[r.unmatched for r in resolved])
 
 

@@ -180,7 +180,7 @@ class BatchingRecommender:
         catalogue = self.ranker.catalogue
         catalogue.check_k(k)
         resolved = catalogue.resolve_histories(histories, free_text)
-        request = _Request(prompts=[self.ranker.prompt(r.titles) for r in resolved],
+        request = _Request(prompts=self.ranker.prompts_for([r.titles for r in resolved]),
                            exclude=catalogue.excluded_rows(resolved, exclude_history, exclude),
                            unmatched=[r.unmatched for r in resolved], k=k)
         if not request.prompts:

@@ -48,7 +48,10 @@ TOP_K_MAX = 50  # rankings are kept to the largest K reported
 # 3: constrained search takes the items it must not yield (placeholder titles such as ML-100K's
 #    "unknown"; in serving the history and `exclude` too) out of the title tree, instead of
 #    dropping their beams afterwards, which left fewer items; the same where no beam was one.
-EVALUATION_VERSION = 3
+# 4: a ranked prompt holds only the newest history titles that fit train.cutoff_len tokens, as
+#    training's records do (before: all of the last max_history, however long); the same output
+#    wherever those fit.
+EVALUATION_VERSION = 4
 EMBEDDINGS_VERSION = 1
 
 
@@ -173,12 +176,23 @@ def model_fingerprint(model_dir: Path) -> str:
                         "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]})
 
 
+def factual_prompt(ranker, record: dict, split_file: Path) -> str:
+    """`Ranker.prompt` of a record's history; DataError naming the split row whose newest history
+    title alone makes a longer prompt than train.cutoff_len (training would not fit it either)."""
+    from cft_core.ranking import InputError
+
+    try:
+        return ranker.prompt(record["history_titles"])
+    except InputError as e:
+        raise DataError(f"{split_file}, row {record['split_row']}: the history: {e}") from None
+
+
 def evaluation_dir(cfg: PipelineConfig, model_dir: Path, sequences: Path) -> Path:
     """Output folder of `evaluate`: named by the eval settings, the records, the model and the
     code versions of the evaluation and of the embeddings its grounding ranks with."""
     fp = fingerprint(with_code_versions({
         "eval": cfg.eval.model_dump(), "data": sequences.name, "model": model_fingerprint(model_dir),
-        "domain": cfg.data.domain, "max_history": cfg.data.max_history},
+        "domain": cfg.data.domain, "max_history": cfg.data.max_history, "cutoff_len": cfg.train.cutoff_len},
         evaluation=EVALUATION_VERSION, embeddings=EMBEDDINGS_VERSION))
     return model_dir.parent / "evaluation" / f"{cfg.eval.split}-{fp}"
 
@@ -308,7 +322,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
     for method in e.methods:
         method_started = time.perf_counter()
         ranker = make_ranker(cfg, method, model, tokenizer, sequences, model_dir, titles, progress)
-        variants = [("", [ranker.prompt(r["history_titles"]) for r in rows])]
+        variants = [("", [factual_prompt(ranker, r, sequences / f"{e.split}.parquet") for r in rows])]
         if e.history_reliance:  # the same ranking without the history: what CFT should widen
             variants.append(("nohist_", [ranker.prompts.counterfactual()] * len(rows)))
         for prefix, texts in variants:

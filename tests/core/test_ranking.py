@@ -24,10 +24,10 @@ CONSTRAINED = GenerationSettings(num_beams=4, num_return_sequences=4, min_new_to
                                  length_penalty=0.0, batch_size=4)
 
 
-def ranking_settings(method: str, max_history: int = 10) -> RankingSettings:
+def ranking_settings(method: str, max_history: int = 10, cutoff_len: int | None = 1024) -> RankingSettings:
     generation = CONSTRAINED if method == "constrained" else SETTINGS
     return RankingSettings(method=method, max_history=max_history, generation=generation, precision="fp32",
-                           search_beams=None)
+                           search_beams=None, cutoff_len=cutoff_len)
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +189,54 @@ def test_prompt_keeps_the_last_max_history_titles(model, tiny_tokenizer):
     assert ranker.prompt(["Heat", "Babe", "Seven"]) == ranker.prompts.factual(["Babe", "Seven"])
 
 
+def newest_that_fit(tokenizer, prompts: PromptBuilder, titles: list[str], budget: int) -> list[str]:
+    """Reference: of the history's suffixes, longest first, the first whose factual prompt has at
+    most `budget` tokens."""
+    for start in range(len(titles)):
+        if len(tokenizer(prompts.factual(titles[start:]))["input_ids"]) <= budget:
+            return titles[start:]
+    return []
+
+
+def test_prompt_keeps_the_newest_titles_that_fit_cutoff_len(model, tiny_tokenizer):
+    """A ranked prompt is cut as training cuts a record: the newest titles whose prompt has at
+    most cutoff_len tokens, for every budget from one title's prompt to the whole history's."""
+    prompts = PromptBuilder.for_domain("movies")
+    history = ["Toy Story", "Mr. Holland's Opus", "Heat", "French Twist (Gazon maudit)", "Seven"]
+    lengths = [len(tiny_tokenizer(prompts.factual(history[s:]))["input_ids"]) for s in range(len(history))]
+    for budget in range(lengths[-1], lengths[0] + 2):
+        ranker = Ranker(model, tiny_tokenizer, prompts, IDS, TITLES, ranking_settings("constrained", cutoff_len=budget))
+        kept = newest_that_fit(tiny_tokenizer, prompts, history, budget)
+        assert ranker.prompt(history) == prompts.factual(kept)
+        assert len(tiny_tokenizer(ranker.prompt(history))["input_ids"]) <= budget
+    assert len(kept) == len(history)  # the largest budget keeps the whole history
+    # A version stored before the setting existed is bounded by the model's context length.
+    old = Ranker(model, tiny_tokenizer, prompts, IDS, TITLES, ranking_settings("constrained", cutoff_len=None))
+    assert old.prompt_budget == model.config.max_position_embeddings
+
+
+def test_a_history_too_long_for_cutoff_len_is_refused_before_generating(model, tiny_tokenizer, monkeypatch):
+    """A free-text entry whose prompt alone outgrows cutoff_len is the caller's error, named with
+    its history, before any generation (the serving batcher builds its prompts the same way); an
+    older title that long is dropped like any other."""
+    from cft_core.serving import BatchingRecommender
+
+    ranker = Ranker(model, tiny_tokenizer, PromptBuilder.for_domain("movies"), IDS, TITLES,
+                    ranking_settings("constrained", cutoff_len=128))
+    essay = " ".join(["words"] * 500)
+    monkeypatch.setattr(ranker, "rank", lambda *a, **k: pytest.fail("generated for a history too long"))
+    with pytest.raises(InputError, match=r"^history 1: its newest title \(2,999 characters\) alone makes a prompt "
+                                         r"of [0-9,]+ tokens; the model reads at most 128 \(train.cutoff_len\)"):
+        ranker.recommend([["Heat"], ["Heat", essay]], k=3, free_text=True)
+    batcher = BatchingRecommender(ranker, max_batch=4, max_queue=4)
+    try:
+        with pytest.raises(InputError, match="^the history: its newest title"):
+            batcher.submit([["Heat", essay]], k=3, free_text=True)
+    finally:
+        batcher.close()
+    assert ranker.prompt([essay, "Heat"]) == ranker.prompts.factual(["Heat"])
+
+
 def test_constrained_ranking_is_the_beams_as_items(model, tiny_tokenizer):
     """Constrained: every returned item is a catalogue title the beams spelled, in beam order,
     without repeats; the scores are the beams' and do not increase along the list."""
@@ -270,8 +318,8 @@ def test_a_wider_constrained_search_returns_its_best_distinct_items(model, tiny_
         assert len(got) >= int((narrow.rows[b] >= 0).sum())  # never fewer items than the narrow search
     # Settings stored with a model before the field existed read as the plain search.
     stored = ranking_settings("constrained").to_dict()
-    del stored["search_beams"]
-    assert RankingSettings.from_dict(stored) == ranking_settings("constrained")
+    del stored["search_beams"], stored["cutoff_len"]
+    assert RankingSettings.from_dict(stored) == ranking_settings("constrained", cutoff_len=None)
 
 
 def ranker_of(model, tiny_tokenizer):

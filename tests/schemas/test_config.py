@@ -95,3 +95,10 @@ def test_the_wider_constrained_search_reaches_the_constrained_ranking_only():
     assert ranking_settings(cfg, "constrained").search_beams == 10
     assert ranking_settings(cfg, "grounding").search_beams is None
     assert ranking_settings(PipelineConfig(), "constrained").search_beams is None
+
+
+def test_ranked_prompts_are_cut_to_the_training_cutoff_len():
+    from tasks.settings import ranking_settings
+
+    cfg = PipelineConfig.model_validate({"train": {"cutoff_len": 300}})
+    assert {ranking_settings(cfg, m).cutoff_len for m in ("constrained", "grounding")} == {300}

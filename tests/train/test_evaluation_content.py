@@ -30,6 +30,8 @@ EVALUATION_CONTENT = {
     (2, 1): {"rankings": "e9ad4e3abef2822b", "metrics": "02bdd3960499eddf", "diagnostics": "2506be031ce8b1d0"},
     # no beam of these rows is the placeholder title, so version 3 ranks them as version 2 did
     (3, 1): {"rankings": "e9ad4e3abef2822b", "metrics": "02bdd3960499eddf", "diagnostics": "2506be031ce8b1d0"},
+    # these rows' prompts fit train.cutoff_len, so version 4 cuts none of them
+    (4, 1): {"rankings": "e9ad4e3abef2822b", "metrics": "02bdd3960499eddf", "diagnostics": "2506be031ce8b1d0"},
 }
 # EMBEDDINGS_VERSION: the catalogue's title embeddings (1349 titles x 32), seen through
 # `embeddings_probe`. Not a digest: a digest of 43k floats, even rounded to 5 decimals, changes
@@ -108,9 +110,10 @@ def test_the_code_versions_join_the_keys_only_past_one(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "EVALUATION_VERSION", 1)
     monkeypatch.setattr(evaluation, "EMBEDDINGS_VERSION", 1)
 
-    # At version 1 the keys are what they were before the versions existed: nothing is recomputed.
+    # At version 1 a key is the settings alone, as before the versions existed (so evaluations
+    # written then were reused, until version 4 added train.cutoff_len, which prompts are cut to).
     base = {"eval": cfg.eval.model_dump(), "data": seq.name, "model": evaluation.model_fingerprint(model_dir),
-            "domain": cfg.data.domain, "max_history": cfg.data.max_history}
+            "domain": cfg.data.domain, "max_history": cfg.data.max_history, "cutoff_len": cfg.train.cutoff_len}
     assert evaluation.evaluation_dir(cfg, model_dir, seq).name == f"test-{fingerprint(base)}"
     emb_base = {"model": evaluation.model_fingerprint(model_dir), "catalogue": seq.name, "precision": "fp32"}
     assert evaluation.embeddings_cache(model_dir, seq, "fp32").name == f"{fingerprint(emb_base)}.npy"

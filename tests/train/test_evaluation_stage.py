@@ -132,6 +132,31 @@ def test_model_fingerprint_covers_every_shard_and_keeps_the_single_file_key(tmp_
     assert model_fingerprint(sharded) != before
 
 
+def test_a_test_history_too_long_for_cutoff_len_names_its_split_row(tmp_path, tiny_tokenizer):
+    """The evaluation cuts its prompts as training does (`Ranker.prompt`); a row whose newest title
+    alone outgrows train.cutoff_len is the data's error, naming the split file and row. And the
+    cut is part of the evaluation folder's key."""
+    from cft_core.prompts import PromptBuilder
+    from cft_core.ranking import Ranker
+    from cft_core.tiny import build_tiny_model
+    from schemas.errors import DataError
+    from tasks.evaluation import evaluation_dir, factual_prompt
+    from tasks.settings import ranking_settings
+
+    cfg = make_config(tmp_path, cutoff_len=256)
+    model = build_tiny_model(len(tiny_tokenizer), hidden_size=32, num_layers=2, num_heads=4, seed=0)
+    ranker = Ranker(model, tiny_tokenizer, PromptBuilder.for_domain("movies"), ["1", "2"], ["Heat", "Babe"],
+                    ranking_settings(cfg, "constrained"))
+    split = tmp_path / "test.parquet"
+    assert factual_prompt(ranker, {"history_titles": ["Heat"], "split_row": 6}, split) == ranker.prompts.factual(["Heat"])
+    with pytest.raises(DataError, match=r"test.parquet, row 7: the history: its newest title \(2,999 characters\)"):
+        factual_prompt(ranker, {"history_titles": ["Heat", " ".join(["words"] * 500)], "split_row": 7}, split)
+    model_dir = tmp_path / "run" / "model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "model.safetensors").write_bytes(b"w")
+    assert evaluation_dir(cfg, model_dir, tmp_path) != evaluation_dir(make_config(tmp_path), model_dir, tmp_path)
+
+
 def test_evaluation_at_bf16_ranks_with_embeddings_close_to_fp32(tmp_path, small_sequences):
     """The precision a GPU evaluates at (`eval.precision: auto` there), run on the CPU: every method
     ranks, the constrained beams are catalogue titles, and the catalogue's title embeddings (kept
