@@ -22,6 +22,13 @@ from cft_core.modeling import IGNORE_INDEX
 from cft_core.prompts import PromptBuilder
 
 
+class RecordTooLongError(ValueError):
+    """A record that does not fit `cutoff_len` even with its newest history title alone: the
+    data's titles are longer than the setting allows. `user_error`: a message, not a traceback."""
+
+    user_error = True
+
+
 @dataclass(frozen=True)
 class EncodedExample:
     """Token ids of one example (lists of ints, no padding)."""
@@ -98,12 +105,32 @@ class PairedCollator:
         kept = self.prompts.fitted_history(history, count_tokens, budget)
         if not kept:
             tokens = len(self._prompt_ids(self.prompts.factual(history[-1:]))) + len(response)
-            raise ValueError(
+            raise RecordTooLongError(
                 f"record for target {record['target_title']!r} does not fit cutoff_len="
                 f"{self.cutoff_len} even with one history title ({tokens} tokens)"
             )
         factual = tried[self.prompts.factual(kept)]
         return EncodedExample(factual, list(self._cf_prompt_ids), response, len(kept))
+
+    def records_too_long(self, records: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+        """(position in `records`, tokens it needs) of each record that does not fit cutoff_len
+        even with its newest history title alone, which `encode` would raise for: found before
+        training, so that none stops a run midway. That is its one-title prompt and its response,
+        each a function of one title: every distinct title is tokenised once (78,675 ML-100K
+        records: 0.1 s)."""
+        one_title_prompt: dict[str, int] = {}  # newest history title -> tokens of its prompt
+        response: dict[str, int] = {}  # target title -> tokens of its response, EOS included
+        found = []
+        for position, record in enumerate(records):
+            newest, target = record["history_titles"][-1], record["target_title"]
+            if newest not in one_title_prompt:
+                one_title_prompt[newest] = len(self._prompt_ids(self.prompts.factual([newest])))
+            if target not in response:
+                response[target] = len(self.tokenizer(self.prompts.response(target), add_special_tokens=False)["input_ids"]) + 1
+            needs = one_title_prompt[newest] + response[target]
+            if needs > self.cutoff_len:
+                found.append((position, needs))
+        return found
 
     def collate_encoded(self, examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
         """Pad already encoded examples into a paired batch."""

@@ -66,6 +66,22 @@ def read_records(path: Path, limit: int | None = None, seed: int = 0) -> list[di
     return [{**rows[i], "split_row": i, "occurrence": occurrence[i]} for i in keep]
 
 
+def check_records_fit(collator, splits: dict[str, list[dict]], sequences: Path) -> None:
+    """ConfigError, before anything is trained or written, when records of a split do not fit
+    train.cutoff_len even with their newest history title alone (`PairedCollator.records_too_long`;
+    they would stop the run at the batch that holds the first one)."""
+    for split, rows in splits.items():
+        too_long = collator.records_too_long(rows)
+        if too_long:
+            needs = max(n for _, n in too_long)
+            shown = ", ".join(f"{rows[i]['split_row']} ({n:,} tokens)" for i, n in too_long[:3])
+            more = f" and {len(too_long) - 3:,} more" if len(too_long) > 3 else ""
+            raise ConfigError(
+                f"train.cutoff_len={collator.cutoff_len} is too short for {len(too_long):,} record(s) of "
+                f"{sequences / f'{split}.parquet'} even with only their newest history title: rows (0-based) {shown}{more}. "
+                f"Raise train.cutoff_len to at least {needs:,}, or shorten the titles (data.max_title_chars).")
+
+
 def model_folder(cfg: PipelineConfig, sequences: Path) -> Path:
     """Resolve the model to start from to a Hugging Face folder: `model.source`, or `model.base`
     when the source is `champion` and no warm start was found; `tiny` is built once per dataset."""
@@ -341,6 +357,11 @@ def _train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, run_dir:
     valid_rows = read_records(sequences / "valid.parquet", t.max_eval_samples, t.seed)
     if not train_rows:
         raise DataError(f"{sequences / 'train.parquet'} holds no records to train on")
+    collator = PairedCollator(
+        tokenizer, PromptBuilder.for_domain(cfg.data.domain), cutoff_len=t.cutoff_len,
+        with_counterfactual=objective.run_counterfactual,
+    )
+    check_records_fit(collator, {"train": train_rows, "valid": valid_rows}, sequences)
 
     eval_strategy = "steps" if t.eval_steps else "epoch"
     args = TrainingArguments(
@@ -402,10 +423,6 @@ def _train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, run_dir:
             raise ConfigError(f"model.lora.target_modules {lc.target_modules}: peft refuses them for {source}: "
                               f"{first_line(e)}") from None
     run_dir.mkdir(parents=True, exist_ok=True)
-    collator = PairedCollator(
-        tokenizer, PromptBuilder.for_domain(cfg.data.domain), cutoff_len=t.cutoff_len,
-        with_counterfactual=objective.run_counterfactual,
-    )
     from tasks import checkpoints
 
     callbacks = [checkpoints.digest_callback(run_dir), *extra_callbacks]  # digests first: before any crash

@@ -93,6 +93,36 @@ def test_cutoff_drops_oldest_history_first(tiny_tokenizer):
         PairedCollator(tiny_tokenizer, pb, cutoff_len=10).encode(rec)
 
 
+def test_records_too_long_are_exactly_those_encode_refuses(tiny_tokenizer):
+    """The pre-check finds the records `encode` would stop a training on, no more and no fewer,
+    for every cutoff from none fitting to all fitting; the error is the user's (a message, not a
+    traceback)."""
+    from cft_core.collate import RecordTooLongError
+    from tests.conftest import TITLES
+
+    pb = PromptBuilder.for_domain("movies")
+    long = " ".join(TITLES[:12])  # one title many times longer than the rest
+    records = [{"history_titles": [TITLES[i], TITLES[i + 1]], "target_title": TITLES[i + 2]} for i in range(len(TITLES) - 2)]
+    records += [{"history_titles": [TITLES[0], long], "target_title": TITLES[3]},
+                {"history_titles": [long, TITLES[5]], "target_title": long}]
+    needs = []
+    for r in records:
+        prompt = tiny_tokenizer(pb.factual(r["history_titles"][-1:]))["input_ids"]
+        needs.append(len(prompt) + len(tiny_tokenizer(pb.response(r["target_title"]), add_special_tokens=False)["input_ids"]) + 1)
+    for cutoff in range(min(needs) - 1, max(needs) + 2):
+        collator = PairedCollator(tiny_tokenizer, pb, cutoff_len=cutoff)
+        refused = []
+        for i, r in enumerate(records):
+            try:
+                collator.encode(r)
+            except RecordTooLongError as e:
+                assert e.user_error
+                refused.append(i)
+        found = collator.records_too_long(records)
+        assert [i for i, _ in found] == refused
+        assert all(n == needs[i] > cutoff for i, n in found)
+
+
 def test_without_counterfactual_half(tiny_tokenizer):
     batch = PairedCollator(tiny_tokenizer, PromptBuilder.for_domain("games"), with_counterfactual=False)(make_records(2))
     assert set(batch) == {"input_ids", "attention_mask", "labels"}

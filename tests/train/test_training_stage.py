@@ -721,3 +721,19 @@ def test_bf16_asked_of_a_gpu_without_it_is_a_config_error(tmp_path, small_sequen
     with pytest.raises(ConfigError, match=r"eval.precision=bf16: Tesla V100-SXM2-16GB"):
         ranking_settings(evaluated, "constrained")
     assert ranking_settings(cfg, "constrained").precision == "fp32"  # auto
+
+
+def test_records_longer_than_cutoff_len_are_a_config_error_before_training(tmp_path, small_sequences):
+    """A train.cutoff_len too short for the data's titles: a config error naming the split file,
+    its rows and the length they need, before anything is loaded or written (the collator's
+    ValueError stopped the run with a traceback at the batch that held the first such record)."""
+    from schemas.errors import ConfigError
+    from tasks.training import training_run_dir
+
+    seq, fp = small_sequences
+    cfg = make_config(tmp_path, cutoff_len=60, max_steps=1, eval_steps=1)
+    with pytest.raises(ConfigError, match=r"train.cutoff_len=60 is too short for [0-9,]+ record\(s\) of "
+                                          r".*train.parquet even with only their newest history title: rows \(0-based\) 0 \("
+                                          r"[0-9,]+ tokens\).* Raise train.cutoff_len to at least [0-9,]+"):
+        train(cfg, seq, fp)
+    assert not training_run_dir(cfg, fp).exists()
