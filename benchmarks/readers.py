@@ -2,7 +2,7 @@
 _json_lines`, since 2026-12-05), the line-by-line fallback it uses for files it refuses
 (`_json_lines_by_line`), and the reader before (the whole file decoded, `json.loads` per line,
 a DataFrame of every field), timed interleaved on the same gzipped file, each run in its own
-process so that its peak memory is its own.
+process so that its peak memory (VmHWM, Linux) is its own.
 
     python -m benchmarks.readers                   # 1,000,000 reviews (~660 MB of JSON), 3 rounds
     python -m benchmarks.readers --reviews 200000 --rounds 5
@@ -20,7 +20,6 @@ import argparse
 import gzip
 import json
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -69,7 +68,9 @@ def child(reader: str, path: Path) -> None:
     start = time.perf_counter()
     frame = read(reader, path)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    # VmHWM: this process image's peak resident memory (ru_maxrss would keep the forking parent's)
+    status = Path("/proc/self/status").read_text()
+    peak_mb = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
     print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "rows": len(frame)}))
 
 
@@ -92,7 +93,8 @@ def main() -> None:
     try:
         path = scratch / "Video_Games_5.json.gz"
         write_reviews(path, ns.reviews)
-        size = len(gzip.decompress(path.read_bytes()))
+        with gzip.open(path, "rb") as f:  # in chunks: the runs fork from this process
+            size = sum(len(chunk) for chunk in iter(lambda: f.read(1 << 24), b""))
         rounds = []
         for r in range(ns.rounds):
             order = READERS if r % 2 == 0 else READERS[::-1]
