@@ -19,8 +19,19 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SPLITS = ("train", "valid", "test")
+
+# A string array's offsets are int32, so one Arrow array holds under 2 GiB of text, and a split's
+# history titles outgrow that (10M interactions with histories of 10: ~2.5 GB). A split is built
+# as record batches cut where the running total of its titles' bytes crosses a multiple of this:
+# each batch holds under twice it, 2 GiB.
+MAX_BATCH_TITLE_BYTES = 1 << 30
+
+
+class NoRecordsError(ValueError):
+    """The settings leave no interactions to build records from (window, k-core)."""
 
 # Titles that stand for a missing title ("unknown", ML-100K's "unkonwn (unkonwn)", "N/A", ...):
 # validation warns about them and rankings never recommend such an item (cft_core.ranking).
@@ -61,7 +72,7 @@ def build_catalogue(item_ids: np.ndarray, titles: pd.Series, seed: int) -> pd.Da
 
     titles: Series indexed by source item id.
     """
-    source = np.sort(np.unique(item_ids))
+    source = np.sort(pd.unique(item_ids))  # hashing, then sorting the few distinct ids: 10M ids 17 s -> 1 s
     order = np.random.default_rng(seed).permutation(len(source))
     source = source[order]
     return pd.DataFrame(
@@ -101,13 +112,16 @@ def build_records(
     df = df[df["item_id"].isin(titles.index)]
     df = k_core(df, s.k_core)
     if df.empty:
-        raise ValueError(f"no interactions left after the time window and {s.k_core}-core filtering")
+        raise NoRecordsError(f"no interactions left after the time window and {s.k_core}-core filtering")
 
     catalogue = build_catalogue(df["item_id"].to_numpy(dtype=object), titles, s.seed)
     dense_of = pd.Series(catalogue["item_id"].to_numpy(), index=catalogue["source_item_id"].to_numpy())
     # Deterministic order: user, time, then item id for ties within a user.
     df = df.assign(dense=dense_of.loc[df["item_id"].to_numpy()].to_numpy())
-    df = df.sort_values(["user_id", "timestamp", "dense"], kind="stable").reset_index(drop=True)
+    # The user's rank among the sorted user ids stands in for the id in the sort (integers sort
+    # several times faster than strings; the order is the same).
+    user_rank = pd.factorize(df["user_id"], sort=True)[0]
+    df = df.iloc[np.lexsort((df["dense"].to_numpy(), df["timestamp"].to_numpy(), user_rank))].reset_index(drop=True)
     users = df["user_id"].to_numpy(dtype=object)
     position = df.groupby("user_id", sort=False).cumcount().to_numpy()
     dense = df["dense"].to_numpy(dtype=np.int64)
@@ -115,19 +129,7 @@ def build_records(
 
     flat, offsets = _histories(dense, position, s.max_history)
     is_sample = position >= 1
-    title_arr = pa.array(catalogue["title"].to_numpy(dtype=object), type=pa.string())
-    hist_ids = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, pa.int64()))
-    hist_titles = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), title_arr.take(pa.array(flat)))
-    table = pa.table(
-        {
-            "user_id": pa.array(users, pa.string()),
-            "history_item_ids": hist_ids,
-            "history_titles": hist_titles,
-            "target_item_id": pa.array(dense, pa.int64()),
-            "target_title": title_arr.take(pa.array(dense)),
-            "timestamp": pa.array(ts, pa.int64()),
-        }
-    )
+    titles_of = _TitleColumns(catalogue["title"].to_numpy(dtype=object), flat, offsets)
     sample_rows = np.flatnonzero(is_sample)
     split_of = _assign_splits(users[sample_rows], ts[sample_rows], position[sample_rows], s)
     rng = np.random.default_rng(s.seed)
@@ -143,20 +145,58 @@ def build_records(
             n_keep = min(n_keep, caps[name])
         if n_keep < len(rows):  # seeded subsample, chronological order kept
             rows = rows[np.sort(rng.choice(len(rows), n_keep, replace=False))]
-        out[name] = table.take(pa.array(rows))
+        out[name] = pa.Table.from_batches([titles_of.batch(part, users, dense, ts) for part in titles_of.parts(rows, dense)])
     stats = {
         "users": int(df["user_id"].nunique()),
         "items": len(catalogue),
         "interactions": len(df),
         **{f"samples_{k}": v.num_rows for k, v in out.items()},
-        **{
-            f"mean_history_{k}": float(np.mean(np.diff(v.column("history_item_ids").combine_chunks().offsets.to_numpy())))
-            if v.num_rows
-            else 0.0
-            for k, v in out.items()
-        },
+        **{f"mean_history_{k}": float(np.mean(pc.list_value_length(v.column("history_item_ids")).to_numpy()))
+           if v.num_rows else 0.0 for k, v in out.items()},
     }
     return out, catalogue, stats
+
+
+RECORD_COLUMNS = ("user_id", "history_item_ids", "history_titles", "target_item_id", "target_title", "timestamp")
+
+
+class _TitleColumns:
+    """Records' columns for given rows, from the per-interaction arrays: the histories (`flat`
+    catalogue ids, `offsets` [R + 1], as `_histories` gives them) and their titles, in record
+    batches of under 2 x MAX_BATCH_TITLE_BYTES of titles each."""
+
+    def __init__(self, titles: np.ndarray, flat: np.ndarray, offsets: np.ndarray):
+        self.titles = pa.array(titles, type=pa.string())  # [I], by catalogue id
+        self.title_bytes = pc.binary_length(self.titles).to_numpy(zero_copy_only=False).astype(np.int64)  # [I] UTF-8 bytes
+        self.flat, self.offsets = flat, offsets
+        # Bytes of each row's history titles: a difference of the running total at its offsets.
+        running = np.concatenate([[0], np.cumsum(self.title_bytes[flat])])
+        self.history_bytes = running[offsets[1:]] - running[offsets[:-1]]  # [R]
+
+    def parts(self, rows: np.ndarray, dense: np.ndarray) -> list[np.ndarray]:
+        """`rows` cut, in order, where the running total of their titles' bytes (history and
+        target) crosses a multiple of MAX_BATCH_TITLE_BYTES."""
+        size = np.cumsum(self.history_bytes[rows] + self.title_bytes[dense[rows]])
+        cuts = np.flatnonzero(np.diff(size // MAX_BATCH_TITLE_BYTES)) + 1 if len(rows) else []
+        return np.split(rows, cuts) if len(rows) else [rows]
+
+    def batch(self, rows: np.ndarray, users: np.ndarray, dense: np.ndarray, ts: np.ndarray) -> pa.RecordBatch:
+        """One record batch of `rows` (columns as `schemas.tables.RECORDS`)."""
+        lengths = self.offsets[rows + 1] - self.offsets[rows]
+        local = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=local[1:])
+        # Each slot of the batch's histories -> its slot in `flat`: its row's start + its index.
+        slots = np.repeat(self.offsets[rows] - local[:-1], lengths) + np.arange(local[-1])
+        history = pa.array(self.flat[slots], pa.int64())
+        offsets = pa.array(local.astype(np.int32))
+        return pa.RecordBatch.from_arrays([
+            pa.array(users[rows], pa.string()),
+            pa.ListArray.from_arrays(offsets, history),
+            pa.ListArray.from_arrays(offsets, self.titles.take(history)),
+            pa.array(dense[rows], pa.int64()),
+            self.titles.take(pa.array(dense[rows], pa.int64())),
+            pa.array(ts[rows], pa.int64()),
+        ], names=list(RECORD_COLUMNS))
 
 
 def _assign_splits(users: np.ndarray, ts: np.ndarray, position: np.ndarray, s: SequenceSettings) -> np.ndarray:

@@ -75,3 +75,27 @@ def test_caps_are_seeded_and_keep_time_order():
     assert a["train"].num_rows == 10 and a["train"].equals(b["train"])
     ts = a["train"].column("timestamp").to_pylist()
     assert ts == sorted(ts)
+
+
+def test_a_split_comes_in_batches_of_bounded_title_bytes(monkeypatch):
+    """One Arrow string array holds under 2 GiB, which a large split's history titles outgrow
+    (10M interactions: "Negative offsets in binary array"). Records are built in batches of
+    under 2 x MAX_BATCH_TITLE_BYTES of titles (UTF-8 bytes, not characters), and they are the
+    same records whatever the batch size."""
+    import cft_core.sequences as sequences
+
+    items = ITEMS.assign(title=["Ä" * 3, "B", "Ç" * 5, "D", "É", "F"])
+    rng = np.random.default_rng(0)
+    inter = _inter([(f"u{u}", "abcdef"[rng.integers(6)], 100 * t + u) for u in range(20) for t in range(6)])
+    s = settings(k_core=0, max_history=3)
+    whole, _, _ = build_records(inter, items, s)
+    monkeypatch.setattr(sequences, "MAX_BATCH_TITLE_BYTES", 40)
+    batched, _, stats = build_records(inter, items, s)
+    assert all(len(whole[n].to_batches()) == 1 for n in whole)
+    assert len(batched["train"].to_batches()) > 5
+    for name in whole:
+        assert batched[name].to_pylist() == whole[name].to_pylist()
+        for batch in batched[name].to_batches():
+            size = sum(len(t.encode()) for r in batch.to_pylist() for t in [*r["history_titles"], r["target_title"]])
+            assert size < 2 * 40 or batch.num_rows == 1
+    assert stats["mean_history_train"] == np.mean([len(r["history_item_ids"]) for r in whole["train"].to_pylist()])
