@@ -36,6 +36,8 @@ def synthetic(n: int, users: int = 20_000, items: int = 10_000, seed: int = 0) -
             "timestamp": rng.integers(1_500_000_000, 1_600_000_000, n),
         }
     ).drop_duplicates(["user_id", "item_id", "timestamp"])
+    # as the ingested Parquet files read back: Arrow-backed strings
+    inter = inter.astype({"user_id": pd.StringDtype("pyarrow"), "item_id": pd.StringDtype("pyarrow")})
     titles = pd.DataFrame({"item_id": [f"i{i}" for i in range(items)], "title": [f"Item number {i}" for i in range(items)]})
     return inter, titles
 
