@@ -129,7 +129,7 @@ def build_records(
 
     flat, offsets = _histories(dense, position, s.max_history)
     is_sample = position >= 1
-    titles_of = _TitleColumns(catalogue["title"].to_numpy(dtype=object), flat, offsets)
+    records = _RecordBatches(catalogue["title"].to_numpy(dtype=object), flat, offsets)
     sample_rows = np.flatnonzero(is_sample)
     split_of = _assign_splits(users[sample_rows], ts[sample_rows], position[sample_rows], s)
     rng = np.random.default_rng(s.seed)
@@ -145,7 +145,7 @@ def build_records(
             n_keep = min(n_keep, caps[name])
         if n_keep < len(rows):  # seeded subsample, chronological order kept
             rows = rows[np.sort(rng.choice(len(rows), n_keep, replace=False))]
-        out[name] = pa.Table.from_batches([titles_of.batch(part, users, dense, ts) for part in titles_of.parts(rows, dense)])
+        out[name] = pa.Table.from_batches([records.batch(part, users, dense, ts) for part in records.parts(rows, dense)])
     stats = {
         "users": int(df["user_id"].nunique()),
         "items": len(catalogue),
@@ -160,7 +160,7 @@ def build_records(
 RECORD_COLUMNS = ("user_id", "history_item_ids", "history_titles", "target_item_id", "target_title", "timestamp")
 
 
-class _TitleColumns:
+class _RecordBatches:
     """Records' columns for given rows, from the per-interaction arrays: the histories (`flat`
     catalogue ids, `offsets` [R + 1], as `_histories` gives them) and their titles, in record
     batches of under 2 x MAX_BATCH_TITLE_BYTES of titles each."""
@@ -176,9 +176,10 @@ class _TitleColumns:
     def parts(self, rows: np.ndarray, dense: np.ndarray) -> list[np.ndarray]:
         """`rows` cut, in order, where the running total of their titles' bytes (history and
         target) crosses a multiple of MAX_BATCH_TITLE_BYTES."""
+        if not len(rows):
+            return [rows]  # an empty split: one empty batch, which carries the columns
         size = np.cumsum(self.history_bytes[rows] + self.title_bytes[dense[rows]])
-        cuts = np.flatnonzero(np.diff(size // MAX_BATCH_TITLE_BYTES)) + 1 if len(rows) else []
-        return np.split(rows, cuts) if len(rows) else [rows]
+        return np.split(rows, np.flatnonzero(np.diff(size // MAX_BATCH_TITLE_BYTES)) + 1)
 
     def batch(self, rows: np.ndarray, users: np.ndarray, dense: np.ndarray, ts: np.ndarray) -> pa.RecordBatch:
         """One record batch of `rows` (columns as `schemas.tables.RECORDS`)."""
