@@ -128,6 +128,7 @@ def to_int_timestamps(values: pd.Series, path: Path, column: str, unit: str = "a
     if pd.api.types.is_datetime64_any_dtype(values):  # Parquet/Arrow timestamps, any resolution
         parsed = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
         return _seconds(parsed), "datetime"
+    numbers = None
     if unit == "auto":  # mostly numbers: unix time (the rest are errors); else ISO-8601 text
         numbers = pd.to_numeric(values, errors="coerce")
         unit = detect_unit(numbers) if numbers.notna().sum() * 2 >= values.notna().sum() else "iso"
@@ -136,7 +137,7 @@ def to_int_timestamps(values: pd.Series, path: Path, column: str, unit: str = "a
         bad = parsed.isna() & values.notna()
         out = _seconds(parsed)
     else:
-        num = pd.to_numeric(values, errors="coerce")
+        num = pd.to_numeric(values, errors="coerce") if numbers is None else numbers  # (parsed once)
         bad = num.isna() & values.notna()
         out = num // _UNIT_SCALE[unit] if unit != "s" else num
     if bad.any():
@@ -188,14 +189,12 @@ def _ids(values: pd.Series, path: Path | None = None, column: str = "id") -> pd.
     ids = values.astype("string").str.strip()
     distinct = pd.Series(ids.dropna().unique())
     number = pd.to_numeric(distinct, errors="coerce")
-    numeric = distinct[number.notna()]
-    if len(numeric) > 1:
-        groups = numeric.groupby(number[number.notna()].to_numpy()).agg(list)
-        clashes = [spellings for spellings in groups if len(spellings) > 1]
-        if clashes:
-            where = f"{path}: column {column!r}" if path else f"column {column!r}"
-            raise DataError(f"{where}: {len(clashes)} id(s) spelled two ways, e.g. {clashes[:3]}; they would "
-                            "be taken as different users/items: make each id one spelling")
+    shared = number.notna() & number.duplicated(keep=False)  # a number that two distinct ids spell
+    if shared.any():
+        clashes = list(distinct[shared].groupby(number[shared].to_numpy()).agg(list))
+        where = f"{path}: column {column!r}" if path else f"column {column!r}"
+        raise DataError(f"{where}: {len(clashes)} id(s) spelled two ways, e.g. {clashes[:3]}; they would "
+                        "be taken as different users/items: make each id one spelling")
     return ids
 
 
