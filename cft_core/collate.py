@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import torch
 
 from cft_core.modeling import IGNORE_INDEX
@@ -27,6 +29,22 @@ class RecordTooLongError(ValueError):
     data's titles are longer than the setting allows. `user_error`: a message, not a traceback."""
 
     user_error = True
+
+
+def _per_title(titles, count) -> np.ndarray:
+    """count(title) [N] for each of `titles` (a list, or an Arrow string array, chunked or not),
+    computed once per distinct title."""
+    chunks = titles.chunks if isinstance(titles, pa.ChunkedArray) else [pa.array(titles, pa.string())]
+    counted: dict[str, int] = {}
+    out = [np.zeros(0, dtype=np.int64)]
+    for chunk in chunks:
+        encoded = chunk.dictionary_encode()  # indices [len(chunk)] into its distinct titles
+        distinct = encoded.dictionary.to_pylist()
+        for title in distinct:
+            if title not in counted:
+                counted[title] = count(title)
+        out.append(np.array([counted[t] for t in distinct], dtype=np.int64)[np.asarray(encoded.indices)])
+    return np.concatenate(out)
 
 
 @dataclass(frozen=True)
@@ -112,25 +130,17 @@ class PairedCollator:
         factual = tried[self.prompts.factual(kept)]
         return EncodedExample(factual, list(self._cf_prompt_ids), response, len(kept))
 
-    def records_too_long(self, records: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
-        """(position in `records`, tokens it needs) of each record that does not fit cutoff_len
-        even with its newest history title alone, which `encode` would raise for: found before
-        training, so that none stops a run midway. That is its one-title prompt and its response,
-        each a function of one title: every distinct title is tokenised once (78,675 ML-100K
-        records: 0.1 s)."""
-        one_title_prompt: dict[str, int] = {}  # newest history title -> tokens of its prompt
-        response: dict[str, int] = {}  # target title -> tokens of its response, EOS included
-        found = []
-        for position, record in enumerate(records):
-            newest, target = record["history_titles"][-1], record["target_title"]
-            if newest not in one_title_prompt:
-                one_title_prompt[newest] = len(self._prompt_ids(self.prompts.factual([newest])))
-            if target not in response:
-                response[target] = len(self.tokenizer(self.prompts.response(target), add_special_tokens=False)["input_ids"]) + 1
-            needs = one_title_prompt[newest] + response[target]
-            if needs > self.cutoff_len:
-                found.append((position, needs))
-        return found
+    def records_too_long(self, newest_titles, target_titles) -> list[tuple[int, int]]:
+        """(position, tokens it needs) of each record that does not fit cutoff_len even with its
+        newest history title alone, which `encode` would raise for: found before training, so
+        that none stops a run midway. A record is given by its newest history title and its
+        target title (`newest_titles[i]`, `target_titles[i]`: lists, or Arrow string arrays);
+        what it needs is its one-title prompt and its response, each a function of one title, so
+        every distinct title is tokenised once and the records are summed in numpy."""
+        needs = (_per_title(newest_titles, lambda t: len(self._prompt_ids(self.prompts.factual([t]))))
+                 + _per_title(target_titles, lambda t: len(self.tokenizer(self.prompts.response(t),
+                                                                          add_special_tokens=False)["input_ids"]) + 1))
+        return [(int(i), int(needs[i])) for i in np.flatnonzero(needs > self.cutoff_len)]
 
     def collate_encoded(self, examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
         """Pad already encoded examples into a paired batch."""

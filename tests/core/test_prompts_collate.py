@@ -1,5 +1,6 @@
 """Prompt builder and paired collation: exact label spans, shared response, separate padding."""
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -118,7 +119,9 @@ def test_records_too_long_are_exactly_those_encode_refuses(tiny_tokenizer):
             except RecordTooLongError as e:
                 assert e.user_error
                 refused.append(i)
-        found = collator.records_too_long(records)
+        newest, targets = [r["history_titles"][-1] for r in records], [r["target_title"] for r in records]
+        found = collator.records_too_long(newest, targets)
+        assert collator.records_too_long(pa.chunked_array([newest[:7], newest[7:]]), pa.array(targets)) == found
         assert [i for i, _ in found] == refused
         assert all(n == needs[i] > cutoff for i, n in found)
 

@@ -9,6 +9,7 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -737,3 +738,32 @@ def test_records_longer_than_cutoff_len_are_a_config_error_before_training(tmp_p
                                           r"[0-9,]+ tokens\).* Raise train.cutoff_len to at least [0-9,]+"):
         train(cfg, seq, fp)
     assert not training_run_dir(cfg, fp).exists()
+
+
+def test_split_records_are_read_records_kept_columnar(tmp_path):
+    """The trainer's dataset (`SplitRecords`) gives the records `read_records` gives, one at a time
+    and a batch at a time, the same sample under a cap, and each record's newest history title
+    and target for the cutoff check, from a file of several row groups (Arrow chunks)."""
+    import pyarrow as pa
+
+    from schemas import tables
+    from tasks.training import SplitRecords, read_records
+
+    rng = np.random.default_rng(0)
+    rows = [{"user_id": f"u{r % 7}", "history_item_ids": list(range(n)), "history_titles": [f"T{r}.{j}" for j in range(n)],
+             "target_item_id": r % 5, "target_title": f"target {r}", "timestamp": r}
+            for r, n in enumerate(rng.integers(1, 6, 40).tolist())]
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=tables.RECORDS), path, row_group_size=16)
+    records = SplitRecords(path)
+    assert records.table.column("history_titles").num_chunks == 3
+    wanted = [{k: r[k] for k in SplitRecords.COLUMNS} for r in read_records(path)]
+    assert len(records) == 40 and [records[i] for i in range(40)] == wanted
+    assert records.__getitems__([5, 0, 39]) == [wanted[5], wanted[0], wanted[39]]
+    newest, targets = records.newest_and_target_titles()
+    assert newest.to_pylist() == [r["history_titles"][-1] for r in rows]
+    assert targets.to_pylist() == [r["target_title"] for r in rows]
+    sample = SplitRecords(path, limit=9, seed=3)
+    expected = read_records(path, limit=9, seed=3)
+    assert sample.split_rows == [r["split_row"] for r in expected]
+    assert [sample[i] for i in range(9)] == [{k: r[k] for k in SplitRecords.COLUMNS} for r in expected]
