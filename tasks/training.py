@@ -105,11 +105,11 @@ class SplitRecords:
         return pa.chunked_array(newest, pa.string()), self.table.column("target_title")
 
 
-def check_records_fit(collator, splits: dict[str, SplitRecords]) -> None:
+def check_records_fit(collator, splits: list[SplitRecords]) -> None:
     """ConfigError, before anything is trained or written, when records of a split do not fit
     train.cutoff_len even with their newest history title alone (`PairedCollator.records_too_long`;
     they would stop the run at the batch that holds the first one)."""
-    for records in splits.values():
+    for records in splits:
         too_long = collator.records_too_long(*records.newest_and_target_titles())
         if too_long:
             needs = max(n for _, n in too_long)
@@ -400,7 +400,7 @@ def _train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, run_dir:
         tokenizer, PromptBuilder.for_domain(cfg.data.domain), cutoff_len=t.cutoff_len,
         with_counterfactual=objective.run_counterfactual,
     )
-    check_records_fit(collator, {"train": train_rows, "valid": valid_rows})
+    check_records_fit(collator, [train_rows, valid_rows])
 
     eval_strategy = "steps" if t.eval_steps else "epoch"
     args = TrainingArguments(
