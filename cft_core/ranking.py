@@ -12,8 +12,8 @@ the two cannot drift (cft-method.md, section 3).
 
 The prompt holds the last `max_history` titles of a history (the length the model was trained
 on), fewer where they would make it longer than `cutoff_len` tokens (oldest dropped first, the
-rule training cuts its records by). Beam search is deterministic, so each distinct prompt is generated once (the no-history
-prompt of the history-reliance diagnostic is the same for every row: one generation).
+rule training cuts its records by). Beam search is deterministic, so each distinct prompt is
+generated once (the no-history prompt of the history-reliance diagnostic is the same for every row: one generation).
 
 Scores, one per returned item, never increase along the list (higher is better):
 - grounding: the interleave's own order as a number. The adjusted ranking walks the beams'
@@ -305,8 +305,9 @@ class Ranker:
     def prompt(self, history_titles: Sequence[str]) -> str:
         """The factual prompt of a history: its newest titles, at most `max_history` and as many
         as make a prompt of at most `prompt_budget` tokens (`PromptBuilder.fitted_history`, as
-        training cuts its records to `cutoff_len`: the model is never shown a longer prompt than
-        it was trained on, and a long free-text entry cannot hold a server for minutes). For no
+        training cuts its records, prompt and response, to `cutoff_len`: the model is not shown
+        prompts far longer than it was trained on, and a long free-text entry cannot hold a server
+        for minutes). For no
         titles at all (a new user), the counterfactual prompt: the no-history ranking (module
         docstring). InputError when even the newest title alone makes too long a prompt."""
         titles = list(history_titles)[-self.settings.max_history :]
@@ -315,9 +316,10 @@ class Ranker:
         if self.prompt_budget is not None:
             fitted = self.prompts.fitted_history(titles, self._count_tokens, self.prompt_budget)
             if not fitted:
+                bound = "train.cutoff_len" if self.settings.cutoff_len else "its context length"
                 raise InputError(f"its newest title ({len(titles[-1]):,} characters) alone makes a prompt of "
                                  f"{self._count_tokens(self.prompts.factual(titles[-1:])):,} tokens; the model "
-                                 f"reads at most {self.prompt_budget:,} (train.cutoff_len)")
+                                 f"reads at most {self.prompt_budget:,} ({bound})")
             titles = fitted
         return self.prompts.factual(titles)
 

@@ -213,6 +213,8 @@ def test_prompt_keeps_the_newest_titles_that_fit_cutoff_len(model, tiny_tokenize
     # A version stored before the setting existed is bounded by the model's context length.
     old = Ranker(model, tiny_tokenizer, prompts, IDS, TITLES, ranking_settings("constrained", cutoff_len=None))
     assert old.prompt_budget == model.config.max_position_embeddings
+    with pytest.raises(InputError, match=r"the model reads at most 2,048 \(its context length\)$"):
+        old.prompt(["Heat", " ".join(["words"] * 3000)])
 
 
 def test_a_history_too_long_for_cutoff_len_is_refused_before_generating(model, tiny_tokenizer, monkeypatch):
