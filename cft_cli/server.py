@@ -279,8 +279,9 @@ def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False)
                 frame = await run_in_threadpool(now.model.predict, None, pd.DataFrame(columns),
                                                 {"k": p.k, "exclude_history": p.exclude_history, "free_text": p.free_text})
                 return frame.to_dict(orient="records"), now
-            try:
-                future = now.batching.submit(histories, p.k, p.exclude_history, p.free_text, exclude)
+            try:  # (in a thread: resolving and fitting the histories tokenises them, up to 1 MB of text)
+                future = await run_in_threadpool(now.batching.submit, histories, p.k, p.exclude_history,
+                                                 p.free_text, exclude)
             except Retired:
                 continue
             return [asdict(r) for r in await asyncio.wrap_future(future)], now

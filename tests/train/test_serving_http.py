@@ -167,6 +167,35 @@ def test_a_full_queue_answers_503_at_once(served, monkeypatch):
     assert [a.status_code for a in answers] == [200] * 3
 
 
+def test_histories_are_read_off_the_event_loop(served):
+    """Resolving a request's histories and fitting them to cutoff_len tokenises them (up to 1 MB
+    of text: ~2 s): it runs in a worker thread, so while one request's histories are held there,
+    the server still answers /health."""
+    from fastapi.testclient import TestClient
+
+    from cft_cli.server import create_app
+
+    body = {"history": [served[1]["title"][0]], "k": 2}
+    with TestClient(create_app(served[0])) as client:
+        ranker = client.app.state.served.current.batching.ranker
+        prompts_for, entered, opened = ranker.prompts_for, threading.Event(), threading.Event()
+        ranker.prompts_for = lambda *a, **k: (entered.set(), opened.wait(60), prompts_for(*a, **k))[2]
+        answers, health = [], []
+        held = threading.Thread(target=lambda: answers.append(client.post("/recommend", json=body)))
+        try:
+            held.start()
+            assert entered.wait(30)
+            probe = threading.Thread(target=lambda: health.append(client.get("/health")))
+            probe.start()
+            probe.join(10)  # on the event loop, the held request would keep /health waiting
+            assert [h.status_code for h in health] == [200]
+        finally:
+            opened.set()
+            held.join(60)
+            ranker.prompts_for = prompts_for
+    assert [a.status_code for a in answers] == [200]
+
+
 def test_mlflow_scoring_server_answers_400_with_the_reason_and_no_trace(served):
     """`mlflow models serve` runs this very app (mlflow.pyfunc.scoring_server)."""
     import mlflow
