@@ -105,12 +105,15 @@ class PairedCollator:
     def _prompt_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
+    def _response_ids(self, title: str) -> list[int]:
+        """The label tokens of a target: title, closing quote, EOS."""
+        return self.tokenizer(self.prompts.response(title), add_special_tokens=False)["input_ids"] + [
+            self.tokenizer.eos_token_id]
+
     def encode(self, record: Mapping[str, Any]) -> EncodedExample:
         """Tokenise one record; drops the oldest history titles until it fits `cutoff_len`."""
         history = list(record["history_titles"])
-        response = self.tokenizer(
-            self.prompts.response(record["target_title"]), add_special_tokens=False
-        )["input_ids"] + [self.tokenizer.eos_token_id]
+        response = self._response_ids(record["target_title"])
         if self._cf_prompt_ids is None:  # the same for every record of the domain
             self._cf_prompt_ids = self._prompt_ids(self.prompts.counterfactual())
         tried: dict[str, list[int]] = {}  # prompt text -> ids, so the kept prompt is not tokenised twice
@@ -122,7 +125,7 @@ class PairedCollator:
         budget = self.cutoff_len - len(response)  # the prompt's share of cutoff_len
         kept = self.prompts.fitted_history(history, count_tokens, budget)
         if not kept:
-            tokens = len(self._prompt_ids(self.prompts.factual(history[-1:]))) + len(response)
+            tokens = len(tried[self.prompts.factual(history[-1:])]) + len(response)  # its last try
             raise RecordTooLongError(
                 f"record for target {record['target_title']!r} does not fit cutoff_len="
                 f"{self.cutoff_len} even with one history title ({tokens} tokens)"
@@ -138,8 +141,7 @@ class PairedCollator:
         what it needs is its one-title prompt and its response, each a function of one title, so
         every distinct title is tokenised once and the records are summed in numpy."""
         needs = (_per_title(newest_titles, lambda t: len(self._prompt_ids(self.prompts.factual([t]))))
-                 + _per_title(target_titles, lambda t: len(self.tokenizer(self.prompts.response(t),
-                                                                          add_special_tokens=False)["input_ids"]) + 1))
+                 + _per_title(target_titles, lambda t: len(self._response_ids(t))))
         return [(int(i), int(needs[i])) for i in np.flatnonzero(needs > self.cutoff_len)]
 
     def collate_encoded(self, examples: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
