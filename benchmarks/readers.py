@@ -1,17 +1,27 @@
-"""Reading an Amazon Reviews 2018 file (`amazon_raw`): pyarrow's JSON reader (`tasks.readers.
+"""Reading large source files, each reader timed interleaved on the same synthetic files, each
+run in its own process so that its peak memory (VmHWM, Linux) is its own.
+
+`amazon` (an Amazon Reviews 2018 file, `amazon_raw`): pyarrow's JSON reader (`tasks.readers.
 _json_lines`, since 2026-12-05), the line-by-line fallback it uses for files it refuses
 (`_json_lines_by_line`), and the reader before (the whole file decoded, `json.loads` per line,
-a DataFrame of every field), timed interleaved on the same gzipped file, each run in its own
-process so that its peak memory (VmHWM, Linux) is its own.
+a DataFrame of every field). The file is shaped like a 2018 review line (overall, verified,
+reviewTime, reviewerID, asin, reviewerName, style, reviewText of 20..150 words, summary,
+unixReviewTime: ~660 bytes), gzipped.
 
-    python -m benchmarks.readers                   # 1,000,000 reviews (~660 MB of JSON), 3 rounds
-    python -m benchmarks.readers --reviews 200000 --rounds 5
+`movielens` (the ML-20M/25M/32M layout: ratings.csv + movies.csv): the `grouplens` reader
+(pyarrow's CSV reader, since 2026-12-05), the `generic` reader with a column mapping (what such a
+folder needed before: pandas from the decoded text), and that reader as it was before its numbers
+were parsed by Arrow (`tasks.readers.to_numbers` replaced by `pd.to_numeric`). ML-25M's shape:
+25,000,095 ratings of ~160,000 users, 60,000 titles (some quoted, some accented), half stars.
 
-The file is synthetic, shaped like a 2018 review line (overall, verified, reviewTime, reviewerID,
-asin, reviewerName, style, reviewText of 20..150 words, summary, unixReviewTime: ~660 bytes),
-seeded. Each round runs the three readers, in an order that alternates between rounds; a ratio
-is a reader's time (or peak memory) over the arrow reader's in the same round, reported as the
-median with its range. Results: benchmarks/results/readers.json and .md.
+    python -m benchmarks.readers                          # amazon: 1,000,000 reviews (~660 MB), 3 rounds
+    python -m benchmarks.readers --source movielens       # 25,000,000 ratings (~570 MB), 3 rounds
+    python -m benchmarks.readers --rows 200000 --rounds 5
+
+Files are seeded. Each round runs every reader, in an order that alternates between rounds; a
+ratio is a reader's time (or peak memory) over the first reader's in the same round, reported as
+the median with its range. Results: benchmarks/results/readers.json and .md (amazon),
+readers-movielens.json and .md.
 """
 
 from __future__ import annotations
@@ -33,7 +43,12 @@ from benchmarks.provenance import machine
 
 RESULTS = Path(__file__).parent / "results"
 FIELDS = {"reviewerID": "string", "asin": "string", "overall": "float64", "unixReviewTime": "int64"}
-READERS = ("arrow", "by_line", "whole_text")
+READERS = {"amazon": ("arrow", "by_line", "whole_text"), "movielens": ("grouplens", "generic", "generic_before")}
+LABELS = {"arrow": "pyarrow JSON reader (now)", "by_line": "line by line (its fallback)",
+          "whole_text": "whole text + json.loads (before)", "grouplens": "grouplens: pyarrow CSV (now)",
+          "generic": "generic: pandas CSV, Arrow numbers (now)",
+          "generic_before": "generic: pandas CSV, pandas numbers (before)"}
+DEFAULT_ROWS = {"amazon": 1_000_000, "movielens": 25_000_000}
 WORDS = ["game", "great", "fun", "hard", "play", "graphics", "story", "buy", "controller", "love", "bad", "the", "a", "is", "it", "and", "to", "of"]
 
 
@@ -49,12 +64,42 @@ def write_reviews(path: Path, n: int, seed: int = 0) -> None:
                 "summary": "Five Stars", "unixReviewTime": 1_400_000_000 + rng.randrange(100_000_000)}) + "\n")
 
 
+def write_movielens(folder: Path, n: int, seed: int = 0) -> None:
+    """ratings.csv (n rows, sorted by user as GroupLens writes it) and movies.csv (60,000 titles)."""
+    rng = np.random.default_rng(seed)
+    users = np.sort(rng.integers(1, n // 150 + 2, n))
+    items = rng.zipf(1.3, n) % 60_000 + 1  # a long tail, as ratings are
+    stars = rng.integers(1, 11, n) / 2
+    times = rng.integers(789_652_009, 1_574_327_703, n)
+    with open(folder / "ratings.csv", "w") as f:
+        f.write("userId,movieId,rating,timestamp\n")
+        for start in range(0, n, 1_000_000):
+            part = slice(start, start + 1_000_000)
+            f.writelines(f"{u},{i},{r:g},{t}\n" for u, i, r, t in zip(
+                users[part].tolist(), items[part].tolist(), stars[part].tolist(), times[part].tolist(), strict=True))
+    with open(folder / "movies.csv", "w", encoding="utf-8") as f:
+        f.write("movieId,title,genres\n")
+        f.writelines(f'{i},"Movie {i}, The ({1900 + i % 120})",Drama|Comedy\n' if i % 7 == 0
+                     else f"{i},Movie {i} – Café ({1900 + i % 120}),Drama\n" for i in range(1, 60_001))
+
+
 def read(reader: str, path: Path):
-    """The reviews' four fields as a DataFrame, as `reader` reads them."""
+    """The source's rows as a DataFrame, as `reader` reads them (`path`: the file or folder)."""
     import pandas as pd
 
     from tasks import readers
 
+    if reader == "grouplens":
+        return readers.read_grouplens(path)[0]
+    if reader in ("generic", "generic_before"):
+        from schemas.config import DataConfig
+
+        if reader == "generic_before":
+            readers.to_numbers = lambda values: pd.to_numeric(values, errors="coerce")
+        cfg = DataConfig.model_validate({"data_root": str(path), "source": {
+            "format": "generic", "path": str(path / "ratings.csv"), "items_path": str(path / "movies.csv"),
+            "columns": {"user_id": "userId", "item_id": "movieId", "title": "title"}}})
+        return readers.read_generic(cfg, path / "ratings.csv", path / "movies.csv")[0]
     if reader == "arrow":
         return readers._json_lines(path, FIELDS)
     if reader == "by_line":
@@ -82,57 +127,67 @@ def run(reader: str, path: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reviews", type=int, default=1_000_000)
+    ap.add_argument("--source", choices=sorted(READERS), default="amazon")
+    ap.add_argument("--rows", type=int, help="reviews (amazon) or ratings (movielens); default: "
+                    + ", ".join(f"{k} {v:,}" for k, v in DEFAULT_ROWS.items()))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--child", nargs=2, metavar=("READER", "PATH"), help=argparse.SUPPRESS)
     ns = ap.parse_args()
     if ns.child:
         return child(ns.child[0], Path(ns.child[1]))
+    rows, names = ns.rows or DEFAULT_ROWS[ns.source], READERS[ns.source]
     scratch = Path(tempfile.mkdtemp(prefix="bench-readers-"))
     try:
-        path = scratch / "Video_Games_5.json.gz"
-        write_reviews(path, ns.reviews)
-        with gzip.open(path, "rb") as f:  # in chunks: the runs fork from this process
-            size = sum(len(chunk) for chunk in iter(lambda: f.read(1 << 24), b""))
+        if ns.source == "amazon":
+            path = scratch / "Video_Games_5.json.gz"
+            write_reviews(path, rows)
+            with gzip.open(path, "rb") as f:  # in chunks: the runs fork from this process
+                size = sum(len(chunk) for chunk in iter(lambda: f.read(1 << 24), b""))
+            what = f"{rows:,} synthetic Amazon 2018 review lines, {size / 1e6:,.0f} MB of JSON, gzipped."
+        else:
+            path = scratch
+            write_movielens(path, rows)
+            size = (path / "ratings.csv").stat().st_size
+            what = (f"{rows:,} synthetic ML-25M-shaped ratings, ratings.csv {size / 1e6:,.0f} MB, "
+                    "movies.csv 60,000 titles.")
         rounds = []
         for r in range(ns.rounds):
-            order = READERS if r % 2 == 0 else READERS[::-1]
+            order = names if r % 2 == 0 else names[::-1]
             rounds.append({reader: run(reader, path) for reader in order})
-            assert len({v["rows"] for v in rounds[-1].values()}) == 1  # every reader read every line
+            assert len({v["rows"] for v in rounds[-1].values()}) == 1  # every reader read every row
             print(f"round {r + 1}: {rounds[-1]}", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
     def ratio(reader: str, part: str) -> dict:
-        values = [r[reader][part] / r["arrow"][part] for r in rounds]
+        values = [r[reader][part] / r[names[0]][part] for r in rounds]
         return {"median": float(np.median(values)), "min": min(values), "max": max(values)}
 
     def median(reader: str, part: str) -> float:
         return float(np.median([r[reader][part] for r in rounds]))
 
-    result = {"reviews": ns.reviews, "json_bytes": size, "rounds": rounds,
+    result = {"source": ns.source, "rows": rows, "bytes": size, "rounds": rounds,
               "ratios": {reader: {part: ratio(reader, part) for part in ("seconds", "peak_mb")}
-                         for reader in READERS[1:]},
+                         for reader in names[1:]},
               **machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
+    stem = "readers" if ns.source == "amazon" else f"readers-{ns.source}"
     ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "readers.json").write_text(json.dumps(result, indent=1))
-    labels = {"arrow": "pyarrow JSON reader (now)", "by_line": "line by line (its fallback)",
-              "whole_text": "whole text + json.loads (before)"}
-    lines = [f"# readers ({ns.rounds} interleaved rounds, {result['time']}, {result.get('cpu_count', '?')} CPUs, "
-             f"commit {result.get('commit', '?')})", "",
-             f"{ns.reviews:,} synthetic Amazon 2018 review lines, {size / 1e6:,.0f} MB of JSON, gzipped.", "",
-             "| reader | seconds | peak memory | time / arrow | memory / arrow |", "|---|---|---|---|---|"]
-    for reader in READERS:
-        row = f"| {labels[reader]} | {median(reader, 'seconds'):.2f} s | {median(reader, 'peak_mb'):,.0f} MB |"
-        if reader == "arrow":
+    (ns.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    first = names[0]
+    lines = [f"# readers: {ns.source} ({ns.rounds} interleaved rounds, {result['time']}, "
+             f"{result.get('cpu_count', '?')} CPUs, commit {result.get('commit', '?')})", "", what, "",
+             f"| reader | seconds | peak memory | time / {first} | memory / {first} |", "|---|---|---|---|---|"]
+    for reader in names:
+        row = f"| {LABELS[reader]} | {median(reader, 'seconds'):.2f} s | {median(reader, 'peak_mb'):,.0f} MB |"
+        if reader == first:
             row += " 1 | 1 |"
         else:
             t, m = result["ratios"][reader]["seconds"], result["ratios"][reader]["peak_mb"]
             row += (f" {t['median']:.1f}x ({t['min']:.1f}-{t['max']:.1f}) |"
                     f" {m['median']:.1f}x ({m['min']:.1f}-{m['max']:.1f}) |")
         lines.append(row)
-    (ns.out / "readers.md").write_text("\n".join(lines) + "\n")
+    (ns.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -42,11 +42,11 @@ class SourceConfig(_Strict):
         "recbole_package",
         description="recbole_package: MovieLens-100K shipped in the recbole==1.2.1 wheel (the "
         "default, needs no network); recbole: a folder of RecBole atomic files (<name>.inter, "
-        "<name>.item); grouplens: ML-100K (u.data, u.item) or ML-1M (ratings.dat, movies.dat) "
-        "folders; amazon_raw: Amazon Reviews 2018 reviews JSON lines (+ meta_path); d3_csv: a "
-        "folder of D3/BIGRec CSV splits (train/valid/test) and its info file; generic: CSV or "
-        "Parquet interactions (+ items_path) with a column mapping; synthetic: generated rows with "
-        "a planted history signal (`synthetic` settings).",
+        "<name>.item); grouplens: a MovieLens folder as GroupLens ships it: ML-100K (u.data, u.item), "
+        "ML-1M/10M (ratings.dat, movies.dat) or ML-20M/25M/32M/ml-latest (ratings.csv, movies.csv); "
+        "amazon_raw: Amazon Reviews 2018 reviews JSON lines (+ meta_path); d3_csv: a folder of "
+        "D3/BIGRec CSV splits (train/valid/test) and its info file; generic: CSV or Parquet interactions "
+        "(+ items_path) with a column mapping; synthetic: generated rows with a planted history signal (`synthetic` settings).",
     )
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="synthetic: the generator's knobs.")
     path: str | None = Field(

@@ -112,6 +112,28 @@ def require_columns(df: pd.DataFrame, columns: list[str], path: Path, mapping: d
 _UNIT_SCALE = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 
 
+def to_numbers(values: pd.Series) -> pd.Series:
+    """`pd.to_numeric(values, errors="coerce")`'s numbers, by Arrow's cast where `values` are Arrow
+    strings that all read as int64 or as float64 (25M unix times in ~1 s; pandas takes ~8 s);
+    else by pandas. A value that fails either cast goes to pandas, whose rules then decide (what
+    does not read becomes null and the caller names its rows)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
+        strings = pa.array(values)
+        for kind in (pa.int64(), pa.float64()):
+            try:
+                parsed = pc.cast(strings, kind)
+            except pa.ArrowInvalid:
+                continue
+            if kind == pa.int64() and pc.any(pc.match_substring(strings, "x", ignore_case=True)).as_py():
+                break  # Arrow reads "0x10" as 16; pandas does not read hexadecimal
+            exact = {pa.int64(): pd.Int64Dtype()}.get if parsed.null_count else None  # ints with nulls: not float
+            return parsed.to_pandas(types_mapper=exact).set_axis(values.index).rename(values.name)
+    return pd.to_numeric(values, errors="coerce")
+
+
 def detect_unit(numbers: pd.Series) -> str:
     """The unit of numeric unix timestamps, from the magnitude of their median."""
     median = float(numbers.abs().median()) if numbers.notna().any() else 0.0
@@ -130,14 +152,14 @@ def to_int_timestamps(values: pd.Series, path: Path, column: str, unit: str = "a
         return _seconds(parsed), "datetime"
     numbers = None
     if unit == "auto":  # mostly numbers: unix time (the rest are errors); else ISO-8601 text
-        numbers = pd.to_numeric(values, errors="coerce")
+        numbers = to_numbers(values)
         unit = detect_unit(numbers) if numbers.notna().sum() * 2 >= values.notna().sum() else "iso"
     if unit == "iso":
         parsed = pd.to_datetime(values.astype("string"), errors="coerce", utc=True, format="ISO8601")
         bad = parsed.isna() & values.notna()
         out = _seconds(parsed)
     else:
-        num = pd.to_numeric(values, errors="coerce") if numbers is None else numbers  # (parsed once)
+        num = to_numbers(values) if numbers is None else numbers  # (parsed once)
         bad = num.isna() & values.notna()
         out = num // _UNIT_SCALE[unit] if unit != "s" else num
     if bad.any():
@@ -148,6 +170,8 @@ def to_int_timestamps(values: pd.Series, path: Path, column: str, unit: str = "a
         )
     if out.isna().any():  # nulls are reported by validation, with the other expectations
         return out.astype("Float64").round().astype("Int64"), unit
+    if out.dtype == "int64":  # whole seconds already (through float, they would be 2x the work)
+        return out, unit
     return out.astype("float64").round().astype("int64"), unit
 
 
@@ -158,7 +182,7 @@ def _seconds(parsed: pd.Series) -> pd.Series:
 
 
 def to_float(values: pd.Series, path: Path, column: str) -> pd.Series:
-    num = pd.to_numeric(values, errors="coerce")
+    num = to_numbers(values)
     bad = num.isna() & values.notna()
     if bad.any():
         raise DataError(
@@ -247,20 +271,35 @@ def read_recbole(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return interactions, pd.DataFrame({"item_id": _ids(items["item_id"]), "title": title})
 
 
+# The GroupLens MovieLens layouts, told apart by the files a download unpacks to. Each ratings file
+# holds user, item, rating, time; the titles carry the year, "Toy Story (1995)".
+#   ML-100K                          u.data (tab), u.item ('|'), latin-1
+#   ML-1M, ML-10M                    ratings.dat, movies.dat ('::'); ML-1M's titles are latin-1
+#   ML-20M/25M/32M, ml-latest(-small) ratings.csv, movies.csv (headers; UTF-8, quoted titles)
+RATINGS_CSV_HEADER = ["userId", "movieId", "rating", "timestamp"]
+MOVIES_CSV_COLUMNS = ["movieId", "title"]
+
+
 def read_grouplens(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """GroupLens ML-100K (u.data, u.item) or ML-1M (ratings.dat, movies.dat); latin-1 text."""
+    """A GroupLens MovieLens folder (the layouts above) -> (interactions, items)."""
     if (folder / "u.data").is_file():
-        inter_path, item_path, sep = folder / "u.data", folder / "u.item", None
-        inter = read_csv(inter_path, sep="\t", header=None, dtype=str, encoding="latin-1")
+        inter_path, item_path = folder / "u.data", folder / "u.item"
+        inter = _read_ratings(inter_path, "\t")
         items = read_csv(item_path, sep="|", header=None, dtype=str, encoding="latin-1")
     elif (folder / "ratings.dat").is_file():
-        inter_path, item_path, sep = folder / "ratings.dat", folder / "movies.dat", "::"
-        inter = pd.DataFrame([line.split(sep) for line in open_text(inter_path, "latin-1").splitlines() if line])
-        items = pd.DataFrame([line.split(sep) for line in open_text(item_path, "latin-1").splitlines() if line])
+        inter_path, item_path = folder / "ratings.dat", folder / "movies.dat"
+        inter = _read_ratings(inter_path, "::")
+        text = _utf8_or_latin1(item_path)
+        items = pd.DataFrame([line.split("::") for line in text.splitlines() if line])
+    elif (folder / "ratings.csv").is_file():
+        inter_path, item_path = folder / "ratings.csv", folder / "movies.csv"
+        inter = _read_ratings(inter_path, ",", header=RATINGS_CSV_HEADER)
+        items = read_csv(item_path, dtype=str, keep_default_na=False, na_values=[""])
+        require_columns(items, MOVIES_CSV_COLUMNS, item_path)
+        items = items[MOVIES_CSV_COLUMNS].set_axis([0, 1], axis=1)
     else:
-        raise DataError(f"{folder}: expected GroupLens u.data/u.item (100K) or ratings.dat/movies.dat (1M)")
-    if inter.shape[1] < 4:
-        raise DataError(f"{inter_path}: expected 4 fields (user, item, rating, timestamp), got {inter.shape[1]}")
+        raise DataError(f"{folder}: expected GroupLens u.data/u.item (100K), ratings.dat/movies.dat (1M, 10M) "
+                        "or ratings.csv/movies.csv (20M, 25M, 32M, ml-latest)")
     if items.shape[1] < 2:
         raise DataError(f"{item_path}: expected at least 2 fields (item id, title), got {items.shape[1]}")
     interactions = pd.DataFrame(
@@ -272,6 +311,64 @@ def read_grouplens(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         }
     )
     return interactions, pd.DataFrame({"item_id": _ids(items[0]), "title": items[1].str.strip()})
+
+
+def _utf8_or_latin1(path: Path) -> str:
+    """ML-1M's movies.dat is latin-1; ML-10M's is UTF-8. Text that decodes as UTF-8 is taken as
+    UTF-8 (latin-1 text with accents almost never does), else as latin-1."""
+    raw = read_bytes(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _read_ratings(path: Path, sep: str, header: list[str] | None = None) -> pd.DataFrame:
+    """The four fields (user, item, rating, time) of a GroupLens ratings file as strings, columns
+    0..3, by pyarrow's CSV reader: ML-25M's 678 MB in seconds, where pandas from the decoded text
+    took ~4x the time and ~8x the memory (benchmarks/readers.py). The fields are numbers, so there is
+    no quoting, and ML-1M/10M's "::" is read as ':' with an empty field between every two. A file
+    it refuses is read again line by line, to name the line at fault."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    _check_readable(path)
+    if header is not None:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            found = f.readline().rstrip("\r\n").lstrip("\ufeff").split(sep)
+        if found != header:
+            raise DataError(f"{path}: expected the header {','.join(header)}, found {','.join(found)!r}; "
+                            "for other columns use data.source.format=generic with data.source.columns")
+    width = 7 if sep == "::" else 4
+    names = [str(i) for i in range(width)]
+    try:
+        table = pcsv.read_csv(
+            path,
+            read_options=pcsv.ReadOptions(column_names=names, skip_rows=int(header is not None)),
+            parse_options=pcsv.ParseOptions(delimiter=sep[0], quote_char=False),
+            convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.large_string()),
+                                                strings_can_be_null=True),  # "" -> null, as pandas reads it
+        )
+    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+        _raise_first_bad_line(path, sep, header)
+        raise DataError(f"{path}: cannot read as {sep!r}-separated ratings ({e})") from None
+    if sep == "::":  # ':' splits "1::2" into "1", "", "2": the odd columns must be empty (null)
+        if any(table.column(i).null_count != table.num_rows for i in (1, 3, 5)):
+            _raise_first_bad_line(path, sep, header)
+        table = table.select([0, 2, 4, 6])
+    if table.num_rows == 0:
+        raise DataError(f"{path}: has no ratings")
+    return table.rename_columns(["0", "1", "2", "3"]).to_pandas().set_axis([0, 1, 2, 3], axis=1)
+
+
+def _raise_first_bad_line(path: Path, sep: str, header: list[str] | None) -> None:
+    """DataError naming the first line of a ratings file that is not four `sep`-separated fields."""
+    for number, line in enumerate(open_text(path).splitlines(), start=1):
+        if header is not None and number == 1 or not line.strip():
+            continue
+        if len(fields := line.split(sep)) != 4 or not all(f.strip() for f in fields):
+            raise DataError(f"{path}: line {number} is not four {sep!r}-separated fields (user, item, "
+                            f"rating, timestamp): {line[:80]!r}")
 
 
 # ------------------------------------------------------------------------------ Amazon

@@ -1,4 +1,5 @@
-"""Happy paths of the GroupLens and Amazon raw readers, on small files in their real layouts."""
+"""The GroupLens and Amazon raw readers on small files in their real layouts, and what they say
+about bad ones."""
 
 import gzip
 import json
@@ -7,8 +8,9 @@ import pandas as pd
 import pytest
 
 from schemas.config import DataConfig, SourceConfig
+from schemas.errors import DataError
 from tasks.data import prepare
-from tasks.readers import read_amazon_raw, read_grouplens
+from tasks.readers import read_amazon_raw, read_grouplens, to_numbers
 
 
 def test_grouplens_100k_layout(tmp_path):
@@ -23,10 +25,97 @@ def test_grouplens_100k_layout(tmp_path):
 
 def test_grouplens_1m_layout(tmp_path):
     (tmp_path / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3::978302109\n")
-    (tmp_path / "movies.dat").write_bytes("1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n661::James and the Giant Peach (1996)::Animation\n".encode("latin-1"))
+    (tmp_path / "movies.dat").write_bytes("1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n661::Cité des enfants perdus, La (1995)::Animation\n".encode("latin-1"))
     inter, items = read_grouplens(tmp_path)
     assert list(inter["item_id"]) == ["1193", "661"] and list(inter["rating"]) == [5.0, 3.0]
-    assert list(items["title"]) == ["One Flew Over the Cuckoo's Nest (1975)", "James and the Giant Peach (1996)"]
+    assert list(items["title"]) == ["One Flew Over the Cuckoo's Nest (1975)", "Cité des enfants perdus, La (1995)"]
+
+
+def test_grouplens_10m_layout_has_half_stars_and_utf8_titles(tmp_path):
+    (tmp_path / "ratings.dat").write_text("1::122::5::838985046\r\n1::185::4.5::838983525\r\n\r\n")
+    (tmp_path / "movies.dat").write_text("122::Boomerang (1992)::Comedy|Romance\n185::Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)::Comedy\n", encoding="utf-8")
+    inter, items = read_grouplens(tmp_path)
+    assert inter.to_dict("list") == {"user_id": ["1", "1"], "item_id": ["122", "185"],
+                                     "timestamp": [838985046, 838983525], "rating": [5.0, 4.5]}
+    assert list(items["title"]) == ["Boomerang (1992)", "Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)"]
+
+
+def write_movielens_csv(folder, ratings: str, movies: str) -> None:
+    """The ML-20M/25M/32M/ml-latest layout (and the files it has that are not read)."""
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + ratings)
+    (folder / "movies.csv").write_text("movieId,title,genres\n" + movies, encoding="utf-8")
+    (folder / "links.csv").write_text("movieId,imdbId,tmdbId\n1,0114709,862\n")
+
+
+def test_grouplens_csv_layout_of_ml_25m_and_ml_latest(tmp_path):
+    ratings = "".join(f"{u},{m},{r},{1_100_000_000 + 100 * u + k}\n"
+                      for u in range(1, 13) for k, (m, r) in enumerate([(1, "4.0"), (2, "0.5"), (3, "3.5")]))
+    write_movielens_csv(tmp_path, ratings, '1,Toy Story (1995),Adventure|Animation\n'
+                                           '2,"American President, The (1995)",Comedy|Drama|Romance\n'
+                                           '3,"Misérables, Les (1995)",Drama|War\n')
+    inter, items = read_grouplens(tmp_path)
+    assert len(inter) == 36 and inter.iloc[1].to_dict() == {"user_id": "1", "item_id": "2", "timestamp": 1_100_000_101, "rating": 0.5}
+    assert items.set_index("item_id")["title"].to_dict() == {
+        "1": "Toy Story (1995)", "2": "American President, The (1995)", "3": "Misérables, Les (1995)"}
+    cfg = DataConfig(name="ml-latest", domain="movies", data_root=tmp_path, k_core=0,
+                     source=SourceConfig(format="grouplens", path=str(tmp_path)))
+    _, seq, manifest = prepare(cfg)  # and the whole stage runs on it
+    assert manifest["stats"]["interactions"] == 36
+    assert len(pd.read_parquet(seq.path / "catalogue.parquet")) == 3
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("ratings.dat", "1::2::5::978300760\n1::3::5\n", r"ratings.dat: line 2 is not four '::'-separated fields .*'1::3::5'"),
+    ("ratings.dat", "1::2::5::978300760\n1:3::5::978300761\n", r"line 2 is not four .*'1:3::5::978300761'"),
+    ("ratings.dat", "1::2::5::978300760::7\n", r"line 1 is not four '::'-separated fields"),
+    ("ratings.csv", "userId,movieId,rating,timestamp\n1,2,5,978300760\n1,3,5,9,9\n", r"ratings.csv: line 3 is not four ','"),
+    ("ratings.csv", "user,movie,rating,timestamp\n1,2,5,978300760\n", r"ratings.csv: expected the header userId,movieId,rating,timestamp, found 'user,movie,rating,timestamp'"),
+    ("ratings.csv", "userId,movieId,rating,timestamp\n", r"ratings.csv: has no ratings"),
+    ("ratings.csv", "userId,movieId,rating,timestamp\n1,2,five,978300760\n", r"ratings.csv: column 'rating' has 1 non-numeric value\(s\), e.g. rows \[0\]: \['five'\]"),
+    ("u.data", "1\t2\t5\t881250949\n2\t3\t4\n", r"u.data: line 2 is not four '\\t'-separated fields"),
+])
+def test_grouplens_bad_ratings_name_the_file_and_line(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    titles = {"ratings.dat": ("movies.dat", "2::A (1990)::x\n"), "ratings.csv": ("movies.csv", "movieId,title\n2,A (1990)\n"),
+              "u.data": ("u.item", "2|A (1990)|x\n")}[name]
+    (tmp_path / titles[0]).write_text(titles[1])
+    with pytest.raises(DataError, match=message):
+        read_grouplens(tmp_path)
+
+
+def test_grouplens_ratings_not_utf8_name_the_byte(tmp_path):
+    (tmp_path / "ratings.dat").write_bytes(b"1::2::5::978300760\n1::\xff::5::978300761\n")
+    (tmp_path / "movies.dat").write_text("2::A (1990)::x\n")
+    with pytest.raises(DataError, match=r"ratings.dat: not valid utf-8 text at byte 22 \(line 2\)"):
+        read_grouplens(tmp_path)
+
+
+NUMBER_TEXTS = ["1", "007", "-2", "+4", " 3", "5.0", ".5", "5.", "1e5", "nan", "inf", "-Infinity", "0x10", "1_0",
+                "five", "", None, "1700000000123456789"]
+
+
+@pytest.mark.parametrize("texts", [NUMBER_TEXTS, ["1", "2", None], ["1", "2.5"], ["0x10", "2"], ["1700000000123456789", "3"]])
+def test_to_numbers_reads_what_pandas_reads(texts):
+    """The Arrow fast path gives pandas' numbers, the same ones null, ints exact (a value equal to
+    a float that lost digits would differ); each text alone and the lists, as Arrow strings and as
+    Python objects."""
+    for values in [texts, *([t] for t in texts)]:
+        for dtype in ("string[pyarrow]", "str", object):
+            series = pd.Series(values, dtype=dtype, index=range(10, 10 + len(values)))
+            expected, got = pd.to_numeric(series, errors="coerce"), to_numbers(series)
+            assert list(got.index) == list(expected.index)
+            assert [None if pd.isna(v) else v for v in got] == [None if pd.isna(v) else v for v in expected], (values, dtype)
+
+
+def test_to_numbers_takes_the_arrow_path_for_clean_numbers(monkeypatch):
+    """Ids, ratings and unix times of a large log parse without pandas' per-value loop."""
+    def refuse(*a, **k):
+        raise AssertionError("pd.to_numeric called")
+    monkeypatch.setattr(pd, "to_numeric", refuse)
+    ints = to_numbers(pd.Series(["978300760", "3", None], dtype="string[pyarrow]"))
+    assert list(ints.astype("Int64")) == [978300760, 3, pd.NA] and ints.dtype == "Int64"
+    floats = to_numbers(pd.Series(["4.5", "3"], dtype="str"))
+    assert list(floats) == [4.5, 3.0]
 
 
 def test_amazon_raw_gzipped_drops_items_without_a_clean_title(tmp_path):

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from cft_core.sequences import build_records, k_core
+from cft_core.sequences import build_records, k_core, lexsort
 from schemas.config import DataConfig
 from tasks.settings import sequence_settings
 
@@ -64,6 +65,7 @@ def test_iterative_k_core_matches_a_plain_loop():
             break
         ref = ref[~ref["user_id"].isin(bad_u) & ~ref["item_id"].isin(bad_i)]
     assert sorted(map(tuple, ours.values.tolist())) == sorted(map(tuple, ref.values.tolist()))
+    assert list(ours.index) == list(ref.index)  # the same rows, in their order
     assert ours["user_id"].value_counts().min() >= 5 and ours["item_id"].value_counts().min() >= 5
 
 
@@ -99,3 +101,49 @@ def test_a_split_comes_in_batches_of_bounded_title_bytes(monkeypatch):
             size = sum(len(t.encode()) for r in batch.to_pylist() for t in [*r["history_titles"], r["target_title"]])
             assert size < 2 * 40 or batch.num_rows == 1
     assert stats["mean_history_train"] == np.mean([len(r["history_item_ids"]) for r in whole["train"].to_pylist()])
+
+
+def reference_records(inter: pd.DataFrame, catalogue: pd.DataFrame, max_history: int) -> list[dict]:
+    """Every sample written from the method's steps with a loop per user: rows by (time, catalogue
+    id), each position >= 1 a sample whose history is the previous <= max_history items; all the
+    samples by (time, user)."""
+    dense = dict(zip(catalogue["source_item_id"], catalogue["item_id"], strict=True))
+    title = dict(zip(catalogue["item_id"], catalogue["title"], strict=True))
+    samples = []
+    for user, rows in inter.groupby("user_id"):
+        seq = sorted((t, dense[i]) for i, t in zip(rows["item_id"], rows["timestamp"], strict=True))
+        for p in range(1, len(seq)):
+            history = [d for _, d in seq[max(0, p - max_history):p]]
+            samples.append({"user_id": user, "history_item_ids": history, "history_titles": [title[d] for d in history],
+                            "target_item_id": seq[p][1], "target_title": title[seq[p][1]], "timestamp": seq[p][0]})
+    return sorted(samples, key=lambda r: (r["timestamp"], r["user_id"]))
+
+
+@pytest.mark.parametrize("split", ["chronological", "leave_one_out"])
+def test_records_equal_a_loop_per_user(split):
+    """Many users, ties in time (broken by catalogue id), histories cut at max_history: the
+    records of all splits together are the reference's, in its order within each split."""
+    rng = np.random.default_rng(1)
+    inter = _inter([(f"u{rng.integers(40)}", "abcdef"[rng.integers(6)], int(rng.integers(50))) for _ in range(900)])
+    splits, catalogue, stats = build_records(inter, ITEMS, settings(k_core=0, max_history=4, split=split))
+    expected = reference_records(inter, catalogue, 4)
+    got = [r for name in ("train", "valid", "test") for r in splits[name].to_pylist()]
+    assert sorted(got, key=lambda r: (r["timestamp"], r["user_id"], r["target_item_id"], r["history_item_ids"])) == \
+        sorted(expected, key=lambda r: (r["timestamp"], r["user_id"], r["target_item_id"], r["history_item_ids"]))
+    for name in splits:
+        order = [(r["timestamp"], r["user_id"]) for r in splits[name].to_pylist()]
+        assert order == sorted(order)
+    assert stats["users"] == inter["user_id"].nunique() and stats["interactions"] == len(inter)
+
+
+@pytest.mark.parametrize("ranges", [
+    [(0, 60_000), (789_652_009, 1_574_327_703), (0, 160_000)],  # ML-25M's ranges: packed into 64 bits
+    [(-5, 5), (0, 3), (7, 9)],  # negative values, many ties
+    [(0, 2**40), (0, 2**30)],  # 71 bits: np.lexsort
+    [(3, 4), (0, 2**62)],  # one value only in a key
+])
+def test_lexsort_is_numpys(ranges):
+    rng = np.random.default_rng(0)
+    keys = tuple(rng.integers(lo, hi, 5000) for lo, hi in ranges)
+    assert np.array_equal(lexsort(keys), np.lexsort(keys))  # the same permutation: ties keep their order
+    assert lexsort(tuple(k[:0] for k in keys)).tolist() == []
