@@ -10,8 +10,8 @@ unixReviewTime: ~660 bytes), gzipped.
 
 `movielens` (the ML-20M/25M/32M layout: ratings.csv + movies.csv): the `grouplens` reader
 (pyarrow's CSV reader, since 2026-12-05), the `generic` reader with a column mapping (what such a
-folder needed before: pandas from the decoded text), and that reader as it was before its numbers
-were parsed by Arrow (`tasks.readers.to_numbers` replaced by `pd.to_numeric`). ML-25M's shape:
+folder needed before; pyarrow's CSV reader too since 2026-12-05, `tasks.readers.read_string_table`),
+and that reader before (pandas' CSV reader on the decoded text, `pd.to_numeric` for the numbers). ML-25M's shape:
 25,000,095 ratings of ~160,000 users, 60,000 titles (some quoted, some accented), half stars.
 
     python -m benchmarks.readers                          # amazon: 1,000,000 reviews (~660 MB), 3 rounds
@@ -46,8 +46,7 @@ FIELDS = {"reviewerID": "string", "asin": "string", "overall": "float64", "unixR
 READERS = {"amazon": ("arrow", "by_line", "whole_text"), "movielens": ("grouplens", "generic", "generic_before")}
 LABELS = {"arrow": "pyarrow JSON reader (now)", "by_line": "line by line (its fallback)",
           "whole_text": "whole text + json.loads (before)", "grouplens": "grouplens: pyarrow CSV (now)",
-          "generic": "generic: pandas CSV, Arrow numbers (now)",
-          "generic_before": "generic: pandas CSV, pandas numbers (before)"}
+          "generic": "generic: pyarrow CSV (now)", "generic_before": "generic: pandas CSV and numbers (before)"}
 DEFAULT_ROWS = {"amazon": 1_000_000, "movielens": 25_000_000}
 WORDS = ["game", "great", "fun", "hard", "play", "graphics", "story", "buy", "controller", "love", "bad", "the", "a", "is", "it", "and", "to", "of"]
 
@@ -94,8 +93,10 @@ def read(reader: str, path: Path):
     if reader in ("generic", "generic_before"):
         from schemas.config import DataConfig
 
-        if reader == "generic_before":
+        if reader == "generic_before":  # the reader before 2026-12-05: pandas for the text and the numbers
             readers.to_numbers = lambda values: pd.to_numeric(values, errors="coerce")
+            readers.read_string_table = lambda p, sep=",": readers.read_csv(
+                p, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
         cfg = DataConfig.model_validate({"data_root": str(path), "source": {
             "format": "generic", "path": str(path / "ratings.csv"), "items_path": str(path / "movies.csv"),
             "columns": {"user_id": "userId", "item_id": "movieId", "title": "title"}}})

@@ -147,6 +147,7 @@ def test_titles_in_the_interactions_file_are_each_items_newest(tmp_path, caplog)
              "u1,i1,100,Widget\n"
              "u0,i1,300,Widget Pro\n"   # i1's newest, neither its first row nor its last
              "u2,i1,200,Widget Plus\n"
+             "u3,i1,250,\n"            # no title: not one of the names the warning shows
              "u0,i2,100,Gadget\n"
              "u1,i2,100,Gadget II\n"   # the same time: the later row
              "u0,i3,100,Gizmo\n"

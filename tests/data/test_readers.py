@@ -10,7 +10,7 @@ import pytest
 from schemas.config import DataConfig, SourceConfig
 from schemas.errors import DataError
 from tasks.data import prepare
-from tasks.readers import read_amazon_raw, read_grouplens, to_numbers
+from tasks.readers import read_amazon_raw, read_csv, read_grouplens, read_string_table, to_numbers
 
 
 def test_grouplens_100k_layout(tmp_path):
@@ -209,3 +209,58 @@ def test_json_lines_truncated_gzip_is_named(tmp_path):
     (tmp_path / "reviews.json.gz").write_bytes(gzip.compress(text.encode())[:-30])
     with pytest.raises(DataError, match=r"reviews.json.gz: corrupt or truncated gzip file"):
         _json_lines(tmp_path / "reviews.json.gz", FIELDS)
+
+
+STRING_TABLES = {
+    "plain": b"user,item,time\nu1,i1,5\nu2,i2,6\n",
+    "quoted separators, quotes and line breaks": b'user,title\nu1,"Heat, The (1995)"\nu2,"say ""hi"""\nu3,"two\nlines"\n',
+    "empty and quoted empty fields are null, NA is text": b'a,b,c\n,"",NA\nnull,N/A,NaN\n',
+    "byte order mark, CRLF, blank lines": b"\xef\xbb\xbfa,b\r\n1,2\r\n\r\n3,4\r\n\r\n",
+    "spaces kept, unicode": " a,b \n é , 東京 \n".encode(),
+    "short row (pandas pads it)": b"a,b,c\n1,2\n3,4,5\n",
+    "long row": b"a,b\n1,2\n3,4,5\n",
+    "empty header name": b"a,,c\n1,2,3\n",
+    "repeated header name": b"a,b,a\n1,2,3\n",
+    "header only": b"a,b\n",
+    "empty": b"",
+    "invalid UTF-8": b"a,b\n1,\xff\n",
+}
+
+
+@pytest.mark.parametrize("name", list(STRING_TABLES))
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_string_tables_read_as_pandas_reads_them(tmp_path, name, suffix):
+    """pyarrow's reading of a string table equals pandas' (`read_csv` with the options it stands
+    for), or both stop with the same DataError."""
+    path = tmp_path / f"t{suffix}"
+    path.write_bytes(gzip.compress(STRING_TABLES[name]) if suffix.endswith(".gz") else STRING_TABLES[name])
+
+    def outcome(read):
+        try:
+            return read()
+        except DataError as e:
+            return str(e)
+    expected = outcome(lambda: read_csv(path, dtype=str, keep_default_na=False, na_values=[""]))
+    got = outcome(lambda: read_string_table(path))
+    if isinstance(expected, str):
+        assert got == expected
+    else:
+        pd.testing.assert_frame_equal(got, expected)
+
+
+def test_string_tables_are_read_by_arrow(tmp_path, monkeypatch):
+    """Files pyarrow reads as pandas would never reach pandas' parser."""
+    def refuse(*a, **k):
+        raise AssertionError("pandas read_csv called")
+    monkeypatch.setattr(pd, "read_csv", refuse)
+    for suffix in (".csv", ".tsv.gz"):
+        path = tmp_path / f"t{suffix}"
+        raw = STRING_TABLES["quoted separators, quotes and line breaks"].replace(b",", b"\t" if "tsv" in suffix else b",")
+        path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
+        frame = read_string_table(path, "\t" if "tsv" in suffix else ",")
+        assert frame["user"].tolist() == ["u1", "u2", "u3"] and frame["title"].iloc[2] == "two\nlines"
+    # line breaks in quoted fields where pyarrow cuts the file into blocks (1 MB) to parse in parallel
+    path = tmp_path / "big.csv"
+    path.write_text("user,title\n" + "".join(f'u{i},"line {i}\nand ""more"""\n' for i in range(60_000)))
+    frame = read_string_table(path)
+    assert len(frame) == 60_000 and frame["title"].iloc[-1] == 'line 59999\nand "more"'
