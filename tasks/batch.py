@@ -55,22 +55,45 @@ def latest_histories(interactions: Path, window: tuple[int | None, int | None], 
     """(user_id, history_item_ids, seen_item_ids) per user with an interaction in `window`
     ([start, end) unix seconds, None: open): their newest `max_history` items (source ids), oldest
     first, ties in time by item id; and every item they have in the window, once each (sorted),
-    which the recommendations leave out. Sorted by user."""
+    which the recommendations leave out. Sorted by user.
+
+    Worked out on integer codes (ids ranked in their sorted order) and Arrow list arrays, not per
+    user in Python: 25M interactions in seconds, where grouping them took a minute."""
+    import numpy as np
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from cft_core.sequences import lexsort
+
     inter = pq.read_table(interactions, columns=["user_id", "item_id", "timestamp"]).to_pandas()
+    ts = inter["timestamp"].to_numpy()
     start, end = window
+    keep = np.ones(len(ts), dtype=bool)
     if start is not None:
-        inter = inter[inter["timestamp"] >= start]
+        keep &= ts >= start
     if end is not None:
-        inter = inter[inter["timestamp"] < end]
-    inter = inter.astype({"user_id": str, "item_id": str}).sort_values(["user_id", "timestamp", "item_id"],
-                                                                        kind="stable")
-    newest = inter.groupby("user_id", sort=False).tail(max_history)
-    histories = newest.groupby("user_id", sort=True)["item_id"].agg(list)
-    seen = inter.groupby("user_id", sort=True)["item_id"].agg(lambda items: sorted(set(items)))
-    return pd.DataFrame({"user_id": histories.index.to_numpy(), "history_item_ids": histories.to_list(),
-                         "seen_item_ids": seen.loc[histories.index].to_list()})
+        keep &= ts < end
+    user, user_ids = pd.factorize(inter["user_id"].astype(str)[keep], sort=True)
+    item, item_ids = pd.factorize(inter["item_id"].astype(str)[keep], sort=True)
+    ts, item_ids = ts[keep], pa.array(np.asarray(item_ids, dtype=object), pa.string())
+    order = lexsort((item, ts, user))  # by user, time, item id
+    user, item = user[order], item[order]
+    starts = np.searchsorted(user, np.arange(len(user_ids)))  # each user's first row
+    ends = np.append(starts[1:], len(user))
+    # The newest max_history rows of each user: from max(start, end - max_history) to end.
+    first = np.maximum(starts, ends - max_history)
+    lengths = ends - first
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    rows = np.repeat(first - offsets[:-1], lengths) + np.arange(offsets[-1])
+    histories = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), item_ids.take(pa.array(item[rows])))
+    # Every (user, item) pair once, by user then item id: each user's seen items, sorted.
+    pairs = np.sort(user.astype(np.int64) * len(item_ids) + item)  # (np.unique hashes: 4x slower here)
+    pairs = pairs[np.diff(pairs, prepend=-1) != 0]
+    seen_offsets = np.searchsorted(pairs // len(item_ids), np.arange(len(user_ids) + 1))
+    seen = pa.ListArray.from_arrays(pa.array(seen_offsets, pa.int64()).cast(pa.int32()),
+                                    item_ids.take(pa.array(pairs % len(item_ids))))
+    return pd.DataFrame({"user_id": np.asarray(user_ids, dtype=object), "history_item_ids": histories.to_pylist(),
+                         "seen_item_ids": seen.to_pylist()})
 
 
 def resolve_model(cfg: PipelineConfig, model: str = "") -> tuple[str, str | None]:

@@ -35,3 +35,31 @@ def test_an_open_window_and_a_window_that_cuts_a_users_newest_items(tmp_path):
     # The window ends at 300 (exclusive): u1's newest item is not yet seen, as of then.
     assert latest_histories(path, (None, 300), max_history=10)["history_item_ids"].tolist() == [["i1", "i2"], ["i3"]]
     assert latest_histories(path, (160, None), max_history=10)["user_id"].tolist() == ["u1"]
+
+
+def test_seen_items_are_each_users_items_once_sorted(tmp_path):
+    path = _interactions(tmp_path / "interactions.parquet", [
+        ("u1", "i9", 10), ("u1", "i10", 20), ("u1", "i9", 30), ("u2", "i2", 5), ("u1", "i1", 99)])
+    got = latest_histories(path, (None, 50), max_history=2)
+    assert got["history_item_ids"].tolist() == [["i10", "i9"], ["i2"]]
+    assert got["seen_item_ids"].tolist() == [["i10", "i9"], ["i2"]]  # i9 once; "i10" < "i9" as text; i1 after the window
+    empty = latest_histories(path, (1000, None), max_history=2)
+    assert list(empty.columns) == ["user_id", "history_item_ids", "seen_item_ids"] and empty.empty
+
+
+def test_histories_equal_a_loop_per_user(tmp_path):
+    """Random users, items and times with ties and repeats: each user's newest items (ties by item
+    id) and seen items, as a loop over each user's rows writes them."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = [(f"u{rng.integers(30)}", f"i{rng.integers(25)}", int(rng.integers(40))) for _ in range(700)]
+    path = _interactions(tmp_path / "interactions.parquet", rows)
+    got = latest_histories(path, (5, 35), max_history=4)
+    expected = {}
+    for user, item, ts in rows:
+        if 5 <= ts < 35:
+            expected.setdefault(user, []).append((ts, item))
+    assert got["user_id"].tolist() == sorted(expected)
+    assert got["history_item_ids"].tolist() == [[i for _, i in sorted(expected[u])[-4:]] for u in sorted(expected)]
+    assert got["seen_item_ids"].tolist() == [sorted({i for _, i in expected[u]}) for u in sorted(expected)]
