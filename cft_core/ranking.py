@@ -270,7 +270,11 @@ def popularity_ranking(counts: np.ndarray, histories: int, depth: int,
     order = order[~np.isin(order, list(never))]
     rows = np.full((histories, depth), -1, dtype=np.int64)
     for b in range(histories):
-        ranked = order if exclude is None else order[~np.isin(order, list(exclude[b]))]
+        # Of the excluded rows at most len(exclude[b]) lie in the head: the first `depth` rows
+        # kept are among the first depth + len(exclude[b]) (the catalogue: 60k rows a user).
+        ranked = order[:depth] if exclude is None else order[: depth + len(exclude[b])]
+        if exclude is not None and len(exclude[b]):
+            ranked = ranked[~np.isin(ranked, list(exclude[b]))]
         rows[b, : min(depth, ranked.size)] = ranked[:depth]
     scores = np.where(rows >= 0, np.asarray(counts, dtype=float)[np.maximum(rows, 0)], np.nan)
     return Ranking(rows, scores, None, [[] for _ in range(histories)])

@@ -352,3 +352,25 @@ def test_ranker_runs_the_prompts_common_start_once(model, tiny_tokenizer):
 def test_grounding_needs_embeddings(model, tiny_tokenizer):
     with pytest.raises(ValueError, match="one embedding per catalogue title"):
         Ranker(model, tiny_tokenizer, PromptBuilder.for_domain("movies"), IDS, TITLES, ranking_settings("grounding"))
+
+
+def test_popularity_ranking_equals_sorting_the_whole_catalogue():
+    """Each history's top `depth`: the catalogue by count (ties by row), less `never` and its
+    excluded rows, written out as a sort of the whole catalogue per history; excluded rows in
+    and beyond the head, repeated, none; depth past what is left."""
+    from cft_core.ranking import popularity_ranking
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 6, 50)  # many ties
+    never = [3, 7]
+    exclude = [[], [int(r) for r in np.argsort(-counts, kind="stable")[:8]], [1, 1, 2, 49, 0], list(range(50)),
+               [int(r) for r in rng.integers(0, 50, 30)]]
+    for depth in (1, 5, 45, 60):
+        got = popularity_ranking(counts, len(exclude), depth, exclude, never=never)
+        for b, ex in enumerate(exclude):
+            kept = sorted((r for r in range(50) if r not in never and r not in ex), key=lambda r: (-counts[r], r))[:depth]
+            assert got.rows[b].tolist() == kept + [-1] * (depth - len(kept)), (depth, b)
+            assert np.array_equal(got.scores[b][: len(kept)], counts[kept].astype(float))
+            assert np.isnan(got.scores[b][len(kept):]).all()
+    unexcluded = popularity_ranking(counts, 2, 5, None, never=never)
+    assert unexcluded.rows.tolist() == [sorted(set(range(50)) - set(never), key=lambda r: (-counts[r], r))[:5]] * 2
