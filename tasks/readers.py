@@ -93,7 +93,7 @@ def read_csv(path: Path, sep: str = ",", encoding: str = "utf-8", **kw) -> pd.Da
 def read_string_table(path: Path, sep: str = ",") -> pd.DataFrame:
     """A delimited UTF-8 file with a header, every column as strings, only empty fields null: what
     `read_csv(path, sep, dtype=str, keep_default_na=False, na_values=[""])` reads, by pyarrow's CSV
-    reader (25M rows: ~4x faster at half the memory, benchmarks/readers.py). A file it refuses or
+    reader (25M rows: 6x faster in two thirds of the memory, benchmarks/readers.py). A file it refuses or
     would name differently goes to pandas, whose rules and errors then hold: a short row (pandas
     pads it), an empty header name ("Unnamed: 1"), invalid UTF-8, a truncated gzip, no rows."""
     import csv
@@ -362,10 +362,10 @@ def _utf8_or_latin1(path: Path) -> str:
 
 def _read_ratings(path: Path, sep: str, header: list[str] | None = None) -> pd.DataFrame:
     """The four fields (user, item, rating, time) of a GroupLens ratings file as strings, columns
-    0..3, by pyarrow's CSV reader: ML-25M's 678 MB in seconds, where pandas from the decoded text
-    took ~4x the time and ~8x the memory (benchmarks/readers.py). The fields are numbers, so there is
-    no quoting, and ML-1M/10M's "::" is read as ':' with an empty field between every two. A file
-    it refuses is read again line by line, to name the line at fault."""
+    0..3, by pyarrow's CSV reader: 25M ratings in 7.5 s and 3.0 GB, where pandas' reading and
+    parsing took 6x the time and 1.7x the memory (benchmarks/results/readers-movielens.md). The
+    fields are numbers, so there is no quoting, and ML-1M/10M's "::" is read as ':' with an empty
+    field between every two. A file it refuses is read again line by line, to name the line at fault."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
