@@ -14,6 +14,7 @@ Everything is vectorised (numpy + Arrow list arrays): no per-user Python loop.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,13 +106,42 @@ def lexsort(keys: tuple[np.ndarray, ...]) -> np.ndarray:
 def build_records(
     inter: pd.DataFrame, items: pd.DataFrame, s: SequenceSettings
 ) -> tuple[dict[str, pa.Table], pd.DataFrame, dict]:
-    """Interactions + items -> ({split: records table}, catalogue, stats).
+    """Interactions + items -> ({split: records table}, catalogue, stats): `plan_records` with
+    every split made whole (a caller that writes a large build uses `Records.batches`)."""
+    records = plan_records(inter, items, s)
+    return {name: records.table(name) for name in SPLITS}, records.catalogue, records.stats
+
+
+@dataclass(frozen=True)
+class Records:
+    """A build's records, made a record batch at a time (`batches`): a caller that writes them
+    as they come never holds a whole split's titles (a full ML-25M's: ~6 GB).
+
+    rows: per split, its records' rows of the sorted interactions, in record order.
+    """
+
+    catalogue: pd.DataFrame
+    stats: dict
+    rows: dict[str, np.ndarray]
+    made: _RecordBatches
+
+    def batches(self, split: str) -> Iterator[pa.RecordBatch]:
+        """The split's records (`schemas.tables.RECORDS` columns) in batches of under
+        2 x MAX_BATCH_TITLE_BYTES of titles; an empty split gives one empty batch."""
+        return (self.made.batch(part) for part in self.made.parts(self.rows[split]))
+
+    def table(self, split: str) -> pa.Table:
+        return pa.Table.from_batches(list(self.batches(split)))
+
+
+def plan_records(inter: pd.DataFrame, items: pd.DataFrame, s: SequenceSettings) -> Records:
+    """Interactions + items -> the records of every split, to be made batch by batch.
 
     inter: user_id, item_id (str), timestamp (int64); items: item_id, title.
-    Records follow `schemas.tables.RECORDS`, sorted by (timestamp, user_id) within each split.
-    Per interaction only numbers are held (catalogue id, time, user rank, position): a record's
-    history and titles are made when its batch is, so a capped split of a large log costs what
-    it keeps, and no column of one Python string per interaction is ever made.
+    Records are sorted by (timestamp, user_id) within each split. Per interaction only numbers
+    are held (catalogue id, time, user rank, position): a record's history and titles are made
+    when its batch is, so a capped split of a large log costs what it keeps, and no column of
+    one Python string per interaction is ever made.
     """
     df = inter[["user_id", "item_id", "timestamp"]]
     if s.window_start is not None:
@@ -145,7 +175,7 @@ def build_records(
     split_of = _assign_splits(user_rank[sample_rows], position[sample_rows], s)
     rng = np.random.default_rng(s.seed)
     caps = dict(s.max_samples)
-    out = {}
+    kept = {}
     for i, name in enumerate(SPLITS):
         rows = sample_rows[split_of == i]  # by (timestamp, user_id)
         n_keep = len(rows)
@@ -155,16 +185,15 @@ def build_records(
             n_keep = min(n_keep, caps[name])
         if n_keep < len(rows):  # seeded subsample, chronological order kept
             rows = rows[np.sort(rng.choice(len(rows), n_keep, replace=False))]
-        out[name] = pa.Table.from_batches([records.batch(part) for part in records.parts(rows)])
+        kept[name] = rows
     stats = {
         "users": len(user_ids),
         "items": len(catalogue),
         "interactions": len(df),
-        **{f"samples_{k}": v.num_rows for k, v in out.items()},
-        **{f"mean_history_{k}": float(np.mean(pc.list_value_length(v.column("history_item_ids")).to_numpy()))
-           if v.num_rows else 0.0 for k, v in out.items()},
+        **{f"samples_{k}": len(rows) for k, rows in kept.items()},
+        **{f"mean_history_{k}": float(np.mean(records.lengths[rows])) if len(rows) else 0.0 for k, rows in kept.items()},
     }
-    return out, catalogue, stats
+    return Records(catalogue, stats, kept, records)
 
 
 RECORD_COLUMNS = ("user_id", "history_item_ids", "history_titles", "target_item_id", "target_title", "timestamp")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from cft_core.sequences import (
     SPLITS,
     NoRecordsError,
     SequenceSettings,
-    build_records,
+    plan_records,
 )
 from schemas import tables
 from schemas.config import DataConfig
@@ -102,6 +103,11 @@ def read_source(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
 
         return read_synthetic(src.synthetic)
     path = _source_path(src.path, cfg)
+    if src.format in ("recbole", "grouplens", "d3_csv") and not path.is_dir():
+        unzip = (": a zip archive, which is read once unpacked: unzip it and point data.source.path at the folder "
+                 "inside, or give the archive's https URL (downloaded and unpacked under the data root)"
+                 if zipfile.is_zipfile(path) else "")
+        raise DataError(f"{path}: source.format={src.format} reads a folder, and this is a file{unzip}")
     if src.format == "recbole":
         return readers.read_recbole(path)
     if src.format == "grouplens":
@@ -276,19 +282,28 @@ def build_sequences(ingested: StageOutput, cfg: DataConfig) -> StageOutput:
     inter = pq.read_table(ingested.path / "interactions.parquet").to_pandas()
     items = pq.read_table(ingested.path / "items.parquet").to_pandas()
     try:
-        splits, catalogue, stats = build_records(inter, items, settings)
+        records = plan_records(inter, items, settings)
     except NoRecordsError as e:
         raise DataError(f"{cfg.name}: cannot build sequences: {e}") from None
-    # Reports go outside the output folder, so that a failure leaves them (and nothing else).
-    report = validate_records(splits, catalogue, cfg, cfg.data_root / "reports" / f"sequences-{cfg.name}-{fp}.json")
-    with atomic_dir(out) as tmp:
+    del inter, items  # (what the records need of them, `records` holds as numbers)
+    catalogue = records.catalogue
+    with atomic_dir(out) as tmp:  # (a failed validation leaves no folder)
+        frames = {}
+        for name in SPLITS:  # written as made, a batch at a time: a split's titles are never all in memory
+            parts = []
+            with pq.ParquetWriter(tmp / f"{name}.parquet", tables.RECORDS) as writer:
+                for batch in records.batches(name):
+                    table = pa.Table.from_batches([batch]).cast(tables.RECORDS)
+                    writer.write_table(table)
+                    parts.append(records_frame(table, catalogue["item_id"]))
+            frames[name] = pd.concat(parts, ignore_index=True)
+        # Reports go outside the output folder, so that a failure leaves them (and nothing else).
+        report = validate_records(frames, cfg, cfg.data_root / "reports" / f"sequences-{cfg.name}-{fp}.json")
         write_json_atomic(tmp / "validation.json", report)
-        for name, table in splits.items():
-            pq.write_table(table.cast(tables.RECORDS), tmp / f"{name}.parquet")
         pq.write_table(pa.Table.from_pandas(catalogue, schema=tables.CATALOGUE, preserve_index=False),
                        tmp / "catalogue.parquet")
         write_json_atomic(tmp / "manifest.json", {"fingerprint": fp, "ingested": str(ingested.path),
-                                                  "domain": cfg.domain, "stats": stats,
+                                                  "domain": cfg.domain, "stats": records.stats,
                                                   "settings": settings.__dict__})
     return StageOutput(out, fp, reused=False)
 
@@ -303,9 +318,13 @@ def records_frame(table: pa.Table, catalogue_ids: pd.Series) -> pd.DataFrame:
 
     histories = table.column("history_item_ids")
     lengths = pc.list_value_length(histories).to_numpy(zero_copy_only=False)
-    unknown = ~np.isin(pc.list_flatten(histories).to_numpy(), catalogue_ids.to_numpy())
+    ids = pc.list_flatten(histories).to_numpy()
+    # An id is known when binary search finds it in the sorted catalogue (np.isin sorts the ids:
+    # several times their memory).
+    known = np.unique(catalogue_ids.to_numpy())
+    found = known[np.searchsorted(known, ids).clip(max=len(known) - 1)] == ids if len(known) else np.zeros(len(ids), bool)
     in_catalogue = np.ones(table.num_rows, dtype=bool)
-    in_catalogue[np.repeat(np.arange(table.num_rows), lengths)[unknown]] = False  # a row with an unknown id
+    in_catalogue[np.repeat(np.arange(table.num_rows), lengths)[~found]] = False  # a row with an unknown id
     return pd.DataFrame({
         "history_len": lengths,
         "history_in_catalogue": in_catalogue,
@@ -315,11 +334,12 @@ def records_frame(table: pa.Table, catalogue_ids: pd.Series) -> pd.DataFrame:
     })
 
 
-def validate_records(splits: dict[str, pa.Table], catalogue: pd.DataFrame, cfg: DataConfig, report_path: Path) -> dict:
-    """Records suite per split, plus the split order (train targets before valid before test)."""
-    frames, bounds = {}, {}
+def validate_records(frames: dict[str, pd.DataFrame], cfg: DataConfig, report_path: Path) -> dict:
+    """Records suite per split (`frames`: each split's `records_frame`), plus the split order
+    (train targets before valid before test)."""
+    bounds = {}
     for name in SPLITS:
-        frames[name] = df = records_frame(splits[name], catalogue["item_id"])
+        df = frames[name]
         bounds[name] = (int(df["timestamp"].min()), int(df["timestamp"].max())) if len(df) else None
     base = {"max_history": cfg.max_history}
     # Chronological split: valid/test targets are not earlier than any train target.

@@ -184,7 +184,7 @@ def test_records_whose_target_the_catalogue_lacks_are_named(tmp_path):
     import pyarrow as pa
 
     from schemas import tables
-    from tasks.data import validate_records
+    from tasks.data import records_frame, validate_records
 
     cfg = _write(tmp_path)
     catalogue = pd.DataFrame({"item_id": [0, 1, 2], "title": ["A", "B", "C"]})
@@ -196,6 +196,31 @@ def test_records_whose_target_the_catalogue_lacks_are_named(tmp_path):
 
     splits = {"train": split(2, 1), "valid": split(99, 2), "test": split(1, 3)}
     with pytest.raises(DataValidationError) as err:
-        validate_records(splits, catalogue, cfg, tmp_path / "report.json")
+        validate_records({n: records_frame(t, catalogue["item_id"]) for n, t in splits.items()}, cfg, tmp_path / "report.json")
     assert [f["column"] for f in err.value.report["failures"]] == ["target_item_id_not_in_catalogue"]
     assert "valid records" in str(err.value) and "e.g. ['99']" in str(err.value)
+
+
+def test_sequences_are_written_a_batch_at_a_time_and_a_failed_check_leaves_no_folder(tmp_path, monkeypatch):
+    """The split files are written as their record batches are made (a large split's titles are
+    never all in memory), with the same records as one batch; the records are checked after
+    writing, inside the folder's temporary name, so a failure still leaves no sequences."""
+    import pyarrow.parquet as pq
+
+    import cft_core.sequences as sequences
+    import tasks.data as data
+
+    whole = prepare(_write(tmp_path / "whole"))[1].path
+    monkeypatch.setattr(sequences, "MAX_BATCH_TITLE_BYTES", 40)
+    batched = prepare(_write(tmp_path / "batched"))[1].path
+    for name in ("train", "valid", "test"):
+        assert pq.read_table(batched / f"{name}.parquet").equals(pq.read_table(whole / f"{name}.parquet"))
+    assert pq.ParquetFile(batched / "train.parquet").metadata.num_row_groups > 3  # one per batch
+
+    def fail(frames, cfg, report_path):
+        raise DataValidationError("records failed", {"failures": []}, report_path)
+    monkeypatch.setattr(data, "validate_records", fail)
+    cfg = _write(tmp_path / "failed")
+    with pytest.raises(DataValidationError):
+        prepare(cfg)
+    assert not (cfg.data_root / "sequences").exists() or not list((cfg.data_root / "sequences").iterdir())

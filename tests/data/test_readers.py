@@ -264,3 +264,16 @@ def test_string_tables_are_read_by_arrow(tmp_path, monkeypatch):
     path.write_text("user,title\n" + "".join(f'u{i},"line {i}\nand ""more"""\n' for i in range(60_000)))
     frame = read_string_table(path)
     assert len(frame) == 60_000 and frame["title"].iloc[-1] == 'line 59999\nand "more"'
+
+
+def test_a_zip_given_for_a_folder_format_says_to_unzip_it(tmp_path):
+    import zipfile
+
+    archive = tmp_path / "ml-25m.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ml-25m/ratings.csv", "userId,movieId,rating,timestamp\n1,2,5,978300760\n")
+    cfg = DataConfig(name="zipped", data_root=tmp_path, source=SourceConfig(format="grouplens", path=str(archive)))
+    with pytest.raises(DataError, match=r"ml-25m.zip: source.format=grouplens reads a folder, and this is a file: "
+                                        r"a zip archive, which is read once unpacked: unzip it"):
+        prepare(cfg)
+    assert not (tmp_path / "ingested").exists()
