@@ -95,11 +95,13 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a fiel
 
 def _summary(manifest: dict, seq_path: Path, reused: bool) -> Table:
     s = manifest["stats"]
+    values = [f"{v:,}" for v in (s["users"], s["items"], s["interactions"], s["samples_train"],
+                                 s["samples_valid"], s["samples_test"])] + [f"{s['mean_history_train']:.2f}"]
     t = Table(title=f"sequences: {seq_path}" + (" (reused)" if reused else ""))
-    for col in ("users", "items", "interactions", "train", "valid", "test", "mean history (train)"):
-        t.add_column(col, justify="right")
-    t.add_row(*(f"{v:,}" for v in (s["users"], s["items"], s["interactions"], s["samples_train"],
-                                   s["samples_valid"], s["samples_test"])), f"{s['mean_history_train']:.2f}")
+    for col, value in zip(("users", "items", "interactions", "train", "valid", "test", "mean history (train)"),
+                          values, strict=True):
+        t.add_column(col, justify="right", min_width=len(value))  # a narrow terminal wraps names, never cuts numbers
+    t.add_row(*values)
     return t
 
 

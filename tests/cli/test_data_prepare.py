@@ -54,3 +54,20 @@ def test_the_own_data_template_prepares_the_files_it_describes(tmp_path, monkeyp
     catalogue = pd.read_parquet(sequences / "catalogue.parquet")
     assert sorted(catalogue["source_item_id"]) == skus
     assert dict(zip(catalogue["source_item_id"], catalogue["title"], strict=True))["SKU-0007"] == "Oak chair model 7"
+
+
+def test_the_summary_never_cuts_a_number_short():
+    """Rich shrinks a table to the terminal (80 columns when output is not a terminal: logs, the
+    Prefect worker): ML-25M's counts were printed as "24,999,9…"."""
+    import io
+
+    from rich.console import Console
+
+    from cft_cli.main import _summary
+
+    stats = {"users": 166_667, "items": 59_995, "interactions": 24_999_980, "samples_train": 19_866_652,
+             "samples_valid": 2_483_331, "samples_test": 2_483_332, "mean_history_train": 9.62}
+    out = io.StringIO()
+    Console(file=out, width=80).print(_summary({"stats": stats}, Path("/data/sequences/ml-25m-0123456789abcdef"), False))
+    for number in ("166,667", "59,995", "24,999,980", "19,866,652", "2,483,331", "2,483,332", "9.62"):
+        assert number in out.getvalue()
