@@ -766,3 +766,27 @@ def test_split_records_are_read_records_kept_columnar(tmp_path):
     expected = read_records(path, limit=9, seed=3)
     assert sample.split_rows == [r["split_row"] for r in expected]
     assert [sample[i] for i in range(9)] == [{k: r[k] for k in SplitRecords.COLUMNS} for r in expected]
+
+
+def test_a_long_uncapped_validation_pass_is_said(tmp_path, caplog, monkeypatch):
+    """A full ML-25M's valid split (2.5M records) made every evaluation take hours, silently."""
+    import logging
+
+    import pyarrow as pa
+
+    import tasks.training as training
+    from schemas import tables
+
+    rows = [{"user_id": "u", "history_item_ids": [1], "history_titles": ["A"], "target_item_id": 2,
+             "target_title": "B", "timestamp": r} for r in range(12)]
+    path = tmp_path / "valid.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=tables.RECORDS), path)
+    monkeypatch.setattr(training, "MANY_EVAL_RECORDS", 10)
+    with caplog.at_level(logging.WARNING, logger="tasks.training"):
+        training.warn_if_validation_is_long(training.SplitRecords(path, None), None)
+        training.warn_if_validation_is_long(training.SplitRecords(path, 8), 8)  # capped: nothing to say
+        monkeypatch.setattr(training, "MANY_EVAL_RECORDS", 12)
+        training.warn_if_validation_is_long(training.SplitRecords(path, None), None)  # not more than it
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the validation loss reads all 12 records of {path} at every evaluation; train.max_eval_samples caps "
+        "them (a seeded sample)"]
