@@ -270,11 +270,12 @@ def popularity_ranking(counts: np.ndarray, histories: int, depth: int,
     order = order[~np.isin(order, list(never))]
     rows = np.full((histories, depth), -1, dtype=np.int64)
     for b in range(histories):
-        # Of the excluded rows at most len(exclude[b]) lie in the head: the first `depth` rows
-        # kept are among the first depth + len(exclude[b]) (the catalogue: 60k rows a user).
-        ranked = order[:depth] if exclude is None else order[: depth + len(exclude[b])]
-        if exclude is not None and len(exclude[b]):
-            ranked = ranked[~np.isin(ranked, list(exclude[b]))]
+        excluded = [] if exclude is None else list(exclude[b])
+        # At most len(excluded) of them lie in the head, so the first `depth` rows kept are among
+        # the first depth + len(excluded) (not the whole catalogue: 60k rows a user).
+        ranked = order[: depth + len(excluded)]
+        if excluded:
+            ranked = ranked[~np.isin(ranked, excluded)]
         rows[b, : min(depth, ranked.size)] = ranked[:depth]
     scores = np.where(rows >= 0, np.asarray(counts, dtype=float)[np.maximum(rows, 0)], np.nan)
     return Ranking(rows, scores, None, [[] for _ in range(histories)])
@@ -311,9 +312,9 @@ class Ranker:
         as make a prompt of at most `prompt_budget` tokens (`PromptBuilder.fitted_history`, as
         training cuts its records, prompt and response, to `cutoff_len`: the model is not shown
         prompts far longer than it was trained on, and a long free-text entry cannot hold a server
-        for minutes). For no
-        titles at all (a new user), the counterfactual prompt: the no-history ranking (module
-        docstring). InputError when even the newest title alone makes too long a prompt."""
+        for minutes). For no titles at all (a new user), the counterfactual prompt: the no-history
+        ranking (module docstring). InputError when even the newest title alone makes too long a
+        prompt."""
         titles = list(history_titles)[-self.settings.max_history :]
         if not titles:
             return self.prompts.counterfactual()

@@ -103,6 +103,14 @@ def lexsort(keys: tuple[np.ndarray, ...]) -> np.ndarray:
     return np.argsort(packed, kind="stable")
 
 
+def flat_ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ranges starts[i] .. starts[i] + lengths[i] - 1, one after another: (indices [sum of
+    lengths], offsets [N + 1] where each range begins in them), e.g. for an Arrow ListArray."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1]), offsets
+
+
 def build_records(
     inter: pd.DataFrame, items: pd.DataFrame, s: SequenceSettings
 ) -> tuple[dict[str, pa.Table], pd.DataFrame, dict]:
@@ -228,10 +236,7 @@ class _RecordBatches:
     def batch(self, rows: np.ndarray) -> pa.RecordBatch:
         """One record batch of `rows` (columns as `schemas.tables.RECORDS`)."""
         lengths = self.lengths[rows]
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        # Each slot of the batch's histories -> its row: its record's first history row + its index.
-        slots = np.repeat(rows - lengths - offsets[:-1], lengths) + np.arange(offsets[-1])
+        slots, offsets = flat_ranges(rows - lengths, lengths)  # each history slot -> its row
         history = pa.array(self.dense[slots], pa.int64())
         list_offsets = pa.array(offsets.astype(np.int32))
         target = pa.array(self.dense[rows], pa.int64())
