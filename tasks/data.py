@@ -80,18 +80,49 @@ def _source_path(path_str: str, cfg: DataConfig) -> Path:
 
 
 def source_files(cfg: DataConfig) -> list[Path]:
-    """Every file the source reads (for the fingerprint)."""
+    """The files the source's reader reads, no others (for the fingerprint): a file left next to
+    them (ML-25M's genome scores, a README, a Spark `_SUCCESS` marker) neither costs a digest nor
+    makes a new ingest."""
+    files = _files_read(cfg)
+    for f in files:
+        if not f.is_file():
+            what = "a folder, where a file is read" if f.is_dir() else "file not found"
+            raise DataError(f"{f}: {what} (data.source.format={cfg.source.format})")
+    return files
+
+
+def _files_read(cfg: DataConfig) -> list[Path]:
     src = cfg.source
-    if src.format == "recbole_package":
-        folder = readers.recbole_package_folder()
-        return sorted(folder.glob("*.inter")) + sorted(folder.glob("*.item"))
     if src.format == "synthetic":  # no files: the settings (in the fingerprint) are the data
         return []
-    paths = [_source_path(p, cfg) for p in (src.path, src.meta_path, src.items_path) if p]
-    files = []
-    for p in paths:
-        files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    return files
+    if src.format == "recbole_package":
+        return list(readers.recbole_files(readers.recbole_package_folder()))
+    path = _source_path(src.path, cfg)
+    if src.format in ("recbole", "grouplens", "d3_csv"):
+        _require_folder(path, src.format)
+        if src.format == "recbole":
+            return list(readers.recbole_files(path))
+        if src.format == "grouplens":
+            return list(readers.grouplens_files(path))
+        csvs, info = readers.d3_files(path)
+        return [*csvs, info]
+    if src.format == "amazon_raw":
+        return [path, _amazon_meta_path(cfg)]
+    return readers.interaction_parts(path) + ([_source_path(src.items_path, cfg)] if src.items_path else [])
+
+
+def _amazon_meta_path(cfg: DataConfig) -> Path:
+    if not cfg.source.meta_path:
+        raise DataError("source.meta_path (meta_<Category>.json) is required for amazon_raw")
+    return _source_path(cfg.source.meta_path, cfg)
+
+
+def _require_folder(path: Path, source_format: str) -> None:
+    if not path.is_dir():
+        unzip = (": a zip archive, which is read once unpacked: unzip it and point data.source.path at the folder "
+                 "inside, or give the archive's https URL (downloaded and unpacked under the data root)"
+                 if zipfile.is_zipfile(path) else "")
+        raise DataError(f"{path}: source.format={source_format} reads a folder, and this is a file{unzip}")
 
 
 def read_source(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -103,11 +134,8 @@ def read_source(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
 
         return read_synthetic(src.synthetic)
     path = _source_path(src.path, cfg)
-    if src.format in ("recbole", "grouplens", "d3_csv") and not path.is_dir():
-        unzip = (": a zip archive, which is read once unpacked: unzip it and point data.source.path at the folder "
-                 "inside, or give the archive's https URL (downloaded and unpacked under the data root)"
-                 if zipfile.is_zipfile(path) else "")
-        raise DataError(f"{path}: source.format={src.format} reads a folder, and this is a file{unzip}")
+    if src.format in ("recbole", "grouplens", "d3_csv"):
+        _require_folder(path, src.format)
     if src.format == "recbole":
         return readers.read_recbole(path)
     if src.format == "grouplens":
@@ -115,9 +143,7 @@ def read_source(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     if src.format == "d3_csv":
         return readers.read_d3_csv(path)
     if src.format == "amazon_raw":
-        if not src.meta_path:
-            raise DataError("source.meta_path (meta_<Category>.json) is required for amazon_raw")
-        return readers.read_amazon_raw(path, _source_path(src.meta_path, cfg))
+        return readers.read_amazon_raw(path, _amazon_meta_path(cfg))
     items = _source_path(src.items_path, cfg) if src.items_path else None
     return readers.read_generic(cfg, path, items)
 

@@ -279,12 +279,17 @@ def _strip_type(columns) -> list[str]:
     return [c.split(":")[0] for c in columns]
 
 
-def read_recbole(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """RecBole atomic files: <name>.inter and <name>.item, header `name:type`, tab-separated."""
+def recbole_files(folder: Path) -> tuple[Path, Path]:
+    """The (.inter, .item) atomic files `read_recbole` reads of a folder: the first of each by name."""
     inter_files, item_files = sorted(folder.glob("*.inter")), sorted(folder.glob("*.item"))
     if not inter_files or not item_files:
         raise DataError(f"{folder}: expected RecBole atomic files <name>.inter and <name>.item")
-    inter_path, item_path = inter_files[0], item_files[0]
+    return inter_files[0], item_files[0]
+
+
+def read_recbole(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """RecBole atomic files: <name>.inter and <name>.item, header `name:type`, tab-separated."""
+    inter_path, item_path = recbole_files(folder)
     inter = read_string_table(inter_path, sep="\t")
     inter.columns = _strip_type(inter.columns)
     require_columns(inter, ["user_id", "item_id", "timestamp"], inter_path)
@@ -317,26 +322,34 @@ RATINGS_CSV_HEADER = ["userId", "movieId", "rating", "timestamp"]
 MOVIES_CSV_COLUMNS = ["movieId", "title"]
 
 
+GROUPLENS_LAYOUTS = (("u.data", "u.item"), ("ratings.dat", "movies.dat"), ("ratings.csv", "movies.csv"))
+
+
+def grouplens_files(folder: Path) -> tuple[Path, Path]:
+    """The (ratings, movies) files `read_grouplens` reads of a folder, told by the ratings file's
+    name; nothing else of a download (ML-25M's 415 MB genome scores, tags, links, READMEs)."""
+    for ratings, movies in GROUPLENS_LAYOUTS:
+        if (folder / ratings).is_file():
+            return folder / ratings, folder / movies
+    raise DataError(f"{folder}: expected GroupLens u.data/u.item (100K), ratings.dat/movies.dat (1M, 10M) "
+                    "or ratings.csv/movies.csv (20M, 25M, 32M, ml-latest)")
+
+
 def read_grouplens(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A GroupLens MovieLens folder (the layouts above) -> (interactions, items)."""
-    if (folder / "u.data").is_file():
-        inter_path, item_path = folder / "u.data", folder / "u.item"
+    inter_path, item_path = grouplens_files(folder)
+    if inter_path.name == "u.data":
         inter = _read_ratings(inter_path, "\t")
         items = read_csv(item_path, sep="|", header=None, dtype=str, encoding="latin-1")
-    elif (folder / "ratings.dat").is_file():
-        inter_path, item_path = folder / "ratings.dat", folder / "movies.dat"
+    elif inter_path.name == "ratings.dat":
         inter = _read_ratings(inter_path, "::")
         text = _utf8_or_latin1(item_path)
         items = pd.DataFrame([line.split("::") for line in text.splitlines() if line])
-    elif (folder / "ratings.csv").is_file():
-        inter_path, item_path = folder / "ratings.csv", folder / "movies.csv"
+    else:
         inter = _read_ratings(inter_path, ",", header=RATINGS_CSV_HEADER)
         items = read_string_table(item_path)
         require_columns(items, MOVIES_CSV_COLUMNS, item_path)
         items = items[MOVIES_CSV_COLUMNS].set_axis([0, 1], axis=1)
-    else:
-        raise DataError(f"{folder}: expected GroupLens u.data/u.item (100K), ratings.dat/movies.dat (1M, 10M) "
-                        "or ratings.csv/movies.csv (20M, 25M, 32M, ml-latest)")
     if items.shape[1] < 2:
         raise DataError(f"{item_path}: expected at least 2 fields (item id, title), got {items.shape[1]}")
     interactions = pd.DataFrame(
@@ -522,6 +535,16 @@ def _literal_list(value: object, path: Path, column: str, row: int) -> list:
     return list(parsed)
 
 
+def d3_files(folder: Path) -> tuple[list[Path], Path]:
+    """The split CSVs (in split order, train/valid/test sub-folders or `<split>*.csv` files) and
+    the info file (the first info/*.txt) that `read_d3_csv` reads of a folder."""
+    csvs = [p for s in D3_SPLITS for p in sorted((folder / s).glob("*.csv")) + sorted(folder.glob(f"{s}*.csv"))]
+    infos = sorted((folder / "info").glob("*.txt"))
+    if not csvs or not infos:
+        raise DataError(f"{folder}: expected D3 CSVs under train/ valid/ test/ and an info/*.txt file")
+    return csvs, infos[0]
+
+
 def read_d3_csv(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """D3/BIGRec CSV splits (train/valid/test sub-folders or files) + the info file.
 
@@ -530,15 +553,12 @@ def read_d3_csv(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     when the CSV has them (`timestamp`, `history_timestamp`); otherwise the global row order is
     kept on a synthetic clock, which preserves D3's chronological order across users.
     """
-    csvs = [p for s in D3_SPLITS for p in sorted((folder / s).glob("*.csv")) + sorted(folder.glob(f"{s}*.csv"))]
-    infos = sorted((folder / "info").glob("*.txt"))
-    if not csvs or not infos:
-        raise DataError(f"{folder}: expected D3 CSVs under train/ valid/ test/ and an info/*.txt file")
+    csvs, info = d3_files(folder)
     items = {}
-    for n, line in enumerate(open_text(infos[0]).splitlines(), start=1):
+    for n, line in enumerate(open_text(info).splitlines(), start=1):
         parts = line.split("\t")
         if len(parts) < 2:
-            raise DataError(f"{infos[0]}: line {n} has no tab-separated title and id")
+            raise DataError(f"{info}: line {n} has no tab-separated title and id")
         items[parts[-1].strip()] = parts[-2].strip()  # `[sid<TAB>]title<TAB>item_id`
     rows: list[tuple[str, str, int]] = []
     seen_users: set[str] = set()
@@ -617,6 +637,18 @@ def _newest_titles(item_ids: pd.Series, titles: pd.Series, timestamps: pd.Series
     return newest[["item_id", "title"]]
 
 
+def interaction_parts(path: Path) -> list[Path]:
+    """The files `read_generic` reads as interactions: the file itself, or a folder's parts (new
+    files are dropped into it): its table files by name, hidden ones (".part-0.crc") and markers
+    ("_SUCCESS") left out."""
+    if not path.is_dir():
+        return [path]
+    parts = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in TABLE_SUFFIXES and not f.name.startswith("."))
+    if not parts:
+        raise DataError(f"{path}: no interaction parts ({', '.join(sorted(TABLE_SUFFIXES))} files)")
+    return parts
+
+
 def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """CSV/TSV/Parquet interactions (+ items file) with `source.columns` mapping ours -> theirs.
 
@@ -625,13 +657,7 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     names the part and its rows.
     """
     col = {k: cfg.source.columns.get(k, k) for k in ("user_id", "item_id", "timestamp", "rating", "title")}
-    if inter_path.is_dir():  # a folder of parts that new files are dropped into: read them all
-        parts = sorted(f for f in inter_path.iterdir() if f.is_file() and f.suffix in TABLE_SUFFIXES
-                       and not f.name.startswith("."))
-        if not parts:
-            raise DataError(f"{inter_path}: no interaction parts ({', '.join(sorted(TABLE_SUFFIXES))} files)")
-    else:
-        parts = [inter_path]
+    parts = interaction_parts(inter_path)
     needed = [col["user_id"], col["item_id"], col["timestamp"]] + ([col["title"]] if items_path is None else [])
     frames, units, rated, examples = [], {}, False, []
     for part in parts:
