@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from schemas.errors import DataValidationError
-from tasks.storage import write_json_atomic
+from tasks.storage import file_digest, write_json_atomic
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "schemas" / "suites"
 
@@ -86,12 +86,24 @@ def _summarise(result, table: str) -> list[dict]:
     return rows
 
 
+def suites_key(suites: list[str], params: dict[str, Any]) -> dict:
+    """What decides the outcome of the named suites on given tables: the suite files' bytes, the
+    parameters filled into them and the Great Expectations version that runs them. A report
+    written under this key (`validate_tables(key=...)`) holds for the same tables while it is."""
+    from importlib.metadata import version
+
+    return {"suites": {name: file_digest(SUITES_DIR / f"{name}.json") for name in sorted(set(suites))},
+            "params": params, "great_expectations": version("great_expectations")}
+
+
 def validate_tables(
-    tables: dict[str, tuple[str, pd.DataFrame]], params: dict[str, Any], report_path: Path, what: str
+    tables: dict[str, tuple[str, pd.DataFrame]], params: dict[str, Any], report_path: Path, what: str,
+    key: str | None = None,
 ) -> dict:
     """Validate {table: (suite name, frame)}; write the report JSON; raise on critical failures.
 
-    Returns the report: {"success", "failures", "warnings", "results"}.
+    Returns the report: {"success", "failures", "warnings", "results"} and `key`, when given:
+    the fingerprint of what the report holds for (the tables and `suites_key`).
     """
     ctx = _context()
     source = ctx.data_sources.get("frames")
@@ -111,6 +123,8 @@ def validate_tables(
     failures = [r for r in results if not r["success"] and r["severity"] == "critical"]
     warnings = [r for r in results if not r["success"] and r["severity"] != "critical"]
     report = {"what": what, "success": not failures, "failures": failures, "warnings": warnings, "results": results}
+    if key is not None:
+        report["key"] = key
     report_path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(report_path, report)
     if failures:
