@@ -32,13 +32,13 @@ class RecordTooLongError(ValueError):
 
 
 def _per_title(titles, count) -> np.ndarray:
-    """count(title) [N] for each of `titles` (a list, or an Arrow string array, chunked or not),
-    computed once per distinct title."""
+    """count(title) [N] for each of `titles` (a list, or an Arrow string array, chunked or not,
+    plain or dictionary-encoded), computed once per distinct title."""
     chunks = titles.chunks if isinstance(titles, pa.ChunkedArray) else [pa.array(titles, pa.string())]
     counted: dict[str, int] = {}
     out = [np.zeros(0, dtype=np.int64)]
     for chunk in chunks:
-        encoded = chunk.dictionary_encode()  # indices [len(chunk)] into its distinct titles
+        encoded = chunk.dictionary_encode()  # indices [len(chunk)] into its distinct titles (as is when encoded)
         distinct = encoded.dictionary.to_pylist()
         for title in distinct:
             if title not in counted:
@@ -137,7 +137,7 @@ class PairedCollator:
         """(position, tokens it needs) of each record that does not fit cutoff_len even with its
         newest history title alone, which `encode` would raise for: found before training, so
         that none stops a run midway. A record is given by its newest history title and its
-        target title (`newest_titles[i]`, `target_titles[i]`: lists, or Arrow string arrays);
+        target title (`newest_titles[i]`, `target_titles[i]`: lists, or Arrow arrays of strings);
         what it needs is its one-title prompt and its response, each a function of one title, so
         every distinct title is tokenised once and the records are summed in numpy."""
         needs = (_per_title(newest_titles, lambda t: len(self._prompt_ids(self.prompts.factual([t]))))

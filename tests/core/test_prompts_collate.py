@@ -122,6 +122,8 @@ def test_records_too_long_are_exactly_those_encode_refuses(tiny_tokenizer):
         newest, targets = [r["history_titles"][-1] for r in records], [r["target_title"] for r in records]
         found = collator.records_too_long(newest, targets)
         assert collator.records_too_long(pa.chunked_array([newest[:7], newest[7:]]), pa.array(targets)) == found
+        encoded = pa.chunked_array([pa.array(newest[:7]).dictionary_encode(), pa.array(newest[7:]).dictionary_encode()])
+        assert collator.records_too_long(encoded, pa.array(targets).dictionary_encode()) == found
         assert [i for i, _ in found] == refused
         assert all(n == needs[i] > cutoff for i, n in found)
 

@@ -768,6 +768,24 @@ def test_split_records_are_read_records_kept_columnar(tmp_path):
     assert [sample[i] for i in range(9)] == [{k: r[k] for k in SplitRecords.COLUMNS} for r in expected]
 
 
+def test_split_records_hold_each_distinct_title_once(tmp_path):
+    """A title recurs in many histories: the records hold it once per row group, indices elsewhere."""
+    import pyarrow as pa
+
+    from schemas import tables
+    from tasks.training import SplitRecords
+
+    titles = [f"A film with a title of some length, part {i} (1995)" for i in range(20)]
+    rows = [{"user_id": "u", "history_item_ids": list(range(10)), "history_titles": [titles[(r + j) % 20] for j in range(10)],
+             "target_item_id": 0, "target_title": titles[r % 20], "timestamp": r} for r in range(2_000)]
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=tables.RECORDS), path, row_group_size=500)
+    records = SplitRecords(path)
+    plain = pq.read_table(path, columns=SplitRecords.COLUMNS)
+    assert records.table.nbytes < plain.nbytes / 5
+    assert [records[i] for i in range(0, 2_000, 37)] == plain.take(list(range(0, 2_000, 37))).to_pylist()
+
+
 def test_a_long_uncapped_validation_pass_is_said(tmp_path, caplog, monkeypatch):
     """A full ML-25M's valid split (2.5M records) made every evaluation take hours, silently."""
     import logging
