@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.provenance import machine
+from benchmarks.rounds import median_over_rounds, peak_memory_mb, ratio_over_rounds, round_order
 
 RESULTS = Path(__file__).parent / "results"
 FIELDS = {"reviewerID": "string", "asin": "string", "overall": "float64", "unixReviewTime": "int64"}
@@ -116,10 +117,7 @@ def child(reader: str, path: Path) -> None:
     start = time.perf_counter()
     frame = read(reader, path)
     seconds = time.perf_counter() - start
-    # VmHWM: this process image's peak resident memory (ru_maxrss would keep the forking parent's)
-    status = Path("/proc/self/status").read_text()
-    peak_mb = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "rows": len(frame)}))
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_memory_mb(), "rows": len(frame)}))
 
 
 def run(reader: str, path: Path) -> dict:
@@ -156,19 +154,17 @@ def main() -> None:
                     "movies.csv 60,000 titles.")
         rounds = []
         for r in range(ns.rounds):
-            order = names if r % 2 == 0 else names[::-1]
-            rounds.append({reader: run(reader, path) for reader in order})
+            rounds.append({reader: run(reader, path) for reader in round_order(names, r)})
             assert len({v["rows"] for v in rounds[-1].values()}) == 1  # every reader read every row
             print(f"round {r + 1}: {rounds[-1]}", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
     def ratio(reader: str, part: str) -> dict:
-        values = [r[reader][part] / r[names[0]][part] for r in rounds]
-        return {"median": float(np.median(values)), "min": min(values), "max": max(values)}
+        return ratio_over_rounds(rounds, reader, names[0], part)
 
     def median(reader: str, part: str) -> float:
-        return float(np.median([r[reader][part] for r in rounds]))
+        return median_over_rounds(rounds, reader, part)
 
     result = {"source": ns.source, "rows": rows, "bytes": size, "rounds": rounds,
               "ratios": {reader: {part: ratio(reader, part) for part in ("seconds", "peak_mb")}

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.provenance import machine
+from benchmarks.rounds import median_over_rounds, peak_memory_mb, ratio_over_rounds, round_order
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("dictionary", "plain")
@@ -82,9 +83,7 @@ def child(variant: str, path: Path) -> None:
     start = time.perf_counter()
     newest, targets = records.newest_and_target_titles()
     cutoff_input_s = time.perf_counter() - start
-    status = Path("/proc/self/status").read_text()
-    peak_mb = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
-    print(json.dumps({"load_s": load_s, "peak_mb": peak_mb, "table_mb": records.table.nbytes / 1e6,
+    print(json.dumps({"load_s": load_s, "peak_mb": peak_memory_mb(), "table_mb": records.table.nbytes / 1e6,
                       "record_us": record_us, "cutoff_input_s": cutoff_input_s, "records": len(records),
                       "titles_read": titles, "checked": len(newest) + len(targets)}))
 
@@ -111,23 +110,18 @@ def main() -> None:
         size = path.stat().st_size
         rounds = []
         for r in range(ns.rounds):
-            order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
-            rounds.append({v: run(v, path) for v in order})
+            rounds.append({v: run(v, path) for v in round_order(VARIANTS, r)})
             # Both read the same records, and the same titles of the same sample.
             assert len({(m["records"], m["titles_read"], m["checked"]) for m in rounds[-1].values()}) == 1
             print(f"round {r + 1}: {rounds[-1]}", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    def ratio(variant: str, part: str) -> dict:
-        values = [r[variant][part] / r[VARIANTS[0]][part] for r in rounds]
-        return {"median": float(np.median(values)), "min": min(values), "max": max(values)}
-
     def median(variant: str, part: str) -> float:
-        return float(np.median([r[variant][part] for r in rounds]))
+        return median_over_rounds(rounds, variant, part)
 
     result = {"records": ns.records, "bytes": size, "rounds": rounds,
-              "ratios": {"plain": {part: ratio("plain", part) for part in PARTS}},
+              "ratios": {"plain": {part: ratio_over_rounds(rounds, "plain", "dictionary", part) for part in PARTS}},
               **machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
     ns.out.mkdir(parents=True, exist_ok=True)
     (ns.out / "training_records.json").write_text(json.dumps(result, indent=1))

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.provenance import machine
+from benchmarks.rounds import median_over_rounds, ratio_over_rounds, round_order
 from tasks import validation
 from tasks.data import outside
 
@@ -117,18 +118,17 @@ def main() -> None:
         validate("derived", data, suites, scratch)  # warm-up: GE's context, imports
         rounds = []
         for r in range(ns.rounds):
-            order = ("value_set", "derived") if r % 2 == 0 else ("derived", "value_set")
-            rounds.append({variant: validate(variant, data, suites, scratch) for variant in order})
+            rounds.append({variant: validate(variant, data, suites, scratch)
+                           for variant in round_order(("value_set", "derived"), r)})
             print(f"round {r + 1}: {rounds[-1]}", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
     def ratio(part: str) -> dict:
-        values = [r["value_set"][part] / r["derived"][part] for r in rounds]
-        return {"median": float(np.median(values)), "min": min(values), "max": max(values)}
+        return ratio_over_rounds(rounds, "value_set", "derived", part)
 
     def median(variant: str, part: str) -> float:
-        return float(np.median([r[variant][part] for r in rounds]))
+        return median_over_rounds(rounds, variant, part)
 
     result = {"interactions": len(data["interactions"]), "items": ns.items, "records": len(data["records"]),
               "rounds": rounds, "ratio_ingested": ratio("ingested_s"), "ratio_records": ratio("records_s"),

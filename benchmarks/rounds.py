@@ -1,0 +1,34 @@
+"""Interleaved rounds, the one way the benchmarks compare variants: each round runs every variant,
+in an order that alternates between rounds (A B, B A, ...), so that a machine growing slower or
+faster over a run weighs on each alike; a ratio is taken within a round and reported as the median
+over rounds with its range."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def round_order(names: Sequence[str], r: int) -> tuple[str, ...]:
+    """The variants in the order round `r` (0-based) runs them: as given, then reversed."""
+    return tuple(names) if r % 2 == 0 else tuple(names)[::-1]
+
+
+def ratio_over_rounds(rounds: list[dict], variant: str, base: str, part: str) -> dict:
+    """{"median", "min", "max"} of `variant`'s `part` over `base`'s, round by round (`rounds`:
+    one {variant: {part: value}} per round)."""
+    values = [r[variant][part] / r[base][part] for r in rounds]
+    return {"median": float(np.median(values)), "min": min(values), "max": max(values)}
+
+
+def median_over_rounds(rounds: list[dict], variant: str, part: str) -> float:
+    return float(np.median([r[variant][part] for r in rounds]))
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory (VmHWM, Linux), MB: run a variant in a process of its
+    own for it to be its own (ru_maxrss would keep a forking parent's)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
