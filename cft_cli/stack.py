@@ -156,7 +156,9 @@ def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str]) -> subp
 
 def _record(stack: Stack, name: str, proc: subprocess.Popen) -> None:
     pids = _read_pids(stack)
-    pids[name] = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "cmd": proc.args}
+    process = psutil.Process(proc.pid)
+    pids[name] = {"pid": proc.pid, "started_after_boot": _started_after_boot(process),
+                  "create_time": process.create_time(), "cmd": proc.args}
     stack.pid_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = stack.pid_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(pids, indent=1))
@@ -167,21 +169,33 @@ def _read_pids(stack: Stack) -> dict:
     return json.loads(stack.pid_file.read_text()) if stack.pid_file.is_file() else {}
 
 
-# psutil's create_time is the boot time plus the process's age, and the boot time the kernel reports
-# moves when the clock is stepped (NTP, a resumed VM): a server seen again after a step would
-# otherwise count as stopped, and `cft stack down` would leave it running. (Seen once in the e2e
-# test: both servers "stopped" 47 s after they started, while they answered.)
-CLOCK_STEP_S = 60.0
+# psutil's create_time is the boot time plus the process's age since boot, and the boot time the
+# kernel reports moves when the clock is stepped (NTP, a resumed VM): a server seen again after a
+# step counted as stopped, and `cft stack down` would have left it running (seen in the e2e test:
+# both servers "stopped" 47 s after they started, while they answered; and `stack up` starting a
+# second worker beside a running one). Its age since boot is not moved by a step, and is known to
+# the kernel's clock tick (0.01 s).
+SAME_START_S = 1.0
+CLOCK_STEP_S = 60.0  # (entries recorded before `started_after_boot`: create_time, give or take a step)
+
+
+def _started_after_boot(proc: psutil.Process) -> float:
+    """Seconds from boot to the process's start (create_time less the boot time, each as the
+    kernel reports it now: a clock step moves both alike)."""
+    return proc.create_time() - psutil.boot_time()
 
 
 def _alive(entry: dict) -> psutil.Process | None:
     """The recorded process if it still runs and is the same one: a reused pid would run another
-    command, or have started at another time (give or take a clock step)."""
+    command, or have started at another time."""
     try:
         proc = psutil.Process(entry["pid"])
         command = entry["cmd"]  # argv as spawned; a script's shows after its interpreter
-        same = (abs(proc.create_time() - entry["create_time"]) < CLOCK_STEP_S
-                and proc.cmdline()[-len(command):] == command)
+        if "started_after_boot" in entry:
+            same_start = abs(_started_after_boot(proc) - entry["started_after_boot"]) < SAME_START_S
+        else:
+            same_start = abs(proc.create_time() - entry["create_time"]) < CLOCK_STEP_S
+        same = same_start and proc.cmdline()[-len(command):] == command
         return proc if same and proc.is_running() else None
     except psutil.Error:
         return None

@@ -17,11 +17,13 @@ def test_stack_up_refuses_a_bad_serve_profile_before_starting_anything(tmp_path)
     assert not (tmp_path / "data" / "stack").exists()
 
 
-def test_a_recorded_process_is_known_by_its_command_and_start_time(tmp_path):
-    """`cft stack status` / `down` find a recorded process again after a clock step (psutil's
-    create_time moves with the reported boot time), but not a reused pid running something else,
-    nor one started at another time, nor one that ended."""
+def test_a_recorded_process_is_known_by_its_command_and_start_time(tmp_path, monkeypatch):
+    """`cft stack status` / `down` find a recorded process again after a clock step of any size
+    (psutil's create_time and boot time both move with it), but not a reused pid running something
+    else, nor one started at another time, nor one that ended."""
     import sys
+
+    import psutil
 
     from cft_cli import stack as stack_mod
 
@@ -31,9 +33,17 @@ def test_a_recorded_process_is_known_by_its_command_and_start_time(tmp_path):
         stack_mod._record(st, "sleeper", proc)
         entry = stack_mod._read_pids(st)["sleeper"]
         assert stack_mod.status(st) == {"sleeper": True}
-        assert stack_mod._alive({**entry, "create_time": entry["create_time"] + 1.0}) is not None  # a 1 s step
         assert stack_mod._alive({**entry, "cmd": [sys.executable, "-c", "print()"]}) is None  # another command
-        assert stack_mod._alive({**entry, "create_time": entry["create_time"] - 3600}) is None  # started long before
+        assert stack_mod._alive({**entry, "started_after_boot": entry["started_after_boot"] - 5}) is None  # another start
+        old = {k: v for k, v in entry.items() if k != "started_after_boot"}  # recorded by an older version
+        assert stack_mod._alive(old) is not None
+        assert stack_mod._alive({**old, "create_time": old["create_time"] - 3600}) is None
+        with monkeypatch.context() as clock:  # the clock stepped an hour ahead (boot time as reported: too)
+            step = 3600.0
+            boot, created = psutil.boot_time, psutil.Process.create_time
+            clock.setattr(psutil, "boot_time", lambda: boot() + step)
+            clock.setattr(psutil.Process, "create_time", lambda self: created(self) + step)
+            assert stack_mod.status(st) == {"sleeper": True}
     finally:
         proc.kill()
         proc.wait()
