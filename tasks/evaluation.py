@@ -33,7 +33,12 @@ import pyarrow.parquet as pq
 from schemas.config import PipelineConfig
 from schemas.errors import DataError
 from tasks.storage import atomic_dir, fingerprint, with_code_versions
-from tasks.training import read_records
+from tasks.training import (
+    MANY_EVAL_RECORDS,
+    MANY_RANKED_RECORDS,
+    read_records,
+    warn_if_uncapped_split_is_long,
+)
 
 TOP_K_MAX = 50  # rankings are kept to the largest K reported
 
@@ -115,7 +120,10 @@ def run_diagnostics(cfg: PipelineConfig, model, tokenizer, sequences: Path) -> t
     from cft_core.prompts import PromptBuilder
 
     e = cfg.eval
-    rows = read_records(sequences / f"{e.split}.parquet", e.diagnostics_max_samples, e.seed)
+    path = sequences / f"{e.split}.parquet"
+    warn_if_uncapped_split_is_long(path, e.diagnostics_max_samples, MANY_EVAL_RECORDS, "the diagnostics pass",
+                                   "eval.diagnostics_max_samples")
+    rows = read_records(path, e.diagnostics_max_samples, e.seed)
     ll = label_likelihoods(model, tokenizer, PromptBuilder.for_domain(cfg.data.domain), rows, e.batch_size,
                            cfg.train.cutoff_len)
     table = pd.DataFrame({"split_row": [r["split_row"] for r in rows], "user_id": [r["user_id"] for r in rows],
@@ -288,7 +296,10 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
 
     started = time.perf_counter()
     seconds: dict[str, float] = {}  # wall-clock seconds per part, into summary.json and MLflow
-    rows = read_records(sequences / f"{e.split}.parquet", e.max_samples, e.seed)
+    path = sequences / f"{e.split}.parquet"
+    warn_if_uncapped_split_is_long(path, e.max_samples, MANY_RANKED_RECORDS, "ranking (a beam search each)",
+                                   "eval.max_samples (the gate's: registry.gate_max_samples)")
+    rows = read_records(path, e.max_samples, e.seed)
     if not rows:
         raise DataError(f"{sequences / (e.split + '.parquet')} holds no records to evaluate")
     titles = read_catalogue(sequences)["title"].tolist()

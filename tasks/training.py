@@ -110,19 +110,21 @@ class SplitRecords:
         return pa.chunked_array(newest, histories.type.value_type), self.table.column("target_title")
 
 
-# Validation records past which a full validation pass is long enough to say so: ~3 min at the
-# ~300 records/s of the tiny model on 2 CPU cores, far more for a real model (a full ML-25M's valid
-# split holds 2.5M: hours at each evaluation).
+# Records past which reading a whole split is long enough to say so, when no cap is set:
+# - MANY_EVAL_RECORDS, forward passes (the validation loss at each evaluation, the diagnostics): ~3 min
+#   at the ~300 records/s of the tiny model on 2 CPU cores, far more for a real model (a full
+#   ML-25M's valid split holds 2.5M: hours each time);
+# - MANY_RANKED_RECORDS, beam searches (the evaluation's ranking, the gate's): SmolLM2 ranked ~1 row
+#   a second on 2 CPU cores (README, Serving), so ~3 h; ML-100K's whole test split (9,835) is below it.
 MANY_EVAL_RECORDS = 50_000
+MANY_RANKED_RECORDS = 10_000
 
 
-def warn_if_validation_is_long(valid: SplitRecords, max_eval_samples: int | None) -> None:
-    """A warning when every evaluation (each epoch, or each `eval_steps`) reads more than
-    MANY_EVAL_RECORDS validation records because none is capped: the cap is a training setting."""
-    if max_eval_samples is None and len(valid) > MANY_EVAL_RECORDS:
-        log.warning("the validation loss reads all %s records of %s at every evaluation; "
-                    "train.max_eval_samples caps them (a seeded sample)", f"{len(valid):,}", valid.path)
-
+def warn_if_uncapped_split_is_long(path: Path, cap: int | None, bound: int, what: str, setting: str) -> None:
+    """A warning, before anything is read, when `what` reads every record of the split at `path`
+    (`cap` None) and they are more than `bound`; `setting` names the cap."""
+    if cap is None and (n := pq.ParquetFile(path).metadata.num_rows) > bound:
+        log.warning("%s reads all %s records of %s; %s caps them (a seeded sample)", what, f"{n:,}", path, setting)
 
 def check_records_fit(collator, splits: list[SplitRecords]) -> None:
     """ConfigError, before anything is trained or written, when records of a split do not fit
@@ -420,7 +422,8 @@ def _train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, run_dir:
         with_counterfactual=objective.run_counterfactual,
     )
     check_records_fit(collator, [train_rows, valid_rows])
-    warn_if_validation_is_long(valid_rows, t.max_eval_samples)
+    warn_if_uncapped_split_is_long(valid_rows.path, t.max_eval_samples, MANY_EVAL_RECORDS,
+                                   "the validation loss at every evaluation", "train.max_eval_samples")
 
     eval_strategy = "steps" if t.eval_steps else "epoch"
     args = TrainingArguments(

@@ -786,25 +786,40 @@ def test_split_records_hold_each_distinct_title_once(tmp_path):
     assert [records[i] for i in range(0, 2_000, 37)] == plain.take(list(range(0, 2_000, 37))).to_pylist()
 
 
-def test_a_long_uncapped_validation_pass_is_said(tmp_path, caplog, monkeypatch):
-    """A full ML-25M's valid split (2.5M records) made every evaluation take hours, silently."""
+def test_long_uncapped_passes_are_said_before_they_start(tmp_path, small_sequences, caplog, monkeypatch):
+    """A full ML-25M's splits (2.5M records each) made every validation pass take hours, and the
+    evaluation's ranking days, silently: each uncapped pass over more records than its bound is
+    said before it starts, with the setting that caps it; a capped one, or one within its bound, is not."""
     import logging
 
-    import pyarrow as pa
-
+    import tasks.evaluation as evaluation
     import tasks.training as training
-    from schemas import tables
+    from tasks.evaluation import evaluate
 
-    rows = [{"user_id": "u", "history_item_ids": [1], "history_titles": ["A"], "target_item_id": 2,
-             "target_title": "B", "timestamp": r} for r in range(12)]
-    path = tmp_path / "valid.parquet"
-    pq.write_table(pa.Table.from_pylist(rows, schema=tables.RECORDS), path)
-    monkeypatch.setattr(training, "MANY_EVAL_RECORDS", 10)
-    with caplog.at_level(logging.WARNING, logger="tasks.training"):
-        training.warn_if_validation_is_long(training.SplitRecords(path, None), None)
-        training.warn_if_validation_is_long(training.SplitRecords(path, 8), 8)  # capped: nothing to say
-        monkeypatch.setattr(training, "MANY_EVAL_RECORDS", 12)
-        training.warn_if_validation_is_long(training.SplitRecords(path, None), None)  # not more than it
-    assert [r.getMessage() for r in caplog.records] == [
-        f"the validation loss reads all 12 records of {path} at every evaluation; train.max_eval_samples caps "
+    seq, fp = small_sequences  # 32 valid and 32 test records
+    for module in (training, evaluation):
+        monkeypatch.setattr(module, "MANY_EVAL_RECORDS", 16)
+        monkeypatch.setattr(module, "MANY_RANKED_RECORDS", 31)
+
+    def said(train_cap, eval_cap, diagnostics_cap):
+        cfg = make_config(tmp_path, max_steps=1, eval_steps=1, max_eval_samples=train_cap)
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={
+            "methods": ["constrained"], "num_beams": 2, "num_return_sequences": 2, "history_reliance": False,
+            "max_samples": eval_cap, "diagnostics_max_samples": diagnostics_cap})})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tasks"):
+            evaluate(cfg, train(cfg, seq, fp).model_dir, seq, progress=False)
+        return [r.getMessage() for r in caplog.records if "caps them" in r.getMessage()]
+
+    assert said(None, None, None) == [
+        f"the validation loss at every evaluation reads all 32 records of {seq / 'valid.parquet'}; "
+        "train.max_eval_samples caps them (a seeded sample)",
+        f"ranking (a beam search each) reads all 32 records of {seq / 'test.parquet'}; eval.max_samples "
+        "(the gate's: registry.gate_max_samples) caps them (a seeded sample)",
+        f"the diagnostics pass reads all 32 records of {seq / 'test.parquet'}; eval.diagnostics_max_samples caps "
         "them (a seeded sample)"]
+    assert said(8, 8, 8) == []
+    monkeypatch.setattr(evaluation, "MANY_RANKED_RECORDS", 32)
+    monkeypatch.setattr(training, "MANY_EVAL_RECORDS", 32)
+    monkeypatch.setattr(evaluation, "MANY_EVAL_RECORDS", 32)
+    assert said(None, None, None) == []  # not more than the bound
