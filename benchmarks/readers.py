@@ -33,8 +33,6 @@ import gzip
 import json
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,7 +40,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.provenance import machine
-from benchmarks.rounds import median_over_rounds, peak_memory_mb, ratio_over_rounds, round_order
+from benchmarks.rounds import (
+    median_over_rounds,
+    peak_memory_mb,
+    ratio_over_rounds,
+    round_order,
+    run_child,
+)
 
 RESULTS = Path(__file__).parent / "results"
 FIELDS = {"reviewerID": "string", "asin": "string", "overall": "float64", "unixReviewTime": "int64"}
@@ -120,12 +124,6 @@ def child(reader: str, path: Path) -> None:
     print(json.dumps({"seconds": seconds, "peak_mb": peak_memory_mb(), "rows": len(frame)}))
 
 
-def run(reader: str, path: Path) -> dict:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.readers", "--child", reader, str(path)],
-                         check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", choices=sorted(READERS), default="amazon")
@@ -154,7 +152,7 @@ def main() -> None:
                     "movies.csv 60,000 titles.")
         rounds = []
         for r in range(ns.rounds):
-            rounds.append({reader: run(reader, path) for reader in round_order(names, r)})
+            rounds.append({reader: run_child("benchmarks.readers", reader, str(path)) for reader in round_order(names, r)})
             assert len({v["rows"] for v in rounds[-1].values()}) == 1  # every reader read every row
             print(f"round {r + 1}: {rounds[-1]}", flush=True)
     finally:

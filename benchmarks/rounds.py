@@ -5,6 +5,9 @@ over rounds with its range."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,3 +35,10 @@ def peak_memory_mb() -> float:
     own for it to be its own (ru_maxrss would keep a forking parent's)."""
     status = Path("/proc/self/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def run_child(module: str, *args: str) -> dict:
+    """Run `python -m <module> --child <args>` (a variant in a process of its own, for its own peak
+    memory) and return the JSON object its last line of output prints."""
+    out = subprocess.run([sys.executable, "-m", module, "--child", *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.provenance import machine
-from benchmarks.rounds import median_over_rounds, peak_memory_mb, ratio_over_rounds, round_order
+from benchmarks.rounds import (
+    median_over_rounds,
+    peak_memory_mb,
+    ratio_over_rounds,
+    round_order,
+    run_child,
+)
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("dictionary", "plain")
@@ -88,12 +92,6 @@ def child(variant: str, path: Path) -> None:
                       "titles_read": titles, "checked": len(newest) + len(targets)}))
 
 
-def run(variant: str, path: Path) -> dict:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.training_records", "--child", variant, str(path)],
-                         check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=20_000_000)
@@ -110,7 +108,7 @@ def main() -> None:
         size = path.stat().st_size
         rounds = []
         for r in range(ns.rounds):
-            rounds.append({v: run(v, path) for v in round_order(VARIANTS, r)})
+            rounds.append({v: run_child("benchmarks.training_records", v, str(path)) for v in round_order(VARIANTS, r)})
             # Both read the same records, and the same titles of the same sample.
             assert len({(m["records"], m["titles_read"], m["checked"]) for m in rounds[-1].values()}) == 1
             print(f"round {r + 1}: {rounds[-1]}", flush=True)
