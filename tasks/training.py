@@ -126,6 +126,7 @@ def warn_if_uncapped_split_is_long(path: Path, cap: int | None, bound: int, what
     if cap is None and (n := pq.ParquetFile(path).metadata.num_rows) > bound:
         log.warning("%s reads all %s records of %s; %s caps them (a seeded sample)", what, f"{n:,}", path, setting)
 
+
 def check_records_fit(collator, splits: list[SplitRecords]) -> None:
     """ConfigError, before anything is trained or written, when records of a split do not fit
     train.cutoff_len even with their newest history title alone (`PairedCollator.records_too_long`;
