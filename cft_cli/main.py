@@ -504,7 +504,7 @@ def serve(
     config: ConfigOpt = Path("configs/demo.yaml"),
     set_: SetOpt = None,
 ) -> None:
-    """Serve a registered model over HTTP: POST /recommend, MLflow's POST /invocations, GET /health.
+    """Serve a registered model over HTTP: POST /recommend, MLflow's POST /invocations, GET /health, GET /metrics.
     Concurrent requests share generation calls; a full queue answers 503; served by alias (the
     champion by default), a new champion serves without a restart (cft_cli/server.py)."""
     from cft_cli.server import serve as run_server
@@ -519,7 +519,7 @@ def serve(
     os.environ["CFT_SERVE_MAX_BATCH"] = str(max_batch)
     os.environ["CFT_SERVE_MAX_QUEUE"] = str(max_queue)
     os.environ["CFT_SERVE_BATCH_WAIT_MS"] = str(batch_wait_ms)
-    console.print(f"serving {model_uri} on http://{host}:{port} (POST /recommend, POST /invocations, GET /health)")
+    console.print(f"serving {model_uri} on http://{host}:{port} (POST /recommend, POST /invocations, GET /health, GET /metrics)")
     run_server(model_uri, host, port, follow_every, wait)
 
 

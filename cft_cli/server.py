@@ -16,6 +16,9 @@ Endpoints (JSON, UTF-8):
                      "dataframe_split", or "inputs": {"history": [[...], ...]}), optional "params";
                      `exclude` is an optional column, as in the registered model's signature
                      -> {"predictions": [{"item_ids": ..., "titles": ..., ...}, ...]}
+  GET  /metrics      Prometheus' text format: answers by endpoint and status, their times, history
+                     entries the catalogue did not know, the served version, the batching queue
+                     and the process (cft_cli/server_metrics.py)
   GET  /health       {"status": "ok", "model": <uri>, "version": <registered version served>,
                       "method": ..., "catalogue": <items>}; 503 {"status": "waiting", ...} while a
                       server started with `wait` has nothing to serve yet
@@ -155,6 +158,8 @@ class ServedModel:
         # version -> (why it did not load, tries, when to try again): a version that fails is
         # tried again after 1, 2, 4, ... checks' time, up to an hour, not downloaded every check.
         self.failed: dict[str, tuple[str, int, float]] = {}
+        self.switches = 0  # changes of served version, and loads that failed (for /metrics)
+        self.load_failures = 0
 
     def _resolve(self, missing_ok: bool = False) -> str | None:
         """The version the alias names; None when there is none yet and `missing_ok`."""
@@ -195,12 +200,14 @@ class ServedModel:
             new = self._load_version(version)
         except Exception as error:  # a broken version must not take the serving one down
             wait = min(every_s * 2**tries, 3600.0)
+            self.load_failures += 1
             self.failed[version] = (f"{type(error).__name__}: {error}", tries + 1, time.monotonic() + wait)
             log.warning("%s names version %s, which did not load (%s); still serving version %s; "
                         "trying it again in %.0f s", self.uri, version, self.failed[version][0], current, wait)
             return False
         self.failed.clear()
         old, self.current = self.current, new
+        self.switches += 1
         log.info("serving %s version %s (loaded in %.1f s)", self.alias[0], version, time.perf_counter() - started)
         if old is not None:
             old.close()  # after the requests it holds are answered
@@ -221,10 +228,13 @@ def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False)
     alias that names no version yet is waited for (503 until then) instead of an error."""
     import mlflow
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
+    from cft_cli.server_metrics import ServerMetrics
+
     served = ServedModel(model_uri, wait)
+    metrics = ServerMetrics(served)
     waiting = f"nothing to serve yet: no version is {model_uri} (the first pipeline run registers one)"
 
     async def follow() -> None:
@@ -248,6 +258,7 @@ def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False)
 
     app = FastAPI(title="cft recommender", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.served = served
+    app.state.metrics = metrics
 
     async def read_json(request: Request) -> dict:
         body = await request.body()
@@ -264,9 +275,15 @@ def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False)
             raise RequestError(400, "INVALID_PARAMETER_VALUE", "the body must be a JSON object")
         return parsed
 
-    async def recommend(histories: list, params: dict, exclude: list | None = None) -> tuple[list[dict], Loaded]:
+    async def recommend(endpoint: str, histories: list, params: dict,
+                        exclude: list | None = None) -> tuple[list[dict], Loaded]:
         """One answer per history (`exclude`: per history, items never returned), and the model
         that gave them."""
+        recs, now = await ranked(histories, params, exclude)
+        metrics.answered(endpoint, histories, recs)
+        return recs, now
+
+    async def ranked(histories: list, params: dict, exclude: list | None) -> tuple[list[dict], Loaded]:
         for _ in range(3):  # a model replaced between reading it and queuing: ask the new one
             now = served.current
             if now is None:
@@ -287,7 +304,13 @@ def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False)
             return [asdict(r) for r in await asyncio.wrap_future(future)], now
         raise Overloaded("the model is being replaced; retry in a few seconds")
 
-    async def answer(handler, request: Request) -> JSONResponse:
+    async def answer(endpoint: str, handler, request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        response = await answer_of(handler, request)
+        metrics.observe(endpoint, response.status_code, time.perf_counter() - started)
+        return response
+
+    async def answer_of(handler, request: Request) -> JSONResponse:
         try:
             body, now = await handler(await read_json(request))
             return JSONResponse(body, headers={"X-Model-Version": now.version} if now.version else None)
@@ -309,7 +332,7 @@ def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False)
         if "history" not in body:
             raise InputError("the body needs a `history`: a list of titles or item ids, oldest first")
         exclude = [body["exclude"]] if "exclude" in body else None
-        (rec,), now = await recommend([body["history"]], {k: v for k, v in body.items() if k not in ("history", "exclude")},
+        (rec,), now = await recommend("/recommend", [body["history"]], {k: v for k, v in body.items() if k not in ("history", "exclude")},
                                       exclude)
         return rec, now
 
@@ -318,16 +341,16 @@ def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False)
         if unknown:
             raise InputError(f"unknown field(s) {', '.join(unknown)}")
         histories, exclude = _columns_of(body)
-        recs, now = await recommend(histories, body.get("params") or {}, exclude)
+        recs, now = await recommend("/invocations", histories, body.get("params") or {}, exclude)
         return {"predictions": recs}, now
 
     @app.post("/recommend")
     async def recommend_endpoint(request: Request):
-        return await answer(one_user, request)
+        return await answer("/recommend", one_user, request)
 
     @app.post("/invocations")
     async def invocations_endpoint(request: Request):
-        return await answer(invocations, request)
+        return await answer("/invocations", invocations, request)
 
     @app.get("/health")
     async def health():
@@ -341,6 +364,10 @@ def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False)
         if served.failed:  # the alias names a version that did not load (the log says why)
             answer["failed_versions"] = sorted(served.failed)
         return answer
+
+    @app.get("/metrics")
+    async def metrics_endpoint():
+        return Response(metrics.exposition(), media_type=metrics.content_type)
 
     return app
 

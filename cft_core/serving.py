@@ -34,6 +34,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
@@ -151,6 +152,17 @@ class _Request:
 _END = _Request(prompts=[], exclude=[], unmatched=[], k=0)  # queued by close(), after every request
 
 
+@dataclass
+class RankingStats:
+    """What a `BatchingRecommender`'s worker has ranked so far (`cft serve`'s /metrics reads it):
+    generation calls, the histories they ranked, and the seconds they took. Written by the
+    worker thread only."""
+
+    calls: int = 0
+    histories: int = 0
+    seconds: float = 0.0
+
+
 class BatchingRecommender:
     """`Ranker.recommend` for many threads at once, batched (see the module docstring).
 
@@ -166,7 +178,9 @@ class BatchingRecommender:
         self.batch_wait_s = batch_wait_s
         self._queue: queue.Queue[_Request] = queue.Queue(maxsize=max_queue)
         self._held: _Request | None = None  # taken from the queue but did not fit the last batch
-        self.batch_sizes: list[int] = []  # histories per ranking call, for tests and benchmarks
+        self.stats = RankingStats()
+        # Histories per ranking call, the latest 1,000 (for tests and benchmarks; a server runs for months).
+        self.batch_sizes: deque[int] = deque(maxlen=1000)
         self._closed = False
         self._lock = threading.Lock()  # orders submits against close(): none is queued after _END
         self._worker = threading.Thread(target=self._work, name="cft-batcher", daemon=True)
@@ -206,6 +220,11 @@ class BatchingRecommender:
         self._worker.join(timeout)
         return not self._worker.is_alive()
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued and not yet in a ranking call (`max_queue` at most, plus one held over)."""
+        return self._queue.qsize() + (self._held is not None and self._held is not _END)
+
     def recommend(self, histories: Sequence[Sequence[str | int]], k: int, exclude_history: bool = True,
                   free_text: bool = False, exclude: Sequence | None = None) -> list[Recommendation]:
         """`submit` and wait for the answer (what a request thread does)."""
@@ -236,6 +255,7 @@ class BatchingRecommender:
         while (batch := self._next_batch()) is not None:
             prompts = [p for r in batch for p in r.prompts]
             self.batch_sizes.append(len(prompts))
+            started = time.perf_counter()
             try:
                 ranking = self.ranker.rank(prompts, depth=max(r.k for r in batch),
                                            exclude=[rows for r in batch for rows in r.exclude])
@@ -243,6 +263,10 @@ class BatchingRecommender:
                 for r in batch:
                     r.future.set_exception(error)
                 continue
+            finally:
+                self.stats.calls += 1
+                self.stats.histories += len(prompts)
+                self.stats.seconds += time.perf_counter() - started
             start = 0
             for r in batch:
                 part = slice(start, start + len(r.prompts))

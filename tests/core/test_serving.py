@@ -81,7 +81,7 @@ def test_concurrent_requests_share_one_ranking_call_and_get_their_own_answers(ra
     futures = [batcher.submit([h], k=k, exclude_history=ex, exclude=[excl]) for h, k, ex, excl in requests]
     gate.opened.set()
     got = [f.result(timeout=60)[0] for f in futures]
-    assert batcher.batch_sizes == [1, 4]  # the four waiting requests were ranked together
+    assert list(batcher.batch_sizes) == [1, 4]  # the four waiting requests were ranked together
     assert [g.item_ids for g in got] == [a.item_ids for a in alone]  # each as if alone (own k and exclusions)
     assert not {"Seven", "Babe"} & set(got[0].titles) and "Heat" not in got[2].titles
     for g, a in zip(got, alone, strict=True):
@@ -95,13 +95,16 @@ def test_a_full_queue_refuses_at_once_and_the_waiting_requests_are_answered(rank
     running = batcher.submit([["Heat"]], k=2)
     assert gate.entered.wait(30)
     waiting = [batcher.submit([["Babe"]], k=2), batcher.submit([["Seven"]], k=2)]  # the queue is full now
+    assert batcher.waiting == 2 and batcher.stats.calls == 0  # (the running call is not counted until it ends)
     started = time.perf_counter()
     with pytest.raises(Overloaded, match="2 requests are already waiting"):
         batcher.submit([["Copycat"]], k=2)
     assert time.perf_counter() - started < 1.0  # refused, not queued behind the others
     gate.opened.set()
     assert all(len(f.result(timeout=60)[0].item_ids) > 0 for f in [running, *waiting])
-    assert batcher.batch_sizes == [1, 2]
+    assert list(batcher.batch_sizes) == [1, 2]
+    assert batcher.waiting == 0
+    assert (batcher.stats.calls, batcher.stats.histories) == (2, 3) and batcher.stats.seconds > 0
 
 
 @pytest.mark.parametrize(("max_batch", "batches"), [(1, [1, 1, 1]), (4, [1, 2])])  # the end found alone / in a batch
@@ -125,7 +128,7 @@ def test_close_answers_the_queued_requests_refuses_new_ones_and_ends_the_worker(
     closing.join(60)
     assert not closing.is_alive() and not batcher._worker.is_alive()
     assert all(len(f.result(timeout=1)[0].item_ids) > 0 for f in [running, *waiting])
-    assert batcher.batch_sizes == batches
+    assert list(batcher.batch_sizes) == batches
     assert batcher.close(timeout=1)  # again: nothing to do
 
 
@@ -135,7 +138,7 @@ def test_bad_input_is_refused_before_the_queue(ranker):
                                   (["Heat"], 3, "must be a list")]:
         with pytest.raises(InputError, match=message):
             batcher.submit(histories, k)
-    assert batcher.batch_sizes == []  # nothing reached the ranking
+    assert list(batcher.batch_sizes) == []  # nothing reached the ranking
 
 
 def test_a_failed_ranking_fails_its_batch_and_the_worker_goes_on(ranker, monkeypatch):
@@ -152,6 +155,7 @@ def test_a_failed_ranking_fails_its_batch_and_the_worker_goes_on(ranker, monkeyp
     with pytest.raises(RuntimeError, match="out of memory"):
         batcher.recommend([["Heat"]], k=2)
     assert len(batcher.recommend([["Heat"]], k=2)[0].item_ids) > 0
+    assert (batcher.stats.calls, batcher.stats.histories) == (2, 2)  # the failed call counts too
 
 
 def test_a_batch_waits_briefly_for_requests_that_arrive_just_after_the_first(ranker):
@@ -166,7 +170,7 @@ def test_a_batch_waits_briefly_for_requests_that_arrive_just_after_the_first(ran
                 time.sleep(0.01)
         second = batcher.submit([["Babe"]], k=2)
         assert all(len(f.result(timeout=60)[0].item_ids) == 2 for f in [first, second])
-        assert batcher.batch_sizes == expected
+        assert list(batcher.batch_sizes) == expected
 
 
 def test_a_full_batch_does_not_wait(ranker):
@@ -174,7 +178,7 @@ def test_a_full_batch_does_not_wait(ranker):
     started = time.perf_counter()
     batcher.recommend([["Heat"], ["Babe"]], k=2)
     assert time.perf_counter() - started < 20.0  # ranked at once, not after the 30 s wait
-    assert batcher.batch_sizes == [2]
+    assert list(batcher.batch_sizes) == [2]
 
 
 def test_serving_settings_come_from_the_environment(monkeypatch):

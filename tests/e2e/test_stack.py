@@ -193,6 +193,10 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=120) as r:  # noqa: S310 (loopback)
             assert r.headers["X-Model-Version"] == champion and json.loads(r.read())["item_ids"]
+        with urllib.request.urlopen(f"{stack.recommender_url}/metrics", timeout=30) as r:  # noqa: S310 (loopback)
+            scraped = r.read().decode()
+        assert 'cft_requests_total{code="200",endpoint="/recommend"} 1.0' in scraped, scraped
+        assert f'version="{champion}"' in scraped, scraped
     finally:
         stopped = runner.invoke(app, ["stack", "down", "--data-root", str(data_root)], prog_name="cft")
         down(stack, say=lambda *_: None)  # whatever the command left, if it failed

@@ -46,6 +46,16 @@ def client(served):
         yield c
 
 
+def scrape(client) -> dict[tuple[str, tuple], float]:
+    """GET /metrics, parsed by prometheus_client: (sample name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
 def no_trace(response) -> str:
     text = response.text
     assert "Traceback" not in text and "/work" not in text and ".py" not in text, text
@@ -105,6 +115,48 @@ def test_recommend_and_invocations_answer_like_the_model(client, served):
     only_newer = client.post("/recommend", json={"history": ["99999"], "k": 2}).json()
     assert new_user["item_ids"] == only_newer["item_ids"] and only_newer["unmatched"] == ["99999"]
     assert len(new_user["item_ids"]) > 0
+
+
+def test_metrics_count_the_answers_their_histories_and_the_served_model(served):
+    """GET /metrics: answers by endpoint and status, their times, the history entries the catalogue
+    knew and did not, the batching worker's calls, the served version; counted per app."""
+    from fastapi.testclient import TestClient
+
+    from cft_cli.server import create_app
+
+    uri, catalogue = served
+    version = uri.rsplit("/", 1)[1]
+    titles = catalogue["title"].tolist()[:3]
+    with TestClient(create_app(uri, follow_every_s=0)) as client:
+        before = scrape(client)
+        assert before[("cft_model_info", (("method", "constrained"), ("model", uri), ("version", version)))] == 1
+        assert before[("cft_model_catalogue_items", ())] == len(catalogue)
+        assert before[("cft_queue_requests", ())] == 0 and before[("cft_queue_capacity", ())] == 64
+        assert before[("cft_ranking_calls_total", (("version", version),))] == 0
+        assert before[("cft_request_duration_seconds_count", (("endpoint", "/recommend"),))] == 0
+        assert not any(name == "cft_requests_total" for name, _ in before)  # nothing answered yet
+        assert before[("process_resident_memory_bytes", ())] > 0
+
+        assert client.post("/recommend", json={"history": [*titles, "Nope"], "k": 2}).status_code == 200
+        assert client.post("/invocations", json={"dataframe_records": [{"history": titles}, {"history": ["Nah", titles[0]]}],
+                                                 "params": {"k": 2}}).status_code == 200
+        assert client.post("/recommend", json={"history": titles, "k": 0}).status_code == 400
+        assert client.post("/recommend", content=b"{").status_code == 400
+        after = scrape(client)
+    assert after[("cft_requests_total", (("code", "200"), ("endpoint", "/recommend")))] == 1
+    assert after[("cft_requests_total", (("code", "400"), ("endpoint", "/recommend")))] == 2
+    assert after[("cft_requests_total", (("code", "200"), ("endpoint", "/invocations")))] == 1
+    assert after[("cft_request_duration_seconds_count", (("endpoint", "/recommend"),))] == 3
+    assert after[("cft_request_duration_seconds_sum", (("endpoint", "/invocations"),))] > 0
+    assert after[("cft_histories_total", (("endpoint", "/recommend"),))] == 1  # answered only
+    assert after[("cft_histories_total", (("endpoint", "/invocations"),))] == 2
+    assert after[("cft_history_entries_total", (("matched", "true"),))] == 3 + 3 + 1
+    assert after[("cft_history_entries_total", (("matched", "false"),))] == 2  # "Nope", "Nah"
+    # One generation call per request: /recommend's one history, then /invocations' two together.
+    assert after[("cft_ranking_calls_total", (("version", version),))] == 2
+    assert after[("cft_ranked_histories_total", (("version", version),))] == 3
+    assert after[("cft_ranking_seconds_total", (("version", version),))] > 0
+    assert after[("cft_model_switches_total", ())] == 0
 
 
 @pytest.mark.parametrize("path, body, status, message", [
@@ -287,6 +339,9 @@ def test_a_served_alias_is_followed_without_a_restart(tmp_path, small_sequences)
             assert client.post("/recommend", json={"history": [title], "k": 2}).headers["X-Model-Version"] == llm
             assert served.failed[broken][1] == 1
             assert served.refresh(every_s=60) is False and served.failed[broken][1] == 1  # backing off: not tried
+            metrics = scrape(client)
+            assert metrics[("cft_model_load_failures_total", ())] == 1 and metrics[("cft_model_failed_versions", ())] == 1
+            assert metrics[("cft_model_switches_total", ())] == 0
 
             registry.rollback(cfg, name, "it does not load", uri)  # back to the LLM: nothing to do
             assert served.refresh() is False and "failed_versions" not in client.get("/health").json()
@@ -295,6 +350,11 @@ def test_a_served_alias_is_followed_without_a_restart(tmp_path, small_sequences)
             health = client.get("/health").json()
             assert (health["version"], health["method"]) == (baseline, "popularity")
             assert not replaced._worker.is_alive()  # the LLM's worker ended once the baseline served
+            metrics = scrape(client)
+            assert metrics[("cft_model_switches_total", ())] == 1 and metrics[("cft_model_failed_versions", ())] == 0
+            assert metrics[("cft_model_info", (("method", "popularity"), ("model", f"models:/{name}/{baseline}"),
+                                               ("version", baseline)))] == 1
+            assert not any(name.startswith(("cft_queue", "cft_ranking")) for name, _ in metrics)  # no batching worker
 
 
 def test_a_server_started_before_the_first_champion_waits_for_it(tmp_path, small_sequences):
@@ -325,6 +385,9 @@ def test_a_server_started_before_the_first_champion_waits_for_it(tmp_path, small
             assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
             assert f"nothing to serve yet: no version is models:/{name}@champion" in no_trace(answer)
             assert served.refresh() is False  # still nothing: no error either
+            metrics = scrape(client)  # answers while waiting too: 503s are what an alert wants to see
+            assert metrics[("cft_requests_total", (("code", "503"), ("endpoint", "/recommend")))] == 1
+            assert not any(name == "cft_model_info" for name, _ in metrics)
             version = registry.register_popularity(cfg, seq, "fp")  # the first champion
             assert served.refresh() is True
             health = client.get("/health")
