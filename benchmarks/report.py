@@ -110,7 +110,7 @@ def paired_section(groups: dict, main: tuple[float, float]) -> list[str]:
     runs = [r for rs in sides.values() for r in rs]
     if not runs or any("per_row" not in r for r in runs):
         return []
-    baselines = ("most_popular", "sasrec")  # the same ranking in every run: nothing to compare
+    baselines = ("most_popular", "markov", "sasrec")  # the same ranking in every run: nothing to compare
     methods = sorted({m for r in runs for m in r["per_row"]["ranks"] if not m.startswith(("nohist_", *baselines))})
     quantities = [f"{m}/NDCG@10" for m in methods] + ["history effect / token", "target NLL / token"]
     lines = ["", "### Paired differences (B - A), by seed and row", "",
@@ -213,8 +213,9 @@ def section(data: dict, name: str | None = None) -> str:
             cells += [fmt([r["metrics"][f"{MAIN}/HR@{k}"] for r in rs]),
                       fmt([r["metrics"][f"{MAIN}/NDCG@{k}"] for r in rs])]
         lines.append(f"| {obj} | {alpha} | {beta} | " + " | ".join(cells) + " |")
-    # Baselines do not depend on the LLM run: most popular is in every run, SASRec where enabled.
-    for label, key in (("most popular", "most_popular"), ("SASRec", "sasrec")):
+    # Baselines do not depend on the LLM run: most popular is in every run, the Markov chain in
+    # runs evaluated since it exists, SASRec where enabled.
+    for label, key in (("most popular", "most_popular"), ("Markov chain", "markov"), ("SASRec", "sasrec")):
         m = next((r["metrics"] for r in runs if f"{key}/HR@10" in r["metrics"]), None)
         if m is not None:
             lines.append(f"| {label} | | | " + " | ".join(
@@ -333,8 +334,10 @@ def synthetic_section(meta: dict, runs: list[dict], plot_path: Path) -> str:
                          f"{fmt(per_run['HR@10'])} | {fmt(per_run['NDCG@10'])} | "
                          f"{fmt(per_run['history effect / token'])} | {fmt(per_run['target NLL / token'])} |")
         m = next(r["metrics"] for r in runs if r["setting"] == setting)
-        lines.append(f"| {setting} | most popular | | {m['most_popular/HR@1']:.4f} | {m['most_popular/HR@10']:.4f} | "
-                     f"{m['most_popular/NDCG@10']:.4f} | | |")
+        for label, key in (("most popular", "most_popular"), ("Markov chain", "markov")):
+            if f"{key}/HR@1" in m:  # (the Markov chain: runs evaluated since it exists)
+                lines.append(f"| {setting} | {label} | | {m[f'{key}/HR@1']:.4f} | {m[f'{key}/HR@10']:.4f} | "
+                             f"{m[f'{key}/NDCG@10']:.4f} | | |")
 
     lines += ["", "### Paired differences (B - A)", "",
               "| setting | B - A | seeds | NDCG@10 | HR@10 | history effect / token | verdict on NDCG@10 |",

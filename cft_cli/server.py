@@ -115,7 +115,9 @@ class Loaded:
 
     @property
     def method(self) -> str:
-        return self.batching.ranker.settings.method if self.batching is not None else "popularity"
+        if self.batching is not None:
+            return self.batching.ranker.settings.method
+        return getattr(self.model, "method", "popularity")  # a baseline (stored before `method`: popularity)
 
     def close(self) -> None:
         """After the requests it holds are answered: end its worker and remove its download."""

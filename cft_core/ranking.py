@@ -281,6 +281,63 @@ def popularity_ranking(counts: np.ndarray, histories: int, depth: int,
     return Ranking(rows, scores, None, [[] for _ in range(histories)])
 
 
+@dataclass(frozen=True)
+class Transitions:
+    """First-order item-to-item counts, an [I, I] matrix in CSR form: the items seen right after
+    item i in training are `followers[starts[i]:starts[i + 1]]` (ascending), each `times[...]`
+    times. What the Markov-chain baseline ranks by (`markov_ranking`)."""
+
+    starts: np.ndarray  # int64 [I + 1]
+    followers: np.ndarray  # int64 [T]
+    times: np.ndarray  # int64 [T]
+
+    @classmethod
+    def count(cls, previous: np.ndarray, following: np.ndarray, num_items: int) -> Transitions:
+        """From pairs (item, the item right after it) [N] each, rows 0..num_items-1."""
+        previous, following = np.asarray(previous, dtype=np.int64), np.asarray(following, dtype=np.int64)
+        # One key per pair, ordered by (previous, following): I**2 fits int64 up to 3e9 items.
+        pairs, times = np.unique(previous * num_items + following, return_counts=True)
+        starts = np.zeros(num_items + 1, dtype=np.int64)
+        np.cumsum(np.bincount(pairs // num_items, minlength=num_items), out=starts[1:])
+        return cls(starts, pairs % num_items, times.astype(np.int64))
+
+    def of(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """(followers, times) of `item`."""
+        span = slice(self.starts[item], self.starts[item + 1])
+        return self.followers[span], self.times[span]
+
+
+def markov_ranking(transitions: Transitions, counts: np.ndarray, newest: Sequence[int], depth: int,
+                   exclude: Sequence[Sequence[int]] | None = None, never: Sequence[int] = ()) -> Ranking:
+    """The first-order Markov-chain baseline: for each history, the items seen most often right
+    after its newest item (`newest[b]`, a row; -1: none, as for a new user) in training, then the
+    rest of the catalogue by `counts` [I] (training frequency), less its excluded rows and the
+    `never` rows. Score of item j after item i: times(i -> j) + counts[j] / (max(counts) + 1), so
+    the order is by transitions, then popularity, then row; with no transitions it is
+    `popularity_ranking`'s."""
+    counts = np.asarray(counts, dtype=np.int64)
+    tiebreak = counts / (counts.max(initial=0) + 1.0)  # in [0, 1): popularity orders equal transitions
+    order = np.argsort(-counts, kind="stable")
+    never = np.asarray(list(never), dtype=np.int64)
+    order = order[~np.isin(order, never)]
+    rows = np.full((len(newest), depth), -1, dtype=np.int64)
+    scores = np.full((len(newest), depth), np.nan)
+    for b, item in enumerate(newest):
+        excluded = [] if exclude is None else list(exclude[b])
+        followers, times = transitions.of(item) if item >= 0 else (order[:0], order[:0])
+        # The first `depth` kept are among the followers and the head of the popularity order
+        # (at most len(excluded) + len(followers) of its first items are dropped or repeated).
+        head = order[: depth + len(excluded) + followers.size]
+        candidates = np.concatenate([followers, head[~np.isin(head, followers)]])
+        score = tiebreak[candidates]
+        score[: followers.size] += times
+        drop = np.isin(candidates, excluded) | np.isin(candidates, never)
+        candidates, score = candidates[~drop], score[~drop]
+        best = np.lexsort((candidates, -score))[:depth]  # by score, ties by row
+        rows[b, : best.size], scores[b, : best.size] = candidates[best], score[best]
+    return Ranking(rows, scores, None, [[] for _ in range(len(newest))])
+
+
 class Ranker:
     """A causal LM over a catalogue.
 

@@ -22,7 +22,7 @@ from tasks.pipeline import (
     metrics_artifact,
     metrics_summary,
     nothing_new_task,
-    register_popularity_task,
+    register_baselines_task,
     register_task,
     train_task,
     validate_task,
@@ -59,7 +59,7 @@ def cft_pipeline(
     evaluation = evaluate_task(cfg, trained, sequences)
     version = decision = None
     if cfg.registry.enabled and cfg.tracking.enabled:
-        register_popularity_task(cfg, sequences)
+        register_baselines_task(cfg, sequences)
         version = register_task(cfg, trained, sequences, evaluation)
         decision = gate_task(cfg, version, trained, sequences)
 

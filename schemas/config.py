@@ -377,9 +377,10 @@ class RegistryConfig(_Strict):
         "same rows) must exceed the margin; ci: the lower bound of its bootstrap interval must.",
     )
     gate_floor: bool = Field(
-        True, description="An LLM version must also beat the popularity baseline of its data "
-        "window on the same rows, and a champion that this baseline beats (by the gate's rule and "
-        "margin) is replaced by it at the next gate. Switch off only deliberately.",
+        True, description="An LLM version must also beat each baseline of its data window "
+        "(popularity, first-order Markov chain) on the same rows, and a champion that a baseline "
+        "beats (by the gate's rule and margin) is replaced by the better such baseline at the next "
+        "gate. Switch off only deliberately.",
     )
     gate_ci_level: float = Field(0.95, gt=0, lt=1, description="Confidence level of the gate's interval.")
     gate_max_samples: int | None = Field(

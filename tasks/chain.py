@@ -3,7 +3,7 @@
 functions, each as a task, so there is one chain and one rule for what gets logged:
 
     prepare (ingest -> validate -> build) -> train_model -> evaluate_run
-      -> register_popularity -> register_model -> gate_model
+      -> register_baselines -> register_model -> gate_model
 
 Reuse is decided by each stage's content address alone: a stage whose output folder exists
 returns it (`reused`), so a re-run with the same inputs does no work, and a run with no new
@@ -102,7 +102,7 @@ def train_and_evaluate(cfg: PipelineConfig, progress: bool = True) -> ChainOutpu
 def run_pipeline(cfg: PipelineConfig, progress: bool = True, train_callbacks=()) -> ChainOutput:
     """The whole pipeline without Prefect: prepare; when nothing new arrived since a gated run of
     these settings, stop there (`unchanged`); else train, evaluate and (registry enabled)
-    register the popularity baseline and the model, and gate. `progress`: the Trainer's and the
+    register the window's baselines and the model, and gate. `progress`: the Trainer's and the
     evaluation's console output (off in a flow run, whose `train_callbacks` log instead)."""
     _, sequences, _ = prepare(cfg.data)
     unchanged = nothing_new(cfg, sequences)
@@ -114,9 +114,9 @@ def run_pipeline(cfg: PipelineConfig, progress: bool = True, train_callbacks=())
         return ChainOutput(sequences, trained, evaluation)
     from dataclasses import asdict
 
-    from tasks.registry import gate_model, register_model, register_popularity
+    from tasks.registry import gate_model, register_baselines, register_model
 
-    register_popularity(cfg, sequences.path, sequences.fingerprint)
+    register_baselines(cfg, sequences.path, sequences.fingerprint)
     version = register_model(cfg, trained.summary.get("mlflow_run_id"), trained.model_dir, sequences.path,
                              sequences.fingerprint, evaluation, trained.summary.get("warm_start"))
     decision = gate_model(cfg, version, trained.model_dir, sequences.path)

@@ -56,7 +56,9 @@ TOP_K_MAX = 50  # rankings are kept to the largest K reported
 # 4: a ranked prompt holds only the newest history titles that fit train.cutoff_len tokens, as
 #    training's records do (before: all of the last max_history, however long); the same output
 #    wherever those fit.
-EVALUATION_VERSION = 4
+# 5: the Markov-chain baseline (`markov/...` metrics, `markov_top10`/`markov_rank` columns), which
+#    the gate's floor needs on every gate row; everything else the same.
+EVALUATION_VERSION = 5
 EMBEDDINGS_VERSION = 1
 
 
@@ -161,10 +163,10 @@ def metrics_table(metrics: dict[str, float], ks) -> str:
                      + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def popularity_groups(train_targets: np.ndarray, num_items: int, groups: int) -> np.ndarray:
+def popularity_groups(counts: np.ndarray, groups: int) -> np.ndarray:
     """Group id 0 (least popular) .. groups-1 (most) per item id: equal-sized item groups by
-    training frequency (ties broken by item id, so the split is deterministic)."""
-    counts = np.bincount(train_targets, minlength=num_items)
+    training frequency `counts` [I] (ties broken by item id, so the split is deterministic)."""
+    num_items = len(counts)
     order = np.lexsort((np.arange(num_items), counts))  # ascending popularity
     group = np.empty(num_items, dtype=np.int64)
     group[order] = np.arange(num_items) * groups // num_items
@@ -291,7 +293,8 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         return EvalOutput(out_dir, json.loads((out_dir / "metrics.json").read_text()), True)
 
     from cft_core.metrics import first_hit_ranks, ranking_metrics, title_ids
-    from cft_core.ranking import Catalogue, popularity_ranking
+    from cft_core.ranking import Catalogue, markov_ranking, popularity_ranking
+    from tasks.baselines import train_counts, train_transitions
     from tasks.settings import ranking_settings
 
     started = time.perf_counter()
@@ -355,11 +358,13 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         diagnostics = run_diagnostics(cfg, model, tokenizer, sequences)
         seconds["diagnostics"] = time.perf_counter() - diagnostics_started
 
-    # Most-popular baseline and the popularity analysis.
-    train_targets = pq.read_table(sequences / "train.parquet", columns=["target_item_id"]).column(0).to_numpy()
-    counts = np.bincount(train_targets, minlength=len(titles))
+    # The simple baselines, as their registered versions serve (tasks/baselines.py), and the
+    # popularity analysis.
+    counts = train_counts(sequences)
     never = Catalogue(range(len(titles)), titles).never  # placeholder titles: never recommended
-    record("most_popular", popularity_ranking(counts, len(rows), TOP_K_MAX, never=never).rows)  # as the baseline serves
+    record("most_popular", popularity_ranking(counts, len(rows), TOP_K_MAX, never=never).rows)
+    newest = [r["history_item_ids"][-1] for r in rows]
+    record("markov", markov_ranking(train_transitions(sequences), counts, newest, TOP_K_MAX, never=never).rows)
     if e.sasrec:
         from cft_core.sasrec import SASRecSettings, sasrec_rank, train_sasrec
 
@@ -367,7 +372,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         sasrec = train_sasrec(train["history_item_ids"], train["target_item_id"], len(titles),
                               SASRecSettings(max_len=cfg.data.max_history, seed=e.seed))
         record("sasrec", sasrec_rank(sasrec, [r["history_item_ids"] for r in rows], TOP_K_MAX))
-    group = popularity_groups(train_targets, len(titles), e.popularity_groups)
+    group = popularity_groups(counts, e.popularity_groups)
     hist_items = np.concatenate([np.asarray(r["history_item_ids"], dtype=np.int64) for r in rows])
     popularity = {"groups": e.popularity_groups, "history": _shares(group[hist_items], e.popularity_groups)}
     for name, ranked in top_lists.items():

@@ -183,12 +183,13 @@ def nothing_new_task(cfg: PipelineConfig, sequences: StageOutput) -> str | None:
     return nothing_new(cfg, sequences)
 
 
-@task(name="register-popularity", cache_policy=NO_CACHE, **_REGISTRY_RETRIES)
-def register_popularity_task(cfg: PipelineConfig, sequences: StageOutput) -> str:
-    """The popularity baseline of this data window as a registered version (the first champion)."""
-    from tasks.registry import register_popularity
+@task(name="register-baselines", cache_policy=NO_CACHE, **_REGISTRY_RETRIES)
+def register_baselines_task(cfg: PipelineConfig, sequences: StageOutput) -> dict[str, str]:
+    """This data window's popularity and Markov-chain baselines as registered versions, {kind:
+    version} (popularity: the first champion)."""
+    from tasks.registry import register_baselines
 
-    return register_popularity(cfg, sequences.path, sequences.fingerprint)
+    return register_baselines(cfg, sequences.path, sequences.fingerprint)
 
 
 @task(name="register", cache_policy=NO_CACHE, **_REGISTRY_RETRIES)
@@ -211,7 +212,7 @@ def gate_task(cfg: PipelineConfig, version: str, trained: TrainOutput, sequences
     decision = gate_model(cfg, version, trained.model_dir, sequences.path)
     get_run_logger().info("gate: %s", decision.reason)
     if decision.floor_promoted:
-        get_run_logger().info("gate: v%s (popularity baseline) is champion: %s", decision.floor_promoted,
+        get_run_logger().info("gate: v%s (a baseline) is champion: %s", decision.floor_promoted,
                               decision.floor_reason)
     return asdict(decision)
 

@@ -1,7 +1,8 @@
 """The popularity baseline as a registered model: the same input and output as the LLM
 recommender (tasks/recommender_pyfunc.py), ranking the catalogue by training frequency in the
-run's data window. Every registered model has one; it is the first champion, and an LLM version
-must beat it to serve (the gate's floor).
+run's data window. Every data window has one beside the Markov-chain baseline
+(tasks/markov_pyfunc.py); it is the first champion, and an LLM version must beat both to serve
+(the gate's floor).
 
 Models-from-code, like the LLM recommender: MLflow stores this file, and its artifacts are the
 catalogue (Parquet) and the item counts (JSON), never a pickle.
@@ -17,6 +18,8 @@ from mlflow.pyfunc import PythonModel
 
 
 class PopularityModel(PythonModel):
+    method = "popularity"  # what `cft serve` reports (/health, /metrics)
+
     def load_context(self, context) -> None:
         import json
 

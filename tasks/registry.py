@@ -1,13 +1,15 @@
-"""Register stage: the popularity baseline, the recommender, and the champion/challenger gate.
+"""Register stage: the baselines, the recommender, and the champion/challenger gate.
 
-    data window --register_popularity--> a popularity-baseline version (once per data window);
-                                         the first champion
+    data window --register_baselines---> a popularity and a Markov-chain baseline version (once
+                                         per data window); popularity is the first champion
     evaluated run --log_recommender----> pyfunc model in the run (models-from-code)
                   --register_model-----> version N of `cft-<dataset>` (once per run), model card
                   --gate_model---------> on the same newest rows: N vs the champion (as it
                                          serves: its own catalogue and settings) vs this
-                                         window's popularity baseline; `champion` moves to N only
-                                         if N beats the champion by the margin AND the floor
+                                         window's baselines; `champion` moves to N only if N
+                                         beats the champion by the margin AND each baseline (the
+                                         floor); else the best baseline that beats the champion
+                                         becomes champion
 
 Aliases, not the deprecated stages, carry the roles (environment-notes.md). Every change of the
 champion (gate, `cft promote`, `cft rollback`) is appended to the registered model's
@@ -31,6 +33,7 @@ from filelock import FileLock
 
 from schemas.config import PipelineConfig
 from schemas.errors import InputError, RegistryError
+from tasks.baselines import BASELINES
 from tasks.storage import fingerprint
 from tasks.tracking import missing_store, mlflow_metric_name
 
@@ -65,7 +68,7 @@ def registered_version(client, uri: str):
 def llm_version(uri: str, tracking_uri: str):
     """The LLM ModelVersion a person named (models:/NAME/VERSION or models:/NAME@ALIAS) in the
     store at `tracking_uri`; InputError naming what is wrong (not such a URI, no store, no such
-    version, a popularity baseline, which has no model folder or evaluation of its own)."""
+    version, a baseline, which has no model folder or evaluation of its own)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -77,9 +80,10 @@ def llm_version(uri: str, tracking_uri: str):
         version = registered_version(MlflowClient(tracking_uri, registry_uri=tracking_uri), uri)
     except MlflowException:
         raise InputError(f"{uri} is not in the registry at {tracking_uri}") from None
-    if version.tags.get(KIND_TAG) == "popularity":
-        raise InputError(f"{uri} is version {version.version}, a popularity baseline: it has no model or evaluation "
-                         "of its own (each evaluation's table has the most_popular row, and the gate compares with it)")
+    if is_baseline(version):
+        raise InputError(f"{uri} is version {version.version}, a {version.tags[KIND_TAG]} baseline: it has no model "
+                         "or evaluation of its own (each evaluation's table has the most_popular and markov rows, "
+                         "and the gate compares with them)")
     return version
 
 
@@ -248,69 +252,87 @@ def register_model(cfg: PipelineConfig, run_id: str | None, model_dir: Path, seq
     return str(mv.version)
 
 
-# ------------------------------------------------------------------------------ popularity baseline
+# ------------------------------------------------------------------------------ baselines
 
-POPULARITY_PYFUNC = Path(__file__).with_name("popularity_pyfunc.py")
-KIND_TAG = "cft.kind"  # "llm" or "popularity"
-
-
-def _train_counts(sequences: Path) -> list[int]:
-    """Training frequency of every catalogue item in the window (the baseline's scores)."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    targets = pq.read_table(sequences / "train.parquet", columns=["target_item_id"]).column(0).to_numpy()
-    size = pq.read_metadata(sequences / "catalogue.parquet").num_rows
-    return np.bincount(targets, minlength=size).tolist()
+KIND_TAG = "cft.kind"  # "llm", or a baseline's kind: "popularity", "markov" (tasks.baselines.BASELINES)
+BASELINE_PYFUNCS = {"popularity": Path(__file__).with_name("popularity_pyfunc.py"),
+                    "markov": Path(__file__).with_name("markov_pyfunc.py")}
+BASELINE_CARDS = {  # the model card of each kind's versions
+    "popularity": "**Popularity baseline**: the catalogue by training frequency in the data window, the same list "
+                  "for everyone (history items left out).",
+    "markov": "**Markov-chain baseline** (first order): the items seen most often right after the history's "
+              "newest item in the data window's training sequences, then the rest by training frequency "
+              "(history items left out).",
+}
 
 
-def window_popularity(client, name: str, data_fingerprint: str) -> str | None:
-    """The popularity baseline version registered for the data window `data_fingerprint`, if any."""
+def is_baseline(version) -> bool:
+    """Whether a registered ModelVersion is a data window's baseline (no model folder, no evaluation)."""
+    return version.tags.get(KIND_TAG) in BASELINES
+
+
+def window_baseline(client, name: str, data_fingerprint: str, kind: str) -> str | None:
+    """The `kind` baseline version registered for the data window `data_fingerprint`, if any."""
     for mv in client.search_model_versions(f"name='{name}'"):
-        if mv.tags.get(KIND_TAG) == "popularity" and mv.tags.get("data_fingerprint") == data_fingerprint:
+        if mv.tags.get(KIND_TAG) == kind and mv.tags.get("data_fingerprint") == data_fingerprint:
             return str(mv.version)
     return None
 
 
-def register_popularity(cfg: PipelineConfig, sequences: Path, data_fingerprint: str) -> str:
-    """Register the popularity baseline of this data window (once per data fingerprint): a pyfunc
-    with the LLM recommender's input and output schema, ranking by training frequency. It becomes
-    champion when there is none, so the first champion is never worse than popularity."""
+def register_baselines(cfg: PipelineConfig, sequences: Path, data_fingerprint: str) -> dict[str, str]:
+    """Register this data window's baselines, {kind: version}: popularity first (the first
+    champion when there is none), then the Markov chain, which the first gate promotes where it
+    beats popularity (the floor guards the standing champion). Each once per data fingerprint."""
+    return {kind: register_baseline(cfg, sequences, data_fingerprint, kind) for kind in BASELINES}
+
+
+def register_baseline(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, kind: str) -> str:
+    """Register the `kind` baseline of this data window (once per data fingerprint): a pyfunc with
+    the LLM recommender's input and output schema (tasks/popularity_pyfunc.py,
+    tasks/markov_pyfunc.py), from what `tasks.baselines` counts in the training split. The first
+    version registered becomes champion when there is none, so the first champion is never worse
+    than a baseline."""
     import tempfile
 
     import mlflow
+    import numpy as np
 
+    from tasks.baselines import train_counts, train_transitions
     from tasks.tracking import split_dataset_inputs, tracking_uri, use_experiment
 
     uri = tracking_uri(cfg)
     client, name = registry_client(uri), cfg.registered_model_name()
     with promotion_lock(cfg, name):
         _ensure_registered_model(client, cfg, name)
-        if (known := window_popularity(client, name, data_fingerprint)) is not None:
+        if (known := window_baseline(client, name, data_fingerprint, kind)) is not None:
             return known
         use_experiment(cfg)
-        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"popularity-{data_fingerprint}") as run:
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"{kind}-{data_fingerprint}") as run:
             counts = Path(tmp) / "counts.json"
-            counts.write_text(json.dumps(_train_counts(sequences)))
+            counts.write_text(json.dumps(train_counts(sequences).tolist()))
+            artifacts = {"catalogue": str(sequences / "catalogue.parquet"), "counts": str(counts)}
+            if kind == "markov":
+                t = train_transitions(sequences)
+                artifacts["transitions"] = str(Path(tmp) / "transitions.npz")
+                # int32 followers and counts: half the bytes (ML-25M-sized windows hold ~10M pairs).
+                np.savez(artifacts["transitions"], starts=t.starts, followers=t.followers.astype(np.int32),
+                         times=t.times.astype(np.int32))
             mlflow.set_tags({"dataset": cfg.data.name, "data_fingerprint": data_fingerprint, "stage": "baseline",
-                             KIND_TAG: "popularity"})
+                             KIND_TAG: kind})
             client.log_inputs(run.info.run_id, split_dataset_inputs(sequences, ["train"]))  # what it counted
             info = _log_pyfunc(
-                name=MODEL_ARTIFACT, python_model=str(POPULARITY_PYFUNC),
-                artifacts={"catalogue": str(sequences / "catalogue.parquet"), "counts": str(counts)},
+                name=MODEL_ARTIFACT, python_model=str(BASELINE_PYFUNCS[kind]), artifacts=artifacts,
                 code_paths=[str(Path(__file__).resolve().parents[1] / "cft_core")],
                 model_config={"top_k": cfg.registry.top_k}, signature=_signature(cfg),
                 pip_requirements=["mlflow", "pandas", "pyarrow", "numpy"],
             )
         mv = _new_version(
-            client, name, info.model_uri,
-            {KIND_TAG: "popularity", "dataset": cfg.data.name, "data_fingerprint": data_fingerprint},
-            description=f"**Popularity baseline** of `{cfg.data.name}` (data {data_fingerprint}): the "
-                        "catalogue by training frequency in the data window, the same list for everyone "
-                        "(history items left out). The floor every LLM version must beat.")
+            client, name, info.model_uri, {KIND_TAG: kind, "dataset": cfg.data.name, "data_fingerprint": data_fingerprint},
+            description=f"{BASELINE_CARDS[kind]} Of `{cfg.data.name}` (data {data_fingerprint}). A floor every LLM "
+                        "version must beat.")
         version = str(mv.version)
         if _alias_version(client, name, CHAMPION) is None:
-            _set_champion(client, name, version, "gate", "first champion: the popularity baseline of the data window")
+            _set_champion(client, name, version, "gate", f"first champion: the {kind} baseline of the data window")
         return version
 
 
@@ -365,8 +387,9 @@ def answers_source_ids(model) -> bool:
 @dataclass(frozen=True)
 class GateDecision:
     """What the gate decided for `version`, on `rows` gate rows (fingerprint `rows_fingerprint`):
-    the mean metric of the challenger, the champion and the popularity floor on those rows, and
-    the paired difference challenger - champion with its bootstrap interval."""
+    the mean metric of the challenger, the champion and the floor's baselines (popularity, the
+    Markov chain) on those rows, and the paired difference challenger - champion with its
+    bootstrap interval."""
 
     version: str
     promoted: bool
@@ -381,20 +404,22 @@ class GateDecision:
     difference: float
     ci_low: float
     ci_high: float
-    # The floor guards the standing champion too: when the challenger is not promoted and this
-    # window's popularity baseline beats the champion (the same rule and margin), that baseline
-    # version becomes champion; its version and why.
+    # The floor guards the standing champion too: when the challenger is not promoted and one of
+    # this window's baselines beats the champion (the same rule and margin), that baseline version
+    # becomes champion; its version and why.
     floor_promoted: str | None = None
     floor_reason: str | None = None
+    markov_value: float | None = None  # (None in decisions recorded before the Markov floor)
 
 
-def decide(ours, champion, floor, margin: float, rule: str, level: float = 0.95) -> tuple[bool, str, tuple]:
+def decide(ours, champion, floors: dict | None, margin: float, rule: str,
+           level: float = 0.95) -> tuple[bool, str, tuple]:
     """The gate rule on per-row metric values of the same rows (float[B] each).
 
     Promote iff the challenger beats the champion by more than `margin` (rule `point`: the mean
-    paired difference; rule `ci`: the lower bound of its bootstrap interval) AND, when `floor`
-    is given, beats the popularity floor the same way with margin 0. Returns (promoted, reason,
-    (difference, low, high)).
+    paired difference; rule `ci`: the lower bound of its bootstrap interval) AND, when `floors`
+    ({baseline kind: values}) are given, beats each of them the same way with margin 0. Returns
+    (promoted, reason, (difference, low, high)).
     """
     import numpy as np
 
@@ -407,13 +432,13 @@ def decide(ours, champion, floor, margin: float, rule: str, level: float = 0.95)
     interval = f"{diff[0]:+.4f} [{diff[1]:+.4f}, {diff[2]:+.4f}]"
     if not clears:
         return False, f"does not beat the champion: {what} of {interval} is not above the margin {margin:g}", diff
-    if floor is not None:
+    for kind, floor in (floors or {}).items():
         over = paired_bootstrap_ci(ours, np.asarray(floor, dtype=float), level)
         if not (over[1] if rule == "ci" else over[0]) > 0:
-            return False, (f"beats the champion ({interval}) but not the popularity floor: "
+            return False, (f"beats the champion ({interval}) but not the {kind} floor: "
                            f"{over[0]:+.4f} [{over[1]:+.4f}, {over[2]:+.4f}]"), diff
-    return True, f"beats the champion by {interval} (margin {margin:g})" + (
-        " and the popularity floor" if floor is not None else ""), diff
+    beaten = " and the " + " and ".join(floors) + " floor" + ("s" if len(floors) > 1 else "") if floors else ""
+    return True, f"beats the champion by {interval} (margin {margin:g}){beaten}", diff
 
 
 def _history(client, name: str) -> list[dict]:
@@ -443,9 +468,13 @@ def _alias_version(client, name: str, alias: str) -> str | None:
         return None
 
 
+# The evaluation's column of each baseline's ranks (they rank as the registered baselines serve).
+BASELINE_COLUMNS = {"popularity": "most_popular", "markov": "markov"}
+
+
 def _gate_rows(cfg: PipelineConfig, model_dir: Path, sequences: Path):
-    """(per-row ranks of `model_dir` by the gate's method, per-row ranks of this window's
-    popularity baseline, the rows' predictions table): `evaluate` on the gate split."""
+    """(per-row ranks of `model_dir` by the gate's method, {baseline kind: per-row ranks of this
+    window's baseline}, the rows' predictions table): `evaluate` on the gate split."""
     import pandas as pd
 
     from tasks.evaluation import evaluate
@@ -454,7 +483,8 @@ def _gate_rows(cfg: PipelineConfig, model_dir: Path, sequences: Path):
     result = evaluate(gate_cfg, model_dir, sequences, progress=False)
     preds = pd.read_parquet(result.path / "predictions.parquet")
     method = cfg.registry.gate_metric.split("/")[0]
-    return preds[f"{method}_rank"].to_numpy(), preds["most_popular_rank"].to_numpy(), preds
+    floors = {kind: preds[f"{column}_rank"].to_numpy() for kind, column in BASELINE_COLUMNS.items()}
+    return preds[f"{method}_rank"].to_numpy(), floors, preds
 
 
 def artifacts_read_in_place(uri: str) -> bool:
@@ -482,7 +512,7 @@ class LoadedPyfunc:
     with a registered model loads it through here.
 
     pyfunc: the `mlflow.pyfunc.PyFuncModel` (predict, metadata); model: its Python model
-    (tasks/recommender_pyfunc.py or tasks/popularity_pyfunc.py, or an older stored copy)."""
+    (tasks/recommender_pyfunc.py or a baseline's pyfunc, or an older stored copy)."""
 
     def __init__(self, uri: str):
         import shutil
@@ -502,7 +532,7 @@ class LoadedPyfunc:
 
     @property
     def batching(self):
-        """The LLM recommender's `BatchingRecommender`; None for the popularity baseline."""
+        """The LLM recommender's `BatchingRecommender`; None for a baseline."""
         return getattr(self.model, "recommender", None)
 
     def close(self) -> None:
@@ -525,7 +555,7 @@ class LoadedPyfunc:
 def _served_ranks(cfg: PipelineConfig, mv, preds, sequences: Path, rows_fp: str):
     """First-hit ranks [B] on the gate rows (`preds`, as `_gate_rows` read them) of the registered
     version `mv` as it serves: through its own pyfunc, so with its own catalogue, ranking settings
-    and model (an LLM's or the popularity baseline's counts), not this window's.
+    and model (an LLM's or a baseline's counts), not this window's.
 
     Each row's history goes in as a client sends it, the source's item ids: those the version's
     catalogue lacks (items newer than it) are left out of the prompt, as serving leaves them out,
@@ -576,7 +606,7 @@ def _served_ranks(cfg: PipelineConfig, mv, preds, sequences: Path, rows_fp: str)
 
 def gate_model(cfg: PipelineConfig, version: str, model_dir: Path, sequences: Path) -> GateDecision:
     """Champion/challenger on the newest rows: the new version's model, the champion and this
-    window's popularity baseline are scored on the same gate rows (`cfg.gate_eval()`), and
+    window's baselines are scored on the same gate rows (`cfg.gate_eval()`), and
     `decide` applies the rule. Records every value, the paired difference with its interval, the
     rows' fingerprint and the decision with its reason as version tags and in the version's
     model card. Serialised per model by `promotion_lock`."""
@@ -592,48 +622,56 @@ def gate_model(cfg: PipelineConfig, version: str, model_dir: Path, sequences: Pa
                            "targets": preds["target_item_id"].tolist()})
     with promotion_lock(cfg, name):
         champion = _alias_version(client, name, CHAMPION)
-        ours, floor = per_row_metric(ours_ranks, metric), per_row_metric(floor_ranks, metric)
+        ours = per_row_metric(ours_ranks, metric)
+        floors = {kind: per_row_metric(ranks, metric) for kind, ranks in floor_ranks.items()}
+        means = {kind: float(values.mean()) for kind, values in floors.items()}
         if champion == version:
             return _record(client, cfg, GateDecision(version, True, "already champion", r.gate_metric, len(preds),
                                                      rows_fp, float(ours.mean()), champion, float(ours.mean()),
-                                                     float(floor.mean()), 0.0, 0.0, 0.0), move=False)
+                                                     means["popularity"], 0.0, 0.0, 0.0,
+                                                     markov_value=means["markov"]), move=False)
         champion_values = None
         if champion is not None:  # as it serves, on the same rows
             champion_ranks = _served_ranks(cfg, client.get_model_version(name, champion), preds, sequences, rows_fp)
             champion_values = per_row_metric(champion_ranks, metric)
-        if champion_values is None:  # no champion at all (no baseline registered): the floor decides
-            champion_values = floor
-        promoted, reason, (diff, low, high) = decide(ours, champion_values, floor if r.gate_floor else None,
+        if champion_values is None:  # no champion at all (no baseline registered): the best floor decides
+            champion_values = floors[max(means, key=means.get)]
+        promoted, reason, (diff, low, high) = decide(ours, champion_values, floors if r.gate_floor else None,
                                                      r.gate_margin, r.gate_rule, r.gate_ci_level)
         floor_promoted = floor_reason = None
         if not promoted and r.gate_floor and champion is not None:
-            floor_promoted, floor_reason = _champion_below_floor(client, cfg, champion, champion_values, floor, sequences)
+            floor_promoted, floor_reason = _champion_below_floor(client, cfg, champion, champion_values, floors, sequences)
         decision = GateDecision(version, promoted, reason, r.gate_metric, len(preds), rows_fp, float(ours.mean()),
-                                champion, float(champion_values.mean()), float(floor.mean()), diff, low, high,
-                                floor_promoted, floor_reason)
+                                champion, float(champion_values.mean()), means["popularity"], diff, low, high,
+                                floor_promoted, floor_reason, markov_value=means["markov"])
         return _record(client, cfg, decision, move=True)
 
 
-def _champion_below_floor(client, cfg: PipelineConfig, champion: str, champion_values, floor,
+def _champion_below_floor(client, cfg: PipelineConfig, champion: str, champion_values, floors: dict,
                           sequences: Path) -> tuple[str | None, str | None]:
-    """(version, reason) of this data window's popularity baseline when it beats the standing
-    `champion` on the gate rows by the gate's rule and margin, else (None, None). The gate's
-    floor otherwise holds only when a version is promoted; a champion can fall below it later
-    (an older window's model or top sellers, or a person's promotion), and the champion must never
-    be worse than the top sellers. `floor`: the gate's per-row values of the evaluation's
-    top sellers, which rank as this window's registered baseline serves (the same training counts
-    and `popularity_ranking`; tests/train/test_registry.py checks them row for row), so the
-    baseline is not downloaded and ranked again."""
+    """(version, reason) of this data window's best baseline (by mean on the gate rows) among
+    those that beat the standing `champion` there by the gate's rule and margin, else (None,
+    None). The gate's floor otherwise holds only when a version is promoted; a champion can fall
+    below it later (an older window's model or baseline, or a person's promotion), and the
+    champion must never be worse than the simple baselines. `floors`: {kind: the gate's per-row
+    values of the evaluation's baseline}, which ranks as this window's registered baseline
+    serves (the same training counts and transitions, `popularity_ranking` and `markov_ranking`;
+    tests/train/test_registry.py checks them row for row), so the baseline is not downloaded and
+    ranked again. A kind this window has no version of (registered before it existed) is passed over."""
     name, r = cfg.registered_model_name(), cfg.registry
     fingerprint_ = json.loads((sequences / "manifest.json").read_text())["fingerprint"]
-    window = window_popularity(client, name, fingerprint_)
-    if window is None or window == champion:
-        return None, None
-    better, _, (diff, low, high) = decide(floor, champion_values, None, r.gate_margin, r.gate_rule, r.gate_ci_level)
-    if not better:
-        return None, None
-    return window, (f"champion v{champion} ({champion_values.mean():.4f}) fell below this data window's popularity "
-                    f"baseline v{window} ({floor.mean():.4f}): {diff:+.4f} [{low:+.4f}, {high:+.4f}]")
+    for kind in sorted(floors, key=lambda k: -floors[k].mean()):
+        window = window_baseline(client, name, fingerprint_, kind)
+        if window is None:
+            continue
+        if window == champion:
+            return None, None  # the best baseline there is already serves
+        floor = floors[kind]
+        better, _, (diff, low, high) = decide(floor, champion_values, None, r.gate_margin, r.gate_rule, r.gate_ci_level)
+        if better:
+            return window, (f"champion v{champion} ({champion_values.mean():.4f}) fell below this data window's {kind} "
+                            f"baseline v{window} ({floor.mean():.4f}): {diff:+.4f} [{low:+.4f}, {high:+.4f}]")
+    return None, None
 
 
 def _record(client, cfg: PipelineConfig, d: GateDecision, move: bool) -> GateDecision:
@@ -642,6 +680,7 @@ def _record(client, cfg: PipelineConfig, d: GateDecision, move: bool) -> GateDec
     tags = {"gate.metric": d.metric, "gate.value": repr(d.challenger_value), "gate.rows": str(d.rows),
             "gate.rows_fingerprint": d.rows_fingerprint, "gate.champion_version": str(d.champion_version),
             "gate.champion_value": repr(d.champion_value), "gate.popularity_value": repr(d.popularity_value),
+            "gate.markov_value": repr(d.markov_value),
             "gate.difference": repr(d.difference), "gate.ci": f"[{d.ci_low!r}, {d.ci_high!r}]",
             "gate.rule": cfg.registry.gate_rule, "gate.decision": "promoted" if d.promoted else "kept challenger",
             "gate.reason": d.reason}
@@ -660,7 +699,7 @@ def _record(client, cfg: PipelineConfig, d: GateDecision, move: bool) -> GateDec
         client.set_registered_model_alias(name, CHALLENGER, d.version)
         if d.floor_promoted:
             _set_champion(client, name, d.floor_promoted, "gate", d.floor_reason)
-            log.info("gate %s: v%s (popularity baseline) is champion: %s", name, d.floor_promoted, d.floor_reason)
+            log.info("gate %s: v%s (a baseline) is champion: %s", name, d.floor_promoted, d.floor_reason)
     log.info("gate %s v%s: %s", name, d.version, d.reason)
     return d
 
@@ -668,17 +707,18 @@ def _record(client, cfg: PipelineConfig, d: GateDecision, move: bool) -> GateDec
 def gate_card(cfg: PipelineConfig, d: GateDecision) -> str:
     """The gate's section of a model card (Markdown), also the Prefect artifact's text."""
     level = f"{cfg.registry.gate_ci_level:.0%}"
+    champion = (f"| champion (v{d.champion_version}, as it serves) | {d.champion_value:.4f} |"
+                if d.champion_value is not None else "| champion | none |")
+    markov = [f"| Markov-chain baseline | {d.markov_value:.4f} |"] if d.markov_value is not None else []
+    floor = ([f"\n**The floor**: v{d.floor_promoted} (a baseline of this window) is champion now: {d.floor_reason}."]
+             if d.floor_promoted else [])
     return "\n".join([
         f"**Gate** ({d.metric} on {d.rows} {cfg.registry.gate_split} rows, rows {d.rows_fingerprint}): "
         f"**{'promoted to champion' if d.promoted else 'kept as challenger'}**: {d.reason}.", "",
         "| | value |", "|---|---|",
-        f"| this version | {d.challenger_value:.4f} |",
-        (f"| champion (v{d.champion_version}, as it serves) | {d.champion_value:.4f} |" if d.champion_value is not None
-         else "| champion | none |"),
-        f"| popularity baseline | {d.popularity_value:.4f} |",
-        f"| difference, {level} interval | {d.difference:+.4f} [{d.ci_low:+.4f}, {d.ci_high:+.4f}] |"]
-        + ([f"\n**The floor**: v{d.floor_promoted} (this window's popularity baseline) is champion now: {d.floor_reason}."]
-           if d.floor_promoted else []))
+        f"| this version | {d.challenger_value:.4f} |", champion,
+        f"| popularity baseline | {d.popularity_value:.4f} |", *markov,
+        f"| difference, {level} interval | {d.difference:+.4f} [{d.ci_low:+.4f}, {d.ci_high:+.4f}] |", *floor])
 
 
 def warm_start_source(cfg: PipelineConfig) -> tuple[Path, str] | None:
@@ -692,7 +732,7 @@ def warm_start_source(cfg: PipelineConfig) -> tuple[Path, str] | None:
     if champion is None:
         return None
     mv = client.get_model_version(name, champion)
-    if mv.tags.get(KIND_TAG) == "popularity":
+    if is_baseline(mv):
         return None
     return download_version_model(cfg, mv), f"{name} v{champion}"
 

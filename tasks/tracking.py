@@ -381,7 +381,8 @@ def log_timeline(cfg: PipelineConfig, timeline: dict, plot: Path) -> str:
     with mlflow.start_run(run_name=f"replay-{timeline['settings']['every']}-{timeline['settings']['key']}") as run:
         mlflow.set_tags({"stage": "replay", "dataset": cfg.data.name})
         for step, p in enumerate(timeline["periods"]):
-            values = {k: p[k] for k in ("challenger", "champion", "popularity", "difference") if k in p}
+            values = {k: p[k] for k in ("challenger", "champion", "popularity", "markov", "difference")
+                      if p.get(k) is not None}
             mlflow.log_metrics({f"replay/{k}": float(v) for k, v in values.items()} |
                                {"replay/interactions": float(p["interactions"]), "replay/seconds": float(p["seconds"])},
                                step=step)

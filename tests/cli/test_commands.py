@@ -63,8 +63,9 @@ def test_train_then_evaluate_reuses_the_training(profile):
 
 def test_run_registers_a_champion_and_prints_a_recommend_hint_from_the_dataset(profile, prefect_harness):
     out = cft("run", "-c", str(profile))
-    # v1: the popularity baseline (the first champion); v2: the model, gated against it.
-    assert "cft-cli-test v2" in out and "popularity baseline" in out and "**Gate**" in out
+    # v1, v2: the popularity (the first champion) and Markov-chain baselines; v3: the model, gated.
+    assert "cft-cli-test v3" in out and "popularity baseline" in out and "Markov-chain baseline" in out
+    assert "**Gate**" in out
     assert "Downloading artifacts" not in out  # MLflow's bar per model logged or loaded (shown with --verbose)
     # One line, longer than 80 columns, to copy and paste whole: the profile, the alias, the titles.
     hint = next(line for line in out.splitlines() if line.startswith("Recommend:"))
@@ -97,14 +98,14 @@ def test_recommend_from_the_champion(profile):
     assert re.findall(r"^│ [0-9]+ +│ (\S+) ", fewer, flags=re.M) == top[1:]  # the popularity order, less the first
     out = cft("recommend", "-c", str(profile), "-k", "2", title)  # the champion, whichever it is
     assert "models:/cft-cli-test@champion: top" in out and re.findall(r"^│ ([0-9]+) ", out, flags=re.M)
-    asked = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/2", "-k", "5", title)
+    asked = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/3", "-k", "5", title)
     assert re.search(r"note: [0-2] of the 5 items asked: constrained decoding returns at most its 2 beams'", asked)
     typo = title[:-1] + "x" if len(title) > 4 else title + " 2"  # not in the catalogue, close to a title
-    out = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/2", "-k", "2", title, typo)
+    out = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/3", "-k", "2", title, typo)
     assert f"not in the catalogue: '{typo}', left out (--free-text to use it as typed); close: '{title}'" in out
-    out = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/2", "-k", "2", typo)
+    out = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/3", "-k", "2", typo)
     assert "the no-history ranking, as for a new user" in out and re.findall(r"^│ ([0-9]+) ", out, flags=re.M)
-    new_user = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/2", "-k", "2")
+    new_user = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/3", "-k", "2")
     assert "no history: the no-history ranking" in new_user
     assert new_user.split("top", 1)[1] == out.split("top", 1)[1]  # the same table as for the unknown title
 
@@ -167,7 +168,7 @@ def test_serve_answers_over_http(profile):
     catalogue = next((profile.parent / "data" / "sequences").iterdir()) / "catalogue.parquet"
     title = pd.read_parquet(catalogue)["title"][0]
     server = subprocess.Popen([sys.executable, "-m", "cft_cli", "serve", "-c", str(profile), "--model",
-                               "models:/cft-cli-test/2", "--port", str(port), "--max-queue", "4"],
+                               "models:/cft-cli-test/3", "--port", str(port), "--max-queue", "4"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
     try:
@@ -178,7 +179,7 @@ def test_serve_answers_over_http(profile):
             except (urllib.error.URLError, ConnectionError):
                 assert server.poll() is None, server.stdout.read().decode()
                 time.sleep(0.5)
-        assert health["status"] == "ok" and health["model"] == "models:/cft-cli-test/2"
+        assert health["status"] == "ok" and health["model"] == "models:/cft-cli-test/3"
 
         def post(body: dict):
             request = urllib.request.Request(f"{url}/recommend", data=json.dumps(body).encode(),
@@ -197,34 +198,36 @@ def test_serve_answers_over_http(profile):
         server.terminate()
         server.wait(30)
     log = server.stdout.read().decode()
-    assert "INFO ready: models:/cft-cli-test/2 (constrained)" in log and "following" not in log  # a fixed version
+    assert "INFO ready: models:/cft-cli-test/3 (constrained)" in log and "following" not in log  # a fixed version
 
 
 def test_promote_and_rollback(profile, prefect_harness):
     assert "nothing new" in cft("run", "-c", str(profile))  # same data, same settings: not retrained
-    cft("run", "-c", str(profile), "--set", "train.seed=1")  # new settings: version 3 (the gate decides its alias)
-    assert "champion -> version 2" in cft("promote", "-c", str(profile), "--version", "2", "--reason", "approved")
-    assert "champion -> version 3" in cft("promote", "-c", str(profile), "--version", "3", "--reason", "try v3")
-    assert "champion -> version 2" in cft("rollback", "-c", str(profile), "--reason", "regressed")
+    cft("run", "-c", str(profile), "--set", "train.seed=1")  # new settings: version 4 (the gate decides its alias)
+    assert "champion -> version 3" in cft("promote", "-c", str(profile), "--version", "3", "--reason", "approved")
+    assert "champion -> version 4" in cft("promote", "-c", str(profile), "--version", "4", "--reason", "try v4")
+    assert "champion -> version 3" in cft("rollback", "-c", str(profile), "--reason", "regressed")
 
 
 def test_compare_registered_versions(profile, tmp_path):
-    """Versions as users name them in the registry: the champion (v2 after the rollback) vs v3."""
-    out = cft("compare", "models:/cft-cli-test@champion", "models:/cft-cli-test/3", "-c", str(profile),
+    """Versions as users name them in the registry: the champion (v3 after the rollback) vs v4."""
+    out = cft("compare", "models:/cft-cli-test@champion", "models:/cft-cli-test/4", "-c", str(profile),
               "--out-dir", str(tmp_path))
     from mlflow import MlflowClient
 
-    assert "A = models:/cft-cli-test@champion; B = models:/cft-cli-test/3." in out
+    assert "A = models:/cft-cli-test@champion; B = models:/cft-cli-test/4." in out
     table = pd.read_json(tmp_path / "compare-1.json").set_index("quantity")
     uri = f"sqlite:///{profile.parent / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
-    for side, version in (("A", "2"), ("B", "3")):  # each side is its version's run, on the same 8 rows
+    for side, version in (("A", "3"), ("B", "4")):  # each side is its version's run, on the same 8 rows
         run = client.get_run(client.get_model_version("cft-cli-test", version).run_id)
         assert table.loc["constrained/NDCG@10", side] == pytest.approx(run.data.metrics["test/constrained/NDCG_at_10"])
     assert table.loc["constrained/NDCG@10", "rows"] == 8
-    out = cft("compare", "models:/cft-cli-test/1", "models:/cft-cli-test/3", "-c", str(profile), code=2)
+    out = cft("compare", "models:/cft-cli-test/1", "models:/cft-cli-test/4", "-c", str(profile), code=2)
     assert "models:/cft-cli-test/1 is version 1, a popularity baseline" in out
-    out = cft("compare", "models:/cft-cli-test/9", "models:/cft-cli-test/3", "-c", str(profile), code=2)
+    out = cft("compare", "models:/cft-cli-test/2", "models:/cft-cli-test/4", "-c", str(profile), code=2)
+    assert "models:/cft-cli-test/2 is version 2, a markov baseline" in out
+    out = cft("compare", "models:/cft-cli-test/9", "models:/cft-cli-test/4", "-c", str(profile), code=2)
     assert "models:/cft-cli-test/9 is not in the registry" in out
 
 
@@ -233,10 +236,10 @@ def test_stack_status_says_not_running(tmp_path):
 
 
 def test_gc_removes_what_no_alias_and_no_run_in_progress_uses(profile):
-    """After the registry tests: v2 is champion (the rollback), v3 holds no alias, v1 is the
-    popularity baseline (no training folder). gc keeps the champion's training, and what finished
+    """After the registry tests: v3 is champion (the rollback), v4 holds no alias, v1 and v2 are
+    the baselines (no training folder). gc keeps the champion's training, and what finished
     less than a day ago (a pipeline run registers and gates it after its evaluation); once old,
-    an unregistered training goes, and so does v3's (the registry keeps its model: evaluating v3
+    an unregistered training goes, and so does v4's (the registry keeps its model: evaluating v4
     downloads it)."""
     import os
     import time
@@ -245,7 +248,7 @@ def test_gc_removes_what_no_alias_and_no_run_in_progress_uses(profile):
 
     uri = f"sqlite:///{profile.parent / 'mlflow.db'}"
     registry = MlflowClient(uri, registry_uri=uri)
-    champion, v3 = (Path(registry.get_model_version("cft-cli-test", v).tags["model_dir"]).parent for v in ("2", "3"))
+    champion, v4 = (Path(registry.get_model_version("cft-cli-test", v).tags["model_dir"]).parent for v in ("3", "4"))
     root = profile.parent / "data" / "training"
     trained = set(root.iterdir())
     cft("train", "-c", str(profile), "--set", "train.seed=7")  # trained, never registered
@@ -253,9 +256,9 @@ def test_gc_removes_what_no_alias_and_no_run_in_progress_uses(profile):
     out = cft("gc", "-c", str(profile), "--dry-run")
     lines = out.splitlines()  # each folder on one line with its full path, however long
     assert f"kept {unregistered}: finished less than a day ago (a pipeline run registers it after its evaluation)" in lines
-    assert f"kept {v3}: a registered version's model, finished less than a day ago (its gate may be running)" in lines
+    assert f"kept {v4}: a registered version's model, finished less than a day ago (its gate may be running)" in lines
     two_days_ago = time.time() - 2 * 24 * 3600
-    for folder in (unregistered, v3, champion):
+    for folder in (unregistered, v4, champion):
         os.utime(folder / "model" / "training.json", (two_days_ago, two_days_ago))
     elsewhere = profile.parent / "elsewhere.db"  # tracked in another store: this one cannot judge it
     cft("train", "-c", str(profile), "--set", "train.seed=8", "--set", f"tracking.tracking_uri=sqlite:///{elsewhere}")
@@ -263,11 +266,11 @@ def test_gc_removes_what_no_alias_and_no_run_in_progress_uses(profile):
     out = cft("gc", "-c", str(profile), "--dry-run")
     lines = out.splitlines()
     assert any(re.fullmatch(rf"would remove {re.escape(str(unregistered))} \([0-9]+ MiB\)", line) for line in lines)
-    assert any(re.fullmatch(rf"would remove {re.escape(str(v3))} \([0-9]+ MiB\): cft-cli-test v3 without an alias "
+    assert any(re.fullmatch(rf"would remove {re.escape(str(v4))} \([0-9]+ MiB\): cft-cli-test v4 without an alias "
                             r"\(the registry keeps its model\)", line) for line in lines)
-    assert f"kept {champion}: the model of cft-cli-test v2 (champion)" in lines
+    assert f"kept {champion}: the model of cft-cli-test v3 (champion)" in lines
     assert out.count(f": its MLflow run is not in {uri}") == 1
-    # v1 was champion when v2 and v3 were gated (one cache of its ranks: same rows); v2 is now (rollback)
+    # v1 was champion when v3 and v4 were gated (one cache of its ranks: same rows); v3 is now (rollback)
     caches = root.parent / "registry" / "gate"
     assert sorted(p.name.rsplit("-", 1)[0] for p in caches.iterdir()) == ["cft-cli-test-v1"]
     assert f"would remove {next(caches.iterdir())} (0 MiB): a registry cache of a version that is not champion" in lines
@@ -276,18 +279,18 @@ def test_gc_removes_what_no_alias_and_no_run_in_progress_uses(profile):
     assert sorted(root.iterdir()) == before  # a dry run removes nothing
     out = cft("gc", "-c", str(profile))
     assert re.match(r"removed 1 training folder\(s\) \([0-9]+ MiB\), 1 of versions without an alias", out.splitlines()[-1])
-    assert sorted(root.iterdir()) == sorted(set(before) - {unregistered, v3}) and not any(caches.iterdir())
+    assert sorted(root.iterdir()) == sorted(set(before) - {unregistered, v4}) and not any(caches.iterdir())
     assert "nothing new" in cft("run", "-c", str(profile))  # the registered versions say what was gated
-    # v3's model comes back from the registry, once, when asked for.
-    assert "test metrics" in cft("evaluate", "-c", str(profile), "--model", "models:/cft-cli-test/3")
-    assert (root.parent / "registry" / "downloads" / "cft-cli-test-v3" / "MLmodel").is_file()
+    # v4's model comes back from the registry, once, when asked for.
+    assert "test metrics" in cft("evaluate", "-c", str(profile), "--model", "models:/cft-cli-test/4")
+    assert (root.parent / "registry" / "downloads" / "cft-cli-test-v4" / "MLmodel").is_file()
 
 
 def test_train_starts_from_the_champion_as_run_does(profile):
-    """`model.source: champion`: `cft train` warm-starts from the champion (v2 after the rollback),
+    """`model.source: champion`: `cft train` warm-starts from the champion (v3 after the rollback),
     as `cft run` and the scheduled retraining do."""
     out = cft("train", "-c", str(profile), "--set", "model.source=champion", "--set", "model.base=tiny")
-    assert "training: cft from cft-cli-test v2, 2 steps" in out, out
+    assert "training: cft from cft-cli-test v3, 2 steps" in out, out
     model = re.search(r"^model: (.+)$", out, flags=re.M)[1]  # whole, however long
     assert (Path(model) / "model.safetensors").is_file()
     out = cft("train", "-c", str(profile), "--set", "train.seed=7")

@@ -374,3 +374,65 @@ def test_popularity_ranking_equals_sorting_the_whole_catalogue():
             assert np.isnan(got.scores[b][len(kept):]).all()
     unexcluded = popularity_ranking(counts, 2, 5, None, never=never)
     assert unexcluded.rows.tolist() == [sorted(set(range(50)) - set(never), key=lambda r: (-counts[r], r))[:5]] * 2
+
+
+def test_transitions_count_each_pair_as_a_loop_would():
+    from cft_core.ranking import Transitions
+
+    rng = np.random.default_rng(1)
+    previous, following = rng.integers(0, 12, 200), rng.integers(0, 12, 200)
+    t = Transitions.count(previous, following, 12)
+    for i in range(12):
+        followers, times = t.of(i)
+        expected = {}
+        for p, f in zip(previous.tolist(), following.tolist(), strict=True):
+            if p == i:
+                expected[f] = expected.get(f, 0) + 1
+        assert dict(zip(followers.tolist(), times.tolist(), strict=True)) == expected
+        assert followers.tolist() == sorted(expected)
+    empty = Transitions.count([5], [2], 8)  # items with no followers, past the last one too
+    assert [empty.of(i)[0].tolist() for i in range(8)] == [[], [], [], [], [], [2], [], []]
+
+
+def test_markov_ranking_by_hand():
+    """Five items; in training 0 was followed by 3 twice and by 1 and 4 once; counts make the
+    popularity order 2, 4, 1, 3, 0."""
+    from cft_core.ranking import Transitions, markov_ranking
+
+    t = Transitions.count([0, 0, 0, 0, 2], [3, 1, 3, 4, 0], 5)
+    counts = np.array([1, 3, 9, 2, 5])
+    got = markov_ranking(t, counts, [0, -1, 4, 0], depth=5, exclude=[[], [], [], [3]])
+    assert got.rows.tolist() == [[3, 4, 1, 2, 0],  # 3 (twice), then 4 and 1 (once each: 4 is more popular)
+                                 [2, 4, 1, 3, 0],  # no newest item: the popularity order
+                                 [2, 4, 1, 3, 0],  # 4 was never followed by anything: the same
+                                 [4, 1, 2, 0, -1]]  # 3 excluded
+    assert got.scores[0].tolist() == pytest.approx([2 + 2 / 10, 1 + 5 / 10, 1 + 3 / 10, 9 / 10, 1 / 10])
+
+
+def test_markov_ranking_equals_sorting_the_whole_catalogue():
+    """Each history's top `depth`: the catalogue sorted by (transitions from the newest item,
+    count, row), less `never` and its excluded rows, written out per history; with followers
+    inside and beyond the popularity head, excluded followers, never rows among the followers."""
+    from cft_core.ranking import Transitions, markov_ranking, popularity_ranking
+
+    rng = np.random.default_rng(2)
+    n = 40
+    previous, following = rng.integers(0, n, 300), rng.integers(0, n, 300)
+    t = Transitions.count(previous, following, n)
+    counts = rng.integers(0, 5, n)  # many ties
+    never = [int(following[0]), 11]
+    newest = [int(previous[0]), -1, int(previous[1]), int(previous[2]), int(previous[3])]
+    exclude = [[], [1, 2], [int(r) for r in t.of(newest[2])[0][:2]], list(range(n)), [int(r) for r in rng.integers(0, n, 15)]]
+    pairs = {}
+    for p, f in zip(previous.tolist(), following.tolist(), strict=True):
+        pairs[p, f] = pairs.get((p, f), 0) + 1
+    for depth in (1, 4, 30, 50):
+        got = markov_ranking(t, counts, newest, depth, exclude, never=never)
+        for b, (item, ex) in enumerate(zip(newest, exclude, strict=True)):
+            key = lambda r, item=item: (-pairs.get((item, r), 0), -counts[r], r)  # noqa: E731
+            kept = sorted((r for r in range(n) if r not in never and r not in ex), key=key)[:depth]
+            assert got.rows[b].tolist() == kept + [-1] * (depth - len(kept)), (depth, b)
+            scores = got.scores[b][: len(kept)]
+            assert (np.diff(scores) <= 0).all() and np.isnan(got.scores[b][len(kept):]).all()
+    no_history = markov_ranking(t, counts, [-1, -1], 7, None, never=never)
+    assert np.array_equal(no_history.rows, popularity_ranking(counts, 2, 7, None, never=never).rows)

@@ -3,8 +3,8 @@ from prefect.yaml, the smoke profile, and the registry gate.
 
     cft stack up (servers, pool, deploy, recommender) / status
     -> prefect deployment run cft/full-pipeline -> worker
-    -> MLflow: run with params and metrics, the popularity baseline as first champion, the
-       model's version gated against it
+    -> MLflow: run with params and metrics, the popularity baseline as first champion beside the
+       Markov-chain baseline, the model's version gated against them
     -> cft/scheduled-retrain as of a date, warm-starting from the champion -> one more gated
        version, on its own data window (a chain of warm starts: tests/train/test_replay.py)
     -> cft recommend against the champion
@@ -131,8 +131,8 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         for chatter in ("it/s]", "batch/s]", "{'loss'", "UserWarning", "Gradient accumulation steps mismatch",
                         "ephemeral docs site"):
             assert chatter not in log, (chatter, log[-3000:])
-        baseline, model = client.get_model_version(name, "1"), client.get_model_version(name, "2")
-        assert baseline.tags["cft.kind"] == "popularity" and model.tags["cft.kind"] == "llm"
+        baseline, markov, model = (client.get_model_version(name, v) for v in "123")
+        assert [v.tags["cft.kind"] for v in (baseline, markov, model)] == ["popularity", "markov", "llm"]
         run = client.get_run(model.run_id)
         assert run.data.params["train.objective"] == "cft"
         assert {"train/loss", "valid/loss", "test/constrained/NDCG_at_10"} <= set(run.data.metrics)

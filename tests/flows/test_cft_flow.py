@@ -53,13 +53,15 @@ def test_the_whole_flow_succeeds_in_process_and_a_rerun_reuses_every_stage(tmp_p
     cfg, uri = _tiny_flow_config(tmp_path)
     first = cft_pipeline(config=cfg)
     name = cfg.registered_model_name()
-    # v1: the popularity baseline, registered first and the first champion; v2: the model.
-    assert first["registered"] == {"name": name, "version": "2"}
+    # v1, v2: the popularity (registered first, the first champion) and Markov-chain baselines;
+    # v3: the model. The champion after the gate: the model if promoted, else the better baseline
+    # where it beat popularity (the floor), else popularity.
+    assert first["registered"] == {"name": name, "version": "3"}
     client = MlflowClient(uri, registry_uri=uri)
-    assert client.get_model_version(name, "1").tags["cft.kind"] == "popularity"
+    assert [client.get_model_version(name, v).tags["cft.kind"] for v in "12"] == ["popularity", "markov"]
     champion = str(client.get_model_version_by_alias(name, "champion").version)
-    assert champion == ("2" if first["gate"]["promoted"] else "1")
-    version = client.get_model_version(name, "2")
+    assert champion == ("3" if first["gate"]["promoted"] else first["gate"]["floor_promoted"] or "1")
+    version = client.get_model_version(name, "3")
     assert version.run_id == first["run_id"] and version.tags["gate.champion_version"] == "1"
     assert "| method |" in version.description and "**Gate**" in version.description  # model card
     assert len([t for t in version.tags if t.startswith("test/")]) <= 3  # a handful, not every metric
@@ -75,8 +77,8 @@ def test_the_whole_flow_succeeds_in_process_and_a_rerun_reuses_every_stage(tmp_p
     second = cft_pipeline(config=cfg)
     assert list((tmp_path / "training").iterdir()) == trainings  # no new training folder
     assert second["unchanged"].startswith("no new interactions since") and second["registered"] is None
-    assert "champion unchanged (v2" in second["summary"]
-    assert len(client.search_model_versions(f"name='{name}'")) == 2
+    assert "champion unchanged (v3" in second["summary"]
+    assert len(client.search_model_versions(f"name='{name}'")) == 3
 
 
 def test_the_batch_flow_writes_every_users_top_k_from_the_champion(tmp_path, prefect_harness):
@@ -260,7 +262,7 @@ def test_the_gc_flow_frees_what_no_registered_version_uses(tmp_path, prefect_har
 
     planned = gc_flow(profile=str(profile), dry_run=True)
     assert f"would remove {unregistered} (0 MiB)" in planned
-    assert any(line.startswith(f"kept {registered}: the model of {cfg.registered_model_name()} v2 (") for line in planned)
+    assert any(line.startswith(f"kept {registered}: the model of {cfg.registered_model_name()} v3 (") for line in planned)
     assert planned[-1].startswith("would remove 1 training folder(s)") and unregistered.is_dir()
     done = gc_flow(profile=str(profile))
     assert done[-1].startswith("removed 1 training folder(s)")

@@ -36,3 +36,20 @@ def small_sequences(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     _, seq, _ = prepare(make_config(root).data)
     return seq.path, seq.fingerprint
+
+
+def with_rows_in_train(sequences, dest, split: str):
+    """A copy of a sequences folder whose training split also holds the records of `split`, so
+    that every such record's (newest history item, target) pair is a training transition: the
+    Markov-chain baseline then ranks those targets first, where the capped fixture's 128 training
+    records would leave it with almost no transitions (and equal to popularity). A test device."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.copytree(sequences, dest)
+    train = pq.read_table(dest / "train.parquet")
+    pq.write_table(pa.concat_tables([train, pq.read_table(dest / f"{split}.parquet").cast(train.schema)]),
+                   dest / "train.parquet")
+    return dest

@@ -33,7 +33,7 @@ def test_evaluate_metrics_predictions_baseline_and_mlflow(tmp_path, small_sequen
     result = evaluate(cfg, trained.model_dir, seq, progress=False)
 
     methods = ["grounding_original", "grounding_adjusted", "constrained", "most_popular"]
-    methods += [f"nohist_{m}" for m in methods[:3]] + ["sasrec"]
+    methods += [f"nohist_{m}" for m in methods[:3]] + ["markov", "sasrec"]
     assert set(result.metrics) == {f"{m}/{n}@{k}" for m in methods for n in ("HR", "NDCG") for k in KS}
     for m in methods:
         hr = [result.metrics[f"{m}/HR@{k}"] for k in KS]
@@ -103,9 +103,41 @@ def test_evaluate_metrics_predictions_baseline_and_mlflow(tmp_path, small_sequen
     assert [json.loads(h) for h in table["history_titles"]] == [list(h) for h in preds["history_titles"]]
 
 
+def test_the_markov_baseline_ranks_what_followed_the_newest_item_in_training(tmp_path, small_sequences):
+    """The `markov` rows, recomputed with pandas from the folder's training records: the items that
+    came right after the row's newest history item, most often first, then by training count,
+    then by id. The test rows' own transitions are put in training, so each target was seen after
+    its newest item (the capped fixture's own training has almost none) and ranks near the top."""
+    from cft_core.sequences import PLACEHOLDER_TITLE
+    from tasks.training import model_folder
+    from tests.train.conftest import with_rows_in_train
+
+    seq, _ = small_sequences
+    cfg = make_config(tmp_path)
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={
+        "methods": ["constrained"], "max_samples": 16, "num_beams": 2, "num_return_sequences": 2,
+        "max_new_tokens": 8, "min_new_tokens": 1, "diagnostics": False, "history_reliance": False})})
+    planted = with_rows_in_train(seq, tmp_path / "test-in-train", "test")
+    result = evaluate(cfg, model_folder(cfg, seq), planted, progress=False)
+    preds = pd.read_parquet(result.path / "predictions.parquet")
+    train_df = pd.read_parquet(planted / "train.parquet")
+    catalogue = pd.read_parquet(planted / "catalogue.parquet").set_index("item_id")["title"]
+    counts = train_df["target_item_id"].value_counts().reindex(catalogue.index, fill_value=0)
+    pairs = pd.DataFrame({"previous": train_df["history_item_ids"].map(lambda h: h[-1]),
+                          "following": train_df["target_item_id"]}).value_counts()
+    never = {i for i, t in catalogue.items() if PLACEHOLDER_TITLE.match(t.strip())}
+    for history, top10, target in zip(preds["history_item_ids"], preds["markov_top10"], preds["target_item_id"],
+                                      strict=True):
+        after = pairs[history[-1]]
+        key = {i: (-after.get(i, 0), -counts[i], i) for i in catalogue.index if i not in never}
+        assert list(top10) == sorted(key, key=key.get)[:10]
+        assert target in list(top10)[: len(after)]  # among the items seen after the newest one
+    assert result.metrics["markov/HR@10"] == 1.0 > result.metrics["most_popular/HR@10"]
+
+
 def test_popularity_groups_are_equal_sized_by_frequency():
-    targets = np.array([0, 0, 0, 1, 1, 2, 5, 5, 5, 5])  # counts: 3 2 1 0 0 4 (items 0..5)
-    group = popularity_groups(targets, 6, 3)
+    counts = np.array([3, 2, 1, 0, 0, 4])  # items 0..5
+    group = popularity_groups(counts, 3)
     # ascending popularity: item 3 (0), 4 (0), 2 (1), 1 (2), 0 (3), 5 (4) -> groups 0 0 1 1 2 2
     assert group.tolist() == [2, 1, 1, 0, 0, 2]
 

@@ -18,7 +18,7 @@ import pytest
 from schemas.errors import InputError, RegistryError
 from tasks import registry
 from tasks.tracking import local_artifact_location
-from tests.train.conftest import make_config
+from tests.train.conftest import make_config, with_rows_in_train
 
 
 @pytest.fixture
@@ -68,7 +68,10 @@ ROWS = np.array([1.0, 0.5, 0.0, 0.0, 0.3, 0.0, 1.0, 0.0])  # per-row NDCG of som
     (ROWS, ROWS, None, 0.0, "point", False, "does not beat"),                 # a tie is no improvement
     (ROWS + 0.05, ROWS, None, 0.1, "point", False, "not above the margin 0.1"),
     (ROWS + 0.2, ROWS, None, 0.1, "point", True, "margin 0.1"),
-    (ROWS + 0.1, ROWS, ROWS + 0.2, 0.0, "point", False, "not the popularity floor"),
+    (ROWS + 0.1, ROWS, {"popularity": ROWS + 0.2}, 0.0, "point", False, "not the popularity floor"),
+    (ROWS + 0.1, ROWS, {"popularity": ROWS, "markov": ROWS + 0.2}, 0.0, "point", False, "not the markov floor"),
+    (ROWS + 0.1, ROWS, {"popularity": ROWS, "markov": ROWS + 0.05}, 0.0, "point", True,
+     "and the popularity and markov floors"),
     (ROWS * 0 + 0.01, ROWS * 0, None, 0.0, "ci", True, "beats"),             # the same gain on every row
     (np.roll(ROWS, 1) + 0.01, ROWS, None, 0.0, "ci", False, "does not beat"),  # mean +0.01, interval spans 0
 ])
@@ -85,8 +88,8 @@ def test_popularity_baseline_is_registered_once_and_becomes_the_first_champion(s
 
     cfg, uri, model_dir, seq = setup
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
-    v = registry.register_popularity(cfg, seq, "fp-A")
-    assert registry.register_popularity(cfg, seq, "fp-A") == v == "1"  # once per data window
+    v = registry.register_baseline(cfg, seq, "fp-A", "popularity")
+    assert registry.register_baseline(cfg, seq, "fp-A", "popularity") == v == "1"  # once per data window
     client = MlflowClient(uri, registry_uri=uri)
     name = cfg.registered_model_name()
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
@@ -112,8 +115,54 @@ def test_popularity_baseline_is_registered_once_and_becomes_the_first_champion(s
     assert registry.takes_exclude(served)
     new_user = served.predict(pd.DataFrame({"history": [[], ["an item newer than the window"]]}), params={"k": 3})
     assert [list(r) for r in new_user["item_ids"]] == [[source[i] for i in top[:3]]] * 2  # the top sellers
-    assert registry.register_popularity(cfg, seq, "fp-B") == "2"  # a new window: a new baseline
+    assert registry.register_baseline(cfg, seq, "fp-B", "popularity") == "2"  # a new window: a new baseline
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"  # not promoted by itself
+
+
+def test_the_markov_baseline_serves_what_followed_the_newest_known_item(setup):
+    """The Markov-chain version of a window: registered once beside popularity (which stays the
+    first champion), served by the source's ids through MLflow and `cft serve` (method "markov"):
+    the items seen right after the newest history item the catalogue knows, history and `exclude`
+    left out; a new user gets the top sellers."""
+    import mlflow
+    from fastapi.testclient import TestClient
+    from mlflow import MlflowClient
+
+    from cft_cli.server import create_app
+    from tests.conftest import mlflow_uris_restored
+
+    cfg, uri, model_dir, seq = setup
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    versions = registry.register_baselines(cfg, seq, "fp-A")
+    assert versions == {"popularity": "1", "markov": "2"} == registry.register_baselines(cfg, seq, "fp-A")
+    client = MlflowClient(uri, registry_uri=uri)
+    name = cfg.registered_model_name()
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert client.get_model_version(name, "2").tags["cft.kind"] == "markov"
+    train = pd.read_parquet(seq / "train.parquet")
+    pairs = pd.DataFrame({"previous": train["history_item_ids"].map(lambda h: h[-1]),
+                          "following": train["target_item_id"]}).value_counts()
+    counts = train["target_item_id"].value_counts()
+    busiest = pairs.index.get_level_values(0).value_counts().index[0]  # the item with the most followers
+    after = pairs[busiest].sort_values(ascending=False, kind="stable")
+    source = source_ids(seq)
+    expected = sorted(after.index, key=lambda i: (-after[i], -counts.get(i, 0), i))
+    with mlflow_uris_restored():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        served = mlflow.pyfunc.load_model(f"models:/{name}/2")
+        # The newest entry is unknown (left out): the newest known one, `busiest`, decides.
+        out = served.predict(pd.DataFrame({"history": [[source[busiest], "an item newer than the window"]],
+                                           "exclude": [[source[expected[0]]]]}), params={"k": len(expected) - 1})
+        assert list(out["item_ids"][0]) == [source[i] for i in expected[1:] if i != busiest][: len(expected) - 1]
+        assert list(out["unmatched"][0]) == ["an item newer than the window"]
+        new_user = served.predict(pd.DataFrame({"history": [[]]}), params={"k": 3})
+        top = counts.sort_index().sort_values(ascending=False, kind="stable").index[:3]
+        assert list(new_user["item_ids"][0]) == [source[i] for i in top]
+        with TestClient(create_app(f"models:/{name}/2", follow_every_s=0)) as http:
+            assert http.get("/health").json()["method"] == "markov"
+            answer = http.post("/recommend", json={"history": [source[busiest]], "k": 2})
+            assert answer.json()["item_ids"] == [source[i] for i in expected if i != busiest][:2]
 
 
 @pytest.mark.parametrize("quiet", ["1", "0"])
@@ -126,7 +175,7 @@ def test_registration_notices_are_muted_in_a_quiet_process_only(setup, monkeypat
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
     monkeypatch.setenv(QUIET_ENV, quiet)
     capfd.readouterr()
-    assert registry.register_popularity(cfg, seq, "fp-A") == "1"
+    assert registry.register_baseline(cfg, seq, "fp-A", "popularity") == "1"
     err = capfd.readouterr().err
     assert ("Created version '1'" in err) is (quiet == "0"), err
     from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
@@ -147,13 +196,13 @@ def test_a_version_that_answers_dense_ids_is_refused_by_the_batch(setup, monkeyp
 
     cfg, uri, model_dir, seq = setup
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
-    now = registry.register_popularity(cfg, seq, "fp-A")
+    now = registry.register_baseline(cfg, seq, "fp-A", "popularity")
     signature = registry._signature(cfg)
     before = signature.outputs.inputs.copy()
     before[0] = ColSpec(Array(DataType.long), "item_ids")
     monkeypatch.setattr(signature, "outputs", Schema(before))
     monkeypatch.setattr(registry, "_signature", lambda cfg: signature)
-    old = registry.register_popularity(cfg, seq, "fp-B")
+    old = registry.register_baseline(cfg, seq, "fp-B", "popularity")
     name = cfg.registered_model_name()
     interactions = Path(json.loads((seq / "manifest.json").read_text())["ingested"]) / "interactions.parquet"
     with mlflow_uris_restored():
@@ -182,11 +231,11 @@ def test_the_batch_leaves_out_all_a_user_has_and_older_versions_the_history_only
 
     cfg, uri, model_dir, seq = setup
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
-    now = registry.register_popularity(cfg, seq, "fp-A")
+    now = registry.register_baseline(cfg, seq, "fp-A", "popularity")
     signature = registry._signature(cfg)
     monkeypatch.setattr(signature, "inputs", Schema([c for c in signature.inputs.inputs if c.name != "exclude"]))
     monkeypatch.setattr(registry, "_signature", lambda cfg: signature)
-    before = registry.register_popularity(cfg, seq, "fp-B")
+    before = registry.register_baseline(cfg, seq, "fp-B", "popularity")
     name = cfg.registered_model_name()
     interactions = Path(json.loads((seq / "manifest.json").read_text())["ingested"]) / "interactions.parquet"
     rows = pd.read_parquet(interactions)
@@ -230,11 +279,11 @@ def test_versions_registered_with_older_pyfunc_files_still_answer(setup, monkeyp
     from tests.conftest import mlflow_uris_restored
 
     cfg, uri, model_dir, seq = setup
-    monkeypatch.setattr(registry, "POPULARITY_PYFUNC", STORED / "popularity_pyfunc_2026_11.py")
+    monkeypatch.setitem(registry.BASELINE_PYFUNCS, "popularity", STORED / "popularity_pyfunc_2026_11.py")
     monkeypatch.setattr(registry, "PYFUNC_FILE", STORED / "recommender_pyfunc_2026_11.py")
     llm = str(registered(cfg, uri, model_dir, seq, new_run(uri)).version)
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
-    popularity = registry.register_popularity(cfg, seq, "fp-old")
+    popularity = registry.register_baseline(cfg, seq, "fp-old", "popularity")
     name = cfg.registered_model_name()
     history = pd.read_parquet(seq / "catalogue.parquet")["title"].tolist()[:2]
     with mlflow_uris_restored():
@@ -250,15 +299,17 @@ def test_versions_registered_with_older_pyfunc_files_still_answer(setup, monkeyp
 
 
 def test_the_floor_replaces_a_standing_champion_that_fell_below_it(setup):
-    """The champion must never be worse than the top sellers: a champion the gate did not choose
-    (here a person's promotion of an untrained model) is replaced by this window's popularity
-    baseline at the next gate when the baseline beats it by the gate's rule, even though the
-    challenger is not promoted; once the baseline is champion, nothing more moves."""
+    """The champion must never be worse than the simple baselines: a champion the gate did not
+    choose (here a person's promotion of an untrained model) is replaced by the best of this
+    window's baselines that beats it by the gate's rule, at the next gate, even though the
+    challenger is not promoted; once that baseline is champion, nothing more moves."""
     from mlflow import MlflowClient
 
     from cft_core.metrics import per_row_metric
 
     cfg, uri, model_dir, seq = setup
+    # The gate rows' own transitions in training: the Markov chain ranks their targets first.
+    seq = with_rows_in_train(seq, cfg.data.data_root / "sequences" / "valid-in-train", "valid")
     # NDCG@50: on these 32 capped gate rows the top sellers hit only below rank 10.
     cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri}),
                                  "registry": cfg.registry.model_copy(update={"gate_metric": "constrained/NDCG@50"})})
@@ -266,7 +317,8 @@ def test_the_floor_replaces_a_standing_champion_that_fell_below_it(setup):
     name = cfg.registered_model_name()
     window = json.loads((seq / "manifest.json").read_text())["fingerprint"]
     llm = [str(registered(cfg, uri, model_dir, seq, new_run(uri)).version) for _ in range(2)]
-    baseline = registry.register_popularity(cfg, seq, window)  # the first champion
+    baselines = registry.register_baselines(cfg, seq, window)
+    assert client.get_model_version_by_alias(name, "champion").version == int(baselines["popularity"])  # the first
     registry.promote(cfg, name, llm[0], "tried by hand", uri)
 
     # The same model again as challenger: a tie with the champion, so not promoted.
@@ -276,25 +328,36 @@ def test_the_floor_replaces_a_standing_champion_that_fell_below_it(setup):
     assert str(client.get_model_version_by_alias(name, "champion").version) == llm[0]
     d = registry.gate_model(cfg, llm[1], model_dir, seq)
     assert not d.promoted and "does not beat the champion" in d.reason
-    # The untrained model is below the top sellers on the gate rows (what the decision rests on).
-    ours, floor, preds = registry._gate_rows(cfg, model_dir, seq)
-    assert per_row_metric(floor, "NDCG@50").mean() > per_row_metric(ours, "NDCG@50").mean() == d.champion_value
-    # The floor a challenger is held to (the evaluation's top sellers) is the registered baseline
-    # version that replaces the champion, ranked as it serves: one floor.
-    served = registry._served_ranks(cfg, client.get_model_version(name, baseline), preds, seq, "rows")
-    np.testing.assert_array_equal(served, floor)
-    assert d.floor_promoted == baseline and f"champion v{llm[0]} (" in d.floor_reason
-    assert str(client.get_model_version_by_alias(name, "champion").version) == baseline
+    # The untrained model is below both baselines on the gate rows (what the decision rests on),
+    # and the Markov chain is the better of the two here.
+    ours, floors, preds = registry._gate_rows(cfg, model_dir, seq)
+    means = {kind: per_row_metric(ranks, "NDCG@50").mean() for kind, ranks in floors.items()}
+    assert means["markov"] > means["popularity"] > per_row_metric(ours, "NDCG@50").mean() == d.champion_value
+    assert (d.popularity_value, d.markov_value) == (means["popularity"], means["markov"])
+    # The floors a challenger is held to (the evaluation's baselines) are the registered baseline
+    # versions that replace the champion, ranked as they serve: one floor each.
+    for kind, version in baselines.items():
+        served = registry._served_ranks(cfg, client.get_model_version(name, version), preds, seq, "rows")
+        np.testing.assert_array_equal(served, floors[kind])
+    best = baselines["markov"]
+    assert d.floor_promoted == best and f"champion v{llm[0]} (" in d.floor_reason and "markov baseline" in d.floor_reason
+    assert str(client.get_model_version_by_alias(name, "champion").version) == best
     history = json.loads(client.get_registered_model(name).tags["champion_history"])
-    assert (history[-1]["version"], history[-1]["action"]) == (baseline, "gate") and "fell below" in history[-1]["reason"]
-    assert client.get_model_version(name, llm[1]).tags["gate.floor_promoted"].startswith(f"v{baseline}: ")
+    assert (history[-1]["version"], history[-1]["action"]) == (best, "gate") and "fell below" in history[-1]["reason"]
+    tags = client.get_model_version(name, llm[1]).tags
+    assert tags["gate.floor_promoted"].startswith(f"v{best}: ") and float(tags["gate.markov_value"]) == means["markov"]
     assert "**The floor**" in client.get_model_version(name, llm[1]).description
+    assert "| Markov-chain baseline |" in client.get_model_version(name, llm[1]).description
     # A rollback undoes it like any change of champion; the next gate replaces it again.
     assert registry.rollback(cfg, name, "checking the undo", uri) == llm[0]
-    assert registry.gate_model(cfg, llm[1], model_dir, seq).floor_promoted == baseline
-    # The baseline is champion now: the challenger ties nothing it beats, and nothing moves.
+    assert registry.gate_model(cfg, llm[1], model_dir, seq).floor_promoted == best
+    # The best baseline is champion now: the challenger beats nothing, and nothing moves.
     d = registry.gate_model(cfg, llm[1], model_dir, seq)
-    assert not d.promoted and d.champion_version == baseline and d.floor_promoted is None
+    assert not d.promoted and d.champion_version == best and d.floor_promoted is None
+    # A window registered before the Markov baseline existed has popularity only: that one replaces.
+    registry.promote(cfg, name, llm[0], "tried by hand again", uri)
+    client.delete_model_version(name, best)
+    assert registry.gate_model(cfg, llm[1], model_dir, seq).floor_promoted == baselines["popularity"]
 
 
 def test_a_champion_is_gated_as_it_serves_with_its_own_catalogue(setup):

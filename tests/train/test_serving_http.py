@@ -310,7 +310,7 @@ def test_a_served_alias_is_followed_without_a_restart(tmp_path, small_sequences)
         mlflow.set_registry_uri(uri)
         llm = str(registered(cfg, uri, model_folder(cfg, seq), seq, new_run(uri)).version)
         broken = str(registered(cfg, uri, model_folder(cfg, seq), seq, new_run(uri)).version)
-        baseline = registry.register_popularity(cfg, seq, "fp")  # the first champion
+        baseline = registry.register_baseline(cfg, seq, "fp", "popularity")  # the first champion
         source = mlflow.MlflowClient().get_model_version(name, broken).source.removeprefix("models:/")
         shutil.rmtree(urlparse(mlflow.get_logged_model(source).artifact_location).path)  # cannot load now
 
@@ -388,7 +388,7 @@ def test_a_server_started_before_the_first_champion_waits_for_it(tmp_path, small
             metrics = scrape(client)  # answers while waiting too: 503s are what an alert wants to see
             assert metrics[("cft_requests_total", (("code", "503"), ("endpoint", "/recommend")))] == 1
             assert not any(name == "cft_model_info" for name, _ in metrics)
-            version = registry.register_popularity(cfg, seq, "fp")  # the first champion
+            version = registry.register_baseline(cfg, seq, "fp", "popularity")  # the first champion
             assert served.refresh() is True
             health = client.get("/health")
             assert health.status_code == 200 and health.json()["version"] == version

@@ -1,0 +1,49 @@
+"""What the simple baselines learn from a data window's training split: the evaluation scores them
+(`most_popular`, `markov`) and the registry serves them (tasks/popularity_pyfunc.py,
+tasks/markov_pyfunc.py), from these same numbers.
+
+- popularity: how often each catalogue item is a training target (`train_counts`);
+- first-order Markov chain: how often item j came right after item i (`train_transitions`): in
+  a training record, its newest history item and its target. Every consecutive pair of a user's
+  training interactions is one record's (D3-style records: one per target), so these are the
+  pairs of the training sequences.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from cft_core.ranking import Transitions
+
+BASELINES = ("popularity", "markov")  # the registered kinds; each window gets one version of each
+
+
+def catalogue_size(sequences: Path) -> int:
+    return pq.read_metadata(sequences / "catalogue.parquet").num_rows
+
+
+def train_counts(sequences: Path) -> np.ndarray:
+    """int64 [I]: training frequency of every catalogue item (as a target) in the window."""
+    targets = pq.read_table(sequences / "train.parquet", columns=["target_item_id"]).column(0).to_numpy()
+    return np.bincount(targets, minlength=catalogue_size(sequences)).astype(np.int64)
+
+
+def train_transitions(sequences: Path) -> Transitions:
+    """Item-to-item counts of the window's training records: (newest history item, target).
+    Read a row group at a time: the histories of a large window (20M records) never sit in
+    memory whole."""
+    newest, targets = [], []
+    for group in pq.ParquetFile(sequences / "train.parquet").iter_batches(
+            columns=["history_item_ids", "target_item_id"], batch_size=1 << 18):
+        histories = group.column(0)
+        # Each history's last element: offsets[b + 1] - 1 into the values (offsets are absolute
+        # there, even for a slice; every training history holds an item).
+        ends = np.asarray(histories.offsets)[1:] - 1
+        newest.append(np.asarray(histories.values)[ends])
+        targets.append(group.column(1).to_numpy())
+    if not newest:
+        return Transitions.count(np.zeros(0, np.int64), np.zeros(0, np.int64), catalogue_size(sequences))
+    return Transitions.count(np.concatenate(newest), np.concatenate(targets), catalogue_size(sequences))
