@@ -325,14 +325,21 @@ def markov_ranking(transitions: Transitions, counts: np.ndarray, newest: Sequenc
     for b, item in enumerate(newest):
         excluded = [] if exclude is None else list(exclude[b])
         followers, times = transitions.of(item) if item >= 0 else (order[:0], order[:0])
-        # The first `depth` kept are among the followers and the head of the popularity order
-        # (at most len(excluded) + len(followers) of its first items are dropped or repeated).
-        head = order[: depth + len(excluded) + followers.size]
-        candidates = np.concatenate([followers, head[~np.isin(head, followers)]])
+        # The first `depth` kept are among the followers (score >= 1) and, when fewer than `depth`
+        # of them may be left, the head of the popularity order (scores < 1; at most
+        # len(excluded) + len(followers) of its first items are dropped or repeated).
+        if followers.size < depth + len(excluded) + never.size:
+            head = order[: depth + len(excluded) + followers.size]
+            candidates = np.concatenate([followers, head[~np.isin(head, followers)]])
+        else:
+            candidates = followers
         score = tiebreak[candidates]
         score[: followers.size] += times
         drop = np.isin(candidates, excluded) | np.isin(candidates, never)
         candidates, score = candidates[~drop], score[~drop]
+        if candidates.size > depth:  # (a popular item has thousands of followers): the top `depth`
+            cut = np.partition(score, candidates.size - depth)[candidates.size - depth]  # depth-th best
+            candidates, score = candidates[score >= cut], score[score >= cut]  # (and whatever ties it)
         best = np.lexsort((candidates, -score))[:depth]  # by score, ties by row
         rows[b, : best.size], scores[b, : best.size] = candidates[best], score[best]
     return Ranking(rows, scores, None, [[] for _ in range(len(newest))])
