@@ -95,6 +95,16 @@ def exclude_lists(model_input) -> list | None:
     return [[] if e is None or (isinstance(e, float) and np.isnan(e)) else e for e in model_input["exclude"]]
 
 
+def resolve_request(catalogue, model_input, params: dict | None, default_k: int) -> tuple[int, list, list[list[int]]]:
+    """A served baseline's request read against its `Catalogue`: (k, the histories resolved
+    (`Catalogue.resolve_histories`), per history the rows never to return: its own items unless
+    `exclude_history` is false, and its `exclude` list); InputError naming what is wrong."""
+    histories, p = parse_request(model_input, params, default_k)
+    k = catalogue.check_k(p.k)
+    resolved = catalogue.resolve_histories(histories, p.free_text)
+    return k, resolved, catalogue.excluded_rows(resolved, p.exclude_history, exclude_lists(model_input))
+
+
 def response_columns(recs: list[Recommendation]) -> dict[str, list]:
     """A served model's output, column by column: item_ids, titles, scores, unmatched per history."""
     return {f.name: [getattr(r, f.name) for r in recs] for f in fields(Recommendation)}

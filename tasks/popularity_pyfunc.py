@@ -36,13 +36,10 @@ class PopularityModel(PythonModel):
         from mlflow.exceptions import MlflowException
 
         from cft_core.ranking import InputError, popularity_ranking
-        from cft_core.serving import exclude_lists, parse_request, response_columns
+        from cft_core.serving import resolve_request, response_columns
 
         try:  # the input's fault: 400 with the reason, no stack trace
-            histories, p = parse_request(model_input, params, self.default_k)
-            k = self.catalogue.check_k(p.k)
-            resolved = self.catalogue.resolve_histories(histories, p.free_text)
-            excluded = self.catalogue.excluded_rows(resolved, p.exclude_history, exclude_lists(model_input))
+            k, resolved, excluded = resolve_request(self.catalogue, model_input, params, self.default_k)
         except InputError as error:
             raise MlflowException.invalid_parameter_value(str(error)) from None
         ranking = popularity_ranking(self.counts, len(resolved), k, excluded, never=self.catalogue.never)
