@@ -78,8 +78,8 @@ def nothing_new(cfg: PipelineConfig, sequences: StageOutput) -> str | None:
         return None
     newest = json.loads((sequences.path / "manifest.json").read_text())["settings"].get("window_end")
     since = datetime.fromtimestamp(newest - 1, UTC).isoformat(timespec="seconds") if newest else "the last run"
-    return (f"no new interactions since {since}; champion unchanged (v{before['version']}, trained on these "
-            f"rows, was {before['gate.decision']}: {before['gate.reason']})")
+    return (f"no new interactions since {since}; champion unchanged (v{before['champion']}); "
+            f"v{before['version']} was trained on these rows and was {before['gate.decision']}: {before['gate.reason']}")
 
 
 @dataclass(frozen=True)

@@ -739,8 +739,9 @@ def warm_start_source(cfg: PipelineConfig) -> tuple[Path, str] | None:
 
 def previous_decision(cfg: PipelineConfig, train_key: str) -> dict | None:
     """The gate tags of the LLM version trained with `train_key` (the data and every training
-    setting, warm start aside: `tasks.training.run_fingerprint`), when it was gated already;
-    else None. Such a run would retrain on the very rows that were judged before."""
+    setting, warm start aside: `tasks.training.run_fingerprint`), when it was gated already,
+    with its `version` and the `champion` now (a version, or None); else None. Such a run would
+    retrain on the very rows that were judged before."""
     from tasks.tracking import tracking_uri
 
     client = registry_client(tracking_uri(cfg))
@@ -750,7 +751,8 @@ def previous_decision(cfg: PipelineConfig, train_key: str) -> dict | None:
         return None
     for mv in sorted(versions, key=lambda v: -int(v.version)):
         if mv.tags.get("cft.train_key") == train_key and "gate.decision" in mv.tags:
-            return {"version": str(mv.version), **{k: v for k, v in mv.tags.items() if k.startswith("gate.")}}
+            return {"version": str(mv.version), "champion": _alias_version(client, mv.name, CHAMPION),
+                    **{k: v for k, v in mv.tags.items() if k.startswith("gate.")}}
     return None
 
 

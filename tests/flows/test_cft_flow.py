@@ -77,7 +77,7 @@ def test_the_whole_flow_succeeds_in_process_and_a_rerun_reuses_every_stage(tmp_p
     second = cft_pipeline(config=cfg)
     assert list((tmp_path / "training").iterdir()) == trainings  # no new training folder
     assert second["unchanged"].startswith("no new interactions since") and second["registered"] is None
-    assert "champion unchanged (v3" in second["summary"]
+    assert f"champion unchanged (v{champion}); v3 was trained on these rows and was " in second["summary"]
     assert len(client.search_model_versions(f"name='{name}'")) == 3
 
 
