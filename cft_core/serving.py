@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from cft_core.ranking import InputError, Ranker, Ranking, Recommendation
+from cft_core.ranking import Catalogue, InputError, Ranker, Ranking, Recommendation
 
 PARAMS = ("k", "exclude_history", "free_text")  # what a request may set, besides its histories
 
@@ -95,10 +95,25 @@ def exclude_lists(model_input) -> list | None:
     return [[] if e is None or (isinstance(e, float) and np.isnan(e)) else e for e in model_input["exclude"]]
 
 
+def baseline_artifacts(artifacts: dict, model_config: dict | None) -> tuple[Catalogue, np.ndarray, int]:
+    """What a served baseline loads (tasks/popularity_pyfunc.py, tasks/markov_pyfunc.py): its
+    `Catalogue` (the source's item ids), the training counts [I] (a JSON list) and its default k.
+    Called by registered pyfunc files, like `parse_request`: keep its signature."""
+    import json
+    from pathlib import Path
+
+    from cft_core.ranking import served_catalogue
+
+    catalogue = Catalogue(*served_catalogue(artifacts["catalogue"]))
+    counts = np.asarray(json.loads(Path(artifacts["counts"]).read_text(encoding="utf-8")), dtype=np.int64)
+    return catalogue, counts, int(dict(model_config or {}).get("top_k", 10))
+
+
 def resolve_request(catalogue, model_input, params: dict | None, default_k: int) -> tuple[int, list, list[list[int]]]:
     """A served baseline's request read against its `Catalogue`: (k, the histories resolved
     (`Catalogue.resolve_histories`), per history the rows never to return: its own items unless
-    `exclude_history` is false, and its `exclude` list); InputError naming what is wrong."""
+    `exclude_history` is false, and its `exclude` list); InputError naming what is wrong. Called
+    by registered pyfunc files, like `parse_request`: keep its signature."""
     histories, p = parse_request(model_input, params, default_k)
     k = catalogue.check_k(p.k)
     resolved = catalogue.resolve_histories(histories, p.free_text)

@@ -11,8 +11,6 @@ arrays, read with allow_pickle=False), never a pickle.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
@@ -22,18 +20,14 @@ class MarkovModel(PythonModel):
     method = "markov"  # what `cft serve` reports (/health, /metrics)
 
     def load_context(self, context) -> None:
-        import json
-
         import numpy as np
 
-        from cft_core.ranking import Catalogue, Transitions, served_catalogue
+        from cft_core.ranking import Transitions
+        from cft_core.serving import baseline_artifacts
 
-        self.catalogue = Catalogue(*served_catalogue(context.artifacts["catalogue"]))  # the source's item ids
-        counts = json.loads(Path(context.artifacts["counts"]).read_text(encoding="utf-8"))
-        self.counts = np.asarray(counts, dtype=np.int64)
+        self.catalogue, self.counts, self.default_k = baseline_artifacts(context.artifacts, context.model_config)
         with np.load(context.artifacts["transitions"], allow_pickle=False) as arrays:
             self.transitions = Transitions(arrays["starts"], arrays["followers"], arrays["times"])
-        self.default_k = int(dict(context.model_config or {}).get("top_k", 10))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException

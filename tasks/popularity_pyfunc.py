@@ -10,8 +10,6 @@ catalogue (Parquet) and the item counts (JSON), never a pickle.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
@@ -21,16 +19,9 @@ class PopularityModel(PythonModel):
     method = "popularity"  # what `cft serve` reports (/health, /metrics)
 
     def load_context(self, context) -> None:
-        import json
+        from cft_core.serving import baseline_artifacts
 
-        import numpy as np
-
-        from cft_core.ranking import Catalogue, served_catalogue
-
-        self.catalogue = Catalogue(*served_catalogue(context.artifacts["catalogue"]))  # the source's item ids
-        counts = json.loads(Path(context.artifacts["counts"]).read_text(encoding="utf-8"))
-        self.counts = np.asarray(counts, dtype=np.int64)
-        self.default_k = int(dict(context.model_config or {}).get("top_k", 10))
+        self.catalogue, self.counts, self.default_k = baseline_artifacts(context.artifacts, context.model_config)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
