@@ -35,7 +35,11 @@ def test_means_spreads_gap_and_verdict_by_hand(tmp_path, monkeypatch):
             _run("cft", 1, 0.05, 0.02), _run("sft", 1, 0.01, 0.00, 0.0, 1.0)]
     runs[1]["metrics"].update({f"sasrec/{m}@{k}": 0.5 for m in ("HR", "NDCG") for k in (5, 10, 20)})
     text = report.section(_data(runs))
+    assert "Markov chain" not in text  # runs evaluated before it existed: no row
+    runs[0]["metrics"].update({f"markov/{m}@{k}": 0.2 for m in ("HR", "NDCG") for k in (5, 10, 20)})
+    text = report.section(_data(runs))
     assert "| most popular | | | 0.0100 | 0.0100 |" in text
+    assert "| Markov chain | | | 0.2000 | 0.2000 |" in text
     assert "| SASRec | | | 0.5000 | 0.5000 |" in text
     assert "| cft | 0.1 | 0.25 | 0.0000 ± 0.0000 |" in text and "0.0400 ± 0.0141" in text
     assert "| sft | 0.0 | 1.0 |" in text and "0.0100 ± 0.0000" in text
@@ -182,7 +186,7 @@ def test_each_run_gets_a_fresh_process():
 def _study_run(objective, seed, ranks, logp_f, logp_cf, alpha=0.1):
     n = len(ranks)
     metrics = {"constrained/HR@1": 0.5, "most_popular/HR@1": 0.25, "most_popular/HR@10": 0.5,
-               "most_popular/NDCG@10": 0.3}
+               "most_popular/NDCG@10": 0.3, "markov/HR@1": 0.5, "markov/HR@10": 0.75, "markov/NDCG@10": 0.6}
     return {"setting": "p0.5", "objective": objective, "seed": seed, "alpha": alpha if objective == "cft" else 0.0,
             "beta": 1.0 if objective == "sft" else 0.25, "steps": 4, "examples_seen": 128, "train_samples": 64,
             "best_valid_loss": 1.0, "eval_examples": n, "train_s": 10.0, "eval_s": 2.0, "reused": False,
@@ -209,6 +213,7 @@ def test_the_controlled_study_section_by_hand(tmp_path, monkeypatch):
     assert "| p0.5 | sft | 2 | 0.5000 ± 0.0000 | 0.0000 ± 0.0000 | 0.0000 ± 0.0000 | 0.0000 ± 0.0000 | 2.0000 ± 0.0000 |" in text
     assert "| p0.5 | cft | 2 | 0.5000 ± 0.0000 | 1.0000 ± 0.0000 | 1.0000 ± 0.0000 | 2.0000 ± 0.0000 | 1.0000 ± 0.0000 |" in text
     assert "| p0.5 | most popular | | 0.2500 | 0.5000 | 0.3000 | | |" in text
+    assert "| p0.5 | Markov chain | | 0.5000 | 0.7500 | 0.6000 | | |" in text
     assert ("| p0.5 | cft - sft | 2 | +1.0000 [+1.0000, +1.0000] | +1.0000 [+1.0000, +1.0000] | "
             "+2.0000 [+2.0000, +2.0000] | cft higher |") in text
     assert "| p0.5 | pos - sft | 2 | +0.0000 [+0.0000, +0.0000] |" in text and "no difference at this budget |" in text
@@ -330,6 +335,7 @@ def test_a_study_without_no_history_reranking_reports_diagnostics_and_constraine
             r["metrics"]["constrained/NDCG@10"] = 0.2 * (seed + 1) if obj == "cft" else 0.1
             r["per_row"] = _per_row(hit, lf, lcf)
             r["per_row"]["ranks"]["most_popular"] = [3, 3, 3, 3]
+            r["per_row"]["ranks"]["markov"] = [0, 0, 0, 0]
             runs.append(r)
     text = report.section(_data(runs))
     assert "history reliance" not in text.lower()  # not measured: no table of NaNs
@@ -338,7 +344,7 @@ def test_a_study_without_no_history_reranking_reports_diagnostics_and_constraine
     assert "| cft | 0.1 | 0.25 | 2 | 2.0000 ± 0.0000 | 1.0000 ± 0.0000 |" in text
     assert ("| cft | 0.1 | 0.25 | 0.1000 ± 0.0000 | 0.1000 ± 0.0000 | 0.1000 ± 0.0000 | 0.3000 ± 0.1414 |"
             in text)
-    assert "most_popular/NDCG@10" not in text  # a baseline ranks the same in every run: not paired
+    assert "most_popular/NDCG@10" not in text and "markov/NDCG@10" not in text  # a baseline ranks the same in every run: not paired
 
 
 def test_a_study_run_takes_each_ranked_rows_own_diagnostics():
