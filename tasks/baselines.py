@@ -18,7 +18,10 @@ import pyarrow.parquet as pq
 
 from cft_core.ranking import Transitions
 
-BASELINES = ("popularity", "markov")  # the registered kinds; each window gets one version of each
+# The registered kinds (each window gets one version of each) and the name of each in an
+# evaluation's metrics and predictions (`most_popular/NDCG@10`, `markov_rank`, ...).
+EVALUATION_NAMES = {"popularity": "most_popular", "markov": "markov"}
+BASELINES = tuple(EVALUATION_NAMES)
 
 
 def catalogue_size(sequences: Path) -> int:

@@ -294,7 +294,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
 
     from cft_core.metrics import first_hit_ranks, ranking_metrics, title_ids
     from cft_core.ranking import Catalogue, markov_ranking, popularity_ranking
-    from tasks.baselines import train_counts, train_transitions
+    from tasks.baselines import EVALUATION_NAMES, train_counts, train_transitions
     from tasks.settings import ranking_settings
 
     started = time.perf_counter()
@@ -362,9 +362,10 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
     # popularity analysis.
     counts = train_counts(sequences)
     never = Catalogue(range(len(titles)), titles).never  # placeholder titles: never recommended
-    record("most_popular", popularity_ranking(counts, len(rows), TOP_K_MAX, never=never).rows)
+    record(EVALUATION_NAMES["popularity"], popularity_ranking(counts, len(rows), TOP_K_MAX, never=never).rows)
     newest = [r["history_item_ids"][-1] for r in rows]
-    record("markov", markov_ranking(train_transitions(sequences), counts, newest, TOP_K_MAX, never=never).rows)
+    record(EVALUATION_NAMES["markov"],
+           markov_ranking(train_transitions(sequences), counts, newest, TOP_K_MAX, never=never).rows)
     if e.sasrec:
         from cft_core.sasrec import SASRecSettings, sasrec_rank, train_sasrec
 

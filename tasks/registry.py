@@ -33,7 +33,7 @@ from filelock import FileLock
 
 from schemas.config import PipelineConfig
 from schemas.errors import InputError, RegistryError
-from tasks.baselines import BASELINES
+from tasks.baselines import BASELINES, EVALUATION_NAMES
 from tasks.storage import fingerprint
 from tasks.tracking import missing_store, mlflow_metric_name
 
@@ -468,10 +468,6 @@ def _alias_version(client, name: str, alias: str) -> str | None:
         return None
 
 
-# The evaluation's column of each baseline's ranks (they rank as the registered baselines serve).
-BASELINE_COLUMNS = {"popularity": "most_popular", "markov": "markov"}
-
-
 def _gate_rows(cfg: PipelineConfig, model_dir: Path, sequences: Path):
     """(per-row ranks of `model_dir` by the gate's method, {baseline kind: per-row ranks of this
     window's baseline}, the rows' predictions table): `evaluate` on the gate split."""
@@ -483,7 +479,8 @@ def _gate_rows(cfg: PipelineConfig, model_dir: Path, sequences: Path):
     result = evaluate(gate_cfg, model_dir, sequences, progress=False)
     preds = pd.read_parquet(result.path / "predictions.parquet")
     method = cfg.registry.gate_metric.split("/")[0]
-    floors = {kind: preds[f"{column}_rank"].to_numpy() for kind, column in BASELINE_COLUMNS.items()}
+    # (The evaluation ranks each baseline as its registered version serves.)
+    floors = {kind: preds[f"{column}_rank"].to_numpy() for kind, column in EVALUATION_NAMES.items()}
     return preds[f"{method}_rank"].to_numpy(), floors, preds
 
 
