@@ -271,12 +271,14 @@ def is_baseline(version) -> bool:
     return version.tags.get(KIND_TAG) in BASELINES
 
 
-def window_baseline(client, name: str, data_fingerprint: str, kind: str) -> str | None:
-    """The `kind` baseline version registered for the data window `data_fingerprint`, if any."""
+def window_baselines(client, name: str, data_fingerprint: str) -> dict[str, str]:
+    """{kind: version} of the baselines registered for the data window `data_fingerprint` (one
+    search of the registry; of a kind registered twice, the first found)."""
+    found: dict[str, str] = {}
     for mv in client.search_model_versions(f"name='{name}'"):
-        if mv.tags.get(KIND_TAG) == kind and mv.tags.get("data_fingerprint") == data_fingerprint:
-            return str(mv.version)
-    return None
+        if is_baseline(mv) and mv.tags.get("data_fingerprint") == data_fingerprint:
+            found.setdefault(mv.tags[KIND_TAG], str(mv.version))
+    return found
 
 
 def register_baselines(cfg: PipelineConfig, sequences: Path, data_fingerprint: str) -> dict[str, str]:
@@ -304,7 +306,7 @@ def register_baseline(cfg: PipelineConfig, sequences: Path, data_fingerprint: st
     client, name = registry_client(uri), cfg.registered_model_name()
     with promotion_lock(cfg, name):
         _ensure_registered_model(client, cfg, name)
-        if (known := window_baseline(client, name, data_fingerprint, kind)) is not None:
+        if (known := window_baselines(client, name, data_fingerprint).get(kind)) is not None:
             return known
         use_experiment(cfg)
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"{kind}-{data_fingerprint}") as run:
@@ -656,9 +658,9 @@ def _champion_below_floor(client, cfg: PipelineConfig, champion: str, champion_v
     tests/train/test_registry.py checks them row for row), so the baseline is not downloaded and
     ranked again. A kind this window has no version of (registered before it existed) is passed over."""
     name, r = cfg.registered_model_name(), cfg.registry
-    fingerprint_ = json.loads((sequences / "manifest.json").read_text())["fingerprint"]
+    registered = window_baselines(client, name, json.loads((sequences / "manifest.json").read_text())["fingerprint"])
     for kind in sorted(floors, key=lambda k: -floors[k].mean()):
-        window = window_baseline(client, name, fingerprint_, kind)
+        window = registered.get(kind)
         if window is None:
             continue
         if window == champion:
