@@ -30,6 +30,7 @@ hold the old model in memory for as long as the process lives.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -38,10 +39,18 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 
-from cft_core.ranking import Catalogue, InputError, Ranker, Ranking, Recommendation
+from cft_core.ranking import (
+    Catalogue,
+    InputError,
+    Ranker,
+    Ranking,
+    Recommendation,
+    served_catalogue,
+)
 
 PARAMS = ("k", "exclude_history", "free_text")  # what a request may set, besides its histories
 
@@ -99,11 +108,6 @@ def baseline_artifacts(artifacts: dict, model_config: dict | None) -> tuple[Cata
     """What a served baseline loads (tasks/popularity_pyfunc.py, tasks/markov_pyfunc.py): its
     `Catalogue` (the source's item ids), the training counts [I] (a JSON list) and its default k.
     Called by registered pyfunc files, like `parse_request`: keep its signature."""
-    import json
-    from pathlib import Path
-
-    from cft_core.ranking import served_catalogue
-
     catalogue = Catalogue(*served_catalogue(artifacts["catalogue"]))
     counts = np.asarray(json.loads(Path(artifacts["counts"]).read_text(encoding="utf-8")), dtype=np.int64)
     return catalogue, counts, int(dict(model_config or {}).get("top_k", 10))
