@@ -25,6 +25,8 @@ from tasks.compare import plot, verdict
 RESULTS = Path(__file__).parent / "results"
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 KS = (5, 10, 20)
+# The evaluation's baselines, as the tables label them: the same ranking in every run of a setting.
+BASELINE_LABELS = (("most popular", "most_popular"), ("Markov chain", "markov"), ("SASRec", "sasrec"))
 MAIN = "grounding_adjusted"  # the CFT code's default grounding (cft-method.md, section 3)
 
 
@@ -110,7 +112,7 @@ def paired_section(groups: dict, main: tuple[float, float]) -> list[str]:
     runs = [r for rs in sides.values() for r in rs]
     if not runs or any("per_row" not in r for r in runs):
         return []
-    baselines = ("most_popular", "markov", "sasrec")  # the same ranking in every run: nothing to compare
+    baselines = tuple(key for _, key in BASELINE_LABELS)  # the same ranking in every run: nothing to compare
     methods = sorted({m for r in runs for m in r["per_row"]["ranks"] if not m.startswith(("nohist_", *baselines))})
     quantities = [f"{m}/NDCG@10" for m in methods] + ["history effect / token", "target NLL / token"]
     lines = ["", "### Paired differences (B - A), by seed and row", "",
@@ -215,7 +217,7 @@ def section(data: dict, name: str | None = None) -> str:
         lines.append(f"| {obj} | {alpha} | {beta} | " + " | ".join(cells) + " |")
     # Baselines do not depend on the LLM run: most popular is in every run, the Markov chain in
     # runs evaluated since it exists, SASRec where enabled.
-    for label, key in (("most popular", "most_popular"), ("Markov chain", "markov"), ("SASRec", "sasrec")):
+    for label, key in BASELINE_LABELS:
         m = next((r["metrics"] for r in runs if f"{key}/HR@10" in r["metrics"]), None)
         if m is not None:
             lines.append(f"| {label} | | | " + " | ".join(
@@ -334,7 +336,7 @@ def synthetic_section(meta: dict, runs: list[dict], plot_path: Path) -> str:
                          f"{fmt(per_run['HR@10'])} | {fmt(per_run['NDCG@10'])} | "
                          f"{fmt(per_run['history effect / token'])} | {fmt(per_run['target NLL / token'])} |")
         m = next(r["metrics"] for r in runs if r["setting"] == setting)
-        for label, key in (("most popular", "most_popular"), ("Markov chain", "markov")):
+        for label, key in BASELINE_LABELS[:2]:  # (the study does not train SASRec)
             if f"{key}/HR@1" in m:  # (the Markov chain: runs evaluated since it exists)
                 lines.append(f"| {setting} | {label} | | {m[f'{key}/HR@1']:.4f} | {m[f'{key}/HR@10']:.4f} | "
                              f"{m[f'{key}/NDCG@10']:.4f} | | |")
