@@ -20,14 +20,11 @@ class MarkovModel(PythonModel):
     method = "markov"  # what `cft serve` reports (/health, /metrics)
 
     def load_context(self, context) -> None:
-        import numpy as np
-
         from cft_core.ranking import Transitions
         from cft_core.serving import baseline_artifacts
 
         self.catalogue, self.counts, self.default_k = baseline_artifacts(context.artifacts, context.model_config)
-        with np.load(context.artifacts["transitions"], allow_pickle=False) as arrays:
-            self.transitions = Transitions(arrays["starts"], arrays["followers"], arrays["times"])
+        self.transitions = Transitions.load(context.artifacts["transitions"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException

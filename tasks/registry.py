@@ -297,7 +297,6 @@ def register_baseline(cfg: PipelineConfig, sequences: Path, data_fingerprint: st
     import tempfile
 
     import mlflow
-    import numpy as np
 
     from tasks.baselines import train_counts, train_transitions
     from tasks.tracking import split_dataset_inputs, tracking_uri, use_experiment
@@ -314,11 +313,8 @@ def register_baseline(cfg: PipelineConfig, sequences: Path, data_fingerprint: st
             counts.write_text(json.dumps(train_counts(sequences).tolist()))
             artifacts = {"catalogue": str(sequences / "catalogue.parquet"), "counts": str(counts)}
             if kind == "markov":
-                t = train_transitions(sequences)
                 artifacts["transitions"] = str(Path(tmp) / "transitions.npz")
-                # int32 followers and counts: half the bytes (ML-25M-sized windows hold ~10M pairs).
-                np.savez(artifacts["transitions"], starts=t.starts, followers=t.followers.astype(np.int32),
-                         times=t.times.astype(np.int32))
+                train_transitions(sequences).save(artifacts["transitions"])
             mlflow.set_tags({"dataset": cfg.data.name, "data_fingerprint": data_fingerprint, "stage": "baseline",
                              KIND_TAG: kind})
             client.log_inputs(run.info.run_id, split_dataset_inputs(sequences, ["train"]))  # what it counted
