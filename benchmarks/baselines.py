@@ -28,7 +28,7 @@ def split_metrics(sequences: Path, split: str, counts, transitions, level: float
     markov - most popular on NDCG@10."""
     import pyarrow.parquet as pq
 
-    from cft_core.metrics import first_hit_ranks, paired_bootstrap_ci, per_row_metric, title_ids
+    from cft_core.metrics import item_hit_ranks, paired_bootstrap_ci, per_row_metric, title_ids
     from cft_core.ranking import Catalogue, markov_ranking, popularity_ranking
 
     titles = pq.read_table(sequences / "catalogue.parquet", columns=["item_id", "title"]).sort_by("item_id")
@@ -42,8 +42,7 @@ def split_metrics(sequences: Path, split: str, counts, transitions, level: float
               "markov": markov_ranking(transitions, counts, [h[-1] for h in rows["history_item_ids"]], max(KS),
                                        never=never)}
     seconds = time.perf_counter() - started
-    per_row = {name: first_hit_ranks(np.where(r.rows >= 0, tid[np.maximum(r.rows, 0)], -1), target)
-               for name, r in ranked.items()}
+    per_row = {name: item_hit_ranks(r.rows, tid, target) for name, r in ranked.items()}
     metrics = {name: {f"{m}@{k}": float(per_row_metric(ranks, f"{m}@{k}").mean()) for k in KS for m in ("HR", "NDCG")}
                for name, ranks in per_row.items()}
     diff, low, high = paired_bootstrap_ci(per_row_metric(per_row["markov"], "NDCG@10"),
@@ -59,12 +58,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from schemas.config import load_config
-    from tasks.baselines import train_counts, train_transitions
+    from tasks.baselines import window_counts
     from tasks.data import prepare
 
     cfg = load_config(args.config, args.set)
     _, sequences, _ = prepare(cfg.data)
-    counts, transitions = train_counts(sequences.path), train_transitions(sequences.path)
+    counts, transitions = window_counts(sequences.path)
     splits = [split_metrics(sequences.path, s, counts, transitions) for s in ("valid", "test")]
 
     lines = [f"# Baselines on {cfg.data.name} ({sequences.path.name}), every record of each split", "",

@@ -49,6 +49,18 @@ def first_hit_ranks(ranked_titles: np.ndarray, target_titles: np.ndarray) -> np.
     return np.where(match.any(axis=1), match.argmax(axis=1), -1)
 
 
+def item_hit_ranks(ranked_items: np.ndarray, title_of_item: np.ndarray, target_title_ids: np.ndarray) -> np.ndarray:
+    """`first_hit_ranks` of rankings of item ids, a hit by title (an item whose title equals the
+    target's is a hit, as the protocol counts duplicated titles).
+
+    ranked_items: [B, L] item ids in ranked order, -1 where a ranking is shorter than L.
+    title_of_item: [I] each item's title id (`title_ids`); target_title_ids: [B].
+    """
+    ranked_items = np.asarray(ranked_items)
+    ranked = np.where(ranked_items >= 0, title_of_item[np.maximum(ranked_items, 0)], -1)
+    return first_hit_ranks(ranked, target_title_ids)
+
+
 def title_ids(titles: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
     """Map titles to dense ids shared by duplicates: [N] int ids and the title -> id table."""
     table: dict[str, int] = {}

@@ -292,9 +292,9 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
     if (out_dir / "metrics.json").is_file():
         return EvalOutput(out_dir, json.loads((out_dir / "metrics.json").read_text()), True)
 
-    from cft_core.metrics import first_hit_ranks, ranking_metrics, title_ids
+    from cft_core.metrics import item_hit_ranks, ranking_metrics, title_ids
     from cft_core.ranking import Catalogue, markov_ranking, popularity_ranking
-    from tasks.baselines import EVALUATION_NAMES, train_counts, train_transitions
+    from tasks.baselines import EVALUATION_NAMES, window_counts
     from tasks.settings import ranking_settings
 
     started = time.perf_counter()
@@ -325,8 +325,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
 
     def record(name: str, ranked_items: np.ndarray) -> None:
         """ranked_items [B, L] item ids (-1 = none) -> metrics and the top-10 column."""
-        ranked_tid = np.where(ranked_items >= 0, title_of_item[np.maximum(ranked_items, 0)], -1)
-        ranks = first_hit_ranks(ranked_tid, target_tid)
+        ranks = item_hit_ranks(ranked_items, title_of_item, target_tid)
         for key, value in ranking_metrics(ranks, ks).items():
             metrics[f"{name}/{key}"] = value
         preds[f"{name}_top10"] = [[int(i) for i in r[:10] if i >= 0] for r in ranked_items]
@@ -360,12 +359,12 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
 
     # The simple baselines, as their registered versions serve (tasks/baselines.py), and the
     # popularity analysis.
-    counts = train_counts(sequences)
+    counts, transitions = window_counts(sequences)
     never = Catalogue(range(len(titles)), titles).never  # placeholder titles: never recommended
     record(EVALUATION_NAMES["popularity"], popularity_ranking(counts, len(rows), TOP_K_MAX, never=never).rows)
     newest = [r["history_item_ids"][-1] for r in rows]
     record(EVALUATION_NAMES["markov"],
-           markov_ranking(train_transitions(sequences), counts, newest, TOP_K_MAX, never=never).rows)
+           markov_ranking(transitions, counts, newest, TOP_K_MAX, never=never).rows)
     if e.sasrec:
         from cft_core.sasrec import SASRecSettings, sasrec_rank, train_sasrec
 

@@ -298,7 +298,7 @@ def register_baseline(cfg: PipelineConfig, sequences: Path, data_fingerprint: st
 
     import mlflow
 
-    from tasks.baselines import train_counts, train_transitions
+    from tasks.baselines import window_counts
     from tasks.tracking import split_dataset_inputs, tracking_uri, use_experiment
 
     uri = tracking_uri(cfg)
@@ -309,12 +309,12 @@ def register_baseline(cfg: PipelineConfig, sequences: Path, data_fingerprint: st
             return known
         use_experiment(cfg)
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"{kind}-{data_fingerprint}") as run:
-            counts = Path(tmp) / "counts.json"
-            counts.write_text(json.dumps(train_counts(sequences).tolist()))
-            artifacts = {"catalogue": str(sequences / "catalogue.parquet"), "counts": str(counts)}
+            counts, transitions = window_counts(sequences)
+            (Path(tmp) / "counts.json").write_text(json.dumps(counts.tolist()))
+            artifacts = {"catalogue": str(sequences / "catalogue.parquet"), "counts": str(Path(tmp) / "counts.json")}
             if kind == "markov":
                 artifacts["transitions"] = str(Path(tmp) / "transitions.npz")
-                train_transitions(sequences).save(artifacts["transitions"])
+                transitions.save(artifacts["transitions"])
             mlflow.set_tags({"dataset": cfg.data.name, "data_fingerprint": data_fingerprint, "stage": "baseline",
                              KIND_TAG: kind})
             client.log_inputs(run.info.run_id, split_dataset_inputs(sequences, ["train"]))  # what it counted

@@ -50,6 +50,16 @@ def test_duplicate_titles_count_as_hits():
     assert first_hit_ranks(titles[np.array([[0, 1]])], np.array(["Heat"])).tolist() == [-1]
 
 
+def test_item_hit_ranks_count_duplicated_titles_and_never_the_padding():
+    from cft_core.metrics import item_hit_ranks
+
+    # Items 0 and 2 share title id 0 ("Heat"); -1 pads a short ranking and is no item, not item 0.
+    title_of_item = np.array([0, 1, 0, 2])
+    ranked_items = np.array([[1, 2, 0], [3, -1, -1], [1, 3, 0], [-1, -1, -1]])
+    targets = np.array([0, 0, 0, 1])
+    assert item_hit_ranks(ranked_items, title_of_item, targets).tolist() == [1, -1, 2, -1]
+
+
 def test_title_ids_share_ids_between_duplicates():
     ids, table = title_ids(["x", "y", "x", "z"])
     assert ids.tolist() == [0, 1, 0, 2] and table == {"x": 0, "y": 1, "z": 2}
