@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
@@ -36,6 +37,7 @@ from schemas.errors import ConfigError, DataError
 from tasks.storage import fingerprint, with_code_versions, write_json_atomic
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+READ_BATCH_ROWS = 1 << 16  # records decoded at a time where only a sample of a split is kept
 log = logging.getLogger(__name__)
 
 
@@ -61,12 +63,24 @@ def read_records(path: Path, limit: int | None = None, seed: int = 0) -> list[di
     `occurrence`, how many earlier rows of the file have its (user_id, target_item_id) (a user
     can meet the same target twice in a split; `cft compare` pairs rows by the three). A cap keeps
     a seeded sample of `limit` of them (`sampled_rows`); both numbers count over the whole file.
-    Only the kept rows become dicts."""
-    table = pq.read_table(path)
-    keys = table.select(["user_id", "target_item_id"]).to_pandas()
-    occurrence = keys.groupby(["user_id", "target_item_id"], sort=False, dropna=False).cumcount().to_numpy()
-    keep = sampled_rows(table.num_rows, limit, seed)
-    rows = table.take(keep).to_pylist() if len(keep) < table.num_rows else table.to_pylist()
+    Only the kept rows become dicts, read READ_BATCH_ROWS at a time: a sample of a large split
+    never holds the split in memory (2,000 of 2.5M records: 2.0 s and 0.6 GB peak, where reading
+    the whole table took 5.4-6.6 s and 2.0-2.2 GB)."""
+    file = pq.ParquetFile(path, read_dictionary=["user_id"])  # the ids as categories: 0.5 GB, not 1.3, at 2.5M rows
+    keys = file.read(columns=["user_id", "target_item_id"]).to_pandas()
+    occurrence = keys.groupby(["user_id", "target_item_id"], sort=False, dropna=False,
+                              observed=True).cumcount().to_numpy()
+    keep = sampled_rows(file.metadata.num_rows, limit, seed)
+    if len(keep) == file.metadata.num_rows:
+        rows = file.read().to_pylist()
+    else:
+        rows, start, kept = [], 0, np.asarray(keep, dtype=np.int64)
+        for batch in file.iter_batches(batch_size=READ_BATCH_ROWS):
+            end = start + batch.num_rows
+            local = kept[np.searchsorted(kept, start):np.searchsorted(kept, end)] - start  # kept is ascending
+            if local.size:
+                rows += batch.take(local).to_pylist()
+            start = end
     return [{**r, "split_row": i, "occurrence": int(occurrence[i])} for r, i in zip(rows, keep, strict=True)]
 
 

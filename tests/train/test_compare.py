@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pandas as pd
+import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -66,14 +67,37 @@ def test_records_count_occurrences_over_the_whole_split_file(tmp_path):
                                                                     for r in sample]
 
 
+@pytest.mark.parametrize("batch_rows", [4, 1 << 16])
+def test_a_sample_read_a_batch_at_a_time_is_the_rows_it_names(tmp_path, monkeypatch, batch_rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks import training
+    from tasks.training import read_records, sampled_rows
+
+    monkeypatch.setattr(training, "READ_BATCH_ROWS", batch_rows)  # batches across the row groups, or one per group
+
+    n = 23
+    table = pa.table({"user_id": [f"u{i % 5}" for i in range(n)], "target_item_id": [i % 4 for i in range(n)],
+                      "history_titles": [[f"t{i}", f"t{i + 1}"] for i in range(n)],
+                      "target_title": [f"title {i}" for i in range(n)]})
+    path = tmp_path / "test.parquet"
+    pq.write_table(table, path, row_group_size=5)  # 5 groups, the last one short
+    assert pq.ParquetFile(path).num_row_groups == 5
+    everything = read_records(path)
+    for limit, seed in [(1, 0), (7, 1), (7, 2), (22, 3)]:
+        sample = read_records(path, limit=limit, seed=seed)
+        assert [r["split_row"] for r in sample] == sampled_rows(n, limit, seed)
+        assert sample == [everything[r["split_row"]] for r in sample]
+        assert [r["target_title"] for r in sample] == [f"title {r['split_row']}" for r in sample]
+
+
 def test_runs_of_different_data_windows_are_refused(tmp_path):
     """Two windows number their items each their own way: rows with the same (user, target id)
     are other interactions, so the comparison is refused, naming the windows; folders of one
     window compare; folders written before the window was recorded are told apart by their
     catalogue sizes."""
     import json
-
-    import pytest
 
     from schemas.errors import InputError
     from tasks.compare import evaluated
