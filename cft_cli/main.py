@@ -241,8 +241,10 @@ def _example_history(cfg) -> list[str]:
     _, sequences, _ = prepare(cfg.data)
     import pyarrow.parquet as pq
 
-    histories = pq.read_table(sequences.path / "test.parquet", columns=["history_titles"]).column(0).to_pylist()
-    return list(histories[0][-2:]) if histories else []
+    # The first record only: the whole column of a 25M-rating window's test split took 13 s and 5 GB.
+    first = next(pq.ParquetFile(sequences.path / "test.parquet").iter_batches(batch_size=1, columns=["history_titles"]),
+                 None)
+    return first.column(0)[0].as_py()[-2:] if first is not None and first.num_rows else []
 
 
 @app.command("compare")
