@@ -44,6 +44,7 @@ from benchmarks.rounds import (
     median_over_rounds,
     peak_memory_mb,
     ratio_over_rounds,
+    ratio_text,
     round_order,
     run_child,
 )
@@ -181,8 +182,7 @@ def main() -> None:
             row += " 1 | 1 |"
         else:
             t, m = result["ratios"][reader]["seconds"], result["ratios"][reader]["peak_mb"]
-            row += (f" {t['median']:.1f}x ({t['min']:.1f}-{t['max']:.1f}) |"
-                    f" {m['median']:.1f}x ({m['min']:.1f}-{m['max']:.1f}) |")
+            row += f" {ratio_text(t, 1)} | {ratio_text(m, 1)} |"
         lines.append(row)
     (ns.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

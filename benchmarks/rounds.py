@@ -26,6 +26,11 @@ def ratio_over_rounds(rounds: list[dict], variant: str, base: str, part: str) ->
     return {"median": float(np.median(values)), "min": min(values), "max": max(values)}
 
 
+def ratio_text(ratio: dict, digits: int = 2) -> str:
+    """A `ratio_over_rounds` as the result tables print it: "1.67x (1.57-2.19)"."""
+    return f"{ratio['median']:.{digits}f}x ({ratio['min']:.{digits}f}-{ratio['max']:.{digits}f})"
+
+
 def median_over_rounds(rounds: list[dict], variant: str, part: str) -> float:
     return float(np.median([r[variant][part] for r in rounds]))
 

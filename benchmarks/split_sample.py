@@ -30,6 +30,7 @@ from benchmarks.rounds import (
     median_over_rounds,
     peak_memory_mb,
     ratio_over_rounds,
+    ratio_text,
     round_order,
     run_child,
 )
@@ -107,7 +108,7 @@ def main() -> None:
                      f"{median_over_rounds(rounds, v, 'peak_mb'):,.0f} MB |")
     ratios = result["ratios"]["whole"]
     lines += ["", "whole / batches, median (range) over rounds: " + ", ".join(
-        f"{part} {ratios[part]['median']:.2f}x ({ratios[part]['min']:.2f}-{ratios[part]['max']:.2f})" for part in PARTS)]
+        f"{part} {ratio_text(ratios[part])}" for part in PARTS)]
     (ns.out / "split_sample.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

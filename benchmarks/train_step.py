@@ -45,6 +45,7 @@ from pathlib import Path
 
 from benchmarks.flops import count_flops, peak_tflops
 from benchmarks.provenance import machine
+from benchmarks.rounds import ratio_text
 
 RESULTS = Path(__file__).parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -348,8 +349,7 @@ def markdown(results: list[dict]) -> str:
         cells = []
         for name in TIME_RATIOS:
             if name in r.get("ratio_spread", {}):
-                s = r["ratio_spread"][name]
-                cells.append(f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})")
+                cells.append(ratio_text(r["ratio_spread"][name]))
             elif "ratio_spread" not in r and name in q:  # an entry from before interleaving
                 cells.append(f"{q[name]:.2f}x (sequential run)")
             else:  # this pass did not run both variants

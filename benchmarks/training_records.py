@@ -31,6 +31,7 @@ from benchmarks.rounds import (
     median_over_rounds,
     peak_memory_mb,
     ratio_over_rounds,
+    ratio_text,
     round_order,
     run_child,
 )
@@ -133,7 +134,7 @@ def main() -> None:
                      f"{median(v, 'table_mb'):,.0f} MB | {median(v, 'record_us'):.1f} us | {median(v, 'cutoff_input_s'):.2f} s |")
     ratios = result["ratios"]["plain"]
     lines += ["", "plain / dictionary, median (range) over rounds: " + ", ".join(
-        f"{part} {ratios[part]['median']:.2f}x ({ratios[part]['min']:.2f}-{ratios[part]['max']:.2f})" for part in PARTS)]
+        f"{part} {ratio_text(ratios[part])}" for part in PARTS)]
     (ns.out / "training_records.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.provenance import machine
-from benchmarks.rounds import median_over_rounds, ratio_over_rounds, round_order
+from benchmarks.rounds import median_over_rounds, ratio_over_rounds, ratio_text, round_order
 from tasks import validation
 from tasks.data import outside
 
@@ -140,7 +140,7 @@ def main() -> None:
                         ("records_s", f"records ({result['records']:,}, catalogue of {ns.items:,})")):
         r = result["ratio_" + part.removesuffix("_s")]
         rows.append(f"| {label} | {median('value_set', part):.2f} s | {median('derived', part):.2f} s | "
-                    f"{r['median']:.1f}x ({r['min']:.1f}-{r['max']:.1f}) |")
+                    f"{ratio_text(r, 1)} |")
     md = (f"# validation ({ns.rounds} interleaved rounds, {result['time']}, {result['cpu_count']} CPUs, "
           f"commit {result['commit']})\n\n"
           "| tables | value set | derived column | value set / derived |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")

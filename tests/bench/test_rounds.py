@@ -1,6 +1,6 @@
 """The interleaving and the per-round ratios the benchmarks report, on hand-computed rounds."""
 
-from benchmarks.rounds import median_over_rounds, ratio_over_rounds, round_order
+from benchmarks.rounds import median_over_rounds, ratio_over_rounds, ratio_text, round_order
 
 
 def test_rounds_alternate_their_order():
@@ -13,6 +13,8 @@ def test_ratios_are_taken_within_each_round():
               {"new": {"s": 1.0}, "old": {"s": 3.0}}]
     assert ratio_over_rounds(rounds, "old", "new", "s") == {"median": 2.0, "min": 2.0, "max": 3.0}
     assert median_over_rounds(rounds, "old", "s") == 3.0
+    assert ratio_text(ratio_over_rounds(rounds, "old", "new", "s")) == "2.00x (2.00-3.00)"
+    assert ratio_text({"median": 1.666, "min": 1.571, "max": 2.19}, 1) == "1.7x (1.6-2.2)"
 
 
 def test_peak_memory_grows_with_what_is_held():
