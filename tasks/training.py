@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
@@ -62,26 +63,37 @@ def read_records(path: Path, limit: int | None = None, seed: int = 0) -> list[di
     `split_row`, its 0-based position in the file (what evaluation outputs name a row by), and
     `occurrence`, how many earlier rows of the file have its (user_id, target_item_id) (a user
     can meet the same target twice in a split; `cft compare` pairs rows by the three). A cap keeps
-    a seeded sample of `limit` of them (`sampled_rows`); both numbers count over the whole file.
-    Only the kept rows become dicts, read READ_BATCH_ROWS at a time: a sample of a large split
-    never holds the split in memory (2,000 of 2.5M records: 2.0 s and 0.6 GB peak, where reading
-    the whole table took 5.4-6.6 s and 2.0-2.2 GB)."""
+    a seeded sample of `limit` of them (`sampled_rows`, read by `read_sample`); both numbers count
+    over the whole file. Only the kept rows become dicts."""
     file = pq.ParquetFile(path, read_dictionary=["user_id"])  # the ids as categories: 0.5 GB, not 1.3, at 2.5M rows
     keys = file.read(columns=["user_id", "target_item_id"]).to_pandas()
     occurrence = keys.groupby(["user_id", "target_item_id"], sort=False, dropna=False,
                               observed=True).cumcount().to_numpy()
     keep = sampled_rows(file.metadata.num_rows, limit, seed)
-    if len(keep) == file.metadata.num_rows:
-        rows = file.read().to_pylist()
-    else:
-        rows, start, kept = [], 0, np.asarray(keep, dtype=np.int64)
-        for batch in file.iter_batches(batch_size=READ_BATCH_ROWS):
-            end = start + batch.num_rows
-            local = kept[np.searchsorted(kept, start):np.searchsorted(kept, end)] - start  # kept is ascending
-            if local.size:
-                rows += batch.take(local).to_pylist()
-            start = end
+    rows = read_sample(path, keep).to_pylist()
     return [{**r, "split_row": i, "occurrence": int(occurrence[i])} for r, i in zip(rows, keep, strict=True)]
+
+
+def read_sample(path: Path, keep: list[int], columns: list[str] | None = None,
+                read_dictionary: list[str] | None = None) -> pa.Table:
+    """The rows `keep` (ascending, `sampled_rows`) of the Parquet file at `path`, with `columns`
+    (None: all). Every row: the file read whole, the leaves in `read_dictionary` dictionary-encoded.
+    A sample: READ_BATCH_ROWS records decoded at a time, keeping the sampled ones, so a sample
+    of a large split never holds the split in memory (2,000 of 2.5M
+    records: 2.0 s and 0.6 GB peak in `read_records`, where reading the whole table and then
+    the sample took 5.4-6.6 s and 2.0-2.2 GB). A sample's strings stay plain: it holds its own rows
+    only, and ParquetFile's batches cannot decode a list's elements dictionary-encoded."""
+    file = pq.ParquetFile(path)
+    if len(keep) == file.metadata.num_rows:
+        return pq.read_table(path, columns=columns, read_dictionary=read_dictionary)
+    parts, start, kept = [], 0, np.asarray(keep, dtype=np.int64)
+    for batch in file.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns):
+        end = start + batch.num_rows
+        local = kept[np.searchsorted(kept, start):np.searchsorted(kept, end)] - start  # kept is ascending
+        if local.size:
+            parts.append(batch.take(local))
+        start = end
+    return pa.Table.from_batches(parts)  # a cap is at least 1, so a sample holds a row
 
 
 class SplitRecords:
@@ -91,17 +103,17 @@ class SplitRecords:
     7.9M training records of 10M interactions.) The titles are read dictionary-encoded: a title
     recurs in many histories, so each record holds 4-byte indices into the split's distinct
     titles, not the text again. `split_rows`: each record's row in the file; a cap keeps a
-    seeded sample of `limit` (`sampled_rows`, as `read_records` keeps)."""
+    seeded sample of `limit` (`sampled_rows`, as `read_records` keeps; `read_sample`: its titles
+    plain, only its rows read into memory)."""
 
     COLUMNS = ["history_titles", "target_title"]
 
     def __init__(self, path: Path, limit: int | None = None, seed: int = 0):
         # The Parquet leaves of the title columns ("history_titles.list.element", "target_title").
         leaves = [c.path for c in pq.ParquetFile(path).schema if c.path.split(".")[0] in self.COLUMNS]
-        table = pq.read_table(path, columns=self.COLUMNS, read_dictionary=leaves)
         self.path = path
-        self.split_rows = sampled_rows(table.num_rows, limit, seed)
-        self.table = table if len(self.split_rows) == table.num_rows else table.take(self.split_rows)
+        self.split_rows = sampled_rows(pq.read_metadata(path).num_rows, limit, seed)
+        self.table = read_sample(path, self.split_rows, self.COLUMNS, read_dictionary=leaves)
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -113,9 +125,6 @@ class SplitRecords:
     def newest_and_target_titles(self):
         """(newest history title, target title) of every record, as Arrow arrays of titles
         (dictionary-encoded): what `PairedCollator.records_too_long` checks."""
-        import numpy as np
-        import pyarrow as pa
-
         histories = self.table.column("history_titles")
         newest = []
         for chunk in histories.chunks:  # (every history has a title)

@@ -766,6 +766,9 @@ def test_split_records_are_read_records_kept_columnar(tmp_path):
     expected = read_records(path, limit=9, seed=3)
     assert sample.split_rows == [r["split_row"] for r in expected]
     assert [sample[i] for i in range(9)] == [{k: r[k] for k in SplitRecords.COLUMNS} for r in expected]
+    newest, targets = sample.newest_and_target_titles()  # over the sample, read from three row groups
+    assert newest.to_pylist() == [r["history_titles"][-1] for r in expected]
+    assert targets.to_pylist() == [r["target_title"] for r in expected]
 
 
 def test_split_records_hold_each_distinct_title_once(tmp_path):
