@@ -9,8 +9,8 @@ tasks/markov_pyfunc.py), from these same numbers.
   pairs of the training sequences.
 
 `window_counts` counts both once per window and keeps them in the sequences folder: a run reads
-them three times (its evaluation, the gate's evaluation, the registration of the baselines), and at
-20M training records each count took ~10 s.
+them four times (its evaluation, the registration of each baseline, the gate's evaluation), and at
+20M training records each count took ~8-10 s.
 """
 
 from __future__ import annotations
