@@ -40,13 +40,13 @@ def machine() -> dict:
             "transformers": transformers.__version__, "commit": commit()}
 
 
-def write_result(stem: str, data: dict, lines: list[str]) -> None:
-    """benchmarks/results/<stem>.json (`data`: its meta and rows) and <stem>.md (the table `lines`),
-    and the table printed."""
+def write_result(stem: str, data: dict, lines: list[str], folder: Path | None = None) -> None:
+    """<folder>/<stem>.json (`data`: its meta and rows) and <stem>.md (the table `lines`), and the
+    table printed; `folder`: benchmarks/results unless a benchmark's --out names another."""
     import json
 
-    results = ROOT / "benchmarks" / "results"
-    results.mkdir(exist_ok=True)
+    results = folder or ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
     (results / f"{stem}.json").write_text(json.dumps(data, indent=1))
     (results / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

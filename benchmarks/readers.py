@@ -39,13 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.provenance import machine
+from benchmarks.provenance import machine, write_result
 from benchmarks.rounds import (
     median_over_rounds,
     peak_memory_mb,
     ratio_over_rounds,
     ratio_text,
     round_order,
+    rounds_heading,
     run_child,
 )
 
@@ -170,11 +171,8 @@ def main() -> None:
                          for reader in names[1:]},
               **machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
     stem = "readers" if ns.source == "amazon" else f"readers-{ns.source}"
-    ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     first = names[0]
-    lines = [f"# readers: {ns.source} ({ns.rounds} interleaved rounds, {result['time']}, "
-             f"{result.get('cpu_count', '?')} CPUs, commit {result.get('commit', '?')})", "", what, "",
+    lines = [rounds_heading(f"readers: {ns.source}", result), "", what, "",
              f"| reader | seconds | peak memory | time / {first} | memory / {first} |", "|---|---|---|---|---|"]
     for reader in names:
         row = f"| {LABELS[reader]} | {median(reader, 'seconds'):.2f} s | {median(reader, 'peak_mb'):,.0f} MB |"
@@ -184,8 +182,7 @@ def main() -> None:
             t, m = result["ratios"][reader]["seconds"], result["ratios"][reader]["peak_mb"]
             row += f" {ratio_text(t, 1)} | {ratio_text(m, 1)} |"
         lines.append(row)
-    (ns.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result(stem, result, lines, ns.out)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,13 @@ def ratio_text(ratio: dict, digits: int = 2) -> str:
     return f"{ratio['median']:.{digits}f}x ({ratio['min']:.{digits}f}-{ratio['max']:.{digits}f})"
 
 
+def rounds_heading(what: str, result: dict) -> str:
+    """The first line of an interleaved benchmark's table: what it measured, its rounds, when, and
+    the machine's CPUs and commit (`provenance.machine`, in `result`)."""
+    return (f"# {what} ({len(result['rounds'])} interleaved rounds, {result['time']}, "
+            f"{result.get('cpu_count', '?')} CPUs, commit {result.get('commit', '?')})")
+
+
 def median_over_rounds(rounds: list[dict], variant: str, part: str) -> float:
     return float(np.median([r[variant][part] for r in rounds]))
 

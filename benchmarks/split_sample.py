@@ -25,13 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.provenance import machine
+from benchmarks.provenance import machine, write_result
 from benchmarks.rounds import (
     median_over_rounds,
     peak_memory_mb,
     ratio_over_rounds,
     ratio_text,
     round_order,
+    rounds_heading,
     run_child,
 )
 
@@ -96,10 +97,7 @@ def main() -> None:
     result = {"records": ns.records, "sample": ns.sample, "bytes": size, "rounds": rounds,
               "ratios": {"whole": {part: ratio_over_rounds(rounds, "whole", "batches", part) for part in PARTS}},
               **machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
-    ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "split_sample.json").write_text(json.dumps(result, indent=1))
-    lines = [f"# a sample of a split ({ns.rounds} interleaved rounds, {result['time']}, "
-             f"{result.get('cpu_count', '?')} CPUs, commit {result.get('commit', '?')})", "",
+    lines = [rounds_heading("a sample of a split", result), "",
              f"{ns.sample:,} of {ns.records:,} synthetic ML-25M-shaped records (60,000 titles, histories of 1-10), "
              f"{size / 1e6:,.0f} MB.", "",
              "| read | seconds | peak memory |", "|---|---|---|"]
@@ -109,8 +107,7 @@ def main() -> None:
     ratios = result["ratios"]["whole"]
     lines += ["", "whole / batches, median (range) over rounds: " + ", ".join(
         f"{part} {ratio_text(ratios[part])}" for part in PARTS)]
-    (ns.out / "split_sample.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result("split_sample", result, lines, ns.out)
 
 
 if __name__ == "__main__":

@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.provenance import machine
+from benchmarks.provenance import machine, write_result
 from benchmarks.rounds import (
     median_over_rounds,
     peak_memory_mb,
     ratio_over_rounds,
     ratio_text,
     round_order,
+    rounds_heading,
     run_child,
 )
 
@@ -122,10 +123,7 @@ def main() -> None:
     result = {"records": ns.records, "bytes": size, "rounds": rounds,
               "ratios": {"plain": {part: ratio_over_rounds(rounds, "plain", "dictionary", part) for part in PARTS}},
               **machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
-    ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "training_records.json").write_text(json.dumps(result, indent=1))
-    lines = [f"# training records ({ns.rounds} interleaved rounds, {result['time']}, "
-             f"{result.get('cpu_count', '?')} CPUs, commit {result.get('commit', '?')})", "",
+    lines = [rounds_heading("training records", result), "",
              f"{ns.records:,} synthetic ML-25M-shaped training records (60,000 titles, histories of 1-10), "
              f"train.parquet {size / 1e6:,.0f} MB.", "",
              "| dataset | load | peak memory | table | per record | cutoff check input |", "|---|---|---|---|---|---|"]
@@ -135,8 +133,7 @@ def main() -> None:
     ratios = result["ratios"]["plain"]
     lines += ["", "plain / dictionary, median (range) over rounds: " + ", ".join(
         f"{part} {ratio_text(ratios[part])}" for part in PARTS)]
-    (ns.out / "training_records.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_result("training_records", result, lines, ns.out)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.provenance import machine
-from benchmarks.rounds import median_over_rounds, ratio_over_rounds, ratio_text, round_order
+from benchmarks.provenance import machine, write_result
+from benchmarks.rounds import (
+    median_over_rounds,
+    ratio_over_rounds,
+    ratio_text,
+    round_order,
+    rounds_heading,
+)
 from tasks import validation
 from tasks.data import outside
 
@@ -133,19 +139,15 @@ def main() -> None:
     result = {"interactions": len(data["interactions"]), "items": ns.items, "records": len(data["records"]),
               "rounds": rounds, "ratio_ingested": ratio("ingested_s"), "ratio_records": ratio("records_s"),
               **machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
-    ns.out.mkdir(parents=True, exist_ok=True)
-    (ns.out / "validation.json").write_text(json.dumps(result, indent=1))
     rows = []
     for part, label in (("ingested_s", f"ingested tables ({result['interactions']:,} interactions, {ns.items:,} items)"),
                         ("records_s", f"records ({result['records']:,}, catalogue of {ns.items:,})")):
         r = result["ratio_" + part.removesuffix("_s")]
         rows.append(f"| {label} | {median('value_set', part):.2f} s | {median('derived', part):.2f} s | "
                     f"{ratio_text(r, 1)} |")
-    md = (f"# validation ({ns.rounds} interleaved rounds, {result['time']}, {result['cpu_count']} CPUs, "
-          f"commit {result['commit']})\n\n"
-          "| tables | value set | derived column | value set / derived |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
-    (ns.out / "validation.md").write_text(md)
-    print(md)
+    write_result("validation", result, [rounds_heading("validation", result), "",
+                                        "| tables | value set | derived column | value set / derived |", "|---|---|---|---|",
+                                        *rows], ns.out)
 
 
 if __name__ == "__main__":

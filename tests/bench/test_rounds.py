@@ -1,6 +1,12 @@
 """The interleaving and the per-round ratios the benchmarks report, on hand-computed rounds."""
 
-from benchmarks.rounds import median_over_rounds, ratio_over_rounds, ratio_text, round_order
+from benchmarks.rounds import (
+    median_over_rounds,
+    ratio_over_rounds,
+    ratio_text,
+    round_order,
+    rounds_heading,
+)
 
 
 def test_rounds_alternate_their_order():
@@ -15,6 +21,13 @@ def test_ratios_are_taken_within_each_round():
     assert median_over_rounds(rounds, "old", "s") == 3.0
     assert ratio_text(ratio_over_rounds(rounds, "old", "new", "s")) == "2.00x (2.00-3.00)"
     assert ratio_text({"median": 1.666, "min": 1.571, "max": 2.19}, 1) == "1.7x (1.6-2.2)"
+
+
+def test_the_heading_names_the_rounds_the_time_and_the_machine():
+    result = {"rounds": [{}, {}, {}], "time": "2026-12-05 21:37", "cpu_count": 2, "commit": "db2196e"}
+    assert rounds_heading("a sample of a split", result) == (
+        "# a sample of a split (3 interleaved rounds, 2026-12-05 21:37, 2 CPUs, commit db2196e)")
+    assert rounds_heading("x", {"rounds": [{}], "time": "t"}) == "# x (1 interleaved rounds, t, ? CPUs, commit ?)"
 
 
 def test_peak_memory_grows_with_what_is_held():
