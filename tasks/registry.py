@@ -310,8 +310,9 @@ def register_baseline(cfg: PipelineConfig, sequences: Path, data_fingerprint: st
         use_experiment(cfg)
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"{kind}-{data_fingerprint}") as run:
             counts, transitions = window_counts(sequences)
-            (Path(tmp) / "counts.json").write_text(json.dumps(counts.tolist()))
-            artifacts = {"catalogue": str(sequences / "catalogue.parquet"), "counts": str(Path(tmp) / "counts.json")}
+            counts_file = Path(tmp) / "counts.json"
+            counts_file.write_text(json.dumps(counts.tolist()))
+            artifacts = {"catalogue": str(sequences / "catalogue.parquet"), "counts": str(counts_file)}
             if kind == "markov":
                 artifacts["transitions"] = str(Path(tmp) / "transitions.npz")
                 transitions.save(artifacts["transitions"])

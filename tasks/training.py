@@ -79,9 +79,9 @@ def read_sample(path: Path, keep: list[int], columns: list[str] | None = None,
     """The rows `keep` (ascending, `sampled_rows`) of the Parquet file at `path`, with `columns`
     (None: all). Every row: the file read whole, the leaves in `read_dictionary` dictionary-encoded.
     A sample: READ_BATCH_ROWS records decoded at a time, keeping the sampled ones, so a sample
-    of a large split never holds the split in memory (2,000 of 2.5M
-    records: 2.0 s and 0.6 GB peak in `read_records`, where reading the whole table and then
-    the sample took 5.4-6.6 s and 2.0-2.2 GB). A sample's strings stay plain: it holds its own rows
+    of a large split never holds the split in memory (2,000 of 2.5M records: 2.0 s and 0.6 GB
+    peak in `read_records`, where reading the whole table and then the sample took 5.4-6.6 s and
+    2.0-2.2 GB). A sample's strings stay plain: it holds its own rows
     only, and ParquetFile's batches cannot decode a list's elements dictionary-encoded."""
     file = pq.ParquetFile(path)
     if len(keep) == file.metadata.num_rows:
@@ -110,9 +110,10 @@ class SplitRecords:
 
     def __init__(self, path: Path, limit: int | None = None, seed: int = 0):
         # The Parquet leaves of the title columns ("history_titles.list.element", "target_title").
-        leaves = [c.path for c in pq.ParquetFile(path).schema if c.path.split(".")[0] in self.COLUMNS]
+        file = pq.ParquetFile(path)
+        leaves = [c.path for c in file.schema if c.path.split(".")[0] in self.COLUMNS]
         self.path = path
-        self.split_rows = sampled_rows(pq.read_metadata(path).num_rows, limit, seed)
+        self.split_rows = sampled_rows(file.metadata.num_rows, limit, seed)
         self.table = read_sample(path, self.split_rows, self.COLUMNS, read_dictionary=leaves)
 
     def __len__(self) -> int:
@@ -124,7 +125,8 @@ class SplitRecords:
 
     def newest_and_target_titles(self):
         """(newest history title, target title) of every record, as Arrow arrays of titles
-        (dictionary-encoded): what `PairedCollator.records_too_long` checks."""
+        (dictionary-encoded, plain for a capped sample): what `PairedCollator.records_too_long`
+        checks."""
         histories = self.table.column("history_titles")
         newest = []
         for chunk in histories.chunks:  # (every history has a title)
