@@ -354,6 +354,18 @@ def test_grounding_needs_embeddings(model, tiny_tokenizer):
         Ranker(model, tiny_tokenizer, PromptBuilder.for_domain("movies"), IDS, TITLES, ranking_settings("grounding"))
 
 
+def test_popularity_order_is_a_stable_sort_cut_short():
+    """The first `size` rows by count, ties by row, for every size: the head of a stable sort of
+    the whole catalogue (counts with many ties, so the cut often falls inside a run of equal counts)."""
+    from cft_core.ranking import popularity_order
+
+    counts = np.random.default_rng(3).integers(0, 4, 40)
+    whole = np.argsort(-counts, kind="stable")
+    for size in range(0, 43):
+        assert popularity_order(counts, size).tolist() == whole[:size].tolist(), size
+    assert popularity_order([2, 5, 5, 1, 5], 2).tolist() == [1, 2]  # by hand: the 5s, by row
+
+
 def test_popularity_ranking_equals_sorting_the_whole_catalogue():
     """Each history's top `depth`: the catalogue by count (ties by row), less `never` and its
     excluded rows, written out as a sort of the whole catalogue per history; excluded rows in
@@ -392,6 +404,24 @@ def test_transitions_count_each_pair_as_a_loop_would():
         assert followers.tolist() == sorted(expected)
     empty = Transitions.count([5], [2], 8)  # items with no followers, past the last one too
     assert [empty.of(i)[0].tolist() for i in range(8)] == [[], [], [], [], [], [2], [], []]
+
+
+def test_markov_order_is_kept_for_equal_counts_only():
+    """`Transitions.in_markov_order` sorts once per counts array: a call with other counts (or
+    the first counts again, after them) ranks as a fresh Transitions does."""
+    from cft_core.ranking import Transitions, markov_ranking
+
+    rng = np.random.default_rng(4)
+    previous, following = rng.integers(0, 20, 200), rng.integers(0, 20, 200)
+    t = Transitions.count(previous, following, 20)
+    first, second = rng.integers(0, 3, 20), rng.integers(0, 3, 20)
+    newest = [int(i) for i in previous[:6]]
+    for counts in (first, second, first, second.copy()):
+        fresh = markov_ranking(Transitions.count(previous, following, 20), counts, newest, 8)
+        again = markov_ranking(t, counts, newest, 8)
+        assert np.array_equal(again.rows, fresh.rows) and np.allclose(again.scores, fresh.scores)
+    cached = t.in_markov_order(second)
+    assert t.in_markov_order(second.copy())[0] is cached[0]  # equal counts: not sorted again
 
 
 def test_markov_ranking_by_hand():
