@@ -385,7 +385,7 @@ def markov_ranking(transitions: Transitions, counts: np.ndarray, newest: Sequenc
     longest = max((e.size for e in excluded), default=0)
     order = popularity_order(counts, 2 * (depth + longest + never.size))
     order = order[~is_never[order]]
-    marked = np.zeros(counts.size, dtype=bool)  # scratch: one history's exclusions, then its followers (np.isin sorts)
+    marked = np.zeros(counts.size, dtype=bool)  # scratch: one history's exclusions (and followers, to fill) (np.isin sorts)
     rows = np.full((len(newest), depth), -1, dtype=np.int64)
     scores = np.full((len(newest), depth), np.nan)
     for b, (item, ex) in enumerate(zip(newest, excluded, strict=True)):
