@@ -25,6 +25,7 @@ class MarkovModel(PythonModel):
 
         self.catalogue, self.counts, self.default_k = baseline_artifacts(context.artifacts, context.model_config)
         self.transitions = Transitions.load(context.artifacts["transitions"])
+        self.transitions.in_markov_order(self.counts)  # each item's followers sorted now, not at the first request
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException

@@ -151,6 +151,7 @@ def test_the_markov_baseline_serves_what_followed_the_newest_known_item(setup):
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         served = mlflow.pyfunc.load_model(f"models:/{name}/2")
+        assert served.unwrap_python_model().transitions._ordered  # sorted on load, not at the first request
         # The newest entry is unknown (left out): the newest known one, `busiest`, decides.
         out = served.predict(pd.DataFrame({"history": [[source[busiest], "an item newer than the window"]],
                                            "exclude": [[source[expected[0]]]]}), params={"k": len(expected) - 1})
