@@ -89,6 +89,43 @@ def test_logged_terms_and_eval_loss(tmp_path, tiny_tokenizer):
     assert metrics["eval_loss"] == pytest.approx(expected.item(), abs=1e-5)
 
 
+def test_throughput_counts_the_steps_not_the_evaluation_between_them(tmp_path, tiny_tokenizer, monkeypatch):
+    """The logged tokens/s and samples/s divide by the optimizer steps' own time: an evaluation
+    after step 1 that takes 1,000 s (the trainer's clock is moved on by that much in it) does not
+    count against step 2, which it did (the step after each evaluation logged ~3x too slow)."""
+    import time
+    import types
+
+    from transformers import TrainerCallback
+
+    import cft_core.trainer as trainer_mod
+
+    skipped = [0.0]  # seconds the clock has been moved on
+    monkeypatch.setattr(trainer_mod, "time", types.SimpleNamespace(
+        perf_counter=lambda: time.perf_counter() + skipped[0], time=time.time))
+
+    class SlowEvaluation(TrainerCallback):
+        def on_evaluate(self, args, state, control, **kwargs):
+            skipped[0] += 1000.0
+
+    records = make_records(16, seed=6)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "o"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
+        max_steps=2, learning_rate=0.0, lr_scheduler_type="constant", report_to="none",
+        save_strategy="no", eval_strategy="steps", eval_steps=1, remove_unused_columns=False,
+        use_cpu=True, logging_steps=1, disable_tqdm=True, per_device_eval_batch_size=16,
+    )
+    trainer = CFTTrainer(model=build_tiny_model(len(tiny_tokenizer), seed=4), args=args, train_dataset=records,
+                         eval_dataset=records[:4], data_collator=PairedCollator(tiny_tokenizer, PromptBuilder.for_domain("movies")),
+                         objective=CFTObjective(alpha=0.1, beta=0.25, weight_causal_only=False), callbacks=[SlowEvaluation()])
+    trainer.train()
+    assert skipped[0] == 2000.0  # evaluated after both steps
+    logs = [h for h in trainer.state.log_history if "normal" in h]
+    assert [h["step"] for h in logs] == [1, 2]
+    # 8 samples a step: under 100 s each, as a tiny model's step is (1,000 s + the step, counted).
+    assert all(h["samples_per_second"] > 8 / 100 for h in logs), logs
+
+
 def test_op_builds_go_to_this_venv_and_a_killed_builds_lock_is_removed(tmp_path, monkeypatch, capsys):
     """A `lock` left by a killed DeepSpeed op build made every later training wait forever; the
     build directory defaults to this environment's own, and an old lock is removed, a fresh one kept."""
