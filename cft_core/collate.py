@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from cft_core.modeling import IGNORE_INDEX
 from cft_core.prompts import PromptBuilder
+from cft_core.sequences import dictionary_codes
 
 
 class RecordTooLongError(ValueError):
@@ -36,22 +36,12 @@ def _per_title(titles, count_many, counted: dict[str, int]) -> np.ndarray:
     plain or dictionary-encoded), computed once per distinct title: `count_many` maps a list of
     titles to their counts in one call (a tokenizer's batch), and `counted` (title -> count) keeps
     them across calls."""
-    if isinstance(titles, pa.ChunkedArray):
-        column = titles
-    else:
-        column = pa.chunked_array([titles if isinstance(titles, pa.Array) else pa.array(titles, pa.string())])
-    if not pa.types.is_dictionary(column.type):
-        column = pa.chunked_array([chunk.dictionary_encode() for chunk in column.chunks])
-    if not column.num_chunks:
-        return np.zeros(0, dtype=np.int64)
-    # One dictionary for every chunk (a split read dictionary-encoded has one per row group,
-    # ~150 chunks for 20M records): its distinct titles are looked up once, not once per chunk.
-    column = column.unify_dictionaries()
-    distinct = column.chunks[0].dictionary.to_pylist()
+    values, codes = dictionary_codes(titles)  # each distinct title looked up once, not once per chunk
+    distinct = values.to_pylist()
     new = [title for title in distinct if title not in counted]
     counted.update(zip(new, count_many(new), strict=True))
     per_distinct = np.array([counted[t] for t in distinct], dtype=np.int64)
-    return np.concatenate([per_distinct[np.asarray(chunk.indices)] for chunk in column.chunks])
+    return per_distinct[codes]
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,22 @@ def flat_ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np
     return np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1]), offsets
 
 
+def dictionary_codes(column) -> tuple[pa.Array, np.ndarray]:
+    """A string column [N] (a list, or an Arrow array, chunked or not, plain or
+    dictionary-encoded) -> (its distinct values [V], each row's index into them [N]), with one
+    dictionary for every chunk: a split read dictionary-encoded has one per row group (~150
+    chunks for 20M records), so what is worked out per distinct value is worked out once."""
+    if not isinstance(column, pa.ChunkedArray):
+        column = pa.chunked_array([column if isinstance(column, pa.Array) else pa.array(column, pa.string())])
+    if not column.num_chunks:
+        return pa.array([], pa.string()), np.zeros(0, dtype=np.int64)
+    if not pa.types.is_dictionary(column.type):
+        column = pa.chunked_array([chunk.dictionary_encode() for chunk in column.chunks])
+    column = column.unify_dictionaries()
+    indices = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in column.chunks])
+    return column.chunks[0].dictionary, indices
+
+
 def build_records(
     inter: pd.DataFrame, items: pd.DataFrame, s: SequenceSettings
 ) -> tuple[dict[str, pa.Table], pd.DataFrame, dict]:

@@ -107,16 +107,12 @@ def _sorted_codes(column) -> tuple[np.ndarray, pa.Array]:
     `pd.factorize(sort=True)` numbers them. Each distinct value is sorted once, not each row."""
     import pyarrow.compute as pc
 
-    if not pa.types.is_dictionary(column.type):
-        column = pc.dictionary_encode(column)
-    column = column.unify_dictionaries()  # (one dictionary per row group, as read)
-    if not column.num_chunks:
-        return np.zeros(0, dtype=np.int64), pa.array([], pa.string())
-    values = column.chunks[0].dictionary
+    from cft_core.sequences import dictionary_codes
+
+    values, indices = dictionary_codes(column)
     order = pc.sort_indices(values).to_numpy()
     rank = np.empty(len(values), dtype=np.int64)
     rank[order] = np.arange(len(values))
-    indices = np.concatenate([chunk.indices.to_numpy(zero_copy_only=False) for chunk in column.chunks])
     return rank[indices], values.take(pa.array(order))
 
 

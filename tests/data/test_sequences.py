@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cft_core.sequences import build_records, k_core, lexsort
+from cft_core.sequences import build_records, dictionary_codes, k_core, lexsort
 from schemas.config import DataConfig
 from tasks.settings import sequence_settings
 
@@ -147,3 +147,18 @@ def test_lexsort_is_numpys(ranges):
     keys = tuple(rng.integers(lo, hi, 5000) for lo, hi in ranges)
     assert np.array_equal(lexsort(keys), np.lexsort(keys))  # the same permutation: ties keep their order
     assert lexsort(tuple(k[:0] for k in keys)).tolist() == []
+
+
+def test_dictionary_codes_name_each_row_by_one_dictionary():
+    """A list, a plain chunked column and chunks with dictionaries of their own (as row groups are
+    read) give one set of distinct values, each once, that the codes map back to the column."""
+    import pyarrow as pa
+
+    rows = ["b", "a", "b", "c", "a", "a"]
+    per_chunk = pa.chunked_array([pa.array(rows[:3]).dictionary_encode(), pa.array(rows[3:]).dictionary_encode()])
+    for column in (rows, pa.chunked_array([pa.array(rows[:2]), pa.array(rows[2:])]), per_chunk):
+        values, codes = dictionary_codes(column)
+        assert sorted(values.to_pylist()) == ["a", "b", "c"]
+        assert [values[int(i)].as_py() for i in codes] == rows
+    values, codes = dictionary_codes(pa.chunked_array([], pa.string()))
+    assert len(values) == 0 and codes.dtype == np.int64 and codes.size == 0
