@@ -43,8 +43,8 @@ from benchmarks.provenance import machine, write_result
 from benchmarks.rounds import (
     median_over_rounds,
     peak_memory_mb,
-    ratio_over_rounds,
     ratio_text,
+    ratios_over_rounds,
     round_order,
     rounds_heading,
     run_child,
@@ -160,14 +160,11 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    def ratio(reader: str, part: str) -> dict:
-        return ratio_over_rounds(rounds, reader, names[0], part)
-
     def median(reader: str, part: str) -> float:
         return median_over_rounds(rounds, reader, part)
 
     result = {"source": ns.source, "rows": rows, "bytes": size, "rounds": rounds,
-              "ratios": {reader: {part: ratio(reader, part) for part in ("seconds", "peak_mb")}
+              "ratios": {reader: ratios_over_rounds(rounds, reader, names[0], ("seconds", "peak_mb"))
                          for reader in names[1:]},
               **machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
     stem = "readers" if ns.source == "amazon" else f"readers-{ns.source}"

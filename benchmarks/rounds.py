@@ -26,9 +26,21 @@ def ratio_over_rounds(rounds: list[dict], variant: str, base: str, part: str) ->
     return {"median": float(np.median(values)), "min": min(values), "max": max(values)}
 
 
+def ratios_over_rounds(rounds: list[dict], variant: str, base: str, parts: Sequence[str]) -> dict[str, dict]:
+    """`ratio_over_rounds` of each of `parts`, by part (in the order given)."""
+    return {part: ratio_over_rounds(rounds, variant, base, part) for part in parts}
+
+
 def ratio_text(ratio: dict, digits: int = 2) -> str:
     """A `ratio_over_rounds` as the result tables print it: "1.67x (1.57-2.19)"."""
     return f"{ratio['median']:.{digits}f}x ({ratio['min']:.{digits}f}-{ratio['max']:.{digits}f})"
+
+
+def ratios_line(variant: str, base: str, ratios: dict[str, dict]) -> str:
+    """A `ratios_over_rounds` as one line under a result table: "whole / batches, median (range)
+    over rounds: read_s 1.67x (1.57-2.19), peak_mb 2.97x (2.88-2.99)"."""
+    return f"{variant} / {base}, median (range) over rounds: " + ", ".join(
+        f"{part} {ratio_text(ratio)}" for part, ratio in ratios.items())
 
 
 def rounds_heading(what: str, result: dict) -> str:

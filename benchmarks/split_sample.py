@@ -29,8 +29,8 @@ from benchmarks.provenance import machine, write_result
 from benchmarks.rounds import (
     median_over_rounds,
     peak_memory_mb,
-    ratio_over_rounds,
-    ratio_text,
+    ratios_line,
+    ratios_over_rounds,
     round_order,
     rounds_heading,
     run_child,
@@ -95,7 +95,7 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
     result = {"records": ns.records, "sample": ns.sample, "bytes": size, "rounds": rounds,
-              "ratios": {"whole": {part: ratio_over_rounds(rounds, "whole", "batches", part) for part in PARTS}},
+              "ratios": {"whole": ratios_over_rounds(rounds, "whole", "batches", PARTS)},
               **machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
     lines = [rounds_heading("a sample of a split", result), "",
              f"{ns.sample:,} of {ns.records:,} synthetic ML-25M-shaped records (60,000 titles, histories of 1-10), "
@@ -104,9 +104,7 @@ def main() -> None:
     for v in VARIANTS:
         lines.append(f"| {LABELS[v]} | {median_over_rounds(rounds, v, 'read_s'):.2f} s | "
                      f"{median_over_rounds(rounds, v, 'peak_mb'):,.0f} MB |")
-    ratios = result["ratios"]["whole"]
-    lines += ["", "whole / batches, median (range) over rounds: " + ", ".join(
-        f"{part} {ratio_text(ratios[part])}" for part in PARTS)]
+    lines += ["", ratios_line("whole", "batches", result["ratios"]["whole"])]
     write_result("split_sample", result, lines, ns.out)
 
 

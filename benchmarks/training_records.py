@@ -30,8 +30,8 @@ from benchmarks.provenance import machine, write_result
 from benchmarks.rounds import (
     median_over_rounds,
     peak_memory_mb,
-    ratio_over_rounds,
-    ratio_text,
+    ratios_line,
+    ratios_over_rounds,
     round_order,
     rounds_heading,
     run_child,
@@ -121,7 +121,7 @@ def main() -> None:
         return median_over_rounds(rounds, variant, part)
 
     result = {"records": ns.records, "bytes": size, "rounds": rounds,
-              "ratios": {"plain": {part: ratio_over_rounds(rounds, "plain", "dictionary", part) for part in PARTS}},
+              "ratios": {"plain": ratios_over_rounds(rounds, "plain", "dictionary", PARTS)},
               **machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
     lines = [rounds_heading("training records", result), "",
              f"{ns.records:,} synthetic ML-25M-shaped training records (60,000 titles, histories of 1-10), "
@@ -130,9 +130,7 @@ def main() -> None:
     for v in VARIANTS:
         lines.append(f"| {LABELS[v]} | {median(v, 'load_s'):.1f} s | {median(v, 'peak_mb'):,.0f} MB | "
                      f"{median(v, 'table_mb'):,.0f} MB | {median(v, 'record_us'):.1f} us | {median(v, 'cutoff_input_s'):.2f} s |")
-    ratios = result["ratios"]["plain"]
-    lines += ["", "plain / dictionary, median (range) over rounds: " + ", ".join(
-        f"{part} {ratio_text(ratios[part])}" for part in PARTS)]
+    lines += ["", ratios_line("plain", "dictionary", result["ratios"]["plain"])]
     write_result("training_records", result, lines, ns.out)
 
 

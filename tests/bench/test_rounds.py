@@ -4,6 +4,8 @@ from benchmarks.rounds import (
     median_over_rounds,
     ratio_over_rounds,
     ratio_text,
+    ratios_line,
+    ratios_over_rounds,
     round_order,
     rounds_heading,
 )
@@ -21,6 +23,15 @@ def test_ratios_are_taken_within_each_round():
     assert median_over_rounds(rounds, "old", "s") == 3.0
     assert ratio_text(ratio_over_rounds(rounds, "old", "new", "s")) == "2.00x (2.00-3.00)"
     assert ratio_text({"median": 1.666, "min": 1.571, "max": 2.19}, 1) == "1.7x (1.6-2.2)"
+
+
+def test_ratios_of_several_parts_and_their_line():
+    rounds = [{"new": {"s": 1.0, "mb": 4.0}, "old": {"s": 2.0, "mb": 2.0}},
+              {"new": {"s": 2.0, "mb": 4.0}, "old": {"s": 5.0, "mb": 1.0}}]
+    ratios = ratios_over_rounds(rounds, "old", "new", ("s", "mb"))
+    assert ratios == {"s": {"median": 2.25, "min": 2.0, "max": 2.5}, "mb": {"median": 0.375, "min": 0.25, "max": 0.5}}
+    assert ratios_line("old", "new", ratios) == (
+        "old / new, median (range) over rounds: s 2.25x (2.00-2.50), mb 0.38x (0.25-0.50)")
 
 
 def test_the_heading_names_the_rounds_the_time_and_the_machine():
