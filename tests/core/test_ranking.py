@@ -355,8 +355,9 @@ def test_grounding_needs_embeddings(model, tiny_tokenizer):
 
 
 def test_popularity_order_is_a_stable_sort_cut_short():
-    """The first `size` rows by count, ties by row, for every size: the head of a stable sort of
-    the whole catalogue (counts with many ties, so the cut often falls inside a run of equal counts)."""
+    """The first `size` rows by count, ties by row, less the never rows, for every size: the head
+    of a stable sort of the whole catalogue (counts with many ties, so the cut often falls inside a
+    run of equal counts)."""
     from cft_core.ranking import popularity_order
 
     counts = np.random.default_rng(3).integers(0, 4, 40)
@@ -364,6 +365,11 @@ def test_popularity_order_is_a_stable_sort_cut_short():
     for size in range(0, 43):
         assert popularity_order(counts, size).tolist() == whole[:size].tolist(), size
     assert popularity_order([2, 5, 5, 1, 5], 2).tolist() == [1, 2]  # by hand: the 5s, by row
+    never = [int(r) for r in whole[:3]] + [int(whole[-1])]  # in the head and past it
+    kept = [int(r) for r in whole if r not in never]
+    for size in range(0, 40):
+        assert popularity_order(counts, size, never).tolist() == kept[:size], size
+    assert popularity_order([2, 5, 5, 1, 5], 2, never=[1]).tolist() == [2, 4]
 
 
 def test_popularity_ranking_equals_sorting_the_whole_catalogue():
