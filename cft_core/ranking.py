@@ -333,9 +333,13 @@ class Transitions:
         np.cumsum(np.bincount(pairs // num_items, minlength=num_items), out=starts[1:])
         return cls(starts, pairs % num_items, times.astype(np.int64))
 
+    def span(self, item: int) -> slice:
+        """Where `item`'s followers lie in `followers` and `times` (and in `in_markov_order`'s)."""
+        return slice(self.starts[item], self.starts[item + 1])
+
     def of(self, item: int) -> tuple[np.ndarray, np.ndarray]:
         """(followers, times) of `item`."""
-        span = slice(self.starts[item], self.starts[item + 1])
+        span = self.span(item)
         return self.followers[span], self.times[span]
 
     def in_markov_order(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -389,7 +393,7 @@ def markov_ranking(transitions: Transitions, counts: np.ndarray, newest: Sequenc
     rows = np.full((len(newest), depth), -1, dtype=np.int64)
     scores = np.full((len(newest), depth), np.nan)
     for b, (item, ex) in enumerate(zip(newest, excluded, strict=True)):
-        span = slice(transitions.starts[item], transitions.starts[item + 1]) if item >= 0 else slice(0, 0)
+        span = transitions.span(item) if item >= 0 else slice(0, 0)
         followers, times = followers_by_score[span], times_by_score[span]
         # The followers come first (score >= 1), best first: at most len(excluded) + len(never) of
         # the first depth + len(excluded) + len(never) are dropped, so the rest are never needed.
