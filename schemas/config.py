@@ -204,12 +204,19 @@ class ModelConfig(_Strict):
         "`champion`: warm start from the registered champion's weights (`base` while no LLM "
         "version is champion), so each retrain continues from what serves.",
     )
-    base: str = Field(
-        "smollm2", description="With source `champion`: the model to start from while no LLM "
-        "version is champion (`tiny`, `smollm2` or a folder).",
+    base: str | None = Field(
+        None, description="With source `champion`: the model to start from while no LLM version is "
+        "champion (`tiny`, `smollm2` or a folder). Unset: the model the profile named before an "
+        "override (`--set`, a deployment's `overrides`) or an extending profile made the source "
+        "`champion`, so a tiny profile retrains tiny; `smollm2` where nothing named one.",
     )
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    def base_model(self) -> str:
+        """The model training starts from when it finds no champion to warm-start from: `source`,
+        or for `champion`, `base` (`smollm2` when unset)."""
+        return (self.base or "smollm2") if self.source == "champion" else self.source
 
 
 class TrainConfig(_Strict):
@@ -458,7 +465,22 @@ def read_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     base_path = (path.parent / str(parent)).resolve()
     if base_path in _seen:
         raise ConfigError(f"{path}: `extends` loops back to {base_path}")
-    return _deep_merge(read_profile(base_path, (*_seen, path.resolve())), raw)
+    extended = read_profile(base_path, (*_seen, path.resolve()))
+    merged = _deep_merge(extended, raw)
+    _keep_base_model(extended.get("model"), merged)
+    return merged
+
+
+def _keep_base_model(before: object, raw: dict) -> None:
+    """`model.source: champion` laid over a profile that names a model (`before`: its `model`
+    section) keeps that model as `model.base` unless one is given: a smoke profile's retrain starts
+    from its tiny model while a baseline is champion, not from SmolLM2."""
+    model = raw.get("model")
+    if not (isinstance(before, dict) and isinstance(model, dict)):
+        return
+    named = before.get("source")
+    if model.get("source") == "champion" and named not in (None, "champion") and model.get("base") is None:
+        model["base"] = named
 
 
 def validation_message(where: str, error: ValidationError) -> str:
@@ -503,4 +525,7 @@ def _apply_overrides(raw: dict, pairs: list[tuple[str, object]]) -> None:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key}: {p} is a value, not a section")
+        before = dict(node) if key == "model.source" else None
         node[leaf] = value
+        if before is not None:
+            _keep_base_model(before, raw)

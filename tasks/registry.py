@@ -227,7 +227,7 @@ def model_card(cfg: PipelineConfig, evaluation, run_id: str, warm_start: str | N
     window = f"as of {d.as_of}" if d.as_of else "all data"
     if d.train_window:
         window += f", last {d.train_window}"
-    start = f"warm start from {warm_start}" if warm_start else f"base model `{cfg.model.base if cfg.warm_start() else cfg.model.source}`"
+    start = f"warm start from {warm_start}" if warm_start else f"base model `{cfg.model.base_model()}`"
     return "\n".join([
         f"**{cfg.train.objective.upper()}** recommender for `{cfg.data.name}` ({window}): {start}, "
         f"alpha {alpha:g}, beta {beta:g}, serves by `{cfg.gate_method()}` ranking, MLflow run `{run_id}`.", "",

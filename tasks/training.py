@@ -173,7 +173,7 @@ def model_folder(cfg: PipelineConfig, sequences: Path) -> Path:
     when the source is `champion` and no warm start was found; `tiny` is built once per dataset."""
     from cft_core.model_sources import resolve_model_folder
 
-    source = cfg.model.base if cfg.warm_start() else cfg.model.source
+    source = cfg.model.base_model()
     if source != "tiny":
         return resolve_model_folder(source)
     from cft_core.prompts import PromptBuilder
@@ -238,7 +238,9 @@ def run_fingerprint(cfg: PipelineConfig, data_fingerprint: str, warm_start: str 
     """Names the run folder: the data, every model and training setting (not whether checkpoints
     are kept), the warm-start version, the process count (it changes the accumulation steps,
     and ZeRO checkpoints are sharded per process) and the training code's version."""
-    payload = {"data": data_fingerprint, "model": cfg.model.model_dump(),
+    # `base` as the model it resolves to (an unset base was "smollm2" before it could be inherited).
+    model = {**cfg.model.model_dump(), "base": cfg.model.base or "smollm2"}
+    payload = {"data": data_fingerprint, "model": model,
                "train": cfg.train.model_dump(exclude={"keep_checkpoints"}), "world_size": world_size()}
     if warm_start:
         payload["warm_start"] = warm_start

@@ -289,7 +289,7 @@ def test_gc_removes_what_no_alias_and_no_run_in_progress_uses(profile):
 def test_train_starts_from_the_champion_as_run_does(profile):
     """`model.source: champion`: `cft train` warm-starts from the champion (v3 after the rollback),
     as `cft run` and the scheduled retraining do."""
-    out = cft("train", "-c", str(profile), "--set", "model.source=champion", "--set", "model.base=tiny")
+    out = cft("train", "-c", str(profile), "--set", "model.source=champion")
     assert "training: cft from cft-cli-test v3, 2 steps" in out, out
     model = re.search(r"^model: (.+)$", out, flags=re.M)[1]  # whole, however long
     assert (Path(model) / "model.safetensors").is_file()
@@ -304,7 +304,7 @@ def test_replay_writes_the_timeline_report_and_an_mlflow_run(profile, tmp_path):
 
     timeline, report = tmp_path / "timeline.json", tmp_path / "docs" / "replay.md"
     out = cft("replay", "-c", str(profile), "--periods", "2", "--every", "30d", "--out", str(timeline),
-              "--report", str(report), "--set", "model.source=champion", "--set", "model.base=tiny")
+              "--report", str(report), "--set", "model.source=champion")
     assert "period 1/2" in out and "period 2/2" in out
     periods = json.loads(timeline.read_text())["periods"]
     assert len(periods) == 2 and periods[0]["interactions"] < periods[1]["interactions"]
@@ -318,7 +318,7 @@ def test_replay_writes_the_timeline_report_and_an_mlflow_run(profile, tmp_path):
     assert [m.step for m in history] == [0, 1]
     # Started again: both periods are already there; nothing runs.
     again = cft("replay", "-c", str(profile), "--periods", "2", "--every", "30d", "--out", str(timeline),
-                "--set", "model.source=champion", "--set", "model.base=tiny")
+                "--set", "model.source=champion")
     assert again.count("already in") == 2
 
 

@@ -141,7 +141,7 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         serves_the_champion(stack, client, name)  # the first champion, without a restart
 
         # The scheduled deployment, as of a date, from the champion: one more gated version.
-        retrain = {"data.data_root": str(data_root), "model.source": "champion", "model.base": "tiny",
+        retrain = {"data.data_root": str(data_root), "model.source": "champion",
                    "train.max_steps": 8}
         run_id, _ = run_pipeline(stack, retrain, "cft/scheduled-retrain", as_of="1998-03-01T00:00:00+00:00")
         assert set(task_states(stack, run_id).values()) <= {"Completed"}

@@ -61,6 +61,41 @@ def test_overrides_as_strings_and_as_a_mapping(tmp_path):
         load_config(profile, ["train.alpha"])
 
 
+def test_a_source_made_champion_keeps_the_profiles_model_as_its_base(tmp_path):
+    """`model.source: champion` laid over a profile that names a model starts from that model while
+    no LLM version is champion, unless `model.base` says otherwise; `smollm2` where none was named."""
+    tiny = write(tmp_path, "tiny.yaml", "model: {source: tiny}\n")
+    for overrides in (["model.source=champion"], {"model.source": "champion"}):
+        model = load_config(tiny, overrides).model
+        assert (model.source, model.base, model.base_model()) == ("champion", "tiny", "tiny")
+    assert load_config(tiny).updated({"model.source": "champion"}).model.base == "tiny"  # a flow's overrides
+    child = write(tmp_path, "retrain.yaml", "extends: tiny.yaml\nmodel: {source: champion}\n")
+    assert load_config(child).model.base == "tiny"
+    # Given explicitly, before or after the source, in the profile or as an override: kept.
+    assert load_config(tiny, ["model.base=smollm2", "model.source=champion"]).model.base == "smollm2"
+    assert load_config(tiny, ["model.source=champion", "model.base=smollm2"]).model.base == "smollm2"
+    explicit = write(tmp_path, "explicit.yaml", "extends: tiny.yaml\nmodel: {source: champion, base: smollm2}\n")
+    assert load_config(explicit).model.base == "smollm2"
+    # Nothing named: SmolLM2, and a source that is not champion starts from itself.
+    bare = write(tmp_path, "bare.yaml", "model: {source: champion}\n")
+    assert (load_config(bare).model.base, load_config(bare).model.base_model()) == (None, "smollm2")
+    assert load_config(write(tmp_path, "none.yaml", "data: {name: x}\n"), ["model.source=champion"]).model.base is None
+    assert load_config(tiny, ["model.base=smollm2"]).model.base_model() == "tiny"
+
+
+def test_an_unset_base_names_the_training_folder_as_smollm2_did():
+    """Trainings written before `model.base` could be inherited keep their folders: an unset base
+    is fingerprinted as the "smollm2" it used to default to, an inherited one as what it is."""
+    from tasks.training import run_fingerprint
+
+    cfg = load_config(ROOT / "configs" / "smoke.yaml")
+    assert cfg.model.base is None
+    assert run_fingerprint(cfg, "data") == run_fingerprint(cfg.updated({"model.base": "smollm2"}), "data")
+    inherited = cfg.updated({"model.source": "champion"})
+    assert inherited.model.base == "tiny"
+    assert run_fingerprint(inherited, "data") != run_fingerprint(inherited.updated({"model.base": "smollm2"}), "data")
+
+
 @pytest.mark.parametrize(("fields", "message"), [
     ({"data": {"split_ratios": [0.5, 0.2, 0.2]}}, "split_ratios must sum to 1"),
     ({"data": {"source": {"format": "generic"}}}, "source.path is required"),
