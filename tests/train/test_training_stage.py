@@ -383,7 +383,9 @@ def test_the_training_code_version_joins_the_key_only_past_one(tmp_path, monkeyp
     cfg = make_config(tmp_path)
     monkeypatch.setattr(training, "TRAINING_VERSION", 1)
     before = training.run_fingerprint(cfg, "data-fp")
-    assert before == fingerprint({"data": "data-fp", "model": cfg.model.model_dump(), "world_size": 1,
+    assert cfg.model.base is None  # fingerprinted as the default it had before it could be inherited
+    model = {**cfg.model.model_dump(), "base": "smollm2"}
+    assert before == fingerprint({"data": "data-fp", "model": model, "world_size": 1,
                                   "train": cfg.train.model_dump(exclude={"keep_checkpoints"})})  # trainings kept
     monkeypatch.setattr(training, "TRAINING_VERSION", 2)
     assert training.run_fingerprint(cfg, "data-fp") != before
