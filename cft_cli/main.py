@@ -337,8 +337,8 @@ def gc(
     """Remove training folders (models, evaluations) finished a day ago or more that no version
     holding an alias uses (the registry keeps every version's model); the data windows
     (ingested, sequences) that no kept training was built from, except the newest of each
-    dataset; what interrupted writes left a day ago or more; and the registry's downloads and
-    gate caches of versions that are not champion. As a flow: `prefect deployment run
+    dataset; what interrupted writes left a day ago or more; unfinished trainings untouched for a
+    week; and the registry's downloads and gate caches of versions that are not champion. As a flow: `prefect deployment run
     cft-gc/weekly`."""
     from schemas.config import load_config
     from tasks.gc import collect

@@ -1,6 +1,7 @@
 """The `cft-gc` flow: `cft gc` on a schedule, so that a data root that retrains every week does
 not fill its disk with data windows, trainings no alias names (the registry keeps the models of
-registered ones), leftovers of interrupted writes and registry caches (tasks/gc.py decides what
+registered ones), the checkpoints of trainings interrupted a week ago, leftovers of interrupted
+writes and registry caches (tasks/gc.py decides what
 goes and says why).
 
 `prefect deployment run cft-gc/weekly --param profile=configs/smoke.yaml [--param dry_run=true]`;

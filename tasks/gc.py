@@ -5,9 +5,10 @@ A training folder (its model, its evaluations) is removed only when the tracking
 one of your own: no such version's `model_dir` tag points into it) and it finished
 RECENT_TRAINING_S ago or more. A registered version keeps its own copy of the model in the MLflow
 artifact store, and its run the evaluations, so the folder of a version without an alias is a
-local copy: a warm start or `cft evaluate --model` from it downloads the model again, once. Kept:
-unfinished folders (no model/ yet: a run that may resume), the models of versions holding an
-alias, trainings finished within the last day (a pipeline run registers and gates its training
+local copy: a warm start or `cft evaluate --model` from it downloads the model again, once.
+An unfinished folder (no model/ yet: checkpoints of a run that may resume) goes once nothing in
+it changed for ABANDONED_TRAINING_S and no process holds its training lock. Kept: younger
+unfinished folders, the models of versions holding an alias, trainings finished within the last day (a pipeline run registers and gates its training
 only after evaluating it, so gc between the two must not take it), and trainings whose run is
 not in this store, since a store that does not know them cannot say whether they are registered
 elsewhere (a team server, another tracking URI). Without a store there is nothing to decide by:
@@ -48,6 +49,7 @@ from schemas.config import PipelineConfig
 @dataclass(frozen=True)
 class Collected:
     removed: list[tuple[Path, int]]  # (training folder of no registered version, bytes)
+    abandoned_removed: list[tuple[Path, int, float]]  # (unfinished training folder, bytes, days untouched)
     unaliased_removed: list[tuple[Path, int, str]]  # (training folder of versions without an alias, bytes, "name vN")
     kept: list[tuple[Path, str]]  # (training folder, why)
     windows_removed: list[tuple[Path, int]]  # (ingested or sequences folder, bytes)
@@ -68,6 +70,8 @@ class Collected:
 
         return [
             *(f"{verb} {path} ({mib(size)})" for path, size in self.removed),
+            *(f"{verb} {path} ({mib(size)}): unfinished, untouched for {days:.0f} days (the same run again "
+              "would train from the start)" for path, size, days in self.abandoned_removed),
             *(f"{verb} {path} ({mib(size)}): {versions} without an alias (the registry keeps its model)"
               for path, size, versions in self.unaliased_removed),
             *(f"kept {path}: {why}" for path, why in self.kept),
@@ -76,6 +80,7 @@ class Collected:
             *(f"{verb} {path} ({mib(size)}): a registry cache of a version that is not champion"
               for path, size in self.caches_removed),
             f"{verb} {total(self.removed, 'training folder(s)')}, "
+            f"{total(self.abandoned_removed, 'unfinished training(s)')}, "
             f"{total(self.unaliased_removed, 'of versions without an alias')}, "
             f"{total(self.windows_removed, 'data folder(s)')}, "
             f"{total(self.leftovers_removed, 'leftover(s) of interrupted writes')}, "
@@ -87,10 +92,20 @@ LEFTOVER_AGE_S = 24 * 3600  # far past any write in progress (a training saves i
 # Far past a pipeline run's evaluation between its training and its registration (minutes for the
 # CPU demo, an hour or so for a full-catalogue evaluation on a GPU).
 RECENT_TRAINING_S = 24 * 3600
+# An unfinished training resumes when the same data and settings run again. A weekly retrain sees
+# new data, which names another folder, so checkpoints untouched for a week wait for a run that
+# will not come (a killed SmolLM2 training under ZeRO-2 left 2.7 GB, most of it optimizer state).
+# A run in progress writes a checkpoint at each save interval, far more often than this.
+ABANDONED_TRAINING_S = 7 * 24 * 3600
 
 
 def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _newest_mtime(path: Path) -> float:
+    """The newest modification time of a folder and anything inside (links not followed)."""
+    return max(p.lstat().st_mtime for p in (path, *path.rglob("*")))
 
 
 def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
@@ -99,6 +114,7 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
     from schemas.errors import ConfigError, InputError
     from tasks.registry import holds_model_folder, registered_model_dirs
     from tasks.tracking import missing_store, tracking_uri, training_run_here
+    from tasks.training import is_being_trained
 
     if not cfg.tracking.enabled:
         raise ConfigError("cft gc keeps what the model registry uses, and tracking is disabled in this profile "
@@ -108,11 +124,18 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
                          "registered without it; point tracking.tracking_uri (or MLFLOW_TRACKING_URI) at your store")
     root = cfg.data.data_root / "training"
     in_use = registered_model_dirs(cfg)
-    removed, kept, data_used, unaliased = [], [], set(), []
+    removed, kept, data_used, unaliased, abandoned = [], [], set(), [], []
     for run_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
         model = (run_dir / "model").resolve()
         if not (model / "training.json").is_file():
-            kept.append((run_dir, "unfinished (may resume)"))
+            untouched_s = time.time() - _newest_mtime(run_dir)
+            if untouched_s < ABANDONED_TRAINING_S or is_being_trained(run_dir):
+                kept.append((run_dir, f"unfinished (may resume; goes once untouched for "
+                                      f"{ABANDONED_TRAINING_S // 86400} days)"))
+                continue
+            abandoned.append((run_dir, folder_size(run_dir), untouched_s / 86400))
+            if not dry_run:
+                shutil.rmtree(run_dir)
             continue
         summary = json.loads((model / "training.json").read_text())
         versions = in_use.get(model, [])  # [(registered model name, version, its aliases)]
@@ -138,7 +161,7 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
                 shutil.rmtree(run_dir)
             continue
         data_used.add(summary.get("data_fingerprint"))
-    return Collected(removed, unaliased, kept, _unused_windows(cfg.data.data_root, data_used, dry_run),
+    return Collected(removed, abandoned, unaliased, kept, _unused_windows(cfg.data.data_root, data_used, dry_run),
                      _leftovers(cfg.data.data_root, dry_run), _registry_caches(cfg, dry_run), dry_run)
 
 

@@ -361,6 +361,27 @@ def train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, *, extra_
                       warm_start=warm_start, console_progress=console_progress)
 
 
+def training_lock_path(run_dir: Path) -> Path:
+    """`<data_root>/locks/training/<run folder>.lock`: beside training/, not in it."""
+    return run_dir.parent.parent / "locks" / "training" / f"{run_dir.name}.lock"
+
+
+def is_being_trained(run_dir: Path) -> bool:
+    """Whether a process holds the folder's training lock now (`one_training_per_folder`)."""
+    from filelock import FileLock, Timeout
+
+    path = training_lock_path(run_dir)
+    if not path.is_file():  # never trained by one process, or its lock went with the data root
+        return False
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
 @contextmanager
 def one_training_per_folder(run_dir: Path) -> Iterator[None]:
     """Hold `<data_root>/locks/training/<run folder>.lock` while a training runs, so that a second
@@ -375,7 +396,7 @@ def one_training_per_folder(run_dir: Path) -> Iterator[None]:
         return
     from filelock import FileLock, Timeout
 
-    path = run_dir.parent.parent / "locks" / "training" / f"{run_dir.name}.lock"  # beside training/, not in it
+    path = training_lock_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path)
     try:
