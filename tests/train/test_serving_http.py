@@ -148,6 +148,7 @@ def test_metrics_count_the_answers_their_histories_and_the_served_model(served):
     assert after[("cft_requests_total", (("code", "200"), ("endpoint", "/invocations")))] == 1
     assert after[("cft_request_duration_seconds_count", (("endpoint", "/recommend"),))] == 3
     assert after[("cft_request_duration_seconds_sum", (("endpoint", "/invocations"),))] > 0
+    assert not any(name.endswith("_created") for name, _ in after)  # no creation-time gauge per series
     assert after[("cft_histories_total", (("endpoint", "/recommend"),))] == 1  # answered only
     assert after[("cft_histories_total", (("endpoint", "/invocations"),))] == 2
     assert after[("cft_history_entries_total", (("matched", "true"),))] == 3 + 3 + 1
