@@ -274,11 +274,11 @@ def test_gc_removes_what_no_alias_and_no_run_in_progress_uses(profile):
     caches = root.parent / "registry" / "gate"
     assert sorted(p.name.rsplit("-", 1)[0] for p in caches.iterdir()) == ["cft-cli-test-v1"]
     assert f"would remove {next(caches.iterdir())} (0 MiB): a registry cache of a version that is not champion" in lines
-    assert re.match(r"would remove 1 training folder\(s\) \([0-9]+ MiB\), 1 of versions without an alias", lines[-1])
+    assert re.match(r"would remove 1 training folder\(s\) \([0-9]+ MiB\), 0 unfinished training\(s\) \(0 MiB\), 1 of versions without an alias", lines[-1])
     assert "1 registry cache(s)" in lines[-1]
     assert sorted(root.iterdir()) == before  # a dry run removes nothing
     out = cft("gc", "-c", str(profile))
-    assert re.match(r"removed 1 training folder\(s\) \([0-9]+ MiB\), 1 of versions without an alias", out.splitlines()[-1])
+    assert re.match(r"removed 1 training folder\(s\) \([0-9]+ MiB\), 0 unfinished training\(s\) \(0 MiB\), 1 of versions without an alias", out.splitlines()[-1])
     assert sorted(root.iterdir()) == sorted(set(before) - {unregistered, v4}) and not any(caches.iterdir())
     assert "nothing new" in cft("run", "-c", str(profile))  # the registered versions say what was gated
     # v4's model comes back from the registry, once, when asked for.
