@@ -7,10 +7,11 @@ RECENT_TRAINING_S ago or more. A registered version keeps its own copy of the mo
 artifact store, and its run the evaluations, so the folder of a version without an alias is a
 local copy: a warm start or `cft evaluate --model` from it downloads the model again, once.
 An unfinished folder (no model/ yet: checkpoints of a run that may resume) goes once nothing in
-it changed for ABANDONED_TRAINING_S and no process holds its training lock. Kept: younger
-unfinished folders, the models of versions holding an alias, trainings finished within the last day (a pipeline run registers and gates its training
-only after evaluating it, so gc between the two must not take it), and trainings whose run is
-not in this store, since a store that does not know them cannot say whether they are registered
+it changed for ABANDONED_TRAINING_S and no process holds its training lock; its MLflow run, if
+a killed process left it RUNNING, ends KILLED. Kept: younger unfinished folders, the models of
+versions holding an alias, trainings finished within the last day (a pipeline run registers and
+gates its training only after evaluating it, so gc between the two must not take it), and
+trainings whose run is not in this store, since a store that does not know them cannot say whether they are registered
 elsewhere (a team server, another tracking URI). Without a store there is nothing to decide by:
 that is an error, not "nothing is registered".
 
@@ -49,7 +50,8 @@ from schemas.config import PipelineConfig
 @dataclass(frozen=True)
 class Collected:
     removed: list[tuple[Path, int]]  # (training folder of no registered version, bytes)
-    abandoned_removed: list[tuple[Path, int, float]]  # (unfinished training folder, bytes, days untouched)
+    # (unfinished training folder, bytes, days untouched, whether its MLflow run was left RUNNING)
+    abandoned_removed: list[tuple[Path, int, float, bool]]
     unaliased_removed: list[tuple[Path, int, str]]  # (training folder of versions without an alias, bytes, "name vN")
     kept: list[tuple[Path, str]]  # (training folder, why)
     windows_removed: list[tuple[Path, int]]  # (ingested or sequences folder, bytes)
@@ -71,7 +73,8 @@ class Collected:
         return [
             *(f"{verb} {path} ({mib(size)})" for path, size in self.removed),
             *(f"{verb} {path} ({mib(size)}): unfinished, untouched for {days:.0f} days (the same run again "
-              "would train from the start)" for path, size, days in self.abandoned_removed),
+              "would train from the start)" + ("; its MLflow run, left RUNNING, ends KILLED" if running else "")
+              for path, size, days, running in self.abandoned_removed),
             *(f"{verb} {path} ({mib(size)}): {versions} without an alias (the registry keeps its model)"
               for path, size, versions in self.unaliased_removed),
             *(f"kept {path}: {why}" for path, why in self.kept),
@@ -113,7 +116,13 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
     interrupted writes and registry caches that nothing uses."""
     from schemas.errors import ConfigError, InputError
     from tasks.registry import holds_model_folder, registered_model_dirs
-    from tasks.tracking import missing_store, tracking_uri, training_run_here
+    from tasks.tracking import (
+        end_abandoned_run,
+        missing_store,
+        run_left_running,
+        tracking_uri,
+        training_run_here,
+    )
     from tasks.training import is_being_trained
 
     if not cfg.tracking.enabled:
@@ -133,8 +142,11 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
                 kept.append((run_dir, f"unfinished (may resume; goes once untouched for "
                                       f"{ABANDONED_TRAINING_S // 86400} days)"))
                 continue
-            abandoned.append((run_dir, folder_size(run_dir), untouched_s / 86400))
+            running = run_left_running(cfg, run_dir)
+            abandoned.append((run_dir, folder_size(run_dir), untouched_s / 86400, running is not None))
             if not dry_run:
+                if running is not None:
+                    end_abandoned_run(cfg, running)
                 shutil.rmtree(run_dir)
             continue
         summary = json.loads((model / "training.json").read_text())

@@ -361,6 +361,28 @@ def training_run_in_store(cfg: PipelineConfig, run_dir: Path, model_dir: Path, s
     return run.run_id
 
 
+def run_left_running(cfg: PipelineConfig, run_dir: Path) -> str | None:
+    """The id of a training folder's run when this store still has it RUNNING although no process
+    trains it: killed outright (SIGKILL, the OOM killer, a lost machine), so `end_stopped_run` never
+    ran. Asked of unfinished trainings that `cft gc` removes."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    id_file = run_dir / "mlflow_run_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else None
+    return run_id if _live_run(client, run_id) and client.get_run(run_id).info.status == "RUNNING" else None
+
+
+def end_abandoned_run(cfg: PipelineConfig, run_id: str) -> None:
+    """End such a run KILLED, the reason in `cft.stopped_by` (as `end_stopped_run` would have)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    client.set_tag(run_id, "cft.stopped_by", "abandoned: its process ended without ending the run; "
+                                             "cft gc removed its checkpoints")
+    client.set_terminated(run_id, "KILLED")
+
+
 def _drop_half_recording(client, run_dir: Path) -> None:
     """Delete a recording of this finished training's run that stopped half-way: the run its
     folder names, in this store and not finished, can be nothing else (the training's own run is

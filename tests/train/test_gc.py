@@ -95,50 +95,6 @@ def test_gc_removes_the_data_windows_no_kept_training_uses_and_the_leftovers_of_
     assert (ingested.path, seq.path) == (i1, s1) and not seq.reused
 
 
-def test_gc_removes_the_checkpoints_of_trainings_interrupted_a_week_ago(tmp_path):
-    """An unfinished training (checkpoints, no model/) stays while anything in it changed within
-    the week or a process holds its training lock; past that, nothing will resume it and it goes."""
-    from filelock import FileLock
-
-    from tasks.gc import ABANDONED_TRAINING_S
-    from tasks.training import training_lock_path
-
-    cfg, _, _ = registry_store(tmp_path)
-    root = cfg.data.data_root / "training"
-
-    def interrupted(name: str, days_ago: float, touched_inside: float | None = None) -> Path:
-        checkpoint = root / name / "checkpoints" / "checkpoint-16"
-        checkpoint.mkdir(parents=True)
-        (checkpoint / "optim_states.pt").write_bytes(b"0" * 2048)
-        (root / name / "mlflow_run_id").write_text("run")
-        then = time.time() - days_ago * 24 * 3600
-        for path in (root / name, root / name / "checkpoints", checkpoint, checkpoint / "optim_states.pt",
-                     root / name / "mlflow_run_id"):
-            os.utime(path, (then, then))
-        if touched_inside is not None:  # a checkpoint written since: the run goes on
-            os.utime(checkpoint / "optim_states.pt", (time.time() - touched_inside * 24 * 3600,) * 2)
-        return root / name
-
-    abandoned = interrupted("shop-abandoned", days_ago=8)
-    week = ABANDONED_TRAINING_S // 86400
-    kept = {interrupted("shop-recent", days_ago=2): f"unfinished (may resume; goes once untouched for {week} days)",
-            interrupted("shop-writing", days_ago=30, touched_inside=1 / 24): "unfinished (may resume; goes once untouched "
-                                                                         f"for {week} days)",
-            interrupted("shop-locked", days_ago=8): f"unfinished (may resume; goes once untouched for {week} days)"}
-    lock_path = training_lock_path(root / "shop-locked")
-    lock_path.parent.mkdir(parents=True)
-    with FileLock(lock_path):  # another process trains it (flock: a second descriptor is refused)
-        planned = collect(cfg, dry_run=True)
-        assert [(p, size, round(days)) for p, size, days in planned.abandoned_removed] == [(abandoned, 2048 + 3, 8)]
-        assert all((path, why) in planned.kept for path, why in kept.items())
-        assert abandoned.is_dir()  # a dry run removes nothing
-        assert "would remove 0 training folder(s) (0 MiB), 1 unfinished training(s) (0 MiB)" in planned.lines()[-1]
-        done = collect(cfg, dry_run=False)
-    assert [p for p, _, _ in done.abandoned_removed] == [abandoned] and not abandoned.exists()
-    assert all(path.is_dir() for path in kept)
-    assert [p for p, _, _ in collect(cfg, dry_run=True).abandoned_removed] == [root / "shop-locked"]  # lock released
-
-
 def registry_store(tmp_path: Path):
     """(profile on a data root and a SQLite store, its client, a finished run in it)."""
     from mlflow import MlflowClient
@@ -150,6 +106,58 @@ def registry_store(tmp_path: Path):
     run = client.create_run(client.create_experiment("gc-test"))
     client.set_terminated(run.info.run_id)
     return cfg, client, run
+
+
+def test_gc_removes_the_checkpoints_of_trainings_interrupted_a_week_ago(tmp_path):
+    """An unfinished training (checkpoints, no model/) stays while anything in it changed within
+    the week or a process holds its training lock; past that, nothing will resume it and it goes,
+    and its MLflow run ends KILLED if its process was killed outright and left it RUNNING."""
+    from filelock import FileLock
+
+    from tasks.gc import ABANDONED_TRAINING_S
+    from tasks.training import training_lock_path
+
+    cfg, client, run = registry_store(tmp_path)
+    root = cfg.data.data_root / "training"
+    left_running = client.create_run(run.info.experiment_id).info.run_id  # its process was SIGKILLed
+
+    def interrupted(name: str, days_ago: float, touched_inside: float | None = None, run_id: str = "") -> Path:
+        checkpoint = root / name / "checkpoints" / "checkpoint-16"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "optim_states.pt").write_bytes(b"0" * 2048)
+        (root / name / "mlflow_run_id").write_text(run_id or run.info.run_id)
+        then = time.time() - days_ago * 24 * 3600
+        for path in (root / name, root / name / "checkpoints", checkpoint, checkpoint / "optim_states.pt",
+                     root / name / "mlflow_run_id"):
+            os.utime(path, (then, then))
+        if touched_inside is not None:  # a checkpoint written since: the run goes on
+            os.utime(checkpoint / "optim_states.pt", (time.time() - touched_inside * 24 * 3600,) * 2)
+        return root / name
+
+    abandoned = interrupted("shop-abandoned", days_ago=8, run_id=left_running)
+    week = ABANDONED_TRAINING_S // 86400
+    kept = {interrupted("shop-recent", days_ago=2): f"unfinished (may resume; goes once untouched for {week} days)",
+            interrupted("shop-writing", days_ago=30, touched_inside=1 / 24): "unfinished (may resume; goes once untouched "
+                                                                         f"for {week} days)",
+            interrupted("shop-locked", days_ago=8): f"unfinished (may resume; goes once untouched for {week} days)"}
+    lock_path = training_lock_path(root / "shop-locked")
+    lock_path.parent.mkdir(parents=True)
+    with FileLock(lock_path):  # another process trains it (flock: a second descriptor is refused)
+        planned = collect(cfg, dry_run=True)
+        assert [(p, size, round(days), running) for p, size, days, running in planned.abandoned_removed] == [
+            (abandoned, 2048 + len(left_running), 8, True)]
+        assert all((path, why) in planned.kept for path, why in kept.items())
+        assert abandoned.is_dir() and client.get_run(left_running).info.status == "RUNNING"  # a dry run changes nothing
+        assert "would remove 0 training folder(s) (0 MiB), 1 unfinished training(s) (0 MiB)" in planned.lines()[-1]
+        assert any(line.endswith("its MLflow run, left RUNNING, ends KILLED") for line in planned.lines())
+        done = collect(cfg, dry_run=False)
+    assert [p for p, _, _, _ in done.abandoned_removed] == [abandoned] and not abandoned.exists()
+    ended = client.get_run(left_running)
+    assert ended.info.status == "KILLED" and ended.data.tags["cft.stopped_by"].startswith("abandoned")
+    assert all(path.is_dir() for path in kept)
+    # The lock released: it goes too; its run had ended (FINISHED here), so it is left as it is.
+    assert [(p, running) for p, _, _, running in collect(cfg, dry_run=True).abandoned_removed] == [
+        (root / "shop-locked", False)]
 
 
 def test_gc_removes_the_registry_caches_of_versions_that_are_not_champion(tmp_path):
