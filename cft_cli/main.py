@@ -16,9 +16,9 @@ from typer.core import TyperGroup
 def user_error_message(error: BaseException) -> str | None:
     """The few lines to print for a mistake in the user's input (config, data, registry
     reference, serving input), or None for anything else (our bug: traceback, exit 1)."""
-    from schemas.errors import SourceUnavailable, UserError
+    from schemas.errors import SourceUnavailable, TrackingUnavailable, UserError
 
-    if isinstance(error, (UserError, SourceUnavailable)) or getattr(error, "user_error", False):
+    if isinstance(error, (UserError, SourceUnavailable, TrackingUnavailable)) or getattr(error, "user_error", False):
         return str(error)
     try:  # an unknown registered model, version or alias
         from mlflow.exceptions import MlflowException
@@ -105,6 +105,19 @@ def _summary(manifest: dict, seq_path: Path, reused: bool) -> Table:
     return t
 
 
+def load_checked_config(config: Path, set_: list[str] | None):
+    """The profile, with its MLflow server (when it tracks to one) asked whether it answers before
+    any stage runs: commands that prepare data and train first would otherwise find out when they
+    log, after the work and the retries (`tasks.tracking.check_server`)."""
+    from schemas.config import load_config
+    from tasks.tracking import check_server, tracking_uri
+
+    cfg = load_config(config, set_)
+    if cfg.tracking.enabled:
+        check_server(tracking_uri(cfg, create=False))
+    return cfg
+
+
 @data_app.command("prepare")
 def data_prepare(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) -> None:
     """Ingest the configured source, validate it, and build train/valid/test records."""
@@ -129,11 +142,10 @@ def train(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) ->
 
     Multi-process: `torchrun --nproc_per_node N --master_addr 127.0.0.1 -m cft_cli train -c ...`.
     """
-    from schemas.config import load_config
     from tasks.chain import train_model
     from tasks.training import is_rank_zero
 
-    cfg = load_config(config, set_)
+    cfg = load_checked_config(config, set_)
     _, sequences, _ = _prepare_data(cfg)
     out = train_model(cfg, sequences)  # as `cft run` trains: from the champion with `model.source: champion`
     if is_rank_zero():  # lines, not a table: the run id and the folder stay whole to copy
@@ -168,11 +180,10 @@ def evaluate(
                                             "window (to compare versions trained on different windows).")] = "",
 ) -> None:
     """Evaluate a model folder on the configured split: HR/NDCG@K over the full catalogue."""
-    from schemas.config import load_config
     from schemas.errors import InputError
     from tasks.evaluation import evaluate as evaluate_stage
 
-    cfg = load_config(config, set_)
+    cfg = load_checked_config(config, set_)
     if model and model_dir is not None:
         raise InputError("give --model or --model-dir, not both")
     if model:  # the version's own folder when it is on this machine, else downloaded once
@@ -203,7 +214,6 @@ def run(
     """The whole pipeline in-process as the Prefect flow `cft`: ingest -> validate -> build ->
     train -> evaluate -> register -> gate. Finished stages are reused (content-addressed
     outputs). Without PREFECT_API_URL, Prefect starts a temporary local server."""
-    from schemas.config import load_config
     from tasks.tracking import tracking_uri
 
     # Prefect's temporary server would otherwise send a telemetry heartbeat while its fresh
@@ -211,7 +221,7 @@ def run(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect's temporary server gets 20 s to start by default; a busy 2-core machine needs more.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    cfg = load_config(config, set_)  # validated before Prefect starts, and passed as is
+    cfg = load_checked_config(config, set_)  # validated before Prefect starts, and passed as is
     from flows.cft import cft_pipeline
 
     out = cft_pipeline(profile=str(config), config=cfg)
@@ -262,7 +272,6 @@ def compare(
     against the first side, with bootstrap intervals and a verdict per quantity (tasks/compare.py)."""
     import tempfile
 
-    from schemas.config import load_config
     from schemas.errors import InputError
     from tasks.compare import compare as compare_sides
     from tasks.compare import load_side, markdown, plot
@@ -270,7 +279,7 @@ def compare(
 
     if len(runs) < 2:
         raise InputError("compare needs at least two sides (run ids, registered versions or evaluation folders)")
-    cfg = load_config(config, set_)
+    cfg = load_checked_config(config, set_)
     metrics = metric or ["HR@10", "NDCG@10"]
     with tempfile.TemporaryDirectory() as tmp:
         uri = tracking_uri(cfg, create=False)  # read only: runs are looked up, nothing is logged
@@ -305,13 +314,12 @@ def replay(
     import sys
     from datetime import datetime
 
-    from schemas.config import load_config
     from tasks.replay import plot_timeline
     from tasks.replay import replay as run_replay
     from tasks.replay import report as timeline_report
     from tasks.tracking import log_timeline
 
-    cfg = load_config(config, set_)
+    cfg = load_checked_config(config, set_)
     out = out or cfg.data.data_root / "replay" / f"{cfg.data.name}-timeline.json"
     first = datetime.fromisoformat(start) if start else None
     timeline = run_replay(cfg, periods, every, out, first, say=console.print)

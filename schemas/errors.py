@@ -43,3 +43,8 @@ class RegistryError(UserError, LookupError):
 class SourceUnavailable(ConnectionError):
     """A source URL could not be fetched (network). Transient, so the flow retries it; the
     message says where to place the file by hand when there is no network."""
+
+
+class TrackingUnavailable(ConnectionError):
+    """The MLflow server the profile tracks to does not answer (network, or not started).
+    Transient like `SourceUnavailable`: a flow retries it, the CLI prints it and exits 2."""

@@ -31,6 +31,36 @@ def tracking_uri(cfg: PipelineConfig, create: bool = True) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+SERVER_CHECK_TIMEOUT_S = 10.0  # a server on this machine or a team's answers /health in milliseconds
+
+
+def check_server(uri: str) -> None:
+    """Raise `TrackingUnavailable`, naming the server, when an http(s) tracking URI does not answer.
+    MLflow's client retries a refused connection 7 times with growing waits before it raises, with
+    a traceback, so a command pointed at a server that is not running sat for minutes first. Any
+    HTTP answer counts as reachable (a proxy's 401 or 404 is MLflow's to report)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import re
+
+    import requests
+
+    from schemas.errors import TrackingUnavailable
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_S)
+    except requests.Timeout:
+        reason = f"no answer within {SERVER_CHECK_TIMEOUT_S:.0f} s"
+    except requests.RequestException as e:  # refused, unknown host, TLS: the innermost reason, e.g. "[Errno 111] Connection refused"
+        found = re.findall(r"\[Errno -?\d+\][^)'\"]*", str(e))
+        reason = found[-1].strip() if found else type(e).__name__
+    else:
+        return
+    raise TrackingUnavailable(
+        f"the MLflow server at {uri} does not answer ({reason}): start it (`cft stack up` starts the local "
+        "one), or point tracking.tracking_uri (or MLFLOW_TRACKING_URI) at a server that runs")
+
+
 def sqlite_file(uri: str) -> Path | None:
     """The database file of a local SQLite store URI (sqlite:///<path>), None for any other store."""
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
@@ -59,6 +89,7 @@ def use_experiment(cfg: PipelineConfig) -> str:
     import mlflow
 
     uri = tracking_uri(cfg)
+    check_server(uri)
     mlflow.set_tracking_uri(uri)
     name = experiment_name(cfg)
     exp = mlflow.get_experiment_by_name(name)

@@ -199,6 +199,52 @@ def test_registry_commands_without_a_store(tmp_path, command):
     assert list(tmp_path.iterdir()) == []
 
 
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", [["run"], ["train"], ["recommend", "Heat"], ["gc", "--dry-run"],
+                                     ["promote", "--version", "1", "--reason", "because"]])
+def test_a_tracking_server_that_does_not_answer_is_named(tmp_path, command):
+    """A profile tracking to an MLflow server that is not running: `error:` naming the server, exit
+    2, before anything is written (MLflow's client would retry for minutes, then raise a traceback)."""
+    uri = f"http://127.0.0.1:{closed_port()}"
+    res = run(command[0], "-c", str(profile(tmp_path, "")), "--set", f"tracking.tracking_uri={uri}", *command[1:])
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith(f"error: the MLflow server at {uri} does not answer (")
+    assert "Connection refused" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "data").exists()  # checked before the data stages
+
+
+def test_any_http_answer_counts_as_a_running_tracking_server():
+    """A server that answers /health with an error (a proxy's 401 or 404) is left for MLflow to
+    report; only a missing answer is ours to name."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from tasks.tracking import check_server
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check_server(f"http://127.0.0.1:{server.server_port}/")
+    finally:
+        server.shutdown()
+    check_server("sqlite:////nowhere/mlflow.db")  # not a server: nothing to ask
+
+
 def test_k_zero_is_a_usage_error():
     res = run("recommend", "-k", "0", "Heat")
     assert res.exit_code == 2 and "Invalid value for '-k'" in res.output and "greater than or equal to 1" in res.output
