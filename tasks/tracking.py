@@ -38,7 +38,7 @@ def check_server(uri: str) -> None:
     """Raise `TrackingUnavailable`, naming the server, when an http(s) tracking URI does not answer.
     MLflow's client retries a refused connection 7 times with growing waits before it raises, with
     a traceback, so a command pointed at a server that is not running sat for minutes first. Any
-    HTTP answer counts as reachable (a proxy's 401 or 404 is MLflow's to report)."""
+    answer counts as reachable: an HTTP error (a proxy's 401 or 404) or a TLS one is MLflow's to report."""
     if not uri.startswith(("http://", "https://")):
         return
     import re
@@ -49,6 +49,8 @@ def check_server(uri: str) -> None:
 
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_S)
+    except requests.exceptions.SSLError:  # something answers; its certificate is MLflow's to judge
+        return  # (MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_TRACKING_SERVER_CERT_PATH, client certificates)
     except requests.Timeout:
         reason = f"no answer within {SERVER_CHECK_TIMEOUT_S:.0f} s"
     except requests.RequestException as e:  # refused, unknown host, TLS: the innermost reason, e.g. "[Errno 111] Connection refused"

@@ -222,8 +222,9 @@ def test_a_tracking_server_that_does_not_answer_is_named(tmp_path, command):
 
 
 def test_any_http_answer_counts_as_a_running_tracking_server():
-    """A server that answers /health with an error (a proxy's 401 or 404) is left for MLflow to
-    report; only a missing answer is ours to name."""
+    """A server that answers /health with an error (a proxy's 401 or 404), or whose TLS this check
+    cannot verify (here: https to a plain HTTP server), is left for MLflow to report (it has its own
+    certificate settings); only a missing answer is ours to name."""
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -240,6 +241,7 @@ def test_any_http_answer_counts_as_a_running_tracking_server():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         check_server(f"http://127.0.0.1:{server.server_port}/")
+        check_server(f"https://127.0.0.1:{server.server_port}")
     finally:
         server.shutdown()
     check_server("sqlite:////nowhere/mlflow.db")  # not a server: nothing to ask
