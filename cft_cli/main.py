@@ -16,9 +16,9 @@ from typer.core import TyperGroup
 def user_error_message(error: BaseException) -> str | None:
     """The few lines to print for a mistake in the user's input (config, data, registry
     reference, serving input), or None for anything else (our bug: traceback, exit 1)."""
-    from schemas.errors import SourceUnavailable, TrackingUnavailable, UserError
+    from schemas.errors import ServerUnavailable, SourceUnavailable, UserError
 
-    if isinstance(error, (UserError, SourceUnavailable, TrackingUnavailable)) or getattr(error, "user_error", False):
+    if isinstance(error, (UserError, SourceUnavailable, ServerUnavailable)) or getattr(error, "user_error", False):
         return str(error)
     try:  # an unknown registered model, version or alias
         from mlflow.exceptions import MlflowException
@@ -108,13 +108,14 @@ def _summary(manifest: dict, seq_path: Path, reused: bool) -> Table:
 def load_checked_config(config: Path, set_: list[str] | None):
     """The profile, with its MLflow server (when it tracks to one) asked whether it answers before
     any stage runs: commands that prepare data and train first would otherwise find out when they
-    log, after the work and the retries (`tasks.tracking.check_server`)."""
+    log, after the work and the retries (`tasks.servers`)."""
     from schemas.config import load_config
-    from tasks.tracking import check_server, tracking_uri
+    from tasks.servers import check_tracking_server
+    from tasks.tracking import tracking_uri
 
     cfg = load_config(config, set_)
     if cfg.tracking.enabled:
-        check_server(tracking_uri(cfg, create=False))
+        check_tracking_server(tracking_uri(cfg, create=False))
     return cfg
 
 
@@ -223,6 +224,9 @@ def run(
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     cfg = load_checked_config(config, set_)  # validated before Prefect starts, and passed as is
     from flows.cft import cft_pipeline
+    from tasks.servers import check_prefect_api
+
+    check_prefect_api()
 
     out = cft_pipeline(profile=str(config), config=cfg)
     console.print(out["summary"])

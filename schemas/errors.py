@@ -45,6 +45,7 @@ class SourceUnavailable(ConnectionError):
     message says where to place the file by hand when there is no network."""
 
 
-class TrackingUnavailable(ConnectionError):
-    """The MLflow server the profile tracks to does not answer (network, or not started).
-    Transient like `SourceUnavailable`: a flow retries it, the CLI prints it and exits 2."""
+class ServerUnavailable(ConnectionError):
+    """A server a command talks to does not answer: the MLflow tracking server, the Prefect API
+    (network, or not started; `tasks.servers`). Transient like `SourceUnavailable`: a flow's task
+    retries it, the CLI prints it and exits 2."""

@@ -90,13 +90,13 @@ def llm_version(uri: str, tracking_uri: str):
 def registry_client(uri: str):
     """A client of the store at `uri`, with MLflow's global tracking and registry URIs pointed at
     it too (`models:/` URIs resolve through the global registry URI). A server that does not answer
-    is named at once (`tasks.tracking.check_server`)."""
+    is named at once (`tasks.servers`)."""
     import mlflow
     from mlflow import MlflowClient
 
-    from tasks.tracking import check_server
+    from tasks.servers import check_tracking_server
 
-    check_server(uri)
+    check_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(uri, registry_uri=uri)

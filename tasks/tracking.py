@@ -31,38 +31,6 @@ def tracking_uri(cfg: PipelineConfig, create: bool = True) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
-SERVER_CHECK_TIMEOUT_S = 10.0  # a server on this machine or a team's answers /health in milliseconds
-
-
-def check_server(uri: str) -> None:
-    """Raise `TrackingUnavailable`, naming the server, when an http(s) tracking URI does not answer.
-    MLflow's client retries a refused connection 7 times with growing waits before it raises, with
-    a traceback, so a command pointed at a server that is not running sat for minutes first. Any
-    answer counts as reachable: an HTTP error (a proxy's 401 or 404) or a TLS one is MLflow's to report."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import re
-
-    import requests
-
-    from schemas.errors import TrackingUnavailable
-
-    try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_S)
-    except requests.exceptions.SSLError:  # something answers; its certificate is MLflow's to judge
-        return  # (MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_TRACKING_SERVER_CERT_PATH, client certificates)
-    except requests.Timeout:
-        reason = f"no answer within {SERVER_CHECK_TIMEOUT_S:.0f} s"
-    except requests.RequestException as e:  # refused, unknown host, TLS: the innermost reason, e.g. "[Errno 111] Connection refused"
-        found = re.findall(r"\[Errno -?\d+\][^)'\"]*", str(e))
-        reason = found[-1].strip() if found else type(e).__name__
-    else:
-        return
-    raise TrackingUnavailable(
-        f"the MLflow server at {uri} does not answer ({reason}): start it (`cft stack up` starts the local "
-        "one), or point tracking.tracking_uri (or MLFLOW_TRACKING_URI) at a server that runs")
-
-
 def sqlite_file(uri: str) -> Path | None:
     """The database file of a local SQLite store URI (sqlite:///<path>), None for any other store."""
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
@@ -90,8 +58,10 @@ def use_experiment(cfg: PipelineConfig) -> str:
     """Point mlflow at the store and experiment of `cfg` (created if missing); returns its id."""
     import mlflow
 
+    from tasks.servers import check_tracking_server
+
     uri = tracking_uri(cfg)
-    check_server(uri)
+    check_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
     name = experiment_name(cfg)
     exp = mlflow.get_experiment_by_name(name)

@@ -221,6 +221,23 @@ def test_a_tracking_server_that_does_not_answer_is_named(tmp_path, command):
     assert not (tmp_path / "data").exists()  # checked before the data stages
 
 
+def test_a_prefect_server_that_does_not_answer_is_named(tmp_path):
+    """`cft run` in a shell that still exports the PREFECT_API_URL of a stopped stack: `error:`
+    naming the server, exit 2, nothing written (Prefect raised "Failed to reach API" with a traceback).
+    A process of its own: Prefect reads its settings once, when it is imported."""
+    import os
+    import subprocess
+    import sys
+
+    url = f"http://127.0.0.1:{closed_port()}/api"
+    res = subprocess.run([sys.executable, "-m", "cft_cli", "run", "-c", str(profile(tmp_path, ""))],
+                         env={**os.environ, "PREFECT_API_URL": url}, capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.startswith(f"error: the Prefect server at {url} (PREFECT_API_URL) does not answer (")
+    assert "Connection refused" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "data").exists()
+
+
 def test_any_http_answer_counts_as_a_running_tracking_server():
     """A server that answers /health with an error (a proxy's 401 or 404), or whose TLS this check
     cannot verify (here: https to a plain HTTP server), is left for MLflow to report (it has its own
@@ -228,7 +245,7 @@ def test_any_http_answer_counts_as_a_running_tracking_server():
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
-    from tasks.tracking import check_server
+    from tasks.servers import check_tracking_server
 
     class NotFound(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -240,11 +257,11 @@ def test_any_http_answer_counts_as_a_running_tracking_server():
     server = HTTPServer(("127.0.0.1", 0), NotFound)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        check_server(f"http://127.0.0.1:{server.server_port}/")
-        check_server(f"https://127.0.0.1:{server.server_port}")
+        check_tracking_server(f"http://127.0.0.1:{server.server_port}/")
+        check_tracking_server(f"https://127.0.0.1:{server.server_port}")
     finally:
         server.shutdown()
-    check_server("sqlite:////nowhere/mlflow.db")  # not a server: nothing to ask
+    check_tracking_server("sqlite:////nowhere/mlflow.db")  # not a server: nothing to ask
 
 
 def test_k_zero_is_a_usage_error():

@@ -1,0 +1,58 @@
+"""Whether the servers a command talks to answer: the MLflow tracking server and the Prefect API.
+
+Asked before any work, so that a server that is not running (a stack stopped while its
+`PREFECT_API_URL` and `MLFLOW_TRACKING_URI` stay exported in the shell, a wrong port) is named in
+one line, `ServerUnavailable`: the CLI prints it and exits 2, a flow's task retries it. Without
+the check, MLflow's client retried a refused connection with growing waits (`cft recommend`:
+497 s) and both clients then raised a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+
+CHECK_TIMEOUT_S = 10.0  # a server on this machine or a team's answers /health in milliseconds
+
+
+def no_answer(url: str) -> str | None:
+    """Why `<url>/health` got no answer ("[Errno 111] Connection refused", "no answer within 10 s"),
+    None if anything answered: an HTTP error (a proxy's 401 or 404) or a TLS one is the client's to
+    report, with its own settings (MLflow's MLFLOW_TRACKING_INSECURE_TLS, CA path, client certificates)."""
+    import requests
+
+    try:
+        requests.get(f"{url.rstrip('/')}/health", timeout=CHECK_TIMEOUT_S)
+    except requests.exceptions.SSLError:  # something answers; its certificate is not ours to judge
+        return None
+    except requests.Timeout:
+        return f"no answer within {CHECK_TIMEOUT_S:.0f} s"
+    except requests.RequestException as e:  # refused, unknown host: the innermost reason
+        found = re.findall(r"\[Errno -?\d+\][^)'\"]*", str(e))
+        return found[-1].strip() if found else type(e).__name__
+    return None
+
+
+def check_tracking_server(uri: str) -> None:
+    """Raise `ServerUnavailable` when an http(s) tracking URI does not answer (other stores:
+    nothing to ask)."""
+    from schemas.errors import ServerUnavailable
+
+    if uri.startswith(("http://", "https://")) and (reason := no_answer(uri)):
+        raise ServerUnavailable(
+            f"the MLflow server at {uri} does not answer ({reason}): start it (`cft stack up` starts the local "
+            "one), or point tracking.tracking_uri (or MLFLOW_TRACKING_URI) at a server that runs")
+
+
+def check_prefect_api() -> None:
+    """Raise `ServerUnavailable` when Prefect is pointed at an API (PREFECT_API_URL, from the
+    environment or the Prefect profile) that does not answer; without one, Prefect starts a
+    temporary local server and there is nothing to ask."""
+    from prefect.settings import get_current_settings
+
+    from schemas.errors import ServerUnavailable
+
+    url = get_current_settings().api.url
+    if url and (reason := no_answer(url)):
+        raise ServerUnavailable(
+            f"the Prefect server at {url} (PREFECT_API_URL) does not answer ({reason}): start it (`cft stack "
+            "up` starts the local one), or unset PREFECT_API_URL to run on a temporary local server")
