@@ -230,8 +230,8 @@ def run(
 
     out = cft_pipeline(profile=str(config), config=cfg)
     console.print(out["summary"])
-    uri = tracking_uri(cfg)
-    if not uri.startswith("http"):
+    uri = tracking_uri(cfg, create=False)  # (tracking off: no store, and no UI to open on one)
+    if cfg.tracking.enabled and not uri.startswith("http"):
         console.print(f"\nMLflow UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (then http://127.0.0.1:5000)")
     if out["registered"]:
         hint = recommend_hint(config, set_ or [], out["registered"]["name"], _example_history(cfg))

@@ -297,6 +297,14 @@ def test_train_starts_from_the_champion_as_run_does(profile):
     assert "training: cft from the base model, 2 steps" in out, out  # gc removed it: trained again
 
 
+def test_run_with_tracking_off_names_no_store(profile):
+    """Tracking off: no command to open the MLflow UI on the store (it named one that this run did
+    not write to, and created its folder on a fresh data root), and nothing registered to recommend."""
+    out = cft("run", "-c", str(profile), "--set", "tracking.enabled=false")
+    assert "### cli-test: cft, test split" in out, out
+    assert not any(line.startswith(("MLflow UI:", "Recommend:")) for line in out.splitlines()), out
+
+
 def test_replay_writes_the_timeline_report_and_an_mlflow_run(profile, tmp_path):
     import json
 
