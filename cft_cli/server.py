@@ -143,14 +143,16 @@ class ServedModel:
     """
 
     def __init__(self, uri: str, wait: bool = False):
-        from mlflow import MlflowClient
+        import mlflow
 
         from tasks.registry import MODEL_URI
 
         self.uri = uri
         named = MODEL_URI.match(uri)
         self.alias = (named["name"], named["alias"]) if named and named["alias"] else None
-        self.client = MlflowClient()  # the tracking and registry store the CLI pointed MLflow at
+        # The tracking and registry store the CLI pointed MLflow at.
+        self.registry_uri = mlflow.get_registry_uri()
+        self.client = mlflow.MlflowClient(mlflow.get_tracking_uri(), registry_uri=self.registry_uri)
         # None until the alias names a version (`wait`: a server started before the first run).
         self.current: Loaded | None = None
         if self.alias is None:
@@ -160,8 +162,9 @@ class ServedModel:
         # version -> (why it did not load, tries, when to try again): a version that fails is
         # tried again after 1, 2, 4, ... checks' time, up to an hour, not downloaded every check.
         self.failed: dict[str, tuple[str, int, float]] = {}
-        self.switches = 0  # changes of served version, and loads that failed (for /metrics)
+        self.switches = 0  # changes of served version, loads that failed, checks that failed (for /metrics)
         self.load_failures = 0
+        self.check_failures = 0
 
     def _resolve(self, missing_ok: bool = False) -> str | None:
         """The version the alias names; None when there is none yet and `missing_ok`."""
@@ -182,9 +185,14 @@ class ServedModel:
     def refresh(self, every_s: float = 30.0) -> bool:
         """Switch to the version the alias names now, if it moved; say whether it switched.
         `every_s`: the time between checks, the unit of a failed version's back-off. Registry
-        errors propagate (the caller logs them and tries again later)."""
+        errors propagate (the caller logs them and tries again later). A registry server that does
+        not answer is one of them at once (`ServerUnavailable`), not after the MLflow client's own
+        retries, which kept a check silent for minutes while the server was down."""
+        from tasks.servers import check_tracking_server
+
         if self.alias is None:
             return False
+        check_tracking_server(self.registry_uri)
         version = self._resolve(missing_ok=self.current is None)  # (waiting: not there yet is no error)
         if version is None:
             return False
@@ -245,6 +253,7 @@ def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False)
             try:
                 await run_in_threadpool(served.refresh, follow_every_s)
             except Exception as error:  # the registry is unreachable, the alias was deleted, ...
+                served.check_failures += 1
                 log.warning("could not check %s (%s: %s); still serving version %s", model_uri,
                             type(error).__name__, error, served.current.version if served.current else None)
 

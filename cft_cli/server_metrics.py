@@ -14,6 +14,9 @@ What an operator watches a recommender for, beside the process itself (memory, C
   cft_model_catalogue_items                   its catalogue's size
   cft_model_switches_total                    changes of served version (the alias moved)
   cft_model_load_failures_total               versions the alias named that failed to load
+  cft_model_check_failures_total              checks of the alias that failed (the registry's server
+                                              does not answer, the alias was deleted): while it
+                                              rises, a new champion is not picked up
   cft_model_failed_versions                   such versions still pending (also on /health)
   cft_queue_requests, cft_queue_capacity      requests waiting for the LLM's batching worker, and
                                               how many may wait before new ones get 503
@@ -70,6 +73,8 @@ class ServedModelCollector:
         yield info
         yield catalogue
         yield CounterMetricFamily("cft_model_switches", "Changes of served version", value=served.switches)
+        yield CounterMetricFamily("cft_model_check_failures", "Checks of the alias that failed (registry unreachable, "
+                                  "alias deleted)", value=served.check_failures)
         yield CounterMetricFamily("cft_model_load_failures", "Versions that failed to load when the alias named them",
                                   value=served.load_failures)
         yield GaugeMetricFamily("cft_model_failed_versions", "Versions named by the alias that did not load, pending",

@@ -394,3 +394,66 @@ def test_a_server_started_before_the_first_champion_waits_for_it(tmp_path, small
             health = client.get("/health")
             assert health.status_code == 200 and health.json()["version"] == version
             assert client.post("/recommend", json={"history": ["1"], "k": 2}).headers["X-Model-Version"] == version
+
+
+def test_a_registry_server_that_stops_answering_fails_each_check_at_once(tmp_path, small_sequences, caplog):
+    """The recommender follows its alias through a real MLflow server. When that server stops, every
+    check fails at once, says why in the log and counts in /metrics, and the served version goes on
+    answering. (MLflow's client retried the refused connection for minutes first: no warning, no count.)"""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    import mlflow
+    from fastapi.testclient import TestClient
+
+    from cft_cli.server import create_app
+    from tasks import registry
+
+    seq, _ = small_sequences
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = make_config(tmp_path)
+    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": store})})
+    name = cfg.registered_model_name()
+    with mlflow_uris_restored():
+        mlflow.set_tracking_uri(store)
+        mlflow.set_registry_uri(store)
+        version = registry.register_baseline(cfg, seq, "fp", "popularity")  # the champion, its artifacts local
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host",
+                               "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    http = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{http}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "the MLflow server did not start"
+                time.sleep(0.5)
+        with mlflow_uris_restored():
+            mlflow.set_tracking_uri(http)
+            mlflow.set_registry_uri(http)
+            with TestClient(create_app(f"models:/{name}@champion", follow_every_s=0.2)) as client:
+                assert client.get("/health").json()["version"] == version
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=60)
+                deadline = time.time() + 60
+                while scrape(client)[("cft_model_check_failures_total", ())] < 2:
+                    assert time.time() < deadline, "no failed check counted a minute after the server stopped"
+                    time.sleep(0.2)
+                answer = client.post("/recommend", json={"history": ["1"], "k": 2})
+                assert answer.status_code == 200 and answer.headers["X-Model-Version"] == version
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"the MLflow server at {http} does not answer ([Errno 111] Connection refused)" in w
+               and f"still serving version {version}" in w for w in warnings), warnings
