@@ -215,16 +215,22 @@ def prefect_harness():
 
 
 @contextmanager
-def mlflow_uris_restored():
+def mlflow_uris_restored(uri: str | None = None):
     """mlflow.set_tracking_uri / set_registry_uri / set_experiment set MLflow's module globals and
     export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI / MLFLOW_EXPERIMENT_ID: put them back as they
     were on the way out, so that one test's (or one module fixture's) store does not become the
     next one's default, nor its experiment id the next store's active experiment (a run of another
-    experiment with that id then refuses to start)."""
+    experiment with that id then refuses to start). With `uri`, both point at it inside the block
+    (what the CLI does for a command: `models:/` URIs resolve through them)."""
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
     saved = {k: os.environ.get(k) for k in names}
     experiment = sys.modules["mlflow.tracking.fluent"]._active_experiment_id if "mlflow" in sys.modules else None
     try:
+        if uri is not None:
+            import mlflow
+
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
         yield
     finally:
         if "mlflow" in sys.modules:

@@ -343,9 +343,7 @@ def test_recommend_all_leaves_out_items_an_older_model_does_not_know(profile, tm
     uri = f"sqlite:///{profile.parent / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     baselines = [v.version for v in client.search_model_versions("name='cft-cli-test'") if v.tags.get("cft.kind") == "popularity"]
-    with mlflow_uris_restored():
-        mlflow.set_tracking_uri(uri)  # (a version's model resolves through the tracking store)
-        mlflow.set_registry_uri(uri)
+    with mlflow_uris_restored(uri):  # (a version's model resolves through the tracking store)
         catalogues = {v: set(mlflow.pyfunc.load_model(f"models:/cft-cli-test/{v}").unwrap_python_model().catalogue.row_of_id)
                       for v in baselines}
     older, known = min(catalogues.items(), key=lambda kv: len(kv[1]))

@@ -147,9 +147,7 @@ def test_the_markov_baseline_serves_what_followed_the_newest_known_item(setup):
     after = pairs[busiest].sort_values(ascending=False, kind="stable")
     source = source_ids(seq)
     expected = sorted(after.index, key=lambda i: (-after[i], -counts.get(i, 0), i))
-    with mlflow_uris_restored():
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+    with mlflow_uris_restored(uri):
         served = mlflow.pyfunc.load_model(f"models:/{name}/2")
         assert served.unwrap_python_model().transitions._ordered  # sorted on load, not at the first request
         # The newest entry is unknown (left out): the newest known one, `busiest`, decides.
@@ -206,9 +204,7 @@ def test_a_version_that_answers_dense_ids_is_refused_by_the_batch(setup, monkeyp
     old = registry.register_baseline(cfg, seq, "fp-B", "popularity")
     name = cfg.registered_model_name()
     interactions = Path(json.loads((seq / "manifest.json").read_text())["ingested"]) / "interactions.parquet"
-    with mlflow_uris_restored():
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+    with mlflow_uris_restored(uri):
         assert registry.answers_source_ids(mlflow.pyfunc.load_model(f"models:/{name}/{now}"))
         assert not registry.answers_source_ids(mlflow.pyfunc.load_model(f"models:/{name}/{old}"))
         with pytest.raises(InputError, match=f"models:/{name}/{old} answers with the dense item ids of its own data window"):
@@ -224,7 +220,6 @@ def test_the_batch_leaves_out_all_a_user_has_and_older_versions_the_history_only
     """A version registered now takes `exclude`: the batch leaves out every item the user has
     (not only the newest max_history); one registered before (no `exclude` in its signature)
     is still used, leaving out the history only, and the output says which."""
-    import mlflow
     from mlflow.types import Schema
 
     from tasks.batch import recommend_all
@@ -241,9 +236,7 @@ def test_the_batch_leaves_out_all_a_user_has_and_older_versions_the_history_only
     interactions = Path(json.loads((seq / "manifest.json").read_text())["ingested"]) / "interactions.parquet"
     rows = pd.read_parquet(interactions)
     seen = {u: set(items) for u, items in rows.groupby("user_id")["item_id"]}
-    with mlflow_uris_restored():
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+    with mlflow_uris_restored(uri):
         got = {}
         for version in (now, before):
             out = tmp_path / f"recs-{version}.parquet"
@@ -252,9 +245,7 @@ def test_the_batch_leaves_out_all_a_user_has_and_older_versions_the_history_only
     done, recs = got[now]
     assert done.excluded_seen and all(not set(r.item_ids) & seen[r.user_id] for r in recs.itertuples())
     assert done.users_short == (recs["item_ids"].map(len) < 5).sum()
-    with mlflow_uris_restored():  # the whole catalogue asked: every user has some, so every user is short
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+    with mlflow_uris_restored(uri):  # the whole catalogue asked: every user has some, so every user is short
         size = len(pd.read_parquet(seq / "catalogue.parquet"))
         everything = recommend_all(interactions, (None, None), 3, f"models:/{name}/{now}", size, tmp_path / "all.parquet",
                                    progress=False)
@@ -287,9 +278,7 @@ def test_versions_registered_with_older_pyfunc_files_still_answer(setup, monkeyp
     popularity = registry.register_baseline(cfg, seq, "fp-old", "popularity")
     name = cfg.registered_model_name()
     history = pd.read_parquet(seq / "catalogue.parquet")["title"].tolist()[:2]
-    with mlflow_uris_restored():
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+    with mlflow_uris_restored(uri):
         for version in (popularity, llm):
             out = mlflow.pyfunc.load_model(f"models:/{name}/{version}").predict(
                 pd.DataFrame({"history": [history], "exclude": [[]]}), params={"k": 3})
@@ -400,9 +389,7 @@ def test_a_champion_is_gated_as_it_serves_with_its_own_catalogue(setup):
     assert (champion_ranks[preds["target_item_id"].isin(new)] == -1).all()
     assert d.champion_version == champion and d.champion_value == per_row_metric(champion_ranks, "NDCG@50").mean()
     assert d.challenger_value == per_row_metric(this_window, "NDCG@50").mean()  # the same model, this window's items
-    with mlflow_uris_restored():
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+    with mlflow_uris_restored(uri):
         source = source_ids(seq)  # what a client sends: the source's ids
         served = mlflow.pyfunc.load_model(f"models:/{name}/{champion}").predict(
             pd.DataFrame({"history": [[source[i] for i in h] for h in preds["history_item_ids"]]}),
@@ -426,7 +413,6 @@ def test_a_loaded_version_frees_its_model_and_download_when_done(setup, monkeypa
     is read in place; from any other store (an MLflow server's proxied artifacts, S3: here the
     local store treated as one) the model is downloaded into a folder of its own that goes with
     the block, where MLflow's own download would stay in the temporary directory for good."""
-    import mlflow
 
     from tests.conftest import mlflow_uris_restored
 
@@ -434,9 +420,7 @@ def test_a_loaded_version_frees_its_model_and_download_when_done(setup, monkeypa
     version = registered(cfg, uri, model_dir, seq, new_run(uri)).version
     model_uri = f"models:/{cfg.registered_model_name()}/{version}"
     workers, downloads = [], []
-    with mlflow_uris_restored():
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+    with mlflow_uris_restored(uri):
         assert registry.artifacts_read_in_place(model_uri)  # the SQLite set-up keeps artifacts in a folder
         if not in_place:
             monkeypatch.setattr(registry, "artifacts_read_in_place", lambda uri: False)

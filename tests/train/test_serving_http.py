@@ -306,9 +306,7 @@ def test_a_served_alias_is_followed_without_a_restart(tmp_path, small_sequences)
             time.sleep(0.1)
         return health
 
-    with mlflow_uris_restored():
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+    with mlflow_uris_restored(uri):
         llm = str(registered(cfg, uri, model_folder(cfg, seq), seq, new_run(uri)).version)
         broken = str(registered(cfg, uri, model_folder(cfg, seq), seq, new_run(uri)).version)
         baseline = registry.register_baseline(cfg, seq, "fp", "popularity")  # the first champion
@@ -361,7 +359,6 @@ def test_a_served_alias_is_followed_without_a_restart(tmp_path, small_sequences)
 def test_a_server_started_before_the_first_champion_waits_for_it(tmp_path, small_sequences):
     """`cft serve --wait` (the local stack's recommender): 503 while no version has the alias,
     then the first champion; without `wait` a missing model is an error at start."""
-    import mlflow
     from fastapi.testclient import TestClient
     from mlflow.exceptions import MlflowException
 
@@ -370,12 +367,9 @@ def test_a_server_started_before_the_first_champion_waits_for_it(tmp_path, small
 
     seq, _ = small_sequences
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = make_config(tmp_path)
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    cfg = make_config(tmp_path, tracking={"enabled": True, "tracking_uri": uri})
     name = cfg.registered_model_name()
-    with mlflow_uris_restored():
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+    with mlflow_uris_restored(uri):
         with pytest.raises(MlflowException, match=f"name={name} not found"):
             create_app(f"models:/{name}@champion")
         with TestClient(create_app(f"models:/{name}@champion", follow_every_s=0, wait=True)) as client:
@@ -407,7 +401,6 @@ def test_a_registry_server_that_stops_answering_fails_each_check_at_once(tmp_pat
     import sys
     import urllib.request
 
-    import mlflow
     from fastapi.testclient import TestClient
 
     from cft_cli.server import create_app
@@ -415,12 +408,9 @@ def test_a_registry_server_that_stops_answering_fails_each_check_at_once(tmp_pat
 
     seq, _ = small_sequences
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = make_config(tmp_path)
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": store})})
+    cfg = make_config(tmp_path, tracking={"enabled": True, "tracking_uri": store})
     name = cfg.registered_model_name()
-    with mlflow_uris_restored():
-        mlflow.set_tracking_uri(store)
-        mlflow.set_registry_uri(store)
+    with mlflow_uris_restored(store):
         version = registry.register_baseline(cfg, seq, "fp", "popularity")  # the champion, its artifacts local
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -438,19 +428,16 @@ def test_a_registry_server_that_stops_answering_fails_each_check_at_once(tmp_pat
             except OSError:
                 assert time.time() < deadline and server.poll() is None, "the MLflow server did not start"
                 time.sleep(0.5)
-        with mlflow_uris_restored():
-            mlflow.set_tracking_uri(http)
-            mlflow.set_registry_uri(http)
-            with TestClient(create_app(f"models:/{name}@champion", follow_every_s=0.2)) as client:
-                assert client.get("/health").json()["version"] == version
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait(timeout=60)
-                deadline = time.time() + 60
-                while scrape(client)[("cft_model_check_failures_total", ())] < 2:
-                    assert time.time() < deadline, "no failed check counted a minute after the server stopped"
-                    time.sleep(0.2)
-                answer = client.post("/recommend", json={"history": ["1"], "k": 2})
-                assert answer.status_code == 200 and answer.headers["X-Model-Version"] == version
+        with mlflow_uris_restored(http), TestClient(create_app(f"models:/{name}@champion", follow_every_s=0.2)) as client:
+            assert client.get("/health").json()["version"] == version
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+            deadline = time.time() + 60
+            while scrape(client)[("cft_model_check_failures_total", ())] < 2:
+                assert time.time() < deadline, "no failed check counted a minute after the server stopped"
+                time.sleep(0.2)
+            answer = client.post("/recommend", json={"history": ["1"], "k": 2})
+            assert answer.status_code == 200 and answer.headers["X-Model-Version"] == version
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
