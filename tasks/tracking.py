@@ -247,16 +247,26 @@ TRAINING_TAG = "cft.training"  # the training folder's name (tasks.training.trai
 RECORDED_TAG = "cft.recorded_from"  # a training run recorded from training.json (training_run_in_store)
 
 
-def _live_run(client, run_id: str | None) -> bool:
-    """Whether `run_id` is a run of this store that is not deleted."""
+def _active_run(client, run_id: str | None):
+    """The run `run_id` of this store if it is not deleted, else None."""
     from mlflow.exceptions import MlflowException
 
     if not run_id:
-        return False
+        return None
     try:
-        return client.get_run(run_id).info.lifecycle_stage == "active"
+        run = client.get_run(run_id)
     except MlflowException:  # RESOURCE_DOES_NOT_EXIST: tracked in another store
-        return False
+        return None
+    return run if run.info.lifecycle_stage == "active" else None
+
+
+RUN_ID_FILE = "mlflow_run_id"  # in a training folder: the id of its run (`TrainingRun`)
+
+
+def _folder_run(client, run_dir: Path):
+    """The run a training folder's `mlflow_run_id` names, if this store has it (not deleted)."""
+    id_file = run_dir / RUN_ID_FILE
+    return _active_run(client, id_file.read_text().strip() if id_file.is_file() else None)
 
 
 class TrainingRun:
@@ -269,14 +279,12 @@ class TrainingRun:
         import mlflow
 
         use_experiment(cfg)
-        id_file = run_dir / "mlflow_run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else None
-        if not _live_run(mlflow.MlflowClient(tracking_uri(cfg)), run_id):
-            run_id = None
+        known = _folder_run(mlflow.MlflowClient(tracking_uri(cfg)), run_dir)
+        run_id = known.info.run_id if known else None
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{cfg.train.objective}-{run_dir.name}")
         self.run_id = run.info.run_id
         if run_id is None:
-            id_file.write_text(self.run_id)
+            (run_dir / RUN_ID_FILE).write_text(self.run_id)
             mlflow.log_params(flatten(cfg.model_dump(mode="json")))
             mlflow.set_tags({
                 "dataset": cfg.data.name, "data_fingerprint": data_fingerprint,
@@ -325,7 +333,7 @@ def training_run_here(cfg: PipelineConfig, run_dir: Path, summary: dict) -> str 
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri(cfg))
-    if _live_run(client, summary.get("mlflow_run_id")):
+    if _active_run(client, summary.get("mlflow_run_id")) is not None:
         return summary["mlflow_run_id"]
     experiments = [e.experiment_id for e in client.search_experiments()]
     found = client.search_runs(experiments, f"tags.`{TRAINING_TAG}` = '{run_dir.name}' and attributes.status = 'FINISHED'",
@@ -370,10 +378,8 @@ def run_left_running(cfg: PipelineConfig, run_dir: Path) -> str | None:
     ran. Asked of unfinished trainings that `cft gc` removes."""
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri(cfg))
-    id_file = run_dir / "mlflow_run_id"
-    run_id = id_file.read_text().strip() if id_file.is_file() else None
-    return run_id if _live_run(client, run_id) and client.get_run(run_id).info.status == "RUNNING" else None
+    run = _folder_run(mlflow.MlflowClient(tracking_uri(cfg)), run_dir)
+    return run.info.run_id if run is not None and run.info.status == "RUNNING" else None
 
 
 def end_abandoned_run(cfg: PipelineConfig, run_id: str) -> None:
@@ -391,10 +397,9 @@ def _drop_half_recording(client, run_dir: Path) -> None:
     folder names, in this store and not finished, can be nothing else (the training's own run is
     finished, and a finished recording is found by its tag). Recording it again from the start
     then logs each step once, with every parameter and tag."""
-    id_file = run_dir / "mlflow_run_id"
-    run_id = id_file.read_text().strip() if id_file.is_file() else None
-    if _live_run(client, run_id) and client.get_run(run_id).info.status != "FINISHED":
-        client.delete_run(run_id)
+    run = _folder_run(client, run_dir)
+    if run is not None and run.info.status != "FINISHED":
+        client.delete_run(run.info.run_id)
 
 
 def log_timeline(cfg: PipelineConfig, timeline: dict, plot: Path) -> str:
