@@ -568,26 +568,30 @@ def rollback(reason: ReasonOpt, model_name: ModelNameOpt = None,
 stack_app = typer.Typer(help="Local Prefect server + worker + MLflow server on 127.0.0.1.", **_TYPER)
 app.add_typer(stack_app, name="stack")
 DataRootOpt = Annotated[Path, typer.Option(help="Data root; the stack keeps its state in <data-root>/stack.")]
-PortOpt = Annotated[int, typer.Option(min=1, max=65535)]
 
 
 @stack_app.command("up")
 def stack_up(
     data_root: DataRootOpt = Path("data"),
-    prefect_port: PortOpt = 4200,
-    mlflow_port: PortOpt = 5000,
+    prefect_port: Annotated[int | None, typer.Option(min=1, max=65535, show_default="4200, or the port it runs on",
+                                                     help="Port of the Prefect server.")] = None,
+    mlflow_port: Annotated[int | None, typer.Option(min=1, max=65535, show_default="5000, or the port it runs on",
+                                                    help="Port of the MLflow server.")] = None,
     worker: Annotated[bool, typer.Option(help="Start a process worker.")] = True,
     serve: Annotated[Path | None, typer.Option(help="Also serve this profile's champion (cft serve --wait): "
                                                     "503 until a run registers one, then each new champion.")] = None,
-    serve_port: PortOpt = 8080,
+    serve_port: Annotated[int | None, typer.Option(min=1, max=65535, show_default="8080, or the port it runs on",
+                                                   help="Port of the recommender (with --serve).")] = None,
     follow_every: Annotated[float, typer.Option(min=0.1, help="Seconds between the recommender's checks of the "
                                                              "alias it serves (cft serve --follow-every).")] = 30.0,
 ) -> None:
-    """Start the servers, create the work pool, deploy prefect.yaml, start a worker; print URLs."""
+    """Start the servers, create the work pool, deploy prefect.yaml, start a worker; print URLs.
+    Run again, it starts only what has stopped, and keeps what runs on its ports."""
     from cft_cli.stack import (
-        Stack,
         check_ports,
         deploy,
+        deployments,
+        running_stack,
         start_recommender,
         start_servers,
         start_worker,
@@ -596,21 +600,21 @@ def stack_up(
 
     if serve is not None:
         load_config(serve)  # a mistake in the profile is said now, not in the recommender's log
-    stack = Stack(data_root, prefect_port=prefect_port, mlflow_port=mlflow_port, serve_port=serve_port)
+    stack = running_stack(data_root, prefect_port=prefect_port, mlflow_port=mlflow_port, serve_port=serve_port)
     check_ports(stack, serve=serve is not None)  # before anything starts
     start_servers(stack, say=console.print)
     deploy(stack)
-    console.print("deployed: cft/full-pipeline, cft/scheduled-retrain (paused), cft-replay/replay, cft-promote/promote, "
-                  "cft-batch/nightly (paused)")
+    console.print(f"deployed: {', '.join(sorted(deployments(stack)))}")
     if worker:
-        start_worker(stack)
-        console.print(f"worker on pool cft-local (log: {stack.state / 'logs' / 'worker.log'})")
+        running = start_worker(stack)
+        console.print(f"worker on pool cft-local (log: {stack.state / 'logs' / 'worker.log'}"
+                      + (f"; already running, pid {running.pid})" if running else ")"))
     if serve is not None:
         start_recommender(stack, serve, follow_every_s=follow_every, say=console.print)
     console.print(
         f"\nPrefect UI: {stack.prefect_api.removesuffix('/api')}    MLflow UI: {stack.mlflow_uri}\n"
         f"In your shell:\n  export PREFECT_API_URL={stack.prefect_api} MLFLOW_TRACKING_URI={stack.mlflow_uri}\n"
-        "  prefect deployment run cft/full-pipeline --param profile=configs/smoke.yaml --watch\n"
+        f"  prefect deployment run cft/full-pipeline --param profile={serve or 'configs/smoke.yaml'} --watch\n"
         + (f"  curl -s {stack.recommender_url}/health\n" if serve is not None else "")
         + f"Stop: cft stack down --data-root {data_root}")
 
@@ -626,15 +630,24 @@ def stack_down(data_root: DataRootOpt = Path("data")) -> None:
 
 @stack_app.command("status")
 def stack_status(data_root: DataRootOpt = Path("data")) -> None:
-    """Which of the stack's processes run (`not running` when the stack is down)."""
+    """Which of the stack's processes run, and whether its servers answer (`not running` when the
+    stack is down)."""
     from cft_cli.stack import Stack, status
 
     processes = status(Stack(data_root))
-    if not any(processes.values()):
+    if not any(p.running for p in processes.values()):
         console.print(f"stack: not running (data root {data_root}); start it with `cft stack up`")
         return
-    for name, alive in processes.items():
-        console.print(f"{name}: {'running' if alive else 'stopped'}")
+    for name, p in processes.items():
+        if not p.running:
+            line = "stopped"
+        elif p.url is None:
+            line = "running"
+        elif p.no_answer is None:
+            line = f"running, answers at {p.url}"
+        else:
+            line = f"running, but {p.url} does not answer ({p.no_answer}); see {Stack(data_root).state / 'logs' / name}.log"
+        console.print(f"{name}: {line}")
 
 
 def main() -> None:

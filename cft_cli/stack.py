@@ -6,7 +6,9 @@ Everything binds to 127.0.0.1 and keeps its state under `<data_root>/stack/`:
 
     stack/prefect/      PREFECT_HOME (the server's SQLite database, results of flow runs)
     stack/logs/         one log file per process
-    stack/pids.json     the processes `up` started: `down` stops those and nothing else
+    stack/pids.json     the processes `up` started (pid, start, command line): `down` stops those
+                        and nothing else; `status` asks each running server whether it answers, and
+                        `up` again reuses the running ones on their ports (`running_stack`)
 
 MLflow serves the same SQLite store that in-process runs (`cft run`) write
 (`<data_root>/mlflow/mlflow.db`), so every run shows up in one UI.
@@ -23,7 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -34,6 +36,9 @@ from tasks.quiet import QUIET_ENV
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 POOL = "cft-local"
 PROMOTION_TAG = "cft-promotion"  # tasks that move the champion alias run one at a time
+# The stack's servers: the `Stack` field of each one's port, and the option that sets it.
+SERVER_PORTS = {"prefect-server": ("prefect_port", "--prefect-port"), "mlflow-server": ("mlflow_port", "--mlflow-port"),
+                "recommender": ("serve_port", "--serve-port")}
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,11 @@ class Stack:
     @property
     def recommender_url(self) -> str:
         return f"http://{self.host}:{self.serve_port}"
+
+    def url_of(self, name: str) -> str:
+        """The address clients use for the server `name` (Prefect's API, not its UI)."""
+        return {"prefect-server": self.prefect_api, "mlflow-server": self.mlflow_uri,
+                "recommender": self.recommender_url}[name]
 
     def env(self) -> dict[str, str]:
         """Environment of every stack process and of the commands run against the stack."""
@@ -104,6 +114,33 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path, answ
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s; see {log}")
 
 
+def running_stack(data_root: Path, **ports: int | None) -> Stack:
+    """The stack under `data_root` with the ports `up` should use: a server of it that runs keeps
+    the port it was started on (its command line in pids.json), so `cft stack up` again, with no port
+    options, reuses it and prints its addresses (it used to deploy to the default port, where
+    nothing listened, and fail with a traceback). A port given (not None) for a server that runs
+    on another one is an InputError; for the others, None is the default port."""
+    stack = Stack(data_root)
+    pids = _read_pids(stack)
+    chosen = {}
+    for name, (field, option) in SERVER_PORTS.items():
+        given = ports.get(field)
+        entry = pids.get(name)
+        running = _port_of(entry) if _running(pids, name) else None
+        if running is not None and given is not None and given != running:
+            raise InputError(f"the stack's {name} already runs on port {running} (pid {entry['pid']}): leave "
+                             f"{option} out to use it, or stop the stack first (cft stack down --data-root {data_root})")
+        chosen[field] = running or given or getattr(stack, field)
+    return replace(stack, **chosen)
+
+
+def _port_of(entry: dict) -> int:
+    """The port a recorded server was started on: its command line's `--port` (every server the
+    stack starts is given one)."""
+    cmd = entry["cmd"]
+    return int(cmd[cmd.index("--port") + 1])
+
+
 def check_listenable(host: str, port: int, option: str) -> None:
     """Raise InputError unless a server could listen on host:port now: checked before a server
     starts, so a taken port or an address not of this machine is the user's error at once (exit
@@ -133,15 +170,13 @@ def check_ports(stack: Stack, serve: bool) -> None:
     """Before `up` starts anything: the port of every server it would start (those of this stack
     not already running) is distinct from the others and free, so a mistake leaves nothing running."""
     pids = _read_pids(stack)
-    wanted = {"prefect-server": (stack.prefect_port, "--prefect-port"),
-              "mlflow-server": (stack.mlflow_port, "--mlflow-port")}
-    if serve:
-        wanted["recommender"] = (stack.serve_port, "--serve-port")
+    wanted = {name: (getattr(stack, field), option) for name, (field, option) in SERVER_PORTS.items()
+              if serve or name != "recommender"}
     for name, (port, option) in wanted.items():
         same = [other for other_port, other in wanted.values() if other_port == port]
         if len(same) > 1:
             raise InputError(f"port {port} is given to both {same[0]} and {same[1]}")
-        if not (pids.get(name) and _alive(pids[name])):
+        if not _running(pids, name):
             check_listenable(stack.host, port, option)
 
 
@@ -201,6 +236,11 @@ def _alive(entry: dict) -> psutil.Process | None:
         return None
 
 
+def _running(pids: dict, name: str) -> psutil.Process | None:
+    """The process recorded as `name`, if it still runs (`_alive`)."""
+    return _alive(pids[name]) if name in pids else None
+
+
 def _cli(stack: Stack, *args: str) -> None:
     """Run a prefect CLI command against the stack's server; raise with its output on failure."""
     res = subprocess.run([_bin("prefect"), *args], env=stack.env(), cwd=PROJECT_ROOT, capture_output=True, text=True)
@@ -212,13 +252,17 @@ def start_servers(stack: Stack, say=print) -> None:
     """Prefect server and MLflow server (each skipped when this stack's one already runs)."""
     pids = _read_pids(stack)
     env = stack.env()
-    if not (pids.get("prefect-server") and _alive(pids["prefect-server"])):
+    if running := _running(pids, "prefect-server"):
+        say(f"Prefect server  {stack.prefect_api.removesuffix('/api')} (already running, pid {running.pid})")
+    else:
         proc = _spawn(stack, "prefect-server", [_bin("prefect"), "server", "start", "--host", stack.host,
                                                 "--port", str(stack.prefect_port), "--analytics-off"], env)
         _record(stack, "prefect-server", proc)
         _wait_http(f"{stack.prefect_api}/health", 120, proc, stack.state / "logs" / "prefect-server.log")
         say(f"Prefect server  {stack.prefect_api.removesuffix('/api')}")
-    if not (pids.get("mlflow-server") and _alive(pids["mlflow-server"])):
+    if running := _running(pids, "mlflow-server"):
+        say(f"MLflow server   {stack.mlflow_uri} (already running, pid {running.pid})")
+    else:
         store = stack.data_root.resolve() / "mlflow"
         store.mkdir(parents=True, exist_ok=True)
         proc = _spawn(stack, "mlflow-server", [
@@ -237,19 +281,21 @@ def deploy(stack: Stack) -> None:
     _cli(stack, "--no-prompt", "deploy", "--all")
 
 
-def start_worker(stack: Stack) -> None:
-    pids = _read_pids(stack)
-    if pids.get("worker") and _alive(pids["worker"]):
-        return
+def start_worker(stack: Stack) -> psutil.Process | None:
+    """A process worker on the pool, unless one `up` started still runs: then that one."""
+    if running := _running(_read_pids(stack), "worker"):
+        return running
     proc = _spawn(stack, "worker", [_bin("prefect"), "worker", "start", "--pool", POOL], stack.env())
     _record(stack, "worker", proc)
+    return None
 
 
 def start_recommender(stack: Stack, profile: Path, follow_every_s: float = 30.0, say=print) -> None:
     """`cft serve --wait` of `profile`'s champion from the stack's registry: 503 until the first
     run registers a champion, then that version, then each new one (cft_cli/server.py)."""
-    pids = _read_pids(stack)
-    if pids.get("recommender") and _alive(pids["recommender"]):
+    if running := _running(_read_pids(stack), "recommender"):
+        say(f"Recommender     {stack.recommender_url} (already running, pid {running.pid}: its profile and "
+            "--follow-every stay as they were; `cft stack down` first to change them)")
         return
     proc = _spawn(stack, "recommender", [
         _bin("cft"), "serve", "-c", str(profile.resolve()), "--host", stack.host, "--port", str(stack.serve_port),
@@ -285,5 +331,47 @@ def down(stack: Stack, timeout: float = 30.0, say=print) -> list[str]:
     return stopped
 
 
-def status(stack: Stack) -> dict[str, bool]:
-    return {name: _alive(entry) is not None for name, entry in _read_pids(stack).items()}
+@dataclass(frozen=True)
+class ProcessStatus:
+    """One recorded process: whether it runs; for a server, its address and, when it runs, why its
+    /health did not answer (None: it answered; a 503 of a recommender waiting for a champion counts)."""
+
+    running: bool
+    url: str | None = None  # None: the worker
+    no_answer: str | None = None
+
+
+def status(stack: Stack) -> dict[str, ProcessStatus]:
+    """Each process `up` recorded; a running server is asked for its /health (a process can run
+    and not serve: still starting, stuck, or its port taken by another program since)."""
+    from tasks.servers import no_answer
+
+    out = {}
+    for name, entry in _read_pids(stack).items():
+        running = _alive(entry) is not None
+        if name not in SERVER_PORTS:
+            out[name] = ProcessStatus(running)
+            continue
+        url = replace(stack, **{SERVER_PORTS[name][0]: _port_of(entry)}).url_of(name)
+        out[name] = ProcessStatus(running, url, no_answer(url) if running else None)
+    return out
+
+
+def deployments(stack: Stack) -> list[str]:
+    """`flow/deployment` of each deployment on the stack's Prefect server, as `prefect deployment
+    run` names it, with "(paused)" after one whose schedules are all off: what `deploy` made of
+    prefect.yaml."""
+    flows = {f["id"]: f["name"] for f in _api(stack, "/flows/filter")}
+    out = []
+    for d in _api(stack, "/deployments/filter"):
+        paused = bool(d["schedules"]) and not any(s["active"] for s in d["schedules"])
+        out.append(f"{flows[d['flow_id']]}/{d['name']}" + (" (paused)" if paused else ""))
+    return out
+
+
+def _api(stack: Stack, path: str) -> list[dict]:
+    """POST {} to a filter endpoint of the stack's Prefect API."""
+    req = urllib.request.Request(f"{stack.prefect_api}{path}", data=b"{}", method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 (loopback URL we built)
+        return json.loads(r.read())

@@ -214,6 +214,16 @@ def prefect_harness():
         yield
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (bound, then released): for a server a test
+    starts, or one a test needs to find closed."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextmanager
 def mlflow_uris_restored(uri: str | None = None):
     """mlflow.set_tracking_uri / set_registry_uri / set_experiment set MLflow's module globals and

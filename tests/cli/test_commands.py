@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cft_cli.main import app
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -155,16 +156,13 @@ def test_serve_answers_over_http(profile):
     """`cft serve` as a user starts it: a real process on a free port, asked over HTTP."""
     import json
     import os
-    import socket
     import subprocess
     import sys
     import time
     import urllib.error
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     catalogue = next((profile.parent / "data" / "sequences").iterdir()) / "catalogue.parquet"
     title = pd.read_parquet(catalogue)["title"][0]
     server = subprocess.Popen([sys.executable, "-m", "cft_cli", "serve", "-c", str(profile), "--model",

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cft_cli.main import app
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -199,21 +200,12 @@ def test_registry_commands_without_a_store(tmp_path, command):
     assert list(tmp_path.iterdir()) == []
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (bound, then released)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("command", [["run"], ["train"], ["recommend", "Heat"], ["gc", "--dry-run"],
                                      ["promote", "--version", "1", "--reason", "because"]])
 def test_a_tracking_server_that_does_not_answer_is_named(tmp_path, command):
     """A profile tracking to an MLflow server that is not running: `error:` naming the server, exit
     2, before anything is written (MLflow's client would retry for minutes, then raise a traceback)."""
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     res = run(command[0], "-c", str(profile(tmp_path, "")), "--set", f"tracking.tracking_uri={uri}", *command[1:])
     assert res.exit_code == 2, res.output
     assert res.output.startswith(f"error: the MLflow server at {uri} does not answer (")
@@ -229,7 +221,7 @@ def test_a_prefect_server_that_does_not_answer_is_named(tmp_path):
     import subprocess
     import sys
 
-    url = f"http://127.0.0.1:{closed_port()}/api"
+    url = f"http://127.0.0.1:{free_port()}/api"
     res = subprocess.run([sys.executable, "-m", "cft_cli", "run", "-c", str(profile(tmp_path, ""))],
                          env={**os.environ, "PREFECT_API_URL": url}, capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2, res.stdout + res.stderr

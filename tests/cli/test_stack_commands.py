@@ -1,11 +1,31 @@
-"""`cft stack up` refusing bad input before it starts anything. (Up, status and down with real
-servers, and the deployed pipeline through the stack: tests/e2e/test_stack.py.)"""
+"""`cft stack up` refusing bad input before it starts anything, finding the processes it recorded,
+and `status` asking the servers; with stand-in processes. (Up, status and down with real servers,
+and the deployed pipeline through the stack: tests/e2e/test_stack.py.)"""
 
 from __future__ import annotations
 
+import sys
+
+import pytest
 from typer.testing import CliRunner
 
+from cft_cli import stack as stack_mod
 from cft_cli.main import app
+from schemas.errors import InputError
+from tests.conftest import free_port
+
+SLEEP = "import time; time.sleep(60)"
+# Answers every request (501: the handler has no GET), on the port after `--port`.
+ANSWER = ("import http.server, sys; http.server.HTTPServer(('127.0.0.1', int(sys.argv[2])), "
+          "http.server.BaseHTTPRequestHandler).serve_forever()")
+
+
+def stand_in(st, name: str, code: str, *args: str):
+    """A process recorded in the stack's pids.json as `name`, running `code` with `args` (a server's
+    command line ends in `--port N`, as the ones `up` starts)."""
+    proc = stack_mod._spawn(st, name, [sys.executable, "-c", code, *args], {})
+    stack_mod._record(st, name, proc)
+    return proc
 
 
 def test_stack_up_refuses_a_bad_serve_profile_before_starting_anything(tmp_path):
@@ -21,18 +41,13 @@ def test_a_recorded_process_is_known_by_its_command_and_start_time(tmp_path, mon
     """`cft stack status` / `down` find a recorded process again after a clock step of any size
     (psutil's create_time and boot time both move with it), but not a reused pid running something
     else, nor one started at another time, nor one that ended."""
-    import sys
-
     import psutil
 
-    from cft_cli import stack as stack_mod
-
     st = stack_mod.Stack(tmp_path / "data")
-    proc = stack_mod._spawn(st, "sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    proc = stand_in(st, "sleeper", SLEEP)
     try:
-        stack_mod._record(st, "sleeper", proc)
         entry = stack_mod._read_pids(st)["sleeper"]
-        assert stack_mod.status(st) == {"sleeper": True}
+        assert stack_mod.status(st) == {"sleeper": stack_mod.ProcessStatus(True)}
         assert stack_mod._alive({**entry, "cmd": [sys.executable, "-c", "print()"]}) is None  # another command
         assert stack_mod._alive({**entry, "started_after_boot": entry["started_after_boot"] - 5}) is None  # another start
         old = {k: v for k, v in entry.items() if k != "started_after_boot"}  # recorded by an older version
@@ -43,34 +58,81 @@ def test_a_recorded_process_is_known_by_its_command_and_start_time(tmp_path, mon
             boot, created = psutil.boot_time, psutil.Process.create_time
             clock.setattr(psutil, "boot_time", lambda: boot() + step)
             clock.setattr(psutil.Process, "create_time", lambda self: created(self) + step)
-            assert stack_mod.status(st) == {"sleeper": True}
+            assert stack_mod.status(st) == {"sleeper": stack_mod.ProcessStatus(True)}
     finally:
         proc.kill()
         proc.wait()
-    assert stack_mod.status(st) == {"sleeper": False}
+    assert stack_mod.status(st) == {"sleeper": stack_mod.ProcessStatus(False)}
 
 
 def test_up_reuses_a_recorded_process_that_still_runs(tmp_path, monkeypatch):
     """`cft stack up` again starts nothing that already runs (the same check as status and down),
     and starts again what has ended."""
-    import sys
-
-    from cft_cli import stack as stack_mod
-
     st = stack_mod.Stack(tmp_path / "data")
-    proc = stack_mod._spawn(st, "worker", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    proc = stack_mod._spawn(st, "worker", [sys.executable, "-c", SLEEP], {})
     spawned = []
     monkeypatch.setattr(stack_mod, "_spawn", lambda stack, name, cmd, env: spawned.append(name) or proc)
     try:
         stack_mod._record(st, "worker", proc)
-        stack_mod.start_worker(st)
+        assert stack_mod.start_worker(st).pid == proc.pid
         assert spawned == [], _why_not_alive(stack_mod._read_pids(st)["worker"])
     finally:
         proc.kill()
         proc.wait()
     monkeypatch.setattr(stack_mod, "_record", lambda *a: None)
-    stack_mod.start_worker(st)
+    assert stack_mod.start_worker(st) is None
     assert spawned == ["worker"]
+
+
+def test_up_again_keeps_the_ports_its_servers_run_on(tmp_path):
+    """`cft stack up` again, without port options, uses the ports the stack's running servers were
+    started on (it used to deploy to the default ones, where nothing listened, and fail with a
+    traceback); a port option naming another port is refused before anything starts."""
+    data_root = tmp_path / "data"
+    st = stack_mod.Stack(data_root)
+    port = free_port()
+    proc = stand_in(st, "prefect-server", SLEEP, "--port", str(port))
+    try:
+        assert stack_mod.running_stack(data_root) == stack_mod.Stack(data_root, prefect_port=port)
+        assert stack_mod.running_stack(data_root, prefect_port=port, mlflow_port=5001).mlflow_port == 5001
+        with pytest.raises(InputError, match=f"prefect-server already runs on port {port} .*leave --prefect-port out"):
+            stack_mod.running_stack(data_root, prefect_port=port + 1)
+        up = CliRunner().invoke(app, ["stack", "up", "--data-root", str(data_root), "--prefect-port", str(port + 1)],
+                                prog_name="cft")
+        assert up.exit_code == 2 and f"already runs on port {port}" in up.output, up.output
+        assert list(stack_mod._read_pids(st)) == ["prefect-server"]  # nothing else started
+    finally:
+        proc.kill()
+        proc.wait()
+    assert stack_mod.running_stack(data_root, prefect_port=port + 1).prefect_port == port + 1  # it has stopped
+    assert stack_mod.running_stack(data_root).prefect_port == 4200
+
+
+def test_status_asks_each_running_server_whether_it_answers(tmp_path):
+    """A server's process can run and not serve (starting, stuck, its port lost): `cft stack status`
+    says which running servers answer at their address and why the others do not."""
+    data_root = tmp_path / "data"
+    st = stack_mod.Stack(data_root)
+    answering, silent = free_port(), free_port()
+    procs = [stand_in(st, "mlflow-server", ANSWER, "--port", str(answering)),
+             stand_in(st, "recommender", SLEEP, "--port", str(silent)), stand_in(st, "worker", SLEEP)]
+    try:
+        stack_mod._wait_http(f"http://127.0.0.1:{answering}/health", 30, procs[0], tmp_path, answers=(501,))
+        assert stack_mod.status(st) == {
+            "mlflow-server": stack_mod.ProcessStatus(True, f"http://127.0.0.1:{answering}"),
+            "recommender": stack_mod.ProcessStatus(True, f"http://127.0.0.1:{silent}", "[Errno 111] Connection refused"),
+            "worker": stack_mod.ProcessStatus(True)}
+        shown = CliRunner().invoke(app, ["stack", "status", "--data-root", str(data_root)], prog_name="cft").output
+        assert shown.splitlines() == [
+            f"mlflow-server: running, answers at http://127.0.0.1:{answering}",
+            f"recommender: running, but http://127.0.0.1:{silent} does not answer ([Errno 111] Connection refused); "
+            f"see {st.state / 'logs' / 'recommender.log'}",
+            "worker: running"], shown
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert stack_mod.status(st)["mlflow-server"] == stack_mod.ProcessStatus(False, f"http://127.0.0.1:{answering}")
 
 
 def _why_not_alive(entry: dict) -> str:
@@ -78,8 +140,6 @@ def _why_not_alive(entry: dict) -> str:
     runs (`up` started a second worker beside the recorded one), and did not fail in 300 tries
     under load by hand, so a failure should say which check said "not the same process"."""
     import psutil
-
-    from cft_cli import stack as stack_mod
 
     try:
         live = psutil.Process(entry["pid"])

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -29,14 +28,9 @@ from typer.testing import CliRunner
 
 from cft_cli.main import app
 from cft_cli.stack import POOL, PROJECT_ROOT, Stack, _bin, down
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def api(stack: Stack, path: str, body: dict | None = None) -> dict | list:
@@ -109,9 +103,17 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         assert up.exit_code == 0, up.output + repr(up.exception)
         assert "Prefect UI: http://127.0.0.1:" in up.output and "cft-replay/replay" in up.output
         assert f"Recommender     {stack.recommender_url} (the champion of {smoke}" in up.output
+        assert ("deployed: cft-batch/nightly (paused), cft-gc/weekly (paused), cft-promote/promote, cft-replay/replay, "
+                "cft/full-pipeline, cft/scheduled-retrain (paused)") in up.output
         processes = runner.invoke(app, ["stack", "status", "--data-root", str(data_root)], prog_name="cft").output
-        assert "prefect-server: running" in processes and "mlflow-server: running" in processes
-        assert "recommender: running" in processes
+        assert f"prefect-server: running, answers at {stack.prefect_api}" in processes
+        assert f"mlflow-server: running, answers at {stack.mlflow_uri}" in processes
+        assert f"recommender: running, answers at {stack.recommender_url}" in processes
+        # Up again without the ports: it starts nothing and names the stack's own addresses.
+        again = runner.invoke(app, ["stack", "up", "--data-root", str(data_root), "--no-worker"], prog_name="cft")
+        assert again.exit_code == 0, again.output + repr(again.exception)
+        assert f"MLflow server   {stack.mlflow_uri} (already running" in again.output
+        assert f"export PREFECT_API_URL={stack.prefect_api} MLFLOW_TRACKING_URI={stack.mlflow_uri}" in again.output
         deployments = {d["name"]: d for d in api(stack, "/deployments/filter", {})}
         assert set(deployments) == {"full-pipeline", "scheduled-retrain", "replay", "promote", "nightly", "weekly"}
         assert [s["active"] for d in ("nightly", "weekly") for s in deployments[d]["schedules"]] == [False, False]  # paused

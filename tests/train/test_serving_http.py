@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import mlflow_uris_restored
+from tests.conftest import free_port, mlflow_uris_restored
 from tests.train.conftest import make_config
 from tests.train.test_registry import new_run, registered
 
@@ -396,7 +396,6 @@ def test_a_registry_server_that_stops_answering_fails_each_check_at_once(tmp_pat
     answering. (MLflow's client retried the refused connection for minutes first: no warning, no count.)"""
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import urllib.request
@@ -412,9 +411,7 @@ def test_a_registry_server_that_stops_answering_fails_each_check_at_once(tmp_pat
     name = cfg.registered_model_name()
     with mlflow_uris_restored(store):
         version = registry.register_baseline(cfg, seq, "fp", "popularity")  # the champion, its artifacts local
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host",
                                "127.0.0.1", "--port", str(port), "--workers", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

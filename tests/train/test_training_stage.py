@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from tasks.training import TRAINING_VERSION, train
+from tests.conftest import free_port
 from tests.train.conftest import make_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
@@ -319,7 +320,6 @@ def test_log_line_reads_a_trainer_entry():
 def test_torchrun_two_processes_match_one_process(tmp_path, small_sequences):
     """2 processes x micro 4 x accumulation 2 == 1 process x micro 4 x accumulation 4: the same 16
     examples per step (the sampler's permutation is shared), so the same loss trajectory."""
-    import socket
     import subprocess
     import sys
 
@@ -332,9 +332,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path, small_sequences):
     data_root = seq.parent.parent  # reuse the prepared data: the CLI prepares, finds it, goes on
     cfg = make_config(data_root, **settings).model_dump(mode="json")
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(cfg))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in __import__("os").environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     proc = subprocess.run(
