@@ -394,6 +394,13 @@ class RegistryConfig(_Strict):
         None, ge=1, description="Seeded subsample of the gate split; None: eval.max_samples.",
     )
     top_k: int = Field(10, ge=1, le=50, description="Default number of items the served model returns.")
+    keep_versions: int | None = Field(
+        None, ge=1, description="`cft gc` deletes this registered model's versions beyond the newest "
+        "N, with their model files in the artifact store (each LLM version holds a full copy of its "
+        "weights), except a version holding an alias, one a rollback can return to, and one "
+        "registered within the last day; their runs (metrics, evaluations) stay. None: every version "
+        "is kept. At least 3 keeps the last run's LLM version beside its window's two baselines.",
+    )
 
 
 class PipelineConfig(_Strict):

@@ -29,6 +29,13 @@ window's gate rows). Only the current champion's are read again (the next warm s
 gate); those of any other version of a model this store knows go, and come back from the store
 if that version is champion again. A model this store does not know keeps its caches.
 
+And, where the profile sets `registry.keep_versions` (N), its registered model's versions beyond
+the newest N, with their files in the artifact store (an LLM version holds a full copy of its
+weights: a weekly retrain of SmolLM2 adds about 0.5 GB a week), except those holding an alias,
+those a rollback can return to and those registered within the last day
+(`tasks.registry.expendable_versions`). Their runs stay, so the MLflow UI still compares them.
+Their training folders then go by the rules above, as folders of no registered version.
+
 And what interrupted writes left: stage outputs are written into a `.tmp-*` sibling and renamed
 into place when complete (`tasks.storage`), so a killed process leaves one behind that nothing
 reads. One untouched for LEFTOVER_AGE_S is removed (a younger one may be a write in progress).
@@ -57,6 +64,9 @@ class Collected:
     windows_removed: list[tuple[Path, int]]  # (ingested or sequences folder, bytes)
     leftovers_removed: list[tuple[Path, int]]  # (`.tmp-*` file or folder of an interrupted write, bytes)
     caches_removed: list[tuple[Path, int]]  # (registry download or gate cache of a version not champion, bytes)
+    # ("name vN (kind)" of a version `registry.keep_versions` lets go, bytes of its logged model's files)
+    versions_removed: list[tuple[str, int]]
+    keep_versions: int | None
     dry_run: bool
 
     def lines(self) -> list[str]:
@@ -71,6 +81,8 @@ class Collected:
             return f"{len(found)} {what} ({mib(sum(entry[1] for entry in found))})"
 
         return [
+            *(f"{verb} registered version {version} ({mib(size)}): older than the newest {self.keep_versions}, "
+              "no alias, not a rollback target (its run stays)" for version, size in self.versions_removed),
             *(f"{verb} {path} ({mib(size)})" for path, size in self.removed),
             *(f"{verb} {path} ({mib(size)}): unfinished, untouched for {days:.0f} days (the same run again "
               "would train from the start)" + ("; its MLflow run, left RUNNING, ends KILLED" if running else "")
@@ -87,7 +99,8 @@ class Collected:
             f"{total(self.unaliased_removed, 'of versions without an alias')}, "
             f"{total(self.windows_removed, 'data folder(s)')}, "
             f"{total(self.leftovers_removed, 'leftover(s) of interrupted writes')}, "
-            f"{total(self.caches_removed, 'registry cache(s)')}",
+            f"{total(self.caches_removed, 'registry cache(s)')}"
+            + (f", {total(self.versions_removed, 'registered version(s)')}" if self.keep_versions else ""),
         ]
 
 
@@ -132,7 +145,12 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
         raise InputError(f"there is no tracking store at {database}: cft gc cannot tell which trainings are "
                          "registered without it; point tracking.tracking_uri (or MLFLOW_TRACKING_URI) at your store")
     root = cfg.data.data_root / "training"
-    in_use = registered_model_dirs(cfg)
+    versions_removed = _expendable_versions(cfg, dry_run)
+    gone = {label.split(" (")[0] for label, _ in versions_removed}  # "name vN"
+    in_use = {}  # the folders of the versions that stay
+    for folder, versions in registered_model_dirs(cfg).items():
+        if staying := [entry for entry in versions if f"{entry[0]} v{entry[1]}" not in gone]:
+            in_use[folder] = staying
     removed, kept, data_used, unaliased, abandoned = [], [], set(), [], []
     for run_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
         model = (run_dir / "model").resolve()
@@ -174,7 +192,34 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
             continue
         data_used.add(summary.get("data_fingerprint"))
     return Collected(removed, abandoned, unaliased, kept, _unused_windows(cfg.data.data_root, data_used, dry_run),
-                     _leftovers(cfg.data.data_root, dry_run), _registry_caches(cfg, dry_run), dry_run)
+                     _leftovers(cfg.data.data_root, dry_run), _registry_caches(cfg, dry_run), versions_removed,
+                     cfg.registry.keep_versions, dry_run)
+
+
+def _expendable_versions(cfg: PipelineConfig, dry_run: bool) -> list[tuple[str, int]]:
+    """The profile's registered versions `registry.keep_versions` lets go (`registry.expendable_versions`),
+    deleted with their model files unless `dry_run`: ("name vN (kind)", bytes). Under the model's
+    promotion lock, so that no gate, promotion or rollback moves an alias meanwhile."""
+    from tasks.registry import (
+        KIND_TAG,
+        delete_version,
+        expendable_versions,
+        promotion_lock,
+        registry_client,
+        version_bytes,
+    )
+    from tasks.tracking import tracking_uri
+
+    if cfg.registry.keep_versions is None:
+        return []
+    client, name = registry_client(tracking_uri(cfg, create=False)), cfg.registered_model_name()
+    removed = []
+    with promotion_lock(cfg, name):
+        for mv in expendable_versions(client, name, cfg.registry.keep_versions):
+            removed.append((f"{name} v{mv.version} ({mv.tags.get(KIND_TAG, 'unknown kind')})", version_bytes(client, mv)))
+            if not dry_run:
+                delete_version(client, mv)
+    return removed
 
 
 # The registry's cache folders: <name>-v<N> (downloads), <name>-v<N>-<fingerprint> (gate ranks).

@@ -863,6 +863,69 @@ def holds_model_folder(name: str, version: str) -> bool:
         return "model" in _pyfunc_artifacts(mlmodel)
 
 
+# A version registered this recently may still be on its way through its run's gate.
+RECENT_VERSION_S = 24 * 3600
+
+
+def expendable_versions(client, name: str, keep: int) -> list:
+    """The versions of registered model `name` that `registry.keep_versions = keep` lets go,
+    newest first: those beyond the newest `keep` that hold no alias, that a rollback cannot return
+    to (`champion_stack`) and that were registered RECENT_VERSION_S ago or more. None of them
+    serves or can serve again without a person choosing it, which they can no longer do."""
+    import mlflow
+
+    try:
+        model = client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:  # not registered yet: nothing to let go
+        return []
+    spared = {str(v) for v in model.aliases.values()}
+    spared |= set(champion_stack(json.loads(model.tags.get(HISTORY_TAG, "[]"))))
+    before = (time.time() - RECENT_VERSION_S) * 1000  # creation_timestamp is in ms
+    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version))
+    return [mv for mv in versions[keep:] if str(mv.version) not in spared and mv.creation_timestamp < before]
+
+
+def _logged_model_id(mv) -> str | None:
+    """The logged model a version was registered from: its source `models:/m-<id>` (a SQL
+    registry leaves `ModelVersion.model_id` empty); None for a version registered from a path."""
+    found = re.fullmatch(r"models:/(m-[0-9a-f]+)", mv.source or "")
+    return mv.model_id or (found.group(1) if found else None)
+
+
+def _files_of(client, mv):
+    """The artifact repository of a version's logged model (its pyfunc and, for an LLM version,
+    its model folder); None for a version with no logged model."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    model_id = _logged_model_id(mv)
+    return get_artifact_repository(client.get_logged_model(model_id).artifact_location) if model_id else None
+
+
+def version_bytes(client, mv) -> int:
+    """Bytes of the files `delete_version` frees."""
+    repo = _files_of(client, mv)
+
+    def size(path: str | None) -> int:
+        return sum(size(f.path) if f.is_dir else (f.file_size or 0) for f in repo.list_artifacts(path))
+
+    return size(None) if repo is not None else 0
+
+
+def delete_version(client, mv) -> None:
+    """Delete a registered version, then its logged model's files (as `mlflow gc` does for a
+    deleted logged model) and the logged model (marked deleted); the run with its metrics and
+    evaluations stays. The run forgets the recommender it logged, so that registering the run
+    again logs a new one. (Each logged model of this pipeline is registered once: `register`.)"""
+    repo = _files_of(client, mv)
+    client.delete_model_version(mv.name, str(mv.version))
+    if repo is None:
+        return
+    repo.delete_artifacts()
+    client.delete_logged_model(model_id := _logged_model_id(mv))
+    if mv.run_id and client.get_run(mv.run_id).data.tags.get("cft.recommender_uri") == f"models:/{model_id}":
+        client.delete_tag(mv.run_id, "cft.recommender_uri")
+
+
 def registered_models(client) -> list:
     """Every registered model in the client's store (MLflow answers a page of 100 at a time)."""
     found, token = [], None

@@ -15,6 +15,7 @@ from pathlib import Path
 from schemas.config import PipelineConfig
 from tasks.data import prepare
 from tasks.gc import collect
+from tests.conftest import mlflow_uris_restored
 from tests.data.stage_content import write_purchase_log
 
 
@@ -240,3 +241,68 @@ def test_gc_sees_the_versions_of_every_registered_model_past_mlflows_first_page(
     client.set_registered_model_alias("z-model", "champion", "1")
     done = collect(cfg, dry_run=False)
     assert (training, "the model of z-model v1 (champion)") in done.kept and training.is_dir()
+
+
+def test_gc_deletes_the_versions_keep_versions_lets_go_with_their_model_files(tmp_path, monkeypatch):
+    """With `registry.keep_versions: 3`, the versions older than the newest three go, with the files
+    of their logged models (an LLM version's weights), unless they hold an alias or a rollback can
+    return to them; their runs stay, and their training folders then go as no version's. Without
+    the setting, and for versions registered within the day, nothing goes."""
+    from mlflow import MlflowClient
+
+    from tasks import registry
+
+    cfg, _, _ = registry_store(tmp_path)
+    uri = cfg.tracking.tracking_uri
+    client = MlflowClient(uri, registry_uri=uri)
+    with mlflow_uris_restored(uri):  # (MLflow's registry resolves a models:/ source through the global URI)
+        experiment = client.create_experiment("versions", artifact_location=str(tmp_path / "artifacts"))
+        name = cfg.registered_model_name()
+        client.create_registered_model(name)
+        runs, files = {}, {}
+        kinds = {1: "llm", 2: "llm", 3: "llm", 4: "llm", 5: "llm", 6: "markov", 7: "popularity", 8: "markov", 9: "llm"}
+        for version, kind in kinds.items():
+            runs[version] = run_id = client.create_run(experiment).info.run_id
+            client.log_metric(run_id, "valid/constrained/NDCG_at_10", 0.01 * version)
+            if version == 6:  # registered from a path: no logged model, no files to free
+                client.create_model_version(name, source=str(tmp_path / "somewhere"), run_id=run_id, tags={"cft.kind": kind})
+                continue
+            logged = client.create_logged_model(experiment, source_run_id=run_id)
+            weights = tmp_path / f"model-{version}"
+            weights.mkdir()
+            (weights / "model.safetensors").write_bytes(b"0" * 1024 * version)
+            client.log_model_artifacts(logged.model_id, str(weights))
+            client.finalize_logged_model(logged.model_id, "READY")
+            client.set_tag(run_id, "cft.recommender_uri", f"models:/{logged.model_id}")
+            client.create_model_version(name, source=f"models:/{logged.model_id}", run_id=run_id,
+                                        model_id=logged.model_id, tags={"cft.kind": kind})
+            files[version] = Path(logged.artifact_location) / "model.safetensors"
+        for version in ("1", "3", "5"):  # champions in turn: a rollback returns to v3, then v1
+            registry._set_champion(client, name, version, "gate", "better")
+        client.set_registered_model_alias(name, "staging", "2")
+        training = finished_training(cfg.data.data_root, "v4", "f", runs[4])
+        client.set_model_version_tag(name, "4", "model_dir", str(training / "model"))
+        keeping = PipelineConfig.model_validate({**cfg.model_dump(mode="json"), "registry": {"keep_versions": 3}})
+
+        assert collect(keeping, dry_run=True).versions_removed == []  # all registered within the day
+        monkeypatch.setattr(registry, "RECENT_VERSION_S", 0)
+        assert collect(cfg, dry_run=True).versions_removed == []  # keep_versions unset: every version stays
+        assert "registered version" not in collect(cfg, dry_run=True).lines()[-1]
+        planned = collect(keeping, dry_run=True)
+        assert planned.versions_removed == [(f"{name} v6 (markov)", 0), (f"{name} v4 (llm)", 4096)]
+        assert (f"would remove registered version {name} v4 (llm) (0 MiB): older than the newest 3, no alias, not a "
+                "rollback target (its run stays)") in planned.lines()
+        assert planned.lines()[-1].endswith(", 2 registered version(s) (0 MiB)")
+        assert training.is_dir() and files[4].is_file() and len(client.search_model_versions(f"name='{name}'")) == 9
+
+        done = collect(keeping, dry_run=False)
+        assert done.versions_removed == planned.versions_removed
+        assert sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'")) == [1, 2, 3, 5, 7, 8, 9]
+        assert not files[4].exists() and all(files[v].is_file() for v in files if v != 4)
+        assert client.get_run(runs[4]).data.metrics == {"valid/constrained/NDCG_at_10": 0.04}  # the run stays
+        assert "cft.recommender_uri" not in client.get_run(runs[4]).data.tags  # registering it again logs anew
+        assert "cft.recommender_uri" in client.get_run(runs[5]).data.tags
+        assert [p for p, _ in done.removed] == [training] and not training.exists()  # no version's folder now
+        assert registry.rollback(keeping, name, "bad week", uri) == "3"  # the rollback path is whole
+        # v5, rolled back from, is no rollback target now (its run stays, to see what went wrong).
+        assert collect(keeping, dry_run=True).versions_removed == [(f"{name} v5 (llm)", 5120)]
