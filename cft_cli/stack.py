@@ -36,6 +36,8 @@ from tasks.quiet import QUIET_ENV
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 POOL = "cft-local"
 PROMOTION_TAG = "cft-promotion"  # tasks that move the champion alias run one at a time
+SERVER_START_S = 120.0  # a Prefect or MLflow server answers within seconds; its first start migrates a database
+RECOMMENDER_START_S = 300.0  # loads a champion (a SmolLM2 version: a minute on 2 cores) before it answers
 # The stack's servers: the `Stack` field of each one's port, and the option that sets it.
 SERVER_PORTS = {"prefect-server": ("prefect_port", "--prefect-port"), "mlflow-server": ("mlflow_port", "--mlflow-port"),
                 "recommender": ("serve_port", "--serve-port")}
@@ -95,12 +97,18 @@ def _bin(name: str) -> str:
     return str(path) if path.exists() else (shutil.which(name) or name)
 
 
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path, answers: tuple[int, ...] = (200,)) -> None:
-    """Until `url` gives one of `answers` (the process answering), or raise naming its log."""
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen | psutil.Process, log: Path,
+               answers: tuple[int, ...] = (200,)) -> None:
+    """Until `url` gives one of `answers` (the process answering); ServerUnavailable naming its
+    log when the process ends first or `timeout` passes. `proc`: one just started, or one of the
+    stack's that already ran (it may still be starting, or hang)."""
+    from schemas.errors import ServerUnavailable
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited with {proc.returncode}; see {log}")
+        if (proc.poll() is not None) if isinstance(proc, subprocess.Popen) else not proc.is_running():
+            code = f" with {proc.returncode}" if isinstance(proc, subprocess.Popen) else ""
+            raise ServerUnavailable(f"{url}: the process (pid {proc.pid}) exited{code}; see {log}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 (loopback URL we built)
                 if r.status in answers:
@@ -111,7 +119,8 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path, answ
         except OSError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s; see {log}")
+    raise ServerUnavailable(f"{url} did not answer within {timeout:.0f} s (pid {proc.pid}); see {log}, and stop the "
+                            "stack (cft stack down) before starting it again")
 
 
 def running_stack(data_root: Path, **ports: int | None) -> Stack:
@@ -249,29 +258,31 @@ def _cli(stack: Stack, *args: str) -> None:
 
 
 def start_servers(stack: Stack, say=print) -> None:
-    """Prefect server and MLflow server (each skipped when this stack's one already runs)."""
+    """Prefect server, then MLflow server, each answering before the next step. One that this
+    stack already runs is not started again, but waited for all the same: `up` run twice in a
+    row finds it still starting, and one that hangs is named here rather than failing `deploy`."""
+    store = stack.data_root.resolve() / "mlflow"
+    commands = {
+        "prefect-server": [_bin("prefect"), "server", "start", "--host", stack.host, "--port", str(stack.prefect_port),
+                           "--analytics-off"],
+        "mlflow-server": [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+                          "--artifacts-destination", str(store / "artifacts"), "--host", stack.host,
+                          "--port", str(stack.mlflow_port), "--workers", "1"]}
+    labels = {"prefect-server": "Prefect server  ", "mlflow-server": "MLflow server   "}
     pids = _read_pids(stack)
-    env = stack.env()
-    if running := _running(pids, "prefect-server"):
-        say(f"Prefect server  {stack.prefect_api.removesuffix('/api')} (already running, pid {running.pid})")
-    else:
-        proc = _spawn(stack, "prefect-server", [_bin("prefect"), "server", "start", "--host", stack.host,
-                                                "--port", str(stack.prefect_port), "--analytics-off"], env)
-        _record(stack, "prefect-server", proc)
-        _wait_http(f"{stack.prefect_api}/health", 120, proc, stack.state / "logs" / "prefect-server.log")
-        say(f"Prefect server  {stack.prefect_api.removesuffix('/api')}")
-    if running := _running(pids, "mlflow-server"):
-        say(f"MLflow server   {stack.mlflow_uri} (already running, pid {running.pid})")
-    else:
-        store = stack.data_root.resolve() / "mlflow"
-        store.mkdir(parents=True, exist_ok=True)
-        proc = _spawn(stack, "mlflow-server", [
-            _bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination", str(store / "artifacts"), "--host", stack.host,
-            "--port", str(stack.mlflow_port), "--workers", "1"], env)
-        _record(stack, "mlflow-server", proc)
-        _wait_http(f"{stack.mlflow_uri}/health", 120, proc, stack.state / "logs" / "mlflow-server.log")
-        say(f"MLflow server   {stack.mlflow_uri}")
+    for name, command in commands.items():
+        url, log = stack.url_of(name), stack.state / "logs" / f"{name}.log"
+        shown = f"{labels[name]}{url.removesuffix('/api')}"
+        if running := _running(pids, name):
+            _wait_http(f"{url}/health", SERVER_START_S, running, log)
+            say(f"{shown} (already running, pid {running.pid})")
+            continue
+        if name == "mlflow-server":
+            store.mkdir(parents=True, exist_ok=True)
+        proc = _spawn(stack, name, command, stack.env())
+        _record(stack, name, proc)
+        _wait_http(f"{url}/health", SERVER_START_S, proc, log)
+        say(shown)
 
 
 def deploy(stack: Stack) -> None:
@@ -293,7 +304,9 @@ def start_worker(stack: Stack) -> psutil.Process | None:
 def start_recommender(stack: Stack, profile: Path, follow_every_s: float = 30.0, say=print) -> None:
     """`cft serve --wait` of `profile`'s champion from the stack's registry: 503 until the first
     run registers a champion, then that version, then each new one (cft_cli/server.py)."""
+    log = stack.state / "logs" / "recommender.log"
     if running := _running(_read_pids(stack), "recommender"):
+        _wait_http(f"{stack.recommender_url}/health", RECOMMENDER_START_S, running, log, answers=(200, 503))
         say(f"Recommender     {stack.recommender_url} (already running, pid {running.pid}: its profile and "
             "--follow-every stay as they were; `cft stack down` first to change them)")
         return
@@ -301,8 +314,7 @@ def start_recommender(stack: Stack, profile: Path, follow_every_s: float = 30.0,
         _bin("cft"), "serve", "-c", str(profile.resolve()), "--host", stack.host, "--port", str(stack.serve_port),
         "--wait", "--follow-every", f"{follow_every_s:g}"], stack.env())
     _record(stack, "recommender", proc)
-    log = stack.state / "logs" / "recommender.log"
-    _wait_http(f"{stack.recommender_url}/health", 300, proc, log, answers=(200, 503))  # 503: waiting
+    _wait_http(f"{stack.recommender_url}/health", RECOMMENDER_START_S, proc, log, answers=(200, 503))  # 503: waiting
     say(f"Recommender     {stack.recommender_url} (the champion of {profile}; log: {log})")
 
 

@@ -108,6 +108,27 @@ def test_up_again_keeps_the_ports_its_servers_run_on(tmp_path):
     assert stack_mod.running_stack(data_root).prefect_port == 4200
 
 
+def test_up_names_a_recorded_server_that_runs_and_does_not_answer(tmp_path, monkeypatch):
+    """`cft stack up` waits for a server of the stack that already runs, as for one it starts; one
+    that never answers (hung, or still starting past the wait) is named with its log, exit 2, and
+    nothing after it starts (it used to go on to `prefect deploy`, which failed with a traceback)."""
+    data_root = tmp_path / "data"
+    st = stack_mod.Stack(data_root)
+    monkeypatch.setattr(stack_mod, "SERVER_START_S", 1.0)
+    port = free_port()
+    proc = stand_in(st, "prefect-server", SLEEP, "--port", str(port))
+    try:
+        up = CliRunner().invoke(app, ["stack", "up", "--data-root", str(data_root)], prog_name="cft")
+        assert up.exit_code == 2, up.output
+        assert up.output == (f"error: http://127.0.0.1:{port}/api/health did not answer within 1 s (pid {proc.pid}); "
+                             f"see {st.state / 'logs' / 'prefect-server.log'}, and stop the stack (cft stack down) "
+                             "before starting it again\n")
+        assert list(stack_mod._read_pids(st)) == ["prefect-server"]  # nothing else started
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_status_asks_each_running_server_whether_it_answers(tmp_path):
     """A server's process can run and not serve (starting, stuck, its port lost): `cft stack status`
     says which running servers answer at their address and why the others do not."""

@@ -282,7 +282,7 @@ def test_gc_deletes_the_versions_keep_versions_lets_go_with_their_model_files(tm
         client.set_registered_model_alias(name, "staging", "2")
         training = finished_training(cfg.data.data_root, "v4", "f", runs[4])
         client.set_model_version_tag(name, "4", "model_dir", str(training / "model"))
-        keeping = PipelineConfig.model_validate({**cfg.model_dump(mode="json"), "registry": {"keep_versions": 3}})
+        keeping = cfg.updated({"registry.keep_versions": 3})
 
         assert collect(keeping, dry_run=True).versions_removed == []  # all registered within the day
         monkeypatch.setattr(registry, "RECENT_VERSION_S", 0)

@@ -28,8 +28,8 @@ def setup(tmp_path, small_sequences):
 
     seq, _ = small_sequences
     cfg = make_config(tmp_path)
-    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"num_beams": 2, "num_return_sequences": 2,
-                                                                      "max_new_tokens": 8, "min_new_tokens": 1})})
+    cfg = cfg.updated({"eval.num_beams": 2, "eval.num_return_sequences": 2, "eval.max_new_tokens": 8,
+                       "eval.min_new_tokens": 1})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return cfg, uri, model_folder(cfg, seq), seq
 
@@ -87,7 +87,7 @@ def test_popularity_baseline_is_registered_once_and_becomes_the_first_champion(s
     from mlflow import MlflowClient
 
     cfg, uri, model_dir, seq = setup
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    cfg = cfg.updated({"tracking.enabled": True, "tracking.tracking_uri": uri})
     v = registry.register_baseline(cfg, seq, "fp-A", "popularity")
     assert registry.register_baseline(cfg, seq, "fp-A", "popularity") == v == "1"  # once per data window
     client = MlflowClient(uri, registry_uri=uri)
@@ -132,7 +132,7 @@ def test_the_markov_baseline_serves_what_followed_the_newest_known_item(setup):
     from tests.conftest import mlflow_uris_restored
 
     cfg, uri, model_dir, seq = setup
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    cfg = cfg.updated({"tracking.enabled": True, "tracking.tracking_uri": uri})
     versions = registry.register_baselines(cfg, seq, "fp-A")
     assert versions == {"popularity": "1", "markov": "2"} == registry.register_baselines(cfg, seq, "fp-A")
     client = MlflowClient(uri, registry_uri=uri)
@@ -171,7 +171,7 @@ def test_registration_notices_are_muted_in_a_quiet_process_only(setup, monkeypat
     from tasks.quiet import QUIET_ENV
 
     cfg, uri, _, seq = setup
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    cfg = cfg.updated({"tracking.enabled": True, "tracking.tracking_uri": uri})
     monkeypatch.setenv(QUIET_ENV, quiet)
     capfd.readouterr()
     assert registry.register_baseline(cfg, seq, "fp-A", "popularity") == "1"
@@ -194,7 +194,7 @@ def test_a_version_that_answers_dense_ids_is_refused_by_the_batch(setup, monkeyp
     from tests.conftest import mlflow_uris_restored
 
     cfg, uri, model_dir, seq = setup
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    cfg = cfg.updated({"tracking.enabled": True, "tracking.tracking_uri": uri})
     now = registry.register_baseline(cfg, seq, "fp-A", "popularity")
     signature = registry._signature(cfg)
     before = signature.outputs.inputs.copy()
@@ -226,7 +226,7 @@ def test_the_batch_leaves_out_all_a_user_has_and_older_versions_the_history_only
     from tests.conftest import mlflow_uris_restored
 
     cfg, uri, model_dir, seq = setup
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    cfg = cfg.updated({"tracking.enabled": True, "tracking.tracking_uri": uri})
     now = registry.register_baseline(cfg, seq, "fp-A", "popularity")
     signature = registry._signature(cfg)
     monkeypatch.setattr(signature, "inputs", Schema([c for c in signature.inputs.inputs if c.name != "exclude"]))
@@ -274,7 +274,7 @@ def test_versions_registered_with_older_pyfunc_files_still_answer(setup, monkeyp
     monkeypatch.setitem(registry.BASELINE_PYFUNCS, "popularity", STORED / "popularity_pyfunc_2026_11.py")
     monkeypatch.setattr(registry, "PYFUNC_FILE", STORED / "recommender_pyfunc_2026_11.py")
     llm = str(registered(cfg, uri, model_dir, seq, new_run(uri)).version)
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    cfg = cfg.updated({"tracking.enabled": True, "tracking.tracking_uri": uri})
     popularity = registry.register_baseline(cfg, seq, "fp-old", "popularity")
     name = cfg.registered_model_name()
     history = pd.read_parquet(seq / "catalogue.parquet")["title"].tolist()[:2]
@@ -301,8 +301,8 @@ def test_the_floor_replaces_a_standing_champion_that_fell_below_it(setup):
     # The gate rows' own transitions in training: the Markov chain ranks their targets first.
     seq = with_rows_in_train(seq, cfg.data.data_root / "sequences" / "valid-in-train", "valid")
     # NDCG@50: on these 32 capped gate rows the top sellers hit only below rank 10.
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri}),
-                                 "registry": cfg.registry.model_copy(update={"gate_metric": "constrained/NDCG@50"})})
+    cfg = cfg.updated({"tracking.enabled": True, "tracking.tracking_uri": uri,
+                       "registry.gate_metric": "constrained/NDCG@50"})
     client = MlflowClient(uri, registry_uri=uri)
     name = cfg.registered_model_name()
     window = json.loads((seq / "manifest.json").read_text())["fingerprint"]
@@ -312,8 +312,7 @@ def test_the_floor_replaces_a_standing_champion_that_fell_below_it(setup):
     registry.promote(cfg, name, llm[0], "tried by hand", uri)
 
     # The same model again as challenger: a tie with the champion, so not promoted.
-    d = registry.gate_model(cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"gate_floor": False})}),
-                            llm[1], model_dir, seq)
+    d = registry.gate_model(cfg.updated({"registry.gate_floor": False}), llm[1], model_dir, seq)
     assert not d.promoted and d.champion_version == llm[0] and d.floor_promoted is None  # the floor switched off
     assert str(client.get_model_version_by_alias(name, "champion").version) == llm[0]
     d = registry.gate_model(cfg, llm[1], model_dir, seq)
@@ -366,8 +365,8 @@ def test_a_champion_is_gated_as_it_serves_with_its_own_catalogue(setup):
 
     cfg, uri, model_dir, seq = setup
     # Grounding ranks the whole catalogue: an untrained model hits some targets within 50.
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri}),
-                                 "registry": cfg.registry.model_copy(update={"gate_metric": "grounding_adjusted/NDCG@50"})})
+    cfg = cfg.updated({"tracking.enabled": True, "tracking.tracking_uri": uri,
+                       "registry.gate_metric": "grounding_adjusted/NDCG@50"})
     this_window, _, preds = registry._gate_rows(cfg, model_dir, seq)
     new = set(preds["target_item_id"][this_window >= 0])
     assert 0 < len(new) < len(preds)
@@ -450,7 +449,7 @@ def test_register_is_idempotent_and_the_pyfunc_recommends(setup):
     from mlflow import MlflowClient
 
     cfg, uri, model_dir, seq = setup
-    cfg = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"gate_metric": "grounding_adjusted/NDCG@10"})})
+    cfg = cfg.updated({"registry.gate_metric": "grounding_adjusted/NDCG@10"})
     run_id = new_run(uri)
     v1 = registered(cfg, uri, model_dir, seq, run_id)
     again = registered(cfg, uri, model_dir, seq, run_id)
@@ -551,9 +550,8 @@ def test_served_model_ranks_as_the_evaluation_measured(setup, method):
 
     cfg, uri, model_dir, seq = setup
     metric = "constrained/NDCG@10" if method == "constrained" else "grounding_adjusted/NDCG@10"
-    cfg = cfg.model_copy(update={
-        "registry": cfg.registry.model_copy(update={"gate_metric": metric}),
-        "eval": cfg.eval.model_copy(update={"methods": [method], "max_samples": 6, "history_reliance": False})})
+    cfg = cfg.updated({"registry.gate_metric": metric, "eval.methods": [method], "eval.max_samples": 6,
+                       "eval.history_reliance": False})
     version = registered(cfg, uri, model_dir, seq, new_run(uri)).version
     served = mlflow.pyfunc.load_model(f"models:/{cfg.registered_model_name()}/{version}")
     preds = pd.read_parquet(evaluate(cfg, model_dir, seq, progress=False).path / "predictions.parquet")
@@ -590,7 +588,7 @@ def test_a_version_whose_folder_is_gone_is_downloaded_once_from_the_configured_s
         (model_dir / "model.safetensors").unlink()
         AutoModelForCausalLM.from_pretrained(tiny_dir).save_pretrained(model_dir, max_shard_size="200KB")
         assert len(list(model_dir.glob("model-*-of-*.safetensors"))) > 1
-    cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": True, "tracking_uri": uri})})
+    cfg = cfg.updated({"tracking.enabled": True, "tracking.tracking_uri": uri})
     version = registered(cfg, uri, model_dir, seq, new_run(uri))  # no model_dir tag: nothing local
     with mlflow_uris_restored():
         elsewhere = f"sqlite:///{cfg.data.data_root / 'other.db'}"  # MLflow's defaults point to another store
