@@ -631,14 +631,15 @@ def stack_down(data_root: DataRootOpt = Path("data")) -> None:
 
 @stack_app.command("status")
 def stack_status(data_root: DataRootOpt = Path("data")) -> None:
-    """Which of the stack's processes run, and whether its servers answer (`not running` when the
-    stack is down)."""
+    """Which of the stack's processes run, and whether its servers answer. Exit status (for a
+    health check): 0 when every process runs and every server answers, 1 when one has stopped or
+    does not answer, 3 when nothing runs."""
     from cft_cli.stack import Stack, status
 
     processes = status(Stack(data_root))
     if not any(p.running for p in processes.values()):
         console.print(f"stack: not running (data root {data_root}); start it with `cft stack up`")
-        return
+        raise typer.Exit(3)
     for name, p in processes.items():
         if not p.running:
             line = "stopped"
@@ -649,6 +650,8 @@ def stack_status(data_root: DataRootOpt = Path("data")) -> None:
         else:
             line = f"running, but {p.url} does not answer ({p.no_answer}); see {Stack(data_root).state / 'logs' / name}.log"
         console.print(f"{name}: {line}")
+    if not all(p.running and p.no_answer is None for p in processes.values()):
+        raise typer.Exit(1)
 
 
 def main() -> None:

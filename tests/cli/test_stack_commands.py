@@ -131,29 +131,41 @@ def test_up_names_a_recorded_server_that_runs_and_does_not_answer(tmp_path, monk
 
 def test_status_asks_each_running_server_whether_it_answers(tmp_path):
     """A server's process can run and not serve (starting, stuck, its port lost): `cft stack status`
-    says which running servers answer at their address and why the others do not."""
+    says which running servers answer at their address and why the others do not, and exits as a
+    health check would read it: 0 all well, 1 something stopped or silent, 3 nothing runs."""
     data_root = tmp_path / "data"
     st = stack_mod.Stack(data_root)
+
+    def status():
+        return CliRunner().invoke(app, ["stack", "status", "--data-root", str(data_root)], prog_name="cft")
+
     answering, silent = free_port(), free_port()
-    procs = [stand_in(st, "mlflow-server", ANSWER, "--port", str(answering)),
-             stand_in(st, "recommender", SLEEP, "--port", str(silent)), stand_in(st, "worker", SLEEP)]
+    procs = [stand_in(st, "mlflow-server", ANSWER, "--port", str(answering))]
     try:
         stack_mod._wait_http(f"http://127.0.0.1:{answering}/health", 30, procs[0], tmp_path, answers=(501,))
+        assert (status().exit_code, status().output) == (0, f"mlflow-server: running, answers at http://127.0.0.1:{answering}\n")
+        procs += [stand_in(st, "recommender", SLEEP, "--port", str(silent)), stand_in(st, "worker", SLEEP)]
         assert stack_mod.status(st) == {
             "mlflow-server": stack_mod.ProcessStatus(True, f"http://127.0.0.1:{answering}"),
             "recommender": stack_mod.ProcessStatus(True, f"http://127.0.0.1:{silent}", "[Errno 111] Connection refused"),
             "worker": stack_mod.ProcessStatus(True)}
-        shown = CliRunner().invoke(app, ["stack", "status", "--data-root", str(data_root)], prog_name="cft").output
-        assert shown.splitlines() == [
+        shown = status()
+        assert shown.exit_code == 1 and shown.output.splitlines() == [
             f"mlflow-server: running, answers at http://127.0.0.1:{answering}",
             f"recommender: running, but http://127.0.0.1:{silent} does not answer ([Errno 111] Connection refused); "
             f"see {st.state / 'logs' / 'recommender.log'}",
-            "worker: running"], shown
+            "worker: running"], shown.output
+        procs[1].kill()
+        procs[1].wait()
+        shown = status()
+        assert shown.exit_code == 1 and "recommender: stopped" in shown.output.splitlines()
     finally:
         for proc in procs:
             proc.kill()
             proc.wait()
     assert stack_mod.status(st)["mlflow-server"] == stack_mod.ProcessStatus(False, f"http://127.0.0.1:{answering}")
+    assert (status().exit_code, status().output) == (3, f"stack: not running (data root {data_root}); start it with "
+                                                        "`cft stack up`\n")
 
 
 def _why_not_alive(entry: dict) -> str:
