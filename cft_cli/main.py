@@ -15,18 +15,13 @@ from typer.core import TyperGroup
 
 def user_error_message(error: BaseException) -> str | None:
     """The few lines to print for a mistake in the user's input (config, data, registry
-    reference, serving input), or None for anything else (our bug: traceback, exit 1)."""
-    from schemas.errors import ServerUnavailable, SourceUnavailable, UserError
+    reference, serving input: `schemas.errors.input_error_message`) or a server or source that
+    does not answer, or None for anything else (our bug: traceback, exit 1)."""
+    from schemas.errors import ServerUnavailable, SourceUnavailable, input_error_message
 
-    if isinstance(error, (UserError, SourceUnavailable, ServerUnavailable)) or getattr(error, "user_error", False):
+    if isinstance(error, (SourceUnavailable, ServerUnavailable)):
         return str(error)
-    try:  # an unknown registered model, version or alias
-        from mlflow.exceptions import MlflowException
-    except ImportError:  # pragma: no cover
-        return None
-    if isinstance(error, MlflowException) and error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-        return error.message.splitlines()[0]
-    return None
+    return input_error_message(error)
 
 
 class FriendlyErrors(TyperGroup):

@@ -5,6 +5,8 @@ and exits 2 (`--debug` or CFT_DEBUG=1 shows the traceback); any other exception 
 exits 1 with its traceback.
 """
 
+import sys
+
 
 class UserError(Exception):
     """A mistake in the user's input, reported without a traceback. (Errors of the library, which
@@ -49,3 +51,23 @@ class ServerUnavailable(ConnectionError):
     """A server a command talks to does not answer: the MLflow tracking server, the Prefect API
     (network, or not started; `tasks.servers`). Transient like `SourceUnavailable`: a flow's task
     retries it, the CLI prints it and exits 2."""
+
+
+# MLflow's codes for a reference that does not resolve (an unknown model, version or alias) or a
+# value it refuses: the input's fault, like a `RegistryError`.
+MLFLOW_INPUT_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def input_error_message(error: BaseException) -> str | None:
+    """The few lines to show for an error that is the input's fault, or None for anything else
+    (our bug, or a transient failure). The one sorting of errors: the CLI prints these and exits 2,
+    and a flow's task does not retry them (`tasks.pipeline.transient_only`). Every `UserError`,
+    the library's errors with `user_error = True` (cft_core.ranking.InputError), and MLflow's
+    errors with an input code (MLflow is only looked at when it is imported)."""
+    if isinstance(error, UserError) or getattr(error, "user_error", False):
+        return str(error)
+    exceptions = sys.modules.get("mlflow.exceptions")
+    if exceptions is not None and isinstance(error, exceptions.MlflowException) and error.error_code in MLFLOW_INPUT_CODES:
+        return error.message.splitlines()[0]
+    return None
+

@@ -28,7 +28,7 @@ from tasks.data import StageOutput
 from tasks.evaluation import EvalOutput
 from tasks.training import TrainOutput
 
-_INPUT_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError)  # and every `user_error` (transient_only)
+_INPUT_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError)  # and `input_error_message`'s (transient_only)
 
 
 def _in_a_run(record: logging.LogRecord) -> bool:
@@ -57,11 +57,13 @@ stage_warnings_to_run_log()
 
 def transient_only(task, task_run, state) -> bool:
     """retry_condition_fn: retry unless the error is about the input (bad data, config, a registry
-    reference: every `schemas.errors.UserError` and the library's `user_error` exceptions)."""
+    reference that does not resolve: `schemas.errors.input_error_message`, as the CLI sorts them)."""
+    from schemas.errors import input_error_message
+
     try:
         state.result()
     except BaseException as e:  # noqa: BLE001 (sorted just below)
-        return not (isinstance(e, _INPUT_ERRORS) or getattr(e, "user_error", False))
+        return not (isinstance(e, _INPUT_ERRORS) or input_error_message(e) is not None)
     return False
 
 

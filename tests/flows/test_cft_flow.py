@@ -114,11 +114,13 @@ def test_the_batch_flow_writes_every_users_top_k_from_the_champion(tmp_path, pre
 
 
 def test_the_promote_flow_promotes_rolls_back_and_refuses_a_promotion_without_a_version(tmp_path, prefect_harness,
-                                                                                         small_sequences):
+                                                                                         small_sequences, monkeypatch):
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     from flows.promote import promote_flow
     from schemas.errors import InputError
+    from tasks import registry
     from tasks.training import model_folder
     from tests.train.test_registry import registered
 
@@ -128,6 +130,7 @@ def test_the_promote_flow_promotes_rolls_back_and_refuses_a_promotion_without_a_
     profile = tmp_path / "profile.yaml"
     profile.write_text(json.dumps(cfg.model_dump(mode="json")))
     name, client = cfg.registered_model_name(), MlflowClient(uri, registry_uri=uri)
+    real_promote = registry.promote
     for version in versions:
         assert promote_flow(model_name=name, reason=f"release {version}", version=int(version), profile=str(profile)) == version
     assert promote_flow(model_name=name, reason="regressed", action="rollback", profile=str(profile)) == versions[0]
@@ -135,6 +138,13 @@ def test_the_promote_flow_promotes_rolls_back_and_refuses_a_promotion_without_a_
     state = promote_flow(model_name=name, reason="no version", profile=str(profile), return_state=True)
     assert state.is_failed()
     with pytest.raises(InputError, match="action=promote needs the version to promote"):
+        state.result()
+    # A version the registry does not have: failed at once, not retried (it was, three times over 42 s).
+    calls = []
+    monkeypatch.setattr(registry, "promote", lambda *a, **k: calls.append(1) or real_promote(*a, **k))
+    state = promote_flow(model_name=name, reason="typo", version=99, profile=str(profile), return_state=True)
+    assert state.is_failed() and calls == [1]
+    with pytest.raises(MlflowException, match=rf"name={name}, version=99\) not found"):
         state.result()
 
 
