@@ -123,7 +123,7 @@ def main() -> None:
                      "s_per_step": mask["excluding"], "vs_plain_mask": mask["ratio"]})
     stem = f"decoding-{ns.model}"
     meta = {"model": ns.model, "prompts": ns.prompts, "beams": ns.beams, "threads": torch.get_num_threads(),
-            "time": time.strftime("%Y-%m-%d %H:%M"), **machine()}
+            **machine()}
     lines = [f"# {stem}", "", str(meta), "",
              "| catalogue | titles | trie nodes | variant | steps | s / step | vs unconstrained | vs the plain mask |",
              "|---|---|---|---|---|---|---|---|"]

@@ -92,7 +92,7 @@ def main() -> None:
     meta = {"model": "smollm2", "prompts": ns.prompts, "beams": ns.beams, "rounds": ns.rounds,
             "tokens": list(batch["input_ids"].shape), "isa": isa, "aten": os.environ.get("ATEN_CPU_CAPABILITY", "default"),
             "cpu_bf16_flags": flags, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "time": time.strftime("%Y-%m-%d %H:%M"), **machine()}
+            **machine()}
     stem = f"precision-smollm2-{isa.lower()}"
     lines = [f"# {stem}", "", f"kernels: oneDNN {isa}, ATen {meta['aten']}; CPU bf16 flags: {', '.join(flags) or 'none'}; "
              f"{meta['threads']} threads; {ns.rounds} interleaved rounds", "",

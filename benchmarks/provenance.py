@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,13 +32,14 @@ def commit(root: Path = ROOT) -> str | None:
 def machine() -> dict:
     """{"machine": OS and CPU architecture, "cpu_count": logical CPUs, "gpu": the CUDA device's
     name (None without one), "torch" and "transformers": their versions (a GPU box may run other
-    ones than the lock's), "commit": `commit()`}."""
+    ones than the lock's), "commit": `commit()`, "time": when, local, to the minute}: the meta of
+    every result file."""
     import torch
     import transformers
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"machine": platform.platform(), "cpu_count": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
-            "transformers": transformers.__version__, "commit": commit()}
+            "transformers": transformers.__version__, "commit": commit(), "time": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def write_result(stem: str, data: dict, lines: list[str], folder: Path | None = None) -> None:

@@ -166,7 +166,7 @@ def main() -> None:
     result = {"source": ns.source, "rows": rows, "bytes": size, "rounds": rounds,
               "ratios": {reader: ratios_over_rounds(rounds, reader, names[0], ("seconds", "peak_mb"))
                          for reader in names[1:]},
-              **machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
+              **machine()}
     stem = "readers" if ns.source == "amazon" else f"readers-{ns.source}"
     first = names[0]
     lines = [rounds_heading(f"readers: {ns.source}", result), "", what, "",

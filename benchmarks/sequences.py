@@ -55,7 +55,7 @@ def main() -> None:
         times.append(time.perf_counter() - t)
     result = {
         "interactions_in": len(inter), "median_s": float(np.median(times)), "times_s": times, "stats": stats,
-        **machine(), "time": time.strftime("%Y-%m-%d %H:%M"),
+        **machine(),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "sequences.json").write_text(json.dumps(result, indent=1))

@@ -96,7 +96,7 @@ def main() -> None:
 
     result = {"records": ns.records, "sample": ns.sample, "bytes": size, "rounds": rounds,
               "ratios": {"whole": ratios_over_rounds(rounds, "whole", "batches", PARTS)},
-              **machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
+              **machine()}
     lines = [rounds_heading("a sample of a split", result), "",
              f"{ns.sample:,} of {ns.records:,} synthetic ML-25M-shaped records (60,000 titles, histories of 1-10), "
              f"{size / 1e6:,.0f} MB.", "",

@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp.cleanup()
     result = {"meta": {"command": "python -m benchmarks.train_loop " + " ".join(argv if argv is not None else []),
                        **machine(),
-                       "time": time.strftime("%Y-%m-%d %H:%M"), "config": ns.config, "overrides": ns.overrides,
+                       "config": ns.config, "overrides": ns.overrides,
                        "model": cfg.model.source, "micro_batch_size": cfg.train.micro_batch_size,
                        "effective_batch_size": cfg.train.effective_batch_size, "deepspeed": cfg.train.deepspeed},
               "summary": summary(rows), "runs": rows}

@@ -396,7 +396,7 @@ def main() -> None:
                                             "attention", "peak_tflops", "ml100k_item")}
         args.update(data=data, variants=[v for v in VARIANTS if v in ns.variants])
         result = measure(args)
-        result["meta"] = {**machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
+        result["meta"] = {**machine()}
         results = [r for r in results if pass_key(r) != pass_key(result)] + [result]
         print(json.dumps(result["ratios"], indent=1))
         out.write_text(json.dumps({"results": results}, indent=1))

@@ -122,7 +122,7 @@ def main() -> None:
 
     result = {"records": ns.records, "bytes": size, "rounds": rounds,
               "ratios": {"plain": ratios_over_rounds(rounds, "plain", "dictionary", PARTS)},
-              **machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
+              **machine()}
     lines = [rounds_heading("training records", result), "",
              f"{ns.records:,} synthetic ML-25M-shaped training records (60,000 titles, histories of 1-10), "
              f"train.parquet {size / 1e6:,.0f} MB.", "",

@@ -138,7 +138,7 @@ def main() -> None:
 
     result = {"interactions": len(data["interactions"]), "items": ns.items, "records": len(data["records"]),
               "rounds": rounds, "ratio_ingested": ratio("ingested_s"), "ratio_records": ratio("records_s"),
-              **machine(), "time": time.strftime("%Y-%m-%d %H:%M")}
+              **machine()}
     rows = []
     for part, label in (("ingested_s", f"ingested tables ({result['interactions']:,} interactions, {ns.items:,} items)"),
                         ("records_s", f"records ({result['records']:,}, catalogue of {ns.items:,})")):

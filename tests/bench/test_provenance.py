@@ -26,10 +26,14 @@ def test_commit_names_head_and_marks_changes_to_tracked_files(tmp_path):
     assert commit(tmp_path) == head[:12] + "+changes"
 
 
-def test_machine_names_the_accelerator_and_the_versions_that_ran():
+def test_machine_names_the_accelerator_the_versions_and_the_time_that_ran():
+    import time
+
     import torch
     import transformers
 
+    before = time.strftime("%Y-%m-%d %H:%M")
     m = machine()
     assert m["gpu"] == (torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
     assert (m["torch"], m["transformers"]) == (torch.__version__, transformers.__version__)
+    assert before <= m["time"] <= time.strftime("%Y-%m-%d %H:%M")  # every result says when it ran

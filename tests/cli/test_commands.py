@@ -230,7 +230,7 @@ def test_compare_registered_versions(profile, tmp_path):
 
 
 def test_stack_status_says_not_running(tmp_path):
-    assert "not running" in cft("stack", "status", "--data-root", str(tmp_path))
+    assert "not running" in cft("stack", "status", "--data-root", str(tmp_path), code=3)
 
 
 def test_gc_removes_what_no_alias_and_no_run_in_progress_uses(profile):
