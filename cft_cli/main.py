@@ -585,6 +585,7 @@ def stack_up(
     Run again, it starts only what has stopped, and keeps what runs on its ports."""
     from cft_cli.stack import (
         check_ports,
+        crash_orphaned_runs,
         deploy,
         deployments,
         running_stack,
@@ -599,6 +600,9 @@ def stack_up(
     stack = running_stack(data_root, prefect_port=prefect_port, mlflow_port=mlflow_port, serve_port=serve_port)
     check_ports(stack, serve=serve is not None)  # before anything starts
     start_servers(stack, say=console.print)
+    for run in crash_orphaned_runs(stack):  # before a worker takes runs again
+        console.print(f"marked Crashed: flow run {run}, left running when the stack stopped (it held its "
+                      "deployment's concurrency slot)")
     deploy(stack)
     console.print(f"deployed: {', '.join(sorted(deployments(stack)))}")
     if worker:

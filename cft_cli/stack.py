@@ -381,9 +381,37 @@ def deployments(stack: Stack) -> list[str]:
     return out
 
 
-def _api(stack: Stack, path: str) -> list[dict]:
-    """POST {} to a filter endpoint of the stack's Prefect API."""
-    req = urllib.request.Request(f"{stack.prefect_api}{path}", data=b"{}", method="POST",
+# Flow-run states that hold a deployment's concurrency slot (Prefect's ReleaseFlowConcurrencySlots).
+IN_FLIGHT = ["PENDING", "RUNNING", "CANCELLING"]
+
+
+def crash_orphaned_runs(stack: Stack) -> list[str]:
+    """Set Crashed the flow runs of the stack's pool that are still in flight (`IN_FLIGHT`) though
+    the process running them is gone (their `infrastructure_pid` on this machine): the stack was
+    stopped, or the machine went down, while they ran. Returns "name (pid N)" of each.
+
+    Why: such a run keeps its deployment's concurrency slot. The lease that would expire it lives in
+    the Prefect server's memory, which a restart loses, so the slot stays taken for good, and every
+    later run of a deployment with `concurrency_limit: 1` is cancelled at once: after `cft stack
+    down` during a scheduled retrain, every retrain after it was cancelled. Leaving Running for
+    Crashed releases the slot (the server decrements the deployment's limit when the lease is gone).
+    A run whose pid still exists is left alone (another worker's, or a reused pid: not ours to judge)."""
+    orphans = []
+    for run in _api(stack, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": IN_FLIGHT}}},
+                                                  "work_pools": {"name": {"any_": [POOL]}}}):
+        pid = (run.get("infrastructure_pid") or "").rpartition(":")[2]  # "pid", or "host:pid" from older workers
+        if not pid.isdigit() or psutil.pid_exists(int(pid)):
+            continue
+        _api(stack, f"/flow_runs/{run['id']}/set_state", {"force": True, "state": {
+            "type": "CRASHED", "name": "Crashed",
+            "message": f"its process (pid {pid}) ended without a word: the stack or the machine stopped while it ran"}})
+        orphans.append(f"{run['name']} (pid {pid})")
+    return orphans
+
+
+def _api(stack: Stack, path: str, body: dict | None = None) -> list[dict] | dict:
+    """POST `body` (default {}) to an endpoint of the stack's Prefect API; its JSON answer."""
+    req = urllib.request.Request(f"{stack.prefect_api}{path}", data=json.dumps(body or {}).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 (loopback URL we built)
         return json.loads(r.read())

@@ -11,6 +11,7 @@ from prefect.yaml, the smoke profile, and the registry gate.
     -> the stack's recommender (cft serve --wait): 503 before the first champion, then serving
        whichever version the alias names, without a restart
     -> cft stack down / status
+and a run left Running by a stopped stack, which `cft stack up` sets Crashed to free its slot.
 """
 
 from __future__ import annotations
@@ -209,3 +210,50 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
     # model copy behind.
     assert not list(temporary.rglob("MLmodel")), sorted(map(str, temporary.rglob("MLmodel")))
     assert "not running" in runner.invoke(app, ["stack", "status", "--data-root", str(data_root)], prog_name="cft").output
+
+
+def test_up_frees_the_slot_of_a_run_the_stopped_stack_left_running(tmp_path):
+    """A scheduled retrain in flight when the stack stopped stays Running on the server, holding its
+    deployment's concurrency slot (limit 1) past the restart, which loses the lease that would
+    expire it: every later retrain was cancelled at once. `cft stack up` sets such a run Crashed
+    (its process is gone), which frees the slot; a run whose process still exists is left alone."""
+    import sys
+
+    runner, data_root = CliRunner(), tmp_path / "data"
+    stack = Stack(data_root, prefect_port=free_port(), mlflow_port=free_port())
+    ports = ["--data-root", str(data_root), "--prefect-port", str(stack.prefect_port),
+             "--mlflow-port", str(stack.mlflow_port), "--no-worker"]
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    try:
+        up = runner.invoke(app, ["stack", "up", *ports], prog_name="cft")
+        assert up.exit_code == 0, up.output + repr(up.exception)
+
+        def in_flight(deployment: str, pid: int) -> str:
+            """A run of `deployment` as a worker leaves it: Pending (its slot taken), then Running in process `pid`."""
+            found = api(stack, f"/deployments/name/{deployment}")
+            run = api(stack, f"/deployments/{found['id']}/create_flow_run", {"parameters": {"profile": "configs/smoke.yaml"}})
+            for state in ("PENDING", "RUNNING"):
+                assert api(stack, f"/flow_runs/{run['id']}/set_state", {"state": {"type": state}})["status"] == "ACCEPT"
+            req = urllib.request.Request(f"{stack.prefect_api}/flow_runs/{run['id']}", method="PATCH",
+                                         data=json.dumps({"infrastructure_pid": str(pid)}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(req, timeout=30).close()  # noqa: S310 (loopback)
+            return run["id"]
+
+        orphan = in_flight("cft/scheduled-retrain", int(gone.stdout))  # its process ended
+        alive = in_flight("cft-gc/weekly", os.getpid())  # its process runs (another worker's, say)
+
+        def slots(deployment: str) -> int:
+            return api(stack, f"/deployments/name/{deployment}")["global_concurrency_limit"]["active_slots"]
+
+        assert (slots("cft/scheduled-retrain"), slots("cft-gc/weekly")) == (1, 1)
+        assert runner.invoke(app, ["stack", "down", "--data-root", str(data_root)], prog_name="cft").exit_code == 0
+        again = runner.invoke(app, ["stack", "up", *ports], prog_name="cft")
+        assert again.exit_code == 0, again.output + repr(again.exception)
+        name = api(stack, f"/flow_runs/{orphan}")["name"]
+        assert f"marked Crashed: flow run {name} (pid {int(gone.stdout)})" in again.output, again.output
+        assert api(stack, f"/flow_runs/{orphan}")["state"]["type"] == "CRASHED"
+        assert api(stack, f"/flow_runs/{alive}")["state"]["type"] == "RUNNING"
+        assert (slots("cft/scheduled-retrain"), slots("cft-gc/weekly")) == (0, 1)  # the next retrain may run
+    finally:
+        down(stack, say=lambda *_: None)
