@@ -64,8 +64,8 @@ class Collected:
     windows_removed: list[tuple[Path, int]]  # (ingested or sequences folder, bytes)
     leftovers_removed: list[tuple[Path, int]]  # (`.tmp-*` file or folder of an interrupted write, bytes)
     caches_removed: list[tuple[Path, int]]  # (registry download or gate cache of a version not champion, bytes)
-    # ("name vN (kind)" of a version `registry.keep_versions` lets go, bytes of its logged model's files)
-    versions_removed: list[tuple[str, int]]
+    # ("name vN" of a version `registry.keep_versions` lets go, bytes of its logged model's files, its kind)
+    versions_removed: list[tuple[str, int, str]]
     keep_versions: int | None
     dry_run: bool
 
@@ -81,8 +81,8 @@ class Collected:
             return f"{len(found)} {what} ({mib(sum(entry[1] for entry in found))})"
 
         return [
-            *(f"{verb} registered version {version} ({mib(size)}): older than the newest {self.keep_versions}, "
-              "no alias, not a rollback target (its run stays)" for version, size in self.versions_removed),
+            *(f"{verb} registered version {version} ({kind}, {mib(size)}): older than the newest {self.keep_versions}, "
+              "no alias, not a rollback target (its run stays)" for version, size, kind in self.versions_removed),
             *(f"{verb} {path} ({mib(size)})" for path, size in self.removed),
             *(f"{verb} {path} ({mib(size)}): unfinished, untouched for {days:.0f} days (the same run again "
               "would train from the start)" + ("; its MLflow run, left RUNNING, ends KILLED" if running else "")
@@ -146,7 +146,7 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
                          "registered without it; point tracking.tracking_uri (or MLFLOW_TRACKING_URI) at your store")
     root = cfg.data.data_root / "training"
     versions_removed = _expendable_versions(cfg, dry_run)
-    gone = {label.split(" (")[0] for label, _ in versions_removed}  # "name vN"
+    gone = {version for version, _, _ in versions_removed}  # "name vN"
     in_use = {}  # the folders of the versions that stay
     for folder, versions in registered_model_dirs(cfg).items():
         if staying := [entry for entry in versions if f"{entry[0]} v{entry[1]}" not in gone]:
@@ -198,7 +198,7 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
 
 def _expendable_versions(cfg: PipelineConfig, dry_run: bool) -> list[tuple[str, int]]:
     """The profile's registered versions `registry.keep_versions` lets go (`registry.expendable_versions`),
-    deleted with their model files unless `dry_run`: ("name vN (kind)", bytes). Under the model's
+    deleted with their model files unless `dry_run`: ("name vN", bytes, kind). Under the model's
     promotion lock, so that no gate, promotion or rollback moves an alias meanwhile."""
     from tasks.registry import (
         KIND_TAG,
@@ -216,7 +216,7 @@ def _expendable_versions(cfg: PipelineConfig, dry_run: bool) -> list[tuple[str, 
     removed = []
     with promotion_lock(cfg, name):
         for mv in expendable_versions(client, name, cfg.registry.keep_versions):
-            removed.append((f"{name} v{mv.version} ({mv.tags.get(KIND_TAG, 'unknown kind')})", version_bytes(client, mv)))
+            removed.append((f"{name} v{mv.version}", version_bytes(client, mv), mv.tags.get(KIND_TAG, "unknown kind")))
             if not dry_run:
                 delete_version(client, mv)
     return removed

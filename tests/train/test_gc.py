@@ -289,8 +289,8 @@ def test_gc_deletes_the_versions_keep_versions_lets_go_with_their_model_files(tm
         assert collect(cfg, dry_run=True).versions_removed == []  # keep_versions unset: every version stays
         assert "registered version" not in collect(cfg, dry_run=True).lines()[-1]
         planned = collect(keeping, dry_run=True)
-        assert planned.versions_removed == [(f"{name} v6 (markov)", 0), (f"{name} v4 (llm)", 4096)]
-        assert (f"would remove registered version {name} v4 (llm) (0 MiB): older than the newest 3, no alias, not a "
+        assert planned.versions_removed == [(f"{name} v6", 0, "markov"), (f"{name} v4", 4096, "llm")]
+        assert (f"would remove registered version {name} v4 (llm, 0 MiB): older than the newest 3, no alias, not a "
                 "rollback target (its run stays)") in planned.lines()
         assert planned.lines()[-1].endswith(", 2 registered version(s) (0 MiB)")
         assert training.is_dir() and files[4].is_file() and len(client.search_model_versions(f"name='{name}'")) == 9
@@ -305,4 +305,4 @@ def test_gc_deletes_the_versions_keep_versions_lets_go_with_their_model_files(tm
         assert [p for p, _ in done.removed] == [training] and not training.exists()  # no version's folder now
         assert registry.rollback(keeping, name, "bad week", uri) == "3"  # the rollback path is whole
         # v5, rolled back from, is no rollback target now (its run stays, to see what went wrong).
-        assert collect(keeping, dry_run=True).versions_removed == [(f"{name} v5 (llm)", 5120)]
+        assert collect(keeping, dry_run=True).versions_removed == [(f"{name} v5", 5120, "llm")]
