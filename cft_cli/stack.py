@@ -250,11 +250,20 @@ def _running(pids: dict, name: str) -> psutil.Process | None:
     return _alive(pids[name]) if name in pids else None
 
 
+CLI_LINES_SHOWN = 8  # Prefect's CLI ends its output with the error; everything before is progress
+
+
 def _cli(stack: Stack, *args: str) -> None:
-    """Run a prefect CLI command against the stack's server; raise with its output on failure."""
+    """Run a prefect CLI command against the stack's server. On failure, InputError with the last
+    lines of its output, where Prefect says why: mostly a mistake in prefect.yaml, which users edit
+    (a schedule turned on, a cron string), and which before ended `up` in a traceback under 80
+    lines of deploy progress. The servers keep running, so `up` again after the fix deploys all."""
     res = subprocess.run([_bin("prefect"), *args], env=stack.env(), cwd=PROJECT_ROOT, capture_output=True, text=True)
     if res.returncode:
-        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+        said = [line.rstrip() for line in (res.stdout + "\n" + res.stderr).splitlines() if line.strip()]
+        raise InputError(f"prefect {' '.join(args)} failed (exit {res.returncode}) in {PROJECT_ROOT}:\n"
+                         + "\n".join(f"  {line}" for line in said[-CLI_LINES_SHOWN:])
+                         + "\nfix what it names (prefect.yaml, for a deployment) and run `cft stack up` again")
 
 
 def start_servers(stack: Stack, say=print) -> None:

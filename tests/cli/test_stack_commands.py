@@ -118,7 +118,8 @@ def test_up_names_a_recorded_server_that_runs_and_does_not_answer(tmp_path, monk
     port = free_port()
     proc = stand_in(st, "prefect-server", SLEEP, "--port", str(port))
     try:
-        up = CliRunner().invoke(app, ["stack", "up", "--data-root", str(data_root)], prog_name="cft")
+        up = CliRunner().invoke(app, ["stack", "up", "--data-root", str(data_root), "--mlflow-port", str(free_port())],
+                                prog_name="cft")  # (whatever else runs here on the default port)
         assert up.exit_code == 2, up.output
         assert up.output == (f"error: http://127.0.0.1:{port}/api/health did not answer within 1 s (pid {proc.pid}); "
                              f"see {st.state / 'logs' / 'prefect-server.log'}, and stop the stack (cft stack down) "
@@ -166,6 +167,17 @@ def test_status_asks_each_running_server_whether_it_answers(tmp_path):
     assert stack_mod.status(st)["mlflow-server"] == stack_mod.ProcessStatus(False, f"http://127.0.0.1:{answering}")
     assert (status().exit_code, status().output) == (3, f"stack: not running (data root {data_root}); start it with "
                                                         "`cft stack up`\n")
+
+
+def test_a_failing_prefect_command_is_an_error_naming_what_prefect_said(tmp_path):
+    """`up` runs Prefect's CLI (work pool, deploy); when it fails (a mistake in prefect.yaml, mostly),
+    the error holds the end of its output, where Prefect says why, not a traceback under all of it."""
+    with pytest.raises(InputError) as failed:
+        stack_mod._cli(stack_mod.Stack(tmp_path / "data"), "no-such-command")
+    said = str(failed.value).splitlines()
+    assert said[0] == f"prefect no-such-command failed (exit 2) in {stack_mod.PROJECT_ROOT}:"
+    assert any('Unknown command "no-such-command"' in line for line in said[1:-1]), said
+    assert len(said) <= stack_mod.CLI_LINES_SHOWN + 2 and said[-1].endswith("run `cft stack up` again")
 
 
 def _why_not_alive(entry: dict) -> str:
