@@ -559,6 +559,28 @@ def rollback(reason: ReasonOpt, model_name: ModelNameOpt = None,
     console.print(f"{name}: champion -> version {rollback_champion(cfg, name, reason, uri)} (rollback: {reason})")
 
 
+@app.command("versions")
+def versions(model_name: ModelNameOpt = None, config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None,
+             history: Annotated[int, typer.Option(min=0, help="Entries of the champion history to show.")] = 10) -> None:
+    """The registered model's versions, newest first (kind, when, data window, what the gate
+    measured and decided, aliases), then who made which version champion, when and why."""
+    from tasks.registry import registry_client, versions_summary
+
+    _, uri, name = _registry_context(config, set_, model_name)
+    rows, changes = versions_summary(registry_client(uri), name)
+    console.print(f"{name}: {len(rows)} version(s), newest first", highlight=False)
+    width = max((len(r.version) for r in rows), default=1) + 1
+    for r in rows:
+        held = f"[{', '.join(r.aliases)}]" if r.aliases else ""
+        judged = f"{r.decision}: {r.gate}" if r.decision else ""
+        console.print(f"  {'v' + r.version:<{width}}  {r.kind:<10}  {r.created} UTC  data {r.data:<16}  {held:<13}  "
+                      f"{judged}".rstrip(), highlight=False)
+    if changes and history:
+        console.print("champion history, newest first:")
+        for c in changes[:history]:
+            console.print(f"  {c['at']}  v{c['version']}  {c['action']} by {c['by']}: {c['reason']}", highlight=False)
+
+
 # ------------------------------------------------------------------------------ local stack
 
 stack_app = typer.Typer(help="Local Prefect server + worker + MLflow server on 127.0.0.1.", **_TYPER)

@@ -863,6 +863,47 @@ def holds_model_folder(name: str, version: str) -> bool:
         return "model" in _pyfunc_artifacts(mlmodel)
 
 
+@dataclass(frozen=True)
+class VersionSummary:
+    """One registered version as `cft versions` lists it: what it is, the window it was built on,
+    what its gate measured and decided, and the aliases it holds."""
+
+    version: str
+    kind: str  # "llm", "popularity", "markov"
+    created: str  # UTC, to the minute
+    data: str  # the data window's fingerprint
+    gate: str  # "<metric> <value> (champion vN <value>)", or "" for a version no gate judged
+    decision: str  # "promoted", "kept challenger", or ""
+    aliases: list[str]
+
+
+def versions_summary(client, name: str) -> tuple[list[VersionSummary], list[dict]]:
+    """(every version of registered model `name`, newest first; its champion history, newest
+    first: the entries of `champion_history`, {version, action, reason, by, at}). RegistryError for
+    a model the registry does not have."""
+    import mlflow
+
+    try:
+        model = client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as e:
+        raise RegistryError(f"no registered model {name} in this store ({e.message.splitlines()[0]})") from None
+    held: dict[str, list[str]] = {}
+    for alias, version in sorted(model.aliases.items()):
+        held.setdefault(str(version), []).append(alias)
+    out = []
+    for mv in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version)):
+        t = mv.tags
+        gate = ""
+        if "gate.value" in t:
+            champion = (f" (champion v{t['gate.champion_version']} {float(t['gate.champion_value']):.4f})"
+                        if t.get("gate.champion_value", "None") != "None" else "")
+            gate = f"{t['gate.metric']} {float(t['gate.value']):.4f}{champion}"
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+        out.append(VersionSummary(str(mv.version), t.get(KIND_TAG, "?"), created, t.get("data_fingerprint", ""),
+                                  gate, t.get("gate.decision", ""), held.get(str(mv.version), [])))
+    return out, list(reversed(json.loads(model.tags.get(HISTORY_TAG, "[]"))))
+
+
 # A version registered this recently may still be on its way through its run's gate.
 RECENT_VERSION_S = 24 * 3600
 

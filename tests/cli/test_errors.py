@@ -191,7 +191,7 @@ def test_promote_an_unknown_version(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["promote", "--version", "1", "--reason", "because"],
-                                     ["rollback", "--reason", "because"], ["recommend", "Heat"]])
+                                     ["rollback", "--reason", "because"], ["recommend", "Heat"], ["versions"]])
 def test_registry_commands_without_a_store(tmp_path, command):
     """No store under the data root: say so, and do not create an empty one."""
     res = run(*command, "-c", str(ROOT / "configs/smoke.yaml"), "--set", f"data.data_root={tmp_path}")
@@ -201,7 +201,7 @@ def test_registry_commands_without_a_store(tmp_path, command):
 
 
 @pytest.mark.parametrize("command", [["run"], ["train"], ["recommend", "Heat"], ["gc", "--dry-run"],
-                                     ["promote", "--version", "1", "--reason", "because"]])
+                                     ["promote", "--version", "1", "--reason", "because"], ["versions"]])
 def test_a_tracking_server_that_does_not_answer_is_named(tmp_path, command):
     """A profile tracking to an MLflow server that is not running: `error:` naming the server, exit
     2, before anything is written (MLflow's client would retry for minutes, then raise a traceback)."""
