@@ -629,7 +629,7 @@ def stack_up(
     console.print(f"deployed: {', '.join(sorted(deployments(stack)))}")
     if worker:
         running = start_worker(stack)
-        console.print(f"worker on pool cft-local (log: {stack.state / 'logs' / 'worker.log'}"
+        console.print(f"worker on pool cft-local (log: {stack.log_of('worker')}"
                       + (f"; already running, pid {running.pid})" if running else ")"))
     if serve is not None:
         start_recommender(stack, serve, follow_every_s=follow_every, say=console.print)
@@ -669,7 +669,7 @@ def stack_status(data_root: DataRootOpt = Path("data")) -> None:
         elif p.no_answer is None:
             line = f"running, answers at {p.url}"
         else:
-            line = f"running, but {p.url} does not answer ({p.no_answer}); see {Stack(data_root).state / 'logs' / name}.log"
+            line = f"running, but {p.url} does not answer ({p.no_answer}); see {Stack(data_root).log_of(name)}"
         console.print(f"{name}: {line}")
     if not all(p.running and p.no_answer is None for p in processes.values()):
         raise typer.Exit(1)

@@ -71,6 +71,10 @@ class Stack:
     def recommender_url(self) -> str:
         return f"http://{self.host}:{self.serve_port}"
 
+    def log_of(self, name: str) -> Path:
+        """The log file of the stack's process `name` (its output, from `_spawn`)."""
+        return self.state / "logs" / f"{name}.log"
+
     def url_of(self, name: str) -> str:
         """The address clients use for the server `name` (Prefect's API, not its UI)."""
         return {"prefect-server": self.prefect_api, "mlflow-server": self.mlflow_uri,
@@ -190,9 +194,9 @@ def check_ports(stack: Stack, serve: bool) -> None:
 
 
 def _spawn(stack: Stack, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-    logs = stack.state / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / f"{name}.log", "ab") as out:
+    log = stack.log_of(name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
         # Its own process group, so `down` can stop the process and its children together.
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT,
                                 start_new_session=True)
@@ -280,7 +284,7 @@ def start_servers(stack: Stack, say=print) -> None:
     labels = {"prefect-server": "Prefect server  ", "mlflow-server": "MLflow server   "}
     pids = _read_pids(stack)
     for name, command in commands.items():
-        url, log = stack.url_of(name), stack.state / "logs" / f"{name}.log"
+        url, log = stack.url_of(name), stack.log_of(name)
         shown = f"{labels[name]}{url.removesuffix('/api')}"
         if running := _running(pids, name):
             _wait_http(f"{url}/health", SERVER_START_S, running, log)
@@ -313,7 +317,7 @@ def start_worker(stack: Stack) -> psutil.Process | None:
 def start_recommender(stack: Stack, profile: Path, follow_every_s: float = 30.0, say=print) -> None:
     """`cft serve --wait` of `profile`'s champion from the stack's registry: 503 until the first
     run registers a champion, then that version, then each new one (cft_cli/server.py)."""
-    log = stack.state / "logs" / "recommender.log"
+    log = stack.log_of("recommender")
     if running := _running(_read_pids(stack), "recommender"):
         _wait_http(f"{stack.recommender_url}/health", RECOMMENDER_START_S, running, log, answers=(200, 503))
         say(f"Recommender     {stack.recommender_url} (already running, pid {running.pid}: its profile and "
