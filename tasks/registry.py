@@ -445,7 +445,12 @@ def decide(ours, champion, floors: dict | None, margin: float, rule: str,
 
 
 def _history(client, name: str) -> list[dict]:
-    return json.loads(client.get_registered_model(name).tags.get(HISTORY_TAG, "[]"))
+    return champion_history(client.get_registered_model(name))
+
+
+def champion_history(model) -> list[dict]:
+    """A RegisteredModel's changes of champion, oldest first: {version, action, reason, by, at}."""
+    return json.loads(model.tags.get(HISTORY_TAG, "[]"))
 
 
 def _set_champion(client, name: str, version: str, action: str, reason: str) -> None:
@@ -901,7 +906,7 @@ def versions_summary(client, name: str) -> tuple[list[VersionSummary], list[dict
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M")
         out.append(VersionSummary(str(mv.version), t.get(KIND_TAG, "?"), created, t.get("data_fingerprint", ""),
                                   gate, t.get("gate.decision", ""), held.get(str(mv.version), [])))
-    return out, list(reversed(json.loads(model.tags.get(HISTORY_TAG, "[]"))))
+    return out, list(reversed(champion_history(model)))
 
 
 # A version registered this recently may still be on its way through its run's gate.
@@ -920,7 +925,7 @@ def expendable_versions(client, name: str, keep: int) -> list:
     except mlflow.exceptions.MlflowException:  # not registered yet: nothing to let go
         return []
     spared = {str(v) for v in model.aliases.values()}
-    spared |= set(champion_stack(json.loads(model.tags.get(HISTORY_TAG, "[]"))))
+    spared |= set(champion_stack(champion_history(model)))
     before = (time.time() - RECENT_VERSION_S) * 1000  # creation_timestamp is in ms
     versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version))
     return [mv for mv in versions[keep:] if str(mv.version) not in spared and mv.creation_timestamp < before]
