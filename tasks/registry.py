@@ -751,10 +751,10 @@ def previous_decision(cfg: PipelineConfig, train_key: str) -> dict | None:
 
     client = registry_client(tracking_uri(cfg))
     try:
-        versions = client.search_model_versions(f"name='{cfg.registered_model_name()}'")
+        versions = versions_newest_first(client, cfg.registered_model_name())
     except Exception:  # noqa: BLE001 (no such model yet)
         return None
-    for mv in sorted(versions, key=lambda v: -int(v.version)):
+    for mv in versions:
         if mv.tags.get("cft.train_key") == train_key and "gate.decision" in mv.tags:
             return {"version": str(mv.version), "champion": _alias_version(client, mv.name, CHAMPION),
                     **{k: v for k, v in mv.tags.items() if k.startswith("gate.")}}
@@ -896,7 +896,7 @@ def versions_summary(client, name: str) -> tuple[list[VersionSummary], list[dict
     for alias, version in sorted(model.aliases.items()):
         held.setdefault(str(version), []).append(alias)
     out = []
-    for mv in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version)):
+    for mv in versions_newest_first(client, name):
         t = mv.tags
         gate = ""
         if "gate.value" in t:
@@ -927,8 +927,7 @@ def expendable_versions(client, name: str, keep: int) -> list:
     spared = {str(v) for v in model.aliases.values()}
     spared |= set(champion_stack(champion_history(model)))
     before = (time.time() - RECENT_VERSION_S) * 1000  # creation_timestamp is in ms
-    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version))
-    return [mv for mv in versions[keep:] if str(mv.version) not in spared and mv.creation_timestamp < before]
+    return [mv for mv in versions_newest_first(client, name)[keep:] if str(mv.version) not in spared and mv.creation_timestamp < before]
 
 
 def _logged_model_id(mv) -> str | None:
@@ -970,6 +969,11 @@ def delete_version(client, mv) -> None:
     client.delete_logged_model(model_id := _logged_model_id(mv))
     if mv.run_id and client.get_run(mv.run_id).data.tags.get("cft.recommender_uri") == f"models:/{model_id}":
         client.delete_tag(mv.run_id, "cft.recommender_uri")
+
+
+def versions_newest_first(client, name: str) -> list:
+    """The ModelVersions of registered model `name`, highest version number first."""
+    return sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: -int(v.version))
 
 
 def registered_models(client) -> list:
