@@ -196,7 +196,7 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
                      cfg.registry.keep_versions, dry_run)
 
 
-def _expendable_versions(cfg: PipelineConfig, dry_run: bool) -> list[tuple[str, int]]:
+def _expendable_versions(cfg: PipelineConfig, dry_run: bool) -> list[tuple[str, int, str]]:
     """The profile's registered versions `registry.keep_versions` lets go (`registry.expendable_versions`),
     deleted with their model files unless `dry_run`: ("name vN", bytes, kind). Under the model's
     promotion lock, so that no gate, promotion or rollback moves an alias meanwhile."""

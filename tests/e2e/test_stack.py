@@ -106,9 +106,9 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         assert f"Recommender     {stack.recommender_url} (the champion of {smoke}" in up.output
         assert ("deployed: cft-batch/nightly (paused), cft-gc/weekly (paused), cft-promote/promote, cft-replay/replay, "
                 "cft/full-pipeline, cft/scheduled-retrain (paused)") in up.output
-        status = runner.invoke(app, ["stack", "status", "--data-root", str(data_root)], prog_name="cft")
-        processes = status.output
-        assert status.exit_code == 0, processes  # every process runs and every server answers
+        shown = runner.invoke(app, ["stack", "status", "--data-root", str(data_root)], prog_name="cft")
+        processes = shown.output
+        assert shown.exit_code == 0, processes  # every process runs and every server answers
         assert f"prefect-server: running, answers at {stack.prefect_api}" in processes
         assert f"mlflow-server: running, answers at {stack.mlflow_uri}" in processes
         assert f"recommender: running, answers at {stack.recommender_url}" in processes
