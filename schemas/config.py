@@ -128,6 +128,12 @@ class DataConfig(_Strict):
         "delisted, missing from the items file): error fails validation naming the ids; drop removes "
         "those interactions with a warning, as D3 drops the reviews of items without metadata.",
     )
+    duplicate_interactions: Literal["error", "drop"] = Field(
+        "error", description="Rows with the same user, item and timestamp (an export that overlaps "
+        "the one before, a part dropped into the folder twice): error fails validation showing "
+        "them; drop keeps the last one read (parts in name order, rows in file order: a later "
+        "export corrects an earlier one) with a warning.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

@@ -40,6 +40,9 @@ from tasks.validation import suites_key, validate_tables
 
 log = logging.getLogger(__name__)
 
+# What makes an interaction one: the interactions suite's compound key (schemas/suites/interactions.json).
+INTERACTION_KEY = ["user_id", "item_id", "timestamp"]
+
 
 @dataclass(frozen=True)
 class StageOutput:
@@ -192,9 +195,9 @@ def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
 
 
 def cleaning_drops(cfg: DataConfig) -> list[str]:
-    """The data settings set to drop what is otherwise an error (`empty_titles`, `unknown_items`):
-    they decide the ingested rows, so they join the ingest key."""
-    return [name for name in ("empty_titles", "unknown_items") if getattr(cfg, name) == "drop"]
+    """The data settings set to drop what is otherwise an error (`empty_titles`, `unknown_items`,
+    `duplicate_interactions`): they decide the ingested rows, so they join the ingest key."""
+    return [name for name in ("empty_titles", "unknown_items", "duplicate_interactions") if getattr(cfg, name) == "drop"]
 
 
 def ingest(cfg: DataConfig) -> StageOutput:
@@ -224,6 +227,15 @@ def ingest(cfg: DataConfig) -> StageOutput:
                     cfg.name, int(unknown.sum()), len(ids), ids[:5])
         dropped["unknown_items"] = {"items": len(ids), "interactions": int(unknown.sum())}
         interactions = interactions[~unknown]
+    repeated = interactions.duplicated(INTERACTION_KEY, keep="last")
+    if repeated.any() and cfg.duplicate_interactions == "drop":  # (error: the validation shows them)
+        copies = interactions[interactions.duplicated(INTERACTION_KEY, keep=False)]
+        rerated = int((copies.groupby(INTERACTION_KEY)["rating"].nunique(dropna=False) > 1).sum())
+        log.warning("%s: dropping %d repeated interaction(s): the same user, item and timestamp as a row read "
+                    "after them, which is kept%s", cfg.name, int(repeated.sum()),
+                    f"; {rerated} of them with another rating than the kept row" if rerated else "")
+        dropped["duplicate_interactions"] = {"interactions": int(repeated.sum()), "other_rating": rerated}
+        interactions = interactions[~repeated]
     inter_t = _to_arrow(interactions, tables.INTERACTIONS, "interactions")
     items_t = _to_arrow(items, tables.ITEMS, "items")
     with atomic_dir(out) as tmp:
@@ -285,6 +297,10 @@ def validate_ingested(ingested: Path, cfg: DataConfig) -> dict:
             hints.append(f"timestamps: column {read['column']!r} was read as {read['unit']} "
                          f"(data.source.timestamp_unit={cfg.source.timestamp_unit}); raw values e.g. {read['examples']}, "
                          f"allowed {pd.Timestamp(lo, unit='s', tz='UTC')} .. {pd.Timestamp(hi, unit='s', tz='UTC')}")
+        if any(f["column"] == INTERACTION_KEY for f in e.report["failures"]):
+            hints.append("user_id, item_id, timestamp: rows repeated (an export overlapping the one before, a part "
+                         "dropped in twice?); remove them, or set data.duplicate_interactions: drop to keep the "
+                         "last of each")
         if any(f["column"] == "item_id_not_in_items" for f in e.report["failures"]):
             hints.append("item_id_not_in_items: interactions with items the items table lacks; add the items, "
                          "or set data.unknown_items: drop to leave those interactions out")

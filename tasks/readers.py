@@ -180,10 +180,19 @@ def detect_unit(numbers: pd.Series) -> str:
     return "ns"
 
 
-def to_int_timestamps(values: pd.Series, path: Path, column: str, unit: str = "auto") -> tuple[pd.Series, str]:
+def where_rows(index: pd.Index, first_line: int | None = None) -> str:
+    """How an error names rows: "lines [135, 140]" in a text file whose first data row is line
+    `first_line` (after a header: 2), else "rows [133, 138]" (the table's rows, from 0)."""
+    if first_line is None:
+        return f"rows {list(index[:5])}"
+    return f"lines {[int(i) + first_line for i in index[:5]]}"
+
+
+def to_int_timestamps(values: pd.Series, path: Path, column: str, unit: str = "auto",
+                      first_line: int | None = None) -> tuple[pd.Series, str]:
     """(unix seconds as int64, the unit read). Accepts unix s/ms/us/ns numbers, ISO-8601 text
     (with or without offsets, mixed forms; naive times are UTC) and native datetime columns;
-    `auto` tells them apart. Names the rows that do not parse."""
+    `auto` tells them apart. Names the rows that do not parse (`where_rows`)."""
     if pd.api.types.is_datetime64_any_dtype(values):  # Parquet/Arrow timestamps, any resolution
         parsed = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
         return _seconds(parsed), "datetime"
@@ -200,10 +209,9 @@ def to_int_timestamps(values: pd.Series, path: Path, column: str, unit: str = "a
         bad = num.isna() & values.notna()
         out = num // _UNIT_SCALE[unit] if unit != "s" else num
     if bad.any():
-        rows = list(values.index[bad][:5])
         raise DataError(
             f"{path}: column {column!r} has {int(bad.sum())} value(s) that are not timestamps "
-            f"(read as {unit}), e.g. rows {rows}: {list(values[bad][:5])}"
+            f"(read as {unit}), e.g. {where_rows(values.index[bad], first_line)}: {list(values[bad][:5])}"
         )
     if out.isna().any():  # nulls are reported by validation, with the other expectations
         return out.astype("Float64").round().astype("Int64"), unit
@@ -218,13 +226,13 @@ def _seconds(parsed: pd.Series) -> pd.Series:
     return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta("1s")).astype("Float64").astype("float64")
 
 
-def to_float(values: pd.Series, path: Path, column: str) -> pd.Series:
+def to_float(values: pd.Series, path: Path, column: str, first_line: int | None = None) -> pd.Series:
     num = to_numbers(values)
     bad = num.isna() & values.notna()
     if bad.any():
         raise DataError(
-            f"{path}: column {column!r} has {int(bad.sum())} non-numeric value(s), e.g. rows "
-            f"{list(values.index[bad][:5])}: {list(values[bad][:5])}"
+            f"{path}: column {column!r} has {int(bad.sum())} non-numeric value(s), e.g. "
+            f"{where_rows(values.index[bad], first_line)}: {list(values[bad][:5])}"
         )
     return num.astype("float64")
 
@@ -649,6 +657,21 @@ def interaction_parts(path: Path) -> list[Path]:
     return parts
 
 
+def _refuse_incomplete_rows(df: pd.DataFrame, columns: list[str], path: Path, first_line: int | None) -> None:
+    """A row without a user, item or timestamp is named here, with its part, line and values (the
+    validation, after the parts are joined, could only count it). Most often it is the last line
+    of a part still being copied into the folder, which the message then says."""
+    incomplete = df[columns].isna().any(axis=1)
+    if not incomplete.any():
+        return
+    rows = df.index[incomplete]
+    example = {c: (None if pd.isna(v) else str(v)) for c, v in df.loc[rows[0], columns].items()}
+    last = " (the part's last row: a file still being written? write parts under a hidden name such as " \
+        "'.orders.csv', or elsewhere, and rename them into the folder when complete)" if list(rows) == [df.index[-1]] else ""
+    raise DataError(f"{path}: {len(rows)} row(s) without a value in {columns}, e.g. {where_rows(rows, first_line)}; "
+                    f"the first: {example}{last}")
+
+
 def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """CSV/TSV/Parquet interactions (+ items file) with `source.columns` mapping ours -> theirs.
 
@@ -662,14 +685,17 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     frames, units, rated, examples = [], {}, False, []
     for part in parts:
         df = _read_table(part)
+        first_line = None if part.suffix == ".parquet" else 2  # (text: line 1 is the header)
         require_columns(df, needed, part, cfg.source.columns)
+        _refuse_incomplete_rows(df, [col["user_id"], col["item_id"], col["timestamp"]], part, first_line)
         rated = rated or col["rating"] in df
         timestamps, units[part.name] = to_int_timestamps(df[col["timestamp"]], part, col["timestamp"],
-                                                         cfg.source.timestamp_unit)
+                                                         cfg.source.timestamp_unit, first_line)
         frames.append(pd.DataFrame({  # (.array: Arrow strings stay Arrow, not one Python string per row)
             "user_id": df[col["user_id"]].array, "item_id": df[col["item_id"]].array,
             "timestamp": timestamps.to_numpy(),
-            "rating": to_float(df[col["rating"]], part, col["rating"]).to_numpy() if col["rating"] in df else float("nan"),
+            "rating": to_float(df[col["rating"]], part, col["rating"], first_line).to_numpy()
+            if col["rating"] in df else float("nan"),
             "title": df[col["title"]].array if items_path is None else None,
         }))
         examples = examples or [str(v) for v in df[col["timestamp"]].head(3)]

@@ -74,8 +74,67 @@ def test_parts_are_read_each_in_its_own_unit_and_errors_name_the_part_and_its_ro
     assert json.loads((out.path / "manifest.json").read_text())["timestamp"]["unit"] == "a.csv: s, b.csv: iso"
     (parts / "c.csv").write_text(f"{header}\nu0,i1,1000000700,3\nu1,i2,soon,3\n")  # its second data row
     with pytest.raises(DataError, match=r"parts/c.csv: column 'ts' has 1 value\(s\) that are not timestamps "
-                                        r"\(read as s\), e.g. rows \[1\]: \['soon'\]"):
+                                        r"\(read as s\), e.g. lines \[3\]: \['soon'\]"):
         ingest(cfg)
+
+
+def _parts(tmp_path, **parts: str) -> DataConfig:
+    """A folder of CSV parts (name -> text) beside GOOD_ITEMS."""
+    folder = tmp_path / "raw" / "parts"
+    folder.mkdir(parents=True)
+    for name, text in parts.items():
+        (folder / name).write_text(text)
+    (tmp_path / "raw" / "items.csv").write_text(GOOD_ITEMS)
+    return DataConfig(name="parts", data_root=tmp_path, k_core=0, source=SourceConfig(
+        format="generic", path=str(folder), items_path=str(tmp_path / "raw" / "items.csv"),
+        columns={"user_id": "user", "item_id": "item", "timestamp": "ts"}))
+
+
+def test_rows_an_overlapping_export_repeats_are_an_error_or_the_last_read_is_kept(tmp_path, caplog):
+    """Part b re-exports the last four rows of part a and corrects one rating: error shows the
+    repeated rows and names the setting; drop keeps b's copies (read after a's)."""
+    header, *rows = GOOD_INTER.splitlines()
+    corrected = rows[8].rsplit(",", 1)[0] + ",1"  # rows[8] is rated 5 in part a
+    assert rows[8].endswith(",5")
+    cfg = _parts(tmp_path, **{"a.csv": "\n".join([header, *rows[:12]]) + "\n",
+                              "b.csv": "\n".join([header, corrected, *rows[9:]]) + "\n"})
+    with pytest.raises(DataValidationError) as failed:
+        prepare(cfg)
+    assert "expect_compound_columns_to_be_unique failed: 8 of 24 rows" in str(failed.value)
+    assert "set data.duplicate_interactions: drop to keep the last of each" in str(failed.value)
+
+    dropping = cfg.model_copy(update={"duplicate_interactions": "drop"})
+    with caplog.at_level(logging.WARNING):
+        ingested, _, manifest = prepare(dropping)
+    assert ("parts: dropping 4 repeated interaction(s): the same user, item and timestamp as a row read after them, "
+            "which is kept; 1 of them with another rating than the kept row") in caplog.text
+    expected = _ingested(_write(tmp_path / "good"))
+    expected.loc[8, "rating"] = 1.0
+    pd.testing.assert_frame_equal(_ingested(dropping), expected)
+    assert json.loads((ingested.path / "manifest.json").read_text())["dropped"] == {
+        "duplicate_interactions": {"interactions": 4, "other_rating": 1}}
+    assert ingest(cfg).path != ingested.path  # back to `error`: checked again, not the rows drop left
+
+
+def test_a_row_without_user_item_or_time_is_named_with_its_part_line_and_values(tmp_path):
+    """A part's last line cut short (a file still being copied in) is named as such; the same gap
+    elsewhere is named without the guess; a part under a hidden name is not read yet."""
+    header, *rows = GOOD_INTER.splitlines()
+    a = "\n".join([header, *rows[:10]]) + "\n"
+    cfg = _parts(tmp_path, **{"a.csv": a, "b.csv": "\n".join([header, *rows[10:], "u3,i"])})
+    with pytest.raises(DataError, match=r"parts/b.csv: 1 row\(s\) without a value in \['user', 'item', 'ts'\], "
+                                        r"e.g. lines \[12\]; the first: \{'user': 'u3', 'item': 'i', 'ts': None\} "
+                                        r"\(the part's last row: a file still being written\?"):
+        prepare(cfg)
+    assert _stage_dirs(tmp_path) == []
+
+    parts = tmp_path / "raw" / "parts"
+    (parts / "b.csv").write_text("\n".join([header, *rows[10:12], ",i1,1000000800,3", *rows[12:]]) + "\n")
+    with pytest.raises(DataError, match=r"b.csv: 1 row\(s\) .* e.g. lines \[4\]; the first: \{'user': None, "
+                                        r"'item': 'i1', 'ts': '1000000800'\}$"):
+        prepare(cfg)
+    (parts / "b.csv").rename(parts / ".b.csv")  # how a writer copies a part in: a hidden name, renamed when complete
+    assert len(_ingested(cfg)) == 10
 
 
 def test_native_parquet_timestamps(tmp_path):

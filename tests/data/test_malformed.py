@@ -64,6 +64,9 @@ READ_ERRORS = {
     "truncated gzip": (dict(inter=gzip.compress(GOOD_INTER.encode())[:40], inter_name="inter.csv.gz"), r"corrupt or truncated gzip"),
     "pickle file": (dict(inter=pickle.dumps({"a": 1}), inter_name="inter.csv"), r"looks like a pickle"),
     "corrupt parquet": (dict(inter=b"PAR1 not really", inter_name="inter.parquet"), r"not a readable Parquet file"),
+    "null user id": (dict(inter=GOOD_INTER.replace("u2,i2,", ",i2,", 1)),  # u2's first row: after u0's and u1's five
+                     r"inter.csv: 1 row\(s\) without a value in \['user', 'item', 'ts'\], e.g. lines \[12\]; "
+                     r"the first: \{'user': None, 'item': 'i2', 'ts': '1000000002'\}$"),
 }
 
 
@@ -91,7 +94,6 @@ VALIDATION_ERRORS = {
     "future timestamp": (dict(inter=_rows("u0,i1,4102444800,3")), "interactions.timestamp: expect_column_values_to_be_between"),
     "rating out of range": (dict(inter=_rows("u0,i1,1000000700,7")), "interactions.rating: expect_column_values_to_be_between"),
     "duplicate rows": (dict(inter=_rows(GOOD_INTER.splitlines()[1])), "interactions.['user_id', 'item_id', 'timestamp']: expect_compound_columns_to_be_unique"),
-    "null user id": (dict(inter=_rows(",i1,1000000800,3")), "interactions.user_id: expect_column_values_to_not_be_null"),
 }
 
 
