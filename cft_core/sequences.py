@@ -212,6 +212,12 @@ def plan_records(inter: pd.DataFrame, items: pd.DataFrame, s: SequenceSettings) 
         if n_keep < len(rows):  # seeded subsample, chronological order kept
             rows = rows[np.sort(rng.choice(len(rows), n_keep, replace=False))]
         kept[name] = rows
+    empty = [name for name in SPLITS if not len(kept[name])]
+    if empty:  # (a model cannot be trained, selected or tested on nothing)
+        how = f"{s.split} split {s.split_ratios}" if s.split == "chronological" else f"{s.split} split"
+        raise NoRecordsError(f"the {' and '.join(empty)} split(s) have no samples: {len(df)} interactions of "
+                             f"{len(user_ids)} users give {len(sample_rows)} samples, too few for the {how}"
+                             + (f" at sample_fraction {s.sample_fraction}" if s.sample_fraction < 1 else ""))
     stats = {
         "users": len(user_ids),
         "items": len(catalogue),

@@ -72,6 +72,21 @@ class SourceConfig(_Strict):
         "ISO-8601 (mixed forms and offsets allowed; naive times are UTC) and native Parquet/Arrow "
         "timestamps as they are; the ingest manifest records what it read.",
     )
+    encoding: str = Field(
+        "utf-8", description="generic: text encoding of the CSV/TSV files (interactions and items), "
+        "any Python codec name, e.g. cp1252 for a file Excel saved on Windows; a UTF-8 byte-order "
+        "mark is skipped. Parquet files carry their own.",
+    )
+
+    @model_validator(mode="after")
+    def _check_encoding(self) -> SourceConfig:
+        import codecs
+
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"encoding {self.encoding!r} is no text encoding Python knows, e.g. utf-8, cp1252, latin-1") from None
+        return self
 
 
 class DataConfig(_Strict):

@@ -167,8 +167,13 @@ def _to_arrow(df: pd.DataFrame, schema: pa.Schema, what: str) -> pa.Table:
 
 
 def source_settings(cfg: DataConfig) -> dict:
-    """The source settings that decide the ingested rows (the generator's only for `synthetic`)."""
-    return cfg.source.model_dump(exclude=None if cfg.source.format == "synthetic" else {"synthetic"})
+    """The source settings that decide the ingested rows (the generator's only for `synthetic`;
+    the encoding only where it is not the default, which it joined later: so a profile that does
+    not set it keeps the ingested folders it had)."""
+    left_out = set() if cfg.source.format == "synthetic" else {"synthetic"}
+    if cfg.source.encoding == "utf-8":
+        left_out.add("encoding")
+    return cfg.source.model_dump(exclude=left_out)
 
 
 # A reader whose rows for the same files changed since storage.CODE_VERSION was last bumped: its

@@ -11,6 +11,7 @@ CSVs are parsed with `ast.literal_eval` (literals only), never `eval`.
 from __future__ import annotations
 
 import ast
+import codecs
 import gzip
 import html
 import importlib.resources
@@ -63,13 +64,17 @@ def read_bytes(path: Path) -> bytes:
     return raw
 
 
+class NotDecodable(DataError):
+    """A text file that is not in the encoding it was read in."""
+
+
 def open_text(path: Path, encoding: str = "utf-8") -> str:
     raw = read_bytes(path)
     try:
         return raw.decode(encoding)
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(
+        raise NotDecodable(
             f"{path}: not valid {encoding} text at byte {e.start} (line {line}): {raw[e.start:e.start + 8]!r}"
         ) from None
 
@@ -90,9 +95,9 @@ def read_csv(path: Path, sep: str = ",", encoding: str = "utf-8", **kw) -> pd.Da
     return df
 
 
-def read_string_table(path: Path, sep: str = ",") -> pd.DataFrame:
-    """A delimited UTF-8 file with a header, every column as strings, only empty fields null: what
-    `read_csv(path, sep, dtype=str, keep_default_na=False, na_values=[""])` reads, by pyarrow's CSV
+def read_string_table(path: Path, sep: str = ",", encoding: str = "utf-8") -> pd.DataFrame:
+    """A delimited text file with a header, every column as strings, only empty fields null: what
+    `read_csv(path, sep, encoding, dtype=str, keep_default_na=False, na_values=[""])` reads, by pyarrow's CSV
     reader (25M rows: 6x faster in two thirds of the memory, benchmarks/readers.py). A file it refuses or
     would name differently goes to pandas, whose rules and errors then hold: a short row (pandas
     pads it), an empty header name ("Unnamed: 1"), invalid UTF-8, a truncated gzip, no rows."""
@@ -102,11 +107,13 @@ def read_string_table(path: Path, sep: str = ",") -> pd.DataFrame:
     import pyarrow.csv as pcsv
 
     def by_pandas() -> pd.DataFrame:
-        return read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+        return read_csv(path, sep=sep, encoding=encoding, dtype=str, keep_default_na=False, na_values=[""])
 
     _check_readable(path)
+    utf8 = codecs.lookup(encoding).name == "utf-8"
     try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8-sig", newline="") as f:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8-sig" if utf8 else encoding,
+                                                          newline="") as f:
             names = next(csv.reader(f, delimiter=sep), [])
     except (UnicodeDecodeError, OSError, EOFError, csv.Error):
         return by_pandas()
@@ -116,6 +123,7 @@ def read_string_table(path: Path, sep: str = ",") -> pd.DataFrame:
     try:
         table = pcsv.read_csv(
             pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None),
+            read_options=pcsv.ReadOptions(encoding="utf8" if utf8 else encoding),  # (others: transcoded by Python)
             parse_options=pcsv.ParseOptions(delimiter=sep, newlines_in_values=True),
             convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.large_string()),
                                                 strings_can_be_null=True, null_values=[""]),
@@ -606,7 +614,7 @@ def read_d3_csv(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 TABLE_SUFFIXES = {".parquet", ".csv", ".tsv", ".tab"}
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, encoding: str) -> pd.DataFrame:
     if path.suffix == ".parquet":
         _check_not_pickle(path)
         import pyarrow.parquet as pq
@@ -621,7 +629,11 @@ def _read_table(path: Path) -> pd.DataFrame:
             raise DataError(f"{path}: has no rows")
         return df
     sep = "\t" if path.suffix in (".tsv", ".tab") else ","
-    return read_string_table(path, sep)
+    try:
+        return read_string_table(path, sep, encoding)
+    except NotDecodable as e:
+        raise DataError(f"{e}; save it as UTF-8, or set data.source.encoding to the one it was saved in "
+                        "(cp1252 for most files Excel saved on Windows)") from None
 
 
 def _newest_titles(item_ids: pd.Series, titles: pd.Series, timestamps: pd.Series, path: Path) -> pd.DataFrame:
@@ -666,8 +678,8 @@ def _refuse_incomplete_rows(df: pd.DataFrame, columns: list[str], path: Path, fi
         return
     rows = df.index[incomplete]
     example = {c: (None if pd.isna(v) else str(v)) for c, v in df.loc[rows[0], columns].items()}
-    last = " (the part's last row: a file still being written? write parts under a hidden name such as " \
-        "'.orders.csv', or elsewhere, and rename them into the folder when complete)" if list(rows) == [df.index[-1]] else ""
+    last = " (the file's last row: is it still being written? write a file under another name, in a folder of " \
+        "parts one starting with '.', and rename it when complete)" if list(rows) == [df.index[-1]] else ""
     raise DataError(f"{path}: {len(rows)} row(s) without a value in {columns}, e.g. {where_rows(rows, first_line)}; "
                     f"the first: {example}{last}")
 
@@ -684,7 +696,7 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     needed = [col["user_id"], col["item_id"], col["timestamp"]] + ([col["title"]] if items_path is None else [])
     frames, units, rated, examples = [], {}, False, []
     for part in parts:
-        df = _read_table(part)
+        df = _read_table(part, cfg.source.encoding)
         first_line = None if part.suffix == ".parquet" else 2  # (text: line 1 is the header)
         require_columns(df, needed, part, cfg.source.columns)
         _refuse_incomplete_rows(df, [col["user_id"], col["item_id"], col["timestamp"]], part, first_line)
@@ -705,7 +717,7 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     timestamps = rows["timestamp"].astype("Int64" if rows["timestamp"].isna().any() else "int64")
     if items_path is not None:
-        items_df = _read_table(items_path)
+        items_df = _read_table(items_path, cfg.source.encoding)
         require_columns(items_df, [col["item_id"], col["title"]], items_path, cfg.source.columns)
     else:  # titles in the interactions file itself
         items_df = _newest_titles(rows["item_id"], rows["title"], timestamps, inter_path).set_axis(

@@ -133,6 +133,7 @@ def validate_tables(
             count = f"{f['unexpected_count']} of {f['element_count']} rows" if f["unexpected_count"] is not None else f"observed {f['observed_value']}"
             detail = f"; e.g. {f['examples']}" if f["examples"] else ""
             err = f"; error: {f['error']}" if f["error"] else ""
-            lines.append(f"  - {f['table']}.{f['column']}: {f['expectation']} failed: {count}{detail}{err}")
+            where = f"{f['table']}.{f['column']}" if f["column"] else f["table"]  # (a table-level expectation: no column)
+            lines.append(f"  - {where}: {f['expectation']} failed: {count}{detail}{err}")
         raise DataValidationError("\n".join(lines), report, report_path)
     return report

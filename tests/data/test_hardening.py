@@ -124,7 +124,7 @@ def test_a_row_without_user_item_or_time_is_named_with_its_part_line_and_values(
     cfg = _parts(tmp_path, **{"a.csv": a, "b.csv": "\n".join([header, *rows[10:], "u3,i"])})
     with pytest.raises(DataError, match=r"parts/b.csv: 1 row\(s\) without a value in \['user', 'item', 'ts'\], "
                                         r"e.g. lines \[12\]; the first: \{'user': 'u3', 'item': 'i', 'ts': None\} "
-                                        r"\(the part's last row: a file still being written\?"):
+                                        r"\(the file's last row: is it still being written\?"):
         prepare(cfg)
     assert _stage_dirs(tmp_path) == []
 
@@ -135,6 +135,26 @@ def test_a_row_without_user_item_or_time_is_named_with_its_part_line_and_values(
         prepare(cfg)
     (parts / "b.csv").rename(parts / ".b.csv")  # how a writer copies a part in: a hidden name, renamed when complete
     assert len(_ingested(cfg)) == 10
+
+
+def test_a_file_in_another_encoding_is_named_and_read_as_data_source_encoding_says(tmp_path):
+    """An items file Excel saved on Windows (cp1252): the error names the byte, line and the
+    setting; with the setting, the titles read as written, through pyarrow and through pandas
+    (a short row sends a file there) alike, and the folder is named apart from UTF-8's."""
+    items = "item,title\n" + "".join(f"i{i},Caf\u00e9 \u201c{i}\u201d\n" for i in range(6))
+    cfg = _write(tmp_path, items=items.encode("cp1252"))
+    with pytest.raises(DataError, match=r"items.csv: not valid utf-8 text at byte 17 \(line 2\): .*; save it as "
+                                        r"UTF-8, or set data.source.encoding"):
+        prepare(cfg)
+    cp1252 = cfg.model_copy(update={"source": cfg.source.model_copy(update={"encoding": "cp1252"})})
+    titles = pq.read_table(ingest(cp1252).path / "items.parquet").to_pandas()["title"].tolist()
+    assert titles == [f"Caf\u00e9 \u201c{i}\u201d" for i in range(6)]
+    short = _write(tmp_path / "short", items=(items + "i6\n").encode("cp1252"))
+    short = short.model_copy(update={"source": short.source.model_copy(update={"encoding": "cp1252"})})
+    assert pq.read_table(ingest(short).path / "items.parquet").to_pandas()["title"].tolist()[:6] == titles
+    assert ingest(cp1252).path.name != ingest(_write(tmp_path / "utf8", items=items)).path.name
+    with pytest.raises(ValueError, match="encoding 'klingon' is no text encoding Python knows"):
+        SourceConfig(format="generic", path="x.csv", encoding="klingon")
 
 
 def test_native_parquet_timestamps(tmp_path):

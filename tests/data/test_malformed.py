@@ -112,6 +112,20 @@ def test_validation_errors(tmp_path, case):
     assert all(d.startswith("ingested/") for d in _stage_dirs(tmp_path)), "no sequences after a failed validation"
 
 
+def test_too_little_data_for_the_splits_is_named_before_anything_is_built(tmp_path):
+    """Two users with two interactions each: two samples, which a 0.8/0.1/0.1 chronological split
+    cannot give a validation split (it went to validation as a table of no rows before)."""
+    two_each = "user,item,ts,rating\n" + "".join(f"u{u},i{k},{1_000_000_000 + 1000 * k + u},3\n"
+                                                  for u in range(2) for k in range(2))
+    with pytest.raises(DataError, match=r"bad: cannot build sequences: the valid split\(s\) have no samples: "
+                                        r"4 interactions of 2 users give 2 samples, too few for the chronological "
+                                        r"split \(0.8, 0.1, 0.1\)$"):
+        prepare(_write(tmp_path, inter=two_each))
+    assert [d.split("/")[0] for d in _stage_dirs(tmp_path)] == ["ingested"]
+    with pytest.raises(DataError, match=r"no interactions left after the time window and 6-core filtering"):
+        prepare(_write(tmp_path).model_copy(update={"k_core": 6}))  # every user has five
+
+
 def test_path_outside_the_data_root(tmp_path):
     outside = tmp_path / "elsewhere"
     cfg = _write(outside)

@@ -47,3 +47,20 @@ def test_a_suite_names_the_columns_of_its_schema():
         spec = json.loads((SUITES_DIR / f"{name}.json").read_text())
         columns = {e["kwargs"]["column"] for e in spec["expectations"] if "column" in e["kwargs"]}
         assert columns <= set(schema.names), (name, columns - set(schema.names))
+
+
+def test_a_failed_table_expectation_is_named_by_its_table_alone(tmp_path):
+    """A table-level expectation (the row count) has no column: its line names the table, where it
+    read "valid.None" before."""
+    import pandas as pd
+
+    from schemas.errors import DataValidationError
+    from tasks.validation import validate_tables
+
+    empty = pd.DataFrame({"history_len": pd.Series([], dtype="int64"), "history_in_catalogue": pd.Series([], dtype=bool),
+                          "target_item_id_not_in_catalogue": pd.Series([], dtype="string"),
+                          "target_title": pd.Series([], dtype="string"), "timestamp": pd.Series([], dtype="int64")})
+    params = {"max_history": 10, "min_split_timestamp": 0, "max_split_timestamp": 2**62}
+    with pytest.raises(DataValidationError) as failed:
+        validate_tables({"valid": ("records", empty)}, params, tmp_path / "report.json", what="x valid records")
+    assert "\n  - valid: expect_table_row_count_to_be_between failed: observed 0" in str(failed.value)
