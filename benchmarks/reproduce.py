@@ -7,7 +7,9 @@
 Each (objective, seed) runs the pipeline's own stages: prepare the data (shared by all runs),
 train with `train.objective` and `train.seed` overridden, evaluate on the configured split, and
 log to MLflow (experiment `cft-<dataset>`), so the runs are comparable in the MLflow UI too.
-Only the objective and the seed change between runs; the evaluated rows are the same.
+Only the objective and the seed change between runs; the evaluated rows are the same. The
+evaluation follows the reference protocol: a constrained list ends with its beams
+(`eval.backfill=none`, ahead of the config's own settings and `--set`, which may change it).
 
 Stages are content-addressed, so an interrupted reproduction resumes where it stopped (finished
 trainings and evaluations are reused). After every run the result file
@@ -92,6 +94,10 @@ def prepared_sequences(folder: Path) -> tuple[Path, str, dict]:
     return folder, manifest["fingerprint"], manifest
 
 
+# The paper's evaluation (cft-method.md, section 3): no popularity backfill after the beams.
+REFERENCE_PROTOCOL = "eval.backfill=none"
+
+
 def run_one(config: Path, overrides: list[str], objective: str, seed: int, sequences: Path | None = None) -> dict:
     """Train + evaluate one (objective, seed); returns its record for the result file. The data:
     the config's, prepared (reused when unchanged), or the prepared folder `sequences`."""
@@ -100,7 +106,7 @@ def run_one(config: Path, overrides: list[str], objective: str, seed: int, seque
     from tasks.data import prepare
     from tasks.training import train
 
-    cfg = load_config(config, [*overrides, f"train.objective={objective}", f"train.seed={seed}"])
+    cfg = load_config(config, [REFERENCE_PROTOCOL, *overrides, f"train.objective={objective}", f"train.seed={seed}"])
     if sequences is None:
         _, prepared, manifest = prepare(cfg.data)
         sequences, fingerprint = prepared.path, prepared.fingerprint

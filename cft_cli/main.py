@@ -449,8 +449,11 @@ def recommend(
     for col in ("rank", "item id", "title", "score"):
         t.add_column(col)
     for rank, (item, title, score) in enumerate(zip(row["item_ids"], row["titles"], row["scores"], strict=True), 1):
-        t.add_row(str(rank), str(item), title, f"{score:.3f}")
+        t.add_row(str(rank), str(item), title, "popular" if score is None else f"{score:.3f}")
     console.print(t)
+    if filled := sum(score is None for score in row["scores"]):
+        console.print(labelled("note:", f"the last {filled}, marked popular, are the most frequent training items: "
+                               "the model's beams gave no more distinct items (eval.backfill)"), highlight=False)
     if (shown := len(row["item_ids"])) < k:
         console.print(labelled("note:", f"{shown} of the {k} items asked: {_why_fewer(loaded)}"), highlight=False)
 
@@ -460,7 +463,8 @@ def _why_fewer(loaded) -> str:
     ranker = getattr(loaded.batching, "ranker", None)
     if ranker is not None and ranker.settings.method == "constrained":
         return (f"constrained decoding returns at most its {ranker.settings.generation.num_return_sequences} "
-                "beams' distinct items, fewer when its search starves (a wider search: "
+                "beams' distinct items, fewer when its search starves; this version was registered without "
+                "eval.backfill, which fills the list with popular items (a wider search: "
                 "eval.constrained_search_beams, set at evaluation; README, Evaluation)")
     return "the catalogue has no more items this history may get"
 

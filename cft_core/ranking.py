@@ -24,6 +24,14 @@ Scores, one per returned item, never increase along the list (higher is better):
   does not increase along the list. Constrained beams may run to the longest catalogue title
   whatever `max_new_tokens` says: a beam cut short would be no item at all.
 
+Backfill (`RankingSettings.backfill`, constrained only). A constrained search returns at most
+`num_return_sequences` items, and often fewer distinct ones (a finished beam has no alternative
+inside the title tree: the demo's SmolLM2 gave 2.8 of 5). With `popularity`, the rest of the
+requested depth is filled with the catalogue's most frequent training items, less the excluded
+ones and those already listed: k asked, k answered, as a served top-K must. Their score is NaN
+(None in a served answer): they are not the model's. `none` is the reference protocol (D3,
+BIGRec): the list ends where the beams end.
+
 Histories, as people type them: titles (case-insensitive) or item ids. An entry that is neither
 (a typo, or an item newer than the model's catalogue: data keeps arriving between retrains) is
 reported back as `unmatched` and left out of the prompt, so a user who touched a new item still
@@ -80,6 +88,9 @@ class RankingSettings:
     # Tokens a prompt may have: train.cutoff_len, the length training fits each record into
     # (`Ranker.prompt`). None: stored before the field existed; the model's context length bounds it.
     cutoff_len: int | None
+    # Constrained only: "popularity" fills a list the beams leave short with the most frequent
+    # training items (module docstring; `Ranker(popularity=...)`); "none": it stays short.
+    backfill: Literal["none", "popularity"] = "none"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,8 +98,10 @@ class RankingSettings:
     @classmethod
     def from_dict(cls, d: dict) -> RankingSettings:
         """A stored model's settings; those stored before `search_beams` existed searched `num_beams`,
-        those stored before `cutoff_len` existed cut prompts at the model's context length."""
-        return cls(**{"search_beams": None, "cutoff_len": None, **d, "generation": GenerationSettings(**d["generation"])})
+        those stored before `cutoff_len` existed cut prompts at the model's context length, those
+        stored before `backfill` existed left a short list short."""
+        return cls(**{"search_beams": None, "cutoff_len": None, "backfill": "none", **d,
+                      "generation": GenerationSettings(**d["generation"])})
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -108,8 +121,8 @@ def resolve_precision(precision: str) -> Literal["fp32", "bf16"]:
 class Ranking:
     """Rankings of B prompts, as catalogue rows (0..I-1, -1 pads a short list).
 
-    rows [B, depth]: the method's ranking (adjusted grounding, or the constrained beams);
-    scores [B, depth] (NaN where rows is -1); original [B, depth]: beam 1's grounding ranking
+    rows [B, depth]: the method's ranking (adjusted grounding, or the constrained beams, then any
+    backfill); scores [B, depth] (NaN where rows is -1 and for backfilled rows); original [B, depth]: beam 1's grounding ranking
     (grounding only, else None); beams: per prompt, the generated titles, best beam first.
     """
 
@@ -126,7 +139,7 @@ class Recommendation:
 
     item_ids: list[str]
     titles: list[str]
-    scores: list[float]
+    scores: list[float | None]  # None: an item the backfill added (RankingSettings.backfill), not the model's
     unmatched: list[str] = field(default_factory=list)
 
 
@@ -247,7 +260,8 @@ class Catalogue:
         for b, (rows, scores) in enumerate(zip(ranking.rows, ranking.scores, strict=True)):
             keep = np.flatnonzero(rows >= 0)[:depth]
             out.append(Recommendation([self.item_ids[r] for r in rows[keep]], [self.titles[r] for r in rows[keep]],
-                                      scores[keep].tolist(), list(unmatched[b]) if unmatched else []))
+                                      [None if np.isnan(v) else float(v) for v in scores[keep]],  # None: backfilled
+                                      list(unmatched[b]) if unmatched else []))
         return out
 
 
@@ -419,12 +433,21 @@ class Ranker:
     item_ids [I]: the ids callers use (a served model: the source's ids; the evaluation: rows);
     titles [I]; item_embeddings FloatTensor[I, D]: the titles embedded by `embed_titles` with
     this very model at `settings.precision` (grounding only; the evaluation caches them and the
-    served model ships them).
+    served model ships them); popularity [I]: each item's count in the training split, the
+    backfill's order (where `settings.backfill` is "popularity").
     """
 
     def __init__(self, model, tokenizer, prompts: PromptBuilder, item_ids: Sequence[str | int], titles: Sequence[str],
-                 settings: RankingSettings, item_embeddings: torch.Tensor | None = None):
+                 settings: RankingSettings, item_embeddings: torch.Tensor | None = None,
+                 popularity: np.ndarray | None = None):
         self.catalogue = Catalogue(item_ids, titles)
+        self.popularity = None
+        if settings.method == "constrained" and settings.backfill == "popularity":
+            if popularity is None or len(popularity) != len(titles):
+                got = None if popularity is None else len(popularity)
+                raise ValueError(f"backfill by popularity needs a training count per catalogue title: "
+                                 f"{len(titles)} titles, {got}")
+            self.popularity = np.asarray(popularity)
         if settings.method == "grounding":
             if item_embeddings is None or item_embeddings.shape[0] != len(titles):
                 got = None if item_embeddings is None else item_embeddings.shape[0]
@@ -505,9 +528,10 @@ class Ranker:
                                              banned=[edges for _, edges in unique] if constrained else None)
         by_search = {u: (b, s) for u, b, s in zip(unique, beams, beam_scores, strict=True)}
         beams = [by_search[u][0] for u in searches]
-        if constrained:  # at most the settings' returned beams, however many were searched
-            depth = min(depth, self.settings.generation.num_return_sequences)
-            return self._rank_constrained(beams, [by_search[u][1] for u in searches], depth, exclude)
+        if constrained:  # at most the settings' returned beams, however many were searched, then any backfill
+            found = min(depth, self.settings.generation.num_return_sequences)
+            ranking = self._rank_constrained(beams, [by_search[u][1] for u in searches], found, exclude)
+            return ranking if self.popularity is None else self._backfilled(ranking, depth, exclude)
         return self._rank_grounded(beams, depth, exclude)
 
     def _banned_edges(self, rows: Sequence[int]) -> tuple[tuple[int, int], ...]:
@@ -545,6 +569,24 @@ class Ranker:
                 rows[b, kept], scores[b, kept] = row, value
                 kept += 1
         return Ranking(rows, scores, None, beams)
+
+    def _backfilled(self, ranking: Ranking, depth: int, exclude) -> Ranking:
+        """`ranking` [B, <= depth] widened to `depth` columns, each row's empty places (-1) filled
+        with the most frequent training items (`self.popularity`) that are neither listed nor
+        excluded; their scores NaN (module docstring, Backfill)."""
+        found = ranking.rows.shape[1]
+        rows = np.full((len(ranking.rows), depth), -1, dtype=np.int64)
+        scores = np.full((len(ranking.rows), depth), np.nan)
+        rows[:, :found], scores[:, :found] = ranking.rows, ranking.scores
+        for b in range(len(rows)):
+            listed = rows[b][rows[b] >= 0]
+            missing = depth - listed.size
+            if not missing:
+                continue
+            skip = np.union1d(listed, np.asarray(exclude[b] if exclude is not None else [], dtype=np.int64))
+            fill = popularity_order(self.popularity, missing, never=skip)  # (fewer where the catalogue runs out)
+            rows[b, listed.size:listed.size + fill.size] = fill
+        return replace(ranking, rows=rows, scores=scores)
 
     def _title_trie(self) -> TitleTrie:
         if self._trie is None:

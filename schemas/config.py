@@ -330,6 +330,14 @@ class EvalConfig(_Strict):
         "for 97 (README, Evaluation), for 1.4x the decoding time. The served model searches as it was "
         "evaluated.",
     )
+    backfill: Literal["none", "popularity"] = Field(
+        "popularity", description="Constrained decoding returns at most num_return_sequences items, often "
+        "fewer distinct ones. popularity: the rest of the list (up to the K asked of a served model, or "
+        "the largest of ks here) is the most frequent training items not yet listed, with no score "
+        "(null in a served answer), so a top-10 request gets 10 items, and the metrics and the gate "
+        "measure the list that serves. none: the list ends with the beams (the reference protocol: "
+        "the reproduction profiles set it).",
+    )
     batch_size: int = Field(8, ge=1, description="Prompts per generate call.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 on a CUDA GPU that supports it, else fp32. The served model "

@@ -22,7 +22,7 @@ holds only the newest items. Versions registered before that input existed leave
 history's items only (`excluded_seen` false, and the CLI says so).
 
 Output: one row per user with `user_id`, `history_item_ids` and `item_ids` (the source's ids, as
-text), `titles`, `scores` (best first), written through a temporary file renamed into place (default
+text), `titles`, `scores` (best first; null for an item the backfill added), written through a temporary file renamed into place (default
 `<data_root>/recommendations/cft-<data.name>.parquet`); the Parquet metadata names the model URI,
 its version, the ingested folder, the window and `excluded_seen`.
 """
@@ -191,7 +191,8 @@ def recommend_all(interactions: Path, window: tuple[int | None, int | None], max
         "history_item_ids": pa.array(histories, pa.list_(pa.string())),
         "item_ids": pa.array([list(r) for r in ranked["item_ids"]], pa.list_(pa.string())),
         "titles": pa.array([list(r) for r in ranked["titles"]], pa.list_(pa.string())),
-        "scores": pa.array([list(map(float, r)) for r in ranked["scores"]], pa.list_(pa.float64())),
+        "scores": pa.array([[None if v is None else float(v) for v in r] for r in ranked["scores"]],
+                           pa.list_(pa.float64())),  # (null: an item the backfill added)
     }).replace_schema_metadata({"cft": json.dumps({"model": model_uri, "version": version, "k": k,
                                                    "interactions": str(interactions.resolve()), "window": window,
                                                    "excluded_seen": excluded_seen})})

@@ -58,7 +58,9 @@ TOP_K_MAX = 50  # rankings are kept to the largest K reported
 #    wherever those fit.
 # 5: the Markov-chain baseline (`markov/...` metrics, `markov_top10`/`markov_rank` columns), which
 #    the gate's floor needs on every gate row; everything else the same.
-EVALUATION_VERSION = 5
+# 6: a constrained list the beams leave short is filled with the most frequent training items where
+#    eval.backfill is popularity (the default), up to TOP_K_MAX; with backfill none, version 5's output.
+EVALUATION_VERSION = 6
 EMBEDDINGS_VERSION = 1
 
 
@@ -274,6 +276,7 @@ def make_ranker(cfg: PipelineConfig, method: str, model, tokenizer, sequences: P
     `titles` (item ids 0..N-1, as `read_catalogue` gives them)."""
     from cft_core.prompts import PromptBuilder
     from cft_core.ranking import Ranker
+    from tasks.baselines import window_counts
     from tasks.settings import ranking_settings
 
     settings = ranking_settings(cfg, method)
@@ -281,8 +284,9 @@ def make_ranker(cfg: PipelineConfig, method: str, model, tokenizer, sequences: P
     if method == "grounding":
         emb = catalogue_embeddings(model, tokenizer, titles, embeddings_cache(model_dir, sequences,
                                                                               settings.precision), progress)
+    popularity = window_counts(sequences)[0] if settings.backfill == "popularity" else None
     return Ranker(model, tokenizer, PromptBuilder.for_domain(cfg.data.domain), list(range(len(titles))), titles,
-                  settings, emb)
+                  settings, emb, popularity)
 
 
 def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress: bool = True) -> EvalOutput:

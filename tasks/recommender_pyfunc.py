@@ -14,8 +14,9 @@ Item ids are the source's own (`source_item_id` of the catalogue: the ids of the
 stable across data windows), never the per-window dense ids. Params
 (`cft_core.serving.RequestParams`): `k`, `exclude_history`, `free_text`.
 Output: one row per user with `item_ids`, `titles` and `scores` lists (best first; scores as
-`cft_core.ranking` defines them, never increasing) and `unmatched` (history titles that are no
-catalogue item).
+`cft_core.ranking` defines them, never increasing; None for the items a constrained model's
+popularity backfill added after its beams) and `unmatched` (history titles that are no catalogue
+item).
 
 Concurrent `predict` calls (one per request thread of `mlflow models serve`, or `cft serve`'s
 requests) are batched into shared generation calls (`cft_core.serving.BatchingRecommender`,
@@ -56,10 +57,14 @@ class CFTRecommenderModel(PythonModel):
         if settings.method == "grounding":
             embeddings = torch.from_numpy(np.load(context.artifacts["item_embeddings"], allow_pickle=False))
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        popularity = None  # the backfill's training counts (a JSON list, RankingSettings.backfill)
+        if "popularity" in context.artifacts:
+            with open(context.artifacts["popularity"], encoding="utf-8") as f:
+                popularity = np.asarray(json.load(f), dtype=np.int64)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=settings.torch_dtype, use_safetensors=True)
         self.default_k = int(config.get("top_k", 10))
         ranker = Ranker(model.to(device), AutoTokenizer.from_pretrained(model_dir),
-                        PromptBuilder.for_domain(config["domain"]), item_ids, titles, settings, embeddings)
+                        PromptBuilder.for_domain(config["domain"]), item_ids, titles, settings, embeddings, popularity)
         self.catalogue = ranker.catalogue
         self.recommender = BatchingRecommender(ranker, serving.max_batch, serving.max_queue, serving.batch_wait_s)
 

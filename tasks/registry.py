@@ -115,10 +115,14 @@ def promotion_lock(cfg: PipelineConfig, name: str) -> FileLock:
 def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences: Path, uri: str) -> str:
     """Log the pyfunc recommender into run `run_id` (once); returns its model URI. It ranks the
     way the gate measures (`registry.gate_metric`'s method), with the run's ranking settings."""
+    import tempfile
+
     import mlflow
     import torch
     import transformers
 
+    import cft_core
+    from tasks.baselines import window_counts
     from tasks.evaluation import ensure_catalogue_embeddings
     from tasks.settings import ranking_settings
 
@@ -131,9 +135,10 @@ def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences
     if settings.method == "grounding":
         artifacts["item_embeddings"] = str(ensure_catalogue_embeddings(cfg, model_dir, sequences))
     signature = _signature(cfg)
-    import cft_core
-
-    with mlflow.start_run(run_id=run_id):
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        if settings.backfill == "popularity":  # the training counts it fills by, as the baselines ship them
+            artifacts["popularity"] = str(Path(tmp) / "popularity.json")
+            Path(artifacts["popularity"]).write_text(json.dumps(window_counts(sequences)[0].tolist()))
         info = _log_pyfunc(
             name=MODEL_ARTIFACT,
             python_model=str(PYFUNC_FILE),

@@ -76,4 +76,5 @@ def ranking_settings(cfg: PipelineConfig, method: Method) -> RankingSettings:
     return RankingSettings(method=method, max_history=cfg.data.max_history, generation=generation_settings(cfg.eval),
                            precision=resolved_precision("eval.precision", cfg.eval.precision),
                            search_beams=cfg.eval.constrained_search_beams if method == "constrained" else None,
-                           cutoff_len=cfg.train.cutoff_len)
+                           cutoff_len=cfg.train.cutoff_len,
+                           backfill=cfg.eval.backfill if method == "constrained" else "none")  # (grounding ranks all)

@@ -100,7 +100,9 @@ def test_recommend_from_the_champion(profile):
     out = cft("recommend", "-c", str(profile), "-k", "2", title)  # the champion, whichever it is
     assert "models:/cft-cli-test@champion: top" in out and re.findall(r"^│ ([0-9]+) ", out, flags=re.M)
     asked = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/3", "-k", "5", title)
-    assert re.search(r"note: [0-2] of the 5 items asked: constrained decoding returns at most its 2 beams'", asked)
+    assert re.findall(r"^│ ([0-9]+) ", asked, flags=re.M) == ["1", "2", "3", "4", "5"]  # 2 beams, then backfill
+    filled = len(re.findall(r"│ popular +│$", asked, flags=re.M))
+    assert filled >= 3 and f"note: the last {filled}, marked popular, are the most frequent training items" in asked
     typo = title[:-1] + "x" if len(title) > 4 else title + " 2"  # not in the catalogue, close to a title
     out = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/3", "-k", "2", title, typo)
     assert f"not in the catalogue: '{typo}', left out (--free-text to use it as typed); close: '{title}'" in out

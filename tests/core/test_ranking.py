@@ -324,6 +324,33 @@ def test_a_wider_constrained_search_returns_its_best_distinct_items(model, tiny_
     assert RankingSettings.from_dict(stored) == ranking_settings("constrained", cutoff_len=None)
 
 
+def test_a_constrained_list_the_beams_leave_short_is_filled_with_popular_items(model, tiny_tokenizer):
+    """backfill "popularity": the beams' items first, as without it (rows and scores), then the
+    most frequent training items (ties by row) that are neither listed, in the history nor
+    excluded, up to k, with no score (None when served). The reference: the plain ranking and a
+    sort of the whole catalogue by count."""
+    from dataclasses import replace
+
+    counts = np.random.default_rng(0).integers(0, 5, len(TITLES))  # small counts: many ties
+    filling = replace(ranking_settings("constrained"), backfill="popularity")
+    ranker = Ranker(model, tiny_tokenizer, PromptBuilder.for_domain("movies"), IDS, TITLES, filling, popularity=counts)
+    history, exclude, k = ["Heat", "Babe"], [IDS[int(np.argmax(counts))]], 12  # the most popular item excluded
+    (plain,) = ranker_of(model, tiny_tokenizer).recommend([history], k=k, exclude=[exclude])
+    (rec,) = ranker.recommend([history], k=k, exclude=[exclude])
+    found = len(plain.item_ids)
+    assert found <= CONSTRAINED.num_return_sequences < k and len(rec.item_ids) == k
+    assert rec.item_ids[:found] == plain.item_ids and rec.scores[:found] == pytest.approx(plain.scores)
+    gone = set(plain.item_ids) | set(exclude) | {IDS[TITLES.index(t)] for t in history}
+    by_count = [IDS[r] for r in sorted(range(len(TITLES)), key=lambda r: (-counts[r], r)) if IDS[r] not in gone]
+    assert rec.item_ids[found:] == by_count[: k - found] and rec.scores[found:] == [None] * (k - found)
+
+    with pytest.raises(ValueError, match="backfill by popularity needs a training count per catalogue title"):
+        Ranker(model, tiny_tokenizer, PromptBuilder.for_domain("movies"), IDS, TITLES, filling)
+    stored = filling.to_dict()
+    del stored["backfill"]  # a version registered before the field existed: its lists stay short
+    assert RankingSettings.from_dict(stored).backfill == "none"
+
+
 def ranker_of(model, tiny_tokenizer):
     return Ranker(model, tiny_tokenizer, PromptBuilder.for_domain("movies"), IDS, TITLES, ranking_settings("constrained"))
 

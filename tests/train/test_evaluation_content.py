@@ -34,6 +34,9 @@ EVALUATION_CONTENT = {
     (4, 1): {"rankings": "e9ad4e3abef2822b", "metrics": "02bdd3960499eddf", "diagnostics": "2506be031ce8b1d0"},
     # version 5 adds the Markov-chain baseline's columns and metrics; without them, version 4's digests
     (5, 1): {"rankings": "8fe7d30dd546efd9", "metrics": "c09ba2ea82244a7d", "diagnostics": "2506be031ce8b1d0"},
+    # version 6 fills the constrained lists with popular items (eval.backfill: popularity, the default);
+    # with backfill none these rows give version 5's digests (checked when it was pinned)
+    (6, 1): {"rankings": "ddcc5a2c39d016fb", "metrics": "f4a519105d60f5f3", "diagnostics": "2506be031ce8b1d0"},
 }
 # EMBEDDINGS_VERSION: the catalogue's title embeddings (1349 titles x 32), seen through
 # `embeddings_probe`. Not a digest: a digest of 43k floats, even rounded to 5 decimals, changes

@@ -178,7 +178,7 @@ def test_a_test_history_too_long_for_cutoff_len_names_its_split_row(tmp_path, ti
     cfg = make_config(tmp_path, cutoff_len=256)
     model = build_tiny_model(len(tiny_tokenizer), hidden_size=32, num_layers=2, num_heads=4, seed=0)
     ranker = Ranker(model, tiny_tokenizer, PromptBuilder.for_domain("movies"), ["1", "2"], ["Heat", "Babe"],
-                    ranking_settings(cfg, "constrained"))
+                    ranking_settings(cfg, "constrained"), popularity=[1, 1])
     split = tmp_path / "test.parquet"
     assert factual_prompt(ranker, {"history_titles": ["Heat"], "split_row": 6}, split) == ranker.prompts.factual(["Heat"])
     with pytest.raises(DataError, match=r"test.parquet, row 7: the history: its newest title \(2,999 characters\)"):

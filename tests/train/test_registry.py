@@ -271,6 +271,7 @@ def test_versions_registered_with_older_pyfunc_files_still_answer(setup, monkeyp
     from tests.conftest import mlflow_uris_restored
 
     cfg, uri, model_dir, seq = setup
+    cfg = cfg.updated({"eval.backfill": "none"})  # as every version of then was ranked (RankingSettings.from_dict)
     monkeypatch.setitem(registry.BASELINE_PYFUNCS, "popularity", STORED / "popularity_pyfunc_2026_11.py")
     monkeypatch.setattr(registry, "PYFUNC_FILE", STORED / "recommender_pyfunc_2026_11.py")
     llm = str(registered(cfg, uri, model_dir, seq, new_run(uri)).version)
@@ -561,8 +562,11 @@ def test_served_model_ranks_as_the_evaluation_measured(setup, method):
     out = served.predict(pd.DataFrame({"history": histories}), params={"k": 10, "exclude_history": False})
     assert [list(r) for r in out["item_ids"]] == [[source[i] for i in r] for r in preds[column]]
     assert all(len(r) > 0 for r in out["item_ids"])
-    if method == "constrained":  # each item a beam: at most num_return_sequences of them
-        assert all(len(r) <= cfg.eval.num_return_sequences for r in out["item_ids"])
+    if method == "constrained":  # the beams' items (at most num_return_sequences), then popular ones, to k
+        assert all(len(r) == 10 for r in out["item_ids"])
+        beams = [sum(s is not None for s in scores) for scores in out["scores"]]
+        assert all(1 <= n <= cfg.eval.num_return_sequences for n in beams)
+        assert all(all(s is None for s in scores[n:]) for n, scores in zip(beams, out["scores"], strict=True))
 
 
 @pytest.mark.parametrize("layout", ["training", "renamed-sharded"])
