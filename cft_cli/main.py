@@ -273,7 +273,7 @@ def compare(
 
     from schemas.errors import InputError
     from tasks.compare import compare as compare_sides
-    from tasks.compare import load_side, markdown, plot
+    from tasks.compare import load_side, markdown, plot, ranking_differences
     from tasks.tracking import tracking_uri
 
     if len(runs) < 2:
@@ -287,7 +287,7 @@ def compare(
     out_dir.mkdir(parents=True, exist_ok=True)  # only once every comparison is made: bad input writes nothing
     texts = []
     for i, table in enumerate(tables, 1):
-        text = markdown(table, runs[0], runs[i], level)
+        text = markdown(table, runs[0], runs[i], level, ranking_differences(sides[0], sides[i]))
         texts.append(text)
         console.print(text, highlight=False, soft_wrap=True)
         plot(table, out_dir / f"compare-{i}.png", f"{runs[i]} - {runs[0]}")

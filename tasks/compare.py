@@ -15,7 +15,10 @@ table says whether the seeds matched.
 For every quantity (HR/NDCG@K per method; history effect per title and per token; target NLL)
 the table holds mean(A), mean(B), mean(B - A) and the percentile-bootstrap interval of
 mean(B - A), resampling rows (`cft_core.metrics.paired_bootstrap_ci`), with a verdict read from
-the interval: "B higher", "B lower", or "no difference at this budget" when it holds 0.
+the interval: "B higher", "B lower", or "no difference at this budget" when it holds 0. Runs
+whose methods ranked with different settings (beams, `eval.backfill`, precision: recorded in the
+evaluation's summary.json) still compare, since that may be the question, but the table says so
+first (`ranking_differences`): B - A then holds the settings' effect too.
 
 A run is named by its MLflow run id, its evaluation folder, or a registered version
 (`models:/cft-ml-100k/3`, `models:/cft-ml-100k@champion`): the version's run.
@@ -60,13 +63,15 @@ DIAGNOSTIC_COLUMNS = {  # quantity -> per-row value from diagnostics.parquet (cf
 class Evaluated:
     """One run's per-row results: `rows` indexed by KEY, a column per quantity; `seed` (None if
     unknown); `window`: the sequences folder it evaluated (None for folders written before it was
-    recorded) and `catalogue`, its size."""
+    recorded) and `catalogue`, its size; `ranking`: each method's `RankingSettings` as a dict
+    (None for folders written before it was recorded, 2026-12-06)."""
 
     label: str
     rows: pd.DataFrame
     seed: int | None = None
     window: str | None = None
     catalogue: int | None = None
+    ranking: dict | None = None
 
 
 def evaluated(label: str, folder: Path, metrics: list[str], seed: int | None = None) -> Evaluated:
@@ -75,7 +80,35 @@ def evaluated(label: str, folder: Path, metrics: list[str], seed: int | None = N
 
     rows = per_row_quantities(folder, metrics)
     summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
-    return Evaluated(label, rows, seed, summary.get("sequences"), summary.get("catalogue"))
+    return Evaluated(label, rows, seed, summary.get("sequences"), summary.get("catalogue"), summary.get("ranking"))
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """{"constrained": {"generation": {"num_beams": 5}}} -> {"constrained.generation.num_beams": 5}."""
+    out = {}
+    for key, value in settings.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def ranking_differences(a: list[Evaluated], b: list[Evaluated]) -> list[str]:
+    """The ranking settings in which side B's runs differ from side A's, one line each ("constrained
+    backfill: popularity (A) vs none (B)"), and the runs whose settings were not recorded, where
+    some were. Generation batch sizes are left out: they do not change a ranking."""
+    recorded = [r for r in a + b if r.ranking is not None]
+    if not recorded:
+        return []
+    lines = []
+    keys = sorted({k for r in recorded for k in _flat(r.ranking) if not k.endswith(".batch_size")})
+    for key in keys:
+        values = [sorted({str(_flat(r.ranking).get(key, "-")) for r in side if r.ranking is not None}) for side in (a, b)]
+        if all(values) and values[0] != values[1]:
+            method, _, name = key.partition(".")
+            lines.append(f"{method} {name}: {', '.join(values[0])} (A) vs {', '.join(values[1])} (B)")
+    if unknown := [r.label for r in a + b if r.ranking is None]:
+        lines.append(f"ranking settings not recorded for {', '.join(unknown)} (evaluated before they were)")
+    return lines
+
 
 
 def check_one_window(runs: list[Evaluated]) -> None:
@@ -149,9 +182,13 @@ def compare(a: list[Evaluated], b: list[Evaluated], level: float = 0.95, seed: i
     return pd.DataFrame(out)
 
 
-def markdown(table: pd.DataFrame, a_label: str, b_label: str, level: float) -> str:
-    lines = [f"A = {a_label}; B = {b_label}. Intervals: {level:.0%} percentile bootstrap of mean(B - A) over rows.", "",
-             "| quantity | rows | seeds | A | B | B - A | interval | verdict |", "|---|---|---|---|---|---|---|---|"]
+def markdown(table: pd.DataFrame, a_label: str, b_label: str, level: float, differences: list[str] = ()) -> str:
+    """The comparison as a Markdown table, after the ranking settings the sides differ in (`ranking_differences`)."""
+    lines = [f"A = {a_label}; B = {b_label}. Intervals: {level:.0%} percentile bootstrap of mean(B - A) over rows.", ""]
+    if differences:
+        lines += ["The sides ranked with different settings, so B - A holds their effect too:",
+                  *[f"- {d}" for d in differences], ""]
+    lines += ["| quantity | rows | seeds | A | B | B - A | interval | verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples(index=False):
         lines.append(f"| {r.quantity} | {r.rows} | {r.seeds} | {r.A:.4f} | {r.B:.4f} | {r[5]:+.4f} | "
                      f"[{r.ci_low:+.4f}, {r.ci_high:+.4f}] | {r.verdict} |")

@@ -392,6 +392,8 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         seconds["total"] = time.perf_counter() - started
         summary = {"split": e.split, "examples": len(rows), "sequences": sequences.name, "catalogue": len(titles),
                    "model_dir": str(model_dir),
+                   # how each method ranked (beams, backfill, precision, ...): `cft compare` names the differences
+                   "ranking": {method: ranking_settings(cfg, method).to_dict() for method in e.methods},
                    "seconds": {part: round(t, 2) for part, t in seconds.items()}}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))

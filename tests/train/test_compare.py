@@ -119,6 +119,40 @@ def test_runs_of_different_data_windows_are_refused(tmp_path):
     assert compare([folders["a"]], [folders["old1"]]).set_index("quantity").loc["constrained/HR@1", "rows"] == 20
 
 
+def test_the_table_names_the_ranking_settings_the_sides_differ_in(tmp_path):
+    """A compare of runs ranked with and without the popularity backfill (or with other beams)
+    still runs, but says so above the table; runs ranked alike get no such lines, and a folder
+    written before the settings were recorded is named."""
+    import json
+
+    from tasks.compare import evaluated, markdown, ranking_differences
+
+    def ranking(backfill: str, beams: int, batch: int) -> dict:
+        return {"constrained": {"method": "constrained", "backfill": backfill,
+                                "generation": {"num_beams": beams, "batch_size": batch}}}
+
+    users = np.arange(20)
+    runs = {}
+    for name, settings in [("filled", ranking("popularity", 5, 8)), ("plain", ranking("none", 5, 8)),
+                           ("wide", ranking("popularity", 10, 16)), ("batched", ranking("popularity", 5, 16)),
+                           ("old", None)]:
+        folder = write_folder(tmp_path / name, np.zeros(20, dtype=int), np.full(20, -10.0), users)
+        summary = {"split": "test", "examples": 20, "catalogue": 900, "sequences": "w"}
+        (folder / "summary.json").write_text(json.dumps(summary | ({"ranking": settings} if settings else {})))
+        runs[name] = evaluated(name, folder, ["HR@1"])
+    assert ranking_differences([runs["filled"]], [runs["plain"]]) == ["constrained backfill: popularity (A) vs none (B)"]
+    assert ranking_differences([runs["filled"]], [runs["wide"]]) == ["constrained generation.num_beams: 5 (A) vs 10 (B)"]
+    assert ranking_differences([runs["filled"]], [runs["batched"]]) == []  # a batch size ranks the same
+    assert ranking_differences([runs["old"]], [runs["old"]]) == []
+    assert ranking_differences([runs["filled"]], [runs["old"]]) == [
+        "ranking settings not recorded for old (evaluated before they were)"]
+    table = compare([runs["filled"]], [runs["plain"]])
+    text = markdown(table, "filled", "plain", 0.95, ranking_differences([runs["filled"]], [runs["plain"]]))
+    assert "The sides ranked with different settings, so B - A holds their effect too:\n" \
+           "- constrained backfill: popularity (A) vs none (B)\n\n| quantity |" in text
+    assert "different settings" not in markdown(table, "filled", "batched", 0.95, [])
+
+
 def test_the_interval_covers_a_known_difference(tmp_path):
     """B's history effect is A's + 0.5 + noise on every row: the 95 % interval should hold 0.5 in
     about 95 % of simulated studies, and declare B higher when the effect is clear."""

@@ -75,6 +75,12 @@ def test_evaluate_metrics_predictions_baseline_and_mlflow(tmp_path, small_sequen
     assert set(seconds) == {"grounding", "constrained", "diagnostics", "total"}
     assert all(t > 0 for t in seconds.values())
     assert seconds["total"] >= seconds["grounding"] + seconds["constrained"] + seconds["diagnostics"] - 0.02  # rounding
+    # How each method ranked, for `cft compare` to name where two runs differ.
+    from tasks.settings import ranking_settings
+
+    recorded = json.loads((result.path / "summary.json").read_text())["ranking"]
+    assert recorded == {m: ranking_settings(cfg, m).to_dict() for m in ("constrained", "grounding")}
+    assert recorded["constrained"]["backfill"] == "popularity" and recorded["grounding"]["backfill"] == "none"
 
     again = evaluate(cfg, trained.model_dir, seq, progress=False)
     assert again.reused and again.metrics == result.metrics
