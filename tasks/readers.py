@@ -322,8 +322,8 @@ def read_recbole(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         {
             "user_id": _ids(inter["user_id"]),
             "item_id": _ids(inter["item_id"]),
-            "timestamp": to_int_timestamps(inter["timestamp"], inter_path, "timestamp", "s")[0],
-            "rating": to_float(inter["rating"], inter_path, "rating") if "rating" in inter else None,
+            "timestamp": to_int_timestamps(inter["timestamp"], inter_path, "timestamp", "s", first_line=2)[0],
+            "rating": to_float(inter["rating"], inter_path, "rating", first_line=2) if "rating" in inter else None,
         }
     )
     return interactions, pd.DataFrame({"item_id": _ids(items["item_id"]), "title": title})
@@ -368,12 +368,13 @@ def read_grouplens(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         items = items[MOVIES_CSV_COLUMNS].set_axis([0, 1], axis=1)
     if items.shape[1] < 2:
         raise DataError(f"{item_path}: expected at least 2 fields (item id, title), got {items.shape[1]}")
+    first_line = 2 if inter_path.name == "ratings.csv" else 1  # (u.data and ratings.dat have no header)
     interactions = pd.DataFrame(
         {
             "user_id": _ids(inter[0]),
             "item_id": _ids(inter[1]),
-            "timestamp": to_int_timestamps(inter[3], inter_path, "timestamp", "s")[0],
-            "rating": to_float(inter[2], inter_path, "rating"),
+            "timestamp": to_int_timestamps(inter[3], inter_path, "timestamp", "s", first_line)[0],
+            "rating": to_float(inter[2], inter_path, "rating", first_line),
         }
     )
     return interactions, pd.DataFrame({"item_id": _ids(items[0]), "title": items[1].str.strip()})

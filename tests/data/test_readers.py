@@ -71,7 +71,9 @@ def test_grouplens_csv_layout_of_ml_25m_and_ml_latest(tmp_path):
     ("ratings.csv", "userId,movieId,rating,timestamp\n1,2,5,978300760\n1,3,5,9,9\n", r"ratings.csv: line 3 is not four ','"),
     ("ratings.csv", "user,movie,rating,timestamp\n1,2,5,978300760\n", r"ratings.csv: expected the header userId,movieId,rating,timestamp, found 'user,movie,rating,timestamp'"),
     ("ratings.csv", "userId,movieId,rating,timestamp\n", r"ratings.csv: has no ratings"),
-    ("ratings.csv", "userId,movieId,rating,timestamp\n1,2,five,978300760\n", r"ratings.csv: column 'rating' has 1 non-numeric value\(s\), e.g. rows \[0\]: \['five'\]"),
+    ("ratings.csv", "userId,movieId,rating,timestamp\n1,2,five,978300760\n", r"ratings.csv: column 'rating' has 1 non-numeric value\(s\), e.g. lines \[2\]: \['five'\]"),
+    ("u.data", "1\t2\t5\t881250949\n2\t2\t4\tlater\n", r"u.data: column 'timestamp' has 1 value\(s\) that are not "
+                                                        r"timestamps \(read as s\), e.g. lines \[2\]: \['later'\]"),
     ("u.data", "1\t2\t5\t881250949\n2\t3\t4\n", r"u.data: line 2 is not four '\\t'-separated fields"),
 ])
 def test_grouplens_bad_ratings_name_the_file_and_line(tmp_path, name, content, message):
@@ -277,3 +279,15 @@ def test_a_zip_given_for_a_folder_format_says_to_unzip_it(tmp_path):
                                         r"a zip archive, which is read once unpacked: unzip it"):
         prepare(cfg)
     assert not (tmp_path / "ingested").exists()
+
+
+def test_recbole_bad_values_name_the_file_and_line(tmp_path):
+    """A RecBole .inter file has a `name:type` header, so its first data row is line 2."""
+    from tasks.readers import read_recbole
+
+    (tmp_path / "x.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                      "1\t2\t5\t881250949\n2\t2\tfive\t881250950\n")
+    (tmp_path / "x.item").write_text("item_id:token\tmovie_title:token_seq\n2\tA\n")
+    with pytest.raises(DataError, match=r"x.inter: column 'rating' has 1 non-numeric value\(s\), e.g. lines \[3\]: "
+                                        r"\['five'\]"):
+        read_recbole(tmp_path)
