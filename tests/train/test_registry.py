@@ -256,6 +256,28 @@ def test_the_batch_leaves_out_all_a_user_has_and_older_versions_the_history_only
     assert any(set(r.item_ids) & seen[r.user_id] for r in recs.itertuples())  # what the new input fixed
 
 
+def test_the_batch_writes_an_llm_list_filled_to_k_with_null_scores_after_the_beams(setup, tmp_path):
+    """An LLM version (constrained, 2 beams, eval.backfill popularity): every user gets k items in
+    the batch file, the beams' items scored and the popular ones after them null."""
+    from tasks.batch import recommend_all
+    from tests.conftest import mlflow_uris_restored
+
+    cfg, uri, model_dir, seq = setup
+    version = registered(cfg, uri, model_dir, seq, new_run(uri)).version
+    ingested = pd.read_parquet(Path(json.loads((seq / "manifest.json").read_text())["ingested"]) / "interactions.parquet")
+    few = ingested[ingested["user_id"].isin(ingested["user_id"].unique()[:6])]  # six users: six searches
+    few.to_parquet(tmp_path / "interactions.parquet", index=False)
+    with mlflow_uris_restored(uri):
+        done = recommend_all(tmp_path / "interactions.parquet", (None, None), 3,
+                             f"models:/{cfg.registered_model_name()}/{version}", 8, tmp_path / "recs.parquet",
+                             progress=False)
+    recs = pd.read_parquet(tmp_path / "recs.parquet")
+    assert done.users == 6 and done.users_short == 0 and all(len(r) == 8 for r in recs["item_ids"])
+    for scores in recs["scores"]:
+        scored = int(pd.notna(scores).sum())
+        assert 1 <= scored <= 2 and pd.isna(scores[scored:]).all()
+
+
 STORED = Path(__file__).resolve().parents[1] / "fixtures" / "stored_pyfuncs"
 
 
