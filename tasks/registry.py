@@ -112,9 +112,29 @@ def promotion_lock(cfg: PipelineConfig, name: str) -> FileLock:
 # ------------------------------------------------------------------------------ log + register
 
 
+# A run tag per served ranking (`served_ranking_key`): the logged recommender of that ranking.
+RECOMMENDER_TAG = "cft.recommender_uri"
+RANKING_KEY_TAG = "cft.ranking_key"  # version tag: the served ranking's key
+
+
+def served_ranking_key(cfg: PipelineConfig) -> str:
+    """What an LLM version ranks with besides its training's model and catalogue: the ranking
+    settings of the gate's method (beams, `eval.backfill`, precision, ...; not the batch size, which
+    the server sets), the prompts' domain and the default k. A training run is registered once per
+    key (`register`), so a change of them (e.g. `eval.constrained_search_beams`, which the README
+    advises for serving) registers the same training anew, to be gated, where it once said "nothing
+    new"; and a version registered before the key existed counts as another ranking."""
+    from tasks.settings import ranking_settings
+
+    ranking = ranking_settings(cfg, cfg.gate_method()).to_dict()
+    ranking["generation"].pop("batch_size")
+    return fingerprint({"ranking": ranking, "domain": cfg.data.domain, "top_k": cfg.registry.top_k})
+
+
 def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences: Path, uri: str) -> str:
-    """Log the pyfunc recommender into run `run_id` (once); returns its model URI. It ranks the
-    way the gate measures (`registry.gate_metric`'s method), with the run's ranking settings."""
+    """Log the pyfunc recommender into run `run_id` (once per `served_ranking_key`); returns its
+    model URI. It ranks the way the gate measures (`registry.gate_metric`'s method), with the
+    run's ranking settings."""
     import tempfile
 
     import mlflow
@@ -127,9 +147,9 @@ def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences
     from tasks.settings import ranking_settings
 
     client = registry_client(uri)
-    tags = client.get_run(run_id).data.tags
-    if tags.get("cft.recommender_uri"):
-        return tags["cft.recommender_uri"]
+    logged_as = f"{RECOMMENDER_TAG}.{served_ranking_key(cfg)}"
+    if known := client.get_run(run_id).data.tags.get(logged_as):
+        return known
     settings = ranking_settings(cfg, cfg.gate_method())
     artifacts = {"model": str(model_dir), "catalogue": str(sequences / "catalogue.parquet")}
     if settings.method == "grounding":
@@ -151,7 +171,7 @@ def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences
                               f"mlflow=={mlflow.__version__}", "pandas", "pyarrow", "numpy", "safetensors",
                               "tokenizers"],
         )
-        mlflow.set_tag("cft.recommender_uri", info.model_uri)
+        mlflow.set_tag(logged_as, info.model_uri)
     return info.model_uri
 
 
@@ -182,13 +202,15 @@ def _wait_ready(client, name: str, version: str, timeout: float = 300.0):
 
 
 def register(cfg: PipelineConfig, run_id: str, model_uri: str, tags: dict[str, str], uri: str):
-    """Register `model_uri` as a version of `cfg.registered_model_name()`, at most once per run.
-    Returns the ModelVersion (the existing one when this run was registered before)."""
+    """Register `model_uri` as a version of `cfg.registered_model_name()`, at most once per run
+    and served ranking (`tags[RANKING_KEY_TAG]`, `served_ranking_key`). Returns the ModelVersion
+    (the existing one when this run was registered so before)."""
 
     client = registry_client(uri)
     name = cfg.registered_model_name()
     with promotion_lock(cfg, name):
-        existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        existing = [mv for mv in client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+                    if mv.tags.get(RANKING_KEY_TAG) == tags.get(RANKING_KEY_TAG)]
         if existing:
             return _wait_ready(client, name, str(existing[0].version))
         _ensure_registered_model(client, cfg, name)
@@ -218,7 +240,7 @@ def version_tags(cfg: PipelineConfig, data_fingerprint: str, metrics: dict[str, 
 
     tags = {"dataset": cfg.data.name, "data_fingerprint": data_fingerprint, "objective": cfg.train.objective,
             "model_dir": str(model_dir.resolve()), KIND_TAG: "llm",
-            "cft.train_key": run_fingerprint(cfg, data_fingerprint)}
+            "cft.train_key": run_fingerprint(cfg, data_fingerprint), RANKING_KEY_TAG: served_ranking_key(cfg)}
     served = "constrained" if cfg.gate_method() == "constrained" else "grounding_adjusted"
     for key in (f"{served}/NDCG@10", f"{served}/HR@10", "most_popular/NDCG@10"):
         if key in metrics:
@@ -749,9 +771,10 @@ def warm_start_source(cfg: PipelineConfig) -> tuple[Path, str] | None:
 
 def previous_decision(cfg: PipelineConfig, train_key: str) -> dict | None:
     """The gate tags of the LLM version trained with `train_key` (the data and every training
-    setting, warm start aside: `tasks.training.run_fingerprint`), when it was gated already,
-    with its `version` and the `champion` now (a version, or None); else None. Such a run would
-    retrain on the very rows that were judged before."""
+    setting, warm start aside: `tasks.training.run_fingerprint`) and served as this config ranks
+    (`served_ranking_key`), when it was gated already, with its `version` and the `champion` now
+    (a version, or None); else None. Such a run would retrain on the very rows that were judged
+    before, and register what is registered."""
     from tasks.tracking import tracking_uri
 
     client = registry_client(tracking_uri(cfg))
@@ -759,8 +782,9 @@ def previous_decision(cfg: PipelineConfig, train_key: str) -> dict | None:
         versions = versions_newest_first(client, cfg.registered_model_name())
     except Exception:  # noqa: BLE001 (no such model yet)
         return None
+    ranking_key = served_ranking_key(cfg)
     for mv in versions:
-        if mv.tags.get("cft.train_key") == train_key and "gate.decision" in mv.tags:
+        if mv.tags.get("cft.train_key") == train_key and mv.tags.get(RANKING_KEY_TAG) == ranking_key and "gate.decision" in mv.tags:
             return {"version": str(mv.version), "champion": _alias_version(client, mv.name, CHAMPION),
                     **{k: v for k, v in mv.tags.items() if k.startswith("gate.")}}
     return None
@@ -972,8 +996,10 @@ def delete_version(client, mv) -> None:
         return
     repo.delete_artifacts()
     client.delete_logged_model(model_id := _logged_model_id(mv))
-    if mv.run_id and client.get_run(mv.run_id).data.tags.get("cft.recommender_uri") == f"models:/{model_id}":
-        client.delete_tag(mv.run_id, "cft.recommender_uri")
+    if mv.run_id:  # (the run tag of each ranking it logged: `log_recommender`; before those, one tag)
+        for tag, value in client.get_run(mv.run_id).data.tags.items():
+            if tag.startswith(RECOMMENDER_TAG) and value == f"models:/{model_id}":
+                client.delete_tag(mv.run_id, tag)
 
 
 def versions_newest_first(client, name: str) -> list:

@@ -80,6 +80,17 @@ def test_the_whole_flow_succeeds_in_process_and_a_rerun_reuses_every_stage(tmp_p
     assert f"champion unchanged (v{champion}); v3 was trained on these rows and was " in second["summary"]
     assert len(client.search_model_versions(f"name='{name}'")) == 3
 
+    # Served another way (here without the backfill): the same training, registered anew and gated,
+    # once; before, "nothing new" kept the version as it was registered.
+    plain = cfg.updated({"eval.backfill": "none"})
+    third = cft_pipeline(config=plain)
+    assert list((tmp_path / "training").iterdir()) == trainings and third["registered"]["version"] == "4"
+    four = client.get_model_version(name, "4")
+    assert four.run_id == version.run_id and "gate.decision" in four.tags
+    assert four.tags["cft.ranking_key"] != version.tags["cft.ranking_key"]
+    assert "v4 was trained on these rows" in cft_pipeline(config=plain)["summary"]
+    assert len(client.search_model_versions(f"name='{name}'")) == 4
+
 
 def test_the_batch_flow_writes_every_users_top_k_from_the_champion(tmp_path, prefect_harness):
     """`cft-batch/nightly` in-process: after the pipeline registered a champion, a row per user of
