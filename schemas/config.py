@@ -333,7 +333,7 @@ class EvalConfig(_Strict):
     backfill: Literal["none", "popularity"] = Field(
         "popularity", description="Constrained decoding returns at most num_return_sequences items, often "
         "fewer distinct ones. popularity: the rest of the list (up to the K asked of a served model, or "
-        "the largest of ks here) is the most frequent training items not yet listed, with no score "
+        "the evaluation's 50) is the most frequent training items not yet listed, with no score "
         "(null in a served answer), so a top-10 request gets 10 items, and the metrics and the gate "
         "measure the list that serves. none: the list ends with the beams (the reference protocol: "
         "the reproduction profiles set it).",
