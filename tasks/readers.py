@@ -190,7 +190,9 @@ def detect_unit(numbers: pd.Series) -> str:
 
 def where_rows(index: pd.Index, first_line: int | None = None) -> str:
     """How an error names rows: "lines [135, 140]" in a text file whose first data row is line
-    `first_line` (after a header: 2), else "rows [133, 138]" (the table's rows, from 0)."""
+    `first_line` (after a header: 2), else "rows [133, 138]" (the table's rows, from 0). Lines
+    as a file without blank lines or line breaks inside quoted fields counts them (the readers
+    skip blank lines), so messages show the values too."""
     if first_line is None:
         return f"rows {list(index[:5])}"
     return f"lines {[int(i) + first_line for i in index[:5]]}"
