@@ -577,6 +577,8 @@ def versions(model_name: ModelNameOpt = None, config: ConfigOpt = Path("configs/
     for r in rows:
         held = f"[{', '.join(r.aliases)}]" if r.aliases else ""
         judged = f"{r.decision}: {r.gate}" if r.decision else ""
+        if r.training_of:  # the same training registered again, ranked another way (eval settings)
+            judged += f" (v{r.training_of}'s training, ranked otherwise)"
         console.print(f"  {'v' + r.version:<{width}}  {r.kind:<10}  {r.created} UTC  data {r.data:<16}  {held:<13}  "
                       f"{judged}".rstrip(), highlight=False)
     if changes and history:

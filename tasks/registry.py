@@ -909,6 +909,9 @@ class VersionSummary:
     gate: str  # "<metric> <value> (champion vN <value>)", or "" for a version no gate judged
     decision: str  # "promoted", "kept challenger", or ""
     aliases: list[str]
+    # The first version registered from the same training run, when this one is another ranking of it
+    # (`served_ranking_key`: other beams, backfill, ...), else None.
+    training_of: str | None = None
 
 
 def versions_summary(client, name: str) -> tuple[list[VersionSummary], list[dict]]:
@@ -925,7 +928,9 @@ def versions_summary(client, name: str) -> tuple[list[VersionSummary], list[dict
     for alias, version in sorted(model.aliases.items()):
         held.setdefault(str(version), []).append(alias)
     out = []
-    for mv in versions_newest_first(client, name):
+    versions = versions_newest_first(client, name)
+    first_of_run = {mv.run_id: str(mv.version) for mv in versions if mv.run_id}  # (newest first: the oldest wins)
+    for mv in versions:
         t = mv.tags
         gate = ""
         if "gate.value" in t:
@@ -933,8 +938,10 @@ def versions_summary(client, name: str) -> tuple[list[VersionSummary], list[dict
                         if t.get("gate.champion_value", "None") != "None" else "")
             gate = f"{t['gate.metric']} {float(t['gate.value']):.4f}{champion}"
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+        first = first_of_run.get(mv.run_id)
         out.append(VersionSummary(str(mv.version), t.get(KIND_TAG, "?"), created, t.get("data_fingerprint", ""),
-                                  gate, t.get("gate.decision", ""), held.get(str(mv.version), [])))
+                                  gate, t.get("gate.decision", ""), held.get(str(mv.version), []),
+                                  first if first != str(mv.version) else None))
     return out, list(reversed(champion_history(model)))
 
 

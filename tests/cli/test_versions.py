@@ -47,3 +47,20 @@ def test_versions_lists_each_version_its_gate_and_aliases_then_the_champion_hist
     unknown = CliRunner().invoke(app, ["versions", "-c", str(profile), "--model-name", "nope"], prog_name="cft")
     assert unknown.exit_code == 2 and unknown.output.startswith("error: no registered model nope in this store ("), \
         unknown.output
+
+
+def test_a_training_registered_again_with_other_ranking_settings_is_named_so(tmp_path):
+    """Two versions of one run (the second after eval settings changed: tasks.registry.served_ranking_key):
+    the later line names the first version's training; the first and a version of another run do not."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    profile = tmp_path / "shop.yaml"
+    profile.write_text(f"data: {{name: shop, data_root: {tmp_path / 'data'}}}\ntracking: {{tracking_uri: '{uri}'}}\n")
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model("cft-shop")
+    experiment = client.create_experiment("shop", artifact_location=str(tmp_path / "artifacts"))
+    first, other = client.create_run(experiment).info.run_id, client.create_run(experiment).info.run_id
+    for run_id in (first, other, first):
+        client.create_model_version("cft-shop", source=str(tmp_path / "model"), run_id=run_id, tags={"cft.kind": "llm"})
+    lines = CliRunner().invoke(app, ["versions", "-c", str(profile)], prog_name="cft").output.splitlines()
+    assert lines[1].startswith("  v3") and lines[1].endswith("(v1's training, ranked otherwise)")
+    assert not any(line.endswith("ranked otherwise)") for line in lines[2:])
