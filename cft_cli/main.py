@@ -461,7 +461,7 @@ def recommend(
 def _why_fewer(loaded) -> str:
     """Why a registered model answered fewer items than asked (`cft recommend`)."""
     ranker = getattr(loaded.batching, "ranker", None)
-    if ranker is not None and ranker.settings.method == "constrained":
+    if ranker is not None and ranker.settings.method == "constrained" and ranker.settings.backfill == "none":
         return (f"constrained decoding returns at most its {ranker.settings.generation.num_return_sequences} "
                 "beams' distinct items, fewer when its search starves; this version was registered without "
                 "eval.backfill, which fills the list with popular items (a wider search: "
