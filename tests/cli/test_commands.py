@@ -103,6 +103,15 @@ def test_recommend_from_the_champion(profile):
     assert re.findall(r"^│ ([0-9]+) ", asked, flags=re.M) == ["1", "2", "3", "4", "5"]  # 2 beams, then backfill
     filled = len(re.findall(r"│ popular +│$", asked, flags=re.M))
     assert filled >= 3 and f"note: the last {filled}, marked popular, are the most frequent training items" in asked
+    # Every item asked: the history's and the placeholder titles (ML-100K's "unknown", never recommended) are left out.
+    from cft_core.sequences import PLACEHOLDER_TITLE
+
+    titles = pd.read_parquet(catalogue)["title"]
+    size, never = len(titles), sum(bool(PLACEHOLDER_TITLE.match(t.strip())) for t in titles)
+    assert never >= 1
+    everything = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/3", "-k", str(size), title)
+    assert (f"note: {size - 1 - never} of the {size} items asked: the catalogue has no more items this history may "
+            "get") in everything
     typo = title[:-1] + "x" if len(title) > 4 else title + " 2"  # not in the catalogue, close to a title
     out = cft("recommend", "-c", str(profile), "--model", "models:/cft-cli-test/3", "-k", "2", title, typo)
     assert f"not in the catalogue: '{typo}', left out (--free-text to use it as typed); close: '{title}'" in out
