@@ -572,20 +572,18 @@ class Ranker:
 
     def _backfilled(self, ranking: Ranking, depth: int, exclude) -> Ranking:
         """`ranking` [B, <= depth] widened to `depth` columns, each row's empty places (-1) filled
-        with the most frequent training items (`self.popularity`) that are neither listed nor
-        excluded; their scores NaN (module docstring, Backfill)."""
+        with the popularity baseline's list (`popularity_ranking` by `self.popularity`) less what
+        the row lists or excludes; their scores NaN (module docstring, Backfill)."""
         found = ranking.rows.shape[1]
-        rows = np.full((len(ranking.rows), depth), -1, dtype=np.int64)
-        scores = np.full((len(ranking.rows), depth), np.nan)
+        listed = [row[row >= 0] for row in ranking.rows]
+        skip = [np.concatenate([ids, np.asarray(exclude[b] if exclude is not None else [], dtype=np.int64)])
+                for b, ids in enumerate(listed)]
+        popular = popularity_ranking(self.popularity, len(listed), depth, exclude=skip).rows  # (-1 where none is left)
+        rows = np.full((len(listed), depth), -1, dtype=np.int64)
+        scores = np.full((len(listed), depth), np.nan)
         rows[:, :found], scores[:, :found] = ranking.rows, ranking.scores
-        for b in range(len(rows)):
-            listed = rows[b][rows[b] >= 0]
-            missing = depth - listed.size
-            if not missing:
-                continue
-            skip = np.union1d(listed, np.asarray(exclude[b] if exclude is not None else [], dtype=np.int64))
-            fill = popularity_order(self.popularity, missing, never=skip)  # (fewer where the catalogue runs out)
-            rows[b, listed.size:listed.size + fill.size] = fill
+        for b, ids in enumerate(listed):
+            rows[b, ids.size:] = popular[b, : depth - ids.size]
         return replace(ranking, rows=rows, scores=scores)
 
     def _title_trie(self) -> TitleTrie:
