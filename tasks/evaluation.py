@@ -271,12 +271,12 @@ def ensure_catalogue_embeddings(cfg: PipelineConfig, model_dir: Path, sequences:
 
 
 def make_ranker(cfg: PipelineConfig, method: str, model, tokenizer, sequences: Path, model_dir: Path,
-                titles: list[str], progress: bool = False):
+                titles: list[str], counts: np.ndarray, progress: bool = False):
     """The `cft_core.ranking.Ranker` of this run's settings for `method` over the catalogue
-    `titles` (item ids 0..N-1, as `read_catalogue` gives them)."""
+    `titles` (item ids 0..N-1, as `read_catalogue` gives them); `counts` [I]: the window's training
+    counts (`window_counts`), which a backfilled ranking fills by."""
     from cft_core.prompts import PromptBuilder
     from cft_core.ranking import Ranker
-    from tasks.baselines import window_counts
     from tasks.settings import ranking_settings
 
     settings = ranking_settings(cfg, method)
@@ -284,7 +284,7 @@ def make_ranker(cfg: PipelineConfig, method: str, model, tokenizer, sequences: P
     if method == "grounding":
         emb = catalogue_embeddings(model, tokenizer, titles, embeddings_cache(model_dir, sequences,
                                                                               settings.precision), progress)
-    popularity = window_counts(sequences)[0] if settings.backfill == "popularity" else None
+    popularity = counts if settings.backfill == "popularity" else None
     return Ranker(model, tokenizer, PromptBuilder.for_domain(cfg.data.domain), list(range(len(titles))), titles,
                   settings, emb, popularity)
 
@@ -326,6 +326,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
         "target_title": [r["target_title"] for r in rows],
     })
     top_lists: dict[str, np.ndarray] = {}
+    counts, transitions = window_counts(sequences)  # the backfill's order and the baselines' counts
 
     def record(name: str, ranked_items: np.ndarray) -> None:
         """ranked_items [B, L] item ids (-1 = none) -> metrics and the top-10 column."""
@@ -338,7 +339,7 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
 
     for method in e.methods:
         method_started = time.perf_counter()
-        ranker = make_ranker(cfg, method, model, tokenizer, sequences, model_dir, titles, progress)
+        ranker = make_ranker(cfg, method, model, tokenizer, sequences, model_dir, titles, counts, progress)
         variants = [("", [factual_prompt(ranker, r, sequences / f"{e.split}.parquet") for r in rows])]
         if e.history_reliance:  # the same ranking without the history: what CFT should widen
             variants.append(("nohist_", [ranker.prompts.counterfactual()] * len(rows)))
@@ -363,7 +364,6 @@ def evaluate(cfg: PipelineConfig, model_dir: Path, sequences: Path, *, progress:
 
     # The simple baselines, as their registered versions serve (tasks/baselines.py), and the
     # popularity analysis.
-    counts, transitions = window_counts(sequences)
     never = Catalogue(range(len(titles)), titles).never  # placeholder titles: never recommended
     record(EVALUATION_NAMES["popularity"], popularity_ranking(counts, len(rows), TOP_K_MAX, never=never).rows)
     newest = [r["history_item_ids"][-1] for r in rows]
