@@ -95,13 +95,12 @@ def ranking_differences(a: list[Evaluated], b: list[Evaluated]) -> list[str]:
     """The ranking settings in which side B's runs differ from side A's, one line each ("constrained
     backfill: popularity (A) vs none (B)"), and the runs whose settings were not recorded, where
     some were. Generation batch sizes are left out: they do not change a ranking."""
-    recorded = [r for r in a + b if r.ranking is not None]
-    if not recorded:
+    flat = [[_flat(r.ranking) for r in side if r.ranking is not None] for side in (a, b)]
+    if not flat[0] and not flat[1]:
         return []
     lines = []
-    keys = sorted({k for r in recorded for k in _flat(r.ranking) if not k.endswith(".batch_size")})
-    for key in keys:
-        values = [sorted({str(_flat(r.ranking).get(key, "-")) for r in side if r.ranking is not None}) for side in (a, b)]
+    for key in sorted({k for side in flat for f in side for k in f if not k.endswith(".batch_size")}):
+        values = [sorted({str(f.get(key, "-")) for f in side}) for side in flat]
         if all(values) and values[0] != values[1]:
             method, _, name = key.partition(".")
             lines.append(f"{method} {name}: {', '.join(values[0])} (A) vs {', '.join(values[1])} (B)")
