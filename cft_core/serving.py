@@ -109,8 +109,13 @@ def baseline_artifacts(artifacts: dict, model_config: dict | None) -> tuple[Cata
     `Catalogue` (the source's item ids), the training counts [I] (a JSON list) and its default k.
     Called by registered pyfunc files, like `parse_request`: keep its signature."""
     catalogue = Catalogue(*served_catalogue(artifacts["catalogue"]))
-    counts = np.asarray(json.loads(Path(artifacts["counts"]).read_text(encoding="utf-8")), dtype=np.int64)
-    return catalogue, counts, int(dict(model_config or {}).get("top_k", 10))
+    return catalogue, read_counts(artifacts["counts"]), int(dict(model_config or {}).get("top_k", 10))
+
+
+def read_counts(path) -> np.ndarray:
+    """int64 [I]: training counts a registered version ships as a JSON list (a baseline's
+    `counts`, an LLM's backfill `popularity`). Called by registered pyfunc files: keep its signature."""
+    return np.asarray(json.loads(Path(path).read_text(encoding="utf-8")), dtype=np.int64)
 
 
 def resolve_request(catalogue, model_input, params: dict | None, default_k: int) -> tuple[int, list, list[list[int]]]:

@@ -43,7 +43,7 @@ class CFTRecommenderModel(PythonModel):
 
         from cft_core.prompts import PromptBuilder
         from cft_core.ranking import Ranker, RankingSettings, served_catalogue
-        from cft_core.serving import BatchingRecommender, ServingSettings
+        from cft_core.serving import BatchingRecommender, ServingSettings, read_counts
 
         config = dict(context.model_config or {})
         # The settings the run evaluated (and gated) with: method, history length, generation, precision.
@@ -57,10 +57,8 @@ class CFTRecommenderModel(PythonModel):
         if settings.method == "grounding":
             embeddings = torch.from_numpy(np.load(context.artifacts["item_embeddings"], allow_pickle=False))
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        popularity = None  # the backfill's training counts (a JSON list, RankingSettings.backfill)
-        if "popularity" in context.artifacts:
-            with open(context.artifacts["popularity"], encoding="utf-8") as f:
-                popularity = np.asarray(json.load(f), dtype=np.int64)
+        # The backfill's training counts (RankingSettings.backfill), where the version ships them.
+        popularity = read_counts(context.artifacts["popularity"]) if "popularity" in context.artifacts else None
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=settings.torch_dtype, use_safetensors=True)
         self.default_k = int(config.get("top_k", 10))
         ranker = Ranker(model.to(device), AutoTokenizer.from_pretrained(model_dir),
