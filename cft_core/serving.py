@@ -112,6 +112,13 @@ def baseline_artifacts(artifacts: dict, model_config: dict | None) -> tuple[Cata
     return catalogue, read_counts(artifacts["counts"]), int(dict(model_config or {}).get("top_k", 10))
 
 
+def write_counts(path, counts: np.ndarray) -> str:
+    """Write training counts [I] as the JSON list `read_counts` reads (what a version ships);
+    returns the path as text, for an artifacts dict."""
+    Path(path).write_text(json.dumps(np.asarray(counts).tolist()), encoding="utf-8")
+    return str(path)
+
+
 def read_counts(path) -> np.ndarray:
     """int64 [I]: training counts a registered version ships as a JSON list (a baseline's
     `counts`, an LLM's backfill `popularity`). Called by registered pyfunc files: keep its signature."""

@@ -31,9 +31,10 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from cft_core.serving import write_counts
 from schemas.config import PipelineConfig
 from schemas.errors import InputError, RegistryError
-from tasks.baselines import BASELINES, EVALUATION_NAMES
+from tasks.baselines import BASELINES, EVALUATION_NAMES, window_counts
 from tasks.storage import fingerprint
 from tasks.tracking import missing_store, mlflow_metric_name
 
@@ -142,7 +143,6 @@ def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences
     import transformers
 
     import cft_core
-    from tasks.baselines import window_counts
     from tasks.evaluation import ensure_catalogue_embeddings
     from tasks.settings import ranking_settings
 
@@ -157,8 +157,7 @@ def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences
     signature = _signature(cfg)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         if settings.backfill == "popularity":  # the training counts it fills by, as the baselines ship them
-            artifacts["popularity"] = str(Path(tmp) / "popularity.json")
-            Path(artifacts["popularity"]).write_text(json.dumps(window_counts(sequences)[0].tolist()))
+            artifacts["popularity"] = write_counts(Path(tmp) / "popularity.json", window_counts(sequences)[0])
         info = _log_pyfunc(
             name=MODEL_ARTIFACT,
             python_model=str(PYFUNC_FILE),
@@ -329,7 +328,6 @@ def register_baseline(cfg: PipelineConfig, sequences: Path, data_fingerprint: st
 
     import mlflow
 
-    from tasks.baselines import window_counts
     from tasks.tracking import split_dataset_inputs, tracking_uri, use_experiment
 
     uri = tracking_uri(cfg)
@@ -341,9 +339,8 @@ def register_baseline(cfg: PipelineConfig, sequences: Path, data_fingerprint: st
         use_experiment(cfg)
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"{kind}-{data_fingerprint}") as run:
             counts, transitions = window_counts(sequences)
-            counts_file = Path(tmp) / "counts.json"
-            counts_file.write_text(json.dumps(counts.tolist()))
-            artifacts = {"catalogue": str(sequences / "catalogue.parquet"), "counts": str(counts_file)}
+            artifacts = {"catalogue": str(sequences / "catalogue.parquet"),
+                         "counts": write_counts(Path(tmp) / "counts.json", counts)}
             if kind == "markov":
                 artifacts["transitions"] = str(Path(tmp) / "transitions.npz")
                 transitions.save(artifacts["transitions"])
