@@ -44,7 +44,8 @@ class SourceConfig(_Strict):
         "default, needs no network); recbole: a folder of RecBole atomic files (<name>.inter, "
         "<name>.item); grouplens: a MovieLens folder as GroupLens ships it: ML-100K (u.data, u.item), "
         "ML-1M/10M (ratings.dat, movies.dat) or ML-20M/25M/32M/ml-latest (ratings.csv, movies.csv); "
-        "amazon_raw: Amazon Reviews 2018 reviews JSON lines (+ meta_path); d3_csv: a folder of "
+        "amazon_raw: an Amazon Reviews category, 2018 or 2023 release (told apart by its fields): "
+        "reviews JSON lines or the 2023 benchmark CSV (+ meta_path); d3_csv: a folder of "
         "D3/BIGRec CSV splits (train/valid/test) and its info file; generic: CSV or Parquet interactions "
         "(+ items_path) with a column mapping; synthetic: generated rows with a planted history signal (`synthetic` settings).",
     )
@@ -55,7 +56,8 @@ class SourceConfig(_Strict):
         "<data_root>/downloads (a .zip is unpacked), e.g. "
         "https://files.grouplens.org/datasets/movielens/ml-100k.zip with format grouplens.",
     )
-    meta_path: str | None = Field(None, description="amazon_raw: the meta_<Category>.json(.gz) file.")
+    meta_path: str | None = Field(None, description="amazon_raw: the category's meta file, "
+                                  "meta_<Category>.json(.gz) (2018) or meta_<Category>.jsonl(.gz) (2023).")
     items_path: str | None = Field(None, description="generic: the items file (item id -> title).")
     columns: dict[str, str] = Field(
         default_factory=dict,

@@ -116,7 +116,7 @@ def _files_read(cfg: DataConfig) -> list[Path]:
 
 def _amazon_meta_path(cfg: DataConfig) -> Path:
     if not cfg.source.meta_path:
-        raise DataError("source.meta_path (meta_<Category>.json) is required for amazon_raw")
+        raise DataError("source.meta_path (the category's meta_<Category>.json or .jsonl) is required for amazon_raw")
     return _source_path(cfg.source.meta_path, cfg)
 
 
@@ -212,7 +212,7 @@ def ingest(cfg: DataConfig) -> StageOutput:
         return StageOutput(out, fp, reused=True)
     interactions, items = read_source(cfg)
     items = items.assign(title=readers.normalize_titles(items["title"]))
-    dropped = {}
+    dropped = dict(interactions.attrs.get("dropped", {}))  # what the reader itself left out (Amazon's)
     empty = items["title"].notna() & (items["title"] == "")
     if empty.any():
         ids = items.loc[empty, "item_id"].tolist()

@@ -511,27 +511,79 @@ def _json_lines_by_line(path: Path, fields: list[str]) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+# The two Amazon Reviews releases a category's files come in, told apart by the reviews' fields:
+# (user, item, unix time, rating) fields, the time's unit, and the field the meta file keys items by.
+# 2023 reviews name a product variant's `asin` and its product's `parent_asin`; its meta file has
+# only `parent_asin`, the item its benchmark splits recommend, so that is the item here too.
+AMAZON_RELEASES = {
+    "2018": {"fields": ("reviewerID", "asin", "unixReviewTime", "overall"), "unit": "s", "meta_key": "asin"},
+    "2023": {"fields": ("user_id", "parent_asin", "timestamp", "rating"), "unit": "ms", "meta_key": "parent_asin"},
+}
+
+
+def _amazon_release(reviews: pd.DataFrame, path: Path) -> str:
+    """Which release `reviews` (the fields `_json_lines` found) is; DataError naming both when neither."""
+    for release, spec in AMAZON_RELEASES.items():
+        if all(name in reviews for name in spec["fields"][:3]):
+            return release
+    wanted = "; ".join(f"{r}: {', '.join(s['fields'][:3])}" for r, s in AMAZON_RELEASES.items())
+    raise DataError(f"{path}: not an Amazon Reviews file: its lines lack the user, item and time fields of either "
+                    f"release ({wanted}); found {sorted(reviews.columns)}")
+
+
+def _amazon_reviews(path: Path) -> tuple[pd.DataFrame, int]:
+    """(the reviews' user, item, time and rating fields of either release, the line of the first
+    row): JSON lines, or a CSV such as the 2023 release's benchmark files (`rating_only/<Category>.csv`:
+    user_id,parent_asin,rating,timestamp), gzipped or not."""
+    if path.name.removesuffix(".gz").endswith(".csv"):
+        return read_string_table(path), 2  # (line 1: the header)
+    fields = {name: kind for spec in AMAZON_RELEASES.values()
+              for name, kind in zip(spec["fields"], ("string", "string", "int64", "float64"), strict=True)}
+    return _json_lines(path, fields), 1
+
+
 def read_amazon_raw(reviews_path: Path, meta_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Amazon Reviews 2018 category files: reviews (reviewerID, asin, overall, unixReviewTime)
-    and meta (asin, title), JSON lines, gzipped or not. Items whose cleaned title is dropped
-    are dropped, and so are their reviews (D3 step 2)."""
-    reviews = _json_lines(reviews_path, {"reviewerID": "string", "asin": "string", "overall": "float64",
-                                         "unixReviewTime": "int64"})
-    require_columns(reviews, ["reviewerID", "asin", "unixReviewTime"], reviews_path)
-    meta = _json_lines(meta_path, {"asin": "string", "title": "string"})
-    require_columns(meta, ["asin", "title"], meta_path)
-    meta = meta.assign(title=meta["title"].map(clean_amazon_title)).dropna(subset=["title"])
-    meta = meta.drop_duplicates("asin")
-    reviews = reviews[reviews["asin"].isin(meta["asin"])]
+    """An Amazon Reviews category: its reviews and its meta file, JSON lines, gzipped or not, of
+    the 2018 release (reviewerID, asin, overall, unixReviewTime; meta keyed by asin) or the 2023
+    one (user_id, parent_asin, rating, timestamp in ms; meta keyed by parent_asin; its benchmark
+    CSVs work too), told apart by the reviews' fields. Items whose cleaned title is dropped are
+    dropped, and so are their reviews (D3 step 2), and the reviews of items the meta file lacks;
+    both counted in a warning and in `interactions.attrs["dropped"]` (the ingest manifest)."""
+    reviews, first_line = _amazon_reviews(reviews_path)
+    release = _amazon_release(reviews, reviews_path)
+    user, item, time, rating = AMAZON_RELEASES[release]["fields"]
+    key = AMAZON_RELEASES[release]["meta_key"]
+    meta = _json_lines(meta_path, {key: "string", "title": "string"})
+    if key not in meta:
+        raise DataError(f"{meta_path}: its lines have no {key!r} field, which the Amazon Reviews {release} meta "
+                        f"file keys its items by (the reviews {reviews_path.name} are of that release)")
+    require_columns(meta, [key, "title"], meta_path)
+    titled = meta.assign(title=meta["title"].map(clean_amazon_title)).dropna(subset=["title"])
+    untitled = set(meta[key].dropna()) - set(titled[key])
+    meta = titled.drop_duplicates(key)
+    kept = reviews[item].isin(meta[key])
+    dropped = {"amazon_title_cleaning": {"items": len(untitled), "interactions": int(reviews[item].isin(untitled).sum())},
+               "amazon_without_meta": {"interactions": int((~kept & ~reviews[item].isin(untitled)).sum())}}
+    if not kept.all():
+        log.warning("%s: dropping %d of %d reviews: %d of %d items' titles fail D3's cleaning (empty, one character, "
+                    "over 20 words or HTML; %d reviews), and %d reviews are of items %s lacks",
+                    reviews_path, int((~kept).sum()), len(reviews), len(untitled), meta[key].nunique() + len(untitled),
+                    dropped["amazon_title_cleaning"]["interactions"], dropped["amazon_without_meta"]["interactions"],
+                    meta_path.name)
+    reviews = reviews[kept]
+    timestamps, unit = to_int_timestamps(reviews[time], reviews_path, time, AMAZON_RELEASES[release]["unit"], first_line)
     interactions = pd.DataFrame(
         {
-            "user_id": _ids(reviews["reviewerID"]),
-            "item_id": _ids(reviews["asin"]),
-            "timestamp": to_int_timestamps(reviews["unixReviewTime"], reviews_path, "unixReviewTime", "s")[0],
-            "rating": to_float(reviews["overall"], reviews_path, "overall") if "overall" in reviews else None,
+            "user_id": _ids(reviews[user], reviews_path, user),
+            "item_id": _ids(reviews[item], reviews_path, item),
+            "timestamp": timestamps,
+            "rating": to_float(reviews[rating], reviews_path, rating, first_line) if rating in reviews else None,
         }
-    )
-    return interactions.reset_index(drop=True), pd.DataFrame({"item_id": _ids(meta["asin"]), "title": meta["title"]})
+    ).reset_index(drop=True)
+    interactions.attrs["timestamp"] = {"column": time, "unit": unit, "release": release,
+                                       "examples": [str(v) for v in reviews[time].head(3)]}
+    interactions.attrs["dropped"] = {k: v for k, v in dropped.items() if v["interactions"] or v.get("items")}
+    return interactions, pd.DataFrame({"item_id": _ids(meta[key], meta_path, key), "title": meta["title"]})
 
 
 # ------------------------------------------------------------------------------ D3 / BIGRec CSV

@@ -9,7 +9,7 @@ import pytest
 
 from schemas.config import DataConfig, SourceConfig
 from schemas.errors import DataError
-from tasks.data import prepare
+from tasks.data import ingest, prepare
 from tasks.readers import read_amazon_raw, read_csv, read_grouplens, read_string_table, to_numbers
 
 
@@ -130,6 +130,8 @@ def test_amazon_raw_gzipped_drops_items_without_a_clean_title(tmp_path):
     inter, items = read_amazon_raw(tmp_path / "reviews.json.gz", tmp_path / "meta.json")
     assert items.set_index("item_id")["title"].to_dict() == {"A1": "Tom & Jerry", "A3": "Widget"}
     assert set(inter["item_id"]) == {"A1", "A3"} and len(inter) == 20  # A2's reviews dropped
+    assert inter.attrs["dropped"] == {"amazon_title_cleaning": {"items": 1, "interactions": 10}}
+    assert inter.attrs["timestamp"]["release"] == "2018" and inter["timestamp"].iloc[0] == 1_500_000_000
     # and the whole stage runs on it
     cfg = DataConfig(name="amz", domain="products", data_root=tmp_path, k_core=0, rating_range=(1, 5),
                      source=SourceConfig(format="amazon_raw", path=str(tmp_path / "reviews.json.gz"),
@@ -137,6 +139,86 @@ def test_amazon_raw_gzipped_drops_items_without_a_clean_title(tmp_path):
     _, seq, manifest = prepare(cfg)
     assert manifest["stats"]["interactions"] == 20
     assert len(pd.read_parquet(seq.path / "catalogue.parquet")) == 2
+
+
+def _review_2023(user: str, asin: str, parent: str, ms: int, rating: float = 5.0) -> dict:
+    """A review line as the 2023 release writes it: the review's own title and text beside the ids."""
+    return {"rating": rating, "title": "Five Stars", "text": "Works.", "images": [], "asin": asin,
+            "parent_asin": parent, "user_id": user, "timestamp": ms, "helpful_vote": 0, "verified_purchase": True}
+
+
+def test_amazon_raw_reads_the_2023_release(tmp_path):
+    """2023 files: items are products (parent_asin; a variant's review counts for its product),
+    times are milliseconds, the meta file is keyed by parent_asin and carries fields of varying
+    type (price: number, text or null). A review's `title` is the review's, never the item's."""
+    reviews = [_review_2023(f"AG{u}", "B01V" if u % 2 else "B01", "B01", 1_600_000_000_000 + 60_000 * u + 999)
+               for u in range(6)]
+    reviews += [_review_2023("AG0", "B02", "B02", 1_600_000_100_500, 3.0),
+                _review_2023("AG1", "B03", "B03", 1_600_000_200_000),  # B03's title is 21 words
+                _review_2023("AG2", "B04", "B04", 1_600_000_300_000)]  # B04 has no meta line
+    meta = [{"main_category": "Tools", "title": "Drill &amp; Bits", "price": 12.5, "features": [], "details": {},
+             "parent_asin": "B01"},
+            {"main_category": "Tools", "title": "Saw", "price": "None", "features": ["x"], "details": {"a": 1},
+             "parent_asin": "B02"},
+            {"main_category": "Tools", "title": " ".join(["word"] * 21), "price": None, "parent_asin": "B03"}]
+    (tmp_path / "Tools.jsonl.gz").write_bytes(gzip.compress("\n".join(map(json.dumps, reviews)).encode()))
+    (tmp_path / "meta_Tools.jsonl").write_text("\n".join(map(json.dumps, meta)))
+    inter, items = read_amazon_raw(tmp_path / "Tools.jsonl.gz", tmp_path / "meta_Tools.jsonl")
+    assert items.set_index("item_id")["title"].to_dict() == {"B01": "Drill & Bits", "B02": "Saw"}
+    assert inter.to_dict("list") == {
+        "user_id": [f"AG{u}" for u in range(6)] + ["AG0"],
+        "item_id": ["B01"] * 6 + ["B02"],
+        "timestamp": [1_600_000_000 + 60 * u for u in range(6)] + [1_600_000_100],
+        "rating": [5.0] * 6 + [3.0]}
+    assert inter.attrs["timestamp"] == {"column": "timestamp", "unit": "ms", "release": "2023",
+                                        "examples": ["1600000000999", "1600000060999", "1600000120999"]}
+    assert inter.attrs["dropped"] == {"amazon_title_cleaning": {"items": 1, "interactions": 1},
+                                      "amazon_without_meta": {"interactions": 1}}
+    # ingested, with the manifest saying what was read and left out
+    cfg = DataConfig(name="tools", domain="products", data_root=tmp_path, k_core=0, rating_range=(1, 5),
+                     source=SourceConfig(format="amazon_raw", path=str(tmp_path / "Tools.jsonl.gz"),
+                                         meta_path=str(tmp_path / "meta_Tools.jsonl")))
+    manifest = json.loads((ingest(cfg).path / "manifest.json").read_text())
+    assert manifest["interactions"] == 7 and manifest["timestamp"]["unit"] == "ms"
+    assert manifest["dropped"] == inter.attrs["dropped"]
+
+
+def test_amazon_raw_reads_the_2023_benchmark_csv_and_names_a_bad_line(tmp_path):
+    """The release's benchmark files (`5core/rating_only/<Category>.csv`) with its meta file; a
+    value that is no time is named by its line, as in a JSON-lines file."""
+    (tmp_path / "Tools.csv").write_text("user_id,parent_asin,rating,timestamp\n"
+                                        "AG0,B01,4.0,1600000000999\nAG1,B01,5.0,1600000060000\n")
+    (tmp_path / "meta_Tools.jsonl").write_text(json.dumps({"title": "Drill", "parent_asin": "B01"}))
+    inter, items = read_amazon_raw(tmp_path / "Tools.csv", tmp_path / "meta_Tools.jsonl")
+    assert inter.to_dict("list") == {"user_id": ["AG0", "AG1"], "item_id": ["B01", "B01"],
+                                     "timestamp": [1_600_000_000, 1_600_000_060], "rating": [4.0, 5.0]}
+    assert items.to_dict("list") == {"item_id": ["B01"], "title": ["Drill"]}
+    (tmp_path / "Tools.csv").write_text("user_id,parent_asin,rating,timestamp\nAG0,B01,4.0,1600000000999\n"
+                                        "AG1,B01,5.0,2020-09-13 12:26\n")
+    with pytest.raises(DataError, match=r"Tools.csv: column 'timestamp' has 1 value\(s\) that are not timestamps "
+                                        r"\(read as ms\), e.g. lines \[3\]"):
+        read_amazon_raw(tmp_path / "Tools.csv", tmp_path / "meta_Tools.jsonl")
+    lines = [_review_2023("AG0", "B01", "B01", 1_600_000_000_000), {**_review_2023("AG1", "B01", "B01", 0), "rating": "five"}]
+    (tmp_path / "Tools.jsonl").write_text("\n".join(map(json.dumps, lines)))
+    with pytest.raises(DataError, match=r"Tools.jsonl: column 'rating' has 1 non-numeric value\(s\), e.g. lines \[2\]"):
+        read_amazon_raw(tmp_path / "Tools.jsonl", tmp_path / "meta_Tools.jsonl")
+
+
+def test_amazon_raw_names_a_meta_file_of_the_other_release(tmp_path):
+    (tmp_path / "Tools.jsonl").write_text(json.dumps(_review_2023("AG0", "B01", "B01", 1_600_000_000_000)))
+    (tmp_path / "meta_Tools.json").write_text(json.dumps({"asin": "B01", "title": "Drill"}))  # 2018's meta
+    with pytest.raises(DataError, match=r"meta_Tools.json: its lines have no 'parent_asin' field, which the Amazon "
+                                        r"Reviews 2023 meta file keys its items by \(the reviews Tools.jsonl"):
+        read_amazon_raw(tmp_path / "Tools.jsonl", tmp_path / "meta_Tools.json")
+
+
+def test_amazon_raw_names_both_releases_for_a_file_of_neither(tmp_path):
+    (tmp_path / "Tools.jsonl").write_text(json.dumps({"user": "u", "item": "B01", "ts": 1}))
+    (tmp_path / "meta_Tools.jsonl").write_text(json.dumps({"parent_asin": "B01", "title": "Drill"}))
+    with pytest.raises(DataError, match=r"Tools.jsonl: not an Amazon Reviews file: its lines lack the user, item and "
+                                        r"time fields of either release \(2018: reviewerID, asin, unixReviewTime; "
+                                        r"2023: user_id, parent_asin, timestamp\); found \[\]"):
+        read_amazon_raw(tmp_path / "Tools.jsonl", tmp_path / "meta_Tools.jsonl")
 
 
 FIELDS = {"reviewerID": "string", "asin": "string", "overall": "float64", "unixReviewTime": "int64"}
