@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.errors import ConfigError
 
@@ -104,7 +104,8 @@ class DataConfig(_Strict):
         description="Folders, besides data_root, that sources may be read from. A source path "
         "outside all of them is refused (no reading arbitrary files from a config).",
     )
-    window_start: datetime | None = Field(None, description="Keep interactions at or after this time.")
+    window_start: datetime | None = Field(None, description="Keep interactions at or after this time "
+                                          "(a time without an offset is UTC, here and in every time field).")
     window_end: datetime | None = Field(None, description="Keep interactions before this time.")
     as_of: datetime | Literal["now"] | None = Field(
         None, description="See the data as it was at this time: only interactions before it are "
@@ -151,6 +152,14 @@ class DataConfig(_Strict):
         "them; drop keeps the last one read (parts in name order, rows in file order: a later "
         "export corrects an earlier one) with a warning.",
     )
+
+    @field_validator("window_start", "window_end", "as_of", "min_timestamp", "max_timestamp")
+    @classmethod
+    def _naive_time_is_utc(cls, value: object) -> object:
+        """A time without an offset ("2017-10-01") is UTC, as in the data (readers.to_int_timestamps):
+        read in the machine's own zone, one profile would cut another window on a laptop in Berlin
+        than on a UTC server, under another fingerprint."""
+        return value.replace(tzinfo=UTC) if isinstance(value, datetime) and value.tzinfo is None else value
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

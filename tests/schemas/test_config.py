@@ -137,3 +137,24 @@ def test_ranked_prompts_are_cut_to_the_training_cutoff_len():
 
     cfg = PipelineConfig.model_validate({"train": {"cutoff_len": 300}})
     assert {ranking_settings(cfg, m).cutoff_len for m in ("constrained", "grounding")} == {300}
+
+
+def test_a_time_without_an_offset_is_utc_whatever_the_machine_zone(monkeypatch):
+    """The same profile cuts the same window on a laptop in New York as on a UTC server: before,
+    a naive window_start was read in the machine's zone (4 hours later in New York)."""
+    import time
+
+    from schemas.config import DataConfig
+    from tasks.settings import sequence_settings
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        data = DataConfig(window_start="2017-10-01", window_end="2018-11-01 12:00", max_timestamp="2030-01-01",
+                          as_of="2018-06-01T00:00:00+02:00")
+        settings = sequence_settings(data)
+        assert (settings.window_start, settings.window_end) == (1_506_816_000, 1_541_073_600)
+        assert data.timestamp_bounds()[1] == 1_893_456_000 and data.as_of_seconds() == 1_527_804_000  # (offset kept)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
