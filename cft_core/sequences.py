@@ -1,6 +1,7 @@
 """Behaviour sequences, D3-style (cft-method.md, section 4): interactions -> instruction records.
 
-1. keep interactions in the time window, of items with a title;
+1. keep interactions in the time window, of items with a title (D3 widens the window a year at
+   a time until its k-core keeps 10,000 items: `widened_window_start`, when a profile asks);
 2. iterative k-core: drop users and items with fewer than k interactions until none is left;
 3. dense item ids 0..N-1 after a seeded shuffle (the catalogue);
 4. per user, sort by time; every position i >= 1 gives a sample: history = the previous
@@ -16,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -71,6 +73,41 @@ def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:
         if keep.all():
             return inter.iloc[rows] if len(rows) < len(inter) else inter
         rows = rows[keep]
+
+
+def core_of_window(inter: pd.DataFrame, titled: pd.Index, start: int | None, end: int | None, k: int) -> pd.DataFrame:
+    """Steps 1 and 2: the interactions in [start, end) of items in `titled` (those with a title),
+    then their iterative k-core. inter: user_id, item_id, timestamp (unix seconds)."""
+    df = inter[["user_id", "item_id", "timestamp"]]
+    if start is not None:
+        df = df[df["timestamp"] >= start]
+    if end is not None:
+        df = df[df["timestamp"] < end]
+    return k_core(df[df["item_id"].isin(titled)], k)
+
+
+def year_before(t: int) -> int:
+    """The same calendar time a year earlier, UTC (29 February -> 28 February)."""
+    moment = datetime.fromtimestamp(t, UTC)
+    day = min(moment.day, 28) if (moment.month, moment.day) == (2, 29) else moment.day
+    return int(moment.replace(year=moment.year - 1, day=day).timestamp())
+
+
+def widened_window_start(inter: pd.DataFrame, titled: pd.Index, s: SequenceSettings, min_items: int) -> int:
+    """D3 step 1 (cft-method.md, section 4): the window's start moved back a calendar year at a
+    time from `s.window_start` until the window's k-core (`core_of_window`) keeps at least
+    `min_items` items, or the window starts before the first interaction (then it holds all the
+    data there is before its end; D3 gives up at 1996, the data's first year). D3 starts at
+    2017-10-01 with `s.window_end` 2018-11-01 and asks 10,000 items. `s.window_start` itself when
+    its window already keeps that many."""
+    if s.window_start is None:
+        raise ValueError("widening a window needs its start")
+    first = int(inter["timestamp"].min())
+    start = s.window_start
+    while len(pd.unique(core_of_window(inter, titled, start, s.window_end, s.k_core)["item_id"])) < min_items \
+            and start > first:
+        start = year_before(start)
+    return start
 
 
 def build_catalogue(item_ids: pd.Series | np.ndarray, titles: pd.Series, seed: int) -> pd.DataFrame:
@@ -169,14 +206,8 @@ def plan_records(inter: pd.DataFrame, items: pd.DataFrame, s: SequenceSettings) 
     when its batch is, so a capped split of a large log costs what it keeps, and no column of
     one Python string per interaction is ever made.
     """
-    df = inter[["user_id", "item_id", "timestamp"]]
-    if s.window_start is not None:
-        df = df[df["timestamp"] >= s.window_start]
-    if s.window_end is not None:
-        df = df[df["timestamp"] < s.window_end]
     titles = items.drop_duplicates("item_id").set_index("item_id")["title"]
-    df = df[df["item_id"].isin(titles.index)]
-    df = k_core(df, s.k_core)
+    df = core_of_window(inter, titles.index, s.window_start, s.window_end, s.k_core)
     if df.empty:
         raise NoRecordsError(f"no interactions left after the time window and {s.k_core}-core filtering")
 

@@ -119,6 +119,12 @@ class DataConfig(_Strict):
         "`12w`, `36h`; None: all of it. Anchored at the newest interaction (not at as_of), so a "
         "run with no new interactions sees exactly the rows of the run before and reuses it.",
     )
+    window_min_items: int | None = Field(
+        None, ge=1, description="D3 step 1: widen the window until its k-core keeps at least this many "
+        "items, moving its start (window_start, or train_window's) back a calendar year at a time, "
+        "or until it holds all the data before its end. D3 asks 10000 from window_start "
+        "2017-10-01, window_end 2018-11-01 on Amazon Reviews 2018. None: the window as set.",
+    )
     k_core: int = Field(5, ge=0, description="Iterative k-core on users and items (0 or 1: off). D3 uses 5.")
     max_history: int = Field(10, ge=1, le=50, description="History length: the last <= N items (reference 10).")
     split: Literal["chronological", "leave_one_out"] = Field(
@@ -172,6 +178,9 @@ class DataConfig(_Strict):
             raise ValueError(f"max_samples caps must be at least 1, got {bad_caps}")
         if self.data_root.exists() and not self.data_root.is_dir():
             raise ValueError(f"data_root {self.data_root} is a file, not a folder")
+        if self.window_min_items is not None and self.window_start is None and self.train_window is None:
+            raise ValueError("window_min_items widens a window back from its start: set window_start "
+                             "(D3: 2017-10-01) or train_window too")
         if self.source.format not in ("recbole_package", "synthetic") and not self.source.path:
             raise ValueError(f"source.path is required for source.format={self.source.format!r}")
         return self

@@ -12,6 +12,7 @@ A failed validation writes its report and raises; nothing downstream is written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import zipfile
@@ -27,7 +28,9 @@ from cft_core.sequences import (
     SPLITS,
     NoRecordsError,
     SequenceSettings,
+    core_of_window,
     plan_records,
+    widened_window_start,
 )
 from schemas import tables
 from schemas.config import DataConfig
@@ -334,8 +337,25 @@ def sequences_target(ingested: StageOutput, cfg: DataConfig) -> tuple[Path, str,
     settings, whose window is anchored at the newest interaction seen, so moving `as_of` over a
     stretch with no new interactions names the same folder."""
     settings = sequence_settings(cfg, newest_seen(ingested.path, cfg))
+    if cfg.window_min_items is not None:  # (keyed by the start it finds: the same window, the same folder)
+        settings = dataclasses.replace(settings, window_start=widened_start(ingested.path, cfg, settings))
     fp = fingerprint({"ingested": ingested.fingerprint, "settings": settings.__dict__})
     return cfg.data_root / "sequences" / f"{cfg.name}-{fp}", fp, settings
+
+
+def widened_start(ingested: Path, cfg: DataConfig, settings: SequenceSettings) -> int:
+    """`data.window_min_items`: the window's start moved back a year at a time until its k-core
+    keeps that many items (`cft_core.sequences.widened_window_start`), said in the log."""
+    inter = pq.read_table(ingested / "interactions.parquet", columns=["user_id", "item_id", "timestamp"]).to_pandas()
+    titled = pd.Index(pq.read_table(ingested / "items.parquet", columns=["item_id"]).column(0).to_pandas())
+    start = widened_window_start(inter, titled, settings, cfg.window_min_items)
+    if start != settings.window_start:
+        items = pd.unique(core_of_window(inter, titled, start, settings.window_end, settings.k_core)["item_id"])
+        when = pd.Timestamp(start, unit="s", tz="UTC")
+        log.info("%s: data.window_min_items=%d: the window starts at %s, where its %d-core keeps %d items%s", cfg.name,
+                 cfg.window_min_items, when, settings.k_core, len(items),
+                 "" if len(items) >= cfg.window_min_items else " (all the data there is)")
+    return start
 
 
 def build_sequences(ingested: StageOutput, cfg: DataConfig) -> StageOutput:

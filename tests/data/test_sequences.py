@@ -162,3 +162,65 @@ def test_dictionary_codes_name_each_row_by_one_dictionary():
         assert [values[int(i)].as_py() for i in codes] == rows
     values, codes = dictionary_codes(pa.chunked_array([], pa.string()))
     assert len(values) == 0 and codes.dtype == np.int64 and codes.size == 0
+
+
+def _utc(text: str) -> int:
+    return int(pd.Timestamp(text, tz="UTC").timestamp())
+
+
+# Three years of a shop, each adding two users who both bought two new items; with k_core 2 the
+# window from 2018-10-01 keeps a and b, a year wider c and d too, two years wider e and f. Item x
+# has no title, so it never counts. The data begin at 2017-03-01.
+WIDENING = _inter([("u1", "a", _utc("2019-01-05")), ("u1", "b", _utc("2019-02-05")),
+                   ("u2", "a", _utc("2019-03-05")), ("u2", "b", _utc("2019-04-05")),
+                   ("u3", "c", _utc("2018-01-05")), ("u3", "d", _utc("2018-02-05")),
+                   ("u4", "c", _utc("2018-03-05")), ("u4", "d", _utc("2018-04-05")),
+                   ("u3", "x", _utc("2018-05-05")), ("u4", "x", _utc("2018-05-06")),
+                   ("u5", "e", _utc("2017-03-01")), ("u5", "f", _utc("2017-04-05")),
+                   ("u6", "e", _utc("2017-05-05")), ("u6", "f", _utc("2017-06-05"))])
+
+
+@pytest.mark.parametrize(("min_items", "start"), [(2, "2018-10-01"), (3, "2017-10-01"), (4, "2017-10-01"),
+                                                  (6, "2016-10-01"), (7, "2016-10-01")])
+def test_the_window_widens_a_year_at_a_time_until_its_core_keeps_enough_items(min_items, start):
+    """D3 step 1 by hand: a year back at a time, counted after the k-core, items without a title
+    left out; 7 items are never there, so it stops once the window holds the data's start."""
+    from cft_core.sequences import widened_window_start
+
+    s = settings(k_core=2, window_start="2018-10-01", window_end="2019-10-01")
+    assert widened_window_start(WIDENING, pd.Index(list("abcdef")), s, min_items) == _utc(start)
+
+
+def test_a_year_before_29_february_is_28_february():
+    from cft_core.sequences import year_before
+
+    assert year_before(_utc("2020-02-29 13:00")) == _utc("2019-02-28 13:00")
+    assert year_before(_utc("2018-10-01")) == _utc("2017-10-01")
+
+
+def test_prepare_builds_the_widened_window_as_the_window_set_there(tmp_path):
+    """`data.window_min_items` builds the window it finds, under the fingerprint of a profile that
+    sets that start itself (the same window, the same folder); without it there are too few rows."""
+    from schemas.config import SourceConfig
+    from schemas.errors import DataError
+    from tasks.data import prepare
+
+    WIDENING[WIDENING["item_id"] != "x"].to_csv(tmp_path / "log.csv", index=False)
+    (tmp_path / "items.csv").write_text("item_id,title\n" + "".join(f"{i},Item {i.upper()}\n" for i in "abcdef"))
+
+    def cfg(**fields):
+        return DataConfig(name="shop", data_root=tmp_path / "data", input_roots=[tmp_path], k_core=2,
+                          window_end="2019-10-01", source=SourceConfig(
+            format="generic", path=str(tmp_path / "log.csv"), items_path=str(tmp_path / "items.csv")), **fields)
+
+    with pytest.raises(DataError, match=r"the valid split\(s\) have no samples: 4 interactions of 2 users"):
+        prepare(cfg(window_start="2018-10-01"))
+    _, widened, manifest = prepare(cfg(window_start="2018-10-01", window_min_items=6))
+    assert manifest["settings"]["window_start"] == _utc("2016-10-01") and manifest["stats"]["items"] == 6
+    _, as_set, _ = prepare(cfg(window_start="2016-10-01"))
+    assert as_set.fingerprint == widened.fingerprint and as_set.reused
+
+
+def test_window_min_items_needs_a_start_to_widen():
+    with pytest.raises(ValueError, match="window_min_items widens a window back from its start"):
+        DataConfig(window_min_items=10000)
