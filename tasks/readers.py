@@ -552,6 +552,7 @@ def read_amazon_raw(reviews_path: Path, meta_path: Path) -> tuple[pd.DataFrame, 
     reviews, first_line = _amazon_reviews(reviews_path)
     release = _amazon_release(reviews, reviews_path)
     user, item, time, rating = AMAZON_RELEASES[release]["fields"]
+    _refuse_incomplete_rows(reviews, [user, item, time], reviews_path, first_line)
     key = AMAZON_RELEASES[release]["meta_key"]
     meta = _json_lines(meta_path, {key: "string", "title": "string"})
     if key not in meta:
@@ -561,16 +562,16 @@ def read_amazon_raw(reviews_path: Path, meta_path: Path) -> tuple[pd.DataFrame, 
     titled = meta.assign(title=meta["title"].map(clean_amazon_title)).dropna(subset=["title"])
     untitled = set(meta[key].dropna()) - set(titled[key])
     meta = titled.drop_duplicates(key)
-    kept = reviews[item].isin(meta[key])
-    dropped = {"amazon_title_cleaning": {"items": len(untitled), "interactions": int(reviews[item].isin(untitled).sum())},
-               "amazon_without_meta": {"interactions": int((~kept & ~reviews[item].isin(untitled)).sum())}}
-    if not kept.all():
+    of_untitled = reviews[item].isin(untitled)
+    without_meta = ~of_untitled & ~reviews[item].isin(meta[key])
+    dropped = {"amazon_title_cleaning": {"items": len(untitled), "interactions": int(of_untitled.sum())},
+               "amazon_without_meta": {"interactions": int(without_meta.sum())}}
+    if of_untitled.any() or without_meta.any():
         log.warning("%s: dropping %d of %d reviews: %d of %d items' titles fail D3's cleaning (empty, one character, "
                     "over 20 words or HTML; %d reviews), and %d reviews are of items %s lacks",
-                    reviews_path, int((~kept).sum()), len(reviews), len(untitled), meta[key].nunique() + len(untitled),
-                    dropped["amazon_title_cleaning"]["interactions"], dropped["amazon_without_meta"]["interactions"],
-                    meta_path.name)
-    reviews = reviews[kept]
+                    reviews_path, int((of_untitled | without_meta).sum()), len(reviews), len(untitled),
+                    meta[key].nunique() + len(untitled), int(of_untitled.sum()), int(without_meta.sum()), meta_path.name)
+    reviews = reviews[~of_untitled & ~without_meta]
     timestamps, unit = to_int_timestamps(reviews[time], reviews_path, time, AMAZON_RELEASES[release]["unit"], first_line)
     interactions = pd.DataFrame(
         {

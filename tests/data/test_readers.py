@@ -202,6 +202,12 @@ def test_amazon_raw_reads_the_2023_benchmark_csv_and_names_a_bad_line(tmp_path):
     (tmp_path / "Tools.jsonl").write_text("\n".join(map(json.dumps, lines)))
     with pytest.raises(DataError, match=r"Tools.jsonl: column 'rating' has 1 non-numeric value\(s\), e.g. lines \[2\]"):
         read_amazon_raw(tmp_path / "Tools.jsonl", tmp_path / "meta_Tools.jsonl")
+    lines = [{k: v for k, v in _review_2023("AG0", "B01", "B01", 1).items() if k != "parent_asin"},
+             _review_2023("AG1", "B01", "B01", 1_600_000_000_000)]
+    (tmp_path / "Tools.jsonl").write_text("\n".join(map(json.dumps, lines)))
+    with pytest.raises(DataError, match=r"Tools.jsonl: 1 row\(s\) without a value in \['user_id', 'parent_asin', "
+                                        r"'timestamp'\], e.g. lines \[1\]; the first: \{'user_id': 'AG0', 'parent_asin': None"):
+        read_amazon_raw(tmp_path / "Tools.jsonl", tmp_path / "meta_Tools.jsonl")
 
 
 def test_amazon_raw_names_a_meta_file_of_the_other_release(tmp_path):
