@@ -59,6 +59,19 @@ class SequenceSettings:
     max_samples: tuple[tuple[str, int], ...]  # ((split, cap), ...)
 
 
+def core_rows(users: np.ndarray, items: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """The iterative k-core of `rows` (indices into the integer codes `users` and `items`, one per
+    interaction): the rows left once no user and no item has fewer than k of them, in their order."""
+    if k <= 1:
+        return rows
+    while True:
+        u, i = users[rows], items[rows]
+        keep = (np.bincount(u)[u] >= k) & (np.bincount(i)[i] >= k)
+        if keep.all():
+            return rows
+        rows = rows[keep]
+
+
 def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:
     """Iteratively keep users and items with at least k interactions each (rows in their order).
     Counted on integer codes (np.bincount), the rows filtered once at the end."""
@@ -66,13 +79,8 @@ def k_core(inter: pd.DataFrame, k: int) -> pd.DataFrame:
         return inter
     users = pd.factorize(inter["user_id"], use_na_sentinel=False)[0]
     items = pd.factorize(inter["item_id"], use_na_sentinel=False)[0]
-    rows = np.arange(len(inter))
-    while True:
-        u, i = users[rows], items[rows]
-        keep = (np.bincount(u)[u] >= k) & (np.bincount(i)[i] >= k)
-        if keep.all():
-            return inter.iloc[rows] if len(rows) < len(inter) else inter
-        rows = rows[keep]
+    rows = core_rows(users, items, np.arange(len(inter)), k)
+    return inter.iloc[rows] if len(rows) < len(inter) else inter
 
 
 def core_of_window(inter: pd.DataFrame, titled: pd.Index, start: int | None, end: int | None, k: int) -> pd.DataFrame:
@@ -93,21 +101,33 @@ def year_before(t: int) -> int:
     return int(moment.replace(year=moment.year - 1, day=day).timestamp())
 
 
-def widened_window_start(inter: pd.DataFrame, titled: pd.Index, s: SequenceSettings, min_items: int) -> int:
+def widened_window_start(inter: pd.DataFrame, titled: pd.Index, s: SequenceSettings, min_items: int) -> tuple[int, int]:
     """D3 step 1 (cft-method.md, section 4): the window's start moved back a calendar year at a
-    time from `s.window_start` until the window's k-core (`core_of_window`) keeps at least
-    `min_items` items, or the window starts before the first interaction (then it holds all the
-    data there is before its end; D3 gives up at 1996, the data's first year). D3 starts at
-    2017-10-01 with `s.window_end` 2018-11-01 and asks 10,000 items. `s.window_start` itself when
-    its window already keeps that many."""
+    time from `s.window_start` until the window's k-core (`core_of_window`'s) keeps at least
+    `min_items` items, or the window starts at or before the first titled interaction before its
+    end (it then holds all the data there is; D3 gives up at 1996, the data's first year). D3
+    starts at 2017-10-01 with `s.window_end` 2018-11-01 and asks 10,000 items. Returns (the start,
+    the items its window's k-core keeps): `s.window_start` itself when its window keeps enough.
+
+    The ids are coded once and each year's window is a mask of the times: 12 years back on a
+    10M-row log took 4.4-4.7 s, where a `core_of_window` per year took 26.8-27.7 s (2 interleaved
+    pairs, 5.9x and 6.0x, 2026-12-06)."""
     if s.window_start is None:
         raise ValueError("widening a window needs its start")
-    first = int(inter["timestamp"].min())
+    users = pd.factorize(inter["user_id"], use_na_sentinel=False)[0]
+    items, item_ids = pd.factorize(inter["item_id"], use_na_sentinel=False)
+    ts = inter["timestamp"].to_numpy(dtype=np.int64)
+    in_play = pd.Index(item_ids).isin(titled)[items]
+    if s.window_end is not None:
+        in_play &= ts < s.window_end
+    first = int(ts[in_play].min()) if in_play.any() else s.window_start
     start = s.window_start
-    while len(pd.unique(core_of_window(inter, titled, start, s.window_end, s.k_core)["item_id"])) < min_items \
-            and start > first:
+    while True:
+        rows = core_rows(users, items, np.flatnonzero(in_play & (ts >= start)), s.k_core)
+        kept = int(np.count_nonzero(np.bincount(items[rows], minlength=len(item_ids))))
+        if kept >= min_items or start <= first:
+            return start, kept
         start = year_before(start)
-    return start
 
 
 def build_catalogue(item_ids: pd.Series | np.ndarray, titles: pd.Series, seed: int) -> pd.DataFrame:

@@ -3,7 +3,8 @@
 Plain functions, usable without Prefect (`cft data prepare`); the flow wraps them as tasks.
 Outputs live under `<data_root>/` in folders named by a fingerprint of inputs and settings:
 
-    ingested/<name>-<fp>/   interactions.parquet, items.parquet, manifest.json, validation.json
+    ingested/<name>-<fp>/   interactions.parquet, items.parquet, manifest.json, validation.json,
+                            windows/<key>.json (data.window_min_items' starts found in it)
     sequences/<name>-<fp>/  train/valid/test.parquet, catalogue.parquet, manifest.json,
                             validation.json
     reports/                validation reports of record building (also kept on failure)
@@ -28,7 +29,6 @@ from cft_core.sequences import (
     SPLITS,
     NoRecordsError,
     SequenceSettings,
-    core_of_window,
     plan_records,
     widened_window_start,
 )
@@ -345,16 +345,20 @@ def sequences_target(ingested: StageOutput, cfg: DataConfig) -> tuple[Path, str,
 
 def widened_start(ingested: Path, cfg: DataConfig, settings: SequenceSettings) -> int:
     """`data.window_min_items`: the window's start moved back a year at a time until its k-core
-    keeps that many items (`cft_core.sequences.widened_window_start`), said in the log."""
+    keeps that many items (`cft_core.sequences.widened_window_start`), said in the log. Kept
+    beside the ingested tables it was found in (`windows/<key>.json`), so an unchanged run does
+    not read and count them again only to name its sequences folder."""
+    memo = ingested / "windows" / f"{fingerprint({'settings': settings.__dict__, 'min_items': cfg.window_min_items})}.json"
+    if memo.is_file():
+        return int(json.loads(memo.read_text())["window_start"])
     inter = pq.read_table(ingested / "interactions.parquet", columns=["user_id", "item_id", "timestamp"]).to_pandas()
     titled = pd.Index(pq.read_table(ingested / "items.parquet", columns=["item_id"]).column(0).to_pandas())
-    start = widened_window_start(inter, titled, settings, cfg.window_min_items)
-    if start != settings.window_start:
-        items = pd.unique(core_of_window(inter, titled, start, settings.window_end, settings.k_core)["item_id"])
-        when = pd.Timestamp(start, unit="s", tz="UTC")
-        log.info("%s: data.window_min_items=%d: the window starts at %s, where its %d-core keeps %d items%s", cfg.name,
-                 cfg.window_min_items, when, settings.k_core, len(items),
-                 "" if len(items) >= cfg.window_min_items else " (all the data there is)")
+    start, items = widened_window_start(inter, titled, settings, cfg.window_min_items)
+    log.info("%s: data.window_min_items=%d: the window starts at %s, where its %d-core keeps %d items%s", cfg.name,
+             cfg.window_min_items, pd.Timestamp(start, unit="s", tz="UTC"), settings.k_core, items,
+             "" if items >= cfg.window_min_items else " (all the data there is)")
+    memo.parent.mkdir(exist_ok=True)
+    write_json_atomic(memo, {"window_start": start, "items": items, "min_items": cfg.window_min_items})
     return start
 
 

@@ -1,5 +1,7 @@
 """Sequence building on hand-made interactions: exact records, k-core, splits."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -180,15 +182,18 @@ WIDENING = _inter([("u1", "a", _utc("2019-01-05")), ("u1", "b", _utc("2019-02-05
                    ("u6", "e", _utc("2017-05-05")), ("u6", "f", _utc("2017-06-05"))])
 
 
-@pytest.mark.parametrize(("min_items", "start"), [(2, "2018-10-01"), (3, "2017-10-01"), (4, "2017-10-01"),
-                                                  (6, "2016-10-01"), (7, "2016-10-01")])
-def test_the_window_widens_a_year_at_a_time_until_its_core_keeps_enough_items(min_items, start):
+@pytest.mark.parametrize(("min_items", "start", "kept"), [(2, "2018-10-01", 2), (3, "2017-10-01", 4),
+                                                          (4, "2017-10-01", 4), (6, "2016-10-01", 6),
+                                                          (7, "2016-10-01", 6)])
+def test_the_window_widens_a_year_at_a_time_until_its_core_keeps_enough_items(min_items, start, kept):
     """D3 step 1 by hand: a year back at a time, counted after the k-core, items without a title
     left out; 7 items are never there, so it stops once the window holds the data's start."""
-    from cft_core.sequences import widened_window_start
+    from cft_core.sequences import core_of_window, widened_window_start
 
     s = settings(k_core=2, window_start="2018-10-01", window_end="2019-10-01")
-    assert widened_window_start(WIDENING, pd.Index(list("abcdef")), s, min_items) == _utc(start)
+    titled = pd.Index(list("abcdef"))
+    assert widened_window_start(WIDENING, titled, s, min_items) == (_utc(start), kept)
+    assert core_of_window(WIDENING, titled, _utc(start), s.window_end, 2)["item_id"].nunique() == kept
 
 
 def test_a_year_before_29_february_is_28_february():
@@ -215,10 +220,16 @@ def test_prepare_builds_the_widened_window_as_the_window_set_there(tmp_path):
 
     with pytest.raises(DataError, match=r"the valid split\(s\) have no samples: 4 interactions of 2 users"):
         prepare(cfg(window_start="2018-10-01"))
-    _, widened, manifest = prepare(cfg(window_start="2018-10-01", window_min_items=6))
+    ingested, widened, manifest = prepare(cfg(window_start="2018-10-01", window_min_items=6))
     assert manifest["settings"]["window_start"] == _utc("2016-10-01") and manifest["stats"]["items"] == 6
     _, as_set, _ = prepare(cfg(window_start="2016-10-01"))
     assert as_set.fingerprint == widened.fingerprint and as_set.reused
+    # the start found is kept beside the ingested tables: a run again does not count them again
+    (memo,) = (ingested.path / "windows").iterdir()
+    assert json.loads(memo.read_text()) == {"window_start": _utc("2016-10-01"), "items": 6, "min_items": 6}
+    memo.write_text(json.dumps({"window_start": _utc("2018-10-01")}))  # (what it reads, not counts, names the folder)
+    with pytest.raises(DataError, match=r"the valid split\(s\) have no samples"):
+        prepare(cfg(window_start="2018-10-01", window_min_items=6))
 
 
 def test_window_min_items_needs_a_start_to_widen():
