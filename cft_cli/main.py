@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -92,7 +93,10 @@ def _summary(manifest: dict, seq_path: Path, reused: bool) -> Table:
     s = manifest["stats"]
     values = [f"{v:,}" for v in (s["users"], s["items"], s["interactions"], s["samples_train"],
                                  s["samples_valid"], s["samples_test"])] + [f"{s['mean_history_train']:.2f}"]
-    t = Table(title=f"sequences: {seq_path}" + (" (reused)" if reused else ""))
+    window = [manifest.get("settings", {}).get(end) for end in ("window_start", "window_end")]
+    caption = None if window == [None, None] else "window: " + " to ".join(
+        "..." if t is None else f"{datetime.fromtimestamp(t, UTC):%Y-%m-%d %H:%M} UTC" for t in window)
+    t = Table(title=f"sequences: {seq_path}" + (" (reused)" if reused else ""), caption=caption)
     for col, value in zip(("users", "items", "interactions", "train", "valid", "test", "mean history (train)"),
                           values, strict=True):
         t.add_column(col, justify="right", min_width=len(value))  # a narrow terminal wraps names, never cuts numbers

@@ -350,16 +350,22 @@ def widened_start(ingested: Path, cfg: DataConfig, settings: SequenceSettings) -
     not read and count them again only to name its sequences folder."""
     memo = ingested / "windows" / f"{fingerprint({'settings': settings.__dict__, 'min_items': cfg.window_min_items})}.json"
     if memo.is_file():
-        return int(json.loads(memo.read_text())["window_start"])
-    inter = pq.read_table(ingested / "interactions.parquet", columns=["user_id", "item_id", "timestamp"]).to_pandas()
-    titled = pd.Index(pq.read_table(ingested / "items.parquet", columns=["item_id"]).column(0).to_pandas())
-    start, items = widened_window_start(inter, titled, settings, cfg.window_min_items)
-    log.info("%s: data.window_min_items=%d: the window starts at %s, where its %d-core keeps %d items%s", cfg.name,
-             cfg.window_min_items, pd.Timestamp(start, unit="s", tz="UTC"), settings.k_core, items,
-             "" if items >= cfg.window_min_items else " (all the data there is)")
-    memo.parent.mkdir(exist_ok=True)
-    write_json_atomic(memo, {"window_start": start, "items": items, "min_items": cfg.window_min_items})
-    return start
+        found = json.loads(memo.read_text())
+    else:
+        inter = pq.read_table(ingested / "interactions.parquet", columns=["user_id", "item_id", "timestamp"]).to_pandas()
+        titled = pd.Index(pq.read_table(ingested / "items.parquet", columns=["item_id"]).column(0).to_pandas())
+        start, items = widened_window_start(inter, titled, settings, cfg.window_min_items)
+        found = {"window_start": start, "items": items, "min_items": cfg.window_min_items}
+        memo.parent.mkdir(exist_ok=True)
+        write_json_atomic(memo, found)
+    said = ("%s: data.window_min_items=%d: the window starts at %s, where its %d-core keeps %d items",
+            cfg.name, cfg.window_min_items, pd.Timestamp(found["window_start"], unit="s", tz="UTC"), settings.k_core,
+            found["items"])
+    if found["items"] < cfg.window_min_items:  # (asked for, and not there: say so each time)
+        log.warning(said[0] + "; it holds all the data before its end, and no more items", *said[1:])
+    else:
+        log.info(*said)
+    return int(found["window_start"])
 
 
 def build_sequences(ingested: StageOutput, cfg: DataConfig) -> StageOutput:

@@ -71,3 +71,17 @@ def test_the_summary_never_cuts_a_number_short():
     Console(file=out, width=80).print(_summary({"stats": stats}, Path("/data/sequences/ml-25m-0123456789abcdef"), False))
     for number in ("166,667", "59,995", "24,999,980", "19,866,652", "2,483,331", "2,483,332", "9.62"):
         assert number in out.getvalue()
+
+
+def test_prepare_says_the_window_it_widened_to(tmp_path):
+    """ML-100K from 1997-12-01 holds fewer than its 1,349 items: `window_min_items` moves the start
+    a year back, to before the data's first rating, and the summary says the window it built."""
+    res = CliRunner().invoke(app, ["data", "prepare", "-c", str(ROOT / "configs/smoke.yaml"),
+                                   "--set", f"data.data_root={tmp_path}", "--set", "data.window_start=1997-12-01",
+                                   "--set", "data.window_min_items=1349"])
+    assert res.exit_code == 0, res.output
+    assert "│   943 │ 1,349 │       99,287 │" in res.output and "window: 1996-12-01 00:00 UTC to ..." in res.output
+    res = CliRunner().invoke(app, ["data", "prepare", "-c", str(ROOT / "configs/smoke.yaml"),
+                                   "--set", f"data.data_root={tmp_path}", "--set", "data.window_start=1997-12-01"])
+    assert res.exit_code == 0, res.output
+    assert "│   643 │ 1,237 │       58,139 │" in res.output and "window: 1997-12-01 00:00 UTC to ..." in res.output

@@ -227,9 +227,25 @@ def test_prepare_builds_the_widened_window_as_the_window_set_there(tmp_path):
     # the start found is kept beside the ingested tables: a run again does not count them again
     (memo,) = (ingested.path / "windows").iterdir()
     assert json.loads(memo.read_text()) == {"window_start": _utc("2016-10-01"), "items": 6, "min_items": 6}
-    memo.write_text(json.dumps({"window_start": _utc("2018-10-01")}))  # (what it reads, not counts, names the folder)
+    memo.write_text(json.dumps({"window_start": _utc("2018-10-01"), "items": 6, "min_items": 6}))  # (read, not counted)
     with pytest.raises(DataError, match=r"the valid split\(s\) have no samples"):
         prepare(cfg(window_start="2018-10-01", window_min_items=6))
+
+
+def test_a_window_that_cannot_keep_enough_items_is_said_each_time(tmp_path, caplog):
+    from schemas.config import SourceConfig
+    from tasks.data import prepare
+
+    WIDENING[WIDENING["item_id"] != "x"].to_csv(tmp_path / "log.csv", index=False)
+    (tmp_path / "items.csv").write_text("item_id,title\n" + "".join(f"{i},Item {i.upper()}\n" for i in "abcdef"))
+    cfg = DataConfig(name="shop", data_root=tmp_path / "data", input_roots=[tmp_path], k_core=2,
+                     window_start="2018-10-01", window_min_items=7, source=SourceConfig(
+                         format="generic", path=str(tmp_path / "log.csv"), items_path=str(tmp_path / "items.csv")))
+    for _ in range(2):  # (the second time from what the first kept)
+        caplog.clear()
+        prepare(cfg)
+        assert ("data.window_min_items=7: the window starts at 2016-10-01 00:00:00+00:00, where its 2-core keeps 6 "
+                "items; it holds all the data before its end, and no more items") in caplog.text
 
 
 def test_window_min_items_needs_a_start_to_widen():
