@@ -158,6 +158,13 @@ class DataConfig(_Strict):
         "them; drop keeps the last one read (parts in name order, rows in file order: a later "
         "export corrects an earlier one) with a warning.",
     )
+    repeat_interactions: Literal["keep", "first"] = Field(
+        "keep", description="A user's interactions with an item they had before (a re-purchase, a "
+        "second review; in the Amazon Reviews 2023 release also a review of another variant of one "
+        "product): keep every one (D3); first leaves out those after the first time the user had the "
+        "item, as the 2023 release's benchmark files do (rows at that first time all stay: two "
+        "of them are a duplicate, duplicate_interactions' to decide).",
+    )
 
     @field_validator("window_start", "window_end", "as_of", "min_timestamp", "max_timestamp")
     @classmethod

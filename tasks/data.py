@@ -203,9 +203,11 @@ def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
 
 
 def cleaning_drops(cfg: DataConfig) -> list[str]:
-    """The data settings set to drop what is otherwise an error (`empty_titles`, `unknown_items`,
-    `duplicate_interactions`): they decide the ingested rows, so they join the ingest key."""
-    return [name for name in ("empty_titles", "unknown_items", "duplicate_interactions") if getattr(cfg, name) == "drop"]
+    """The data settings set to drop rows the defaults keep or refuse (`empty_titles`,
+    `unknown_items`, `duplicate_interactions`: drop; `repeat_interactions`: first): they decide the
+    ingested rows, so they join the ingest key."""
+    return [name for name in ("empty_titles", "unknown_items", "duplicate_interactions") if getattr(cfg, name) == "drop"] \
+        + (["repeat_interactions"] if cfg.repeat_interactions == "first" else [])
 
 
 def ingest(cfg: DataConfig) -> StageOutput:
@@ -245,6 +247,15 @@ def ingest(cfg: DataConfig) -> StageOutput:
                     f"; {rerated} of them with another rating than the kept row" if rerated else "")
         dropped["duplicate_interactions"] = {"interactions": int(repeated.sum()), "other_rating": rerated}
         interactions = interactions[~repeated]
+    if cfg.repeat_interactions == "first":  # a user's interactions with an item after the first time they had it
+        # (rows at that first time all stay: two of them are a duplicate, `duplicate_interactions`' to decide)
+        first = interactions.groupby(["user_id", "item_id"], sort=False)["timestamp"].transform("min")
+        later = (interactions["timestamp"] > first).to_numpy(dtype=bool, na_value=False)
+        if later.any():
+            log.info("%s: leaving out %d interaction(s) with an item the user had before (repeat_interactions: first)",
+                     cfg.name, int(later.sum()))
+            dropped["repeat_interactions"] = {"interactions": int(later.sum())}
+            interactions = interactions[~later]
     inter_t = _to_arrow(interactions, tables.INTERACTIONS, "interactions")
     items_t = _to_arrow(items, tables.ITEMS, "items")
     with atomic_dir(out) as tmp:

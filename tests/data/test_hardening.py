@@ -330,3 +330,26 @@ def test_a_placeholder_title_is_a_warning_and_never_recommended(tmp_path):
     assert cat.never == [placeholder] and cat.resolve(["unknown"]).rows == [placeholder]  # still a history item
     ranked = popularity_ranking([100] * len(catalogue), 1, len(catalogue), never=cat.never).rows[0]
     assert placeholder not in ranked.tolist()
+
+
+def test_repeat_interactions_first_keeps_each_users_first_interaction_with_an_item(tmp_path):
+    """Part a: u1 bought i1 twice and i2 once; u2 bought i1 once. Part b, read after a, holds u1's
+    earliest i2 (its time, not the read order, decides) and a copy of u2's i1 row with another
+    rating: a duplicate, which `duplicate_interactions` decides (error: validation names it; drop:
+    b's copy), never `first`. `first` keeps the three first ones, in a folder of its own, the
+    manifest counting what it left out."""
+    cfg = _parts(tmp_path, **{"a.csv": "user,item,ts,rating\nu1,i1,1000000100,5\nu1,i1,1000000300,4\n"
+                                       "u1,i2,1000000400,3\nu2,i1,1000000200,2\n",
+                              "b.csv": "user,item,ts,rating\nu1,i2,1000000050,1\nu2,i1,1000000200,1\n"})
+    kept = pd.read_parquet(ingest(cfg.model_copy(update={"duplicate_interactions": "drop"})).path / "interactions.parquet")
+    assert len(kept) == 5  # (the tie at u2's i1 time is a duplicate, which drop resolves first: b's copy)
+    first = cfg.model_copy(update={"duplicate_interactions": "drop", "repeat_interactions": "first"})
+    out = ingest(first)
+    rows = pd.read_parquet(out.path / "interactions.parquet")
+    assert sorted(zip(rows["user_id"], rows["item_id"], rows["timestamp"], rows["rating"], strict=True)) == [
+        ("u1", "i1", 1000000100, 5.0), ("u1", "i2", 1000000050, 1.0), ("u2", "i1", 1000000200, 1.0)]
+    assert json.loads((out.path / "manifest.json").read_text())["dropped"] == {
+        "duplicate_interactions": {"interactions": 1, "other_rating": 1}, "repeat_interactions": {"interactions": 2}}
+    assert out.path != ingest(cfg.model_copy(update={"duplicate_interactions": "drop"})).path
+    with pytest.raises(DataValidationError, match="expect_compound_columns_to_be_unique failed: 2 of 4 rows"):
+        prepare(cfg.model_copy(update={"repeat_interactions": "first"}))
