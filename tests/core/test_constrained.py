@@ -30,6 +30,47 @@ def test_trie_mask_matches_a_per_beam_walk():
             assert (node == DEAD) == (not nexts and not any(s == row for s in seqs))
 
 
+def reference_trie(seqs: list[list[int]]) -> tuple[dict[tuple, list[int]], dict[tuple, int], list[tuple]]:
+    """The tree written plainly, a prefix per node: (prefix -> the tokens allowed after it, in
+    order; prefix -> distinct sequence ends at or under it; each sequence's end, as its prefix)."""
+    prefixes = {()} | {tuple(seq[:d]) for seq in seqs for d in range(1, len(seq) + 1)}
+    allowed = {p: sorted({q[-1] for q in prefixes if len(q) == len(p) + 1 and q[:-1] == p}) for p in prefixes}
+    ends = {tuple(seq) for seq in seqs}
+    under = {p: sum(e[:len(p)] == p for e in ends) for p in prefixes}
+    return allowed, under, [tuple(seq) for seq in seqs]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_trie_is_the_tree_written_plainly(seed):
+    """Every node of the vectorised build, named by its prefix (walked up its parents): the same
+    nodes, tokens allowed after each (in the CSR and through the sorted edge keys), ends under each,
+    and end of each sequence, as `reference_trie`. The sequences repeat, begin one another, and
+    include an empty one; node ids are a depth-first numbering, each child after its parent."""
+    rng = random.Random(seed)
+    seqs = [[rng.randrange(5) for _ in range(rng.randint(1, 7))] for _ in range(rng.randint(1, 60))]
+    seqs += [seqs[0], seqs[-1][:2], []] if seed % 2 else [seqs[0][:1]]
+    trie = TitleTrie(seqs, vocab_size=8)
+    allowed, under, ends = reference_trie(seqs)
+
+    def prefix(node: int) -> tuple:
+        out = []
+        while node != 0:
+            assert trie.parent[node] < node
+            out.append(int(trie.token[node]))
+            node = int(trie.parent[node])
+        return tuple(reversed(out))
+
+    names = [prefix(node) for node in range(trie.num_nodes)]
+    assert sorted(names) == sorted(allowed) and len(set(names)) == trie.num_nodes
+    for node, name in enumerate(names):
+        csr = trie.allowed[trie.offsets[node]:trie.offsets[node + 1]].tolist()
+        assert csr == allowed[name] and int(trie.ends_under[node]) == under[name]
+        for tok in csr:  # the edge (node, tok) leads to the node named name + (tok,)
+            child = trie.edge_child[torch.searchsorted(trie.edge_keys, node * 8 + tok)]
+            assert names[int(child)] == (*name, tok)
+    assert [names[e] for e in trie.end_of] == ends
+
+
 def test_a_beam_with_nothing_allowed_may_only_end_never_decode_freely():
     """The processor's scores after each beam's generated tokens (prompt columns first): a live
     prefix keeps exactly its children, while a finished title (a leaf: its EOS is in the tree) and a
