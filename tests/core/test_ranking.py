@@ -247,6 +247,7 @@ def test_constrained_ranking_is_the_beams_as_items(model, tiny_tokenizer):
 
     prompts = PromptBuilder.for_domain("movies")
     ranker = Ranker(model, tiny_tokenizer, prompts, IDS, TITLES, ranking_settings("constrained"))
+    assert ranker._trie is not None  # built with the ranker (a served model's load), not by its first request
     histories = [["Heat", "Babe"], ["Toy Story"]]
     texts = [ranker.prompt(h) for h in histories]
     ranking = ranker.rank(texts, depth=5)
