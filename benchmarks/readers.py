@@ -2,7 +2,8 @@
 run in its own process so that its peak memory (VmHWM, Linux) is its own.
 
 `amazon` (an Amazon Reviews 2018 file, `amazon_raw`): pyarrow's JSON reader (`tasks.readers.
-_json_lines`, since 2026-12-05), the line-by-line fallback it uses for files it refuses
+_json_lines`, since 2026-12-05; asked for the 2018 and 2023 releases' fields since 2026-12-06,
+as `read_amazon_raw` reads them), the line-by-line fallback it uses for files it refuses
 (`_json_lines_by_line`), and the reader before (the whole file decoded, `json.loads` per line,
 a DataFrame of every field). The file is shaped like a 2018 review line (overall, verified,
 reviewTime, reviewerID, asin, reviewerName, style, reviewText of 20..150 words, summary,
@@ -51,7 +52,6 @@ from benchmarks.rounds import (
 )
 
 RESULTS = Path(__file__).parent / "results"
-FIELDS = {"reviewerID": "string", "asin": "string", "overall": "float64", "unixReviewTime": "int64"}
 READERS = {"amazon": ("arrow", "by_line", "whole_text"), "movielens": ("grouplens", "generic", "generic_before")}
 LABELS = {"arrow": "pyarrow JSON reader (now)", "by_line": "line by line (its fallback)",
           "whole_text": "whole text + json.loads (before)", "grouplens": "grouplens: pyarrow CSV (now)",
@@ -110,10 +110,10 @@ def read(reader: str, path: Path):
             "format": "generic", "path": str(path / "ratings.csv"), "items_path": str(path / "movies.csv"),
             "columns": {"user_id": "userId", "item_id": "movieId", "title": "title"}}})
         return readers.read_generic(cfg, path / "ratings.csv", path / "movies.csv")[0]
-    if reader == "arrow":
-        return readers._json_lines(path, FIELDS)
+    if reader == "arrow":  # the fields `read_amazon_raw` asks for: both releases' (it tells them apart after)
+        return readers._amazon_reviews(path)[0]
     if reader == "by_line":
-        return readers._json_lines_by_line(path, list(FIELDS))
+        return readers._json_lines_by_line(path, [name for spec in readers.AMAZON_RELEASES.values() for name in spec["fields"]])
     text = gzip.decompress(path.read_bytes()).decode("utf-8")  # the reader before 2026-12-05
     return pd.DataFrame([json.loads(line) for line in text.splitlines() if line.strip()])
 

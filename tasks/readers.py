@@ -461,8 +461,8 @@ def _json_lines(path: Path, fields: dict[str, str]) -> pd.DataFrame:
     or not, as columns; a field no line has is no column (so `require_columns` names it).
 
     pyarrow's JSON reader parses only these fields, in C++ and threads: 1M Amazon reviews (662 MB
-    of JSON) in 2.0 s and 223 MB, where `json.loads` of every field of the whole text took 18.1 s
-    and 4.3 GB, too much for a large category (benchmarks/readers.py). A file it refuses (a line that is no
+    of JSON) in 3.7 s and 283 MB, where `json.loads` of every field of the whole text took 22.6 s
+    and 4.3 GB, too much for a large category (benchmarks/readers.py, 2026-12-06). A file it refuses (a line that is no
     JSON, a field whose type varies, bytes that are no UTF-8, a truncated gzip) is read again
     line by line (`_json_lines_by_line`), which names the line at fault or, where the file is
     fine and only the types vary, reads it as before."""
