@@ -54,11 +54,21 @@ def median_over_rounds(rounds: list[dict], variant: str, part: str) -> float:
     return float(np.median([r[variant][part] for r in rounds]))
 
 
+def _status_mb(field: str) -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith(f"{field}:")).split()[1]) / 1024
+
+
 def peak_memory_mb() -> float:
     """This process's peak resident memory (VmHWM, Linux), MB: run a variant in a process of its
     own for it to be its own (ru_maxrss would keep a forking parent's)."""
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+    return _status_mb("VmHWM")
+
+
+def resident_memory_mb() -> float:
+    """This process's resident memory now (VmRSS, Linux), MB: what a structure keeps is the
+    difference across building it (after a `gc.collect()`)."""
+    return _status_mb("VmRSS")
 
 
 def run_child(module: str, *args: str) -> dict:

@@ -32,6 +32,7 @@ from benchmarks.rounds import (
     peak_memory_mb,
     ratio_text,
     ratios_over_rounds,
+    resident_memory_mb,
     round_order,
     rounds_heading,
     run_child,
@@ -90,25 +91,20 @@ def catalogue(titles: int, seed: int = 0) -> list[list[int]]:
             for _ in range(titles)]
 
 
-def rss_mb() -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
-
-
 def child(variant: str, titles: int) -> None:
     """Run in a process of its own: build, then print seconds, memory (MB) and a digest as JSON."""
     from cft_core.constrained import TitleTrie
 
     seqs = catalogue(titles)
     gc.collect()
-    before = rss_mb()
+    before = resident_memory_mb()
     start = time.perf_counter()
     trie = (TitleTrie if variant == "arrays" else DictTitleTrie)(seqs, VOCAB)
     seconds = time.perf_counter() - start
     gc.collect()
     # The same tree both ways: its size, and the allowed tokens of the root (node 0 in both numberings).
     root = trie.allowed[trie.offsets[0]:trie.offsets[1]].tolist()
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_memory_mb(), "kept_mb": rss_mb() - before,
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_memory_mb(), "kept_mb": resident_memory_mb() - before,
                       "nodes": trie.num_nodes, "edges": int(trie.edge_keys.numel()), "root": hash(tuple(root))}))
 
 
