@@ -38,8 +38,8 @@ class TitleTrie:
     Built with array operations, not a dict per node: the sequences are sorted, each one's
     common prefix with the one before it says which of its nodes are new, and nodes are numbered
     in that sorted order, depth first (so every child comes after its parent, and a node's
-    children in token order). A 300,000-title catalogue (7.7M nodes) took 23 s and kept 2.3 GB
-    with a dict per node (`benchmarks/trie.py`).
+    children in token order). A 300,000-title catalogue (7.7M nodes) took 21 s and kept 2.3 GB
+    with a dict per node, 3.9 s and 360 MB so (`benchmarks/trie.py`).
 
     Per node (numpy, int32): `parent` (the root's is DEAD), `token` (the token from its parent),
     `ends_under` (distinct sequence ends in its subtree, itself included); per sequence: `end_of`
