@@ -127,7 +127,21 @@ def data_prepare(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = N
     cfg = load_config(config, set_).data
     ingested, sequences, manifest = prepare(cfg)
     console.print(f"ingested: {ingested.path}" + (" (reused)" if ingested.reused else ""))
+    if left_out := _left_out_at_ingest(ingested.path):
+        console.print(f"left out at ingest: {left_out}")
     console.print(_summary(manifest, sequences.path, sequences.reused))
+
+
+def _left_out_at_ingest(ingested: Path) -> str:
+    """What the ingest manifest's `dropped` counts, as one line ("" for nothing): the warnings that
+    said it scroll by, and a reused folder says nothing again."""
+    import json
+
+    dropped = json.loads((ingested / "manifest.json").read_text()).get("dropped") or {}
+    first = {"items": 0, "interactions": 1}  # (then any other count, e.g. duplicates' "other_rating")
+    return "; ".join(f"{what.replace('_', ' ')}: " + ", ".join(
+        f"{counts[unit]:,} {unit.replace('_', ' ')}" for unit in sorted(counts, key=lambda u: (first.get(u, 2), u)))
+        for what, counts in dropped.items())
 
 
 def _prepare_data(cfg):

@@ -85,3 +85,24 @@ def test_prepare_says_the_window_it_widened_to(tmp_path):
                                    "--set", f"data.data_root={tmp_path}", "--set", "data.window_start=1997-12-01"])
     assert res.exit_code == 0, res.output
     assert "│   643 │ 1,237 │       58,139 │" in res.output and "window: 1997-12-01 00:00 UTC to ..." in res.output
+
+
+def test_prepare_says_what_ingest_left_out_each_time(tmp_path):
+    """An Amazon 2023 category whose meta gives item B03 a title of 21 words: D3's cleaning drops it
+    and its 10 reviews, which the warning says once and the summary says at every run (reused too)."""
+    import json
+
+    reviews = [{"user_id": f"AG{u}", "parent_asin": item, "rating": 5.0, "timestamp": 1_600_000_000_000 + 60_000 * (3 * u + k)}
+               for u in range(10) for k, item in enumerate(["B01", "B02", "B03"])]
+    (tmp_path / "Tools.jsonl").write_text("\n".join(map(json.dumps, reviews)))
+    meta = [{"parent_asin": "B01", "title": "Drill"}, {"parent_asin": "B02", "title": "Saw"},
+            {"parent_asin": "B03", "title": " ".join(["word"] * 21)}]
+    (tmp_path / "meta_Tools.jsonl").write_text("\n".join(map(json.dumps, meta)))
+    args = ["data", "prepare", "-c", str(ROOT / "configs/smoke.yaml"), "--set", f"data.data_root={tmp_path / 'data'}",
+            "--set", f"data.input_roots=[{tmp_path}]", "--set", "data.k_core=0", "--set", "data.source.format=amazon_raw",
+            "--set", f"data.source.path={tmp_path / 'Tools.jsonl'}", "--set", f"data.source.meta_path={tmp_path / 'meta_Tools.jsonl'}"]
+    for _ in range(2):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        assert "left out at ingest: amazon title cleaning: 1 items, 10 interactions" in res.output
+    assert "(reused)" in res.output
