@@ -597,14 +597,22 @@ D3_ORDINAL_ORIGIN = 1_500_000_000
 D3_TICKS_PER_ROW = 64
 
 
-def _literal_list(value: object, path: Path, column: str, row: int) -> list:
+def _literal_list(value: object, path: Path, column: str, line: int) -> list:
     try:
         parsed = ast.literal_eval(value) if isinstance(value, str) else value
     except (ValueError, SyntaxError):
-        raise DataError(f"{path}: row {row}, column {column!r} is not a Python list literal: {str(value)[:60]!r}") from None
+        raise DataError(f"{path}: line {line}, column {column!r} is not a Python list literal: {str(value)[:60]!r}") from None
     if not isinstance(parsed, (list, tuple)):
-        raise DataError(f"{path}: row {row}, column {column!r} is not a list: {str(value)[:60]!r}")
+        raise DataError(f"{path}: line {line}, column {column!r} is not a list: {str(value)[:60]!r}")
     return list(parsed)
+
+
+def _d3_time(value: object, path: Path, column: str, line: int) -> int:
+    """A D3 CSV's unix time (text such as "1541030400" or "1.5410304e9"); DataError naming the line."""
+    try:
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"{path}: line {line}, column {column!r} holds {str(value)[:40]!r}, not a unix time") from None
 
 
 def d3_files(folder: Path) -> tuple[list[Path], Path]:
@@ -639,16 +647,19 @@ def read_d3_csv(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         df = read_csv(path, dtype=str, keep_default_na=False)
         require_columns(df, ["user_id", "history_item_id", "item_id"], path)
         has_ts = "timestamp" in df.columns and "history_timestamp" in df.columns
-        for row, rec in enumerate(df.itertuples(index=False), start=2):  # row 1 is the header
+        for line, rec in enumerate(df.itertuples(index=False), start=2):  # line 1 is the header
             step += 1
             tick = D3_ORDINAL_ORIGIN + step * D3_TICKS_PER_ROW
-            ts = int(float(rec.timestamp)) if has_ts else tick
+            ts = _d3_time(rec.timestamp, path, "timestamp", line) if has_ts else tick
             if rec.user_id not in seen_users:  # first row of the user: its history comes first
                 seen_users.add(rec.user_id)
-                hist = _literal_list(rec.history_item_id, path, "history_item_id", row)
-                hts = _literal_list(rec.history_timestamp, path, "history_timestamp", row) if has_ts else []
+                hist = _literal_list(rec.history_item_id, path, "history_item_id", line)
+                hts = _literal_list(rec.history_timestamp, path, "history_timestamp", line) if has_ts else []
+                if has_ts and len(hts) != len(hist):
+                    raise DataError(f"{path}: line {line}: history_timestamp holds {len(hts)} time(s) for the "
+                                    f"{len(hist)} item(s) of history_item_id")
                 for i, h in enumerate(hist):
-                    h_ts = int(float(hts[i])) if has_ts else tick - (len(hist) - i)
+                    h_ts = _d3_time(hts[i], path, "history_timestamp", line) if has_ts else tick - (len(hist) - i)
                     rows.append((rec.user_id, str(h).strip(), h_ts))
             rows.append((rec.user_id, str(rec.item_id).strip(), ts))
     inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])

@@ -142,7 +142,31 @@ def test_d3_list_column_is_parsed_safely(tmp_path):
     (d3 / "info" / "x.txt").write_text("Title A\t0\nTitle B\t1\n")
     (d3 / "test" / "x.csv").write_text('user_id,history_item_id,item_id\nu1,"[0, __import__(\'os\')]",1\n')
     cfg = DataConfig(name="d3", data_root=tmp_path, source=SourceConfig(format="d3_csv", path=str(d3)), k_core=0)
-    with pytest.raises(DataError, match=r"row 2, column 'history_item_id' is not a Python list literal"):
+    with pytest.raises(DataError, match=r"line 2, column 'history_item_id' is not a Python list literal"):
+        prepare(cfg)
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ('u1,"[0, 1]",2,"[1500000000, 1500000001]",1500000009\nu2,"[0]",1,"[1500000000]",\n',
+     r"x.csv: line 3, column 'timestamp' holds '', not a unix time"),
+    ('u1,"[0, 1]",2,"[1500000000, soon]",1500000009\n',
+     r"x.csv: line 2, column 'history_timestamp' is not a Python list literal"),
+    ('u1,"[0, 1]",2,"[1500000000, \'soon\']",1500000009\n',
+     r"x.csv: line 2, column 'history_timestamp' holds 'soon', not a unix time"),
+    ('u1,"[0, 1]",2,"[1500000000]",1500000009\n',
+     r"x.csv: line 2: history_timestamp holds 1 time\(s\) for the 2 item\(s\) of history_item_id"),
+])
+def test_d3_times_that_are_not_times_are_named_by_line(tmp_path, rows, message):
+    """A D3 CSV with time columns (the reference's own layout): an empty or wordy time, and a
+    history whose times do not match its items, are named by file and line (they were a
+    ValueError and an IndexError traceback)."""
+    d3 = tmp_path / "d3"
+    (d3 / "test").mkdir(parents=True)
+    (d3 / "info").mkdir()
+    (d3 / "info" / "x.txt").write_text("Title A\t0\nTitle B\t1\nTitle C\t2\n")
+    (d3 / "test" / "x.csv").write_text("user_id,history_item_id,item_id,history_timestamp,timestamp\n" + rows)
+    cfg = DataConfig(name="d3", data_root=tmp_path, source=SourceConfig(format="d3_csv", path=str(d3)), k_core=0)
+    with pytest.raises(DataError, match=message):
         prepare(cfg)
 
 
