@@ -684,6 +684,7 @@ TABLE_SUFFIXES = {".parquet", ".csv", ".tsv", ".tab"}
 def _read_table(path: Path, encoding: str) -> pd.DataFrame:
     if path.suffix == ".parquet":
         _check_not_pickle(path)
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
@@ -694,6 +695,8 @@ def _read_table(path: Path, encoding: str) -> pd.DataFrame:
         df = table.to_pandas()
         if df.empty:
             raise DataError(f"{path}: has no rows")
+        # Columns of lists, records or maps: fine where unread, an error where a value belongs (`read_generic`).
+        df.attrs["nested"] = [f.name for f in table.schema if pa.types.is_nested(f.type)]
         return df
     sep = "\t" if path.suffix in (".tsv", ".tab") else ","
     try:
@@ -701,6 +704,16 @@ def _read_table(path: Path, encoding: str) -> pd.DataFrame:
     except NotDecodable as e:
         raise DataError(f"{e}; save it as UTF-8, or set data.source.encoding to the one it was saved in "
                         "(cp1252 for most files Excel saved on Windows)") from None
+
+
+def _refuse_nested(df: pd.DataFrame, columns, path: Path) -> None:
+    """DataError naming the columns of `columns` that a Parquet file holds as lists, records or
+    maps (`_read_table`'s `attrs["nested"]`), where one id, time, rating or title per row belongs."""
+    if nested := [c for c in df.attrs.get("nested", []) if c in set(columns)]:
+        example = df[nested[0]].iloc[0]
+        example = example.tolist() if hasattr(example, "tolist") else example
+        raise DataError(f"{path}: column(s) {nested} hold lists or records (e.g. {example!r}), where one value "
+                        "per row belongs")
 
 
 def _newest_titles(item_ids: pd.Series, titles: pd.Series, timestamps: pd.Series, path: Path) -> pd.DataFrame:
@@ -766,6 +779,7 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
         df = _read_table(part, cfg.source.encoding)
         first_line = None if part.suffix == ".parquet" else 2  # (text: line 1 is the header)
         require_columns(df, needed, part, cfg.source.columns)
+        _refuse_nested(df, col.values(), part)
         _refuse_incomplete_rows(df, [col["user_id"], col["item_id"], col["timestamp"]], part, first_line)
         rated = rated or col["rating"] in df
         timestamps, units[part.name] = to_int_timestamps(df[col["timestamp"]], part, col["timestamp"],
@@ -786,6 +800,7 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     if items_path is not None:
         items_df = _read_table(items_path, cfg.source.encoding)
         require_columns(items_df, [col["item_id"], col["title"]], items_path, cfg.source.columns)
+        _refuse_nested(items_df, [col["item_id"], col["title"]], items_path)
     else:  # titles in the interactions file itself
         items_df = _newest_titles(rows["item_id"], rows["title"], timestamps, inter_path).set_axis(
             [col["item_id"], col["title"]], axis=1)

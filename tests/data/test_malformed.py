@@ -170,6 +170,25 @@ def test_d3_times_that_are_not_times_are_named_by_line(tmp_path, rows, message):
         prepare(cfg)
 
 
+def test_a_parquet_column_of_lists_where_an_id_belongs_is_named(tmp_path):
+    """Item ids as one-element lists (an export that kept a nested type) were a TypeError traceback
+    from pandas; a list column the profile does not read (tags) is fine."""
+    import pandas as pd
+
+    rows = {"user_id": ["a", "a", "b", "b"], "item_id": [["i"], ["j"], ["i"], ["j"]],
+            "timestamp": [1_600_000_000 + t for t in range(4)], "title": ["I", "J", "I", "J"], "tags": [["x"]] * 4}
+    pd.DataFrame(rows).to_parquet(tmp_path / "log.parquet")
+    cfg = DataConfig(name="p", data_root=tmp_path, k_core=0,
+                     source=SourceConfig(format="generic", path=str(tmp_path / "log.parquet")))
+    with pytest.raises(DataError, match=r"log.parquet: column\(s\) \['item_id'\] hold lists or records \(e.g. \['i'\]\), "
+                                        r"where one value per row belongs"):
+        prepare(cfg)
+    pd.DataFrame({**rows, "item_id": ["i", "j", "i", "j"]}).to_parquet(tmp_path / "log.parquet")
+    from tasks.data import ingest
+
+    assert (ingest(cfg).path / "interactions.parquet").is_file()  # (the tags column is not read)
+
+
 def test_amazon_bad_json_line(tmp_path):
     raw = tmp_path / "amazon"
     raw.mkdir()
