@@ -80,6 +80,12 @@ class SourceConfig(_Strict):
         "mark is skipped. Parquet files carry their own.",
     )
 
+    delimiter: str | None = Field(
+        None, description="generic: the separator of the CSV/TSV files (interactions and items); None "
+        "(the default): ',' for .csv, a tab for .tsv and .tab. ';' reads the CSV Excel saves in most "
+        "European locales.",
+    )
+
     @model_validator(mode="after")
     def _check_encoding(self) -> SourceConfig:
         import codecs
@@ -88,6 +94,8 @@ class SourceConfig(_Strict):
             codecs.lookup(self.encoding)
         except LookupError:
             raise ValueError(f"encoding {self.encoding!r} is no text encoding Python knows, e.g. utf-8, cp1252, latin-1") from None
+        if self.delimiter is not None and (len(self.delimiter) != 1 or self.delimiter in "\"\r\n"):
+            raise ValueError(f"delimiter {self.delimiter!r} must be one character, not a quote or a line break, e.g. ';'")
         return self
 
 

@@ -171,11 +171,13 @@ def _to_arrow(df: pd.DataFrame, schema: pa.Schema, what: str) -> pa.Table:
 
 def source_settings(cfg: DataConfig) -> dict:
     """The source settings that decide the ingested rows (the generator's only for `synthetic`;
-    the encoding only where it is not the default, which it joined later: so a profile that does
-    not set it keeps the ingested folders it had)."""
+    the encoding and the delimiter only where they are not the default, as they joined later: so a
+    profile that does not set them keeps the ingested folders it had)."""
     left_out = set() if cfg.source.format == "synthetic" else {"synthetic"}
     if cfg.source.encoding == "utf-8":
         left_out.add("encoding")
+    if cfg.source.delimiter is None:
+        left_out.add("delimiter")
     return cfg.source.model_dump(exclude=left_out)
 
 

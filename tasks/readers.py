@@ -681,7 +681,11 @@ def read_d3_csv(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 TABLE_SUFFIXES = {".parquet", ".csv", ".tsv", ".tab"}
 
 
-def _read_table(path: Path, encoding: str) -> pd.DataFrame:
+def _read_table(path: Path, encoding: str, delimiter: str | None = None) -> pd.DataFrame:
+    """A generic source's file: Parquet, or CSV/TSV separated by `delimiter` (None: by the suffix,
+    "," for .csv, a tab for .tsv and .tab). A text file whose header reads as one column holding
+    another separator (a semicolon: Excel's CSV in most European locales) is named with the
+    setting that reads it."""
     if path.suffix == ".parquet":
         _check_not_pickle(path)
         import pyarrow as pa
@@ -698,12 +702,16 @@ def _read_table(path: Path, encoding: str) -> pd.DataFrame:
         # Columns of lists, records or maps: fine where unread, an error where a value belongs (`read_generic`).
         df.attrs["nested"] = [f.name for f in table.schema if pa.types.is_nested(f.type)]
         return df
-    sep = "\t" if path.suffix in (".tsv", ".tab") else ","
+    sep = delimiter or ("\t" if path.suffix in (".tsv", ".tab") else ",")
     try:
-        return read_string_table(path, sep, encoding)
+        df = read_string_table(path, sep, encoding)
     except NotDecodable as e:
         raise DataError(f"{e}; save it as UTF-8, or set data.source.encoding to the one it was saved in "
                         "(cp1252 for most files Excel saved on Windows)") from None
+    if len(df.columns) == 1 and (other := next((c for c in ";\t|," if c != sep and c in str(df.columns[0])), None)):
+        raise DataError(f"{path}: its header reads as one column, {str(df.columns[0])[:60]!r}: the file seems "
+                        f"separated by {other!r}, not {sep!r}; set data.source.delimiter: {json.dumps(other)}")
+    return df
 
 
 def _refuse_nested(df: pd.DataFrame, columns, path: Path) -> None:
@@ -776,7 +784,7 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     needed = [col["user_id"], col["item_id"], col["timestamp"]] + ([col["title"]] if items_path is None else [])
     frames, units, rated, examples = [], {}, False, []
     for part in parts:
-        df = _read_table(part, cfg.source.encoding)
+        df = _read_table(part, cfg.source.encoding, cfg.source.delimiter)
         first_line = None if part.suffix == ".parquet" else 2  # (text: line 1 is the header)
         require_columns(df, needed, part, cfg.source.columns)
         _refuse_nested(df, col.values(), part)
@@ -798,7 +806,7 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     timestamps = rows["timestamp"].astype("Int64" if rows["timestamp"].isna().any() else "int64")
     if items_path is not None:
-        items_df = _read_table(items_path, cfg.source.encoding)
+        items_df = _read_table(items_path, cfg.source.encoding, cfg.source.delimiter)
         require_columns(items_df, [col["item_id"], col["title"]], items_path, cfg.source.columns)
         _refuse_nested(items_df, [col["item_id"], col["title"]], items_path)
     else:  # titles in the interactions file itself

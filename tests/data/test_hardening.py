@@ -14,7 +14,7 @@ import pytest
 
 from schemas.config import DataConfig, SourceConfig
 from schemas.errors import DataError, DataValidationError
-from tasks.data import ingest, prepare
+from tasks.data import ingest, prepare, source_settings
 from tests.data.stage_content import check_pinned, write_purchase_log
 from tests.data.test_malformed import GOOD_INTER, GOOD_ITEMS, _stage_dirs, _write
 
@@ -155,6 +155,23 @@ def test_a_file_in_another_encoding_is_named_and_read_as_data_source_encoding_sa
     assert ingest(cp1252).path.name != ingest(_write(tmp_path / "utf8", items=items)).path.name
     with pytest.raises(ValueError, match="encoding 'klingon' is no text encoding Python knows"):
         SourceConfig(format="generic", path="x.csv", encoding="klingon")
+
+
+def test_a_semicolon_separated_csv_is_named_and_read_as_data_source_delimiter_says(tmp_path):
+    """Excel's CSV in most European locales: ';' between fields. The error says so and names the
+    setting; with it, the rows read as the ','-separated files do, in a folder of their own; a
+    profile that does not set it keeps its folder's name."""
+    cfg = _write(tmp_path, inter=GOOD_INTER.replace(",", ";"), items=GOOD_ITEMS.replace(",", ";"))
+    with pytest.raises(DataError, match=r"inter.csv: its header reads as one column, 'user;item;ts;rating': the file "
+                                        r"seems separated by ';', not ','; set data.source.delimiter: \";\""):
+        prepare(cfg)
+    semicolon = cfg.model_copy(update={"source": cfg.source.model_copy(update={"delimiter": ";"})})
+    plain = _write(tmp_path / "comma")
+    pd.testing.assert_frame_equal(_ingested(semicolon), _ingested(plain))
+    assert ingest(semicolon).path.name != ingest(plain).path.name
+    assert "delimiter" not in source_settings(plain)
+    with pytest.raises(ValueError, match="delimiter ';;' must be one character"):
+        SourceConfig(format="generic", path="x.csv", delimiter=";;")
 
 
 def test_native_parquet_timestamps(tmp_path):
