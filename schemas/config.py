@@ -15,6 +15,12 @@ from schemas.errors import ConfigError
 SourceFormat = Literal["recbole_package", "recbole", "grouplens", "amazon_raw", "d3_csv", "generic", "synthetic"]
 
 
+def unix_seconds(moment: datetime) -> int:
+    """`moment` as unix seconds, a time without an offset read as UTC (as in the data), never in
+    the machine's zone: the one conversion of the config's times (windows, as_of, bounds, replay)."""
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -179,7 +185,8 @@ class DataConfig(_Strict):
     def _naive_time_is_utc(cls, value: object) -> object:
         """A time without an offset ("2017-10-01") is UTC, as in the data (readers.to_int_timestamps):
         read in the machine's own zone, one profile would cut another window on a laptop in Berlin
-        than on a UTC server, under another fingerprint."""
+        than on a UTC server, under another fingerprint. (`unix_seconds` reads them so too, for a
+        config copied with `model_copy`, which skips this.)"""
         return value.replace(tzinfo=UTC) if isinstance(value, datetime) and value.tzinfo is None else value
 
     @model_validator(mode="after")
@@ -204,10 +211,7 @@ class DataConfig(_Strict):
         """`as_of` as unix seconds (`now` read at the call), or None."""
         if self.as_of is None:
             return None
-        moment = datetime.now(UTC) if self.as_of == "now" else self.as_of
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return int(moment.timestamp())
+        return unix_seconds(datetime.now(UTC) if self.as_of == "now" else self.as_of)
 
     def train_window_seconds(self) -> int | None:
         if self.train_window is None:
@@ -217,8 +221,8 @@ class DataConfig(_Strict):
 
     def timestamp_bounds(self) -> tuple[int, int]:
         hi = self.max_timestamp or datetime.now(UTC).replace(microsecond=0)
-        hi_s = int(hi.timestamp()) + (86400 if self.max_timestamp is None else 0)
-        return int(self.min_timestamp.timestamp()), hi_s
+        hi_s = unix_seconds(hi) + (86400 if self.max_timestamp is None else 0)
+        return unix_seconds(self.min_timestamp), hi_s
 
 
 class TinyModelConfig(_Strict):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from schemas.config import PipelineConfig
+from schemas.config import PipelineConfig, unix_seconds
 from schemas.errors import InputError
 from tasks.storage import fingerprint, write_json_atomic
 
@@ -46,7 +46,7 @@ def schedule(cfg: PipelineConfig, periods: int, every: str, start: datetime | No
         ts = pq.read_table(ingest(cfg.data).path / "interactions.parquet", columns=["timestamp"]).column(0).to_numpy()
         first = int(ts.max()) + 1 - (periods - 1) * step
     else:
-        first = int((start if start.tzinfo else start.replace(tzinfo=UTC)).timestamp())
+        first = unix_seconds(start)
     return [datetime.fromtimestamp(first + i * step, UTC) for i in range(periods)]
 
 

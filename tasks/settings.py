@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cft_core.sequences import SequenceSettings
-from schemas.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig
+from schemas.config import DataConfig, EvalConfig, PipelineConfig, TrainConfig, unix_seconds
 
 if TYPE_CHECKING:  # torch and transformers load only where a model is used (fast data commands)
     from cft_core.generation import GenerationSettings
@@ -19,8 +19,8 @@ def sequence_settings(data: DataConfig, newest_seen: int | None = None) -> Seque
     """D3-style sequence building (cft-method.md, section 4). `newest_seen`: the newest interaction
     before `data.as_of` (unix seconds; `tasks.data.newest_seen`), which anchors the data window:
     it ends just after that interaction and, with `train_window`, starts that much before it."""
-    start = int(data.window_start.timestamp()) if data.window_start else None
-    end = int(data.window_end.timestamp()) if data.window_end else None
+    start = unix_seconds(data.window_start) if data.window_start else None
+    end = unix_seconds(data.window_end) if data.window_end else None
     if newest_seen is not None:
         end = newest_seen + 1 if end is None else min(end, newest_seen + 1)
         if data.train_window:

@@ -155,6 +155,11 @@ def test_a_time_without_an_offset_is_utc_whatever_the_machine_zone(monkeypatch):
         settings = sequence_settings(data)
         assert (settings.window_start, settings.window_end) == (1_506_816_000, 1_541_073_600)
         assert data.timestamp_bounds()[1] == 1_893_456_000 and data.as_of_seconds() == 1_527_804_000  # (offset kept)
+        # A copy with model_copy skips the validators: the conversion to seconds reads it as UTC too.
+        from datetime import datetime
+
+        copied = data.model_copy(update={"window_start": datetime(2017, 10, 1), "as_of": datetime(2018, 6, 1)})
+        assert sequence_settings(copied).window_start == 1_506_816_000 and copied.as_of_seconds() == 1_527_811_200
     finally:
         monkeypatch.undo()
         time.tzset()
