@@ -558,7 +558,7 @@ def read_amazon_raw(reviews_path: Path, meta_path: Path) -> tuple[pd.DataFrame, 
     if key not in meta:
         raise DataError(f"{meta_path}: its lines have no {key!r} field, which the Amazon Reviews {release} meta "
                         f"file keys its items by (the reviews {reviews_path.name} are of that release)")
-    require_columns(meta, [key, "title"], meta_path)
+    require_columns(meta, ["title"], meta_path)  # (its key: named just above, with the release)
     titled = meta.assign(title=meta["title"].map(clean_amazon_title)).dropna(subset=["title"])
     untitled = set(meta[key].dropna()) - set(titled[key])
     meta = titled.drop_duplicates(key)
