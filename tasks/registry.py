@@ -23,6 +23,7 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -477,16 +478,41 @@ def champion_history(model) -> list[dict]:
     return json.loads(model.tags.get(HISTORY_TAG, "[]"))
 
 
+# A registry tag holds 5,000 characters on a SQL store (MLflow's own check allows 100,000, so
+# SQLite takes more and PostgreSQL refuses it), and `champion_history` keeps its newest entries within
+# HISTORY_MAX_CHARS. A person's reason is checked against REASON_MAX_CHARS before anything moves.
+HISTORY_MAX_CHARS, REASON_MAX_CHARS = 4800, 1000
+
+
+def check_reason(reason: str, what: str) -> None:
+    """InputError for a reason that is empty or longer than REASON_MAX_CHARS."""
+    if not reason.strip():
+        raise InputError(f"{what} needs a reason (`--reason`, the flow's `reason`)")
+    if len(reason) > REASON_MAX_CHARS:
+        raise InputError(f"the reason is {len(reason):,} characters long; at most {REASON_MAX_CHARS:,} (a line or two: "
+                         "it is kept in the registry's champion_history tag, which holds 5,000)")
+
+
+def _who() -> str:
+    """Who moves the champion: the login name, or the uid where the user has none (a container run
+    as an arbitrary uid without a passwd entry, where getpass raises)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
 def _set_champion(client, name: str, version: str, action: str, reason: str) -> None:
     history = _history(client, name)
-    history.append({"version": str(version), "action": action, "reason": reason, "by": getpass.getuser(),
+    history.append({"version": str(version), "action": action, "reason": reason, "by": _who(),
                     "at": datetime.now(UTC).isoformat(timespec="seconds")})
-    client.set_registered_model_alias(name, CHAMPION, str(version))
-    # Tag values are capped (5,000 chars on SQL stores): keep the most recent entries.
-    text = json.dumps(history)
-    while len(text) > 4800 and len(history) > 1:
+    text = json.dumps(history)  # (written in full before the alias moves: nothing half-done)
+    while len(text) > HISTORY_MAX_CHARS and len(history) > 1:
         history = history[1:]
         text = json.dumps(history)
+    if len(text) > HISTORY_MAX_CHARS:  # one entry: the reason's check keeps it far below
+        raise RegistryError(f"champion_history entry of {len(text):,} characters: {text[:200]}...")
+    client.set_registered_model_alias(name, CHAMPION, str(version))
     client.set_registered_model_tag(name, HISTORY_TAG, text)
     client.set_model_version_tag(name, str(version), "champion.reason", reason)
 
@@ -789,8 +815,7 @@ def previous_decision(cfg: PipelineConfig, train_key: str) -> dict | None:
 
 def promote(cfg: PipelineConfig, name: str, version: str, reason: str, uri: str) -> None:
     """A person's override: make `version` the champion, recording why."""
-    if not reason.strip():
-        raise InputError("a manual promotion needs a reason (`cft promote --reason`, the flow's `reason`)")
+    check_reason(reason, "a manual promotion")
     client = registry_client(uri)
     version = str(version)
     with promotion_lock(cfg, name):
@@ -820,8 +845,7 @@ def champion_stack(history: list[dict]) -> list[str]:
 def rollback(cfg: PipelineConfig, name: str, reason: str, uri: str) -> str:
     """Undo the last change of champion: make the champion before it champion again (repeated,
     further back: `champion_stack`); returns that version."""
-    if not reason.strip():
-        raise InputError("a rollback needs a reason (`cft rollback --reason`, the flow's `reason`)")
+    check_reason(reason, "a rollback")
     client = registry_client(uri)
     with promotion_lock(cfg, name):
         current = _alias_version(client, name, CHAMPION)

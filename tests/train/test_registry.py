@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -524,6 +525,16 @@ def test_overrides_are_recorded_and_rollbacks_undo_the_changes_of_champion_in_or
     assert history[1]["reason"] == "hotfix approved by on-call"
     with pytest.raises(InputError, match="reason"):
         registry.promote(cfg, name, versions[1], "  ", uri)
+    # A reason a SQL registry could not keep (its tags hold 5,000 characters; SQLite takes more) is
+    # refused before anything moves: on PostgreSQL it used to fail after the alias had moved, with
+    # champion_history left without the change and the challenger alias left in place.
+    too_long = "x" * (registry.REASON_MAX_CHARS + 1)
+    for move in (lambda: registry.promote(cfg, name, versions[1], too_long, uri),
+                 lambda: registry.rollback(cfg, name, too_long, uri)):
+        with pytest.raises(InputError, match=f"reason is {registry.REASON_MAX_CHARS + 1:,} characters long"):
+            move()
+        assert alias("champion") == versions[0]
+        assert json.loads(client.get_registered_model(name).tags["champion_history"]) == history
     # Rollbacks undo in order: v0, v1, v2, then two rollbacks walk back to v1 and v0, never
     # forth to the v2 just rolled back; then there is nothing left to undo.
     registry.promote(cfg, name, versions[1], "second release", uri)
@@ -545,6 +556,33 @@ def test_overrides_are_recorded_and_rollbacks_undo_the_changes_of_champion_in_or
 ])
 def test_champion_stack(actions, stack):
     assert registry.champion_stack([{"version": v, "action": a} for v, a in actions]) == stack
+
+
+def test_champion_history_stays_within_a_sql_tag_and_names_a_user_without_a_login(setup, monkeypatch):
+    """Changes with the longest reasons allowed keep champion_history within HISTORY_MAX_CHARS (a SQL
+    registry's tag holds 5,000), newest entries kept; a process whose uid has no passwd entry (a
+    container run as an arbitrary uid) is named by its uid, where getpass raised KeyError."""
+    import getpass
+
+    from mlflow import MlflowClient
+
+    cfg, uri, model_dir, seq = setup
+    client = MlflowClient(uri, registry_uri=uri)
+    name = cfg.registered_model_name()
+    versions = [str(registered(cfg, uri, model_dir, seq, new_run(uri)).version) for _ in range(2)]
+
+    def no_login():
+        raise KeyError(f"getpwuid(): uid not found: {os.getuid()}")
+
+    monkeypatch.setattr(getpass, "getuser", no_login)
+    for i in range(8):
+        registry.promote(cfg, name, versions[i % 2], f"{i}" + "r" * (registry.REASON_MAX_CHARS - 1), uri)
+        text = client.get_registered_model(name).tags["champion_history"]
+        assert len(text) <= registry.HISTORY_MAX_CHARS
+    history = json.loads(text)
+    assert 1 < len(history) < 8 and history[-1]["reason"].startswith("7")
+    assert [h["reason"][0] for h in history] == [str(i) for i in range(8 - len(history), 8)]
+    assert {h["by"] for h in history} == {f"uid {os.getuid()}"}
 
 
 def test_promotions_are_serialised(setup):
