@@ -605,6 +605,37 @@ def versions(model_name: ModelNameOpt = None, config: ConfigOpt = Path("configs/
             console.print(f"  {c['at']}  v{c['version']}  {c['action']} by {c['by']}: {c['reason']}", highlight=False)
 
 
+# ------------------------------------------------------------------------------ deployments
+
+@app.command("deploy")
+def deploy_command(
+    pool: Annotated[str, typer.Option(help="Work pool the deployments go to; created when missing.")],
+    pool_type: Annotated[str, typer.Option(help="Worker type of the pool when it is created: process, docker, "
+                                                "kubernetes, ... (an existing pool keeps its own).")] = "process",
+    project_dir: Annotated[str | None, typer.Option(
+        show_default="this project's folder",
+        help="Folder the worker runs the flows in, on the worker's machine or in its image (e.g. /app).")] = None,
+) -> None:
+    """Deploy prefect.yaml's deployments to the Prefect server at PREFECT_API_URL, in work pool
+    POOL, with the promotion concurrency limit; for a team's server (`cft stack up` deploys the
+    local stack itself). Run again after editing prefect.yaml."""
+    from prefect.settings import get_current_settings
+
+    from cft_cli.deploy import PROJECT_ROOT, deploy_project, deployments
+    from schemas.errors import InputError
+    from tasks.servers import check_prefect_api
+
+    api = get_current_settings().api.url
+    if not api:  # prefect would deploy to a temporary server of its own, gone when it exits
+        raise InputError("cft deploy needs your Prefect server: set PREFECT_API_URL (e.g. http://prefect.example:4200/api); "
+                         "for one machine, `cft stack up` starts a server and deploys to it")
+    check_prefect_api()
+    project_dir = project_dir or str(PROJECT_ROOT)
+    deploy_project(dict(os.environ), pool, project_dir, pool_type=pool_type)
+    console.print(f"deployed to pool {pool} of {api} (flows run in {project_dir}):\n  "
+                  + "\n  ".join(sorted(deployments(api, pool))), highlight=False)
+
+
 # ------------------------------------------------------------------------------ local stack
 
 stack_app = typer.Typer(help="Local Prefect server + worker + MLflow server on 127.0.0.1.", **_TYPER)
@@ -629,11 +660,11 @@ def stack_up(
 ) -> None:
     """Start the servers, create the work pool, deploy prefect.yaml, start a worker; print URLs.
     Run again, it starts only what has stopped, and keeps what runs on its ports."""
+    from cft_cli.deploy import deployments
     from cft_cli.stack import (
         check_ports,
         crash_orphaned_runs,
         deploy,
-        deployments,
         running_stack,
         start_recommender,
         start_servers,
@@ -650,7 +681,7 @@ def stack_up(
         console.print(f"marked Crashed: flow run {run}, left running when the stack stopped (it held its "
                       "deployment's concurrency slot)")
     deploy(stack)
-    console.print(f"deployed: {', '.join(sorted(deployments(stack)))}")
+    console.print(f"deployed: {', '.join(sorted(deployments(stack.prefect_api)))}")
     if worker:
         running = start_worker(stack)
         console.print(f"worker on pool cft-local (log: {stack.log_of('worker')}"

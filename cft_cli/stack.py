@@ -30,12 +30,11 @@ from pathlib import Path
 
 import psutil
 
+from cft_cli.deploy import PROJECT_ROOT, deploy_project, prefect_api
 from schemas.errors import InputError
 from tasks.quiet import QUIET_ENV
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 POOL = "cft-local"
-PROMOTION_TAG = "cft-promotion"  # tasks that move the champion alias run one at a time
 SERVER_START_S = 120.0  # a Prefect or MLflow server answers within seconds; its first start migrates a database
 RECOMMENDER_START_S = 300.0  # loads a champion (a SmolLM2 version: a minute on 2 cores) before it answers
 # The stack's servers: the `Stack` field of each one's port, and the option that sets it.
@@ -254,22 +253,6 @@ def _running(pids: dict, name: str) -> psutil.Process | None:
     return _alive(pids[name]) if name in pids else None
 
 
-CLI_LINES_SHOWN = 8  # Prefect's CLI ends its output with the error; everything before is progress
-
-
-def _cli(stack: Stack, *args: str) -> None:
-    """Run a prefect CLI command against the stack's server. On failure, InputError with the last
-    lines of its output, where Prefect says why: mostly a mistake in prefect.yaml, which users edit
-    (a schedule turned on, a cron string), and which before ended `up` in a traceback under 80
-    lines of deploy progress. The servers keep running, so `up` again after the fix deploys all."""
-    res = subprocess.run([_bin("prefect"), *args], env=stack.env(), cwd=PROJECT_ROOT, capture_output=True, text=True)
-    if res.returncode:
-        said = [line.rstrip() for line in (res.stdout + "\n" + res.stderr).splitlines() if line.strip()]
-        raise InputError(f"prefect {' '.join(args)} failed (exit {res.returncode}) in {PROJECT_ROOT}:\n"
-                         + "\n".join(f"  {line}" for line in said[-CLI_LINES_SHOWN:])
-                         + "\nfix what it names (prefect.yaml, for a deployment) and run `cft stack up` again")
-
-
 def start_servers(stack: Stack, say=print) -> None:
     """Prefect server, then MLflow server, each answering before the next step. One that this
     stack already runs is not started again, but waited for all the same: `up` run twice in a
@@ -299,10 +282,9 @@ def start_servers(stack: Stack, say=print) -> None:
 
 
 def deploy(stack: Stack) -> None:
-    """Work pool, the promotion concurrency limit, and every deployment in prefect.yaml."""
-    _cli(stack, "work-pool", "create", POOL, "--type", "process", "--overwrite")
-    _cli(stack, "concurrency-limit", "create", PROMOTION_TAG, "1")
-    _cli(stack, "--no-prompt", "deploy", "--all")
+    """The stack's own work pool (made anew), the promotion concurrency limit, and every
+    deployment in prefect.yaml, run in this project folder (`cft_cli.deploy`)."""
+    deploy_project(stack.env(), POOL, str(PROJECT_ROOT), replace_pool=True, again="cft stack up")
 
 
 def start_worker(stack: Stack) -> psutil.Process | None:
@@ -382,18 +364,6 @@ def status(stack: Stack) -> dict[str, ProcessStatus]:
     return out
 
 
-def deployments(stack: Stack) -> list[str]:
-    """`flow/deployment` of each deployment on the stack's Prefect server, as `prefect deployment
-    run` names it, with "(paused)" after one whose schedules are all off: what `deploy` made of
-    prefect.yaml."""
-    flows = {f["id"]: f["name"] for f in _api(stack, "/flows/filter")}
-    out = []
-    for d in _api(stack, "/deployments/filter"):
-        paused = bool(d["schedules"]) and not any(s["active"] for s in d["schedules"])
-        out.append(f"{flows[d['flow_id']]}/{d['name']}" + (" (paused)" if paused else ""))
-    return out
-
-
 # Flow-run states that hold a deployment's concurrency slot (Prefect's ReleaseFlowConcurrencySlots).
 IN_FLIGHT = ["PENDING", "RUNNING", "CANCELLING"]
 
@@ -410,21 +380,13 @@ def crash_orphaned_runs(stack: Stack) -> list[str]:
     Crashed releases the slot (the server decrements the deployment's limit when the lease is gone).
     A run whose pid still exists is left alone (another worker's, or a reused pid: not ours to judge)."""
     orphans = []
-    for run in _api(stack, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": IN_FLIGHT}}},
-                                                  "work_pools": {"name": {"any_": [POOL]}}}):
+    in_flight = {"flow_runs": {"state": {"type": {"any_": IN_FLIGHT}}}, "work_pools": {"name": {"any_": [POOL]}}}
+    for run in prefect_api(stack.prefect_api, "/flow_runs/filter", in_flight):
         pid = (run.get("infrastructure_pid") or "").rpartition(":")[2]  # "pid", or "host:pid" from older workers
         if not pid.isdigit() or psutil.pid_exists(int(pid)):
             continue
-        _api(stack, f"/flow_runs/{run['id']}/set_state", {"force": True, "state": {
+        prefect_api(stack.prefect_api, f"/flow_runs/{run['id']}/set_state", {"force": True, "state": {
             "type": "CRASHED", "name": "Crashed",
             "message": f"its process (pid {pid}) ended without a word: the stack or the machine stopped while it ran"}})
         orphans.append(f"{run['name']} (pid {pid})")
     return orphans
-
-
-def _api(stack: Stack, path: str, body: dict | None = None) -> list[dict] | dict:
-    """POST `body` (default {}) to an endpoint of the stack's Prefect API; its JSON answer."""
-    req = urllib.request.Request(f"{stack.prefect_api}{path}", data=json.dumps(body or {}).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 (loopback URL we built)
-        return json.loads(r.read())

@@ -170,14 +170,17 @@ def test_status_asks_each_running_server_whether_it_answers(tmp_path):
 
 
 def test_a_failing_prefect_command_is_an_error_naming_what_prefect_said(tmp_path):
-    """`up` runs Prefect's CLI (work pool, deploy); when it fails (a mistake in prefect.yaml, mostly),
-    the error holds the end of its output, where Prefect says why, not a traceback under all of it."""
+    """`up` and `cft deploy` run Prefect's CLI (work pool, deploy); when it fails (a mistake in
+    prefect.yaml, mostly), the error holds the end of its output, where Prefect says why, not a
+    traceback under all of it."""
+    from cft_cli import deploy
+
     with pytest.raises(InputError) as failed:
-        stack_mod._cli(stack_mod.Stack(tmp_path / "data"), "no-such-command")
+        deploy.prefect_cli(stack_mod.Stack(tmp_path / "data").env(), "no-such-command", again="cft stack up")
     said = str(failed.value).splitlines()
-    assert said[0] == f"prefect no-such-command failed (exit 2) in {stack_mod.PROJECT_ROOT}:"
+    assert said[0] == f"prefect no-such-command failed (exit 2) in {deploy.PROJECT_ROOT}:"
     assert any('Unknown command "no-such-command"' in line for line in said[1:-1]), said
-    assert len(said) <= stack_mod.CLI_LINES_SHOWN + 2 and said[-1].endswith("run `cft stack up` again")
+    assert len(said) <= deploy.CLI_LINES_SHOWN + 2 and said[-1].endswith("run `cft stack up` again")
 
 
 def _why_not_alive(entry: dict) -> str:

@@ -255,5 +255,33 @@ def test_up_frees_the_slot_of_a_run_the_stopped_stack_left_running(tmp_path):
         assert api(stack, f"/flow_runs/{orphan}")["state"]["type"] == "CRASHED"
         assert api(stack, f"/flow_runs/{alive}")["state"]["type"] == "RUNNING"
         assert (slots("cft/scheduled-retrain"), slots("cft-gc/weekly")) == (0, 1)  # the next retrain may run
+
+        # `up` deployed into its own pool, to run in this folder; `cft deploy` puts the same
+        # deployments into a team's pool, to run in the folder the team's workers hold the project in
+        # (`prefect deploy --all --pool X` ignores --pool: every deployment stayed in cft-local). A pool
+        # that exists keeps its job template; the promotion limit is created on the server.
+        def placed() -> set[tuple[str, str]]:
+            return {(d["work_pool_name"], d["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"])
+                    for d in api(stack, "/deployments/filter", {})}
+
+        assert placed() == {(POOL, str(PROJECT_ROOT))}
+        edited = {**api(stack, f"/work_pools/{POOL}")["base_job_template"]}
+        edited["variables"]["properties"]["env"]["default"] = {"TEAM_SETTING": "kept"}
+        team = subprocess.run([_bin("prefect"), "work-pool", "create", "cft-team", "--type", "process",
+                               "--base-job-template", "/dev/stdin"], input=json.dumps(edited), env=stack.env(),
+                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+        assert team.returncode == 0, team.stdout + team.stderr
+        gone_limit = subprocess.run([_bin("prefect"), "concurrency-limit", "delete", "cft-promotion"], env=stack.env(),
+                                    cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+        assert gone_limit.returncode == 0, gone_limit.stdout + gone_limit.stderr  # (`up` made it; a team server has none)
+        deployed = subprocess.run([_bin("cft"), "deploy", "--pool", "cft-team", "--project-dir", "/srv/cft-rec"],
+                                  env=stack.env(), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        assert deployed.stdout.startswith(f"deployed to pool cft-team of {stack.prefect_api} (flows run in /srv/cft-rec):\n"
+                                          "  cft-batch/nightly (paused)\n"), deployed.stdout
+        assert placed() == {("cft-team", "/srv/cft-rec")}
+        template = api(stack, "/work_pools/cft-team")["base_job_template"]
+        assert template["variables"]["properties"]["env"]["default"] == {"TEAM_SETTING": "kept"}
+        assert api(stack, "/concurrency_limits/tag/cft-promotion")["concurrency_limit"] == 1
     finally:
         down(stack, say=lambda *_: None)

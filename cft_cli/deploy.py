@@ -1,0 +1,90 @@
+"""`cft deploy`: put prefect.yaml's deployments on a Prefect server, in a work pool of your choice.
+
+prefect.yaml names its work pool and the folder a worker runs the flows in by environment
+placeholders, `{{ $CFT_WORK_POOL }}` and `{{ $CFT_PROJECT_DIR }}`, which `prefect deploy` fills
+from its environment: `prefect deploy --all --pool X` ignores `--pool` (Prefect applies deploy
+options to single deployments only), so before these placeholders every deployment went to
+`cft-local`, the local stack's pool, which a team's server does not have, and no worker ever took
+a run. `deploy_project` sets both, creates the pool when it is missing (a team's existing pool,
+with its edited job template, is left as it is), and creates the tag concurrency limit that lets
+one promotion run at a time on the whole server (`PROMOTION_TAG`; the file lock in
+tasks.registry guards one machine only). `cft stack up` deploys through it to its own pool.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from schemas.errors import InputError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROMOTION_TAG = "cft-promotion"  # tasks that move the champion alias run one at a time
+POOL_ENV, PROJECT_DIR_ENV = "CFT_WORK_POOL", "CFT_PROJECT_DIR"  # prefect.yaml's placeholders
+CLI_LINES_SHOWN = 8  # Prefect's CLI ends its output with the error; everything before is progress
+
+
+def prefect_bin() -> str:
+    """This environment's `prefect` console script."""
+    return str(Path(sys.executable).with_name("prefect"))
+
+
+def prefect_cli(env: dict[str, str], *args: str, again: str) -> str:
+    """Run a prefect CLI command in the project folder with `env`; its output. On failure,
+    InputError with the last lines of its output, where Prefect says why (mostly a mistake in
+    prefect.yaml, which users edit: a schedule turned on, a cron string), not a traceback under
+    80 lines of deploy progress; `again` is the command to run after the fix."""
+    res = subprocess.run([prefect_bin(), *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    if res.returncode:
+        said = [line.rstrip() for line in (res.stdout + "\n" + res.stderr).splitlines() if line.strip()]
+        raise InputError(f"prefect {' '.join(args)} failed (exit {res.returncode}) in {PROJECT_ROOT}:\n"
+                         + "\n".join(f"  {line}" for line in said[-CLI_LINES_SHOWN:])
+                         + f"\nfix what it names (prefect.yaml, for a deployment) and run `{again}` again")
+    return res.stdout
+
+
+def deploy_project(env: dict[str, str], pool: str, project_dir: str, pool_type: str = "process",
+                   replace_pool: bool = False, again: str = "cft deploy") -> None:
+    """Every deployment of prefect.yaml into work pool `pool`, its flows run in `project_dir` on
+    the worker's machine. The pool is created (of `pool_type`) when missing, or made anew when
+    `replace_pool` (the local stack's own pool); the promotion limit is created or reset to 1."""
+    env = {**env, POOL_ENV: pool, PROJECT_DIR_ENV: project_dir}
+    created = subprocess.run([prefect_bin(), "work-pool", "inspect", pool], env=env, cwd=PROJECT_ROOT,
+                             capture_output=True, text=True).returncode == 0
+    if replace_pool or not created:
+        prefect_cli(env, "work-pool", "create", pool, "--type", pool_type, *(["--overwrite"] if replace_pool else []),
+                    again=again)
+    prefect_cli(env, "concurrency-limit", "create", PROMOTION_TAG, "1", again=again)
+    prefect_cli(env, "--no-prompt", "deploy", "--all", again=again)
+
+
+def prefect_api(api_url: str, path: str, body: dict | None = None) -> list[dict] | dict:
+    """POST `body` (default {}) to an endpoint of a Prefect server's API; its JSON answer. Sends the
+    credentials Prefect's own client would: PREFECT_API_KEY (Prefect Cloud) or
+    PREFECT_API_AUTH_STRING (a server with basic auth)."""
+    headers = {"Content-Type": "application/json"}
+    if key := os.environ.get("PREFECT_API_KEY"):
+        headers["Authorization"] = f"Bearer {key}"
+    elif auth := os.environ.get("PREFECT_API_AUTH_STRING"):
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    req = urllib.request.Request(f"{api_url}{path}", data=json.dumps(body or {}).encode(), method="POST",
+                                 headers=headers)
+    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 (the Prefect API the user configured)
+        return json.loads(r.read())
+
+
+def deployments(api_url: str, pool: str | None = None) -> list[str]:
+    """`flow/deployment` of each deployment on the server (of work pool `pool`, when given), as
+    `prefect deployment run` names it, with "(paused)" after one whose schedules are all off."""
+    flows = {f["id"]: f["name"] for f in prefect_api(api_url, "/flows/filter")}
+    query = {"work_pools": {"name": {"any_": [pool]}}} if pool else {}
+    out = []
+    for d in prefect_api(api_url, "/deployments/filter", query):
+        paused = bool(d["schedules"]) and not any(s["active"] for s in d["schedules"])
+        out.append(f"{flows[d['flow_id']]}/{d['name']}" + (" (paused)" if paused else ""))
+    return out
