@@ -9,6 +9,7 @@ the check, MLflow's client retried a refused connection with growing waits (`cft
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 CHECK_TIMEOUT_S = 10.0  # a server on this machine or a team's answers /health in milliseconds
@@ -56,3 +57,33 @@ def check_prefect_api() -> None:
         raise ServerUnavailable(
             f"the Prefect server at {url} (PREFECT_API_URL) does not answer ({reason}): start it (`cft stack "
             "up` starts the local one), or unset PREFECT_API_URL to run on a temporary local server")
+
+
+# The library MLflow needs on this machine to write artifacts where the store keeps them, when a
+# server hands out that location instead of proxying it (`mlflow server --default-artifact-root
+# s3://... --no-serve-artifacts`): scheme -> (module, package to install).
+ARTIFACT_CLIENTS = {"s3": ("boto3", "boto3"), "gs": ("google.cloud.storage", "google-cloud-storage"),
+                    "wasbs": ("azure.storage.blob", "azure-storage-blob"),
+                    "abfss": ("azure.storage.filedatalake", "azure-storage-file-datalake")}
+
+
+def check_artifact_client(location: str, uri: str) -> None:
+    """InputError when the experiment's artifact `location` needs a client library this machine
+    lacks. Asked when a run starts: MLflow imports the library only at the first artifact, so a
+    training (hours, for a real model) used to end in `ModuleNotFoundError: No module named 'boto3'`."""
+    from schemas.errors import InputError
+
+    scheme = location.partition("://")[0]
+    if scheme not in ARTIFACT_CLIENTS:
+        return
+    module, package = ARTIFACT_CLIENTS[scheme]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package (google, azure) is missing
+        found = False
+    if not found:
+        raise InputError(
+            f"the MLflow store at {uri} keeps this experiment's artifacts at {location}, which this machine must "
+            f"write itself: install {package} here (pip install {package}) with the bucket's credentials, or have "
+            f"the MLflow server proxy them (mlflow server --artifacts-destination {scheme}://...)")
+

@@ -58,22 +58,20 @@ def use_experiment(cfg: PipelineConfig) -> str:
     """Point mlflow at the store and experiment of `cfg` (created if missing); returns its id."""
     import mlflow
 
-    from tasks.servers import check_tracking_server
+    from tasks.servers import check_artifact_client, check_tracking_server
 
     uri = tracking_uri(cfg)
     check_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
     name = experiment_name(cfg)
     exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        mlflow.set_experiment(experiment_id=exp.experiment_id)
-        return exp.experiment_id
-    try:
-        exp_id = mlflow.create_experiment(name, artifact_location=local_artifact_location(uri))
-    except mlflow.exceptions.MlflowException:  # created concurrently
-        exp_id = mlflow.get_experiment_by_name(name).experiment_id
-    mlflow.set_experiment(experiment_id=exp_id)
-    return exp_id
+    if exp is None:
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # (created concurrently)
+            mlflow.create_experiment(name, artifact_location=local_artifact_location(uri))
+        exp = mlflow.get_experiment_by_name(name)
+    check_artifact_client(exp.artifact_location, uri)
+    mlflow.set_experiment(experiment_id=exp.experiment_id)
+    return exp.experiment_id
 
 
 def flatten(payload: dict[str, Any], prefix: str = "") -> dict[str, str]:

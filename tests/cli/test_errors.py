@@ -230,6 +230,26 @@ def test_a_prefect_server_that_does_not_answer_is_named(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_an_artifact_store_this_machine_cannot_write_is_named_before_training(tmp_path, monkeypatch):
+    """An MLflow server that hands out s3:// locations instead of proxying them (`--default-artifact-root
+    s3://... --no-serve-artifacts`) needs boto3 on the machine that logs: without it, MLflow raised
+    `ModuleNotFoundError: No module named 'boto3'` at the first artifact, after the training. Now
+    the run's start names the location and the package, exit 2, and no model is trained."""
+    from mlflow import MlflowClient
+
+    from tasks import servers
+
+    monkeypatch.setitem(servers.ARTIFACT_CLIENTS, "s3", ("cft_test_no_such_module", "boto3"))  # boto3 may be installed
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    MlflowClient(uri).create_experiment("cft-ml-100k-smoke", artifact_location="s3://team-bucket/cft")
+    res = run("train", "-c", str(profile(tmp_path, "")), "--set", f"tracking.tracking_uri={uri}")
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith(f"error: the MLflow store at {uri} keeps this experiment's artifacts at "
+                                 "s3://team-bucket/cft, which this machine must write itself"), res.output
+    assert "(pip install boto3)" in res.output and "mlflow server --artifacts-destination s3://" in res.output
+    assert not list((tmp_path / "data" / "training").rglob("model.safetensors"))
+
+
 def test_any_http_answer_counts_as_a_running_tracking_server():
     """A server that answers /health with an error (a proxy's 401 or 404), or whose TLS this check
     cannot verify (here: https to a plain HTTP server), is left for MLflow to report (it has its own
