@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The team stack of compose.yaml, without Docker, on this machine's loopback: PostgreSQL behind an
+# MLflow server (artifacts proxied to S3) and a Prefect server, an S3 endpoint (moto's server in
+# place of MinIO), a process worker on pool cft-team. Deploys with `cft deploy`, runs the smoke
+# profile through the worker, then reads the registry and recommends from a second folder with only
+# the two URLs, as a teammate's machine would. Everything lives in a temporary folder and goes at
+# the end. Needs PostgreSQL's server binaries (Debian: postgresql) and PyPI (moto, psycopg2, boto3
+# are installed into that folder, not into .venv). About 4 minutes on 2 cores.
+#
+#   bash infra/team-rehearsal.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROJECT=$PWD
+VENV=$PROJECT/.venv/bin
+PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
+[ -x "$PG_BIN/initdb" ] || { echo "error: PostgreSQL's server binaries not found (set PG_BIN)" >&2; exit 2; }
+WORK=$(mktemp -d /tmp/cft-team.XXXXXX)
+chmod 755 "$WORK"
+free_port() { "$VENV/python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
+PG_PORT=$(free_port) S3_PORT=$(free_port) MLFLOW_PORT=$(free_port) PREFECT_PORT=$(free_port)
+PIDS=()
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }  # initdb refuses root
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -m fast stop >/dev/null 2>&1 || true
+  sleep 1; rm -rf "$WORK"
+}
+trap cleanup EXIT
+step() { echo "== $*"; }
+wait_http() { for _ in $(seq 120); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 1; done; echo "error: $1 did not answer" >&2; exit 1; }
+
+step "PostgreSQL on 127.0.0.1:$PG_PORT, databases mlflow and prefect"
+[ "$(id -u)" = 0 ] && chown postgres "$WORK"
+as_pg "$PG_BIN/initdb" -D "$WORK/pg" -U cft --auth=trust >/dev/null
+as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $WORK" -l "$WORK/pg.log" start >/dev/null
+psql -q -h 127.0.0.1 -p "$PG_PORT" -U cft -d postgres -c "CREATE DATABASE mlflow" -c "CREATE DATABASE prefect"
+
+step "S3 endpoint (moto) on 127.0.0.1:$S3_PORT; server-side drivers into $WORK"
+python3 -m venv "$WORK/s3env"
+"$WORK/s3env/bin/pip" install -q "moto[server]" >"$WORK/pip.log" 2>&1 || { tail -n 20 "$WORK/pip.log"; exit 1; }
+"$VENV/pip" install -q --target "$WORK/pylibs" psycopg2-binary boto3 >>"$WORK/pip.log" 2>&1 || { tail -n 20 "$WORK/pip.log"; exit 1; }
+export AWS_ACCESS_KEY_ID=cft AWS_SECRET_ACCESS_KEY=rehearsal AWS_DEFAULT_REGION=us-east-1
+"$WORK/s3env/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$WORK/s3.log" 2>&1 & PIDS+=($!)
+wait_http "http://127.0.0.1:$S3_PORT/"
+"$WORK/s3env/bin/python" -c "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:$S3_PORT').create_bucket(Bucket='mlflow')"
+
+step "MLflow server on 127.0.0.1:$MLFLOW_PORT (compose.yaml's flags), Prefect server on 127.0.0.1:$PREFECT_PORT"
+PYTHONPATH=$WORK/pylibs MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT "$VENV/mlflow" server \
+  --backend-store-uri "postgresql+psycopg2://cft@127.0.0.1:$PG_PORT/mlflow" --artifacts-destination s3://mlflow \
+  --host 127.0.0.1 --port "$MLFLOW_PORT" --allowed-hosts "localhost:*,127.0.0.1:*,mlflow:*" >"$WORK/mlflow.log" 2>&1 & PIDS+=($!)
+PREFECT_HOME=$WORK/prefect PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://cft@127.0.0.1:$PG_PORT/prefect" \
+  "$VENV/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT" --analytics-off >"$WORK/prefect.log" 2>&1 & PIDS+=($!)
+wait_http "http://127.0.0.1:$MLFLOW_PORT/health"
+wait_http "http://127.0.0.1:$PREFECT_PORT/api/health"
+
+# From here on, the clients hold no S3 credentials: the MLflow server proxies the artifacts.
+unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+export PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
+export PREFECT_HOME=$WORK/client HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1
+
+step "cft deploy --pool cft-team; a process worker on it"
+"$VENV/cft" deploy --pool cft-team --project-dir "$PROJECT"
+USER=cft CFT_QUIET=1 "$VENV/prefect" worker start --pool cft-team >"$WORK/worker.log" 2>&1 & PIDS+=($!)
+
+step "prefect deployment run cft/full-pipeline (smoke profile, data root $WORK/data)"
+"$VENV/prefect" deployment run cft/full-pipeline --param profile=configs/smoke.yaml \
+  --params "{\"overrides\": {\"data.data_root\": \"$WORK/data\"}}" --watch --watch-timeout 900 | tail -n 1 || true
+grep -q "Flow run '.*' - Finished in state Completed()" "$WORK/worker.log" || { tail -n 40 "$WORK/worker.log"; exit 1; }
+
+step "a teammate's machine: another folder, the two URLs only"
+mkdir "$WORK/laptop" && cd "$WORK/laptop"
+"$VENV/cft" versions -c "$PROJECT/configs/smoke.yaml" --set "data.data_root=$WORK/laptop/data"
+"$VENV/cft" recommend -c "$PROJECT/configs/smoke.yaml" --set "data.data_root=$WORK/laptop/data" -k 5 "Star Wars (1977)" "Fargo (1996)"
+"$VENV/python" - "$MLFLOW_TRACKING_URI" <<'EOF'
+import sys
+from mlflow import MlflowClient
+client = MlflowClient(sys.argv[1])
+versions = client.search_model_versions("name='cft-ml-100k-smoke'")
+locations = {client.get_logged_model(v.source.removeprefix("models:/")).artifact_location for v in versions}
+assert len(versions) == 3 and all(loc.startswith("mlflow-artifacts:/") for loc in locations), locations
+print(f"{len(versions)} versions, their models behind the server's proxy (mlflow-artifacts:/ -> s3://mlflow)")
+EOF
+step "team rehearsal passed"
