@@ -22,6 +22,8 @@ PIDS=()
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }  # initdb refuses root
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  sleep 3  # a Prefect worker may outlive SIGTERM: then it goes by SIGKILL
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -m fast stop >/dev/null 2>&1 || true
   sleep 1; rm -rf "$WORK"
 }
