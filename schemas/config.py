@@ -60,7 +60,9 @@ class SourceConfig(_Strict):
         None, description="File or folder of the source (not for recbole_package). path, "
         "meta_path and items_path may also be http(s) URLs: downloaded once under "
         "<data_root>/downloads (a .zip is unpacked), e.g. "
-        "https://files.grouplens.org/datasets/movielens/ml-100k.zip with format grouplens.",
+        "https://files.grouplens.org/datasets/movielens/ml-100k.zip with format grouplens; or "
+        "s3:// object or prefix URLs (s3://bucket/logs/): mirrored under <data_root>/downloads and "
+        "brought up to date at every ingest, so a bucket that receives new parts is read anew.",
     )
     meta_path: str | None = Field(None, description="amazon_raw: the category's meta file, "
                                   "meta_<Category>.json(.gz) (2018) or meta_<Category>.jsonl(.gz) (2023).")

@@ -37,6 +37,7 @@ from schemas.config import DataConfig
 from schemas.errors import DataError, DataValidationError
 from tasks import readers
 from tasks.download import fetch, is_url
+from tasks.mirror import is_object_store_url, mirror
 from tasks.settings import sequence_settings
 from tasks.storage import atomic_dir, file_digest, fingerprint, write_json_atomic
 from tasks.validation import suites_key, validate_tables
@@ -78,10 +79,14 @@ def _confined(path_str: str, cfg: DataConfig) -> Path:
     return path
 
 
-def _source_path(path_str: str, cfg: DataConfig) -> Path:
-    """A source path: a URL is downloaded under the data root first (tasks/download.py)."""
+def _source_path(path_str: str, cfg: DataConfig, sync: bool = True) -> Path:
+    """A source path: a URL is downloaded under the data root first (tasks/download.py), an
+    object-store URL mirrored there (tasks/mirror.py: brought up to date when `sync`, which the
+    listing of the files to read does once per ingest; reading them then reads that mirror)."""
     if is_url(path_str):
         return _confined(str(fetch(path_str, cfg.data_root, cfg.source.sha256.get(path_str))), cfg)
+    if is_object_store_url(path_str):
+        return _confined(str(mirror(path_str, cfg.data_root, sync=sync)), cfg)
     return _confined(path_str, cfg)
 
 
@@ -117,10 +122,10 @@ def _files_read(cfg: DataConfig) -> list[Path]:
     return readers.interaction_parts(path) + ([_source_path(src.items_path, cfg)] if src.items_path else [])
 
 
-def _amazon_meta_path(cfg: DataConfig) -> Path:
+def _amazon_meta_path(cfg: DataConfig, sync: bool = True) -> Path:
     if not cfg.source.meta_path:
         raise DataError("source.meta_path (the category's meta_<Category>.json or .jsonl) is required for amazon_raw")
-    return _source_path(cfg.source.meta_path, cfg)
+    return _source_path(cfg.source.meta_path, cfg, sync)
 
 
 def _require_folder(path: Path, source_format: str) -> None:
@@ -139,7 +144,8 @@ def read_source(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         from tasks.synthetic import read_synthetic
 
         return read_synthetic(src.synthetic)
-    path = _source_path(src.path, cfg)
+    # (no sync: `source_files` brought an object-store mirror up to date for this ingest's key)
+    path = _source_path(src.path, cfg, sync=False)
     if src.format in ("recbole", "grouplens", "d3_csv"):
         _require_folder(path, src.format)
     if src.format == "recbole":
@@ -149,8 +155,8 @@ def read_source(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     if src.format == "d3_csv":
         return readers.read_d3_csv(path)
     if src.format == "amazon_raw":
-        return readers.read_amazon_raw(path, _amazon_meta_path(cfg))
-    items = _source_path(src.items_path, cfg) if src.items_path else None
+        return readers.read_amazon_raw(path, _amazon_meta_path(cfg, sync=False))
+    items = _source_path(src.items_path, cfg, sync=False) if src.items_path else None
     return readers.read_generic(cfg, path, items)
 
 
