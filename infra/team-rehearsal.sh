@@ -5,7 +5,9 @@
 # profile through the worker, then reads the registry and recommends from a second folder with only
 # the two URLs, as a teammate's machine would. Everything lives in a temporary folder and goes at
 # the end. Needs PostgreSQL's server binaries (Debian: postgresql) and PyPI (moto, psycopg2, boto3
-# are installed into that folder, not into .venv). About 4 minutes on 2 cores.
+# are installed into that folder, not into .venv). Last, a log kept in the bucket as monthly CSV
+# parts (an s3:// source) is prepared, a month's part lands, and it is prepared again. About 4
+# minutes on 2 cores.
 #
 #   bash infra/team-rehearsal.sh
 set -euo pipefail
@@ -82,4 +84,44 @@ locations = {client.get_logged_model(v.source.removeprefix("models:/")).artifact
 assert len(versions) == 3 and all(loc.startswith("mlflow-artifacts:/") for loc in locations), locations
 print(f"{len(versions)} versions, their models behind the server's proxy (mlflow-artifacts:/ -> s3://mlflow)")
 EOF
+step "a log in the bucket: ML-100K as monthly CSV parts under s3://logs/orders/, April's part later"
+cd "$PROJECT"
+"$VENV/python" - "$WORK/parts" <<'PY'
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from tasks import readers
+
+out = Path(sys.argv[1])
+out.mkdir()
+inter, items = readers.read_recbole(readers.recbole_package_folder())
+for month, part in inter.groupby(pd.to_datetime(inter["timestamp"], unit="s").dt.strftime("%Y-%m")):
+    part.to_csv(out / f"orders-{month}.csv", index=False)
+items.to_csv(out / "products.csv", index=False)
+PY
+s3() { "$WORK/s3env/bin/python" -c "import boto3, sys; c = boto3.client('s3', endpoint_url='http://127.0.0.1:$S3_PORT',
+aws_access_key_id='cft', aws_secret_access_key='rehearsal', region_name='us-east-1')
+c.create_bucket(Bucket='logs') if sys.argv[1] == 'mb' else c.upload_file(sys.argv[2], 'logs', sys.argv[3])" "$@"; }
+s3 mb
+for f in "$WORK"/parts/orders-*.csv; do [[ $f == *1998-04.csv ]] || s3 put "$f" "orders/$(basename "$f")"; done
+s3 put "$WORK/parts/products.csv" catalog/products.csv
+cat >"$WORK/bucket.yaml" <<YAML
+extends: $PROJECT/configs/smoke.yaml
+data:
+  name: bucket-log
+  data_root: $WORK/bucket-data
+  source: {format: generic, path: "s3://logs/orders/", items_path: "s3://logs/catalog/products.csv"}
+YAML
+prepare() {
+  AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT AWS_ACCESS_KEY_ID=cft AWS_SECRET_ACCESS_KEY=rehearsal AWS_DEFAULT_REGION=us-east-1 \
+    "$VENV/cft" data prepare -c "$WORK/bucket.yaml" | grep -m 1 "^ingested:"
+}
+before=$(prepare); echo "$before"
+s3 put "$WORK/parts/orders-1998-04.csv" orders/orders-1998-04.csv
+after=$(prepare); echo "$after   <- after April's part landed"
+[[ "$after" != "$before" && "$after" != *"(reused)" ]] || { echo "error: the new part made no new ingest" >&2; exit 1; }
+again=$(prepare); echo "$again   <- the bucket unchanged"
+[[ "$again" == "$after (reused)" ]] || { echo "error: an unchanged bucket did not reuse the ingest" >&2; exit 1; }
 step "team rehearsal passed"
