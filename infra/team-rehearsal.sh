@@ -116,7 +116,8 @@ data:
 YAML
 prepare() {
   AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT AWS_ACCESS_KEY_ID=cft AWS_SECRET_ACCESS_KEY=rehearsal AWS_DEFAULT_REGION=us-east-1 \
-    "$VENV/cft" data prepare -c "$WORK/bucket.yaml" | grep -m 1 "^ingested:"
+    "$VENV/cft" data prepare -c "$WORK/bucket.yaml" >"$WORK/prepare.log" 2>&1 || { tail -n 20 "$WORK/prepare.log"; exit 1; }
+  grep "^ingested:" "$WORK/prepare.log"
 }
 before=$(prepare); echo "$before"
 s3 put "$WORK/parts/orders-1998-04.csv" orders/orders-1998-04.csv
