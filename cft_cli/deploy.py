@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from schemas.errors import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROMOTION_TAG = "cft-promotion"  # tasks that move the champion alias run one at a time
+PROMOTION_WAIT_S = 1800.0  # a gate holds the slot for minutes (it ranks the gate rows); then give up
 POOL_ENV, PROJECT_DIR_ENV = "CFT_WORK_POOL", "CFT_PROJECT_DIR"  # prefect.yaml's placeholders
 CLI_LINES_SHOWN = 8  # Prefect's CLI ends its output with the error; everything before is progress
 
@@ -88,3 +92,45 @@ def deployments(api_url: str, pool: str | None = None) -> list[str]:
         paused = bool(d["schedules"]) and not any(s["active"] for s in d["schedules"])
         out.append(f"{flows[d['flow_id']]}/{d['name']}" + (" (paused)" if paused else ""))
     return out
+
+
+@contextmanager
+def promotion_slot(timeout_s: float = PROMOTION_WAIT_S) -> Iterator[None]:
+    """Hold a slot of the Prefect server's `cft-promotion` limit around a promotion or rollback
+    started outside a flow (`cft promote`, `cft rollback`). The gates and the promote flow hold it
+    through their task tag (Prefect 3 keeps a tag limit as the global limit `tag:cft-promotion`), so
+    a promotion from a laptop waits for a gate running on a worker elsewhere, which the per-machine
+    file lock in tasks.registry cannot see. Nothing to hold without a Prefect server, when the
+    server has no such limit (no `cft deploy` or `cft stack up` made it), or when it does not
+    answer (no flow can gate then either: a warning says so)."""
+    from prefect.settings import get_current_settings
+
+    from schemas.errors import InputError
+    from tasks.servers import no_answer
+
+    api, name = get_current_settings().api.url, f"tag:{PROMOTION_TAG}"
+    if not api:
+        yield
+        return
+    if reason := no_answer(api):
+        logging.getLogger(__name__).warning("the Prefect server at %s does not answer (%s): moving the champion "
+                                            "without its %s limit", api, reason, PROMOTION_TAG)
+        yield
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        yield
+        return
+    try:
+        with concurrency(name, occupy=1, timeout_seconds=timeout_s):
+            yield
+    except TimeoutError as e:
+        raise InputError(f"the {PROMOTION_TAG} limit on {api} stayed taken for {timeout_s:.0f} s (a gate or a "
+                         "promotion is running); try again when it is done") from e
+

@@ -564,10 +564,14 @@ def promote(
     set_: SetOpt = None,
 ) -> None:
     """Override the gate: make VERSION the champion, recording the reason."""
+    from cft_cli.deploy import promotion_slot
+    from tasks.registry import check_reason
     from tasks.registry import promote as promote_version
 
+    check_reason(reason, "a manual promotion")  # (before waiting for a slot)
     cfg, uri, name = _registry_context(config, set_, model_name)
-    promote_version(cfg, name, version, reason, uri)
+    with promotion_slot():  # on a Prefect server, one at a time with the gates of every worker
+        promote_version(cfg, name, version, reason, uri)
     console.print(f"{name}: champion -> version {version} ({reason})")
 
 
@@ -575,10 +579,15 @@ def promote(
 def rollback(reason: ReasonOpt, model_name: ModelNameOpt = None,
              config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) -> None:
     """Undo the last change of champion (again: further back), recording the reason."""
+    from cft_cli.deploy import promotion_slot
+    from tasks.registry import check_reason
     from tasks.registry import rollback as rollback_champion
 
+    check_reason(reason, "a rollback")
     cfg, uri, name = _registry_context(config, set_, model_name)
-    console.print(f"{name}: champion -> version {rollback_champion(cfg, name, reason, uri)} (rollback: {reason})")
+    with promotion_slot():
+        target = rollback_champion(cfg, name, reason, uri)
+    console.print(f"{name}: champion -> version {target} (rollback: {reason})")
 
 
 @app.command("versions")

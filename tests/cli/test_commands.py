@@ -210,12 +210,19 @@ def test_serve_answers_over_http(profile):
     assert "INFO ready: models:/cft-cli-test/3 (constrained)" in log and "following" not in log  # a fixed version
 
 
-def test_promote_and_rollback(profile, prefect_harness):
+def test_promote_and_rollback(profile, prefect_harness, monkeypatch):
+    import contextlib
+
+    from cft_cli import deploy
+
     assert "nothing new" in cft("run", "-c", str(profile))  # same data, same settings: not retrained
     cft("run", "-c", str(profile), "--set", "train.seed=1")  # new settings: version 4 (the gate decides its alias)
+    held = []  # each move of the champion holds the Prefect server's promotion slot (tests/e2e/test_stack.py)
+    monkeypatch.setattr(deploy, "promotion_slot", lambda: contextlib.nullcontext(held.append(1)))
     assert "champion -> version 3" in cft("promote", "-c", str(profile), "--version", "3", "--reason", "approved")
     assert "champion -> version 4" in cft("promote", "-c", str(profile), "--version", "4", "--reason", "try v4")
     assert "champion -> version 3" in cft("rollback", "-c", str(profile), "--reason", "regressed")
+    assert len(held) == 3
 
 
 def test_compare_registered_versions(profile, tmp_path):

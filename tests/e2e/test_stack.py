@@ -283,5 +283,24 @@ def test_up_frees_the_slot_of_a_run_the_stopped_stack_left_running(tmp_path):
         template = api(stack, "/work_pools/cft-team")["base_job_template"]
         assert template["variables"]["properties"]["env"]["default"] == {"TEAM_SETTING": "kept"}
         assert api(stack, "/concurrency_limits/tag/cft-promotion")["concurrency_limit"] == 1
+
+        # `cft promote` on a laptop waits for the slot that a gate on a worker elsewhere holds (the
+        # file lock sees one machine only): the promotion's slot comes after the gate let go of it.
+        gate = subprocess.Popen([sys.executable, "-c", (
+            "import time\nfrom prefect.concurrency.sync import concurrency\n"
+            "with concurrency('tag:cft-promotion'):\n    print('held', flush=True)\n    time.sleep(12)\n"
+            "print(time.time(), flush=True)")], env=stack.env(), cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+        try:
+            assert gate.stdout.readline().strip() == "held"
+            laptop = subprocess.run([sys.executable, "-c", (
+                "import time\nfrom cft_cli.deploy import promotion_slot\n"
+                "with promotion_slot():\n    print(time.time(), flush=True)")], env=stack.env(), cwd=PROJECT_ROOT,
+                capture_output=True, text=True, timeout=300)
+            assert laptop.returncode == 0, laptop.stdout + laptop.stderr
+            let_go = float(gate.stdout.readline())
+            assert float(laptop.stdout.split()[-1]) >= let_go
+        finally:
+            gate.kill()
+            gate.wait()
     finally:
         down(stack, say=lambda *_: None)
