@@ -75,6 +75,9 @@ step "a teammate's machine: another folder, the two URLs only"
 mkdir "$WORK/laptop" && cd "$WORK/laptop"
 "$VENV/cft" versions -c "$PROJECT/configs/smoke.yaml" --set "data.data_root=$WORK/laptop/data"
 "$VENV/cft" recommend -c "$PROJECT/configs/smoke.yaml" --set "data.data_root=$WORK/laptop/data" -k 5 "Star Wars (1977)" "Fargo (1996)"
+"$VENV/cft" promote -c "$PROJECT/configs/smoke.yaml" --set "data.data_root=$WORK/laptop/data" --version 3 \
+  --reason "rehearsal: promoted from a laptop, through the server's cft-promotion limit"
+"$VENV/cft" rollback -c "$PROJECT/configs/smoke.yaml" --set "data.data_root=$WORK/laptop/data" --reason "rehearsal: undone"
 "$VENV/python" - "$MLFLOW_TRACKING_URI" <<'EOF'
 import sys
 from mlflow import MlflowClient
