@@ -9,6 +9,8 @@ a run. `deploy_project` sets both, creates the pool when it is missing (a team's
 with its edited job template, is left as it is), and creates the tag concurrency limit that lets
 one promotion run at a time on the whole server (`PROMOTION_TAG`; the file lock in
 tasks.registry guards one machine only). `cft stack up` deploys through it to its own pool.
+`promotion_slot` holds a slot of that limit for `cft promote` and `cft rollback`, which run
+outside a flow.
 """
 
 from __future__ import annotations
@@ -105,7 +107,6 @@ def promotion_slot(timeout_s: float = PROMOTION_WAIT_S) -> Iterator[None]:
     answer (no flow can gate then either: a warning says so)."""
     from prefect.settings import get_current_settings
 
-    from schemas.errors import InputError
     from tasks.servers import no_answer
 
     api, name = get_current_settings().api.url, f"tag:{PROMOTION_TAG}"
