@@ -19,6 +19,7 @@ import base64
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -35,9 +36,10 @@ POOL_ENV, PROJECT_DIR_ENV = "CFT_WORK_POOL", "CFT_PROJECT_DIR"  # prefect.yaml's
 CLI_LINES_SHOWN = 8  # Prefect's CLI ends its output with the error; everything before is progress
 
 
-def prefect_bin() -> str:
-    """This environment's `prefect` console script."""
-    return str(Path(sys.executable).with_name("prefect"))
+def console_script(name: str) -> str:
+    """A console script of this environment (the venv's prefect / mlflow / cft), else the one on PATH."""
+    path = Path(sys.executable).with_name(name)
+    return str(path) if path.exists() else (shutil.which(name) or name)
 
 
 def prefect_cli(env: dict[str, str], *args: str, again: str) -> str:
@@ -45,7 +47,7 @@ def prefect_cli(env: dict[str, str], *args: str, again: str) -> str:
     InputError with the last lines of its output, where Prefect says why (mostly a mistake in
     prefect.yaml, which users edit: a schedule turned on, a cron string), not a traceback under
     80 lines of deploy progress; `again` is the command to run after the fix."""
-    res = subprocess.run([prefect_bin(), *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    res = subprocess.run([console_script("prefect"), *args], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
     if res.returncode:
         said = [line.rstrip() for line in (res.stdout + "\n" + res.stderr).splitlines() if line.strip()]
         raise InputError(f"prefect {' '.join(args)} failed (exit {res.returncode}) in {PROJECT_ROOT}:\n"
@@ -60,7 +62,7 @@ def deploy_project(env: dict[str, str], pool: str, project_dir: str, pool_type: 
     the worker's machine. The pool is created (of `pool_type`) when missing, or made anew when
     `replace_pool` (the local stack's own pool); the promotion limit is created or reset to 1."""
     env = {**env, POOL_ENV: pool, PROJECT_DIR_ENV: project_dir}
-    created = subprocess.run([prefect_bin(), "work-pool", "inspect", pool], env=env, cwd=PROJECT_ROOT,
+    created = subprocess.run([console_script("prefect"), "work-pool", "inspect", pool], env=env, cwd=PROJECT_ROOT,
                              capture_output=True, text=True).returncode == 0
     if replace_pool or not created:
         prefect_cli(env, "work-pool", "create", pool, "--type", pool_type, *(["--overwrite"] if replace_pool else []),

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from cft_cli.deploy import PROJECT_ROOT, deploy_project, prefect_api
+from cft_cli.deploy import PROJECT_ROOT, console_script, deploy_project, prefect_api
 from schemas.errors import InputError
 from tasks.quiet import QUIET_ENV
 
@@ -92,12 +90,6 @@ class Stack:
         })
         env.setdefault(QUIET_ENV, "1")  # flow runs log into files: quiet unless `cft --verbose` said "0"
         return env
-
-
-def _bin(name: str) -> str:
-    """A console script of this environment (the venv's prefect / mlflow)."""
-    path = Path(sys.executable).with_name(name)
-    return str(path) if path.exists() else (shutil.which(name) or name)
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen | psutil.Process, log: Path,
@@ -259,9 +251,9 @@ def start_servers(stack: Stack, say=print) -> None:
     row finds it still starting, and one that hangs is named here rather than failing `deploy`."""
     store = stack.data_root.resolve() / "mlflow"
     commands = {
-        "prefect-server": [_bin("prefect"), "server", "start", "--host", stack.host, "--port", str(stack.prefect_port),
+        "prefect-server": [console_script("prefect"), "server", "start", "--host", stack.host, "--port", str(stack.prefect_port),
                            "--analytics-off"],
-        "mlflow-server": [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+        "mlflow-server": [console_script("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
                           "--artifacts-destination", str(store / "artifacts"), "--host", stack.host,
                           "--port", str(stack.mlflow_port), "--workers", "1"]}
     labels = {"prefect-server": "Prefect server  ", "mlflow-server": "MLflow server   "}
@@ -291,7 +283,7 @@ def start_worker(stack: Stack) -> psutil.Process | None:
     """A process worker on the pool, unless one `up` started still runs: then that one."""
     if running := _running(_read_pids(stack), "worker"):
         return running
-    proc = _spawn(stack, "worker", [_bin("prefect"), "worker", "start", "--pool", POOL], stack.env())
+    proc = _spawn(stack, "worker", [console_script("prefect"), "worker", "start", "--pool", POOL], stack.env())
     _record(stack, "worker", proc)
     return None
 
@@ -306,7 +298,7 @@ def start_recommender(stack: Stack, profile: Path, follow_every_s: float = 30.0,
             "--follow-every stay as they were; `cft stack down` first to change them)")
         return
     proc = _spawn(stack, "recommender", [
-        _bin("cft"), "serve", "-c", str(profile.resolve()), "--host", stack.host, "--port", str(stack.serve_port),
+        console_script("cft"), "serve", "-c", str(profile.resolve()), "--host", stack.host, "--port", str(stack.serve_port),
         "--wait", "--follow-every", f"{follow_every_s:g}"], stack.env())
     _record(stack, "recommender", proc)
     _wait_http(f"{stack.recommender_url}/health", RECOMMENDER_START_S, proc, log, answers=(200, 503))  # 503: waiting

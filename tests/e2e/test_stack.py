@@ -27,8 +27,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cft_cli.deploy import console_script
 from cft_cli.main import app
-from cft_cli.stack import POOL, PROJECT_ROOT, Stack, _bin, down
+from cft_cli.stack import POOL, PROJECT_ROOT, Stack, down
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -47,11 +48,11 @@ def run_pipeline(stack: Stack, overrides: dict, deployment: str = "cft/full-pipe
     id and the worker's output (which holds the flow run's)."""
     env = stack.env()
     params = json.dumps({"profile": "configs/smoke.yaml", "overrides": overrides, **params})
-    res = subprocess.run([_bin("prefect"), "deployment", "run", deployment, "--params", params],
+    res = subprocess.run([console_script("prefect"), "deployment", "run", deployment, "--params", params],
                          env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", res.stdout).group(1)
-    worker = subprocess.run([_bin("prefect"), "worker", "start", "--pool", POOL, "--run-once"],
+    worker = subprocess.run([console_script("prefect"), "worker", "start", "--pool", POOL, "--run-once"],
                             env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
     state = api(stack, f"/flow_runs/{run_id}")["state"]
     assert state["type"] == "COMPLETED", f"{state}\n{worker.stdout[-6000:]}\n{worker.stderr[-6000:]}"
@@ -157,7 +158,7 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         assert any("as of 1998-03-01" in v.description for v in gated)
 
         # The champion recommends through the CLI: K catalogue items.
-        res = subprocess.run([_bin("cft"), "recommend", "-c", "configs/smoke.yaml", "--set",
+        res = subprocess.run([console_script("cft"), "recommend", "-c", "configs/smoke.yaml", "--set",
                               f"data.data_root={data_root}", "-k", "5", "--history", "Star Wars (1977)",
                               "Fargo (1996)"], env=stack.env(), cwd=PROJECT_ROOT, capture_output=True,
                              text=True, timeout=300)
@@ -179,7 +180,7 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         two_days_ago = time.time() - 2 * 24 * 3600
         for folder in trainings:
             os.utime(folder / "model" / "training.json", (two_days_ago, two_days_ago))
-        res = subprocess.run([_bin("cft"), "gc", "-c", "configs/smoke.yaml", "--set", f"data.data_root={data_root}",
+        res = subprocess.run([console_script("cft"), "gc", "-c", "configs/smoke.yaml", "--set", f"data.data_root={data_root}",
                               "--dry-run"], env=stack.env(), cwd=PROJECT_ROOT, capture_output=True, text=True,
                              timeout=300)
         assert res.returncode == 0, res.stdout + res.stderr
@@ -267,14 +268,14 @@ def test_up_frees_the_slot_of_a_run_the_stopped_stack_left_running(tmp_path):
         assert placed() == {(POOL, str(PROJECT_ROOT))}
         edited = {**api(stack, f"/work_pools/{POOL}")["base_job_template"]}
         edited["variables"]["properties"]["env"]["default"] = {"TEAM_SETTING": "kept"}
-        team = subprocess.run([_bin("prefect"), "work-pool", "create", "cft-team", "--type", "process",
+        team = subprocess.run([console_script("prefect"), "work-pool", "create", "cft-team", "--type", "process",
                                "--base-job-template", "/dev/stdin"], input=json.dumps(edited), env=stack.env(),
                               cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
         assert team.returncode == 0, team.stdout + team.stderr
-        gone_limit = subprocess.run([_bin("prefect"), "concurrency-limit", "delete", "cft-promotion"], env=stack.env(),
+        gone_limit = subprocess.run([console_script("prefect"), "concurrency-limit", "delete", "cft-promotion"], env=stack.env(),
                                     cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
         assert gone_limit.returncode == 0, gone_limit.stdout + gone_limit.stderr  # (`up` made it; a team server has none)
-        deployed = subprocess.run([_bin("cft"), "deploy", "--pool", "cft-team", "--project-dir", "/srv/cft-rec"],
+        deployed = subprocess.run([console_script("cft"), "deploy", "--pool", "cft-team", "--project-dir", "/srv/cft-rec"],
                                   env=stack.env(), cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         assert deployed.stdout.startswith(f"deployed to pool cft-team of {stack.prefect_api} (flows run in /srv/cft-rec):\n"
