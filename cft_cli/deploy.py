@@ -130,10 +130,14 @@ def promotion_slot(timeout_s: float = PROMOTION_WAIT_S) -> Iterator[None]:
     except ObjectNotFound:
         yield
         return
+    held = False
     try:
         with concurrency(name, occupy=1, timeout_seconds=timeout_s):
+            held = True
             yield
     except TimeoutError as e:
+        if held:  # the promotion's own timeout, not the wait for the slot
+            raise
         raise InputError(f"the {PROMOTION_TAG} limit on {api} stayed taken for {timeout_s:.0f} s (a gate or a "
                          "promotion is running); try again when it is done") from e
 

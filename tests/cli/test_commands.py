@@ -427,3 +427,27 @@ def test_titles_print_as_they_are_not_as_rich_markup():
     out = captured.get()
     assert all(title in out for title in titles)
     assert "not in the catalogue: 'Odd [/] title'" in out
+
+
+def test_the_promotion_slot_says_when_a_gate_keeps_it_and_passes_the_promotions_own_errors(prefect_harness):
+    """`cft promote` waits for the server's cft-promotion slot; one a gate keeps past the wait is an
+    error saying so (exit 2), and a TimeoutError of the promotion itself, raised while the slot is
+    held, stays that error (it used to be reported as the slot staying taken)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+
+    from cft_cli.deploy import promotion_slot
+    from schemas.errors import InputError
+
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="tag:cft-promotion", limit=1))
+    try:
+        gate_holds_it = concurrency("tag:cft-promotion")
+        with gate_holds_it, pytest.raises(InputError, match="stayed taken for 1 s"), promotion_slot(timeout_s=1):
+            pass
+        with pytest.raises(TimeoutError, match="the registry did not answer"), promotion_slot():
+            raise TimeoutError("the registry did not answer")
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name("tag:cft-promotion")
