@@ -62,9 +62,8 @@ def deploy_project(env: dict[str, str], pool: str, project_dir: str, pool_type: 
     the worker's machine. The pool is created (of `pool_type`) when missing, or made anew when
     `replace_pool` (the local stack's own pool); the promotion limit is created or reset to 1."""
     env = {**env, POOL_ENV: pool, PROJECT_DIR_ENV: project_dir}
-    created = subprocess.run([console_script("prefect"), "work-pool", "inspect", pool], env=env, cwd=PROJECT_ROOT,
-                             capture_output=True, text=True).returncode == 0
-    if replace_pool or not created:
+    if replace_pool or subprocess.run([console_script("prefect"), "work-pool", "inspect", pool], env=env,
+                                      cwd=PROJECT_ROOT, capture_output=True, text=True).returncode != 0:
         prefect_cli(env, "work-pool", "create", pool, "--type", pool_type, *(["--overwrite"] if replace_pool else []),
                     again=again)
     prefect_cli(env, "concurrency-limit", "create", PROMOTION_TAG, "1", again=again)
