@@ -199,7 +199,8 @@ def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
     """(output folder, fingerprint, source files) of `ingest`: named by the source settings, the
     bytes of every source file and the reader's version."""
     files = source_files(cfg)
-    key = {"source": source_settings(cfg), "files": [(f.name, file_digest(f)) for f in files]}
+    folder = _parts_folder(cfg)
+    key = {"source": source_settings(cfg), "files": [(_key_name(f, folder), file_digest(f)) for f in files]}
     # The reader's version sits under "reader", not storage.with_code_versions' "code": it was
     # keyed so before that helper, and moving it would write every generic source's folders again.
     if (reader := READER_VERSIONS.get(cfg.source.format, 1)) > 1:  # (version 1 was never in the key)
@@ -208,6 +209,21 @@ def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
         key["drop"] = dropping
     fp = fingerprint(key)
     return cfg.data_root / "ingested" / f"{cfg.name}-{fp}", fp, files
+
+
+def _parts_folder(cfg: DataConfig) -> Path | None:
+    """A generic source's folder of parts (None for a file or another format)."""
+    if cfg.source.format != "generic":
+        return None
+    path = _source_path(cfg.source.path, cfg, sync=False)  # (`source_files` has synced a mirror)
+    return path if path.is_dir() else None
+
+
+def _key_name(file: Path, folder: Path | None) -> str:
+    """A source file's name in the ingest key: its name, or for a part in a generic source's
+    `folder` its path there (`dt=2026-12-01/part-0.parquet`: the same bytes in another partition
+    folder are other rows; in a flat folder the two are the same, so its keys stand)."""
+    return file.relative_to(folder).as_posix() if folder and file.is_relative_to(folder) else file.name
 
 
 def cleaning_drops(cfg: DataConfig) -> list[str]:

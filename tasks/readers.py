@@ -18,9 +18,11 @@ import importlib.resources
 import io
 import json
 import logging
+import os
 import re
 import zlib
 from pathlib import Path
+from urllib.parse import unquote
 
 import pandas as pd
 
@@ -679,13 +681,23 @@ def read_d3_csv(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 TABLE_SUFFIXES = {".parquet", ".csv", ".tsv", ".tab"}
+TEXT_SUFFIXES = {".csv", ".tsv", ".tab"}  # also read gzipped: "part-00000.csv.gz" (Spark, Firehose, pandas)
+
+
+def table_suffix(path: Path) -> str | None:
+    """The kind of table a file holds by its name: ".parquet", ".csv", ".tsv" or ".tab" (a text one
+    also when gzipped, `events.tsv.gz` -> ".tsv"); None for any other file."""
+    if path.suffix == ".gz":
+        inner = Path(path.stem).suffix
+        return inner if inner in TEXT_SUFFIXES else None
+    return path.suffix if path.suffix in TABLE_SUFFIXES else None
 
 
 def _read_table(path: Path, encoding: str, delimiter: str | None = None) -> pd.DataFrame:
-    """A generic source's file: Parquet, or CSV/TSV separated by `delimiter` (None: by the suffix,
-    "," for .csv, a tab for .tsv and .tab). A text file whose header reads as one column holding
-    another separator (a semicolon: Excel's CSV in most European locales) is named with the
-    setting that reads it."""
+    """A generic source's file: Parquet, or CSV/TSV (gzipped or not) separated by `delimiter` (None:
+    by the suffix, "," for .csv, a tab for .tsv and .tab). A text file whose header reads as one
+    column holding another separator (a semicolon: Excel's CSV in most European locales) is named
+    with the setting that reads it."""
     if path.suffix == ".parquet":
         _check_not_pickle(path)
         import pyarrow as pa
@@ -702,7 +714,7 @@ def _read_table(path: Path, encoding: str, delimiter: str | None = None) -> pd.D
         # Columns of lists, records or maps: fine where unread, an error where a value belongs (`read_generic`).
         df.attrs["nested"] = [f.name for f in table.schema if pa.types.is_nested(f.type)]
         return df
-    sep = delimiter or ("\t" if path.suffix in (".tsv", ".tab") else ",")
+    sep = delimiter or ("\t" if table_suffix(path) in (".tsv", ".tab") else ",")
     try:
         df = read_string_table(path, sep, encoding)
     except NotDecodable as e:
@@ -747,14 +759,58 @@ def _newest_titles(item_ids: pd.Series, titles: pd.Series, timestamps: pd.Series
 
 def interaction_parts(path: Path) -> list[Path]:
     """The files `read_generic` reads as interactions: the file itself, or a folder's parts (new
-    files are dropped into it): its table files by name, hidden ones (".part-0.crc") and markers
-    ("_SUCCESS") left out."""
+    files are dropped into it), sorted by their path in it. As pandas and pyarrow read a dataset
+    folder: its subfolders too (Spark's and pyarrow's `partitionBy` layout, `dt=2026-12-01/part-0.parquet`,
+    see `partition_values`), but no file or folder whose name starts with "." or "_" (a part being
+    written, ".part-0.csv.crc", Spark's `_temporary/` and `_SUCCESS`); table files only (.parquet,
+    .csv, .tsv, .tab, the text ones also gzipped). A table format whose folder also keeps the files
+    of removed rows (Delta Lake, Apache Iceberg, Apache Hudi) is refused: reading its files as parts
+    would read rows deleted long ago."""
     if not path.is_dir():
         return [path]
-    parts = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in TABLE_SUFFIXES and not f.name.startswith("."))
+    _refuse_table_format(path)
+    parts = []
+    for folder, subfolders, files in os.walk(path):
+        subfolders[:] = [d for d in subfolders if not d.startswith((".", "_"))]  # (pruned: not walked)
+        parts += [Path(folder, f) for f in files if not f.startswith((".", "_")) and table_suffix(Path(f))]
     if not parts:
-        raise DataError(f"{path}: no interaction parts ({', '.join(sorted(TABLE_SUFFIXES))} files)")
-    return parts
+        raise DataError(f"{path}: no interaction parts ({', '.join(sorted(TABLE_SUFFIXES))} files, in it or in "
+                        "subfolders)")
+    return sorted(parts, key=lambda f: f.relative_to(path).parts)
+
+
+# Marks of table formats whose data folder holds files of old versions next to the current ones.
+TABLE_FORMATS = {"_delta_log": "a Delta Lake table", ".hoodie": "an Apache Hudi table",
+                 "metadata": "an Apache Iceberg table"}
+
+
+def _refuse_table_format(path: Path) -> None:
+    for mark, what in TABLE_FORMATS.items():
+        found = path / mark
+        if found.is_dir() and (mark != "metadata" or any(found.glob("*.metadata.json"))):
+            raise DataError(f"{path}: {what} ({mark}/ in it): its folder also keeps the files of rows it has since "
+                            "removed or rewritten, so its files are not read as parts; export the table's current "
+                            "version as Parquet (e.g. spark.read.table(...).write.parquet(folder)) and point "
+                            "data.source.path at that")
+
+
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # how Spark and Hive name the folder of a null partition value
+
+
+def partition_values(part: Path, root: Path) -> dict[str, str | None]:
+    """The Hive-style partition values in the folder names between `root` and `part`:
+    `root/dt=2026-12-01/country=de/part-0.parquet` -> {"dt": "2026-12-01", "country": "de"}.
+
+    `df.write.partitionBy("dt")` (Spark) and `pyarrow.parquet.write_to_dataset(partition_cols=...)`
+    move those columns out of the files into the folder names; they are read back as text columns,
+    percent-escapes decoded (Spark writes "10:00" as "10%3A00"), HIVE_NULL as a missing value. A
+    folder name without "=" holds no value (`2026/12/01/`)."""
+    values = {}
+    for name in part.parent.relative_to(root).parts:
+        key, eq, value = name.partition("=")
+        if eq and key:
+            values[unquote(key)] = None if value == HIVE_NULL else unquote(value)
+    return values
 
 
 def _refuse_incomplete_rows(df: pd.DataFrame, columns: list[str], path: Path, first_line: int | None) -> None:
@@ -775,22 +831,27 @@ def _refuse_incomplete_rows(df: pd.DataFrame, columns: list[str], path: Path, fi
 def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """CSV/TSV/Parquet interactions (+ items file) with `source.columns` mapping ours -> theirs.
 
-    A folder of parts (new files dropped into it) is read part by part: each part's timestamps
-    are read in their own unit (one job may write unix seconds, another ISO text), and an error
-    names the part and its rows.
+    A folder of parts (new files dropped into it, or a partitioned dataset's folders) is read part
+    by part: each part's timestamps are read in their own unit (one job may write unix seconds,
+    another ISO text), an error names the part and its rows, and a partitioned dataset's columns
+    come back from its folder names (`partition_values`), so `columns` may map one of them.
     """
     col = {k: cfg.source.columns.get(k, k) for k in ("user_id", "item_id", "timestamp", "rating", "title")}
     parts = interaction_parts(inter_path)
+    name = {part: part.relative_to(inter_path).as_posix() if inter_path.is_dir() else part.name for part in parts}
     needed = [col["user_id"], col["item_id"], col["timestamp"]] + ([col["title"]] if items_path is None else [])
     frames, units, rated, examples = [], {}, False, []
     for part in parts:
         df = _read_table(part, cfg.source.encoding, cfg.source.delimiter)
+        for key, value in (partition_values(part, inter_path) if inter_path.is_dir() else {}).items():
+            if key not in df.columns:  # (a column the file has keeps its own values)
+                df[key] = pd.Series(value, index=df.index, dtype="string")
         first_line = None if part.suffix == ".parquet" else 2  # (text: line 1 is the header)
         require_columns(df, needed, part, cfg.source.columns)
         _refuse_nested(df, col.values(), part)
         _refuse_incomplete_rows(df, [col["user_id"], col["item_id"], col["timestamp"]], part, first_line)
         rated = rated or col["rating"] in df
-        timestamps, units[part.name] = to_int_timestamps(df[col["timestamp"]], part, col["timestamp"],
+        timestamps, units[name[part]] = to_int_timestamps(df[col["timestamp"]], part, col["timestamp"],
                                                          cfg.source.timestamp_unit, first_line)
         frames.append(pd.DataFrame({  # (.array: Arrow strings stay Arrow, not one Python string per row)
             "user_id": df[col["user_id"]].array, "item_id": df[col["item_id"]].array,
@@ -823,7 +884,7 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     title = items_df[col["title"]].astype("string")
     # What ingest records in its manifest (and a failed range check shows): the unit read (per
     # part when they differ), raw examples.
-    unit = units[parts[0].name] if len(set(units.values())) == 1 else ", ".join(f"{k}: {v}" for k, v in units.items())
+    unit = units[name[parts[0]]] if len(set(units.values())) == 1 else ", ".join(f"{k}: {v}" for k, v in units.items())
     interactions.attrs["timestamp"] = {"column": col["timestamp"], "unit": unit,
                                        "examples": examples}
     items_source = items_path or inter_path

@@ -1,6 +1,6 @@
 """The ingest key covers exactly the files a source's reader reads: a file left next to them (a
-README, ML-25M's genome scores, a Spark `_SUCCESS` marker) is neither digested nor a reason to
-ingest again, and a change to a file that is read always is."""
+README, ML-25M's genome scores, a Spark `_SUCCESS` marker or `_temporary/` folder) is neither
+digested nor a reason to ingest again, and a change to a file that is read always is."""
 
 from pathlib import Path
 
@@ -60,11 +60,24 @@ def _generic_parts(folder: Path) -> list[str]:
     return ["part-0.csv", "part-1.csv"]
 
 
+def _generic_partitioned(folder: Path) -> list[str]:
+    """Spark's `partitionBy("day")` output, with a task's attempt still in `_temporary/`."""
+    for day, (user, item) in [("2004-11-09", (1, 10)), ("2004-11-10", (2, 20))]:
+        (folder / f"day={day}").mkdir()
+        (folder / f"day={day}" / "part-00000-c000.csv").write_text(
+            f"user_id,item_id,timestamp,title\n{user},{item},{1100000000 + user},Heat\n")
+        (folder / f"day={day}" / ".part-00000-c000.csv.crc").write_text("crc\n")
+    (folder / "_temporary" / "0" / "day=2004-11-11").mkdir(parents=True)
+    (folder / "_temporary" / "0" / "day=2004-11-11" / "part-00000-c000.csv").write_text("user_id,item_id\n3,30\n")
+    (folder / "_SUCCESS").write_text("")
+    return ["day=2004-11-09/part-00000-c000.csv", "day=2004-11-10/part-00000-c000.csv"]
+
+
 LAYOUTS = {
     "grouplens": {"u.data": _grouplens_100k, "ratings.dat": _grouplens_dat, "ratings.csv": _grouplens_csv},
     "recbole": {"atomic files": _recbole},
     "d3_csv": {"splits": _d3},
-    "generic": {"folder of parts": _generic_parts},
+    "generic": {"folder of parts": _generic_parts, "partitioned dataset": _generic_partitioned},
 }
 CASES = [(fmt, name) for fmt, layouts in LAYOUTS.items() for name in layouts]
 
