@@ -41,6 +41,9 @@ class SyntheticConfig(_Strict):
     span_days: int = Field(365, ge=1, description="Nominal time span of the interactions.")
 
 
+GENERIC_COLUMNS = ("user_id", "item_id", "timestamp", "rating", "title")  # what `columns` maps
+
+
 class SourceConfig(_Strict):
     """Where the interaction logs come from and how they are laid out."""
 
@@ -52,7 +55,7 @@ class SourceConfig(_Strict):
         "ML-1M/10M (ratings.dat, movies.dat) or ML-20M/25M/32M/ml-latest (ratings.csv, movies.csv); "
         "amazon_raw: an Amazon Reviews category, 2018 or 2023 release (told apart by its fields): "
         "reviews JSON lines or the 2023 benchmark CSV (+ meta_path); d3_csv: a folder of "
-        "D3/BIGRec CSV splits (train/valid/test) and its info file; generic: CSV or Parquet interactions "
+        "D3/BIGRec CSV splits (train/valid/test) and its info file; generic: CSV, Parquet or JSON-lines interactions "
         "(+ items_path) with a column mapping; synthetic: generated rows with a planted history signal (`synthetic` settings).",
     )
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="synthetic: the generator's knobs.")
@@ -70,7 +73,14 @@ class SourceConfig(_Strict):
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="generic: our column -> the file's column, for user_id, item_id, timestamp, "
-        "rating (optional) and title (items file). Unmapped columns keep our names.",
+        "rating (optional) and title (items file). Unmapped columns keep our names. A nested field "
+        "of JSON lines by its dotted name (context.page.sku); a partitioned dataset's partition "
+        "column by its name (dt).",
+    )
+    items_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="generic: the items file's own names for item_id and title, where they differ "
+        "from `columns`' (an event log's context.sku next to a catalogue's sku); unmapped: as in columns.",
     )
     sha256: dict[str, str] = Field(
         default_factory=dict, description="Expected SHA-256 of downloaded files, by URL; a "
@@ -104,6 +114,12 @@ class SourceConfig(_Strict):
             raise ValueError(f"encoding {self.encoding!r} is no text encoding Python knows, e.g. utf-8, cp1252, latin-1") from None
         if self.delimiter is not None and (len(self.delimiter) != 1 or self.delimiter in "\"\r\n"):
             raise ValueError(f"delimiter {self.delimiter!r} must be one character, not a quote or a line break, e.g. ';'")
+        for field, ours in (("columns", GENERIC_COLUMNS), ("items_columns", ("item_id", "title"))):
+            if unknown := [k for k in getattr(self, field) if k not in ours]:
+                raise ValueError(f"{field} maps {unknown}, which are not ours: it maps our names ({', '.join(ours)}) "
+                                 "to the file's, e.g. item_id: product_sku")
+        if self.items_columns and not self.items_path:
+            raise ValueError("items_columns names the items file's columns, and there is no items_path")
         return self
 
 

@@ -177,13 +177,15 @@ def _to_arrow(df: pd.DataFrame, schema: pa.Schema, what: str) -> pa.Table:
 
 def source_settings(cfg: DataConfig) -> dict:
     """The source settings that decide the ingested rows (the generator's only for `synthetic`;
-    the encoding and the delimiter only where they are not the default, as they joined later: so a
-    profile that does not set them keeps the ingested folders it had)."""
+    the encoding, the delimiter and items_columns only where they are not the default, as they
+    joined later: so a profile that does not set them keeps the ingested folders it had)."""
     left_out = set() if cfg.source.format == "synthetic" else {"synthetic"}
     if cfg.source.encoding == "utf-8":
         left_out.add("encoding")
     if cfg.source.delimiter is None:
         left_out.add("delimiter")
+    if not cfg.source.items_columns:
+        left_out.add("items_columns")
     return cfg.source.model_dump(exclude=left_out)
 
 

@@ -148,10 +148,11 @@ def _refuse_duplicate_columns(names: list, path: Path) -> None:
                         f"{names}; which one is meant is ambiguous: rename them")
 
 
-def require_columns(df: pd.DataFrame, columns: list[str], path: Path, mapping: dict | None = None) -> None:
+def require_columns(df: pd.DataFrame, columns: list[str], path: Path, mapping: dict | None = None,
+                    setting: str = "columns") -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        hint = f" (data.source.columns maps {mapping})" if mapping else ""
+        hint = f" (data.source.{setting} maps {mapping})" if mapping else ""
         raise DataError(f"{path}: missing column(s) {missing}{hint}; found {list(df.columns)}")
 
 
@@ -488,8 +489,23 @@ def _json_lines(path: Path, fields: dict[str, str]) -> pd.DataFrame:
 
 def _json_lines_by_line(path: Path, fields: list[str]) -> pd.DataFrame:
     """`_json_lines` in Python, one line at a time (only `fields` kept); DataError naming the line
-    that is no JSON object or no UTF-8, or the gzip file that is corrupt."""
+    that is no JSON object or no UTF-8, or the gzip file that is corrupt (`_json_objects`)."""
     columns: dict[str, list] = {name: [] for name in fields}
+    for row in _json_objects(path):
+        for name, values in columns.items():
+            values.append(row.get(name))
+    return pd.DataFrame(columns)
+
+
+ONE_DOCUMENT = (" (the file seems to be one JSON document, not JSON lines, which hold one object a line: e.g. "
+                "`jq -c '.[]' in.json > out.jsonl`; in a folder of parts, a file that is none is left out by a name "
+                "starting with '_')")
+
+
+def _json_objects(path: Path):
+    """The objects of a JSON-lines file (gzipped or not), one a line, blank lines skipped; DataError
+    naming the line that is no JSON object or no UTF-8 (a file that is one JSON array said as
+    such), or the gzip file that is corrupt."""
     try:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
             for n, raw in enumerate(f, start=1):
@@ -503,14 +519,15 @@ def _json_lines_by_line(path: Path, fields: list[str]) -> pd.DataFrame:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+                    one_document = n == 1 and line.strip() in ("[", "{") or line.lstrip().startswith("[{")
+                    raise DataError(f"{path}: line {n} is not valid JSON ({e.msg})"
+                                    f"{ONE_DOCUMENT if one_document else ''}") from None
                 if not isinstance(row, dict):
-                    raise DataError(f"{path}: line {n} is a JSON {type(row).__name__}, not an object")
-                for name, values in columns.items():
-                    values.append(row.get(name))
+                    raise DataError(f"{path}: line {n} is a JSON {type(row).__name__}, not an object"
+                                    f"{ONE_DOCUMENT if n == 1 and isinstance(row, list) else ''}")
+                yield row
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from None
-    return pd.DataFrame(columns)
 
 
 # The two Amazon Reviews releases a category's files come in, told apart by the reviews' fields:
@@ -680,13 +697,15 @@ def read_d3_csv(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 # ------------------------------------------------------------------------------ generic
 
 
-TABLE_SUFFIXES = {".parquet", ".csv", ".tsv", ".tab"}
-TEXT_SUFFIXES = {".csv", ".tsv", ".tab"}  # also read gzipped: "part-00000.csv.gz" (Spark, Firehose, pandas)
+JSON_SUFFIXES = {".jsonl", ".ndjson", ".json"}  # JSON lines: one object a line (Spark's df.write.json)
+TEXT_SUFFIXES = {".csv", ".tsv", ".tab", *JSON_SUFFIXES}  # also read gzipped: "part-00000.csv.gz"
+TABLE_SUFFIXES = {".parquet", *TEXT_SUFFIXES}
 
 
 def table_suffix(path: Path) -> str | None:
-    """The kind of table a file holds by its name: ".parquet", ".csv", ".tsv" or ".tab" (a text one
-    also when gzipped, `events.tsv.gz` -> ".tsv"); None for any other file."""
+    """The kind of table a file holds by its name: ".parquet", ".csv", ".tsv", ".tab", ".jsonl",
+    ".ndjson" or ".json" (a text one also when gzipped, `events.tsv.gz` -> ".tsv"); None for any
+    other file."""
     if path.suffix == ".gz":
         inner = Path(path.stem).suffix
         return inner if inner in TEXT_SUFFIXES else None
@@ -694,10 +713,12 @@ def table_suffix(path: Path) -> str | None:
 
 
 def _read_table(path: Path, encoding: str, delimiter: str | None = None) -> pd.DataFrame:
-    """A generic source's file: Parquet, or CSV/TSV (gzipped or not) separated by `delimiter` (None:
-    by the suffix, "," for .csv, a tab for .tsv and .tab). A text file whose header reads as one
-    column holding another separator (a semicolon: Excel's CSV in most European locales) is named
-    with the setting that reads it."""
+    """A generic source's file: Parquet, JSON lines (`_read_json_lines`), or CSV/TSV (gzipped or not)
+    separated by `delimiter` (None: by the suffix, "," for .csv, a tab for .tsv and .tab). A text
+    file whose header reads as one column holding another separator (a semicolon: Excel's CSV in
+    most European locales) is named with the setting that reads it."""
+    if table_suffix(path) in JSON_SUFFIXES:
+        return _read_json_lines(path)
     if path.suffix == ".parquet":
         _check_not_pickle(path)
         import pyarrow as pa
@@ -724,6 +745,51 @@ def _read_table(path: Path, encoding: str, delimiter: str | None = None) -> pd.D
         raise DataError(f"{path}: its header reads as one column, {str(df.columns[0])[:60]!r}: the file seems "
                         f"separated by {other!r}, not {sep!r}; set data.source.delimiter: {json.dumps(other)}")
     return df
+
+
+def _read_json_lines(path: Path) -> pd.DataFrame:
+    """A JSON-lines file (an event export: Spark's `df.write.json`, Firehose, Segment), gzipped or
+    not: a column a field, nested objects flattened into dotted names (`{"context": {"sku": 5}}`
+    -> column "context.sku", which `data.source.columns` can map), lists kept as lists (refused
+    where a value belongs, `attrs["nested"]`).
+
+    pyarrow's JSON reader infers each field's type in C++; a file it refuses (a field that is a
+    number on one line and text on another, a line that is no JSON) is read again line by line,
+    every value as text, as a CSV's are, or with the error naming the line."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    _check_readable(path)
+    try:
+        with pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None) as stream:
+            table = pj.read_json(stream)
+        table.validate(full=True)  # (bytes that are no UTF-8 pass the reader inside strings)
+        while any(pa.types.is_struct(t) for t in table.schema.types):
+            table = table.flatten()  # (one level a pass: "a.b" then "a.b.c")
+        df = table.to_pandas()
+        df.attrs["nested"] = [f.name for f in table.schema if pa.types.is_nested(f.type)]
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, OSError, EOFError):
+        rows = [_flat_text(row) for row in _json_objects(path)]
+        nested = sorted({k for row in rows for k, v in row.items() if isinstance(v, list)})
+        df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+        df = df.astype({c: "string" for c in df.columns if c not in nested})
+        df.attrs["nested"] = nested
+    if df.empty:
+        raise DataError(f"{path}: file holds no JSON lines")
+    return df
+
+
+def _flat_text(row: dict, prefix: str = "") -> dict:
+    """One JSON object as {dotted name: value as text} (None stays None; a list stays a list, for
+    `_refuse_nested`): what `_read_json_lines` reads from a file pyarrow refuses."""
+    flat = {}
+    for key, value in row.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_text(value, f"{name}."))
+        else:
+            flat[name] = value if value is None or isinstance(value, (str, list)) else json.dumps(value)
+    return flat
 
 
 def _refuse_nested(df: pd.DataFrame, columns, path: Path) -> None:
@@ -829,7 +895,7 @@ def _refuse_incomplete_rows(df: pd.DataFrame, columns: list[str], path: Path, fi
 
 
 def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """CSV/TSV/Parquet interactions (+ items file) with `source.columns` mapping ours -> theirs.
+    """CSV/TSV/Parquet/JSON-lines interactions (+ items file) with `source.columns` mapping ours -> theirs.
 
     A folder of parts (new files dropped into it, or a partitioned dataset's folders) is read part
     by part: each part's timestamps are read in their own unit (one job may write unix seconds,
@@ -846,7 +912,8 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
         for key, value in (partition_values(part, inter_path) if inter_path.is_dir() else {}).items():
             if key not in df.columns:  # (a column the file has keeps its own values)
                 df[key] = pd.Series(value, index=df.index, dtype="string")
-        first_line = None if part.suffix == ".parquet" else 2  # (text: line 1 is the header)
+        # (CSV: line 1 is the header; JSON lines have none)
+        first_line = None if part.suffix == ".parquet" else 1 if table_suffix(part) in JSON_SUFFIXES else 2
         require_columns(df, needed, part, cfg.source.columns)
         _refuse_nested(df, col.values(), part)
         _refuse_incomplete_rows(df, [col["user_id"], col["item_id"], col["timestamp"]], part, first_line)
@@ -866,13 +933,15 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
                         " leave rating out of columns if the log has none)")
     rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     timestamps = rows["timestamp"].astype("Int64" if rows["timestamp"].isna().any() else "int64")
+    item_col = {k: cfg.source.items_columns.get(k, col[k]) for k in ("item_id", "title")}  # (the items file's)
     if items_path is not None:
         items_df = _read_table(items_path, cfg.source.encoding, cfg.source.delimiter)
-        require_columns(items_df, [col["item_id"], col["title"]], items_path, cfg.source.columns)
-        _refuse_nested(items_df, [col["item_id"], col["title"]], items_path)
+        require_columns(items_df, list(item_col.values()), items_path, *(
+            (cfg.source.items_columns, "items_columns") if cfg.source.items_columns else (cfg.source.columns,)))
+        _refuse_nested(items_df, list(item_col.values()), items_path)
     else:  # titles in the interactions file itself
         items_df = _newest_titles(rows["item_id"], rows["title"], timestamps, inter_path).set_axis(
-            [col["item_id"], col["title"]], axis=1)
+            list(item_col.values()), axis=1)
     interactions = pd.DataFrame(
         {
             "user_id": _ids(rows["user_id"], inter_path, col["user_id"]),
@@ -881,12 +950,12 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
             "rating": rows["rating"].astype("float64") if rated else None,
         }
     )
-    title = items_df[col["title"]].astype("string")
+    title = items_df[item_col["title"]].astype("string")
     # What ingest records in its manifest (and a failed range check shows): the unit read (per
     # part when they differ), raw examples.
     unit = units[name[parts[0]]] if len(set(units.values())) == 1 else ", ".join(f"{k}: {v}" for k, v in units.items())
     interactions.attrs["timestamp"] = {"column": col["timestamp"], "unit": unit,
                                        "examples": examples}
     items_source = items_path or inter_path
-    return interactions, pd.DataFrame({"item_id": _ids(items_df[col["item_id"]], items_source, col["item_id"]),
+    return interactions, pd.DataFrame({"item_id": _ids(items_df[item_col["item_id"]], items_source, item_col["item_id"]),
                                        "title": title.str.strip()})

@@ -1,11 +1,13 @@
 """A log as a data lake holds it: a partitioned dataset (Spark's `df.write.partitionBy(...)`,
-pyarrow's `write_to_dataset(partition_cols=...)`), gzipped text parts, a job's in-progress files
-beside the finished ones, and table formats whose folders are not plain datasets. The rows must
-be those of the same log written as one file; a partition column comes back from the folder names."""
+pyarrow's `write_to_dataset(partition_cols=...)`), gzipped text parts, JSON-lines event exports
+with nested fields, a job's in-progress files beside the finished ones, and table formats whose
+folders are not plain datasets. The rows must be those of the same log written as one CSV file;
+a partition column comes back from the folder names, a nested field by its dotted name."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 
 from schemas.config import DataConfig, SourceConfig
 from schemas.errors import DataError
-from tasks.data import ingest, ingest_target, prepare
+from tasks.data import ingest, ingest_target, prepare, source_settings
 from tasks.readers import interaction_parts, partition_values
 from tests.data.test_malformed import GOOD_INTER, GOOD_ITEMS
 
@@ -29,11 +31,12 @@ def _log() -> pd.DataFrame:
     return df.astype({"ts": "int64", "rating": "float64"})
 
 
-def _cfg(root: Path, path: Path, columns: dict = COLUMNS) -> DataConfig:
+def _cfg(root: Path, path: Path, columns: dict = COLUMNS, items_columns: dict | None = None) -> DataConfig:
     root.mkdir(parents=True, exist_ok=True)
     (root / "items.csv").write_text(GOOD_ITEMS)
     return DataConfig(name="lake", data_root=root, input_roots=[path.parent], k_core=0, source=SourceConfig(
-        format="generic", path=str(path), items_path=str(root / "items.csv"), columns=columns))
+        format="generic", path=str(path), items_path=str(root / "items.csv"), columns=columns,
+        items_columns=items_columns or {}))
 
 
 def _ingested(cfg: DataConfig) -> pd.DataFrame:
@@ -106,7 +109,7 @@ def test_gzipped_text_parts_are_read_with_the_separator_of_their_inner_suffix(tm
     lake.mkdir()
     (lake / "a.tsv.gz").write_bytes(gzip.compress(GOOD_INTER.replace(",", "\t").encode()))
     (lake / "b.csv.gz").write_bytes(gzip.compress(GOOD_INTER.replace(",1", ",2").replace("user,item,ts,rating", "user,item,ts,rating").encode()))
-    (lake / "c.json.gz").write_bytes(gzip.compress(b"{}"))  # no table: not a part
+    (lake / "c.txt.gz").write_bytes(gzip.compress(b"notes"))  # no table: not a part
     assert [p.name for p in interaction_parts(lake)] == ["a.tsv.gz", "b.csv.gz"]
     assert len(_ingested(_cfg(tmp_path, lake))) == 2 * len(_log())
 
@@ -154,3 +157,81 @@ def test_a_folder_named_metadata_without_iceberg_metadata_is_read_as_parts(tmp_p
     (lake / "metadata").mkdir(parents=True)
     (lake / "metadata" / "part-0.csv").write_text(GOOD_INTER)
     assert len(_ingested(_cfg(tmp_path, lake))) == len(_log())
+
+
+def _events(rows: list[list[str]], number_ids: bool) -> str:
+    """GOOD_INTER's rows as a tracker exports them: one JSON object a line, the item nested."""
+    return "".join(json.dumps({"user": int(u[1:]) if number_ids else u, "ts": int(ts), "rating": float(r),
+                               "context": {"page": {"item": i}, "tags": ["web"]}, "event": "rated"}) + "\n"
+                   for u, i, ts, r in rows)
+
+
+@pytest.mark.parametrize("number_ids", [False, True], ids=["typed fields", "a field number and text"])
+def test_a_json_lines_export_with_nested_fields_ingests_the_rows_of_the_csv(tmp_path, number_ids):
+    """Spark's df.write.json leaves gzipped JSON-lines parts. With one type a field pyarrow reads
+    them; with user ids that are numbers on some lines and text on others the file is read again
+    line by line, as text: the same rows either way."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "log.csv").write_text(GOOD_INTER.replace("u1,", "1,").replace("u3,", "3,") if number_ids else GOOD_INTER)
+    rows = [line.split(",") for line in GOOD_INTER.splitlines()[1:]]
+    mixed = [[u[1:] if number_ids and u in ("u1", "u3") else u, *rest] for u, *rest in rows]
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    text = _events(mixed, number_ids=False)
+    if number_ids:  # "1" -> 1: a number on some lines, "u0" text on others
+        text = text.replace('"user": "1"', '"user": 1').replace('"user": "3"', '"user": 3')
+    lines = text.splitlines(keepends=True)
+    (lake / "part-00000.json.gz").write_bytes(gzip.compress("".join(lines[:9]).encode()))
+    (lake / "part-00001.json.gz").write_bytes(gzip.compress("".join(lines[9:]).encode()))
+    columns = {"user_id": "user", "item_id": "context.page.item", "timestamp": "ts", "rating": "rating"}
+    expected = _ingested(_cfg(tmp_path / "a", flat / "log.csv", {**COLUMNS, "rating": "rating"}))
+    cfg = _cfg(tmp_path / "b", lake, columns, items_columns={"item_id": "item"})  # (GOOD_ITEMS' name)
+    pd.testing.assert_frame_equal(_ingested(cfg), expected)
+
+
+def test_a_json_lines_items_file_and_errors_that_name_the_line(tmp_path):
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    rows = [line.split(",") for line in GOOD_INTER.splitlines()[1:]]
+    (lake / "events.jsonl").write_text(_events(rows, number_ids=False))
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps({"item": {"id": line.split(",")[0]},
+                                                              "name": line.split(",")[1]}) + "\n"
+                                                  for line in GOOD_ITEMS.splitlines()[1:]))
+    columns = {"user_id": "user", "item_id": "context.page.item", "timestamp": "ts"}
+    cfg = DataConfig(name="lake", data_root=tmp_path, k_core=0, source=SourceConfig(
+        format="generic", path=str(lake), items_path=str(tmp_path / "items.jsonl"),
+        columns={**columns, "title": "name"}))
+    with pytest.raises(DataError, match=r"items.jsonl: missing column\(s\) \['context.page.item'\] \(data.source.columns"):
+        prepare(cfg)  # the items file names the item otherwise
+    assert not (tmp_path / "ingested").exists()
+    cfg = DataConfig.model_validate(cfg.model_dump() | {"source": cfg.source.model_dump() | {
+        "items_columns": {"item_id": "item.id"}}})  # (its title is "name", columns' title)
+    got = pd.read_parquet(ingest(cfg).path / "items.parquet")
+    assert dict(zip(got["item_id"], got["title"], strict=True)) == {f"i{i}": f"Title {i}" for i in range(6)}
+
+    (lake / "events.jsonl").write_text(_events(rows[:3], number_ids=False) + '{"user": "u9", "ts": 1}\n{"user": \n')
+    cfg = _cfg(tmp_path / "c", lake, columns)
+    with pytest.raises(DataError, match=r"events.jsonl: line 5 is not valid JSON \(Expecting value\)$"):
+        prepare(cfg)
+    (lake / "events.jsonl").write_text('[{"user": "u0", "ts": 1}]\n')
+    with pytest.raises(DataError, match=r"line 1 is a JSON list, not an object \(the file seems to be one JSON document"):
+        prepare(cfg)
+    (lake / "events.jsonl").write_text(_events(rows, number_ids=False))
+    with pytest.raises(DataError, match=r"column\(s\) \['context.tags'\] hold lists or records \(e.g. \['web'\]\)"):
+        prepare(_cfg(tmp_path / "d", lake, {**columns, "item_id": "context.tags"}))
+
+
+def test_column_mappings_name_only_our_columns_and_items_columns_joins_the_key_only_when_set(tmp_path):
+    with pytest.raises(ValueError, match=r"columns maps \['product'\], which are not ours: it maps our names \(user_id, "):
+        SourceConfig(format="generic", path="x.csv", columns={"product": "item_id"})  # (the wrong way round)
+    with pytest.raises(ValueError, match=r"items_columns maps \['user_id'\], which are not ours"):
+        SourceConfig(format="generic", path="x.csv", items_path="i.csv", items_columns={"user_id": "u"})
+    with pytest.raises(ValueError, match="items_columns names the items file's columns, and there is no items_path"):
+        SourceConfig(format="generic", path="x.csv", items_columns={"item_id": "sku"})
+    (tmp_path / "log.csv").write_text(GOOD_INTER)
+    plain = _cfg(tmp_path, tmp_path / "log.csv")
+    assert "items_columns" not in source_settings(plain)  # (a profile without it keeps its ingest key)
+    renamed = _cfg(tmp_path, tmp_path / "log.csv", items_columns={"item_id": "item"})
+    assert source_settings(renamed)["items_columns"] == {"item_id": "item"}
+    assert ingest_target(renamed)[1] != ingest_target(plain)[1]
