@@ -153,6 +153,9 @@ def require_columns(df: pd.DataFrame, columns: list[str], path: Path, mapping: d
     missing = [c for c in columns if c not in df.columns]
     if missing:
         hint = f" (data.source.{setting} maps {mapping})" if mapping else ""
+        if numbers := [str(c) for c in df.columns if re.fullmatch(r"\s*[-+]?\d+(\.\d*)?\s*", str(c))]:
+            hint += (f"; its first line reads as data ({numbers[0]!r} is a column name): a file written without a header "
+                     "line (Spark's df.write.csv writes none unless .option('header', True)) needs one")
         raise DataError(f"{path}: missing column(s) {missing}{hint}; found {list(df.columns)}")
 
 

@@ -235,3 +235,16 @@ def test_column_mappings_name_only_our_columns_and_items_columns_joins_the_key_o
     renamed = _cfg(tmp_path, tmp_path / "log.csv", items_columns={"item_id": "item"})
     assert source_settings(renamed)["items_columns"] == {"item_id": "item"}
     assert ingest_target(renamed)[1] != ingest_target(plain)[1]
+
+
+def test_a_csv_part_written_without_a_header_line_is_said_to_be_one(tmp_path):
+    """Spark's df.write.csv writes no header unless asked: the first row is then read as names."""
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / "part-00000.csv").write_text("".join(GOOD_INTER.splitlines(keepends=True)[1:]))
+    with pytest.raises(DataError, match=r"part-00000.csv: missing column\(s\) \['user', 'item', 'ts'\] .*; its first "
+                                        r"line reads as data \('1000000000' is a column name\): a file written without"):
+        prepare(_cfg(tmp_path, lake))
+    (lake / "part-00000.csv").write_text("user,item,when\nu0,i1,1000000000\n")  # a real header: no such guess
+    with pytest.raises(DataError, match=r"missing column\(s\) \['ts'\] \(data.source.columns maps .*\); found"):
+        prepare(_cfg(tmp_path, lake))
