@@ -936,6 +936,8 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
                         " leave rating out of columns if the log has none)")
     rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     timestamps = rows["timestamp"].astype("Int64" if rows["timestamp"].isna().any() else "int64")
+    # (as text before titles are picked: parts may hold item 10 as a number and as "10")
+    item_ids = _ids(rows["item_id"], inter_path, col["item_id"])
     item_col = {k: cfg.source.items_columns.get(k, col[k]) for k in ("item_id", "title")}  # (the items file's)
     if items_path is not None:
         items_df = _read_table(items_path, cfg.source.encoding, cfg.source.delimiter)
@@ -943,12 +945,12 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
             (cfg.source.items_columns, "items_columns") if cfg.source.items_columns else (cfg.source.columns,)))
         _refuse_nested(items_df, list(item_col.values()), items_path)
     else:  # titles in the interactions file itself
-        items_df = _newest_titles(rows["item_id"], rows["title"], timestamps, inter_path).set_axis(
+        items_df = _newest_titles(item_ids, rows["title"], timestamps, inter_path).set_axis(
             list(item_col.values()), axis=1)
     interactions = pd.DataFrame(
         {
             "user_id": _ids(rows["user_id"], inter_path, col["user_id"]),
-            "item_id": _ids(rows["item_id"], inter_path, col["item_id"]),
+            "item_id": item_ids,
             "timestamp": timestamps,
             "rating": rows["rating"].astype("float64") if rated else None,
         }

@@ -248,3 +248,17 @@ def test_a_csv_part_written_without_a_header_line_is_said_to_be_one(tmp_path):
     (lake / "part-00000.csv").write_text("user,item,when\nu0,i1,1000000000\n")  # a real header: no such guess
     with pytest.raises(DataError, match=r"missing column\(s\) \['ts'\] \(data.source.columns maps .*\); found"):
         prepare(_cfg(tmp_path, lake))
+
+
+def test_parts_that_type_an_id_differently_make_one_item_with_one_title(tmp_path):
+    """An old export wrote ids as numbers, a new one as text: item 10 is one item, and titles
+    taken from the interactions give it one row in the items table."""
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    pq.write_table(pa.table({"user": pa.array([1, 2]), "item": pa.array([10, 20], pa.int32()),
+                             "ts": pa.array([1_000_000_000, 1_000_000_001]), "title": ["Heat", "Fargo"]}), lake / "a.parquet")
+    (lake / "b.csv").write_text("user,item,ts,title\nu3,10,1000000002,Heat (1995)\n")
+    cfg = _cfg(tmp_path, lake, COLUMNS)
+    cfg = DataConfig.model_validate(cfg.model_dump() | {"source": cfg.source.model_dump() | {"items_path": None}})
+    items = pd.read_parquet(ingest(cfg).path / "items.parquet").sort_values("item_id", ignore_index=True)
+    assert items.to_dict("list") == {"item_id": ["10", "20"], "title": ["Heat (1995)", "Fargo"]}
