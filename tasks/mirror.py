@@ -9,10 +9,14 @@ A log in a bucket keeps growing (an export job adds a part a day), so unlike a d
 (tasks/download.py, fetched once) the mirror is brought up to date whenever a run ingests: new
 and changed objects (by size and modification time) are copied, objects gone from the bucket are
 removed from the mirror, unchanged ones cost a listing only. The readers then read the mirror like
-any local folder or file, and the ingest key is its files' bytes, as for local sources. Each copy
-streams into a `.tmp-` file renamed into place when complete (gc removes one an interrupted copy
-left), and the manifest is written after the copies, so an interrupted sync copies again what it
-had not finished. A lock keeps two runs from syncing the same mirror at once.
+any local folder or file, and the ingest key is its files' bytes, as for local sources. What no
+reader reads is not copied (keys with a "." or "_" name in them: Spark's `_temporary/` while a
+job writes, `_SUCCESS`), and an object deleted between the listing and its copy (a job moving
+its files into place) is left to the next sync; a Delta, Iceberg or Hudi table is refused
+(tasks/readers.py, `refuse_table_format`). Each copy streams into a `.tmp-` file renamed into
+place when complete (gc removes one an interrupted copy left), and the manifest is written after
+the copies, so an interrupted sync copies again what it had not finished. A lock keeps two runs
+from syncing the same mirror at once.
 
 The bucket is read with pyarrow's S3 client and the usual AWS settings (AWS_ACCESS_KEY_ID /
 AWS_SECRET_ACCESS_KEY or a profile, AWS_DEFAULT_REGION; AWS_ENDPOINT_URL for MinIO or another
@@ -30,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 from schemas.errors import DataError, SourceUnavailable
+from tasks.readers import hidden, refuse_table_format
 from tasks.storage import fingerprint, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -120,6 +125,9 @@ def sync_objects(filesystem, root: str, local: Path, manifest: Path) -> tuple[Mi
     elif info.type == fs.FileType.Directory:
         objects = {PurePosixPath(f.path).relative_to(root).as_posix(): f
                    for f in filesystem.get_file_info(fs.FileSelector(root, recursive=True)) if f.type == fs.FileType.File}
+        refuse_table_format(root, objects)
+        # What no reader reads is not copied: a job's files in progress (Spark's `_temporary/`), markers.
+        objects = {key: f for key, f in objects.items() if not hidden(key)}
     else:
         raise DataError("no object or prefix there")
     for key in objects:
@@ -129,20 +137,29 @@ def sync_objects(filesystem, root: str, local: Path, manifest: Path) -> tuple[Mi
     before = json.loads(manifest.read_text(encoding="utf-8"))["objects"] if manifest.is_file() else {}
     listed = {key: [f.size, f.mtime_ns] for key, f in objects.items()}
     copied = copied_bytes = 0
-    for key, stamp in listed.items():
+    for key, stamp in list(listed.items()):
         path = local / key
         if before.get(key) == stamp and path.is_file() and path.stat().st_size == stamp[0]:
             continue
-        _copy(filesystem, objects[key].path, path)
+        try:
+            _copy(filesystem, objects[key].path, path)
+        except FileNotFoundError:  # deleted since the listing (a job moving its parts into place): gone
+            log.info("%s: deleted from the store while it was mirrored; left to the next sync", key)
+            del listed[key]
+            continue
         copied, copied_bytes = copied + 1, copied_bytes + stamp[0]
     removed = 0
     for key in set(before) - set(listed):
         if (local / key).is_file():
             (local / key).unlink()
             removed += 1
+            for folder in (local / key).parents:  # and the folders it leaves empty (a dropped partition's)
+                if folder == local or any(folder.iterdir()):
+                    break
+                folder.rmdir()
     written = {"objects": listed, "file": PurePosixPath(root).name if info.type == fs.FileType.File else None}
     write_json_atomic(manifest, written)
-    return MirrorReport(copied, removed, len(objects) - copied, copied_bytes), written
+    return MirrorReport(copied, removed, len(listed) - copied, copied_bytes), written
 
 
 def _copy(filesystem, source: str, path: Path) -> None:

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -796,8 +797,9 @@ def _flat_text(row: dict, prefix: str = "") -> dict:
 
 
 def _refuse_nested(df: pd.DataFrame, columns, path: Path) -> None:
-    """DataError naming the columns of `columns` that a Parquet file holds as lists, records or
-    maps (`_read_table`'s `attrs["nested"]`), where one id, time, rating or title per row belongs."""
+    """DataError naming the columns of `columns` that a Parquet or JSON-lines file holds as lists,
+    records or maps (`_read_table`'s `attrs["nested"]`), where one id, time, rating or title per row
+    belongs."""
     if nested := [c for c in df.attrs.get("nested", []) if c in set(columns)]:
         example = df[nested[0]].iloc[0]
         example = example.tolist() if hasattr(example, "tolist") else example
@@ -832,35 +834,46 @@ def interaction_parts(path: Path) -> list[Path]:
     folder: its subfolders too (Spark's and pyarrow's `partitionBy` layout, `dt=2026-12-01/part-0.parquet`,
     see `partition_values`), but no file or folder whose name starts with "." or "_" (a part being
     written, ".part-0.csv.crc", Spark's `_temporary/` and `_SUCCESS`); table files only (.parquet,
-    .csv, .tsv, .tab, the text ones also gzipped). A table format whose folder also keeps the files
+    .csv, .tsv, .tab, JSON lines, the text ones also gzipped: `table_suffix`). A table format whose folder also keeps the files
     of removed rows (Delta Lake, Apache Iceberg, Apache Hudi) is refused: reading its files as parts
     would read rows deleted long ago."""
     if not path.is_dir():
         return [path]
-    _refuse_table_format(path)
+    refuse_table_format(path, (f"{mark}/{f.name}" for mark in TABLE_FORMATS if (path / mark).is_dir()
+                               for f in (path / mark).iterdir()))
     parts = []
     for folder, subfolders, files in os.walk(path):
-        subfolders[:] = [d for d in subfolders if not d.startswith((".", "_"))]  # (pruned: not walked)
-        parts += [Path(folder, f) for f in files if not f.startswith((".", "_")) and table_suffix(Path(f))]
+        subfolders[:] = [d for d in subfolders if not hidden(d)]  # (pruned: not walked)
+        parts += [Path(folder, f) for f in files if not hidden(f) and table_suffix(Path(f))]
     if not parts:
         raise DataError(f"{path}: no interaction parts ({', '.join(sorted(TABLE_SUFFIXES))} files, in it or in "
                         "subfolders)")
     return sorted(parts, key=lambda f: f.relative_to(path).parts)
 
 
-# Marks of table formats whose data folder holds files of old versions next to the current ones.
+# Table formats whose folder holds the files of old versions next to the current ones, by the
+# folder of their metadata: a first folder -> what it is.
 TABLE_FORMATS = {"_delta_log": "a Delta Lake table", ".hoodie": "an Apache Hudi table",
                  "metadata": "an Apache Iceberg table"}
 
 
-def _refuse_table_format(path: Path) -> None:
-    for mark, what in TABLE_FORMATS.items():
-        found = path / mark
-        if found.is_dir() and (mark != "metadata" or any(found.glob("*.metadata.json"))):
-            raise DataError(f"{path}: {what} ({mark}/ in it): its folder also keeps the files of rows it has since "
-                            "removed or rewritten, so its files are not read as parts; export the table's current "
-                            "version as Parquet (e.g. spark.read.table(...).write.parquet(folder)) and point "
-                            "data.source.path at that")
+def hidden(relative_path: str) -> bool:
+    """Whether a file's path in a folder of parts names it as none: a file or folder whose name
+    starts with "." or "_" (a part being written, Spark's `_temporary/`, `_SUCCESS`, `.crc` files)."""
+    return any(name.startswith((".", "_")) for name in relative_path.split("/"))
+
+
+def refuse_table_format(folder: str | Path, files: Iterable[str]) -> None:
+    """DataError when `files` (paths in `folder`, "_delta_log/000.json") show it is a table format's
+    folder (TABLE_FORMATS; Iceberg's `metadata/` by its `*.metadata.json`, since a plain folder of
+    parts may hold a `metadata/` of its own)."""
+    for file in files:
+        first, _, rest = file.partition("/")
+        if first in TABLE_FORMATS and rest and (first != "metadata" or rest.endswith(".metadata.json")):
+            raise DataError(f"{folder}: {TABLE_FORMATS[first]} ({first}/ in it): its folder also keeps the files of rows "
+                            "it has since removed or rewritten, so its files are not read as parts; export the "
+                            "table's current version as Parquet (e.g. spark.read.table(...).write.parquet(folder)) "
+                            "and point data.source.path at that")
 
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # how Spark and Hive name the folder of a null partition value

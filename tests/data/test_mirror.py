@@ -58,9 +58,47 @@ def test_a_sync_copies_new_and_changed_objects_and_removes_those_gone(tmp_path):
     report, _ = _sync(bucket, "logs", tmp_path)
     assert (report.copied, report.removed, report.unchanged) == (2, 1, 0)
     assert _tree(local) == {"part-0.csv": "a\n1\n3\n", "part-2.csv": "a\n4\n"}
+    assert not (local / "2026").exists()  # (the folder it left empty too)
 
     (local / "part-2.csv").unlink()  # a local copy lost (by hand, a disk cleanup): copied again
     assert _sync(bucket, "logs", tmp_path)[0].copied == 1 and (local / "part-2.csv").read_text() == "a\n4\n"
+
+
+def test_what_no_reader_reads_is_not_copied_and_an_object_deleted_since_the_listing_is_left(tmp_path):
+    """While Spark writes, its attempt sits under `_temporary/` and is moved into place (copied and
+    deleted, on S3) when the job commits: such keys are not copied, and one that goes between the
+    listing and its copy is left to the next sync, not an error."""
+    bucket, local = tmp_path / "bucket", tmp_path / "m" / "objects"
+    _put(bucket, "logs/dt=1/part-0.csv", "a\n1\n")
+    _put(bucket, "logs/_SUCCESS", "")
+    _sync(bucket, "logs", tmp_path)  # (the marker is not copied)
+    assert _tree(local) == {"dt=1/part-0.csv": "a\n1\n"}
+    _put(bucket, "logs/_temporary/0/task_1/dt=2/part-1.csv", "a\n" + "2\n" * 1000)
+    _put(bucket, "logs/dt=2/.part-1.csv.crc", "crc")
+    _put(bucket, "logs/dt=2/part-9.csv", "a\n9\n")
+
+    class Committing(fs.LocalFileSystem):
+        """The job commits between the listing and the copy of part-9: it is deleted."""
+
+        def open_input_stream(self, path):
+            if path.endswith("part-9.csv"):
+                os.remove(path)
+            return super().open_input_stream(path)
+
+    report, written = _sync(bucket, "logs", tmp_path, filesystem=Committing())
+    assert (report.copied, report.removed, report.unchanged) == (0, 0, 1)
+    assert set(written["objects"]) == {"dt=1/part-0.csv"} and _tree(local) == {"dt=1/part-0.csv": "a\n1\n"}
+    _put(bucket, "logs/dt=2/part-1.csv", "a\n2\n")  # the committed part
+    assert _sync(bucket, "logs", tmp_path)[0].copied == 1 and set(_tree(local)) == {"dt=1/part-0.csv", "dt=2/part-1.csv"}
+
+
+def test_a_table_formats_folder_in_a_bucket_is_refused_before_a_copy(tmp_path):
+    bucket = tmp_path / "bucket"
+    _put(bucket, "orders/part-0.parquet", "x")
+    _put(bucket, "orders/_delta_log/00000000000000000000.json", "{}")
+    with pytest.raises(DataError, match=r"orders: a Delta Lake table \(_delta_log/ in it\)"):
+        _sync(bucket, "orders", tmp_path)
+    assert not (tmp_path / "m" / "objects").exists()
 
 
 def test_one_object_is_mirrored_as_that_file_and_nothing_there_is_an_error(tmp_path):
