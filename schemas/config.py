@@ -521,7 +521,7 @@ class PipelineConfig(_Strict):
         raw = self.model_dump()
         _apply_overrides(raw, list(overrides.items()))
         try:
-            return PipelineConfig.model_validate(raw)
+            return type(self).model_validate(raw)
         except ValidationError as e:
             raise ConfigError(validation_message(f"overrides {overrides}", e)) from None
 

@@ -8,7 +8,7 @@ its floor of baselines), and write a timeline of what the registry decided.
 
 The timeline is a JSON file, rewritten after every period; a replay that is started again with
 the same settings skips the periods it already has (and the stages reuse their folders), so an
-interrupted replay resumes. `cft replay` runs it; flows/replay.py is the same as a Prefect flow.
+interrupted replay resumes, also after an upgrade that added settings (`same_settings`). `cft replay` runs it; flows/replay.py is the same as a Prefect flow.
 """
 
 from __future__ import annotations
@@ -76,15 +76,21 @@ def replay(cfg: PipelineConfig, periods: int, every: str, out: Path, start: date
     `run_period(cfg) -> ChainOutput` defaults to `tasks.chain.run_pipeline`."""
     if run_period is None:
         from tasks.chain import run_pipeline as run_period
-    key = fingerprint({"config": cfg.model_dump(mode="json"), "every": every, "periods": periods,
-                       "start": start.isoformat() if start else None})
+    config = cfg.model_dump(mode="json")
+    when = {"every": every, "periods": periods, "start": start.isoformat() if start else None}
+    key = fingerprint({"config": config, **when})
     timeline = {"settings": {"key": key, "dataset": cfg.data.name, "every": every, "periods": periods,
                              "objective": cfg.train.objective, "model": cfg.model.source,
-                             "gate_metric": cfg.registry.gate_metric, "gate_rule": cfg.registry.gate_rule},
+                             "gate_metric": cfg.registry.gate_metric, "gate_rule": cfg.registry.gate_rule,
+                             "start": when["start"], "config": config},
                 "periods": []}
     if out.is_file():
         previous = json.loads(out.read_text())
-        if previous.get("settings", {}).get("key") == key:
+        settings = previous.get("settings", {})
+        # (every, periods and start only decide the periods' as_of: one the timeline has is skipped)
+        if settings.get("key") == key or ("config" in settings and same_settings(
+                settings["config"], config, type(cfg)().model_dump(mode="json"))):
+            previous["settings"] = timeline["settings"]  # (now this run's: its key, config, periods)
             timeline = previous
     done = {p["as_of"] for p in timeline["periods"]}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +106,20 @@ def replay(cfg: PipelineConfig, periods: int, every: str, out: Path, start: date
         say(f"period {i}/{periods} (as of {as_of:%Y-%m-%d}): {record['interactions']:,} interactions, "
             f"{record['decision']} ({record['seconds']:.0f} s)")
     return timeline
+
+
+def same_settings(before, now, default) -> bool:
+    """Whether the config dump a timeline was written with (`before`) names the settings of `now`,
+    the dump of this run's config, field by field: each value `before` holds is now's, and each
+    field it lacks, one a later version added, holds its default (`default`, the dump of the
+    default config). So a replay in progress resumes after an upgrade that adds settings, and
+    starts again where a setting it ran with differs, a default included."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        defaults = default if isinstance(default, dict) else {}
+        return set(before) <= set(now) and all(
+            same_settings(before[k], v, defaults.get(k)) if k in before else k in defaults and v == defaults[k]
+            for k, v in now.items())
+    return before == now
 
 
 def plot_timeline(timeline: dict, path: Path) -> None:
