@@ -533,6 +533,7 @@ def _train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, run_dir:
         except ValueError as e:  # peft refuses a target on this architecture (Mamba's out_proj, which its kernel bypasses)
             raise ConfigError(f"model.lora.target_modules {lc.target_modules}: peft refuses them for {source}: "
                               f"{first_line(e)}") from None
+    new_folder = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     from tasks import checkpoints
 
@@ -541,8 +542,13 @@ def _train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, run_dir:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
 
     warm_label = warm_start[1] if warm_start else None
-    tracker = (TrainingRun(cfg, run_dir, sequences, data_fingerprint, source, warm_label)
-               if cfg.tracking.enabled and is_rank_zero() else None)
+    try:
+        tracker = (TrainingRun(cfg, run_dir, sequences, data_fingerprint, source, warm_label)
+                   if cfg.tracking.enabled and is_rank_zero() else None)
+    except BaseException:  # the store refused the run (its artifacts unwritable from here, a server gone)
+        if new_folder:  # nothing of this training is in it yet: a run stopped at its start leaves no folder
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if tracker:
         callbacks.append(tracker.callback())
     trainer = CFTTrainer(
