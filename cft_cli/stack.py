@@ -370,15 +370,22 @@ def crash_orphaned_runs(stack: Stack) -> list[str]:
     later run of a deployment with `concurrency_limit: 1` is cancelled at once: after `cft stack
     down` during a scheduled retrain, every retrain after it was cancelled. Leaving Running for
     Crashed releases the slot (the server decrements the deployment's limit when the lease is gone).
-    A run whose pid still exists is left alone (another worker's, or a reused pid: not ours to judge)."""
+    A run whose pid still exists is left alone (another worker's, or a reused pid: not ours to judge).
+    So is a Pending run without a pid (taken by a worker, its process not started yet) while the
+    stack's worker runs; with no worker running, nothing will ever start it: it is Crashed too."""
     orphans = []
+    worker_runs = _running(_read_pids(stack), "worker") is not None
     in_flight = {"flow_runs": {"state": {"type": {"any_": IN_FLIGHT}}}, "work_pools": {"name": {"any_": [POOL]}}}
     for run in prefect_api(stack.prefect_api, "/flow_runs/filter", in_flight):
         pid = (run.get("infrastructure_pid") or "").rpartition(":")[2]  # "pid", or "host:pid" from older workers
-        if not pid.isdigit() or psutil.pid_exists(int(pid)):
+        if not pid and run["state"]["type"] == "PENDING" and not worker_runs:
+            said, why = "never started", "the worker that took it stopped before starting its process"
+        elif not pid.isdigit() or psutil.pid_exists(int(pid)):
             continue
+        else:
+            said, why = f"pid {pid}", f"its process (pid {pid}) ended without a word: the stack or the machine stopped " \
+                "while it ran"
         prefect_api(stack.prefect_api, f"/flow_runs/{run['id']}/set_state", {"force": True, "state": {
-            "type": "CRASHED", "name": "Crashed",
-            "message": f"its process (pid {pid}) ended without a word: the stack or the machine stopped while it ran"}})
-        orphans.append(f"{run['name']} (pid {pid})")
+            "type": "CRASHED", "name": "Crashed", "message": why}})
+        orphans.append(f"{run['name']} ({said})")
     return orphans

@@ -229,12 +229,15 @@ def test_up_frees_the_slot_of_a_run_the_stopped_stack_left_running(tmp_path):
         up = runner.invoke(app, ["stack", "up", *ports], prog_name="cft")
         assert up.exit_code == 0, up.output + repr(up.exception)
 
-        def in_flight(deployment: str, pid: int) -> str:
-            """A run of `deployment` as a worker leaves it: Pending (its slot taken), then Running in process `pid`."""
+        def in_flight(deployment: str, pid: int | None) -> str:
+            """A run of `deployment` as a worker leaves it: Pending (its slot taken), then Running in
+            process `pid` (None: left Pending, its process never started)."""
             found = api(stack, f"/deployments/name/{deployment}")
             run = api(stack, f"/deployments/{found['id']}/create_flow_run", {"parameters": {"profile": "configs/smoke.yaml"}})
-            for state in ("PENDING", "RUNNING"):
+            for state in ("PENDING", "RUNNING") if pid else ("PENDING",):
                 assert api(stack, f"/flow_runs/{run['id']}/set_state", {"state": {"type": state}})["status"] == "ACCEPT"
+            if pid is None:
+                return run["id"]
             req = urllib.request.Request(f"{stack.prefect_api}/flow_runs/{run['id']}", method="PATCH",
                                          data=json.dumps({"infrastructure_pid": str(pid)}).encode(),
                                          headers={"Content-Type": "application/json"})
@@ -243,11 +246,12 @@ def test_up_frees_the_slot_of_a_run_the_stopped_stack_left_running(tmp_path):
 
         orphan = in_flight("cft/scheduled-retrain", int(gone.stdout))  # its process ended
         alive = in_flight("cft-gc/weekly", os.getpid())  # its process runs (another worker's, say)
+        never = in_flight("cft-batch/nightly", None)  # the worker stopped between taking it and starting it
 
         def slots(deployment: str) -> int:
             return api(stack, f"/deployments/name/{deployment}")["global_concurrency_limit"]["active_slots"]
 
-        assert (slots("cft/scheduled-retrain"), slots("cft-gc/weekly")) == (1, 1)
+        assert (slots("cft/scheduled-retrain"), slots("cft-gc/weekly"), slots("cft-batch/nightly")) == (1, 1, 1)
         assert runner.invoke(app, ["stack", "down", "--data-root", str(data_root)], prog_name="cft").exit_code == 0
         again = runner.invoke(app, ["stack", "up", *ports], prog_name="cft")
         assert again.exit_code == 0, again.output + repr(again.exception)
@@ -255,7 +259,9 @@ def test_up_frees_the_slot_of_a_run_the_stopped_stack_left_running(tmp_path):
         assert f"marked Crashed: flow run {name} (pid {int(gone.stdout)})" in again.output, again.output
         assert api(stack, f"/flow_runs/{orphan}")["state"]["type"] == "CRASHED"
         assert api(stack, f"/flow_runs/{alive}")["state"]["type"] == "RUNNING"
-        assert (slots("cft/scheduled-retrain"), slots("cft-gc/weekly")) == (0, 1)  # the next retrain may run
+        never_name = api(stack, f"/flow_runs/{never}")["name"]
+        assert f"marked Crashed: flow run {never_name} (never started)" in again.output, again.output
+        assert (slots("cft/scheduled-retrain"), slots("cft-gc/weekly"), slots("cft-batch/nightly")) == (0, 1, 0)
 
         # `up` deployed into its own pool, to run in this folder; `cft deploy` puts the same
         # deployments into a team's pool, to run in the folder the team's workers hold the project in
