@@ -17,14 +17,21 @@ for the numbers; the reader before also copied its columns into Python strings, 
 no longer does: 57.5 s and 6.3 GB in the run at commit 73390e2). ML-25M's shape:
 25,000,095 ratings of ~160,000 users, 60,000 titles (some quoted, some accented), half stars.
 
+`lake` (a data lake's event table: Parquet partitioned by day as Spark or pyarrow write it, 30
+columns of which the pipeline maps four: user, item, time, title, the rest what trackers log,
+session, page, referrer, user agent, prices, ...): the `generic` reader, which reads a Parquet
+part's mapped columns only (since 2026-12-06), and the same reader reading every column, as it
+did before.
+
     python -m benchmarks.readers                          # amazon: 1,000,000 reviews (~660 MB), 3 rounds
     python -m benchmarks.readers --source movielens       # 25,000,000 ratings (~570 MB), 3 rounds
+    python -m benchmarks.readers --source lake            # 2,000,000 events in 90 day partitions, 3 rounds
     python -m benchmarks.readers --rows 200000 --rounds 5
 
 Files are seeded. Each round runs every reader, in an order that alternates between rounds; a
 ratio is a reader's time (or peak memory) over the first reader's in the same round, reported as
 the median with its range. Results: benchmarks/results/readers.json and .md (amazon),
-readers-movielens.json and .md.
+readers-movielens.json and .md, readers-lake.json and .md.
 """
 
 from __future__ import annotations
@@ -52,11 +59,14 @@ from benchmarks.rounds import (
 )
 
 RESULTS = Path(__file__).parent / "results"
-READERS = {"amazon": ("arrow", "by_line", "whole_text"), "movielens": ("grouplens", "generic", "generic_before")}
+READERS = {"amazon": ("arrow", "by_line", "whole_text"), "movielens": ("grouplens", "generic", "generic_before"),
+           "lake": ("lake", "lake_every_column")}
 LABELS = {"arrow": "pyarrow JSON reader (now)", "by_line": "line by line (its fallback)",
           "whole_text": "whole text + json.loads (before)", "grouplens": "grouplens: pyarrow CSV (now)",
-          "generic": "generic: pyarrow CSV (now)", "generic_before": "generic: pandas CSV and numbers (as before)"}
-DEFAULT_ROWS = {"amazon": 1_000_000, "movielens": 25_000_000}
+          "generic": "generic: pyarrow CSV (now)", "generic_before": "generic: pandas CSV and numbers (as before)",
+          "lake": "generic: the mapped columns (now)", "lake_every_column": "generic: every column (before)"}
+DEFAULT_ROWS = {"amazon": 1_000_000, "movielens": 25_000_000, "lake": 2_000_000}
+LAKE_DAYS = 90
 WORDS = ["game", "great", "fun", "hard", "play", "graphics", "story", "buy", "controller", "love", "bad", "the", "a", "is", "it", "and", "to", "of"]
 
 
@@ -91,6 +101,32 @@ def write_movielens(folder: Path, n: int, seed: int = 0) -> None:
                      else f"{i},Movie {i} – Café ({1900 + i % 120}),Drama\n" for i in range(1, 60_001))
 
 
+def write_lake(folder: Path, n: int, seed: int = 0) -> None:
+    """An event table of n rows, 30 columns, partitioned by day (`dt=2026-09-01/...`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    day = rng.integers(0, LAKE_DAYS, n)
+    times = 1_788_220_800 + day * 86400 + rng.integers(0, 86400, n)  # 2026-09-01 on
+    sku = rng.zipf(1.3, n) % 50_000
+    columns = {
+        "customer_id": rng.integers(0, n // 20, n), "sku": pa.array([f"SKU-{i:06d}" for i in sku]),
+        "event_time": pa.array(times * 1000, pa.timestamp("ms", tz="UTC")),
+        "product_name": pa.array([f"Product {i} – size M" for i in sku]),
+        "dt": pa.array([f"2026-{9 + d // 30:02d}-{d % 30 + 1:02d}" for d in day]),
+    }
+    words = np.array(["home", "cart", "search", "product", "checkout", "account", "sale", "new"])
+    for k in range(5):  # what else a tracker logs: pages, referrers, sessions, devices ...
+        columns[f"page_{k}"] = pa.array(np.char.add("/shop/", words[rng.integers(0, 8, n)]).astype(object))
+        columns[f"session_{k}"] = pa.array(np.char.add("s-", rng.integers(0, 10**9, n).astype(str)).astype(object))
+        columns[f"agent_{k}"] = pa.array(np.char.add("Mozilla/5.0 (X11; Linux x86_64) build ", rng.integers(0, 999, n)
+                                                     .astype(str)).astype(object))
+        columns[f"price_{k}"] = rng.random(n) * 100
+        columns[f"quantity_{k}"] = rng.integers(1, 5, n)
+    pq.write_to_dataset(pa.table(columns), folder, partition_cols=["dt"])
+
+
 def read(reader: str, path: Path):
     """The source's rows as a DataFrame, as `reader` reads them (`path`: the file or folder)."""
     import pandas as pd
@@ -110,6 +146,15 @@ def read(reader: str, path: Path):
             "format": "generic", "path": str(path / "ratings.csv"), "items_path": str(path / "movies.csv"),
             "columns": {"user_id": "userId", "item_id": "movieId", "title": "title"}}})
         return readers.read_generic(cfg, path / "ratings.csv", path / "movies.csv")[0]
+    if reader in ("lake", "lake_every_column"):
+        from schemas.config import DataConfig
+
+        if reader == "lake_every_column":  # as before 2026-12-06: a Parquet part's every column read
+            every = readers._read_table
+            readers._read_table = lambda p, encoding, delimiter=None, columns=None: every(p, encoding, delimiter)
+        cfg = DataConfig.model_validate({"data_root": str(path), "source": {"format": "generic", "path": str(path),
+            "columns": {"user_id": "customer_id", "item_id": "sku", "timestamp": "event_time", "title": "product_name"}}})
+        return readers.read_generic(cfg, path, None)[0]
     if reader == "arrow":  # the fields `read_amazon_raw` asks for: both releases' (it tells them apart after)
         return readers._amazon_reviews(path)[0]
     if reader == "by_line":
@@ -146,12 +191,19 @@ def main() -> None:
             with gzip.open(path, "rb") as f:  # in chunks: the runs fork from this process
                 size = sum(len(chunk) for chunk in iter(lambda: f.read(1 << 24), b""))
             what = f"{rows:,} synthetic Amazon 2018 review lines, {size / 1e6:,.0f} MB of JSON, gzipped."
-        else:
+        elif ns.source == "movielens":
             path = scratch
             write_movielens(path, rows)
             size = (path / "ratings.csv").stat().st_size
             what = (f"{rows:,} synthetic ML-25M-shaped ratings, ratings.csv {size / 1e6:,.0f} MB, "
                     "movies.csv 60,000 titles.")
+        else:
+            path = scratch / "events"
+            write_lake(path, rows)
+            files = list(path.rglob("*.parquet"))
+            size = sum(f.stat().st_size for f in files)
+            what = (f"{rows:,} synthetic events, 30 columns (4 mapped), Parquet partitioned by day: {len(files)} parts, "
+                    f"{size / 1e6:,.0f} MB.")
         rounds = []
         for r in range(ns.rounds):
             rounds.append({reader: run_child("benchmarks.readers", reader, str(path)) for reader in round_order(names, r)})

@@ -153,11 +153,12 @@ def require_columns(df: pd.DataFrame, columns: list[str], path: Path, mapping: d
                     setting: str = "columns") -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
+        found = list(df.attrs.get("columns", df.columns))  # (all the file's, where it was read in part)
         hint = f" (data.source.{setting} maps {mapping})" if mapping else ""
-        if numbers := [str(c) for c in df.columns if re.fullmatch(r"\s*[-+]?\d+(\.\d*)?\s*", str(c))]:
+        if numbers := [str(c) for c in found if re.fullmatch(r"\s*[-+]?\d+(\.\d*)?\s*", str(c))]:
             hint += (f"; its first line reads as data ({numbers[0]!r} is a column name): a file written without a header "
                      "line (Spark's df.write.csv writes none unless .option('header', True)) needs one")
-        raise DataError(f"{path}: missing column(s) {missing}{hint}; found {list(df.columns)}")
+        raise DataError(f"{path}: missing column(s) {missing}{hint}; found {found}")
 
 
 # Unix timestamps of plausible dates (1973..2286) in each unit: seconds < 1e10 <= ms < 1e13 <= us < 1e16 <= ns.
@@ -716,11 +717,15 @@ def table_suffix(path: Path) -> str | None:
     return path.suffix if path.suffix in TABLE_SUFFIXES else None
 
 
-def _read_table(path: Path, encoding: str, delimiter: str | None = None) -> pd.DataFrame:
+def _read_table(path: Path, encoding: str, delimiter: str | None = None, columns=None) -> pd.DataFrame:
     """A generic source's file: Parquet, JSON lines (`_read_json_lines`), or CSV/TSV (gzipped or not)
     separated by `delimiter` (None: by the suffix, "," for .csv, a tab for .tsv and .tab). A text
     file whose header reads as one column holding another separator (a semicolon: Excel's CSV in
-    most European locales) is named with the setting that reads it."""
+    most European locales) is named with the setting that reads it.
+
+    columns: the names read (others are left out where the format allows: a Parquet file's other
+    columns are never read, as a data lake's event table may hold dozens); `attrs["columns"]` has
+    all the file's names, for an error that names them."""
     if table_suffix(path) in JSON_SUFFIXES:
         return _read_json_lines(path)
     if path.suffix == ".parquet":
@@ -729,15 +734,20 @@ def _read_table(path: Path, encoding: str, delimiter: str | None = None) -> pd.D
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path)
+            schema = pq.read_schema(path)  # (the footer only)
+            _refuse_duplicate_columns(schema.names, path)
+            wanted = [name for name in schema.names if columns is None or name in columns]
+            table = pq.read_table(path, columns=wanted)
+        except DataError:
+            raise
         except Exception as e:  # pyarrow raises several types for corrupt files
             raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-        _refuse_duplicate_columns(table.schema.names, path)
         df = table.to_pandas()
-        if df.empty:
+        if not table.num_rows:
             raise DataError(f"{path}: has no rows")
         # Columns of lists, records or maps: fine where unread, an error where a value belongs (`read_generic`).
         df.attrs["nested"] = [f.name for f in table.schema if pa.types.is_nested(f.type)]
+        df.attrs["columns"] = schema.names
         return df
     sep = delimiter or ("\t" if table_suffix(path) in (".tsv", ".tab") else ",")
     try:
@@ -924,7 +934,7 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     needed = [col["user_id"], col["item_id"], col["timestamp"]] + ([col["title"]] if items_path is None else [])
     frames, units, rated, examples = [], {}, False, []
     for part in parts:
-        df = _read_table(part, cfg.source.encoding, cfg.source.delimiter)
+        df = _read_table(part, cfg.source.encoding, cfg.source.delimiter, columns=set(col.values()))
         for key, value in (partition_values(part, inter_path) if inter_path.is_dir() else {}).items():
             if key not in df.columns:  # (a column the file has keeps its own values)
                 df[key] = pd.Series(value, index=df.index, dtype="string")
@@ -953,7 +963,7 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     item_ids = _ids(rows["item_id"], inter_path, col["item_id"])
     item_col = {k: cfg.source.items_columns.get(k, col[k]) for k in ("item_id", "title")}  # (the items file's)
     if items_path is not None:
-        items_df = _read_table(items_path, cfg.source.encoding, cfg.source.delimiter)
+        items_df = _read_table(items_path, cfg.source.encoding, cfg.source.delimiter, columns=set(item_col.values()))
         require_columns(items_df, list(item_col.values()), items_path, *(
             (cfg.source.items_columns, "items_columns") if cfg.source.items_columns else (cfg.source.columns,)))
         _refuse_nested(items_df, list(item_col.values()), items_path)

@@ -262,3 +262,19 @@ def test_parts_that_type_an_id_differently_make_one_item_with_one_title(tmp_path
     cfg = DataConfig.model_validate(cfg.model_dump() | {"source": cfg.source.model_dump() | {"items_path": None}})
     items = pd.read_parquet(ingest(cfg).path / "items.parquet").sort_values("item_id", ignore_index=True)
     assert items.to_dict("list") == {"item_id": ["10", "20"], "title": ["Heat (1995)", "Fargo"]}
+
+
+def test_a_parquet_parts_other_columns_are_not_read_and_an_error_names_them_all(tmp_path, monkeypatch):
+    """An event table holds dozens of columns; the four mapped are the ones read."""
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    log = _log().assign(session="s", url="/x", device="phone")
+    log.to_parquet(lake / "part-0.parquet", index=False)
+    read = []
+    real = pq.read_table
+    monkeypatch.setattr(pq, "read_table", lambda path, columns=None, **kw: read.append(columns) or real(path, columns=columns, **kw))
+    assert len(_ingested(_cfg(tmp_path, lake))) == len(log)
+    assert read[0] == ["user", "item", "ts", "rating"]  # (the file's order; rating by its default name)
+    with pytest.raises(DataError, match=r"missing column\(s\) \['when'\] .*; found \['user', 'item', 'ts', 'rating', "
+                                        r"'session', 'url', 'device'\]"):
+        prepare(_cfg(tmp_path / "again", lake, {**COLUMNS, "timestamp": "when"}))
