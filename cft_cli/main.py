@@ -611,7 +611,8 @@ def versions(model_name: ModelNameOpt = None, config: ConfigOpt = Path("configs/
     if changes and history:
         console.print("champion history, newest first:")
         for c in changes[:history]:
-            console.print(f"  {c['at']}  v{c['version']}  {c['action']} by {c['by']}: {c['reason']}", highlight=False)
+            via = f" via {c['via']}" if c.get("via") else ""
+            console.print(f"  {c['at']}  v{c['version']}  {c['action']} by {c['by']}{via}: {c['reason']}", highlight=False)
 
 
 # ------------------------------------------------------------------------------ deployments

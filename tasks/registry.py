@@ -474,7 +474,8 @@ def _history(client, name: str) -> list[dict]:
 
 
 def champion_history(model) -> list[dict]:
-    """A RegisteredModel's changes of champion, oldest first: {version, action, reason, by, at}."""
+    """A RegisteredModel's changes of champion, oldest first: {version, action, reason, by, at} and,
+    for one asked through a flow run, via (`_set_champion`)."""
     return json.loads(model.tags.get(HISTORY_TAG, "[]"))
 
 
@@ -482,6 +483,7 @@ def champion_history(model) -> list[dict]:
 # SQLite takes more and PostgreSQL refuses it), and `champion_history` keeps its newest entries within
 # HISTORY_MAX_CHARS. A person's reason is checked against REASON_MAX_CHARS before anything moves.
 HISTORY_MAX_CHARS, REASON_MAX_CHARS = 4800, 1000
+BY_MAX_CHARS = 200  # who asked: a name or an address
 
 
 def check_reason(reason: str, what: str) -> None:
@@ -502,10 +504,24 @@ def _who() -> str:
         return f"uid {os.getuid()}"
 
 
-def _set_champion(client, name: str, version: str, action: str, reason: str) -> None:
+def check_by(by: str | None) -> None:
+    """InputError for a `by` (who asks for a promotion or rollback) that is blank or too long."""
+    if by is not None and (not by.strip() or len(by) > BY_MAX_CHARS):
+        raise InputError(f"`by` names who asks, in at most {BY_MAX_CHARS} characters (a name or an address); "
+                         f"got {by[:40]!r}{'...' if len(by) > 40 else ''}")
+
+
+def _set_champion(client, name: str, version: str, action: str, reason: str, by: str | None = None,
+                  via: str | None = None) -> None:
+    """Move the champion alias to `version` and append the change to `champion_history`: what,
+    why, by whom (`by`, else this process's user) and, for a change asked through a flow run, via
+    which (`via`: the process's user is then the worker's, not the person's)."""
     history = _history(client, name)
-    history.append({"version": str(version), "action": action, "reason": reason, "by": _who(),
-                    "at": datetime.now(UTC).isoformat(timespec="seconds")})
+    entry = {"version": str(version), "action": action, "reason": reason, "by": by or _who(),
+             "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    if via:
+        entry["via"] = via if by else f"{via}, whose user this is"
+    history.append(entry)
     text = json.dumps(history)  # (written in full before the alias moves: nothing half-done)
     while len(text) > HISTORY_MAX_CHARS and len(history) > 1:
         history = history[1:]
@@ -813,14 +829,16 @@ def previous_decision(cfg: PipelineConfig, train_key: str) -> dict | None:
     return None
 
 
-def promote(cfg: PipelineConfig, name: str, version: str, reason: str, uri: str) -> None:
-    """A person's override: make `version` the champion, recording why."""
+def promote(cfg: PipelineConfig, name: str, version: str, reason: str, uri: str, by: str | None = None,
+            via: str | None = None) -> None:
+    """A person's override: make `version` the champion, recording why (and who: `_set_champion`)."""
     check_reason(reason, "a manual promotion")
+    check_by(by)
     client = registry_client(uri)
     version = str(version)
     with promotion_lock(cfg, name):
         client.get_model_version(name, version)  # raises when it does not exist
-        _set_champion(client, name, version, "promote", reason)
+        _set_champion(client, name, version, "promote", reason, by, via)
         if _alias_version(client, name, CHALLENGER) == str(version):
             client.delete_registered_model_alias(name, CHALLENGER)
 
@@ -842,10 +860,12 @@ def champion_stack(history: list[dict]) -> list[str]:
     return stack
 
 
-def rollback(cfg: PipelineConfig, name: str, reason: str, uri: str) -> str:
+def rollback(cfg: PipelineConfig, name: str, reason: str, uri: str, by: str | None = None,
+             via: str | None = None) -> str:
     """Undo the last change of champion: make the champion before it champion again (repeated,
-    further back: `champion_stack`); returns that version."""
+    further back: `champion_stack`); returns that version. by, via: as `promote`'s."""
     check_reason(reason, "a rollback")
+    check_by(by)
     client = registry_client(uri)
     with promotion_lock(cfg, name):
         current = _alias_version(client, name, CHAMPION)
@@ -855,7 +875,7 @@ def rollback(cfg: PipelineConfig, name: str, reason: str, uri: str) -> str:
         if current is None or not stack:
             raise RegistryError(f"{name} has no earlier champion to roll back to (current: {current})")
         target = stack[-1]
-        _set_champion(client, name, target, "rollback", f"{reason} (was v{current})")
+        _set_champion(client, name, target, "rollback", f"{reason} (was v{current})", by, via)
         return target
 
 

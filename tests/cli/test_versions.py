@@ -24,7 +24,7 @@ def test_versions_lists_each_version_its_gate_and_aliases_then_the_champion_hist
         client.create_model_version("cft-shop", source=str(tmp_path / "model"),
                                     tags={"cft.kind": kind, "data_fingerprint": "0123456789abcdef", **tags})
     registry._set_champion(client, "cft-shop", "1", "gate", "first champion")
-    registry._set_champion(client, "cft-shop", "3", "promote", "release 3")
+    registry._set_champion(client, "cft-shop", "3", "promote", "release 3", by="alice", via="Prefect flow run red-fox")
     client.set_registered_model_alias("cft-shop", "staging", "3")
     when = {str(mv.version): datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M")
             for mv in client.search_model_versions("name='cft-shop'")}
@@ -39,11 +39,11 @@ def test_versions_lists_each_version_its_gate_and_aliases_then_the_champion_hist
         f"  v2  markov      {when['2']} UTC  data 0123456789abcdef",
         f"  v1  popularity  {when['1']} UTC  data 0123456789abcdef",
         "champion history, newest first:",
-        f"  {history[1]['at']}  v3  promote by {history[1]['by']}: release 3",
+        f"  {history[1]['at']}  v3  promote by alice via Prefect flow run red-fox: release 3",
         f"  {history[0]['at']}  v1  gate by {history[0]['by']}: first champion"], shown.output
     one = CliRunner().invoke(app, ["versions", "-c", str(profile), "--history", "1"], prog_name="cft").output
     assert one.splitlines()[-2:] == ["champion history, newest first:", f"  {history[1]['at']}  v3  promote by "
-                                                                         f"{history[1]['by']}: release 3"]
+                                                                         "alice via Prefect flow run red-fox: release 3"]
     unknown = CliRunner().invoke(app, ["versions", "-c", str(profile), "--model-name", "nope"], prog_name="cft")
     assert unknown.exit_code == 2 and unknown.output.startswith("error: no registered model nope in this store ("), \
         unknown.output

@@ -4,6 +4,7 @@ registry calls retry transient errors. The deployed flow end to end is tests/e2e
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -143,8 +144,19 @@ def test_the_promote_flow_promotes_rolls_back_and_refuses_a_promotion_without_a_
     name, client = cfg.registered_model_name(), MlflowClient(uri, registry_uri=uri)
     real_promote = registry.promote
     for version in versions:
-        assert promote_flow(model_name=name, reason=f"release {version}", version=int(version), profile=str(profile)) == version
+        assert promote_flow(model_name=name, reason=f"release {version}", version=int(version), profile=str(profile),
+                            by="alice@example.com") == version
     assert promote_flow(model_name=name, reason="regressed", action="rollback", profile=str(profile)) == versions[0]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == versions[0]
+    # Who asked is recorded with the flow run it came through; without `by`, the worker's user, said as such.
+    *_, promoted, rolled_back = registry.champion_history(client.get_registered_model(name))
+    assert promoted["by"] == "alice@example.com" and re.fullmatch(r"Prefect flow run [\w-]+", promoted["via"])
+    assert rolled_back["by"] == registry._who() and rolled_back["via"].endswith(", whose user this is")
+    state = promote_flow(model_name=name, reason="r", version=int(versions[1]), profile=str(profile), by="x" * 201,
+                         return_state=True)
+    assert state.is_failed()
+    with pytest.raises(InputError, match="`by` names who asks, in at most 200 characters"):
+        state.result()
     assert str(client.get_model_version_by_alias(name, "champion").version) == versions[0]
     state = promote_flow(model_name=name, reason="no version", profile=str(profile), return_state=True)
     assert state.is_failed()
