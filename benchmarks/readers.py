@@ -21,17 +21,23 @@ no longer does: 57.5 s and 6.3 GB in the run at commit 73390e2). ML-25M's shape:
 columns of which the pipeline maps four: user, item, time, title, the rest what trackers log,
 session, page, referrer, user agent, prices, ...): the `generic` reader, which reads a Parquet
 part's mapped columns only (since 2026-12-06), and the same reader reading every column, as it
-did before.
+did before. `lake-json`: the same table as gzipped JSON lines, one file a day (Spark's
+`df.write.json`), where the reader keeps the mapped fields only once pyarrow has parsed a file.
+`lake-json-mixed`: those files with the customer id a number on some lines and text on others
+(an export whose producer changed), which pyarrow refuses: the reader's line-by-line fallback
+then keeps only the mapped fields' values (since 2026-12-06), where it kept every field's.
 
     python -m benchmarks.readers                          # amazon: 1,000,000 reviews (~660 MB), 3 rounds
     python -m benchmarks.readers --source movielens       # 25,000,000 ratings (~570 MB), 3 rounds
     python -m benchmarks.readers --source lake            # 2,000,000 events in 90 day partitions, 3 rounds
+    python -m benchmarks.readers --source lake-json       # 1,000,000 events as gzipped JSON lines, 3 rounds
+    python -m benchmarks.readers --source lake-json-mixed # 200,000 such events, read line by line, 3 rounds
     python -m benchmarks.readers --rows 200000 --rounds 5
 
 Files are seeded. Each round runs every reader, in an order that alternates between rounds; a
 ratio is a reader's time (or peak memory) over the first reader's in the same round, reported as
 the median with its range. Results: benchmarks/results/readers.json and .md (amazon),
-readers-movielens.json and .md, readers-lake.json and .md.
+readers-movielens.json and .md, readers-lake[-json[-mixed]].json and .md.
 """
 
 from __future__ import annotations
@@ -60,12 +66,14 @@ from benchmarks.rounds import (
 
 RESULTS = Path(__file__).parent / "results"
 READERS = {"amazon": ("arrow", "by_line", "whole_text"), "movielens": ("grouplens", "generic", "generic_before"),
-           "lake": ("lake", "lake_every_column")}
+           "lake": ("lake", "lake_every_column"), "lake-json": ("lake", "lake_every_column"),
+           "lake-json-mixed": ("lake", "lake_every_column")}
 LABELS = {"arrow": "pyarrow JSON reader (now)", "by_line": "line by line (its fallback)",
           "whole_text": "whole text + json.loads (before)", "grouplens": "grouplens: pyarrow CSV (now)",
           "generic": "generic: pyarrow CSV (now)", "generic_before": "generic: pandas CSV and numbers (as before)",
           "lake": "generic: the mapped columns (now)", "lake_every_column": "generic: every column (before)"}
-DEFAULT_ROWS = {"amazon": 1_000_000, "movielens": 25_000_000, "lake": 2_000_000}
+DEFAULT_ROWS = {"amazon": 1_000_000, "movielens": 25_000_000, "lake": 2_000_000, "lake-json": 1_000_000,
+                "lake-json-mixed": 200_000}
 LAKE_DAYS = 90
 WORDS = ["game", "great", "fun", "hard", "play", "graphics", "story", "buy", "controller", "love", "bad", "the", "a", "is", "it", "and", "to", "of"]
 
@@ -127,6 +135,21 @@ def write_lake(folder: Path, n: int, seed: int = 0) -> None:
     pq.write_to_dataset(pa.table(columns), folder, partition_cols=["dt"])
 
 
+def lake_as_json(folder: Path, mixed: bool = False) -> None:
+    """Each day's Parquet part of `write_lake` as a gzipped JSON-lines file in its place (`mixed`:
+    the customer id text on every other line, a number on the rest)."""
+    import pyarrow.parquet as pq
+
+    for part in sorted(folder.rglob("*.parquet")):
+        frame = pq.read_table(part).to_pandas()
+        frame["event_time"] = frame["event_time"].astype("int64") // 10**6  # (unix ms, as trackers send it)
+        if mixed:
+            frame["customer_id"] = [str(c) if i % 2 else int(c) for i, c in enumerate(frame["customer_id"])]
+        with gzip.open(part.with_suffix(".json.gz"), "wt", compresslevel=1) as f:
+            frame.to_json(f, orient="records", lines=True)
+        part.unlink()
+
+
 def read(reader: str, path: Path):
     """The source's rows as a DataFrame, as `reader` reads them (`path`: the file or folder)."""
     import pandas as pd
@@ -149,7 +172,7 @@ def read(reader: str, path: Path):
     if reader in ("lake", "lake_every_column"):
         from schemas.config import DataConfig
 
-        if reader == "lake_every_column":  # as before 2026-12-06: a Parquet part's every column read
+        if reader == "lake_every_column":  # as before 2026-12-06: a part's every column read
             every = readers._read_table
             readers._read_table = lambda p, encoding, delimiter=None, columns=None: every(p, encoding, delimiter)
         cfg = DataConfig.model_validate({"data_root": str(path), "source": {"format": "generic", "path": str(path),
@@ -200,9 +223,13 @@ def main() -> None:
         else:
             path = scratch / "events"
             write_lake(path, rows)
-            files = list(path.rglob("*.parquet"))
+            if ns.source.startswith("lake-json"):
+                lake_as_json(path, mixed=ns.source == "lake-json-mixed")
+            files = [f for f in path.rglob("*") if f.is_file()]
             size = sum(f.stat().st_size for f in files)
-            what = (f"{rows:,} synthetic events, 30 columns (4 mapped), Parquet partitioned by day: {len(files)} parts, "
+            kind = {"lake": "Parquet", "lake-json": "gzipped JSON lines",
+                    "lake-json-mixed": "gzipped JSON lines, the customer id a number or text (read line by line)"}[ns.source]
+            what = (f"{rows:,} synthetic events, 30 columns (4 mapped), {kind} partitioned by day: {len(files)} parts, "
                     f"{size / 1e6:,.0f} MB.")
         rounds = []
         for r in range(ns.rounds):

@@ -724,10 +724,10 @@ def _read_table(path: Path, encoding: str, delimiter: str | None = None, columns
     most European locales) is named with the setting that reads it.
 
     columns: the names read (others are left out where the format allows: a Parquet file's other
-    columns are never read, as a data lake's event table may hold dozens); `attrs["columns"]` has
-    all the file's names, for an error that names them."""
+    columns are never read, a JSON-lines file's never leave Arrow, as a data lake's event table
+    may hold dozens); `attrs["columns"]` has all the file's names, for an error that names them."""
     if table_suffix(path) in JSON_SUFFIXES:
-        return _read_json_lines(path)
+        return _read_json_lines(path, columns)
     if path.suffix == ".parquet":
         _check_not_pickle(path)
         import pyarrow as pa
@@ -761,11 +761,12 @@ def _read_table(path: Path, encoding: str, delimiter: str | None = None, columns
     return df
 
 
-def _read_json_lines(path: Path) -> pd.DataFrame:
+def _read_json_lines(path: Path, columns=None) -> pd.DataFrame:
     """A JSON-lines file (an event export: Spark's `df.write.json`, Firehose, Segment), gzipped or
     not: a column a field, nested objects flattened into dotted names (`{"context": {"sku": 5}}`
     -> column "context.sku", which `data.source.columns` can map), lists kept as lists (refused
-    where a value belongs, `attrs["nested"]`).
+    where a value belongs, `attrs["nested"]`). columns: the names kept (None: all); `attrs["columns"]`
+    has every name, for an error that names them.
 
     pyarrow's JSON reader infers each field's type in C++; a file it refuses (a field that is a
     number on one line and text on another, a line that is no JSON) is read again line by line,
@@ -773,23 +774,34 @@ def _read_json_lines(path: Path) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.json as pj
 
+    def kept(names) -> list[str]:
+        return [name for name in names if columns is None or name in columns]
+
     _check_readable(path)
     try:
         with pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None) as stream:
             table = pj.read_json(stream)
-        table.validate(full=True)  # (bytes that are no UTF-8 pass the reader inside strings)
         while any(pa.types.is_struct(t) for t in table.schema.types):
             table = table.flatten()  # (one level a pass: "a.b" then "a.b.c")
-        df = table.to_pandas()
-        df.attrs["nested"] = [f.name for f in table.schema if pa.types.is_nested(f.type)]
+        names = table.schema.names
+        table = table.select(kept(names))  # (an event's other fields never become Python objects)
+        table.validate(full=True)  # (bytes that are no UTF-8 pass the reader inside strings)
+        count, df = table.num_rows, table.to_pandas()
+        nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, OSError, EOFError):
-        rows = [_flat_text(row) for row in _json_objects(path)]
+        seen: dict[str, None] = {}  # every name, in the order met
+        rows = []
+        for row in _json_objects(path):
+            flat = _flat_text(row)
+            seen.update(dict.fromkeys(flat))
+            rows.append({k: v for k, v in flat.items() if columns is None or k in columns})
+        names, count = list(seen), len(rows)
         nested = sorted({k for row in rows for k, v in row.items() if isinstance(v, list)})
-        df = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+        df = pd.DataFrame.from_records(rows, columns=kept(names))
         df = df.astype({c: "string" for c in df.columns if c not in nested})
-        df.attrs["nested"] = nested
-    if df.empty:
+    if not count:
         raise DataError(f"{path}: file holds no JSON lines")
+    df.attrs["nested"], df.attrs["columns"] = nested, names
     return df
 
 

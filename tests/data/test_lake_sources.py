@@ -278,3 +278,22 @@ def test_a_parquet_parts_other_columns_are_not_read_and_an_error_names_them_all(
     with pytest.raises(DataError, match=r"missing column\(s\) \['when'\] .*; found \['user', 'item', 'ts', 'rating', "
                                         r"'session', 'url', 'device'\]"):
         prepare(_cfg(tmp_path / "again", lake, {**COLUMNS, "timestamp": "when"}))
+
+
+@pytest.mark.parametrize("number_ids", [False, True], ids=["pyarrow", "line by line"])
+def test_a_json_lines_parts_unmapped_fields_are_left_out_and_an_error_names_them_all(tmp_path, number_ids):
+    from tasks.readers import _read_json_lines
+
+    rows = [line.split(",") for line in GOOD_INTER.splitlines()[1:]]
+    text = _events(rows, number_ids=False)
+    if number_ids:  # one user id a number: pyarrow refuses the file, which is then read line by line
+        text = text.replace('"user": "u1"', '"user": 1', 1)
+    (tmp_path / "events.jsonl").write_text(text)
+    df = _read_json_lines(tmp_path / "events.jsonl", {"user", "ts", "context.page.item"})
+    assert list(df.columns) == ["user", "ts", "context.page.item"] and len(df) == len(rows)
+    assert df.attrs["columns"] == ["user", "ts", "rating", "context.page.item", "context.tags", "event"]
+    (tmp_path / "lake").mkdir()
+    (tmp_path / "events.jsonl").rename(tmp_path / "lake" / "events.jsonl")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['context.page.sku'\] .*; found \['user', 'ts', 'rating', "
+                                        r"'context.page.item', 'context.tags', 'event'\]"):
+        prepare(_cfg(tmp_path, tmp_path / "lake", {"user_id": "user", "item_id": "context.page.sku", "timestamp": "ts"}))
