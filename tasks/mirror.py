@@ -98,7 +98,7 @@ def mirror(url: str, data_root: Path, sync: bool = True) -> Path:
         raise DataError(f"source {url}: not an object-store address pyarrow can read ({e})") from e
     with FileLock(target / ".lock"):
         try:
-            report, listed = sync_objects(filesystem, root.rstrip("/"), local, manifest)
+            report, listed = sync_objects(filesystem, root.rstrip("/"), local, manifest, url)
         except OSError as e:
             raise _unavailable_or_bad(url, e, local) from e
         except DataError as e:
@@ -113,10 +113,10 @@ def _local_source(local: Path, manifest: dict) -> Path:
     return local / manifest["file"] if manifest.get("file") else local
 
 
-def sync_objects(filesystem, root: str, local: Path, manifest: Path) -> tuple[MirrorReport, dict]:
+def sync_objects(filesystem, root: str, local: Path, manifest: Path, url: str | None = None) -> tuple[MirrorReport, dict]:
     """Bring `local` up to date with the objects at `root` of a pyarrow `filesystem` (a file, or
-    every file under a prefix); returns what changed and the new manifest. DataError when `root`
-    names nothing, or a key would land outside `local`."""
+    every file under a prefix; `url`: its address, for the progress bar); returns what changed and
+    the new manifest. DataError when `root` names nothing, or a key would land outside `local`."""
     from pyarrow import fs
 
     info = filesystem.get_file_info(root)
@@ -134,20 +134,24 @@ def sync_objects(filesystem, root: str, local: Path, manifest: Path) -> tuple[Mi
         parts = PurePosixPath(key).parts
         if key.startswith("/") or ".." in parts or not parts:
             raise DataError(f"object key {key!r} would land outside the mirror; refused")
+    from tqdm.auto import tqdm
+
     before = json.loads(manifest.read_text(encoding="utf-8"))["objects"] if manifest.is_file() else {}
     listed = {key: [f.size, f.mtime_ns] for key, f in objects.items()}
+    todo = [key for key, stamp in listed.items() if not (
+        before.get(key) == stamp and (local / key).is_file() and (local / key).stat().st_size == stamp[0])]
     copied = copied_bytes = 0
-    for key, stamp in list(listed.items()):
-        path = local / key
-        if before.get(key) == stamp and path.is_file() and path.stat().st_size == stamp[0]:
-            continue
-        try:
-            _copy(filesystem, objects[key].path, path)
-        except FileNotFoundError:  # deleted since the listing (a job moving its parts into place): gone
-            log.info("%s: deleted from the store while it was mirrored; left to the next sync", key)
-            del listed[key]
-            continue
-        copied, copied_bytes = copied + 1, copied_bytes + stamp[0]
+    # (a first sync of a large bucket takes minutes: a bar on a terminal, none in a flow run's log)
+    with tqdm(total=sum(listed[key][0] for key in todo), unit="B", unit_scale=True, disable=None if todo else True,
+              desc=f"mirror {len(todo)} object(s) of {url or root}") as bar:
+        for key in todo:
+            try:
+                _copy(filesystem, objects[key].path, local / key, bar.update)
+            except FileNotFoundError:  # deleted since the listing (a job moving its parts into place): gone
+                log.info("%s: deleted from the store while it was mirrored; left to the next sync", key)
+                del listed[key]
+                continue
+            copied, copied_bytes = copied + 1, copied_bytes + listed[key][0]
     removed = 0
     for key in set(before) - set(listed):
         if (local / key).is_file():
@@ -162,14 +166,16 @@ def sync_objects(filesystem, root: str, local: Path, manifest: Path) -> tuple[Mi
     return MirrorReport(copied, removed, len(listed) - copied, copied_bytes), written
 
 
-def _copy(filesystem, source: str, path: Path) -> None:
-    """Stream one object into `path`, through a `.tmp-` file renamed into place when complete."""
+def _copy(filesystem, source: str, path: Path, copied=lambda n: None) -> None:
+    """Stream one object into `path`, through a `.tmp-` file renamed into place when complete;
+    `copied(bytes)` after each block."""
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f".tmp-{path.name}")
     try:
         with filesystem.open_input_stream(source) as src, open(part, "wb") as out:
             while block := src.read(CHUNK):
                 out.write(block)
+                copied(len(block))
     except BaseException:
         part.unlink(missing_ok=True)
         raise

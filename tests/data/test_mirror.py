@@ -101,6 +101,33 @@ def test_a_table_formats_folder_in_a_bucket_is_refused_before_a_copy(tmp_path):
     assert not (tmp_path / "m" / "objects").exists()
 
 
+def test_the_progress_bar_counts_the_bytes_to_copy(tmp_path, monkeypatch):
+    """A first sync of a large bucket takes minutes: the bar's total is what will be copied, and it
+    fills as blocks arrive; a sync with nothing to copy shows none."""
+    import tqdm.auto
+
+    bars = []
+
+    class Recorder(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": True})
+            bars.append({"total": kwargs["total"], "shown": kwargs["disable"] is not True, "desc": kwargs["desc"],
+                         "done": 0})
+
+        def update(self, n=1):
+            bars[-1]["done"] += n
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    monkeypatch.setattr(mirror, "CHUNK", 4)
+    bucket = tmp_path / "bucket"
+    _put(bucket, "logs/part-0.csv", "a\n1\n")
+    _put(bucket, "logs/part-1.csv", "a\n" + "2\n" * 10)
+    _sync(bucket, "logs", tmp_path)
+    _sync(bucket, "logs", tmp_path)
+    assert bars[0] == {"total": 26, "shown": True, "desc": f"mirror 2 object(s) of {bucket / 'logs'}", "done": 26}
+    assert bars[1]["total"] == 0 and not bars[1]["shown"]
+
+
 def test_one_object_is_mirrored_as_that_file_and_nothing_there_is_an_error(tmp_path):
     bucket = tmp_path / "bucket"
     _put(bucket, "catalog/products.csv", "sku,name\n1,Heat\n")
