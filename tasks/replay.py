@@ -8,7 +8,8 @@ its floor of baselines), and write a timeline of what the registry decided.
 
 The timeline is a JSON file, rewritten after every period; a replay that is started again with
 the same settings skips the periods it already has (and the stages reuse their folders), so an
-interrupted replay resumes, also after an upgrade that added settings (`same_settings`). `cft replay` runs it; flows/replay.py is the same as a Prefect flow.
+interrupted replay resumes, also after an upgrade that added settings (`same_settings`).
+`cft replay` runs it; flows/replay.py is the same as a Prefect flow.
 """
 
 from __future__ import annotations
