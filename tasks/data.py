@@ -119,7 +119,8 @@ def _files_read(cfg: DataConfig) -> list[Path]:
         return [*csvs, info]
     if src.format == "amazon_raw":
         return [path, _amazon_meta_path(cfg)]
-    return readers.interaction_parts(path) + ([_source_path(src.items_path, cfg)] if src.items_path else [])
+    items = _source_path(src.items_path, cfg) if src.items_path else None
+    return readers.interaction_parts(path, items) + ([items] if items else [])
 
 
 def _amazon_meta_path(cfg: DataConfig, sync: bool = True) -> Path:

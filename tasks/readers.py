@@ -850,7 +850,7 @@ def _newest_titles(item_ids: pd.Series, titles: pd.Series, timestamps: pd.Series
     return newest[["item_id", "title"]]
 
 
-def interaction_parts(path: Path) -> list[Path]:
+def interaction_parts(path: Path, items_path: Path | None = None) -> list[Path]:
     """The files `read_generic` reads as interactions: the file itself, or a folder's parts (new
     files are dropped into it), sorted by their path in it. As pandas and pyarrow read a dataset
     folder: its subfolders too (Spark's and pyarrow's `partitionBy` layout, `dt=2026-12-01/part-0.parquet`,
@@ -858,7 +858,8 @@ def interaction_parts(path: Path) -> list[Path]:
     written, ".part-0.csv.crc", Spark's `_temporary/` and `_SUCCESS`); table files only (.parquet,
     .csv, .tsv, .tab, JSON lines, the text ones also gzipped: `table_suffix`). A table format whose folder also keeps the files
     of removed rows (Delta Lake, Apache Iceberg, Apache Hudi) is refused: reading its files as parts
-    would read rows deleted long ago."""
+    would read rows deleted long ago. The items file (`items_path`) is no part where it lies in the
+    folder too (`my-data/` with `orders-*.csv` and `products.csv`)."""
     if not path.is_dir():
         return [path]
     refuse_table_format(path, (f"{mark}/{f.name}" for mark in TABLE_FORMATS if (path / mark).is_dir()
@@ -866,7 +867,8 @@ def interaction_parts(path: Path) -> list[Path]:
     parts = []
     for folder, subfolders, files in os.walk(path):
         subfolders[:] = [d for d in subfolders if not hidden(d)]  # (pruned: not walked)
-        parts += [Path(folder, f) for f in files if not hidden(f) and table_suffix(Path(f))]
+        parts += [Path(folder, f) for f in files if not hidden(f) and table_suffix(Path(f))
+                  and (items_path is None or not Path(folder, f).samefile(items_path))]
     if not parts:
         raise DataError(f"{path}: no interaction parts ({', '.join(sorted(TABLE_SUFFIXES))} files, in it or in "
                         "subfolders)")
@@ -941,7 +943,7 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     come back from its folder names (`partition_values`), so `columns` may map one of them.
     """
     col = {k: cfg.source.columns.get(k, k) for k in ("user_id", "item_id", "timestamp", "rating", "title")}
-    parts = interaction_parts(inter_path)
+    parts = interaction_parts(inter_path, items_path)
     name = {part: part.relative_to(inter_path).as_posix() if inter_path.is_dir() else part.name for part in parts}
     needed = [col["user_id"], col["item_id"], col["timestamp"]] + ([col["title"]] if items_path is None else [])
     frames, units, rated, examples = [], {}, False, []

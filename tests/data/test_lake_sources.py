@@ -297,3 +297,16 @@ def test_a_json_lines_parts_unmapped_fields_are_left_out_and_an_error_names_them
     with pytest.raises(DataError, match=r"missing column\(s\) \['context.page.sku'\] .*; found \['user', 'ts', 'rating', "
                                         r"'context.page.item', 'context.tags', 'event'\]"):
         prepare(_cfg(tmp_path, tmp_path / "lake", {"user_id": "user", "item_id": "context.page.sku", "timestamp": "ts"}))
+
+
+def test_an_items_file_in_the_folder_of_parts_is_not_read_as_a_part(tmp_path):
+    folder = tmp_path / "my-data"
+    folder.mkdir()
+    rows = GOOD_INTER.splitlines(keepends=True)
+    (folder / "orders-1.csv").write_text("".join(rows[:11]))
+    (folder / "orders-2.csv").write_text("".join(rows[:1] + rows[11:]))
+    (folder / "products.csv").write_text(GOOD_ITEMS)
+    cfg = DataConfig(name="shop", data_root=tmp_path, k_core=0, source=SourceConfig(
+        format="generic", path=str(folder), items_path=str(folder / "products.csv"), columns=COLUMNS))
+    assert [f.name for f in ingest_target(cfg)[2]] == ["orders-1.csv", "orders-2.csv", "products.csv"]
+    assert len(_ingested(cfg)) == len(rows) - 1
