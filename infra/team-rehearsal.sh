@@ -5,8 +5,9 @@
 # profile through the worker, then reads the registry and recommends from a second folder with only
 # the two URLs, as a teammate's machine would. Everything lives in a temporary folder and goes at
 # the end. Needs PostgreSQL's server binaries (Debian: postgresql) and PyPI (moto, psycopg2, boto3
-# are installed into that folder, not into .venv). Last, a log kept in the bucket as monthly CSV
-# parts (an s3:// source) is prepared, a month's part lands, and it is prepared again. About 4
+# are installed into that folder, not into .venv). Last, a log kept in the bucket as a Spark job
+# leaves it (an s3:// source: monthly partitions, `_SUCCESS`, an attempt still in `_temporary/`)
+# is prepared, a month's partition lands, and it is prepared again. About 4
 # minutes on 2 cores.
 #
 #   bash infra/team-rehearsal.sh
@@ -87,7 +88,7 @@ locations = {client.get_logged_model(v.source.removeprefix("models:/")).artifact
 assert len(versions) == 3 and all(loc.startswith("mlflow-artifacts:/") for loc in locations), locations
 print(f"{len(versions)} versions, their models behind the server's proxy (mlflow-artifacts:/ -> s3://mlflow)")
 EOF
-step "a log in the bucket: ML-100K as monthly CSV parts under s3://logs/orders/, April's part later"
+step "a log in the bucket: ML-100K as Spark's monthly CSV partitions under s3://logs/orders/, April's later"
 cd "$PROJECT"
 "$VENV/python" - "$WORK/parts" <<'PY'
 import sys
@@ -103,12 +104,16 @@ inter, items = readers.read_recbole(readers.recbole_package_folder())
 for month, part in inter.groupby(pd.to_datetime(inter["timestamp"], unit="s").dt.strftime("%Y-%m")):
     part.to_csv(out / f"orders-{month}.csv", index=False)
 items.to_csv(out / "products.csv", index=False)
+(out / "attempt.csv").write_text("user_id,item_id,timestamp\n1,1,not yet\n")  # a task's output before its commit
 PY
 s3() { "$WORK/s3env/bin/python" -c "import boto3, sys; c = boto3.client('s3', endpoint_url='http://127.0.0.1:$S3_PORT',
 aws_access_key_id='cft', aws_secret_access_key='rehearsal', region_name='us-east-1')
 c.create_bucket(Bucket='logs') if sys.argv[1] == 'mb' else c.upload_file(sys.argv[2], 'logs', sys.argv[3])" "$@"; }
 s3 mb
-for f in "$WORK"/parts/orders-*.csv; do [[ $f == *1998-04.csv ]] || s3 put "$f" "orders/$(basename "$f")"; done
+month() { basename "$1" .csv | sed 's/^orders-//'; }
+for f in "$WORK"/parts/orders-*.csv; do [[ $f == *1998-04.csv ]] || s3 put "$f" "orders/month=$(month "$f")/part-00000.csv"; done
+s3 put "$WORK/parts/attempt.csv" orders/_temporary/0/_temporary/attempt_0/month=1998-05/part-00000.csv
+s3 put "$WORK/parts/attempt.csv" orders/_SUCCESS
 s3 put "$WORK/parts/products.csv" catalog/products.csv
 cat >"$WORK/bucket.yaml" <<YAML
 extends: $PROJECT/configs/smoke.yaml
@@ -123,8 +128,8 @@ prepare() {
   grep "^ingested:" "$WORK/prepare.log"
 }
 before=$(prepare); echo "$before"
-s3 put "$WORK/parts/orders-1998-04.csv" orders/orders-1998-04.csv
-after=$(prepare); echo "$after   <- after April's part landed"
+s3 put "$WORK/parts/orders-1998-04.csv" orders/month=1998-04/part-00000.csv
+after=$(prepare); echo "$after   <- after April's partition landed"
 [[ "$after" != "$before" && "$after" != *"(reused)" ]] || { echo "error: the new part made no new ingest" >&2; exit 1; }
 again=$(prepare); echo "$again   <- the bucket unchanged"
 [[ "$again" == "$after (reused)" ]] || { echo "error: an unchanged bucket did not reuse the ingest" >&2; exit 1; }
