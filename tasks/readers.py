@@ -496,9 +496,13 @@ def _json_lines_by_line(path: Path, fields: list[str]) -> pd.DataFrame:
     """`_json_lines` in Python, one line at a time (only `fields` kept); DataError naming the line
     that is no JSON object or no UTF-8, or the gzip file that is corrupt (`_json_objects`)."""
     columns: dict[str, list] = {name: [] for name in fields}
-    for row in _json_objects(path):
+    for n, row in _json_objects(path):
         for name, values in columns.items():
-            values.append(row.get(name))
+            value = row.get(name)
+            if isinstance(value, (list, dict)):  # (it would be read as the text "['A1']")
+                raise DataError(f"{path}: line {n}: field {name!r} holds a JSON {type(value).__name__} "
+                                f"({json.dumps(value)[:60]}), where one value belongs")
+            values.append(value)
     return pd.DataFrame(columns)
 
 
@@ -508,7 +512,7 @@ ONE_DOCUMENT = (" (the file seems to be one JSON document, not JSON lines, which
 
 
 def _json_objects(path: Path):
-    """The objects of a JSON-lines file (gzipped or not), one a line, blank lines skipped; DataError
+    """(line number, object) of a JSON-lines file (gzipped or not), one a line, blank lines skipped; DataError
     naming the line that is no JSON object or no UTF-8 (a file that is one JSON array said as
     such), or the gzip file that is corrupt."""
     try:
@@ -530,7 +534,7 @@ def _json_objects(path: Path):
                 if not isinstance(row, dict):
                     raise DataError(f"{path}: line {n} is a JSON {type(row).__name__}, not an object"
                                     f"{ONE_DOCUMENT if n == 1 and isinstance(row, list) else ''}")
-                yield row
+                yield n, row
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{path}: corrupt or truncated gzip file ({e})") from None
 
@@ -791,7 +795,7 @@ def _read_json_lines(path: Path, columns=None) -> pd.DataFrame:
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, OSError, EOFError):
         seen: dict[str, None] = {}  # every name, in the order met
         rows = []
-        for row in _json_objects(path):
+        for _, row in _json_objects(path):
             flat = _flat_text(row)
             seen.update(dict.fromkeys(flat))
             rows.append({k: v for k, v in flat.items() if columns is None or k in columns})

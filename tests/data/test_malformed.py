@@ -199,6 +199,19 @@ def test_amazon_bad_json_line(tmp_path):
         prepare(cfg)
 
 
+def test_an_amazon_review_whose_id_is_a_list_is_named_by_line(tmp_path):
+    """It was read as the user "['a']": a user no other review has, made up from a malformed line."""
+    raw = tmp_path / "amazon"
+    raw.mkdir()
+    (raw / "reviews.json").write_text('{"reviewerID": "a", "asin": "x", "unixReviewTime": 1500000000, "overall": 5}\n'
+                                      '{"reviewerID": ["a"], "asin": "x", "unixReviewTime": 1500000001, "overall": 4}\n')
+    (raw / "meta.json").write_text('{"asin": "x", "title": "Thing"}\n')
+    cfg = DataConfig(name="amz", data_root=tmp_path, source=SourceConfig(format="amazon_raw", path=str(raw / "reviews.json"), meta_path=str(raw / "meta.json")))
+    with pytest.raises(DataError, match=r"reviews.json: line 2: field 'reviewerID' holds a JSON list \(\[\"a\"\]\), where one "
+                                        r"value belongs"):
+        prepare(cfg)
+
+
 @pytest.mark.parametrize(
     ("raw", "clean"),
     [("  &quot;Widget Pro&quot; ", "Widget Pro"), ('&quot;Big&quot; Box', 'Big" Box'), ("Tom &amp; Jerry", "Tom & Jerry"), ("x", None), ("", None),
