@@ -8,6 +8,8 @@ Outputs live under `<data_root>/` in folders named by a fingerprint of inputs an
     sequences/<name>-<fp>/  train/valid/test.parquet, catalogue.parquet, manifest.json,
                             validation.json
     reports/                validation reports of record building (also kept on failure)
+    cache/source-digests.json   the source files' sha256, by size, mtime, ctime and inode
+                            (`storage.source_digests`: an unchanged source is not read again)
 A failed validation writes its report and raises; nothing downstream is written.
 """
 
@@ -39,7 +41,7 @@ from tasks import readers
 from tasks.download import fetch, is_url
 from tasks.mirror import is_object_store_url, mirror
 from tasks.settings import sequence_settings
-from tasks.storage import atomic_dir, file_digest, fingerprint, write_json_atomic
+from tasks.storage import atomic_dir, fingerprint, source_digests, write_json_atomic
 from tasks.validation import suites_key, validate_tables
 
 log = logging.getLogger(__name__)
@@ -203,7 +205,8 @@ def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
     bytes of every source file and the reader's version."""
     files = source_files(cfg)
     folder = _parts_folder(cfg)
-    key = {"source": source_settings(cfg), "files": [(_key_name(f, folder), file_digest(f)) for f in files]}
+    digests = source_digests(files, cfg.data_root / "cache" / "source-digests.json")  # (a stat each when unchanged)
+    key = {"source": source_settings(cfg), "files": [(_key_name(f, folder), d) for f, d in zip(files, digests, strict=True)]}
     # The reader's version sits under "reader", not storage.with_code_versions' "code": it was
     # keyed so before that helper, and moving it would write every generic source's folders again.
     if (reader := READER_VERSIONS.get(cfg.source.format, 1)) > 1:  # (version 1 was never in the key)

@@ -310,3 +310,36 @@ def test_an_items_file_in_the_folder_of_parts_is_not_read_as_a_part(tmp_path):
         format="generic", path=str(folder), items_path=str(folder / "products.csv"), columns=COLUMNS))
     assert [f.name for f in ingest_target(cfg)[2]] == ["orders-1.csv", "orders-2.csv", "products.csv"]
     assert len(_ingested(cfg)) == len(rows) - 1
+
+
+def test_an_unchanged_source_is_not_read_again_for_its_key_and_a_rewritten_one_is(tmp_path, monkeypatch):
+    """The ingest key's digests come from a cache by size, mtime, ctime and inode: a scheduled run
+    on an unchanged lake stats its files instead of reading them. A part rewritten with its old
+    size and mtime put back (`cp -p`, `rsync -t`) changes its ctime, so it is read again."""
+    import os
+
+    from tasks import storage
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / "a.csv").write_text(GOOD_INTER)
+    (lake / "b.csv").write_text("user,item,ts\nu9,i1,1000000000\n")
+    cfg = _cfg(tmp_path, lake)
+    hashed = []
+    real = storage.file_digest
+    monkeypatch.setattr(storage, "file_digest", lambda path, *a: hashed.append(path.name) or real(path, *a))
+    _, first, _ = ingest_target(cfg)
+    assert sorted(hashed) == ["a.csv", "b.csv", "items.csv"]
+    hashed.clear()
+    assert ingest_target(cfg)[1] == first and hashed == []  # unchanged: no file read
+
+    before = (lake / "b.csv").stat()
+    (lake / "b.csv").write_text("user,item,ts\nu8,i1,1000000000\n")  # same size, another user
+    os.utime(lake / "b.csv", ns=(before.st_atime_ns, before.st_mtime_ns))  # the old mtime put back
+    assert (lake / "b.csv").stat().st_size == before.st_size
+    _, second, _ = ingest_target(cfg)
+    assert hashed == ["b.csv"] and second != first
+
+    (tmp_path / "cache" / "source-digests.json").write_text("{not json")  # a cache that does not read: ignored
+    hashed.clear()
+    assert ingest_target(cfg)[1] == second and sorted(hashed) == ["a.csv", "b.csv", "items.csv"]
