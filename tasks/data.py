@@ -96,33 +96,38 @@ def source_files(cfg: DataConfig) -> list[Path]:
     """The files the source's reader reads, no others (for the fingerprint): a file left next to
     them (ML-25M's genome scores, a README, a Spark `_SUCCESS` marker) neither costs a digest nor
     makes a new ingest."""
-    files = _files_read(cfg)
+    return _source_listing(cfg)[0]
+
+
+def _source_listing(cfg: DataConfig) -> tuple[list[Path], Path | None]:
+    """(`source_files`, the folder a generic source's parts lie in, else None)."""
+    files, parts_folder = _files_read(cfg)
     for f in files:
         if not f.is_file():
             what = "a folder, where a file is read" if f.is_dir() else "file not found"
             raise DataError(f"{f}: {what} (data.source.format={cfg.source.format})")
-    return files
+    return files, parts_folder
 
 
-def _files_read(cfg: DataConfig) -> list[Path]:
+def _files_read(cfg: DataConfig) -> tuple[list[Path], Path | None]:
     src = cfg.source
     if src.format == "synthetic":  # no files: the settings (in the fingerprint) are the data
-        return []
+        return [], None
     if src.format == "recbole_package":
-        return list(readers.recbole_files(readers.recbole_package_folder()))
+        return list(readers.recbole_files(readers.recbole_package_folder())), None
     path = _source_path(src.path, cfg)
     if src.format in ("recbole", "grouplens", "d3_csv"):
         _require_folder(path, src.format)
         if src.format == "recbole":
-            return list(readers.recbole_files(path))
+            return list(readers.recbole_files(path)), None
         if src.format == "grouplens":
-            return list(readers.grouplens_files(path))
+            return list(readers.grouplens_files(path)), None
         csvs, info = readers.d3_files(path)
-        return [*csvs, info]
+        return [*csvs, info], None
     if src.format == "amazon_raw":
-        return [path, _amazon_meta_path(cfg)]
+        return [path, _amazon_meta_path(cfg)], None
     items = _source_path(src.items_path, cfg) if src.items_path else None
-    return readers.interaction_parts(path, items) + ([items] if items else [])
+    return readers.interaction_parts(path, items) + ([items] if items else []), path if path.is_dir() else None
 
 
 def _amazon_meta_path(cfg: DataConfig, sync: bool = True) -> Path:
@@ -203,10 +208,9 @@ READER_VERSIONS = {
 def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
     """(output folder, fingerprint, source files) of `ingest`: named by the source settings, the
     bytes of every source file and the reader's version."""
-    files = source_files(cfg)
-    folder = _parts_folder(cfg)
+    files, folder = _source_listing(cfg)
     digests = source_digests(files, cfg.data_root / "cache" / "source-digests.json")  # (a stat each when unchanged)
-    key = {"source": source_settings(cfg), "files": [(_key_name(f, folder), d) for f, d in zip(files, digests, strict=True)]}
+    key = {"source": source_settings(cfg), "files": [(readers.part_name(f, folder), d) for f, d in zip(files, digests, strict=True)]}
     # The reader's version sits under "reader", not storage.with_code_versions' "code": it was
     # keyed so before that helper, and moving it would write every generic source's folders again.
     if (reader := READER_VERSIONS.get(cfg.source.format, 1)) > 1:  # (version 1 was never in the key)
@@ -215,21 +219,6 @@ def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
         key["drop"] = dropping
     fp = fingerprint(key)
     return cfg.data_root / "ingested" / f"{cfg.name}-{fp}", fp, files
-
-
-def _parts_folder(cfg: DataConfig) -> Path | None:
-    """A generic source's folder of parts (None for a file or another format)."""
-    if cfg.source.format != "generic":
-        return None
-    path = _source_path(cfg.source.path, cfg, sync=False)  # (`source_files` has synced a mirror)
-    return path if path.is_dir() else None
-
-
-def _key_name(file: Path, folder: Path | None) -> str:
-    """A source file's name in the ingest key: its name, or for a part in a generic source's
-    `folder` its path there (`dt=2026-12-01/part-0.parquet`: the same bytes in another partition
-    folder are other rows; in a flat folder the two are the same, so its keys stand)."""
-    return file.relative_to(folder).as_posix() if folder and file.is_relative_to(folder) else file.name
 
 
 def cleaning_drops(cfg: DataConfig) -> list[str]:

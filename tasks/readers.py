@@ -904,6 +904,13 @@ def refuse_table_format(folder: str | Path, files: Iterable[str]) -> None:
                             "and point data.source.path at that")
 
 
+def part_name(file: Path, folder: Path | None) -> str:
+    """How a source file is named (in the ingest key, the manifest's units): its path in the folder
+    of parts it lies in (`dt=2026-12-01/part-0.parquet`: the same bytes in another partition folder
+    are other rows; in a flat folder the same as its name), else its name."""
+    return file.relative_to(folder).as_posix() if folder and file.is_relative_to(folder) else file.name
+
+
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # how Spark and Hive name the folder of a null partition value
 
 
@@ -948,12 +955,13 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     """
     col = {k: cfg.source.columns.get(k, k) for k in ("user_id", "item_id", "timestamp", "rating", "title")}
     parts = interaction_parts(inter_path, items_path)
-    name = {part: part.relative_to(inter_path).as_posix() if inter_path.is_dir() else part.name for part in parts}
+    folder = inter_path if inter_path.is_dir() else None
+    name = {part: part_name(part, folder) for part in parts}
     needed = [col["user_id"], col["item_id"], col["timestamp"]] + ([col["title"]] if items_path is None else [])
     frames, units, rated, examples = [], {}, False, []
     for part in parts:
         df = _read_table(part, cfg.source.encoding, cfg.source.delimiter, columns=set(col.values()))
-        for key, value in (partition_values(part, inter_path) if inter_path.is_dir() else {}).items():
+        for key, value in (partition_values(part, folder) if folder else {}).items():
             if key not in df.columns:  # (a column the file has keeps its own values)
                 df[key] = pd.Series(value, index=df.index, dtype="string")
         # (CSV: line 1 is the header; JSON lines have none)
