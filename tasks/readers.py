@@ -721,6 +721,11 @@ def table_suffix(path: Path) -> str | None:
     return path.suffix if path.suffix in TABLE_SUFFIXES else None
 
 
+def _kept(names, columns) -> list[str]:
+    """Of a file's column `names`, those a reader keeps: `columns` (None: all), in the file's order."""
+    return [name for name in names if columns is None or name in columns]
+
+
 def _read_table(path: Path, encoding: str, delimiter: str | None = None, columns=None) -> pd.DataFrame:
     """A generic source's file: Parquet, JSON lines (`_read_json_lines`), or CSV/TSV (gzipped or not)
     separated by `delimiter` (None: by the suffix, "," for .csv, a tab for .tsv and .tab). A text
@@ -740,8 +745,7 @@ def _read_table(path: Path, encoding: str, delimiter: str | None = None, columns
         try:
             schema = pq.read_schema(path)  # (the footer only)
             _refuse_duplicate_columns(schema.names, path)
-            wanted = [name for name in schema.names if columns is None or name in columns]
-            table = pq.read_table(path, columns=wanted)
+            table = pq.read_table(path, columns=_kept(schema.names, columns))
         except DataError:
             raise
         except Exception as e:  # pyarrow raises several types for corrupt files
@@ -778,9 +782,6 @@ def _read_json_lines(path: Path, columns=None) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.json as pj
 
-    def kept(names) -> list[str]:
-        return [name for name in names if columns is None or name in columns]
-
     _check_readable(path)
     try:
         with pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None) as stream:
@@ -788,7 +789,7 @@ def _read_json_lines(path: Path, columns=None) -> pd.DataFrame:
         while any(pa.types.is_struct(t) for t in table.schema.types):
             table = table.flatten()  # (one level a pass: "a.b" then "a.b.c")
         names = table.schema.names
-        table = table.select(kept(names))  # (an event's other fields never become Python objects)
+        table = table.select(_kept(names, columns))  # (an event's other fields never become Python objects)
         table.validate(full=True)  # (bytes that are no UTF-8 pass the reader inside strings)
         count, df = table.num_rows, table.to_pandas()
         nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
@@ -798,10 +799,10 @@ def _read_json_lines(path: Path, columns=None) -> pd.DataFrame:
         for _, row in _json_objects(path):
             flat = _flat_text(row)
             seen.update(dict.fromkeys(flat))
-            rows.append({k: v for k, v in flat.items() if columns is None or k in columns})
+            rows.append({k: flat[k] for k in _kept(flat, columns)})
         names, count = list(seen), len(rows)
         nested = sorted({k for row in rows for k, v in row.items() if isinstance(v, list)})
-        df = pd.DataFrame.from_records(rows, columns=kept(names))
+        df = pd.DataFrame.from_records(rows, columns=_kept(names, columns))
         df = df.astype({c: "string" for c in df.columns if c not in nested})
     if not count:
         raise DataError(f"{path}: file holds no JSON lines")
