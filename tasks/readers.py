@@ -858,12 +858,13 @@ def _newest_titles(item_ids: pd.Series, titles: pd.Series, timestamps: pd.Series
 def interaction_parts(path: Path, items_path: Path | None = None) -> list[Path]:
     """The files `read_generic` reads as interactions: the file itself, or a folder's parts (new
     files are dropped into it), sorted by their path in it. As pandas and pyarrow read a dataset
-    folder: its subfolders too (Spark's and pyarrow's `partitionBy` layout, `dt=2026-12-01/part-0.parquet`,
-    see `partition_values`), but no file or folder whose name starts with "." or "_" (a part being
-    written, ".part-0.csv.crc", Spark's `_temporary/` and `_SUCCESS`); table files only (.parquet,
-    .csv, .tsv, .tab, JSON lines, the text ones also gzipped: `table_suffix`). A table format whose folder also keeps the files
-    of removed rows (Delta Lake, Apache Iceberg, Apache Hudi) is refused: reading its files as parts
-    would read rows deleted long ago. The items file (`items_path`) is no part where it lies in the
+    folder: its subfolders too (Spark's and pyarrow's `partitionBy` layout,
+    `dt=2026-12-01/part-0.parquet`, see `partition_values`), but no file or folder whose name starts
+    with "." or "_" (a part being written, ".part-0.csv.crc", Spark's `_temporary/` and `_SUCCESS`);
+    table files only (.parquet, .csv, .tsv, .tab, JSON lines, the text ones also gzipped:
+    `table_suffix`). A table format whose folder also keeps the files of removed rows (Delta Lake,
+    Apache Iceberg, Apache Hudi) is refused: reading its files as parts would read rows deleted
+    long ago. The items file (`items_path`) is no part where it lies in the
     folder too (`my-data/` with `orders-*.csv` and `products.csv`)."""
     if not path.is_dir():
         return [path]
@@ -957,7 +958,6 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     col = {k: cfg.source.columns.get(k, k) for k in ("user_id", "item_id", "timestamp", "rating", "title")}
     parts = interaction_parts(inter_path, items_path)
     folder = inter_path if inter_path.is_dir() else None
-    name = {part: part_name(part, folder) for part in parts}
     needed = [col["user_id"], col["item_id"], col["timestamp"]] + ([col["title"]] if items_path is None else [])
     frames, units, rated, examples = [], {}, False, []
     for part in parts:
@@ -971,7 +971,7 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
         _refuse_nested(df, col.values(), part)
         _refuse_incomplete_rows(df, [col["user_id"], col["item_id"], col["timestamp"]], part, first_line)
         rated = rated or col["rating"] in df
-        timestamps, units[name[part]] = to_int_timestamps(df[col["timestamp"]], part, col["timestamp"],
+        timestamps, units[part_name(part, folder)] = to_int_timestamps(df[col["timestamp"]], part, col["timestamp"],
                                                          cfg.source.timestamp_unit, first_line)
         frames.append(pd.DataFrame({  # (.array: Arrow strings stay Arrow, not one Python string per row)
             "user_id": df[col["user_id"]].array, "item_id": df[col["item_id"]].array,
@@ -1008,7 +1008,7 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     title = items_df[item_col["title"]].astype("string")
     # What ingest records in its manifest (and a failed range check shows): the unit read (per
     # part when they differ), raw examples.
-    unit = units[name[parts[0]]] if len(set(units.values())) == 1 else ", ".join(f"{k}: {v}" for k, v in units.items())
+    unit = next(iter(units.values())) if len(set(units.values())) == 1 else ", ".join(f"{k}: {v}" for k, v in units.items())
     interactions.attrs["timestamp"] = {"column": col["timestamp"], "unit": unit,
                                        "examples": examples}
     items_source = items_path or inter_path
