@@ -26,18 +26,23 @@ did before. `lake-json`: the same table as gzipped JSON lines, one file a day (S
 `lake-json-mixed`: those files with the customer id a number on some lines and text on others
 (an export whose producer changed), which pyarrow refuses: the reader's line-by-line fallback
 then keeps only the mapped fields' values (since 2026-12-06), where it kept every field's.
+`lake-parts`: a delivery stream's output (Amazon Data Firehose, a Kafka sink): many small gzipped
+JSON-lines files, 20 events each, in `dt=.../hour=...` folders; parts alike are checked and
+converted together (`tasks.readers._interaction_rows`, since 2026-12-06), where each part was
+converted by itself before (`batched=False`, what a part a fallback reads still gets).
 
     python -m benchmarks.readers                          # amazon: 1,000,000 reviews (~660 MB), 3 rounds
     python -m benchmarks.readers --source movielens       # 25,000,000 ratings (~570 MB), 3 rounds
     python -m benchmarks.readers --source lake            # 2,000,000 events in 90 day partitions, 3 rounds
     python -m benchmarks.readers --source lake-json       # 1,000,000 events as gzipped JSON lines, 3 rounds
     python -m benchmarks.readers --source lake-json-mixed # 200,000 such events, read line by line, 3 rounds
+    python -m benchmarks.readers --source lake-parts      # 100,000 events in 5,000 parts, 3 rounds
     python -m benchmarks.readers --rows 200000 --rounds 5
 
 Files are seeded. Each round runs every reader, in an order that alternates between rounds; a
 ratio is a reader's time (or peak memory) over the first reader's in the same round, reported as
 the median with its range. Results: benchmarks/results/readers.json and .md (amazon),
-readers-movielens.json and .md, readers-lake[-json[-mixed]].json and .md.
+readers-movielens.json and .md, readers-lake[-json[-mixed]|-parts].json and .md.
 """
 
 from __future__ import annotations
@@ -67,13 +72,16 @@ from benchmarks.rounds import (
 RESULTS = Path(__file__).parent / "results"
 READERS = {"amazon": ("arrow", "by_line", "whole_text"), "movielens": ("grouplens", "generic", "generic_before"),
            "lake": ("lake", "lake_every_column"), "lake-json": ("lake", "lake_every_column"),
-           "lake-json-mixed": ("lake", "lake_every_column")}
+           "lake-json-mixed": ("lake", "lake_every_column"), "lake-parts": ("lake_together", "lake_one_by_one")}
 LABELS = {"arrow": "pyarrow JSON reader (now)", "by_line": "line by line (its fallback)",
           "whole_text": "whole text + json.loads (before)", "grouplens": "grouplens: pyarrow CSV (now)",
           "generic": "generic: pyarrow CSV (now)", "generic_before": "generic: pandas CSV and numbers (as before)",
-          "lake": "generic: the mapped columns (now)", "lake_every_column": "generic: every column (before)"}
+          "lake": "generic: the mapped columns (now)", "lake_every_column": "generic: every column (before)",
+          "lake_together": "generic: parts alike converted together (now)",
+          "lake_one_by_one": "generic: each part converted by itself (before)"}
 DEFAULT_ROWS = {"amazon": 1_000_000, "movielens": 25_000_000, "lake": 2_000_000, "lake-json": 1_000_000,
-                "lake-json-mixed": 200_000}
+                "lake-json-mixed": 200_000, "lake-parts": 100_000}
+EVENTS_PER_PART = 20  # a delivery stream flushes small files: a buffer's worth of events, every minute or so
 LAKE_DAYS = 90
 WORDS = ["game", "great", "fun", "hard", "play", "graphics", "story", "buy", "controller", "love", "bad", "the", "a", "is", "it", "and", "to", "of"]
 
@@ -169,12 +177,15 @@ def read(reader: str, path: Path):
             "format": "generic", "path": str(path / "ratings.csv"), "items_path": str(path / "movies.csv"),
             "columns": {"user_id": "userId", "item_id": "movieId", "title": "title"}}})
         return readers.read_generic(cfg, path / "ratings.csv", path / "movies.csv")[0]
-    if reader in ("lake", "lake_every_column"):
+    if reader in ("lake", "lake_every_column", "lake_together", "lake_one_by_one"):
         from schemas.config import DataConfig
 
         if reader == "lake_every_column":  # as before 2026-12-06: a part's every column read
-            every = readers._read_table
-            readers._read_table = lambda p, encoding, delimiter=None, columns=None: every(p, encoding, delimiter)
+            every = readers._read_source_table
+            readers._read_source_table = lambda p, encoding, delimiter=None, columns=None: every(p, encoding, delimiter)
+        if reader == "lake_one_by_one":  # as before 2026-12-06: each part converted by itself
+            batched = readers._interaction_rows
+            readers._interaction_rows = lambda *a, **kw: batched(*a, **{**kw, "batched": False})
         cfg = DataConfig.model_validate({"data_root": str(path), "source": {"format": "generic", "path": str(path),
             "columns": {"user_id": "customer_id", "item_id": "sku", "timestamp": "event_time", "title": "product_name"}}})
         return readers.read_generic(cfg, path, None)[0]
@@ -192,6 +203,24 @@ def child(reader: str, path: Path) -> None:
     frame = read(reader, path)
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "peak_mb": peak_memory_mb(), "rows": len(frame)}))
+
+
+def write_lake_parts(folder: Path, n: int, seed: int = 0) -> None:
+    """n events as a delivery stream writes them: gzipped JSON-lines files of EVENTS_PER_PART events,
+    in hourly folders (`dt=2026-09-01+00d/hour=00/`), the time in unix ms."""
+    rng = np.random.default_rng(seed)
+    start = 1_788_220_800_000  # 2026-09-01, in unix ms
+    times = np.sort(start + rng.integers(0, 90 * 86_400_000, n))
+    customers, skus = rng.integers(0, max(n // 20, 1), n), rng.zipf(1.3, n) % 50_000
+    for first in range(0, n, EVENTS_PER_PART):
+        hour = int(times[first] // 3_600_000 - start // 3_600_000)
+        part = folder / f"dt=2026-09-01+{hour // 24:02d}d" / f"hour={hour % 24:02d}" / f"events-{first:09d}.json.gz"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(part, "wt", compresslevel=1) as f:
+            for i in range(first, min(first + EVENTS_PER_PART, n)):
+                f.write(json.dumps({"customer_id": int(customers[i]), "event_time": int(times[i]),
+                                    "event": "view", "sku": f"SKU-{skus[i]:06d}",
+                                    "product_name": f"Product {skus[i]} – size M"}) + "\n")
 
 
 def main() -> None:
@@ -220,6 +249,13 @@ def main() -> None:
             size = (path / "ratings.csv").stat().st_size
             what = (f"{rows:,} synthetic ML-25M-shaped ratings, ratings.csv {size / 1e6:,.0f} MB, "
                     "movies.csv 60,000 titles.")
+        elif ns.source == "lake-parts":
+            path = scratch / "events"
+            write_lake_parts(path, rows)
+            files = list(path.rglob("*.json.gz"))
+            size = sum(f.stat().st_size for f in files)
+            what = (f"{rows:,} synthetic events, {EVENTS_PER_PART} a part: {len(files):,} gzipped JSON-lines parts in "
+                    f"hourly folders, {size / 1e6:,.1f} MB.")
         else:
             path = scratch / "events"
             write_lake(path, rows)

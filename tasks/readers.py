@@ -22,7 +22,9 @@ import os
 import re
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pandas as pd
@@ -104,13 +106,19 @@ def read_string_table(path: Path, sep: str = ",", encoding: str = "utf-8") -> pd
     reader (25M rows: 6x faster in two thirds of the memory, benchmarks/readers.py). A file it refuses or
     would name differently goes to pandas, whose rules and errors then hold: a short row (pandas
     pads it), an empty header name ("Unnamed: 1"), invalid UTF-8, a truncated gzip, no rows."""
+    table = _string_table_arrow(path, sep, encoding)
+    if table is None:
+        return read_csv(path, sep=sep, encoding=encoding, dtype=str, keep_default_na=False, na_values=[""])
+    return table.to_pandas()
+
+
+def _string_table_arrow(path: Path, sep: str = ",", encoding: str = "utf-8"):
+    """`read_string_table`'s columns as an Arrow table (large strings), or None where pandas must
+    read the file (`read_string_table` says which files)."""
     import csv
 
     import pyarrow as pa
     import pyarrow.csv as pcsv
-
-    def by_pandas() -> pd.DataFrame:
-        return read_csv(path, sep=sep, encoding=encoding, dtype=str, keep_default_na=False, na_values=[""])
 
     _check_readable(path)
     utf8 = codecs.lookup(encoding).name == "utf-8"
@@ -119,10 +127,10 @@ def read_string_table(path: Path, sep: str = ",", encoding: str = "utf-8") -> pd
                                                           newline="") as f:
             names = next(csv.reader(f, delimiter=sep), [])
     except (UnicodeDecodeError, OSError, EOFError, csv.Error):
-        return by_pandas()
+        return None
     _refuse_duplicate_columns(names, path)
     if not names or not all(names):
-        return by_pandas()
+        return None
     try:
         table = pcsv.read_csv(
             pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None),
@@ -132,10 +140,10 @@ def read_string_table(path: Path, sep: str = ",", encoding: str = "utf-8") -> pd
                                                 strings_can_be_null=True, null_values=[""]),
         )
     except (pa.ArrowInvalid, OSError):
-        return by_pandas()
+        return None
     if table.column_names != names or any(t != pa.large_string() for t in table.schema.types) or not table.num_rows:
-        return by_pandas()
-    return table.to_pandas()
+        return None
+    return table
 
 
 def _refuse_duplicate_columns(names: list, path: Path) -> None:
@@ -189,7 +197,11 @@ def to_numbers(values: pd.Series) -> pd.Series:
 
 def detect_unit(numbers: pd.Series) -> str:
     """The unit of numeric unix timestamps, from the magnitude of their median."""
-    median = float(numbers.abs().median()) if numbers.notna().any() else 0.0
+    return unit_of_median(float(numbers.abs().median()) if numbers.notna().any() else 0.0)
+
+
+def unit_of_median(median: float) -> str:
+    """`detect_unit` for the median of the timestamps' absolute values."""
     for unit, limit in (("s", 1e11), ("ms", 1e14), ("us", 1e17)):
         if median < limit:
             return unit
@@ -726,55 +738,80 @@ def _kept(names, columns) -> list[str]:
     return [name for name in names if columns is None or name in columns]
 
 
+@dataclass
+class SourceTable:
+    """One file of a generic source as read (`_read_source_table`): the Arrow table where pyarrow's
+    readers read it (its kept columns), else the pandas frame a fallback read (pandas' CSV reader,
+    JSON lines line by line)."""
+
+    path: Path
+    arrow: Any  # pyarrow.Table | None
+    frame: pd.DataFrame | None
+    names: list[str]  # every column the file has, for an error that names them
+    nested: list[str]  # the kept columns that hold lists, records or maps
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The columns as a DataFrame; `attrs["columns"]` has all the file's names, `attrs["nested"]`
+        the nested ones (`require_columns`, `_refuse_nested`)."""
+        df = self.frame if self.arrow is None else self.arrow.to_pandas()
+        df.attrs["nested"], df.attrs["columns"] = self.nested, self.names
+        return df
+
+
 def _read_table(path: Path, encoding: str, delimiter: str | None = None, columns=None) -> pd.DataFrame:
-    """A generic source's file: Parquet, JSON lines (`_read_json_lines`), or CSV/TSV (gzipped or not)
+    """A generic source's file as a DataFrame (`_read_source_table`, which says how each kind is read)."""
+    return _read_source_table(path, encoding, delimiter, columns).to_pandas()
+
+
+def _read_source_table(path: Path, encoding: str, delimiter: str | None = None, columns=None) -> SourceTable:
+    """A generic source's file: Parquet, JSON lines (`_json_lines_table`), or CSV/TSV (gzipped or not)
     separated by `delimiter` (None: by the suffix, "," for .csv, a tab for .tsv and .tab). A text
     file whose header reads as one column holding another separator (a semicolon: Excel's CSV in
     most European locales) is named with the setting that reads it.
 
-    columns: the names read (others are left out where the format allows: a Parquet file's other
-    columns are never read, a JSON-lines file's never leave Arrow, as a data lake's event table
-    may hold dozens); `attrs["columns"]` has all the file's names, for an error that names them."""
+    columns: the names kept (None: all; others are left out where the format allows: a Parquet
+    file's other columns are never read, a JSON-lines or CSV file's never leave Arrow, as a data
+    lake's event table may hold dozens)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     if table_suffix(path) in JSON_SUFFIXES:
-        return _read_json_lines(path, columns)
+        return _json_lines_table(path, columns)
     if path.suffix == ".parquet":
         _check_not_pickle(path)
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         try:
-            schema = pq.read_schema(path)  # (the footer only)
+            file = pq.ParquetFile(path)
+            schema = file.schema_arrow  # (the footer only)
             _refuse_duplicate_columns(schema.names, path)
-            table = pq.read_table(path, columns=_kept(schema.names, columns))
+            table = file.read(columns=_kept(schema.names, columns))
         except DataError:
             raise
         except Exception as e:  # pyarrow raises several types for corrupt files
             raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-        df = table.to_pandas()
         if not table.num_rows:
             raise DataError(f"{path}: has no rows")
         # Columns of lists, records or maps: fine where unread, an error where a value belongs (`read_generic`).
-        df.attrs["nested"] = [f.name for f in table.schema if pa.types.is_nested(f.type)]
-        df.attrs["columns"] = schema.names
-        return df
+        return SourceTable(path, table, None, schema.names, [f.name for f in table.schema if pa.types.is_nested(f.type)])
     sep = delimiter or ("\t" if table_suffix(path) in (".tsv", ".tab") else ",")
     try:
-        df = read_string_table(path, sep, encoding)
+        table = _string_table_arrow(path, sep, encoding)
+        frame = None if table is not None else read_csv(path, sep=sep, encoding=encoding, dtype=str,
+                                                        keep_default_na=False, na_values=[""])
     except NotDecodable as e:
         raise DataError(f"{e}; save it as UTF-8, or set data.source.encoding to the one it was saved in "
                         "(cp1252 for most files Excel saved on Windows)") from None
-    if len(df.columns) == 1 and (other := next((c for c in ";\t|," if c != sep and c in str(df.columns[0])), None)):
-        raise DataError(f"{path}: its header reads as one column, {str(df.columns[0])[:60]!r}: the file seems "
+    names = list(frame.columns if table is None else table.column_names)
+    if len(names) == 1 and (other := next((c for c in ";\t|," if c != sep and c in str(names[0])), None)):
+        raise DataError(f"{path}: its header reads as one column, {str(names[0])[:60]!r}: the file seems "
                         f"separated by {other!r}, not {sep!r}; set data.source.delimiter: {json.dumps(other)}")
-    return df
+    return SourceTable(path, None if table is None else table.select(_kept(names, columns)), frame, names, [])
 
 
-def _read_json_lines(path: Path, columns=None) -> pd.DataFrame:
+def _json_lines_table(path: Path, columns=None) -> SourceTable:
     """A JSON-lines file (an event export: Spark's `df.write.json`, Firehose, Segment), gzipped or
     not: a column a field, nested objects flattened into dotted names (`{"context": {"sku": 5}}`
     -> column "context.sku", which `data.source.columns` can map), lists kept as lists (refused
-    where a value belongs, `attrs["nested"]`). columns: the names kept (None: all); `attrs["columns"]`
-    has every name, for an error that names them.
+    where a value belongs, `SourceTable.nested`). columns: the names kept (None: all).
 
     pyarrow's JSON reader infers each field's type in C++; a file it refuses (a field that is a
     number on one line and text on another, a line that is no JSON) is read again line by line,
@@ -791,8 +828,7 @@ def _read_json_lines(path: Path, columns=None) -> pd.DataFrame:
         names = table.schema.names
         table = table.select(_kept(names, columns))  # (an event's other fields never become Python objects)
         table.validate(full=True)  # (bytes that are no UTF-8 pass the reader inside strings)
-        count, df = table.num_rows, table.to_pandas()
-        nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
+        read = SourceTable(path, table, None, names, [f.name for f in table.schema if pa.types.is_nested(f.type)])
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, OSError, EOFError):
         seen: dict[str, None] = {}  # every name, in the order met
         rows = []
@@ -800,19 +836,18 @@ def _read_json_lines(path: Path, columns=None) -> pd.DataFrame:
             flat = _flat_text(row)
             seen.update(dict.fromkeys(flat))
             rows.append({k: flat[k] for k in _kept(flat, columns)})
-        names, count = list(seen), len(rows)
+        names = list(seen)
         nested = sorted({k for row in rows for k, v in row.items() if isinstance(v, list)})
         df = pd.DataFrame.from_records(rows, columns=_kept(names, columns))
-        df = df.astype({c: "string" for c in df.columns if c not in nested})
-    if not count:
+        read = SourceTable(path, None, df.astype({c: "string" for c in df.columns if c not in nested}), names, nested)
+    if not (read.frame if read.arrow is None else read.arrow).shape[0]:
         raise DataError(f"{path}: file holds no JSON lines")
-    df.attrs["nested"], df.attrs["columns"] = nested, names
-    return df
+    return read
 
 
 def _flat_text(row: dict, prefix: str = "") -> dict:
     """One JSON object as {dotted name: value as text} (None stays None; a list stays a list, for
-    `_refuse_nested`): what `_read_json_lines` reads from a file pyarrow refuses."""
+    `_refuse_nested`): what `_json_lines_table` reads from a file pyarrow refuses."""
     flat = {}
     for key, value in row.items():
         name = f"{prefix}{key}"
@@ -947,40 +982,165 @@ def _refuse_incomplete_rows(df: pd.DataFrame, columns: list[str], path: Path, fi
                     f"the first: {example}{last}")
 
 
+def _mapped_columns(cfg: DataConfig) -> dict[str, str]:
+    """Our column -> the source's (`data.source.columns`, else the same name)."""
+    return {k: cfg.source.columns.get(k, k) for k in ("user_id", "item_id", "timestamp", "rating", "title")}
+
+
+def _part_rows(df: pd.DataFrame, path: Path, cfg: DataConfig, col: dict[str, str], titled: bool) -> tuple[pd.DataFrame, str]:
+    """One part's interactions (or those of parts alike, `_interaction_rows`) in our columns
+    (user_id, item_id, timestamp as unix seconds, rating, title: None where an items file has
+    them), and the unit its timestamps were read in; DataError naming the part, its lines and values."""
+    first_line = None if path.suffix == ".parquet" else 1 if table_suffix(path) in JSON_SUFFIXES else 2  # (CSV: a header)
+    require_columns(df, [col["user_id"], col["item_id"], col["timestamp"]] + ([col["title"]] if titled else []), path,
+                    cfg.source.columns)
+    _refuse_nested(df, col.values(), path)
+    _refuse_incomplete_rows(df, [col["user_id"], col["item_id"], col["timestamp"]], path, first_line)
+    timestamps, unit = to_int_timestamps(df[col["timestamp"]], path, col["timestamp"], cfg.source.timestamp_unit,
+                                         first_line)
+    return pd.DataFrame({  # (.array: Arrow strings stay Arrow, not one Python string per row)
+        "user_id": df[col["user_id"]].array, "item_id": df[col["item_id"]].array,
+        "timestamp": timestamps.to_numpy(),
+        "rating": to_float(df[col["rating"]], path, col["rating"], first_line).to_numpy()
+        if col["rating"] in df else float("nan"),
+        "title": df[col["title"]].array if titled else None,
+    }), unit
+
+
+def _time_form(values, unit: str) -> tuple | None:
+    """How `to_int_timestamps` reads a part's timestamps (`values`, an Arrow column; `unit`: the
+    setting), told from Arrow alone, ending in the unit `to_int_timestamps` returns: ("datetime",)
+    for Arrow timestamps, ("iso",) for ISO-8601 text, (kind, unit) for unix times, kind "int" or
+    "float" as `to_numbers` casts them (one float among parts read together would make all of them
+    float, which loses nanoseconds past 2**53). None where pandas must tell (a part then read alone)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_timestamp(values.type):
+        return ("datetime",)
+    if unit == "iso":
+        return ("iso",)
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+        kind, numbers = "int" if pa.types.is_integer(values.type) else "float", values
+    elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        if pc.any(pc.match_substring(values, "x", ignore_case=True)).as_py():
+            return None  # (hexadecimal: `to_numbers` leaves it to pandas)
+        kind = None
+        for name, number_type in (("int", pa.int64()), ("float", pa.float64())):
+            try:
+                kind, numbers = name, pc.cast(values, number_type)
+                break
+            except pa.ArrowInvalid:
+                continue
+        if kind is None:  # mostly ISO-8601 text: fewer than half can be numbers, so it reads as "iso"
+            dates = pc.sum(pc.match_substring_regex(values, r"^\s*\d{4}-\d\d")).as_py() or 0
+            return ("iso",) if unit == "auto" and dates * 2 > len(values) - values.null_count else None
+    else:
+        return None
+    if unit != "auto":
+        return (kind, unit)
+    median = pc.quantile(pc.abs(numbers), q=0.5, interpolation="midpoint")[0].as_py()  # (pandas' median)
+    return (kind, unit_of_median(median or 0.0))
+
+
+def _batch_key(table: SourceTable, time_column: str, unit: str) -> tuple | None:
+    """What makes parts alike (`_interaction_rows`): their kept columns' names and Arrow types, and
+    how their timestamps read (`_time_form`). None for a part read alone: one a fallback read
+    (pandas), one without the time column, or one whose timestamps pandas must look at."""
+    if table.arrow is None or time_column not in table.arrow.column_names:
+        return None
+    form = _time_form(table.arrow.column(time_column), unit)
+    return None if form is None else (tuple((f.name, f.type, f.nullable) for f in table.arrow.schema), form)
+
+
+def _with_partition_columns(table: SourceTable, folder: Path | None) -> SourceTable:
+    """`table` with the partition columns of its folders (`partition_values`) that it lacks (a column
+    the file has keeps its own values), as text."""
+    import pyarrow as pa
+
+    values = partition_values(table.path, folder) if folder else {}
+    for key, value in values.items():
+        if table.arrow is not None and key not in table.arrow.column_names:
+            n = table.arrow.num_rows
+            column = pa.nulls(n, pa.large_string()) if value is None else pa.repeat(pa.scalar(value, pa.large_string()), n)
+            table.arrow = table.arrow.append_column(key, column)
+        elif table.frame is not None and key not in table.frame.columns:
+            table.frame[key] = pd.Series(value, index=table.frame.index, dtype="string")
+    return table
+
+
+def _interaction_rows(cfg: DataConfig, parts: list[Path], folder: Path | None, titled: bool,
+                      batched: bool = True) -> tuple[list[pd.DataFrame], dict[str, str], bool, list[str]]:
+    """Every part's interactions (`_part_rows`), in part order; each part's timestamp unit by its
+    name (`part_name`); whether any part has ratings; the first part's first timestamps as written
+    (examples for the ingest manifest).
+
+    Parts alike (`_batch_key`: in a data lake, mostly all of them) are checked and converted
+    together, as one table, into what they give one by one: a lake of 100,000 small parts pays
+    pandas' per-call costs once, not per part (benchmarks/readers.py --source lake-parts). Parts
+    that fail a check together are read again one by one (`batched=False` reads all so), so that
+    the error names the part and its lines, and the first error in part order is the one raised."""
+    import pyarrow as pa
+
+    col = _mapped_columns(cfg)
+    frames: list[pd.DataFrame] = []
+    units: dict[str, str] = {}
+    found = {"rated": False, "examples": []}
+
+    def add(rows: pd.DataFrame, unit: str, df: pd.DataFrame, tables: list[SourceTable]) -> None:
+        frames.append(rows)
+        units.update({part_name(t.path, folder): unit for t in tables})
+        found["rated"] = found["rated"] or col["rating"] in df
+        first = len(tables[0].frame if tables[0].arrow is None else tables[0].arrow)
+        found["examples"] = found["examples"] or [str(v) for v in df[col["timestamp"]].head(min(3, first))]
+
+    def convert(tables: list[SourceTable], key: tuple | None) -> None:
+        if len(tables) > 1:
+            merged = pa.concat_tables([t.arrow.replace_schema_metadata() for t in tables])
+            df = SourceTable(tables[0].path, merged, None, tables[0].names, tables[0].nested).to_pandas()
+            try:
+                rows, unit = _part_rows(df, tables[0].path, cfg, col, titled)
+            except DataError:
+                rows, unit = None, None  # (one by one below: the error names its part)
+            if unit is not None and unit == key[1][-1]:  # (the unit `_time_form` saw in each part)
+                return add(rows, unit, df, tables)
+        for table in tables:
+            df = table.to_pandas()
+            add(*_part_rows(df, table.path, cfg, col, titled), df, [table])
+
+    alike: list[SourceTable] = []  # parts read, alike, not yet converted
+    alike_key = None
+    for part in parts:
+        try:
+            table = _with_partition_columns(_read_source_table(part, cfg.source.encoding, cfg.source.delimiter,
+                                                               columns=set(col.values())), folder)
+        except DataError:
+            convert(alike, alike_key)  # (an earlier part's error comes first)
+            raise
+        key = _batch_key(table, col["timestamp"], cfg.source.timestamp_unit) if batched else None
+        if alike and (key is None or key != alike_key):
+            convert(alike, alike_key)
+            alike = []
+        alike.append(table)
+        alike_key = key
+    if alike:
+        convert(alike, alike_key)
+    return frames, units, found["rated"], found["examples"]
+
+
 def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """CSV/TSV/Parquet/JSON-lines interactions (+ items file) with `source.columns` mapping ours -> theirs.
 
     A folder of parts (new files dropped into it, or a partitioned dataset's folders) is read part
-    by part: each part's timestamps are read in their own unit (one job may write unix seconds,
-    another ISO text), an error names the part and its rows, and a partitioned dataset's columns
-    come back from its folder names (`partition_values`), so `columns` may map one of them.
+    by part (`_interaction_rows`): each part's timestamps are read in their own unit (one job may
+    write unix seconds, another ISO text), an error names the part and its rows, and a partitioned
+    dataset's columns come back from its folder names (`partition_values`), so `columns` may map
+    one of them.
     """
-    col = {k: cfg.source.columns.get(k, k) for k in ("user_id", "item_id", "timestamp", "rating", "title")}
-    parts = interaction_parts(inter_path, items_path)
+    col = _mapped_columns(cfg)
     folder = inter_path if inter_path.is_dir() else None
-    needed = [col["user_id"], col["item_id"], col["timestamp"]] + ([col["title"]] if items_path is None else [])
-    frames, units, rated, examples = [], {}, False, []
-    for part in parts:
-        df = _read_table(part, cfg.source.encoding, cfg.source.delimiter, columns=set(col.values()))
-        for key, value in (partition_values(part, folder) if folder else {}).items():
-            if key not in df.columns:  # (a column the file has keeps its own values)
-                df[key] = pd.Series(value, index=df.index, dtype="string")
-        # (CSV: line 1 is the header; JSON lines have none)
-        first_line = None if part.suffix == ".parquet" else 1 if table_suffix(part) in JSON_SUFFIXES else 2
-        require_columns(df, needed, part, cfg.source.columns)
-        _refuse_nested(df, col.values(), part)
-        _refuse_incomplete_rows(df, [col["user_id"], col["item_id"], col["timestamp"]], part, first_line)
-        rated = rated or col["rating"] in df
-        timestamps, units[part_name(part, folder)] = to_int_timestamps(df[col["timestamp"]], part, col["timestamp"],
-                                                         cfg.source.timestamp_unit, first_line)
-        frames.append(pd.DataFrame({  # (.array: Arrow strings stay Arrow, not one Python string per row)
-            "user_id": df[col["user_id"]].array, "item_id": df[col["item_id"]].array,
-            "timestamp": timestamps.to_numpy(),
-            "rating": to_float(df[col["rating"]], part, col["rating"], first_line).to_numpy()
-            if col["rating"] in df else float("nan"),
-            "title": df[col["title"]].array if items_path is None else None,
-        }))
-        examples = examples or [str(v) for v in df[col["timestamp"]].head(3)]
+    frames, units, rated, examples = _interaction_rows(cfg, interaction_parts(inter_path, items_path), folder,
+                                                       titled=items_path is None)
     if "rating" in cfg.source.columns and not rated:  # mapped, so meant: a misspelt name would skip its checks
         raise DataError(f"{inter_path}: missing column(s) [{col['rating']!r}] (data.source.columns maps rating to it;"
                         " leave rating out of columns if the log has none)")

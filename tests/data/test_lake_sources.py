@@ -271,8 +271,8 @@ def test_a_parquet_parts_other_columns_are_not_read_and_an_error_names_them_all(
     log = _log().assign(session="s", url="/x", device="phone")
     log.to_parquet(lake / "part-0.parquet", index=False)
     read = []
-    real = pq.read_table
-    monkeypatch.setattr(pq, "read_table", lambda path, columns=None, **kw: read.append(columns) or real(path, columns=columns, **kw))
+    real = pq.ParquetFile.read
+    monkeypatch.setattr(pq.ParquetFile, "read", lambda self, columns=None, **kw: read.append(columns) or real(self, columns=columns, **kw))
     assert len(_ingested(_cfg(tmp_path, lake))) == len(log)
     assert read[0] == ["user", "item", "ts", "rating"]  # (the file's order; rating by its default name)
     with pytest.raises(DataError, match=r"missing column\(s\) \['when'\] .*; found \['user', 'item', 'ts', 'rating', "
@@ -282,14 +282,14 @@ def test_a_parquet_parts_other_columns_are_not_read_and_an_error_names_them_all(
 
 @pytest.mark.parametrize("number_ids", [False, True], ids=["pyarrow", "line by line"])
 def test_a_json_lines_parts_unmapped_fields_are_left_out_and_an_error_names_them_all(tmp_path, number_ids):
-    from tasks.readers import _read_json_lines
+    from tasks.readers import _read_table
 
     rows = [line.split(",") for line in GOOD_INTER.splitlines()[1:]]
     text = _events(rows, number_ids=False)
     if number_ids:  # one user id a number: pyarrow refuses the file, which is then read line by line
         text = text.replace('"user": "u1"', '"user": 1', 1)
     (tmp_path / "events.jsonl").write_text(text)
-    df = _read_json_lines(tmp_path / "events.jsonl", {"user", "ts", "context.page.item"})
+    df = _read_table(tmp_path / "events.jsonl", "utf-8", columns={"user", "ts", "context.page.item"})
     assert list(df.columns) == ["user", "ts", "context.page.item"] and len(df) == len(rows)
     assert df.attrs["columns"] == ["user", "ts", "rating", "context.page.item", "context.tags", "event"]
     (tmp_path / "lake").mkdir()
