@@ -32,7 +32,8 @@ ones and those already listed: k asked, k answered, as a served top-K must. Thei
 (None in a served answer): they are not the model's. `none` is the reference protocol (D3,
 BIGRec): the list ends where the beams end.
 
-Histories, as people type them: titles (case-insensitive) or item ids. An entry that is neither
+Histories, as people type them: titles (case-insensitive, and cleaned as ingest cleans titles:
+`cft_core.titles.title_key`) or item ids. An entry that is neither
 (a typo, or an item newer than the model's catalogue: data keeps arriving between retrains) is
 reported back as `unmatched` and left out of the prompt, so a user who touched a new item still
 gets an answer; unless the caller asks for free text (`free_text=True`), when a text entry is
@@ -62,6 +63,7 @@ from cft_core.modeling import model_device
 from cft_core.prefix import PromptPrefixCache
 from cft_core.prompts import PromptBuilder
 from cft_core.sequences import PLACEHOLDER_TITLE
+from cft_core.titles import title_key
 
 Method = Literal["grounding", "constrained"]
 
@@ -188,25 +190,26 @@ class Catalogue:
         # Placeholder titles ("unknown", ...) stay resolvable in histories but are never recommended.
         self.never = [r for r, t in enumerate(self.titles) if PLACEHOLDER_TITLE.match(t.strip())]
         self.row_of_title: dict[str, int] = {}  # exact (stripped) title -> its first row
-        self._row_of_folded: dict[str, int] = {}  # case-folded, for what people type
+        self._row_of_key: dict[str, int] = {}  # title_key: for what people type
         for r, t in enumerate(self.titles):
             self.row_of_title.setdefault(t.strip(), r)
-            self._row_of_folded.setdefault(t.strip().casefold(), r)
+            self._row_of_key.setdefault(title_key(t), r)
 
     def __len__(self) -> int:
         return len(self.titles)
 
     def row_of(self, key: str) -> int | None:
-        """The row of a stripped entry: an id the catalogue has, else a title (case-insensitive),
-        else None. The one rule for what people type, in histories and exclude lists."""
+        """The row of a stripped entry: an id the catalogue has, else a title (`title_key`: as
+        ingest cleans titles, and case-insensitive), else None. The one rule for what people type,
+        in histories and exclude lists."""
         row = self.row_of_id.get(key)
-        return self._row_of_folded.get(key.casefold()) if row is None else row
+        return self._row_of_key.get(title_key(key)) if row is None else row
 
     def resolve(self, history: Sequence[str | int], free_text: bool = False) -> ResolvedHistory:
         """History entries (item ids or titles) -> `ResolvedHistory`.
 
         An entry is an id if the catalogue has it (exact, after stripping spaces), else a title
-        (case-insensitive), else `unmatched`: left out, or shown as typed when `free_text` (text
+        (`row_of`), else `unmatched`: left out, or shown as typed when `free_text` (text
         only: an integer is an id, with no title to show). A history may resolve to no title at
         all (a new user): `Ranker.prompt` gives it the no-history prompt.
         """

@@ -268,17 +268,11 @@ def to_float(values: pd.Series, path: Path, column: str, first_line: int | None 
 
 
 def normalize_titles(titles: pd.Series) -> pd.Series:
-    """Titles as people see them: Unicode NFKC, control and zero-width characters removed, line
-    breaks, tabs and runs of spaces collapsed to one space, stripped. Nulls stay null."""
-    import unicodedata
+    """Titles as people see them (`cft_core.titles.normalize_title`: NFKC, control and zero-width
+    characters removed, whitespace collapsed, stripped). Nulls stay null."""
+    from cft_core.titles import normalize_title
 
-    def one(text: str) -> str:
-        text = unicodedata.normalize("NFKC", text)
-        text = "".join(" " if c in "\r\n\t\v\f\u2028\u2029" else c for c in text
-                       if c in "\r\n\t\v\f\u2028\u2029" or unicodedata.category(c) not in ("Cc", "Cf"))
-        return " ".join(text.split())
-
-    return titles.astype("string").map(one, na_action="ignore").astype("string")
+    return titles.astype("string").map(normalize_title, na_action="ignore").astype("string")
 
 
 def _ids(values: pd.Series, path: Path | None = None, column: str = "id") -> pd.Series:

@@ -1,0 +1,72 @@
+"""Titles (cft_core/titles.py): ingest's cleaning, and what people type meeting it. The catalogue's
+titles are what ingest made of the source's; a client sends them as its own database keeps them."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pandas as pd
+import pytest
+
+from cft_core.ranking import Catalogue
+from cft_core.titles import normalize_title, title_key
+from tasks.readers import normalize_titles
+
+
+@pytest.mark.parametrize(("raw", "clean"), [
+    ("Heat (1995)", "Heat (1995)"),
+    ("  Heat \t (1995)\r\n", "Heat (1995)"),  # whitespace collapsed, stripped
+    ("Pok\u00e9mon Red", "Pok\u00e9mon Red"),
+    ("Poke\u0301mon Red", "Pok\u00e9mon Red"),  # NFD (macOS) composed
+    ("\uff30\uff33\uff15 \u30b3\u30f3\u30c8\u30ed\u30fc\u30e9\u30fc", "PS5 \u30b3\u30f3\u30c8\u30ed\u30fc\u30e9\u30fc"),  # full-width
+    ("\uff76\uff9e\uff9d\uff80\uff9e\uff91", "\u30ac\u30f3\u30c0\u30e0"),  # half-width katakana
+    ("LEGO\u2122 Star Wars", "LEGOTM Star Wars"),  # NFKC's compatibility mapping
+    ("Zero\u200bWidth\u00adSoft", "ZeroWidthSoft"),  # zero-width space, soft hyphen
+    ("Bell\x07 Tab\u2028Line", "Bell Tab Line"),  # a control character out, a line separator a space
+    ("\u200b", ""),
+])
+def test_normalize_title(raw, clean):
+    assert normalize_title(raw) == clean
+
+
+def test_normalize_title_is_the_rule_written_out_on_every_character():
+    """The ASCII fast path gives what the rule gives (a reference written from the docstring)."""
+    def reference(text: str) -> str:
+        text = unicodedata.normalize("NFKC", text)
+        text = "".join(" " if c in "\r\n\t\v\f\u2028\u2029" else c for c in text
+                       if c in "\r\n\t\v\f\u2028\u2029" or unicodedata.category(c) not in ("Cc", "Cf"))
+        return " ".join(text.split())
+
+    samples = ["".join(chr(c) for c in range(0, 128)), "a\x00b", "Toy Story (1995)", " x  y ", "\t", "~!@#$%^&*()_+"]
+    samples += [chr(c) * 2 + " q" for c in range(0, 0x3000, 7)]
+    samples += ["a\ufeffb\U000e0001c\U0001d173d\u2066e\u0600f", "\u200d\u200c", "x\x85y\u00a0z"]
+    assert [normalize_title(s) for s in samples] == [reference(s) for s in samples]
+
+
+def test_ingest_cleans_titles_with_the_same_rule():
+    raw = pd.Series(["Poke\u0301mon  Red", None, "\uff28\uff45\uff41\uff54"], dtype="string")
+    assert normalize_titles(raw).tolist() == ["Pok\u00e9mon Red", pd.NA, "Heat"]
+
+
+def test_title_key_folds_case_after_cleaning():
+    assert title_key(" HEAT  (1995) ") == title_key("heat (1995)") == "heat (1995)"
+    assert title_key("Stra\u00dfe") == title_key("STRASSE")  # (casefold, not lower)
+
+
+def test_a_title_as_the_clients_database_keeps_it_finds_its_item():
+    """The catalogue holds ingest's titles; histories and exclude lists name them as the client
+    stored them. Until 2026-12-06 only case and surrounding spaces were forgiven, and each of these
+    came back unmatched (left out of the prompt)."""
+    source = ["Pok\u00e9mon Red", "PS5 \u30b3\u30f3\u30c8\u30ed\u30fc\u30e9\u30fc", "LEGO\u2122 Star Wars",
+              "Toy Story (1995)", "Caf\u00e9 au lait"]
+    catalogue = Catalogue(["1", "2", "3", "4", "5"], [normalize_title(t) for t in source])
+    typed = ["Poke\u0301mon Red",  # NFD
+             "\uff30\uff33\uff15 \u30b3\u30f3\u30c8\u30ed\u30fc\u30e9\u30fc",  # full-width, as typed in Japanese
+             "LEGO\u2122 Star Wars",  # the source's own spelling
+             "toy story  (1995)",  # case and two spaces
+             "Caf\u00e9\u00ad au lait"]  # a soft hyphen
+    resolved = catalogue.resolve(typed)
+    assert resolved.rows == [0, 1, 2, 3, 4] and resolved.unmatched == []
+    (excluded,) = catalogue.excluded_rows(catalogue.resolve_histories([[]]), exclude_history=True, exclude=[typed])
+    assert excluded == [0, 1, 2, 3, 4]  # (an exclude list names items the same way)
+    assert catalogue.resolve(["Pokemon Red"]).unmatched == ["Pokemon Red"]  # (an accent is no decoration)
