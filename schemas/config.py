@@ -89,8 +89,25 @@ class SourceConfig(_Strict):
     timestamp_unit: Literal["auto", "s", "ms", "us", "ns", "iso"] = Field(
         "auto", description="generic: unit of the timestamp column. auto (default) tells unix "
         "seconds, milliseconds, microseconds and nanoseconds apart by magnitude, reads text as "
-        "ISO-8601 (mixed forms and offsets allowed; naive times are UTC) and native Parquet/Arrow "
-        "timestamps as they are; the ingest manifest records what it read.",
+        "ISO-8601 (mixed forms and offsets allowed; naive times on timezone's clock) or by "
+        "timestamp_format, and native Parquet/Arrow timestamps as they are; the ingest manifest "
+        "records what it read.",
+    )
+    timestamp_format: str | None = Field(
+        None, description="generic: how timestamps written as text are laid out where they are not "
+        "ISO-8601, as a strftime format: '%d.%m.%Y %H:%M' for 06.12.2026 14:30 (Excel in Germany), "
+        "'%m/%d/%Y %I:%M %p' for 12/06/2026 02:30 PM (the US). Text timestamps are then read by it "
+        "(one it does not fit is an error naming its line); unix numbers and Parquet timestamps as before.",
+    )
+    timezone: str = Field(
+        "UTC", description="generic: the time zone of timestamps written without an offset (ISO-8601 "
+        "or timestamp_format text, naive Parquet timestamps), an IANA name such as Europe/Berlin. A "
+        "time the clock skipped (spring forward) is moved forward; one it repeated (fall back) is "
+        "taken as the first. Unix numbers and times with an offset are instants already.",
+    )
+    decimal: Literal[".", ","] = Field(
+        ".", description="generic: the decimal mark of ratings written as text; ',' reads 4,5 as 4.5 "
+        "(the CSV Excel saves in most European locales).",
     )
     encoding: str = Field(
         "utf-8", description="generic: text encoding of the CSV/TSV files (interactions and items), "
@@ -107,11 +124,20 @@ class SourceConfig(_Strict):
     @model_validator(mode="after")
     def _check_encoding(self) -> SourceConfig:
         import codecs
+        import zoneinfo
 
         try:
             codecs.lookup(self.encoding)
         except LookupError:
             raise ValueError(f"encoding {self.encoding!r} is no text encoding Python knows, e.g. utf-8, cp1252, latin-1") from None
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is no time zone name, e.g. UTC, Europe/Berlin, "
+                             "America/New_York") from None
+        if self.timestamp_format is not None and "%" not in self.timestamp_format:
+            raise ValueError(f"timestamp_format {self.timestamp_format!r} has no % directive; it is a strftime "
+                             "format, e.g. '%d.%m.%Y %H:%M'")
         if self.delimiter is not None and (len(self.delimiter) != 1 or self.delimiter in "\"\r\n"):
             raise ValueError(f"delimiter {self.delimiter!r} must be one character, not a quote or a line break, e.g. ';'")
         for field, ours in (("columns", GENERIC_COLUMNS), ("items_columns", ("item_id", "title"))):

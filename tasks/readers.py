@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import numpy as np
 import pandas as pd
 
 from schemas.config import DataConfig
@@ -218,30 +219,49 @@ def where_rows(index: pd.Index, first_line: int | None = None) -> str:
     return f"lines {[int(i) + first_line for i in index[:5]]}"
 
 
+# A written offset after a time of day ("T10:00Z", " 10:00:00+02:00", "10:00 +0200"): such a time is
+# absolute; one without is a time of `timezone` (a date alone, "2026-12-06", ends in "-06": no offset).
+_OFFSET = r"\d:\d\d(?::\d\d(?:[.,]\d+)?)?\s*(?:Z|UTC|GMT|[+-]\d\d(?::?\d\d)?)\s*$"
+
+
 def to_int_timestamps(values: pd.Series, path: Path, column: str, unit: str = "auto",
-                      first_line: int | None = None) -> tuple[pd.Series, str]:
+                      first_line: int | None = None, fmt: str | None = None,
+                      timezone: str = "UTC") -> tuple[pd.Series, str]:
     """(unix seconds as int64, the unit read). Accepts unix s/ms/us/ns numbers, ISO-8601 text
-    (with or without offsets, mixed forms; naive times are UTC) and native datetime columns;
-    `auto` tells them apart. Names the rows that do not parse (`where_rows`)."""
+    (with or without offsets, mixed forms) or text in the strftime format `fmt`, and native
+    datetime columns; `auto` tells them apart. A time without an offset is one of `timezone`
+    (an IANA name): one the clock skipped is moved forward, one it repeated taken as the first.
+    Names the rows that do not parse (`where_rows`). The unit read: s, ms, us, ns, iso, `fmt` or
+    datetime."""
     if pd.api.types.is_datetime64_any_dtype(values):  # Parquet/Arrow timestamps, any resolution
-        parsed = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
-        return _seconds(parsed), "datetime"
+        return _seconds(_localized(values, timezone) if values.dt.tz is None else values.dt.tz_convert("UTC")), "datetime"
     numbers = None
-    if unit == "auto":  # mostly numbers: unix time (the rest are errors); else ISO-8601 text
+    if unit == "auto":  # mostly numbers: unix time (the rest are errors); else text
         numbers = to_numbers(values)
         unit = detect_unit(numbers) if numbers.notna().sum() * 2 >= values.notna().sum() else "iso"
     if unit == "iso":
-        parsed = pd.to_datetime(values.astype("string"), errors="coerce", utc=True, format="ISO8601")
+        text = values.astype("string")
+        parsed = pd.to_datetime(text, errors="coerce", utc=True, format=fmt or "ISO8601")  # (no offset: as UTC)
+        if timezone != "UTC":
+            naive = parsed.notna() & ~text.str.contains(_OFFSET, case=False, regex=True).fillna(False).astype(bool)
+            if naive.any():
+                parsed = parsed.copy()
+                parsed[naive] = _localized(parsed[naive].dt.tz_localize(None), timezone)
         bad = parsed.isna() & values.notna()
         out = _seconds(parsed)
+        unit = fmt or "iso"
     else:
         num = to_numbers(values) if numbers is None else numbers  # (parsed once)
         bad = num.isna() & values.notna()
         out = num // _UNIT_SCALE[unit] if unit != "s" else num
     if bad.any():
+        hint = ""
+        if unit == "iso" and values[bad].astype("string").str.match(_DATE_LIKE).any():
+            hint = ("; dates written otherwise than ISO-8601 are read by data.source.timestamp_format, e.g. "
+                    "'%d.%m.%Y %H:%M' for 06.12.2026 14:30, '%m/%d/%Y %I:%M %p' for 12/06/2026 02:30 PM")
         raise DataError(
             f"{path}: column {column!r} has {int(bad.sum())} value(s) that are not timestamps "
-            f"(read as {unit}), e.g. {where_rows(values.index[bad], first_line)}: {list(values[bad][:5])}"
+            f"(read as {unit}), e.g. {where_rows(values.index[bad], first_line)}: {list(values[bad][:5])}{hint}"
         )
     if out.isna().any():  # nulls are reported by validation, with the other expectations
         return out.astype("Float64").round().astype("Int64"), unit
@@ -250,19 +270,38 @@ def to_int_timestamps(values: pd.Series, path: Path, column: str, unit: str = "a
     return out.astype("float64").round().astype("int64"), unit
 
 
+# A value that starts as a date does (2026-12-06, 06.12.2026, 12/06/26): never a number to pandas.
+_DATE_LIKE = r"^\s*\d{1,4}[-./]\d{1,2}[-./]\d{1,4}"
+
+
+def _localized(naive: pd.Series, timezone: str = "UTC") -> pd.Series:
+    """Naive datetimes as the instants they are in `timezone` (UTC), for `to_int_timestamps`: a time
+    the clock skipped (spring forward) moved forward, one it repeated (fall back) the first."""
+    if timezone == "UTC":
+        return naive.dt.tz_localize("UTC")
+    first = np.ones(len(naive), dtype=bool)  # (ambiguous: True = the daylight-saving one, which comes first)
+    return naive.dt.tz_localize(timezone, ambiguous=first, nonexistent="shift_forward").dt.tz_convert("UTC")
+
+
 def _seconds(parsed: pd.Series) -> pd.Series:
     """Timezone-aware datetimes of any resolution -> unix seconds (float, NaN for NaT); pandas 3
     parses to microseconds, so never assume nanoseconds (environment-notes.md)."""
     return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta("1s")).astype("Float64").astype("float64")
 
 
-def to_float(values: pd.Series, path: Path, column: str, first_line: int | None = None) -> pd.Series:
-    num = to_numbers(values)
+def to_float(values: pd.Series, path: Path, column: str, first_line: int | None = None,
+             decimal: str = ".") -> pd.Series:
+    """Numbers (a rating) as float64; text with `decimal` "," as its decimal mark ("4,5") read so.
+    Names the rows that are no numbers."""
+    text = isinstance(values.dtype, pd.StringDtype) or values.dtype == object
+    num = to_numbers(values.astype("string").str.replace(",", ".", regex=False) if decimal == "," and text else values)
     bad = num.isna() & values.notna()
     if bad.any():
+        comma = decimal == "." and text and values[bad].astype("string").str.fullmatch(r"\s*[-+]?\d*,\d+\s*").any()
         raise DataError(
             f"{path}: column {column!r} has {int(bad.sum())} non-numeric value(s), e.g. "
             f"{where_rows(values.index[bad], first_line)}: {list(values[bad][:5])}"
+            + ("; a decimal comma (4,5) is read with data.source.decimal: ','" if comma else "")
         )
     return num.astype("float64")
 
@@ -991,20 +1030,21 @@ def _part_rows(df: pd.DataFrame, path: Path, cfg: DataConfig, col: dict[str, str
     _refuse_nested(df, col.values(), path)
     _refuse_incomplete_rows(df, [col["user_id"], col["item_id"], col["timestamp"]], path, first_line)
     timestamps, unit = to_int_timestamps(df[col["timestamp"]], path, col["timestamp"], cfg.source.timestamp_unit,
-                                         first_line)
+                                         first_line, cfg.source.timestamp_format, cfg.source.timezone)
     return pd.DataFrame({  # (.array: Arrow strings stay Arrow, not one Python string per row)
         "user_id": df[col["user_id"]].array, "item_id": df[col["item_id"]].array,
         "timestamp": timestamps.to_numpy(),
-        "rating": to_float(df[col["rating"]], path, col["rating"], first_line).to_numpy()
+        "rating": to_float(df[col["rating"]], path, col["rating"], first_line, cfg.source.decimal).to_numpy()
         if col["rating"] in df else float("nan"),
         "title": df[col["title"]].array if titled else None,
     }), unit
 
 
-def _time_form(values, unit: str) -> tuple | None:
+def _time_form(values, unit: str, fmt: str | None = None) -> tuple | None:
     """How `to_int_timestamps` reads a part's timestamps (`values`, an Arrow column; `unit`: the
-    setting), told from Arrow alone, ending in the unit `to_int_timestamps` returns: ("datetime",)
-    for Arrow timestamps, ("iso",) for ISO-8601 text, (kind, unit) for unix times, kind "int" or
+    setting; `fmt`: timestamp_format), told from Arrow alone, ending in the unit `to_int_timestamps`
+    returns: ("datetime",) for Arrow timestamps, ("iso",) or (fmt,) for dates written as text,
+    (kind, unit) for unix times, kind "int" or
     "float" as `to_numbers` casts them (one float among parts read together would make all of them
     float, which loses nanoseconds past 2**53). None where pandas must tell (a part then read alone)."""
     import pyarrow as pa
@@ -1013,7 +1053,7 @@ def _time_form(values, unit: str) -> tuple | None:
     if pa.types.is_timestamp(values.type):
         return ("datetime",)
     if unit == "iso":
-        return ("iso",)
+        return (fmt or "iso",)
     if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
         kind, numbers = "int" if pa.types.is_integer(values.type) else "float", values
     elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
@@ -1026,9 +1066,9 @@ def _time_form(values, unit: str) -> tuple | None:
                 break
             except pa.ArrowInvalid:
                 continue
-        if kind is None:  # mostly ISO-8601 text: fewer than half can be numbers, so it reads as "iso"
-            dates = pc.sum(pc.match_substring_regex(values, r"^\s*\d{4}-\d\d")).as_py() or 0
-            return ("iso",) if unit == "auto" and dates * 2 > len(values) - values.null_count else None
+        if kind is None:  # mostly dates as text: fewer than half can be numbers, so it reads as text
+            dates = pc.sum(pc.match_substring_regex(values, _DATE_LIKE)).as_py() or 0
+            return (fmt or "iso",) if unit == "auto" and dates * 2 > len(values) - values.null_count else None
     else:
         return None
     if unit != "auto":
@@ -1037,13 +1077,13 @@ def _time_form(values, unit: str) -> tuple | None:
     return (kind, unit_of_median(median or 0.0))
 
 
-def _batch_key(table: SourceTable, time_column: str, unit: str) -> tuple | None:
+def _batch_key(table: SourceTable, time_column: str, unit: str, fmt: str | None = None) -> tuple | None:
     """What makes parts alike (`_interaction_rows`): their kept columns' names and Arrow types, and
     how their timestamps read (`_time_form`). None for a part read alone: one a fallback read
     (pandas), one without the time column, or one whose timestamps pandas must look at."""
     if table.arrow is None or time_column not in table.arrow.column_names:
         return None
-    form = _time_form(table.arrow.column(time_column), unit)
+    form = _time_form(table.arrow.column(time_column), unit, fmt)
     return None if form is None else (tuple((f.name, f.type, f.nullable) for f in table.arrow.schema), form)
 
 
@@ -1111,7 +1151,7 @@ def _interaction_rows(cfg: DataConfig, parts: list[Path], folder: Path | None, t
         except DataError:
             convert(alike, alike_key)  # (an earlier part's error comes first)
             raise
-        key = _batch_key(table, col["timestamp"], cfg.source.timestamp_unit) if batched else None
+        key = _batch_key(table, col["timestamp"], cfg.source.timestamp_unit, cfg.source.timestamp_format) if batched else None
         if alike and (key is None or key != alike_key):
             convert(alike, alike_key)
             alike = []
