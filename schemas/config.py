@@ -157,6 +157,13 @@ class DataConfig(_Strict):
     domain: Literal["movies", "games", "products"] = Field("movies", description="Prompt wording.")
     source: SourceConfig = Field(default_factory=SourceConfig)
     data_root: Path = Field(Path("data"), description="Where every stage writes (content-addressed).")
+    digest_cache: bool = Field(
+        True, description="Take a source file's SHA-256 (the ingest key) from <data_root>/cache/"
+        "source-digests.json while its size, mtime, ctime and inode are those it was hashed with, "
+        "so that an unchanged source costs a stat a file. false: read every file for its key each "
+        "time, for a filesystem that does not keep ctime (some FUSE mounts of a bucket) where files "
+        "are rewritten with their old size and mtime.",
+    )
     input_roots: list[Path] = Field(
         default_factory=list,
         description="Folders, besides data_root, that sources may be read from. A source path "

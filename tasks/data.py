@@ -41,7 +41,7 @@ from tasks import readers
 from tasks.download import fetch, is_url
 from tasks.mirror import is_object_store_url, mirror
 from tasks.settings import sequence_settings
-from tasks.storage import atomic_dir, fingerprint, source_digests, write_json_atomic
+from tasks.storage import atomic_dir, file_digest, fingerprint, source_digests, write_json_atomic
 from tasks.validation import suites_key, validate_tables
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,8 @@ def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
     """(output folder, fingerprint, source files) of `ingest`: named by the source settings, the
     bytes of every source file and the reader's version."""
     files, folder = _source_listing(cfg)
-    digests = source_digests(files, cfg.data_root / "cache" / "source-digests.json")  # (a stat each when unchanged)
+    digests = source_digests(files, cfg.data_root / "cache" / "source-digests.json") if cfg.digest_cache \
+        else [file_digest(f) for f in files]  # (cached: a stat each when unchanged)
     key = {"source": source_settings(cfg), "files": [(readers.part_name(f, folder), d) for f, d in zip(files, digests, strict=True)]}
     # The reader's version sits under "reader", not storage.with_code_versions' "code": it was
     # keyed so before that helper, and moving it would write every generic source's folders again.

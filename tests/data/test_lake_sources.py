@@ -343,3 +343,23 @@ def test_an_unchanged_source_is_not_read_again_for_its_key_and_a_rewritten_one_i
     (tmp_path / "cache" / "source-digests.json").write_text("{not json")  # a cache that does not read: ignored
     hashed.clear()
     assert ingest_target(cfg)[1] == second and sorted(hashed) == ["a.csv", "b.csv", "items.csv"]
+
+
+def test_the_digest_cache_can_be_turned_off_and_the_key_is_the_same(tmp_path, monkeypatch):
+    """`data.digest_cache: false`, for a filesystem that does not keep ctime: every file is read for
+    the key every time, nothing is cached, and the key is the one the cache gives."""
+    from tasks import data
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    (lake / "a.csv").write_text(GOOD_INTER)
+    cached = _cfg(tmp_path, lake)
+    key = ingest_target(cached)[1]
+    (tmp_path / "cache" / "source-digests.json").unlink()
+    uncached = cached.model_copy(update={"digest_cache": False})
+    hashed = []
+    real = data.file_digest
+    monkeypatch.setattr(data, "file_digest", lambda path, *a: hashed.append(path.name) or real(path, *a))
+    assert ingest_target(uncached)[1] == key and ingest_target(uncached)[1] == key
+    assert sorted(hashed) == ["a.csv", "a.csv", "items.csv", "items.csv"]
+    assert not (tmp_path / "cache" / "source-digests.json").exists()
