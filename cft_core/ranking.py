@@ -37,7 +37,7 @@ Histories, as people type them: titles (case-insensitive, and cleaned as ingest 
 (a typo, or an item newer than the model's catalogue: data keeps arriving between retrains) is
 reported back as `unmatched` and left out of the prompt, so a user who touched a new item still
 gets an answer; unless the caller asks for free text (`free_text=True`), when a text entry is
-shown to the model as typed (and still reported). A history left with no title (a new user, or
+shown to the model, cleaned as titles are (and still reported as typed). A history left with no title (a new user, or
 one whose items are all newer than the model) gets the no-history ranking: the counterfactual
 prompt, which CFT trains against and the evaluation measures as `nohist_<method>`.
 
@@ -63,7 +63,7 @@ from cft_core.modeling import model_device
 from cft_core.prefix import PromptPrefixCache
 from cft_core.prompts import PromptBuilder
 from cft_core.sequences import PLACEHOLDER_TITLE
-from cft_core.titles import title_key
+from cft_core.titles import normalize_title, title_key
 
 Method = Literal["grounding", "constrained"]
 
@@ -209,9 +209,11 @@ class Catalogue:
         """History entries (item ids or titles) -> `ResolvedHistory`.
 
         An entry is an id if the catalogue has it (exact, after stripping spaces), else a title
-        (`row_of`), else `unmatched`: left out, or shown as typed when `free_text` (text
-        only: an integer is an id, with no title to show). A history may resolve to no title at
-        all (a new user): `Ranker.prompt` gives it the no-history prompt.
+        (`row_of`), else `unmatched`: left out, or shown to the model when `free_text` (text only:
+        an integer is an id, with no title to show), cleaned as ingest cleans titles
+        (`normalize_title`), so that a pasted line break cannot start a part of the prompt of its
+        own. A history may resolve to no title at all (a new user): `Ranker.prompt` gives it the
+        no-history prompt.
         """
         titles, rows, unmatched = [], [], []
         for entry in history:
@@ -219,8 +221,8 @@ class Catalogue:
             row = self.row_of(key)
             if row is None:
                 unmatched.append(key)
-                if free_text and not isinstance(entry, (int, np.integer)):
-                    titles.append(key)
+                if free_text and not isinstance(entry, (int, np.integer)) and (shown := normalize_title(key)):
+                    titles.append(shown)  # (cleaned as the titles the model was trained on: one line)
                 continue
             titles.append(self.titles[row])
             rows.append(row)
