@@ -55,7 +55,7 @@ class SourceConfig(_Strict):
         "ML-1M/10M (ratings.dat, movies.dat) or ML-20M/25M/32M/ml-latest (ratings.csv, movies.csv); "
         "amazon_raw: an Amazon Reviews category, 2018 or 2023 release (told apart by its fields): "
         "reviews JSON lines or the 2023 benchmark CSV (+ meta_path); d3_csv: a folder of "
-        "D3/BIGRec CSV splits (train/valid/test) and its info file; generic: CSV, Parquet or JSON-lines interactions "
+        "D3/BIGRec CSV splits (train/valid/test) and its info file; generic: CSV, Parquet, JSON-lines or Excel (.xlsx) interactions "
         "(+ items_path) with a column mapping; synthetic: generated rows with a planted history signal (`synthetic` settings).",
     )
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig, description="synthetic: the generator's knobs.")

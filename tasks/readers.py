@@ -753,16 +753,19 @@ def read_d3_csv(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 JSON_SUFFIXES = {".jsonl", ".ndjson", ".json"}  # JSON lines: one object a line (Spark's df.write.json)
 TEXT_SUFFIXES = {".csv", ".tsv", ".tab", *JSON_SUFFIXES}  # also read gzipped: "part-00000.csv.gz"
-TABLE_SUFFIXES = {".parquet", *TEXT_SUFFIXES}
+WORKBOOK_SUFFIXES = {".xlsx", ".xlsm"}  # Excel 2007 and later (Office Open XML)
+TABLE_SUFFIXES = {".parquet", *TEXT_SUFFIXES, *WORKBOOK_SUFFIXES}
 
 
 def table_suffix(path: Path) -> str | None:
     """The kind of table a file holds by its name: ".parquet", ".csv", ".tsv", ".tab", ".jsonl",
-    ".ndjson" or ".json" (a text one also when gzipped, `events.tsv.gz` -> ".tsv"); None for any
-    other file."""
+    ".ndjson", ".json" (a text one also when gzipped, `events.tsv.gz` -> ".tsv"), ".xlsx" or
+    ".xlsm" (also in capitals, as Windows may name them); None for any other file."""
     if path.suffix == ".gz":
         inner = Path(path.stem).suffix
         return inner if inner in TEXT_SUFFIXES else None
+    if path.suffix.lower() in WORKBOOK_SUFFIXES:
+        return path.suffix.lower()
     return path.suffix if path.suffix in TABLE_SUFFIXES else None
 
 
@@ -810,6 +813,10 @@ def _read_source_table(path: Path, encoding: str, delimiter: str | None = None, 
 
     if table_suffix(path) in JSON_SUFFIXES:
         return _json_lines_table(path, columns)
+    if table_suffix(path) in WORKBOOK_SUFFIXES:
+        return _workbook_table(path, columns)
+    if path.suffix.lower() == ".xls":
+        raise DataError(f"{path}: an Excel 97-2003 workbook (.xls), which is not read: save it as .xlsx or as CSV")
     if path.suffix == ".parquet":
         _check_not_pickle(path)
         try:
@@ -838,6 +845,48 @@ def _read_source_table(path: Path, encoding: str, delimiter: str | None = None, 
         raise DataError(f"{path}: its header reads as one column, {str(names[0])[:60]!r}: the file seems "
                         f"separated by {other!r}, not {sep!r}; set data.source.delimiter: {json.dumps(other)}")
     return SourceTable(path, None if table is None else table.select(_kept(names, columns)), frame, names, [])
+
+
+def _workbook_table(path: Path, columns=None) -> SourceTable:
+    """The first sheet of an Excel workbook (.xlsx, .xlsm), by openpyxl (XML parsed by defusedxml):
+    its first row the header, every other row an interaction, each cell as Excel typed it (numbers,
+    text, dates: naive, so on `data.source.timezone`'s clock; a formula's last computed value).
+    Blank rows are skipped, and the frame's index keeps the sheet's row numbers, minus 2 (so that an
+    error with first line 2 names the rows Excel shows). Another sheet is named in a warning and
+    left out: save it as a file of its own (an items file)."""
+    import openpyxl
+
+    _check_readable(path)
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as e:  # a zip, XML or openpyxl error: no workbook
+        raise DataError(f"{path}: not a readable Excel workbook ({type(e).__name__}: {e})") from None
+    try:
+        sheet, others = book.worksheets[0], book.sheetnames[1:]
+        rows = sheet.iter_rows(values_only=True)
+        header = list(next(rows, None) or [])
+        while header and header[-1] is None:  # (cells formatted past the table's last column)
+            header.pop()
+        names = [f"Unnamed: {i}" if v is None else str(v).strip() for i, v in enumerate(header)]
+        _refuse_duplicate_columns(names, path)
+        kept = [i for i, name in enumerate(names) if name in _kept(names, columns)]
+        records, index = [], []
+        for number, row in enumerate(rows, start=2):  # (the header is row 1)
+            values = [row[i] if i < len(row) else None for i in kept]
+            if any(v is not None and v != "" for v in values):
+                records.append(values)
+                index.append(number - 2)
+    finally:
+        book.close()
+    if not names:
+        raise DataError(f"{path}: its first sheet, {sheet.title!r}, is empty")
+    if not records:
+        raise DataError(f"{path}: its first sheet, {sheet.title!r}, has a header but no rows")
+    if others:
+        log.warning("%s: read its first sheet, %r; %d other sheet(s) left out: %s", path, sheet.title, len(others),
+                    others[:5])
+    frame = pd.DataFrame.from_records(records, columns=[names[i] for i in kept], index=index).infer_objects()
+    return SourceTable(path, None, frame, names, [])
 
 
 def _json_lines_table(path: Path, columns=None) -> SourceTable:
@@ -957,8 +1006,9 @@ TABLE_FORMATS = {"_delta_log": "a Delta Lake table", ".hoodie": "an Apache Hudi 
 
 def hidden(relative_path: str) -> bool:
     """Whether a file's path in a folder of parts names it as none: a file or folder whose name
-    starts with "." or "_" (a part being written, Spark's `_temporary/`, `_SUCCESS`, `.crc` files)."""
-    return any(name.startswith((".", "_")) for name in relative_path.split("/"))
+    starts with "." or "_" (a part being written, Spark's `_temporary/`, `_SUCCESS`, `.crc` files),
+    or with "~$" (the owner file Excel keeps beside a workbook it has open)."""
+    return any(name.startswith((".", "_", "~$")) for name in relative_path.split("/"))
 
 
 def refuse_table_format(folder: str | Path, files: Iterable[str]) -> None:
@@ -1024,7 +1074,8 @@ def _part_rows(df: pd.DataFrame, path: Path, cfg: DataConfig, col: dict[str, str
     """One part's interactions (or those of parts alike, `_interaction_rows`) in our columns
     (user_id, item_id, timestamp as unix seconds, rating, title: None where an items file has
     them), and the unit its timestamps were read in; DataError naming the part, its lines and values."""
-    first_line = None if path.suffix == ".parquet" else 1 if table_suffix(path) in JSON_SUFFIXES else 2  # (CSV: a header)
+    # (CSV and a workbook's rows: line or row 1 is the header; JSON lines have none)
+    first_line = None if path.suffix == ".parquet" else 1 if table_suffix(path) in JSON_SUFFIXES else 2
     require_columns(df, [col["user_id"], col["item_id"], col["timestamp"]] + ([col["title"]] if titled else []), path,
                     cfg.source.columns)
     _refuse_nested(df, col.values(), path)
@@ -1163,7 +1214,7 @@ def _interaction_rows(cfg: DataConfig, parts: list[Path], folder: Path | None, t
 
 
 def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """CSV/TSV/Parquet/JSON-lines interactions (+ items file) with `source.columns` mapping ours -> theirs.
+    """CSV/TSV/Parquet/JSON-lines/Excel interactions (+ items file) with `source.columns` mapping ours -> theirs.
 
     A folder of parts (new files dropped into it, or a partitioned dataset's folders) is read part
     by part (`_interaction_rows`): each part's timestamps are read in their own unit (one job may
