@@ -860,8 +860,8 @@ def _workbook_table(path: Path, columns=None) -> SourceTable:
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except Exception as e:  # a zip, XML or openpyxl error: no workbook
-        raise DataError(f"{path}: not a readable Excel workbook ({type(e).__name__}: {e})") from None
-    try:
+        raise _not_a_workbook(path, e) from None
+    try:  # (the sheet's XML is parsed as its rows are read)
         sheet, others = book.worksheets[0], book.sheetnames[1:]
         rows = sheet.iter_rows(values_only=True)
         header = list(next(rows, None) or [])
@@ -876,6 +876,10 @@ def _workbook_table(path: Path, columns=None) -> SourceTable:
             if any(v is not None and v != "" for v in values):
                 records.append(values)
                 index.append(number - 2)
+    except DataError:
+        raise
+    except Exception as e:  # XML the parser refuses (defusedxml: entities), a sheet cut short
+        raise _not_a_workbook(path, e) from None
     finally:
         book.close()
     if not names:
@@ -887,6 +891,15 @@ def _workbook_table(path: Path, columns=None) -> SourceTable:
                     others[:5])
     frame = pd.DataFrame.from_records(records, columns=[names[i] for i in kept], index=index).infer_objects()
     return SourceTable(path, None, frame, names, [])
+
+
+def _not_a_workbook(path: Path, error: Exception) -> DataError:
+    """The DataError for a workbook openpyxl cannot read, naming the first cause (openpyxl wraps an
+    XML error in "Unable to read workbook ... invalid XML")."""
+    while (cause := error.__cause__ or error.__context__) is not None:
+        error = cause
+    text = str(error).splitlines()[0] if str(error) else ""
+    return DataError(f"{path}: not a readable Excel workbook ({type(error).__name__}{': ' + text if text else ''})")
 
 
 def _json_lines_table(path: Path, columns=None) -> SourceTable:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import zipfile
 
 import openpyxl
 import pandas as pd
@@ -114,3 +115,19 @@ def test_a_folder_of_workbooks_leaves_out_the_file_excel_keeps_beside_an_open_on
     (folder / "~$orders-b.XLSX").write_bytes(b"\x05owner")  # Excel's lock file while orders-b is open
     assert [p.name for p in interaction_parts(folder)] == ["orders-a.XLSX", "orders-b.XLSX"]
     assert len(_rows(_cfg(tmp_path, folder))) == len(log)
+
+
+def test_a_sheet_with_xml_entities_is_refused_not_expanded(tmp_path):
+    """openpyxl parses the sheet's XML with defusedxml: an entity (the "billion laughs" kind, one
+    level here) is refused, where without defusedxml openpyxl expands it (checked by hand: the user
+    then reads "lol")."""
+    _sheet(tmp_path / "ok.xlsx", [["user", "item", "ts"], ["u1", "i1", 1_000_000_000]])
+    with zipfile.ZipFile(tmp_path / "ok.xlsx") as src, zipfile.ZipFile(tmp_path / "log.xlsx", "w") as out:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":  # (openpyxl writes text in the cells)
+                assert b">u1<" in data
+                data = b'<!DOCTYPE worksheet [<!ENTITY lol "lol">]>' + data.replace(b">u1<", b">&lol;<", 1)
+            out.writestr(item, data)
+    with pytest.raises(DataError, match=r"log.xlsx: not a readable Excel workbook \(EntitiesForbidden"):
+        ingest(_cfg(tmp_path, tmp_path / "log.xlsx"))
