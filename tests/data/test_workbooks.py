@@ -55,6 +55,16 @@ def test_a_workbook_ingests_the_rows_of_the_csv(tmp_path):
     pd.testing.assert_frame_equal(_rows(_cfg(tmp_path, tmp_path / "log.xlsx")), _rows(_cfg(tmp_path, tmp_path / "log.csv")))
 
 
+def test_an_items_workbook_gives_the_titles_of_the_csv(tmp_path):
+    log = _log()
+    _sheet(tmp_path / "log.xlsx", [list(log.columns), *log.values.tolist()])
+    items = pd.read_csv(io.StringIO(GOOD_ITEMS))
+    _sheet(tmp_path / "items.xlsx", [list(items.columns), *items.values.tolist()])
+    by_csv = pd.read_parquet(ingest(_cfg(tmp_path, tmp_path / "log.xlsx")).path / "items.parquet")
+    by_workbook = pd.read_parquet(ingest(_cfg(tmp_path, tmp_path / "log.xlsx", items="items.xlsx")).path / "items.parquet")
+    pd.testing.assert_frame_equal(by_workbook, by_csv)
+
+
 def test_excel_dates_are_read_on_the_timezones_clock(tmp_path):
     log = _log()
     when = pd.to_datetime(log["ts"], unit="s")  # (naive: as a spreadsheet keeps a date)
