@@ -777,14 +777,18 @@ def _kept(names, columns) -> list[str]:
 @dataclass
 class SourceTable:
     """One file of a generic source as read (`_read_source_table`): the Arrow table where pyarrow's
-    readers read it (its kept columns), else the pandas frame a fallback read (pandas' CSV reader,
-    JSON lines line by line)."""
+    readers read it (its kept columns), else a pandas frame: an Excel workbook's, or what a
+    fallback read (pandas' CSV reader, JSON lines line by line)."""
 
     path: Path
     arrow: Any  # pyarrow.Table | None
     frame: pd.DataFrame | None
     names: list[str]  # every column the file has, for an error that names them
     nested: list[str]  # the kept columns that hold lists, records or maps
+
+    def __len__(self) -> int:
+        """Rows read."""
+        return len(self.frame if self.arrow is None else self.arrow)
 
     def to_pandas(self) -> pd.DataFrame:
         """The columns as a DataFrame; `attrs["columns"]` has all the file's names, `attrs["nested"]`
@@ -869,7 +873,8 @@ def _workbook_table(path: Path, columns=None) -> SourceTable:
             header.pop()
         names = [f"Unnamed: {i}" if v is None else str(v).strip() for i, v in enumerate(header)]
         _refuse_duplicate_columns(names, path)
-        kept = [i for i, name in enumerate(names) if name in _kept(names, columns)]
+        wanted = set(_kept(names, columns))
+        kept = [i for i, name in enumerate(names) if name in wanted]
         records, index = [], []
         for number, row in enumerate(rows, start=2):  # (the header is row 1)
             values = [row[i] if i < len(row) else None for i in kept]
@@ -935,7 +940,7 @@ def _json_lines_table(path: Path, columns=None) -> SourceTable:
         nested = sorted({k for row in rows for k, v in row.items() if isinstance(v, list)})
         df = pd.DataFrame.from_records(rows, columns=_kept(names, columns))
         read = SourceTable(path, None, df.astype({c: "string" for c in df.columns if c not in nested}), names, nested)
-    if not (read.frame if read.arrow is None else read.arrow).shape[0]:
+    if not len(read):
         raise DataError(f"{path}: file holds no JSON lines")
     return read
 
@@ -1189,8 +1194,7 @@ def _interaction_rows(cfg: DataConfig, parts: list[Path], folder: Path | None, t
         frames.append(rows)
         units.update({part_name(t.path, folder): unit for t in tables})
         found["rated"] = found["rated"] or col["rating"] in df
-        first = len(tables[0].frame if tables[0].arrow is None else tables[0].arrow)
-        found["examples"] = found["examples"] or [str(v) for v in df[col["timestamp"]].head(min(3, first))]
+        found["examples"] = found["examples"] or [str(v) for v in df[col["timestamp"]].head(min(3, len(tables[0])))]
 
     def convert(tables: list[SourceTable], key: tuple | None) -> None:
         if len(tables) > 1:
@@ -1200,7 +1204,8 @@ def _interaction_rows(cfg: DataConfig, parts: list[Path], folder: Path | None, t
                 rows, unit = _part_rows(df, tables[0].path, cfg, col, titled)
             except DataError:
                 rows, unit = None, None  # (one by one below: the error names its part)
-            if unit is not None and unit == key[1][-1]:  # (the unit `_time_form` saw in each part)
+            _, form = key
+            if unit is not None and unit == form[-1]:  # (a form ends in the unit `_time_form` saw in each part)
                 return add(rows, unit, df, tables)
         for table in tables:
             df = table.to_pandas()
