@@ -1113,9 +1113,9 @@ def _time_form(values, unit: str, fmt: str | None = None) -> tuple | None:
     """How `to_int_timestamps` reads a part's timestamps (`values`, an Arrow column; `unit`: the
     setting; `fmt`: timestamp_format), told from Arrow alone, ending in the unit `to_int_timestamps`
     returns: ("datetime",) for Arrow timestamps, ("iso",) or (fmt,) for dates written as text,
-    (kind, unit) for unix times, kind "int" or
-    "float" as `to_numbers` casts them (one float among parts read together would make all of them
-    float, which loses nanoseconds past 2**53). None where pandas must tell (a part then read alone)."""
+    (kind, unit) for unix times, kind "int" or "float" as `to_numbers` casts them (one float among
+    parts read together would make all of them float, which loses nanoseconds past 2**53). None
+    where pandas must tell (a part then read alone)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
