@@ -109,6 +109,14 @@ class SourceConfig(_Strict):
         ".", description="generic: the decimal mark of ratings written as text; ',' reads 4,5 as 4.5 "
         "(the CSV Excel saves in most European locales).",
     )
+    sheet: str | None = Field(
+        None, description="generic: the sheet of an Excel workbook (path) that holds the interactions, by "
+        "name; None: the first (the others are named in a warning).",
+    )
+    items_sheet: str | None = Field(
+        None, description="generic: the sheet of the items workbook (items_path) that holds the items, by "
+        "name; None: the first. items_path may be the interactions' own workbook, with another sheet.",
+    )
     encoding: str = Field(
         "utf-8", description="generic: text encoding of the CSV/TSV files (interactions and items), "
         "any Python codec name, e.g. cp1252 for a file Excel saved on Windows; a UTF-8 byte-order "

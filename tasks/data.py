@@ -185,8 +185,8 @@ def _to_arrow(df: pd.DataFrame, schema: pa.Schema, what: str) -> pa.Table:
 
 def source_settings(cfg: DataConfig) -> dict:
     """The source settings that decide the ingested rows (the generator's only for `synthetic`;
-    the encoding, the delimiter, items_columns, timestamp_format, timezone and decimal only where
-    they are not the default, as they joined later: so a profile that does not set them keeps the
+    the encoding, the delimiter, items_columns, timestamp_format, timezone, decimal and the sheets only
+    where they are not the default, as they joined later: so a profile that does not set them keeps the
     ingested folders it had)."""
     left_out = set() if cfg.source.format == "synthetic" else {"synthetic"}
     if cfg.source.encoding == "utf-8":
@@ -195,7 +195,7 @@ def source_settings(cfg: DataConfig) -> dict:
         left_out.add("delimiter")
     if not cfg.source.items_columns:
         left_out.add("items_columns")
-    for name in ("timestamp_format", "timezone", "decimal"):  # (joined 2026-12-06: only where set)
+    for name in ("timestamp_format", "timezone", "decimal", "sheet", "items_sheet"):  # (joined 2026-12-06: only where set)
         if getattr(cfg.source, name) == SourceConfig.model_fields[name].default:
             left_out.add(name)
     return cfg.source.model_dump(exclude=left_out)

@@ -798,12 +798,14 @@ class SourceTable:
         return df
 
 
-def _read_table(path: Path, encoding: str, delimiter: str | None = None, columns=None) -> pd.DataFrame:
+def _read_table(path: Path, encoding: str, delimiter: str | None = None, columns=None,
+                sheet: str | None = None) -> pd.DataFrame:
     """A generic source's file as a DataFrame (`_read_source_table`, which says how each kind is read)."""
-    return _read_source_table(path, encoding, delimiter, columns).to_pandas()
+    return _read_source_table(path, encoding, delimiter, columns, sheet).to_pandas()
 
 
-def _read_source_table(path: Path, encoding: str, delimiter: str | None = None, columns=None) -> SourceTable:
+def _read_source_table(path: Path, encoding: str, delimiter: str | None = None, columns=None,
+                       sheet: str | None = None) -> SourceTable:
     """A generic source's file: Parquet, JSON lines (`_json_lines_table`), or CSV/TSV (gzipped or not)
     separated by `delimiter` (None: by the suffix, "," for .csv, a tab for .tsv and .tab). A text
     file whose header reads as one column holding another separator (a semicolon: Excel's CSV in
@@ -811,14 +813,14 @@ def _read_source_table(path: Path, encoding: str, delimiter: str | None = None, 
 
     columns: the names kept (None: all; others are left out where the format allows: a Parquet
     file's other columns are never read, a JSON-lines or CSV file's never leave Arrow, as a data
-    lake's event table may hold dozens)."""
+    lake's event table may hold dozens). sheet: a workbook's sheet by name (None: its first)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if table_suffix(path) in JSON_SUFFIXES:
         return _json_lines_table(path, columns)
     if table_suffix(path) in WORKBOOK_SUFFIXES:
-        return _workbook_table(path, columns)
+        return _workbook_table(path, columns, sheet)
     if path.suffix.lower() == ".xls":
         raise DataError(f"{path}: an Excel 97-2003 workbook (.xls), which is not read: save it as .xlsx or as CSV")
     if path.suffix == ".parquet":
@@ -851,13 +853,13 @@ def _read_source_table(path: Path, encoding: str, delimiter: str | None = None, 
     return SourceTable(path, None if table is None else table.select(_kept(names, columns)), frame, names, [])
 
 
-def _workbook_table(path: Path, columns=None) -> SourceTable:
-    """The first sheet of an Excel workbook (.xlsx, .xlsm), by openpyxl (XML parsed by defusedxml):
+def _workbook_table(path: Path, columns=None, sheet_name: str | None = None) -> SourceTable:
+    """A sheet of an Excel workbook (.xlsx, .xlsm; `sheet_name`, None: the first), by openpyxl (XML parsed by defusedxml):
     its first row the header, every other row an interaction, each cell as Excel typed it (numbers,
     text, dates: naive, so on `data.source.timezone`'s clock; a formula's last computed value).
     Blank rows are skipped, and the frame's index keeps the sheet's row numbers, minus 2 (so that an
-    error with first line 2 names the rows Excel shows). Another sheet is named in a warning and
-    left out: save it as a file of its own (an items file)."""
+    error with first line 2 names the rows Excel shows). The other sheets are named in a warning
+    when the first is read unasked (data.source.sheet and items_sheet pick one)."""
     import openpyxl
 
     _check_readable(path)
@@ -866,7 +868,10 @@ def _workbook_table(path: Path, columns=None) -> SourceTable:
     except Exception as e:  # a zip, XML or openpyxl error: no workbook
         raise _not_a_workbook(path, e) from None
     try:  # (the sheet's XML is parsed as its rows are read)
-        sheet, others = book.worksheets[0], book.sheetnames[1:]
+        if sheet_name is not None and sheet_name not in book.sheetnames:
+            raise DataError(f"{path}: has no sheet {sheet_name!r}; its sheets: {book.sheetnames}")
+        sheet = book[sheet_name] if sheet_name is not None else book.worksheets[0]
+        others = [] if sheet_name is not None else book.sheetnames[1:]
         rows = sheet.iter_rows(values_only=True)
         header = list(next(rows, None) or [])
         while header and header[-1] is None:  # (cells formatted past the table's last column)
@@ -888,12 +893,12 @@ def _workbook_table(path: Path, columns=None) -> SourceTable:
     finally:
         book.close()
     if not names:
-        raise DataError(f"{path}: its first sheet, {sheet.title!r}, is empty")
+        raise DataError(f"{path}: its sheet {sheet.title!r} is empty")
     if not records:
-        raise DataError(f"{path}: its first sheet, {sheet.title!r}, has a header but no rows")
+        raise DataError(f"{path}: its sheet {sheet.title!r} has a header but no rows")
     if others:
-        log.warning("%s: read its first sheet, %r; %d other sheet(s) left out: %s", path, sheet.title, len(others),
-                    others[:5])
+        log.warning("%s: read its first sheet, %r; %d other sheet(s) left out: %s (data.source.sheet or items_sheet "
+                    "names the one to read)", path, sheet.title, len(others), others[:5])
     frame = pd.DataFrame.from_records(records, columns=[names[i] for i in kept], index=index).infer_objects()
     return SourceTable(path, None, frame, names, [])
 
@@ -1216,7 +1221,7 @@ def _interaction_rows(cfg: DataConfig, parts: list[Path], folder: Path | None, t
     for part in parts:
         try:
             table = _with_partition_columns(_read_source_table(part, cfg.source.encoding, cfg.source.delimiter,
-                                                               columns=set(col.values())), folder)
+                                                               set(col.values()), cfg.source.sheet), folder)
         except DataError:
             convert(alike, alike_key)  # (an earlier part's error comes first)
             raise
@@ -1253,7 +1258,8 @@ def read_generic(cfg: DataConfig, inter_path: Path, items_path: Path | None) -> 
     item_ids = _ids(rows["item_id"], inter_path, col["item_id"])
     item_col = {k: cfg.source.items_columns.get(k, col[k]) for k in ("item_id", "title")}  # (the items file's)
     if items_path is not None:
-        items_df = _read_table(items_path, cfg.source.encoding, cfg.source.delimiter, columns=set(item_col.values()))
+        items_df = _read_table(items_path, cfg.source.encoding, cfg.source.delimiter, set(item_col.values()),
+                               cfg.source.items_sheet)
         require_columns(items_df, list(item_col.values()), items_path, *(
             (cfg.source.items_columns, "items_columns") if cfg.source.items_columns else (cfg.source.columns,)))
         _refuse_nested(items_df, list(item_col.values()), items_path)

@@ -16,7 +16,7 @@ import pytest
 
 from schemas.config import DataConfig, SourceConfig
 from schemas.errors import DataError
-from tasks.data import ingest
+from tasks.data import ingest, source_settings
 from tasks.readers import interaction_parts
 from tests.data.test_malformed import GOOD_INTER, GOOD_ITEMS
 
@@ -92,13 +92,13 @@ def test_other_sheets_are_named_and_left_out(tmp_path, caplog):
     _sheet(tmp_path / "log.xlsx", [list(log.columns), *log.values.tolist()], more={"Products": ["item", "title"]})
     with caplog.at_level(logging.WARNING):
         assert len(_rows(_cfg(tmp_path, tmp_path / "log.xlsx"))) == len(log)
-    assert "read its first sheet, 'Orders'; 1 other sheet(s) left out: ['Products']" in caplog.text
+    assert "read its first sheet, 'Orders'; 1 other sheet(s) left out: ['Products'] (data.source.sheet" in caplog.text
 
 
 @pytest.mark.parametrize(("rows", "error"), [
     ([["user", "user", "ts"], ["u1", "i1", 1]], r"column name\(s\) \['user'\] appear more than once"),
-    ([["user", "item", "ts"]], r"its first sheet, 'Orders', has a header but no rows"),
-    ([], r"its first sheet, 'Orders', is empty"),
+    ([["user", "item", "ts"]], r"its sheet 'Orders' has a header but no rows"),
+    ([], r"its sheet 'Orders' is empty"),
 ])
 def test_a_sheet_that_is_no_table_is_named(tmp_path, rows, error):
     _sheet(tmp_path / "log.xlsx", rows)
@@ -141,3 +141,26 @@ def test_a_sheet_with_xml_entities_is_refused_not_expanded(tmp_path):
             out.writestr(item, data)
     with pytest.raises(DataError, match=r"log.xlsx: not a readable Excel workbook \(EntitiesForbidden"):
         ingest(_cfg(tmp_path, tmp_path / "log.xlsx"))
+
+
+def test_one_workbook_with_an_orders_sheet_and_an_items_sheet(tmp_path):
+    """A small shop keeps both tables in one workbook: `sheet` and `items_sheet` name them, and
+    items_path is the same file. The rows and titles are those of the two CSV files."""
+    (tmp_path / "log.csv").write_text(GOOD_INTER)
+    log, items = _log(), pd.read_csv(io.StringIO(GOOD_ITEMS))
+    _sheet(tmp_path / "shop.xlsx", [["notes"], ["exported 2026-12-06"]], title="Readme",
+           more={"Orders": list(log.columns), "Items": list(items.columns)})
+    book = openpyxl.load_workbook(tmp_path / "shop.xlsx")
+    for row in log.values.tolist():
+        book["Orders"].append(row)
+    for row in items.values.tolist():
+        book["Items"].append(row)
+    book.save(tmp_path / "shop.xlsx")
+    cfg = _cfg(tmp_path, tmp_path / "shop.xlsx", items="shop.xlsx", sheet="Orders", items_sheet="Items")
+    pd.testing.assert_frame_equal(_rows(cfg), _rows(_cfg(tmp_path, tmp_path / "log.csv")))
+    by_csv = pd.read_parquet(ingest(_cfg(tmp_path, tmp_path / "log.csv")).path / "items.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(ingest(cfg).path / "items.parquet"), by_csv)
+    assert {"sheet", "items_sheet"} <= set(source_settings(cfg)) and "sheet" not in source_settings(
+        _cfg(tmp_path, tmp_path / "log.csv"))
+    with pytest.raises(DataError, match=r"shop.xlsx: has no sheet 'Order'; its sheets: \['Readme', 'Orders', 'Items'\]"):
+        ingest(_cfg(tmp_path, tmp_path / "shop.xlsx", items="shop.xlsx", sheet="Order", items_sheet="Items"))
