@@ -108,9 +108,13 @@ def read_string_table(path: Path, sep: str = ",", encoding: str = "utf-8") -> pd
     would name differently goes to pandas, whose rules and errors then hold: a short row (pandas
     pads it), an empty header name ("Unnamed: 1"), invalid UTF-8, a truncated gzip, no rows."""
     table = _string_table_arrow(path, sep, encoding)
-    if table is None:
-        return read_csv(path, sep=sep, encoding=encoding, dtype=str, keep_default_na=False, na_values=[""])
-    return table.to_pandas()
+    return _string_table_by_pandas(path, sep, encoding) if table is None else table.to_pandas()
+
+
+def _string_table_by_pandas(path: Path, sep: str = ",", encoding: str = "utf-8") -> pd.DataFrame:
+    """`read_string_table` by pandas' CSV reader, for a file pyarrow's refuses or would read
+    otherwise: pandas' rules and its errors naming the line hold."""
+    return read_csv(path, sep=sep, encoding=encoding, dtype=str, keep_default_na=False, na_values=[""])
 
 
 def _string_table_arrow(path: Path, sep: str = ",", encoding: str = "utf-8"):
@@ -222,6 +226,8 @@ def where_rows(index: pd.Index, first_line: int | None = None) -> str:
 # A written offset after a time of day ("T10:00Z", " 10:00:00+02:00", "10:00 +0200"): such a time is
 # absolute; one without is a time of `timezone` (a date alone, "2026-12-06", ends in "-06": no offset).
 _OFFSET = r"\d:\d\d(?::\d\d(?:[.,]\d+)?)?\s*(?:Z|UTC|GMT|[+-]\d\d(?::?\d\d)?)\s*$"
+# A value that starts as a date does (2026-12-06, 06.12.2026, 12/06/26): never a number to pandas.
+_DATE_LIKE = r"^\s*\d{1,4}[-./]\d{1,2}[-./]\d{1,4}"
 
 
 def to_int_timestamps(values: pd.Series, path: Path, column: str, unit: str = "auto",
@@ -268,10 +274,6 @@ def to_int_timestamps(values: pd.Series, path: Path, column: str, unit: str = "a
     if out.dtype == "int64":  # whole seconds already (through float, they would be 2x the work)
         return out, unit
     return out.astype("float64").round().astype("int64"), unit
-
-
-# A value that starts as a date does (2026-12-06, 06.12.2026, 12/06/26): never a number to pandas.
-_DATE_LIKE = r"^\s*\d{1,4}[-./]\d{1,2}[-./]\d{1,4}"
 
 
 def _localized(naive: pd.Series, timezone: str = "UTC") -> pd.Series:
@@ -841,8 +843,7 @@ def _read_source_table(path: Path, encoding: str, delimiter: str | None = None, 
     sep = delimiter or ("\t" if table_suffix(path) in (".tsv", ".tab") else ",")
     try:
         table = _string_table_arrow(path, sep, encoding)
-        frame = None if table is not None else read_csv(path, sep=sep, encoding=encoding, dtype=str,
-                                                        keep_default_na=False, na_values=[""])
+        frame = None if table is not None else _string_table_by_pandas(path, sep, encoding)
     except NotDecodable as e:
         raise DataError(f"{e}; save it as UTF-8, or set data.source.encoding to the one it was saved in "
                         "(cp1252 for most files Excel saved on Windows)") from None
