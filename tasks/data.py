@@ -41,7 +41,7 @@ from tasks import readers
 from tasks.download import fetch, is_url
 from tasks.mirror import is_object_store_url, mirror
 from tasks.settings import sequence_settings
-from tasks.storage import atomic_dir, file_digest, fingerprint, source_digests, write_json_atomic
+from tasks.storage import atomic_dir, fingerprint, source_digests, write_json_atomic
 from tasks.validation import suites_key, validate_tables
 
 log = logging.getLogger(__name__)
@@ -183,22 +183,20 @@ def _to_arrow(df: pd.DataFrame, schema: pa.Schema, what: str) -> pa.Table:
 # ------------------------------------------------------------------------------ stages
 
 
+# Source settings added after ingest keys existed: in a key only where set (`source_settings`).
+JOINED_LATER = ("encoding", "delimiter", "items_columns", "timestamp_format", "timezone", "decimal", "sheet",
+                "items_sheet")
+
+
 def source_settings(cfg: DataConfig) -> dict:
     """The source settings that decide the ingested rows (the generator's only for `synthetic`;
-    the encoding, the delimiter, items_columns, timestamp_format, timezone, decimal and the sheets only
-    where they are not the default, as they joined later: so a profile that does not set them keeps the
+    JOINED_LATER only where they are not the default: so a profile that does not set them keeps the
     ingested folders it had)."""
     left_out = set() if cfg.source.format == "synthetic" else {"synthetic"}
-    if cfg.source.encoding == "utf-8":
-        left_out.add("encoding")
-    if cfg.source.delimiter is None:
-        left_out.add("delimiter")
-    if not cfg.source.items_columns:
-        left_out.add("items_columns")
-    for name in ("timestamp_format", "timezone", "decimal", "sheet", "items_sheet"):  # (joined 2026-12-06: only where set)
-        if getattr(cfg.source, name) == SourceConfig.model_fields[name].default:
-            left_out.add(name)
+    left_out |= {name for name in JOINED_LATER
+                 if getattr(cfg.source, name) == SourceConfig.model_fields[name].get_default(call_default_factory=True)}
     return cfg.source.model_dump(exclude=left_out)
+
 
 
 # A reader whose rows for the same files changed since storage.CODE_VERSION was last bumped: its
@@ -213,8 +211,7 @@ def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
     """(output folder, fingerprint, source files) of `ingest`: named by the source settings, the
     bytes of every source file and the reader's version."""
     files, folder = _source_listing(cfg)
-    digests = source_digests(files, cfg.data_root / "cache" / "source-digests.json") if cfg.digest_cache \
-        else [file_digest(f) for f in files]  # (cached: a stat each when unchanged)
+    digests = source_digests(files, cfg.data_root / "cache" / "source-digests.json" if cfg.digest_cache else None)
     key = {"source": source_settings(cfg), "files": [(readers.part_name(f, folder), d) for f, d in zip(files, digests, strict=True)]}
     # The reader's version sits under "reader", not storage.with_code_versions' "code": it was
     # keyed so before that helper, and moving it would write every generic source's folders again.

@@ -29,9 +29,10 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def source_digests(files: list[Path], cache_file: Path) -> list[str]:
+def source_digests(files: list[Path], cache_file: Path | None) -> list[str]:
     """`file_digest` of each of `files`, taken from `cache_file` where the file's size, mtime,
-    ctime and inode are those it was hashed with, else hashed and recorded there.
+    ctime and inode are those it was hashed with, else hashed and recorded there (None: every
+    file hashed, nothing recorded: `data.digest_cache: false`).
 
     So an unchanged source costs a stat a file, not a read of every byte: a scheduled retrain on a
     data lake of 50 GB read them all to learn that nothing changed. ctime makes it safe: any write
@@ -39,6 +40,8 @@ def source_digests(files: list[Path], cache_file: Path) -> list[str]:
     mtime only), so a file rewritten with its old size and mtime is hashed again. Entries of files
     gone are dropped; a cache that does not read is ignored; two processes writing it at once lose
     at most each other's entries, which are hashed again next time."""
+    if cache_file is None:
+        return [file_digest(file) for file in files]
     try:
         cache = json.loads(cache_file.read_text(encoding="utf-8")) if cache_file.is_file() else {}
     except (ValueError, OSError):

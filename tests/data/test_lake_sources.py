@@ -348,7 +348,7 @@ def test_an_unchanged_source_is_not_read_again_for_its_key_and_a_rewritten_one_i
 def test_the_digest_cache_can_be_turned_off_and_the_key_is_the_same(tmp_path, monkeypatch):
     """`data.digest_cache: false`, for a filesystem that does not keep ctime: every file is read for
     the key every time, nothing is cached, and the key is the one the cache gives."""
-    from tasks import data
+    from tasks import storage
 
     lake = tmp_path / "lake"
     lake.mkdir()
@@ -358,8 +358,8 @@ def test_the_digest_cache_can_be_turned_off_and_the_key_is_the_same(tmp_path, mo
     (tmp_path / "cache" / "source-digests.json").unlink()
     uncached = cached.model_copy(update={"digest_cache": False})
     hashed = []
-    real = data.file_digest
-    monkeypatch.setattr(data, "file_digest", lambda path, *a: hashed.append(path.name) or real(path, *a))
+    real = storage.file_digest
+    monkeypatch.setattr(storage, "file_digest", lambda path, *a: hashed.append(path.name) or real(path, *a))
     assert ingest_target(uncached)[1] == key and ingest_target(uncached)[1] == key
     assert sorted(hashed) == ["a.csv", "a.csv", "items.csv", "items.csv"]
     assert not (tmp_path / "cache" / "source-digests.json").exists()
