@@ -1,7 +1,7 @@
 """Reading large source files, each reader timed interleaved on the same synthetic files, each
 run in its own process so that its peak memory (VmHWM, Linux) is its own.
 
-`amazon` (an Amazon Reviews 2018 file, `amazon_raw`): pyarrow's JSON reader (`tasks.readers.
+`amazon` (an Amazon Reviews 2018 file, `amazon_raw`): pyarrow's JSON reader (`tasks.readers.amazon.
 _json_lines`, since 2026-12-05; asked for the 2018 and 2023 releases' fields since 2026-12-06,
 as `read_amazon_raw` reads them), the line-by-line fallback it uses for files it refuses
 (`_json_lines_by_line`), and the reader before (the whole file decoded, `json.loads` per line,
@@ -11,7 +11,7 @@ unixReviewTime: ~660 bytes), gzipped.
 
 `movielens` (the ML-20M/25M/32M layout: ratings.csv + movies.csv): the `grouplens` reader
 (pyarrow's CSV reader, since 2026-12-05), the `generic` reader with a column mapping (what such a
-folder needed before; pyarrow's CSV reader too since 2026-12-05, `tasks.readers.read_string_table`),
+folder needed before; pyarrow's CSV reader too since 2026-12-05, `tasks.readers.files.read_string_table`),
 and that reader with its parsing as before (pandas' CSV reader on the decoded text, `pd.to_numeric`
 for the numbers; the reader before also copied its columns into Python strings, which this one
 no longer does: 57.5 s and 6.3 GB in the run at commit 73390e2). ML-25M's shape:
@@ -28,7 +28,7 @@ did before. `lake-json`: the same table as gzipped JSON lines, one file a day (S
 then keeps only the mapped fields' values (since 2026-12-06), where it kept every field's.
 `lake-parts`: a delivery stream's output (Amazon Data Firehose, a Kafka sink): many small gzipped
 JSON-lines files, 20 events each, in `dt=.../hour=...` folders; parts alike are checked and
-converted together (`tasks.readers._interaction_rows`, since 2026-12-06), where each part was
+converted together (`tasks.readers.generic._interaction_rows`, since 2026-12-06), where each part was
 converted by itself before (`batched=False`, what a part a fallback reads still gets).
 
     python -m benchmarks.readers                          # amazon: 1,000,000 reviews (~660 MB), 3 rounds
@@ -163,6 +163,7 @@ def read(reader: str, path: Path):
     import pandas as pd
 
     from tasks import readers
+    from tasks.readers import amazon, generic, tables, values
 
     if reader == "grouplens":
         return readers.read_grouplens(path)[0]
@@ -170,9 +171,8 @@ def read(reader: str, path: Path):
         from schemas.config import DataConfig
 
         if reader == "generic_before":  # the reader before 2026-12-05: pandas for the text and the numbers
-            readers.to_numbers = lambda values: pd.to_numeric(values, errors="coerce")
-            readers.read_string_table = lambda p, sep=",": readers.read_csv(
-                p, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+            values.to_numbers = lambda column: pd.to_numeric(column, errors="coerce")
+            tables.string_table_arrow = lambda *args: None  # (None: the file is pandas' to read)
         cfg = DataConfig.model_validate({"data_root": str(path), "source": {
             "format": "generic", "path": str(path / "ratings.csv"), "items_path": str(path / "movies.csv"),
             "columns": {"user_id": "userId", "item_id": "movieId", "title": "title"}}})
@@ -181,18 +181,19 @@ def read(reader: str, path: Path):
         from schemas.config import DataConfig
 
         if reader == "lake_every_column":  # as before 2026-12-06: a part's every column read
-            every = readers._read_source_table
-            readers._read_source_table = lambda p, encoding, delimiter=None, columns=None: every(p, encoding, delimiter)
+            every = generic.read_source_table
+            generic.read_source_table = lambda p, encoding, delimiter=None, columns=None, sheet=None: every(
+                p, encoding, delimiter, None, sheet)
         if reader == "lake_one_by_one":  # as before 2026-12-06: each part converted by itself
-            batched = readers._interaction_rows
-            readers._interaction_rows = lambda *a, **kw: batched(*a, **{**kw, "batched": False})
+            batched = generic._interaction_rows
+            generic._interaction_rows = lambda *a, **kw: batched(*a, **{**kw, "batched": False})
         cfg = DataConfig.model_validate({"data_root": str(path), "source": {"format": "generic", "path": str(path),
             "columns": {"user_id": "customer_id", "item_id": "sku", "timestamp": "event_time", "title": "product_name"}}})
         return readers.read_generic(cfg, path, None)[0]
     if reader == "arrow":  # the fields `read_amazon_raw` asks for: both releases' (it tells them apart after)
-        return readers._amazon_reviews(path)[0]
+        return amazon._amazon_reviews(path)[0]
     if reader == "by_line":
-        return readers._json_lines_by_line(path, [name for spec in readers.AMAZON_RELEASES.values() for name in spec["fields"]])
+        return amazon._json_lines_by_line(path, [name for spec in amazon.AMAZON_RELEASES.values() for name in spec["fields"]])
     text = gzip.decompress(path.read_bytes()).decode("utf-8")  # the reader before 2026-12-05
     return pd.DataFrame([json.loads(line) for line in text.splitlines() if line.strip()])
 

@@ -13,7 +13,7 @@ any local folder or file, and the ingest key is its files' bytes, as for local s
 reader reads is not copied (keys with a "." or "_" name in them: Spark's `_temporary/` while a
 job writes, `_SUCCESS`), and an object deleted between the listing and its copy (a job moving
 its files into place) is left to the next sync; a Delta, Iceberg or Hudi table is refused
-(tasks/readers.py, `refuse_table_format`). Each copy streams into a `.tmp-` file renamed into
+(tasks/readers/parts.py, `refuse_table_format`). Each copy streams into a `.tmp-` file renamed into
 place when complete (gc removes one an interrupted copy left), and the manifest is written after
 the copies, so an interrupted sync copies again what it had not finished. A lock keeps two runs
 from syncing the same mirror at once.

@@ -19,7 +19,7 @@ import pytest
 from schemas.config import DataConfig, SourceConfig
 from schemas.errors import DataError
 from tasks.data import ingest, ingest_target, prepare, source_settings
-from tasks.readers import interaction_parts, partition_values
+from tasks.readers.parts import interaction_parts, partition_values
 from tests.data.test_malformed import GOOD_INTER, GOOD_ITEMS
 
 COLUMNS = {"user_id": "user", "item_id": "item", "timestamp": "ts"}
@@ -282,14 +282,14 @@ def test_a_parquet_parts_other_columns_are_not_read_and_an_error_names_them_all(
 
 @pytest.mark.parametrize("number_ids", [False, True], ids=["pyarrow", "line by line"])
 def test_a_json_lines_parts_unmapped_fields_are_left_out_and_an_error_names_them_all(tmp_path, number_ids):
-    from tasks.readers import _read_table
+    from tasks.readers.tables import read_table
 
     rows = [line.split(",") for line in GOOD_INTER.splitlines()[1:]]
     text = _events(rows, number_ids=False)
     if number_ids:  # one user id a number: pyarrow refuses the file, which is then read line by line
         text = text.replace('"user": "u1"', '"user": 1', 1)
     (tmp_path / "events.jsonl").write_text(text)
-    df = _read_table(tmp_path / "events.jsonl", "utf-8", columns={"user", "ts", "context.page.item"})
+    df = read_table(tmp_path / "events.jsonl", "utf-8", columns={"user", "ts", "context.page.item"})
     assert list(df.columns) == ["user", "ts", "context.page.item"] and len(df) == len(rows)
     assert df.attrs["columns"] == ["user", "ts", "rating", "context.page.item", "context.tags", "event"]
     (tmp_path / "lake").mkdir()

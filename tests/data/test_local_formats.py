@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import tasks.readers as readers
+import tasks.readers.generic as generic
 from schemas.config import DataConfig, SourceConfig
 from schemas.errors import DataError
 from tasks.data import ingest, source_settings
-from tasks.readers import to_float, to_int_timestamps
+from tasks.readers.values import to_float, to_int_timestamps
 
 P = Path("orders.csv")
 
@@ -120,12 +120,12 @@ def test_parts_in_a_local_format_are_read_together_as_one_by_one(tmp_path, monke
         format="generic", path=str(lake), delimiter=";", timestamp_format="%d.%m.%Y %H:%M", timezone="Europe/Berlin",
         columns={"user_id": "kunde", "item_id": "artikel", "timestamp": "zeit", "title": "name"}))
     calls = []
-    real = readers._part_rows
-    monkeypatch.setattr(readers, "_part_rows", lambda df, *a: calls.append(len(df)) or real(df, *a))
-    parts = readers.interaction_parts(lake)
-    frames, units, _, _ = readers._interaction_rows(cfg, parts, lake, titled=True)
+    real = generic._part_rows
+    monkeypatch.setattr(generic, "_part_rows", lambda df, *a: calls.append(len(df)) or real(df, *a))
+    parts = generic.interaction_parts(lake)
+    frames, units, _, _ = generic._interaction_rows(cfg, parts, lake, titled=True)
     assert calls == [40] and set(units.values()) == {"%d.%m.%Y %H:%M"}
-    reference = readers._interaction_rows(cfg, parts, lake, titled=True, batched=False)[0]
+    reference = generic._interaction_rows(cfg, parts, lake, titled=True, batched=False)[0]
     pd.testing.assert_frame_equal(pd.concat(frames, ignore_index=True), pd.concat(reference, ignore_index=True))
     assert frames[0]["timestamp"].iloc[0] == _utc("2026-11-01T09:00Z")
 

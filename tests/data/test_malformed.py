@@ -13,7 +13,7 @@ import pytest
 from schemas.config import DataConfig, SourceConfig
 from schemas.errors import DataError, DataValidationError
 from tasks.data import prepare
-from tasks.readers import clean_amazon_title
+from tasks.readers.amazon import clean_amazon_title
 
 GOOD_INTER = "user,item,ts,rating\n" + "".join(
     f"u{u},i{(u + k) % 6},{1_000_000_000 + 1000 * k + u},{1 + (u + k) % 5}\n" for u in range(4) for k in range(5)

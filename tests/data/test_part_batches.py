@@ -1,4 +1,4 @@
-"""Parts alike are checked and converted together (`tasks.readers._interaction_rows`), for the
+"""Parts alike are checked and converted together (`tasks.readers.generic._interaction_rows`), for the
 speed of a lake of many small parts; the reference is the same parts read one by one
 (`batched=False`), which is how every part was read before. On seeded lakes that mix formats,
 timestamp forms and units, partition folders and pandas' fallbacks, both must give the same
@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import tasks.readers as readers
+import tasks.readers.generic as generic
 from schemas.config import DataConfig, SourceConfig
 from schemas.errors import DataError
+from tasks.readers.values import to_int_timestamps
 
 COLUMNS = {"user_id": "user", "item_id": "item", "timestamp": "ts", "title": "title"}
 FORMATS = ["parquet", "csv", "csv.gz", "jsonl", "jsonl.gz"]
@@ -114,8 +115,8 @@ def _cfg(root: Path, lake: Path, unit: str = "auto") -> DataConfig:
 
 
 def _read(cfg: DataConfig, lake: Path, batched: bool):
-    parts = readers.interaction_parts(lake)
-    frames, units, rated, examples = readers._interaction_rows(cfg, parts, lake, titled=True, batched=batched)
+    parts = generic.interaction_parts(lake)
+    frames, units, rated, examples = generic._interaction_rows(cfg, parts, lake, titled=True, batched=batched)
     return pd.concat(frames, ignore_index=True), units, rated, examples
 
 
@@ -128,10 +129,10 @@ def test_parts_read_together_give_what_they_give_one_by_one(tmp_path, monkeypatc
     pd.testing.assert_frame_equal(rows, want_rows)
     assert (units, rated, examples) == (want_units, want_rated, want_examples)
     # And the whole reader: interactions, items, and what the manifest records.
-    batched = readers.read_generic(cfg, lake, None)
-    one_by_one = readers._interaction_rows
-    monkeypatch.setattr(readers, "_interaction_rows", lambda *a, **kw: one_by_one(*a, **{**kw, "batched": False}))
-    reference = readers.read_generic(cfg, lake, None)
+    batched = generic.read_generic(cfg, lake, None)
+    one_by_one = generic._interaction_rows
+    monkeypatch.setattr(generic, "_interaction_rows", lambda *a, **kw: one_by_one(*a, **{**kw, "batched": False}))
+    reference = generic.read_generic(cfg, lake, None)
     for got, want in zip(batched, reference, strict=True):
         pd.testing.assert_frame_equal(got, want)
     assert batched[0].attrs == reference[0].attrs
@@ -172,8 +173,8 @@ def test_alike_parts_are_converted_once(tmp_path, monkeypatch):
         _write_part(lake / f"day={i:02d}/part-{i:02d}.csv", "csv", pd.DataFrame(
             {"user": ["u1", "u2"], "item": [i, i + 1], "ts": ts, "title": ["A", "B"]}))
     calls = []
-    real = readers._part_rows
-    monkeypatch.setattr(readers, "_part_rows", lambda df, *a: calls.append(len(df)) or real(df, *a))
+    real = generic._part_rows
+    monkeypatch.setattr(generic, "_part_rows", lambda df, *a: calls.append(len(df)) or real(df, *a))
     rows, units, _, examples = _read(_cfg(tmp_path, lake), lake, batched=True)
     assert calls == [40, 20]
     assert units == {f"day={i:02d}/part-{i:02d}.csv": "s" if i < 20 else "ms" for i in range(30)}
@@ -205,9 +206,9 @@ def test_time_form_tells_the_unit_to_int_timestamps_reads(values, unit):
     """`_time_form` decides from Arrow alone how a part's times read; where it decides, the unit
     must be the one `to_int_timestamps` (the reference) returns for the same values."""
     column = pa.chunked_array([pa.array(values)])
-    form = readers._time_form(column, unit)
+    form = generic._time_form(column, unit)
     try:
-        _, want = readers.to_int_timestamps(column.to_pandas(), Path("part.csv"), "ts", unit)
+        _, want = to_int_timestamps(column.to_pandas(), Path("part.csv"), "ts", unit)
     except DataError:
         want = None
     if form is not None:
@@ -218,5 +219,5 @@ def test_time_form_tells_the_unit_to_int_timestamps_reads(values, unit):
 
 def test_time_form_of_arrow_timestamps(tmp_path):
     column = pa.chunked_array([pa.array(pd.to_datetime([START], unit="s", utc=True))])
-    assert readers._time_form(column, "auto") == ("datetime",)
-    assert readers.to_int_timestamps(column.to_pandas(), Path("p"), "ts")[1] == "datetime"
+    assert generic._time_form(column, "auto") == ("datetime",)
+    assert to_int_timestamps(column.to_pandas(), Path("p"), "ts")[1] == "datetime"

@@ -10,7 +10,9 @@ import pytest
 from schemas.config import DataConfig, SourceConfig
 from schemas.errors import DataError
 from tasks.data import ingest, prepare
-from tasks.readers import read_amazon_raw, read_csv, read_grouplens, read_string_table, to_numbers
+from tasks.readers import read_amazon_raw, read_grouplens
+from tasks.readers.files import read_csv, read_string_table
+from tasks.readers.values import to_numbers
 
 
 def test_grouplens_100k_layout(tmp_path):
@@ -244,7 +246,7 @@ def test_json_lines_reads_what_the_line_by_line_reader_reads(tmp_path, suffix):
     """pyarrow's reader (`_json_lines`) and the Python one it falls back to give the same columns:
     only the fields asked for, a field a line lacks or has as null is null, blank lines skipped,
     a field no line has is no column."""
-    from tasks.readers import _json_lines, _json_lines_by_line
+    from tasks.readers.amazon import _json_lines, _json_lines_by_line
 
     lines = [{"reviewerID": "A1", "asin": "B1", "overall": 5.0, "unixReviewTime": 1_500_000_000, "reviewText": "ok",
               "style": {"Format:": " DVD"}},
@@ -264,7 +266,7 @@ def test_json_lines_pyarrow_refuses_are_read_line_by_line(tmp_path):
     """A file whose field types vary between lines (an id written as a number, a time as text)
     is valid JSON lines that pyarrow's typed reader refuses: it is read line by line, as the
     reader before it read it, and the stage's conversions take it from there."""
-    from tasks.readers import _json_lines
+    from tasks.readers.amazon import _json_lines
 
     path = tmp_path / "reviews.json"
     path.write_text('{"reviewerID": 17, "asin": "B1", "overall": "4.0", "unixReviewTime": "1500000000"}\n'
@@ -283,7 +285,7 @@ def test_json_lines_pyarrow_refuses_are_read_line_by_line(tmp_path):
 ])
 def test_json_lines_errors_name_the_line(tmp_path, content, message):
     from schemas.errors import DataError
-    from tasks.readers import _json_lines
+    from tasks.readers.amazon import _json_lines
 
     (tmp_path / "reviews.json").write_bytes(content)
     with pytest.raises(DataError, match=message):
@@ -292,7 +294,7 @@ def test_json_lines_errors_name_the_line(tmp_path, content, message):
 
 def test_json_lines_truncated_gzip_is_named(tmp_path):
     from schemas.errors import DataError
-    from tasks.readers import _json_lines
+    from tasks.readers.amazon import _json_lines
 
     text = "".join(json.dumps({"reviewerID": f"A{i}", "asin": "B1", "unixReviewTime": 1_500_000_000 + i}) + "\n"
                    for i in range(2000))
