@@ -9,6 +9,8 @@ Everything binds to 127.0.0.1 and keeps its state under `<data_root>/stack/`:
     stack/pids.json     the processes `up` started (pid, start, command line): `down` stops those
                         and nothing else; `status` asks each running server whether it answers, and
                         `up` again reuses the running ones on their ports (`running_stack`)
+    stack/mlflow-webhook.key
+                        the key the MLflow server encrypts webhook secrets with (`webhook_key`)
 
 MLflow serves the same SQLite store that in-process runs (`cft run`) write
 (`<data_root>/mlflow/mlflow.db`), so every run shows up in one UI.
@@ -245,6 +247,34 @@ def _running(pids: dict, name: str) -> psutil.Process | None:
     return _alive(pids[name]) if name in pids else None
 
 
+WEBHOOK_KEY_ENV = "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"
+
+
+def webhook_key(stack: Stack) -> str:
+    """The key the stack's MLflow server encrypts webhook secrets with in its store: $WEBHOOK_KEY_ENV
+    where set, else `stack/mlflow-webhook.key`, made on first use (a Fernet key, readable by its
+    owner only). Without one, the server makes a new key each start, so a webhook registered with a
+    secret (to sign its deliveries) could no longer be signed after `cft stack down` and `up`."""
+    if key := os.environ.get(WEBHOOK_KEY_ENV):
+        return key
+    path = stack.state / "mlflow-webhook.key"
+    if not path.is_file():
+        # (cryptography: MLflow's own dependency, and the key form it reads)
+        from cryptography.fernet import Fernet
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(Fernet.generate_key().decode())
+        try:
+            os.link(tmp, path)  # (whole or not at all; a key another `up` made first stays)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
 def start_servers(stack: Stack, say=print) -> None:
     """Prefect server, then MLflow server, each answering before the next step. One that this
     stack already runs is not started again, but waited for all the same: `up` run twice in a
@@ -265,9 +295,11 @@ def start_servers(stack: Stack, say=print) -> None:
             _wait_http(f"{url}/health", SERVER_START_S, running, log)
             say(f"{shown} (already running, pid {running.pid})")
             continue
+        env = stack.env()
         if name == "mlflow-server":
             store.mkdir(parents=True, exist_ok=True)
-        proc = _spawn(stack, name, command, stack.env())
+            env[WEBHOOK_KEY_ENV] = webhook_key(stack)  # (the server's alone: no flow run needs it)
+        proc = _spawn(stack, name, command, env)
         _record(stack, name, proc)
         _wait_http(f"{url}/health", SERVER_START_S, proc, log)
         say(shown)

@@ -50,7 +50,9 @@ wait_http "http://127.0.0.1:$S3_PORT/"
 "$WORK/s3env/bin/python" -c "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:$S3_PORT').create_bucket(Bucket='mlflow')"
 
 step "MLflow server on 127.0.0.1:$MLFLOW_PORT (compose.yaml's flags), Prefect server on 127.0.0.1:$PREFECT_PORT"
-PYTHONPATH=$WORK/pylibs MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT "$VENV/mlflow" server \
+WEBHOOK_KEY=$("$VENV/python" -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())")
+PYTHONPATH=$WORK/pylibs MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=$WEBHOOK_KEY \
+  "$VENV/mlflow" server \
   --backend-store-uri "postgresql+psycopg2://cft@127.0.0.1:$PG_PORT/mlflow" --artifacts-destination s3://mlflow \
   --host 127.0.0.1 --port "$MLFLOW_PORT" --allowed-hosts "localhost:*,127.0.0.1:*,mlflow:*" >"$WORK/mlflow.log" 2>&1 & PIDS+=($!)
 PREFECT_HOME=$WORK/prefect PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://cft@127.0.0.1:$PG_PORT/prefect" \

@@ -196,3 +196,34 @@ def _why_not_alive(entry: dict) -> str:
                 f"{psutil.boot_time()!r}, running {live.is_running()}")
     except psutil.Error as e:
         return f"recorded {entry}; now: {e!r}"
+
+
+def test_the_mlflow_server_keeps_one_webhook_key_across_restarts(tmp_path, monkeypatch):
+    """The stack's MLflow server gets the same key for webhook secrets at every start (without it
+    MLflow makes a new one each start, and a webhook with a secret could no longer be signed after
+    `down` and `up`): made once, readable by its owner only, a key Fernet reads; one set in the
+    environment wins and nothing is written. (A signed delivery across a restart: tests/e2e.)"""
+    import stat
+
+    from cryptography.fernet import Fernet
+
+    monkeypatch.delenv(stack_mod.WEBHOOK_KEY_ENV, raising=False)
+    st = stack_mod.Stack(tmp_path / "data")
+    key = stack_mod.webhook_key(st)
+    path = st.state / "mlflow-webhook.key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == key
+    assert Fernet(key).decrypt(Fernet(key).encrypt(b"secret")) == b"secret"
+    assert stack_mod.webhook_key(st) == key and [p.name for p in st.state.iterdir()] == ["mlflow-webhook.key"]
+
+    started = {}
+    monkeypatch.setattr(stack_mod, "_spawn", lambda stack, name, cmd, env: started.setdefault(name, env))
+    monkeypatch.setattr(stack_mod, "_record", lambda *a: None)
+    monkeypatch.setattr(stack_mod, "_wait_http", lambda *a: None)
+    stack_mod.start_servers(st, say=lambda *_: None)
+    assert started["mlflow-server"][stack_mod.WEBHOOK_KEY_ENV] == key
+    assert stack_mod.WEBHOOK_KEY_ENV not in started["prefect-server"]  # (the MLflow server's alone)
+
+    own = Fernet.generate_key().decode()
+    monkeypatch.setenv(stack_mod.WEBHOOK_KEY_ENV, own)
+    assert stack_mod.webhook_key(stack_mod.Stack(tmp_path / "other")) == own
+    assert not (tmp_path / "other").exists()

@@ -10,6 +10,8 @@ from prefect.yaml, the smoke profile, and the registry gate.
     -> cft recommend against the champion
     -> the stack's recommender (cft serve --wait): 503 before the first champion, then serving
        whichever version the alias names, without a restart
+    -> MLflow's webhook: each move of the champion alias reaches a receiver, signed with the
+       webhook's secret, and still signed after `cft stack down` and `up`
     -> cft stack down / status
 and a run left Running by a stopped stack, which `cft stack up` sets Crashed to free its slot.
 """
@@ -86,8 +88,52 @@ def serves_the_champion(stack: Stack, client, name: str) -> dict:
     return health[1]
 
 
+class Receiver:
+    """An HTTP endpoint on 127.0.0.1 that keeps what is POSTed to it: (headers, raw body)."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/champion"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def deliveries(self, secret: str, wanted: int, timeout: float = 60.0) -> list[dict]:
+        """The bodies of the first `wanted` deliveries (MLflow sends from a thread pool), each checked
+        against its signature: base64 HMAC-SHA256, keyed by the webhook's secret, of
+        "<delivery id>.<timestamp>.<body>" (MLflow's webhook documentation)."""
+        import base64
+        import hashlib
+        import hmac
+
+        deadline = time.monotonic() + timeout
+        while len(self.received) < wanted and time.monotonic() < deadline:
+            time.sleep(0.2)
+        bodies = []
+        for headers, body in self.received[:wanted]:
+            signed = f"{headers['X-MLflow-Delivery-Id']}.{headers['X-MLflow-Timestamp']}.{body.decode()}"
+            digest = base64.b64encode(hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()).decode()
+            assert headers["X-MLflow-Signature"] == f"v1,{digest}", headers
+            bodies.append(json.loads(body))
+        assert len(bodies) == wanted, (wanted, self.received)
+        return bodies
+
+
 def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
     from mlflow import MlflowClient
+    from mlflow.entities.webhook import WebhookEvent
 
     runner = CliRunner()
     data_root = tmp_path / "data"
@@ -96,11 +142,16 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     monkeypatch.setenv("TMPDIR", str(temporary))
+    # MLflow sends webhooks over https to public hosts only; this test's receiver is on 127.0.0.1.
+    monkeypatch.setenv("MLFLOW_WEBHOOK_ALLOWED_SCHEMES", "http,https")
+    monkeypatch.setenv("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
+    monkeypatch.delenv("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", raising=False)  # (the stack's own key)
     stack = Stack(data_root, prefect_port=free_port(), mlflow_port=free_port(), serve_port=free_port())
     smoke = PROJECT_ROOT / "configs" / "smoke.yaml"
-    up = runner.invoke(app, ["stack", "up", "--data-root", str(data_root), "--prefect-port", str(stack.prefect_port),
-                             "--mlflow-port", str(stack.mlflow_port), "--no-worker", "--serve", str(smoke),
-                             "--serve-port", str(stack.serve_port), "--follow-every", "1"], prog_name="cft")
+    up_args = ["stack", "up", "--data-root", str(data_root), "--prefect-port", str(stack.prefect_port),
+               "--mlflow-port", str(stack.mlflow_port), "--no-worker", "--serve", str(smoke),
+               "--serve-port", str(stack.serve_port), "--follow-every", "1"]
+    up = runner.invoke(app, up_args, prog_name="cft")
     try:
         assert up.exit_code == 0, up.output + repr(up.exception)
         assert "Prefect UI: http://127.0.0.1:" in up.output and "cft-replay/replay" in up.output
@@ -125,6 +176,9 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         name = "cft-ml-100k-smoke"
         status, health = served_health(stack)
         assert (status, health["status"], health["model"]) == (503, "waiting", f"models:/{name}@champion")
+        receiver, secret = Receiver(), "a-secret-of-the-team"
+        hook = client.create_webhook(name="champion-moves", url=receiver.url, secret=secret,
+                                     events=[WebhookEvent("model_version_alias", "created")])
 
         first, log = run_pipeline(stack, {"data.data_root": str(data_root)})
         assert set(task_states(stack, first).values()) <= {"Completed"}
@@ -145,6 +199,16 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         assert model.tags["gate.decision"] in ("promoted", "kept challenger") and model.tags["gate.champion_version"] == "1"
         assert "test/constrained/NDCG_at_10" in model.tags and "**Gate**" in model.description
         serves_the_champion(stack, client, name)  # the first champion, without a restart
+        # Every move of an alias reached the webhook, signed: the first champion is the popularity baseline.
+        moves = json.loads(client.get_registered_model(name).tags["champion_history"])
+        deadline = time.monotonic() + 60  # (MLflow delivers from a thread pool)
+        while sum(json.loads(body)["data"].get("alias") == "champion" for _, body in receiver.received) < len(moves):
+            assert time.monotonic() < deadline, (moves, receiver.received)
+            time.sleep(0.2)
+        sent = receiver.deliveries(secret, len(receiver.received))
+        assert [d["data"] for d in sent if d["data"]["alias"] == "champion"] == [
+            {"name": name, "alias": "champion", "version": m["version"]} for m in moves], (moves, sent)
+        assert {(d["entity"], d["action"]) for d in sent} == {("model_version_alias", "created")}
 
         # The scheduled deployment, as of a date, from the champion: one more gated version.
         retrain = {"data.data_root": str(data_root), "model.source": "champion",
@@ -203,6 +267,15 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
             scraped = r.read().decode()
         assert 'cft_requests_total{code="200",endpoint="/recommend"} 1.0' in scraped, scraped
         assert f'version="{champion}"' in scraped, scraped
+
+        # Down and up again: the MLflow server still signs with the webhook's secret (its key is kept).
+        assert runner.invoke(app, ["stack", "down", "--data-root", str(data_root)], prog_name="cft").exit_code == 0
+        up = runner.invoke(app, up_args, prog_name="cft")
+        assert up.exit_code == 0, up.output + repr(up.exception)
+        before = len(receiver.received)
+        assert client.test_webhook(hook.webhook_id).success
+        test_event = receiver.deliveries(secret, before + 1)[-1]  # (an example payload of the webhook's event)
+        assert (test_event["entity"], test_event["action"]) == ("model_version_alias", "created"), test_event
     finally:
         stopped = runner.invoke(app, ["stack", "down", "--data-root", str(data_root)], prog_name="cft")
         down(stack, say=lambda *_: None)  # whatever the command left, if it failed
