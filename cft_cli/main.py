@@ -646,6 +646,40 @@ def deploy_command(
                   + "\n  ".join(sorted(deployments(api, pool))), highlight=False)
 
 
+@app.command("alerts")
+def alerts_command(
+    url: Annotated[str | None, typer.Argument(
+        envvar="CFT_ALERT_URL", show_default=False,
+        help="Where to POST {\"text\": ...} when a run fails: a Slack, Google Chat or Mattermost incoming webhook, "
+             "or your own endpoint (also from $CFT_ALERT_URL, which keeps it out of your shell's history).")] = None,
+    off: Annotated[bool, typer.Option("--off", help="Remove the alerts instead.")] = False,
+) -> None:
+    """Be told when a run of the project's flows fails, crashes or times out (a scheduled retrain,
+    the nightly batch, ...): a webhook block and an automation on the Prefect server at
+    PREFECT_API_URL, which the server runs. Run again to change the URL."""
+    from prefect.settings import get_current_settings
+
+    from cft_cli.alerts import AUTOMATION, BLOCK, FLOWS, STATES, install_alerts, remove_alerts
+    from schemas.errors import InputError
+    from tasks.servers import check_prefect_api
+
+    if not off and not (url or "").startswith(("https://", "http://")):
+        raise InputError(f"cft alerts needs the URL to POST to (http:// or https://), as its argument or in "
+                         f"$CFT_ALERT_URL; got {url!r}" if url else "cft alerts needs the URL to POST to, as its "
+                         "argument or in $CFT_ALERT_URL (or --off to remove the alerts)")
+    api = get_current_settings().api.url
+    if not api:  # a temporary server would take the automation with it when this command exits
+        raise InputError("cft alerts needs your Prefect server: set PREFECT_API_URL (`cft stack up` prints it)")
+    check_prefect_api()
+    if off:
+        console.print(f"removed {remove_alerts()} automation(s) named {AUTOMATION!r} and the block {BLOCK!r} from {api}",
+                      highlight=False)
+        return
+    automation = install_alerts(url)
+    console.print(f"{api}: automation {AUTOMATION!r} ({automation}) posts to the webhook block {BLOCK!r} when a "
+                  f"flow run of {', '.join(FLOWS)} ends {', '.join(STATES)}", highlight=False)
+
+
 # ------------------------------------------------------------------------------ local stack
 
 stack_app = typer.Typer(help="Local Prefect server + worker + MLflow server on 127.0.0.1.", **_TYPER)

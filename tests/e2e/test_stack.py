@@ -12,6 +12,7 @@ from prefect.yaml, the smoke profile, and the registry gate.
        whichever version the alias names, without a restart
     -> MLflow's webhook: each move of the champion alias reaches a receiver, signed with the
        webhook's secret, and still signed after `cft stack down` and `up`
+    -> cft alerts: a run that fails through the worker is posted to a receiver by the server
     -> cft stack down / status
 and a run left Running by a stopped stack, which `cft stack up` sets Crashed to free its slot.
 """
@@ -89,7 +90,7 @@ def serves_the_champion(stack: Stack, client, name: str) -> dict:
 
 
 class Receiver:
-    """An HTTP endpoint on 127.0.0.1 that keeps what is POSTed to it: (headers, raw body)."""
+    """An HTTP endpoint on 127.0.0.1 that keeps what is POSTed to it: (path, headers, raw body)."""
 
     def __init__(self):
         import threading
@@ -99,7 +100,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+                received.append((self.path, dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
                 self.send_response(200)
                 self.end_headers()
 
@@ -107,22 +108,25 @@ class Receiver:
                 pass
 
         self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/champion"
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def posted(self, path: str) -> list[tuple[dict, bytes]]:
+        return [(headers, body) for at, headers, body in self.received if at == path]
+
     def deliveries(self, secret: str, wanted: int, timeout: float = 60.0) -> list[dict]:
-        """The bodies of the first `wanted` deliveries (MLflow sends from a thread pool), each checked
-        against its signature: base64 HMAC-SHA256, keyed by the webhook's secret, of
+        """The bodies of the first `wanted` deliveries to /champion (MLflow sends from a thread pool),
+        each checked against its signature: base64 HMAC-SHA256, keyed by the webhook's secret, of
         "<delivery id>.<timestamp>.<body>" (MLflow's webhook documentation)."""
         import base64
         import hashlib
         import hmac
 
         deadline = time.monotonic() + timeout
-        while len(self.received) < wanted and time.monotonic() < deadline:
+        while len(self.posted("/champion")) < wanted and time.monotonic() < deadline:
             time.sleep(0.2)
         bodies = []
-        for headers, body in self.received[:wanted]:
+        for headers, body in self.posted("/champion")[:wanted]:
             signed = f"{headers['X-MLflow-Delivery-Id']}.{headers['X-MLflow-Timestamp']}.{body.decode()}"
             digest = base64.b64encode(hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()).decode()
             assert headers["X-MLflow-Signature"] == f"v1,{digest}", headers
@@ -177,7 +181,7 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         status, health = served_health(stack)
         assert (status, health["status"], health["model"]) == (503, "waiting", f"models:/{name}@champion")
         receiver, secret = Receiver(), "a-secret-of-the-team"
-        hook = client.create_webhook(name="champion-moves", url=receiver.url, secret=secret,
+        hook = client.create_webhook(name="champion-moves", url=f"{receiver.url}/champion", secret=secret,
                                      events=[WebhookEvent("model_version_alias", "created")])
 
         first, log = run_pipeline(stack, {"data.data_root": str(data_root)})
@@ -202,13 +206,33 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         # Every move of an alias reached the webhook, signed: the first champion is the popularity baseline.
         moves = json.loads(client.get_registered_model(name).tags["champion_history"])
         deadline = time.monotonic() + 60  # (MLflow delivers from a thread pool)
-        while sum(json.loads(body)["data"].get("alias") == "champion" for _, body in receiver.received) < len(moves):
+        while sum(json.loads(body)["data"].get("alias") == "champion" for _, body in receiver.posted("/champion")) < len(moves):
             assert time.monotonic() < deadline, (moves, receiver.received)
             time.sleep(0.2)
-        sent = receiver.deliveries(secret, len(receiver.received))
+        sent = receiver.deliveries(secret, len(receiver.posted("/champion")))
         assert [d["data"] for d in sent if d["data"]["alias"] == "champion"] == [
             {"name": name, "alias": "champion", "version": m["version"]} for m in moves], (moves, sent)
         assert {(d["entity"], d["action"]) for d in sent} == {("model_version_alias", "created")}
+
+        # cft alerts: a run that fails (a profile that is not there) is posted by the server, as text.
+        said = subprocess.run([console_script("cft"), "alerts", f"{receiver.url}/failed"], env=stack.env(),
+                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+        assert said.returncode == 0 and "automation 'cft: a run failed'" in said.stdout, said.stdout + said.stderr
+        failing = subprocess.run([console_script("prefect"), "deployment", "run", "cft/full-pipeline", "--params",
+                                  json.dumps({"profile": "configs/no-such-profile.yaml"})], env=stack.env(),
+                                 cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+        failed_id = re.search(r"UUID:\s*([0-9a-f-]{36})", failing.stdout).group(1)
+        subprocess.run([console_script("prefect"), "worker", "start", "--pool", POOL, "--run-once"], env=stack.env(),
+                       cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+        assert api(stack, f"/flow_runs/{failed_id}")["state"]["type"] == "FAILED"
+        deadline = time.monotonic() + 60  # (the server's automation services act within seconds)
+        while not receiver.posted("/failed") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        ((headers, body),) = receiver.posted("/failed")
+        text = json.loads(body)["text"]
+        run_name = api(stack, f"/flow_runs/{failed_id}")["name"]
+        assert text.startswith(f"cft/full-pipeline: flow run {run_name} Failed: ") and "no-such-profile" in text, text
+        assert headers["Content-Type"] == "application/json"
 
         # The scheduled deployment, as of a date, from the champion: one more gated version.
         retrain = {"data.data_root": str(data_root), "model.source": "champion",
@@ -272,10 +296,14 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         assert runner.invoke(app, ["stack", "down", "--data-root", str(data_root)], prog_name="cft").exit_code == 0
         up = runner.invoke(app, up_args, prog_name="cft")
         assert up.exit_code == 0, up.output + repr(up.exception)
-        before = len(receiver.received)
+        before = len(receiver.posted("/champion"))
         assert client.test_webhook(hook.webhook_id).success
         test_event = receiver.deliveries(secret, before + 1)[-1]  # (an example payload of the webhook's event)
         assert (test_event["entity"], test_event["action"]) == ("model_version_alias", "created"), test_event
+        off = subprocess.run([console_script("cft"), "alerts", "--off"], env=stack.env(), cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert off.returncode == 0 and "removed 1 automation(s)" in off.stdout, off.stdout + off.stderr
+        assert api(stack, "/automations/filter", {}) == []
     finally:
         stopped = runner.invoke(app, ["stack", "down", "--data-root", str(data_root)], prog_name="cft")
         down(stack, say=lambda *_: None)  # whatever the command left, if it failed
