@@ -232,6 +232,8 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         text = json.loads(body)["text"]
         run_name = api(stack, f"/flow_runs/{failed_id}")["name"]
         assert text.startswith(f"cft/full-pipeline: flow run {run_name} Failed: ") and "no-such-profile" in text, text
+        # (the server's UI address comes from its PREFECT_API_URL, which the stack sets: a link to the run)
+        assert text.endswith(f" {stack.prefect_api.removesuffix('/api')}/runs/flow-run/{failed_id}"), text
         assert headers["Content-Type"] == "application/json"
 
         # The scheduled deployment, as of a date, from the champion: one more gated version.
