@@ -270,8 +270,10 @@ def webhook_key(stack: Stack) -> str:
             os.link(tmp, path)  # (whole or not at all; a key another `up` made first stays)
         except FileExistsError:
             pass
+        except OSError:  # a filesystem without hard links (some FUSE mounts): whole, if not exclusive
+            os.replace(tmp, path)
         finally:
-            tmp.unlink()
+            tmp.unlink(missing_ok=True)
     return path.read_text().strip()
 
 

@@ -223,6 +223,15 @@ def test_the_mlflow_server_keeps_one_webhook_key_across_restarts(tmp_path, monke
     assert started["mlflow-server"][stack_mod.WEBHOOK_KEY_ENV] == key
     assert stack_mod.WEBHOOK_KEY_ENV not in started["prefect-server"]  # (the MLflow server's alone)
 
+    def no_links(*args):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(stack_mod.os, "link", no_links)  # a filesystem without hard links
+    linkless = stack_mod.Stack(tmp_path / "linkless")
+    made = stack_mod.webhook_key(linkless)
+    assert [p.name for p in linkless.state.iterdir()] == ["mlflow-webhook.key"] and Fernet(made)
+    assert stack_mod.webhook_key(linkless) == made
+
     own = Fernet.generate_key().decode()
     monkeypatch.setenv(stack_mod.WEBHOOK_KEY_ENV, own)
     assert stack_mod.webhook_key(stack_mod.Stack(tmp_path / "other")) == own
