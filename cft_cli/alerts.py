@@ -3,8 +3,8 @@ PREFECT_API_URL (the local stack's or a team's).
 
 Prefect does it with its own parts, which the server runs: a Webhook block, `cft-alerts`, holds
 the URL (a secret: the UI shows it masked), and an automation, `cft: a run failed`, calls it when a
-flow run of one of FLOWS ends Failed, Crashed (its process died, e.g. by the OOM killer; a run
-whose worker machine is lost stays Running until marked so: infra/README.md) or TimedOut. The
+flow run of one of FLOWS ends Failed, Crashed (its process died, e.g. by the OOM killer, or its
+heartbeats stopped: cft_cli/unresponsive.py) or TimedOut. The
 body is `{"text": "..."}`, which Slack's, Google Chat's and Mattermost's incoming webhooks show as
 a message: the flow and deployment, the run, its state and message, and a link to the run where
 the server knows its UI's address (PREFECT_UI_URL). Running it again replaces both; `--off`
@@ -46,6 +46,14 @@ def automation_spec(block_id):
     )
 
 
+def delete_automations(client, name: str) -> int:
+    """Delete the automations called `name` (one, unless two commands that make it raced); how many went."""
+    old = client.read_automations_by_name(name)
+    for automation in old:
+        client.delete_automation(automation.id)
+    return len(old)
+
+
 def install_alerts(url: str) -> str:
     """Save the webhook block (URL `url`) and the automation on the configured Prefect server,
     replacing those of an earlier `cft alerts`; the automation's id."""
@@ -54,8 +62,7 @@ def install_alerts(url: str) -> str:
 
     block_id = Webhook(url=url, headers={"Content-Type": "application/json"}).save(BLOCK, overwrite=True)
     with get_client(sync_client=True) as client:
-        for old in client.read_automations_by_name(AUTOMATION):
-            client.delete_automation(old.id)
+        delete_automations(client, AUTOMATION)
         return str(client.create_automation(automation_spec(block_id)))
 
 
@@ -65,10 +72,8 @@ def remove_alerts() -> int:
     from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
-        old = client.read_automations_by_name(AUTOMATION)
-        for automation in old:
-            client.delete_automation(automation.id)
+        deleted = delete_automations(client, AUTOMATION)
         with contextlib.suppress(ObjectNotFound):  # (no earlier `cft alerts`)
             client.delete_block_document(client.read_block_document_by_name(BLOCK, "webhook").id)
-    return len(old)
+    return deleted
 

@@ -8,7 +8,8 @@ options to single deployments only), so before these placeholders every deployme
 a run. `deploy_project` sets both, creates the pool when it is missing (a team's existing pool,
 with its edited job template, is left as it is), and creates the tag concurrency limit that lets
 one promotion run at a time on the whole server (`PROMOTION_TAG`; the file lock in
-tasks.registry guards one machine only). `cft stack up` deploys through it to its own pool.
+tasks.registry guards one machine only), and the automation that sets Crashed a run whose
+machine was lost (cft_cli/unresponsive.py). `cft stack up` deploys through it to its own pool.
 `promotion_slot` holds a slot of that limit for `cft promote` and `cft rollback`, which run
 outside a flow.
 """
@@ -56,11 +57,15 @@ def prefect_cli(env: dict[str, str], *args: str, again: str) -> str:
     return res.stdout
 
 
-def deploy_project(env: dict[str, str], pool: str, project_dir: str, pool_type: str = "process",
+def deploy_project(env: dict[str, str], api_url: str, pool: str, project_dir: str, pool_type: str = "process",
                    replace_pool: bool = False, again: str = "cft deploy") -> None:
-    """Every deployment of prefect.yaml into work pool `pool`, its flows run in `project_dir` on
-    the worker's machine. The pool is created (of `pool_type`) when missing, or made anew when
-    `replace_pool` (the local stack's own pool); the promotion limit is created or reset to 1."""
+    """Every deployment of prefect.yaml into work pool `pool` of the server at `api_url` (which
+    `env` points the prefect CLI at), its flows run in `project_dir` on the worker's machine. The
+    pool is created (of `pool_type`) when missing, or made anew when `replace_pool` (the local
+    stack's own pool); the promotion limit is created or reset to 1; the automation that sets
+    Crashed a run whose machine is lost is made anew (cft_cli/unresponsive.py)."""
+    from cft_cli.unresponsive import MISSED_BEATS, heartbeat_s, install_unresponsive
+
     env = {**env, POOL_ENV: pool, PROJECT_DIR_ENV: project_dir}
     if replace_pool or subprocess.run([console_script("prefect"), "work-pool", "inspect", pool], env=env,
                                       cwd=PROJECT_ROOT, capture_output=True, text=True).returncode != 0:
@@ -68,6 +73,7 @@ def deploy_project(env: dict[str, str], pool: str, project_dir: str, pool_type: 
                     again=again)
     prefect_cli(env, "concurrency-limit", "create", PROMOTION_TAG, "1", again=again)
     prefect_cli(env, "--no-prompt", "deploy", "--all", again=again)
+    install_unresponsive(api_url, within_s=MISSED_BEATS * heartbeat_s(PROJECT_ROOT / "prefect.yaml"))
 
 
 def prefect_api(api_url: str, path: str, body: dict | None = None) -> list[dict] | dict:

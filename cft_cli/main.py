@@ -641,7 +641,7 @@ def deploy_command(
                          "for one machine, `cft stack up` starts a server and deploys to it")
     check_prefect_api()
     project_dir = project_dir or str(PROJECT_ROOT)
-    deploy_project(dict(os.environ), pool, project_dir, pool_type=pool_type)
+    deploy_project(dict(os.environ), api, pool, project_dir, pool_type=pool_type)
     console.print(f"deployed to pool {pool} of {api} (flows run in {project_dir}):\n  "
                   + "\n  ".join(sorted(deployments(api, pool))), highlight=False)
 

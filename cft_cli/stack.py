@@ -310,7 +310,7 @@ def start_servers(stack: Stack, say=print) -> None:
 def deploy(stack: Stack) -> None:
     """The stack's own work pool (made anew), the promotion concurrency limit, and every
     deployment in prefect.yaml, run in this project folder (`cft_cli.deploy`)."""
-    deploy_project(stack.env(), POOL, str(PROJECT_ROOT), replace_pool=True, again="cft stack up")
+    deploy_project(stack.env(), stack.prefect_api, POOL, str(PROJECT_ROOT), replace_pool=True, again="cft stack up")
 
 
 def start_worker(stack: Stack) -> psutil.Process | None:

@@ -14,7 +14,8 @@ from prefect.yaml, the smoke profile, and the registry gate.
        webhook's secret, and still signed after `cft stack down` and `up`
     -> cft alerts: a run that fails through the worker is posted to a receiver by the server
     -> cft stack down / status
-and a run left Running by a stopped stack, which `cft stack up` sets Crashed to free its slot.
+and a run left Running by a stopped stack, which `cft stack up` sets Crashed to free its slot, and
+one whose heartbeats stop while the stack runs, which the server's automation sets Crashed.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ def api(stack: Stack, path: str, body: dict | None = None) -> dict | list:
         return json.loads(r.read())
 
 
-def run_pipeline(stack: Stack, overrides: dict, deployment: str = "cft/full-pipeline", **params) -> tuple[str, str]:
-    """`prefect deployment run <deployment>`, then a worker until the run is done; returns the run
-    id and the worker's output (which holds the flow run's)."""
+def run_pipeline(stack: Stack, overrides: dict, deployment: str = "cft/full-pipeline", expect: str = "COMPLETED",
+                 **params) -> tuple[str, str]:
+    """`prefect deployment run <deployment>`, then a worker until the run is done, which must end in
+    state `expect`; returns the run id and the worker's output (which holds the flow run's)."""
     env = stack.env()
     params = json.dumps({"profile": "configs/smoke.yaml", "overrides": overrides, **params})
     res = subprocess.run([console_script("prefect"), "deployment", "run", deployment, "--params", params],
@@ -58,8 +60,27 @@ def run_pipeline(stack: Stack, overrides: dict, deployment: str = "cft/full-pipe
     worker = subprocess.run([console_script("prefect"), "worker", "start", "--pool", POOL, "--run-once"],
                             env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
     state = api(stack, f"/flow_runs/{run_id}")["state"]
-    assert state["type"] == "COMPLETED", f"{state}\n{worker.stdout[-6000:]}\n{worker.stderr[-6000:]}"
+    assert state["type"] == expect, f"{state}\n{worker.stdout[-6000:]}\n{worker.stderr[-6000:]}"
     return run_id, worker.stdout + worker.stderr
+
+
+def unresponsive_trigger(stack: Stack):
+    """The trigger of the automation (cft_cli/unresponsive.py) the server holds, as the server reads it."""
+    from prefect.server.events.schemas.automations import EventTrigger
+
+    from cft_cli.unresponsive import NAME
+
+    (automation,) = api(stack, "/automations/filter", {"automations": {"name": {"any_": [NAME]}}})
+    return EventTrigger.model_validate(automation["trigger"])
+
+
+def heartbeats(stack: Stack, run_id: str) -> list:
+    """The heartbeats the server received from flow run `run_id`."""
+    from prefect.server.events.schemas.events import ReceivedEvent
+
+    found = api(stack, "/events/filter", {"filter": {"event": {"name": ["prefect.flow-run.heartbeat"]},
+                                                     "resource": {"id": [f"prefect.flow-run.{run_id}"]}}})
+    return [ReceivedEvent.model_validate(e) for e in found["events"]]
 
 
 def task_states(stack: Stack, run_id: str) -> dict[str, str]:
@@ -186,6 +207,11 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
 
         first, log = run_pipeline(stack, {"data.data_root": str(data_root)})
         assert set(task_states(stack, first).values()) <= {"Completed"}
+        # The run beat (prefect.yaml's frequency reached it), and the automation `up` made watches
+        # its beats: four missed ones set a run Crashed (acted on by the server: the test below).
+        trigger = unresponsive_trigger(stack)
+        assert trigger.within.total_seconds() == 4 * 60
+        assert (beats := heartbeats(stack, first)) and all(trigger.covers(beat) for beat in beats), beats
         # The flow run's log holds the pipeline's lines, a line per training step in the task run's
         # log (what the Prefect UI shows), and no progress bars, Trainer dicts, advisory warnings or
         # known-benign library lines (tasks/quiet.py).
@@ -218,13 +244,7 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         said = subprocess.run([console_script("cft"), "alerts", f"{receiver.url}/failed"], env=stack.env(),
                               cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
         assert said.returncode == 0 and "automation 'cft: a run failed'" in said.stdout, said.stdout + said.stderr
-        failing = subprocess.run([console_script("prefect"), "deployment", "run", "cft/full-pipeline", "--params",
-                                  json.dumps({"profile": "configs/no-such-profile.yaml"})], env=stack.env(),
-                                 cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-        failed_id = re.search(r"UUID:\s*([0-9a-f-]{36})", failing.stdout).group(1)
-        subprocess.run([console_script("prefect"), "worker", "start", "--pool", POOL, "--run-once"], env=stack.env(),
-                       cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
-        assert api(stack, f"/flow_runs/{failed_id}")["state"]["type"] == "FAILED"
+        failed_id, _ = run_pipeline(stack, {}, expect="FAILED", profile="configs/no-such-profile.yaml")
         deadline = time.monotonic() + 60  # (the server's automation services act within seconds)
         while not receiver.posted("/failed") and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -305,7 +325,8 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         off = subprocess.run([console_script("cft"), "alerts", "--off"], env=stack.env(), cwd=PROJECT_ROOT,
                              capture_output=True, text=True, timeout=120)
         assert off.returncode == 0 and "removed 1 automation(s)" in off.stdout, off.stdout + off.stderr
-        assert api(stack, "/automations/filter", {}) == []
+        # (the alert's automation went; the one `up` made for runs whose machine is lost stays)
+        assert [a["name"] for a in api(stack, "/automations/filter", {})] == ["cft: crash runs that stopped answering"]
     finally:
         stopped = runner.invoke(app, ["stack", "down", "--data-root", str(data_root)], prog_name="cft")
         down(stack, say=lambda *_: None)  # whatever the command left, if it failed
@@ -365,6 +386,38 @@ def test_up_frees_the_slot_of_a_run_the_stopped_stack_left_running(tmp_path):
         never_name = api(stack, f"/flow_runs/{never}")["name"]
         assert f"marked Crashed: flow run {never_name} (never started)" in again.output, again.output
         assert (slots("cft/scheduled-retrain"), slots("cft-gc/weekly"), slots("cft-batch/nightly")) == (0, 1, 0)
+
+        # A run whose machine is lost while the server runs: its heartbeats stop, and the automation
+        # `up` made sets it Crashed, which frees its slot; a run that beats is left alone. (The
+        # automation made again, to wait 10 s rather than four beats of a minute; heartbeats as a
+        # run's engine builds them, which the deployed run's are: the test above.)
+        from prefect.client.schemas.objects import FlowRun
+        from prefect.events import Event
+        from prefect.flow_engine import FlowRunEngine
+
+        from cft_cli.unresponsive import install_unresponsive
+        from flows.cft import cft_pipeline
+
+        install_unresponsive(stack.prefect_api, within_s=10)
+        lost, beating = in_flight("cft/scheduled-retrain", os.getpid()), in_flight("cft/full-pipeline", os.getpid())
+
+        def beat(run_id: str) -> None:
+            run = FlowRun.model_validate(api(stack, f"/flow_runs/{run_id}"))
+            resource, related = FlowRunEngine(flow=cft_pipeline, flow_run=run)._build_heartbeat_event_template()
+            event = Event(event="prefect.flow-run.heartbeat", resource=resource, related=related)
+            req = urllib.request.Request(f"{stack.prefect_api}/events", method="POST", headers={"Content-Type": "application/json"},
+                                         data=json.dumps([event.model_dump(mode="json")]).encode())
+            urllib.request.urlopen(req, timeout=30).close()  # noqa: S310 (loopback)
+
+        beat(lost)
+        deadline = time.monotonic() + 90  # (10 s, then the server's next look: every 5 s)
+        while (state := api(stack, f"/flow_runs/{lost}")["state"])["type"] != "CRASHED":
+            assert time.monotonic() < deadline, state
+            beat(beating)
+            time.sleep(2)
+        assert state["message"].startswith("no heartbeat for 10 s"), state
+        assert api(stack, f"/flow_runs/{beating}")["state"]["type"] == "RUNNING"
+        assert slots("cft/scheduled-retrain") == 0
 
         # `up` deployed into its own pool, to run in this folder; `cft deploy` puts the same
         # deployments into a team's pool, to run in the folder the team's workers hold the project in
