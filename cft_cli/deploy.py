@@ -58,12 +58,13 @@ def prefect_cli(env: dict[str, str], *args: str, again: str) -> str:
 
 
 def deploy_project(env: dict[str, str], api_url: str, pool: str, project_dir: str, pool_type: str = "process",
-                   replace_pool: bool = False, again: str = "cft deploy") -> None:
+                   replace_pool: bool = False, again: str = "cft deploy") -> float:
     """Every deployment of prefect.yaml into work pool `pool` of the server at `api_url` (which
     `env` points the prefect CLI at), its flows run in `project_dir` on the worker's machine. The
     pool is created (of `pool_type`) when missing, or made anew when `replace_pool` (the local
     stack's own pool); the promotion limit is created or reset to 1; the automation that sets
-    Crashed a run whose machine is lost is made anew (cft_cli/unresponsive.py)."""
+    Crashed a run whose machine is lost is made anew (cft_cli/unresponsive.py); how long a run may
+    stay silent before it does, in seconds."""
     from cft_cli.unresponsive import MISSED_BEATS, heartbeat_s, install_unresponsive
 
     env = {**env, POOL_ENV: pool, PROJECT_DIR_ENV: project_dir}
@@ -73,7 +74,9 @@ def deploy_project(env: dict[str, str], api_url: str, pool: str, project_dir: st
                     again=again)
     prefect_cli(env, "concurrency-limit", "create", PROMOTION_TAG, "1", again=again)
     prefect_cli(env, "--no-prompt", "deploy", "--all", again=again)
-    install_unresponsive(api_url, within_s=MISSED_BEATS * heartbeat_s(PROJECT_ROOT / "prefect.yaml"))
+    within_s = MISSED_BEATS * heartbeat_s(PROJECT_ROOT / "prefect.yaml")
+    install_unresponsive(api_url, within_s)
+    return within_s
 
 
 def prefect_api(api_url: str, path: str, body: dict | None = None) -> list[dict] | dict:

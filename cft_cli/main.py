@@ -632,6 +632,7 @@ def deploy_command(
     from prefect.settings import get_current_settings
 
     from cft_cli.deploy import PROJECT_ROOT, deploy_project, deployments
+    from cft_cli.unresponsive import NAME as UNRESPONSIVE
     from schemas.errors import InputError
     from tasks.servers import check_prefect_api
 
@@ -641,25 +642,27 @@ def deploy_command(
                          "for one machine, `cft stack up` starts a server and deploys to it")
     check_prefect_api()
     project_dir = project_dir or str(PROJECT_ROOT)
-    deploy_project(dict(os.environ), api, pool, project_dir, pool_type=pool_type)
+    silent_s = deploy_project(dict(os.environ), api, pool, project_dir, pool_type=pool_type)
     console.print(f"deployed to pool {pool} of {api} (flows run in {project_dir}):\n  "
                   + "\n  ".join(sorted(deployments(api, pool))), highlight=False)
+    console.print(f"a run silent for {silent_s:.0f} s (its machine lost) is set Crashed: automation {UNRESPONSIVE!r}",
+                  highlight=False)
 
 
 @app.command("alerts")
 def alerts_command(
     url: Annotated[str | None, typer.Argument(
         envvar="CFT_ALERT_URL", show_default=False,
-        help="Where to POST {\"text\": ...} when a run fails: a Slack, Google Chat or Mattermost incoming webhook, "
+        help="Where to POST {\"text\": ...} when a run fails or no worker takes it: a Slack, Google Chat or Mattermost incoming webhook, "
              "or your own endpoint (also from $CFT_ALERT_URL, which keeps it out of your shell's history).")] = None,
     off: Annotated[bool, typer.Option("--off", help="Remove the alerts instead.")] = False,
 ) -> None:
     """Be told when a run of the project's flows fails, crashes or times out (a scheduled retrain,
-    the nightly batch, ...): a webhook block and an automation on the Prefect server at
-    PREFECT_API_URL, which the server runs. Run again to change the URL."""
+    the nightly batch, ...), or waits in vain for a worker: a webhook block and two automations on
+    the Prefect server at PREFECT_API_URL, which the server runs. Run again to change the URL."""
     from prefect.settings import get_current_settings
 
-    from cft_cli.alerts import AUTOMATION, BLOCK, FLOWS, STATES, install_alerts, remove_alerts
+    from cft_cli import alerts
     from schemas.errors import InputError
     from tasks.servers import check_prefect_api
 
@@ -672,12 +675,14 @@ def alerts_command(
         raise InputError("cft alerts needs your Prefect server: set PREFECT_API_URL (`cft stack up` prints it)")
     check_prefect_api()
     if off:
-        console.print(f"removed {remove_alerts()} automation(s) named {AUTOMATION!r} and the block {BLOCK!r} from {api}",
-                      highlight=False)
+        console.print(f"removed {alerts.remove_alerts()} automation(s) named {alerts.FAILED!r} or {alerts.LATE!r} "
+                      f"and the block {alerts.BLOCK!r} from {api}", highlight=False)
         return
-    automation = install_alerts(url)
-    console.print(f"{api}: automation {AUTOMATION!r} ({automation}) posts to the webhook block {BLOCK!r} when a "
-                  f"flow run of {', '.join(FLOWS)} ends {', '.join(STATES)}", highlight=False)
+    failed, late = alerts.install_alerts(url)
+    console.print(f"{api}: the webhook block {alerts.BLOCK!r} gets a message when a flow run of {', '.join(alerts.FLOWS)} "
+                  f"ends {', '.join(alerts.STATES)} (automation {alerts.FAILED!r}, {failed}) or has waited "
+                  f"{alerts.LATE_WAIT_S // 60} min past its start for a worker (automation {alerts.LATE!r}, {late})",
+                  highlight=False)
 
 
 # ------------------------------------------------------------------------------ local stack

@@ -67,6 +67,8 @@ export PREFECT_HOME=$WORK/client HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true 
 
 step "cft deploy --pool cft-team; a process worker on it"
 "$VENV/cft" deploy --pool cft-team --project-dir "$PROJECT"
+"$VENV/prefect" automation inspect "cft: crash runs that stopped answering" --json | grep -q '"posture": "Proactive"' \
+  || { echo "no automation for runs whose machine is lost (cft_cli/unresponsive.py)"; exit 1; }
 USER=cft CFT_QUIET=1 "$VENV/prefect" worker start --pool cft-team >"$WORK/worker.log" 2>&1 & PIDS+=($!)
 
 step "prefect deployment run cft/full-pipeline (smoke profile, data root $WORK/data)"

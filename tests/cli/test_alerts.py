@@ -24,11 +24,12 @@ def test_alerts_cover_the_flow_of_every_deployment():
     assert names == set(alerts.FLOWS)
 
 
-def _render(message: str, ui_url: str | None) -> dict:
-    """The body the server would send for a failed run of `cft`, rendered by Prefect's own template
-    environment and filters (`ui_url` included) from server-side objects."""
+def _render(message: str, ui_url: str | None, payload: str = alerts.PAYLOAD, pool: str | None = None) -> dict:
+    """The body the server would send for a failed run of `cft` (`payload`: the failure's
+    message, or the one for a run no worker took, of pool `pool`), rendered by Prefect's own
+    template environment and filters (`ui_url` included) from server-side objects."""
     from prefect.server.events.jinja_filters import all_filters
-    from prefect.server.schemas.core import Flow, FlowRun
+    from prefect.server.schemas.core import Flow, FlowRun, WorkPool
     from prefect.server.schemas.states import State, StateType
     from prefect.server.utilities.user_templates import (
         register_user_template_filters,
@@ -42,7 +43,8 @@ def _render(message: str, ui_url: str | None) -> dict:
                   state=State(type=StateType.FAILED, name="Failed", message=message))
     # (without PREFECT_UI_URL, Prefect takes the UI's address from PREFECT_API_URL's, where set)
     with temporary_settings({PREFECT_UI_URL: ui_url, PREFECT_API_URL: None}):
-        text = render_user_template_sync(alerts.PAYLOAD, {"flow": flow, "flow_run": run, "deployment": None})
+        text = render_user_template_sync(payload, {"flow": flow, "flow_run": run, "deployment": None,
+                                                   "work_pool": WorkPool(name=pool, type="process") if pool else None})
     return json.loads(text)
 
 
@@ -54,6 +56,31 @@ def test_the_message_is_json_whatever_the_run_says(ui_url):
     assert set(body) == {"text"}
     assert body["text"].startswith(f"cft/-: flow run crimson-fox Failed: {message}")
     assert (link in body["text"]) if link else body["text"].endswith(message)
+
+
+@pytest.mark.parametrize("pool", [None, "cft-team"])
+def test_the_message_for_a_run_no_worker_took_names_its_pool(pool):
+    body = _render("", "http://127.0.0.1:4200", alerts.late_payload(600), pool)
+    said = "cft/-: flow run crimson-fox has waited 10 min for a worker past its start: is a worker running on its work pool"
+    assert body["text"].startswith(f"{said} {pool}? " if pool else f"{said}? "), body
+    assert "/runs/flow-run/" in body["text"]
+    assert "waited 45 s for" in _render("", None, alerts.late_payload(45))["text"]
+
+
+def test_a_run_late_for_the_wait_is_reported_unless_a_worker_takes_it_or_it_ends():
+    """Judged by the server's own trigger, as the server holds the automation."""
+    from prefect.server.events.schemas.automations import EventTrigger
+
+    spec = alerts.late_spec(uuid.uuid4(), 600)
+    trigger = EventTrigger.model_validate(spec.trigger.model_dump(mode="json"))
+    assert (trigger.posture, trigger.within.total_seconds(), trigger.for_each) == ("Proactive", 600, {"prefect.resource.id"})
+    assert trigger.starts_after("prefect.flow-run.Late") and not trigger.starts_after("prefect.flow-run.Scheduled")
+    for taken in ("Pending", "Running", "Cancelled", "Completed", "Crashed"):
+        assert trigger.expects(f"prefect.flow-run.{taken}"), taken
+    for still_waiting in ("Scheduled", "Late", "heartbeat"):
+        assert not trigger.expects(f"prefect.flow-run.{still_waiting}"), still_waiting
+    assert set(trigger.match_related["prefect.resource.name"]) == set(alerts.FLOWS)
+    assert spec.actions[0].payload == alerts.late_payload(600)
 
 
 def test_the_automation_asks_for_the_failing_states_of_the_projects_flows():

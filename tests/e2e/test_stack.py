@@ -324,7 +324,7 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         assert (test_event["entity"], test_event["action"]) == ("model_version_alias", "created"), test_event
         off = subprocess.run([console_script("cft"), "alerts", "--off"], env=stack.env(), cwd=PROJECT_ROOT,
                              capture_output=True, text=True, timeout=120)
-        assert off.returncode == 0 and "removed 1 automation(s)" in off.stdout, off.stdout + off.stderr
+        assert off.returncode == 0 and "removed 2 automation(s)" in off.stdout, off.stdout + off.stderr
         # (the alert's automation went; the one `up` made for runs whose machine is lost stays)
         assert [a["name"] for a in api(stack, "/automations/filter", {})] == ["cft: crash runs that stopped answering"]
     finally:
@@ -337,17 +337,20 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
     assert "not running" in runner.invoke(app, ["stack", "status", "--data-root", str(data_root)], prog_name="cft").output
 
 
-def test_up_frees_the_slot_of_a_run_the_stopped_stack_left_running(tmp_path):
+def test_up_frees_the_slot_of_a_run_the_stopped_stack_left_running(tmp_path, monkeypatch):
     """A scheduled retrain in flight when the stack stopped stays Running on the server, holding its
     deployment's concurrency slot (limit 1) past the restart, which loses the lease that would
     expire it: every later retrain was cancelled at once. `cft stack up` sets such a run Crashed
-    (its process is gone), which frees the slot; a run whose process still exists is left alone."""
+    (its process is gone), which frees the slot; a run whose process still exists is left alone.
+    While the stack runs, a run whose heartbeats stop is set Crashed by the server, and `cft
+    alerts` reports it, and a run no worker takes."""
     import sys
 
     runner, data_root = CliRunner(), tmp_path / "data"
     stack = Stack(data_root, prefect_port=free_port(), mlflow_port=free_port())
     ports = ["--data-root", str(data_root), "--prefect-port", str(stack.prefect_port),
              "--mlflow-port", str(stack.mlflow_port), "--no-worker"]
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS", "1")  # (Late 1 s past the start, not 15)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     try:
         up = runner.invoke(app, ["stack", "up", *ports], prog_name="cft")
@@ -394,9 +397,24 @@ def test_up_frees_the_slot_of_a_run_the_stopped_stack_left_running(tmp_path):
         from prefect.client.schemas.objects import FlowRun
         from prefect.events import Event
         from prefect.flow_engine import FlowRunEngine
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
+        from cft_cli.alerts import install_alerts
         from cft_cli.unresponsive import install_unresponsive
         from flows.cft import cft_pipeline
+
+        receiver = Receiver()
+        with temporary_settings({PREFECT_API_URL: stack.prefect_api}):
+            install_alerts(f"{receiver.url}/alerts", late_wait_s=10)
+
+        def alert(starts: str) -> str:
+            """The text of the one alert that starts so, once the server has sent it."""
+            deadline = time.monotonic() + 90
+            while not (said := [t for _, body in receiver.posted("/alerts") if (t := json.loads(body)["text"]).startswith(starts)]):
+                assert time.monotonic() < deadline, (starts, receiver.received)
+                time.sleep(0.5)
+            (text,) = said
+            return text
 
         install_unresponsive(stack.prefect_api, within_s=10)
         lost, beating = in_flight("cft/scheduled-retrain", os.getpid()), in_flight("cft/full-pipeline", os.getpid())
@@ -418,6 +436,16 @@ def test_up_frees_the_slot_of_a_run_the_stopped_stack_left_running(tmp_path):
         assert state["message"].startswith("no heartbeat for 10 s"), state
         assert api(stack, f"/flow_runs/{beating}")["state"]["type"] == "RUNNING"
         assert slots("cft/scheduled-retrain") == 0
+        name = api(stack, f"/flow_runs/{lost}")["name"]
+        assert alert(f"cft/scheduled-retrain: flow run {name} Crashed: no heartbeat for 10 s")
+
+        # A run that no worker takes (the stack runs none here): reported once it has been Late for
+        # the wait (10 s here, 10 min by default), with the pool that lacks a worker.
+        found = api(stack, "/deployments/name/cft/full-pipeline")
+        waiting = api(stack, f"/deployments/{found['id']}/create_flow_run", {"parameters": {"profile": "configs/smoke.yaml"}})
+        said = alert(f"cft/full-pipeline: flow run {waiting['name']} has waited 10 s for a worker past its start: ")
+        assert f"is a worker running on its work pool {POOL}? " in said, said
+        assert api(stack, f"/flow_runs/{waiting['id']}")["state"]["name"] == "Late"
 
         # `up` deployed into its own pool, to run in this folder; `cft deploy` puts the same
         # deployments into a team's pool, to run in the folder the team's workers hold the project in
@@ -443,6 +471,8 @@ def test_up_frees_the_slot_of_a_run_the_stopped_stack_left_running(tmp_path):
         assert deployed.stdout.startswith(f"deployed to pool cft-team of {stack.prefect_api} (flows run in /srv/cft-rec):\n"
                                           "  cft-batch/nightly (paused)\n"), deployed.stdout
         assert placed() == {("cft-team", "/srv/cft-rec")}
+        assert "a run silent for 240 s (its machine lost) is set Crashed" in deployed.stdout, deployed.stdout
+        assert unresponsive_trigger(stack).within.total_seconds() == 240  # (made anew: one automation, four beats)
         template = api(stack, "/work_pools/cft-team")["base_job_template"]
         assert template["variables"]["properties"]["env"]["default"] == {"TEAM_SETTING": "kept"}
         assert api(stack, "/concurrency_limits/tag/cft-promotion")["concurrency_limit"] == 1
