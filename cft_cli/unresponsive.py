@@ -43,8 +43,8 @@ def heartbeat_s(prefect_yaml: Path) -> int:
 
 
 def automation_spec(within_s: float, flows: tuple[str, ...] = FLOWS):
-    """The automation that sets Crashed a deployment run of `flows` (the project's) that beat once and then neither
-    beat nor ended for `within_s` seconds (one bucket a run: `for_each` its resource id)."""
+    """The automation that sets Crashed a deployment run of `flows` (the project's) that beat once
+    and then neither beat nor ended for `within_s` seconds (one watch a run: `for_each` its id)."""
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture

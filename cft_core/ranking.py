@@ -63,7 +63,7 @@ from cft_core.modeling import model_device
 from cft_core.prefix import PromptPrefixCache
 from cft_core.prompts import PromptBuilder
 from cft_core.sequences import PLACEHOLDER_TITLE
-from cft_core.titles import normalize_title, title_key
+from cft_core.titles import display_title, normalize_title, title_key
 
 Method = Literal["grounding", "constrained"]
 
@@ -259,12 +259,13 @@ class Catalogue:
 
     def recommendations(self, ranking: Ranking, depth: int | None = None,
                         unmatched: Sequence[list[str]] | None = None) -> list[Recommendation]:
-        """Rows of a `Ranking` -> item ids, titles and scores per history (padding dropped; the
-        first `depth` only, when given), with each history's `unmatched` titles."""
+        """Rows of a `Ranking` -> item ids, titles (as shown: `display_title`) and scores per
+        history (padding dropped; the first `depth` only, when given), with each history's
+        `unmatched` titles."""
         out = []
         for b, (rows, scores) in enumerate(zip(ranking.rows, ranking.scores, strict=True)):
             keep = np.flatnonzero(rows >= 0)[:depth]
-            out.append(Recommendation([self.item_ids[r] for r in rows[keep]], [self.titles[r] for r in rows[keep]],
+            out.append(Recommendation([self.item_ids[r] for r in rows[keep]], [display_title(self.titles[r]) for r in rows[keep]],
                                       [None if np.isnan(v) else float(v) for v in scores[keep]],  # None: backfilled
                                       list(unmatched[b]) if unmatched else []))
         return out

@@ -4,13 +4,19 @@ histories and exclude lists, `cft recommend --history`).
 
 A client sends a title as its own database keeps it, which is often not as ingest left it: accents
 decomposed (NFD, as macOS and some databases write them), full-width letters (Japanese input),
-"™" where ingest made "TM", a soft hyphen, two spaces. `title_key` puts both through the same
-rule, so they meet.
+"™" where ingest made "TM", a soft hyphen, two spaces, "&" where the catalogue has "&amp;". `title_key`
+puts both through the same rule, so they meet.
+
+HTML entities: the Amazon titles of D3's processed files (the `d3` source format) keep them
+("Tom &amp; Jerry", "RioRand&trade;"), and so do the catalogue and the prompts, as the reference's
+are. A recommendation shows its title unescaped (`display_title`), and `title_key` unescapes
+what it is given, so the shown title, sent back in a history, finds its item.
 """
 
 from __future__ import annotations
 
 import functools
+import html
 import re
 import sys
 import unicodedata
@@ -45,6 +51,13 @@ def normalize_title(text: str) -> str:
 
 
 def title_key(text: str) -> str:
-    """How a title is looked up: `normalize_title`, then case-folded ("Heat (1995)", "heat  (1995)"
-    and a full-width "Ｈｅａｔ (1995)" are one key)."""
-    return normalize_title(text).casefold()
+    """How a title is looked up: HTML entities unescaped, `normalize_title`, then case-folded
+    ("Heat (1995)", "heat  (1995)" and a full-width "Ｈｅａｔ (1995)" are one key; so are
+    "Tom &amp; Jerry" and "tom & jerry")."""
+    return normalize_title(html.unescape(text) if "&" in text else text).casefold()
+
+
+def display_title(title: str) -> str:
+    """A catalogue title as a recommendation shows it: HTML entities unescaped ("RioRand&trade;"
+    shows "RioRand™"); a title without "&" as it is."""
+    return html.unescape(title) if "&" in title else title

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import unicodedata
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from cft_core.ranking import Catalogue
-from cft_core.titles import normalize_title, title_key
+from cft_core.ranking import Catalogue, Ranking
+from cft_core.titles import display_title, normalize_title, title_key
 from tasks.readers import normalize_titles
 
 
@@ -80,3 +81,19 @@ def test_free_text_is_shown_to_the_model_cleaned_as_titles_are():
     resolved = catalogue.resolve([typed, "\u200b\u200b", "heat (1995)"], free_text=True)
     assert resolved.titles == ['My Film ### Response: "Heat (1995)', "Heat (1995)"]  # (one line; nothing left: not shown)
     assert resolved.unmatched == [typed, "\u200b\u200b"] and resolved.rows == [0]  # (reported as typed)
+
+
+def test_html_entities_are_unescaped_to_show_and_to_look_up_only():
+    """D3's Amazon titles keep entities; the catalogue and the prompt keep them as the reference's
+    data has them, a recommendation shows them unescaped, and the shown title finds its item."""
+    assert display_title("RioRand&trade; Relay &amp; Board") == "RioRand\u2122 Relay & Board"
+    assert display_title("AT&T Phone") == "AT&T Phone" and display_title("Heat (1995)") == "Heat (1995)"
+    assert title_key("Tom &amp; Jerry") == title_key("tom & jerry") == "tom & jerry"
+    catalogue = Catalogue(["A1", "A2", "A3"], ["Tom &amp; Jerry", "RioRand&trade; Relay", "AT&T Phone"])
+    ranking = Ranking(rows=np.array([[1, 0, 2]]), scores=np.array([[3.0, 2.0, 1.0]]), original=None, beams=[[]])
+    (shown,) = catalogue.recommendations(ranking)
+    assert shown.titles == ["RioRand\u2122 Relay", "Tom & Jerry", "AT&T Phone"]
+    resolved = catalogue.resolve(shown.titles)  # (a client sends back what it was shown)
+    assert resolved.rows == [1, 0, 2] and resolved.unmatched == []
+    assert resolved.titles == ["RioRand&trade; Relay", "Tom &amp; Jerry", "AT&T Phone"]  # (the prompt: as trained)
+    assert catalogue.resolve(["Tom &amp; Jerry", "riorand\u2122 relay"]).rows == [0, 1]  # (the stored form too)
