@@ -440,6 +440,7 @@ def recommend(
 
     import pandas as pd
 
+    from cft_core.titles import display_title
     from tasks.registry import LoadedPyfunc, takes_exclude
 
     history = _checked_history(history or [])
@@ -454,7 +455,7 @@ def recommend(
     row = out.iloc[0]
     catalogue = loaded.model.catalogue
     for title in row["unmatched"]:
-        close = difflib.get_close_matches(title, catalogue.titles, n=3, cutoff=0.6)
+        close = difflib.get_close_matches(title, [display_title(t) for t in catalogue.titles], n=3, cutoff=0.6)
         hint = f"; close: {', '.join(map(repr, close))}" if close else ""
         use = "shown to the model as typed" if free_text else "left out (--free-text to use it as typed)"
         console.print(labelled("not in the catalogue:", f"{title!r}, {use}{hint}"), highlight=False)
