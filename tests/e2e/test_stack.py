@@ -14,8 +14,9 @@ from prefect.yaml, the smoke profile, and the registry gate.
        webhook's secret, and still signed after `cft stack down` and `up`
     -> cft alerts: a run that fails through the worker is posted to a receiver by the server
     -> cft stack down / status
-and a run left Running by a stopped stack, which `cft stack up` sets Crashed to free its slot, and
-one whose heartbeats stop while the stack runs, which the server's automation sets Crashed.
+and a run left Running by a stopped stack, which `cft stack up` sets Crashed to free its slot; one
+whose heartbeats stop while the stack runs, which the server's automation sets Crashed and `cft
+alerts` reports; and a run no worker takes, which `cft alerts` reports once it has waited.
 """
 
 from __future__ import annotations
