@@ -136,6 +136,16 @@ def test_banned_edges_apply_to_their_own_prompts_beams_only():
 
 
 def _catalogue(name: str) -> list[str]:
+    if name == "cjk":  # Japanese, Chinese and Korean product titles: each character several byte-level tokens
+        brands = ["任天堂", "ソニー", "小米", "华为", "삼성", "パナソニック", "东芝", "엘지"]
+        things = ["スイッチ 有機ELモデル", "ワイヤレスイヤホン", "手环 8", "智能手表", "갤럭시 버즈", "電動歯ブラシ",
+                  "空气净化器", "노트북 15인치", "ゲームソフト『ゼルダの伝説』", "充電器（急速）"]
+        extras = ["", " ブラック", " 白色", " 2個セット", " (2023)", " 블루"]
+        titles = [f"{b} {t}{e}" for b in brands for t in things for e in extras]
+        random.Random(0).shuffle(titles)
+        return titles[:300]
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not available")
     if name == "video_games":
         path = SHARED_DATA / "bigrec_video_games_titles" / "id2name.txt"
         titles = [line.rsplit("\t", 1)[0] for line in path.read_text(encoding="utf-8").splitlines()]
@@ -145,20 +155,19 @@ def _catalogue(name: str) -> list[str]:
     return titles
 
 
-@pytest.mark.parametrize("name", ["video_games", "industrial"])
-def test_constrained_beams_are_catalogue_titles(name):
-    if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not available")
+@pytest.mark.parametrize(("name", "vocab_size"), [("video_games", 2000), ("industrial", 2000), ("cjk", 2000),
+                                                 ("cjk", 300)])  # (300: CJK characters stay split into bytes)
+def test_constrained_beams_are_catalogue_titles(name, vocab_size):
     titles = _catalogue(name)
     prompts = PromptBuilder.for_domain("games" if name == "video_games" else "products")
     texts = titles + [prompts.factual(titles[i : i + 10]) for i in range(0, 200, 10)] + [prompts.counterfactual()]
-    tokenizer = build_tiny_tokenizer(texts, vocab_size=2000)
+    tokenizer = build_tiny_tokenizer(texts, vocab_size=vocab_size)
     responses = response_token_ids(tokenizer, prompts, titles)
     trie = TitleTrie(responses, vocab_size=len(tokenizer))
     model = build_tiny_model(len(tokenizer), hidden_size=32, seed=2)
     settings = GenerationSettings(num_beams=4, num_return_sequences=4, batch_size=3, min_new_tokens=4,
                                   max_new_tokens=max(len(r) for r in responses), length_penalty=0.0)
-    histories = [titles[5:8], titles[100:110], titles[2000:2001]]
+    histories = [titles[5:8], titles[100:110], titles[min(2000, len(titles) - 1):][:1]]
     beams = generate_titles(model, tokenizer, [prompts.factual(h) for h in histories], settings, trie=trie,
                             progress=False)
     catalogue = {t.strip() for t in titles}
