@@ -93,6 +93,8 @@ def main() -> None:
             time.sleep(1)
         worker = psutil.Process(json.loads((data_root / "stack" / "pids.json").read_text())["worker"]["pid"])
         lost = [worker, *worker.children(recursive=True)]
+        beating = {p.environ().get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY") for p in lost[1:]}
+        assert beating == {"60"}, f"the run's processes beat every {beating} s, not prefect.yaml's 60"
         print(f"== the machine lost: SIGKILL to {', '.join(f'{p.pid} ({p.name()})' for p in lost)}")
         for process in lost:
             process.kill()

@@ -212,6 +212,7 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         # its beats: four missed ones set a run Crashed (acted on by the server: the test below).
         trigger = unresponsive_trigger(stack)
         assert trigger.within.total_seconds() == 4 * 60
+        assert deployments["full-pipeline"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "60"
         assert (beats := heartbeats(stack, first)) and all(trigger.covers(beat) for beat in beats), beats
         # The flow run's log holds the pipeline's lines, a line per training step in the task run's
         # log (what the Prefect UI shows), and no progress bars, Trainer dicts, advisory warnings or
