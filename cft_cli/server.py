@@ -233,7 +233,7 @@ class NothingServed(RuntimeError):
 
 
 def create_app(model_uri: str, follow_every_s: float = 30.0, wait: bool = False):
-    """The FastAPI app serving `model_uri` (a pyfunc logged by tasks/registry.py); an alias URI is
+    """The FastAPI app serving `model_uri` (a pyfunc logged by tasks/registry/registration.py); an alias URI is
     checked every `follow_every_s` seconds (0: never) and followed (module docstring). `wait`: an
     alias that names no version yet is waited for (503 until then) instead of an error."""
     import mlflow

@@ -1,6 +1,6 @@
 """The stages as Prefect tasks: retries, logging and artifacts, nothing else.
 
-Each task calls one plain stage function (tasks/data.py, training.py, chain.py, registry.py),
+Each task calls one plain stage function (tasks/data.py, training.py, chain.py, registry/),
 so everything here can also run without Prefect (tasks/chain.py). There is no Prefect result
 cache: a stage's content-addressed output folder decides whether work is reused, the same way
 with or without Prefect, so a re-run with the same inputs reuses every stage and a deleted

@@ -1,5 +1,5 @@
 """MLflow runs: where they go, what is logged, the Trainer callback for step metrics, the
-training run and the evaluation logged into it. (The model registry is tasks/registry.py; the
+training run and the evaluation logged into it. (The model registry is tasks/registry/; the
 stage modules themselves never call MLflow.)
 
 Only process 0 of a distributed run talks to MLflow. The tracking store defaults to SQLite

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from cft_cli.main import app
 from tasks import registry
+from tasks.registry import champion
 
 
 def test_versions_lists_each_version_its_gate_and_aliases_then_the_champion_history(tmp_path):
@@ -23,12 +24,12 @@ def test_versions_lists_each_version_its_gate_and_aliases_then_the_champion_hist
     for kind, tags in (("popularity", {}), ("markov", {}), ("llm", gate)):
         client.create_model_version("cft-shop", source=str(tmp_path / "model"),
                                     tags={"cft.kind": kind, "data_fingerprint": "0123456789abcdef", **tags})
-    registry._set_champion(client, "cft-shop", "1", "gate", "first champion")
-    registry._set_champion(client, "cft-shop", "3", "promote", "release 3", by="alice", via="Prefect flow run red-fox")
+    registry.set_champion(client, "cft-shop", "1", "gate", "first champion")
+    registry.set_champion(client, "cft-shop", "3", "promote", "release 3", by="alice", via="Prefect flow run red-fox")
     client.set_registered_model_alias("cft-shop", "staging", "3")
     when = {str(mv.version): datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M")
             for mv in client.search_model_versions("name='cft-shop'")}
-    history = registry._history(client, "cft-shop")
+    history = champion._history(client, "cft-shop")
 
     shown = CliRunner().invoke(app, ["versions", "-c", str(profile)], prog_name="cft")
     assert shown.exit_code == 0, shown.output

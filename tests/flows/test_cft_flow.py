@@ -133,6 +133,7 @@ def test_the_promote_flow_promotes_rolls_back_and_refuses_a_promotion_without_a_
     from flows.promote import promote_flow
     from schemas.errors import InputError
     from tasks import registry
+    from tasks.registry import champion
     from tasks.training import model_folder
     from tests.train.test_registry import registered
 
@@ -151,7 +152,7 @@ def test_the_promote_flow_promotes_rolls_back_and_refuses_a_promotion_without_a_
     # Who asked is recorded with the flow run it came through; without `by`, the worker's user, said as such.
     *_, promoted, rolled_back = registry.champion_history(client.get_registered_model(name))
     assert promoted["by"] == "alice@example.com" and re.fullmatch(r"Prefect flow run [\w-]+", promoted["via"])
-    assert rolled_back["by"] == registry._who() and rolled_back["via"].endswith(", whose user this is")
+    assert rolled_back["by"] == champion._who() and rolled_back["via"].endswith(", whose user this is")
     state = promote_flow(model_name=name, reason="r", version=int(versions[1]), profile=str(profile), by="x" * 201,
                          return_state=True)
     assert state.is_failed()
@@ -177,9 +178,10 @@ def test_registry_call_is_retried_after_a_transient_error(tmp_path, prefect_harn
 
     from prefect import flow
 
-    from tasks import pipeline, registry
+    from tasks import pipeline
     from tasks.data import StageOutput
     from tasks.evaluation import EvalOutput
+    from tasks.registry import registration
     from tasks.training import TrainOutput, model_folder
     from tests.train.conftest import make_config
 
@@ -191,7 +193,7 @@ def test_registry_call_is_retried_after_a_transient_error(tmp_path, prefect_harn
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "summary.json").write_text(json.dumps({"split": "test", "examples": 1}))
     evaluation = EvalOutput(tmp_path / "eval", {"grounding_adjusted/NDCG@10": 0.5}, True)
-    real, calls = registry.register, []
+    real, calls = registration.register, []  # (what register_model calls)
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -199,7 +201,7 @@ def test_registry_call_is_retried_after_a_transient_error(tmp_path, prefect_harn
             raise ConnectionError("connection reset by peer")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(registry, "register", flaky)
+    monkeypatch.setattr(registration, "register", flaky)
     fast = pipeline.register_task.with_options(retry_delay_seconds=0)
 
     @flow
@@ -211,13 +213,13 @@ def test_registry_call_is_retried_after_a_transient_error(tmp_path, prefect_harn
 
     # An input error is not retried: it fails at once with its message.
     calls.clear()
-    monkeypatch.setattr(registry, "register", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(ValueError("bad tag")))
+    monkeypatch.setattr(registration, "register", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(ValueError("bad tag")))
     with pytest.raises(ValueError, match="bad tag"):
         register_only()
     assert len(calls) == 1
     # Nor is any other user error (a registry reference that does not resolve is a LookupError).
     calls.clear()
-    monkeypatch.setattr(registry, "register",
+    monkeypatch.setattr(registration, "register",
                         lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(RegistryError("no such alias")))
     with pytest.raises(RegistryError, match="no such alias"):
         register_only()

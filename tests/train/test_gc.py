@@ -251,6 +251,7 @@ def test_gc_deletes_the_versions_keep_versions_lets_go_with_their_model_files(tm
     from mlflow import MlflowClient
 
     from tasks import registry
+    from tasks.registry import retention
 
     cfg, _, _ = registry_store(tmp_path)
     uri = cfg.tracking.tracking_uri
@@ -278,14 +279,14 @@ def test_gc_deletes_the_versions_keep_versions_lets_go_with_their_model_files(tm
                                         model_id=logged.model_id, tags={"cft.kind": kind})
             files[version] = Path(logged.artifact_location) / "model.safetensors"
         for version in ("1", "3", "5"):  # champions in turn: a rollback returns to v3, then v1
-            registry._set_champion(client, name, version, "gate", "better")
+            registry.set_champion(client, name, version, "gate", "better")
         client.set_registered_model_alias(name, "staging", "2")
         training = finished_training(cfg.data.data_root, "v4", "f", runs[4])
         client.set_model_version_tag(name, "4", "model_dir", str(training / "model"))
         keeping = cfg.updated({"registry.keep_versions": 3})
 
         assert collect(keeping, dry_run=True).versions_removed == []  # all registered within the day
-        monkeypatch.setattr(registry, "RECENT_VERSION_S", 0)
+        monkeypatch.setattr(retention, "RECENT_VERSION_S", 0)
         assert collect(cfg, dry_run=True).versions_removed == []  # keep_versions unset: every version stays
         assert "registered version" not in collect(cfg, dry_run=True).lines()[-1]
         planned = collect(keeping, dry_run=True)

@@ -18,6 +18,7 @@ import pytest
 
 from schemas.errors import InputError, RegistryError
 from tasks import registry
+from tasks.registry import gate, loading, registration
 from tasks.tracking import local_artifact_location
 from tests.train.conftest import make_config, with_rows_in_train
 
@@ -197,11 +198,11 @@ def test_a_version_that_answers_dense_ids_is_refused_by_the_batch(setup, monkeyp
     cfg, uri, model_dir, seq = setup
     cfg = cfg.updated({"tracking.enabled": True, "tracking.tracking_uri": uri})
     now = registry.register_baseline(cfg, seq, "fp-A", "popularity")
-    signature = registry._signature(cfg)
+    signature = registration._signature(cfg)
     before = signature.outputs.inputs.copy()
     before[0] = ColSpec(Array(DataType.long), "item_ids")
     monkeypatch.setattr(signature, "outputs", Schema(before))
-    monkeypatch.setattr(registry, "_signature", lambda cfg: signature)
+    monkeypatch.setattr(registration, "_signature", lambda cfg: signature)
     old = registry.register_baseline(cfg, seq, "fp-B", "popularity")
     name = cfg.registered_model_name()
     interactions = Path(json.loads((seq / "manifest.json").read_text())["ingested"]) / "interactions.parquet"
@@ -229,9 +230,9 @@ def test_the_batch_leaves_out_all_a_user_has_and_older_versions_the_history_only
     cfg, uri, model_dir, seq = setup
     cfg = cfg.updated({"tracking.enabled": True, "tracking.tracking_uri": uri})
     now = registry.register_baseline(cfg, seq, "fp-A", "popularity")
-    signature = registry._signature(cfg)
+    signature = registration._signature(cfg)
     monkeypatch.setattr(signature, "inputs", Schema([c for c in signature.inputs.inputs if c.name != "exclude"]))
-    monkeypatch.setattr(registry, "_signature", lambda cfg: signature)
+    monkeypatch.setattr(registration, "_signature", lambda cfg: signature)
     before = registry.register_baseline(cfg, seq, "fp-B", "popularity")
     name = cfg.registered_model_name()
     interactions = Path(json.loads((seq / "manifest.json").read_text())["ingested"]) / "interactions.parquet"
@@ -296,7 +297,7 @@ def test_versions_registered_with_older_pyfunc_files_still_answer(setup, monkeyp
     cfg, uri, model_dir, seq = setup
     cfg = cfg.updated({"eval.backfill": "none"})  # as every version of then was ranked (RankingSettings.from_dict)
     monkeypatch.setitem(registry.BASELINE_PYFUNCS, "popularity", STORED / "popularity_pyfunc_2026_11.py")
-    monkeypatch.setattr(registry, "PYFUNC_FILE", STORED / "recommender_pyfunc_2026_11.py")
+    monkeypatch.setattr(registration, "PYFUNC_FILE", STORED / "recommender_pyfunc_2026_11.py")
     llm = str(registered(cfg, uri, model_dir, seq, new_run(uri)).version)
     cfg = cfg.updated({"tracking.enabled": True, "tracking.tracking_uri": uri})
     popularity = registry.register_baseline(cfg, seq, "fp-old", "popularity")
@@ -343,14 +344,14 @@ def test_the_floor_replaces_a_standing_champion_that_fell_below_it(setup):
     assert not d.promoted and "does not beat the champion" in d.reason
     # The untrained model is below both baselines on the gate rows (what the decision rests on),
     # and the Markov chain is the better of the two here.
-    ours, floors, preds = registry._gate_rows(cfg, model_dir, seq)
+    ours, floors, preds = gate._gate_rows(cfg, model_dir, seq)
     means = {kind: per_row_metric(ranks, "NDCG@50").mean() for kind, ranks in floors.items()}
     assert means["markov"] > means["popularity"] > per_row_metric(ours, "NDCG@50").mean() == d.champion_value
     assert (d.popularity_value, d.markov_value) == (means["popularity"], means["markov"])
     # The floors a challenger is held to (the evaluation's baselines) are the registered baseline
     # versions that replace the champion, ranked as they serve: one floor each.
     for kind, version in baselines.items():
-        served = registry._served_ranks(cfg, client.get_model_version(name, version), preds, seq, "rows")
+        served = gate._served_ranks(cfg, client.get_model_version(name, version), preds, seq, "rows")
         np.testing.assert_array_equal(served, floors[kind])
     best = baselines["markov"]
     assert d.floor_promoted == best and f"champion v{llm[0]} (" in d.floor_reason and "markov baseline" in d.floor_reason
@@ -391,7 +392,7 @@ def test_a_champion_is_gated_as_it_serves_with_its_own_catalogue(setup):
     # Grounding ranks the whole catalogue: an untrained model hits some targets within 50.
     cfg = cfg.updated({"tracking.enabled": True, "tracking.tracking_uri": uri,
                        "registry.gate_metric": "grounding_adjusted/NDCG@50"})
-    this_window, _, preds = registry._gate_rows(cfg, model_dir, seq)
+    this_window, _, preds = gate._gate_rows(cfg, model_dir, seq)
     new = set(preds["target_item_id"][this_window >= 0])
     assert 0 < len(new) < len(preds)
     # The older window: the same folder with those items missing from its catalogue (ids 0..N-1 again).
@@ -408,7 +409,7 @@ def test_a_champion_is_gated_as_it_serves_with_its_own_catalogue(setup):
 
     d = registry.gate_model(cfg, challenger, model_dir, seq)
     client = MlflowClient(uri, registry_uri=uri)
-    champion_ranks = registry._served_ranks(cfg, client.get_model_version(name, champion), preds, seq, d.rows_fingerprint)
+    champion_ranks = gate._served_ranks(cfg, client.get_model_version(name, champion), preds, seq, d.rows_fingerprint)
     assert (champion_ranks[preds["target_item_id"].isin(new)] == -1).all()
     assert d.champion_version == champion and d.champion_value == per_row_metric(champion_ranks, "NDCG@50").mean()
     assert d.challenger_value == per_row_metric(this_window, "NDCG@50").mean()  # the same model, this window's items
@@ -424,7 +425,7 @@ def test_a_champion_is_gated_as_it_serves_with_its_own_catalogue(setup):
     # Ranked once per version and rows: the cached ranks are read back, whatever the model does now.
     cached = next((cfg.data.data_root / "registry" / "gate").glob(f"{name}-v{champion}-*/ranks.json"))
     cached.write_text(json.dumps([0] * len(preds)))
-    again = registry._served_ranks(cfg, client.get_model_version(name, champion), preds, seq, d.rows_fingerprint)
+    again = gate._served_ranks(cfg, client.get_model_version(name, champion), preds, seq, d.rows_fingerprint)
     assert (again == 0).all()
 
 
@@ -446,7 +447,7 @@ def test_a_loaded_version_frees_its_model_and_download_when_done(setup, monkeypa
     with mlflow_uris_restored(uri):
         assert registry.artifacts_read_in_place(model_uri)  # the SQLite set-up keeps artifacts in a folder
         if not in_place:
-            monkeypatch.setattr(registry, "artifacts_read_in_place", lambda uri: False)
+            monkeypatch.setattr(loading, "artifacts_read_in_place", lambda uri: False)
         for fail in (False, True):
             with (pytest.raises(RuntimeError) if fail else contextlib.nullcontext(),
                   registry.LoadedPyfunc(model_uri) as loaded):
