@@ -29,7 +29,8 @@ from tasks.tracking import mlflow_metric_name
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "recommender"  # name of the logged pyfunc model inside the run
-PYFUNC_FILE = Path(__file__).parents[1] / "recommender_pyfunc.py"
+TASKS = Path(__file__).resolve().parents[1]  # (the served models' files lie beside the stages)
+PYFUNC_FILE = TASKS / "recommender_pyfunc.py"
 
 
 def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences: Path, uri: str) -> str:
@@ -180,8 +181,7 @@ def register_model(cfg: PipelineConfig, run_id: str | None, model_dir: Path, seq
     registry_client(uri).update_model_version(mv.name, str(mv.version), description=model_card(cfg, evaluation, run_id, warm_start))
     log.info("registered %s version %s", mv.name, mv.version)
     return str(mv.version)
-BASELINE_PYFUNCS = {"popularity": Path(__file__).with_name("popularity_pyfunc.py"),
-                    "markov": Path(__file__).with_name("markov_pyfunc.py")}
+BASELINE_PYFUNCS = {"popularity": TASKS / "popularity_pyfunc.py", "markov": TASKS / "markov_pyfunc.py"}
 BASELINE_CARDS = {  # the model card of each kind's versions
     "popularity": "**Popularity baseline**: the catalogue by training frequency in the data window, the same list "
                   "for everyone (history items left out).",
@@ -239,7 +239,7 @@ def register_baseline(cfg: PipelineConfig, sequences: Path, data_fingerprint: st
             client.log_inputs(run.info.run_id, split_dataset_inputs(sequences, ["train"]))  # what it counted
             info = _log_pyfunc(
                 name=MODEL_ARTIFACT, python_model=str(BASELINE_PYFUNCS[kind]), artifacts=artifacts,
-                code_paths=[str(Path(__file__).resolve().parents[1] / "cft_core")],
+                code_paths=[str(TASKS.parent / "cft_core")],
                 model_config={"top_k": cfg.registry.top_k}, signature=_signature(cfg),
                 pip_requirements=["mlflow", "pandas", "pyarrow", "numpy"],
             )
