@@ -109,6 +109,7 @@ def is_baseline(version) -> bool:
 
 
 def alias_version(client, name: str, alias: str) -> str | None:
+    """The version `alias` of registered model `name` names, or None where it names none."""
     import mlflow
 
     try:
