@@ -26,6 +26,10 @@ STATES = ("Failed", "Crashed", "TimedOut")
 LATE_WAIT_S = 600  # how long a Late run waits for a worker before it is reported
 # What ends a Late run's wait: a worker took it, or it ended otherwise (cancelled by someone).
 TAKEN = ("Pending", "Running", "Cancelling", "Cancelled", "Completed", "Failed", "Crashed")
+# The events of the project's flow runs, as an automation's trigger picks them (here and in
+# cft_cli/unresponsive.py): a flow run's, related to a flow of FLOWS.
+RUN_EVENTS = {"prefect.resource.id": "prefect.flow-run.*"}
+OF_OUR_FLOWS = {"prefect.resource.role": "flow", "prefect.resource.name": list(FLOWS)}
 
 
 def _text(says: str) -> str:
@@ -40,10 +44,14 @@ def _text(says: str) -> str:
 PAYLOAD = _text('" " ~ flow_run.state.name ~ ": " ~ (flow_run.state.message or "")')
 
 
+def waited(wait_s: float) -> str:
+    """A wait as the messages say it: "10 min", "45 s"."""
+    return f"{wait_s / 60:g} min" if wait_s >= 60 else f"{wait_s:g} s"
+
+
 def late_payload(wait_s: float) -> str:
     """The message for a run Late for `wait_s` seconds, naming its work pool."""
-    waited = f"{wait_s / 60:g} min" if wait_s >= 60 else f"{wait_s:g} s"
-    return _text(f'" has waited {waited} for a worker past its start: is a worker running on its work pool"'
+    return _text(f'" has waited {waited(wait_s)} for a worker past its start: is a worker running on its work pool"'
                  ' ~ ((" " ~ work_pool.name) if work_pool else "") ~ "?"')
 
 
@@ -58,8 +66,7 @@ def automation_spec(block_id):
                     f"{', '.join(STATES)} (made by `cft alerts`).",
         trigger=EventTrigger(
             expect={f"prefect.flow-run.{state}" for state in STATES},
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "flow", "prefect.resource.name": list(FLOWS)},
+            match=RUN_EVENTS, match_related=OF_OUR_FLOWS,
             posture=Posture.Reactive, threshold=1, within=0),
         actions=[CallWebhook(block_document_id=block_id, payload=PAYLOAD)],
     )
@@ -78,8 +85,7 @@ def late_spec(block_id, wait_s: float = LATE_WAIT_S):
         trigger=EventTrigger(
             after={"prefect.flow-run.Late"},
             expect={f"prefect.flow-run.{state}" for state in TAKEN},
-            match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "flow", "prefect.resource.name": list(FLOWS)},
+            match=RUN_EVENTS, match_related=OF_OUR_FLOWS,
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive, threshold=1, within=wait_s),
         actions=[CallWebhook(block_document_id=block_id, payload=late_payload(wait_s))],
@@ -94,6 +100,12 @@ def delete_automations(client, name: str) -> int:
     return len(old)
 
 
+def replace_automation(client, spec) -> str:
+    """Create the automation `spec` in place of those of its name (an earlier command's); its id."""
+    delete_automations(client, spec.name)
+    return str(client.create_automation(spec))
+
+
 def install_alerts(url: str, late_wait_s: float = LATE_WAIT_S) -> tuple[str, str]:
     """Save the webhook block (URL `url`) and the two automations on the configured Prefect
     server, replacing those of an earlier `cft alerts`; the automations' ids (FAILED, LATE)."""
@@ -102,10 +114,8 @@ def install_alerts(url: str, late_wait_s: float = LATE_WAIT_S) -> tuple[str, str
 
     block_id = Webhook(url=url, headers={"Content-Type": "application/json"}).save(BLOCK, overwrite=True)
     with get_client(sync_client=True) as client:
-        for name in (FAILED, LATE):
-            delete_automations(client, name)
-        return (str(client.create_automation(automation_spec(block_id))),
-                str(client.create_automation(late_spec(block_id, late_wait_s))))
+        return (replace_automation(client, automation_spec(block_id)),
+                replace_automation(client, late_spec(block_id, late_wait_s)))
 
 
 def remove_alerts() -> int:

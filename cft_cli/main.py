@@ -454,8 +454,9 @@ def recommend(
                                                    "free_text": free_text})
     row = out.iloc[0]
     catalogue = loaded.model.catalogue
+    shown = [display_title(t) for t in catalogue.titles] if row["unmatched"] else []
     for title in row["unmatched"]:
-        close = difflib.get_close_matches(title, [display_title(t) for t in catalogue.titles], n=3, cutoff=0.6)
+        close = difflib.get_close_matches(title, shown, n=3, cutoff=0.6)
         hint = f"; close: {', '.join(map(repr, close))}" if close else ""
         use = "shown to the model as typed" if free_text else "left out (--free-text to use it as typed)"
         console.print(labelled("not in the catalogue:", f"{title!r}, {use}{hint}"), highlight=False)
@@ -682,7 +683,7 @@ def alerts_command(
     failed, late = alerts.install_alerts(url)
     console.print(f"{api}: the webhook block {alerts.BLOCK!r} gets a message when a flow run of {', '.join(alerts.FLOWS)} "
                   f"ends {', '.join(alerts.STATES)} (automation {alerts.FAILED!r}, {failed}) or has waited "
-                  f"{alerts.LATE_WAIT_S // 60} min past its start for a worker (automation {alerts.LATE!r}, {late})",
+                  f"{alerts.waited(alerts.LATE_WAIT_S)} past its start for a worker (automation {alerts.LATE!r}, {late})",
                   highlight=False)
 
 

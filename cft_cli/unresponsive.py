@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from cft_cli.alerts import FLOWS, delete_automations
+from cft_cli.alerts import FLOWS, OF_OUR_FLOWS, RUN_EVENTS, replace_automation
 
 NAME = "cft: crash runs that stopped answering"
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
@@ -42,8 +42,8 @@ def heartbeat_s(prefect_yaml: Path) -> int:
     return max([int(s) for s in set_s if s is not None] or [default])
 
 
-def automation_spec(within_s: float, flows: tuple[str, ...] = FLOWS):
-    """The automation that sets Crashed a deployment run of `flows` (the project's) that beat once
+def automation_spec(within_s: float):
+    """The automation that sets Crashed a deployment run of FLOWS (the project's) that beat once
     and then neither beat nor ended for `within_s` seconds (one watch a run: `for_each` its id)."""
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
@@ -51,15 +51,14 @@ def automation_spec(within_s: float, flows: tuple[str, ...] = FLOWS):
 
     return AutomationCore(
         name=NAME,
-        description=f"Set Crashed a deployment run of {', '.join(flows)} that sent no heartbeat for {within_s:.0f} s: "
+        description=f"Set Crashed a deployment run of {', '.join(FLOWS)} that sent no heartbeat for {within_s:.0f} s: "
                     "its process or machine is gone (made by `cft deploy` / `cft stack up`).",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{state}" for state in ENDS)},
-            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match=RUN_EVENTS,
             # (a list: every one must match a related resource of the event)
-            match_related=[{"prefect.resource.role": "flow", "prefect.resource.name": list(flows)},
-                           {"prefect.resource.role": "deployment"}],
+            match_related=[OF_OUR_FLOWS, {"prefect.resource.role": "deployment"}],
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive, threshold=1, within=within_s),
         actions=[ChangeFlowRunState(
@@ -74,5 +73,4 @@ def install_unresponsive(api_url: str, within_s: float) -> str:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        delete_automations(client, NAME)
-        return str(client.create_automation(automation_spec(within_s)))
+        return replace_automation(client, automation_spec(within_s))

@@ -54,7 +54,7 @@ def title_key(text: str) -> str:
     """How a title is looked up: HTML entities unescaped, `normalize_title`, then case-folded
     ("Heat (1995)", "heat  (1995)" and a full-width "Ｈｅａｔ (1995)" are one key; so are
     "Tom &amp; Jerry" and "tom & jerry")."""
-    return normalize_title(html.unescape(text) if "&" in text else text).casefold()
+    return normalize_title(display_title(text)).casefold()
 
 
 def display_title(title: str) -> str:
