@@ -51,9 +51,30 @@ def ensure_distributed_env(port: int | None = None) -> None:
     os.environ.setdefault("MASTER_PORT", str(port))
 
 
-# DeepSpeed JIT-compiles a CPU op on first use (the shared-memory comm op: ~41 s of g++ on quiet
-# cores). A build `lock` file older than this is far past any real build: a killed build left it.
+# DeepSpeed JIT-compiles an op on first use in an environment (g++ and ninja; fused Adam ~50 s,
+# cpu_adam ~53 s, on quiet cores). A build `lock` file older than this is far past any real build:
+# a killed build left it.
 STALE_BUILD_LOCK_S = 10 * 60
+
+# DeepSpeed's CPU shared-memory communication op, by its name in DeepSpeed's table of compatible ops.
+SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed from building its shared-memory communication op, which training never uses.
+
+    DeepSpeed's torch backend loads the op as it sets up the process group, and on a CPU the first
+    load in an environment compiles it: about 41 s of g++ before the first step of every new
+    environment (each CI run, each user's first training), and a C++ toolchain required. Its one
+    caller is `inference_all_reduce` (tensor-parallel inference), which falls back to
+    torch.distributed's all_reduce without it; ZeRO training reduces through torch.distributed.
+    The backend builds the op only where DeepSpeed's table of compatible ops
+    (`deepspeed.ops.__compatible_ops__`, probed once per process; edits to it persist) allows it,
+    so the op is marked incompatible there. Call before the process group is set up (before
+    `TrainingArguments`)."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
 
 
 def ensure_op_build_dir() -> Path:
@@ -65,8 +86,8 @@ def ensure_op_build_dir() -> Path:
     process waits forever (torch's FileBaton has no timeout): that hung a CI run for 90 minutes.
     So the default here is `<sys.prefix>/torch_extensions` (one build per venv; an explicit
     TORCH_EXTENSIONS_DIR is kept), and locks older than STALE_BUILD_LOCK_S are removed.
-    Without a GPU, the first run in an environment says that the build is coming: it is a minute
-    or two of silence otherwise. Returns the directory.
+    The project's DeepSpeed configs build no op (`skip_shm_comm_op`; no "optimizer" section, no
+    DeepSpeed CPU Adam): this matters once a config of your own asks for one. Returns the directory.
     """
     import sys
 
@@ -80,9 +101,6 @@ def ensure_op_build_dir() -> Path:
                 print(f"removed a stale op-build lock left by a killed build: {lock}", file=sys.stderr)
         except FileNotFoundError:  # its build finished meanwhile
             pass
-    if not torch.cuda.is_available() and not any(root.glob("deepspeed_shm_comm/*.so")):
-        print(f"DeepSpeed compiles its CPU communication op into {root} first (once per environment, "
-              "about a minute of g++)", file=sys.stderr)
     return root
 
 

@@ -438,6 +438,7 @@ def _train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, run_dir:
         ensure_op_build_dir,
         init_cpu_deepspeed_state,
         reset_accelerate_state,
+        skip_shm_comm_op,
     )
     from tasks.settings import cft_objective, resolved_precision
     from tasks.tracking import TrainingRun, end_stopped_run
@@ -450,6 +451,7 @@ def _train(cfg: PipelineConfig, sequences: Path, data_fingerprint: str, run_dir:
     if ds is not None:
         ensure_distributed_env()
         ensure_op_build_dir()
+        skip_shm_comm_op()
         configured_state = init_cpu_deepspeed_state()
     world = world_size()
     per_step = t.micro_batch_size * world

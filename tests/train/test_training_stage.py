@@ -65,6 +65,9 @@ def test_zero_trains_saves_and_reloads(tmp_path, small_sequences, stage):
         warnings.simplefilter("always")
         out = train(cfg, seq, fp, extra_callbacks=[capture])
     assert not [w for w in caught if "pin_memory" in str(w.message)]  # no pinned memory without a GPU
+    from deepspeed.comm import comm as ds_comm
+
+    assert ds_comm.cdb.shm_comm_op is None  # DeepSpeed trained without its inference-only comm op
 
     evals = _losses(out.summary, "eval_loss")
     train_losses = _losses(out.summary)
