@@ -228,8 +228,6 @@ def run(
     """The whole pipeline in-process as the Prefect flow `cft`: ingest -> validate -> build ->
     train -> evaluate -> register -> gate. Finished stages are reused (content-addressed
     outputs). Without PREFECT_API_URL, Prefect starts a temporary local server."""
-    from tasks.tracking import tracking_uri
-
     # Prefect's temporary server would otherwise send a telemetry heartbeat while its fresh
     # SQLite database is still being migrated ("database is locked" tracebacks on first runs).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -242,10 +240,7 @@ def run(
     check_prefect_api()
 
     out = cft_pipeline(profile=str(config), config=cfg)
-    console.print(out["summary"])
-    uri = tracking_uri(cfg, create=False)  # (tracking off: no store, and no UI to open on one)
-    if cfg.tracking.enabled and not uri.startswith("http"):
-        console.print(f"\nMLflow UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1   (then http://127.0.0.1:5000)")
+    console.print(out["summary"])  # (its "MLflow run:" line says how to open the run in the UI)
     if out["registered"]:
         hint = recommend_hint(config, set_ or [], out["registered"]["name"], _example_history(cfg))
         console.print(f"Recommend:  {hint}", highlight=False)

@@ -146,15 +146,16 @@ def loss_curve_figure(log_history: list[dict[str, Any]]):
 
 def run_link(cfg: PipelineConfig, run_id: str | None) -> str:
     """Where to see a run: its UI address on a tracking server, else how to open the local store."""
-    uri = tracking_uri(cfg)
-    if not run_id:
+    if not (cfg.tracking.enabled and run_id):  # (a reused training names the run it was tracked in, if any)
         return "(tracking disabled)"
-    if uri.startswith(("http://", "https://")):
-        from mlflow import MlflowClient
+    uri = tracking_uri(cfg)
+    from mlflow import MlflowClient
 
-        exp = MlflowClient(uri).get_run(run_id).info.experiment_id
-        return f"{uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"
-    return f"run {run_id} in {uri} (UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1)"
+    page = f"#/experiments/{MlflowClient(uri).get_run(run_id).info.experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    # A local store has no UI until one is started on it (on MLflow's default port).
+    return f"run {run_id} in {uri}; to see it: mlflow ui --backend-store-uri {uri} --host 127.0.0.1, then http://127.0.0.1:5000/{page}"
 
 
 # MLflow's conventional dataset contexts, by split (the runs table shows them beside each dataset).

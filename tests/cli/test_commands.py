@@ -68,6 +68,13 @@ def test_run_registers_a_champion_and_prints_a_recommend_hint_from_the_dataset(p
     assert "cft-cli-test v3" in out and "popularity baseline" in out and "Markov-chain baseline" in out
     assert "**Gate**" in out
     assert "Downloading artifacts" not in out  # MLflow's bar per model logged or loaded (shown with --verbose)
+    # One line says how to see the training's run: the UI on its store, and the run's page there.
+    link = re.search(r"^MLflow run: run (\w+) in (\S+); to see it: mlflow ui --backend-store-uri (\S+) --host 127.0.0.1, "
+                     r"then http://127.0.0.1:5000/#/experiments/(\w+)/runs/(\w+)$", out, flags=re.M)
+    assert link and link[2] == link[3] and link[5] == link[1] and out.count("mlflow ui") == 1, out
+    from mlflow import MlflowClient
+
+    assert MlflowClient(link[2]).get_run(link[1]).info.experiment_id == link[4]
     # One line, longer than 80 columns, to copy and paste whole: the profile, the alias, the titles.
     hint = next(line for line in out.splitlines() if line.startswith("Recommend:"))
     args = shlex.split(hint.removeprefix("Recommend:"))
@@ -318,7 +325,8 @@ def test_run_with_tracking_off_names_no_store(profile):
     not write to, and created its folder on a fresh data root), and nothing registered to recommend."""
     out = cft("run", "-c", str(profile), "--set", "tracking.enabled=false")
     assert "### cli-test: cft, test split" in out, out
-    assert not any(line.startswith(("MLflow UI:", "Recommend:")) for line in out.splitlines()), out
+    assert "MLflow run: (tracking disabled)" in out and "mlflow ui" not in out, out
+    assert not any(line.startswith("Recommend:") for line in out.splitlines()), out
 
 
 def test_replay_writes_the_timeline_report_and_an_mlflow_run(profile, tmp_path):
