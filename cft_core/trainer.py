@@ -56,10 +56,6 @@ def ensure_distributed_env(port: int | None = None) -> None:
 # a killed build left it.
 STALE_BUILD_LOCK_S = 10 * 60
 
-# DeepSpeed's CPU shared-memory communication op, by its name in DeepSpeed's table of compatible ops.
-SHM_COMM_OP = "deepspeed_shm_comm"
-
-
 def skip_shm_comm_op() -> None:
     """Keep DeepSpeed from building its shared-memory communication op, which training never uses.
 
@@ -70,11 +66,14 @@ def skip_shm_comm_op() -> None:
     torch.distributed's all_reduce without it; ZeRO training reduces through torch.distributed.
     The backend builds the op only where DeepSpeed's table of compatible ops
     (`deepspeed.ops.__compatible_ops__`, probed once per process; edits to it persist) allows it,
-    so the op is marked incompatible there. Call before the process group is set up (before
-    `TrainingArguments`)."""
+    so the op is marked incompatible there. GPU accelerators have no such op: nothing to do. Call
+    before the process group is set up (before `TrainingArguments`)."""
     import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
 
-    deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
+    builder = get_accelerator().get_op_builder("ShareMemCommBuilder")  # what the backend asks for
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
 def ensure_op_build_dir() -> Path:
