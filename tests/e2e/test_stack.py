@@ -136,6 +136,15 @@ class Receiver:
     def posted(self, path: str) -> list[tuple[dict, bytes]]:
         return [(headers, body) for at, headers, body in self.received if at == path]
 
+    def wait(self, path: str, count: int = 1, where=lambda body: True, timeout: float = 60.0) -> list[tuple[dict, bytes]]:
+        """The posts to `path` whose JSON body passes `where`, once there are `count` of them: the
+        senders post from their own threads (MLflow's delivery pool, the Prefect server's automations)."""
+        deadline = time.monotonic() + timeout
+        while len(found := [(h, body) for h, body in self.posted(path) if where(json.loads(body))]) < count:
+            assert time.monotonic() < deadline, (path, count, self.received)
+            time.sleep(0.2)
+        return found
+
     def deliveries(self, secret: str, wanted: int, timeout: float = 60.0) -> list[dict]:
         """The bodies of the first `wanted` deliveries to /champion (MLflow sends from a thread pool),
         each checked against its signature: base64 HMAC-SHA256, keyed by the webhook's secret, of
@@ -144,16 +153,12 @@ class Receiver:
         import hashlib
         import hmac
 
-        deadline = time.monotonic() + timeout
-        while len(self.posted("/champion")) < wanted and time.monotonic() < deadline:
-            time.sleep(0.2)
         bodies = []
-        for headers, body in self.posted("/champion")[:wanted]:
+        for headers, body in self.wait("/champion", wanted, timeout=timeout)[:wanted]:
             signed = f"{headers['X-MLflow-Delivery-Id']}.{headers['X-MLflow-Timestamp']}.{body.decode()}"
             digest = base64.b64encode(hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()).decode()
             assert headers["X-MLflow-Signature"] == f"v1,{digest}", headers
             bodies.append(json.loads(body))
-        assert len(bodies) == wanted, (wanted, self.received)
         return bodies
 
 
@@ -233,10 +238,7 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         serves_the_champion(stack, client, name)  # the first champion, without a restart
         # Every move of an alias reached the webhook, signed: the first champion is the popularity baseline.
         moves = json.loads(client.get_registered_model(name).tags["champion_history"])
-        deadline = time.monotonic() + 60  # (MLflow delivers from a thread pool)
-        while sum(json.loads(body)["data"].get("alias") == "champion" for _, body in receiver.posted("/champion")) < len(moves):
-            assert time.monotonic() < deadline, (moves, receiver.received)
-            time.sleep(0.2)
+        receiver.wait("/champion", len(moves), where=lambda body: body["data"].get("alias") == "champion")
         sent = receiver.deliveries(secret, len(receiver.posted("/champion")))
         assert [d["data"] for d in sent if d["data"]["alias"] == "champion"] == [
             {"name": name, "alias": "champion", "version": m["version"]} for m in moves], (moves, sent)
@@ -247,10 +249,7 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
                               cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
         assert said.returncode == 0 and "automation 'cft: a run failed'" in said.stdout, said.stdout + said.stderr
         failed_id, _ = run_pipeline(stack, {}, expect="FAILED", profile="configs/no-such-profile.yaml")
-        deadline = time.monotonic() + 60  # (the server's automation services act within seconds)
-        while not receiver.posted("/failed") and time.monotonic() < deadline:
-            time.sleep(0.5)
-        ((headers, body),) = receiver.posted("/failed")
+        ((headers, body),) = receiver.wait("/failed")  # (the server's automation services act within seconds)
         text = json.loads(body)["text"]
         run_name = api(stack, f"/flow_runs/{failed_id}")["name"]
         assert text.startswith(f"cft/full-pipeline: flow run {run_name} Failed: ") and "no-such-profile" in text, text
@@ -411,12 +410,8 @@ def test_up_frees_the_slot_of_a_run_the_stopped_stack_left_running(tmp_path, mon
 
         def alert(starts: str) -> str:
             """The text of the one alert that starts so, once the server has sent it."""
-            deadline = time.monotonic() + 90
-            while not (said := [t for _, body in receiver.posted("/alerts") if (t := json.loads(body)["text"]).startswith(starts)]):
-                assert time.monotonic() < deadline, (starts, receiver.received)
-                time.sleep(0.5)
-            (text,) = said
-            return text
+            ((_, body),) = receiver.wait("/alerts", where=lambda body: body["text"].startswith(starts), timeout=90)
+            return json.loads(body)["text"]
 
         install_unresponsive(stack.prefect_api, within_s=10)
         lost, beating = in_flight("cft/scheduled-retrain", os.getpid()), in_flight("cft/full-pipeline", os.getpid())
