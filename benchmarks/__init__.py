@@ -1,4 +1,4 @@
-"""Benchmarks and studies, each run as `python -m benchmarks.<name>` (see the README).
+"""Benchmarks and studies, each run as `python -m benchmarks.<name>` (docs/benchmarks.md lists them).
 
 Run that way, they turn third-party chatter down as `cft` does (weight-loading bars, DeepSpeed's
 "Setting accelerator to CPU", advisory warnings), so their logs hold the benchmark's own output.

@@ -4,7 +4,7 @@
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python -m benchmarks.precision
                                                                     # as on a CPU without bf16 instructions
 
-A version serves at the precision it was evaluated at (README, Recommending and serving), and
+A version serves at the precision it was evaluated at (docs/serving.md), and
 `eval.precision: auto` picks bf16 on a GPU. Both copies of SmolLM2-135M (fp32 and bf16) are
 loaded in this one process and timed in interleaved rounds (fp32 then bf16, then the other way
 round), on the two things a served request does:

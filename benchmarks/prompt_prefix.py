@@ -22,7 +22,7 @@ run once per call). Rounds interleave the variants (A B C, B C A, C A B, ...),
 so a change of load hits all alike; each ratio is the median of the per-round ratios with its
 range. The base model stands in for a fine-tuned one (the prompt pass does not depend on the
 weights). Results: benchmarks/results/prompt_prefix.json (every timing) and the table printed at
-the end (README, "Recommending and serving").
+the end (docs/serving.md).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ round 2: the same ...), so a change of load on the machine hits all variants ali
 reported as the median of the per-round ratios with their range.
 
 Results: benchmarks/results/serving.json (every request's latency and outcome) and the table
-printed at the end (README, "Serving"). Targets (issue 15): at 16 concurrent users no request
+printed at the end (docs/serving.md). Targets (issue 15): at 16 concurrent users no request
 fails within 60 s, and throughput is at least 2.5x the one-at-a-time throughput.
 """
 

@@ -11,7 +11,7 @@ worker`, posts when a run of FLOWS has been Late for LATE_WAIT_S and no worker t
 worker machines are gone or stopped, which fails no run (Prefect marks a run Late 15 s past its
 start; the wait keeps a worker that starts slowly from raising an alarm). Running it again
 replaces all three; `--off` removes them. (A move of the champion is MLflow's to announce:
-README, Registry.)
+docs/registry.md.)
 """
 
 from __future__ import annotations

@@ -480,7 +480,7 @@ def _why_fewer(loaded) -> str:
         return (f"constrained decoding returns at most its {ranker.settings.generation.num_return_sequences} "
                 "beams' distinct items, fewer when its search starves; this version was registered without "
                 "eval.backfill, which fills the list with popular items (a wider search: "
-                "eval.constrained_search_beams, set at evaluation; README, Evaluation)")
+                "eval.constrained_search_beams, set at evaluation; docs/evaluation.md)")
     return "the catalogue has no more items this history may get"
 
 

@@ -425,7 +425,7 @@ class EvalConfig(_Strict):
         "the title tree a beam often has one allowed token, so when beams finish, beam search has no "
         "alternatives left to replace them and fills the beams with dead ends: with 5 beams the demo's "
         "SmolLM2 gave 2.8 distinct items per ML-100K test row (5 for 1 row of 100); searching 10 gave 5 "
-        "for 97 (README, Evaluation), for 1.4x the decoding time. The served model searches as it was "
+        "for 97 (docs/evaluation.md), for 1.4x the decoding time. The served model searches as it was "
         "evaluated.",
     )
     backfill: Literal["none", "popularity"] = Field(
@@ -485,7 +485,7 @@ class TrackingConfig(_Strict):
 
 
 class RegistryConfig(_Strict):
-    """Registration of an evaluated run and the champion/challenger gate (README, "Registry")."""
+    """Registration of an evaluated run and the champion/challenger gate (docs/registry.md)."""
 
     enabled: bool = Field(True, description="Register the evaluated model and run the gate.")
     model_name: str | None = Field(

@@ -140,7 +140,7 @@ class SplitRecords:
 #   at the ~300 records/s of the tiny model on 2 CPU cores, far more for a real model (a full
 #   ML-25M's valid split holds 2.5M: hours each time);
 # - MANY_RANKED_RECORDS, beam searches (the evaluation's ranking, the gate's): SmolLM2 ranked ~1 row
-#   a second on 2 CPU cores (README, Serving), so ~3 h; ML-100K's whole test split (9,835) is below it.
+#   a second on 2 CPU cores (docs/serving.md), so ~3 h; ML-100K's whole test split (9,835) is below it.
 MANY_EVAL_RECORDS = 50_000
 MANY_RANKED_RECORDS = 10_000
 

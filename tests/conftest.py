@@ -21,7 +21,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Under pytest-xdist each worker takes its share of the cores for torch's (OpenMP's) threads, as
 # do the processes it starts (torchrun, the e2e stack's worker); by default every worker would use
-# all of them (on 2 cores: 4 busy threads, and DeepSpeed's CPU steps slowed by half; README, Tests).
+# all of them (on 2 cores: 4 busy threads, and DeepSpeed's CPU steps slowed by half; README, The two commands).
 if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(workers))))
 # As `cft run` and the stack set it: no telemetry heartbeat from the Prefect test server, which

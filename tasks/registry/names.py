@@ -90,7 +90,7 @@ def served_ranking_key(cfg: PipelineConfig) -> str:
     """What an LLM version ranks with besides its training's model and catalogue: the ranking
     settings of the gate's method (beams, `eval.backfill`, precision, ...; not the batch size, which
     the server sets), the prompts' domain and the default k. A training run is registered once per
-    key (`register`), so a change of them (e.g. `eval.constrained_search_beams`, which the README
+    key (`register`), so a change of them (e.g. `eval.constrained_search_beams`, which docs/evaluation.md
     advises for serving) registers the same training anew, to be gated, where it once said "nothing
     new"; and a version registered before the key existed counts as another ranking."""
     from tasks.settings import ranking_settings

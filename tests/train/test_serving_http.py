@@ -273,7 +273,7 @@ def test_mlflow_scoring_server_answers_400_with_the_reason_and_no_trace(served):
         assert {**together, "scores": None} == {**alone, "scores": None}
         np.testing.assert_allclose(together["scores"], alone["scores"], rtol=1e-5)
         missing = c.post("/invocations", json={"dataframe_records": [rows[0], {"history": ["1"]}], "params": {"k": 2}})
-        assert missing.status_code == 400  # what the README tells clients of `mlflow models serve` to avoid
+        assert missing.status_code == 400  # what docs/serving.md tells clients of `mlflow models serve` to avoid
 
 
 @pytest.mark.timeout(300)
