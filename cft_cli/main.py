@@ -243,7 +243,7 @@ def run(
     console.print(out["summary"])  # (its "MLflow run:" line says how to open the run in the UI)
     if out["registered"]:
         hint = recommend_hint(config, set_ or [], out["registered"]["name"], _example_history(cfg))
-        console.print(f"Recommend:  {hint}", highlight=False)
+        console.print(f"\nRecommend:  {hint}", highlight=False)
 
 
 def recommend_hint(config: Path, overrides: list[str], name: str, history: list[str]) -> str:
