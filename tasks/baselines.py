@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from cft_core.ranking import Transitions
 from tasks.storage import atomic_dir, fingerprint, with_code_versions
+
+if TYPE_CHECKING:  # (cft_core.ranking imports torch: 3 s that `cft versions`, which reads BASELINES, never needs)
+    from cft_core.ranking import Transitions
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ def train_transitions(sequences: Path) -> Transitions:
     """Item-to-item counts of the window's training records: (newest history item, target).
     Read a row group at a time: the histories of a large window (20M records) never sit in
     memory whole."""
+    from cft_core.ranking import Transitions
+
     newest, targets = [], []
     for group in pq.ParquetFile(sequences / "train.parquet").iter_batches(
             columns=["history_item_ids", "target_item_id"], batch_size=1 << 18):
@@ -68,6 +73,8 @@ def window_counts(sequences: Path) -> tuple[np.ndarray, Transitions]:
     training split's size and modification time and this module's code version: a sequences
     folder is never rewritten, but a copy that was (a test device, a hand edit) is counted again.
     Where the folder cannot be written (a read-only data root), the counts are used uncached."""
+    from cft_core.ranking import Transitions
+
     train = (sequences / "train.parquet").stat()
     key = fingerprint(with_code_versions({"train": [train.st_size, train.st_mtime_ns]}, baselines=BASELINES_VERSION))
     cache = sequences / "baselines" / key

@@ -9,7 +9,6 @@ import logging
 import time
 from pathlib import Path
 
-from cft_core.serving import write_counts
 from schemas.config import PipelineConfig
 from tasks.baselines import BASELINES, window_counts
 from tasks.registry.champion import set_champion
@@ -44,6 +43,7 @@ def log_recommender(cfg: PipelineConfig, run_id: str, model_dir: Path, sequences
     import transformers
 
     import cft_core
+    from cft_core.serving import write_counts
     from tasks.evaluation import ensure_catalogue_embeddings
     from tasks.settings import ranking_settings
 
@@ -218,6 +218,7 @@ def register_baseline(cfg: PipelineConfig, sequences: Path, data_fingerprint: st
 
     import mlflow
 
+    from cft_core.serving import write_counts
     from tasks.tracking import split_dataset_inputs, tracking_uri, use_experiment
 
     uri = tracking_uri(cfg)
