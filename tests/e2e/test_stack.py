@@ -230,6 +230,11 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
             assert chatter not in log, (chatter, log[-3000:])
         baseline, markov, model = (client.get_model_version(name, v) for v in "123")
         assert [v.tags["cft.kind"] for v in (baseline, markov, model)] == ["popularity", "markov", "llm"]
+        # The run's metrics artifact (what the Prefect UI shows) links the training's run page on the server.
+        artifacts = api(stack, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [first]}}})
+        (metrics,) = [a for a in artifacts if a["key"] == "metrics-ml-100k-smoke"]
+        experiment = client.get_run(model.run_id).info.experiment_id
+        assert f"MLflow run: {stack.mlflow_uri}/#/experiments/{experiment}/runs/{model.run_id}" in metrics["data"], metrics
         run = client.get_run(model.run_id)
         assert run.data.params["train.objective"] == "cft"
         assert {"train/loss", "valid/loss", "test/constrained/NDCG_at_10"} <= set(run.data.metrics)
