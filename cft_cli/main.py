@@ -157,6 +157,7 @@ def train(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) ->
     Multi-process: `torchrun --nproc_per_node N --master_addr 127.0.0.1 -m cft_cli train -c ...`.
     """
     from tasks.chain import train_model
+    from tasks.tracking import run_link
     from tasks.training import is_rank_zero
 
     cfg = load_checked_config(config, set_)
@@ -167,7 +168,7 @@ def train(config: ConfigOpt = Path("configs/demo.yaml"), set_: SetOpt = None) ->
         best = "-" if s["best_eval_loss"] is None else f"{s['best_eval_loss']:.4f}"
         console.print(f"training{' (reused)' if out.reused else ''}: {cfg.train.objective} from "
                       f"{s['warm_start'] or 'the base model'}, {s['global_step']} steps, best valid loss {best}\n"
-                      f"MLflow run: {s['mlflow_run_id'] or '(tracking disabled)'}\nmodel: {out.model_dir}",
+                      f"MLflow run: {run_link(cfg, s['mlflow_run_id'])}\nmodel: {out.model_dir}",
                       highlight=False, soft_wrap=True)
 
 

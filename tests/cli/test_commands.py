@@ -53,6 +53,9 @@ def test_version_and_help():
 def test_train_then_evaluate_reuses_the_training(profile):
     out = cft("train", "-c", str(profile))
     assert "training" in out and "cft" in out
+    # The run as `cft run` names it: the id whole, and how to open its page.
+    assert re.search(r"^MLflow run: run \w+ in sqlite:///\S+; to see it: mlflow ui .*/#/experiments/\w+/runs/\w+$", out,
+                     flags=re.M), out
     trainings = list((profile.parent / "data" / "training").iterdir())
     assert len(trainings) == 1 and (trainings[0] / "model" / "model.safetensors").is_file()
     out = cft("evaluate", "-c", str(profile))
