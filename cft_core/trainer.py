@@ -56,25 +56,6 @@ def ensure_distributed_env(port: int | None = None) -> None:
 # a killed build left it.
 STALE_BUILD_LOCK_S = 10 * 60
 
-def skip_shm_comm_op() -> None:
-    """Keep DeepSpeed from building its shared-memory communication op, which training never uses.
-
-    DeepSpeed's torch backend loads the op as it sets up the process group, and on a CPU the first
-    load in an environment compiles it: about 41 s of g++ before the first step of every new
-    environment (each CI run, each user's first training), and a C++ toolchain required. Its one
-    caller is `inference_all_reduce` (tensor-parallel inference), which falls back to
-    torch.distributed's all_reduce without it; ZeRO training reduces through torch.distributed.
-    The backend builds the op only where DeepSpeed's table of compatible ops
-    (`deepspeed.ops.__compatible_ops__`, probed once per process; edits to it persist) allows it,
-    so the op is marked incompatible there. GPU accelerators have no such op: nothing to do. Call
-    before the process group is set up (before `TrainingArguments`)."""
-    import deepspeed.ops
-    from deepspeed.accelerator import get_accelerator
-
-    builder = get_accelerator().get_op_builder("ShareMemCommBuilder")  # what the backend asks for
-    if builder is not None:
-        deepspeed.ops.__compatible_ops__[builder.NAME] = False
-
 
 def ensure_op_build_dir() -> Path:
     """Point DeepSpeed's op builds at this environment's own directory, free of stale locks.
@@ -101,6 +82,26 @@ def ensure_op_build_dir() -> Path:
         except FileNotFoundError:  # its build finished meanwhile
             pass
     return root
+
+
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed from building its shared-memory communication op, which training never uses.
+
+    DeepSpeed's torch backend loads the op as it sets up the process group, and on a CPU the first
+    load in an environment compiles it: about 41 s of g++ before the first step of every new
+    environment (each CI run, each user's first training), and a C++ toolchain required. Its one
+    caller is `inference_all_reduce` (tensor-parallel inference), which falls back to
+    torch.distributed's all_reduce without it; ZeRO training reduces through torch.distributed.
+    The backend builds the op only where DeepSpeed's table of compatible ops
+    (`deepspeed.ops.__compatible_ops__`, probed once per process; edits to it persist) allows it,
+    so the op is marked incompatible there. GPU accelerators have no such op: nothing to do. Call
+    before the process group is set up (before `TrainingArguments`)."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().get_op_builder("ShareMemCommBuilder")  # what the backend asks for
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
 @dataclass(frozen=True)
