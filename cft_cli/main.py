@@ -330,7 +330,7 @@ def replay(
     from tasks.replay import plot_timeline
     from tasks.replay import replay as run_replay
     from tasks.replay import report as timeline_report
-    from tasks.tracking import log_timeline
+    from tasks.tracking import log_timeline, run_link
 
     cfg = load_checked_config(config, set_)
     out = out or cfg.data.data_root / "replay" / f"{cfg.data.name}-timeline.json"
@@ -340,7 +340,7 @@ def replay(
     plot_timeline(timeline, plot)
     console.print(f"timeline: {out}\nplot: {plot}")
     if cfg.tracking.enabled:
-        console.print(f"MLflow run: {log_timeline(cfg, timeline, plot)}")
+        console.print(f"MLflow run: {run_link(cfg, log_timeline(cfg, timeline, plot))}")
     if report:
         command = "cft " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "cft replay"
         report.parent.mkdir(parents=True, exist_ok=True)

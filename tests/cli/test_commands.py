@@ -347,7 +347,7 @@ def test_replay_writes_the_timeline_report_and_an_mlflow_run(profile, tmp_path):
     text = report.read_text()
     assert text.count("\n| 1998-") == 2 and "![timeline](../timeline.png)" in text
     assert (tmp_path / "timeline.png").stat().st_size > 0
-    run_id = re.search(r"MLflow run: (\w+)", out).group(1)
+    run_id = re.search(r"^MLflow run: run (\w+) in sqlite:///\S+; to see it: mlflow ui .*/runs/\1$", out, flags=re.M).group(1)
     uri = f"sqlite:///{profile.parent / 'mlflow.db'}"
     history = MlflowClient(uri).get_metric_history(run_id, "replay/challenger")
     assert [m.step for m in history] == [0, 1]
