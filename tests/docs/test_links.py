@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-CHECKOUT = Path(__file__).resolve().parents[2]
+from tests.conftest import CHECKOUT
+
 PAGES = sorted({CHECKOUT / "README.md", *(CHECKOUT / "docs").glob("*.md"), *(CHECKOUT / "infra").rglob("README.md")})
 # Backticked text is taken for a path when it starts at one of the project's folders and ends in
 # a file suffix (or a slash): `tasks/registry/`, `configs/gpu.yaml`; not `<data_root>/cache/...`.
