@@ -41,7 +41,13 @@ from tasks import readers
 from tasks.download import fetch, is_url
 from tasks.mirror import is_object_store_url, mirror
 from tasks.settings import sequence_settings
-from tasks.storage import atomic_dir, fingerprint, source_digests, write_json_atomic
+from tasks.storage import (
+    atomic_dir,
+    fingerprint,
+    source_digests,
+    with_code_versions,
+    write_json_atomic,
+)
 from tasks.validation import suites_key, validate_tables
 
 log = logging.getLogger(__name__)
@@ -199,6 +205,13 @@ def source_settings(cfg: DataConfig) -> dict:
 
 
 
+# Ingest's own code, for every source format: a change in what it writes for the same files joins
+# its key (storage.with_code_versions), so ingested folders and all built on them are written again
+# (not downloads, which storage.CODE_VERSION would also rename).
+# 2 (2026-12-07): titles kept as their source shows them (cft_core.titles.normalize_title: NFC, the
+#   joiners kept; was NFKC, which made "E=mc²" "E=mc2", and all format characters removed).
+INGEST_VERSION = 2
+
 # A reader whose rows for the same files changed since storage.CODE_VERSION was last bumped: its
 # version joins its ingest key, so that only that format's ingested folders are written again
 # (and what was built on them), not every data root's (a format not listed: version 1).
@@ -219,7 +232,7 @@ def ingest_target(cfg: DataConfig) -> tuple[Path, str, list[Path]]:
         key["reader"] = reader
     if dropping := cleaning_drops(cfg):  # the defaults (error) write nothing else, so keep their names
         key["drop"] = dropping
-    fp = fingerprint(key)
+    fp = fingerprint(with_code_versions(key, ingest=INGEST_VERSION))
     return cfg.data_root / "ingested" / f"{cfg.name}-{fp}", fp, files
 
 
@@ -243,7 +256,7 @@ def ingest(cfg: DataConfig) -> StageOutput:
     if empty.any():
         ids = items.loc[empty, "item_id"].tolist()
         if cfg.empty_titles == "error":
-            raise DataError(f"{cfg.name}: {len(ids)} item(s) have no title once control and zero-width "
+            raise DataError(f"{cfg.name}: {len(ids)} item(s) have no title once control and invisible "
                             f"characters are removed, e.g. item ids {ids[:5]}; fix them or set data.empty_titles: drop")
         log.warning("%s: dropping %d item(s) with an empty title (and their interactions), e.g. %s",
                     cfg.name, len(ids), ids[:5])

@@ -18,7 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-CODE_VERSION = "data-v2"  # bump when a stage's output for the same inputs changes (v2: titles normalised at ingest)
+# In every folder's name, downloads' and mirrors' included: bump it when a stage's output for the
+# same inputs changes (v2: titles normalised at ingest), unless that stage has a version of its own
+# (`with_code_versions`: ingest's tasks.data.INGEST_VERSION, training's, evaluation's, the baselines').
+CODE_VERSION = "data-v2"
 
 
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:

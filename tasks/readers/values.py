@@ -160,8 +160,8 @@ def to_float(values: pd.Series, path: Path, column: str, first_line: int | None 
 
 
 def normalize_titles(titles: pd.Series) -> pd.Series:
-    """Titles as people see them (`cft_core.titles.normalize_title`: NFKC, control and zero-width
-    characters removed, whitespace collapsed, stripped). Nulls stay null."""
+    """Titles as their source shows them (`cft_core.titles.normalize_title`: NFC, control and
+    invisible format characters removed, whitespace collapsed, stripped). Nulls stay null."""
     from cft_core.titles import normalize_title
 
     return titles.astype("string").map(normalize_title, na_action="ignore").astype("string")

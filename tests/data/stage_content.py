@@ -1,5 +1,6 @@
 """What the data stages write for fixed inputs, pinned per version of the code that names their
-folders (`tasks.storage.CODE_VERSION`, and `tasks.data.READER_VERSIONS` for one source format).
+folders (`tasks.storage.CODE_VERSION`, ingest's own `tasks.data.INGEST_VERSION`, and
+`tasks.data.READER_VERSIONS` for one source format).
 
 A finished stage folder is reused whenever its name matches, and the name covers the inputs and
 settings, not the code. So code that writes something else for the same inputs must bump the
@@ -16,9 +17,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 PINNED = {
-    # (CODE_VERSION, source format, reader version): {stage: content digest}
-    ("data-v2", "recbole_package", 1): {"ingested": "a781305de5e0c20b", "sequences": "d25b3dc0629af135"},
-    ("data-v2", "generic", 2): {"ingested": "943dec2fd4d8f039", "sequences": "5f29e3eb2f9b0241"},
+    # (CODE_VERSION, INGEST_VERSION, source format, reader version): {stage: content digest}
+    ("data-v2", 2, "recbole_package", 1): {"ingested": "a781305de5e0c20b", "sequences": "d25b3dc0629af135"},
+    ("data-v2", 2, "generic", 2): {"ingested": "943dec2fd4d8f039", "sequences": "5f29e3eb2f9b0241"},
 }
 
 
@@ -47,13 +48,13 @@ def content_digest(folder: Path) -> str:
 
 
 def check_pinned(source_format: str, ingested: Path, sequences: Path) -> None:
-    from tasks.data import READER_VERSIONS
+    from tasks.data import INGEST_VERSION, READER_VERSIONS
     from tasks.storage import CODE_VERSION
 
-    key = (CODE_VERSION, source_format, READER_VERSIONS.get(source_format, 1))
+    key = (CODE_VERSION, INGEST_VERSION, source_format, READER_VERSIONS.get(source_format, 1))
     got = {"ingested": content_digest(ingested), "sequences": content_digest(sequences)}
     assert got == PINNED.get(key), (
         f"{source_format}: the data stages now write {got} for the same input, not what {key} named: bump "
-        "CODE_VERSION in tasks/storage.py (a change in the sequences, or in every reader) or the format's "
-        "entry in tasks/data.READER_VERSIONS (one reader), so that folders written before are not reused, "
+        "CODE_VERSION in tasks/storage.py (a change in the sequences), INGEST_VERSION in tasks/data.py (a change "
+        "in ingest) or the format's entry in tasks/data.READER_VERSIONS (one reader), so that folders written before are not reused, "
         f"and pin the new digests in {__file__}")

@@ -233,7 +233,22 @@ def test_titles_are_normalised_before_validation(tmp_path):
     cfg = _write(tmp_path, items=items)
     titles = pq.read_table(ingest(cfg).path / "items.parquet").to_pandas().set_index("item_id")["title"]
     assert titles["i1"] == "Title 1 Part Two"  # zero-width removed, line break and NBSP -> one space
-    assert titles["i2"] == "TITLE 2"  # NFKC folds full-width letters
+    assert titles["i2"] == "ＴＩＴＬＥ 2"  # full-width letters as written (NFC; NFKC made them "TITLE 2" until 2026-12-07)
+
+
+def test_titles_keep_what_they_show_and_ingests_of_the_old_rule_are_not_reused(tmp_path, monkeypatch):
+    """Until 2026-12-07 ingest applied NFKC and removed the joiners: "E=mc²" became "E=mc2" and
+    Persian's "می‌خواهم" lost its non-joiner. A data root ingested so must not be reused, so the
+    rule's change (tasks.data.INGEST_VERSION) names the ingested folder anew."""
+    import tasks.data
+
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+    cfg = _write(tmp_path, items=GOOD_ITEMS.replace("Title 1", "E=mc\u00b2").replace("Title 2", persian))
+    current = ingest(cfg)
+    titles = pq.read_table(current.path / "items.parquet").to_pandas().set_index("item_id")["title"]
+    assert titles["i1"] == "E=mc\u00b2" and titles["i2"] == persian
+    monkeypatch.setattr(tasks.data, "INGEST_VERSION", 1)
+    assert ingest(cfg).path != current.path  # (the folder the old rule wrote has another name)
 
 
 def test_titles_in_the_interactions_file_are_each_items_newest(tmp_path, caplog):
