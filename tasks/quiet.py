@@ -33,6 +33,10 @@ def _not_the_accumulation_mismatch(record: logging.LogRecord) -> bool:
     return "Gradient accumulation steps mismatch" not in record.getMessage()  # after "[RANK 0] "
 
 
+def _not_the_temporary_server_stopping(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Stopping temporary server")
+
+
 # What a logger keeps, as a filter on it (a filter outlasts the library's own setLevel):
 _KEEP = {
     # great_expectations sets this logger to INFO when imported: "Created temporary directory ...
@@ -43,6 +47,11 @@ _KEEP = {
     # DeepSpeed's "auto" with train.effective_batch_size // micro-batch, so DeepSpeed's value is the
     # configured one (tests/train/test_training_stage.py checks accumulation under DeepSpeed).
     "accelerate.accelerator": _not_the_accumulation_mismatch,
+    # "Stopping temporary server on http://127.0.0.1:8525", logged at exit by the temporary Prefect
+    # server of `cft run` (and other commands without PREFECT_API_URL), after the command's own last
+    # words: `cft run` ended on it, below the summary and the `cft recommend` hint. Prefect's
+    # "Starting temporary server", which says how to run a server of one's own, stays.
+    "prefect": _not_the_temporary_server_stopping,
 }
 
 

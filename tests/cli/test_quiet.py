@@ -28,6 +28,12 @@ logging.getLogger("accelerate.accelerator").warning(
 logging.getLogger("accelerate.accelerator").warning("another accelerate warning")
 logging.getLogger("great_expectations.data_context.types.base").info("Created temporary directory")
 logging.getLogger("mlflow.store").info("Creating initial MLflow database tables")
+import subprocess
+from prefect.server.api.server import SubprocessASGIServer  # (Prefect's logging set up as in a flow run)
+server = SubprocessASGIServer(port=1)  # a temporary server stopped at exit, as `cft run`'s is
+server.server_process = subprocess.Popen([sys.executable, "-c", "pass"])
+server.stop()
+logging.getLogger("prefect").info("Starting temporary server on http://127.0.0.1:1")
 print("TRANSFORMERS_VERBOSITY=" + str(__import__("os").environ.get("TRANSFORMERS_VERBOSITY")))
 """
 
@@ -45,9 +51,9 @@ def run_chatter(quiet: str | None) -> str:
 def test_a_process_started_quiet_keeps_only_warnings_that_matter():
     out = run_chatter("1")
     for dropped in ("an mlflow advisory", "Gradient accumulation steps mismatch", "Created temporary directory",
-                    "Creating initial MLflow database tables"):
+                    "Creating initial MLflow database tables", "Stopping temporary server"):
         assert dropped not in out, out
-    assert "our own warning" in out and "another accelerate warning" in out
+    assert "our own warning" in out and "another accelerate warning" in out and "Starting temporary server" in out
     assert "TRANSFORMERS_VERBOSITY=error" in out
 
 
@@ -55,7 +61,7 @@ def test_without_the_switch_nothing_is_turned_down():
     for quiet in (None, "0"):
         out = run_chatter(quiet)
         for said in ("an mlflow advisory", "Gradient accumulation steps mismatch", "Created temporary directory",
-                     "Creating initial MLflow database tables", "our own warning"):
+                     "Creating initial MLflow database tables", "our own warning", "Stopping temporary server"):
             assert said in out, (quiet, out)
         assert "TRANSFORMERS_VERBOSITY=None" in out
 
