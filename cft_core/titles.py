@@ -75,6 +75,8 @@ def _clean(text: str, form: str, keep_visible_format: bool) -> str:
     if (unwanted := _character_class(keep_visible_format)).search(text):
         text = unwanted.sub(lambda m: " " if m.group() in LINE_BREAKS else "", text)
     text = " ".join(text.split())
+    if not text or unicodedata.category(text[0]) != "Cf":  # (stripped: a visible first character)
+        return text
     # Format characters alone (a title that was only "\u200d") show nothing: such a title is empty.
     return text if any(c != " " and unicodedata.category(c) != "Cf" for c in text) else ""
 
