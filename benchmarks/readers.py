@@ -22,10 +22,14 @@ columns of which the pipeline maps four: user, item, time, title, the rest what 
 session, page, referrer, user agent, prices, ...): the `generic` reader, which reads a Parquet
 part's mapped columns only (since 2026-12-06), and the same reader reading every column, as it
 did before. `lake-json`: the same table as gzipped JSON lines, one file a day (Spark's
-`df.write.json`), where the reader keeps the mapped fields only once pyarrow has parsed a file.
+`df.write.json`): the reader now parses a file's mapped fields only, as for `lake-json-file`
+(until 2026-12-07 it kept them once pyarrow had parsed every field of a file).
 `lake-json-mixed`: those files with the customer id a number on some lines and text on others
 (an export whose producer changed), which pyarrow refuses: the reader's line-by-line fallback
 then keeps only the mapped fields' values (since 2026-12-06), where it kept every field's.
+`lake-json-file`: the table as one gzipped JSON-lines file (an export in one piece): the reader
+parses the mapped fields only where the file's first block types them (since 2026-12-07), where
+it parsed every field and kept the mapped ones after.
 `lake-parts`: a delivery stream's output (Amazon Data Firehose, a Kafka sink): many small gzipped
 JSON-lines files, 20 events each, in `dt=.../hour=...` folders; parts alike are checked and
 converted together (`tasks.readers.generic._interaction_rows`, since 2026-12-06), where each part was
@@ -36,13 +40,14 @@ converted by itself before (`batched=False`, what a part a fallback reads still 
     python -m benchmarks.readers --source lake            # 2,000,000 events in 90 day partitions, 3 rounds
     python -m benchmarks.readers --source lake-json       # 1,000,000 events as gzipped JSON lines, 3 rounds
     python -m benchmarks.readers --source lake-json-mixed # 200,000 such events, read line by line, 3 rounds
+    python -m benchmarks.readers --source lake-json-file  # 1,000,000 events in one gzipped JSON-lines file, 3 rounds
     python -m benchmarks.readers --source lake-parts      # 100,000 events in 5,000 parts, 3 rounds
     python -m benchmarks.readers --rows 200000 --rounds 5
 
 Files are seeded. Each round runs every reader, in an order that alternates between rounds; a
 ratio is a reader's time (or peak memory) over the first reader's in the same round, reported as
 the median with its range. Results: benchmarks/results/readers.json and .md (amazon),
-readers-movielens.json and .md, readers-lake[-json[-mixed]|-parts].json and .md.
+readers-movielens.json and .md, readers-lake[-json[-mixed|-file]|-parts].json and .md.
 """
 
 from __future__ import annotations
@@ -72,15 +77,17 @@ from benchmarks.rounds import (
 RESULTS = Path(__file__).parent / "results"
 READERS = {"amazon": ("arrow", "by_line", "whole_text"), "movielens": ("grouplens", "generic", "generic_before"),
            "lake": ("lake", "lake_every_column"), "lake-json": ("lake", "lake_every_column"),
-           "lake-json-mixed": ("lake", "lake_every_column"), "lake-parts": ("lake_together", "lake_one_by_one")}
+           "lake-json-mixed": ("lake", "lake_every_column"), "lake-json-file": ("lake", "lake_every_field_parsed"),
+           "lake-parts": ("lake_together", "lake_one_by_one")}
 LABELS = {"arrow": "pyarrow JSON reader (now)", "by_line": "line by line (its fallback)",
           "whole_text": "whole text + json.loads (before)", "grouplens": "grouplens: pyarrow CSV (now)",
           "generic": "generic: pyarrow CSV (now)", "generic_before": "generic: pandas CSV and numbers (as before)",
           "lake": "generic: the mapped columns (now)", "lake_every_column": "generic: every column (before)",
+          "lake_every_field_parsed": "generic: every field parsed, the mapped kept (before)",
           "lake_together": "generic: parts alike converted together (now)",
           "lake_one_by_one": "generic: each part converted by itself (before)"}
 DEFAULT_ROWS = {"amazon": 1_000_000, "movielens": 25_000_000, "lake": 2_000_000, "lake-json": 1_000_000,
-                "lake-json-mixed": 200_000, "lake-parts": 100_000}
+                "lake-json-mixed": 200_000, "lake-json-file": 1_000_000, "lake-parts": 100_000}
 EVENTS_PER_PART = 20  # a delivery stream flushes small files: a buffer's worth of events, every minute or so
 LAKE_DAYS = 90
 WORDS = ["game", "great", "fun", "hard", "play", "graphics", "story", "buy", "controller", "love", "bad", "the", "a", "is", "it", "and", "to", "of"]
@@ -158,6 +165,19 @@ def lake_as_json(folder: Path, mixed: bool = False) -> None:
         part.unlink()
 
 
+def lake_as_one_json_file(folder: Path) -> None:
+    """`write_lake`'s parts as one gzipped JSON-lines file in the folder (the day a field)."""
+    import pyarrow.parquet as pq
+
+    frame = pq.read_table(folder).to_pandas()
+    frame["event_time"] = frame["event_time"].astype("int64") // 10**6  # (unix ms, as trackers send it)
+    frame["dt"] = frame["dt"].astype(str)
+    with gzip.open(folder / "events.json.gz", "wt", compresslevel=1) as f:
+        frame.to_json(f, orient="records", lines=True)
+    for part in [p for p in folder.iterdir() if p.is_dir()]:
+        shutil.rmtree(part)
+
+
 def read(reader: str, path: Path):
     """The source's rows as a DataFrame, as `reader` reads them (`path`: the file or folder)."""
     import pandas as pd
@@ -177,8 +197,11 @@ def read(reader: str, path: Path):
             "format": "generic", "path": str(path / "ratings.csv"), "items_path": str(path / "movies.csv"),
             "columns": {"user_id": "userId", "item_id": "movieId", "title": "title"}}})
         return readers.read_generic(cfg, path / "ratings.csv", path / "movies.csv")[0]
-    if reader in ("lake", "lake_every_column", "lake_together", "lake_one_by_one"):
+    if reader in ("lake", "lake_every_column", "lake_every_field_parsed", "lake_together", "lake_one_by_one"):
         from schemas.config import DataConfig
+
+        if reader == "lake_every_field_parsed":  # as before 2026-12-07: a JSON-lines file's every field parsed
+            tables._json_fields_typed_by_first_block = lambda path, columns: None
 
         if reader == "lake_every_column":  # as before 2026-12-06: a part's every column read
             every = generic.read_source_table
@@ -260,13 +283,17 @@ def main() -> None:
         else:
             path = scratch / "events"
             write_lake(path, rows)
-            if ns.source.startswith("lake-json"):
+            if ns.source == "lake-json-file":
+                lake_as_one_json_file(path)
+            elif ns.source.startswith("lake-json"):
                 lake_as_json(path, mixed=ns.source == "lake-json-mixed")
             files = [f for f in path.rglob("*") if f.is_file()]
             size = sum(f.stat().st_size for f in files)
-            kind = {"lake": "Parquet", "lake-json": "gzipped JSON lines",
-                    "lake-json-mixed": "gzipped JSON lines, the customer id a number or text (read line by line)"}[ns.source]
-            what = (f"{rows:,} synthetic events, 30 columns (4 mapped), {kind} partitioned by day: {len(files)} parts, "
+            kind = {"lake": "Parquet partitioned by day", "lake-json": "gzipped JSON lines partitioned by day",
+                    "lake-json-file": "one gzipped JSON-lines file",
+                    "lake-json-mixed": "gzipped JSON lines partitioned by day, the customer id a number or text "
+                                       "(read line by line)"}[ns.source]
+            what = (f"{rows:,} synthetic events, 30 columns (4 mapped), {kind}: {len(files)} part(s), "
                     f"{size / 1e6:,.0f} MB.")
         rounds = []
         for r in range(ns.rounds):

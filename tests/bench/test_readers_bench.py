@@ -15,7 +15,7 @@ from benchmarks import readers as bench
 
 # Sources whose variants are, together, every variant (lake-json and lake-json-mixed time lake's two
 # on other files): each source is a subprocess per variant, ~5 s of the suite.
-SOURCES = ("amazon", "movielens", "lake", "lake-parts")
+SOURCES = ("amazon", "movielens", "lake", "lake-json-file", "lake-parts")
 
 
 def test_the_sources_run_cover_every_variant():

@@ -363,3 +363,48 @@ def test_the_digest_cache_can_be_turned_off_and_the_key_is_the_same(tmp_path, mo
     assert ingest_target(uncached)[1] == key and ingest_target(uncached)[1] == key
     assert sorted(hashed) == ["a.csv", "a.csv", "items.csv", "items.csv"]
     assert not (tmp_path / "cache" / "source-digests.json").exists()
+
+
+def _event_lines(n: int, change_at: int, change: dict) -> str:
+    """n events of an export, nested fields and fields no mapping names among them; from line
+    `change_at` on (past pyarrow's first 1 MB block) each event also has `change`'s fields."""
+    return "".join(json.dumps({"user": f"u{k % 97}", "ctx": {"page": {"item": f"i{k % 13}"}, "ref": "/home"},
+                               "ts": 1_700_000_000 + k, "agent": "Mozilla/5.0", "n": k % 7,
+                               **(change if k >= change_at else {})}) + "\n" for k in range(n))
+
+
+@pytest.mark.parametrize("change", [
+    {},
+    {"ts": 1_700_000_000.5},                 # a mapped integer field gets a fraction: double, as the whole file's
+    {"title": "Widget"},                      # a mapped field the first block lacks, then has
+    {"rating": 4.5},                          # an optional one (the generic reader asks for it) likewise
+    {"rating": None},                         # ... only ever null: read as absent (the one difference)
+    {"n": "seven"},                           # a field no mapping names turns to text
+    {"ctx": {"page": {"item": 5}}},           # a mapped nested field turns from text to number (line by line)
+], ids=["same types", "int then float", "mapped field late", "optional field late", "optional field null late",
+        "unmapped turns text", "mapped turns number"])
+def test_json_lines_parse_only_the_mapped_fields_and_read_what_parsing_every_field_reads(tmp_path, monkeypatch, change):
+    """Only the mapped fields are parsed where the file's first block types them
+    (`_json_fields_typed_by_first_block`; one it lacks, as nulls); the columns are those parsing
+    every field gives, and so are their types, except where only an unmapped field varies: that
+    file, which parsing every field sent to the line-by-line read (every value text), is now read
+    typed; and a field first met after the first block, only ever null, is read as absent."""
+    from tasks.readers import tables
+
+    path = tmp_path / "events.json.gz"
+    path.write_bytes(gzip.compress(_event_lines(30_000, 25_000, change).encode()))  # (~3 MB of JSON)
+    mapped = ["user", "ctx.page.item", "ts", "rating", "title"]  # (as the generic reader asks: all it may map)
+    got = tables.read_source_table(path, "utf-8", columns=mapped).to_pandas()
+    monkeypatch.setattr(tables, "_json_fields_typed_by_first_block", lambda path, columns: None)
+    every_field = tables.read_source_table(path, "utf-8", columns=mapped).to_pandas()
+    late = [c for c in ("rating", "title") if change.get(c) is not None]  # (the others are in every line)
+    assert len(got) == 30_000 and list(got.columns) == ["user", "ctx.page.item", "ts", *late]
+    if "n" in change:
+        assert every_field["ts"].dtype == "string" and got["ts"].dtype == "int64"  # (typed now)
+        assert got["ts"].astype(str).tolist() == every_field["ts"].tolist()
+    elif change == {"rating": None}:
+        assert every_field["rating"].isna().all()
+        pd.testing.assert_frame_equal(got, every_field.drop(columns="rating"))
+    else:
+        pd.testing.assert_frame_equal(got, every_field)
+    assert got.attrs["columns"][:5] == ["user", "ctx.page.item", "ctx.ref", "ts", "agent"]
