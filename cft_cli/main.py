@@ -359,7 +359,9 @@ def gc(
     holding an alias uses (the registry keeps every version's model); the data windows
     (ingested, sequences) that no kept training was built from, except the newest of each
     dataset; what interrupted writes left a day ago or more; unfinished trainings untouched for a
-    week; the registry's downloads and gate caches of versions that are not champion; and, with
+    week; the registry's downloads and gate caches of versions that are not champion; the
+    downloads and mirrors of source URLs that no data folder left was read from, a day old or
+    more, except the profile's own; and, with
     `registry.keep_versions` set, the registered versions older than the newest N that no alias
     or rollback needs, with their model files. As a flow: `prefect deployment run cft-gc/weekly`."""
     from schemas.config import load_config

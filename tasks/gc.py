@@ -36,6 +36,11 @@ those a rollback can return to and those registered within the last day
 (`tasks.registry.expendable_versions`). Their runs stay, so the MLflow UI still compares them.
 Their training folders then go by the rules above, as folders of no registered version.
 
+And downloads (`<data_root>/downloads/`: the files of sources given as URLs, the mirrors of
+sources in object storage) that no ingested folder left in place was read from, once a day old
+and unless the profile's own source is one of them: a source whose URL changed (a dated export, a
+bucket prefix moved) left the old copy for good before. Each is fetched again if a run needs it.
+
 And what interrupted writes left: stage outputs are written into a `.tmp-*` sibling and renamed
 into place when complete (`tasks.storage`), so a killed process leaves one behind that nothing
 reads. One untouched for LEFTOVER_AGE_S is removed (a younger one may be a write in progress).
@@ -64,6 +69,7 @@ class Collected:
     windows_removed: list[tuple[Path, int]]  # (ingested or sequences folder, bytes)
     leftovers_removed: list[tuple[Path, int]]  # (`.tmp-*` file or folder of an interrupted write, bytes)
     caches_removed: list[tuple[Path, int]]  # (registry download or gate cache of a version not champion, bytes)
+    downloads_removed: list[tuple[Path, int]]  # (a download or mirror no ingested folder left was read from, bytes)
     # ("name vN" of a version `registry.keep_versions` lets go, bytes of its logged model's files, its kind)
     versions_removed: list[tuple[str, int, str]]
     keep_versions: int | None
@@ -94,17 +100,23 @@ class Collected:
             *(f"{verb} {path} ({mib(size)}): left by an interrupted write" for path, size in self.leftovers_removed),
             *(f"{verb} {path} ({mib(size)}): a registry cache of a version that is not champion"
               for path, size in self.caches_removed),
+            *(f"{verb} {path} ({mib(size)}): a source's download no data folder left was read from"
+              for path, size in self.downloads_removed),
             f"{verb} {total(self.removed, 'training folder(s)')}, "
             f"{total(self.abandoned_removed, 'unfinished training(s)')}, "
             f"{total(self.unaliased_removed, 'of versions without an alias')}, "
             f"{total(self.windows_removed, 'data folder(s)')}, "
             f"{total(self.leftovers_removed, 'leftover(s) of interrupted writes')}, "
-            f"{total(self.caches_removed, 'registry cache(s)')}"
+            f"{total(self.caches_removed, 'registry cache(s)')}, "
+            f"{total(self.downloads_removed, 'download(s)')}"
             + (f", {total(self.versions_removed, 'registered version(s)')}" if self.keep_versions else ""),
         ]
 
 
 LEFTOVER_AGE_S = 24 * 3600  # far past any write in progress (a training saves its model in minutes)
+# A download not yet ingested (a run fetching it now, or one whose validation failed and will be
+# fixed) is not taken; a day covers a large download and its ingest.
+RECENT_DOWNLOAD_S = 24 * 3600
 # Far past a pipeline run's evaluation between its training and its registration (minutes for the
 # CPU demo, an hour or so for a full-catalogue evaluation on a GPU).
 RECENT_TRAINING_S = 24 * 3600
@@ -191,9 +203,10 @@ def collect(cfg: PipelineConfig, dry_run: bool = True) -> Collected:
                 shutil.rmtree(run_dir)
             continue
         data_used.add(summary.get("data_fingerprint"))
-    return Collected(removed, abandoned, unaliased, kept, _unused_windows(cfg.data.data_root, data_used, dry_run),
-                     _leftovers(cfg.data.data_root, dry_run), _registry_caches(cfg, dry_run), versions_removed,
-                     cfg.registry.keep_versions, dry_run)
+    windows = _unused_windows(cfg.data.data_root, data_used, dry_run)
+    return Collected(removed, abandoned, unaliased, kept, windows, _leftovers(cfg.data.data_root, dry_run),
+                     _registry_caches(cfg, dry_run), _unused_downloads(cfg, {path for path, _ in windows}, dry_run),
+                     versions_removed, cfg.registry.keep_versions, dry_run)
 
 
 def _expendable_versions(cfg: PipelineConfig, dry_run: bool) -> list[tuple[str, int, str]]:
@@ -249,6 +262,40 @@ def _registry_caches(cfg: PipelineConfig, dry_run: bool) -> list[tuple[Path, int
             removed.append((folder, folder_size(folder)))
             if not dry_run:
                 shutil.rmtree(folder)
+    return removed
+
+
+def _unused_downloads(cfg: PipelineConfig, windows_removed: set[Path], dry_run: bool) -> list[tuple[Path, int]]:
+    """The folders under <data_root>/downloads that no ingested folder staying (not in
+    `windows_removed`) lists a source file in, untouched for RECENT_DOWNLOAD_S, other than those of
+    the profile's own source URLs. A folder is named by its URL's hash (`download_path`,
+    `mirror_path`), so a listed file's path names it whether it was written relative or absolute."""
+    from tasks.download import download_path, is_url
+    from tasks.mirror import is_object_store_url, mirror_path
+
+    data_root = cfg.data.data_root
+    downloads = data_root / "downloads"
+    if not downloads.is_dir():
+        return []
+    folders = {f.name: f for f in downloads.iterdir() if f.is_dir() and not f.name.startswith(".")}
+    used = set()
+    for manifest in (data_root / "ingested").glob("*/manifest.json"):
+        if manifest.parent not in windows_removed:
+            used |= {part for file in json.loads(manifest.read_text()).get("files", []) for part in Path(file).parts
+                     if part in folders}
+    source = cfg.data.source
+    for url in filter(None, (source.path, source.items_path, source.meta_path)):
+        if is_url(url):
+            used.add(download_path(url, data_root).parent.name)
+        elif is_object_store_url(url):
+            used.add(mirror_path(url, data_root).name)
+    removed = []
+    for name, folder in sorted(folders.items()):
+        if name in used or time.time() - _newest_mtime(folder) < RECENT_DOWNLOAD_S:
+            continue
+        removed.append((folder, folder_size(folder)))
+        if not dry_run:
+            shutil.rmtree(folder)
     return removed
 
 

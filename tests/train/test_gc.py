@@ -109,6 +109,55 @@ def registry_store(tmp_path: Path):
     return cfg, client, run
 
 
+def test_gc_removes_the_downloads_of_source_urls_no_data_folder_left_was_read_from(tmp_path):
+    """A source given as a URL is downloaded under the data root once (tasks/download.py). A shop
+    exporting its log to a new URL each month left every month's file there for good; now the
+    files of months whose data folders gc removed go too, once a day old. Kept: the download the
+    newest ingest read, the profile's own source (placed, not ingested yet), a fresh download."""
+    from mlflow import MlflowClient
+
+    from tasks.download import download_path
+
+    root, uri = tmp_path / "data", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("gc-test")  # (gc refuses to guess without a store)
+
+    def profile(url: str) -> PipelineConfig:
+        return PipelineConfig.model_validate({
+            "data": {"name": "shop", "data_root": str(root), "k_core": 0, "source": {
+                "format": "generic", "path": url, "timestamp_unit": "s",
+                "columns": {"user_id": "user", "item_id": "item", "timestamp": "ts"}}},
+            "tracking": {"enabled": True, "tracking_uri": uri}})
+
+    # (no request is made: a file where its download goes is used as is, the way to work offline)
+    urls = [f"http://127.0.0.1:9/exports/shop-2026-{month}.csv" for month in (10, 11, 12)]
+    placed = [download_path(url, root) for url in [*urls, "http://127.0.0.1:9/exports/shop-today.csv"]]
+    for users, path in zip((6, 7, 8, 9), placed, strict=True):
+        path.parent.mkdir(parents=True)
+        write_purchase_log(path, users)
+    october, november = (prepare(profile(url).data)[0].path for url in urls[:2])
+    two_days_ago = time.time() - 2 * 24 * 3600
+    for path in placed[:3]:
+        for each in (path, path.parent):
+            os.utime(each, (two_days_ago, two_days_ago))
+
+    cfg = profile(urls[2])  # December's export arrived; its run has not ingested it yet
+    planned = collect(cfg, dry_run=True)
+    assert [p for p, _ in planned.windows_removed] == [*planned_sequences(root, october), october]
+    assert planned.downloads_removed == [(placed[0].parent, placed[0].stat().st_size)]  # October's
+    assert f"would remove {placed[0].parent} (0 MiB): a source's download no data folder left was read from" in planned.lines()
+    assert planned.lines()[-1].endswith(", 1 download(s) (0 MiB)")
+    assert placed[0].is_file()  # (a dry run)
+    collect(cfg, dry_run=False)
+    assert not placed[0].parent.exists() and all(p.is_file() for p in placed[1:])
+    assert november.is_dir() and collect(cfg, dry_run=True).downloads_removed == []
+
+
+def planned_sequences(root: Path, ingested: Path) -> list[Path]:
+    """The sequences folders built from `ingested`."""
+    return [m.parent for m in sorted((root / "sequences").glob("*/manifest.json"))
+            if json.loads(m.read_text())["ingested"] == str(ingested)]
+
+
 def test_gc_removes_the_checkpoints_of_trainings_interrupted_a_week_ago(tmp_path):
     """An unfinished training (checkpoints, no model/) stays while anything in it changed within
     the week or a process holds its training lock; past that, nothing will resume it and it goes,
