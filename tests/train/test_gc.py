@@ -151,6 +151,17 @@ def test_gc_removes_the_downloads_of_source_urls_no_data_folder_left_was_read_fr
     assert not placed[0].parent.exists() and all(p.is_file() for p in placed[1:])
     assert november.is_dir() and collect(cfg, dry_run=True).downloads_removed == []
 
+    # The shop moves its exports to a bucket: its mirror (tasks/mirror.py) is the profile's source
+    # now, and December's file, never ingested, goes.
+    from tasks.mirror import mirror_path
+
+    bucket = mirror_path("s3://shop-exports/orders/", root)
+    (bucket / "objects").mkdir(parents=True)
+    for each in (bucket / "objects", bucket):
+        os.utime(each, (two_days_ago, two_days_ago))
+    moved = collect(profile("s3://shop-exports/orders/"), dry_run=True)
+    assert moved.downloads_removed == [(placed[2].parent, placed[2].stat().st_size)]
+
 
 def planned_sequences(root: Path, ingested: Path) -> list[Path]:
     """The sequences folders built from `ingested`."""
