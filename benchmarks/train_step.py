@@ -263,11 +263,33 @@ def pair_ratios(steps: dict[str, list[float]], num: str, den: str) -> dict:
             "rounds": len(ratios)}
 
 
+# What every variant's process imports, imported once: the processes are forked from a server
+# that holds them (multiprocessing's `forkserver`, these preloaded; a name this torch or
+# transformers lacks is skipped). Loading SmolLM2's tokenizer alone imports some 960 modules
+# (transformers' Llama configuration pulls in accelerate, PIL, ...). The five variants of the tiny
+# model started and ran in 18.6-20.6 s where a fresh interpreter each (`spawn`) took 51.7-53.4 s
+# (2 interleaved pairs, 2 CPU cores, 2026-12-07), step times alike. The server touches no device:
+# each process initialises CUDA itself, as a spawned one did.
+PRELOADED = ("torch", "transformers.models.auto.tokenization_auto", "transformers.models.llama.modeling_llama",
+             "transformers.models.qwen2.modeling_qwen2", "cft_core.loss", "cft_core.reference",
+             "cft_core.model_sources", "benchmarks.train_step")
+
+
+def variant_processes():
+    """The multiprocessing context the variants run in: `forkserver` with PRELOADED, where the
+    platform has it (Linux, macOS), else `spawn`."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOADED))
+    return ctx
+
+
 def measure(args: dict) -> dict:
     """Start each variant's process (`args["variants"]`, default all), then time them interleaved:
     `iters` rounds of one step each. Ratios are given for the pairs of variants measured."""
     variants = tuple(args.get("variants") or VARIANTS)
-    ctx = mp.get_context("spawn")
+    ctx = variant_processes()
     procs, conns = {}, {}
     try:
         for variant in variants:  # set up and warmed up one at a time: their peaks do not add up
