@@ -22,8 +22,8 @@ columns of which the pipeline maps four: user, item, time, title, the rest what 
 session, page, referrer, user agent, prices, ...): the `generic` reader, which reads a Parquet
 part's mapped columns only (since 2026-12-06), and the same reader reading every column, as it
 did before. `lake-json`: the same table as gzipped JSON lines, one file a day (Spark's
-`df.write.json`): the reader now parses a file's mapped fields only, as for `lake-json-file`
-(until 2026-12-07 it kept them once pyarrow had parsed every field of a file).
+`df.write.json`), where the reader keeps the mapped fields once pyarrow has parsed a file (a
+file of 8 MB or more: only they are parsed, `lake-json-file`).
 `lake-json-mixed`: those files with the customer id a number on some lines and text on others
 (an export whose producer changed), which pyarrow refuses: the reader's line-by-line fallback
 then keeps only the mapped fields' values (since 2026-12-06), where it kept every field's.
