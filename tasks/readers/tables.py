@@ -191,9 +191,9 @@ def _json_lines_table(path: Path, columns=None) -> SourceTable:
     -> column "context.sku", which `data.source.columns` can map), lists kept as lists (refused
     where a value belongs, `SourceTable.nested`). columns: the names kept (None: all).
 
-    pyarrow's JSON reader infers each field's type in C++. Where the first block of the file
-    types every one of `columns`, only those are parsed (`_json_fields_typed_by_first_block`); else
-    every field is, and the others are dropped after. A file it refuses (a field that is a number on
+    pyarrow's JSON reader infers each field's type in C++. In a file of MAPPED_ONLY_FROM_BYTES or
+    more whose first block types `columns`, only those are parsed (`_json_fields_typed_by_first_block`);
+    else every field is, and the others are dropped after. A file it refuses (a field that is a number on
     one line and text on another, a line that is no JSON) is read again line by line, every value
     as text, as a CSV's are, or with the error naming the line."""
     import pyarrow as pa
@@ -247,8 +247,8 @@ MAPPED_ONLY_FROM_BYTES = 8 << 20
 def _json_fields_typed_by_first_block(path: Path, columns) -> tuple[Any, list[str]] | None:
     """(the schema to parse `columns` by, every column name of the file's first block), or None
     where columns is None, the file is smaller than MAPPED_ONLY_FROM_BYTES or its first block
-    (pyarrow's first 1 MB) cannot type them: the whole file is then parsed, every field. Columns inside nested objects are named by their dotted path, as
-    `_json_lines_table` flattens them.
+    (pyarrow's first 1 MB) cannot type them: the whole file is then parsed, every field. Columns
+    inside nested objects are named by their dotted path, as `_json_lines_table` flattens them.
 
     A column is parsed as the first block types it. One it lacks (an optional one, `rating` in a
     log without ratings; not one inside an object: then None) is parsed as nulls, so that a line
@@ -258,9 +258,9 @@ def _json_fields_typed_by_first_block(path: Path, columns) -> tuple[Any, list[st
     difference: a column the first block lacks and later lines hold only as null is read as
     absent, where parsing every field gives a column of nulls.
 
-    Parsing only these: an event export's one 1,000,000-line file of 30 fields (190 MB gzipped)
-    took 206 MB and 2.9 s where parsing every field took 1.7 GB and 6-8 s (benchmarks/readers.py,
-    `lake-json-file`)."""
+    Parsing only these, the generic reader read an event export's one 1,000,000-line file of 30
+    fields (191 MB gzipped) in 5.3 s at 410 MB, where parsing every field took 9.6 s and 1,630 MB
+    (benchmarks/readers.py, `--source lake-json-file`)."""
     import pyarrow as pa
     import pyarrow.json as pj
 
