@@ -71,6 +71,10 @@ def _character_class(keep_visible_format: bool) -> re.Pattern:
 
 
 def _clean(text: str, form: str, keep_visible_format: bool) -> str:
+    """`text` in Unicode `form`, the characters of `_character_class` removed (line breaks a space),
+    spaces collapsed and stripped; empty where only format characters are left."""
+    if text.isascii() and text.isprintable():  # (most titles: neither form nor class changes them)
+        return " ".join(text.split())
     text = unicodedata.normalize(form, text)
     if (unwanted := _character_class(keep_visible_format)).search(text):
         text = unwanted.sub(lambda m: " " if m.group() in LINE_BREAKS else "", text)
@@ -85,8 +89,6 @@ def normalize_title(text: str) -> str:
     """A title as its source shows it: Unicode NFC; control characters and INVISIBLE_FORMAT's
     removed; line breaks and tabs a space, runs of spaces collapsed to one, stripped; a title left
     with nothing visible is empty."""
-    if text.isascii() and text.isprintable():  # (most titles: the rule changes no more than spaces)
-        return " ".join(text.split())
     return _clean(text, "NFC", keep_visible_format=True)
 
 
@@ -95,10 +97,7 @@ def title_key(text: str) -> str:
     character removed, spaces as in `normalize_title`, case-folded ("Heat (1995)", "heat  (1995)"
     and a full-width "Ｈｅａｔ (1995)" are one key; so are "Tom &amp; Jerry" and "tom & jerry",
     and "LEGO™ Star Wars" and "LEGOTM Star Wars")."""
-    text = display_title(text)
-    if text.isascii() and text.isprintable():
-        return " ".join(text.split()).casefold()
-    return _clean(text, "NFKC", keep_visible_format=False).casefold()
+    return _clean(display_title(text), "NFKC", keep_visible_format=False).casefold()
 
 
 def display_title(title: str) -> str:
