@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from schemas.errors import DataError
-from tasks.readers.files import check_readable, json_objects, read_string_table
+from tasks.readers.files import arrow_input, check_readable, json_objects, read_string_table
 from tasks.readers.values import (
     as_ids,
     refuse_incomplete_rows,
@@ -55,7 +55,7 @@ def _json_lines(path: Path, fields: dict[str, str]) -> pd.DataFrame:
     schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in fields.items()])
     options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
-        with pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None) as stream:
+        with arrow_input(path) as stream:
             table = pj.read_json(stream, parse_options=options)
         table.validate(full=True)  # the reader passes bytes that are no UTF-8 inside strings on
         frame = table.to_pandas()

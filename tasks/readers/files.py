@@ -18,6 +18,14 @@ from schemas.errors import DataError
 PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".npy"}
 
 
+def arrow_input(path: Path):
+    """The file as a pyarrow input stream, gzip undone for a `.gz` file (pyarrow's CSV and JSON
+    readers read from it)."""
+    import pyarrow as pa
+
+    return pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None)
+
+
 def check_not_pickle(path: Path) -> None:
     with open(path, "rb") as f:
         head = f.read(2)
@@ -118,7 +126,7 @@ def string_table_arrow(path: Path, sep: str = ",", encoding: str = "utf-8"):
         return None
     try:
         table = pcsv.read_csv(
-            pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None),
+            arrow_input(path),
             read_options=pcsv.ReadOptions(encoding="utf8" if utf8 else encoding),  # (others: transcoded by Python)
             parse_options=pcsv.ParseOptions(delimiter=sep, newlines_in_values=True),
             convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.large_string()),

@@ -14,6 +14,7 @@ import pandas as pd
 from schemas.errors import DataError
 from tasks.readers.files import (
     NotDecodable,
+    arrow_input,
     check_not_pickle,
     check_readable,
     json_objects,
@@ -200,7 +201,7 @@ def _json_lines_table(path: Path, columns=None) -> SourceTable:
     import pyarrow.json as pj
 
     def parsed(options=None):
-        with pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None) as stream:
+        with arrow_input(path) as stream:
             table = pj.read_json(stream, parse_options=options)
         while any(pa.types.is_struct(t) for t in table.schema.types):
             table = table.flatten()  # (one level a pass: "a.b" then "a.b.c")
@@ -267,7 +268,7 @@ def _json_fields_typed_by_first_block(path: Path, columns) -> tuple[Any, list[st
     if columns is None or path.stat().st_size < MAPPED_ONLY_FROM_BYTES:
         return None
     try:
-        with pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None) as stream:
+        with arrow_input(path) as stream:
             first = pj.open_json(stream).schema
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, OSError, EOFError):
         return None  # (the whole-file read says what is wrong)
