@@ -1,8 +1,9 @@
 """The `cft-gc` flow: `cft gc` on a schedule, so that a data root that retrains every week does
 not fill its disk with data windows, trainings no alias names (the registry keeps the models of
 registered ones), the checkpoints of trainings interrupted a week ago, leftovers of interrupted
-writes, registry caches, source downloads no data folder left was read from and, with `registry.keep_versions`, old registered versions and their
-model files (tasks/gc.py decides what goes and says why).
+writes, registry caches, source downloads no data folder left was read from and, with
+`registry.keep_versions`, old registered versions and their model files (tasks/gc.py decides what
+goes and says why).
 
 `prefect deployment run cft-gc/weekly --param profile=configs/smoke.yaml [--param dry_run=true]`;
 the deployment's schedule (Sundays) is created paused, like the others. A training finished in

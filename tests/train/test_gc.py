@@ -117,6 +117,7 @@ def test_gc_removes_the_downloads_of_source_urls_no_data_folder_left_was_read_fr
     from mlflow import MlflowClient
 
     from tasks.download import download_path
+    from tasks.mirror import mirror_path
 
     root, uri = tmp_path / "data", f"sqlite:///{tmp_path / 'mlflow.db'}"
     MlflowClient(uri).create_experiment("gc-test")  # (gc refuses to guess without a store)
@@ -153,8 +154,6 @@ def test_gc_removes_the_downloads_of_source_urls_no_data_folder_left_was_read_fr
 
     # The shop moves its exports to a bucket: its mirror (tasks/mirror.py) is the profile's source
     # now, and December's file, never ingested, goes.
-    from tasks.mirror import mirror_path
-
     bucket = mirror_path("s3://shop-exports/orders/", root)
     (bucket / "objects").mkdir(parents=True)
     for each in (bucket / "objects", bucket):
