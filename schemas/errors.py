@@ -5,6 +5,8 @@ and exits 2 (`--debug` or CFT_DEBUG=1 shows the traceback); any other exception 
 exits 1 with its traceback.
 """
 
+import os
+import re
 import sys
 
 
@@ -57,17 +59,60 @@ class ServerUnavailable(ConnectionError):
 # value it refuses: the input's fault, like a `RegistryError`.
 MLFLOW_INPUT_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
+# MLflow's codes for a request its server refused to this client (a server with users: `mlflow
+# server --app-name basic-auth`, a managed MLflow): the credentials (401) or their permissions (403).
+# The user's to fix, so never retried, and never read as "not there".
+MLFLOW_ACCESS_CODES = ("UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED", "PERMISSION_DENIED")
+
+
+def mlflow_refused(error: BaseException) -> bool:
+    """Whether `error` is an MLflow server refusing this client (`MLFLOW_ACCESS_CODES`). A caller
+    that reads an MlflowException as "no such run, model or alias" re-raises these: a user without
+    the permission to read the champion must not be told there is none."""
+    return getattr(error, "error_code", None) in MLFLOW_ACCESS_CODES
+
+
+def mlflow_access_message(code: str, request: str = "", server: str | None = None) -> str:
+    """The lines for a request the MLflow server refused (`code`, one of MLFLOW_ACCESS_CODES): who
+    was refused (MLFLOW_TRACKING_USERNAME, a token, or no credentials), the request where a
+    permission is missing, and what to do.
+    The permissions each command needs: docs/registry.md, "A registry with users"."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    where = f"the MLflow server at {server}" if server else "the MLflow server"
+    asked = f" ({request})" if request else ""
+    if code == "PERMISSION_DENIED":
+        who = f"user {user!r}" if user else "this client"
+        return (f"{where} denied {who} a request{asked}: ask its admin for the permission (EDIT on the registered "
+                "model to register, gate, promote or roll back; MANAGE to remove versions; EDIT on the experiment "
+                "to log runs: docs/registry.md, \"A registry with users\")")
+    fix = "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account of that server"
+    if user:
+        return f"{where} refused user {user!r} with the password in MLFLOW_TRACKING_PASSWORD: {fix}"
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return f"{where} refused the token in MLFLOW_TRACKING_TOKEN: {fix}"
+    return f"{where} asks for credentials: {fix}"
+
 
 def input_error_message(error: BaseException) -> str | None:
     """The few lines to show for an error that is the input's fault, or None for anything else
     (our bug, or a transient failure). The one sorting of errors: the CLI prints these and exits 2,
     and a flow's task does not retry them (`tasks.pipeline.transient_only`). Every `UserError`,
     the library's errors with `user_error = True` (cft_core.ranking.InputError), and MLflow's
-    errors with an input code (MLflow is only looked at when it is imported)."""
+    errors with an input or access code (MLflow is only looked at when it is imported)."""
     if isinstance(error, UserError) or getattr(error, "user_error", False):
         return str(error)
     exceptions = sys.modules.get("mlflow.exceptions")
-    if exceptions is not None and isinstance(error, exceptions.MlflowException) and error.error_code in MLFLOW_INPUT_CODES:
+    if exceptions is None or not isinstance(error, exceptions.MlflowException):
+        return None
+    if error.error_code in MLFLOW_INPUT_CODES:
         return error.message.splitlines()[0]
+    if mlflow_refused(error):
+        request = re.search(r"endpoint (\S+) failed", error.message)
+        return mlflow_access_message(error.error_code, request.group(1) if request else "", _mlflow_server())
     return None
 
+
+def _mlflow_server() -> str | None:
+    """The tracking server MLflow talks to (its global URI, which every command sets), if a server."""
+    uri = sys.modules["mlflow"].get_tracking_uri() if "mlflow" in sys.modules else ""
+    return uri if uri.startswith(("http://", "https://")) else None

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from cft_core.metrics import paired_bootstrap_ci, per_row_metric
-from schemas.errors import InputError
+from schemas.errors import InputError, mlflow_refused
 from tasks.tracking import missing_store
 
 KEY = ["user_id", "target_item_id", "occurrence"]
@@ -227,7 +227,9 @@ def evaluation_of_run(run_id: str, split: str, tracking_uri: str, into: Path) ->
     client = MlflowClient(tracking_uri)
     try:
         run = client.get_run(run_id)
-    except MlflowException:
+    except MlflowException as e:
+        if mlflow_refused(e):
+            raise
         raise InputError(f"run {run_id} is not in the tracking store {tracking_uri}") from None
     if f"cft.evaluation.{split}" not in run.data.tags:
         raise InputError(f"run {run_id} has no {split} evaluation logged (run `cft evaluate` for it first)")

@@ -34,14 +34,39 @@ def no_answer(url: str) -> str | None:
 
 
 def check_tracking_server(uri: str) -> None:
-    """Raise `ServerUnavailable` when an http(s) tracking URI does not answer (other stores:
-    nothing to ask)."""
+    """Raise `ServerUnavailable` when an http(s) tracking URI does not answer, and `InputError` when
+    it answers but refuses this client's credentials (other stores: nothing to ask)."""
     from schemas.errors import ServerUnavailable
 
-    if uri.startswith(("http://", "https://")) and (reason := no_answer(uri)):
+    if not uri.startswith(("http://", "https://")):
+        return
+    if reason := no_answer(uri):
         raise ServerUnavailable(
             f"the MLflow server at {uri} does not answer ({reason}): start it (`cft stack up` starts the local "
             "one), or point tracking.tracking_uri (or MLFLOW_TRACKING_URI) at a server that runs")
+    check_credentials(uri)
+
+
+def check_credentials(uri: str) -> None:
+    """InputError when the MLflow server at `uri` refuses the credentials MLflow would send (a
+    server with users: MLFLOW_TRACKING_USERNAME and _PASSWORD, or MLFLOW_TRACKING_TOKEN): one
+    read that any account may make, sent with MLflow's own credentials and TLS settings. Without
+    it, a wrong password surfaced at the first write, after the data stage and the training, and
+    reads that found nothing read as "no registered model"."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    from schemas.errors import MLFLOW_ACCESS_CODES, InputError, mlflow_access_message
+
+    request = "/api/2.0/mlflow/experiments/search"
+    try:
+        response = http_request(get_default_host_creds(uri), request, "GET", params={"max_results": 1},
+                                max_retries=0, timeout=CHECK_TIMEOUT_S, raise_on_status=False)
+    except Exception:  # noqa: BLE001 (TLS, a proxy: the real request reports it with MLflow's words)
+        return
+    code = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}.get(response.status_code)
+    if code in MLFLOW_ACCESS_CODES:  # (anything else is the real request's to report)
+        raise InputError(mlflow_access_message(code, f"GET {request}", uri))
 
 
 def check_prefect_api() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.config import PipelineConfig
+from schemas.errors import mlflow_refused
 
 
 def tracking_uri(cfg: PipelineConfig, create: bool = True) -> str:
@@ -66,8 +67,11 @@ def use_experiment(cfg: PipelineConfig) -> str:
     name = experiment_name(cfg)
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
-        with contextlib.suppress(mlflow.exceptions.MlflowException):  # (created concurrently)
+        try:
             mlflow.create_experiment(name, artifact_location=local_artifact_location(uri))
+        except mlflow.exceptions.MlflowException as e:  # (created concurrently: found just below)
+            if mlflow_refused(e):
+                raise
         exp = mlflow.get_experiment_by_name(name)
     check_artifact_client(exp.artifact_location, uri)
     mlflow.set_experiment(experiment_id=exp.experiment_id)
@@ -254,7 +258,9 @@ def _active_run(client, run_id: str | None):
         return None
     try:
         run = client.get_run(run_id)
-    except MlflowException:  # RESOURCE_DOES_NOT_EXIST: tracked in another store
+    except MlflowException as e:  # RESOURCE_DOES_NOT_EXIST: tracked in another store
+        if mlflow_refused(e):
+            raise
         return None
     return run if run.info.lifecycle_stage == "active" else None
 

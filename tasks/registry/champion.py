@@ -48,8 +48,12 @@ def check_reason(reason: str, what: str) -> None:
 
 
 def _who() -> str:
-    """Who moves the champion: the login name, or the uid where the user has none (a container run
-    as an arbitrary uid without a passwd entry, where getpass raises)."""
+    """Who moves the champion: the registry's account where the MLflow server has users
+    (MLFLOW_TRACKING_USERNAME, the name the server checked the password of), else the login name,
+    or the uid where the user has none (a container run as an arbitrary uid without a passwd
+    entry, where getpass raises)."""
+    if user := os.environ.get("MLFLOW_TRACKING_USERNAME", "").strip():
+        return user
     try:
         return getpass.getuser()
     except (KeyError, OSError):

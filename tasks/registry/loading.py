@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from schemas.config import PipelineConfig
+from schemas.errors import mlflow_refused
 from tasks.registry.names import CHAMPION, alias_version, is_baseline, registry_client
 
 
@@ -144,6 +145,8 @@ def holds_model_folder(name: str, version: str) -> bool:
     with tempfile.TemporaryDirectory(prefix="cft-mlmodel-") as tmp:
         try:
             mlmodel = get_artifact_repository(f"models:/{name}/{version}").download_artifacts("MLmodel", tmp)
-        except (mlflow.exceptions.MlflowException, OSError):
+        except (mlflow.exceptions.MlflowException, OSError) as e:
+            if mlflow_refused(e):
+                raise
             return False
         return "model" in _pyfunc_artifacts(mlmodel)

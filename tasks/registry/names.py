@@ -8,7 +8,7 @@ import re
 from filelock import FileLock
 
 from schemas.config import PipelineConfig
-from schemas.errors import InputError
+from schemas.errors import InputError, mlflow_refused
 from tasks.baselines import BASELINES
 from tasks.storage import fingerprint
 from tasks.tracking import missing_store
@@ -50,7 +50,9 @@ def llm_version(uri: str, tracking_uri: str):
         raise InputError(f"{uri}: there is no tracking store at {store}, so no registry")
     try:
         version = registered_version(MlflowClient(tracking_uri, registry_uri=tracking_uri), uri)
-    except MlflowException:
+    except MlflowException as e:
+        if mlflow_refused(e):
+            raise
         raise InputError(f"{uri} is not in the registry at {tracking_uri}") from None
     if is_baseline(version):
         raise InputError(f"{uri} is version {version.version}, a {version.tags[KIND_TAG]} baseline: it has no model "
@@ -114,7 +116,9 @@ def alias_version(client, name: str, alias: str) -> str | None:
 
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
+    except mlflow.exceptions.MlflowException as e:
+        if mlflow_refused(e):  # (not "no champion": a gate would then name a first one)
+            raise
         return None
 
 

@@ -224,6 +224,18 @@ def test_registry_call_is_retried_after_a_transient_error(tmp_path, prefect_harn
     with pytest.raises(RegistryError, match="no such alias"):
         register_only()
     assert len(calls) == 1
+    # Nor a request the MLflow server refused to this worker's account (a registry with users):
+    # retrying cannot grant a permission.
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    refused = MlflowException("API request to endpoint /api/2.0/mlflow/model-versions/create failed with error "
+                              "code 403 != 200. Response body: 'Permission denied'", error_code=PERMISSION_DENIED)
+    calls.clear()
+    monkeypatch.setattr(registration, "register", lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(refused))
+    with pytest.raises(MlflowException, match="403"):
+        register_only()
+    assert len(calls) == 1
 
 
 def test_the_replay_flow_runs_each_period_as_a_task_and_a_rerun_resumes(tmp_path, prefect_harness):

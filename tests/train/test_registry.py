@@ -576,6 +576,7 @@ def test_champion_history_stays_within_a_sql_tag_and_names_a_user_without_a_logi
         raise KeyError(f"getpwuid(): uid not found: {os.getuid()}")
 
     monkeypatch.setattr(getpass, "getuser", no_login)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)  # (a registry account would name it instead)
     for i in range(8):
         registry.promote(cfg, name, versions[i % 2], f"{i}" + "r" * (registry.REASON_MAX_CHARS - 1), uri)
         text = client.get_registered_model(name).tags["champion_history"]
