@@ -565,14 +565,16 @@ def promote(
 ) -> None:
     """Override the gate: make VERSION the champion, recording the reason."""
     from cft_cli.deploy import promotion_slot
-    from tasks.registry import check_reason
+    from tasks.registry import challenger_left_note, check_reason
     from tasks.registry import promote as promote_version
 
     check_reason(reason, "a manual promotion")  # (before waiting for a slot)
     cfg, uri, name = _registry_context(config, set_, model_name)
     with promotion_slot():  # on a Prefect server, one at a time with the gates of every worker
-        promote_version(cfg, name, version, reason, uri)
+        left = promote_version(cfg, name, version, reason, uri)
     console.print(f"{name}: champion -> version {version} ({reason})")
+    if left:
+        console.print(challenger_left_note(name, left), highlight=False)
 
 
 @app.command("rollback")

@@ -21,7 +21,7 @@ from tasks.pipeline import transient_only
       retry_condition_fn=transient_only)
 def set_champion_task(profile: str, model_name: str, version: int | None, reason: str, action: str,
                       by: str | None, via: str) -> str:
-    from tasks.registry import promote, rollback
+    from tasks.registry import challenger_left_note, promote, rollback
     from tasks.tracking import tracking_uri
 
     cfg = load_config(profile)
@@ -30,7 +30,8 @@ def set_champion_task(profile: str, model_name: str, version: int | None, reason
         return rollback(cfg, model_name, reason, uri, by=by, via=via)
     if not version:
         raise InputError("action=promote needs the version to promote (the `version` parameter)")
-    promote(cfg, model_name, str(version), reason, uri, by=by, via=via)
+    if left := promote(cfg, model_name, str(version), reason, uri, by=by, via=via):
+        get_run_logger().warning(challenger_left_note(model_name, left))
     return str(version)
 
 

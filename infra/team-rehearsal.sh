@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The team stack of compose.yaml, without Docker, on this machine's loopback: PostgreSQL behind an
 # MLflow server (artifacts proxied to S3) and a Prefect server, an S3 endpoint (moto's server in
-# place of MinIO), a process worker on pool cft-team. Deploys with `cft deploy`, runs the smoke
-# profile through the worker, then reads the registry and recommends from a second folder with only
-# the two URLs, as a teammate's machine would. Everything lives in a temporary folder and goes at
+# place of MinIO), a process worker on pool cft-team. MLflow checks who asks (its basic-auth app):
+# the worker has an account, alice may promote, bob may only read. Deploys with `cft deploy`, runs the
+# smoke profile through the worker, then reads the registry and recommends from a second folder with
+# only the two URLs and an account, as a teammate's machine would: bob is refused a promotion, alice
+# promotes and rolls back, and the champion's history names each account. Everything lives in a temporary folder and goes at
 # the end. Needs PostgreSQL's server binaries (Debian: postgresql) and PyPI (moto, psycopg2, boto3
 # are installed into that folder, not into .venv). Last, a log kept in the bucket as a Spark job
 # leaves it (an s3:// source: monthly partitions, `_SUCCESS`, an attempt still in `_temporary/`)
@@ -38,7 +40,8 @@ step "PostgreSQL on 127.0.0.1:$PG_PORT, databases mlflow and prefect"
 [ "$(id -u)" = 0 ] && chown postgres "$WORK"
 as_pg "$PG_BIN/initdb" -D "$WORK/pg" -U cft --auth=trust >/dev/null
 as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $WORK" -l "$WORK/pg.log" start >/dev/null
-psql -q -h 127.0.0.1 -p "$PG_PORT" -U cft -d postgres -c "CREATE DATABASE mlflow" -c "CREATE DATABASE prefect"
+psql -q -h 127.0.0.1 -p "$PG_PORT" -U cft -d postgres -c "CREATE DATABASE mlflow" -c "CREATE DATABASE mlflow_auth" \
+  -c "CREATE DATABASE prefect"
 
 step "S3 endpoint (moto) on 127.0.0.1:$S3_PORT; server-side drivers into $WORK"
 python3 -m venv "$WORK/s3env"
@@ -49,16 +52,25 @@ export AWS_ACCESS_KEY_ID=cft AWS_SECRET_ACCESS_KEY=rehearsal AWS_DEFAULT_REGION=
 wait_http "http://127.0.0.1:$S3_PORT/"
 "$WORK/s3env/bin/python" -c "import boto3; boto3.client('s3', endpoint_url='http://127.0.0.1:$S3_PORT').create_bucket(Bucket='mlflow')"
 
-step "MLflow server on 127.0.0.1:$MLFLOW_PORT (compose.yaml's flags), Prefect server on 127.0.0.1:$PREFECT_PORT"
+step "MLflow server with users on 127.0.0.1:$MLFLOW_PORT (compose.yaml's flags), Prefect server on 127.0.0.1:$PREFECT_PORT"
 WEBHOOK_KEY=$("$VENV/python" -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())")
+ADMIN_PASSWORD=admin-$RANDOM$RANDOM WORKER_PASSWORD=worker-$RANDOM$RANDOM
+sed "s#POSTGRES_USER:POSTGRES_PASSWORD@postgres/#cft@127.0.0.1:$PG_PORT/#" "$PROJECT/infra/mlflow-auth.ini" >"$WORK/mlflow-auth.ini"
 PYTHONPATH=$WORK/pylibs MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=$WEBHOOK_KEY \
-  "$VENV/mlflow" server \
+  MLFLOW_AUTH_CONFIG_PATH=$WORK/mlflow-auth.ini MLFLOW_AUTH_ADMIN_PASSWORD=$ADMIN_PASSWORD \
+  MLFLOW_FLASK_SERVER_SECRET_KEY=rehearsal-$RANDOM "$VENV/mlflow" server --app-name basic-auth \
   --backend-store-uri "postgresql+psycopg2://cft@127.0.0.1:$PG_PORT/mlflow" --artifacts-destination s3://mlflow \
   --host 127.0.0.1 --port "$MLFLOW_PORT" --allowed-hosts "localhost:*,127.0.0.1:*,mlflow:*" >"$WORK/mlflow.log" 2>&1 & PIDS+=($!)
 PREFECT_HOME=$WORK/prefect PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://cft@127.0.0.1:$PG_PORT/prefect" \
   "$VENV/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT" --analytics-off >"$WORK/prefect.log" 2>&1 & PIDS+=($!)
 wait_http "http://127.0.0.1:$MLFLOW_PORT/health"
 wait_http "http://127.0.0.1:$PREFECT_PORT/api/health"
+# compose.yaml's mlflow-accounts: the worker's account; and two people's, as an admin adds them.
+accounts() { MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=$ADMIN_PASSWORD "$VENV/python" "$PROJECT/infra/mlflow_accounts.py" \
+  "http://127.0.0.1:$MLFLOW_PORT" "$@"; }
+accounts user cft-worker "$WORKER_PASSWORD"
+accounts user alice alice-rehearsal
+accounts user bob bob-rehearsal
 
 # From here on, the clients hold no S3 credentials: the MLflow server proxies the artifacts.
 unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
@@ -69,28 +81,39 @@ step "cft deploy --pool cft-team; a process worker on it"
 "$VENV/cft" deploy --pool cft-team --project-dir "$PROJECT"
 "$VENV/prefect" automation inspect "cft: crash runs that stopped answering" --json | grep -q '"posture": "Proactive"' \
   || { echo "no automation for runs whose machine is lost (cft_cli/unresponsive.py)"; exit 1; }
-USER=cft CFT_QUIET=1 "$VENV/prefect" worker start --pool cft-team >"$WORK/worker.log" 2>&1 & PIDS+=($!)
+USER=cft CFT_QUIET=1 MLFLOW_TRACKING_USERNAME=cft-worker MLFLOW_TRACKING_PASSWORD=$WORKER_PASSWORD \
+  "$VENV/prefect" worker start --pool cft-team >"$WORK/worker.log" 2>&1 & PIDS+=($!)
 
 step "prefect deployment run cft/full-pipeline (smoke profile, data root $WORK/data)"
 "$VENV/prefect" deployment run cft/full-pipeline --param profile=configs/smoke.yaml \
   --params "{\"overrides\": {\"data.data_root\": \"$WORK/data\"}}" --watch --watch-timeout 900 | tail -n 1 || true
 grep -q "Flow run '.*' - Finished in state Completed()" "$WORK/worker.log" || { tail -n 40 "$WORK/worker.log"; exit 1; }
 
-step "a teammate's machine: another folder, the two URLs only"
+step "a teammate's machine: another folder, the two URLs and an account only"
 mkdir "$WORK/laptop" && cd "$WORK/laptop"
-"$VENV/cft" versions -c "$PROJECT/configs/smoke.yaml" --set "data.data_root=$WORK/laptop/data"
-"$VENV/cft" recommend -c "$PROJECT/configs/smoke.yaml" --set "data.data_root=$WORK/laptop/data" -k 5 "Star Wars (1977)" "Fargo (1996)"
-"$VENV/cft" promote -c "$PROJECT/configs/smoke.yaml" --set "data.data_root=$WORK/laptop/data" --version 3 \
-  --reason "rehearsal: promoted from a laptop, through the server's cft-promotion limit"
-"$VENV/cft" rollback -c "$PROJECT/configs/smoke.yaml" --set "data.data_root=$WORK/laptop/data" --reason "rehearsal: undone"
-"$VENV/python" - "$MLFLOW_TRACKING_URI" <<'EOF'
+as() { local who=$1; shift; MLFLOW_TRACKING_USERNAME=$who MLFLOW_TRACKING_PASSWORD=$who-rehearsal "$VENV/cft" "$@" \
+  -c "$PROJECT/configs/smoke.yaml" --set "data.data_root=$WORK/laptop/data"; }
+as bob versions
+as bob recommend -k 5 "Star Wars (1977)" "Fargo (1996)"
+if as bob promote --version 3 --reason "not bob's to do" 2>"$WORK/refused.log"; then
+  echo "error: bob, who may only read, promoted" >&2; exit 1; fi
+cat "$WORK/refused.log"; grep -q "denied user 'bob'" "$WORK/refused.log"
+accounts grant alice registered_model cft-ml-100k-smoke EDIT
+as alice promote --version 3 --reason "rehearsal: promoted from a laptop, through the server's cft-promotion limit"
+as alice rollback --reason "rehearsal: undone"
+MLFLOW_TRACKING_USERNAME=bob MLFLOW_TRACKING_PASSWORD=bob-rehearsal "$VENV/python" - "$MLFLOW_TRACKING_URI" <<'EOF'
 import sys
 from mlflow import MlflowClient
+from tasks.registry import champion_history
 client = MlflowClient(sys.argv[1])
 versions = client.search_model_versions("name='cft-ml-100k-smoke'")
 locations = {client.get_logged_model(v.source.removeprefix("models:/")).artifact_location for v in versions}
 assert len(versions) == 3 and all(loc.startswith("mlflow-artifacts:/") for loc in locations), locations
 print(f"{len(versions)} versions, their models behind the server's proxy (mlflow-artifacts:/ -> s3://mlflow)")
+history = champion_history(client.get_registered_model("cft-ml-100k-smoke"))
+assert [(h["action"], h["by"]) for h in history][-2:] == [("promote", "alice"), ("rollback", "alice")], history
+assert {h["by"] for h in history if h["action"] == "gate"} == {"cft-worker"}, history
+print("champion history names the accounts:", ", ".join(f"{h['action']} by {h['by']}" for h in history))
 EOF
 step "a log in the bucket: ML-100K as Spark's monthly CSV partitions under s3://logs/orders/, April's later"
 cd "$PROJECT"

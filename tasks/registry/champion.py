@@ -89,9 +89,36 @@ def set_champion(client, name: str, version: str, action: str, reason: str, by: 
     client.set_model_version_tag(name, str(version), "champion.reason", reason)
 
 
+def drop_challenger(client, name: str, versions: set[str]) -> str | None:
+    """Remove the challenger alias where it names one of `versions` (the new champion, or the one it
+    replaced: a challenger that serves is no longer one). Returns the version it was left on where
+    the server refused: removing an alias needs MANAGE on a registry with users, where EDIT may move
+    the champion (docs/registry.md); the next gate, run by the model's creator, removes it."""
+    import mlflow
+
+    held = alias_version(client, name, CHALLENGER)
+    if held is None or held not in versions:
+        return None
+    try:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code != "PERMISSION_DENIED":
+            raise
+        return held
+    return None
+
+
+def challenger_left_note(name: str, version: str) -> str:
+    """What to tell whoever promoted when `drop_challenger` was refused."""
+    return (f"{name}: the challenger alias stays on v{version}, the champion now: removing an alias needs MANAGE "
+            "on the registered model (this account may move the champion); the next gate removes it")
+
+
 def promote(cfg: PipelineConfig, name: str, version: str, reason: str, uri: str, by: str | None = None,
-            via: str | None = None) -> None:
-    """A person's override: make `version` the champion, recording why (and who: `set_champion`)."""
+            via: str | None = None) -> str | None:
+    """A person's override: make `version` the champion, recording why (and who: `set_champion`).
+    Returns the version the challenger alias was left on, where this account may not remove it
+    (`drop_challenger`), else None."""
     check_reason(reason, "a manual promotion")
     check_by(by)
     client = registry_client(uri)
@@ -99,8 +126,7 @@ def promote(cfg: PipelineConfig, name: str, version: str, reason: str, uri: str,
     with promotion_lock(cfg, name):
         client.get_model_version(name, version)  # raises when it does not exist
         set_champion(client, name, version, "promote", reason, by, via)
-        if alias_version(client, name, CHALLENGER) == str(version):
-            client.delete_registered_model_alias(name, CHALLENGER)
+        return drop_challenger(client, name, {version})
 
 
 def champion_stack(history: list[dict]) -> list[str]:

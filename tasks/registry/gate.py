@@ -11,7 +11,7 @@ from pathlib import Path
 
 from schemas.config import PipelineConfig
 from tasks.baselines import EVALUATION_NAMES
-from tasks.registry.champion import set_champion
+from tasks.registry.champion import drop_challenger, set_champion
 from tasks.registry.loading import LoadedPyfunc
 from tasks.registry.names import (
     CHALLENGER,
@@ -243,8 +243,8 @@ def _record(client, cfg: PipelineConfig, d: GateDecision, move: bool) -> GateDec
     client.update_model_version(name, d.version, description=card + "\n\n" + gate_card(cfg, d))
     if move and d.promoted:
         set_champion(client, name, d.version, "gate", d.reason)
-        if alias_version(client, name, CHALLENGER) == d.version:
-            client.delete_registered_model_alias(name, CHALLENGER)
+        # (and from the champion it replaced: a person with EDIT only may have promoted a challenger)
+        drop_challenger(client, name, {d.version, str(d.champion_version)})
     elif move:
         client.set_registered_model_alias(name, CHALLENGER, d.version)
         if d.floor_promoted:

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -24,6 +25,7 @@ from tasks import registry
 from tasks.registry import champion
 from tests.conftest import free_port, mlflow_uris_restored
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ADMIN = ("admin", "admin-Pass-4821")  # (MLflow refuses to start with its old default password)
 ALICE = ("alice", "alice-Pass-7719")  # granted EDIT on the registered model: may promote
 BOB = ("bob", "bob-Pass-3307")  # the server's default permission only (READ): may look, not promote
@@ -44,12 +46,21 @@ def account(user_password: tuple[str, str] | None):
                 os.environ[key] = value
 
 
+def accounts(*argv: str) -> int:
+    """infra/mlflow_accounts.py, the admin's script for accounts and grants (compose.yaml's too)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mlflow_accounts", PROJECT_ROOT / "infra" / "mlflow_accounts.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.main(list(argv))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The server's URI and a profile tracking to it; registered model cft-shop with two versions,
     v1 champion (set by the admin), alice granted EDIT on it."""
     from mlflow import MlflowClient
-    from mlflow.server.auth.client import AuthServiceClient
 
     root = tmp_path_factory.mktemp("registry-users")
     (root / "basic_auth.ini").write_text(
@@ -79,9 +90,8 @@ def server(tmp_path_factory):
         profile = root / "shop.yaml"
         profile.write_text(f"data: {{name: shop, data_root: {root / 'data'}}}\ntracking: {{tracking_uri: '{uri}'}}\n")
         with account(ADMIN), mlflow_uris_restored(uri):
-            users = AuthServiceClient(uri)
-            users.create_user(*ALICE)
-            users.create_user(*BOB)
+            for name, password in (ALICE, BOB, BOB):  # (the second time finds bob's account there)
+                assert accounts(uri, "user", name, password) == 0
             client = MlflowClient(uri, registry_uri=uri)
             client.create_registered_model("cft-shop")
             run = client.create_run(client.create_experiment("shop")).info  # (a server takes a run's artifacts only)
@@ -89,7 +99,8 @@ def server(tmp_path_factory):
                 client.create_model_version("cft-shop", source=f"{run.artifact_uri}/model", run_id=run.run_id,
                                             tags={"cft.kind": kind})
             registry.set_champion(client, "cft-shop", "1", "gate", "first champion")
-            users.grant_user_permission(ALICE[0], "registered_model", "cft-shop", "EDIT")
+            client.set_registered_model_alias("cft-shop", "challenger", "2")  # (as a gate that kept v2 leaves it)
+            assert accounts(uri, "grant", ALICE[0], "registered_model", "cft-shop", "EDIT") == 0
         yield uri, profile
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -102,13 +113,14 @@ def cft(*args: str, as_: tuple[str, str] | None):
         return CliRunner().invoke(app, list(args), prog_name="cft")
 
 
-def state(uri: str) -> tuple[str, list[dict]]:
-    """(the version the champion alias names, champion_history), read as the admin."""
+def state(uri: str) -> tuple[str, str | None, list[dict]]:
+    """(the versions the champion and challenger aliases name, champion_history), read as the admin."""
     from mlflow import MlflowClient
 
     with account(ADMIN):
         client = MlflowClient(uri, registry_uri=uri)
-        return registry.alias_version(client, "cft-shop", "champion"), champion._history(client, "cft-shop")
+        return (registry.alias_version(client, "cft-shop", "champion"),
+                registry.alias_version(client, "cft-shop", "challenger"), champion._history(client, "cft-shop"))
 
 
 def test_a_refused_password_or_none_is_named_before_any_work(server):
@@ -140,7 +152,17 @@ def test_a_promotion_without_the_permission_is_refused_whole_and_one_with_it_rec
     with mlflow_uris_restored():
         promoted = cft("promote", "-c", str(profile), "--version", "2", "--reason", "approved", as_=ALICE)
     assert promoted.exit_code == 0, promoted.output
-    version, history = state(uri)
-    assert version == "2" and len(history) == len(before[1]) + 1
+    version, challenger, history = state(uri)
+    assert version == "2" and len(history) == len(before[2]) + 1
     assert (history[-1]["by"], history[-1]["action"], history[-1]["reason"]) == ("alice", "promote", "approved")
-    assert before[1][-1]["by"] == "admin"  # the fixture's first champion, set with the admin's account
+    assert before[2][-1]["by"] == "admin"  # the fixture's first champion, set with the admin's account
+    # Removing the challenger alias from the new champion needs MANAGE, which alice lacks: it stays,
+    # and she is told; the model's creator (a gate's worker, here the admin) removes it.
+    assert challenger == "2" and promoted.output.replace("\n", " ").endswith(
+        "cft-shop: the challenger alias stays on v2, the champion now: removing an alias needs MANAGE on the "
+        "registered model (this account may move the champion); the next gate removes it "), promoted.output
+    from mlflow import MlflowClient
+
+    with account(ADMIN):
+        assert champion.drop_challenger(MlflowClient(uri, registry_uri=uri), "cft-shop", {"1", "2"}) is None
+    assert state(uri)[1] is None
