@@ -684,3 +684,24 @@ def test_a_version_whose_folder_is_gone_is_downloaded_once_from_the_configured_s
         assert registry.download_version_model(cfg, version) == got
     assert sorted(p.name for p in got.glob("*.safetensors")) == weights
     assert [p.name for p in downloads.iterdir()] == [target.name]
+
+
+def test_drop_challenger_removes_the_alias_only_from_the_versions_named(tmp_path):
+    """After a promotion the challenger alias leaves the new champion; the gate also takes it from
+    the champion it replaces (left there by an account allowed to move the champion but not to
+    remove an alias: tests/cli/test_registry_users.py). Any other version keeps it."""
+    from mlflow import MlflowClient
+
+    from tasks.registry import champion
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model("cft-shop")
+    for _ in range(3):
+        client.create_model_version("cft-shop", source=str(tmp_path / "model"))
+    client.set_registered_model_alias("cft-shop", "challenger", "2")
+    assert champion.drop_challenger(client, "cft-shop", {"3"}) is None
+    assert registry.alias_version(client, "cft-shop", "challenger") == "2"
+    assert champion.drop_challenger(client, "cft-shop", {"3", "2"}) is None
+    assert registry.alias_version(client, "cft-shop", "challenger") is None
+    assert champion.drop_challenger(client, "cft-shop", {"2"}) is None  # (no alias: nothing to do)
