@@ -224,6 +224,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_served(url: str, process, timeout_s: float = 120.0, log=None) -> None:
+    """Wait until `url` answers (a server a test started as `process`, a Popen); fail the test
+    when it exits or the time runs out first, with the tail of its `log` file where given."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            why = log.read_text()[-3000:] if log is not None and log.exists() else "the server did not start"
+            assert time.time() < deadline and process.poll() is None, why
+            time.sleep(0.5)
+
+
 @contextmanager
 def mlflow_uris_restored(uri: str | None = None):
     """mlflow.set_tracking_uri / set_registry_uri / set_experiment set MLflow's module globals and

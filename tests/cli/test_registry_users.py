@@ -12,8 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from typer.testing import CliRunner
 from cft_cli.main import app
 from tasks import registry
 from tasks.registry import champion
-from tests.conftest import free_port, mlflow_uris_restored
+from tests.conftest import free_port, mlflow_uris_restored, wait_until_served
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ADMIN = ("admin", "admin-Pass-4821")  # (MLflow refuses to start with its old default password)
@@ -79,14 +77,7 @@ def server(tmp_path_factory):
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and process.poll() is None, (root / "server.log").read_text()[-3000:]
-                time.sleep(0.5)
+        wait_until_served(f"{uri}/health", process, 180, log=root / "server.log")
         profile = root / "shop.yaml"
         profile.write_text(f"data: {{name: shop, data_root: {root / 'data'}}}\ntracking: {{tracking_uri: '{uri}'}}\n")
         with account(ADMIN), mlflow_uris_restored(uri):

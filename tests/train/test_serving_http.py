@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import free_port, mlflow_uris_restored
+from tests.conftest import free_port, mlflow_uris_restored, wait_until_served
 from tests.train.conftest import make_config
 from tests.train.test_registry import new_run, registered
 
@@ -399,7 +399,6 @@ def test_a_registry_server_that_stops_answering_fails_each_check_at_once(tmp_pat
     import signal
     import subprocess
     import sys
-    import urllib.request
 
     from fastapi.testclient import TestClient
 
@@ -418,14 +417,7 @@ def test_a_registry_server_that_stops_answering_fails_each_check_at_once(tmp_pat
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     http = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{http}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "the MLflow server did not start"
-                time.sleep(0.5)
+        wait_until_served(f"{http}/health", server)
         with mlflow_uris_restored(http), TestClient(create_app(f"models:/{name}@champion", follow_every_s=0.2)) as client:
             assert client.get("/health").json()["version"] == version
             os.killpg(server.pid, signal.SIGTERM)
