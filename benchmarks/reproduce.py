@@ -241,9 +241,10 @@ def main() -> None:
             runs[run_key(record)] = record
             meta["finished"] = time.strftime("%Y-%m-%d %H:%M")
             _write_atomic(out, {"meta": meta, "runs": list(runs.values())})
-            m = record["metrics"]
-            print(f"   NDCG@10 {m.get('grounding_adjusted/NDCG@10', float('nan')):.4f} "
-                  f"(train {record['train_s']} s, eval {record['eval_s']} s)", flush=True)
+            ndcg = {k: v for k, v in record["metrics"].items()  # each ranking method the profile scores
+                    if k.endswith("/NDCG@10") and k.split("/")[0] in ("grounding_adjusted", "constrained")}
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(ndcg.items())) or "no NDCG@10"
+            print(f"   {shown} (train {record['train_s']} s, eval {record['eval_s']} s)", flush=True)
     print(f"wrote {out}; now: python -m benchmarks.report")
 
 
