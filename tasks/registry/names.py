@@ -117,7 +117,7 @@ def alias_version(client, name: str, alias: str) -> str | None:
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
     except mlflow.exceptions.MlflowException as e:
-        if mlflow_refused(e):  # (not "no champion": a gate would then name a first one)
+        if mlflow_refused(e):  # (a read refused is not "no such alias")
             raise
         return None
 
