@@ -53,6 +53,10 @@ def test_a_recorded_process_is_known_by_its_command_and_start_time(tmp_path, mon
         old = {k: v for k, v in entry.items() if k != "started_after_boot"}  # recorded by an older version
         assert stack_mod._alive(old) is not None
         assert stack_mod._alive({**old, "create_time": old["create_time"] - 3600}) is None
+        with monkeypatch.context() as btime:  # the kernel's whole-second boot time moved by one alone
+            boot = psutil.boot_time
+            btime.setattr(psutil, "boot_time", lambda: boot() + 1.0)
+            assert stack_mod.status(st) == {"sleeper": stack_mod.ProcessStatus(True)}
         with monkeypatch.context() as clock:  # the clock stepped an hour ahead (boot time as reported: too)
             step = 3600.0
             boot, created = psutil.boot_time, psutil.Process.create_time
@@ -74,8 +78,9 @@ def test_up_reuses_a_recorded_process_that_still_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(stack_mod, "_spawn", lambda stack, name, cmd, env: spawned.append(name) or proc)
     try:
         stack_mod._record(st, "worker", proc)
-        assert stack_mod.start_worker(st).pid == proc.pid
-        assert spawned == [], _why_not_alive(stack_mod._read_pids(st)["worker"])
+        found = stack_mod.start_worker(st)
+        assert spawned == [], _why_not_alive(stack_mod._read_pids(st)["worker"])  # (first: it says why)
+        assert found.pid == proc.pid
     finally:
         proc.kill()
         proc.wait()
