@@ -176,12 +176,13 @@ def run_isolated(config: Path, overrides: list[str], objective: str, seed: int, 
 def keep_measured_times(new: dict, old: dict | None) -> dict:
     """A resumed invocation reuses the finished stages of a run already in the result file and
     measures ~0 s for them; the record keeps the times of the invocation that computed them (the
-    same training and evaluation folders, so the same work)."""
+    same training and evaluation folders, so the same work), and the commit it ran at."""
     if old is None or not new.get("reused") or old.get("reused", True):
         return new
     if (old.get("model_dir"), old.get("eval_dir")) != (new.get("model_dir"), new.get("eval_dir")):
         return new
-    return {**new, "train_s": old["train_s"], "eval_s": old["eval_s"], "reused": False}
+    return {**new, "train_s": old["train_s"], "eval_s": old["eval_s"], "reused": False,
+            "commit": old.get("commit", new.get("commit"))}
 
 
 def main() -> None:
@@ -237,7 +238,7 @@ def main() -> None:
         for objective in ns.objectives:
             print(f"== {objective} seed {seed}", flush=True)
             record = run_isolated(ns.config, ns.overrides, objective, seed, ns.sequences)
-            record = {**keep_measured_times(record, before.get(run_key(record))), "commit": commit()}
+            record = keep_measured_times({**record, "commit": commit()}, before.get(run_key(record)))
             runs[run_key(record)] = record
             meta["finished"] = time.strftime("%Y-%m-%d %H:%M")
             _write_atomic(out, {"meta": meta, "runs": list(runs.values())})

@@ -155,7 +155,7 @@ def test_a_resumed_reproduction_keeps_the_times_of_the_runs_it_reuses(tmp_path, 
     monkeypatch.setattr(reproduce, "RESULTS", tmp_path)
     monkeypatch.setattr(reproduce, "run_isolated", fake_run_one)
     done = [{**_run("cft", 0, 0.5, 0.0), "train_s": 2087.0, "eval_s": 1450.0, "reused": False,
-             "model_dir": "m1", "eval_dir": "m1/e"},
+             "model_dir": "m1", "eval_dir": "m1/e", "commit": "computed-at"},
             {**_run("sft", 0, 0.5, 0.0, 0.0, 1.0), "train_s": 2100.0, "eval_s": 1500.0, "reused": False,
              "model_dir": "old", "eval_dir": "old/e"}]
     (tmp_path / "reproduction-toy.json").write_text(json.dumps(_data(done)))
@@ -165,6 +165,7 @@ def test_a_resumed_reproduction_keeps_the_times_of_the_runs_it_reuses(tmp_path, 
     runs = json.loads((tmp_path / "reproduction-toy.json").read_text())["runs"]
     assert [(r["objective"], r["train_s"], r["eval_s"], r["reused"]) for r in runs] == [
         ("cft", 2087.0, 1450.0, False), ("sft", 0.0, 2.0, True)]
+    assert runs[0]["commit"] == "computed-at" and runs[1]["commit"] == reproduce.commit()  # (the code that ran it)
 
 
 def test_a_d3_csv_dataset_is_labelled_as_history_derived():
