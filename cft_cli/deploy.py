@@ -16,14 +16,10 @@ outside a flow.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,18 +76,16 @@ def deploy_project(env: dict[str, str], api_url: str, pool: str, project_dir: st
 
 
 def prefect_api(api_url: str, path: str, body: dict | None = None) -> list[dict] | dict:
-    """POST `body` (default {}) to an endpoint of a Prefect server's API; its JSON answer. Sends the
-    credentials Prefect's own client would: PREFECT_API_KEY (Prefect Cloud) or
-    PREFECT_API_AUTH_STRING (a server with basic auth)."""
-    headers = {"Content-Type": "application/json"}
-    if key := os.environ.get("PREFECT_API_KEY"):
-        headers["Authorization"] = f"Bearer {key}"
-    elif auth := os.environ.get("PREFECT_API_AUTH_STRING"):
-        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
-    req = urllib.request.Request(f"{api_url}{path}", data=json.dumps(body or {}).encode(), method="POST",
-                                 headers=headers)
-    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 (the Prefect API the user configured)
-        return json.loads(r.read())
+    """POST `body` (default {}) to an endpoint of the Prefect server at `api_url`; its JSON answer.
+    Sent by Prefect's own client, with the credentials and TLS settings it would use
+    (PREFECT_API_AUTH_STRING, PREFECT_API_KEY, the profile's); a refusal raises its
+    PrefectHTTPStatusError, which `schemas.errors.input_error_message` names."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        response = client.request("POST", path, json=body or {})  # type: ignore[arg-type] (any route)
+        return response.json()
 
 
 def deployments(api_url: str, pool: str | None = None) -> list[str]:

@@ -2,7 +2,8 @@
 # The team stack of compose.yaml, without Docker, on this machine's loopback: PostgreSQL behind an
 # MLflow server (artifacts proxied to S3) and a Prefect server, an S3 endpoint (moto's server in
 # place of MinIO), a process worker on pool cft-team. MLflow checks who asks (its basic-auth app):
-# the worker has an account, alice may promote, bob may only read. Deploys with `cft deploy`, runs the
+# the worker has an account, alice may promote, bob may only read; Prefect's server asks every
+# client for the team's auth string (a client without it is refused in one line). Deploys with `cft deploy`, runs the
 # smoke profile through the worker, then reads the registry and recommends from a second folder with
 # only the two URLs and an account, as a teammate's machine would: bob is refused a promotion, alice
 # promotes and rolls back, and the champion's history names each account. Everything lives in a temporary folder and goes at
@@ -54,7 +55,7 @@ wait_http "http://127.0.0.1:$S3_PORT/"
 
 step "MLflow server with users on 127.0.0.1:$MLFLOW_PORT (compose.yaml's flags), Prefect server on 127.0.0.1:$PREFECT_PORT"
 WEBHOOK_KEY=$("$VENV/python" -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())")
-ADMIN_PASSWORD=admin-$RANDOM$RANDOM WORKER_PASSWORD=worker-$RANDOM$RANDOM
+ADMIN_PASSWORD=admin-$RANDOM$RANDOM WORKER_PASSWORD=worker-$RANDOM$RANDOM PREFECT_AUTH=cft:prefect-$RANDOM$RANDOM
 sed "s#POSTGRES_USER:POSTGRES_PASSWORD@postgres/#cft@127.0.0.1:$PG_PORT/#" "$PROJECT/infra/mlflow-auth.ini" >"$WORK/mlflow-auth.ini"
 PYTHONPATH=$WORK/pylibs MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=$WEBHOOK_KEY \
   MLFLOW_AUTH_CONFIG_PATH=$WORK/mlflow-auth.ini MLFLOW_AUTH_ADMIN_PASSWORD=$ADMIN_PASSWORD \
@@ -62,7 +63,7 @@ PYTHONPATH=$WORK/pylibs MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT MLFLOW_
   --backend-store-uri "postgresql+psycopg2://cft@127.0.0.1:$PG_PORT/mlflow" --artifacts-destination s3://mlflow \
   --host 127.0.0.1 --port "$MLFLOW_PORT" --allowed-hosts "localhost:*,127.0.0.1:*,mlflow:*" >"$WORK/mlflow.log" 2>&1 & PIDS+=($!)
 PREFECT_HOME=$WORK/prefect PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://cft@127.0.0.1:$PG_PORT/prefect" \
-  "$VENV/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT" --analytics-off >"$WORK/prefect.log" 2>&1 & PIDS+=($!)
+  PREFECT_SERVER_API_AUTH_STRING=$PREFECT_AUTH "$VENV/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT" --analytics-off >"$WORK/prefect.log" 2>&1 & PIDS+=($!)
 wait_http "http://127.0.0.1:$MLFLOW_PORT/health"
 wait_http "http://127.0.0.1:$PREFECT_PORT/api/health"
 # compose.yaml's mlflow-accounts: the worker's account; and two people's, as an admin adds them.
@@ -76,6 +77,7 @@ accounts user bob bob-rehearsal
 unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 export PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 export PREFECT_HOME=$WORK/client HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1
+export PREFECT_API_AUTH_STRING=$PREFECT_AUTH  # compose.yaml's PREFECT_AUTH_STRING, which every client sends
 
 step "cft deploy --pool cft-team; a process worker on it"
 "$VENV/cft" deploy --pool cft-team --project-dir "$PROJECT"
@@ -98,6 +100,9 @@ as bob recommend -k 5 "Star Wars (1977)" "Fargo (1996)"
 if as bob promote --version 3 --reason "not bob's to do" 2>"$WORK/refused.log"; then
   echo "error: bob, who may only read, promoted" >&2; exit 1; fi
 cat "$WORK/refused.log"; grep -q "denied user 'bob'" "$WORK/refused.log"
+if PREFECT_API_AUTH_STRING= as alice promote --version 3 --reason "no Prefect credentials" 2>"$WORK/refused.log"; then
+  echo "error: a promotion went ahead without the Prefect server's credentials" >&2; exit 1; fi
+cat "$WORK/refused.log"; grep -q "Prefect server at .* asks for credentials" "$WORK/refused.log"
 accounts grant alice registered_model cft-ml-100k-smoke EDIT
 as alice promote --version 3 --reason "rehearsal: promoted from a laptop, through the server's cft-promotion limit"
 as alice rollback --reason "rehearsal: undone"

@@ -93,14 +93,46 @@ def mlflow_access_message(code: str, request: str = "", server: str | None = Non
     return f"{where} asks for credentials: {fix}"
 
 
+# The HTTP statuses of a request a Prefect server refused to this client: its credentials (401: a
+# server started with PREFECT_SERVER_API_AUTH_STRING, or Prefect Cloud's key) or their permissions
+# (403: a Cloud workspace's roles). The user's to fix, like MLFLOW_ACCESS_CODES.
+PREFECT_ACCESS_STATUSES = (401, 403)
+
+
+def prefect_access_message(status: int, server: str, request: str = "") -> str:
+    """The lines for a request the Prefect server at `server` (its API URL) refused with `status`
+    (one of PREFECT_ACCESS_STATUSES): which of Prefect's credential settings was sent, and what to
+    do. Never the secret itself. The settings are Prefect's own (the environment or the active
+    profile, as `prefect` reads them)."""
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api
+    asked = f" ({request})" if request else ""
+    if status == 403:
+        return (f"the Prefect server at {server} denied this client a request{asked}: ask the workspace's admin "
+                "for a role that allows it")
+    fix = ("set PREFECT_API_AUTH_STRING to the `user:password` the server was started with (its "
+           "PREFECT_SERVER_API_AUTH_STRING; a team stack's PREFECT_AUTH_STRING in team.env), or PREFECT_API_KEY "
+           "for Prefect Cloud")
+    # What Prefect's client sent: the auth string before the key, an empty value as none.
+    if api.auth_string and api.auth_string.get_secret_value():
+        return f"the Prefect server at {server} refused the credentials in PREFECT_API_AUTH_STRING{asked}: {fix}"
+    if api.key and api.key.get_secret_value():
+        return f"the Prefect server at {server} refused the key in PREFECT_API_KEY{asked}: {fix}"
+    return f"the Prefect server at {server} asks for credentials{asked}: {fix}"
+
+
 def input_error_message(error: BaseException) -> str | None:
     """The few lines to show for an error that is the input's fault, or None for anything else
     (our bug, or a transient failure). The one sorting of errors: the CLI prints these and exits 2,
     and a flow's task does not retry them (`tasks.pipeline.transient_only`). Every `UserError`,
     the library's errors with `user_error = True` (cft_core.ranking.InputError), and MLflow's
-    errors with an input or access code (MLflow is only looked at when it is imported)."""
+    errors with an input or access code, and a Prefect server's refusals (MLflow and Prefect are
+    only looked at when they are imported)."""
     if isinstance(error, UserError) or getattr(error, "user_error", False):
         return str(error)
+    if (refused := _prefect_refusal(error)) is not None:
+        return refused
     exceptions = sys.modules.get("mlflow.exceptions")
     if exceptions is None or not isinstance(error, exceptions.MlflowException):
         return None
@@ -110,6 +142,21 @@ def input_error_message(error: BaseException) -> str | None:
         request = re.search(r"endpoint (\S+) failed", error.message)
         return mlflow_access_message(error.error_code, request.group(1) if request else "", _mlflow_server())
     return None
+
+
+def _prefect_refusal(error: BaseException) -> str | None:
+    """`prefect_access_message` for an HTTP error of Prefect's client with an access status, else None."""
+    exceptions = sys.modules.get("prefect.exceptions")
+    if exceptions is None or not isinstance(error, exceptions.PrefectHTTPStatusError):
+        return None
+    status = error.response.status_code
+    if status not in PREFECT_ACCESS_STATUSES:
+        return None
+    from prefect.settings import get_current_settings
+
+    url, api = error.request.url, get_current_settings().api.url
+    server = api if api and str(url).startswith(api) else f"{url.scheme}://{url.netloc.decode()}"
+    return prefect_access_message(status, server, f"{error.request.method} {url.path}")
 
 
 def _mlflow_server() -> str | None:

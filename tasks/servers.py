@@ -71,17 +71,40 @@ def check_credentials(uri: str) -> None:
 
 def check_prefect_api() -> None:
     """Raise `ServerUnavailable` when Prefect is pointed at an API (PREFECT_API_URL, from the
-    environment or the Prefect profile) that does not answer; without one, Prefect starts a
-    temporary local server and there is nothing to ask."""
+    environment or the Prefect profile) that does not answer, and `InputError` when it answers but
+    refuses this client's credentials (a server started with PREFECT_SERVER_API_AUTH_STRING, which
+    answers /health to anyone); without an API URL, Prefect starts a temporary local server and
+    there is nothing to ask."""
     from prefect.settings import get_current_settings
 
     from schemas.errors import ServerUnavailable
 
     url = get_current_settings().api.url
-    if url and (reason := no_answer(url)):
+    if not url:
+        return
+    if reason := no_answer(url):
         raise ServerUnavailable(
             f"the Prefect server at {url} (PREFECT_API_URL) does not answer ({reason}): start it (`cft stack "
             "up` starts the local one), or unset PREFECT_API_URL to run on a temporary local server")
+    check_prefect_credentials(url)
+
+
+def check_prefect_credentials(url: str) -> None:
+    """InputError when the Prefect server at `url` refuses the credentials Prefect's client sends
+    (PREFECT_API_AUTH_STRING, PREFECT_API_KEY): one request that needs them (`/hello`), made by
+    Prefect's own client with its settings. Without it, the refusal was a traceback from
+    wherever the command first spoke to the server (a `cft run`: the flow's start)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from schemas.errors import PREFECT_ACCESS_STATUSES, InputError, prefect_access_message
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.hello()
+    except PrefectHTTPStatusError as e:  # (any other status is the real request's to report)
+        if e.response.status_code in PREFECT_ACCESS_STATUSES:
+            raise InputError(prefect_access_message(e.response.status_code, url)) from None
 
 
 # The library MLflow needs on this machine to write artifacts where the store keeps them, when a
