@@ -23,7 +23,8 @@ fi
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check --quiet)
 "${PIP[@]}" --upgrade "pip>=24" setuptools wheel
 # torch first and exactly: an unpinned torch pulled in by another package is a multi-GB CUDA build.
-"${PIP[@]}" "torch==2.13.0"
+# TORCH_INDEX_URL: where torch comes from instead of PyPI (https://download.pytorch.org/whl/cpu: the CPU build).
+"${PIP[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 constraints=()
 [[ -f "$LOCK" ]] && constraints=(-c "$LOCK")
 "${PIP[@]}" "${constraints[@]}" -e ".[dev]"

@@ -33,3 +33,39 @@ def test_published_ports_listen_on_loopback_and_the_worker_has_an_account_on_bot
     # Prefect's server asks for the team's auth string, and the worker (hence its flow runs) sends it.
     server = services["prefect-server"]["environment"]
     assert server["PREFECT_SERVER_API_AUTH_STRING"] == worker["PREFECT_API_AUTH_STRING"] == "${PREFECT_AUTH_STRING}"
+
+
+def _image_rehearsal():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_rehearsal", INFRA / "image_rehearsal.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compose_builds_the_project_image_from_the_dockerfile_the_rehearsal_runs():
+    """Both services of the project's image build it from infra/Dockerfile (`up --build`), and every
+    instruction of that Dockerfile is one infra/image_rehearsal.py runs (it stops at any other)."""
+    services = yaml.safe_load((INFRA / "compose.yaml").read_text())["services"]
+    users = {name: s for name, s in services.items() if s.get("image") == "${CFT_IMAGE:-cft-rec:latest}"}
+    assert set(users) == {"worker", "mlflow-accounts"}
+    assert all(s["build"] == {"context": "..", "dockerfile": "infra/Dockerfile"} for s in users.values())
+    rehearsal = _image_rehearsal()
+    steps = rehearsal.instructions((INFRA / "Dockerfile").read_text())
+    assert steps[0] == ("FROM", rehearsal.BASE)
+    assert {word for word, _ in steps} <= {"FROM", "ARG", "ENV", "WORKDIR", "USER", "COPY", "RUN", "VOLUME", "CMD"}
+    assert ("USER", "cft") in steps and any(w == "RUN" and "bash infra/setup.sh" in a for w, a in steps)
+
+
+def test_the_image_leaves_out_the_checkouts_environment_state_and_secrets():
+    """.dockerignore, matched as Docker matches it: the venv, the data root, git, caches and
+    team.env stay out of the build context; the code, configs and lock file go in."""
+    rehearsal = _image_rehearsal()
+    patterns = rehearsal.dockerignore()
+    out = [".venv/bin/python", "data/mlflow/mlflow.db", ".git/HEAD", "infra/team.env", "cft_core/__pycache__/loss.pyc",
+           "cft_rec.egg-info/PKG-INFO", "torch-2.13.0-cp311.whl", ".gpukit/a/part"]
+    kept = ["cft_core/loss.py", "configs/demo.yaml", "requirements/lock.txt", "infra/setup.sh", "pyproject.toml",
+            "tests/data/test_readers.py", "infra/team.env.example", "wheels/own.whl"]
+    assert [p for p in out if not rehearsal.ignored(p, patterns)] == []
+    assert [p for p in kept if rehearsal.ignored(p, patterns)] == []
