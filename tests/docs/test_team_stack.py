@@ -32,7 +32,7 @@ def test_published_ports_listen_on_loopback_and_the_worker_has_an_account_on_bot
     assert "user cft-worker ${MLFLOW_WORKER_PASSWORD" in services["mlflow-accounts"]["command"]
     # Prefect's server asks for the team's auth string, and the worker (hence its flow runs) sends it.
     server = services["prefect-server"]["environment"]
-    assert server["PREFECT_SERVER_API_AUTH_STRING"] == worker["PREFECT_API_AUTH_STRING"] == "${PREFECT_AUTH_STRING}"
+    assert server["PREFECT_SERVER_API_AUTH_STRING"] == worker["PREFECT_API_AUTH_STRING"] == "${PREFECT_AUTH_STRING:?set in team.env}"
 
 
 def _image_rehearsal():
