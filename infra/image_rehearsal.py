@@ -9,14 +9,16 @@ way `docker build -f infra/Dockerfile .` would, instruction by instruction, and 
 - ARG, ENV, WORKDIR, USER, VOLUME, CMD as Docker reads them; COPY with `--chown`, the build context
   filtered by .dockerignore; RUN as `/bin/sh -c` in that root (chroot), as USER, in WORKDIR, with the
   ARGs and ENVs, and PyPI as the only package source (this machine's pip settings stay outside).
-- Then the "container": the image's user, environment and folder run the smoke pipeline
-  (`cft run -c configs/smoke.yaml`, on the data root volume), `cft --version`, and the CMD's
-  program with `--help`.
+- Then containers, as Docker makes them: each an overlay over the image (its own writable layer,
+  gone with it), the data volume mounted at VOLUME. In one, the image's user, environment and
+  folder run `cft --version`, the smoke pipeline (`cft run -c configs/smoke.yaml`, on the volume)
+  and the CMD's program with `--help`; in another, an arbitrary uid of group 0 (as OpenShift runs
+  containers) runs the smoke pipeline again.
 
 An instruction this script does not know fails it, so the rehearsal cannot silently skip a line
 the Dockerfile gains. Needs root (chroot, mounts), debootstrap (Debian: `apt-get install
-debootstrap`), Debian's mirror and PyPI. About 7 minutes on 2 cores (2026-12-07), most of it
-the install (torch's CUDA build from PyPI) and the smoke run.
+debootstrap`), Debian's mirror and PyPI. About 11 minutes on 2 cores (2026-12-07, with a study
+running beside it), most of it the install (torch's CUDA build from PyPI) and the two smoke runs.
 
     python3 infra/image_rehearsal.py [--keep ROOT]
 """
@@ -101,7 +103,8 @@ def expand(value: str, env: dict[str, str]) -> str:
 
 
 class Root:
-    """A chroot'ed Debian root with /proc, /dev and /sys mounted while it is used."""
+    """A chroot'ed Debian root with /proc, /dev and /sys mounted while it is used: the image while
+    it is built, or a container of it (`container`)."""
 
     def __init__(self, path: Path):
         self.path, self.mounted = path, []
@@ -112,6 +115,23 @@ class Root:
             target.mkdir(exist_ok=True)
             subprocess.run(["mount", *args, str(target)], check=True)
             self.mounted.append(target)
+
+    @classmethod
+    def container(cls, image: Path, layer: Path, volume: Path, at: str) -> Root:
+        """A fresh container of the image at `image`, as Docker makes one: an overlay whose lower
+        layer is the image, read-only, and whose upper one (under `layer`) is this container's own,
+        gone with it; the named volume `volume` mounted at the image's VOLUME path `at`."""
+        for name in ("upper", "work", "merged"):
+            (layer / name).mkdir(parents=True)
+        root = cls(layer / "merged")
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir={image},upperdir={layer / 'upper'},workdir={layer / 'work'}", str(root.path)],
+                       check=True)
+        root.mounted.append(root.path)
+        subprocess.run(["mount", "--bind", str(volume), str(root.path / at.lstrip("/"))], check=True)
+        root.mounted.append(root.path / at.lstrip("/"))
+        root.mount()
+        return root
 
     def unmount(self) -> bool:
         """Unmount what `mount` mounted; whether nothing of it is still mounted (the root must not
@@ -124,7 +144,8 @@ class Root:
 
     def run(self, command: str, user: str, workdir: str, env: dict[str, str], log: Path | None = None) -> int:
         """`/bin/sh -c command` inside the root, as Docker's RUN and a container's command run."""
-        argv = ["chroot", f"--userspec={user}:{user}" if user != "root" else "--userspec=0:0", str(self.path),
+        # (USER as Docker reads it: a name, whose primary group goes with it, or uid[:gid])
+        argv = ["chroot", "--userspec=0:0" if user == "root" else f"--userspec={user}", str(self.path),
                 "/bin/sh", "-c", f"cd {shlex.quote(workdir)} && {command}"]
         out = log.open("a") if log else None
         try:
@@ -212,22 +233,33 @@ def copy(root: Root, rest: str, ignore: list[str]) -> None:
         sys.exit(f"COPY --chown={chown}: no such user or group in the image yet")
 
 
-def use(root: Root, image: dict, log: Path) -> None:
-    """The image as a container runs it: its user, folder and environment; the smoke pipeline on
-    the data volume, the version, and the CMD's program."""
+def use(image_root: Path, image: dict, work: Path, log: Path, started: list[Root]) -> None:
+    """The image as `docker run` runs it, each run in a fresh container with the one data volume:
+    as its own user, `cft --version`, the smoke pipeline on the volume and the CMD's program; then,
+    as an arbitrary uid of group 0 (OpenShift's way: no passwd entry), the smoke pipeline again,
+    with a home it may write."""
     env = container_env(image)
-    checks = [
-        "cft --version",
-        "cft run -c configs/smoke.yaml",
-        "test -n \"$(ls data/mlflow)\"",  # the MLflow store on the data root (the volume)
-        f"{shlex.quote(image['cmd'][0])} {' '.join(map(shlex.quote, image['cmd'][1:3]))} --help >/dev/null",
+    (at,) = image["volumes"]
+    volume = work / "volume"  # (a new named volume starts as a copy of the image's folder, owner and mode included)
+    subprocess.run(["cp", "-a", str(image_root / at.lstrip("/")), str(volume)], check=True)
+    cmd = f"{shlex.quote(image['cmd'][0])} {' '.join(map(shlex.quote, image['cmd'][1:3]))} --help >/dev/null"
+    containers = [
+        (image["user"], ["cft --version", "cft run -c configs/smoke.yaml",
+                         'test -n "$(ls data/mlflow)"', cmd]),  # (the MLflow store: on the volume)
+        ("12345:0", ["cft run -c configs/smoke.yaml --set data.data_root=/app/data/uid-12345",
+                     'test -n "$(ls data/uid-12345/mlflow)" && test -w "$HOME"']),
     ]
-    for command in checks:
-        started = time.time()
-        code = root.run(command, image["user"], image["workdir"], env, log)
-        print(f"   {command}: exit {code} ({time.time() - started:.0f} s)", flush=True)
-        if code != 0:
-            sys.exit(log.read_text()[-4000:])
+    for number, (user, commands) in enumerate(containers):
+        container = Root.container(image_root, work / f"container-{number}", volume, at)
+        started.append(container)
+        for command in commands:
+            began = time.time()
+            code = container.run(command, user, image["workdir"], env, log)
+            print(f"   container {number}, as {user}: {command}: exit {code} ({time.time() - began:.0f} s)", flush=True)
+            if code != 0:
+                sys.exit(log.read_text()[-4000:])
+        if not container.unmount():
+            sys.exit(f"container {number} is still mounted: {container.mounted}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,17 +272,19 @@ def main(argv: list[str] | None = None) -> int:
     work = args.keep or Path(tempfile.mkdtemp(prefix="cft-image."))
     work.mkdir(parents=True, exist_ok=True)
     root, log = Root(work / "root"), work / "build.log"
+    roots = [root]  # (everything mounted, so that nothing is removed while it is)
     print(f"building {DOCKERFILE.relative_to(PROJECT)} into {root.path} (log: {log})", flush=True)
     started = time.time()
     try:
         image = build(root, log)
-        print(f"built in {time.time() - started:.0f} s; "
-              f"{subprocess.run(['du', '-shx', str(root.path)], capture_output=True, text=True).stdout.split()[0]}"
-              " in the root", flush=True)
-        use(root, image, log)
+        root.unmount()  # (the image is a container's read-only lower layer from here on)
+        size = subprocess.run(["du", "-shx", str(root.path)], capture_output=True, text=True).stdout.split()[0]
+        print(f"built in {time.time() - started:.0f} s; {size} in the image", flush=True)
+        use(root.path, image, work, log, roots)
     finally:
-        if not root.unmount():
-            print(f"warning: still mounted, so {work} is kept: {root.mounted}", file=sys.stderr)
+        mounted = [path for r in reversed(roots) if not r.unmount() for path in r.mounted]
+        if mounted:
+            print(f"warning: still mounted, so {work} is kept: {mounted}", file=sys.stderr)
         elif not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(f"image rehearsal passed in {time.time() - started:.0f} s")
