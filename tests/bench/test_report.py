@@ -64,7 +64,7 @@ def test_main_writes_the_report_from_every_result_file(tmp_path, monkeypatch):
     (results / "reproduction-toy.json").write_text(json.dumps(_data([_run("cft", 0, 0.02, 0.0)])))
     monkeypatch.setattr(report, "RESULTS", results)
     monkeypatch.setattr(report, "REPORT", tmp_path / "docs" / "results.md")
-    report.main()
+    report.main([])
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "reproduction-toy.json" in text and "## toy" in text
 
@@ -377,3 +377,27 @@ def test_a_study_with_only_cft_says_no_verdict_yet_and_has_no_empty_table():
     text = report.section(_data([r]))
     assert "No verdict yet: it needs runs of both CFT at the configured setting and SFT." in text
     assert "Paired differences" not in text
+
+
+def test_a_constrained_only_study_is_read_from_constrained_decoding():
+    """A profile that scores only D3's constrained decoding (configs/study-amazon-cpu.yaml: no
+    grounding, so no grounding_adjusted metrics) gets its tables and verdict from constrained NDCG@10;
+    the report raised KeyError: 'grounding_adjusted/HR@5' on it. cft 0.03, 0.05 vs sft 0.01, 0.01:
+    mean 0.0400 ± 0.0141, paired +0.0300 ± 0.0141, outside the spread."""
+    runs = []
+    for seed, (c, s) in enumerate([(0.03, 0.01), (0.05, 0.01)]):
+        for obj, a, b, v in [("cft", 0.1, 0.25, c), ("sft", 0.0, 1.0, s)]:
+            r = _run(obj, seed, 0.0, 0.0, a, b)
+            r["metrics"] = {k.replace("grounding_adjusted", "constrained"): 0.1 for k in r["metrics"]
+                            if k.startswith("grounding_adjusted/")} | {k: 0.01 for k in r["metrics"] if k.startswith("most_popular/")}
+            r["metrics"]["constrained/NDCG@10"] = v
+            runs.append(r)
+    text = report.section(_data(runs))
+    assert "### constrained decoding (mean ± std over seeds)" in text and "grounding adjusted" not in text
+    assert text.count("### constrained decoding") == 1  # (one table, not the headline and a copy)
+    assert "| cft | 0.1 | 0.25 | 0.1000 ± 0.0000 | 0.1000 ± 0.0000 | 0.1000 ± 0.0000 | 0.0400 ± 0.0141 |" in text
+    assert "CFT (0.1, 0.25) with constrained decoding: mean NDCG@10 0.0400 vs SFT 0.0100 (+0.0300); " \
+           "paired by seed: 0.0300 ± 0.0141. CFT is above SFT outside the seed spread." in text
+    assert "| constrained NDCG@10 |" in text and "| cft | 0.1 | 0.25 | 1 | 8 | 2.0000 | 0.0500 |" in text
+    with pytest.raises(ValueError, match="neither grounding_adjusted nor constrained"):
+        report.headline([{"metrics": {"markov/NDCG@10": 0.1}}])
