@@ -256,12 +256,14 @@ def section(data: dict, name: str | None = None) -> str:
         lines.append("No verdict yet: it needs runs of both CFT at the configured setting and SFT.")
     if main in cft and sft:
         text, outside = cft_vs_sft(cft[main], sft, method)
-        lines.append(
-            f"CFT ({main[0]}, {main[1]}) {'' if method == MAIN else 'with constrained decoding: '}{text} "
-            + ("CFT is above SFT outside the seed spread." if outside
-               else "The difference is **not** outside the seed spread: at this budget CFT's gain over "
-                    "SFT is not established.")
-        )
+        if min(len(cft[main]), len(sft)) < 2:  # (a spread of one seed is 0: no verdict to read from it)
+            judged = ("With one seed of a method there is no seed spread to judge by: the paired intervals "
+                      "below, over rows only, are the evidence so far.")
+        elif outside:
+            judged = "CFT is above SFT outside the seed spread."
+        else:
+            judged = "The difference is **not** outside the seed spread: at this budget CFT's gain over SFT is not established."
+        lines.append(f"CFT ({main[0]}, {main[1]}) {'' if method == MAIN else 'with constrained decoding: '}{text} {judged}")
         lines.append("")
         lines.append(f"alpha/beta settings tried for CFT: {', '.join(f'({a}, {b})' for a, b in sorted(cft))}.")
         others = [k for k in sorted(cft) if k != main]

@@ -401,3 +401,13 @@ def test_a_constrained_only_study_is_read_from_constrained_decoding():
     assert "| constrained NDCG@10 |" in text and "| cft | 0.1 | 0.25 | 1 | 8 | 2.0000 | 0.0500 |" in text
     with pytest.raises(ValueError, match="neither grounding_adjusted nor constrained"):
         report.headline([{"metrics": {"markov/NDCG@10": 0.1}}])
+
+
+def test_one_seed_is_not_judged_by_a_seed_spread():
+    """With one seed of each method the spreads are 0, so "outside the seed spread" would be read
+    from nothing: the verdict says so and points at the paired intervals over rows."""
+    text = report.section(_data([_run("cft", 0, 0.05, 0.0), _run("sft", 0, 0.01, 0.0, 0.0, 1.0)]))
+    assert ("CFT (0.1, 0.25) mean NDCG@10 0.0500 vs SFT 0.0100 (+0.0400); paired by seed: 0.0400 ± 0.0000. "
+            "With one seed of a method there is no seed spread to judge by") in text
+    assert "outside the seed spread" not in text.split("### Verdict")[1].split("alpha/beta")[0]
+
