@@ -224,6 +224,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def infra_script(name: str):
+    """infra/<name>.py as a module (the infra folder holds scripts, not a package): what a test of
+    an admin's or a rehearsal's script calls into."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "infra" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def wait_until_served(url: str, process, timeout_s: float = 120.0, log=None) -> None:
     """Wait until `url` answers (a server a test started as `process`, a Popen); fail the test
     when it exits or the time runs out first, with the tail of its `log` file where given."""

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -21,9 +20,8 @@ from typer.testing import CliRunner
 from cft_cli.main import app
 from tasks import registry
 from tasks.registry import champion
-from tests.conftest import free_port, mlflow_uris_restored, wait_until_served
+from tests.conftest import free_port, infra_script, mlflow_uris_restored, wait_until_served
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ADMIN = ("admin", "admin-Pass-4821")  # (MLflow refuses to start with its old default password)
 ALICE = ("alice", "alice-Pass-7719")  # granted EDIT on the registered model: may promote
 BOB = ("bob", "bob-Pass-3307")  # the server's default permission only (READ): may look, not promote
@@ -46,12 +44,7 @@ def account(user_password: tuple[str, str] | None):
 
 def accounts(*argv: str) -> int:
     """infra/mlflow_accounts.py, the admin's script for accounts and grants (compose.yaml's too)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mlflow_accounts", PROJECT_ROOT / "infra" / "mlflow_accounts.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script.main(list(argv))
+    return infra_script("mlflow_accounts").main(list(argv))
 
 
 @pytest.fixture(scope="module")

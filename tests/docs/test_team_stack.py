@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.conftest import infra_script
+
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 
 
@@ -35,15 +37,6 @@ def test_published_ports_listen_on_loopback_and_the_worker_has_an_account_on_bot
     assert server["PREFECT_SERVER_API_AUTH_STRING"] == worker["PREFECT_API_AUTH_STRING"] == "${PREFECT_AUTH_STRING:?set in team.env}"
 
 
-def _image_rehearsal():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("image_rehearsal", INFRA / "image_rehearsal.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_compose_builds_the_project_image_from_the_dockerfile_the_rehearsal_runs():
     """Both services of the project's image build it from infra/Dockerfile (`up --build`), and every
     instruction of that Dockerfile is one infra/image_rehearsal.py runs (it stops at any other)."""
@@ -51,7 +44,7 @@ def test_compose_builds_the_project_image_from_the_dockerfile_the_rehearsal_runs
     users = {name: s for name, s in services.items() if s.get("image") == "${CFT_IMAGE:-cft-rec:latest}"}
     assert set(users) == {"worker", "mlflow-accounts"}
     assert all(s["build"] == {"context": "..", "dockerfile": "infra/Dockerfile"} for s in users.values())
-    rehearsal = _image_rehearsal()
+    rehearsal = infra_script("image_rehearsal")
     steps = rehearsal.instructions((INFRA / "Dockerfile").read_text())
     assert steps[0] == ("FROM", rehearsal.BASE)
     assert {word for word, _ in steps} <= {"FROM", "ARG", "ENV", "WORKDIR", "USER", "COPY", "RUN", "VOLUME", "CMD"}
@@ -61,7 +54,7 @@ def test_compose_builds_the_project_image_from_the_dockerfile_the_rehearsal_runs
 def test_the_image_leaves_out_the_checkouts_environment_state_and_secrets():
     """.dockerignore, matched as Docker matches it: the venv, the data root, git, caches and
     team.env stay out of the build context; the code, configs and lock file go in."""
-    rehearsal = _image_rehearsal()
+    rehearsal = infra_script("image_rehearsal")
     patterns = rehearsal.dockerignore()
     out = [".venv/bin/python", "data/mlflow/mlflow.db", ".git/HEAD", "infra/team.env", "cft_core/__pycache__/loss.pyc",
            "cft_rec.egg-info/PKG-INFO", "torch-2.13.0-cp311.whl", ".gpukit/a/part"]
