@@ -170,12 +170,13 @@ class ServedModel:
         """The version the alias names; None when there is none yet and `missing_ok`."""
         from mlflow.exceptions import MlflowException
 
+        from schemas.errors import mlflow_absent
         from tasks.registry import registered_version
 
         try:
             return str(registered_version(self.client, self.uri).version)
         except MlflowException as error:  # no such registered model / no version has the alias yet
-            if missing_ok and error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            if missing_ok and mlflow_absent(error):
                 return None
             raise
 

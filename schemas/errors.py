@@ -72,6 +72,15 @@ def mlflow_refused(error: BaseException) -> bool:
     return getattr(error, "error_code", None) in MLFLOW_ACCESS_CODES
 
 
+def mlflow_absent(error: BaseException) -> bool:
+    """Whether `error` is MLflow saying that what was asked for is not there, or no valid reference
+    (`MLFLOW_INPUT_CODES`). A caller that reads an MlflowException as "no such run, model or alias"
+    re-raises every other one: a read refused to this client (`mlflow_refused`), a server that
+    failed, a TLS failure. Read as "none there", those had the gate see no champion and compare a
+    challenger with the baselines alone."""
+    return getattr(error, "error_code", None) in MLFLOW_INPUT_CODES
+
+
 def mlflow_access_message(code: str, request: str = "", server: str | None = None) -> str:
     """The lines for a request the MLflow server refused (`code`, one of MLFLOW_ACCESS_CODES): who
     was refused (MLFLOW_TRACKING_USERNAME, a token, or no credentials), the request where a
@@ -142,6 +151,32 @@ def input_error_message(error: BaseException) -> str | None:
         request = re.search(r"endpoint (\S+) failed", error.message)
         return mlflow_access_message(error.error_code, request.group(1) if request else "", _mlflow_server())
     return None
+
+
+# How MLflow's client words a request its server did not complete, after its own retries: no
+# answer, a timeout, or an error status that holds no MLflow error (a proxy's 502, a server's 500s).
+_MLFLOW_REQUEST_FAILED = re.compile(r"API request to (?:endpoint )?(\S+) failed with (?:timeout )?(?:exception|error code)")
+
+
+def mlflow_server_failure(error: BaseException) -> str | None:
+    """The line for a request the MLflow server did not complete (`_MLFLOW_REQUEST_FAILED`), else
+    None. Not the input's fault: a flow's task retries these, so only the CLI sorts them (exit 2,
+    as a server that does not answer), and a read that failed is never read as "none there"
+    (`mlflow_absent`)."""
+    exceptions = sys.modules.get("mlflow.exceptions")
+    if exceptions is None or not isinstance(error, exceptions.MlflowException):
+        return None
+    failed = _MLFLOW_REQUEST_FAILED.match(error.message)
+    if failed is None:
+        return None
+    text = error.message
+    reason = (re.findall(r"\[Errno -?\d+\][^)'\"]*", text) or re.findall(r"Caused by \w+\('([^']*)'", text)
+              or re.findall(r"error code (\d+) !=", text))
+    why = ("timed out" if "timeout exception" in text else
+           f"HTTP {reason[-1]}" if reason and reason[-1].isdigit() else reason[-1].strip() if reason else "no answer")
+    request = "/" + failed.group(1).split("://", 1)[-1].partition("/")[2].partition("?")[0]
+    where = f"the MLflow server at {server}" if (server := _mlflow_server()) else "the MLflow server"
+    return f"{where} did not complete a request ({request}: {why}): run the command again once it answers; its log says why"
 
 
 def _prefect_refusal(error: BaseException) -> str | None:

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from cft_core.metrics import paired_bootstrap_ci, per_row_metric
-from schemas.errors import InputError, mlflow_refused
+from schemas.errors import InputError, mlflow_absent
 from tasks.tracking import missing_store
 
 KEY = ["user_id", "target_item_id", "occurrence"]
@@ -228,7 +228,7 @@ def evaluation_of_run(run_id: str, split: str, tracking_uri: str, into: Path) ->
     try:
         run = client.get_run(run_id)
     except MlflowException as e:
-        if mlflow_refused(e):
+        if not mlflow_absent(e):
             raise
         raise InputError(f"run {run_id} is not in the tracking store {tracking_uri}") from None
     if f"cft.evaluation.{split}" not in run.data.tags:

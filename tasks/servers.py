@@ -17,13 +17,14 @@ CHECK_TIMEOUT_S = 10.0  # a server on this machine or a team's answers /health i
 
 def no_answer(url: str) -> str | None:
     """Why `<url>/health` got no answer ("[Errno 111] Connection refused", "no answer within 10 s"),
-    None if anything answered: an HTTP error (a proxy's 401 or 404) or a TLS one is the client's to
-    report, with its own settings (MLflow's MLFLOW_TRACKING_INSECURE_TLS, CA path, client certificates)."""
+    None if anything answered: an HTTP error (a proxy's 401 or 404) or a TLS one is left to the
+    credentials check, which makes its request with the client's own TLS settings (a CA bundle this
+    plain request does not know)."""
     import requests
 
     try:
         requests.get(f"{url.rstrip('/')}/health", timeout=CHECK_TIMEOUT_S)
-    except requests.exceptions.SSLError:  # something answers; its certificate is not ours to judge
+    except requests.exceptions.SSLError:  # something answers; its certificate is judged by the client's settings
         return None
     except requests.Timeout:
         return f"no answer within {CHECK_TIMEOUT_S:.0f} s"
@@ -33,9 +34,37 @@ def no_answer(url: str) -> str | None:
     return None
 
 
+# A TLS failure's reason as Python's ssl module words it, wherever a client wrapped it:
+# "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate (_ssl.c:1006)".
+_SSL_REASON = re.compile(r"\[SSL(?:: \w+)?\] (.+?) \(_ssl\.c:\d+\)")
+
+
+def tls_failure(error: BaseException) -> str | None:
+    """The reason a client's request failed in TLS ("certificate verify failed: self-signed
+    certificate", "wrong version number" for https:// to a plain HTTP server), or None when
+    `error` is no TLS failure. Read from the message, since MLflow's client passes the error on as
+    text inside its own."""
+    found = _SSL_REASON.findall(str(error))
+    return found[-1].replace("\\'", "'") if found else None
+
+
+def tls_message(server: str, reason: str, settings: str) -> str:
+    """The line for a server whose TLS the client cannot complete: what failed, and either the
+    client's `settings` to set or, where the answer was not TLS at all, the scheme to use."""
+    if reason == "wrong version number":  # https:// to a server that answers in plain HTTP
+        return f"the {server} does not speak TLS ({reason}): it serves plain HTTP, so use http:// in its URL"
+    return f"the {server} failed TLS ({reason}): {settings}"
+
+
+MLFLOW_TLS_SETTINGS = ("set MLFLOW_TRACKING_SERVER_CERT_PATH to the CA bundle that signed its certificate (and "
+                       "MLFLOW_TRACKING_CLIENT_CERT_PATH where it asks for a client certificate)")
+PREFECT_TLS_SETTINGS = "set PREFECT_API_SSL_CERT_FILE to the CA bundle that signed its certificate"
+
+
 def check_tracking_server(uri: str) -> None:
     """Raise `ServerUnavailable` when an http(s) tracking URI does not answer, and `InputError` when
-    it answers but refuses this client's credentials (other stores: nothing to ask)."""
+    it answers but this client cannot use it: its TLS fails with MLflow's settings, or it refuses
+    this client's credentials (other stores: nothing to ask)."""
     from schemas.errors import ServerUnavailable
 
     if not uri.startswith(("http://", "https://")):
@@ -49,10 +78,13 @@ def check_tracking_server(uri: str) -> None:
 
 def check_credentials(uri: str) -> None:
     """InputError when the MLflow server at `uri` refuses the credentials MLflow would send (a
-    server with users: MLFLOW_TRACKING_USERNAME and _PASSWORD, or MLFLOW_TRACKING_TOKEN): one
-    read that any account may make, sent with MLflow's own credentials and TLS settings. Without
-    it, a wrong password surfaced at the first write, after the data stage and the training, and
-    reads that found nothing read as "no registered model"."""
+    server with users: MLFLOW_TRACKING_USERNAME and _PASSWORD, or MLFLOW_TRACKING_TOKEN), or when
+    its TLS fails with MLflow's settings (MLFLOW_TRACKING_SERVER_CERT_PATH, _INSECURE_TLS, client
+    certificates): one read that any account may make, sent with MLflow's own credentials and TLS
+    settings. Without it, a wrong password surfaced at the first write, after the data stage and
+    the training; reads that found nothing read as "no registered model"; and a certificate the
+    client does not trust was retried for minutes (`cft versions`: 250 s) and then read as "no
+    registered model" too."""
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
@@ -62,7 +94,9 @@ def check_credentials(uri: str) -> None:
     try:
         response = http_request(get_default_host_creds(uri), request, "GET", params={"max_results": 1},
                                 max_retries=0, timeout=CHECK_TIMEOUT_S, raise_on_status=False)
-    except Exception:  # noqa: BLE001 (TLS, a proxy: the real request reports it with MLflow's words)
+    except Exception as e:  # noqa: BLE001 (a proxy, a reset: the real request reports it with MLflow's words)
+        if reason := tls_failure(e):
+            raise InputError(tls_message(f"MLflow server at {uri}", reason, MLFLOW_TLS_SETTINGS)) from None
         return
     code = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}.get(response.status_code)
     if code in MLFLOW_ACCESS_CODES:  # (anything else is the real request's to report)
@@ -91,9 +125,11 @@ def check_prefect_api() -> None:
 
 def check_prefect_credentials(url: str) -> None:
     """InputError when the Prefect server at `url` refuses the credentials Prefect's client sends
-    (PREFECT_API_AUTH_STRING, PREFECT_API_KEY): one request that needs them (`/hello`), made by
-    Prefect's own client with its settings. Without it, the refusal was a traceback from
-    wherever the command first spoke to the server (a `cft run`: the flow's start)."""
+    (PREFECT_API_AUTH_STRING, PREFECT_API_KEY), or when its TLS fails with Prefect's settings
+    (PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY): one request that needs the
+    credentials (`/hello`), made by Prefect's own client with its settings. Without it, either was
+    a traceback from wherever the command first spoke to the server (a `cft run`: the flow's start)."""
+    import httpx
     from prefect.client.orchestration import get_client
     from prefect.exceptions import PrefectHTTPStatusError
 
@@ -105,6 +141,10 @@ def check_prefect_credentials(url: str) -> None:
     except PrefectHTTPStatusError as e:  # (any other status is the real request's to report)
         if e.response.status_code in PREFECT_ACCESS_STATUSES:
             raise InputError(prefect_access_message(e.response.status_code, url)) from None
+    except httpx.TransportError as e:  # (anything but TLS: the real request's to report)
+        if reason := tls_failure(e):
+            raise InputError(tls_message(f"Prefect server at {url} (PREFECT_API_URL)", reason,
+                                         PREFECT_TLS_SETTINGS)) from None
 
 
 # The library MLflow needs on this machine to write artifacts where the store keeps them, when a

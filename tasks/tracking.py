@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.config import PipelineConfig
-from schemas.errors import mlflow_refused
+from schemas.errors import mlflow_absent, mlflow_refused
 
 
 def tracking_uri(cfg: PipelineConfig, create: bool = True) -> str:
@@ -259,7 +259,7 @@ def _active_run(client, run_id: str | None):
     try:
         run = client.get_run(run_id)
     except MlflowException as e:  # RESOURCE_DOES_NOT_EXIST: tracked in another store
-        if mlflow_refused(e):
+        if not mlflow_absent(e):
             raise
         return None
     return run if run.info.lifecycle_stage == "active" else None

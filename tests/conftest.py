@@ -224,6 +224,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def serving(handler, tls_files: tuple[Path, Path] | None = None):
+    """A server on 127.0.0.1 answering with `handler`, over TLS with (certificate, key) when given; yields its port."""
+    import ssl
+    import threading
+    from http.server import HTTPServer
+
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    if tls_files:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls_files)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def infra_script(name: str):
     """infra/<name>.py as a module (the infra folder holds scripts, not a package): what a test of
     an admin's or a rehearsal's script calls into."""

@@ -8,7 +8,7 @@ import re
 from filelock import FileLock
 
 from schemas.config import PipelineConfig
-from schemas.errors import InputError, mlflow_refused
+from schemas.errors import InputError, mlflow_absent
 from tasks.baselines import BASELINES
 from tasks.storage import fingerprint
 from tasks.tracking import missing_store
@@ -51,7 +51,7 @@ def llm_version(uri: str, tracking_uri: str):
     try:
         version = registered_version(MlflowClient(tracking_uri, registry_uri=tracking_uri), uri)
     except MlflowException as e:
-        if mlflow_refused(e):
+        if not mlflow_absent(e):
             raise
         raise InputError(f"{uri} is not in the registry at {tracking_uri}") from None
     if is_baseline(version):
@@ -117,7 +117,7 @@ def alias_version(client, name: str, alias: str) -> str | None:
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
     except mlflow.exceptions.MlflowException as e:
-        if mlflow_refused(e):  # (a read refused is not "no such alias")
+        if not mlflow_absent(e):  # (a read refused, or failed, is not "no such alias")
             raise
         return None
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from schemas.config import PipelineConfig
-from schemas.errors import mlflow_refused
+from schemas.errors import mlflow_absent
 from tasks.baselines import BASELINES, window_counts
 from tasks.registry.champion import set_champion
 from tasks.registry.names import (
@@ -261,7 +261,7 @@ def _ensure_registered_model(client, cfg: PipelineConfig, name: str) -> None:
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException as e:
-        if mlflow_refused(e):
+        if not mlflow_absent(e):
             raise
         client.create_registered_model(name, description=f"CFT recommender for dataset {cfg.data.name}")
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from schemas.config import PipelineConfig
-from schemas.errors import RegistryError, mlflow_refused
+from schemas.errors import RegistryError, mlflow_absent
 from tasks.registry.champion import champion_history, champion_stack
 from tasks.registry.names import (
     KIND_TAG,
@@ -48,7 +48,7 @@ def versions_summary(client, name: str) -> tuple[list[VersionSummary], list[dict
     try:
         model = client.get_registered_model(name)
     except mlflow.exceptions.MlflowException as e:
-        if mlflow_refused(e):
+        if not mlflow_absent(e):
             raise
         raise RegistryError(f"no registered model {name} in this store ({e.message.splitlines()[0]})") from None
     held: dict[str, list[str]] = {}
@@ -86,7 +86,7 @@ def expendable_versions(client, name: str, keep: int) -> list:
     try:
         model = client.get_registered_model(name)
     except mlflow.exceptions.MlflowException as e:  # not registered yet: nothing to let go
-        if mlflow_refused(e):
+        if not mlflow_absent(e):
             raise
         return []
     spared = {str(v) for v in model.aliases.values()}

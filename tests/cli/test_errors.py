@@ -3,14 +3,19 @@ and leaves nothing behind; `--debug` shows the traceback instead."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cft_cli.main import app
-from tests.conftest import free_port
+from schemas.errors import InputError
+from tests.conftest import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -217,10 +222,6 @@ def test_a_prefect_server_that_does_not_answer_is_named(tmp_path):
     """`cft run` in a shell that still exports the PREFECT_API_URL of a stopped stack: `error:`
     naming the server, exit 2, nothing written (Prefect raised "Failed to reach API" with a traceback).
     A process of its own: Prefect reads its settings once, when it is imported."""
-    import os
-    import subprocess
-    import sys
-
     url = f"http://127.0.0.1:{free_port()}/api"
     res = subprocess.run([sys.executable, "-m", "cft_cli", "run", "-c", str(profile(tmp_path, ""))],
                          env={**os.environ, "PREFECT_API_URL": url}, capture_output=True, text=True, cwd=ROOT)
@@ -252,30 +253,160 @@ def test_an_artifact_store_this_machine_cannot_write_is_named_before_training(tm
     assert not list((tmp_path / "data" / "training").iterdir())  # (an empty training folder stayed until 2026-12-06)
 
 
-def test_any_http_answer_counts_as_a_running_tracking_server():
-    """A server that answers /health with an error (a proxy's 401 or 404), or whose TLS this check
-    cannot verify (here: https to a plain HTTP server), is left for MLflow to report (it has its own
-    certificate settings); only a missing answer is ours to name."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
+class _Answers(BaseHTTPRequestHandler):
+    """Any GET or POST: 200 with `{}` (what /health, MLflow's experiment search and Prefect's /hello
+    need to pass the checks); `status` makes every answer that status instead."""
 
+    status = 200
+
+    def do_GET(self):
+        body = b"{}"
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory) -> tuple[Path, Path]:
+    """(certificate, key) PEM files: a self-signed certificate for 127.0.0.1, as a team's internal CA
+    would issue one (no client trusts it until told to)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cft test server")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    folder = tmp_path_factory.mktemp("tls")
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return folder / "cert.pem", folder / "key.pem"
+
+
+def test_any_http_answer_counts_as_a_running_tracking_server():
+    """A server that answers /health with an error (a proxy's 401 or 404) is left for MLflow to
+    report; only a missing answer, a refusal of the credentials or a failed TLS is ours to name."""
     from tasks.servers import check_tracking_server
 
-    class NotFound(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_error(404)
+    class NotFound(_Answers):
+        status = 404
 
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), NotFound)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        check_tracking_server(f"http://127.0.0.1:{server.server_port}/")
-        check_tracking_server(f"https://127.0.0.1:{server.server_port}")
-    finally:
-        server.shutdown()
+    with serving(NotFound) as port:
+        check_tracking_server(f"http://127.0.0.1:{port}/")
     check_tracking_server("sqlite:////nowhere/mlflow.db")  # not a server: nothing to ask
+
+
+def test_https_to_a_plain_http_server_is_named_as_such():
+    from tasks.servers import check_prefect_credentials, check_tracking_server
+
+    with serving(_Answers) as port:
+        url = f"https://127.0.0.1:{port}"
+        with pytest.raises(InputError) as mlflow_said:
+            check_tracking_server(url)
+        with pytest.raises(InputError) as prefect_said:
+            check_prefect_credentials_at(check_prefect_credentials, f"{url}/api")
+    assert str(mlflow_said.value) == (f"the MLflow server at {url} does not speak TLS (wrong version number): it "
+                                      "serves plain HTTP, so use http:// in its URL")
+    assert str(prefect_said.value) == (f"the Prefect server at {url}/api (PREFECT_API_URL) does not speak TLS (wrong "
+                                       "version number): it serves plain HTTP, so use http:// in its URL")
+
+
+def check_prefect_credentials_at(check, url: str, **settings) -> None:
+    """`check(url)` with Prefect's client pointed at `url` (and the other settings given)."""
+    import prefect.settings as ps
+    from prefect.settings import temporary_settings
+
+    with temporary_settings(updates={ps.PREFECT_API_URL: url, **{getattr(ps, k): v for k, v in settings.items()}}):
+        check(url)
+
+
+def test_a_tracking_server_whose_certificate_is_not_trusted_is_named_before_any_work(self_signed, monkeypatch):
+    """A server behind TLS with a certificate the client does not trust (a team's own CA): MLflow's
+    client retried it for minutes, and `cft versions` then said "no registered model ... in this
+    store". Now the check names the failure and MLflow's setting, at once, exit 2; with the setting
+    (or MLflow's switch to skip verification), the same server passes."""
+    from tasks.servers import check_tracking_server
+
+    cert, _ = self_signed
+    with serving(_Answers, self_signed) as port:
+        url = f"https://127.0.0.1:{port}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        res = run("versions", "-c", str(ROOT / "configs/smoke.yaml"))
+        assert res.exit_code == 2, res.output
+        assert res.output == (f"error: the MLflow server at {url} failed TLS (certificate verify failed: self-signed "
+                              "certificate): set MLFLOW_TRACKING_SERVER_CERT_PATH to the CA bundle that signed its "
+                              "certificate (and MLFLOW_TRACKING_CLIENT_CERT_PATH where it asks for a client "
+                              "certificate)\n")
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))
+        check_tracking_server(url)
+        monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH")
+        monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
+        check_tracking_server(url)
+
+
+def test_a_prefect_server_whose_certificate_is_not_trusted_is_named_before_any_work(self_signed, tmp_path):
+    """The same for Prefect: `cft run` was a traceback (httpx.ConnectError, exit 1) at the flow's
+    start. Now: one line naming Prefect's setting, exit 2, no data written; with the setting, the
+    check passes."""
+    from tasks.servers import check_prefect_credentials
+
+    cert, _ = self_signed
+    with serving(_Answers, self_signed) as port:
+        url = f"https://127.0.0.1:{port}/api"
+        res = subprocess.run([sys.executable, "-m", "cft_cli", "run", "-c", str(profile(tmp_path, ""))],
+                             env={**os.environ, "PREFECT_API_URL": url}, capture_output=True, text=True, cwd=ROOT)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert res.stderr == (f"error: the Prefect server at {url} (PREFECT_API_URL) failed TLS (certificate verify "
+                              "failed: self-signed certificate): set PREFECT_API_SSL_CERT_FILE to the CA bundle that "
+                              "signed its certificate\n")
+        assert not (tmp_path / "data").exists()
+        check_prefect_credentials_at(check_prefect_credentials, url, PREFECT_API_SSL_CERT_FILE=str(cert))
+        check_prefect_credentials_at(check_prefect_credentials, url, PREFECT_API_TLS_INSECURE_SKIP_VERIFY=True)
+
+
+def test_a_request_the_tracking_server_did_not_complete_is_one_line(monkeypatch):
+    """A server that answers but fails the request (500s until MLflow's retries are spent): `cft
+    versions` said "no registered model ... in this store"; a read that failed is not "none
+    there". Now one line names the server, the request and the failure, exit 2, as for a server
+    that does not answer (a flow's task retries it instead: it is not the input's fault)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from schemas.errors import input_error_message
+
+    class Fails(_Answers):
+        status = 500
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # (MLflow retries a 500 for minutes)
+    with serving(Fails) as port:
+        url = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        res = run("versions", "-c", str(ROOT / "configs/smoke.yaml"))
+        with pytest.raises(MlflowException) as failed:
+            MlflowClient(url).get_registered_model("cft-shop")
+    assert res.exit_code == 2, res.output
+    assert res.output == (f"error: the MLflow server at {url} did not complete a request (/api/2.0/mlflow/registered-"
+                          "models/get: too many 500 error responses): run the command again once it answers; its log "
+                          "says why\n")
+    assert input_error_message(failed.value) is None  # (so a flow's task retries it)
 
 
 def test_k_zero_is_a_usage_error():

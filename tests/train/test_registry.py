@@ -705,3 +705,52 @@ def test_drop_challenger_removes_the_alias_only_from_the_versions_named(tmp_path
     assert champion.drop_challenger(client, "cft-shop", {"3", "2"}) is None
     assert registry.alias_version(client, "cft-shop", "challenger") is None
     assert champion.drop_challenger(client, "cft-shop", {"2"}) is None  # (no alias: nothing to do)
+
+
+@pytest.mark.parametrize(("status", "code", "none_there"), [
+    (404, "RESOURCE_DOES_NOT_EXIST", True), (400, "INVALID_PARAMETER_VALUE", True),
+    (500, "INTERNAL_ERROR", False), (503, "TEMPORARILY_UNAVAILABLE", False), (403, "PERMISSION_DENIED", False)])
+def test_a_registry_read_that_failed_is_never_read_as_none_there(monkeypatch, status, code, none_there):
+    """Only MLflow's "not there" (or "no such reference") answers read as no champion, no model, no
+    run. A read that failed (a server's 500 or 503, a refusal) is raised: read as "no champion", it
+    had the gate compare a challenger with the baselines alone (one worse than the champion could
+    replace it), and `cft versions` said "no registered model". The server is a stand-in that answers every request with `status` and `code`,
+    as MLflow's server words an error; MLflow's own client reads it, without its retries."""
+    import json
+    from http.server import BaseHTTPRequestHandler
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from tasks.registry.retention import versions_summary
+    from tasks.tracking import _active_run
+    from tests.conftest import serving
+
+    class Fails(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"error_code": code, "message": f"{code} from the stand-in"}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # (MLflow retries a 5xx for minutes)
+    with serving(Fails) as port:
+        url = f"http://127.0.0.1:{port}"
+        client = MlflowClient(url, registry_uri=url)
+        reads = {"alias": lambda: registry.alias_version(client, "cft-shop", "champion"),
+                 "versions": lambda: versions_summary(client, "cft-shop"),
+                 "run": lambda: _active_run(client, "0123456789abcdef")}
+        for what, read in reads.items():
+            if none_there and what == "versions":
+                with pytest.raises(RegistryError, match=r"^no registered model cft-shop in this store"):
+                    read()
+            elif none_there:
+                assert read() is None, what
+            else:  # (a 5xx as MLflow words a request it would have retried: "too many 500 error responses")
+                with pytest.raises(MlflowException, match=code if status < 500 else f"too many {status} error"):
+                    read()
