@@ -17,18 +17,18 @@ from typer.core import TyperGroup
 def user_error_message(error: BaseException) -> str | None:
     """The few lines to print for a mistake in the user's input (config, data, registry
     reference, serving input: `schemas.errors.input_error_message`), a server or source that does
-    not answer, or an MLflow request its server did not complete; None for anything else (our bug:
+    not answer, or a request a server did not complete; None for anything else (our bug:
     traceback, exit 1)."""
     from schemas.errors import (
         ServerUnavailable,
         SourceUnavailable,
         input_error_message,
-        mlflow_server_failure,
+        server_failure_message,
     )
 
     if isinstance(error, (SourceUnavailable, ServerUnavailable)):
         return str(error)
-    return input_error_message(error) or mlflow_server_failure(error)
+    return input_error_message(error) or server_failure_message(error)
 
 
 class FriendlyErrors(TyperGroup):

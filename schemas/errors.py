@@ -153,16 +153,31 @@ def input_error_message(error: BaseException) -> str | None:
     return None
 
 
+def server_failure_message(error: BaseException) -> str | None:
+    """The line for a request a server took and did not complete: MLflow's, after its client's own
+    retries (no answer, a timeout, 500s, a proxy's 502), or Prefect's (a 5xx). None for anything
+    else. Not the input's fault: a flow's task retries these, so only the CLI sorts them (exit 2,
+    as a server that does not answer), and a read that failed is never read as "none there"
+    (`mlflow_absent`)."""
+    if (what := _mlflow_failure(error)) is not None:
+        name, url = "MLflow", _mlflow_server()
+    elif (asked := _prefect_request(error)) is not None and asked[0] >= 500:
+        (status, url, request), name = asked, "Prefect"
+        what = f"{request}: HTTP {status}"
+    else:
+        return None
+    where = f"the {name} server at {url}" if url else f"the {name} server"
+    return f"{where} did not complete a request ({what}): run the command again once it answers; its log says why"
+
+
 # How MLflow's client words a request its server did not complete, after its own retries: no
 # answer, a timeout, or an error status that holds no MLflow error (a proxy's 502, a server's 500s).
 _MLFLOW_REQUEST_FAILED = re.compile(r"API request to (?:endpoint )?(\S+) failed with (?:timeout )?(?:exception|error code)")
 
 
-def mlflow_server_failure(error: BaseException) -> str | None:
-    """The line for a request the MLflow server did not complete (`_MLFLOW_REQUEST_FAILED`), else
-    None. Not the input's fault: a flow's task retries these, so only the CLI sorts them (exit 2,
-    as a server that does not answer), and a read that failed is never read as "none there"
-    (`mlflow_absent`)."""
+def _mlflow_failure(error: BaseException) -> str | None:
+    """"request: why" for a request the MLflow server did not complete (`_MLFLOW_REQUEST_FAILED`),
+    else None."""
     exceptions = sys.modules.get("mlflow.exceptions")
     if exceptions is None or not isinstance(error, exceptions.MlflowException):
         return None
@@ -175,23 +190,27 @@ def mlflow_server_failure(error: BaseException) -> str | None:
     why = ("timed out" if "timeout exception" in text else
            f"HTTP {reason[-1]}" if reason and reason[-1].isdigit() else reason[-1].strip() if reason else "no answer")
     request = "/" + failed.group(1).split("://", 1)[-1].partition("/")[2].partition("?")[0]
-    where = f"the MLflow server at {server}" if (server := _mlflow_server()) else "the MLflow server"
-    return f"{where} did not complete a request ({request}: {why}): run the command again once it answers; its log says why"
+    return f"{request}: {why}"
 
 
 def _prefect_refusal(error: BaseException) -> str | None:
     """`prefect_access_message` for an HTTP error of Prefect's client with an access status, else None."""
+    if (failed := _prefect_request(error)) is None or failed[0] not in PREFECT_ACCESS_STATUSES:
+        return None
+    return prefect_access_message(*failed)
+
+
+def _prefect_request(error: BaseException) -> tuple[int, str, str] | None:
+    """(status, the server's URL, "METHOD path") for an HTTP error of Prefect's client, else None.
+    The URL is the API's (PREFECT_API_URL) where the request went to it."""
     exceptions = sys.modules.get("prefect.exceptions")
     if exceptions is None or not isinstance(error, exceptions.PrefectHTTPStatusError):
-        return None
-    status = error.response.status_code
-    if status not in PREFECT_ACCESS_STATUSES:
         return None
     from prefect.settings import get_current_settings
 
     url, api = error.request.url, get_current_settings().api.url
     server = api if api and str(url).startswith(api) else f"{url.scheme}://{url.netloc.decode()}"
-    return prefect_access_message(status, server, f"{error.request.method} {url.path}")
+    return error.response.status_code, server, f"{error.request.method} {url.path}"
 
 
 def _mlflow_server() -> str | None:

@@ -409,6 +409,22 @@ def test_a_request_the_tracking_server_did_not_complete_is_one_line(monkeypatch)
     assert input_error_message(failed.value) is None  # (so a flow's task retries it)
 
 
+def test_a_request_the_prefect_server_did_not_complete_is_one_line(tmp_path):
+    """The same for Prefect's API: a 500 (which its client does not retry) was a traceback from
+    `cft alerts`, exit 1. A process of its own: Prefect reads its settings when it is imported."""
+
+    class Fails(_Answers):
+        status = 500
+
+    with serving(Fails) as port:
+        url = f"http://127.0.0.1:{port}/api"
+        res = subprocess.run([sys.executable, "-m", "cft_cli", "alerts", "--off"], capture_output=True, text=True,
+                             env={**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path)}, cwd=ROOT)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert re.fullmatch(rf"error: the Prefect server at {url} did not complete a request \((GET|POST|DELETE) /api/\S+: "
+                        r"HTTP 500\): run the command again once it answers; its log says why\n", res.stderr), res.stderr
+
+
 def test_k_zero_is_a_usage_error():
     res = run("recommend", "-k", "0", "Heat")
     assert res.exit_code == 2 and "Invalid value for '-k'" in res.output and "greater than or equal to 1" in res.output
