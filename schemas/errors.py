@@ -159,14 +159,16 @@ def server_failure_message(error: BaseException) -> str | None:
     else. Not the input's fault: a flow's task retries these, so only the CLI sorts them (exit 2,
     as a server that does not answer), and a read that failed is never read as "none there"
     (`mlflow_absent`)."""
-    if (what := _mlflow_failure(error)) is not None:
-        name, url = "MLflow", _mlflow_server()
+    if (failed := _mlflow_failure(error)) is not None:
+        (what, status), name, url = failed, "MLflow", _mlflow_server()
     elif (asked := _prefect_request(error)) is not None and asked[0] >= 500:
         (status, url, request), name = asked, "Prefect"
         what = f"{request}: HTTP {status}"
     else:
         return None
     where = f"the {name} server at {url}" if url else f"the {name} server"
+    if status is not None and status < 500:  # (a route it does not have: no answer that passes)
+        return f"{where} does not serve a request ({what}): check that the URL is that of an MLflow server, release 3 or later"
     return f"{where} did not complete a request ({what}): run the command again once it answers; its log says why"
 
 
@@ -175,9 +177,9 @@ def server_failure_message(error: BaseException) -> str | None:
 _MLFLOW_REQUEST_FAILED = re.compile(r"API request to (?:endpoint )?(\S+) failed with (?:timeout )?(?:exception|error code)")
 
 
-def _mlflow_failure(error: BaseException) -> str | None:
-    """"request: why" for a request the MLflow server did not complete (`_MLFLOW_REQUEST_FAILED`),
-    else None."""
+def _mlflow_failure(error: BaseException) -> tuple[str, int | None] | None:
+    """("request: why", the HTTP status where it answered with one) for a request the MLflow server
+    did not complete (`_MLFLOW_REQUEST_FAILED`), else None."""
     exceptions = sys.modules.get("mlflow.exceptions")
     if exceptions is None or not isinstance(error, exceptions.MlflowException):
         return None
@@ -185,12 +187,12 @@ def _mlflow_failure(error: BaseException) -> str | None:
     if failed is None:
         return None
     text = error.message
-    reason = (re.findall(r"\[Errno -?\d+\][^)'\"]*", text) or re.findall(r"Caused by \w+\('([^']*)'", text)
-              or re.findall(r"error code (\d+) !=", text))
-    why = ("timed out" if "timeout exception" in text else
-           f"HTTP {reason[-1]}" if reason and reason[-1].isdigit() else reason[-1].strip() if reason else "no answer")
+    status = re.search(r"error code (\d+) !=", text)
+    reason = re.findall(r"\[Errno -?\d+\][^)'\"]*", text) or re.findall(r"Caused by \w+\('([^']*)'", text)
+    why = ("timed out" if "timeout exception" in text else f"HTTP {status.group(1)}" if status else
+           reason[-1].strip() if reason else "no answer")
     request = "/" + failed.group(1).split("://", 1)[-1].partition("/")[2].partition("?")[0]
-    return f"{request}: {why}"
+    return f"{request}: {why}", int(status.group(1)) if status else None
 
 
 def _prefect_refusal(error: BaseException) -> str | None:

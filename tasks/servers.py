@@ -63,8 +63,8 @@ PREFECT_TLS_SETTINGS = "set PREFECT_API_SSL_CERT_FILE to the CA bundle that sign
 
 def check_tracking_server(uri: str) -> None:
     """Raise `ServerUnavailable` when an http(s) tracking URI does not answer, and `InputError` when
-    it answers but this client cannot use it: its TLS fails with MLflow's settings, or it refuses
-    this client's credentials (other stores: nothing to ask)."""
+    it answers but this client cannot use it: its TLS fails with MLflow's settings, it refuses this
+    client's credentials, or it runs a release too old (other stores: nothing to ask)."""
     from schemas.errors import ServerUnavailable
 
     if not uri.startswith(("http://", "https://")):
@@ -101,6 +101,38 @@ def check_credentials(uri: str) -> None:
     code = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}.get(response.status_code)
     if code in MLFLOW_ACCESS_CODES:  # (anything else is the real request's to report)
         raise InputError(mlflow_access_message(code, f"GET {request}", uri))
+    check_server_version(uri)
+
+
+# The oldest MLflow server this client can use. MLflow 3 keeps a model as a "logged model"
+# (/api/2.0/mlflow/logged-models), which a 2.x server does not have: against MLflow 2.22.1, `cft
+# run` prepared the data and trained, then failed at registration on that route's 404.
+MLFLOW_SERVER_MAJOR = 3
+
+
+def check_server_version(uri: str) -> None:
+    """InputError when the MLflow server at `uri` says (`/version`, asked with MLflow's credentials
+    and TLS settings) that it runs a release older than MLFLOW_SERVER_MAJOR. A server that does not
+    say (a proxy without the route, a managed service) is let through."""
+    import mlflow
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    from schemas.errors import InputError
+
+    try:
+        response = http_request(get_default_host_creds(uri), "/version", "GET", max_retries=0,
+                                timeout=CHECK_TIMEOUT_S, raise_on_status=False)
+    except Exception:  # noqa: BLE001 (the request just before it answered: the real requests report it)
+        return
+    said = response.text.strip() if response.status_code == 200 else ""
+    if (major := re.match(r"(\d+)\.\d+", said)) and int(major.group(1)) < MLFLOW_SERVER_MAJOR:
+        raise InputError(
+            f"the MLflow server at {uri} runs MLflow {said}, and this client (MLflow {mlflow.__version__}) needs "
+            f"{MLFLOW_SERVER_MAJOR}.0 or later: it logs models as logged models (/api/2.0/mlflow/logged-models), "
+            f"which a {major.group(1)}.x server does not have. Upgrade the server (pip install 'mlflow>="
+            f"{MLFLOW_SERVER_MAJOR}' where it runs, then `mlflow db upgrade` on its backend store), or point "
+            "tracking.tracking_uri elsewhere")
 
 
 def check_prefect_api() -> None:

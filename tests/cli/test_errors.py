@@ -338,6 +338,38 @@ def check_prefect_credentials_at(check, url: str, **settings) -> None:
         check(url)
 
 
+@pytest.mark.parametrize(("says", "refused"), [("2.22.1", True), ("1.30.0", True), ("3.0.1", False),
+                                               ("3.17.2", False), (None, False)])
+def test_a_tracking_server_older_than_mlflow_3_is_named_before_any_work(says, refused):
+    """Against a team's MLflow 2.22.1 server, `cft run` prepared the data and trained, then failed at
+    registration on MLflow 3's logged-models route (a 404: MLflow 2 has no such route). Its
+    `/version` now refuses it first. The stand-in answers `/version` as MLflow's server does (its
+    release as text), or not at all (None: a proxy without the route), which passes."""
+    from tasks.servers import check_tracking_server
+
+    class Says(_Answers):
+        def do_GET(self):
+            if self.path != "/version":
+                return super().do_GET()
+            body = (says or "").encode()
+            self.send_response(200 if says else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with serving(Says) as port:
+        url = f"http://127.0.0.1:{port}"
+        if not refused:
+            check_tracking_server(url)
+            return
+        with pytest.raises(InputError) as said:
+            check_tracking_server(url)
+    major = says.split(".")[0]
+    assert str(said.value).startswith(f"the MLflow server at {url} runs MLflow {says}, and this client (MLflow 3.")
+    assert f"needs 3.0 or later: it logs models as logged models (/api/2.0/mlflow/logged-models), which a {major}.x " \
+           "server does not have. Upgrade the server (pip install 'mlflow>=3' where it runs" in str(said.value)
+
+
 def test_a_tracking_server_whose_certificate_is_not_trusted_is_named_before_any_work(self_signed, monkeypatch):
     """A server behind TLS with a certificate the client does not trust (a team's own CA): MLflow's
     client retried it for minutes, and `cft versions` then said "no registered model ... in this
@@ -382,18 +414,31 @@ def test_a_prefect_server_whose_certificate_is_not_trusted_is_named_before_any_w
         check_prefect_credentials_at(check_prefect_credentials, url, PREFECT_API_TLS_INSECURE_SKIP_VERIFY=True)
 
 
-def test_a_request_the_tracking_server_did_not_complete_is_one_line(monkeypatch):
-    """A server that answers but fails the request (500s until MLflow's retries are spent): `cft
-    versions` said "no registered model ... in this store"; a read that failed is not "none
-    there". Now one line names the server, the request and the failure, exit 2, as for a server
-    that does not answer (a flow's task retries it instead: it is not the input's fault)."""
+@pytest.mark.parametrize(("status", "said"), [
+    (500, "did not complete a request (/api/2.0/mlflow/registered-models/get: too many 500 error responses): run "
+          "the command again once it answers; its log says why"),
+    (404, "does not serve a request (/api/2.0/mlflow/registered-models/get: HTTP 404): check that the URL is that "
+          "of an MLflow server, release 3 or later")])
+def test_a_request_the_tracking_server_did_not_complete_is_one_line(monkeypatch, status, said):
+    """A server that answers but fails the request (500s until MLflow's retries are spent), or has
+    no such route (a 404 page: a proxy's, an old server's): `cft versions` said "no registered
+    model ... in this store"; a read that failed is not "none there". Now one line names the
+    server, the request and the failure, exit 2, as for a server that does not answer (a flow's
+    task retries it instead: it is not the input's fault). The stand-in's /version says nothing."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     from schemas.errors import input_error_message
 
     class Fails(_Answers):
-        status = 500
+        def do_GET(self):
+            if self.path.startswith("/api/2.0/mlflow/experiments/search"):  # (the credentials check)
+                return super().do_GET()
+            body = b"<html><h1>Not Found</h1></html>" if status == 404 else b"{}"
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # (MLflow retries a 500 for minutes)
     with serving(Fails) as port:
@@ -403,9 +448,7 @@ def test_a_request_the_tracking_server_did_not_complete_is_one_line(monkeypatch)
         with pytest.raises(MlflowException) as failed:
             MlflowClient(url).get_registered_model("cft-shop")
     assert res.exit_code == 2, res.output
-    assert res.output == (f"error: the MLflow server at {url} did not complete a request (/api/2.0/mlflow/registered-"
-                          "models/get: too many 500 error responses): run the command again once it answers; its log "
-                          "says why\n")
+    assert res.output == f"error: the MLflow server at {url} {said}\n"
     assert input_error_message(failed.value) is None  # (so a flow's task retries it)
 
 
