@@ -157,9 +157,10 @@ def check_prefect_api() -> None:
 
 def check_prefect_credentials(url: str) -> None:
     """InputError when the Prefect server at `url` refuses the credentials Prefect's client sends
-    (PREFECT_API_AUTH_STRING, PREFECT_API_KEY), or when its TLS fails with Prefect's settings
-    (PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY): one request that needs the
-    credentials (`/hello`), made by Prefect's own client with its settings. Without it, either was
+    (PREFECT_API_AUTH_STRING, PREFECT_API_KEY), when its TLS fails with Prefect's settings
+    (PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY), or when it runs another major
+    release (`check_prefect_version`): one request that needs the credentials (`/hello`), made by
+    Prefect's own client with its settings, then its release. Without it, each was
     a traceback from wherever the command first spoke to the server (a `cft run`: the flow's start)."""
     import httpx
     from prefect.client.orchestration import get_client
@@ -170,6 +171,7 @@ def check_prefect_credentials(url: str) -> None:
     try:
         with get_client(sync_client=True) as client:
             client.hello()
+            check_prefect_version(client, url)
     except PrefectHTTPStatusError as e:  # (any other status is the real request's to report)
         if e.response.status_code in PREFECT_ACCESS_STATUSES:
             raise InputError(prefect_access_message(e.response.status_code, url)) from None
@@ -177,6 +179,30 @@ def check_prefect_credentials(url: str) -> None:
         if reason := tls_failure(e):
             raise InputError(tls_message(f"Prefect server at {url} (PREFECT_API_URL)", reason,
                                          PREFECT_TLS_SETTINGS)) from None
+
+
+def check_prefect_version(client, url: str) -> None:
+    """InputError when the Prefect server at `url` runs another major release than this client
+    (`/admin/version`; Prefect Cloud is not asked, as Prefect's client does not). Prefect's own
+    rule: its client raised "Found incompatible versions: client: 3.8.8, server: 2.20.16. Major
+    versions must match." as a RuntimeError at the flow's start, a traceback."""
+    import prefect
+    from prefect.client.base import ServerType
+
+    from schemas.errors import InputError
+
+    if client.server_type == ServerType.CLOUD:
+        return
+    said = client.api_version()
+    ours = prefect.__version__
+    if not isinstance(said, str) or not re.match(r"\d+\.", said):  # (not Prefect's answer: the real requests tell)
+        return
+    if said.split(".")[0] != ours.split(".")[0]:
+        raise InputError(
+            f"the Prefect server at {url} (PREFECT_API_URL) runs Prefect {said}, and this client runs Prefect {ours}: "
+            f"their major releases must match. Run a Prefect {ours.split('.')[0]}.x server (pip install "
+            f"'prefect=={ours}' where it runs; `prefect server database upgrade` migrates its database), or unset "
+            "PREFECT_API_URL to run on a temporary local server")
 
 
 # The library MLflow needs on this machine to write artifacts where the store keeps them, when a

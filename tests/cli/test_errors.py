@@ -370,6 +370,41 @@ def test_a_tracking_server_older_than_mlflow_3_is_named_before_any_work(says, re
            "server does not have. Upgrade the server (pip install 'mlflow>=3' where it runs" in str(said.value)
 
 
+@pytest.mark.parametrize(("says", "refused"), [("2.20.16", True), ("4.0.0", True), ("3.0.0", None), ("3.8.8", None)])
+def test_a_prefect_server_of_another_major_release_is_named_before_any_work(says, refused):
+    """Against a team's Prefect 2.20.16 server, `cft run` was Prefect's RuntimeError "Found
+    incompatible versions: client: 3.8.8, server: 2.20.16. Major versions must match.", a
+    traceback. Now one line says both releases and how to move the server. The stand-in answers
+    `/api/admin/version` as Prefect's server does (the release as a JSON string)."""
+    import prefect
+
+    from tasks.servers import check_prefect_credentials
+
+    class Says(_Answers):
+        def do_GET(self):
+            if self.path != "/api/admin/version":
+                return super().do_GET()
+            body = f'"{says}"'.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with serving(Says) as port:
+        url = f"http://127.0.0.1:{port}/api"
+        if not refused:
+            check_prefect_credentials_at(check_prefect_credentials, url)
+            return
+        with pytest.raises(InputError) as said:
+            check_prefect_credentials_at(check_prefect_credentials, url)
+    ours = prefect.__version__
+    assert str(said.value) == (
+        f"the Prefect server at {url} (PREFECT_API_URL) runs Prefect {says}, and this client runs Prefect {ours}: their "
+        f"major releases must match. Run a Prefect 3.x server (pip install 'prefect=={ours}' where it runs; `prefect "
+        "server database upgrade` migrates its database), or unset PREFECT_API_URL to run on a temporary local server")
+
+
 def test_a_tracking_server_whose_certificate_is_not_trusted_is_named_before_any_work(self_signed, monkeypatch):
     """A server behind TLS with a certificate the client does not trust (a team's own CA): MLflow's
     client retried it for minutes, and `cft versions` then said "no registered model ... in this
