@@ -99,8 +99,12 @@ def check_credentials(uri: str) -> None:
             raise InputError(tls_message(f"MLflow server at {uri}", reason, MLFLOW_TLS_SETTINGS)) from None
         return
     code = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}.get(response.status_code)
-    if code in MLFLOW_ACCESS_CODES:  # (anything else is the real request's to report)
+    if code in MLFLOW_ACCESS_CODES:  # (anything else but a 404 is the real request's to report)
         raise InputError(mlflow_access_message(code, f"GET {request}", uri))
+    if response.status_code == 404:  # a server, but no MLflow API at that path (another server's port)
+        raise InputError(f"the server at {uri} has no MLflow API there (GET {request}: HTTP 404): the tracking "
+                         "URI (tracking.tracking_uri or MLFLOW_TRACKING_URI) is the MLflow server's own URL, the one "
+                         "its UI opens at")
     check_server_version(uri)
 
 
@@ -163,6 +167,7 @@ def check_prefect_credentials(url: str) -> None:
     Prefect's own client with its settings, then its release. Without it, each was
     a traceback from wherever the command first spoke to the server (a `cft run`: the flow's start)."""
     import httpx
+    from prefect.client.base import ServerType
     from prefect.client.orchestration import get_client
     from prefect.exceptions import PrefectHTTPStatusError
 
@@ -170,11 +175,18 @@ def check_prefect_credentials(url: str) -> None:
 
     try:
         with get_client(sync_client=True) as client:
+            cloud = client.server_type == ServerType.CLOUD
             client.hello()
             check_prefect_version(client, url)
     except PrefectHTTPStatusError as e:  # (any other status is the real request's to report)
         if e.response.status_code in PREFECT_ACCESS_STATUSES:
             raise InputError(prefect_access_message(e.response.status_code, url)) from None
+        if e.response.status_code == 404 and not cloud:  # a server, but no Prefect API at that path
+            hint = f" ({url.rstrip('/')}/api?)" if not url.rstrip("/").endswith("/api") else ""
+            raise InputError(
+                f"the server at {url} (PREFECT_API_URL) has no Prefect API there ({e.request.method} "
+                f"{e.request.url.path}: HTTP 404): PREFECT_API_URL is the server's URL with /api at the end{hint}"
+            ) from None
     except httpx.TransportError as e:  # (anything but TLS: the real request's to report)
         if reason := tls_failure(e):
             raise InputError(tls_message(f"Prefect server at {url} (PREFECT_API_URL)", reason,

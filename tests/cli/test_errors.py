@@ -302,16 +302,48 @@ def self_signed(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_any_http_answer_counts_as_a_running_tracking_server():
-    """A server that answers /health with an error (a proxy's 401 or 404) is left for MLflow to
-    report; only a missing answer, a refusal of the credentials or a failed TLS is ours to name."""
+    """A server whose /health answers with an error (a proxy's 401 or 404) runs: only a missing
+    answer, a refusal of the credentials, a failed TLS, no MLflow API or an old release is ours to name."""
     from tasks.servers import check_tracking_server
+
+    class HealthNotFound(_Answers):
+        def do_GET(self):
+            if self.path == "/health":
+                return self.send_error(404)
+            return super().do_GET()
+
+    with serving(HealthNotFound) as port:
+        check_tracking_server(f"http://127.0.0.1:{port}/")
+    check_tracking_server("sqlite:////nowhere/mlflow.db")  # not a server: nothing to ask
+
+
+def test_a_url_with_no_api_there_is_named_before_any_work():
+    """The tracking URI or PREFECT_API_URL at a server with no such API there: the other server's
+    port, or Prefect's URL without its /api. MLflow's client then failed at its first request
+    (`cft versions`: "no registered model"); Prefect's said "RuntimeError: Failed to reach API at
+    http://127.0.0.1:4200" at the flow's start, a traceback. The stand-in answers 404 to all, as a
+    Prefect server does outside its API (and an MLflow server outside its)."""
+    from tasks.servers import check_prefect_credentials, check_tracking_server
 
     class NotFound(_Answers):
         status = 404
 
     with serving(NotFound) as port:
-        check_tracking_server(f"http://127.0.0.1:{port}/")
-    check_tracking_server("sqlite:////nowhere/mlflow.db")  # not a server: nothing to ask
+        url = f"http://127.0.0.1:{port}"
+        with pytest.raises(InputError) as mlflow_said:
+            check_tracking_server(url)
+        with pytest.raises(InputError) as prefect_said:
+            check_prefect_credentials_at(check_prefect_credentials, url)
+        with pytest.raises(InputError) as prefixed_said:
+            check_prefect_credentials_at(check_prefect_credentials, f"{url}/prefect/api")
+    assert str(mlflow_said.value) == (
+        f"the server at {url} has no MLflow API there (GET /api/2.0/mlflow/experiments/search: HTTP 404): the tracking "
+        "URI (tracking.tracking_uri or MLFLOW_TRACKING_URI) is the MLflow server's own URL, the one its UI opens at")
+    assert str(prefect_said.value) == (
+        f"the server at {url} (PREFECT_API_URL) has no Prefect API there (GET /hello: HTTP 404): PREFECT_API_URL is "
+        f"the server's URL with /api at the end ({url}/api?)")
+    assert str(prefixed_said.value).endswith("(GET /prefect/api/hello: HTTP 404): PREFECT_API_URL is the server's URL "
+                                             "with /api at the end")
 
 
 def test_https_to_a_plain_http_server_is_named_as_such():
