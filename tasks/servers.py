@@ -1,10 +1,13 @@
-"""Whether the servers a command talks to answer: the MLflow tracking server and the Prefect API.
+"""Whether the servers a command talks to answer, and whether this client can use them: the MLflow
+tracking server and the Prefect API.
 
 Asked before any work, so that a server that is not running (a stack stopped while its
 `PREFECT_API_URL` and `MLFLOW_TRACKING_URI` stay exported in the shell, a wrong port) is named in
 one line, `ServerUnavailable`: the CLI prints it and exits 2, a flow's task retries it. Without
 the check, MLflow's client retried a refused connection with growing waits (`cft recommend`:
-497 s) and both clients then raised a traceback.
+497 s) and both clients then raised a traceback. A server that answers is then asked, with the
+client's own settings, what would otherwise fail later: its credentials, its TLS, whether the URL
+holds its API, and its release. Those are the user's to fix: `InputError`, never retried.
 """
 
 from __future__ import annotations
@@ -63,8 +66,7 @@ PREFECT_TLS_SETTINGS = "set PREFECT_API_SSL_CERT_FILE to the CA bundle that sign
 
 def check_tracking_server(uri: str) -> None:
     """Raise `ServerUnavailable` when an http(s) tracking URI does not answer, and `InputError` when
-    it answers but this client cannot use it: its TLS fails with MLflow's settings, it refuses this
-    client's credentials, or it runs a release too old (other stores: nothing to ask)."""
+    it answers but this client cannot use it (`check_credentials`; other stores: nothing to ask)."""
     from schemas.errors import ServerUnavailable
 
     if not uri.startswith(("http://", "https://")):
@@ -78,10 +80,11 @@ def check_tracking_server(uri: str) -> None:
 
 def check_credentials(uri: str) -> None:
     """InputError when the MLflow server at `uri` refuses the credentials MLflow would send (a
-    server with users: MLFLOW_TRACKING_USERNAME and _PASSWORD, or MLFLOW_TRACKING_TOKEN), or when
-    its TLS fails with MLflow's settings (MLFLOW_TRACKING_SERVER_CERT_PATH, _INSECURE_TLS, client
-    certificates): one read that any account may make, sent with MLflow's own credentials and TLS
-    settings. Without it, a wrong password surfaced at the first write, after the data stage and
+    server with users: MLFLOW_TRACKING_USERNAME and _PASSWORD, or MLFLOW_TRACKING_TOKEN), when its
+    TLS fails with MLflow's settings (MLFLOW_TRACKING_SERVER_CERT_PATH, _INSECURE_TLS, client
+    certificates), when it has no MLflow API at `uri`, or when it runs a release too old
+    (`check_server_version`): one read that any account may make, sent with MLflow's own
+    credentials and TLS settings, then its release. Without it, a wrong password surfaced at the first write, after the data stage and
     the training; reads that found nothing read as "no registered model"; and a certificate the
     client does not trust was retried for minutes (`cft versions`: 250 s) and then read as "no
     registered model" too."""
