@@ -66,7 +66,7 @@ PREFECT_TLS_SETTINGS = "set PREFECT_API_SSL_CERT_FILE to the CA bundle that sign
 
 def check_tracking_server(uri: str) -> None:
     """Raise `ServerUnavailable` when an http(s) tracking URI does not answer, and `InputError` when
-    it answers but this client cannot use it (`check_credentials`; other stores: nothing to ask)."""
+    it answers but this client cannot use it (`check_mlflow_client`; other stores: nothing to ask)."""
     from schemas.errors import ServerUnavailable
 
     if not uri.startswith(("http://", "https://")):
@@ -75,10 +75,10 @@ def check_tracking_server(uri: str) -> None:
         raise ServerUnavailable(
             f"the MLflow server at {uri} does not answer ({reason}): start it (`cft stack up` starts the local "
             "one), or point tracking.tracking_uri (or MLFLOW_TRACKING_URI) at a server that runs")
-    check_credentials(uri)
+    check_mlflow_client(uri)
 
 
-def check_credentials(uri: str) -> None:
+def check_mlflow_client(uri: str) -> None:
     """InputError when the MLflow server at `uri` refuses the credentials MLflow would send (a
     server with users: MLFLOW_TRACKING_USERNAME and _PASSWORD, or MLFLOW_TRACKING_TOKEN), when its
     TLS fails with MLflow's settings (MLFLOW_TRACKING_SERVER_CERT_PATH, _INSECURE_TLS, client
@@ -159,10 +159,10 @@ def check_prefect_api() -> None:
         raise ServerUnavailable(
             f"the Prefect server at {url} (PREFECT_API_URL) does not answer ({reason}): start it (`cft stack "
             "up` starts the local one), or unset PREFECT_API_URL to run on a temporary local server")
-    check_prefect_credentials(url)
+    check_prefect_client(url)
 
 
-def check_prefect_credentials(url: str) -> None:
+def check_prefect_client(url: str) -> None:
     """InputError when the Prefect server at `url` refuses the credentials Prefect's client sends
     (PREFECT_API_AUTH_STRING, PREFECT_API_KEY), when its TLS fails with Prefect's settings
     (PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY), or when it runs another major

@@ -323,7 +323,7 @@ def test_a_url_with_no_api_there_is_named_before_any_work():
     (`cft versions`: "no registered model"); Prefect's said "RuntimeError: Failed to reach API at
     http://127.0.0.1:4200" at the flow's start, a traceback. The stand-in answers 404 to all, as a
     Prefect server does outside its API (and an MLflow server outside its)."""
-    from tasks.servers import check_prefect_credentials, check_tracking_server
+    from tasks.servers import check_tracking_server
 
     class NotFound(_Answers):
         status = 404
@@ -333,9 +333,9 @@ def test_a_url_with_no_api_there_is_named_before_any_work():
         with pytest.raises(InputError) as mlflow_said:
             check_tracking_server(url)
         with pytest.raises(InputError) as prefect_said:
-            check_prefect_credentials_at(check_prefect_credentials, url)
+            prefect_checked_at(url)
         with pytest.raises(InputError) as prefixed_said:
-            check_prefect_credentials_at(check_prefect_credentials, f"{url}/prefect/api")
+            prefect_checked_at(f"{url}/prefect/api")
     assert str(mlflow_said.value) == (
         f"the server at {url} has no MLflow API there (GET /api/2.0/mlflow/experiments/search: HTTP 404): the tracking "
         "URI (tracking.tracking_uri or MLFLOW_TRACKING_URI) is the MLflow server's own URL, the one its UI opens at")
@@ -347,27 +347,29 @@ def test_a_url_with_no_api_there_is_named_before_any_work():
 
 
 def test_https_to_a_plain_http_server_is_named_as_such():
-    from tasks.servers import check_prefect_credentials, check_tracking_server
+    from tasks.servers import check_tracking_server
 
     with serving(_Answers) as port:
         url = f"https://127.0.0.1:{port}"
         with pytest.raises(InputError) as mlflow_said:
             check_tracking_server(url)
         with pytest.raises(InputError) as prefect_said:
-            check_prefect_credentials_at(check_prefect_credentials, f"{url}/api")
+            prefect_checked_at(f"{url}/api")
     assert str(mlflow_said.value) == (f"the MLflow server at {url} does not speak TLS (wrong version number): it "
                                       "serves plain HTTP, so use http:// in its URL")
     assert str(prefect_said.value) == (f"the Prefect server at {url}/api (PREFECT_API_URL) does not speak TLS (wrong "
                                        "version number): it serves plain HTTP, so use http:// in its URL")
 
 
-def check_prefect_credentials_at(check, url: str, **settings) -> None:
-    """`check(url)` with Prefect's client pointed at `url` (and the other settings given)."""
+def prefect_checked_at(url: str, **settings) -> None:
+    """`check_prefect_client(url)` with Prefect's client pointed at `url` (and the other settings given)."""
     import prefect.settings as ps
     from prefect.settings import temporary_settings
 
+    from tasks.servers import check_prefect_client
+
     with temporary_settings(updates={ps.PREFECT_API_URL: url, **{getattr(ps, k): v for k, v in settings.items()}}):
-        check(url)
+        check_prefect_client(url)
 
 
 @pytest.mark.parametrize(("says", "refused"), [("2.22.1", True), ("1.30.0", True), ("3.0.1", False),
@@ -410,7 +412,6 @@ def test_a_prefect_server_of_another_major_release_is_named_before_any_work(says
     `/api/admin/version` as Prefect's server does (the release as a JSON string)."""
     import prefect
 
-    from tasks.servers import check_prefect_credentials
 
     class Says(_Answers):
         def do_GET(self):
@@ -426,10 +427,10 @@ def test_a_prefect_server_of_another_major_release_is_named_before_any_work(says
     with serving(Says) as port:
         url = f"http://127.0.0.1:{port}/api"
         if not refused:
-            check_prefect_credentials_at(check_prefect_credentials, url)
+            prefect_checked_at(url)
             return
         with pytest.raises(InputError) as said:
-            check_prefect_credentials_at(check_prefect_credentials, url)
+            prefect_checked_at(url)
     ours = prefect.__version__
     assert str(said.value) == (
         f"the Prefect server at {url} (PREFECT_API_URL) runs Prefect {says}, and this client runs Prefect {ours}: their "
@@ -465,7 +466,6 @@ def test_a_prefect_server_whose_certificate_is_not_trusted_is_named_before_any_w
     """The same for Prefect: `cft run` was a traceback (httpx.ConnectError, exit 1) at the flow's
     start. Now: one line naming Prefect's setting, exit 2, no data written; with the setting, the
     check passes."""
-    from tasks.servers import check_prefect_credentials
 
     cert, _ = self_signed
     with serving(_Answers, self_signed) as port:
@@ -477,8 +477,8 @@ def test_a_prefect_server_whose_certificate_is_not_trusted_is_named_before_any_w
                               "failed: self-signed certificate): set PREFECT_API_SSL_CERT_FILE to the CA bundle that "
                               "signed its certificate\n")
         assert not (tmp_path / "data").exists()
-        check_prefect_credentials_at(check_prefect_credentials, url, PREFECT_API_SSL_CERT_FILE=str(cert))
-        check_prefect_credentials_at(check_prefect_credentials, url, PREFECT_API_TLS_INSECURE_SKIP_VERIFY=True)
+        prefect_checked_at(url, PREFECT_API_SSL_CERT_FILE=str(cert))
+        prefect_checked_at(url, PREFECT_API_TLS_INSECURE_SKIP_VERIFY=True)
 
 
 @pytest.mark.parametrize(("status", "said"), [
