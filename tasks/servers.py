@@ -64,13 +64,37 @@ MLFLOW_TLS_SETTINGS = ("set MLFLOW_TRACKING_SERVER_CERT_PATH to the CA bundle th
 PREFECT_TLS_SETTINGS = "set PREFECT_API_SSL_CERT_FILE to the CA bundle that signed its certificate"
 
 
+# "127.0.0.1:5000", "mlflow.team:443/": a server's address written without its scheme (MLflow would
+# read it as a local folder for a file store).
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:\d+(/.*)?$")
+
+
+def check_server_url(url: str, setting: str) -> None:
+    """InputError for a server URL that cannot be meant as written: one without http:// or https://,
+    or with a '#' part (a page of the server's UI, copied from the browser's address bar, which the
+    client never sends: the checks then met the UI's page, and the first real request failed on
+    it with MLflow's "response body was not in a valid JSON format", a traceback)."""
+    from urllib.parse import urlsplit
+
+    from schemas.errors import InputError
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise InputError(f"{setting} {url!r} names no server: a server's URL begins with http:// or https:// "
+                         f"(http://{url}?)")
+    if parts.fragment:
+        raise InputError(f"{setting} {url} holds '#{parts.fragment}', a page of the server's UI: the server's "
+                         f"URL ends before the '#' ({url.partition('#')[0].rstrip('/')}?)")
+
+
 def check_tracking_server(uri: str) -> None:
     """Raise `ServerUnavailable` when an http(s) tracking URI does not answer, and `InputError` when
     it answers but this client cannot use it (`check_mlflow_client`; other stores: nothing to ask)."""
     from schemas.errors import ServerUnavailable
 
-    if not uri.startswith(("http://", "https://")):
+    if not uri.startswith(("http://", "https://")) and not _HOST_PORT.match(uri):
         return
+    check_server_url(uri, "the tracking URI (tracking.tracking_uri or MLFLOW_TRACKING_URI)")
     if reason := no_answer(uri):
         raise ServerUnavailable(
             f"the MLflow server at {uri} does not answer ({reason}): start it (`cft stack up` starts the local "
@@ -155,6 +179,7 @@ def check_prefect_api() -> None:
     url = get_current_settings().api.url
     if not url:
         return
+    check_server_url(url, "PREFECT_API_URL")
     if reason := no_answer(url):
         raise ServerUnavailable(
             f"the Prefect server at {url} (PREFECT_API_URL) does not answer ({reason}): start it (`cft stack "
@@ -185,7 +210,8 @@ def check_prefect_client(url: str) -> None:
         if e.response.status_code in PREFECT_ACCESS_STATUSES:
             raise InputError(prefect_access_message(e.response.status_code, url)) from None
         if e.response.status_code == 404 and not cloud:  # a server, but no Prefect API at that path
-            hint = f" ({url.rstrip('/')}/api?)" if not url.rstrip("/").endswith("/api") else ""
+            root = re.match(r"https?://[^/]+", url).group(0)  # (the UI's pages, e.g. /dashboard, are beside /api)
+            hint = f" ({root}/api?)" if not url.rstrip("/").endswith("/api") else ""
             raise InputError(
                 f"the server at {url} (PREFECT_API_URL) has no Prefect API there ({e.request.method} "
                 f"{e.request.url.path}: HTTP 404): PREFECT_API_URL is the server's URL with /api at the end{hint}"

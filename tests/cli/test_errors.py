@@ -317,6 +317,35 @@ def test_any_http_answer_counts_as_a_running_tracking_server():
     check_tracking_server("sqlite:////nowhere/mlflow.db")  # not a server: nothing to ask
 
 
+@pytest.mark.parametrize(("url", "said"), [
+    ("127.0.0.1:5000", "'127.0.0.1:5000' names no server: a server's URL begins with http:// or https:// "
+                       "(http://127.0.0.1:5000?)"),
+    ("mlflow.team.example:443/", "'mlflow.team.example:443/' names no server: a server's URL begins with http:// or "
+                                 "https:// (http://mlflow.team.example:443/?)"),
+    ("http://127.0.0.1:5000/#/experiments/1", "http://127.0.0.1:5000/#/experiments/1 holds '#/experiments/1', a page "
+                                              "of the server's UI: the server's URL ends before the '#' "
+                                              "(http://127.0.0.1:5000?)")])
+def test_a_server_url_that_cannot_be_meant_as_written_is_named(url, said, monkeypatch):
+    """A server's address without its scheme (MLflow read "127.0.0.1:5000" as a folder and answered
+    that the file store is in maintenance mode; Prefect's check said the server "does not answer
+    (InvalidSchema)"), or the UI's address copied from the browser (MLflow: "response body was not in
+    a valid JSON format", a traceback). Named before any request, for both settings; a folder or a
+    database URI is no server URL and is left alone."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.servers import check_prefect_api, check_tracking_server
+
+    monkeypatch.setattr("tasks.servers.no_answer", lambda url: pytest.fail(f"asked {url}"))
+    with pytest.raises(InputError) as mlflow_said:
+        check_tracking_server(url)
+    assert str(mlflow_said.value) == f"the tracking URI (tracking.tracking_uri or MLFLOW_TRACKING_URI) {said}"
+    with temporary_settings(updates={PREFECT_API_URL: url}), pytest.raises(InputError) as prefect_said:
+        check_prefect_api()
+    assert str(prefect_said.value) == f"PREFECT_API_URL {said}"
+    for store in ("mlruns", "sqlite:////nowhere/mlflow.db", "databricks", "file:///tmp/mlruns"):
+        check_tracking_server(store)
+
+
 def test_a_url_with_no_api_there_is_named_before_any_work():
     """The tracking URI or PREFECT_API_URL at a server with no such API there: the other server's
     port, or Prefect's URL without its /api. MLflow's client then failed at its first request
@@ -336,6 +365,8 @@ def test_a_url_with_no_api_there_is_named_before_any_work():
             prefect_checked_at(url)
         with pytest.raises(InputError) as prefixed_said:
             prefect_checked_at(f"{url}/prefect/api")
+        with pytest.raises(InputError) as page_said:
+            prefect_checked_at(f"{url}/dashboard")
     assert str(mlflow_said.value) == (
         f"the server at {url} has no MLflow API there (GET /api/2.0/mlflow/experiments/search: HTTP 404): the tracking "
         "URI (tracking.tracking_uri or MLFLOW_TRACKING_URI) is the MLflow server's own URL, the one its UI opens at")
@@ -344,6 +375,8 @@ def test_a_url_with_no_api_there_is_named_before_any_work():
         f"the server's URL with /api at the end ({url}/api?)")
     assert str(prefixed_said.value).endswith("(GET /prefect/api/hello: HTTP 404): PREFECT_API_URL is the server's URL "
                                              "with /api at the end")
+    assert str(page_said.value).endswith(f"(GET /dashboard/hello: HTTP 404): PREFECT_API_URL is the server's URL with "
+                                         f"/api at the end ({url}/api?)")
 
 
 def test_https_to_a_plain_http_server_is_named_as_such():
