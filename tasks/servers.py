@@ -168,9 +168,9 @@ def check_server_version(uri: str) -> None:
 
 def check_prefect_api() -> None:
     """Raise `ServerUnavailable` when Prefect is pointed at an API (PREFECT_API_URL, from the
-    environment or the Prefect profile) that does not answer, and `InputError` when it answers but
-    refuses this client's credentials (a server started with PREFECT_SERVER_API_AUTH_STRING, which
-    answers /health to anyone); without an API URL, Prefect starts a temporary local server and
+    environment or the Prefect profile) that does not answer, and `InputError` when the URL cannot
+    be meant as written (`check_server_url`) or the server answers but this client cannot use it
+    (`check_prefect_client`); without an API URL, Prefect starts a temporary local server and
     there is nothing to ask."""
     from prefect.settings import get_current_settings
 
@@ -191,7 +191,8 @@ def check_prefect_client(url: str) -> None:
     """InputError when the Prefect server at `url` refuses the credentials Prefect's client sends
     (PREFECT_API_AUTH_STRING, PREFECT_API_KEY), when its TLS fails with Prefect's settings
     (PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY), or when it runs another major
-    release (`check_prefect_version`): one request that needs the credentials (`/hello`), made by
+    release (`check_prefect_version`), or has no Prefect API at `url` (a 404; PREFECT_API_URL without
+    its /api): one request that needs the credentials (`/hello`), made by
     Prefect's own client with its settings, then its release. Without it, each was
     a traceback from wherever the command first spoke to the server (a `cft run`: the flow's start)."""
     import httpx
