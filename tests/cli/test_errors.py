@@ -255,13 +255,15 @@ def test_an_artifact_store_this_machine_cannot_write_is_named_before_training(tm
 
 class _Answers(BaseHTTPRequestHandler):
     """Any GET or POST: 200 with `{}` (what /health, MLflow's experiment search and Prefect's /hello
-    need to pass the checks); `status` makes every answer that status instead."""
+    need to pass the checks); `status` makes every answer that status instead, and `routes`
+    ({path: (status, body)}) answers those paths so."""
 
     status = 200
+    routes: dict[str, tuple[int, bytes]] = {}
 
     def do_GET(self):
-        body = b"{}"
-        self.send_response(self.status)
+        status, body = self.routes.get(self.path, (self.status, b"{}"))
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -307,10 +309,7 @@ def test_any_http_answer_counts_as_a_running_tracking_server():
     from tasks.servers import check_tracking_server
 
     class HealthNotFound(_Answers):
-        def do_GET(self):
-            if self.path == "/health":
-                return self.send_error(404)
-            return super().do_GET()
+        routes = {"/health": (404, b"")}
 
     with serving(HealthNotFound) as port:
         check_tracking_server(f"http://127.0.0.1:{port}/")
@@ -415,14 +414,7 @@ def test_a_tracking_server_older_than_mlflow_3_is_named_before_any_work(says, re
     from tasks.servers import check_tracking_server
 
     class Says(_Answers):
-        def do_GET(self):
-            if self.path != "/version":
-                return super().do_GET()
-            body = (says or "").encode()
-            self.send_response(200 if says else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+        routes = {"/version": (200, says.encode()) if says else (404, b"")}
 
     with serving(Says) as port:
         url = f"http://127.0.0.1:{port}"
@@ -445,17 +437,8 @@ def test_a_prefect_server_of_another_major_release_is_named_before_any_work(says
     `/api/admin/version` as Prefect's server does (the release as a JSON string)."""
     import prefect
 
-
     class Says(_Answers):
-        def do_GET(self):
-            if self.path != "/api/admin/version":
-                return super().do_GET()
-            body = f'"{says}"'.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+        routes = {"/api/admin/version": (200, f'"{says}"'.encode())}
 
     with serving(Says) as port:
         url = f"http://127.0.0.1:{port}/api"
