@@ -188,12 +188,13 @@ class ServedModel:
         `every_s`: the time between checks, the unit of a failed version's back-off. Registry
         errors propagate (the caller logs them and tries again later). A registry server that does
         not answer is one of them at once (`ServerUnavailable`), not after the MLflow client's own
-        retries, which kept a check silent for minutes while the server was down."""
-        from tasks.servers import check_tracking_server
+        retries, which kept a check silent for minutes while the server was down. (Whether this
+        client can use the server was asked once, at the start.)"""
+        from tasks.servers import check_tracking_server_answers
 
         if self.alias is None:
             return False
-        check_tracking_server(self.registry_uri)
+        check_tracking_server_answers(self.registry_uri)
         version = self._resolve(missing_ok=self.current is None)  # (waiting: not there yet is no error)
         if version is None:
             return False

@@ -89,17 +89,25 @@ def check_server_url(url: str, setting: str) -> None:
 
 def check_tracking_server(uri: str) -> None:
     """Raise `ServerUnavailable` when an http(s) tracking URI does not answer, and `InputError` when
-    it answers but this client cannot use it (`check_mlflow_client`; other stores: nothing to ask)."""
-    from schemas.errors import ServerUnavailable
-
+    it cannot be meant as written (`check_server_url`) or answers but this client cannot use it
+    (`check_mlflow_client`); other stores: nothing to ask."""
     if not uri.startswith(("http://", "https://")) and not _HOST_PORT.match(uri):
         return
     check_server_url(uri, "the tracking URI (tracking.tracking_uri or MLFLOW_TRACKING_URI)")
-    if reason := no_answer(uri):
+    check_tracking_server_answers(uri)
+    check_mlflow_client(uri)
+
+
+def check_tracking_server_answers(uri: str) -> None:
+    """`ServerUnavailable` when the MLflow server at an http(s) `uri` does not answer: the check a
+    long-lived process repeats (`cft serve` before each look at its alias), once the server was
+    found usable at its start."""
+    from schemas.errors import ServerUnavailable
+
+    if uri.startswith(("http://", "https://")) and (reason := no_answer(uri)):
         raise ServerUnavailable(
             f"the MLflow server at {uri} does not answer ({reason}): start it (`cft stack up` starts the local "
             "one), or point tracking.tracking_uri (or MLFLOW_TRACKING_URI) at a server that runs")
-    check_mlflow_client(uri)
 
 
 def check_mlflow_client(uri: str) -> None:
