@@ -454,6 +454,7 @@ def test_a_prefect_server_of_another_major_release_is_named_before_any_work(says
         "server database upgrade` migrates its database), or unset PREFECT_API_URL to run on a temporary local server")
 
 
+@pytest.mark.filterwarnings("ignore:Unverified HTTPS request")  # (MLFLOW_TRACKING_INSECURE_TLS, on purpose)
 def test_a_tracking_server_whose_certificate_is_not_trusted_is_named_before_any_work(self_signed, monkeypatch):
     """A server behind TLS with a certificate the client does not trust (a team's own CA): MLflow's
     client retried it for minutes, and `cft versions` then said "no registered model ... in this
