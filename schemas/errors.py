@@ -172,6 +172,11 @@ def server_failure_message(error: BaseException) -> str | None:
     return f"{where} did not complete a request ({what}): run the command again once it answers; its log says why"
 
 
+# The innermost reason a connection failed, as the OS words it inside a client's message:
+# "[Errno 111] Connection refused" (no_answer in tasks.servers reads it too).
+ERRNO_REASON = re.compile(r"\[Errno -?\d+\][^)'\"]*")
+
+
 # How MLflow's client words a request its server did not complete, after its own retries: no
 # answer, a timeout, or an error status that holds no MLflow error (a proxy's 502, a server's 500s).
 _MLFLOW_REQUEST_FAILED = re.compile(r"API request to (?:endpoint )?(\S+) failed with (?:timeout )?(?:exception|error code)")
@@ -188,7 +193,7 @@ def _mlflow_failure(error: BaseException) -> tuple[str, int | None] | None:
         return None
     text = error.message
     status = re.search(r"error code (\d+) !=", text)
-    reason = re.findall(r"\[Errno -?\d+\][^)'\"]*", text) or re.findall(r"Caused by \w+\('([^']*)'", text)
+    reason = ERRNO_REASON.findall(text) or re.findall(r"Caused by \w+\('([^']*)'", text)
     why = ("timed out" if "timeout exception" in text else f"HTTP {status.group(1)}" if status else
            reason[-1].strip() if reason else "no answer")
     request = "/" + failed.group(1).split("://", 1)[-1].partition("/")[2].partition("?")[0]

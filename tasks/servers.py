@@ -25,6 +25,8 @@ def no_answer(url: str) -> str | None:
     plain request does not know)."""
     import requests
 
+    from schemas.errors import ERRNO_REASON
+
     try:
         requests.get(f"{url.rstrip('/')}/health", timeout=CHECK_TIMEOUT_S)
     except requests.exceptions.SSLError:  # something answers; its certificate is judged by the client's settings
@@ -32,7 +34,7 @@ def no_answer(url: str) -> str | None:
     except requests.Timeout:
         return f"no answer within {CHECK_TIMEOUT_S:.0f} s"
     except requests.RequestException as e:  # refused, unknown host: the innermost reason
-        found = re.findall(r"\[Errno -?\d+\][^)'\"]*", str(e))
+        found = ERRNO_REASON.findall(str(e))
         return found[-1].strip() if found else type(e).__name__
     return None
 
@@ -120,15 +122,11 @@ def check_mlflow_client(uri: str) -> None:
     the training; reads that found nothing read as "no registered model"; and a certificate the
     client does not trust was retried for minutes (`cft versions`: 250 s) and then read as "no
     registered model" too."""
-    from mlflow.utils.credentials import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
-
     from schemas.errors import MLFLOW_ACCESS_CODES, InputError, mlflow_access_message
 
     request = "/api/2.0/mlflow/experiments/search"
     try:
-        response = http_request(get_default_host_creds(uri), request, "GET", params={"max_results": 1},
-                                max_retries=0, timeout=CHECK_TIMEOUT_S, raise_on_status=False)
+        response = _ask_mlflow(uri, request, params={"max_results": 1})
     except Exception as e:  # noqa: BLE001 (a proxy, a reset: the real request reports it with MLflow's words)
         if reason := tls_failure(e):
             raise InputError(tls_message(f"MLflow server at {uri}", reason, MLFLOW_TLS_SETTINGS)) from None
@@ -143,6 +141,16 @@ def check_mlflow_client(uri: str) -> None:
     check_server_version(uri)
 
 
+def _ask_mlflow(uri: str, path: str, **kwargs):
+    """One GET of `path` from the MLflow server at `uri`, as MLflow's client sends it (its
+    credentials and TLS settings), without its retries; the response whatever its status."""
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    return http_request(get_default_host_creds(uri), path, "GET", max_retries=0, timeout=CHECK_TIMEOUT_S,
+                        raise_on_status=False, **kwargs)
+
+
 # The oldest MLflow server this client can use. MLflow 3 keeps a model as a "logged model"
 # (/api/2.0/mlflow/logged-models), which a 2.x server does not have: against MLflow 2.22.1, `cft
 # run` prepared the data and trained, then failed at registration on that route's 404.
@@ -154,14 +162,11 @@ def check_server_version(uri: str) -> None:
     and TLS settings) that it runs a release older than MLFLOW_SERVER_MAJOR. A server that does not
     say (a proxy without the route, a managed service) is let through."""
     import mlflow
-    from mlflow.utils.credentials import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
 
     from schemas.errors import InputError
 
     try:
-        response = http_request(get_default_host_creds(uri), "/version", "GET", max_retries=0,
-                                timeout=CHECK_TIMEOUT_S, raise_on_status=False)
+        response = _ask_mlflow(uri, "/version")
     except Exception:  # noqa: BLE001 (the request just before it answered: the real requests report it)
         return
     said = response.text.strip() if response.status_code == 200 else ""
@@ -212,9 +217,10 @@ def check_prefect_client(url: str) -> None:
 
     try:
         with get_client(sync_client=True) as client:
-            cloud = client.server_type == ServerType.CLOUD
+            cloud = client.server_type == ServerType.CLOUD  # (Prefect's own client asks Cloud neither)
             client.hello()
-            check_prefect_version(client, url)
+            if not cloud:
+                check_prefect_version(client, url)
     except PrefectHTTPStatusError as e:  # (any other status is the real request's to report)
         if e.response.status_code in PREFECT_ACCESS_STATUSES:
             raise InputError(prefect_access_message(e.response.status_code, url)) from None
@@ -232,17 +238,14 @@ def check_prefect_client(url: str) -> None:
 
 
 def check_prefect_version(client, url: str) -> None:
-    """InputError when the Prefect server at `url` runs another major release than this client
-    (`/admin/version`; Prefect Cloud is not asked, as Prefect's client does not). Prefect's own
-    rule: its client raised "Found incompatible versions: client: 3.8.8, server: 2.20.16. Major
-    versions must match." as a RuntimeError at the flow's start, a traceback."""
+    """InputError when the self-hosted Prefect server at `url` runs another major release than this
+    client (`/admin/version`). Prefect's own rule: its client raised "Found incompatible versions:
+    client: 3.8.8, server: 2.20.16. Major versions must match." as a RuntimeError at the flow's
+    start, a traceback."""
     import prefect
-    from prefect.client.base import ServerType
 
     from schemas.errors import InputError
 
-    if client.server_type == ServerType.CLOUD:
-        return
     said = client.api_version()
     ours = prefect.__version__
     if not isinstance(said, str) or not re.match(r"\d+\.", said):  # (not Prefect's answer: the real requests tell)

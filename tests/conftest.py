@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -222,6 +223,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class StandIn(BaseHTTPRequestHandler):
+    """A stand-in server's handler (for `serving`): any GET or POST answers `status` (200) with
+    `body` (`{}`: what /health, MLflow's experiment search and Prefect's /hello need to pass the
+    checks), and `routes` ({path: (status, body)}) answers those paths so. A test subclasses it
+    with its own values."""
+
+    status = 200
+    body = b"{}"
+    routes: dict[str, tuple[int, bytes]] = {}
+
+    def do_GET(self):
+        status, body = self.routes.get(self.path, (self.status, self.body))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
 
 
 @contextmanager

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from typer.testing import CliRunner
 
 from cft_cli.main import app
 from schemas.errors import InputError
-from tests.conftest import free_port, serving
+from tests.conftest import StandIn, free_port, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -253,28 +252,6 @@ def test_an_artifact_store_this_machine_cannot_write_is_named_before_training(tm
     assert not list((tmp_path / "data" / "training").iterdir())  # (an empty training folder stayed until 2026-12-06)
 
 
-class _Answers(BaseHTTPRequestHandler):
-    """Any GET or POST: 200 with `{}` (what /health, MLflow's experiment search and Prefect's /hello
-    need to pass the checks); `status` makes every answer that status instead, and `routes`
-    ({path: (status, body)}) answers those paths so."""
-
-    status = 200
-    routes: dict[str, tuple[int, bytes]] = {}
-
-    def do_GET(self):
-        status, body = self.routes.get(self.path, (self.status, b"{}"))
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_POST = do_GET
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory) -> tuple[Path, Path]:
     """(certificate, key) PEM files: a self-signed certificate for 127.0.0.1, as a team's internal CA
@@ -308,7 +285,7 @@ def test_any_http_answer_counts_as_a_running_tracking_server():
     answer, a refusal of the credentials, a failed TLS, no MLflow API or an old release is ours to name."""
     from tasks.servers import check_tracking_server
 
-    class HealthNotFound(_Answers):
+    class HealthNotFound(StandIn):
         routes = {"/health": (404, b"")}
 
     with serving(HealthNotFound) as port:
@@ -353,7 +330,7 @@ def test_a_url_with_no_api_there_is_named_before_any_work():
     Prefect server does outside its API (and an MLflow server outside its)."""
     from tasks.servers import check_tracking_server
 
-    class NotFound(_Answers):
+    class NotFound(StandIn):
         status = 404
 
     with serving(NotFound) as port:
@@ -381,7 +358,7 @@ def test_a_url_with_no_api_there_is_named_before_any_work():
 def test_https_to_a_plain_http_server_is_named_as_such():
     from tasks.servers import check_tracking_server
 
-    with serving(_Answers) as port:
+    with serving(StandIn) as port:
         url = f"https://127.0.0.1:{port}"
         with pytest.raises(InputError) as mlflow_said:
             check_tracking_server(url)
@@ -413,7 +390,7 @@ def test_a_tracking_server_older_than_mlflow_3_is_named_before_any_work(says, re
     release as text), or not at all (None: a proxy without the route), which passes."""
     from tasks.servers import check_tracking_server
 
-    class Says(_Answers):
+    class Says(StandIn):
         routes = {"/version": (200, says.encode()) if says else (404, b"")}
 
     with serving(Says) as port:
@@ -437,7 +414,7 @@ def test_a_prefect_server_of_another_major_release_is_named_before_any_work(says
     `/api/admin/version` as Prefect's server does (the release as a JSON string)."""
     import prefect
 
-    class Says(_Answers):
+    class Says(StandIn):
         routes = {"/api/admin/version": (200, f'"{says}"'.encode())}
 
     with serving(Says) as port:
@@ -463,7 +440,7 @@ def test_a_tracking_server_whose_certificate_is_not_trusted_is_named_before_any_
     from tasks.servers import check_tracking_server
 
     cert, _ = self_signed
-    with serving(_Answers, self_signed) as port:
+    with serving(StandIn, self_signed) as port:
         url = f"https://127.0.0.1:{port}"
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         res = run("versions", "-c", str(ROOT / "configs/smoke.yaml"))
@@ -483,9 +460,8 @@ def test_a_prefect_server_whose_certificate_is_not_trusted_is_named_before_any_w
     """The same for Prefect: `cft run` was a traceback (httpx.ConnectError, exit 1) at the flow's
     start. Now: one line naming Prefect's setting, exit 2, no data written; with the setting, the
     check passes."""
-
     cert, _ = self_signed
-    with serving(_Answers, self_signed) as port:
+    with serving(StandIn, self_signed) as port:
         url = f"https://127.0.0.1:{port}/api"
         res = subprocess.run([sys.executable, "-m", "cft_cli", "run", "-c", str(profile(tmp_path, ""))],
                              env={**os.environ, "PREFECT_API_URL": url}, capture_output=True, text=True, cwd=ROOT)
@@ -514,7 +490,7 @@ def test_a_request_the_tracking_server_did_not_complete_is_one_line(monkeypatch,
 
     from schemas.errors import input_error_message
 
-    class Fails(_Answers):
+    class Fails(StandIn):
         def do_GET(self):
             if self.path.startswith("/api/2.0/mlflow/experiments/search"):  # (the credentials check)
                 return super().do_GET()
@@ -540,7 +516,7 @@ def test_a_request_the_prefect_server_did_not_complete_is_one_line(tmp_path):
     """The same for Prefect's API: a 500 (which its client does not retry) was a traceback from
     `cft alerts`, exit 1. A process of its own: Prefect reads its settings when it is imported."""
 
-    class Fails(_Answers):
+    class Fails(StandIn):
         status = 500
 
     with serving(Fails) as port:

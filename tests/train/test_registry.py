@@ -714,32 +714,23 @@ def test_a_registry_read_that_failed_is_never_read_as_none_there(monkeypatch, st
     """Only MLflow's "not there" (or "no such reference") answers read as no champion, no model, no
     run. A read that failed (a server's 500 or 503, a refusal) is raised: read as "no champion", it
     had the gate compare a challenger with the baselines alone (one worse than the champion could
-    replace it), and `cft versions` said "no registered model". The server is a stand-in that answers every request with `status` and `code`,
-    as MLflow's server words an error; MLflow's own client reads it, without its retries."""
+    replace it), and `cft versions` said "no registered model". The server is a stand-in that
+    answers every request with `status` and `code`, as MLflow's server words an error; MLflow's own
+    client reads it, without its retries."""
     import json
-    from http.server import BaseHTTPRequestHandler
 
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     from tasks.registry.retention import versions_summary
     from tasks.tracking import _active_run
-    from tests.conftest import serving
+    from tests.conftest import StandIn, serving
 
-    class Fails(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = json.dumps({"error_code": code, "message": f"{code} from the stand-in"}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
+    fails = type("Fails", (StandIn,), {
+        "status": status, "body": json.dumps({"error_code": code, "message": f"{code} from the stand-in"}).encode()})
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # (MLflow retries a 5xx for minutes)
-    with serving(Fails) as port:
+    with serving(fails) as port:
         url = f"http://127.0.0.1:{port}"
         client = MlflowClient(url, registry_uri=url)
         reads = {"alias": lambda: registry.alias_version(client, "cft-shop", "champion"),
