@@ -136,11 +136,11 @@ def input_error_message(error: BaseException) -> str | None:
     (our bug, or a transient failure). The one sorting of errors: the CLI prints these and exits 2,
     and a flow's task does not retry them (`tasks.pipeline.transient_only`). Every `UserError`,
     the library's errors with `user_error = True` (cft_core.ranking.InputError), and MLflow's
-    errors with an input or access code, and a Prefect server's refusals (MLflow and Prefect are
-    only looked at when they are imported)."""
+    errors with an input or access code, an upload MLflow's artifact proxy refused, and a Prefect
+    server's refusals (MLflow, requests and Prefect are only looked at when they are imported)."""
     if isinstance(error, UserError) or getattr(error, "user_error", False):
         return str(error)
-    if (refused := _prefect_refusal(error)) is not None:
+    if (refused := _prefect_refusal(error) or _mlflow_upload_refusal(error)) is not None:
         return refused
     exceptions = sys.modules.get("mlflow.exceptions")
     if exceptions is None or not isinstance(error, exceptions.MlflowException):
@@ -198,6 +198,38 @@ def _mlflow_failure(error: BaseException) -> tuple[str, int | None] | None:
            reason[-1].strip() if reason else "no answer")
     request = "/" + failed.group(1).split("://", 1)[-1].partition("/")[2].partition("?")[0]
     return f"{request}: {why}", int(status.group(1)) if status else None
+
+
+# Where an upload goes through an MLflow server's artifact proxy (`mlflow server`, artifacts served):
+# PUT <server>/api/2.0/mlflow-artifacts/artifacts/<experiment>/<run or models/m-id>/artifacts/<path>.
+_MLFLOW_UPLOAD_PATH = "/api/2.0/mlflow-artifacts/artifacts/"
+
+
+def _mlflow_upload_refusal(error: BaseException) -> str | None:
+    """The line for an upload the MLflow server's artifact proxy (or a proxy in front of it) refused
+    with a 4xx status, else None. MLflow's client raises requests' HTTPError for these, not an
+    MlflowException (a 408, 429 or 5xx it retries first, then `server_failure_message` words it).
+    A refusal is the same on every try, so a flow's task does not retry it: the upload of a model's
+    weights, hundreds of MB, would be refused again each time."""
+    exceptions = sys.modules.get("requests.exceptions")
+    response = getattr(error, "response", None)
+    if exceptions is None or not isinstance(error, exceptions.HTTPError) or response is None:
+        return None
+    server, found, path = (response.url or "").partition(_MLFLOW_UPLOAD_PATH)
+    if not found or not 400 <= response.status_code < 500:
+        return None
+    artifact = path.partition("?")[0].split("/artifacts/", 1)[-1]
+    if response.status_code in (401, 403):  # (a server with users: the same lines as for its REST API)
+        code = "UNAUTHENTICATED" if response.status_code == 401 else "PERMISSION_DENIED"
+        return mlflow_access_message(code, f"an upload of {artifact}", server)
+    size = error.request.headers.get("Content-Length") if error.request is not None else None
+    what = f"{artifact} ({int(size) / 1e6:.1f} MB)" if size and size.isdigit() else artifact
+    refused = f"the MLflow server at {server} refused an upload of {what}: HTTP {response.status_code} {response.reason}"
+    if response.status_code == 413:
+        return (f"{refused}. A proxy in front of it caps the size of a request (nginx: client_max_body_size, 1 MB "
+                "unless set): raise the cap above the largest artifact, the model's weights (SmolLM2-135M in fp32: "
+                "540 MB). Finished stages are reused: run the command again once it is raised")
+    return f"{refused}; the server's log, or its proxy's, says why"
 
 
 def _prefect_refusal(error: BaseException) -> str | None:

@@ -537,3 +537,40 @@ def test_a_history_entry_that_is_not_utf8():
     """On Linux, argv bytes that are not UTF-8 reach Python as lone surrogates."""
     res = run("recommend", "Heat", "Caf\udce9")
     assert res.exit_code == 2 and res.output.startswith("error: history entry 2 (Caf\\udce9) is not valid UTF-8")
+
+
+@pytest.mark.parametrize(("status", "said"), [
+    (413, "HTTP 413 Request Entity Too Large. A proxy in front of it caps the size of a request (nginx: "
+          "client_max_body_size, 1 MB unless set): raise the cap above the largest artifact, the model's weights "
+          "(SmolLM2-135M in fp32: 540 MB). Finished stages are reused: run the command again once it is raised"),
+    (400, "HTTP 400 Bad Request; the server's log, or its proxy's, says why")])
+def test_an_upload_the_artifact_proxy_refuses_is_one_line_and_not_retried(tmp_path, monkeypatch, status, said):
+    """A team's MLflow server behind nginx, whose default cap on a request's body is 1 MB: `cft run`
+    trained, then its evaluation's first upload (the predictions table) was refused with a 413,
+    and the run ended in requests' HTTPError traceback, exit 1 (seen by hand through a capping
+    proxy; the model's weights are refused the same). MLflow's own artifact client makes the
+    upload here, to a stand-in that refuses every PUT."""
+    from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
+
+    from cft_cli.main import user_error_message
+    from schemas.errors import input_error_message
+
+    class Refuses(StandIn):
+        def do_PUT(self):
+            body = f"<html><center><h1>{status} {self.responses[status][0]}</h1></center></html>".encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")  # (as nginx does: it does not read the body it refuses)
+            self.end_headers()
+            self.wfile.write(body)
+
+    table = tmp_path / "predictions_table.json"
+    table.write_bytes(b"[]" * 1_250_000)  # 2.5 MB
+    with serving(Refuses) as port:
+        server = f"http://127.0.0.1:{port}"
+        repo = HttpArtifactRepository(f"{server}/api/2.0/mlflow-artifacts/artifacts/1/0a1b2c/artifacts")
+        with pytest.raises(Exception) as refused:  # noqa: PT011 (which one is MLflow's choice: the point)
+            repo.log_artifact(str(table), "evaluation/test")
+    line = user_error_message(refused.value)
+    assert line == f"the MLflow server at {server} refused an upload of evaluation/test/predictions_table.json (2.5 MB): {said}"
+    assert input_error_message(refused.value) == line  # the input's sorting: a flow's task does not retry it
