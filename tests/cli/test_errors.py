@@ -555,10 +555,12 @@ def test_an_upload_the_artifact_proxy_refuses_is_one_line_and_not_retried(tmp_pa
     from cft_cli.main import user_error_message
     from schemas.errors import input_error_message
 
+    reason = {413: "Request Entity Too Large", 400: "Bad Request"}[status]  # (nginx's words; Python 3.13's differ)
+
     class Refuses(StandIn):
         def do_PUT(self):
-            body = f"<html><center><h1>{status} {self.responses[status][0]}</h1></center></html>".encode()
-            self.send_response(status)
+            body = f"<html><center><h1>{status} {reason}</h1></center></html>".encode()
+            self.send_response(status, reason)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Connection", "close")  # (as nginx does: it does not read the body it refuses)
             self.end_headers()

@@ -56,7 +56,7 @@ def test_the_image_leaves_out_the_checkouts_environment_state_and_secrets():
     team.env stay out of the build context; the code, configs and lock file go in."""
     rehearsal = infra_script("image_rehearsal")
     patterns = rehearsal.dockerignore()
-    out = [".venv/bin/python", "data/mlflow/mlflow.db", ".git/HEAD", "infra/team.env", "cft_core/__pycache__/loss.pyc",
+    out = [".venv/bin/python", ".venv312/bin/python", "data/mlflow/mlflow.db", ".git/HEAD", "infra/team.env", "cft_core/__pycache__/loss.pyc",
            "cft_rec.egg-info/PKG-INFO", "torch-2.13.0-cp311.whl", ".gpukit/a/part"]
     kept = ["cft_core/loss.py", "configs/demo.yaml", "requirements/lock.txt", "infra/setup.sh", "pyproject.toml",
             "tests/data/test_readers.py", "infra/team.env.example", "wheels/own.whl"]
