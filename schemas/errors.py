@@ -63,6 +63,8 @@ MLFLOW_INPUT_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 # server --app-name basic-auth`, a managed MLflow): the credentials (401) or their permissions (403).
 # The user's to fix, so never retried, and never read as "not there".
 MLFLOW_ACCESS_CODES = ("UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED", "PERMISSION_DENIED")
+# The same refusals as bare HTTP statuses (a response that carries no MLflow error JSON).
+MLFLOW_ACCESS_STATUSES = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}
 
 
 def mlflow_refused(error: BaseException) -> bool:
@@ -219,8 +221,7 @@ def _mlflow_upload_refusal(error: BaseException) -> str | None:
     if not found or not 400 <= response.status_code < 500:
         return None
     artifact = path.partition("?")[0].split("/artifacts/", 1)[-1]
-    if response.status_code in (401, 403):  # (a server with users: the same lines as for its REST API)
-        code = "UNAUTHENTICATED" if response.status_code == 401 else "PERMISSION_DENIED"
+    if code := MLFLOW_ACCESS_STATUSES.get(response.status_code):  # (a server with users: as for its REST API)
         return mlflow_access_message(code, f"an upload of {artifact}", server)
     size = error.request.headers.get("Content-Length") if error.request is not None else None
     what = f"{artifact} ({int(size) / 1e6:.1f} MB)" if size and size.isdigit() else artifact

@@ -122,7 +122,7 @@ def check_mlflow_client(uri: str) -> None:
     the training; reads that found nothing read as "no registered model"; and a certificate the
     client does not trust was retried for minutes (`cft versions`: 250 s) and then read as "no
     registered model" too."""
-    from schemas.errors import MLFLOW_ACCESS_CODES, InputError, mlflow_access_message
+    from schemas.errors import MLFLOW_ACCESS_STATUSES, InputError, mlflow_access_message
 
     request = "/api/2.0/mlflow/experiments/search"
     try:
@@ -131,8 +131,7 @@ def check_mlflow_client(uri: str) -> None:
         if reason := tls_failure(e):
             raise InputError(tls_message(f"MLflow server at {uri}", reason, MLFLOW_TLS_SETTINGS)) from None
         return
-    code = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED"}.get(response.status_code)
-    if code in MLFLOW_ACCESS_CODES:  # (anything else but a 404 is the real request's to report)
+    if code := MLFLOW_ACCESS_STATUSES.get(response.status_code):  # (anything else but a 404 is the real request's to report)
         raise InputError(mlflow_access_message(code, f"GET {request}", uri))
     if response.status_code == 404:  # a server, but no MLflow API at that path (another server's port)
         raise InputError(f"the server at {uri} has no MLflow API there (GET {request}: HTTP 404): the tracking "

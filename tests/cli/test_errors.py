@@ -543,7 +543,8 @@ def test_a_history_entry_that_is_not_utf8():
     (413, "HTTP 413 Request Entity Too Large. A proxy in front of it caps the size of a request (nginx: "
           "client_max_body_size, 1 MB unless set): raise the cap above the largest artifact, the model's weights "
           "(SmolLM2-135M in fp32: 540 MB). Finished stages are reused: run the command again once it is raised"),
-    (400, "HTTP 400 Bad Request; the server's log, or its proxy's, says why")])
+    (400, "HTTP 400 Bad Request; the server's log, or its proxy's, says why"),
+    (403, None)])  # (a server with users: the lines its REST API's refusals get)
 def test_an_upload_the_artifact_proxy_refuses_is_one_line_and_not_retried(tmp_path, monkeypatch, status, said):
     """A team's MLflow server behind nginx, whose default cap on a request's body is 1 MB: `cft run`
     trained, then its evaluation's first upload (the predictions table) was refused with a 413,
@@ -553,9 +554,9 @@ def test_an_upload_the_artifact_proxy_refuses_is_one_line_and_not_retried(tmp_pa
     from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 
     from cft_cli.main import user_error_message
-    from schemas.errors import input_error_message
+    from schemas.errors import input_error_message, mlflow_access_message
 
-    reason = {413: "Request Entity Too Large", 400: "Bad Request"}[status]  # (nginx's words; Python 3.13's differ)
+    reason = {413: "Request Entity Too Large", 400: "Bad Request", 403: "Forbidden"}[status]  # (nginx's words; Python 3.13's differ)
 
     class Refuses(StandIn):
         def do_PUT(self):
@@ -574,5 +575,9 @@ def test_an_upload_the_artifact_proxy_refuses_is_one_line_and_not_retried(tmp_pa
         with pytest.raises(Exception) as refused:  # noqa: PT011 (which one is MLflow's choice: the point)
             repo.log_artifact(str(table), "evaluation/test")
     line = user_error_message(refused.value)
-    assert line == f"the MLflow server at {server} refused an upload of evaluation/test/predictions_table.json (2.5 MB): {said}"
+    if said is None:
+        said = mlflow_access_message("PERMISSION_DENIED", "an upload of evaluation/test/predictions_table.json", server)
+        assert line == said and "denied this client a request (an upload of evaluation/test/predictions_table.json)" in line
+    else:
+        assert line == f"the MLflow server at {server} refused an upload of evaluation/test/predictions_table.json (2.5 MB): {said}"
     assert input_error_message(refused.value) == line  # the input's sorting: a flow's task does not retry it
