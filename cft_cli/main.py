@@ -14,23 +14,6 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 
-def user_error_message(error: BaseException) -> str | None:
-    """The few lines to print for a mistake in the user's input (config, data, registry
-    reference, serving input: `schemas.errors.input_error_message`), a server or source that does
-    not answer, or a request a server did not complete; None for anything else (our bug:
-    traceback, exit 1)."""
-    from schemas.errors import (
-        ServerUnavailable,
-        SourceUnavailable,
-        input_error_message,
-        server_failure_message,
-    )
-
-    if isinstance(error, (SourceUnavailable, ServerUnavailable)):
-        return str(error)
-    return input_error_message(error) or server_failure_message(error)
-
-
 class FriendlyErrors(TyperGroup):
     """The one error style of the CLI: a user's mistake prints `error: ...` (a few lines that name
     the file, field, value or rows) and exits 2; `cft --debug` or CFT_DEBUG=1 shows the traceback."""
@@ -39,6 +22,8 @@ class FriendlyErrors(TyperGroup):
         try:
             return super().invoke(ctx)
         except Exception as e:  # noqa: BLE001 (sorted into user errors and our bugs just below)
+            from schemas.errors import user_error_message
+
             message = user_error_message(e)
             if message is None or os.environ.get("CFT_DEBUG") == "1":
                 raise

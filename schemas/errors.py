@@ -176,6 +176,17 @@ def server_failure_message(error: BaseException) -> str | None:
 
 # The innermost reason a connection failed, as the OS words it inside a client's message:
 # "[Errno 111] Connection refused" (no_answer in tasks.servers reads it too).
+def user_error_message(error: BaseException) -> str | None:
+    """The few lines to show for an error a user can act on: a mistake in the input
+    (`input_error_message`), a server or source that does not answer, or a request a server did
+    not complete (`server_failure_message`); None for anything else (our bug: its traceback). The
+    CLI prints these as `error: ...` and exits 2, and a flow run's log shows them without a
+    traceback (tasks/error_logs.py)."""
+    if isinstance(error, (SourceUnavailable, ServerUnavailable)):
+        return str(error)
+    return input_error_message(error) or server_failure_message(error)
+
+
 ERRNO_REASON = re.compile(r"\[Errno -?\d+\][^)'\"]*")
 
 

@@ -553,8 +553,7 @@ def test_an_upload_the_artifact_proxy_refuses_is_one_line_and_not_retried(tmp_pa
     upload here, to a stand-in that refuses every PUT."""
     from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 
-    from cft_cli.main import user_error_message
-    from schemas.errors import input_error_message, mlflow_access_message
+    from schemas.errors import input_error_message, mlflow_access_message, user_error_message
 
     reason = {413: "Request Entity Too Large", 400: "Bad Request", 403: "Forbidden"}[status]  # (nginx's words; Python 3.13's differ)
 

@@ -211,7 +211,10 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         hook = client.create_webhook(name="champion-moves", url=f"{receiver.url}/champion", secret=secret,
                                      events=[WebhookEvent("model_version_alias", "created")])
 
-        first, log = run_pipeline(stack, {"data.data_root": str(data_root)})
+        # The smoke profile, shorter: 8 of its 32 steps and half its test rows (the plumbing is
+        # under test here; the stages' results are the other tests').
+        shorter = {"train.max_steps": 8, "data.max_samples": {"train": 512, "valid": 128, "test": 64}}
+        first, log = run_pipeline(stack, {"data.data_root": str(data_root), **shorter})
         assert set(task_states(stack, first).values()) <= {"Completed"}
         # The run beat (prefect.yaml's frequency reached it), and the automation `up` made watches
         # its beats: four missed ones set a run Crashed (acted on by the server: the test below).
@@ -253,7 +256,10 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         said = subprocess.run([console_script("cft"), "alerts", f"{receiver.url}/failed"], env=stack.env(),
                               cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
         assert said.returncode == 0 and "automation 'cft: a run failed'" in said.stdout, said.stdout + said.stderr
-        failed_id, _ = run_pipeline(stack, {}, expect="FAILED", profile="configs/no-such-profile.yaml")
+        failed_id, failed_log = run_pipeline(stack, {}, expect="FAILED", profile="configs/no-such-profile.yaml")
+        # (its log says why in a line, without a traceback: tasks/error_logs.py)
+        assert "config file configs/no-such-profile.yaml not found" in failed_log, failed_log[-3000:]
+        assert "Traceback" not in failed_log, failed_log[-3000:]
         ((headers, body),) = receiver.wait("/failed")  # (the server's automation services act within seconds)
         text = json.loads(body)["text"]
         run_name = api(stack, f"/flow_runs/{failed_id}")["name"]
@@ -263,8 +269,7 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         assert headers["Content-Type"] == "application/json"
 
         # The scheduled deployment, as of a date, from the champion: one more gated version.
-        retrain = {"data.data_root": str(data_root), "model.source": "champion",
-                   "train.max_steps": 8}
+        retrain = {"data.data_root": str(data_root), "model.source": "champion", **shorter}
         run_id, _ = run_pipeline(stack, retrain, "cft/scheduled-retrain", as_of="1998-03-01T00:00:00+00:00")
         assert set(task_states(stack, run_id).values()) <= {"Completed"}
         versions = client.search_model_versions(f"name='{name}'")

@@ -4,7 +4,10 @@ registry calls retry transient errors. The deployed flow end to end is tests/e2e
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -16,21 +19,62 @@ from tests.train.test_registry import new_run
 pytestmark = pytest.mark.integration
 
 
-def test_validation_failure_stops_the_flow_and_registers_nothing(tmp_path, prefect_harness):
+@contextmanager
+def run_log_records() -> Iterator[list[logging.LogRecord]]:
+    """The records Prefect's flow and task run loggers pass on (after their filters) in the block."""
+    from tasks.error_logs import RUN_LOGGERS
+
+    class Kept(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    records, handler = [], Kept()
+    for name in RUN_LOGGERS:
+        logging.getLogger(name).addHandler(handler)
+    try:
+        yield records
+    finally:
+        for name in RUN_LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
+
+
+def test_validation_failure_stops_the_flow_and_registers_nothing(tmp_path, prefect_harness, monkeypatch):
     from mlflow import MlflowClient
 
     from flows.cft import cft_pipeline
+    from tasks import pipeline
     from tasks.tracking import tracking_uri
 
     data = _write(tmp_path, items=GOOD_ITEMS.replace("Title 3", ""))  # a null title
     cfg = PipelineConfig(data=data)
-    state = cft_pipeline(config=cfg, return_state=True)
+    with run_log_records() as records:
+        state = cft_pipeline(config=cfg, return_state=True)
     assert state.is_failed()
     with pytest.raises(DataValidationError, match="items.title: expect_column_values_to_not_be_null"):
         state.result()
     assert "expect_column_values_to_not_be_null" in state.message
     assert not (tmp_path / "sequences").exists() and not (tmp_path / "training").exists()
     assert MlflowClient(tracking_uri(cfg), registry_uri=tracking_uri(cfg)).search_registered_models() == []
+    # The run's log (the terminal of `cft run`, the Prefect UI) says what failed, without a
+    # traceback: the user's mistake is in the data, not in a frame of Prefect or pandas.
+    failed = [r for r in records if r.levelno >= logging.ERROR]
+    assert any("items.title: expect_column_values_to_not_be_null" in r.getMessage() for r in failed), failed
+    assert [r.getMessage() for r in failed if r.exc_info or r.exc_text] == []
+
+    # Our bug keeps its traceback, and so does a user's mistake under CFT_DEBUG=1 (`cft --debug`).
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug of ours")
+
+    for debug, error, validate in (("0", RuntimeError, broken), ("1", DataValidationError, pipeline.validate_task)):
+        monkeypatch.setenv("CFT_DEBUG", debug)
+        monkeypatch.setattr(pipeline, "validate_task", validate)
+        monkeypatch.setattr("flows.cft.validate_task", validate)
+        with run_log_records() as records:
+            state = cft_pipeline(config=cfg, return_state=True)
+        with pytest.raises(error):
+            state.result()
+        traced = [r for r in records if r.exc_info and isinstance(r.exc_info[1], error)]
+        assert traced and all(r.levelno >= logging.ERROR for r in traced), [r.getMessage() for r in records]
 
 
 def _tiny_flow_config(tmp_path):
