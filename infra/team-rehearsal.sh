@@ -57,7 +57,7 @@ step "MLflow server with users on 127.0.0.1:$MLFLOW_PORT (compose.yaml's flags),
 WEBHOOK_KEY=$("$VENV/python" -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())")
 ADMIN_PASSWORD=admin-$RANDOM$RANDOM WORKER_PASSWORD=worker-$RANDOM$RANDOM PREFECT_AUTH=cft:prefect-$RANDOM$RANDOM
 sed "s#POSTGRES_USER:POSTGRES_PASSWORD@postgres/#cft@127.0.0.1:$PG_PORT/#" "$PROJECT/infra/mlflow-auth.ini" >"$WORK/mlflow-auth.ini"
-PYTHONPATH=$WORK/pylibs MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=$WEBHOOK_KEY \
+PYTHONPATH=$WORK/pylibs MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=$WEBHOOK_KEY MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
   MLFLOW_AUTH_CONFIG_PATH=$WORK/mlflow-auth.ini MLFLOW_AUTH_ADMIN_PASSWORD=$ADMIN_PASSWORD \
   MLFLOW_FLASK_SERVER_SECRET_KEY=rehearsal-$RANDOM "$VENV/mlflow" server --app-name basic-auth \
   --backend-store-uri "postgresql+psycopg2://cft@127.0.0.1:$PG_PORT/mlflow" --artifacts-destination s3://mlflow \

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cft_cli.main import app
+from cft_cli.stack import JOB_EXECUTION_ENV
 from tasks import registry
 from tasks.registry import champion
 from tests.conftest import free_port, infra_script, mlflow_uris_restored, wait_until_served
@@ -61,7 +62,8 @@ def server(tmp_path_factory):
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     port = free_port()
     env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-secret"}
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-secret",
+           JOB_EXECUTION_ENV: "false"}  # (as compose.yaml starts it: 2 processes, not 10)
     log = (root / "server.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri",

@@ -29,6 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -162,6 +163,13 @@ class Receiver:
         return bodies
 
 
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:  # (gone since the listing)
+        return None
+
+
 def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
     from mlflow import MlflowClient
     from mlflow.entities.webhook import WebhookEvent
@@ -195,6 +203,11 @@ def test_deployment_runs_registers_and_gates(tmp_path, monkeypatch):
         assert f"prefect-server: running, answers at {stack.prefect_api}" in processes
         assert f"mlflow-server: running, answers at {stack.mlflow_uri}" in processes
         assert f"recommender: running, answers at {stack.recommender_url}" in processes
+        # The MLflow server runs without MLflow's job runner (cft_cli/stack.py, JOB_EXECUTION_ENV):
+        # its process group is the server and its uvicorn worker, not eight more.
+        server = json.loads(stack.pid_file.read_text())["mlflow-server"]["pid"]
+        group = [p.cmdline() for p in psutil.process_iter() if _session(p.pid) == server]
+        assert len(group) == 2 and not any("huey" in " ".join(c) for c in group), group
         # Up again without the ports: it starts nothing and names the stack's own addresses.
         again = runner.invoke(app, ["stack", "up", "--data-root", str(data_root), "--no-worker"], prog_name="cft")
         assert again.exit_code == 0, again.output + repr(again.exception)

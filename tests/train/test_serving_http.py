@@ -403,6 +403,7 @@ def test_a_registry_server_that_stops_answering_fails_each_check_at_once(tmp_pat
     from fastapi.testclient import TestClient
 
     from cft_cli.server import create_app
+    from cft_cli.stack import JOB_EXECUTION_ENV
     from tasks import registry
 
     seq, _ = small_sequences
@@ -414,6 +415,7 @@ def test_a_registry_server_that_stops_answering_fails_each_check_at_once(tmp_pat
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host",
                                "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              env={**os.environ, JOB_EXECUTION_ENV: "false"},  # (as `cft stack up` starts it)
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     http = f"http://127.0.0.1:{port}"
     try:
