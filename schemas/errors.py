@@ -174,8 +174,6 @@ def server_failure_message(error: BaseException) -> str | None:
     return f"{where} did not complete a request ({what}): run the command again once it answers; its log says why"
 
 
-# The innermost reason a connection failed, as the OS words it inside a client's message:
-# "[Errno 111] Connection refused" (no_answer in tasks.servers reads it too).
 def user_error_message(error: BaseException) -> str | None:
     """The few lines to show for an error a user can act on: a mistake in the input
     (`input_error_message`), a server or source that does not answer, or a request a server did
@@ -187,6 +185,8 @@ def user_error_message(error: BaseException) -> str | None:
     return input_error_message(error) or server_failure_message(error)
 
 
+# The innermost reason a connection failed, as the OS words it inside a client's message:
+# "[Errno 111] Connection refused" (no_answer in tasks.servers reads it too).
 ERRNO_REASON = re.compile(r"\[Errno -?\d+\][^)'\"]*")
 
 
