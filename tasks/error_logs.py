@@ -2,7 +2,7 @@
 
 Prefect's engines log a failed flow run with the exception's traceback ("Encountered exception
 during execution", then "Engine execution exited with unexpected exception" in a worker's flow
-run): for a source outside the allowed roots, 90 lines of Prefect and pandas frames above the
+run): for a source outside the allowed roots, 85 lines of Prefect's frames and ours above the
 line that says which path is at fault and what to do, in the terminal of `cft run` (before its
 `error:` line) and in the flow run's log in the Prefect UI. For the errors the CLI prints as
 `error: ...` (`schemas.errors.user_error_message`: bad input, a server that does not answer) the
