@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 
+from schemas.errors import user_error_message
+
 # The loggers Prefect's engines log a run's failure on: a flow run's (also the worker
 # subprocess's "Engine execution exited ...") and a task run's.
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
@@ -29,11 +31,8 @@ class UserErrorsWithoutTraceback(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if error is not None and os.environ.get("CFT_DEBUG") != "1":
-            from schemas.errors import user_error_message
-
-            if user_error_message(error) is not None:
-                record.exc_info = record.exc_text = None
+        if error is not None and os.environ.get("CFT_DEBUG") != "1" and user_error_message(error) is not None:
+            record.exc_info = record.exc_text = None
         return True
 
 

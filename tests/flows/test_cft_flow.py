@@ -42,7 +42,7 @@ def test_validation_failure_stops_the_flow_and_registers_nothing(tmp_path, prefe
     from mlflow import MlflowClient
 
     from flows.cft import cft_pipeline
-    from tasks import pipeline
+    from tasks.pipeline import validate_task
     from tasks.tracking import tracking_uri
 
     data = _write(tmp_path, items=GOOD_ITEMS.replace("Title 3", ""))  # a null title
@@ -56,7 +56,7 @@ def test_validation_failure_stops_the_flow_and_registers_nothing(tmp_path, prefe
     assert not (tmp_path / "sequences").exists() and not (tmp_path / "training").exists()
     assert MlflowClient(tracking_uri(cfg), registry_uri=tracking_uri(cfg)).search_registered_models() == []
     # The run's log (the terminal of `cft run`, the Prefect UI) says what failed, without a
-    # traceback: the user's mistake is in the data, not in a frame of Prefect or pandas.
+    # traceback: the user's mistake is in the data, not in a frame of Prefect's or ours.
     failed = [r for r in records if r.levelno >= logging.ERROR]
     assert any("items.title: expect_column_values_to_not_be_null" in r.getMessage() for r in failed), failed
     assert [r.getMessage() for r in failed if r.exc_info or r.exc_text] == []
@@ -65,10 +65,9 @@ def test_validation_failure_stops_the_flow_and_registers_nothing(tmp_path, prefe
     def broken(*args, **kwargs):
         raise RuntimeError("a bug of ours")
 
-    for debug, error, validate in (("0", RuntimeError, broken), ("1", DataValidationError, pipeline.validate_task)):
+    for debug, error, validate in (("0", RuntimeError, broken), ("1", DataValidationError, validate_task)):
         monkeypatch.setenv("CFT_DEBUG", debug)
-        monkeypatch.setattr(pipeline, "validate_task", validate)
-        monkeypatch.setattr("flows.cft.validate_task", validate)
+        monkeypatch.setattr("flows.cft.validate_task", validate)  # (the name the flow calls)
         with run_log_records() as records:
             state = cft_pipeline(config=cfg, return_state=True)
         with pytest.raises(error):
