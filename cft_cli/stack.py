@@ -284,7 +284,7 @@ def webhook_key(stack: Stack) -> str:
 # MLflow's job execution (a runner process and a huey consumer of five workers, for its GenAI jobs:
 # prompt optimisation, trace roll-ups) is nothing the pipeline uses: without it the MLflow server is 2
 # processes in 0.5 GB rather than 10 in 2.0 GB, and answers 6 s sooner (13 s rather than 19.5 s on 2
-# cores, 2026-12-07). Registry webhooks are sent without it. Set to true in the environment, it is kept.
+# cores, 2026-12-07, the two interleaved twice beside a training). Registry webhooks are sent without it. Set to true in the environment, it is kept.
 JOB_EXECUTION_ENV = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
 
 
